@@ -1,0 +1,375 @@
+//! Control messages between hosts, players and the relay, and their binary codec.
+//!
+//! Every control message travels in one frame:
+//!
+//! ```text
+//! length   u16 big-endian: bytes that follow (2 ..= MAX_FRAME_LEN)
+//! version  u8  = PROTOCOL_VERSION
+//! kind     u8
+//! body     depends on kind (all integers big-endian)
+//! ```
+//!
+//! | kind | message      | direction        | body                                   |
+//! |------|--------------|------------------|----------------------------------------|
+//! | 0x01 | `Register`   | host → relay     | host id `[u8; 32]`                     |
+//! | 0x02 | `Challenge`  | relay → host     | relay ephemeral X25519 key `[u8; 32]`  |
+//! | 0x03 | `Proof`      | host → relay     | HMAC-SHA256 `[u8; 32]`                 |
+//! | 0x04 | `Registered` | relay → host     | (empty)                                |
+//! | 0x10 | `Connect`    | player → relay   | host id `[u8; 32]`                     |
+//! | 0x11 | `Connected`  | relay → player   | session id `u64`                       |
+//! | 0x12 | `Incoming`   | relay → host     | session id `u64`                       |
+//! | 0x7f | `Error`      | relay → anyone   | code `u16`, reason `u16` len + UTF-8 (<= 256) |
+//!
+//! The registration flow is `Register`, `Challenge`, `Proof`, `Registered` on the
+//! first stream a host opens (see [`crate::registration`]). A session starts with
+//! `Connect` on a stream the player opens and `Connected` back; the relay opens a
+//! stream to the host and writes `Incoming`. After `Connected`/`Incoming` the stream
+//! carries only the Noise session (see [`crate::noise`]), which the relay forwards
+//! without parsing.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::encoding::Reader;
+use crate::error::{DecodeError, ErrorCode};
+use crate::keys::{HostId, PublicKey};
+use crate::PROTOCOL_VERSION;
+
+/// Largest value of a control frame's length prefix.
+pub const MAX_FRAME_LEN: usize = 1024;
+
+/// Longest reason text in an [`ControlMessage::Error`], in bytes.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Length of a registration proof.
+pub const PROOF_LEN: usize = 32;
+
+/// A control message (see the module documentation for the wire format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ControlMessage {
+    /// A host asks to be reachable under `host_id`.
+    Register {
+        /// The host id the host claims.
+        host_id: HostId,
+    },
+    /// The relay's challenge: prove you hold the host id's private key.
+    Challenge {
+        /// A fresh X25519 key the relay made for this registration only.
+        relay_ephemeral: PublicKey,
+    },
+    /// The host's answer to a [`ControlMessage::Challenge`].
+    Proof {
+        /// See [`crate::registration`].
+        mac: [u8; PROOF_LEN],
+    },
+    /// The relay accepted the registration.
+    Registered,
+    /// A player asks for a session with `host_id`.
+    Connect {
+        /// The host the player wants.
+        host_id: HostId,
+    },
+    /// The relay paired the player's stream with the host: what follows is the
+    /// host's side of the session.
+    Connected {
+        /// Identifies the session in both ends' logs and the relay's.
+        session_id: u64,
+    },
+    /// On a stream the relay opened to a host: a player's session follows.
+    Incoming {
+        /// Same id the player got in [`ControlMessage::Connected`].
+        session_id: u64,
+    },
+    /// The relay refuses a request; it closes the stream or connection afterwards.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason, at most [`MAX_REASON_LEN`] bytes.
+        reason: String,
+    },
+}
+
+mod kind {
+    pub const REGISTER: u8 = 0x01;
+    pub const CHALLENGE: u8 = 0x02;
+    pub const PROOF: u8 = 0x03;
+    pub const REGISTERED: u8 = 0x04;
+    pub const CONNECT: u8 = 0x10;
+    pub const CONNECTED: u8 = 0x11;
+    pub const INCOMING: u8 = 0x12;
+    pub const ERROR: u8 = 0x7f;
+}
+
+impl ControlMessage {
+    /// An [`ControlMessage::Error`]; the reason is cut to [`MAX_REASON_LEN`] bytes on a
+    /// character boundary.
+    pub fn error(code: ErrorCode, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON_LEN {
+            let mut end = MAX_REASON_LEN;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Self::Error { code, reason }
+    }
+
+    /// Appends the whole frame, length prefix included, to `out`.
+    pub fn encode(&self, out: &mut impl BufMut) {
+        let mut body = BytesMut::with_capacity(64);
+        body.put_u8(PROTOCOL_VERSION);
+        match self {
+            Self::Register { host_id } => {
+                body.put_u8(kind::REGISTER);
+                body.put_slice(host_id.as_bytes());
+            }
+            Self::Challenge { relay_ephemeral } => {
+                body.put_u8(kind::CHALLENGE);
+                body.put_slice(relay_ephemeral.as_bytes());
+            }
+            Self::Proof { mac } => {
+                body.put_u8(kind::PROOF);
+                body.put_slice(mac);
+            }
+            Self::Registered => body.put_u8(kind::REGISTERED),
+            Self::Connect { host_id } => {
+                body.put_u8(kind::CONNECT);
+                body.put_slice(host_id.as_bytes());
+            }
+            Self::Connected { session_id } => {
+                body.put_u8(kind::CONNECTED);
+                body.put_u64(*session_id);
+            }
+            Self::Incoming { session_id } => {
+                body.put_u8(kind::INCOMING);
+                body.put_u64(*session_id);
+            }
+            Self::Error { code, reason } => {
+                body.put_u8(kind::ERROR);
+                body.put_u16(code.to_u16());
+                // A reason built by `ControlMessage::error` is already short enough;
+                // one built by hand is cut here so the frame stays within its limit.
+                let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON_LEN)];
+                body.put_u16(reason.len() as u16);
+                body.put_slice(reason);
+            }
+        }
+        // Every body above is at most 4 + 2 + 2 + MAX_REASON_LEN bytes, well within u16.
+        out.put_u16(body.len() as u16);
+        out.put_slice(&body);
+    }
+
+    /// The whole frame, length prefix included.
+    pub fn to_frame(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode(&mut out);
+        out.freeze()
+    }
+
+    /// Decodes a frame's content: everything after the length prefix.
+    pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(frame);
+        let version = r.u8()?;
+        if version != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        let message = match r.u8()? {
+            kind::REGISTER => Self::Register {
+                host_id: HostId::from_bytes(r.array()?),
+            },
+            kind::CHALLENGE => Self::Challenge {
+                relay_ephemeral: PublicKey::from_bytes(r.array()?),
+            },
+            kind::PROOF => Self::Proof { mac: r.array()? },
+            kind::REGISTERED => Self::Registered,
+            kind::CONNECT => Self::Connect {
+                host_id: HostId::from_bytes(r.array()?),
+            },
+            kind::CONNECTED => Self::Connected {
+                session_id: r.u64()?,
+            },
+            kind::INCOMING => Self::Incoming {
+                session_id: r.u64()?,
+            },
+            kind::ERROR => Self::Error {
+                code: ErrorCode::from_u16(r.u16()?),
+                reason: r.string16("error reason", MAX_REASON_LEN)?.to_owned(),
+            },
+            kind => return Err(DecodeError::UnknownKind { kind }),
+        };
+        r.finish()?;
+        Ok(message)
+    }
+
+    /// Decodes one frame from the front of `buf` if it is complete, consuming it.
+    ///
+    /// Returns `Ok(None)` when more bytes are needed. An announced length over
+    /// [`MAX_FRAME_LEN`] is refused at once, before its body arrives.
+    pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
+        let Some(prefix) = buf.get(..2) else {
+            return Ok(None);
+        };
+        let len = frame_len([prefix[0], prefix[1]])?;
+        if buf.len() < 2 + len {
+            return Ok(None);
+        }
+        let frame = buf.split_to(2 + len);
+        Self::decode(&frame[2..]).map(Some)
+    }
+}
+
+/// Checks a frame's length prefix and returns the length of the content that follows.
+pub fn frame_len(prefix: [u8; 2]) -> Result<usize, DecodeError> {
+    let len = usize::from(u16::from_be_bytes(prefix));
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::FieldTooLong {
+            field: "control frame",
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len < 2 {
+        return Err(DecodeError::Truncated {
+            needed: 2,
+            available: len,
+        });
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn all_messages() -> Vec<ControlMessage> {
+        vec![
+            ControlMessage::Register {
+                host_id: HostId::from_bytes([0x11; 32]),
+            },
+            ControlMessage::Challenge {
+                relay_ephemeral: PublicKey::from_bytes([0x22; 32]),
+            },
+            ControlMessage::Proof { mac: [0x33; 32] },
+            ControlMessage::Registered,
+            ControlMessage::Connect {
+                host_id: HostId::from_bytes([0x44; 32]),
+            },
+            ControlMessage::Connected {
+                session_id: 0x0102030405060708,
+            },
+            ControlMessage::Incoming { session_id: 7 },
+            ControlMessage::error(ErrorCode::HostOffline, "host offline"),
+        ]
+    }
+
+    #[test]
+    fn wire_format_is_pinned() {
+        let expected = [
+            format!("00220101{}", "11".repeat(32)),
+            format!("00220102{}", "22".repeat(32)),
+            format!("00220103{}", "33".repeat(32)),
+            "00020104".to_owned(),
+            format!("00220110{}", "44".repeat(32)),
+            "000a01110102030405060708".to_owned(),
+            "000a01120000000000000007".to_owned(),
+            "0012017f0003000c686f7374206f66666c696e65".to_owned(),
+        ];
+        for (message, expected) in all_messages().iter().zip(expected) {
+            assert_eq!(hex(&message.to_frame()), expected, "{message:?}");
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for message in all_messages() {
+            let mut buf = BytesMut::from(&message.to_frame()[..]);
+            assert_eq!(ControlMessage::decode_frame(&mut buf), Ok(Some(message)));
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let frame = ControlMessage::Connected { session_id: 1 }.to_frame();
+        for cut in 0..frame.len() {
+            let mut buf = BytesMut::from(&frame[..cut]);
+            assert_eq!(ControlMessage::decode_frame(&mut buf), Ok(None));
+        }
+    }
+
+    #[test]
+    fn malformed_frames_get_typed_errors() {
+        // Oversize length prefix: refused before the body arrives.
+        let mut buf = BytesMut::from(&[0x04, 0x01][..]);
+        assert!(matches!(
+            ControlMessage::decode_frame(&mut buf),
+            Err(DecodeError::FieldTooLong { len: 1025, .. })
+        ));
+        // Unknown version.
+        assert_eq!(
+            ControlMessage::decode(&[2, 0x04]),
+            Err(DecodeError::UnsupportedVersion {
+                version: 2,
+                supported: 1
+            })
+        );
+        // Unknown kind.
+        assert_eq!(
+            ControlMessage::decode(&[1, 0x55]),
+            Err(DecodeError::UnknownKind { kind: 0x55 })
+        );
+        // Truncated body.
+        assert!(matches!(
+            ControlMessage::decode(&[1, 0x10, 1, 2, 3]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        // Trailing bytes.
+        assert_eq!(
+            ControlMessage::decode(&[1, 0x04, 0]),
+            Err(DecodeError::TrailingBytes { count: 1 })
+        );
+        // Reason not UTF-8.
+        assert!(matches!(
+            ControlMessage::decode(&[1, 0x7f, 0, 1, 0, 1, 0xff]),
+            Err(DecodeError::InvalidUtf8 { .. })
+        ));
+        // Length prefix too small to hold version and kind.
+        assert!(frame_len([0, 1]).is_err());
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_character_boundary() {
+        let message = ControlMessage::error(ErrorCode::Internal, "é".repeat(200));
+        let ControlMessage::Error { reason, .. } = &message else {
+            unreachable!()
+        };
+        assert!(reason.len() <= MAX_REASON_LEN);
+        let mut buf = BytesMut::from(&message.to_frame()[..]);
+        assert_eq!(ControlMessage::decode_frame(&mut buf), Ok(Some(message)));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1100)) {
+            let _ = ControlMessage::decode(&bytes);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = ControlMessage::decode_frame(&mut buf) {}
+        }
+
+        #[test]
+        fn decoded_messages_re_encode_to_the_same_bytes(bytes in proptest::collection::vec(any::<u8>(), 2..80)) {
+            if let Ok(message) = ControlMessage::decode(&bytes) {
+                prop_assert_eq!(&message.to_frame()[2..], &bytes[..]);
+            }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The blindrelay wire protocol and end-to-end session, with no I/O.
+//!
+//! Everything that crosses the network is defined here: identities ([`HostId`],
+//! [`SecretKey`]), how a player finds a host ([`Ticket`], [`RelayUrl`]), the control
+//! messages exchanged with the relay ([`control`]), the registration proof of key
+//! possession ([`registration`]) and the Noise session that player and host run over
+//! whatever path joins them ([`noise`]).
+//!
+//! Nothing in this crate opens a socket, spawns a task or reads a clock: inputs are
+//! byte slices, outputs are byte buffers and typed errors. The relay and the client
+//! crates are drivers around it. `PROTOCOL.md` at the repository root describes the
+//! same protocol in prose.
+
+#![deny(missing_docs)]
+
+pub mod control;
+pub mod encoding;
+pub mod error;
+pub mod keys;
+pub mod noise;
+pub mod registration;
+pub mod relay_url;
+pub mod ticket;
+
+pub use control::ControlMessage;
+pub use error::{DecodeError, ErrorCode};
+pub use keys::{HostId, KeyError, PublicKey, SecretKey};
+pub use relay_url::{CertPin, RelayUrl, RelayUrlError};
+pub use ticket::{Ticket, TicketError};
+
+/// ALPN protocol id every relay and direct QUIC connection negotiates.
+///
+/// The trailing number is the protocol version: a relay that speaks a later version
+/// offers a different ALPN, so mismatched peers fail the TLS handshake with a clear
+/// `no_application_protocol` alert instead of misparsing each other.
+pub const ALPN: &[u8] = b"blindrelay/1";
+
+/// Version byte carried by every control message (see [`control`]).
+pub const PROTOCOL_VERSION: u8 = 1;
