@@ -189,10 +189,7 @@ impl SecretKey {
 
     /// The text written to a key file: a comment line, then the key in base32.
     pub fn to_key_file(&self) -> String {
-        format!(
-            "{KEY_FILE_HEADER}\n{}\n",
-            base32_encode(self.0.as_bytes())
-        )
+        format!("{KEY_FILE_HEADER}\n{}\n", base32_encode(self.0.as_bytes()))
     }
 
     /// Reads a key file written by [`SecretKey::to_key_file`]. Lines starting with `#`
@@ -275,7 +272,9 @@ mod tests {
     #[test]
     fn low_order_peer_keys_give_no_shared_secret() {
         let key = SecretKey::generate().unwrap();
-        assert!(key.diffie_hellman(&PublicKey::from_bytes([0; 32])).is_none());
+        assert!(key
+            .diffie_hellman(&PublicKey::from_bytes([0; 32]))
+            .is_none());
         let mut one = [0u8; 32];
         one[0] = 1;
         assert!(key.diffie_hellman(&PublicKey::from_bytes(one)).is_none());

@@ -13,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+pub mod codes;
 pub mod control;
 pub mod encoding;
 pub mod error;

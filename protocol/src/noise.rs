@@ -458,7 +458,11 @@ impl Transport {
 }
 
 /// Appends the framed bytes for `data` of any length, split into full frames.
-pub fn seal_all(transport: &mut Transport, data: &[u8], out: &mut BytesMut) -> Result<(), NoiseError> {
+pub fn seal_all(
+    transport: &mut Transport,
+    data: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), NoiseError> {
     for chunk in data.chunks(MAX_PLAINTEXT_LEN) {
         transport.seal(chunk, out)?;
     }
@@ -502,7 +506,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn keys() -> (SecretKey, SecretKey) {
-        (SecretKey::from_bytes([1; 32]), SecretKey::from_bytes([2; 32]))
+        (
+            SecretKey::from_bytes([1; 32]),
+            SecretKey::from_bytes([2; 32]),
+        )
     }
 
     /// Runs a whole handshake in memory; returns (player, host) transports.
@@ -646,7 +653,10 @@ mod tests {
         let (mut player, mut host) = pair();
         let mut wire = BytesMut::new();
         player.seal_end(&mut wire).unwrap();
-        assert_eq!(player.seal(b"late", &mut wire), Err(NoiseError::WriteAfterEnd));
+        assert_eq!(
+            player.seal(b"late", &mut wire),
+            Err(NoiseError::WriteAfterEnd)
+        );
         let end = split_frame(&mut wire).unwrap();
         assert_eq!(host.open(&end), Ok(Opened::End));
         assert_eq!(host.open(&end), Err(NoiseError::DataAfterEnd));
@@ -670,7 +680,10 @@ mod tests {
             }
         }
         assert_eq!(received.len(), 200);
-        assert!(rekeys >= 6, "expected a rekey every 3 messages, saw {rekeys}");
+        assert!(
+            rekeys >= 6,
+            "expected a rekey every 3 messages, saw {rekeys}"
+        );
     }
 
     #[test]

@@ -88,11 +88,7 @@ impl RelayChallenge {
             .diffie_hellman(self.host_id.public_key())
             .ok_or(ProofError::LowOrderKey)?;
         let key = hmac::Key::new(hmac::HMAC_SHA256, &shared);
-        let message = proof_message(
-            exporter,
-            &self.host_id,
-            &self.ephemeral.public_key(),
-        );
+        let message = proof_message(exporter, &self.host_id, &self.ephemeral.public_key());
         // Constant-time comparison inside ring.
         hmac::verify(&key, &message, mac).map_err(|_| ProofError::Mismatch)
     }
@@ -118,7 +114,11 @@ pub fn prove(
     Ok(mac)
 }
 
-fn proof_message(exporter: &[u8; EXPORTER_LEN], host_id: &HostId, ephemeral: &PublicKey) -> Vec<u8> {
+fn proof_message(
+    exporter: &[u8; EXPORTER_LEN],
+    host_id: &HostId,
+    ephemeral: &PublicKey,
+) -> Vec<u8> {
     [
         PROOF_CONTEXT,
         exporter,
@@ -198,7 +198,10 @@ mod tests {
         );
         let mut mac = [0u8; PROOF_LEN];
         mac.copy_from_slice(forged.as_ref());
-        assert_eq!(challenge.verify(&exporter, &mac), Err(ProofError::LowOrderKey));
+        assert_eq!(
+            challenge.verify(&exporter, &mac),
+            Err(ProofError::LowOrderKey)
+        );
     }
 
     #[test]

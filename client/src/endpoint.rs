@@ -1,0 +1,193 @@
+//! Reaching a relay: DNS, the QUIC endpoint, and verifying the relay's certificate.
+//!
+//! A relay URL with a pin is trusted only if the relay presents exactly the pinned
+//! certificate (TLS 1.3 signatures are still checked, so the relay must hold its key).
+//! A URL without a pin is verified against the public web PKI for its host name.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blindrelay_protocol::{CertPin, RelayUrl, ALPN};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// Why a relay could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectRelayError {
+    /// The relay's host name did not resolve.
+    #[error("cannot resolve relay {host}: {reason}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The local UDP socket could not be made.
+    #[error("cannot open a UDP socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// TLS configuration failed.
+    #[error("TLS configuration failed: {0}")]
+    Tls(String),
+    /// The QUIC connection could not be started.
+    #[error("cannot connect to the relay: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The QUIC or TLS handshake failed (relay down, wrong pin, wrong protocol).
+    #[error("relay connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+}
+
+/// How a client QUIC connection behaves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionProfile {
+    /// Bidirectional streams the relay may open towards us (hosts accept one per
+    /// session; players accept none).
+    pub incoming_streams: u32,
+    /// Keep-alive interval, so NATs and the relay's idle timer keep the connection.
+    pub keep_alive: Duration,
+    /// Close the connection after this long without any packet from the relay.
+    pub idle_timeout: Duration,
+}
+
+/// Opens a QUIC connection to the relay at `url`.
+pub(crate) async fn connect_relay(
+    url: &RelayUrl,
+    profile: ConnectionProfile,
+) -> Result<quinn::Connection, ConnectRelayError> {
+    let addr = resolve(url).await?;
+    let mut endpoint = client_endpoint(addr)?;
+    endpoint.set_default_client_config(client_config(url.pin().copied(), profile)?);
+    let connecting = endpoint.connect(addr, url.host())?;
+    Ok(connecting.await?)
+}
+
+async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ConnectRelayError> {
+    let resolve_error = |reason: String| ConnectRelayError::Resolve {
+        host: url.host().to_owned(),
+        reason,
+    };
+    let mut addrs = tokio::net::lookup_host((url.host(), url.port()))
+        .await
+        .map_err(|err| resolve_error(err.to_string()))?;
+    addrs
+        .next()
+        .ok_or_else(|| resolve_error("no addresses".to_owned()))
+}
+
+/// A client-only endpoint on an ephemeral port of the family of `remote`.
+pub(crate) fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint, ConnectRelayError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let local: SocketAddr = if remote.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort, as on the relay: small kernel buffers drop packets at Gbit/s.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&local.into())?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+fn client_config(
+    pin: Option<CertPin>,
+    profile: ConnectionProfile,
+) -> Result<quinn::ClientConfig, ConnectRelayError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|err| ConnectRelayError::Tls(err.to_string()))?;
+    let mut tls = match pin {
+        Some(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, provider }))
+            .with_no_client_auth(),
+        None => {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|err| ConnectRelayError::Tls(err.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(profile.keep_alive))
+        .max_idle_timeout(profile.idle_timeout.try_into().ok())
+        .max_concurrent_bidi_streams(profile.incoming_streams.into())
+        .max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Trusts exactly one certificate, by its SHA-256 digest, whatever its name or issuer.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: CertPin,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.pin.matches(end_entity) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "relay certificate does not match the pin in the relay URL".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Only TLS 1.3 is offered, so this is never reached; refuse if it were.
+        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The pin says which certificate; this check proves the relay holds its key.
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

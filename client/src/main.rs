@@ -1,0 +1,260 @@
+//! `blindrelay`: make a host identity, run a host, or connect to one as a player.
+//!
+//! Results that scripts read go to stdout as `name: value` lines; logs go to stderr
+//! (`RUST_LOG` filters them).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use blindrelay_client::{
+    HostAgent, HostConfig, HostState, Player, PlayerConfig, RelayUrl, SecretKey, SecureStream,
+    Ticket,
+};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// blindrelay: reach a home media server from anywhere, through a relay that cannot
+/// read the traffic.
+#[derive(Debug, Parser)]
+#[command(name = "blindrelay", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make a host identity (an X25519 key) and print its host id.
+    Keygen {
+        /// Where to write the secret key (created with mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run a host: register with a relay and forward every session, decrypted, to a
+    /// local TCP service.
+    Host {
+        /// The host's secret key (from `blindrelay keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The relay URL (as `blindrelayd` prints it).
+        #[arg(long)]
+        relay: RelayUrl,
+        /// Local TCP service that sessions are forwarded to, e.g. a media server.
+        #[arg(long)]
+        forward: SocketAddr,
+    },
+    /// Connect to a host as a player: every TCP connection to --listen becomes one
+    /// end-to-end encrypted session to the host.
+    Connect {
+        /// The host's ticket (printed by `blindrelay host`).
+        ticket: Ticket,
+        /// Local TCP address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// The player's secret key; a fresh one is made for this run if omitted.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Host {
+            key,
+            relay,
+            forward,
+        } => host(&key, relay, forward).await,
+        Command::Connect {
+            ticket,
+            listen,
+            key,
+        } => connect(ticket, listen, key.as_deref()).await,
+    }
+}
+
+fn keygen(out: &Path, force: bool) -> Result<()> {
+    let key = SecretKey::generate()?;
+    write_private(out, key.to_key_file().as_bytes(), force)?;
+    println!("host id: {}", key.host_id());
+    Ok(())
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_private(path: &Path, contents: &[u8], force: bool) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let mut file = options.open(path).with_context(|| {
+            format!(
+                "cannot create {} (use --force to overwrite)",
+                path.display()
+            )
+        })?;
+        // `mode` applies only to new files; make an overwritten one private too.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents)?;
+    }
+    #[cfg(not(unix))]
+    {
+        let mut file = options
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.write_all(contents)?;
+    }
+    Ok(())
+}
+
+fn read_key(path: &Path) -> Result<SecretKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            warn!(
+                "key file {} is readable by others (mode {:o}); run chmod 600 on it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+    SecretKey::from_key_file(&text).with_context(|| format!("in key file {}", path.display()))
+}
+
+async fn host(key: &Path, relay: RelayUrl, forward: SocketAddr) -> Result<()> {
+    let key = read_key(key)?;
+    let mut agent = HostAgent::spawn(HostConfig::new(key, relay));
+    println!("host id: {}", agent.host_id());
+    println!("ticket: {}", agent.ticket());
+
+    let mut state = agent.watch_state();
+    let mut sessions = JoinSet::new();
+    let stopped = loop {
+        tokio::select! {
+            session = agent.accept() => match session {
+                Some(session) => {
+                    sessions.spawn(forward_to_service(session, forward));
+                }
+                None => break agent.state(),
+            },
+            changed = state.changed() => {
+                if changed.is_err() {
+                    break agent.state();
+                }
+                let now = state.borrow_and_update().clone();
+                match &now {
+                    HostState::Registered => info!("reachable through the relay"),
+                    HostState::Connecting { attempt } => debug!(attempt, "connecting to the relay"),
+                    HostState::Stopped { .. } => break now,
+                    _ => {}
+                }
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = tokio::signal::ctrl_c() => {
+                info!("shutting down");
+                agent.shutdown().await;
+                return Ok(());
+            }
+        }
+    };
+    match stopped {
+        HostState::Stopped { reason } => bail!("host stopped: {reason}"),
+        other => bail!("host stopped unexpectedly in state {other:?}"),
+    }
+}
+
+async fn forward_to_service(mut session: SecureStream, service: SocketAddr) {
+    let id = session.session_id();
+    let mut tcp = match TcpStream::connect(service).await {
+        Ok(tcp) => tcp,
+        Err(err) => {
+            warn!(session = id, %err, "cannot reach the local service");
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    splice_tcp(id, &mut session, &mut tcp).await;
+}
+
+async fn connect(ticket: Ticket, listen: SocketAddr, key: Option<&Path>) -> Result<()> {
+    let key = match key {
+        Some(path) => read_key(path)?,
+        None => SecretKey::generate()?,
+    };
+    let player = std::sync::Arc::new(Player::new(PlayerConfig::new(key)));
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("listening on: {}", listener.local_addr()?);
+    info!(host = %ticket.host_id().short(), "each connection becomes a session to the host");
+
+    let ticket = std::sync::Arc::new(ticket);
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (mut tcp, _) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        warn!(%err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (player, ticket) = (player.clone(), ticket.clone());
+                sessions.spawn(async move {
+                    match player.connect(&ticket).await {
+                        Ok(mut session) => splice_tcp(session.session_id(), &mut session, &mut tcp).await,
+                        Err(err) => warn!(%err, "cannot open a session"),
+                    }
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = tokio::signal::ctrl_c() => {
+                info!("shutting down");
+                sessions.shutdown().await;
+                player.close().await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Copies both ways until both directions have ended (half-close passes through).
+async fn splice_tcp(
+    id: u64,
+    session: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    tcp: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) {
+    const BUF: usize = 64 * 1024;
+    match tokio::io::copy_bidirectional_with_sizes(session, tcp, BUF, BUF).await {
+        Ok((sent, received)) => debug!(session = id, sent, received, "session ended"),
+        Err(err) => debug!(session = id, %err, "session ended with an error"),
+    }
+}

@@ -1,0 +1,314 @@
+//! `SecureStream`: the application's end of a Noise session, as a tokio byte stream.
+//!
+//! Writes are sealed into Noise frames of at most 65535 bytes; reads open them. A
+//! clean `shutdown()` sends the authenticated end of stream before finishing the
+//! underlying stream, and a read returns end-of-file only after the peer's
+//! authenticated end: if the stream ends without it (a relay or network cutting it
+//! short), the read fails with `UnexpectedEof` wrapping [`NoiseError::Truncated`].
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use blindrelay_protocol::noise::{self, NoiseError, Opened, Transport, MAX_MESSAGE_LEN};
+use blindrelay_protocol::PublicKey;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Which way a session reached its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionPath {
+    /// Through the host's home relay (Plex calls this "Indirect").
+    Relayed,
+}
+
+/// An established end-to-end encrypted session.
+///
+/// `R` and `W` are the two halves of the underlying ordered byte stream: QUIC stream
+/// halves by default.
+pub struct SecureStream<R = quinn::RecvStream, W = quinn::SendStream> {
+    reader: R,
+    writer: W,
+    transport: Transport,
+    path: SessionPath,
+    session_id: u64,
+    /// Ciphertext received but not yet a whole frame.
+    read_buf: BytesMut,
+    /// Plaintext opened but not yet read by the application.
+    plain: BytesMut,
+    /// Sealed frames not yet accepted by the writer.
+    write_buf: BytesMut,
+    /// The underlying writer has been shut down.
+    writer_closed: bool,
+}
+
+impl<R, W> std::fmt::Debug for SecureStream<R, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureStream")
+            .field("peer", self.transport.remote_static())
+            .field("path", &self.path)
+            .field("session_id", &self.session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, W> SecureStream<R, W> {
+    /// Wraps an established Noise transport over a reader and writer. `read_buf`
+    /// holds any bytes already read past the handshake.
+    pub fn new(
+        reader: R,
+        writer: W,
+        transport: Transport,
+        path: SessionPath,
+        session_id: u64,
+        read_buf: BytesMut,
+    ) -> Self {
+        Self {
+            reader,
+            writer,
+            transport,
+            path,
+            session_id,
+            read_buf,
+            plain: BytesMut::new(),
+            write_buf: BytesMut::new(),
+            writer_closed: false,
+        }
+    }
+
+    /// The peer's static key: the player's on a host, the host id on a player.
+    pub fn peer(&self) -> &PublicKey {
+        self.transport.remote_static()
+    }
+
+    /// Which path this session took.
+    pub fn path(&self) -> SessionPath {
+        self.path
+    }
+
+    /// The relay's id for this session (0 on paths without a relay).
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Sets how many frames this side sends under one key before rekeying.
+    pub fn set_rekey_interval(&mut self, messages: u64) {
+        self.transport.set_rekey_interval(messages);
+    }
+
+    /// The underlying reader and writer.
+    pub fn into_inner(self) -> (R, W) {
+        (self.reader, self.writer)
+    }
+}
+
+fn io_error(err: NoiseError) -> io::Error {
+    let kind = match err {
+        NoiseError::Truncated => io::ErrorKind::UnexpectedEof,
+        NoiseError::WriteAfterEnd => io::ErrorKind::BrokenPipe,
+        _ => io::ErrorKind::InvalidData,
+    };
+    io::Error::new(kind, err)
+}
+
+impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.plain.is_empty() {
+                let n = this.plain.len().min(buf.remaining());
+                buf.put_slice(&this.plain[..n]);
+                this.plain.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.transport.received_end() {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(frame) = noise::split_frame(&mut this.read_buf) {
+                match this.transport.open(&frame).map_err(io_error)? {
+                    Opened::Data(data) => {
+                        // Straight into the caller's buffer; keep only the excess.
+                        let n = data.len().min(buf.remaining());
+                        buf.put_slice(&data[..n]);
+                        this.plain.extend_from_slice(&data[n..]);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Opened::Rekeyed => continue,
+                    Opened::End => return Poll::Ready(Ok(())),
+                }
+            }
+            // Need more ciphertext: read into the spare end of `read_buf`.
+            let start = this.read_buf.len();
+            let want = (2 + MAX_MESSAGE_LEN).max(start + 16 * 1024) - start;
+            this.read_buf.resize(start + want, 0);
+            let mut spare = ReadBuf::new(&mut this.read_buf[start..]);
+            let polled = Pin::new(&mut this.reader).poll_read(cx, &mut spare);
+            let filled = spare.filled().len();
+            this.read_buf.truncate(start + filled);
+            ready!(polled)?;
+            if filled == 0 {
+                // The stream ended: clean only after the peer's authenticated end.
+                this.transport.handle_eof().map_err(io_error)?;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl<R: Unpin, W: AsyncWrite + Unpin> SecureStream<R, W> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.write_buf.is_empty() {
+            let n = ready!(Pin::new(&mut self.writer).poll_write(cx, &self.write_buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.write_buf.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for SecureStream<R, W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // At most one sealed frame waits here: drain it before taking more.
+        ready!(this.poll_drain(cx))?;
+        let n = data.len().min(noise::MAX_PLAINTEXT_LEN);
+        this.transport
+            .seal(&data[..n], &mut this.write_buf)
+            .map_err(io_error)?;
+        // Start sending now; if the writer is busy the frame waits for the next call.
+        if let Poll::Ready(Err(err)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(err));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.transport.sent_end() {
+            ready!(this.poll_drain(cx))?;
+            this.transport
+                .seal_end(&mut this.write_buf)
+                .map_err(io_error)?;
+        }
+        ready!(this.poll_drain(cx))?;
+        if !this.writer_closed {
+            ready!(Pin::new(&mut this.writer).poll_shutdown(cx))?;
+            this.writer_closed = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blindrelay_protocol::noise::{HostHandshake, PlayerHandshake};
+    use blindrelay_protocol::SecretKey;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+
+    type Half = SecureStream<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
+
+    /// A session over an in-memory pipe, with the raw pipe ends for the "relay" in the
+    /// middle: bytes written by the player come out of `player_wire`, and so on.
+    fn pair() -> (Half, Half) {
+        let player_key = SecretKey::generate().unwrap();
+        let host_key = SecretKey::generate().unwrap();
+        let mut hs = PlayerHandshake::new(&player_key, &host_key.host_id()).unwrap();
+        let mut wire = BytesMut::new();
+        hs.write_hello(&mut wire).unwrap();
+        let hello = noise::split_frame(&mut wire).unwrap();
+        let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let reply = noise::split_frame(&mut wire).unwrap();
+        let player = hs.read_reply(&reply).unwrap();
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        (
+            SecureStream::new(ar, aw, player, SessionPath::Relayed, 1, BytesMut::new()),
+            SecureStream::new(br, bw, host, SessionPath::Relayed, 1, BytesMut::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn bytes_cross_intact_and_end_cleanly() {
+        let (mut player, mut host) = pair();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            player.write_all(&data).await.unwrap();
+            player.shutdown().await.unwrap();
+            player
+        });
+        let mut received = Vec::new();
+        host.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, expected);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_reads_as_truncation() {
+        let player_key = SecretKey::generate().unwrap();
+        let host_key = SecretKey::generate().unwrap();
+        let mut hs = PlayerHandshake::new(&player_key, &host_key.host_id()).unwrap();
+        let mut wire = BytesMut::new();
+        hs.write_hello(&mut wire).unwrap();
+        let hello = noise::split_frame(&mut wire).unwrap();
+        let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let reply = noise::split_frame(&mut wire).unwrap();
+        let mut player = hs.read_reply(&reply).unwrap();
+
+        // The player's side sends data but the "relay" finishes the stream before the
+        // authenticated end arrives.
+        let mut sent = BytesMut::new();
+        player.seal(b"partial", &mut sent).unwrap();
+        let reader: &[u8] = &sent;
+        let mut host = SecureStream::new(
+            reader,
+            tokio::io::sink(),
+            host,
+            SessionPath::Relayed,
+            1,
+            BytesMut::new(),
+        );
+        let mut received = Vec::new();
+        let err = host.read_to_end(&mut received).await.unwrap_err();
+        assert_eq!(received, b"partial");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let inner = err.into_inner().unwrap().downcast::<NoiseError>().unwrap();
+        assert_eq!(*inner, NoiseError::Truncated);
+    }
+
+    #[tokio::test]
+    async fn rekeying_is_invisible_to_the_application() {
+        let (mut player, mut host) = pair();
+        player.set_rekey_interval(2);
+        host.set_rekey_interval(3);
+        for i in 0..10u8 {
+            player.write_all(&[i; 1000]).await.unwrap();
+            let mut got = [0u8; 1000];
+            host.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, [i; 1000]);
+            host.write_all(&[i; 10]).await.unwrap();
+            let mut got = [0u8; 10];
+            player.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, [i; 10]);
+        }
+    }
+}

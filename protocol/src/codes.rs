@@ -1,0 +1,36 @@
+//! QUIC application error codes: why a connection was closed or a stream reset.
+//!
+//! These travel in QUIC `CONNECTION_CLOSE`, `RESET_STREAM` and `STOP_SENDING` frames,
+//! beside the [`ControlMessage::Error`](crate::ControlMessage::Error) codes that travel
+//! inside streams.
+
+/// Codes in a QUIC `CONNECTION_CLOSE` (application) frame.
+pub mod close {
+    /// Closed on purpose with nothing wrong (a host or player shutting down).
+    pub const NORMAL: u32 = 0;
+    /// The relay closed a host's connection because a newer registration of the same
+    /// host id replaced it.
+    pub const REPLACED: u32 = 1;
+    /// The relay is shutting down; reconnect later (to it or another relay).
+    pub const RELAY_SHUTDOWN: u32 = 2;
+    /// The peer broke the protocol on a stream that cannot be refused alone (the
+    /// registration stream).
+    pub const PROTOCOL_VIOLATION: u32 = 3;
+    /// The relay refused the registration (see the `Error` message sent before).
+    pub const REGISTRATION_REFUSED: u32 = 4;
+}
+
+/// Codes in `RESET_STREAM` / `STOP_SENDING` frames on session streams.
+///
+/// On a spliced session the relay passes a reset or stop code from one side to the
+/// other unchanged, so player and host can use codes of their own; these are the
+/// codes the relay itself originates.
+pub mod stream {
+    /// The other side of the session went away without closing it cleanly (its
+    /// connection was lost or closed).
+    pub const PEER_GONE: u32 = 0x100;
+    /// The session was refused (see the `Error` message on the stream).
+    pub const REFUSED: u32 = 0x101;
+    /// The session was abandoned by an endpoint that is shutting down.
+    pub const CANCELLED: u32 = 0x102;
+}

@@ -1,0 +1,187 @@
+//! The blindrelay relay: the public meeting point of hosts and players.
+//!
+//! A host keeps one QUIC connection to the relay and registers its host id on it
+//! ([`registration`](crate::registration)). A player opens a stream naming a host id;
+//! the relay opens a stream to that host and splices the two
+//! ([`session`](crate::session), [`splice`](crate::splice)). What flows through the
+//! splice is a Noise session between player and host: the relay holds no key that
+//! decrypts it, parses none of it and writes none of it anywhere.
+//!
+//! The binary `blindrelayd` is a thin driver around [`Relay`].
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod connection;
+mod privacy;
+mod registration;
+mod registry;
+mod session;
+mod splice;
+mod stats;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blindrelay_protocol::codes;
+use blindrelay_protocol::RelayUrl;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+pub use config::{RelayConfig, DEFAULT_LISTEN};
+#[cfg(feature = "splice-tap")]
+pub use splice::{Direction, SpliceTap};
+pub use stats::StatsSnapshot;
+pub use tls::{RelayCertificate, TlsError};
+
+use crate::connection::Shared;
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The TLS configuration was refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A running relay. Dropping it stops the relay abruptly; [`Relay::shutdown`] stops
+/// it gracefully.
+pub struct Relay {
+    url: RelayUrl,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Binds the relay's endpoint and starts accepting connections on the current
+    /// tokio runtime.
+    pub fn spawn(config: RelayConfig) -> Result<Self, RelayError> {
+        let server_config = tls::server_config(&config)?;
+        let socket = bind_udp(config.listen)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| RelayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let url = config.url(local_addr)?;
+        let shared = Arc::new(Shared::new(config));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(endpoint, shared.clone(), shutdown_rx));
+        info!(addr = %local_addr, "relay listening");
+        Ok(Self {
+            url,
+            local_addr,
+            shared,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The URL hosts and players use to reach and verify this relay.
+    pub fn url(&self) -> &RelayUrl {
+        &self.url
+    }
+
+    /// The UDP address the relay listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Counters and gauges of what the relay has done so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// Tells every connection the relay is going away, waits briefly for them to
+    /// close, and stops.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            warn!("relay did not stop within 5 s; aborting its tasks");
+        }
+        // Dropping `self` aborts whatever is left.
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Every task of the relay is owned by this one: aborting it drops the endpoint
+        // and the JoinSet of connection tasks, which aborts them in turn.
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                connections.spawn(connection::handle(incoming, shared.clone()));
+            }
+            Some(result) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(err) = result {
+                    if err.is_panic() {
+                        warn!("a connection task panicked; other connections are unaffected");
+                    }
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    debug!("relay closing all connections");
+    endpoint.close(codes::close::RELAY_SHUTDOWN.into(), b"relay shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+    connections.shutdown().await;
+    info!("relay stopped");
+}
+
+/// Binds the UDP socket with large kernel buffers: QUIC at Gbit/s loses packets to
+/// the default ~208 KiB receive buffer, and every loss costs a congestion back-off.
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, RelayError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_error = |source| RelayError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_error)?;
+    if addr.is_ipv6() {
+        // Accept IPv4-mapped addresses too when bound to [::].
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    Ok(socket.into())
+}
+
+const UDP_BUFFER_BYTES: usize = 8 << 20;

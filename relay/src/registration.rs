@@ -1,0 +1,108 @@
+//! Registration: a host proves it holds its host id's key and becomes reachable.
+//!
+//! Runs the relay's side of the flow in
+//! [`blindrelay_protocol::registration`]: `Register` (already read by the connection),
+//! `Challenge`, `Proof`, then `Registered` or `Error`. The registration lasts as long
+//! as the host keeps this control stream open; when the host finishes or resets it,
+//! or its connection ends, the host id is removed from the registry.
+
+use std::sync::Arc;
+
+use blindrelay_protocol::registration::{RelayChallenge, EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::connection::{read_message, send_error, Shared};
+use crate::stats::Stats;
+
+pub(crate) async fn serve(
+    host_id: HostId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    connection: quinn::Connection,
+    shared: Arc<Shared>,
+) {
+    let span = info_span!("registration", host = %host_id.short());
+    async move {
+        let refused = |reason: &'static str| {
+            Stats::bump(&shared.stats.registrations_refused);
+            debug!(reason, "registration refused");
+        };
+        let (challenge, message) = match RelayChallenge::new(host_id) {
+            Ok(challenge) => challenge,
+            Err(err) => {
+                refused("no randomness for a challenge");
+                let error = ControlMessage::error(ErrorCode::Internal, err.to_string());
+                return send_error(&mut send, &error).await;
+            }
+        };
+        if send.write_all(&message.to_frame()).await.is_err() {
+            return refused("host went away before the challenge");
+        }
+        let answer =
+            tokio::time::timeout(shared.config.first_message_timeout, read_message(&mut recv))
+                .await;
+        let mac = match answer {
+            Ok(Ok(ControlMessage::Proof { mac })) => mac,
+            Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+                refused("no proof");
+                let error = ControlMessage::error(ErrorCode::BadRequest, "expected a Proof");
+                return send_error(&mut send, &error).await;
+            }
+        };
+        let mut exporter = [0u8; EXPORTER_LEN];
+        if connection
+            .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .is_err()
+        {
+            refused("keying material unavailable");
+            let error =
+                ControlMessage::error(ErrorCode::Internal, "cannot bind proof to connection");
+            return send_error(&mut send, &error).await;
+        }
+        if let Err(err) = challenge.verify(&exporter, &mac) {
+            refused("proof failed");
+            let error = ControlMessage::error(ErrorCode::ProofFailed, err.to_string());
+            return send_error(&mut send, &error).await;
+        }
+
+        let (registration, replaced) = shared.registry.insert(host_id, connection.clone());
+        Stats::bump(&shared.stats.registrations_accepted);
+        if let Some(old) = replaced {
+            Stats::bump(&shared.stats.registrations_replaced);
+            info!("replacing an older registration of this host id");
+            old.close(
+                codes::close::REPLACED.into(),
+                b"replaced by a newer registration of this host id",
+            );
+        }
+        info!("host registered");
+        if send
+            .write_all(&ControlMessage::Registered.to_frame())
+            .await
+            .is_ok()
+        {
+            hold(&mut send, &mut recv).await;
+        }
+        shared.registry.remove(&host_id, registration);
+        info!("host unregistered");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Keeps the registration until the host ends the control stream or its connection.
+/// Nothing more is expected on the stream in this protocol version.
+async fn hold(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
+    match read_message(recv).await {
+        Ok(message) => {
+            debug!(?message, "unexpected message on the registration stream");
+            let error = ControlMessage::error(
+                ErrorCode::BadRequest,
+                "nothing is expected after registration",
+            );
+            send_error(send, &error).await;
+        }
+        Err(err) => debug!(%err, "registration stream ended"),
+    }
+}

@@ -1,0 +1,62 @@
+//! The registry: which host id is reachable over which connection, in memory only.
+//!
+//! A concurrent map, so lookups for new sessions never wait on registrations of other
+//! hosts. No entry is held across an `.await`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use blindrelay_protocol::HostId;
+use dashmap::DashMap;
+
+/// One live registration.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub connection: quinn::Connection,
+    /// Tells this registration apart from an older or newer one of the same host id.
+    pub registration: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    hosts: DashMap<HostId, Entry>,
+    next_registration: AtomicU64,
+}
+
+impl Registry {
+    /// Registers `host_id` on `connection`; newest wins. Returns this registration's
+    /// number and the connection it replaced, if any.
+    pub fn insert(
+        &self,
+        host_id: HostId,
+        connection: quinn::Connection,
+    ) -> (u64, Option<quinn::Connection>) {
+        let registration = self.next_registration.fetch_add(1, Ordering::Relaxed);
+        let old = self.hosts.insert(
+            host_id,
+            Entry {
+                connection,
+                registration,
+            },
+        );
+        (registration, old.map(|entry| entry.connection))
+    }
+
+    /// Removes `host_id` if it is still held by `registration` (a newer registration
+    /// of the same id must not be removed by the old one's cleanup).
+    pub fn remove(&self, host_id: &HostId, registration: u64) -> bool {
+        self.hosts
+            .remove_if(host_id, |_, entry| entry.registration == registration)
+            .is_some()
+    }
+
+    /// The connection of the host registered under `host_id`.
+    pub fn lookup(&self, host_id: &HostId) -> Option<quinn::Connection> {
+        self.hosts
+            .get(host_id)
+            .map(|entry| entry.connection.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+}

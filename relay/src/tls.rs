@@ -1,0 +1,149 @@
+//! The relay's certificate and TLS/QUIC server configuration.
+//!
+//! A development relay makes a self-signed certificate in memory at start (nothing
+//! touches the disk) and publishes its SHA-256 pin in its URL. A production relay
+//! loads a certificate chain and key from PEM files.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use blindrelay_protocol::{CertPin, ALPN};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::RelayConfig;
+
+/// Why the relay's TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("cannot read {what} from {path}: {reason}")]
+    Pem {
+        /// "certificate" or "private key".
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The certificate file holds no certificate.
+    #[error("{path} holds no certificate")]
+    NoCertificate {
+        /// The file.
+        path: String,
+    },
+    /// The self-signed certificate could not be made.
+    #[error("cannot make a self-signed certificate: {0}")]
+    SelfSigned(String),
+    /// rustls or quinn refused the certificate and key.
+    #[error("TLS configuration refused: {0}")]
+    Config(String),
+    /// The public name cannot go in a relay URL.
+    #[error("invalid public name: {0}")]
+    PublicName(String),
+}
+
+/// A certificate chain and its private key.
+pub struct RelayCertificate {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for RelayCertificate {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RelayCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayCertificate")
+            .field("pin", &self.pin())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayCertificate {
+    /// A fresh self-signed certificate (ECDSA P-256) for `names`, made in memory.
+    pub fn self_signed(names: &[&str]) -> Result<Self, TlsError> {
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(|err| TlsError::SelfSigned(err.to_string()))?;
+        Ok(Self {
+            chain: vec![certified.cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
+        })
+    }
+
+    /// Loads a PEM certificate chain (leaf first) and a PEM private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let pem_error = |what, path: &Path, err: rustls::pki_types::pem::Error| TlsError::Pem {
+            what,
+            path: path.display().to_string(),
+            reason: err.to_string(),
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|err| pem_error("certificate", cert, err))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| pem_error("certificate", cert, err))?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCertificate {
+                path: cert.display().to_string(),
+            });
+        }
+        let key =
+            PrivateKeyDer::from_pem_file(key).map_err(|err| pem_error("private key", key, err))?;
+        Ok(Self { chain, key })
+    }
+
+    /// The certificate and key in PEM, for writing files in tests and tooling.
+    pub fn self_signed_pem(names: &[&str]) -> Result<(String, String), TlsError> {
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(|err| TlsError::SelfSigned(err.to_string()))?;
+        Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
+    }
+
+    /// The pin of the leaf certificate (what a relay URL carries).
+    pub fn pin(&self) -> CertPin {
+        // `chain` is never empty: both constructors guarantee a leaf.
+        CertPin::of_certificate(&self.chain[0])
+    }
+}
+
+/// The quinn server configuration: TLS 1.3 only, our ALPN only, no 0-RTT (early data
+/// is replayable, and nothing here is worth the risk).
+pub(crate) fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|err| TlsError::Config(err.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(
+            config.certificate.chain.clone(),
+            config.certificate.key.clone_key(),
+        )
+        .map_err(|err| TlsError::Config(err.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|err| TlsError::Config(err.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            config
+                .idle_timeout
+                .try_into()
+                .map_err(|_| TlsError::Config("idle timeout too large".into()))?,
+        ))
+        .max_concurrent_bidi_streams(config.max_streams_per_connection.into())
+        .max_concurrent_uni_streams(0u32.into());
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
