@@ -52,6 +52,19 @@ pub(crate) struct ConnectionProfile {
     pub idle_timeout: Duration,
 }
 
+/// Opens a bare QUIC connection to the relay at `url`, verified as any client
+/// verifies it, for tools and tests that speak the protocol themselves (the load
+/// generator, conformance tests). Applications use [`crate::HostAgent`] and
+/// [`crate::Player`] instead.
+pub async fn connect_relay_raw(url: &RelayUrl) -> Result<quinn::Connection, ConnectRelayError> {
+    let profile = ConnectionProfile {
+        incoming_streams: 1024,
+        keep_alive: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+    };
+    connect_relay(url, profile).await
+}
+
 /// Opens a QUIC connection to the relay at `url`.
 pub(crate) async fn connect_relay(
     url: &RelayUrl,

@@ -20,7 +20,7 @@ mod wire;
 
 pub use backoff::BackoffConfig;
 pub use blindrelay_protocol::{HostId, PublicKey, RelayUrl, SecretKey, Ticket};
-pub use endpoint::ConnectRelayError;
+pub use endpoint::{connect_relay_raw, ConnectRelayError};
 pub use host::{HostAgent, HostConfig, HostState, RegisterError};
 pub use player::{ConnectError, Player, PlayerConfig};
 pub use stream::{SecureStream, SessionPath};

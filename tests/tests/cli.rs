@@ -1,0 +1,343 @@
+//! The quick start, as a user runs it: real `blindrelayd` and `blindrelay` processes,
+//! an HTTP media service with range requests behind the host, HTTP clients in front
+//! of the player, Ctrl-C, and a relay restart with the same certificate files.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use blindrelay_relay::RelayCertificate;
+use common::{Pattern, PATIENCE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Builds both binaries (a no-op when they are fresh) and returns their directory.
+fn binaries() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/cli-<hash> -> target/<profile>
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut build = Command::new(env!("CARGO"));
+    // Run cargo as a user's shell would: variables cargo set for this test process
+    // (CARGO_PKG_*, library paths, ...) would make build scripts rerun and rebuild
+    // the whole dependency tree.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let keep = matches!(name.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+        if !keep && (name.starts_with("CARGO") || name.starts_with("LD_LIBRARY_PATH")) {
+            build.env_remove(name.as_ref());
+        }
+    }
+    build.current_dir(workspace).args([
+        "build",
+        "--quiet",
+        "--bin",
+        "blindrelayd",
+        "--bin",
+        "blindrelay",
+    ]);
+    if dir.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    assert!(build.status().unwrap().success(), "binaries build");
+    dir
+}
+
+/// A child process that is killed if the test fails before it ends it.
+struct Proc {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(bin: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The value of the next stdout line `name: value`.
+    fn value(&self, name: &str) -> String {
+        let line = self
+            .stdout
+            .recv_timeout(PATIENCE)
+            .expect("a line on stdout");
+        line.strip_prefix(&format!("{name}: "))
+            .unwrap_or_else(|| panic!("expected `{name}: ...`, got {line:?}"))
+            .to_owned()
+    }
+
+    /// Waits for a stderr line containing `text`.
+    fn wait_log(&self, text: &str) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line containing {text:?}"));
+            if line.contains(text) {
+                return;
+            }
+        }
+    }
+
+    /// Sends Ctrl-C (SIGINT) and waits for a clean exit.
+    fn interrupt(mut self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "clean exit after Ctrl-C, got {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit after Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A minimal HTTP/1.1 file server with `Range: bytes=a-b` support, standing in for a
+/// media server's HTTP port.
+async fn media_server(file: std::sync::Arc<Vec<u8>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let file = file.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let range = request.lines().find_map(|line| {
+                    let spec = line.strip_prefix("range: bytes=")?;
+                    let (a, b) = spec.trim().split_once('-')?;
+                    Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                });
+                let (status, body, extra) = match range {
+                    Some((a, b)) => (
+                        "206 Partial Content",
+                        &file[a..=b],
+                        format!("Content-Range: bytes {a}-{b}/{}\r\n", file.len()),
+                    ),
+                    None => ("200 OK", &file[..], String::new()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(body).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// GETs `/movie.mkv` through `addr`, optionally a byte range; returns status and body.
+async fn get(addr: SocketAddr, range: Option<(usize, usize)>) -> (String, Vec<u8>) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let range = range
+        .map(|(a, b)| format!("Range: bytes={a}-{b}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET /movie.mkv HTTP/1.1\r\nHost: media\r\n{range}\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, response[split + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_works_as_documented() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_pem, key_pem) = RelayCertificate::self_signed_pem(&["localhost"]).unwrap();
+    let (cert, relay_key) = (dir.join("relay.crt"), dir.join("relay.key"));
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&relay_key, key_pem).unwrap();
+
+    let mut movie = vec![0u8; 24 << 20];
+    Pattern::new(42).fill(&mut movie);
+    let movie = std::sync::Arc::new(movie);
+    let media = media_server(movie.clone()).await;
+
+    // 1. The relay.
+    let relay_args = |listen: &str| {
+        vec![
+            "--listen".to_owned(),
+            listen.to_owned(),
+            "--cert".to_owned(),
+            cert.display().to_string(),
+            "--key".to_owned(),
+            relay_key.display().to_string(),
+        ]
+    };
+    let args = relay_args("127.0.0.1:0");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = Proc::start(&bin.join("blindrelayd"), &args);
+    let url = relay.value("relay url");
+    assert!(
+        url.starts_with("blindrelay://127.0.0.1:") && url.contains("?pin="),
+        "{url}"
+    );
+
+    // 2. A host identity, private to its owner.
+    let host_key = dir.join("host.key");
+    let keygen = Command::new(bin.join("blindrelay"))
+        .args(["keygen", "--out", host_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let keygen_out = String::from_utf8(keygen.stdout).unwrap();
+    let host_id = keygen_out
+        .trim()
+        .strip_prefix("host id: ")
+        .unwrap()
+        .to_owned();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&host_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = Command::new(bin.join("blindrelay"))
+        .args(["keygen", "--out", host_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "keygen never overwrites a key silently"
+    );
+
+    // 3. The host, forwarding to the media server.
+    let forward = media.to_string();
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            host_key.to_str().unwrap(),
+            "--relay",
+            &url,
+            "--forward",
+            &forward,
+        ],
+    );
+    assert_eq!(host.value("host id"), host_id);
+    let ticket = host.value("ticket");
+    host.wait_log("reachable through the relay");
+
+    // 4. The player.
+    let player = Proc::start(
+        &bin.join("blindrelay"),
+        &["connect", &ticket, "--listen", "127.0.0.1:0"],
+    );
+    let listen: SocketAddr = player.value("listening on").parse().unwrap();
+
+    // Whole file, a range, and several at once.
+    let (status, body) = get(listen, None).await;
+    assert!(status.contains("200"), "{status}");
+    assert!(body == *movie, "whole file byte for byte");
+    let (status, body) = get(listen, Some((1_000_000, 1_999_999))).await;
+    assert!(status.contains("206"), "{status}");
+    assert_eq!(body, movie[1_000_000..2_000_000]);
+    let many = (0..8u64).map(|i| {
+        let (a, b) = (
+            (i as usize) << 20,
+            ((i as usize + 1) << 20) - 1 + i as usize,
+        );
+        tokio::spawn(async move { (a, b, get(listen, Some((a, b))).await) })
+    });
+    for task in many {
+        let (a, b, (status, body)) = task.await.unwrap();
+        assert!(status.contains("206"));
+        assert_eq!(body, movie[a..=b]);
+    }
+
+    // 5. The relay restarts with the same certificate files and address: the host
+    //    registers again by itself and the same player keeps working.
+    let port = url
+        .trim_start_matches("blindrelay://127.0.0.1:")
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    relay.interrupt();
+    host.wait_log("lost the relay");
+    let args = relay_args(&format!("127.0.0.1:{port}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = Proc::start(&bin.join("blindrelayd"), &args);
+    assert_eq!(relay.value("relay url"), url, "same certificate, same URL");
+    host.wait_log("reachable through the relay");
+    let (status, body) = get(listen, Some((5, 104))).await;
+    assert!(status.contains("206"), "{status}");
+    assert_eq!(body, movie[5..105]);
+
+    // 6. Ctrl-C ends each of them cleanly.
+    player.interrupt();
+    host.interrupt();
+    relay.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,231 @@
+//! Helpers shared by the whole-system tests: start a relay, hosts and players on
+//! loopback, talk raw protocol to the relay, and make checkable byte streams.
+
+#![allow(dead_code)] // Each test file uses a different subset.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blindrelay_client::{
+    BackoffConfig, HostAgent, HostConfig, HostState, Player, PlayerConfig, RelayUrl, SecretKey,
+    SecureStream,
+};
+use blindrelay_protocol::control::{self, ControlMessage};
+use blindrelay_relay::{Direction, Relay, RelayCertificate, RelayConfig, SpliceTap};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every wait in these tests is bounded by this; generous for a busy 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A relay config on an ephemeral loopback port with a fresh self-signed certificate.
+pub fn relay_config() -> RelayConfig {
+    let certificate = RelayCertificate::self_signed(&["localhost"]).expect("certificate");
+    RelayConfig::new("127.0.0.1:0".parse().unwrap(), certificate)
+}
+
+pub fn start_relay() -> Relay {
+    init_tracing();
+    Relay::spawn(relay_config()).expect("relay starts")
+}
+
+/// A host config that retries quickly, so reconnection tests stay short.
+pub fn host_config(key: SecretKey, relay: &RelayUrl) -> HostConfig {
+    let mut config = HostConfig::new(key, relay.clone());
+    config.backoff = BackoffConfig {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(400),
+    };
+    config
+}
+
+/// Starts a host agent with a fresh key and waits until it is registered.
+pub async fn start_host(relay: &RelayUrl) -> HostAgent {
+    let agent = HostAgent::spawn(host_config(SecretKey::generate().unwrap(), relay));
+    wait_for_state(&agent, |state| *state == HostState::Registered).await;
+    agent
+}
+
+pub async fn wait_for_state(agent: &HostAgent, want: impl Fn(&HostState) -> bool) -> HostState {
+    let mut states = agent.watch_state();
+    let state = tokio::time::timeout(PATIENCE, states.wait_for(|state| want(state)))
+        .await
+        .expect("host reached the expected state in time")
+        .expect("host agent still running")
+        .clone();
+    state
+}
+
+pub fn player() -> Player {
+    Player::new(PlayerConfig::new(SecretKey::generate().unwrap()))
+}
+
+/// Accepts every session on `agent` and echoes it back, until the agent stops.
+pub fn spawn_echo_host(mut agent: HostAgent) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sessions = tokio::task::JoinSet::new();
+        while let Some(session) = agent.accept().await {
+            sessions.spawn(echo(session));
+        }
+    })
+}
+
+pub async fn echo(session: SecureStream) {
+    let (mut reader, mut writer) = tokio::io::split(session);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if writer.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// A reproducible pseudo-random byte stream (xorshift64*), so a receiver can check
+/// gigabytes without either side holding them.
+pub struct Pattern(u64);
+
+impl Pattern {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let word = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+}
+
+/// Writes `len` pattern bytes and shuts the writer down.
+pub async fn write_pattern(
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    seed: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let mut pattern = Pattern::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        pattern.fill(&mut buf[..n]);
+        writer.write_all(&buf[..n]).await?;
+        left -= n as u64;
+    }
+    writer.shutdown().await
+}
+
+/// Reads to a clean end and checks every byte against the pattern; returns the count.
+///
+/// Chunk boundaries on the reading side differ from the writer's, so the expected
+/// bytes are generated in the writer's 64 KiB blocks and compared as a stream.
+pub async fn read_pattern(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    seed: u64,
+) -> std::io::Result<u64> {
+    let mut pattern = Pattern::new(seed);
+    let mut expected = vec![0u8; 64 * 1024];
+    let mut expected_pos = expected.len();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        let mut got = &buf[..n];
+        while !got.is_empty() {
+            if expected_pos == expected.len() {
+                pattern.fill(&mut expected);
+                expected_pos = 0;
+            }
+            let take = got.len().min(expected.len() - expected_pos);
+            if got[..take] != expected[expected_pos..expected_pos + take] {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("byte mismatch near offset {total}"),
+                ));
+            }
+            expected_pos += take;
+            total += take as u64;
+            got = &got[take..];
+        }
+    }
+}
+
+/// Opens a bare QUIC connection to the relay for speaking raw protocol.
+pub async fn raw_connection(relay: &Relay) -> quinn::Connection {
+    blindrelay_client::connect_relay_raw(relay.url())
+        .await
+        .expect("raw connection to the relay")
+}
+
+/// Reads one control message from a raw stream.
+pub async fn read_message(recv: &mut quinn::RecvStream) -> Option<ControlMessage> {
+    let mut prefix = [0u8; 2];
+    recv.read_exact(&mut prefix).await.ok()?;
+    let len = control::frame_len(prefix).ok()?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.ok()?;
+    ControlMessage::decode(&body).ok()
+}
+
+/// Sends `bytes` on a new stream (finishing it if `finish`) and returns the relay's
+/// first answer.
+pub async fn raw_exchange(
+    connection: &quinn::Connection,
+    bytes: &[u8],
+    finish: bool,
+) -> Option<ControlMessage> {
+    let (mut send, mut recv) = connection.open_bi().await.ok()?;
+    let _ = send.write_all(bytes).await;
+    if finish {
+        let _ = send.finish();
+    }
+    tokio::time::timeout(PATIENCE, read_message(&mut recv))
+        .await
+        .expect("relay answers in time")
+}
+
+/// Records everything the relay forwards, per direction.
+#[derive(Default)]
+pub struct RecordingTap {
+    pub player_to_host: Mutex<Vec<u8>>,
+    pub host_to_player: Mutex<Vec<u8>>,
+}
+
+impl SpliceTap for RecordingTap {
+    fn observe(&self, direction: Direction, chunk: &[u8]) {
+        let buf = match direction {
+            Direction::PlayerToHost => &self.player_to_host,
+            Direction::HostToPlayer => &self.host_to_player,
+        };
+        buf.lock().unwrap().extend_from_slice(chunk);
+    }
+}
+
+pub fn start_relay_with_tap() -> (Relay, Arc<RecordingTap>) {
+    init_tracing();
+    let tap = Arc::new(RecordingTap::default());
+    let mut config = relay_config();
+    config.tap = Some(tap.clone());
+    (Relay::spawn(config).expect("relay starts"), tap)
+}

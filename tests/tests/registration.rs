@@ -1,0 +1,219 @@
+//! Registration: only the holder of a host id's key can register it, a proof is
+//! bound to its connection, the newest registration wins, and a host comes back by
+//! itself when the relay restarts.
+
+mod common;
+
+use blindrelay_client::{HostAgent, HostState};
+use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_protocol::{ControlMessage, ErrorCode, HostId, SecretKey};
+use blindrelay_relay::{Relay, RelayConfig};
+use common::*;
+
+/// Runs the registration flow by hand on `connection`, proving with `prover` and the
+/// keying material `exporter_from` exports. Returns the relay's verdict.
+async fn register_by_hand(
+    connection: &quinn::Connection,
+    host_id: HostId,
+    prover: &SecretKey,
+    exporter_from: &quinn::Connection,
+) -> (ControlMessage, quinn::SendStream) {
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&ControlMessage::Register { host_id }.to_frame())
+        .await
+        .unwrap();
+    let Some(ControlMessage::Challenge { relay_ephemeral }) = read_message(&mut recv).await else {
+        panic!("expected a challenge");
+    };
+    let mut exporter = [0u8; EXPORTER_LEN];
+    exporter_from
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .unwrap();
+    let mac = registration::prove(prover, &relay_ephemeral, &exporter).unwrap();
+    send.write_all(&ControlMessage::Proof { mac }.to_frame())
+        .await
+        .unwrap();
+    let verdict = read_message(&mut recv).await.expect("a verdict");
+    // The registration lasts while this stream stays open: hand it to the caller.
+    (verdict, send)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_holder_registers() {
+    let relay = start_relay();
+    let key = SecretKey::generate().unwrap();
+    let connection = raw_connection(&relay).await;
+    let (verdict, _control) = register_by_hand(&connection, key.host_id(), &key, &connection).await;
+    assert_eq!(verdict, ControlMessage::Registered);
+    assert_eq!(relay.stats().registered_hosts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_id_cannot_be_registered_without_its_key() {
+    let relay = start_relay();
+    let victim = SecretKey::generate().unwrap();
+    let attacker = SecretKey::generate().unwrap();
+    let connection = raw_connection(&relay).await;
+    let (verdict, _control) =
+        register_by_hand(&connection, victim.host_id(), &attacker, &connection).await;
+    let ControlMessage::Error { code, .. } = verdict else {
+        panic!("expected a refusal, got {verdict:?}");
+    };
+    assert_eq!(code, ErrorCode::ProofFailed);
+    let stats = relay.stats();
+    assert_eq!(stats.registered_hosts, 0);
+    assert_eq!(stats.registrations_refused, 1);
+    assert_eq!(stats.registrations_accepted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_made_for_another_connection_is_refused() {
+    // The key holder computes a proof with keying material from connection A, and it
+    // is presented on connection B: a relayed or replayed proof must not work.
+    let relay = start_relay();
+    let key = SecretKey::generate().unwrap();
+    let a = raw_connection(&relay).await;
+    let b = raw_connection(&relay).await;
+    let (verdict, _control) = register_by_hand(&b, key.host_id(), &key, &a).await;
+    assert!(
+        matches!(
+            verdict,
+            ControlMessage::Error {
+                code: ErrorCode::ProofFailed,
+                ..
+            }
+        ),
+        "{verdict:?}"
+    );
+    assert_eq!(relay.stats().registered_hosts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_order_host_id_cannot_register() {
+    // With the all-zero key the "shared secret" is zero for everyone; the relay must
+    // refuse it even though the attacker can compute a matching MAC.
+    let relay = start_relay();
+    let connection = raw_connection(&relay).await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let host_id = HostId::from_bytes([0; 32]);
+    send.write_all(&ControlMessage::Register { host_id }.to_frame())
+        .await
+        .unwrap();
+    let Some(ControlMessage::Challenge { .. }) = read_message(&mut recv).await else {
+        panic!("expected a challenge");
+    };
+    send.write_all(&ControlMessage::Proof { mac: [0; 32] }.to_frame())
+        .await
+        .unwrap();
+    let verdict = read_message(&mut recv).await;
+    assert!(
+        matches!(
+            verdict,
+            Some(ControlMessage::Error {
+                code: ErrorCode::ProofFailed,
+                ..
+            })
+        ),
+        "{verdict:?}"
+    );
+    assert_eq!(relay.stats().registered_hosts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_registration_wins_and_the_old_host_is_told() {
+    let relay = start_relay();
+    let key = SecretKey::generate().unwrap();
+    let first = HostAgent::spawn(host_config(key.clone(), relay.url()));
+    wait_for_state(&first, |s| *s == HostState::Registered).await;
+
+    let second = HostAgent::spawn(host_config(key, relay.url()));
+    wait_for_state(&second, |s| *s == HostState::Registered).await;
+    let stopped = wait_for_state(&first, |s| matches!(s, HostState::Stopped { .. })).await;
+    let HostState::Stopped { reason } = stopped else {
+        unreachable!()
+    };
+    assert!(reason.contains("same host id"), "{reason}");
+
+    // Sessions now reach the second host.
+    let ticket = second.ticket().clone();
+    let _echo = spawn_echo_host(second);
+    let session = player()
+        .connect(&ticket)
+        .await
+        .expect("session to the new host");
+    let (mut read, mut write) = tokio::io::split(session);
+    let (sent, echoed) = tokio::join!(
+        write_pattern(&mut write, 9, 4096),
+        read_pattern(&mut read, 9)
+    );
+    sent.unwrap();
+    assert_eq!(echoed.unwrap(), 4096);
+    let stats = relay.stats();
+    assert_eq!(stats.registrations_replaced, 1);
+    assert_eq!(stats.registered_hosts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_comes_back_when_the_relay_restarts() {
+    init_tracing();
+    let config = relay_config();
+    let relay = Relay::spawn(config.clone()).unwrap();
+    let addr = relay.local_addr();
+    let url = relay.url().clone();
+
+    let host = HostAgent::spawn(host_config(SecretKey::generate().unwrap(), &url));
+    wait_for_state(&host, |s| *s == HostState::Registered).await;
+    let ticket = host.ticket().clone();
+    let mut states = host.watch_state();
+    let _echo = spawn_echo_host(host);
+    let player = player();
+    let session = player
+        .connect(&ticket)
+        .await
+        .expect("session before the restart");
+    drop(session);
+
+    relay.shutdown().await;
+    tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| matches!(s, HostState::Connecting { .. })),
+    )
+    .await
+    .expect("host notices the relay is gone")
+    .unwrap();
+
+    // Same address, same certificate: the URL in the ticket stays valid.
+    let mut config = RelayConfig::clone(&config);
+    config.listen = addr;
+    // quinn releases the UDP port when its endpoint driver task ends, just after
+    // shutdown returns; retry the bind briefly, as a restarting service would.
+    let relay = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match Relay::spawn(config.clone()) {
+                Ok(relay) => break relay,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("relay restarts on the same address");
+    assert_eq!(relay.url(), &url);
+    tokio::time::timeout(PATIENCE, states.wait_for(|s| *s == HostState::Registered))
+        .await
+        .expect("host registers again by itself")
+        .unwrap();
+
+    // The same player object reconnects to the new relay on its own.
+    let session = player
+        .connect(&ticket)
+        .await
+        .expect("session after the restart");
+    let (mut read, mut write) = tokio::io::split(session);
+    let (sent, echoed) = tokio::join!(
+        write_pattern(&mut write, 3, 100_000),
+        read_pattern(&mut read, 3)
+    );
+    sent.unwrap();
+    assert_eq!(echoed.unwrap(), 100_000);
+    assert_eq!(relay.stats().registered_hosts, 1);
+}

@@ -1,0 +1,120 @@
+//! Sessions end to end: bytes cross the relay intact, both ways, small and large,
+//! one at a time and many at once; unknown hosts are reported as offline.
+
+mod common;
+
+use blindrelay_client::{ConnectError, SessionPath, Ticket};
+use blindrelay_protocol::{ErrorCode, SecretKey};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_messages_cross_both_ways_and_end_cleanly() {
+    let relay = start_relay();
+    let mut host = start_host(relay.url()).await;
+    let host_key = *host.host_id();
+    let ticket = host.ticket().clone();
+    let player = player();
+
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
+    let mut player_side = player_side.expect("player connects");
+    let mut host_side = host_side.expect("host accepts");
+    assert_eq!(player_side.path(), SessionPath::Relayed);
+    assert_eq!(player_side.peer(), host_key.public_key());
+    assert_eq!(player_side.session_id(), host_side.session_id());
+
+    player_side.write_all(b"GET /movie.mkv").await.unwrap();
+    player_side.shutdown().await.unwrap();
+    let mut request = Vec::new();
+    host_side.read_to_end(&mut request).await.unwrap();
+    assert_eq!(request, b"GET /movie.mkv");
+
+    // Half-closed: the host can still answer after the player's end.
+    host_side.write_all(b"200 OK").await.unwrap();
+    host_side.shutdown().await.unwrap();
+    let mut response = Vec::new();
+    player_side.read_to_end(&mut response).await.unwrap();
+    assert_eq!(response, b"200 OK");
+
+    let stats = relay.stats();
+    assert_eq!(stats.sessions_opened, 1);
+    assert!(stats.bytes_player_to_host > request.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gibibyte_streams_through_intact() {
+    const HOST_TO_PLAYER: u64 = 1 << 30;
+    const PLAYER_TO_HOST: u64 = 64 << 20;
+    let relay = start_relay();
+    let mut host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let player = player();
+
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
+    let (mut player_read, mut player_write) = tokio::io::split(player_side.unwrap());
+    let (mut host_read, mut host_write) = tokio::io::split(host_side.unwrap());
+
+    // Both directions at once, streamed: neither side ever holds more than 64 KiB.
+    let (down, up, sent_down, sent_up) = tokio::join!(
+        read_pattern(&mut player_read, 1),
+        read_pattern(&mut host_read, 2),
+        write_pattern(&mut host_write, 1, HOST_TO_PLAYER),
+        write_pattern(&mut player_write, 2, PLAYER_TO_HOST),
+    );
+    sent_down.unwrap();
+    sent_up.unwrap();
+    assert_eq!(down.unwrap(), HOST_TO_PLAYER);
+    assert_eq!(up.unwrap(), PLAYER_TO_HOST);
+    assert!(relay.stats().bytes_host_to_player > HOST_TO_PLAYER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_at_once_stay_separate() {
+    const SESSIONS: u64 = 48;
+    const BYTES: u64 = 1 << 20;
+    let relay = start_relay();
+    let host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+    let player = std::sync::Arc::new(player());
+
+    let mut sessions = tokio::task::JoinSet::new();
+    for seed in 0..SESSIONS {
+        let (player, ticket) = (player.clone(), ticket.clone());
+        sessions.spawn(async move {
+            let session = player.connect(&ticket).await.expect("session opens");
+            let (mut read, mut write) = tokio::io::split(session);
+            let (sent, echoed) = tokio::join!(
+                write_pattern(&mut write, seed, BYTES),
+                read_pattern(&mut read, seed)
+            );
+            sent.unwrap();
+            echoed.unwrap()
+        });
+    }
+    let mut done = 0;
+    while let Some(result) = sessions.join_next().await {
+        assert_eq!(
+            result.unwrap(),
+            BYTES,
+            "each session gets its own bytes back"
+        );
+        done += 1;
+    }
+    assert_eq!(done, SESSIONS);
+    assert_eq!(relay.stats().sessions_opened, SESSIONS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_host_is_reported_offline() {
+    let relay = start_relay();
+    let stranger = SecretKey::generate().unwrap().host_id();
+    let ticket = Ticket::new(stranger, relay.url().clone(), vec![]).unwrap();
+    let err = player().connect(&ticket).await.unwrap_err();
+    match &err {
+        ConnectError::Refused { code, .. } => assert_eq!(*code, ErrorCode::HostOffline),
+        other => panic!("expected host offline, got {other:?}"),
+    }
+    assert!(err.to_string().contains("host offline"), "{err}");
+    assert_eq!(relay.stats().sessions_refused, 1);
+}
