@@ -12,7 +12,7 @@ Inputs (raw X25519 secrets; X25519 clamps them):
   prologue b"blindrelay/1 session Noise_IK_25519_AESGCM_BLAKE2s",
   empty handshake payloads.
 Wire: every Noise message is a 2-byte big-endian length then the message.
-Transport plaintext: a type byte (0x00 data, 0x01 end) then the body.
+Transport plaintext: the body, then a type byte (0x00 data, 0x01 end).
   player -> host: data b"GET /movie.mkv", then end
   host -> player: data b"200 OK"
 
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from noise.connection import Keypair, NoiseConnection
 
-EXPECTED = "be74150f92d3518a3cb91988584ad435911d8029a6966d7fb81c83d016aed32e"
+EXPECTED = "8e766ccf2fb6a9fd2834b1b177c3247e99cca611bd516b8a6db0dcbbd47ad955"
 
 NAME = b"Noise_IK_25519_AESGCM_BLAKE2s"
 PROLOGUE = b"blindrelay/1 session Noise_IK_25519_AESGCM_BLAKE2s"
@@ -88,9 +88,9 @@ def main() -> int:
     assert player.get_handshake_hash() == host.get_handshake_hash()
 
     for label, sender, receiver, plaintext in [
-        ("data    (player -> host) 'GET /movie.mkv'", player, host, bytes([DATA]) + b"GET /movie.mkv"),
+        ("data    (player -> host) 'GET /movie.mkv'", player, host, b"GET /movie.mkv" + bytes([DATA])),
         ("end     (player -> host)", player, host, bytes([END])),
-        ("data    (host -> player) '200 OK'", host, player, bytes([DATA]) + b"200 OK"),
+        ("data    (host -> player) '200 OK'", host, player, b"200 OK" + bytes([DATA])),
     ]:
         ciphertext = sender.encrypt(plaintext)
         assert receiver.decrypt(ciphertext) == plaintext
