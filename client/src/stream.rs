@@ -225,9 +225,8 @@ mod tests {
 
     type Half = SecureStream<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
 
-    /// A session over an in-memory pipe, with the raw pipe ends for the "relay" in the
-    /// middle: bytes written by the player come out of `player_wire`, and so on.
-    fn pair() -> (Half, Half) {
+    /// Player and host transports after a handshake in memory.
+    fn handshake() -> (Transport, Transport) {
         let player_key = SecretKey::generate().unwrap();
         let host_key = SecretKey::generate().unwrap();
         let mut hs = PlayerHandshake::new(&player_key, &host_key.host_id()).unwrap();
@@ -236,7 +235,12 @@ mod tests {
         let hello = noise::split_frame(&mut wire).unwrap();
         let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
         let reply = noise::split_frame(&mut wire).unwrap();
-        let player = hs.read_reply(&reply).unwrap();
+        (hs.read_reply(&reply).unwrap(), host)
+    }
+
+    /// A session over an in-memory pipe.
+    fn pair() -> (Half, Half) {
+        let (player, host) = handshake();
         let (a, b) = tokio::io::duplex(256 * 1024);
         let (ar, aw) = tokio::io::split(a);
         let (br, bw) = tokio::io::split(b);
@@ -264,15 +268,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_stream_reads_as_truncation() {
-        let player_key = SecretKey::generate().unwrap();
-        let host_key = SecretKey::generate().unwrap();
-        let mut hs = PlayerHandshake::new(&player_key, &host_key.host_id()).unwrap();
-        let mut wire = BytesMut::new();
-        hs.write_hello(&mut wire).unwrap();
-        let hello = noise::split_frame(&mut wire).unwrap();
-        let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
-        let reply = noise::split_frame(&mut wire).unwrap();
-        let mut player = hs.read_reply(&reply).unwrap();
+        let (mut player, host) = handshake();
 
         // The player's side sends data but the "relay" finishes the stream before the
         // authenticated end arrives.
