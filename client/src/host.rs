@@ -38,7 +38,8 @@ pub struct HostConfig {
     pub keep_alive: Duration,
     /// Idle timeout of the relay connection.
     pub idle_timeout: Duration,
-    /// Deadline for a player's Noise hello once the relay announced the session.
+    /// Deadline for the registration exchange with the relay, and for a player's
+    /// Noise hello once the relay announced a session.
     pub handshake_timeout: Duration,
     /// Sessions the relay may open at once on this host's connection.
     pub max_concurrent_sessions: u32,
@@ -302,6 +303,10 @@ async fn serve(
 ) -> Ended {
     // Keep the send half: finishing it would end the registration.
     let (_control_send, mut control_recv) = control;
+    // One read for the life of the registration, polled from the loop: a partly read
+    // frame is never dropped when another branch wins.
+    let control_ended = read_control(&mut control_recv);
+    tokio::pin!(control_ended);
     let mut handshakes = JoinSet::new();
     loop {
         tokio::select! {
@@ -311,7 +316,7 @@ async fn serve(
                 }
                 Err(_) => return ended(connection),
             },
-            message = read_control(&mut control_recv) => {
+            message = &mut control_ended => {
                 if let Ok(message) = message {
                     debug!(?message, "relay ended the registration");
                 }

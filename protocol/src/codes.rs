@@ -13,11 +13,6 @@ pub mod close {
     pub const REPLACED: u32 = 1;
     /// The relay is shutting down; reconnect later (to it or another relay).
     pub const RELAY_SHUTDOWN: u32 = 2;
-    /// The peer broke the protocol on a stream that cannot be refused alone (the
-    /// registration stream).
-    pub const PROTOCOL_VIOLATION: u32 = 3;
-    /// The relay refused the registration (see the `Error` message sent before).
-    pub const REGISTRATION_REFUSED: u32 = 4;
 }
 
 /// Codes in `RESET_STREAM` / `STOP_SENDING` frames on session streams.
@@ -31,6 +26,4 @@ pub mod stream {
     pub const PEER_GONE: u32 = 0x100;
     /// The session was refused (see the `Error` message on the stream).
     pub const REFUSED: u32 = 0x101;
-    /// The session was abandoned by an endpoint that is shutting down.
-    pub const CANCELLED: u32 = 0x102;
 }

@@ -80,7 +80,7 @@ pub enum ControlMessage {
         /// Same id the player got in [`ControlMessage::Connected`].
         session_id: u64,
     },
-    /// The relay refuses a request; it closes the stream or connection afterwards.
+    /// The relay refuses a request; it finishes its side of the stream afterwards.
     Error {
         /// Machine-readable reason.
         code: ErrorCode,
@@ -105,13 +105,8 @@ impl ControlMessage {
     /// character boundary.
     pub fn error(code: ErrorCode, reason: impl Into<String>) -> Self {
         let mut reason = reason.into();
-        if reason.len() > MAX_REASON_LEN {
-            let mut end = MAX_REASON_LEN;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
-        }
+        let len = truncate_utf8(&reason, MAX_REASON_LEN).len();
+        reason.truncate(len);
         Self::Error { code, reason }
     }
 
@@ -150,9 +145,9 @@ impl ControlMessage {
                 body.put_u16(code.to_u16());
                 // A reason built by `ControlMessage::error` is already short enough;
                 // one built by hand is cut here so the frame stays within its limit.
-                let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON_LEN)];
+                let reason = truncate_utf8(reason, MAX_REASON_LEN);
                 body.put_u16(reason.len() as u16);
-                body.put_slice(reason);
+                body.put_slice(reason.as_bytes());
             }
         }
         // Every body above is at most 4 + 2 + 2 + MAX_REASON_LEN bytes, well within u16.
@@ -220,6 +215,19 @@ impl ControlMessage {
         let frame = buf.split_to(2 + len);
         Self::decode(&frame[2..]).map(Some)
     }
+}
+
+/// The longest prefix of `text` that is at most `max` bytes and ends on a character
+/// boundary.
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Checks a frame's length prefix and returns the length of the content that follows.
@@ -355,6 +363,18 @@ mod tests {
         assert!(reason.len() <= MAX_REASON_LEN);
         let mut buf = BytesMut::from(&message.to_frame()[..]);
         assert_eq!(ControlMessage::decode_frame(&mut buf), Ok(Some(message)));
+
+        // Built by hand, too long: encoding still cuts on a character boundary.
+        let by_hand = ControlMessage::Error {
+            code: ErrorCode::Internal,
+            reason: "é".repeat(200),
+        };
+        let mut buf = BytesMut::from(&by_hand.to_frame()[..]);
+        let Ok(Some(ControlMessage::Error { reason, .. })) = ControlMessage::decode_frame(&mut buf)
+        else {
+            panic!("a hand-built long reason must still decode");
+        };
+        assert_eq!(reason, "é".repeat(128));
     }
 
     proptest! {

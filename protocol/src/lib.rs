@@ -29,7 +29,7 @@ pub use keys::{HostId, KeyError, PublicKey, SecretKey};
 pub use relay_url::{CertPin, RelayUrl, RelayUrlError};
 pub use ticket::{Ticket, TicketError};
 
-/// ALPN protocol id every relay and direct QUIC connection negotiates.
+/// ALPN protocol id every QUIC connection to a relay negotiates.
 ///
 /// The trailing number is the protocol version: a relay that speaks a later version
 /// offers a different ALPN, so mismatched peers fail the TLS handshake with a clear

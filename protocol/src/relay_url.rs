@@ -204,6 +204,9 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), RelayUrlError> {
         }
         (host, port)
     };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RelayUrlError::Port);
+    }
     let port: u16 = port.parse().map_err(|_| RelayUrlError::Port)?;
     if port == 0 {
         return Err(RelayUrlError::Port);
@@ -240,6 +243,7 @@ mod tests {
             ("blindrelay://relay", RelayUrlError::Port),
             ("blindrelay://relay:0", RelayUrlError::Port),
             ("blindrelay://relay:70000", RelayUrlError::Port),
+            ("blindrelay://relay:+443", RelayUrlError::Port),
             ("blindrelay://:4433", RelayUrlError::Host),
             ("blindrelay://re lay:4433", RelayUrlError::Host),
             ("blindrelay://[nope]:4433", RelayUrlError::Host),

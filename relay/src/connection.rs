@@ -5,7 +5,6 @@
 //! `Register` makes it a host connection too. Each stream is served by its own task,
 //! owned by this connection's `JoinSet`, so nothing outlives the connection.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blindrelay_protocol::control::{self, ControlMessage};
@@ -24,7 +23,6 @@ pub(crate) struct Shared {
     pub config: RelayConfig,
     pub registry: Registry,
     pub stats: Stats,
-    next_session: AtomicU64,
 }
 
 impl Shared {
@@ -33,12 +31,13 @@ impl Shared {
             config,
             registry: Registry::default(),
             stats: Stats::default(),
-            next_session: AtomicU64::new(1),
         }
     }
 
-    pub fn next_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
+    /// A random id for a new session. Random, not counted, so the ids a host or
+    /// player sees tell nothing about how many sessions the relay carries.
+    pub fn new_session_id(&self) -> u64 {
+        fastrand::u64(1..)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

@@ -67,23 +67,30 @@ pub(crate) async fn serve(
         }
 
         let (registration, replaced) = shared.registry.insert(host_id, connection.clone());
+        let confirmed = send.write_all(&ControlMessage::Registered.to_frame()).await;
+        if confirmed.is_err() {
+            // The new host never learned it registered: keep the old one reachable
+            // rather than leaving the host id with nobody.
+            refused("host went away before the confirmation");
+            match replaced {
+                Some(old) => shared.registry.restore(host_id, registration, old),
+                None => {
+                    shared.registry.remove(&host_id, registration);
+                }
+            }
+            return;
+        }
         Stats::bump(&shared.stats.registrations_accepted);
         if let Some(old) = replaced {
             Stats::bump(&shared.stats.registrations_replaced);
             info!("replacing an older registration of this host id");
-            old.close(
+            old.connection.close(
                 codes::close::REPLACED.into(),
                 b"replaced by a newer registration of this host id",
             );
         }
         info!("host registered");
-        if send
-            .write_all(&ControlMessage::Registered.to_frame())
-            .await
-            .is_ok()
-        {
-            hold(&mut send, &mut recv).await;
-        }
+        hold(&mut send, &mut recv).await;
         shared.registry.remove(&host_id, registration);
         info!("host unregistered");
     }

@@ -24,12 +24,8 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// Registers `host_id` on `connection`; newest wins. Returns this registration's
-    /// number and the connection it replaced, if any.
-    pub fn insert(
-        &self,
-        host_id: HostId,
-        connection: quinn::Connection,
-    ) -> (u64, Option<quinn::Connection>) {
+    /// number and the entry it replaced, if any.
+    pub fn insert(&self, host_id: HostId, connection: quinn::Connection) -> (u64, Option<Entry>) {
         let registration = self.next_registration.fetch_add(1, Ordering::Relaxed);
         let old = self.hosts.insert(
             host_id,
@@ -38,7 +34,18 @@ impl Registry {
                 registration,
             },
         );
-        (registration, old.map(|entry| entry.connection))
+        (registration, old)
+    }
+
+    /// Puts `old` back in place of `registration`, if that is still the entry: used
+    /// when a new registration fails before the host learned it succeeded, so the
+    /// host it would have replaced stays reachable.
+    pub fn restore(&self, host_id: HostId, registration: u64, old: Entry) {
+        if let Some(mut entry) = self.hosts.get_mut(&host_id) {
+            if entry.registration == registration {
+                *entry = old;
+            }
+        }
     }
 
     /// Removes `host_id` if it is still held by `registration` (a newer registration

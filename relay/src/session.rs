@@ -22,7 +22,7 @@ pub(crate) async fn serve(
     mut player_recv: quinn::RecvStream,
     shared: Arc<Shared>,
 ) {
-    let session_id = shared.next_session_id();
+    let session_id = shared.new_session_id();
     let span = info_span!("session", id = session_id, host = %host_id.short());
     async move {
         let mut refuse = |code: ErrorCode, reason: &'static str| {

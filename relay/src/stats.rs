@@ -41,7 +41,7 @@ pub struct StatsSnapshot {
     pub registrations_replaced: u64,
     /// Sessions spliced.
     pub sessions_opened: u64,
-    /// Sessions refused (host offline, unreachable, or a bad request).
+    /// Sessions refused after a valid `Connect` (host offline or unreachable).
     pub sessions_refused: u64,
     /// Sessions being forwarded now.
     pub sessions_active: u64,
