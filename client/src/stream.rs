@@ -25,6 +25,10 @@ pub enum SessionPath {
 
 /// An established end-to-end encrypted session.
 ///
+/// Like a `BufWriter`, a write may leave its last sealed frame buffered when the
+/// stream's send window is full: call `flush()` (or `shutdown()`) before waiting for
+/// an answer, as `tokio::io::copy` and `copy_bidirectional` do.
+///
 /// `R` and `W` are the two halves of the underlying ordered byte stream: QUIC stream
 /// halves by default.
 pub struct SecureStream<R = quinn::RecvStream, W = quinn::SendStream> {

@@ -90,12 +90,36 @@ pub(crate) async fn serve(
             );
         }
         info!("host registered");
+        // Removes the entry however this task ends, including when the connection's
+        // task is torn down and cancels it mid-await.
+        let _registered = Unregister {
+            shared: &shared,
+            host_id,
+            registration,
+        };
         hold(&mut send, &mut recv).await;
-        shared.registry.remove(&host_id, registration);
-        info!("host unregistered");
     }
     .instrument(span)
     .await
+}
+
+/// Removes a registration from the registry when dropped.
+struct Unregister<'a> {
+    shared: &'a Shared,
+    host_id: HostId,
+    registration: u64,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        if self
+            .shared
+            .registry
+            .remove(&self.host_id, self.registration)
+        {
+            info!("host unregistered");
+        }
+    }
 }
 
 /// Keeps the registration until the host ends the control stream or its connection.

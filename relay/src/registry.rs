@@ -41,6 +41,11 @@ impl Registry {
     /// when a new registration fails before the host learned it succeeded, so the
     /// host it would have replaced stays reachable.
     pub fn restore(&self, host_id: HostId, registration: u64, old: Entry) {
+        if old.connection.close_reason().is_some() {
+            // Its owner is gone and will not remove it again.
+            self.remove(&host_id, registration);
+            return;
+        }
         if let Some(mut entry) = self.hosts.get_mut(&host_id) {
             if entry.registration == registration {
                 *entry = old;
@@ -57,10 +62,18 @@ impl Registry {
     }
 
     /// The connection of the host registered under `host_id`.
+    ///
+    /// An entry whose connection has already closed is removed here, so a host that
+    /// vanished reads as offline even before its registration task has cleaned up.
     pub fn lookup(&self, host_id: &HostId) -> Option<quinn::Connection> {
-        self.hosts
-            .get(host_id)
-            .map(|entry| entry.connection.clone())
+        let entry = self.hosts.get(host_id)?;
+        if entry.connection.close_reason().is_none() {
+            return Some(entry.connection.clone());
+        }
+        let registration = entry.registration;
+        drop(entry);
+        self.remove(host_id, registration);
+        None
     }
 
     pub fn len(&self) -> usize {

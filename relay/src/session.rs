@@ -6,7 +6,7 @@
 //! bytes the player sent after `Connect` (typically its Noise hello, pipelined to save
 //! a round trip) are still in its stream and go to the host first.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
@@ -44,19 +44,25 @@ pub(crate) async fn serve(
             );
             return send_error(&mut player_send, &error).await;
         };
+        // Both writes wait on flow-control credit; bound them so a peer that grants
+        // none cannot pin a stream slot on the host forever.
+        let deadline = shared.config.open_host_stream_timeout;
         let incoming = ControlMessage::Incoming { session_id }.to_frame();
-        if host_send.write_all(&incoming).await.is_err() {
+        let written = tokio::time::timeout(deadline, host_send.write_all(&incoming)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            let _ = host_send.reset(codes::stream::PEER_GONE.into());
             let error = refuse(ErrorCode::HostUnreachable, "host went away");
             return send_error(&mut player_send, &error).await;
         }
         let connected = ControlMessage::Connected { session_id }.to_frame();
-        if player_send.write_all(&connected).await.is_err() {
+        let written = tokio::time::timeout(deadline, player_send.write_all(&connected)).await;
+        if !matches!(written, Ok(Ok(()))) {
             let _ = host_send.reset(codes::stream::PEER_GONE.into());
             return;
         }
 
         Stats::bump(&shared.stats.sessions_opened);
-        shared.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+        let _active = Active::start(&shared.stats.sessions_active);
         debug!("session spliced");
         let totals = splice::run(
             splice::Side {
@@ -70,7 +76,6 @@ pub(crate) async fn serve(
             &shared,
         )
         .await;
-        shared.stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
         debug!(
             player_to_host = totals.player_to_host,
             host_to_player = totals.host_to_player,
@@ -79,4 +84,20 @@ pub(crate) async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// Counts a session as active until dropped, however the session's task ends.
+struct Active<'a>(&'a AtomicU64);
+
+impl<'a> Active<'a> {
+    fn start(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }

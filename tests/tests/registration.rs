@@ -49,6 +49,37 @@ async fn the_key_holder_registers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_vanishes_reads_as_offline() {
+    let relay = start_relay();
+    let key = SecretKey::generate().unwrap();
+    let connection = raw_connection(&relay).await;
+    let (verdict, _control) = register_by_hand(&connection, key.host_id(), &key, &connection).await;
+    assert_eq!(verdict, ControlMessage::Registered);
+    connection.close(0u32.into(), b"gone");
+
+    let ticket =
+        blindrelay_client::Ticket::new(key.host_id(), relay.url().clone(), vec![]).unwrap();
+    let player = player();
+    let err = tokio::time::timeout(PATIENCE, async {
+        loop {
+            // The relay learns of the close asynchronously; until then a Connect may
+            // still be paired and fail the handshake. It must settle on "offline".
+            match player.connect(&ticket).await {
+                Err(blindrelay_client::ConnectError::Refused {
+                    code: ErrorCode::HostOffline,
+                    ..
+                }) => break ErrorCode::HostOffline,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("the relay reports the host offline");
+    assert_eq!(err, ErrorCode::HostOffline);
+    assert_eq!(relay.stats().registered_hosts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_id_cannot_be_registered_without_its_key() {
     let relay = start_relay();
     let victim = SecretKey::generate().unwrap();
