@@ -27,7 +27,7 @@
 //! a transport message is the body followed by one type byte. The type goes last so
 //! the body sits at the start of every buffer it is copied through: with the type
 //! first, each 64 KiB body was copied to an address one byte off alignment, which
-//! made sealing about three times slower on our benchmark machine (see PROTOCOL.md).
+//! is very slow with glibc's copy on our AMD benchmark machine (docs/decisions.md).
 //!
 //! | type | name  | body         | meaning                                          |
 //! |------|-------|--------------|--------------------------------------------------|
