@@ -351,8 +351,8 @@ async fn accept_session(
     sessions: mpsc::Sender<SecureStream>,
 ) {
     let handshake = async {
-        let session_id = match read_control(&mut recv).await? {
-            ControlMessage::Incoming { session_id } => session_id,
+        let (session_id, limits) = match read_control(&mut recv).await? {
+            ControlMessage::Incoming { session_id, limits } => (session_id, limits),
             other => {
                 return Err(WireError::Io(std::io::Error::other(format!(
                     "expected Incoming, got {other:?}"
@@ -360,14 +360,14 @@ async fn accept_session(
             }
         };
         let hello = read_noise_message(&mut recv).await?;
-        Ok((session_id, hello))
+        Ok((session_id, limits, hello))
     };
-    let (session_id, hello) = match tokio::time::timeout(config.handshake_timeout, handshake).await
-    {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(err)) => return debug!(%err, "session stream failed before the handshake"),
-        Err(_) => return debug!("no Noise hello in time"),
-    };
+    let (session_id, limits, hello) =
+        match tokio::time::timeout(config.handshake_timeout, handshake).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(err)) => return debug!(%err, "session stream failed before the handshake"),
+            Err(_) => return debug!("no Noise hello in time"),
+        };
     let mut reply = BytesMut::new();
     let transport = match HostHandshake::respond(&config.key, &hello, &mut reply) {
         Ok(transport) => transport,
@@ -387,7 +387,8 @@ async fn accept_session(
         SessionPath::Relayed,
         session_id,
         BytesMut::new(),
-    );
-    debug!(session_id, player = %stream.peer().short(), "session accepted");
+    )
+    .with_limits(limits);
+    debug!(session_id, player = %stream.peer().short(), %limits, "session accepted");
     let _ = sessions.send(stream).await;
 }

@@ -137,8 +137,8 @@ impl Player {
         // its answer is still waiting to be read, so a failed write is not the end.
         let written = send.write_all(&out).await;
 
-        let session_id = match read_control(&mut recv).await {
-            Ok(ControlMessage::Connected { session_id }) => session_id,
+        let (session_id, limits) = match read_control(&mut recv).await {
+            Ok(ControlMessage::Connected { session_id, limits }) => (session_id, limits),
             Ok(ControlMessage::Error { code, reason }) => {
                 return Err(ConnectError::Refused { code, reason })
             }
@@ -154,7 +154,7 @@ impl Player {
         };
         let reply = read_noise_message(&mut recv).await?;
         let transport = handshake.read_reply(&reply)?;
-        debug!(session_id, host = %ticket.host_id().short(), "session established");
+        debug!(session_id, host = %ticket.host_id().short(), %limits, "session established");
         Ok(SecureStream::new(
             recv,
             send,
@@ -162,7 +162,8 @@ impl Player {
             SessionPath::Relayed,
             session_id,
             BytesMut::new(),
-        ))
+        )
+        .with_limits(limits))
     }
 
     async fn relay_connection(&self, url: &RelayUrl) -> Result<quinn::Connection, ConnectError> {

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use blindrelay_protocol::noise::{self, NoiseError, Opened, Transport, MAX_MESSAGE_LEN};
-use blindrelay_protocol::PublicKey;
+use blindrelay_protocol::{PublicKey, SessionLimits};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -37,6 +37,7 @@ pub struct SecureStream<R = quinn::RecvStream, W = quinn::SendStream> {
     transport: Transport,
     path: SessionPath,
     session_id: u64,
+    limits: SessionLimits,
     /// Ciphertext received but not yet a whole frame.
     read_buf: BytesMut,
     /// Plaintext opened but not yet read by the application.
@@ -74,6 +75,7 @@ impl<R, W> SecureStream<R, W> {
             transport,
             path,
             session_id,
+            limits: SessionLimits::NONE,
             read_buf,
             plain: BytesMut::new(),
             write_buf: BytesMut::new(),
@@ -94,6 +96,17 @@ impl<R, W> SecureStream<R, W> {
     /// The relay's id for this session (0 on paths without a relay).
     pub fn session_id(&self) -> u64 {
         self.session_id
+    }
+
+    /// What the relay allows this session (no limits on a direct path).
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    /// Records the limits the relay announced for this session.
+    pub(crate) fn with_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Sets how many frames this side sends under one key before rekeying.

@@ -13,6 +13,12 @@ pub mod close {
     pub const REPLACED: u32 = 1;
     /// The relay is shutting down; reconnect later (to it or another relay).
     pub const RELAY_SHUTDOWN: u32 = 2;
+    /// The relay closed a connection that had neither a registration nor a session
+    /// for its idle timeout.
+    pub const IDLE: u32 = 3;
+    /// The relay, near its connection cap, closed an idle registration (one with no
+    /// session) to make room. The host may register again after a back-off.
+    pub const SHED: u32 = 4;
 }
 
 /// Codes in `RESET_STREAM` / `STOP_SENDING` frames on session streams.
@@ -26,4 +32,12 @@ pub mod stream {
     pub const PEER_GONE: u32 = 0x100;
     /// The session was refused (see the `Error` message on the stream).
     pub const REFUSED: u32 = 0x101;
+    /// One side left the bytes forwarded to it unread for the relay's stall timeout.
+    pub const STALLED: u32 = 0x102;
+    /// No byte moved either way for the relay's session idle timeout.
+    pub const SESSION_IDLE: u32 = 0x103;
+    /// The session reached its maximum duration.
+    pub const DURATION_LIMIT: u32 = 0x104;
+    /// The session moved its maximum number of bytes in one direction.
+    pub const BYTE_LIMIT: u32 = 0x105;
 }

@@ -16,8 +16,8 @@
 //! | 0x03 | `Proof`      | host → relay     | HMAC-SHA256 `[u8; 32]`                 |
 //! | 0x04 | `Registered` | relay → host     | (empty)                                |
 //! | 0x10 | `Connect`    | player → relay   | host id `[u8; 32]`                     |
-//! | 0x11 | `Connected`  | relay → player   | session id `u64`                       |
-//! | 0x12 | `Incoming`   | relay → host     | session id `u64`                       |
+//! | 0x11 | `Connected`  | relay → player   | session id `u64`, [`SessionLimits`] (36 B) |
+//! | 0x12 | `Incoming`   | relay → host     | session id `u64`, [`SessionLimits`] (36 B) |
 //! | 0x7f | `Error`      | relay → anyone   | code `u16`, reason `u16` len + UTF-8 (<= 256) |
 //!
 //! The registration flow is `Register`, `Challenge`, `Proof`, `Registered` on the
@@ -32,6 +32,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::encoding::Reader;
 use crate::error::{DecodeError, ErrorCode};
 use crate::keys::{HostId, PublicKey};
+use crate::limits::SessionLimits;
 use crate::PROTOCOL_VERSION;
 
 /// Largest value of a control frame's length prefix.
@@ -74,11 +75,15 @@ pub enum ControlMessage {
     Connected {
         /// Identifies the session in both ends' logs and the relay's.
         session_id: u64,
+        /// What the relay allows this session.
+        limits: SessionLimits,
     },
     /// On a stream the relay opened to a host: a player's session follows.
     Incoming {
         /// Same id the player got in [`ControlMessage::Connected`].
         session_id: u64,
+        /// What the relay allows this session (the same the player was told).
+        limits: SessionLimits,
     },
     /// The relay refuses a request; it finishes its side of the stream afterwards.
     Error {
@@ -132,13 +137,15 @@ impl ControlMessage {
                 body.put_u8(kind::CONNECT);
                 body.put_slice(host_id.as_bytes());
             }
-            Self::Connected { session_id } => {
+            Self::Connected { session_id, limits } => {
                 body.put_u8(kind::CONNECTED);
                 body.put_u64(*session_id);
+                limits.encode(&mut body);
             }
-            Self::Incoming { session_id } => {
+            Self::Incoming { session_id, limits } => {
                 body.put_u8(kind::INCOMING);
                 body.put_u64(*session_id);
+                limits.encode(&mut body);
             }
             Self::Error { code, reason } => {
                 body.put_u8(kind::ERROR);
@@ -186,9 +193,11 @@ impl ControlMessage {
             },
             kind::CONNECTED => Self::Connected {
                 session_id: r.u64()?,
+                limits: SessionLimits::decode(&mut r)?,
             },
             kind::INCOMING => Self::Incoming {
                 session_id: r.u64()?,
+                limits: SessionLimits::decode(&mut r)?,
             },
             kind::ERROR => Self::Error {
                 code: ErrorCode::from_u16(r.u16()?),
@@ -273,8 +282,15 @@ mod tests {
             },
             ControlMessage::Connected {
                 session_id: 0x0102030405060708,
+                limits: SessionLimits::NONE,
             },
-            ControlMessage::Incoming { session_id: 7 },
+            ControlMessage::Incoming {
+                session_id: 7,
+                limits: SessionLimits {
+                    rate: 1_250_000,
+                    ..SessionLimits::NONE
+                },
+            },
             ControlMessage::error(ErrorCode::HostOffline, "host offline"),
         ]
     }
@@ -287,8 +303,12 @@ mod tests {
             format!("00220103{}", "33".repeat(32)),
             "00020104".to_owned(),
             format!("00220110{}", "44".repeat(32)),
-            "000a01110102030405060708".to_owned(),
-            "000a01120000000000000007".to_owned(),
+            format!("002e01110102030405060708{}", "00".repeat(36)),
+            format!(
+                "002e01120000000000000007{}{}",
+                "00000000001312d0",
+                "00".repeat(28)
+            ),
             "0012017f0003000c686f7374206f66666c696e65".to_owned(),
         ];
         for (message, expected) in all_messages().iter().zip(expected) {
@@ -307,7 +327,11 @@ mod tests {
 
     #[test]
     fn partial_frames_wait_for_more_bytes() {
-        let frame = ControlMessage::Connected { session_id: 1 }.to_frame();
+        let frame = ControlMessage::Connected {
+            session_id: 1,
+            limits: SessionLimits::NONE,
+        }
+        .to_frame();
         for cut in 0..frame.len() {
             let mut buf = BytesMut::from(&frame[..cut]);
             assert_eq!(ControlMessage::decode_frame(&mut buf), Ok(None));

@@ -80,6 +80,13 @@ pub enum ErrorCode {
     HostUnreachable,
     /// The relay hit an unexpected internal failure.
     Internal,
+    /// The relay is at capacity (its session buffer budget, session or connection
+    /// cap): try again later or another relay.
+    AtCapacity,
+    /// Too many requests from this address in too short a time: slow down.
+    RateLimited,
+    /// The host already has as many sessions as the relay allows one host.
+    HostBusy,
     /// A code this implementation does not know.
     Unknown(u16),
 }
@@ -94,6 +101,9 @@ impl ErrorCode {
             Self::ProofFailed => 4,
             Self::HostUnreachable => 5,
             Self::Internal => 6,
+            Self::AtCapacity => 7,
+            Self::RateLimited => 8,
+            Self::HostBusy => 9,
             Self::Unknown(code) => code,
         }
     }
@@ -107,6 +117,9 @@ impl ErrorCode {
             4 => Self::ProofFailed,
             5 => Self::HostUnreachable,
             6 => Self::Internal,
+            7 => Self::AtCapacity,
+            8 => Self::RateLimited,
+            9 => Self::HostBusy,
             other => Self::Unknown(other),
         }
     }
@@ -121,6 +134,9 @@ impl std::fmt::Display for ErrorCode {
             Self::ProofFailed => "proof of key possession failed",
             Self::HostUnreachable => "host unreachable",
             Self::Internal => "internal relay error",
+            Self::AtCapacity => "relay at capacity",
+            Self::RateLimited => "rate limited",
+            Self::HostBusy => "host has too many sessions",
             Self::Unknown(code) => return write!(f, "unknown error code {code}"),
         };
         f.write_str(name)

@@ -18,6 +18,7 @@ pub mod control;
 pub mod encoding;
 pub mod error;
 pub mod keys;
+pub mod limits;
 pub mod noise;
 pub mod registration;
 pub mod relay_url;
@@ -26,6 +27,7 @@ pub mod ticket;
 pub use control::ControlMessage;
 pub use error::{DecodeError, ErrorCode};
 pub use keys::{HostId, KeyError, PublicKey, SecretKey};
+pub use limits::SessionLimits;
 pub use relay_url::{CertPin, RelayUrl, RelayUrlError};
 pub use ticket::{Ticket, TicketError};
 

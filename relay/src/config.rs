@@ -1,12 +1,20 @@
-//! The relay's configuration.
+//! The relay's configuration: what [`Relay::spawn`](crate::Relay::spawn) takes, and
+//! the TOML file `blindrelayd --config` reads.
+//!
+//! The file is strict: an unknown key is an error that names it, and a missing file
+//! is an error, never a silent fallback to defaults.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 #[cfg(feature = "splice-tap")]
 use std::sync::Arc;
-use std::time::Duration;
 
 use blindrelay_protocol::RelayUrl;
+use serde::Deserialize;
 
+use crate::limits::{
+    ConnectionLimits, HostLimits, Limits, RegistrationLimits, SessionLimitsConfig,
+};
 use crate::tls::{RelayCertificate, TlsError};
 
 /// Default address of a development relay.
@@ -23,16 +31,8 @@ pub struct RelayConfig {
     /// DNS name clients reach the relay by, when its certificate is issued by a public
     /// CA for that name. Without it, the relay's URL pins its certificate instead.
     pub public_name: Option<String>,
-    /// A connection with no traffic for this long is closed (hosts send keep-alives
-    /// well within it).
-    pub idle_timeout: Duration,
-    /// A new stream must deliver its first control message within this time.
-    pub first_message_timeout: Duration,
-    /// How long the relay waits for a host to accept one more session stream before
-    /// telling the player the host is unreachable.
-    pub open_host_stream_timeout: Duration,
-    /// Streams a peer may have open at once on one connection.
-    pub max_streams_per_connection: u32,
+    /// Every limit the relay enforces.
+    pub limits: Limits,
     /// Observes every chunk the splice forwards (tests only).
     #[cfg(feature = "splice-tap")]
     pub tap: Option<Arc<dyn crate::splice::SpliceTap>>,
@@ -45,10 +45,7 @@ impl RelayConfig {
             listen,
             certificate,
             public_name: None,
-            idle_timeout: Duration::from_secs(30),
-            first_message_timeout: Duration::from_secs(10),
-            open_host_stream_timeout: Duration::from_secs(5),
-            max_streams_per_connection: 1024,
+            limits: Limits::default(),
             #[cfg(feature = "splice-tap")]
             tap: None,
         }
@@ -74,5 +71,126 @@ impl RelayConfig {
             }
         };
         url.map_err(|err| TlsError::PublicName(err.to_string()))
+    }
+}
+
+/// The config file (see `docs/configuration.md` for every key and its default).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConfigFile {
+    /// UDP address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// DNS name in the relay URL.
+    pub public_name: Option<String>,
+    /// `[connections]`.
+    #[serde(default)]
+    pub connections: ConnectionLimits,
+    /// `[registrations]`.
+    #[serde(default)]
+    pub registrations: RegistrationLimits,
+    /// `[sessions]`.
+    #[serde(default)]
+    pub sessions: SessionLimitsConfig,
+    /// `[hosts]`.
+    #[serde(default)]
+    pub hosts: HostLimits,
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key or value the relay does not know.
+    #[error("invalid config file {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where.
+        message: String,
+    },
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses the text of a config file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|err| err.to_string())
+    }
+
+    /// The limits the file sets (defaults for what it leaves out).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            connections: self.connections.clone(),
+            registrations: self.registrations.clone(),
+            sessions: self.sessions.clone(),
+            hosts: self.hosts.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses() {
+        let file = ConfigFile::parse(
+            r#"
+            listen = "0.0.0.0:4433"
+            public_name = "relay.example.net"
+            [connections]
+            max = 100
+            [sessions]
+            rate = "2Mbit"
+            [hosts]
+            rate = "20Mbit"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(file.listen, Some("0.0.0.0:4433".parse().expect("addr")));
+        let limits = file.limits();
+        assert_eq!(limits.connections.max, 100);
+        assert_eq!(limits.sessions.rate.0, 250_000);
+        assert_eq!(limits.hosts.rate.0, 2_500_000);
+        assert_eq!(limits.registrations, RegistrationLimits::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_named() {
+        let err = ConfigFile::parse("lisen = \"0.0.0.0:1\"").expect_err("refused");
+        assert!(err.contains("lisen"), "{err}");
+        let err = ConfigFile::parse("[session]\nrate = 1").expect_err("refused");
+        assert!(err.contains("session"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err =
+            ConfigFile::load(Path::new("/nonexistent/blindrelayd.toml")).expect_err("refused");
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
     }
 }

@@ -12,6 +12,7 @@ use blindrelay_protocol::{codes, DecodeError, ErrorCode};
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, Instrument};
 
+use crate::admission::{Admission, ConnectionPermit};
 use crate::config::RelayConfig;
 use crate::privacy::redact;
 use crate::registry::Registry;
@@ -22,12 +23,14 @@ use crate::{registration, session};
 pub(crate) struct Shared {
     pub config: RelayConfig,
     pub registry: Registry,
+    pub admission: Arc<Admission>,
     pub stats: Stats,
 }
 
 impl Shared {
     pub fn new(config: RelayConfig) -> Self {
         Self {
+            admission: Arc::new(Admission::new(&config.limits)),
             config,
             registry: Registry::default(),
             stats: Stats::default(),
@@ -41,12 +44,17 @@ impl Shared {
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
-        self.stats.snapshot(self.registry.len())
+        self.stats.snapshot(self.registry.len(), &self.admission)
     }
 }
 
-/// Serves one connection until it closes.
-pub(crate) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
+/// Serves one connection until it closes. `permit` holds the connection's place in
+/// the relay's counts for as long as it lives.
+pub(crate) async fn handle(
+    incoming: quinn::Incoming,
+    permit: ConnectionPermit,
+    shared: Arc<Shared>,
+) {
     let span = info_span!("conn", peer = %redact(incoming.remote_address()));
     async move {
         let connection = match incoming.await {
@@ -58,17 +66,31 @@ pub(crate) async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
         };
         Stats::bump(&shared.stats.connections_accepted);
         debug!("connected");
-        serve(connection, shared).await;
+        serve(connection, Arc::new(permit), shared).await;
     }
     .instrument(span)
     .await
 }
 
-async fn serve(connection: quinn::Connection, shared: Arc<Shared>) {
+async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, shared: Arc<Shared>) {
     let mut streams = JoinSet::new();
     let mut registered = false;
+    // A connection with no stream at all (no registration, no session) is closed
+    // after this long: otherwise idle connections would hold places for free.
+    let idle_limit = shared.config.limits.connections.unregistered_idle_timeout.0;
+    let idle = tokio::time::sleep(idle_limit);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
+            () = &mut idle, if !idle_limit.is_zero() && streams.is_empty() => {
+                Stats::bump(&shared.stats.connections_idle_closed);
+                debug!("closing a connection with neither registration nor session");
+                connection.close(
+                    codes::close::IDLE.into(),
+                    b"no registration and no session: idle connection closed",
+                );
+                break;
+            }
             accepted = connection.accept_bi() => {
                 let (send, mut recv) = match accepted {
                     Ok(stream) => stream,
@@ -81,10 +103,11 @@ async fn serve(connection: quinn::Connection, shared: Arc<Shared>) {
                 // slow stream never holds up the next one.
                 let shared = shared.clone();
                 let connection = connection.clone();
+                let permit = permit.clone();
                 let may_register = !registered;
                 streams.spawn(async move {
                     let first = tokio::time::timeout(
-                        shared.config.first_message_timeout,
+                        shared.config.limits.connections.first_message_timeout.0,
                         read_message(&mut recv),
                     );
                     let message = match first.await {
@@ -94,30 +117,43 @@ async fn serve(connection: quinn::Connection, shared: Arc<Shared>) {
                             return refuse_stream(&shared, send, recv, ReadMessageError::Timeout).await
                         }
                     };
-                    route(message, may_register, send, recv, connection, shared).await
+                    let stream = Stream { send, recv, connection, permit };
+                    route(message, may_register, stream, shared).await
                 });
                 // Only the first stream may register; later `Register`s are refused
                 // even if the first stream turned out to be a session.
                 registered = true;
             }
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            Some(_) = streams.join_next(), if !streams.is_empty() => {
+                if streams.is_empty() && !idle_limit.is_zero() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+                }
+            }
         }
     }
     streams.shutdown().await;
 }
 
-async fn route(
-    message: ControlMessage,
-    may_register: bool,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    connection: quinn::Connection,
-    shared: Arc<Shared>,
-) {
-    match message {
+/// A stream whose first message has been read, and the connection it came on.
+pub(crate) struct Stream {
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub connection: quinn::Connection,
+    pub permit: Arc<ConnectionPermit>,
+}
+
+async fn route(message: ControlMessage, may_register: bool, stream: Stream, shared: Arc<Shared>) {
+    let mut send = match message {
         ControlMessage::Register { host_id } if may_register => {
-            registration::serve(host_id, send, recv, connection, shared).await
+            return registration::serve(host_id, stream, shared).await
         }
+        ControlMessage::Connect { host_id } => {
+            let player = stream.connection.remote_address();
+            return session::serve(host_id, stream.send, stream.recv, player, shared).await;
+        }
+        _ => stream.send,
+    };
+    match message {
         ControlMessage::Register { .. } => {
             Stats::bump(&shared.stats.registrations_refused);
             let error = ControlMessage::error(
@@ -126,7 +162,6 @@ async fn route(
             );
             send_error(&mut send, &error).await;
         }
-        ControlMessage::Connect { host_id } => session::serve(host_id, send, recv, shared).await,
         other => {
             Stats::bump(&shared.stats.bad_requests);
             debug!(?other, "unexpected first message");

@@ -11,8 +11,11 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
+mod bucket;
 mod config;
 mod connection;
+pub mod limits;
 mod privacy;
 mod registration;
 mod registry;
@@ -20,6 +23,7 @@ mod session;
 mod splice;
 mod stats;
 mod tls;
+pub mod units;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +35,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-pub use config::{RelayConfig, DEFAULT_LISTEN};
+pub use config::{ConfigError, ConfigFile, RelayConfig, DEFAULT_LISTEN};
+pub use limits::Limits;
 #[cfg(feature = "splice-tap")]
 pub use splice::{Direction, SpliceTap};
 pub use stats::StatsSnapshot;
@@ -54,6 +59,9 @@ pub enum RelayError {
     /// The TLS configuration was refused.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A limit has a value the relay cannot run with.
+    #[error("invalid limits: {0}")]
+    Limits(String),
 }
 
 /// A running relay. Dropping it stops the relay abruptly; [`Relay::shutdown`] stops
@@ -70,6 +78,7 @@ impl Relay {
     /// Binds the relay's endpoint and starts accepting connections on the current
     /// tokio runtime.
     pub fn spawn(config: RelayConfig) -> Result<Self, RelayError> {
+        config.limits.validate().map_err(RelayError::Limits)?;
         let server_config = tls::server_config(&config)?;
         let socket = bind_udp(config.listen)?;
         let endpoint = quinn::Endpoint::new(
@@ -143,12 +152,25 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    let mut forget = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                connections.spawn(connection::handle(incoming, shared.clone()));
+                match admit(&incoming, &shared) {
+                    Ok(permit) => {
+                        connections.spawn(connection::handle(incoming, permit, shared.clone()));
+                    }
+                    Err(refusal) => {
+                        shared.stats.connection_refused(refusal);
+                        debug!(peer = %privacy::redact(incoming.remote_address()), ?refusal, "connection refused");
+                        // Refused before the TLS handshake: a flood costs the relay no
+                        // crypto. The client sees QUIC's CONNECTION_REFUSED.
+                        incoming.refuse();
+                    }
+                }
             }
+            _ = forget.tick() => shared.admission.forget_idle_addresses(),
             Some(result) = connections.join_next(), if !connections.is_empty() => {
                 if let Err(err) = result {
                     if err.is_panic() {
@@ -164,6 +186,29 @@ async fn accept_loop(
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
     connections.shutdown().await;
     info!("relay stopped");
+}
+
+/// Decides whether a new connection may proceed: per-address rate and count first,
+/// then the relay-wide cap, making room by shedding the idlest registration (one
+/// with no session) before refusing.
+fn admit(
+    incoming: &quinn::Incoming,
+    shared: &Shared,
+) -> Result<admission::ConnectionPermit, admission::Refusal> {
+    let permit = shared
+        .admission
+        .admit_connection(incoming.remote_address())?;
+    // `permit` counts this connection already: over the cap means it would be one
+    // too many.
+    let max = shared.config.limits.connections.max;
+    if max != 0 && shared.admission.open_connections() > max {
+        if !shared.registry.shed_idle() {
+            return Err(admission::Refusal::AtCapacity);
+        }
+        stats::Stats::bump(&shared.stats.connections_shed);
+        info!("connection cap reached: shed an idle registration");
+    }
+    Ok(permit)
 }
 
 /// Binds the UDP socket with large kernel buffers: QUIC at Gbit/s loses packets to

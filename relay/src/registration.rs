@@ -12,22 +12,30 @@ use blindrelay_protocol::registration::{RelayChallenge, EXPORTER_LABEL, EXPORTER
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::connection::{read_message, send_error, Shared};
+use crate::connection::{read_message, send_error, Shared, Stream};
+use crate::registry::Host;
 use crate::stats::Stats;
 
-pub(crate) async fn serve(
-    host_id: HostId,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    connection: quinn::Connection,
-    shared: Arc<Shared>,
-) {
+pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) {
+    let Stream {
+        mut send,
+        mut recv,
+        connection,
+        permit,
+    } = stream;
     let span = info_span!("registration", host = %host_id.short());
     async move {
         let refused = |reason: &'static str| {
             Stats::bump(&shared.stats.registrations_refused);
             debug!(reason, "registration refused");
         };
+        let address = connection.remote_address();
+        if let Err(refusal) = shared.admission.check_registration_rate(address, 1) {
+            Stats::bump(&shared.stats.registrations_rate_limited);
+            refused("rate limited");
+            let error = ControlMessage::error(refusal.code(), refusal.reason());
+            return send_error(&mut send, &error).await;
+        }
         let (challenge, message) = match RelayChallenge::new(host_id) {
             Ok(challenge) => challenge,
             Err(err) => {
@@ -39,9 +47,8 @@ pub(crate) async fn serve(
         if send.write_all(&message.to_frame()).await.is_err() {
             return refused("host went away before the challenge");
         }
-        let answer =
-            tokio::time::timeout(shared.config.first_message_timeout, read_message(&mut recv))
-                .await;
+        let deadline = shared.config.limits.connections.first_message_timeout.0;
+        let answer = tokio::time::timeout(deadline, read_message(&mut recv)).await;
         let mac = match answer {
             Ok(Ok(ControlMessage::Proof { mac })) => mac,
             Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
@@ -61,12 +68,16 @@ pub(crate) async fn serve(
             return send_error(&mut send, &error).await;
         }
         if let Err(err) = challenge.verify(&exporter, &mac) {
+            // A failed proof costs its address a second attempt: guessing is slower
+            // than registering.
+            let _ = shared.admission.check_registration_rate(address, 1);
             refused("proof failed");
             let error = ControlMessage::error(ErrorCode::ProofFailed, err.to_string());
             return send_error(&mut send, &error).await;
         }
 
-        let (registration, replaced) = shared.registry.insert(host_id, connection.clone());
+        let host = Arc::new(Host::new(connection.clone(), permit, &shared.config.limits));
+        let (registration, replaced) = shared.registry.insert(host_id, host);
         let confirmed = send.write_all(&ControlMessage::Registered.to_frame()).await;
         if confirmed.is_err() {
             // The new host never learned it registered: keep the old one reachable
@@ -84,7 +95,7 @@ pub(crate) async fn serve(
         if let Some(old) = replaced {
             Stats::bump(&shared.stats.registrations_replaced);
             info!("replacing an older registration of this host id");
-            old.connection.close(
+            old.host.connection.close(
                 codes::close::REPLACED.into(),
                 b"replaced by a newer registration of this host id",
             );

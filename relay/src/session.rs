@@ -1,44 +1,78 @@
 //! Connect: pairs a player's stream with a new stream to the host it names.
 //!
 //! The player's stream has sent `Connect { host id }` (read by the connection). The
-//! relay looks the host up, opens a stream on the host's connection, writes
-//! `Incoming` there and `Connected` to the player, then splices the two streams. Any
-//! bytes the player sent after `Connect` (typically its Noise hello, pipelined to save
-//! a round trip) are still in its stream and go to the host first.
+//! relay checks the player's request rate, looks the host up, counts the session
+//! against the host's cap and reserves its buffers from the relay's budget, opens a
+//! stream on the host's connection, writes `Incoming` there and `Connected` to the
+//! player (both carrying the session's limits), then splices the two streams. Any
+//! bytes the player sent after `Connect` (typically its Noise hello, pipelined to
+//! save a round trip) are still in its stream and go to the host first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use tracing::{debug, info_span, Instrument};
 
+use crate::bucket::TokenBucket;
 use crate::connection::{send_error, Shared};
-use crate::splice;
-use crate::stats::Stats;
+use crate::splice::{self, Rules};
+use crate::stats::{SessionRefused, Stats};
 
 pub(crate) async fn serve(
     host_id: HostId,
     mut player_send: quinn::SendStream,
     mut player_recv: quinn::RecvStream,
+    player: std::net::SocketAddr,
     shared: Arc<Shared>,
 ) {
     let session_id = shared.new_session_id();
     let span = info_span!("session", id = session_id, host = %host_id.short());
     async move {
-        let mut refuse = |code: ErrorCode, reason: &'static str| {
-            Stats::bump(&shared.stats.sessions_refused);
+        let mut refuse = |why: SessionRefused, code: ErrorCode, reason: &'static str| {
+            shared.stats.session_refused(why);
             debug!(%code, "session refused");
             let _ = player_recv.stop(codes::stream::REFUSED.into());
             ControlMessage::error(code, reason)
         };
+        if let Err(refusal) = shared.admission.check_session_rate(player) {
+            let error = refuse(
+                SessionRefused::RateLimited,
+                refusal.code(),
+                refusal.reason(),
+            );
+            return send_error(&mut player_send, &error).await;
+        }
         let Some(host) = shared.registry.lookup(&host_id) else {
-            let error = refuse(ErrorCode::HostOffline, "host offline");
+            let error = refuse(
+                SessionRefused::HostOffline,
+                ErrorCode::HostOffline,
+                "host offline",
+            );
             return send_error(&mut player_send, &error).await;
         };
-        let opened =
-            tokio::time::timeout(shared.config.open_host_stream_timeout, host.open_bi()).await;
+        let Some(host_session) = host.start_session() else {
+            let error = refuse(
+                SessionRefused::HostBusy,
+                ErrorCode::HostBusy,
+                "host has as many sessions as the relay allows",
+            );
+            return send_error(&mut player_send, &error).await;
+        };
+        let _buffers = match shared.admission.reserve_session() {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                let error = refuse(SessionRefused::AtCapacity, refusal.code(), refusal.reason());
+                return send_error(&mut player_send, &error).await;
+            }
+        };
+        let limits = &shared.config.limits;
+        let deadline = limits.sessions.open_host_stream_timeout.0;
+        let opened = tokio::time::timeout(deadline, host.connection.open_bi()).await;
         let Ok(Ok((mut host_send, host_recv))) = opened else {
             let error = refuse(
+                SessionRefused::HostUnreachable,
                 ErrorCode::HostUnreachable,
                 "host did not accept the session",
             );
@@ -46,15 +80,27 @@ pub(crate) async fn serve(
         };
         // Both writes wait on flow-control credit; bound them so a peer that grants
         // none cannot pin a stream slot on the host forever.
-        let deadline = shared.config.open_host_stream_timeout;
-        let incoming = ControlMessage::Incoming { session_id }.to_frame();
+        let announced = limits.announced();
+        let incoming = ControlMessage::Incoming {
+            session_id,
+            limits: announced,
+        }
+        .to_frame();
         let written = tokio::time::timeout(deadline, host_send.write_all(&incoming)).await;
         if !matches!(written, Ok(Ok(()))) {
             let _ = host_send.reset(codes::stream::PEER_GONE.into());
-            let error = refuse(ErrorCode::HostUnreachable, "host went away");
+            let error = refuse(
+                SessionRefused::HostUnreachable,
+                ErrorCode::HostUnreachable,
+                "host went away",
+            );
             return send_error(&mut player_send, &error).await;
         }
-        let connected = ControlMessage::Connected { session_id }.to_frame();
+        let connected = ControlMessage::Connected {
+            session_id,
+            limits: announced,
+        }
+        .to_frame();
         let written = tokio::time::timeout(deadline, player_send.write_all(&connected)).await;
         if !matches!(written, Ok(Ok(()))) {
             let _ = host_send.reset(codes::stream::PEER_GONE.into());
@@ -64,7 +110,18 @@ pub(crate) async fn serve(
         Stats::bump(&shared.stats.sessions_opened);
         let _active = Active::start(&shared.stats.sessions_active);
         debug!("session spliced");
-        let totals = splice::run(
+        let bucket = || TokenBucket::new(limits.sessions.rate.0, limits.sessions.burst.0);
+        let (to_host, to_player) = (bucket(), bucket());
+        let host = host_session.host();
+        let rules = Rules {
+            stall_timeout: nonzero(limits.sessions.stall_timeout.0),
+            idle_timeout: nonzero(limits.sessions.idle_timeout.0),
+            max_duration: nonzero(limits.sessions.max_duration.0),
+            max_bytes: limits.sessions.max_bytes.0,
+            player_to_host: [to_host.as_ref(), host.player_to_host.as_ref()],
+            host_to_player: [to_player.as_ref(), host.host_to_player.as_ref()],
+        };
+        let outcome = splice::run(
             splice::Side {
                 send: player_send,
                 recv: player_recv,
@@ -73,17 +130,26 @@ pub(crate) async fn serve(
                 send: host_send,
                 recv: host_recv,
             },
+            rules,
             &shared,
         )
         .await;
+        if let Some(code) = outcome.ended_by {
+            shared.stats.session_ended_by(code);
+        }
         debug!(
-            player_to_host = totals.player_to_host,
-            host_to_player = totals.host_to_player,
+            player_to_host = outcome.player_to_host,
+            host_to_player = outcome.host_to_player,
+            ended_by = outcome.ended_by,
             "session ended"
         );
     }
     .instrument(span)
     .await
+}
+
+fn nonzero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
 }
 
 /// Counts a session as active until dropped, however the session's task ends.

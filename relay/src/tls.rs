@@ -115,6 +115,10 @@ impl RelayCertificate {
     }
 }
 
+/// A connection's receive window, in session windows: enough for this many of its
+/// sessions to move at full speed at once.
+const CONNECTION_WINDOW_STREAMS: u64 = 16;
+
 /// The quinn server configuration: TLS 1.3 only, our ALPN only, no 0-RTT (early data
 /// is replayable, and nothing here is worth the risk).
 pub(crate) fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, TlsError> {
@@ -134,16 +138,34 @@ pub(crate) fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig,
         .map_err(|err| TlsError::Config(err.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
 
+    let limits = &config.limits;
+    let window = limits.sessions.window.0;
+    let varint = |value: u64, what: &str| {
+        quinn::VarInt::from_u64(value).map_err(|_| TlsError::Config(format!("{what} too large")))
+    };
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(
-            config
+            limits
+                .connections
                 .idle_timeout
+                .0
                 .try_into()
                 .map_err(|_| TlsError::Config("idle timeout too large".into()))?,
         ))
-        .max_concurrent_bidi_streams(config.max_streams_per_connection.into())
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_bidi_streams(limits.connections.max_streams.into())
+        .max_concurrent_uni_streams(0u32.into())
+        // The relay's buffer per session and direction: what a sender may have in
+        // flight to the relay before the relay has passed it on.
+        .stream_receive_window(varint(window, "sessions.window")?)
+        // All streams of one connection together, which bounds what a peer can park
+        // in streams that have not yet named their purpose.
+        .receive_window(varint(
+            window.saturating_mul(CONNECTION_WINDOW_STREAMS),
+            "connection receive window",
+        )?)
+        // What the relay has written but the peer has not acknowledged, per connection.
+        .send_window(limits.connections.send_window.0);
     server.transport_config(Arc::new(transport));
     Ok(server)
 }

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use blindrelay_protocol::{ControlMessage, ErrorCode, HostId};
+use blindrelay_relay::units::Span;
 use blindrelay_relay::Relay;
 use common::*;
 
@@ -22,7 +23,7 @@ fn expect_error(answer: Option<ControlMessage>, want: ErrorCode, case: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_streams_are_refused_one_by_one_without_disturbing_others() {
     let mut config = relay_config();
-    config.first_message_timeout = Duration::from_millis(500);
+    config.limits.connections.first_message_timeout = Span(Duration::from_millis(500));
     init_tracing();
     let relay = Relay::spawn(config).unwrap();
 

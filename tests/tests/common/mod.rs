@@ -11,7 +11,7 @@ use blindrelay_client::{
     SecureStream,
 };
 use blindrelay_protocol::control::{self, ControlMessage};
-use blindrelay_relay::{Direction, Relay, RelayCertificate, RelayConfig, SpliceTap};
+use blindrelay_relay::{Direction, Limits, Relay, RelayCertificate, RelayConfig, SpliceTap};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every wait in these tests is bounded by this; generous for a busy 2-core machine.
@@ -26,10 +26,14 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A relay config on an ephemeral loopback port with a fresh self-signed certificate.
+/// A relay config on an ephemeral loopback port with a fresh self-signed certificate,
+/// and no limits: tests of other behaviour must not trip over rate caps, since every
+/// test client shares 127.0.0.1. Tests of limits set the ones they test.
 pub fn relay_config() -> RelayConfig {
     let certificate = RelayCertificate::self_signed(&["localhost"]).expect("certificate");
-    RelayConfig::new("127.0.0.1:0".parse().unwrap(), certificate)
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), certificate);
+    config.limits = Limits::unlimited();
+    config
 }
 
 pub fn start_relay() -> Relay {

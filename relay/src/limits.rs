@@ -1,0 +1,314 @@
+//! Every limit the relay enforces, grouped as in the config file, with the defaults
+//! of a public relay. Each limit is off when set to zero.
+//!
+//! Memory: a session holds at most `sessions.window` bytes in the relay's QUIC
+//! receive buffer plus one chunk of at most [`MAX_CHUNK`] bytes in hand, per
+//! direction; what the relay has written but the peer has not yet acknowledged is
+//! bounded per connection by `connections.send_window`. Each session reserves
+//! [`Limits::session_buffer`] bytes of `sessions.buffer_budget` while it runs; when
+//! the reservation does not fit, the session is refused "at capacity" and running
+//! sessions keep their throughput.
+
+use std::time::Duration;
+
+use blindrelay_protocol::SessionLimits;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Rate, Span};
+
+/// Largest chunk the splice takes from quinn at once, and so the most a session
+/// holds in hand per direction beyond its receive window.
+pub const MAX_CHUNK: usize = 16 * 1024;
+
+/// All limits (see the module documentation).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Connections of every kind.
+    pub connections: ConnectionLimits,
+    /// Host registrations.
+    pub registrations: RegistrationLimits,
+    /// Sessions, their buffers and their bandwidth.
+    pub sessions: SessionLimitsConfig,
+    /// Limits per registered host, over all of its sessions.
+    pub hosts: HostLimits,
+}
+
+/// `[connections]`: limits on QUIC connections.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConnectionLimits {
+    /// Connections open at once. Near it, idle registrations are shed first.
+    pub max: u32,
+    /// Connections open at once from one IPv4 address or IPv6 /64.
+    pub per_ip: u32,
+    /// New connections per second from one IPv4 address or IPv6 /64.
+    pub new_per_ip_per_s: u32,
+    /// How many new connections one address may open in a burst.
+    pub new_per_ip_burst: u32,
+    /// A connection with no packets for this long is closed.
+    pub idle_timeout: Span,
+    /// A connection with neither a registration nor a session for this long is closed.
+    pub unregistered_idle_timeout: Span,
+    /// A new stream must deliver its first control message within this time.
+    pub first_message_timeout: Span,
+    /// Streams a peer may have open at once on one connection.
+    pub max_streams: u32,
+    /// Bytes the relay may have sent on one connection without acknowledgement.
+    pub send_window: ByteSize,
+}
+
+/// `[registrations]`: limits on host registrations.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RegistrationLimits {
+    /// Registration attempts per second from one address (a failed proof costs two).
+    pub per_ip_per_s: u32,
+    /// How many attempts one address may make in a burst.
+    pub per_ip_burst: u32,
+}
+
+/// `[sessions]`: limits on sessions.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SessionLimitsConfig {
+    /// Sessions open at once on the whole relay.
+    pub max: u32,
+    /// Bytes all session buffers together may hold.
+    pub buffer_budget: ByteSize,
+    /// QUIC receive window of each session stream: the relay's buffer per direction.
+    pub window: ByteSize,
+    /// New sessions per second asked for from one address.
+    pub new_per_ip_per_s: u32,
+    /// How many sessions one address may ask for in a burst.
+    pub new_per_ip_burst: u32,
+    /// Bandwidth of one session, each direction.
+    pub rate: Rate,
+    /// Bytes a session may send at once beyond its rate.
+    pub burst: ByteSize,
+    /// A session with no byte either way for this long is ended.
+    pub idle_timeout: Span,
+    /// A side that leaves the bytes forwarded to it unread this long ends the session.
+    pub stall_timeout: Span,
+    /// Longest a session may last.
+    pub max_duration: Span,
+    /// Most bytes a session may move in each direction.
+    pub max_bytes: ByteSize,
+    /// How long the relay waits for a host to take a new session stream.
+    pub open_host_stream_timeout: Span,
+}
+
+/// `[hosts]`: limits per registered host.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HostLimits {
+    /// Sessions one host may have open at once.
+    pub max_sessions: u32,
+    /// Bandwidth of all of one host's sessions together, each direction.
+    pub rate: Rate,
+    /// Bytes a host's sessions may send at once beyond its rate.
+    pub burst: ByteSize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max: 50_000,
+            per_ip: 64,
+            new_per_ip_per_s: 20,
+            new_per_ip_burst: 64,
+            idle_timeout: Span(Duration::from_secs(30)),
+            unregistered_idle_timeout: Span(Duration::from_secs(60)),
+            first_message_timeout: Span(Duration::from_secs(10)),
+            max_streams: 256,
+            send_window: ByteSize(1 << 20),
+        }
+    }
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        Self {
+            per_ip_per_s: 2,
+            per_ip_burst: 20,
+        }
+    }
+}
+
+impl Default for SessionLimitsConfig {
+    fn default() -> Self {
+        Self {
+            max: 10_000,
+            buffer_budget: ByteSize(2 << 30),
+            // 64 KiB per hop carries about 26 Mbit/s at 20 ms round trip between
+            // relay and each end: 1080p and most 4K streams.
+            window: ByteSize(64 << 10),
+            new_per_ip_per_s: 20,
+            new_per_ip_burst: 64,
+            // Above Blu-ray remux bitrates; a free-tier cap would be "2Mbit".
+            rate: Rate(100_000_000 / 8),
+            burst: ByteSize(16 << 20),
+            idle_timeout: Span(Duration::from_secs(600)),
+            // Long enough for a paused player, short enough to free the slot.
+            stall_timeout: Span(Duration::from_secs(300)),
+            max_duration: Span(Duration::ZERO),
+            max_bytes: ByteSize(0),
+            open_host_stream_timeout: Span(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 64,
+            rate: Rate(0),
+            burst: ByteSize(16 << 20),
+        }
+    }
+}
+
+impl Limits {
+    /// No limits at all except the timeouts a relay cannot do without; for tests and
+    /// benchmarks that need to see the relay's raw speed.
+    pub fn unlimited() -> Self {
+        let mut limits = Self::default();
+        let c = &mut limits.connections;
+        c.max = 0;
+        c.per_ip = 0;
+        c.new_per_ip_per_s = 0;
+        c.unregistered_idle_timeout = Span(Duration::ZERO);
+        limits.registrations.per_ip_per_s = 0;
+        let s = &mut limits.sessions;
+        s.max = 0;
+        s.buffer_budget = ByteSize(0);
+        s.new_per_ip_per_s = 0;
+        s.rate = Rate(0);
+        s.idle_timeout = Span(Duration::ZERO);
+        s.stall_timeout = Span(Duration::ZERO);
+        limits.hosts.max_sessions = 0;
+        limits
+    }
+
+    /// Bytes one session reserves from the buffer budget: its receive window and one
+    /// chunk in hand, in each direction.
+    pub fn session_buffer(&self) -> u64 {
+        2 * (self.sessions.window.0 + MAX_CHUNK as u64)
+    }
+
+    /// What a session is told about the limits that apply to it.
+    pub fn announced(&self) -> SessionLimits {
+        let secs = |span: Span| u32::try_from(span.0.as_secs()).unwrap_or(u32::MAX);
+        SessionLimits {
+            rate: self.sessions.rate.0,
+            host_rate: self.hosts.rate.0,
+            max_bytes: self.sessions.max_bytes.0,
+            max_duration_secs: secs(self.sessions.max_duration),
+            idle_timeout_secs: secs(self.sessions.idle_timeout),
+            stall_timeout_secs: secs(self.sessions.stall_timeout),
+        }
+    }
+
+    /// Checks values that would make the relay unusable rather than merely strict.
+    pub fn validate(&self) -> Result<(), String> {
+        let window = self.sessions.window.0;
+        if !(1024..=(1 << 30)).contains(&window) {
+            return Err(format!(
+                "sessions.window must be between 1KiB and 1GiB, not {}",
+                self.sessions.window
+            ));
+        }
+        if self.connections.send_window.0 < 1024 {
+            return Err("connections.send_window must be at least 1KiB".to_owned());
+        }
+        if self.connections.idle_timeout.0.is_zero() {
+            return Err("connections.idle_timeout must not be zero".to_owned());
+        }
+        if self.connections.first_message_timeout.0.is_zero() {
+            return Err("connections.first_message_timeout must not be zero".to_owned());
+        }
+        if self.sessions.open_host_stream_timeout.0.is_zero() {
+            return Err("sessions.open_host_stream_timeout must not be zero".to_owned());
+        }
+        if self.connections.max_streams == 0 {
+            return Err("connections.max_streams must not be zero".to_owned());
+        }
+        let budget = self.sessions.buffer_budget.0;
+        if budget != 0 && budget < self.session_buffer() {
+            return Err(format!(
+                "sessions.buffer_budget ({}) is smaller than one session's buffer ({})",
+                self.sessions.buffer_budget,
+                ByteSize(self.session_buffer())
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_fit_the_promise() {
+        let limits = Limits::default();
+        limits.validate().expect("defaults are valid");
+        // 160 KiB per session: the default budget holds over 13,000 sessions, more
+        // than the default session cap.
+        assert_eq!(limits.session_buffer(), 160 * 1024);
+        assert!(limits.sessions.buffer_budget.0 / limits.session_buffer() >= 10_000);
+        Limits::unlimited().validate().expect("unlimited is valid");
+    }
+
+    #[test]
+    fn sections_parse_and_unknown_keys_are_named() {
+        let limits: Limits = toml::from_str(
+            "[sessions]\nrate = \"2Mbit\"\nwindow = \"32KiB\"\n[hosts]\nmax_sessions = 3\n",
+        )
+        .expect("valid");
+        assert_eq!(limits.sessions.rate, Rate(250_000));
+        assert_eq!(limits.sessions.window, ByteSize(32 * 1024));
+        assert_eq!(limits.hosts.max_sessions, 3);
+        assert_eq!(limits.connections, ConnectionLimits::default());
+        let err = toml::from_str::<Limits>("[sessions]\nrat = 1\n").expect_err("refused");
+        assert!(err.to_string().contains("unknown field `rat`"), "{err}");
+    }
+
+    #[test]
+    fn limits_print_as_the_config_file_reads_them() {
+        let mut limits = Limits::default();
+        limits.sessions.rate = Rate(250_000);
+        let text = toml::to_string(&limits).expect("serializable");
+        assert!(text.contains("rate = \"2Mbit\""), "{text}");
+        let read: Limits = toml::from_str(&text).expect("reads back");
+        assert_eq!(read, limits);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut limits = Limits::default();
+        limits.sessions.buffer_budget = ByteSize(1000);
+        let err = limits.validate().expect_err("too small");
+        assert!(err.contains("buffer_budget"), "{err}");
+        let mut limits = Limits::default();
+        limits.sessions.window = ByteSize(10);
+        assert!(limits.validate().is_err());
+    }
+
+    #[test]
+    fn announced_limits_carry_the_session_and_host_caps() {
+        let mut limits = Limits::default();
+        limits.hosts.rate = Rate(1000);
+        limits.sessions.max_duration = Span(Duration::from_secs(120));
+        let announced = limits.announced();
+        assert_eq!(announced.rate, 12_500_000);
+        assert_eq!(announced.host_rate, 1000);
+        assert_eq!(announced.max_duration_secs, 120);
+        assert_eq!(announced.stall_timeout_secs, 300);
+    }
+}
