@@ -65,6 +65,23 @@ pub async fn connect_relay_raw(url: &RelayUrl) -> Result<quinn::Connection, Conn
     connect_relay(url, profile).await
 }
 
+/// Like [`connect_relay_raw`], from the local address `local` (tools and tests that
+/// play clients at several addresses of one machine: 127.0.0.2, 127.0.0.3, …).
+pub async fn connect_relay_raw_from(
+    url: &RelayUrl,
+    local: std::net::IpAddr,
+) -> Result<quinn::Connection, ConnectRelayError> {
+    let profile = ConnectionProfile {
+        incoming_streams: 1024,
+        keep_alive: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+    };
+    let addr = resolve(url).await?;
+    let mut endpoint = endpoint_at((local, 0).into())?;
+    endpoint.set_default_client_config(client_config(url.pin().copied(), profile)?);
+    Ok(endpoint.connect(addr, url.host())?.await?)
+}
+
 /// Opens a QUIC connection to the relay at `url`.
 pub(crate) async fn connect_relay(
     url: &RelayUrl,
@@ -92,12 +109,17 @@ async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ConnectRelayError> {
 
 /// A client-only endpoint on an ephemeral port of the family of `remote`.
 pub(crate) fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint, ConnectRelayError> {
-    use socket2::{Domain, Protocol, Socket, Type};
     let local: SocketAddr = if remote.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     };
+    endpoint_at(local)
+}
+
+/// A client-only endpoint bound to `local`.
+fn endpoint_at(local: SocketAddr) -> Result<quinn::Endpoint, ConnectRelayError> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort, as on the relay: small kernel buffers drop packets at Gbit/s.
     let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);

@@ -19,8 +19,8 @@ mod stream;
 mod wire;
 
 pub use backoff::BackoffConfig;
-pub use blindrelay_protocol::{HostId, PublicKey, RelayUrl, SecretKey, Ticket};
-pub use endpoint::{connect_relay_raw, ConnectRelayError};
+pub use blindrelay_protocol::{HostId, PublicKey, RelayUrl, SecretKey, SessionLimits, Ticket};
+pub use endpoint::{connect_relay_raw, connect_relay_raw_from, ConnectRelayError};
 pub use host::{HostAgent, HostConfig, HostState, RegisterError};
 pub use player::{ConnectError, Player, PlayerConfig};
 pub use stream::{SecureStream, SessionPath};

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use blindrelay_protocol::noise::{self, NoiseError, Opened, Transport, MAX_MESSAGE_LEN};
-use blindrelay_protocol::{PublicKey, SessionLimits};
+use blindrelay_protocol::{codes, PublicKey, SessionLimits};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -129,6 +129,26 @@ fn io_error(err: NoiseError) -> io::Error {
     io::Error::new(kind, err)
 }
 
+/// Rewrites a stream reset or stop that the relay originated (a limit ended the
+/// session, the other side went away) into an error that says so in words.
+fn relay_reason(err: io::Error) -> io::Error {
+    let inner = err.get_ref();
+    let code = match inner.and_then(|inner| inner.downcast_ref::<quinn::ReadError>()) {
+        Some(quinn::ReadError::Reset(code)) => Some(*code),
+        _ => match inner.and_then(|inner| inner.downcast_ref::<quinn::WriteError>()) {
+            Some(quinn::WriteError::Stopped(code)) => Some(*code),
+            _ => None,
+        },
+    };
+    let why = code
+        .and_then(|code| u32::try_from(code.into_inner()).ok())
+        .and_then(codes::stream::describe);
+    match why {
+        Some(why) => io::Error::new(err.kind(), format!("session ended: {why}")),
+        None => err,
+    }
+}
+
 impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -167,7 +187,7 @@ impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
             let polled = Pin::new(&mut this.reader).poll_read(cx, &mut spare);
             let filled = spare.filled().len();
             this.read_buf.truncate(start + filled);
-            ready!(polled)?;
+            ready!(polled).map_err(relay_reason)?;
             if filled == 0 {
                 // The stream ended: clean only after the peer's authenticated end.
                 this.transport.handle_eof().map_err(io_error)?;
@@ -180,7 +200,8 @@ impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
 impl<R: Unpin, W: AsyncWrite + Unpin> SecureStream<R, W> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.write_buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.writer).poll_write(cx, &self.write_buf))?;
+            let n = ready!(Pin::new(&mut self.writer).poll_write(cx, &self.write_buf))
+                .map_err(relay_reason)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -226,7 +247,7 @@ impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for SecureStream<R, W> {
         }
         ready!(this.poll_drain(cx))?;
         if !this.writer_closed {
-            ready!(Pin::new(&mut this.writer).poll_shutdown(cx))?;
+            ready!(Pin::new(&mut this.writer).poll_shutdown(cx)).map_err(relay_reason)?;
             this.writer_closed = true;
         }
         Poll::Ready(Ok(()))

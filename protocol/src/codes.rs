@@ -40,4 +40,18 @@ pub mod stream {
     pub const DURATION_LIMIT: u32 = 0x104;
     /// The session moved its maximum number of bytes in one direction.
     pub const BYTE_LIMIT: u32 = 0x105;
+
+    /// What a code the relay originates means, for error messages; `None` for codes
+    /// player and host use between themselves.
+    pub fn describe(code: u32) -> Option<&'static str> {
+        Some(match code {
+            PEER_GONE => "the other side went away",
+            REFUSED => "refused by the relay",
+            STALLED => "one side left the bytes sent to it unread past the relay's stall timeout",
+            SESSION_IDLE => "no data moved within the relay's session idle timeout",
+            DURATION_LIMIT => "reached the relay's maximum session duration",
+            BYTE_LIMIT => "reached the relay's maximum bytes per session",
+            _ => return None,
+        })
+    }
 }

@@ -5,38 +5,9 @@
 mod common;
 
 use blindrelay_client::{HostAgent, HostState};
-use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
 use blindrelay_protocol::{ControlMessage, ErrorCode, HostId, SecretKey};
 use blindrelay_relay::{Relay, RelayConfig};
 use common::*;
-
-/// Runs the registration flow by hand on `connection`, proving with `prover` and the
-/// keying material `exporter_from` exports. Returns the relay's verdict.
-async fn register_by_hand(
-    connection: &quinn::Connection,
-    host_id: HostId,
-    prover: &SecretKey,
-    exporter_from: &quinn::Connection,
-) -> (ControlMessage, quinn::SendStream) {
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(&ControlMessage::Register { host_id }.to_frame())
-        .await
-        .unwrap();
-    let Some(ControlMessage::Challenge { relay_ephemeral }) = read_message(&mut recv).await else {
-        panic!("expected a challenge");
-    };
-    let mut exporter = [0u8; EXPORTER_LEN];
-    exporter_from
-        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .unwrap();
-    let mac = registration::prove(prover, &relay_ephemeral, &exporter).unwrap();
-    send.write_all(&ControlMessage::Proof { mac }.to_frame())
-        .await
-        .unwrap();
-    let verdict = read_message(&mut recv).await.expect("a verdict");
-    // The registration lasts while this stream stays open: hand it to the caller.
-    (verdict, send)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_holder_registers() {

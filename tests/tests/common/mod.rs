@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test file uses a different subset.
 
+pub mod process;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +13,8 @@ use blindrelay_client::{
     SecureStream,
 };
 use blindrelay_protocol::control::{self, ControlMessage};
+use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_protocol::HostId;
 use blindrelay_relay::{Direction, Limits, Relay, RelayCertificate, RelayConfig, SpliceTap};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -232,4 +236,32 @@ pub fn start_relay_with_tap() -> (Relay, Arc<RecordingTap>) {
     let mut config = relay_config();
     config.tap = Some(tap.clone());
     (Relay::spawn(config).expect("relay starts"), tap)
+}
+
+/// Runs the registration flow by hand on `connection`, proving with `prover` and the
+/// keying material `exporter_from` exports. Returns the relay's verdict.
+pub async fn register_by_hand(
+    connection: &quinn::Connection,
+    host_id: HostId,
+    prover: &SecretKey,
+    exporter_from: &quinn::Connection,
+) -> (ControlMessage, quinn::SendStream) {
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&ControlMessage::Register { host_id }.to_frame())
+        .await
+        .unwrap();
+    let Some(ControlMessage::Challenge { relay_ephemeral }) = read_message(&mut recv).await else {
+        panic!("expected a challenge");
+    };
+    let mut exporter = [0u8; EXPORTER_LEN];
+    exporter_from
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .unwrap();
+    let mac = registration::prove(prover, &relay_ephemeral, &exporter).unwrap();
+    send.write_all(&ControlMessage::Proof { mac }.to_frame())
+        .await
+        .unwrap();
+    let verdict = read_message(&mut recv).await.expect("a verdict");
+    // The registration lasts while this stream stays open: hand it to the caller.
+    (verdict, send)
 }

@@ -1,0 +1,142 @@
+//! Real processes: builds the binaries and runs them as a user would, reading their
+//! output line by line.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::PATIENCE;
+
+/// Builds both binaries (a no-op when they are fresh) and returns their directory.
+pub fn binaries() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/cli-<hash> -> target/<profile>
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut build = Command::new(env!("CARGO"));
+    // Run cargo as a user's shell would: variables cargo set for this test process
+    // (CARGO_PKG_*, library paths, ...) would make build scripts rerun and rebuild
+    // the whole dependency tree.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let keep = matches!(name.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+        if !keep && (name.starts_with("CARGO") || name.starts_with("LD_LIBRARY_PATH")) {
+            build.env_remove(name.as_ref());
+        }
+    }
+    build.current_dir(workspace).args([
+        "build",
+        "--quiet",
+        "--bin",
+        "blindrelayd",
+        "--bin",
+        "blindrelay",
+    ]);
+    if dir.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    assert!(build.status().unwrap().success(), "binaries build");
+    dir
+}
+
+/// A child process that is killed if the test fails before it ends it.
+pub struct Proc {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    pub fn start(bin: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The value of the next stdout line `name: value`.
+    pub fn value(&self, name: &str) -> String {
+        let line = self
+            .stdout
+            .recv_timeout(PATIENCE)
+            .expect("a line on stdout");
+        line.strip_prefix(&format!("{name}: "))
+            .unwrap_or_else(|| panic!("expected `{name}: ...`, got {line:?}"))
+            .to_owned()
+    }
+
+    /// Waits for a stderr line containing `text`.
+    pub fn wait_log(&self, text: &str) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line containing {text:?}"));
+            if line.contains(text) {
+                return;
+            }
+        }
+    }
+
+    /// Sends Ctrl-C (SIGINT) and waits for a clean exit.
+    pub fn interrupt(mut self) {
+        // The shell's own `kill`, so the test needs no extra package.
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "clean exit after Ctrl-C, got {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit after Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

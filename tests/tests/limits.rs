@@ -1,0 +1,832 @@
+//! Limits, each pushed past: the session buffer budget, per-host and relay-wide caps,
+//! per-address rates and counts, bandwidth caps, stalled readers, idle sessions and
+//! connections, maximum duration and bytes, and shedding idle registrations. Every
+//! test runs against a real relay on loopback; every wait is bounded.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blindrelay_client::{ConnectError, HostState, SecretKey, SecureStream};
+use blindrelay_protocol::{codes, ControlMessage, ErrorCode};
+use blindrelay_relay::limits::Limits;
+use blindrelay_relay::units::{ByteSize, Rate, Span};
+use blindrelay_relay::Relay;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A relay with no limits but the ones `set` turns on.
+fn relay_with(set: impl FnOnce(&mut Limits)) -> Relay {
+    init_tracing();
+    let mut config = relay_config();
+    set(&mut config.limits);
+    Relay::spawn(config).expect("relay starts")
+}
+
+fn secs(s: f64) -> Span {
+    Span(Duration::from_secs_f64(s))
+}
+
+/// Waits until `check` holds on the relay's stats.
+async fn wait_for_stats(
+    relay: &Relay,
+    what: &str,
+    check: impl Fn(&blindrelay_relay::StatsSnapshot) -> bool,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check(&relay.stats()) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            relay.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn refused_code(result: Result<SecureStream, ConnectError>) -> ErrorCode {
+    match result {
+        Err(ConnectError::Refused { code, .. }) => code,
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, got a session"),
+    }
+}
+
+/// Reads until the stream fails, and returns the error's text.
+async fn read_until_error(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!("the stream ended cleanly instead of failing"),
+            Ok(Ok(_)) => continue,
+            Ok(Err(err)) => return err.to_string(),
+            Err(_) => panic!("the stream neither failed nor ended in time"),
+        }
+    }
+}
+
+/// Writes pattern bytes until the stream fails, and returns the error's text.
+async fn write_until_error(stream: &mut (impl tokio::io::AsyncWrite + Unpin)) -> String {
+    let buf = vec![7u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(PATIENCE, stream.write_all(&buf)).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(err)) => return err.to_string(),
+            Err(_) => panic!("the write neither went through nor failed in time"),
+        }
+    }
+}
+
+/// Echoes and checks `len` pattern bytes through `session`; returns the seconds taken.
+async fn echo_round(session: SecureStream, seed: u64, len: u64) -> f64 {
+    let start = Instant::now();
+    let (mut read, mut write) = tokio::io::split(session);
+    let writer = tokio::spawn(async move { write_pattern(&mut write, seed, len).await });
+    let got = tokio::time::timeout(PATIENCE, read_pattern(&mut read, seed))
+        .await
+        .expect("echo in time")
+        .expect("echo byte-exact");
+    writer.await.unwrap().unwrap();
+    assert_eq!(got, len);
+    start.elapsed().as_secs_f64()
+}
+
+/// Echoes `len` pattern bytes through `session` and checks them, leaving the session
+/// open; returns it and the seconds taken.
+async fn echo_keep_open(session: SecureStream, seed: u64, len: usize) -> (SecureStream, f64) {
+    let start = Instant::now();
+    let (mut read, mut write) = tokio::io::split(session);
+    const BLOCK: usize = 64 * 1024;
+    let writing = async {
+        let mut pattern = Pattern::new(seed);
+        let mut buf = vec![0u8; BLOCK];
+        for _ in 0..len / BLOCK {
+            pattern.fill(&mut buf);
+            write.write_all(&buf).await.unwrap();
+        }
+        write.flush().await.unwrap();
+    };
+    let reading = async {
+        let mut pattern = Pattern::new(seed);
+        let (mut expected, mut got) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+        for _ in 0..len / BLOCK {
+            pattern.fill(&mut expected);
+            read.read_exact(&mut got).await.unwrap();
+            assert!(got == expected, "echo is byte-exact");
+        }
+    };
+    tokio::time::timeout(PATIENCE, async { tokio::join!(writing, reading) })
+        .await
+        .expect("echo in time");
+    (read.unsplit(write), start.elapsed().as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_past_the_buffer_budget_is_refused_while_the_others_keep_moving() {
+    const N: u64 = 4;
+    let relay = relay_with(|limits| {
+        limits.sessions.buffer_budget = ByteSize(N * limits.session_buffer());
+    });
+    let host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+    let player = player();
+
+    let mut sessions = Vec::new();
+    for _ in 0..N {
+        sessions.push(player.connect(&ticket).await.expect("within the budget"));
+    }
+    let session_buffer = Limits::unlimited().session_buffer();
+    assert_eq!(relay.stats().buffer_bytes_reserved, N * session_buffer);
+
+    // One session alone sets the baseline speed ...
+    let (busy, baseline) = echo_keep_open(sessions.pop().unwrap(), 1, 8 << 20).await;
+    // ... then moves the same again while the N+1th is refused, over and over.
+    let transfer = tokio::spawn(echo_keep_open(busy, 2, 8 << 20));
+    let mut refused = 0;
+    while !transfer.is_finished() {
+        let code = refused_code(player.connect(&ticket).await);
+        assert_eq!(code, ErrorCode::AtCapacity);
+        refused += 1;
+    }
+    let (busy, during) = transfer.await.unwrap();
+    assert!(refused >= 1, "the refusals ran while data moved");
+    assert!(
+        during < baseline * 4.0 + 1.0,
+        "refusals slowed a running session: {during:.2} s against {baseline:.2} s alone"
+    );
+    // Every admitted session still moves data byte-exact.
+    sessions.push(busy);
+    for (i, session) in sessions.into_iter().enumerate() {
+        echo_round(session, 10 + i as u64, 1 << 20).await;
+    }
+    let stats = relay.stats();
+    assert_eq!(stats.sessions_refused_capacity, refused);
+    assert_eq!(stats.sessions_refused, refused);
+    // Ended sessions give their buffers back.
+    wait_for_stats(&relay, "the budget to be free again", |s| {
+        s.buffer_bytes_reserved == 0
+    })
+    .await;
+    echo_round(player.connect(&ticket).await.unwrap(), 20, 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cap_admits_max_and_not_one_more() {
+    let relay = relay_with(|limits| limits.sessions.max = 3);
+    let host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+    let player = player();
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(player.connect(&ticket).await.expect("within the cap"));
+    }
+    assert_eq!(
+        refused_code(player.connect(&ticket).await),
+        ErrorCode::AtCapacity
+    );
+    drop(sessions.pop());
+    wait_for_stats(&relay, "the dropped session to end", |s| {
+        s.sessions_active == 2
+    })
+    .await;
+    let again = player.connect(&ticket).await.expect("a place was freed");
+    echo_round(again, 3, 64 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_its_maximum_sessions_is_busy_for_the_next_player() {
+    let relay = relay_with(|limits| limits.hosts.max_sessions = 2);
+    let busy = start_host(relay.url()).await;
+    let busy_ticket = busy.ticket().clone();
+    let _busy_echo = spawn_echo_host(busy);
+    let other = start_host(relay.url()).await;
+    let other_ticket = other.ticket().clone();
+    let _other_echo = spawn_echo_host(other);
+    let player = player();
+
+    let first = player.connect(&busy_ticket).await.unwrap();
+    let second = player.connect(&busy_ticket).await.unwrap();
+    match player.connect(&busy_ticket).await {
+        Err(ConnectError::Refused { code, reason }) => {
+            assert_eq!(code, ErrorCode::HostBusy);
+            assert!(reason.contains("sessions"), "{reason}");
+        }
+        other => panic!("expected HostBusy, got {other:?}"),
+    }
+    // The cap is per host: another host is not affected.
+    echo_round(player.connect(&other_ticket).await.unwrap(), 1, 64 * 1024).await;
+    echo_round(first, 2, 64 * 1024).await;
+    wait_for_stats(&relay, "a session of the busy host to end", |s| {
+        s.sessions_active == 1
+    })
+    .await;
+    echo_round(player.connect(&busy_ticket).await.unwrap(), 3, 64 * 1024).await;
+    drop(second);
+    assert_eq!(relay.stats().sessions_refused_busy, 1);
+}
+
+/// Bytes per second a player receives from a host that writes as fast as it may,
+/// measured over `window` after the burst has passed.
+async fn measured_rate(session: SecureStream, host_side: SecureStream, window: Duration) -> f64 {
+    let (_, mut host_write) = tokio::io::split(host_side);
+    let writer = tokio::spawn(async move {
+        let buf = vec![1u8; 16 * 1024];
+        while host_write.write_all(&buf).await.is_ok() {}
+    });
+    let (mut read, _write) = tokio::io::split(session);
+    let mut buf = vec![0u8; 64 * 1024];
+    // Let the burst allowance drain first.
+    let warmup = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < warmup {
+        assert!(
+            read.read(&mut buf).await.unwrap() > 0,
+            "the host keeps sending"
+        );
+    }
+    let start = Instant::now();
+    let mut got = 0u64;
+    while start.elapsed() < window {
+        got += read.read(&mut buf).await.unwrap() as u64;
+    }
+    writer.abort();
+    got as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Accepts the next session on `host` (its agent) after `player` opened it.
+async fn open_pair(
+    player: &blindrelay_client::Player,
+    host: &mut blindrelay_client::HostAgent,
+) -> (SecureStream, SecureStream) {
+    let ticket = host.ticket().clone();
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
+    (player_side.expect("session"), host_side.expect("accepted"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_session_moves_at_its_rate_and_does_not_slow_another() {
+    const RATE: u64 = 2_000_000;
+    let relay = relay_with(|limits| {
+        limits.sessions.rate = Rate(RATE);
+        limits.sessions.burst = ByteSize(16 * 1024);
+    });
+    let mut host_a = start_host(relay.url()).await;
+    let mut host_b = start_host(relay.url()).await;
+    let player = player();
+    let (a, a_host) = open_pair(&player, &mut host_a).await;
+    let (b, b_host) = open_pair(&player, &mut host_b).await;
+    assert_eq!(a.limits().rate, RATE, "the player is told the cap");
+    assert_eq!(a_host.limits().rate, RATE, "the host is told the cap");
+
+    let window = Duration::from_secs(3);
+    let (rate_a, rate_b) = tokio::join!(
+        measured_rate(a, a_host, window),
+        measured_rate(b, b_host, window)
+    );
+    for (name, rate) in [("a", rate_a), ("b", rate_b)] {
+        let error = (rate - RATE as f64).abs() / RATE as f64;
+        assert!(
+            error < 0.10,
+            "session {name} moved {rate:.0} B/s, cap {RATE}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cap_is_shared_by_all_its_sessions() {
+    const RATE: u64 = 2_000_000;
+    let relay = relay_with(|limits| {
+        limits.hosts.rate = Rate(RATE);
+        limits.hosts.burst = ByteSize(16 * 1024);
+    });
+    let mut host = start_host(relay.url()).await;
+    let player = player();
+    let (a, a_host) = open_pair(&player, &mut host).await;
+    let (b, b_host) = open_pair(&player, &mut host).await;
+    assert_eq!(a.limits().host_rate, RATE);
+    let window = Duration::from_secs(3);
+    let (rate_a, rate_b) = tokio::join!(
+        measured_rate(a, a_host, window),
+        measured_rate(b, b_host, window)
+    );
+    let total = rate_a + rate_b;
+    let error = (total - RATE as f64).abs() / RATE as f64;
+    assert!(
+        error < 0.10,
+        "the host's sessions moved {total:.0} B/s together, cap {RATE}"
+    );
+    assert!(
+        rate_a > RATE as f64 * 0.2 && rate_b > RATE as f64 * 0.2,
+        "both sessions get a share: {rate_a:.0} / {rate_b:.0}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_one_address_is_throttled_while_another_connects() {
+    let relay = relay_with(|limits| {
+        limits.connections.new_per_ip_per_s = 2;
+        limits.connections.new_per_ip_burst = 5;
+    });
+    let flooder = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let neighbour = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        match blindrelay_client::connect_relay_raw_from(relay.url(), flooder).await {
+            Ok(connection) => admitted.push(connection),
+            Err(_) => refused += 1,
+        }
+    }
+    // The burst, plus what refilled while the flood ran.
+    assert!(refused >= 15, "only {refused} of 30 refused");
+    // Meanwhile another address connects and uses the relay normally.
+    let host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+    for _ in 0..3 {
+        let connection = blindrelay_client::connect_relay_raw_from(relay.url(), neighbour)
+            .await
+            .expect("another address is not throttled");
+        drop(connection);
+    }
+    echo_round(player().connect(&ticket).await.unwrap(), 1, 64 * 1024).await;
+    assert_eq!(relay.stats().connections_rate_limited, refused);
+    drop(admitted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_stop_at_the_maximum() {
+    let relay = relay_with(|limits| limits.connections.per_ip = 3);
+    let address = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(
+            blindrelay_client::connect_relay_raw_from(relay.url(), address)
+                .await
+                .expect("within the limit"),
+        );
+    }
+    assert!(
+        blindrelay_client::connect_relay_raw_from(relay.url(), address)
+            .await
+            .is_err()
+    );
+    assert_eq!(relay.stats().connections_over_address_cap, 1);
+    // Closing one frees its place.
+    let closed = open.pop().unwrap();
+    closed.close(0u32.into(), b"done");
+    wait_for_stats(&relay, "the closed connection to be released", |s| {
+        s.connections_open == 2
+    })
+    .await;
+    open.push(
+        blindrelay_client::connect_relay_raw_from(relay.url(), address)
+            .await
+            .expect("a place was freed"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_requests_from_one_address_are_rate_limited() {
+    let relay = relay_with(|limits| {
+        limits.sessions.new_per_ip_per_s = 1;
+        limits.sessions.new_per_ip_burst = 3;
+    });
+    let host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+    let player = player();
+    let mut sessions = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        match player.connect(&ticket).await {
+            Ok(session) => sessions.push(session),
+            Err(err) => {
+                assert_eq!(refused_code(Err(err)), ErrorCode::RateLimited);
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        (3..=5).contains(&sessions.len()),
+        "{} admitted",
+        sessions.len()
+    );
+    assert_eq!(relay.stats().sessions_refused_rate, refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_registration_proofs_count_double() {
+    let relay = relay_with(|limits| {
+        limits.registrations.per_ip_per_s = 1;
+        limits.registrations.per_ip_burst = 4;
+    });
+    let victim = SecretKey::generate().unwrap();
+    let attacker = SecretKey::generate().unwrap();
+    // Two failed guesses use up the whole burst of four.
+    for _ in 0..2 {
+        let connection = raw_connection(&relay).await;
+        let (verdict, _) =
+            register_by_hand(&connection, victim.host_id(), &attacker, &connection).await;
+        assert!(
+            matches!(
+                verdict,
+                ControlMessage::Error {
+                    code: ErrorCode::ProofFailed,
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
+    }
+    let connection = raw_connection(&relay).await;
+    let (verdict, _control) = register_by_hand_refused(&connection, &victim).await;
+    assert!(
+        matches!(
+            verdict,
+            ControlMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        ),
+        "{verdict:?}"
+    );
+    assert_eq!(relay.stats().registrations_rate_limited, 1);
+}
+
+/// Sends `Register` for `key`'s host id and returns the relay's first answer, which
+/// is a refusal when registration is rate limited.
+async fn register_by_hand_refused(
+    connection: &quinn::Connection,
+    key: &SecretKey,
+) -> (ControlMessage, quinn::SendStream) {
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(
+        &ControlMessage::Register {
+            host_id: key.host_id(),
+        }
+        .to_frame(),
+    )
+    .await
+    .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    (answer, send)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_is_cut_off_and_its_writer_told() {
+    let relay = relay_with(|limits| limits.sessions.stall_timeout = secs(1.0));
+    let mut host = start_host(relay.url()).await;
+    let player = player();
+    let (mut session, host_side) = open_pair(&player, &mut host).await;
+    assert_eq!(session.limits().stall_timeout_secs, 1);
+    // The host never reads; the player writes until the relay cuts the session.
+    let start = Instant::now();
+    let error = write_until_error(&mut session).await;
+    assert!(error.contains("stall"), "the player is told why: {error}");
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "not before the stall timeout"
+    );
+    let (mut host_read, _host_write) = tokio::io::split(host_side);
+    let host_error = read_until_error(&mut host_read).await;
+    assert!(
+        host_error.contains("stall"),
+        "the host is told why: {host_error}"
+    );
+    wait_for_stats(&relay, "the stalled count", |s| {
+        s.sessions_ended_stalled == 1
+    })
+    .await;
+    // The relay is fine for everyone else.
+    let (fresh, fresh_host) = open_pair(&player, &mut host).await;
+    tokio::spawn(echo(fresh_host));
+    echo_round(fresh, 1, 1 << 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_at_most_its_maximum_bytes_and_not_one_more() {
+    const MAX: u64 = 1 << 20;
+    let relay = relay_with(|limits| limits.sessions.max_bytes = ByteSize(MAX));
+    let mut host = start_host(relay.url()).await;
+    let player = player();
+    let (session, host_side) = open_pair(&player, &mut host).await;
+    assert_eq!(session.limits().max_bytes, MAX);
+    let (_, mut write) = tokio::io::split(session);
+    let writer = tokio::spawn(async move { write_until_error(&mut write).await });
+    let (mut host_read, _host_write) = tokio::io::split(host_side);
+    let host_error = read_until_error(&mut host_read).await;
+    assert!(host_error.contains("maximum bytes"), "{host_error}");
+    let player_error = tokio::time::timeout(PATIENCE, writer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(player_error.contains("maximum bytes"), "{player_error}");
+    wait_for_stats(&relay, "the byte-limit count", |s| {
+        s.sessions_ended_bytes == 1
+    })
+    .await;
+    // Counted in ciphertext, handshake included: exactly the maximum went through.
+    assert_eq!(relay.stats().bytes_player_to_host, MAX);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_at_its_maximum_duration() {
+    let relay = relay_with(|limits| limits.sessions.max_duration = secs(1.0));
+    let host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+    let mut session = player().connect(&ticket).await.unwrap();
+    assert_eq!(session.limits().max_duration_secs, 1);
+    let start = Instant::now();
+    session.write_all(b"hello").await.unwrap();
+    session.flush().await.unwrap();
+    let error = read_until_error(&mut session).await;
+    assert!(error.contains("maximum session duration"), "{error}");
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    wait_for_stats(&relay, "the duration count", |s| {
+        s.sessions_ended_duration == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_ends_but_a_busy_one_does_not() {
+    let idle = Duration::from_millis(600);
+    let relay = relay_with(|limits| limits.sessions.idle_timeout = Span(idle));
+    let host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+    let session = player().connect(&ticket).await.unwrap();
+    let (mut read, mut write) = tokio::io::split(session);
+    // Traffic every 200 ms for three idle timeouts keeps the session alive.
+    let mut buf = [0u8; 4];
+    let busy_until = Instant::now() + idle * 3;
+    while Instant::now() < busy_until {
+        write.write_all(b"ping").await.unwrap();
+        write.flush().await.unwrap();
+        read.read_exact(&mut buf).await.expect("alive while busy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then silence ends it.
+    let error = read_until_error(&mut read).await;
+    assert!(error.contains("idle"), "{error}");
+    wait_for_stats(&relay, "the idle count", |s| s.sessions_ended_idle == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_neither_registration_nor_session_is_closed_when_idle() {
+    let relay = relay_with(|limits| limits.connections.unregistered_idle_timeout = secs(0.5));
+    let host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+
+    let idle = raw_connection(&relay).await;
+    let reason = tokio::time::timeout(PATIENCE, idle.closed())
+        .await
+        .expect("closed in time");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, codes::close::IDLE.into())
+        }
+        other => panic!("expected an idle close, got {other}"),
+    }
+    // A player's connection goes the same way once its sessions end, and the next
+    // connect opens a new one by itself.
+    let player = player();
+    echo_round(player.connect(&ticket).await.unwrap(), 1, 1024).await;
+    wait_for_stats(&relay, "two idle connections closed", |s| {
+        s.connections_idle_closed >= 2
+    })
+    .await;
+    echo_round(player.connect(&ticket).await.unwrap(), 2, 1024).await;
+    // The registered host outlived several idle timeouts.
+    assert_eq!(relay.stats().registered_hosts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_idle_registrations_are_shed_first_and_sessions_never() {
+    let relay = relay_with(|limits| limits.connections.max = 3);
+    // A host with a running session (two connections: host and player) ...
+    let mut active = start_host(relay.url()).await;
+    let player = player();
+    let (session, host_side) = open_pair(&player, &mut active).await;
+    tokio::spawn(echo(host_side));
+    // ... and an idle host: the relay is full.
+    let idle = start_host(relay.url()).await;
+    assert_eq!(relay.stats().connections_open, 3);
+
+    // A newcomer gets the idle host's place.
+    let newcomer = raw_connection(&relay).await;
+    assert_eq!(relay.stats().connections_shed, 1);
+    let state = wait_for_state(&idle, |state| matches!(state, HostState::Connecting { .. })).await;
+    assert!(matches!(state, HostState::Connecting { .. }));
+    // With nothing idle left to shed, the next one is refused (the idle host's own
+    // attempts to come back count here too).
+    wait_for_stats(&relay, "a refusal at the cap", |s| {
+        s.connections_at_capacity >= 1
+    })
+    .await;
+    assert!(blindrelay_client::connect_relay_raw(relay.url())
+        .await
+        .is_err());
+    // The running session never noticed.
+    echo_round(session, 1, 4 << 20).await;
+    assert_eq!(relay.stats().connections_shed, 1);
+    drop(newcomer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ends_are_told_the_limits_of_their_session() {
+    let relay = relay_with(|limits| {
+        limits.sessions.rate = Rate(5_000_000);
+        limits.hosts.rate = Rate(10_000_000);
+        limits.sessions.max_bytes = ByteSize(1 << 30);
+        limits.sessions.max_duration = secs(3600.0);
+        limits.sessions.idle_timeout = secs(600.0);
+        limits.sessions.stall_timeout = secs(120.0);
+    });
+    let mut host = start_host(relay.url()).await;
+    let (player_side, host_side) = open_pair(&player(), &mut host).await;
+    let expected = blindrelay_client::SessionLimits {
+        rate: 5_000_000,
+        host_rate: 10_000_000,
+        max_bytes: 1 << 30,
+        max_duration_secs: 3600,
+        idle_timeout_secs: 600,
+        stall_timeout_secs: 120,
+    };
+    assert_eq!(*player_side.limits(), expected);
+    assert_eq!(*host_side.limits(), expected);
+    assert_eq!(
+        player_side.limits().to_string(),
+        "40.0 Mbit/s, 1073741824 bytes each way, 3600 s long, 600 s idle, 120 s stalled"
+    );
+}
+
+/// The relay's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_pushing_gigabytes_at_a_host_that_barely_reads_do_not_grow_the_relay() {
+    const SESSIONS: u64 = 16;
+    const WINDOW: u64 = 64 * 1024;
+    const SEND_WINDOW: u64 = 256 * 1024;
+    const PUSH: u64 = 2 << 30;
+    let bin = common::process::binaries();
+    let relay = common::process::Proc::start(
+        &bin.join("blindrelayd"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--sessions-window",
+            "64KiB",
+            "--connections-send-window",
+            "256KiB",
+            "--sessions-stall-timeout",
+            "0",
+            "--sessions-idle-timeout",
+            "0",
+            "--sessions-rate",
+            "0",
+            "--sessions-new-per-ip-per-s",
+            "0",
+        ],
+    );
+    let url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
+    let mut host = start_host(&url).await;
+    let player = player();
+    let mut pairs = Vec::new();
+    for _ in 0..SESSIONS {
+        pairs.push(open_pair(&player, &mut host).await);
+    }
+    let before = rss_bytes(relay.pid());
+
+    // Every host side reads one byte a second; every player pushes 2 GiB.
+    let pushed = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (player_side, host_side) in pairs {
+        tasks.spawn(async move {
+            let mut host_side = host_side;
+            let mut byte = [0u8; 1];
+            loop {
+                if host_side.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let pushed = pushed.clone();
+        tasks.spawn(async move {
+            let (_, mut write) = tokio::io::split(player_side);
+            let buf = vec![3u8; 64 * 1024];
+            let mut left = PUSH;
+            while left > 0 {
+                if write.write_all(&buf).await.is_err() {
+                    return;
+                }
+                pushed.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                left -= buf.len() as u64;
+            }
+        });
+    }
+
+    // Watch until the push has stalled against backpressure for two seconds.
+    let deadline = Instant::now() + PATIENCE;
+    let mut peak = before;
+    let mut last = (0, Instant::now());
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes(relay.pid()));
+        let now = pushed.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let accepted = pushed.load(Ordering::Relaxed);
+    tasks.shutdown().await;
+
+    // Backpressure reached the players: they got rid of a tiny part of the push.
+    assert!(
+        accepted < SESSIONS * (32 << 20),
+        "players wrote {accepted} bytes: no backpressure"
+    );
+    // The relay held at most its configured buffers: each session's window and one
+    // chunk in hand, and the host connection's send window; plus a fixed overhead
+    // for allocator slack and packet buffers.
+    let bound = SESSIONS * (WINDOW + 16 * 1024) + SEND_WINDOW;
+    let overhead = 8 << 20;
+    let growth = peak.saturating_sub(before);
+    eprintln!("players wrote {accepted} bytes; relay grew by {growth} bytes (bound {bound})");
+    assert!(
+        growth <= bound + overhead,
+        "relay grew by {growth} bytes, bound {bound} + overhead {overhead}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_and_flags_set_the_limits_and_unknown_keys_are_named() {
+    let bin = common::process::binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(
+        &file,
+        "[sessions]\nrate = \"2Mbit\"\nmax = 7\n[hosts]\nmax_sessions = 3\n",
+    )
+    .unwrap();
+    let check = std::process::Command::new(bin.join("blindrelayd"))
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--hosts-max-sessions",
+            "5",
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let printed = String::from_utf8(check.stdout).unwrap();
+    assert!(printed.contains("rate = \"2Mbit\""), "{printed}");
+    assert!(printed.contains("max = 7"), "{printed}");
+    assert!(
+        printed.contains("max_sessions = 5"),
+        "the flag wins: {printed}"
+    );
+
+    std::fs::write(&file, "[sessions]\nrat = \"2Mbit\"\n").unwrap();
+    let refused = std::process::Command::new(bin.join("blindrelayd"))
+        .args(["--config", file.to_str().unwrap(), "--check-config"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8(refused.stderr).unwrap();
+    assert!(stderr.contains("rat"), "the unknown key is named: {stderr}");
+
+    let missing = std::process::Command::new(bin.join("blindrelayd"))
+        .args(["--config", dir.join("nope.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !missing.status.success(),
+        "a missing file is an error, not defaults"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
