@@ -187,6 +187,25 @@ mod tests {
         assert!(err.contains("session"), "{err}");
     }
 
+    /// The documented defaults are the defaults: the reference's example file parses
+    /// to exactly what the code uses.
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let doc = include_str!("../../docs/configuration.md");
+        let section = doc
+            .split("## Every key, with its default")
+            .nth(1)
+            .expect("the defaults section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block");
+        let file = ConfigFile::parse(block).expect("the documented file parses");
+        assert_eq!(file.listen, Some(DEFAULT_LISTEN));
+        assert_eq!(file.limits(), Limits::default());
+    }
+
     #[test]
     fn a_missing_file_is_an_error() {
         let err =
