@@ -92,23 +92,28 @@ async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ConnectRelayError> {
 
 /// A client-only endpoint on an ephemeral port of the family of `remote`.
 pub(crate) fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint, ConnectRelayError> {
-    use socket2::{Domain, Protocol, Socket, Type};
     let local: SocketAddr = if remote.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     };
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        bind_udp(local)?,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// A UDP socket bound to `local`, with large kernel buffers where allowed.
+pub(crate) fn bind_udp(local: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort, as on the relay: small kernel buffers drop packets at Gbit/s.
     let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
     socket.bind(&local.into())?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )?)
+    Ok(socket.into())
 }
 
 const UDP_BUFFER_BYTES: usize = 8 << 20;

@@ -5,11 +5,15 @@
 //! underlying stream, and a read returns end-of-file only after the peer's
 //! authenticated end: if the stream ends without it (a relay or network cutting it
 //! short), the read fails with `UnexpectedEof` wrapping [`NoiseError::Truncated`].
+//! A stream the relay resets because the other side's relay connection went away (a
+//! host switching Enable Relay off, or going offline) fails with [`SessionEnded`], so
+//! the application can tell the user why.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use blindrelay_protocol::codes;
 use blindrelay_protocol::noise::{self, NoiseError, Opened, Transport, MAX_MESSAGE_LEN};
 use blindrelay_protocol::PublicKey;
 use bytes::{Buf, BytesMut};
@@ -19,8 +23,35 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionPath {
+    /// Straight from player to host over QUIC, no relay in between.
+    Direct,
     /// Through the host's home relay (Plex calls this "Indirect").
     Relayed,
+}
+
+impl std::fmt::Display for SessionPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::Relayed => "relayed",
+        })
+    }
+}
+
+/// Why a session's stream was cut from outside the Noise session: the error inside
+/// the `io::Error` a read or write returns in those cases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionEnded {
+    /// The relay reset the stream because the other side's connection to it ended.
+    #[error(
+        "session ended: the other side's relay connection went away \
+         (relay disabled, or it went offline)"
+    )]
+    PeerGone,
+    /// The other side abandoned the session while setting it up (another path won).
+    #[error("session ended: the other side cancelled it")]
+    Cancelled,
 }
 
 /// An established end-to-end encrypted session.
@@ -107,6 +138,30 @@ impl<R, W> SecureStream<R, W> {
     }
 }
 
+/// Replaces a QUIC reset or stop code the relay or the other side uses with a
+/// [`SessionEnded`] that says what happened; leaves every other error as it is.
+fn explain(err: io::Error) -> io::Error {
+    let code = match err.get_ref() {
+        Some(inner) => match (
+            inner.downcast_ref::<quinn::ReadError>(),
+            inner.downcast_ref::<quinn::WriteError>(),
+        ) {
+            (Some(quinn::ReadError::Reset(code)), _) => *code,
+            (_, Some(quinn::WriteError::Stopped(code))) => *code,
+            _ => return err,
+        },
+        None => return err,
+    };
+    let ended = if code == codes::stream::PEER_GONE.into() {
+        SessionEnded::PeerGone
+    } else if code == codes::stream::CANCELLED.into() {
+        SessionEnded::Cancelled
+    } else {
+        return err;
+    };
+    io::Error::new(io::ErrorKind::ConnectionReset, ended)
+}
+
 fn io_error(err: NoiseError) -> io::Error {
     let kind = match err {
         NoiseError::Truncated => io::ErrorKind::UnexpectedEof,
@@ -154,7 +209,7 @@ impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
             let polled = Pin::new(&mut this.reader).poll_read(cx, &mut spare);
             let filled = spare.filled().len();
             this.read_buf.truncate(start + filled);
-            ready!(polled)?;
+            ready!(polled).map_err(explain)?;
             if filled == 0 {
                 // The stream ended: clean only after the peer's authenticated end.
                 this.transport.handle_eof().map_err(io_error)?;
@@ -167,7 +222,8 @@ impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
 impl<R: Unpin, W: AsyncWrite + Unpin> SecureStream<R, W> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.write_buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.writer).poll_write(cx, &self.write_buf))?;
+            let n = ready!(Pin::new(&mut self.writer).poll_write(cx, &self.write_buf))
+                .map_err(explain)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }

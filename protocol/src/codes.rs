@@ -13,6 +13,9 @@ pub mod close {
     pub const REPLACED: u32 = 1;
     /// The relay is shutting down; reconnect later (to it or another relay).
     pub const RELAY_SHUTDOWN: u32 = 2;
+    /// A host closed its connection to the relay because its owner switched Enable
+    /// Relay off; its relayed sessions end with it. Direct sessions are not affected.
+    pub const RELAY_DISABLED: u32 = 3;
 }
 
 /// Codes in `RESET_STREAM` / `STOP_SENDING` frames on session streams.
@@ -26,4 +29,7 @@ pub mod stream {
     pub const PEER_GONE: u32 = 0x100;
     /// The session was refused (see the `Error` message on the stream).
     pub const REFUSED: u32 = 0x101;
+    /// A player gave up a session set-up because another path to the same host
+    /// finished first (see the player's direct-first race).
+    pub const CANCELLED: u32 = 0x102;
 }
