@@ -210,6 +210,10 @@ async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
     let mut state = agent.watch_state();
     let mut sessions = JoinSet::new();
     let mut shown = None;
+    // One listener for the whole loop: a signal that arrives between two iterations
+    // is not lost, as it would be with a new `ctrl_c()` per iteration.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let stopped = loop {
         let now = state.borrow_and_update().clone();
         if shown.as_ref() != Some(&now) {
@@ -244,7 +248,7 @@ async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
                 agent.set_relay_enabled(enable);
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 info!("shutting down");
                 agent.shutdown().await;
                 return Ok(());
@@ -316,6 +320,9 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
 
     let ticket = std::sync::Arc::new(ticket);
     let mut sessions = JoinSet::new();
+    // One listener for the whole loop, so a Ctrl-C between iterations is not lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -340,7 +347,7 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
                 });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 info!("shutting down");
                 sessions.shutdown().await;
                 player.close().await;

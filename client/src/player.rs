@@ -150,9 +150,14 @@ pub enum ConnectError {
     Timeout(Duration),
 }
 
+const HOST_NOT_REACHABLE: &str = "host not reachable: relay disabled or host offline";
+
 fn refusal_text(code: ErrorCode, reason: &str) -> String {
     match code {
-        ErrorCode::HostOffline => "host not reachable: relay disabled or host offline".to_owned(),
+        ErrorCode::HostOffline => HOST_NOT_REACHABLE.to_owned(),
+        // The registration was still there but the host's connection was going away:
+        // typically a host that has just switched its relay off.
+        ErrorCode::HostUnreachable => format!("{HOST_NOT_REACHABLE} ({reason})"),
         _ => format!("relay refused the session: {code} ({reason})"),
     }
 }
@@ -361,6 +366,27 @@ impl Drop for Pending {
     }
 }
 
+/// A relayed stream the relay reset with `PEER_GONE` before the host's reply: the
+/// host's connection went away between pairing and handshake, typically because it
+/// has just switched its relay off. Reported like the relay's own refusal.
+fn host_left(err: WireError) -> ConnectError {
+    let WireError::Io(io) = &err else {
+        return err.into();
+    };
+    match io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+    {
+        Some(quinn::ReadError::Reset(code)) if *code == codes::stream::PEER_GONE.into() => {
+            ConnectError::Refused {
+                code: ErrorCode::HostUnreachable,
+                reason: "the host left the relay during set-up".to_owned(),
+            }
+        }
+        _ => err.into(),
+    }
+}
+
 fn lost_streams() -> ConnectError {
     ConnectError::Protocol("session streams went away during set-up".to_owned())
 }
@@ -479,7 +505,7 @@ impl Inner {
                 return Err(err.into());
             }
         };
-        let reply = read_noise_message(recv).await?;
+        let reply = read_noise_message(recv).await.map_err(host_left)?;
         let transport = handshake.read_reply(&reply)?;
         let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
         debug!(session_id, host = %host_id.short(), "relayed session established");
