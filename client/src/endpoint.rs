@@ -119,18 +119,23 @@ pub(crate) fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint, Con
 
 /// A client-only endpoint bound to `local`.
 fn endpoint_at(local: SocketAddr) -> Result<quinn::Endpoint, ConnectRelayError> {
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        bind_udp(local)?,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// A UDP socket bound to `local`, with large kernel buffers where allowed.
+pub(crate) fn bind_udp(local: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort, as on the relay: small kernel buffers drop packets at Gbit/s.
     let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
     socket.bind(&local.into())?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )?)
+    Ok(socket.into())
 }
 
 const UDP_BUFFER_BYTES: usize = 8 << 20;

@@ -1,25 +1,41 @@
-//! The host agent: keeps a host registered with its relay and accepts sessions.
+//! The host agent: keeps a host reachable, through its relay and directly, and
+//! accepts sessions from both paths through one [`HostAgent::accept`].
 //!
-//! The agent owns one background task. It connects to the relay, proves possession
-//! of the host key (see [`blindrelay_protocol::registration`]), and then accepts the
-//! streams the relay opens, one per player session, running the Noise responder on
-//! each and handing the finished [`SecureStream`]s to [`HostAgent::accept`]. When the
-//! relay goes away it reconnects with exponential backoff and jitter. If a newer
-//! registration of the same host id replaces it, it stops: two hosts fighting over
-//! one id would otherwise evict each other forever.
+//! The agent owns one background task, and that task owns everything else:
+//!
+//! - **The relay side**, run in the task itself. While Enable Relay is on it connects
+//!   to the relay, proves possession of the host key (see
+//!   [`blindrelay_protocol::registration`]) and accepts the streams the relay opens,
+//!   one per player session. When the relay goes away it reconnects with exponential
+//!   backoff and jitter. Switching Enable Relay off closes the relay connection with
+//!   [`codes::close::RELAY_DISABLED`], which ends every relayed session, and sends
+//!   nothing more to the relay until it is switched on again. If a newer registration
+//!   of the same host id replaces it, the agent stops: two hosts fighting over one id
+//!   would otherwise evict each other forever.
+//! - **The direct listener** (optional), a child task: a QUIC endpoint of the host's
+//!   own that players reach without a relay (see [`crate::direct`]). Enable Relay
+//!   does not touch it.
+//!
+//! Both run the same Noise responder and hand finished [`SecureStream`]s, marked with
+//! their [`SessionPath`], to [`HostAgent::accept`].
 
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use blindrelay_protocol::noise::HostHandshake;
 use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
-use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, Ticket};
+use blindrelay_protocol::{
+    codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, Ticket, TicketError,
+};
 use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::direct::{self, DirectListenError};
 use crate::endpoint::{connect_relay, ConnectRelayError, ConnectionProfile};
 use crate::stream::{SecureStream, SessionPath};
 use crate::wire::{read_control, read_noise_message, WireError};
@@ -30,33 +46,65 @@ use crate::wire::{read_control, read_noise_message, WireError};
 pub struct HostConfig {
     /// The host's identity.
     pub key: SecretKey,
-    /// The host's home relay.
-    pub relay: RelayUrl,
+    /// The host's home relay; `None` for a host reachable only directly.
+    pub relay: Option<RelayUrl>,
+    /// Enable Relay: whether the agent registers with `relay` at start. It can be
+    /// switched at run time with [`HostAgent::set_relay_enabled`].
+    pub enable_relay: bool,
+    /// Where to listen for direct connections (QUIC), if anywhere. Port 0 picks a
+    /// free port.
+    pub direct: Option<SocketAddr>,
+    /// Direct addresses to put in the ticket (at most 8), for a host behind a
+    /// forwarded port or bound to an unspecified address. Empty: the bound address,
+    /// or for `0.0.0.0` / `::` the address this machine uses towards the internet.
+    pub advertise: Vec<SocketAddr>,
     /// Reconnection delays.
     pub backoff: BackoffConfig,
     /// Keep-alive on the relay connection (well under the relay's idle timeout).
     pub keep_alive: Duration,
-    /// Idle timeout of the relay connection.
+    /// Idle timeout of the relay connection and of direct connections.
     pub idle_timeout: Duration,
     /// Deadline for the registration exchange with the relay, and for a player's
-    /// Noise hello once the relay announced a session.
+    /// Noise hello once a session stream is open.
     pub handshake_timeout: Duration,
-    /// Sessions the relay may open at once on this host's connection.
+    /// Sessions open at once on the relay connection, and on each direct connection.
     pub max_concurrent_sessions: u32,
+    /// Direct connections open at once; further ones are refused.
+    pub max_direct_connections: u32,
 }
 
 impl HostConfig {
-    /// Defaults for a host with `key` at home relay `relay`.
+    /// Defaults for a host with `key` at home relay `relay`, relay enabled, no
+    /// direct listener.
     pub fn new(key: SecretKey, relay: RelayUrl) -> Self {
+        Self::with_relay(key, Some(relay))
+    }
+
+    /// Defaults for a host with no relay at all, reachable only on `listen`.
+    pub fn direct_only(key: SecretKey, listen: SocketAddr) -> Self {
+        Self::with_relay(key, None).with_direct(listen)
+    }
+
+    fn with_relay(key: SecretKey, relay: Option<RelayUrl>) -> Self {
         Self {
             key,
+            enable_relay: relay.is_some(),
             relay,
+            direct: None,
+            advertise: Vec::new(),
             backoff: BackoffConfig::default(),
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_sessions: 1024,
+            max_direct_connections: 256,
         }
+    }
+
+    /// Also listen directly on `listen`.
+    pub fn with_direct(mut self, listen: SocketAddr) -> Self {
+        self.direct = Some(listen);
+        self
     }
 }
 
@@ -71,11 +119,25 @@ pub enum HostState {
     },
     /// Registered: players can reach the host through the relay.
     Registered,
+    /// Enable Relay is off, or the host has no relay: nothing is sent to a relay and
+    /// players reach the host only directly.
+    Disabled,
     /// The agent stopped and will not reconnect.
     Stopped {
         /// Why.
         reason: String,
     },
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),
+            Self::Registered => f.write_str("registered"),
+            Self::Disabled => f.write_str("disabled"),
+            Self::Stopped { reason } => write!(f, "stopped ({reason})"),
+        }
+    }
 }
 
 /// Why one registration attempt failed.
@@ -104,35 +166,174 @@ impl From<WireError> for RegisterError {
     }
 }
 
-/// A running host agent. Dropping it stops the agent and closes its relay
-/// connection; sessions already accepted end with it.
+/// Why a host agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The direct listener could not be set up.
+    #[error(transparent)]
+    Direct(#[from] DirectListenError),
+    /// No ticket can be made: neither a relay nor a direct listener, or too many
+    /// advertised addresses.
+    #[error("cannot make a ticket for this host: {0}")]
+    Ticket(#[from] TicketError),
+}
+
+/// Counters of what a host agent has done, and gauges of what it holds now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostStats {
+    /// Relay connections the agent holds now (0 or 1 when nothing leaks).
+    pub relay_connections: u64,
+    /// Relay connections opened since the start.
+    pub relay_connects: u64,
+    /// Direct connections open now.
+    pub direct_connections: u64,
+    /// Direct connections refused at the limit.
+    pub direct_refused: u64,
+    /// Sessions accepted through the relay.
+    pub sessions_relayed: u64,
+    /// Sessions accepted directly.
+    pub sessions_direct: u64,
+}
+
+/// The agent's live counters, shared with its tasks.
+#[derive(Debug, Default)]
+pub(crate) struct HostCounters {
+    pub relay_connections: AtomicU64,
+    pub relay_connects: AtomicU64,
+    pub direct_connections: AtomicU64,
+    pub direct_refused: AtomicU64,
+    pub sessions_relayed: AtomicU64,
+    pub sessions_direct: AtomicU64,
+}
+
+impl HostCounters {
+    fn snapshot(&self) -> HostStats {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        HostStats {
+            relay_connections: get(&self.relay_connections),
+            relay_connects: get(&self.relay_connects),
+            direct_connections: get(&self.direct_connections),
+            direct_refused: get(&self.direct_refused),
+            sessions_relayed: get(&self.sessions_relayed),
+            sessions_direct: get(&self.sessions_direct),
+        }
+    }
+}
+
+/// A running host agent. Dropping it stops the agent abruptly;
+/// [`HostAgent::shutdown`] closes its connections cleanly.
 pub struct HostAgent {
     host_id: HostId,
     ticket: Ticket,
+    direct_addr: Option<SocketAddr>,
     state: watch::Receiver<HostState>,
     sessions: mpsc::Receiver<SecureStream>,
+    enable_relay: watch::Sender<bool>,
+    counters: Arc<HostCounters>,
     shutdown: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl HostAgent {
-    /// Starts the agent on the current tokio runtime.
-    pub fn spawn(config: HostConfig) -> Self {
+    /// Starts the agent on the current tokio runtime: binds the direct listener, if
+    /// configured, and starts registering with the relay, if enabled.
+    pub fn start(config: HostConfig) -> Result<Self, StartError> {
         let host_id = config.key.host_id();
-        // No direct addresses yet; the URL was validated when it was parsed.
-        let ticket = Ticket::new(host_id, config.relay.clone(), Vec::new())
-            .expect("a ticket with no direct addresses is always valid");
-        let (state_tx, state) = watch::channel(HostState::Connecting { attempt: 1 });
+        let listener = match config.direct {
+            Some(addr) => {
+                let endpoint = direct::listen(&config, addr)?;
+                let bound = endpoint
+                    .local_addr()
+                    .map_err(|source| DirectListenError::Bind { addr, source })?;
+                let advertised = direct::advertised(bound, &config.advertise);
+                direct::log_listening(bound, &advertised);
+                Some((endpoint, bound, advertised))
+            }
+            None => None,
+        };
+        let advertised = listener
+            .as_ref()
+            .map(|(_, _, advertised)| advertised.clone())
+            .unwrap_or_default();
+        let ticket = Ticket::with_routes(host_id, config.relay.clone(), advertised)?;
+        let direct_addr = listener.as_ref().map(|(_, bound, _)| *bound);
+        let enabled = config.enable_relay && config.relay.is_some();
+        let (state_tx, state) = watch::channel(if enabled {
+            HostState::Connecting { attempt: 1 }
+        } else {
+            HostState::Disabled
+        });
         let (sessions_tx, sessions) = mpsc::channel(16);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(run(Arc::new(config), state_tx, sessions_tx, shutdown_rx));
-        Self {
+        let (enable_relay, enable_rx) = watch::channel(config.enable_relay);
+        let counters = Arc::new(HostCounters::default());
+        let task = tokio::spawn(run(
+            Arc::new(config),
+            listener.map(|(endpoint, _, _)| endpoint),
+            Control {
+                state: state_tx,
+                sessions: sessions_tx,
+                enabled: enable_rx,
+                shutdown: shutdown_rx,
+                counters: counters.clone(),
+            },
+        ));
+        Ok(Self {
             host_id,
             ticket,
+            direct_addr,
             state,
             sessions,
+            enable_relay,
+            counters,
             shutdown,
-            task,
+            task: Some(task),
+        })
+    }
+
+    /// Starts the agent like [`HostAgent::start`], for callers that follow the state
+    /// rather than handle a start error: an agent that cannot start is returned
+    /// already [`HostState::Stopped`] with the reason, and yields no sessions.
+    pub fn spawn(config: HostConfig) -> Self {
+        let fallback = (
+            config.key.host_id(),
+            config.relay.clone(),
+            config.direct.into_iter().collect::<Vec<_>>(),
+        );
+        match Self::start(config) {
+            Ok(agent) => agent,
+            Err(err) => {
+                warn!(%err, "host agent cannot start");
+                let (host_id, relay, direct) = fallback;
+                let ticket = Ticket::with_routes(host_id, relay.clone(), direct.clone())
+                    .or_else(|_| {
+                        // Neither route exists; name an address nobody listens on so
+                        // the agent still has a ticket to show next to its state.
+                        Ticket::with_routes(host_id, relay, vec![(Ipv4Addr::UNSPECIFIED, 0).into()])
+                    })
+                    .unwrap_or_else(|_| {
+                        unreachable!("a ticket with one address and no relay is valid")
+                    });
+                let (_, state) = watch::channel(HostState::Stopped {
+                    reason: err.to_string(),
+                });
+                let (_, sessions) = mpsc::channel(1);
+                let (enable_relay, _) = watch::channel(false);
+                let (shutdown, _) = watch::channel(true);
+                Self {
+                    host_id,
+                    ticket,
+                    direct_addr: None,
+                    state,
+                    sessions,
+                    enable_relay,
+                    counters: Arc::default(),
+                    shutdown,
+                    task: None,
+                }
+            }
         }
     }
 
@@ -141,9 +342,15 @@ impl HostAgent {
         &self.host_id
     }
 
-    /// The ticket players use to reach this host.
+    /// The ticket players use to reach this host: its relay, if it has one, and its
+    /// direct addresses, if it listens directly.
     pub fn ticket(&self) -> &Ticket {
         &self.ticket
+    }
+
+    /// The local address of the direct listener, if there is one.
+    pub fn direct_addr(&self) -> Option<SocketAddr> {
+        self.direct_addr
     }
 
     /// Where the agent stands now.
@@ -156,22 +363,59 @@ impl HostAgent {
         self.state.clone()
     }
 
-    /// The next session a player opened; `None` once the agent has stopped.
+    /// Switches Enable Relay. Off: the agent closes its relay connection (which ends
+    /// every relayed session, with [`codes::close::RELAY_DISABLED`]) and stays
+    /// [`HostState::Disabled`]; direct sessions go on. On: it registers again. A host
+    /// without a relay stays disabled either way.
+    pub fn set_relay_enabled(&self, enabled: bool) {
+        self.enable_relay.send_if_modified(|current| {
+            let changed = *current != enabled;
+            *current = enabled;
+            changed
+        });
+    }
+
+    /// Whether Enable Relay is on.
+    pub fn relay_enabled(&self) -> bool {
+        *self.enable_relay.borrow()
+    }
+
+    /// What the agent has done so far and what it holds now.
+    pub fn stats(&self) -> HostStats {
+        self.counters.snapshot()
+    }
+
+    /// The next session a player opened, through the relay or directly; `None` once
+    /// the agent has stopped. [`SecureStream::path`] tells which way it came, and
+    /// [`SecureStream::peer`] which player it is.
     pub async fn accept(&mut self) -> Option<SecureStream> {
         self.sessions.recv().await
     }
 
-    /// Closes the relay connection cleanly and stops.
+    /// Closes the relay connection and the direct listener cleanly and stops.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(3), &mut self.task).await;
+        if let Some(task) = self.task.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
     }
 }
 
 impl Drop for HostAgent {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
+}
+
+/// What the agent's task is driven by and reports to.
+struct Control {
+    state: watch::Sender<HostState>,
+    sessions: mpsc::Sender<SecureStream>,
+    enabled: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    counters: Arc<HostCounters>,
 }
 
 /// How a registered connection ended.
@@ -180,41 +424,96 @@ enum Ended {
     Replaced,
     /// The connection was lost: reconnect.
     Lost(String),
+    /// Enable Relay was switched off.
+    Disabled,
     /// The agent was asked to stop.
     Shutdown,
 }
 
-async fn run(
-    config: Arc<HostConfig>,
-    state: watch::Sender<HostState>,
-    sessions: mpsc::Sender<SecureStream>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Why the relay side returned.
+enum RelayEnd {
+    Replaced,
+    Shutdown,
+}
+
+/// The agent's task: the direct listener as a child task, the relay side in line.
+async fn run(config: Arc<HostConfig>, listener: Option<quinn::Endpoint>, mut control: Control) {
+    let mut children = JoinSet::new();
+    if let Some(endpoint) = &listener {
+        children.spawn(direct::serve(
+            endpoint.clone(),
+            config.clone(),
+            control.sessions.clone(),
+            control.counters.clone(),
+        ));
+    }
+    let end = match &config.relay {
+        Some(relay) => run_relay(&config, relay, &mut control).await,
+        None => {
+            let _ = control.shutdown.changed().await;
+            RelayEnd::Shutdown
+        }
+    };
+    if let Some(endpoint) = &listener {
+        direct::close(endpoint);
+    }
+    children.shutdown().await;
+    let reason = match end {
+        RelayEnd::Replaced => "another host registered the same host id",
+        RelayEnd::Shutdown => "shut down",
+    };
+    control.state.send_replace(HostState::Stopped {
+        reason: reason.to_owned(),
+    });
+}
+
+/// Keeps the host registered with `relay` while Enable Relay is on.
+async fn run_relay(config: &Arc<HostConfig>, relay: &RelayUrl, control: &mut Control) -> RelayEnd {
     let mut backoff = Backoff::new(config.backoff);
     loop {
-        state.send_replace(HostState::Connecting {
+        if !*control.enabled.borrow_and_update() {
+            backoff.reset();
+            control.state.send_replace(HostState::Disabled);
+            info!("relay disabled: reachable only directly");
+            tokio::select! {
+                on = control.enabled.wait_for(|on| *on) => if on.is_err() {
+                    return RelayEnd::Shutdown;
+                },
+                _ = control.shutdown.changed() => return RelayEnd::Shutdown,
+            }
+            info!("relay enabled");
+            continue;
+        }
+        control.state.send_replace(HostState::Connecting {
             attempt: backoff.attempts() + 1,
         });
         let attempt = tokio::select! {
-            attempt = register(&config) => attempt,
-            _ = shutdown.changed() => break,
+            attempt = register(config, relay, &control.counters) => attempt,
+            _ = control.enabled.wait_for(|on| !*on) => continue,
+            _ = control.shutdown.changed() => return RelayEnd::Shutdown,
         };
         match attempt {
-            Ok((connection, control)) => {
+            Ok((connection, registration, _held)) => {
                 backoff.reset();
-                state.send_replace(HostState::Registered);
-                info!(relay = %config.relay, "registered with the relay");
-                match serve(&config, &connection, control, &sessions, &mut shutdown).await {
+                control.state.send_replace(HostState::Registered);
+                info!(%relay, "registered with the relay: reachable through the relay");
+                match serve(config, &connection, registration, control).await {
                     Ended::Replaced => {
-                        let reason = "another host registered the same host id".to_owned();
-                        warn!("{reason}; stopping");
-                        state.send_replace(HostState::Stopped { reason });
-                        return;
+                        warn!("another host registered the same host id; stopping");
+                        return RelayEnd::Replaced;
                     }
                     Ended::Lost(reason) => warn!(%reason, "lost the relay"),
+                    Ended::Disabled => {
+                        connection.close(
+                            codes::close::RELAY_DISABLED.into(),
+                            b"relay disabled by the host",
+                        );
+                        info!("relay switched off: closed the relay connection and its sessions");
+                        continue;
+                    }
                     Ended::Shutdown => {
                         connection.close(codes::close::NORMAL.into(), b"host shutting down");
-                        break;
+                        return RelayEnd::Shutdown;
                     }
                 }
             }
@@ -224,27 +523,48 @@ async fn run(
         info!(?delay, "reconnecting to the relay");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => break,
+            _ = control.enabled.wait_for(|on| !*on) => {}
+            _ = control.shutdown.changed() => return RelayEnd::Shutdown,
         }
     }
-    state.send_replace(HostState::Stopped {
-        reason: "shut down".to_owned(),
-    });
 }
 
-/// Connects and registers; returns the connection and its open control stream.
+/// Counts a relay connection for as long as the agent holds it.
+pub(crate) struct HeldConnection(Arc<HostCounters>);
+
+impl HeldConnection {
+    fn new(counters: &Arc<HostCounters>) -> Self {
+        counters.relay_connects.fetch_add(1, Ordering::Relaxed);
+        counters.relay_connections.fetch_add(1, Ordering::Relaxed);
+        Self(counters.clone())
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        self.0.relay_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A registered connection's open registration stream.
+type Registration = (quinn::SendStream, quinn::RecvStream);
+
+/// Connects and registers; returns the connection and its open registration stream.
 async fn register(
     config: &HostConfig,
-) -> Result<(quinn::Connection, (quinn::SendStream, quinn::RecvStream)), RegisterError> {
+    relay: &RelayUrl,
+    counters: &Arc<HostCounters>,
+) -> Result<(quinn::Connection, Registration, HeldConnection), RegisterError> {
     let profile = ConnectionProfile {
         incoming_streams: config.max_concurrent_sessions,
         keep_alive: config.keep_alive,
         idle_timeout: config.idle_timeout,
     };
-    let connection = connect_relay(&config.relay, profile).await?;
+    let connection = connect_relay(relay, profile).await?;
+    let held = HeldConnection::new(counters);
     let result = tokio::time::timeout(config.handshake_timeout, prove(config, &connection)).await;
     match result {
-        Ok(Ok(control)) => Ok((connection, control)),
+        Ok(Ok(control)) => Ok((connection, control, held)),
         Ok(Err(err)) => {
             connection.close(codes::close::NORMAL.into(), b"registration failed");
             Err(err)
@@ -297,33 +617,43 @@ async fn prove(
 async fn serve(
     config: &Arc<HostConfig>,
     connection: &quinn::Connection,
-    control: (quinn::SendStream, quinn::RecvStream),
-    sessions: &mpsc::Sender<SecureStream>,
-    shutdown: &mut watch::Receiver<bool>,
+    registration: Registration,
+    control: &mut Control,
 ) -> Ended {
     // Keep the send half: finishing it would end the registration.
-    let (_control_send, mut control_recv) = control;
+    let (mut registration_send, mut registration_recv) = registration;
     // One read for the life of the registration, polled from the loop: a partly read
     // frame is never dropped when another branch wins.
-    let control_ended = read_control(&mut control_recv);
-    tokio::pin!(control_ended);
+    let registration_ended = read_control(&mut registration_recv);
+    tokio::pin!(registration_ended);
     let mut handshakes = JoinSet::new();
     loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    handshakes.spawn(accept_session(config.clone(), send, recv, sessions.clone()));
+                    handshakes.spawn(accept_session(
+                        config.clone(),
+                        send,
+                        recv,
+                        control.sessions.clone(),
+                        control.counters.clone(),
+                    ));
                 }
                 Err(_) => return ended(connection),
             },
-            message = &mut control_ended => {
+            message = &mut registration_ended => {
                 if let Ok(message) = message {
                     debug!(?message, "relay ended the registration");
                 }
                 return ended(connection);
             }
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            _ = shutdown.changed() => return Ended::Shutdown,
+            _ = control.enabled.wait_for(|on| !*on) => {
+                // Unregister first; the caller closes the connection right after.
+                let _ = registration_send.finish();
+                return Ended::Disabled;
+            }
+            _ = control.shutdown.changed() => return Ended::Shutdown,
         }
     }
 }
@@ -346,9 +676,10 @@ fn ended(connection: &quinn::Connection) -> Ended {
 /// Runs the Noise responder on a stream the relay opened and hands the session over.
 async fn accept_session(
     config: Arc<HostConfig>,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     sessions: mpsc::Sender<SecureStream>,
+    counters: Arc<HostCounters>,
 ) {
     let handshake = async {
         let (session_id, limits) = match read_control(&mut recv).await? {
@@ -368,27 +699,41 @@ async fn accept_session(
             Ok(Err(err)) => return debug!(%err, "session stream failed before the handshake"),
             Err(_) => return debug!("no Noise hello in time"),
         };
+    let path = SessionPath::Relayed;
+    if let Some(stream) = respond(&config, send, recv, &hello, path, session_id).await {
+        let stream = stream.with_limits(limits);
+        counters.sessions_relayed.fetch_add(1, Ordering::Relaxed);
+        debug!(session_id, player = %stream.peer().short(), %limits, "session accepted");
+        let _ = sessions.send(stream).await;
+    }
+}
+
+/// Answers a player's Noise hello on a session stream of either path; `None` if the
+/// hello is refused (the stream is then reset) or the stream fails.
+pub(crate) async fn respond(
+    config: &HostConfig,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    hello: &[u8],
+    path: SessionPath,
+    session_id: u64,
+) -> Option<SecureStream> {
     let mut reply = BytesMut::new();
-    let transport = match HostHandshake::respond(&config.key, &hello, &mut reply) {
+    let transport = match HostHandshake::respond(&config.key, hello, &mut reply) {
         Ok(transport) => transport,
         Err(err) => {
-            debug!(session_id, %err, "refusing a session");
+            debug!(session_id, %path, %err, "refusing a session");
             let _ = send.reset(codes::stream::REFUSED.into());
-            return;
+            return None;
         }
     };
-    if send.write_all(&reply).await.is_err() {
-        return;
-    }
-    let stream = SecureStream::new(
+    send.write_all(&reply).await.ok()?;
+    Some(SecureStream::new(
         recv,
         send,
         transport,
-        SessionPath::Relayed,
+        path,
         session_id,
         BytesMut::new(),
-    )
-    .with_limits(limits);
-    debug!(session_id, player = %stream.peer().short(), %limits, "session accepted");
-    let _ = sessions.send(stream).await;
+    ))
 }

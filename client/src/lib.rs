@@ -1,9 +1,11 @@
 //! The blindrelay client library: what a media server (host) or a remote app (player)
 //! embeds to reach the other end through a relay that cannot read their traffic.
 //!
-//! - [`HostAgent`] keeps a host registered with its home relay and yields one
-//!   [`SecureStream`] per player session.
-//! - [`Player`] opens a [`SecureStream`] to the host a [`Ticket`] names.
+//! - [`HostAgent`] keeps a host reachable, registered with its home relay while
+//!   Enable Relay is on and listening directly if asked to, and yields one
+//!   [`SecureStream`] per player session from either path.
+//! - [`Player`] opens a [`SecureStream`] to the host a [`Ticket`] names: directly when
+//!   it can, through the relay otherwise, and says which ([`SessionPath`]).
 //!
 //! Both ends run Noise IK end to end (see [`blindrelay_protocol::noise`]); the relay
 //! forwards ciphertext only. The `blindrelay` binary (keygen, host, connect) is built
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod backoff;
+mod direct;
 mod endpoint;
 mod host;
 mod player;
@@ -20,8 +23,9 @@ mod wire;
 
 pub use backoff::BackoffConfig;
 pub use blindrelay_protocol::{HostId, PublicKey, RelayUrl, SecretKey, SessionLimits, Ticket};
+pub use direct::DirectListenError;
 pub use endpoint::{connect_relay_raw, connect_relay_raw_from, ConnectRelayError};
-pub use host::{HostAgent, HostConfig, HostState, RegisterError};
-pub use player::{ConnectError, Player, PlayerConfig};
-pub use stream::{SecureStream, SessionPath};
+pub use host::{HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError};
+pub use player::{ConnectError, PathPreference, Player, PlayerConfig};
+pub use stream::{SecureStream, SessionEnded, SessionPath};
 pub use wire::WireError;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use blindrelay_client::{
-    HostAgent, HostConfig, HostState, Player, PlayerConfig, RelayUrl, SecretKey, SecureStream,
-    Ticket,
+    HostAgent, HostConfig, HostState, PathPreference, Player, PlayerConfig, RelayUrl, SecretKey,
+    SecureStream, Ticket,
 };
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -37,18 +37,35 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run a host: register with a relay and forward every session, decrypted, to a
-    /// local TCP service.
+    /// Run a host: be reachable through a relay and/or directly, and forward every
+    /// session, decrypted, to a local TCP service.
+    ///
+    /// On Unix, SIGUSR1 switches Enable Relay off on the running host and SIGUSR2
+    /// switches it on again. The relay state is printed on stdout (`relay: ...`) and
+    /// logged at every change.
     Host {
         /// The host's secret key (from `blindrelay keygen`).
         #[arg(long)]
         key: PathBuf,
-        /// The relay URL (as `blindrelayd` prints it).
+        /// The relay URL (as `blindrelayd` prints it). Without it the host is
+        /// reachable only directly.
         #[arg(long)]
-        relay: RelayUrl,
+        relay: Option<RelayUrl>,
         /// Local TCP service that sessions are forwarded to, e.g. a media server.
         #[arg(long)]
         forward: SocketAddr,
+        /// Also listen for players directly (QUIC on this UDP address; port 0 picks
+        /// one). Its address goes into the ticket.
+        #[arg(long, value_name = "ADDR")]
+        direct: Option<SocketAddr>,
+        /// Direct address to put in the ticket instead of the bound one (repeatable;
+        /// for a forwarded port or a host bound to 0.0.0.0).
+        #[arg(long, value_name = "ADDR", requires = "direct")]
+        advertise: Vec<SocketAddr>,
+        /// Start with Enable Relay off: never contact the relay until switched on
+        /// (SIGUSR2).
+        #[arg(long)]
+        no_relay: bool,
     },
     /// Connect to a host as a player: every TCP connection to --listen becomes one
     /// end-to-end encrypted session to the host.
@@ -61,6 +78,14 @@ enum Command {
         /// The player's secret key; a fresh one is made for this run if omitted.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Which paths to use: `auto` (direct first, relay after --relay-delay; the
+        /// first to connect wins), `direct` or `relay`.
+        #[arg(long, default_value = "auto")]
+        path: PathPreference,
+        /// In `auto`, milliseconds the direct attempts run alone before the relay
+        /// joins the race.
+        #[arg(long, default_value_t = 250, value_name = "MS")]
+        relay_delay: u64,
     },
 }
 
@@ -78,12 +103,39 @@ async fn main() -> Result<()> {
             key,
             relay,
             forward,
-        } => host(&key, relay, forward).await,
+            direct,
+            advertise,
+            no_relay,
+        } => {
+            let key = read_key(&key)?;
+            let mut config = match (relay, direct) {
+                (Some(relay), _) => HostConfig::new(key, relay),
+                (None, Some(direct)) => HostConfig::direct_only(key, direct),
+                (None, None) => {
+                    bail!("give --relay, --direct or both: nothing could reach this host")
+                }
+            };
+            config.direct = direct;
+            config.advertise = advertise;
+            config.enable_relay = !no_relay;
+            host(config, forward).await
+        }
         Command::Connect {
             ticket,
             listen,
             key,
-        } => connect(ticket, listen, key.as_deref()).await,
+            path,
+            relay_delay,
+        } => {
+            let key = match key {
+                Some(path) => read_key(&path)?,
+                None => SecretKey::generate()?,
+            };
+            let mut config = PlayerConfig::new(key);
+            config.path = path;
+            config.relay_delay = std::time::Duration::from_millis(relay_delay);
+            connect(ticket, listen, config).await
+        }
     }
 }
 
@@ -146,18 +198,42 @@ fn read_key(path: &Path) -> Result<SecretKey> {
     SecretKey::from_key_file(&text).with_context(|| format!("in key file {}", path.display()))
 }
 
-async fn host(key: &Path, relay: RelayUrl, forward: SocketAddr) -> Result<()> {
-    let key = read_key(key)?;
-    let mut agent = HostAgent::spawn(HostConfig::new(key, relay));
+async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
+    let mut agent = HostAgent::start(config)?;
     println!("host id: {}", agent.host_id());
     println!("ticket: {}", agent.ticket());
+    if let Some(direct) = agent.direct_addr() {
+        println!("direct: {direct}");
+    }
+    let mut switch = RelaySwitch::new()?;
 
     let mut state = agent.watch_state();
     let mut sessions = JoinSet::new();
+    let mut shown = None;
+    // One listener for the whole loop: a signal that arrives between two iterations
+    // is not lost, as it would be with a new `ctrl_c()` per iteration.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let stopped = loop {
+        let now = state.borrow_and_update().clone();
+        if shown.as_ref() != Some(&now) {
+            // `relay: connecting (attempt 3)`, `relay: registered`, `relay: disabled`
+            println!("relay: {now}");
+            match &now {
+                HostState::Registered => {
+                    info!("relay state: registered; reachable through the relay")
+                }
+                HostState::Connecting { attempt } => info!(attempt, "relay state: connecting"),
+                HostState::Disabled => info!("relay state: disabled; reachable only directly"),
+                HostState::Stopped { .. } => break now,
+                _ => {}
+            }
+            shown = Some(now);
+        }
         tokio::select! {
             session = agent.accept() => match session {
                 Some(session) => {
+                    info!(session = session.session_id(), path = %session.path(), player = %session.peer().short(), "session open");
                     sessions.spawn(forward_to_service(session, forward));
                 }
                 None => break agent.state(),
@@ -166,16 +242,13 @@ async fn host(key: &Path, relay: RelayUrl, forward: SocketAddr) -> Result<()> {
                 if changed.is_err() {
                     break agent.state();
                 }
-                let now = state.borrow_and_update().clone();
-                match &now {
-                    HostState::Registered => info!("reachable through the relay"),
-                    HostState::Connecting { attempt } => debug!(attempt, "connecting to the relay"),
-                    HostState::Stopped { .. } => break now,
-                    _ => {}
-                }
+            }
+            enable = switch.next() => {
+                info!(enable, "Enable Relay switched by signal");
+                agent.set_relay_enabled(enable);
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 info!("shutting down");
                 agent.shutdown().await;
                 return Ok(());
@@ -201,12 +274,44 @@ async fn forward_to_service(mut session: SecureStream, service: SocketAddr) {
     splice_tcp(id, &mut session, &mut tcp).await;
 }
 
-async fn connect(ticket: Ticket, listen: SocketAddr, key: Option<&Path>) -> Result<()> {
-    let key = match key {
-        Some(path) => read_key(path)?,
-        None => SecretKey::generate()?,
-    };
-    let player = std::sync::Arc::new(Player::new(PlayerConfig::new(key)));
+/// Enable Relay switched by signals: SIGUSR1 off, SIGUSR2 on (Unix only).
+struct RelaySwitch {
+    #[cfg(unix)]
+    off: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    on: tokio::signal::unix::Signal,
+}
+
+impl RelaySwitch {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                off: signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?,
+                on: signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next switch: `false` for off, `true` for on.
+    async fn next(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.off.recv() => false,
+                _ = self.on.recv() => true,
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending().await
+    }
+}
+
+async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Result<()> {
+    let player = std::sync::Arc::new(Player::new(config));
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -215,6 +320,9 @@ async fn connect(ticket: Ticket, listen: SocketAddr, key: Option<&Path>) -> Resu
 
     let ticket = std::sync::Arc::new(ticket);
     let mut sessions = JoinSet::new();
+    // One listener for the whole loop, so a Ctrl-C between iterations is not lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -230,13 +338,16 @@ async fn connect(ticket: Ticket, listen: SocketAddr, key: Option<&Path>) -> Resu
                 let (player, ticket) = (player.clone(), ticket.clone());
                 sessions.spawn(async move {
                     match player.connect(&ticket).await {
-                        Ok(mut session) => splice_tcp(session.session_id(), &mut session, &mut tcp).await,
+                        Ok(mut session) => {
+                            info!(session = session.session_id(), path = %session.path(), "session open");
+                            splice_tcp(session.session_id(), &mut session, &mut tcp).await
+                        }
                         Err(err) => warn!(%err, "cannot open a session"),
                     }
                 });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 info!("shutting down");
                 sessions.shutdown().await;
                 player.close().await;

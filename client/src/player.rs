@@ -1,23 +1,73 @@
 //! The player: opens end-to-end encrypted sessions to hosts named by tickets.
 //!
-//! One QUIC connection per relay is kept and shared by every session to hosts on
-//! that relay; it is re-opened on demand when it has gone away. Each session is one
-//! bidirectional stream: `Connect { host id }` and the Noise hello are sent together
-//! (one round trip saved), the relay answers `Connected` or an `Error`, and the host's
-//! Noise reply follows.
+//! [`Player::connect`] races the paths a ticket offers, happy-eyeballs style: a direct
+//! attempt to every address in the ticket starts at once, the relay attempt after
+//! [`PlayerConfig::relay_delay`] (or as soon as every direct attempt has failed), and
+//! the first attempt to finish its Noise handshake wins. The others are cancelled and
+//! their streams reset with [`codes::stream::CANCELLED`].
+//!
+//! Through the relay, one QUIC connection per relay is kept and shared by every
+//! session to hosts on that relay; it is re-opened on demand when it has gone away.
+//! Each session is one bidirectional stream: `Connect { host id }` and the Noise hello
+//! are sent together (one round trip saved), the relay answers `Connected` or an
+//! `Error`, and the host's Noise reply follows. Directly, one QUIC connection per host
+//! address is kept the same way, and a session stream starts with the hello (see
+//! [`crate::direct`]).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use blindrelay_protocol::noise::{NoiseError, PlayerHandshake};
-use blindrelay_protocol::{ControlMessage, ErrorCode, RelayUrl, SecretKey, Ticket};
+use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, Ticket};
 use bytes::BytesMut;
 use tokio::sync::Mutex;
+use tokio::task::JoinSet;
 use tracing::debug;
 
+use crate::direct;
 use crate::endpoint::{connect_relay, ConnectRelayError, ConnectionProfile};
 use crate::stream::{SecureStream, SessionPath};
 use crate::wire::{read_control, read_noise_message, WireError};
+
+/// Which paths [`Player::connect`] may use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathPreference {
+    /// Direct first, the relay after a short delay; the first to finish wins.
+    #[default]
+    Auto,
+    /// Only the ticket's direct addresses.
+    DirectOnly,
+    /// Only the relay.
+    RelayOnly,
+}
+
+impl std::fmt::Display for PathPreference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::DirectOnly => "direct",
+            Self::RelayOnly => "relay",
+        })
+    }
+}
+
+impl std::str::FromStr for PathPreference {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "direct" => Ok(Self::DirectOnly),
+            "relay" => Ok(Self::RelayOnly),
+            other => Err(format!(
+                "unknown path {other:?}: expected auto, direct or relay"
+            )),
+        }
+    }
+}
 
 /// How a player behaves.
 #[derive(Debug, Clone)]
@@ -26,11 +76,18 @@ pub struct PlayerConfig {
     /// The player's static key. Hosts see its public half and may decide by it whom
     /// to serve.
     pub key: SecretKey,
-    /// Deadline for a whole session set-up: relay connection, pairing and handshake.
+    /// Which paths to use.
+    pub path: PathPreference,
+    /// In [`PathPreference::Auto`], how long direct attempts run alone before the
+    /// relay attempt joins the race.
+    pub relay_delay: Duration,
+    /// Deadline for one direct attempt: QUIC connection and Noise handshake.
+    pub direct_timeout: Duration,
+    /// Deadline for a whole session set-up, every path included.
     pub connect_timeout: Duration,
-    /// Keep-alive on the relay connection.
+    /// Keep-alive on relay and direct connections.
     pub keep_alive: Duration,
-    /// Idle timeout of the relay connection.
+    /// Idle timeout of relay and direct connections.
     pub idle_timeout: Duration,
 }
 
@@ -39,6 +96,9 @@ impl PlayerConfig {
     pub fn new(key: SecretKey) -> Self {
         Self {
             key,
+            path: PathPreference::Auto,
+            relay_delay: Duration::from_millis(250),
+            direct_timeout: direct::DEFAULT_DIRECT_TIMEOUT,
             connect_timeout: Duration::from_secs(15),
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
@@ -61,6 +121,20 @@ pub enum ConnectError {
         /// The relay's reason.
         reason: String,
     },
+    /// A direct attempt failed.
+    #[error("direct connection to {addr} failed: {reason}")]
+    Direct {
+        /// The host address tried.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The ticket offers no path the preference allows.
+    #[error("the ticket offers no {preference} path to the host")]
+    NoPath {
+        /// The preference in force.
+        preference: PathPreference,
+    },
     /// The host's handshake failed: not the host the ticket names, or an altered
     /// message.
     #[error("end-to-end handshake with the host failed: {0}")]
@@ -76,9 +150,14 @@ pub enum ConnectError {
     Timeout(Duration),
 }
 
+const HOST_NOT_REACHABLE: &str = "host not reachable: relay disabled or host offline";
+
 fn refusal_text(code: ErrorCode, reason: &str) -> String {
     match code {
-        ErrorCode::HostOffline => "host not reachable: relay disabled or host offline".to_owned(),
+        ErrorCode::HostOffline => HOST_NOT_REACHABLE.to_owned(),
+        // The registration was still there but the host's connection was going away:
+        // typically a host that has just switched its relay off.
+        ErrorCode::HostUnreachable => format!("{HOST_NOT_REACHABLE} ({reason})"),
         _ => format!("relay refused the session: {code} ({reason})"),
     }
 }
@@ -91,53 +170,327 @@ impl From<WireError> for ConnectError {
 
 /// Opens sessions to hosts.
 pub struct Player {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: PlayerConfig,
     relays: Mutex<HashMap<RelayUrl, quinn::Connection>>,
+    direct: std::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+}
+
+/// Which path an attempt in the race took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Direct,
+    Relay,
 }
 
 impl Player {
     /// A player with `config`.
     pub fn new(config: PlayerConfig) -> Self {
         Self {
-            config,
-            relays: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                config,
+                relays: Mutex::new(HashMap::new()),
+                direct: std::sync::Mutex::new(HashMap::new()),
+            }),
         }
     }
 
-    /// Opens an end-to-end encrypted session to the host `ticket` names.
+    /// Opens an end-to-end encrypted session to the host `ticket` names, on the
+    /// paths the configured [`PathPreference`] allows.
     pub async fn connect(&self, ticket: &Ticket) -> Result<SecureStream, ConnectError> {
-        let timeout = self.config.connect_timeout;
-        tokio::time::timeout(timeout, self.connect_relayed(ticket))
+        self.connect_via(ticket, self.inner.config.path).await
+    }
+
+    /// Like [`Player::connect`], with the path preference given here.
+    pub async fn connect_via(
+        &self,
+        ticket: &Ticket,
+        preference: PathPreference,
+    ) -> Result<SecureStream, ConnectError> {
+        let timeout = self.inner.config.connect_timeout;
+        tokio::time::timeout(timeout, self.race(ticket, preference))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }
 
-    /// Closes every relay connection; sessions on them end.
+    /// Closes every relay and direct connection; sessions on them end.
     pub async fn close(&self) {
-        for (_, connection) in self.relays.lock().await.drain() {
-            connection.close(
-                blindrelay_protocol::codes::close::NORMAL.into(),
-                b"player closing",
-            );
+        for (_, connection) in self.inner.relays.lock().await.drain() {
+            connection.close(codes::close::NORMAL.into(), b"player closing");
+        }
+        let direct: Vec<_> = match self.inner.direct.lock() {
+            Ok(mut direct) => direct.drain().map(|(_, connection)| connection).collect(),
+            Err(_) => Vec::new(),
+        };
+        for connection in direct {
+            connection.close(codes::close::NORMAL.into(), b"player closing");
         }
     }
 
-    async fn connect_relayed(&self, ticket: &Ticket) -> Result<SecureStream, ConnectError> {
-        let connection = self.relay_connection(ticket.relay()).await?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-
-        let mut handshake = PlayerHandshake::new(&self.config.key, ticket.host_id())?;
-        let mut out = BytesMut::new();
-        ControlMessage::Connect {
-            host_id: *ticket.host_id(),
+    /// Races the allowed paths; see the module documentation.
+    async fn race(
+        &self,
+        ticket: &Ticket,
+        preference: PathPreference,
+    ) -> Result<SecureStream, ConnectError> {
+        let direct = match preference {
+            PathPreference::RelayOnly => &[][..],
+            _ => ticket.direct_addrs(),
+        };
+        let mut relay = match preference {
+            PathPreference::DirectOnly => None,
+            _ => ticket.relay().cloned(),
+        };
+        if direct.is_empty() && relay.is_none() {
+            return Err(ConnectError::NoPath { preference });
         }
-        .encode(&mut out);
+
+        let mut attempts = JoinSet::new();
+        for &addr in direct {
+            let (inner, host_id) = (self.inner.clone(), *ticket.host_id());
+            attempts
+                .spawn(async move { (Attempt::Direct, inner.connect_direct(addr, host_id).await) });
+        }
+        let relay_delay = if direct.is_empty() {
+            Duration::ZERO
+        } else {
+            self.inner.config.relay_delay
+        };
+        let relay_timer = tokio::time::sleep(relay_delay);
+        tokio::pin!(relay_timer);
+        let (mut direct_error, mut relay_error) = (None, None);
+        loop {
+            // Every direct attempt failed before the delay: the relay starts now.
+            if attempts.is_empty() {
+                match relay.take() {
+                    Some(url) => self.spawn_relay_attempt(&mut attempts, url, ticket),
+                    None => break,
+                }
+            }
+            tokio::select! {
+                joined = attempts.join_next() => match joined {
+                    Some(Ok((path, Ok(stream)))) => {
+                        debug!(?path, "path won the race");
+                        cancel_losers(attempts).await;
+                        return Ok(stream);
+                    }
+                    Some(Ok((Attempt::Direct, Err(err)))) => {
+                        debug!(%err, "direct attempt failed");
+                        direct_error.get_or_insert(err);
+                    }
+                    Some(Ok((Attempt::Relay, Err(err)))) => {
+                        debug!(%err, "relay attempt failed");
+                        relay_error = Some(err);
+                    }
+                    Some(Err(err)) => {
+                        direct_error.get_or_insert(ConnectError::Protocol(err.to_string()));
+                    }
+                    None => {}
+                },
+                () = &mut relay_timer, if relay.is_some() => {
+                    if let Some(url) = relay.take() {
+                        self.spawn_relay_attempt(&mut attempts, url, ticket);
+                    }
+                }
+            }
+        }
+        // The relay's answer is the clearer one ("relay disabled or host offline")
+        // when it was tried; otherwise why the first direct address failed.
+        Err(relay_error
+            .or(direct_error)
+            .unwrap_or(ConnectError::NoPath { preference }))
+    }
+
+    fn spawn_relay_attempt(
+        &self,
+        attempts: &mut JoinSet<(Attempt, Result<SecureStream, ConnectError>)>,
+        url: RelayUrl,
+        ticket: &Ticket,
+    ) {
+        let (inner, host_id) = (self.inner.clone(), *ticket.host_id());
+        attempts.spawn(async move { (Attempt::Relay, inner.connect_relayed(url, host_id).await) });
+    }
+}
+
+/// Stops the attempts that lost the race. One still running is aborted, and its
+/// [`Pending`] guard resets its stream; one that finished at the same moment as the
+/// winner is reset here, so the host never keeps a session nobody reads.
+async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, ConnectError>)>) {
+    attempts.abort_all();
+    while let Some(joined) = attempts.join_next().await {
+        if let Ok((_, Ok(stream))) = joined {
+            let (mut recv, mut send) = stream.into_inner();
+            let _ = send.reset(codes::stream::CANCELLED.into());
+            let _ = recv.stop(codes::stream::CANCELLED.into());
+        }
+    }
+}
+
+/// A session stream being set up. If the set-up is abandoned (the attempt lost the
+/// race and was aborted, or failed), the stream is reset with `CANCELLED` rather than
+/// finished, so the other end sees a cancelled session, not a truncated one.
+struct Pending {
+    send: Option<quinn::SendStream>,
+    recv: Option<quinn::RecvStream>,
+}
+
+impl Pending {
+    fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+        Self {
+            send: Some(send),
+            recv: Some(recv),
+        }
+    }
+
+    fn streams(&mut self) -> Option<(&mut quinn::SendStream, &mut quinn::RecvStream)> {
+        Some((self.send.as_mut()?, self.recv.as_mut()?))
+    }
+
+    /// The set-up succeeded: hand the streams over.
+    fn finish(mut self) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+        Some((self.send.take()?, self.recv.take()?))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut send) = self.send.take() {
+            let _ = send.reset(codes::stream::CANCELLED.into());
+        }
+        if let Some(mut recv) = self.recv.take() {
+            let _ = recv.stop(codes::stream::CANCELLED.into());
+        }
+    }
+}
+
+/// A relayed stream the relay reset with `PEER_GONE` before the host's reply: the
+/// host's connection went away between pairing and handshake, typically because it
+/// has just switched its relay off. Reported like the relay's own refusal.
+fn host_left(err: WireError) -> ConnectError {
+    let WireError::Io(io) = &err else {
+        return err.into();
+    };
+    match io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+    {
+        Some(quinn::ReadError::Reset(code)) if *code == codes::stream::PEER_GONE.into() => {
+            ConnectError::Refused {
+                code: ErrorCode::HostUnreachable,
+                reason: "the host left the relay during set-up".to_owned(),
+            }
+        }
+        _ => err.into(),
+    }
+}
+
+fn lost_streams() -> ConnectError {
+    ConnectError::Protocol("session streams went away during set-up".to_owned())
+}
+
+impl Inner {
+    fn profile(&self) -> ConnectionProfile {
+        ConnectionProfile {
+            incoming_streams: 0,
+            keep_alive: self.config.keep_alive,
+            idle_timeout: self.config.idle_timeout,
+        }
+    }
+
+    async fn connect_direct(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        host_id: HostId,
+    ) -> Result<SecureStream, ConnectError> {
+        let timeout = self.config.direct_timeout;
+        let attempt = async {
+            let connection = self.direct_connection(addr).await?;
+            let (send, recv) = connection
+                .open_bi()
+                .await
+                .map_err(|err| ConnectError::Direct {
+                    addr,
+                    reason: err.to_string(),
+                })?;
+            let mut pending = Pending::new(send, recv);
+            let (send, recv) = pending.streams().ok_or_else(lost_streams)?;
+            let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
+            let mut out = BytesMut::new();
+            handshake.write_hello(&mut out)?;
+            send.write_all(&out)
+                .await
+                .map_err(|err| ConnectError::Direct {
+                    addr,
+                    reason: err.to_string(),
+                })?;
+            let reply = read_noise_message(recv).await?;
+            let transport = handshake.read_reply(&reply)?;
+            let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
+            debug!(%addr, host = %host_id.short(), "direct session established");
+            Ok(SecureStream::new(
+                recv,
+                send,
+                transport,
+                SessionPath::Direct,
+                0,
+                BytesMut::new(),
+            ))
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConnectError::Direct {
+                    addr,
+                    reason: format!("no answer within {timeout:?}"),
+                })
+            })
+    }
+
+    /// The cached direct connection to `addr`, or a new one. The cache lock is
+    /// never held while connecting: attempts to different addresses run in
+    /// parallel, and two racing to the same address may each open one.
+    async fn direct_connection(&self, addr: SocketAddr) -> Result<quinn::Connection, ConnectError> {
+        let cached = self
+            .direct
+            .lock()
+            .ok()
+            .and_then(|direct| direct.get(&addr).cloned())
+            .filter(|connection| connection.close_reason().is_none());
+        if let Some(connection) = cached {
+            return Ok(connection);
+        }
+        let connection = direct::connect(addr, self.profile())
+            .await
+            .map_err(|reason| ConnectError::Direct { addr, reason })?;
+        if let Ok(mut direct) = self.direct.lock() {
+            direct.retain(|_, connection| connection.close_reason().is_none());
+            direct.insert(addr, connection.clone());
+        }
+        Ok(connection)
+    }
+
+    async fn connect_relayed(
+        self: Arc<Self>,
+        url: RelayUrl,
+        host_id: HostId,
+    ) -> Result<SecureStream, ConnectError> {
+        let connection = self.relay_connection(&url).await?;
+        let (send, recv) = connection.open_bi().await?;
+        let mut pending = Pending::new(send, recv);
+        let (send, recv) = pending.streams().ok_or_else(lost_streams)?;
+
+        let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
+        let mut out = BytesMut::new();
+        ControlMessage::Connect { host_id }.encode(&mut out);
         handshake.write_hello(&mut out)?;
         // If the relay refuses, it may stop our stream before the hello is through;
         // its answer is still waiting to be read, so a failed write is not the end.
         let written = send.write_all(&out).await;
 
-        let (session_id, limits) = match read_control(&mut recv).await {
+        let (session_id, limits) = match read_control(recv).await {
             Ok(ControlMessage::Connected { session_id, limits }) => (session_id, limits),
             Ok(ControlMessage::Error { code, reason }) => {
                 return Err(ConnectError::Refused { code, reason })
@@ -152,9 +505,10 @@ impl Player {
                 return Err(err.into());
             }
         };
-        let reply = read_noise_message(&mut recv).await?;
+        let reply = read_noise_message(recv).await.map_err(host_left)?;
         let transport = handshake.read_reply(&reply)?;
-        debug!(session_id, host = %ticket.host_id().short(), %limits, "session established");
+        let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
+        debug!(session_id, host = %host_id.short(), %limits, "relayed session established");
         Ok(SecureStream::new(
             recv,
             send,
@@ -173,12 +527,7 @@ impl Player {
                 return Ok(connection.clone());
             }
         }
-        let profile = ConnectionProfile {
-            incoming_streams: 0,
-            keep_alive: self.config.keep_alive,
-            idle_timeout: self.config.idle_timeout,
-        };
-        let connection = connect_relay(url, profile).await?;
+        let connection = connect_relay(url, self.profile()).await?;
         relays.insert(url.clone(), connection.clone());
         Ok(connection)
     }

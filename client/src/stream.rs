@@ -5,13 +5,17 @@
 //! underlying stream, and a read returns end-of-file only after the peer's
 //! authenticated end: if the stream ends without it (a relay or network cutting it
 //! short), the read fails with `UnexpectedEof` wrapping [`NoiseError::Truncated`].
+//! A stream the relay resets because the other side's relay connection went away (a
+//! host switching Enable Relay off, or going offline) fails with [`SessionEnded`], so
+//! the application can tell the user why.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use blindrelay_protocol::codes;
 use blindrelay_protocol::noise::{self, NoiseError, Opened, Transport, MAX_MESSAGE_LEN};
-use blindrelay_protocol::{codes, PublicKey, SessionLimits};
+use blindrelay_protocol::{PublicKey, SessionLimits};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -19,8 +23,48 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionPath {
+    /// Straight from player to host over QUIC, no relay in between.
+    Direct,
     /// Through the host's home relay (Plex calls this "Indirect").
     Relayed,
+}
+
+impl std::fmt::Display for SessionPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::Relayed => "relayed",
+        })
+    }
+}
+
+/// Why a session's stream was cut from outside the Noise session: the error inside
+/// the `io::Error` a read or write returns in those cases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionEnded {
+    /// The relay reset the stream because the other side's connection to it ended.
+    #[error(
+        "session ended: the other side's relay connection went away \
+         (relay disabled, or it went offline)"
+    )]
+    PeerGone,
+    /// The other side abandoned the session while setting it up (another path won).
+    #[error("session ended: the other side cancelled it")]
+    Cancelled,
+    /// The relay ended the session: one side left the bytes sent to it unread for the
+    /// relay's stall timeout.
+    #[error("session ended by the relay: one side left the bytes sent to it unread past the stall timeout")]
+    Stalled,
+    /// The relay ended the session: nothing moved for its session idle timeout.
+    #[error("session ended by the relay: no data moved within the session idle timeout")]
+    Idle,
+    /// The relay ended the session at its maximum duration.
+    #[error("session ended by the relay: it reached the maximum session duration")]
+    DurationLimit,
+    /// The relay ended the session at its maximum bytes in one direction.
+    #[error("session ended by the relay: it reached the maximum bytes per session")]
+    ByteLimit,
 }
 
 /// An established end-to-end encrypted session.
@@ -120,6 +164,35 @@ impl<R, W> SecureStream<R, W> {
     }
 }
 
+/// Replaces a QUIC reset or stop code the relay or the other side uses with a
+/// [`SessionEnded`] that says what happened; leaves every other error as it is.
+fn explain(err: io::Error) -> io::Error {
+    let code = match err.get_ref() {
+        Some(inner) => match (
+            inner.downcast_ref::<quinn::ReadError>(),
+            inner.downcast_ref::<quinn::WriteError>(),
+        ) {
+            (Some(quinn::ReadError::Reset(code)), _) => *code,
+            (_, Some(quinn::WriteError::Stopped(code))) => *code,
+            _ => return err,
+        },
+        None => return err,
+    };
+    let Ok(code) = u32::try_from(code.into_inner()) else {
+        return err;
+    };
+    let ended = match code {
+        codes::stream::PEER_GONE => SessionEnded::PeerGone,
+        codes::stream::CANCELLED => SessionEnded::Cancelled,
+        codes::stream::STALLED => SessionEnded::Stalled,
+        codes::stream::SESSION_IDLE => SessionEnded::Idle,
+        codes::stream::DURATION_LIMIT => SessionEnded::DurationLimit,
+        codes::stream::BYTE_LIMIT => SessionEnded::ByteLimit,
+        _ => return err,
+    };
+    io::Error::new(io::ErrorKind::ConnectionReset, ended)
+}
+
 fn io_error(err: NoiseError) -> io::Error {
     let kind = match err {
         NoiseError::Truncated => io::ErrorKind::UnexpectedEof,
@@ -127,26 +200,6 @@ fn io_error(err: NoiseError) -> io::Error {
         _ => io::ErrorKind::InvalidData,
     };
     io::Error::new(kind, err)
-}
-
-/// Rewrites a stream reset or stop that the relay originated (a limit ended the
-/// session, the other side went away) into an error that says so in words.
-fn relay_reason(err: io::Error) -> io::Error {
-    let inner = err.get_ref();
-    let code = match inner.and_then(|inner| inner.downcast_ref::<quinn::ReadError>()) {
-        Some(quinn::ReadError::Reset(code)) => Some(*code),
-        _ => match inner.and_then(|inner| inner.downcast_ref::<quinn::WriteError>()) {
-            Some(quinn::WriteError::Stopped(code)) => Some(*code),
-            _ => None,
-        },
-    };
-    let why = code
-        .and_then(|code| u32::try_from(code.into_inner()).ok())
-        .and_then(codes::stream::describe);
-    match why {
-        Some(why) => io::Error::new(err.kind(), format!("session ended: {why}")),
-        None => err,
-    }
 }
 
 impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
@@ -187,7 +240,7 @@ impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
             let polled = Pin::new(&mut this.reader).poll_read(cx, &mut spare);
             let filled = spare.filled().len();
             this.read_buf.truncate(start + filled);
-            ready!(polled).map_err(relay_reason)?;
+            ready!(polled).map_err(explain)?;
             if filled == 0 {
                 // The stream ended: clean only after the peer's authenticated end.
                 this.transport.handle_eof().map_err(io_error)?;
@@ -201,7 +254,7 @@ impl<R: Unpin, W: AsyncWrite + Unpin> SecureStream<R, W> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.write_buf.is_empty() {
             let n = ready!(Pin::new(&mut self.writer).poll_write(cx, &self.write_buf))
-                .map_err(relay_reason)?;
+                .map_err(explain)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -247,7 +300,7 @@ impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for SecureStream<R, W> {
         }
         ready!(this.poll_drain(cx))?;
         if !this.writer_closed {
-            ready!(Pin::new(&mut this.writer).poll_shutdown(cx)).map_err(relay_reason)?;
+            ready!(Pin::new(&mut this.writer).poll_shutdown(cx)).map_err(explain)?;
             this.writer_closed = true;
         }
         Poll::Ready(Ok(()))

@@ -19,6 +19,9 @@ pub mod close {
     /// The relay, near its connection cap, closed an idle registration (one with no
     /// session) to make room. The host may register again after a back-off.
     pub const SHED: u32 = 4;
+    /// A host closed its connection to the relay because its owner switched Enable
+    /// Relay off; its relayed sessions end with it. Direct sessions are not affected.
+    pub const RELAY_DISABLED: u32 = 5;
 }
 
 /// Codes in `RESET_STREAM` / `STOP_SENDING` frames on session streams.
@@ -41,17 +44,7 @@ pub mod stream {
     /// The session moved its maximum number of bytes in one direction.
     pub const BYTE_LIMIT: u32 = 0x105;
 
-    /// What a code the relay originates means, for error messages; `None` for codes
-    /// player and host use between themselves.
-    pub fn describe(code: u32) -> Option<&'static str> {
-        Some(match code {
-            PEER_GONE => "the other side went away",
-            REFUSED => "refused by the relay",
-            STALLED => "one side left the bytes sent to it unread past the relay's stall timeout",
-            SESSION_IDLE => "no data moved within the relay's session idle timeout",
-            DURATION_LIMIT => "reached the relay's maximum session duration",
-            BYTE_LIMIT => "reached the relay's maximum bytes per session",
-            _ => return None,
-        })
-    }
+    /// A player gave up a session set-up because another path to the same host
+    /// finished first (see the player's direct-first race).
+    pub const CANCELLED: u32 = 0x106;
 }

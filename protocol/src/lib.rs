@@ -38,5 +38,12 @@ pub use ticket::{Ticket, TicketError};
 /// `no_application_protocol` alert instead of misparsing each other.
 pub const ALPN: &[u8] = b"blindrelay/1";
 
+/// ALPN protocol id of a QUIC connection a player opens straight to a host.
+///
+/// Distinct from [`ALPN`] so that a host's direct listener and a relay can never be
+/// mistaken for each other: each refuses the other's connections during the TLS
+/// handshake.
+pub const DIRECT_ALPN: &[u8] = b"blindrelay-direct/1";
+
 /// Version byte carried by every control message (see [`control`]).
 pub const PROTOCOL_VERSION: u8 = 1;

@@ -1,13 +1,13 @@
 //! Tickets: one copy-pasteable string that tells a player how to reach a host.
 //!
-//! A ticket holds the host id, the URL of the host's home relay and, optionally, the
-//! addresses where the host listens directly. In text it is `brt` followed by
-//! lower-case base32 of this binary form:
+//! A ticket holds the host id, the URL of the host's home relay and the addresses
+//! where the host listens directly; either of the last two may be missing, not both.
+//! In text it is `brt` followed by lower-case base32 of this binary form:
 //!
 //! ```text
 //! version      u8      = 1
 //! host id      [u8; 32]
-//! relay URL    u16 length (<= 512) + UTF-8
+//! relay URL    u16 length (<= 512) + UTF-8; length 0 = no relay
 //! direct       u8 count (<= 8), then per address:
 //!                u8 family (4 or 6) + 4 or 16 address bytes + u16 port
 //! checksum     [u8; 4] = first 4 bytes of SHA-256 over everything above
@@ -58,13 +58,16 @@ pub enum TicketError {
     /// More direct addresses than [`MAX_DIRECT_ADDRS`].
     #[error("a ticket holds at most {MAX_DIRECT_ADDRS} direct addresses")]
     TooManyAddrs,
+    /// Neither a relay nor a direct address: nothing a player could try.
+    #[error("a ticket needs a relay URL or at least one direct address")]
+    NoRoute,
 }
 
 /// Everything a player needs to reach one host.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Ticket {
     host_id: HostId,
-    relay: RelayUrl,
+    relay: Option<RelayUrl>,
     direct: Vec<SocketAddr>,
 }
 
@@ -75,8 +78,21 @@ impl Ticket {
         relay: RelayUrl,
         direct: Vec<SocketAddr>,
     ) -> Result<Self, TicketError> {
+        Self::with_routes(host_id, Some(relay), direct)
+    }
+
+    /// A ticket with any combination of a relay and direct addresses, as long as
+    /// there is at least one of them.
+    pub fn with_routes(
+        host_id: HostId,
+        relay: Option<RelayUrl>,
+        direct: Vec<SocketAddr>,
+    ) -> Result<Self, TicketError> {
         if direct.len() > MAX_DIRECT_ADDRS {
             return Err(TicketError::TooManyAddrs);
+        }
+        if relay.is_none() && direct.is_empty() {
+            return Err(TicketError::NoRoute);
         }
         Ok(Self {
             host_id,
@@ -90,9 +106,9 @@ impl Ticket {
         &self.host_id
     }
 
-    /// The host's home relay.
-    pub fn relay(&self) -> &RelayUrl {
-        &self.relay
+    /// The host's home relay; `None` for a host reachable only directly.
+    pub fn relay(&self) -> Option<&RelayUrl> {
+        self.relay.as_ref()
     }
 
     /// Addresses where the host listens directly, if any.
@@ -102,7 +118,11 @@ impl Ticket {
 
     /// The binary form (see the module documentation).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let url = self.relay.to_string();
+        let url = self
+            .relay
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(64 + url.len() + 19 * self.direct.len());
         out.put_u8(TICKET_VERSION);
         out.put_slice(self.host_id.as_bytes());
@@ -153,7 +173,10 @@ impl Ticket {
         }
         let host_id = HostId::from_bytes(r.array()?);
         let url = r.string16("relay URL", MAX_URL_LEN)?;
-        let relay: RelayUrl = url.parse()?;
+        let relay: Option<RelayUrl> = match url {
+            "" => None,
+            url => Some(url.parse()?),
+        };
         let count = usize::from(r.u8()?);
         if count > MAX_DIRECT_ADDRS {
             return Err(TicketError::TooManyAddrs);
@@ -174,11 +197,7 @@ impl Ticket {
             direct.push(SocketAddr::new(ip, r.u16()?));
         }
         r.finish()?;
-        Ok(Self {
-            host_id,
-            relay,
-            direct,
-        })
+        Self::with_routes(host_id, relay, direct)
     }
 }
 
@@ -289,6 +308,35 @@ mod tests {
         assert_eq!(altered.parse::<Ticket>(), Err(TicketError::Checksum));
         // Cut it short.
         assert!(text[..text.len() - 8].parse::<Ticket>().is_err());
+    }
+
+    #[test]
+    fn a_ticket_without_a_relay_round_trips() {
+        let direct = vec!["192.0.2.7:8443".parse().unwrap()];
+        let ticket = Ticket::with_routes(HostId::from_bytes([5; 32]), None, direct).unwrap();
+        let bytes = ticket.to_bytes();
+        // Version, host id, then a zero URL length.
+        assert_eq!(bytes[33..35], [0, 0]);
+        let parsed: Ticket = ticket.to_string().parse().unwrap();
+        assert_eq!(parsed, ticket);
+        assert_eq!(parsed.relay(), None);
+        assert_eq!(parsed.direct_addrs(), ticket.direct_addrs());
+    }
+
+    #[test]
+    fn a_ticket_needs_a_route() {
+        let host_id = HostId::from_bytes([5; 32]);
+        assert_eq!(
+            Ticket::with_routes(host_id, None, vec![]),
+            Err(TicketError::NoRoute)
+        );
+        // Hand-made bytes with neither: refused by the decoder too.
+        let mut body = vec![TICKET_VERSION];
+        body.extend_from_slice(&[5; 32]);
+        body.extend_from_slice(&[0, 0, 0]);
+        let sum = checksum(&body);
+        body.extend_from_slice(&sum);
+        assert_eq!(Ticket::from_bytes(&body), Err(TicketError::NoRoute));
     }
 
     proptest! {

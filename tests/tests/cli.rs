@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use blindrelay_relay::RelayCertificate;
@@ -207,6 +208,146 @@ async fn quick_start_works_as_documented() {
     assert_eq!(body, movie[5..105]);
 
     // 6. Ctrl-C ends each of them cleanly.
+    player.interrupt();
+    host.interrupt();
+    relay.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh host key file in `dir`, made by `blindrelay keygen`.
+fn keygen(bin: &Path, dir: &Path) -> PathBuf {
+    let key = dir.join("host.key");
+    let out = Command::new(bin.join("blindrelay"))
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_only_host_works_through_the_cli() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-cli-direct-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let host_key = keygen(&bin, &dir);
+    let mut movie = vec![0u8; 4 << 20];
+    Pattern::new(7).fill(&mut movie);
+    let movie = std::sync::Arc::new(movie);
+    let media = media_server(movie.clone()).await;
+
+    // No relay anywhere: the host listens directly and Enable Relay is off.
+    let forward = media.to_string();
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            host_key.to_str().unwrap(),
+            "--forward",
+            &forward,
+            "--direct",
+            "127.0.0.1:0",
+            "--no-relay",
+        ],
+    );
+    host.value("host id");
+    let ticket = host.value("ticket");
+    let direct: SocketAddr = host.value("direct").parse().unwrap();
+    assert_ne!(direct.port(), 0);
+    assert_eq!(host.value("relay"), "disabled");
+    let parsed: blindrelay_client::Ticket = ticket.parse().unwrap();
+    assert_eq!(parsed.relay(), None);
+    assert_eq!(parsed.direct_addrs(), [direct]);
+
+    let player = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "connect",
+            &ticket,
+            "--listen",
+            "127.0.0.1:0",
+            "--path",
+            "direct",
+        ],
+    );
+    let listen: SocketAddr = player.value("listening on").parse().unwrap();
+    let (status, body) = get(listen, None).await;
+    assert!(status.contains("200"), "{status}");
+    assert!(body == *movie, "whole file byte for byte");
+    let (status, body) = get(listen, Some((1000, 1999))).await;
+    assert!(status.contains("206"), "{status}");
+    assert_eq!(body, movie[1000..2000]);
+    player.wait_log("session open");
+
+    player.interrupt();
+    host.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_relay_switches_on_a_running_host_by_signal() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-cli-switch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let host_key = keygen(&bin, &dir);
+    let movie = std::sync::Arc::new(vec![42u8; 100_000]);
+    let media = media_server(movie.clone()).await;
+
+    let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let url = relay.value("relay url");
+    let forward = media.to_string();
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            host_key.to_str().unwrap(),
+            "--relay",
+            &url,
+            "--forward",
+            &forward,
+        ],
+    );
+    host.value("host id");
+    let ticket = host.value("ticket");
+    host.wait_line("relay: registered");
+    let player = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "connect",
+            &ticket,
+            "--listen",
+            "127.0.0.1:0",
+            "--path",
+            "relay",
+        ],
+    );
+    let listen: SocketAddr = player.value("listening on").parse().unwrap();
+    let (status, body) = get(listen, Some((0, 99))).await;
+    assert!(status.contains("206"), "{status}");
+    assert_eq!(body, movie[..100]);
+
+    // SIGUSR1: Enable Relay off. The player is told why its sessions cannot open.
+    host.signal("USR1");
+    host.wait_line("relay: disabled");
+    relay.wait_log("host unregistered");
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    tcp.write_all(b"GET /movie.mkv HTTP/1.1\r\nHost: media\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tcp.read_to_end(&mut response).await;
+    assert!(response.is_empty(), "no session, so no answer");
+    player.wait_log("host not reachable: relay disabled or host offline");
+
+    // SIGUSR2: on again, and the same player gets through.
+    host.signal("USR2");
+    host.wait_line("relay: registered");
+    let (status, body) = get(listen, Some((5, 104))).await;
+    assert!(status.contains("206"), "{status}");
+    assert_eq!(body, movie[5..105]);
+
     player.interrupt();
     host.interrupt();
     relay.interrupt();

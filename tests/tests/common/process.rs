@@ -98,6 +98,30 @@ impl Proc {
         }
     }
 
+    /// Waits for the stdout line `line`, skipping others.
+    pub fn wait_line(&self, line: &str) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let got = self
+                .stdout
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no stdout line {line:?}"));
+            if got == line {
+                return;
+            }
+        }
+    }
+
+    /// Sends a signal by name (`USR1`, ...) with the shell's `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Sends Ctrl-C (SIGINT) and waits for a clean exit.
     pub fn interrupt(mut self) {
         // The shell's own `kill`, so the test needs no extra package.

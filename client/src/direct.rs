@@ -1,0 +1,359 @@
+//! The direct path: a host's own QUIC listener, and a player's connection to it.
+//!
+//! A host that can be reached directly binds a QUIC endpoint with ALPN
+//! `blindrelay-direct/1` ([`DIRECT_ALPN`]). Each bidirectional stream a player opens on
+//! it is one session, and it starts with the Noise hello straight away: there is no
+//! relay to address, so no control message comes first. The host answers with the
+//! Noise reply and from then on the stream carries Noise transport frames, exactly as
+//! a relayed session stream does after `Connected` / `Incoming`.
+//!
+//! The host's TLS certificate is self-signed and made in memory at every start, and
+//! the player accepts any certificate on a direct connection. That is safe because
+//! TLS is not what authenticates the host here: the Noise IK handshake on every
+//! session is encrypted to the host id from the ticket, and only the holder of that
+//! key can answer it. Someone in the middle who terminates QUIC with a certificate of
+//! their own gets a hello they cannot answer, and only ciphertext afterwards. TLS still
+//! hides which streams and how many sessions a connection carries.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blindrelay_protocol::{codes, DIRECT_ALPN};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::endpoint::{bind_udp, client_endpoint, ConnectionProfile};
+use crate::host::{respond, HostConfig, HostCounters};
+use crate::stream::{SecureStream, SessionPath};
+use crate::wire::read_noise_message;
+
+/// Why the direct listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectListenError {
+    /// The UDP socket could not be bound.
+    #[error("cannot listen directly on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The self-signed certificate or the TLS configuration failed.
+    #[error("cannot set up TLS for the direct listener: {0}")]
+    Tls(String),
+}
+
+/// Server name the host's certificate carries and the player asks for; it is not
+/// checked (see the module documentation), it only has to be a valid name.
+const DIRECT_SERVER_NAME: &str = "blindrelay-host";
+
+/// Binds the host's direct QUIC endpoint.
+pub(crate) fn listen(
+    config: &HostConfig,
+    addr: SocketAddr,
+) -> Result<quinn::Endpoint, DirectListenError> {
+    let server = server_config(config)?;
+    let bind_error = |source| DirectListenError::Bind { addr, source };
+    let socket = bind_udp(addr).map_err(bind_error)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_error)
+}
+
+/// The addresses a ticket should carry for a listener bound to `bound`: the
+/// configured ones (a port of 0 taking the bound port), else the bound address, or,
+/// for an unspecified address, the local address the operating system would use to
+/// reach the internet.
+pub(crate) fn advertised(bound: SocketAddr, configured: &[SocketAddr]) -> Vec<SocketAddr> {
+    if !configured.is_empty() {
+        return configured
+            .iter()
+            .map(|addr| match addr.port() {
+                0 => SocketAddr::new(addr.ip(), bound.port()),
+                _ => *addr,
+            })
+            .collect();
+    }
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    match routed_local_ip(bound.is_ipv6()) {
+        Some(ip) => vec![SocketAddr::new(ip, bound.port())],
+        None => {
+            let loopback: IpAddr = match bound {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            };
+            warn!(
+                "no route to the internet to find this machine's address; the ticket \
+                 names {loopback} only (give the address players should use explicitly)"
+            );
+            vec![SocketAddr::new(loopback, bound.port())]
+        }
+    }
+}
+
+/// The source address the kernel picks for a packet to a documentation address:
+/// "connecting" a UDP socket only does a route lookup, nothing is sent.
+fn routed_local_ip(v6: bool) -> Option<IpAddr> {
+    let (local, remote): (SocketAddr, SocketAddr) = if v6 {
+        (
+            (Ipv6Addr::UNSPECIFIED, 0).into(),
+            (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into(),
+        )
+    } else {
+        (
+            (Ipv4Addr::UNSPECIFIED, 0).into(),
+            (Ipv4Addr::new(192, 0, 2, 1), 9).into(),
+        )
+    };
+    let socket = UdpSocket::bind(local).ok()?;
+    socket.connect(remote).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// Accepts direct connections until the endpoint is closed; every connection, and
+/// every session handshake on it, is a task owned by this one.
+pub(crate) async fn serve(
+    endpoint: quinn::Endpoint,
+    config: Arc<HostConfig>,
+    sessions: mpsc::Sender<SecureStream>,
+    counters: Arc<HostCounters>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let open = counters.direct_connections.load(Ordering::Relaxed);
+                if open >= u64::from(config.max_direct_connections) {
+                    debug!(open, "refusing a direct connection: at the limit");
+                    counters.direct_refused.fetch_add(1, Ordering::Relaxed);
+                    incoming.refuse();
+                    continue;
+                }
+                connections.spawn(serve_connection(
+                    incoming,
+                    config.clone(),
+                    sessions.clone(),
+                    counters.clone(),
+                ));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Counts a direct connection while it is open.
+struct OpenConnection(Arc<HostCounters>);
+
+impl OpenConnection {
+    fn new(counters: Arc<HostCounters>) -> Self {
+        counters.direct_connections.fetch_add(1, Ordering::Relaxed);
+        Self(counters)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.direct_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    config: Arc<HostConfig>,
+    sessions: mpsc::Sender<SecureStream>,
+    counters: Arc<HostCounters>,
+) {
+    let _open = OpenConnection::new(counters.clone());
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(err) => return debug!(%err, "direct connection failed during its handshake"),
+    };
+    debug!("direct connection from a player");
+    let mut handshakes = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    handshakes.spawn(accept_session(
+                        config.clone(),
+                        send,
+                        recv,
+                        sessions.clone(),
+                        counters.clone(),
+                    ));
+                }
+                Err(err) => return debug!(%err, "direct connection ended"),
+            },
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+        }
+    }
+}
+
+/// Runs the Noise responder on a stream a player opened directly.
+async fn accept_session(
+    config: Arc<HostConfig>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    sessions: mpsc::Sender<SecureStream>,
+    counters: Arc<HostCounters>,
+) {
+    let hello =
+        match tokio::time::timeout(config.handshake_timeout, read_noise_message(&mut recv)).await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(err)) => return debug!(%err, "direct stream failed before the handshake"),
+            Err(_) => return debug!("no Noise hello in time on a direct stream"),
+        };
+    if let Some(stream) = respond(&config, send, recv, &hello, SessionPath::Direct, 0).await {
+        counters.sessions_direct.fetch_add(1, Ordering::Relaxed);
+        debug!(player = %stream.peer().short(), "direct session accepted");
+        let _ = sessions.send(stream).await;
+    }
+}
+
+/// Opens a QUIC connection to a host's direct listener.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    profile: ConnectionProfile,
+) -> Result<quinn::Connection, String> {
+    let endpoint = client_endpoint(addr).map_err(|err| err.to_string())?;
+    let config = client_config(profile)?;
+    let connecting = endpoint
+        .connect_with(config, addr, DIRECT_SERVER_NAME)
+        .map_err(|err| err.to_string())?;
+    connecting.await.map_err(|err| err.to_string())
+}
+
+/// Logs how a direct listener was set up.
+pub(crate) fn log_listening(bound: SocketAddr, advertised: &[SocketAddr]) {
+    info!(%bound, ?advertised, "listening directly");
+}
+
+fn server_config(config: &HostConfig) -> Result<quinn::ServerConfig, DirectListenError> {
+    let tls_error = |err: &dyn std::fmt::Display| DirectListenError::Tls(err.to_string());
+    let certified = rcgen::generate_simple_self_signed(vec![DIRECT_SERVER_NAME.to_owned()])
+        .map_err(|e| tls_error(&e))?;
+    let chain = vec![certified.cert.der().clone()];
+    let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| tls_error(&e))?;
+    tls.alpn_protocols = vec![DIRECT_ALPN.to_vec()];
+    // No 0-RTT: early data is replayable.
+    tls.max_early_data_size = 0;
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_error(&e))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(config.idle_timeout.try_into().ok())
+        .max_concurrent_bidi_streams(config.max_concurrent_sessions.into())
+        .max_concurrent_uni_streams(0u32.into());
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+fn client_config(profile: ConnectionProfile) -> Result<quinn::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|err| err.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![DIRECT_ALPN.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|err| err.to_string())?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(profile.keep_alive))
+        .max_idle_timeout(profile.idle_timeout.try_into().ok())
+        .max_concurrent_bidi_streams(profile.incoming_streams.into())
+        .max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Accepts whatever certificate a host's direct listener presents.
+///
+/// Safe only because of how direct sessions are used: the Noise IK handshake that
+/// every session runs first authenticates the host by its host id, which the player
+/// takes from the ticket, and nothing is sent before it but the hello, which only the
+/// host can open. See the module documentation.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Only TLS 1.3 is offered, so this is never reached; refuse if it were.
+        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Still check that the listener holds its certificate's key, so the TLS
+        // handshake is a real one; it proves nothing about the host's identity.
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Close code and reason of a direct endpoint when its host shuts down.
+pub(crate) fn close(endpoint: &quinn::Endpoint) {
+    endpoint.close(codes::close::NORMAL.into(), b"host shutting down");
+}
+
+/// How long a player waits before giving up on a direct address, by default.
+pub(crate) const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,442 @@
+//! The direct path and Enable Relay: a host reachable without a relay, players that
+//! race direct against relayed and report which won, and a host that switches its
+//! relay off and on while sessions run.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blindrelay_client::{
+    ConnectError, HostAgent, HostConfig, HostState, PathPreference, Player, PlayerConfig,
+    SecureStream, SessionEnded, SessionPath, Ticket,
+};
+use blindrelay_protocol::{ErrorCode, SecretKey};
+use blindrelay_relay::Relay;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOOPBACK: &str = "127.0.0.1:0";
+
+/// A player with its own key and the given race settings.
+fn player_with(key: &SecretKey, relay_delay: Duration) -> Player {
+    let mut config = PlayerConfig::new(key.clone());
+    config.relay_delay = relay_delay;
+    Player::new(config)
+}
+
+/// A host with the relay enabled and a direct listener on loopback, registered.
+async fn start_dual_host(relay: &Relay) -> HostAgent {
+    let config = host_config(SecretKey::generate().unwrap(), relay.url())
+        .with_direct(LOOPBACK.parse().unwrap());
+    let agent = HostAgent::start(config).expect("host starts");
+    wait_for_state(&agent, |state| *state == HostState::Registered).await;
+    agent
+}
+
+/// Opens a session from `player` and accepts it on `host`.
+async fn open(
+    player: &Player,
+    host: &mut HostAgent,
+    ticket: &Ticket,
+    preference: PathPreference,
+) -> (SecureStream, SecureStream) {
+    let (player_side, host_side) = tokio::time::timeout(PATIENCE, async {
+        tokio::join!(player.connect_via(ticket, preference), host.accept())
+    })
+    .await
+    .expect("session opens in time");
+    (
+        player_side.expect("player connects"),
+        host_side.expect("host accepts"),
+    )
+}
+
+/// One request and one answer across a session, both checked.
+async fn round_trip(player_side: &mut SecureStream, host_side: &mut SecureStream) {
+    player_side.write_all(b"GET /movie.mkv").await.unwrap();
+    player_side.flush().await.unwrap();
+    let mut request = [0u8; 14];
+    host_side.read_exact(&mut request).await.unwrap();
+    assert_eq!(&request, b"GET /movie.mkv");
+    host_side.write_all(b"206 Partial").await.unwrap();
+    host_side.flush().await.unwrap();
+    let mut response = [0u8; 11];
+    player_side.read_exact(&mut response).await.unwrap();
+    assert_eq!(&response, b"206 Partial");
+}
+
+/// Polls `check` until it holds; for state that offers no channel to wait on (the
+/// relay's counters, the runtime's task count).
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_session_works_with_no_relay_at_all() {
+    init_tracing();
+    let host_key = SecretKey::generate().unwrap();
+    let mut host = HostAgent::start(HostConfig::direct_only(
+        host_key.clone(),
+        LOOPBACK.parse().unwrap(),
+    ))
+    .expect("host starts");
+    assert_eq!(host.state(), HostState::Disabled);
+    let ticket = host.ticket().clone();
+    assert_eq!(ticket.relay(), None, "a direct-only ticket names no relay");
+    assert_eq!(ticket.direct_addrs(), [host.direct_addr().unwrap()]);
+    // The ticket survives its text form.
+    let ticket: Ticket = ticket.to_string().parse().unwrap();
+
+    let player_key = SecretKey::generate().unwrap();
+    let player = player_with(&player_key, Duration::from_millis(250));
+    let (mut player_side, mut host_side) =
+        open(&player, &mut host, &ticket, PathPreference::Auto).await;
+    assert_eq!(player_side.path(), SessionPath::Direct);
+    assert_eq!(host_side.path(), SessionPath::Direct);
+    assert_eq!(player_side.peer(), host_key.host_id().public_key());
+    assert_eq!(*host_side.peer(), player_key.public_key());
+    round_trip(&mut player_side, &mut host_side).await;
+
+    // A megabyte each way, checked byte for byte, then a clean end.
+    let (mut pr, mut pw) = tokio::io::split(player_side);
+    let (mut hr, mut hw) = tokio::io::split(host_side);
+    let (up, down, sent_up, sent_down) = tokio::join!(
+        read_pattern(&mut hr, 1),
+        read_pattern(&mut pr, 2),
+        write_pattern(&mut pw, 1, 1 << 20),
+        write_pattern(&mut hw, 2, 1 << 20),
+    );
+    sent_up.unwrap();
+    sent_down.unwrap();
+    assert_eq!(up.unwrap(), 1 << 20);
+    assert_eq!(down.unwrap(), 1 << 20);
+
+    // Without a relay there is nothing to fall back to or to force.
+    let err = player
+        .connect_via(&ticket, PathPreference::RelayOnly)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::NoPath { .. }), "{err:?}");
+    assert_eq!(host.stats().sessions_direct, 1);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_prefers_direct_and_reports_it() {
+    let relay = start_relay();
+    let mut host = start_dual_host(&relay).await;
+    let ticket = host.ticket().clone();
+    assert_eq!(ticket.relay(), Some(relay.url()));
+    assert_eq!(ticket.direct_addrs().len(), 1);
+
+    // A generous head start for direct, so a busy machine cannot make the relay win.
+    let player = player_with(&SecretKey::generate().unwrap(), Duration::from_secs(5));
+    let (mut player_side, mut host_side) =
+        open(&player, &mut host, &ticket, PathPreference::Auto).await;
+    assert_eq!(player_side.path(), SessionPath::Direct);
+    assert_eq!(host_side.path(), SessionPath::Direct);
+    assert_eq!(player_side.session_id(), 0);
+    round_trip(&mut player_side, &mut host_side).await;
+    assert_eq!(relay.stats().sessions_opened, 0, "the relay was not used");
+    let stats = host.stats();
+    assert_eq!((stats.sessions_direct, stats.sessions_relayed), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_paths_are_honoured_and_reported() {
+    let relay = start_relay();
+    let mut host = start_dual_host(&relay).await;
+    let ticket = host.ticket().clone();
+    let player = player_with(&SecretKey::generate().unwrap(), Duration::ZERO);
+
+    let (mut player_side, mut host_side) =
+        open(&player, &mut host, &ticket, PathPreference::RelayOnly).await;
+    assert_eq!(player_side.path(), SessionPath::Relayed);
+    assert_eq!(host_side.path(), SessionPath::Relayed);
+    assert_ne!(player_side.session_id(), 0);
+    assert_eq!(player_side.session_id(), host_side.session_id());
+    round_trip(&mut player_side, &mut host_side).await;
+    assert_eq!(relay.stats().sessions_opened, 1);
+
+    let (mut player_side, mut host_side) =
+        open(&player, &mut host, &ticket, PathPreference::DirectOnly).await;
+    assert_eq!(player_side.path(), SessionPath::Direct);
+    round_trip(&mut player_side, &mut host_side).await;
+    assert_eq!(
+        relay.stats().sessions_opened,
+        1,
+        "direct-only left the relay alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_direct_address_falls_back_to_the_relay() {
+    let relay = start_relay();
+    let mut host = start_host(relay.url()).await;
+    // A UDP port that is bound but never answers: packets vanish, as behind a
+    // firewall that drops them.
+    let black_hole = std::net::UdpSocket::bind(LOOPBACK).unwrap();
+    let ticket = Ticket::new(
+        *host.host_id(),
+        relay.url().clone(),
+        vec![black_hole.local_addr().unwrap()],
+    )
+    .unwrap();
+
+    let mut config = PlayerConfig::new(SecretKey::generate().unwrap());
+    config.relay_delay = Duration::from_millis(100);
+    config.direct_timeout = Duration::from_secs(60);
+    config.connect_timeout = Duration::from_secs(120);
+    let player = Player::new(config);
+    let started = Instant::now();
+    let (mut player_side, mut host_side) =
+        open(&player, &mut host, &ticket, PathPreference::Auto).await;
+    let took = started.elapsed();
+    assert_eq!(player_side.path(), SessionPath::Relayed);
+    assert!(
+        took < Duration::from_secs(20),
+        "fell back after the relay delay, not the direct timeout: {took:?}"
+    );
+    round_trip(&mut player_side, &mut host_side).await;
+
+    // Forced direct to the same ticket fails, within its own timeout.
+    let mut config = PlayerConfig::new(SecretKey::generate().unwrap());
+    config.direct_timeout = Duration::from_millis(500);
+    let err = Player::new(config)
+        .connect_via(&ticket, PathPreference::DirectOnly)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Direct { .. }), "{err:?}");
+}
+
+/// Echoes `session` until told to stop writing: `written` counts what the writer
+/// has sent, `checked` what the reader has verified against the pattern.
+struct Flow {
+    stop: Arc<AtomicBool>,
+    checked: Arc<AtomicU64>,
+    writer: tokio::task::JoinHandle<u64>,
+    reader: tokio::task::JoinHandle<std::io::Result<u64>>,
+}
+
+fn start_flow(session: SecureStream, seed: u64) -> Flow {
+    let (mut reader, mut writer) = tokio::io::split(session);
+    let stop = Arc::new(AtomicBool::new(false));
+    let checked = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut pattern = Pattern::new(seed);
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut written = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                pattern.fill(&mut buf);
+                writer.write_all(&buf).await.unwrap();
+                written += buf.len() as u64;
+            }
+            writer.shutdown().await.unwrap();
+            written
+        }
+    });
+    let reader = tokio::spawn({
+        let checked = checked.clone();
+        async move {
+            let mut pattern = Pattern::new(seed);
+            let mut expected = vec![0u8; 16 * 1024];
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut total = 0u64;
+            loop {
+                // The writer's blocks are 16 KiB, so reading exactly one block at a
+                // time lines the pattern up.
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = reader.read(&mut buf[filled..]).await?;
+                    if n == 0 {
+                        assert_eq!(filled, 0, "stream ended inside a block");
+                        return Ok(total);
+                    }
+                    filled += n;
+                }
+                pattern.fill(&mut expected);
+                assert!(buf == expected, "byte mismatch near offset {total}");
+                total += buf.len() as u64;
+                checked.store(total, Ordering::Relaxed);
+            }
+        }
+    });
+    Flow {
+        stop,
+        checked,
+        writer,
+        reader,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_the_relay_off_ends_relayed_sessions_only() {
+    let relay = start_relay();
+    let mut host = start_dual_host(&relay).await;
+    let ticket = host.ticket().clone();
+    let player = player_with(&SecretKey::generate().unwrap(), Duration::ZERO);
+
+    let (mut relayed, mut host_relayed) =
+        open(&player, &mut host, &ticket, PathPreference::RelayOnly).await;
+    round_trip(&mut relayed, &mut host_relayed).await;
+    let (direct, host_direct) = open(&player, &mut host, &ticket, PathPreference::DirectOnly).await;
+    assert_eq!(direct.path(), SessionPath::Direct);
+    let echo = tokio::spawn(echo(host_direct));
+    let flow = start_flow(direct, 9);
+    let checked = flow.checked.clone();
+    eventually("data flowing on the direct session", || {
+        checked.load(Ordering::Relaxed) >= 1 << 20
+    })
+    .await;
+
+    // Enable Relay off.
+    host.set_relay_enabled(false);
+    assert!(!host.relay_enabled());
+    wait_for_state(&host, |state| *state == HostState::Disabled).await;
+
+    // The relayed session ends, on both sides, and the player is told why.
+    let mut buf = [0u8; 64];
+    let err = tokio::time::timeout(PATIENCE, relayed.read(&mut buf))
+        .await
+        .expect("the relayed session ends, it does not hang")
+        .expect_err("the relayed session ends with an error");
+    assert_eq!(
+        err.get_ref()
+            .and_then(|inner| inner.downcast_ref::<SessionEnded>()),
+        Some(&SessionEnded::PeerGone),
+        "{err}"
+    );
+    assert!(err.to_string().contains("relay disabled"), "{err}");
+    tokio::time::timeout(PATIENCE, host_relayed.read(&mut buf))
+        .await
+        .expect("the host's side of the relayed session ends too")
+        .expect_err("with an error");
+
+    // The relay forgets the host; a relay-only player is told promptly and clearly.
+    eventually("the relay dropped the registration", || {
+        relay.stats().registered_hosts == 0
+    })
+    .await;
+    assert_eq!(host.stats().relay_connections, 0);
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        player.connect_via(&ticket, PathPreference::RelayOnly),
+    )
+    .await
+    .expect("a refusal, not a hang")
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Refused {
+                code: ErrorCode::HostOffline,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "host not reachable: relay disabled or host offline"
+    );
+
+    // Meanwhile the direct session kept moving, and still does.
+    let before = checked.load(Ordering::Relaxed);
+    eventually("the direct session still moving", || {
+        checked.load(Ordering::Relaxed) >= before + (1 << 20)
+    })
+    .await;
+    flow.stop.store(true, Ordering::Relaxed);
+    let written = flow.writer.await.unwrap();
+    let read = flow
+        .reader
+        .await
+        .unwrap()
+        .expect("byte-exact to a clean end");
+    assert_eq!(read, written);
+    echo.await.unwrap();
+
+    // Enable Relay on again: registered again, relayed sessions work again.
+    host.set_relay_enabled(true);
+    wait_for_state(&host, |state| *state == HostState::Registered).await;
+    eventually("registered at the relay again", || {
+        relay.stats().registered_hosts == 1
+    })
+    .await;
+    let (mut relayed, mut host_relayed) =
+        open(&player, &mut host, &ticket, PathPreference::RelayOnly).await;
+    assert_eq!(relayed.path(), SessionPath::Relayed);
+    round_trip(&mut relayed, &mut host_relayed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipping_enable_relay_fast_leaks_nothing() {
+    const FLIPS: u64 = 50;
+    // The relay runs on a runtime of its own, so that the task count below is the
+    // host's (and this test's) alone.
+    let relay_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let relay = {
+        let _relay_runtime = relay_runtime.enter();
+        start_relay()
+    };
+    let mut host = start_dual_host(&relay).await;
+    let ticket = host.ticket().clone();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    eventually("registered at the relay", || {
+        relay.stats().registered_hosts == 1
+    })
+    .await;
+    let baseline = tasks();
+
+    for flip in 0..FLIPS {
+        host.set_relay_enabled(false);
+        // Catch the agent at different points: registered, connecting, disabled, and
+        // in between.
+        if flip % 2 == 0 {
+            wait_for_state(&host, |state| *state == HostState::Disabled).await;
+        }
+        host.set_relay_enabled(true);
+        if flip % 5 == 0 {
+            wait_for_state(&host, |state| *state == HostState::Registered).await;
+        } else if flip % 3 == 0 {
+            wait_for_state(&host, |state| *state != HostState::Disabled).await;
+        }
+    }
+    wait_for_state(&host, |state| *state == HostState::Registered).await;
+    eventually("exactly one registration at the relay", || {
+        relay.stats().registered_hosts == 1
+    })
+    .await;
+    let stats = host.stats();
+    assert_eq!(stats.relay_connections, 1, "{stats:?}");
+    assert!(stats.relay_connects <= FLIPS + 1, "{stats:?}");
+    let accepted = relay.stats().connections_accepted;
+    assert!(accepted <= FLIPS + 1, "relay saw {accepted} connections");
+    // Closed connections drain and their tasks end; nothing is left behind.
+    eventually("tasks back to where they were", || tasks() <= baseline + 2).await;
+
+    // And the host still works both ways.
+    let player = player_with(&SecretKey::generate().unwrap(), Duration::ZERO);
+    for preference in [PathPreference::RelayOnly, PathPreference::DirectOnly] {
+        let (mut player_side, mut host_side) = open(&player, &mut host, &ticket, preference).await;
+        round_trip(&mut player_side, &mut host_side).await;
+    }
+    drop(relay);
+    relay_runtime.shutdown_background();
+}
