@@ -21,15 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blindrelay_protocol::{codes, DIRECT_ALPN};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::PrivateKeyDer;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::endpoint::{bind_udp, client_endpoint, ConnectionProfile};
+use crate::endpoint::{bind_udp, client_config, client_endpoint, ConnectionProfile, ServerCheck};
 use crate::host::{respond, HostConfig, HostCounters};
 use crate::stream::{SecureStream, SessionPath};
 use crate::wire::read_noise_message;
@@ -232,7 +229,7 @@ pub(crate) async fn connect(
     profile: ConnectionProfile,
 ) -> Result<quinn::Connection, String> {
     let endpoint = client_endpoint(addr).map_err(|err| err.to_string())?;
-    let config = client_config(profile)?;
+    let config = client_config(ServerCheck::NoiseAuthenticates, DIRECT_ALPN, profile)?;
     let connecting = endpoint
         .connect_with(config, addr, DIRECT_SERVER_NAME)
         .map_err(|err| err.to_string())?;
@@ -270,84 +267,6 @@ fn server_config(config: &HostConfig) -> Result<quinn::ServerConfig, DirectListe
         .max_concurrent_uni_streams(0u32.into());
     server.transport_config(Arc::new(transport));
     Ok(server)
-}
-
-fn client_config(profile: ConnectionProfile) -> Result<quinn::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|err| err.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![DIRECT_ALPN.to_vec()];
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|err| err.to_string())?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .keep_alive_interval(Some(profile.keep_alive))
-        .max_idle_timeout(profile.idle_timeout.try_into().ok())
-        .max_concurrent_bidi_streams(profile.incoming_streams.into())
-        .max_concurrent_uni_streams(0u32.into());
-    config.transport_config(Arc::new(transport));
-    Ok(config)
-}
-
-/// Accepts whatever certificate a host's direct listener presents.
-///
-/// Safe only because of how direct sessions are used: the Noise IK handshake that
-/// every session runs first authenticates the host by its host id, which the player
-/// takes from the ticket, and nothing is sent before it but the hello, which only the
-/// host can open. See the module documentation.
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Only TLS 1.3 is offered, so this is never reached; refuse if it were.
-        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Still check that the listener holds its certificate's key, so the TLS
-        // handshake is a real one; it proves nothing about the host's identity.
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Close code and reason of a direct endpoint when its host shuts down.

@@ -78,7 +78,7 @@ pub async fn connect_relay_raw_from(
     };
     let addr = resolve(url).await?;
     let mut endpoint = endpoint_at((local, 0).into())?;
-    endpoint.set_default_client_config(client_config(url.pin().copied(), profile)?);
+    endpoint.set_default_client_config(relay_client_config(url, profile)?);
     Ok(endpoint.connect(addr, url.host())?.await?)
 }
 
@@ -89,7 +89,7 @@ pub(crate) async fn connect_relay(
 ) -> Result<quinn::Connection, ConnectRelayError> {
     let addr = resolve(url).await?;
     let mut endpoint = client_endpoint(addr)?;
-    endpoint.set_default_client_config(client_config(url.pin().copied(), profile)?);
+    endpoint.set_default_client_config(relay_client_config(url, profile)?);
     let connecting = endpoint.connect(addr, url.host())?;
     Ok(connecting.await?)
 }
@@ -140,29 +140,49 @@ pub(crate) fn bind_udp(local: SocketAddr) -> std::io::Result<std::net::UdpSocket
 
 const UDP_BUFFER_BYTES: usize = 8 << 20;
 
-fn client_config(
-    pin: Option<CertPin>,
+/// How a client checks the certificate of the QUIC endpoint it connects to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ServerCheck {
+    /// A relay whose URL pins its certificate: exactly that certificate.
+    Pinned(CertPin),
+    /// A relay with a certificate a public CA issued for its URL's host name.
+    WebPki,
+    /// A host's direct listener: any certificate. Safe only because every direct
+    /// session starts with the Noise IK handshake, which authenticates the host by
+    /// its host id (see [`crate::direct`]).
+    NoiseAuthenticates,
+}
+
+/// A QUIC client configuration: TLS 1.3 only, one ALPN, the given certificate check.
+pub(crate) fn client_config(
+    check: ServerCheck,
+    alpn: &[u8],
     profile: ConnectionProfile,
-) -> Result<quinn::ClientConfig, ConnectRelayError> {
+) -> Result<quinn::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|err| ConnectRelayError::Tls(err.to_string()))?;
-    let mut tls = match pin {
-        Some(pin) => builder
+        .map_err(|err| err.to_string())?;
+    let custom = |pin| {
+        builder
+            .clone()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, provider }))
-            .with_no_client_auth(),
-        None => {
+            .with_custom_certificate_verifier(Arc::new(CertVerifier { pin, provider }))
+            .with_no_client_auth()
+    };
+    let mut tls = match check {
+        ServerCheck::Pinned(pin) => custom(Some(pin)),
+        ServerCheck::NoiseAuthenticates => custom(None),
+        ServerCheck::WebPki => {
             let roots = rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             };
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|err| ConnectRelayError::Tls(err.to_string()))?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|err| err.to_string())?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
 
     let mut transport = quinn::TransportConfig::default();
@@ -175,14 +195,28 @@ fn client_config(
     Ok(config)
 }
 
-/// Trusts exactly one certificate, by its SHA-256 digest, whatever its name or issuer.
+/// The relay's client configuration for `url`.
+fn relay_client_config(
+    url: &RelayUrl,
+    profile: ConnectionProfile,
+) -> Result<quinn::ClientConfig, ConnectRelayError> {
+    let check = match url.pin() {
+        Some(pin) => ServerCheck::Pinned(*pin),
+        None => ServerCheck::WebPki,
+    };
+    client_config(check, ALPN, profile).map_err(ConnectRelayError::Tls)
+}
+
+/// Trusts exactly one certificate, by its SHA-256 digest, whatever its name or
+/// issuer; or, without a pin, any certificate. Either way the TLS 1.3 signature is
+/// checked, so the peer holds the key of the certificate it shows.
 #[derive(Debug)]
-struct PinVerifier {
-    pin: CertPin,
+struct CertVerifier {
+    pin: Option<CertPin>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinVerifier {
+impl ServerCertVerifier for CertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -191,7 +225,7 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.pin.matches(end_entity) {
+        if self.pin.is_none_or(|pin| pin.matches(end_entity)) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(
@@ -216,7 +250,7 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The pin says which certificate; this check proves the relay holds its key.
+        // The pin says which certificate; this check proves the peer holds its key.
         rustls::crypto::verify_tls13_signature(
             message,
             cert,
