@@ -4,6 +4,7 @@
 //! The file is strict: an unknown key is an error that names it, and a missing file
 //! is an error, never a silent fallback to defaults.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 #[cfg(feature = "splice-tap")]
@@ -13,7 +14,7 @@ use blindrelay_protocol::RelayUrl;
 use serde::Deserialize;
 
 use crate::limits::{
-    ConnectionLimits, HostLimits, Limits, RegistrationLimits, SessionLimitsConfig,
+    ConnectionLimits, HostLimits, Limits, RegistrationLimits, SessionLimitsConfig, TierConfig,
 };
 use crate::tls::{RelayCertificate, TlsError};
 
@@ -99,6 +100,12 @@ pub struct ConfigFile {
     /// `[hosts]`.
     #[serde(default)]
     pub hosts: HostLimits,
+    /// `[tiers.NAME]`.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// `[host_tiers]`.
+    #[serde(default)]
+    pub host_tiers: BTreeMap<String, String>,
 }
 
 /// Why a config file was refused.
@@ -148,6 +155,8 @@ impl ConfigFile {
             registrations: self.registrations.clone(),
             sessions: self.sessions.clone(),
             hosts: self.hosts.clone(),
+            tiers: self.tiers.clone(),
+            host_tiers: self.host_tiers.clone(),
         }
     }
 }
@@ -204,6 +213,24 @@ mod tests {
         let file = ConfigFile::parse(block).expect("the documented file parses");
         assert_eq!(file.listen, Some(DEFAULT_LISTEN));
         assert_eq!(file.limits(), Limits::default());
+    }
+
+    #[test]
+    fn the_documented_tier_example_is_valid() {
+        let doc = include_str!("../../docs/configuration.md");
+        let section = doc
+            .split("### Bandwidth tiers")
+            .nth(1)
+            .expect("the tiers section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block");
+        let limits = ConfigFile::parse(block).expect("parses").limits();
+        limits.validate().expect("valid");
+        assert_eq!(limits.tiers.len(), 2);
+        assert_eq!(limits.host_tiers.len(), 1);
     }
 
     #[test]

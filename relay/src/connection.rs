@@ -17,6 +17,7 @@ use crate::config::RelayConfig;
 use crate::privacy::redact;
 use crate::registry::Registry;
 use crate::stats::{Stats, StatsSnapshot};
+use crate::tiers::Tiers;
 use crate::{registration, session};
 
 /// State every connection task shares.
@@ -24,17 +25,20 @@ pub(crate) struct Shared {
     pub config: RelayConfig,
     pub registry: Registry,
     pub admission: Arc<Admission>,
+    pub tiers: Tiers,
     pub stats: Stats,
 }
 
 impl Shared {
-    pub fn new(config: RelayConfig) -> Self {
-        Self {
+    /// State for a relay with `config`, whose limits have been validated.
+    pub fn new(config: RelayConfig) -> Result<Self, String> {
+        Ok(Self {
             admission: Arc::new(Admission::new(&config.limits)),
+            tiers: Tiers::new(&config.limits)?,
             config,
             registry: Registry::default(),
             stats: Stats::default(),
-        }
+        })
     }
 
     /// A random id for a new session. Random, not counted, so the ids a host or

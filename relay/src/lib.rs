@@ -22,6 +22,7 @@ mod registry;
 mod session;
 mod splice;
 mod stats;
+mod tiers;
 mod tls;
 pub mod units;
 
@@ -96,7 +97,7 @@ impl Relay {
             source,
         })?;
         let url = config.url(local_addr)?;
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(config).map_err(RelayError::Limits)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(endpoint, shared.clone(), shutdown_rx));
         info!(addr = %local_addr, "relay listening");

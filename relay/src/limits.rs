@@ -9,11 +9,12 @@
 //! the reservation does not fit, the session is refused "at capacity" and running
 //! sessions keep their throughput.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use blindrelay_protocol::SessionLimits;
 use serde::{Deserialize, Serialize};
 
+pub use crate::tiers::{TierConfig, DEFAULT_TIER};
 use crate::units::{ByteSize, Rate, Span};
 
 /// Largest chunk the splice takes from quinn at once, and so the most a session
@@ -33,6 +34,13 @@ pub struct Limits {
     pub sessions: SessionLimitsConfig,
     /// Limits per registered host, over all of its sessions.
     pub hosts: HostLimits,
+    /// `[tiers.NAME]`: named sets of per-session and per-host limits that differ
+    /// from `[sessions]` and `[hosts]`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// `[host_tiers]`: host id → tier name. Hosts not listed are in the default tier.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_tiers: BTreeMap<String, String>,
 }
 
 /// `[connections]`: limits on QUIC connections.
@@ -204,19 +212,6 @@ impl Limits {
         2 * (self.sessions.window.0 + MAX_CHUNK as u64)
     }
 
-    /// What a session is told about the limits that apply to it.
-    pub fn announced(&self) -> SessionLimits {
-        let secs = |span: Span| u32::try_from(span.0.as_secs()).unwrap_or(u32::MAX);
-        SessionLimits {
-            rate: self.sessions.rate.0,
-            host_rate: self.hosts.rate.0,
-            max_bytes: self.sessions.max_bytes.0,
-            max_duration_secs: secs(self.sessions.max_duration),
-            idle_timeout_secs: secs(self.sessions.idle_timeout),
-            stall_timeout_secs: secs(self.sessions.stall_timeout),
-        }
-    }
-
     /// Checks values that would make the relay unusable rather than merely strict.
     pub fn validate(&self) -> Result<(), String> {
         let window = self.sessions.window.0;
@@ -241,6 +236,7 @@ impl Limits {
         if self.connections.max_streams == 0 {
             return Err("connections.max_streams must not be zero".to_owned());
         }
+        crate::tiers::Tiers::new(self)?;
         let budget = self.sessions.buffer_budget.0;
         if budget != 0 && budget < self.session_buffer() {
             return Err(format!(
@@ -307,17 +303,5 @@ mod tests {
         let mut limits = Limits::default();
         limits.sessions.window = ByteSize(10);
         assert!(limits.validate().is_err());
-    }
-
-    #[test]
-    fn announced_limits_carry_the_session_and_host_caps() {
-        let mut limits = Limits::default();
-        limits.hosts.rate = Rate(1000);
-        limits.sessions.max_duration = Span(Duration::from_secs(120));
-        let announced = limits.announced();
-        assert_eq!(announced.rate, 12_500_000);
-        assert_eq!(announced.host_rate, 1000);
-        assert_eq!(announced.max_duration_secs, 120);
-        assert_eq!(announced.stall_timeout_secs, 300);
     }
 }

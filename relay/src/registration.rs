@@ -76,7 +76,9 @@ pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) 
             return send_error(&mut send, &error).await;
         }
 
-        let host = Arc::new(Host::new(connection.clone(), permit, &shared.config.limits));
+        let tier = shared.tiers.of(&host_id);
+        debug!(tier = %tier.name, "proof verified");
+        let host = Arc::new(Host::new(connection.clone(), permit, tier));
         let (registration, replaced) = shared.registry.insert(host_id, host);
         let confirmed = send.write_all(&ControlMessage::Registered.to_frame()).await;
         if confirmed.is_err() {

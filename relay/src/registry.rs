@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::admission::ConnectionPermit;
 use crate::bucket::TokenBucket;
-use crate::limits::Limits;
+use crate::tiers::Tier;
 
 /// Session count of a host that was shed: no session may start on it any more.
 const SHED: u32 = u32::MAX;
@@ -27,6 +27,8 @@ pub(crate) struct Host {
     pub player_to_host: Option<TokenBucket>,
     /// Caps the bytes all of this host's sessions send towards players.
     pub host_to_player: Option<TokenBucket>,
+    /// The limits of this host and its sessions.
+    pub tier: Arc<Tier>,
     sessions: AtomicU32,
     max_sessions: u32,
     /// When the host last had no session (for shedding the longest idle first).
@@ -37,16 +39,17 @@ impl Host {
     pub fn new(
         connection: quinn::Connection,
         permit: Arc<ConnectionPermit>,
-        limits: &Limits,
+        tier: Arc<Tier>,
     ) -> Self {
-        let bucket = || TokenBucket::new(limits.hosts.rate.0, limits.hosts.burst.0);
+        let bucket = || TokenBucket::new(tier.host_rate, tier.host_burst);
         Self {
             connection,
             permit,
             player_to_host: bucket(),
             host_to_player: bucket(),
             sessions: AtomicU32::new(0),
-            max_sessions: limits.hosts.max_sessions,
+            max_sessions: tier.host_max_sessions,
+            tier,
             idle_since: Mutex::new(Instant::now()),
         }
     }

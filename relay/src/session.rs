@@ -80,7 +80,8 @@ pub(crate) async fn serve(
         };
         // Both writes wait on flow-control credit; bound them so a peer that grants
         // none cannot pin a stream slot on the host forever.
-        let announced = limits.announced();
+        let tier = &host_session.host().tier;
+        let announced = tier.announced();
         let incoming = ControlMessage::Incoming {
             session_id,
             limits: announced,
@@ -110,14 +111,14 @@ pub(crate) async fn serve(
         Stats::bump(&shared.stats.sessions_opened);
         let _active = Active::start(&shared.stats.sessions_active);
         debug!("session spliced");
-        let bucket = || TokenBucket::new(limits.sessions.rate.0, limits.sessions.burst.0);
+        let bucket = || TokenBucket::new(tier.session_rate, tier.session_burst);
         let (to_host, to_player) = (bucket(), bucket());
         let host = host_session.host();
         let rules = Rules {
-            stall_timeout: nonzero(limits.sessions.stall_timeout.0),
-            idle_timeout: nonzero(limits.sessions.idle_timeout.0),
-            max_duration: nonzero(limits.sessions.max_duration.0),
-            max_bytes: limits.sessions.max_bytes.0,
+            stall_timeout: nonzero(tier.stall_timeout),
+            idle_timeout: nonzero(tier.idle_timeout),
+            max_duration: nonzero(tier.max_duration),
+            max_bytes: tier.max_bytes,
             player_to_host: [to_host.as_ref(), host.player_to_host.as_ref()],
             host_to_player: [to_player.as_ref(), host.host_to_player.as_ref()],
         };

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blindrelay_client::{ConnectError, HostState, SecretKey, SecureStream};
+use blindrelay_client::{ConnectError, HostAgent, HostState, SecretKey, SecureStream};
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode};
 use blindrelay_relay::limits::Limits;
 use blindrelay_relay::units::{ByteSize, Rate, Span};
@@ -268,32 +268,49 @@ async fn open_pair(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_capped_session_moves_at_its_rate_and_does_not_slow_another() {
+async fn a_capped_session_moves_at_its_rate_and_does_not_slow_an_uncapped_one() {
     const RATE: u64 = 2_000_000;
+    // Host A is in a "free" tier capped at 16 Mbit/s a session; host B in the default
+    // tier, uncapped.
+    let key_a = SecretKey::generate().unwrap();
     let relay = relay_with(|limits| {
-        limits.sessions.rate = Rate(RATE);
-        limits.sessions.burst = ByteSize(16 * 1024);
+        let free = limits.tiers.entry("free".to_owned()).or_default();
+        free.session_rate = Some(Rate(RATE));
+        free.session_burst = Some(ByteSize(16 * 1024));
+        limits
+            .host_tiers
+            .insert(key_a.host_id().to_string(), "free".to_owned());
     });
-    let mut host_a = start_host(relay.url()).await;
+    let mut host_a = HostAgent::spawn(host_config(key_a, relay.url()));
+    wait_for_state(&host_a, |state| *state == HostState::Registered).await;
     let mut host_b = start_host(relay.url()).await;
     let player = player();
-    let (a, a_host) = open_pair(&player, &mut host_a).await;
+    let window = Duration::from_secs(3);
+
+    // B alone sets the baseline.
     let (b, b_host) = open_pair(&player, &mut host_b).await;
+    assert_eq!(b.limits().rate, 0, "the default tier is uncapped here");
+    let alone = measured_rate(b, b_host, window).await;
+
+    let (a, a_host) = open_pair(&player, &mut host_a).await;
     assert_eq!(a.limits().rate, RATE, "the player is told the cap");
     assert_eq!(a_host.limits().rate, RATE, "the host is told the cap");
-
-    let window = Duration::from_secs(3);
+    let (b, b_host) = open_pair(&player, &mut host_b).await;
     let (rate_a, rate_b) = tokio::join!(
         measured_rate(a, a_host, window),
         measured_rate(b, b_host, window)
     );
-    for (name, rate) in [("a", rate_a), ("b", rate_b)] {
-        let error = (rate - RATE as f64).abs() / RATE as f64;
-        assert!(
-            error < 0.10,
-            "session {name} moved {rate:.0} B/s, cap {RATE}"
-        );
-    }
+    eprintln!("capped {rate_a:.0} B/s; uncapped {rate_b:.0} B/s beside it, {alone:.0} alone");
+    let error = (rate_a - RATE as f64).abs() / RATE as f64;
+    assert!(
+        error < 0.10,
+        "the capped session moved {rate_a:.0} B/s, cap {RATE}"
+    );
+    // Generous: the machine is shared, but a cap on A must not drag B towards it.
+    assert!(
+        rate_b > alone * 0.5 && rate_b > RATE as f64 * 5.0,
+        "the uncapped session moved {rate_b:.0} B/s beside the capped one, {alone:.0} alone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,181 @@
+//! Tiers: different bandwidth and session limits for different hosts.
+//!
+//! The `[sessions]` and `[hosts]` sections of the config are the default tier. A
+//! `[tiers.NAME]` section overrides any of their per-host values for the hosts put in
+//! that tier, and `[host_tiers]` puts host ids in tiers. (Registration tokens will name
+//! a host's tier too; until then the operator lists hosts here.) A relay can so cap
+//! strangers at what Plex's relay allows and let its owner's friends stream 4K.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blindrelay_protocol::{HostId, SessionLimits};
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+use crate::units::{ByteSize, Rate, Span};
+
+/// Name of the tier the `[sessions]` and `[hosts]` sections define.
+pub const DEFAULT_TIER: &str = "default";
+
+/// `[tiers.NAME]`: what a tier changes from the default tier. Keys left out keep
+/// the default tier's value.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TierConfig {
+    /// `[sessions] rate` for this tier's hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_rate: Option<Rate>,
+    /// `[sessions] burst`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_burst: Option<ByteSize>,
+    /// `[sessions] max_duration`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<Span>,
+    /// `[sessions] max_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    /// `[hosts] rate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_rate: Option<Rate>,
+    /// `[hosts] burst`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_burst: Option<ByteSize>,
+    /// `[hosts] max_sessions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_max_sessions: Option<u32>,
+}
+
+/// The limits one host and its sessions run under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tier {
+    pub name: String,
+    pub session_rate: u64,
+    pub session_burst: u64,
+    pub max_duration: Duration,
+    pub max_bytes: u64,
+    pub host_rate: u64,
+    pub host_burst: u64,
+    pub host_max_sessions: u32,
+    /// Relay-wide, the same in every tier; here so a session's announcement is
+    /// built from one place.
+    pub idle_timeout: Duration,
+    pub stall_timeout: Duration,
+}
+
+impl Tier {
+    fn resolve(name: &str, limits: &Limits, config: &TierConfig) -> Self {
+        let s = &limits.sessions;
+        let h = &limits.hosts;
+        Self {
+            name: name.to_owned(),
+            session_rate: config.session_rate.unwrap_or(s.rate).0,
+            session_burst: config.session_burst.unwrap_or(s.burst).0,
+            max_duration: config.max_duration.unwrap_or(s.max_duration).0,
+            max_bytes: config.max_bytes.unwrap_or(s.max_bytes).0,
+            host_rate: config.host_rate.unwrap_or(h.rate).0,
+            host_burst: config.host_burst.unwrap_or(h.burst).0,
+            host_max_sessions: config.host_max_sessions.unwrap_or(h.max_sessions),
+            idle_timeout: s.idle_timeout.0,
+            stall_timeout: s.stall_timeout.0,
+        }
+    }
+
+    /// What a session of this tier is told when it opens.
+    pub fn announced(&self) -> SessionLimits {
+        let secs = |duration: Duration| u32::try_from(duration.as_secs()).unwrap_or(u32::MAX);
+        SessionLimits {
+            rate: self.session_rate,
+            host_rate: self.host_rate,
+            max_bytes: self.max_bytes,
+            max_duration_secs: secs(self.max_duration),
+            idle_timeout_secs: secs(self.idle_timeout),
+            stall_timeout_secs: secs(self.stall_timeout),
+        }
+    }
+}
+
+/// Every tier, and which host is in which.
+#[derive(Debug)]
+pub(crate) struct Tiers {
+    default: Arc<Tier>,
+    by_host: HashMap<HostId, Arc<Tier>>,
+}
+
+impl Tiers {
+    /// Resolves the tiers of `limits`, which [`Limits::validate`] has accepted.
+    pub fn new(limits: &Limits) -> Result<Self, String> {
+        let default = Arc::new(Tier::resolve(DEFAULT_TIER, limits, &TierConfig::default()));
+        let named: BTreeMap<&str, Arc<Tier>> = limits
+            .tiers
+            .iter()
+            .map(|(name, config)| (name.as_str(), Arc::new(Tier::resolve(name, limits, config))))
+            .collect();
+        let mut by_host = HashMap::new();
+        for (host, tier) in &limits.host_tiers {
+            let host_id: HostId = host
+                .parse()
+                .map_err(|err| format!("host_tiers: {host:?} is not a host id: {err}"))?;
+            let tier = match named.get(tier.as_str()) {
+                Some(tier) => tier.clone(),
+                None if tier == DEFAULT_TIER => default.clone(),
+                None => return Err(format!("host_tiers: no tier named {tier:?}")),
+            };
+            by_host.insert(host_id, tier);
+        }
+        Ok(Self { default, by_host })
+    }
+
+    /// The tier of `host_id`.
+    pub fn of(&self, host_id: &HostId) -> Arc<Tier> {
+        self.by_host.get(host_id).unwrap_or(&self.default).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blindrelay_protocol::SecretKey;
+
+    #[test]
+    fn a_tier_overrides_only_what_it_names() {
+        let key = SecretKey::generate().expect("key");
+        let text = format!(
+            "[sessions]\nrate = \"100Mbit\"\nmax_bytes = \"1GiB\"\n\
+             [tiers.free]\nsession_rate = \"2Mbit\"\nhost_max_sessions = 2\n\
+             [host_tiers]\n\"{}\" = \"free\"\n",
+            key.host_id()
+        );
+        let limits: Limits = toml::from_str(&text).expect("valid");
+        let tiers = Tiers::new(&limits).expect("resolves");
+        let free = tiers.of(&key.host_id());
+        assert_eq!(free.name, "free");
+        assert_eq!(free.session_rate, 250_000);
+        assert_eq!(free.host_max_sessions, 2);
+        assert_eq!(free.max_bytes, 1 << 30, "kept from [sessions]");
+        let stranger = SecretKey::generate().expect("key").host_id();
+        let default = tiers.of(&stranger);
+        assert_eq!(default.name, DEFAULT_TIER);
+        assert_eq!(default.session_rate, 12_500_000);
+        assert_eq!(free.announced().rate, 250_000);
+    }
+
+    #[test]
+    fn unknown_tiers_and_bad_host_ids_are_named() {
+        let key = SecretKey::generate().expect("key");
+        let mut limits = Limits::default();
+        limits
+            .host_tiers
+            .insert(key.host_id().to_string(), "gold".to_owned());
+        let err = Tiers::new(&limits).expect_err("no such tier");
+        assert!(err.contains("gold"), "{err}");
+        let mut limits = Limits::default();
+        limits
+            .host_tiers
+            .insert("not-a-host".to_owned(), DEFAULT_TIER.to_owned());
+        let err = Tiers::new(&limits).expect_err("bad id");
+        assert!(err.contains("not-a-host"), "{err}");
+    }
+}
