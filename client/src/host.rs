@@ -424,6 +424,9 @@ enum Ended {
     Replaced,
     /// The connection was lost: reconnect.
     Lost(String),
+    /// The relay is going away: register again after this long. Its running
+    /// sessions go on until the relay closes them.
+    GoingAway(Duration),
     /// Enable Relay was switched off.
     Disabled,
     /// The agent was asked to stop.
@@ -470,7 +473,11 @@ async fn run(config: Arc<HostConfig>, listener: Option<quinn::Endpoint>, mut con
 /// Keeps the host registered with `relay` while Enable Relay is on.
 async fn run_relay(config: &Arc<HostConfig>, relay: &RelayUrl, control: &mut Control) -> RelayEnd {
     let mut backoff = Backoff::new(config.backoff);
+    // Connections of relays that are going away, held open until the relay closes
+    // them so the sessions on them can finish.
+    let mut departing = JoinSet::new();
     loop {
+        while departing.try_join_next().is_some() {}
         if !*control.enabled.borrow_and_update() {
             backoff.reset();
             control.state.send_replace(HostState::Disabled);
@@ -503,6 +510,25 @@ async fn run_relay(config: &Arc<HostConfig>, relay: &RelayUrl, control: &mut Con
                         return RelayEnd::Replaced;
                     }
                     Ended::Lost(reason) => warn!(%reason, "lost the relay"),
+                    Ended::GoingAway(retry_after) => {
+                        // Not closed: its sessions run until the relay closes it. Dropping
+                        // the last handle would close it too, so one is held until then.
+                        departing.spawn(async move {
+                            connection.closed().await;
+                        });
+                        info!(?retry_after, "the relay is going away: registering again");
+                        backoff.reset();
+                        control
+                            .state
+                            .send_replace(HostState::Connecting { attempt: 1 });
+                        let wait = jittered(retry_after);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = control.enabled.wait_for(|on| !*on) => {}
+                            _ = control.shutdown.changed() => return RelayEnd::Shutdown,
+                        }
+                        continue;
+                    }
                     Ended::Disabled => {
                         connection.close(
                             codes::close::RELAY_DISABLED.into(),
@@ -527,6 +553,11 @@ async fn run_relay(config: &Arc<HostConfig>, relay: &RelayUrl, control: &mut Con
             _ = control.shutdown.changed() => return RelayEnd::Shutdown,
         }
     }
+}
+
+/// `delay` give or take a fifth, so hosts told to come back at the same moment do not.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
 /// Counts a relay connection for as long as the agent holds it.
@@ -642,8 +673,12 @@ async fn serve(
                 Err(_) => return ended(connection),
             },
             message = &mut registration_ended => {
-                if let Ok(message) = message {
-                    debug!(?message, "relay ended the registration");
+                match message {
+                    Ok(ControlMessage::GoingAway { retry_after_ms }) => {
+                        return Ended::GoingAway(Duration::from_millis(retry_after_ms.into()));
+                    }
+                    Ok(message) => debug!(?message, "relay ended the registration"),
+                    Err(_) => {}
                 }
                 return ended(connection);
             }

@@ -15,6 +15,7 @@
 //! | 0x02 | `Challenge`  | relay → host     | relay ephemeral X25519 key `[u8; 32]`  |
 //! | 0x03 | `Proof`      | host → relay     | HMAC-SHA256 `[u8; 32]`                 |
 //! | 0x04 | `Registered` | relay → host     | (empty)                                |
+//! | 0x05 | `GoingAway`  | relay → host     | retry after (ms) `u32`                 |
 //! | 0x10 | `Connect`    | player → relay   | host id `[u8; 32]`                     |
 //! | 0x11 | `Connected`  | relay → player   | session id `u64`, [`SessionLimits`] (36 B) |
 //! | 0x12 | `Incoming`   | relay → host     | session id `u64`, [`SessionLimits`] (36 B) |
@@ -65,6 +66,13 @@ pub enum ControlMessage {
     },
     /// The relay accepted the registration.
     Registered,
+    /// On the registration stream: the relay is shutting down. The registration has
+    /// ended; running sessions go on until the relay closes. Register again, after
+    /// `retry_after_ms`, on this relay's URL (a restarted relay) or another.
+    GoingAway {
+        /// How long to wait before registering again, in milliseconds.
+        retry_after_ms: u32,
+    },
     /// A player asks for a session with `host_id`.
     Connect {
         /// The host the player wants.
@@ -99,6 +107,7 @@ mod kind {
     pub const CHALLENGE: u8 = 0x02;
     pub const PROOF: u8 = 0x03;
     pub const REGISTERED: u8 = 0x04;
+    pub const GOING_AWAY: u8 = 0x05;
     pub const CONNECT: u8 = 0x10;
     pub const CONNECTED: u8 = 0x11;
     pub const INCOMING: u8 = 0x12;
@@ -133,6 +142,10 @@ impl ControlMessage {
                 body.put_slice(mac);
             }
             Self::Registered => body.put_u8(kind::REGISTERED),
+            Self::GoingAway { retry_after_ms } => {
+                body.put_u8(kind::GOING_AWAY);
+                body.put_u32(*retry_after_ms);
+            }
             Self::Connect { host_id } => {
                 body.put_u8(kind::CONNECT);
                 body.put_slice(host_id.as_bytes());
@@ -188,6 +201,9 @@ impl ControlMessage {
             },
             kind::PROOF => Self::Proof { mac: r.array()? },
             kind::REGISTERED => Self::Registered,
+            kind::GOING_AWAY => Self::GoingAway {
+                retry_after_ms: r.u32()?,
+            },
             kind::CONNECT => Self::Connect {
                 host_id: HostId::from_bytes(r.array()?),
             },
@@ -277,6 +293,9 @@ mod tests {
             },
             ControlMessage::Proof { mac: [0x33; 32] },
             ControlMessage::Registered,
+            ControlMessage::GoingAway {
+                retry_after_ms: 1500,
+            },
             ControlMessage::Connect {
                 host_id: HostId::from_bytes([0x44; 32]),
             },
@@ -302,6 +321,7 @@ mod tests {
             format!("00220102{}", "22".repeat(32)),
             format!("00220103{}", "33".repeat(32)),
             "00020104".to_owned(),
+            "00060105000005dc".to_owned(),
             format!("00220110{}", "44".repeat(32)),
             format!("002e01110102030405060708{}", "00".repeat(36)),
             format!(

@@ -34,6 +34,9 @@ pub struct RelayConfig {
     pub public_name: Option<String>,
     /// Every limit the relay enforces.
     pub limits: Limits,
+    /// TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`); none
+    /// unless asked for.
+    pub admin: Option<SocketAddr>,
     /// Observes every chunk the splice forwards (tests only).
     #[cfg(feature = "splice-tap")]
     pub tap: Option<Arc<dyn crate::splice::SpliceTap>>,
@@ -47,6 +50,7 @@ impl RelayConfig {
             certificate,
             public_name: None,
             limits: Limits::default(),
+            admin: None,
             #[cfg(feature = "splice-tap")]
             tap: None,
         }
@@ -88,6 +92,10 @@ pub struct ConfigFile {
     pub key: Option<PathBuf>,
     /// DNS name in the relay URL.
     pub public_name: Option<String>,
+    /// TCP address of the admin listener.
+    pub admin: Option<SocketAddr>,
+    /// How long a stopping relay lets running sessions finish.
+    pub drain_timeout: Option<crate::units::Span>,
     /// `[connections]`.
     #[serde(default)]
     pub connections: ConnectionLimits,

@@ -5,10 +5,12 @@
 //! `Register` makes it a host connection too. Each stream is served by its own task,
 //! owned by this connection's `JoinSet`, so nothing outlives the connection.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use blindrelay_protocol::control::{self, ControlMessage};
 use blindrelay_protocol::{codes, DecodeError, ErrorCode};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, Instrument};
 
@@ -27,6 +29,11 @@ pub(crate) struct Shared {
     pub admission: Arc<Admission>,
     pub tiers: Tiers,
     pub stats: Stats,
+    /// True once the relay has begun to drain: no new connections or registrations,
+    /// running sessions go on.
+    draining: watch::Sender<bool>,
+    /// Woken whenever the last active session ends.
+    pub sessions_done: Notify,
 }
 
 impl Shared {
@@ -38,7 +45,30 @@ impl Shared {
             config,
             registry: Registry::default(),
             stats: Stats::default(),
+            draining: watch::channel(false).0,
+            sessions_done: Notify::new(),
         })
+    }
+
+    /// Starts draining (see [`crate::Relay::drain`]).
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Resolves once the relay drains.
+    pub async fn draining(&self) {
+        let mut draining = self.draining.subscribe();
+        // The sender lives in `self`, so this only returns when draining.
+        let _ = draining.wait_for(|draining| *draining).await;
+    }
+
+    /// Sessions being forwarded now.
+    pub fn active_sessions(&self) -> u64 {
+        self.stats.sessions_active.load(Ordering::Acquire)
     }
 
     /// A random id for a new session. Random, not counted, so the ids a host or
@@ -48,7 +78,9 @@ impl Shared {
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
-        self.stats.snapshot(self.registry.len(), &self.admission)
+        let budget = self.config.limits.sessions.buffer_budget.0;
+        self.stats
+            .snapshot(self.registry.len(), &self.admission, budget)
     }
 }
 
@@ -61,6 +93,7 @@ pub(crate) async fn handle(
 ) {
     let span = info_span!("conn", peer = %redact(incoming.remote_address()));
     async move {
+        let started = tokio::time::Instant::now();
         let connection = match incoming.await {
             Ok(connection) => connection,
             Err(err) => {
@@ -68,6 +101,7 @@ pub(crate) async fn handle(
                 return;
             }
         };
+        shared.stats.handshake.record(started.elapsed());
         Stats::bump(&shared.stats.connections_accepted);
         debug!("connected");
         serve(connection, Arc::new(permit), shared).await;
@@ -79,14 +113,29 @@ pub(crate) async fn handle(
 async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, shared: Arc<Shared>) {
     let mut streams = JoinSet::new();
     let mut registered = false;
+    // Set by a successful registration. A host's sessions run on streams the relay
+    // opened, which `streams` does not hold, so a host connection is never closed
+    // for having no streams of its own.
+    let is_host = Arc::new(AtomicBool::new(false));
     // A connection with no stream at all (no registration, no session) is closed
     // after this long: otherwise idle connections would hold places for free.
     let idle_limit = shared.config.limits.connections.unregistered_idle_timeout.0;
     let idle = tokio::time::sleep(idle_limit);
     tokio::pin!(idle);
+    let draining = shared.draining();
+    tokio::pin!(draining);
+    let mut drained = false;
     loop {
+        let idle_player = streams.is_empty() && !is_host.load(Ordering::Acquire);
+        if drained && idle_player {
+            // A draining relay lets players go as soon as their sessions end, so
+            // they reconnect (to its successor) at their next session.
+            connection.close(codes::close::RELAY_SHUTDOWN.into(), b"relay going away");
+            break;
+        }
         tokio::select! {
-            () = &mut idle, if !idle_limit.is_zero() && streams.is_empty() => {
+            () = &mut draining, if !drained => drained = true,
+            () = &mut idle, if !idle_limit.is_zero() && idle_player => {
                 Stats::bump(&shared.stats.connections_idle_closed);
                 debug!("closing a connection with neither registration nor session");
                 connection.close(
@@ -108,6 +157,7 @@ async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, sha
                 let shared = shared.clone();
                 let connection = connection.clone();
                 let permit = permit.clone();
+                let is_host = is_host.clone();
                 let may_register = !registered;
                 streams.spawn(async move {
                     let first = tokio::time::timeout(
@@ -121,7 +171,7 @@ async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, sha
                             return refuse_stream(&shared, send, recv, ReadMessageError::Timeout).await
                         }
                     };
-                    let stream = Stream { send, recv, connection, permit };
+                    let stream = Stream { send, recv, connection, permit, is_host };
                     route(message, may_register, stream, shared).await
                 });
                 // Only the first stream may register; later `Register`s are refused
@@ -144,6 +194,8 @@ pub(crate) struct Stream {
     pub recv: quinn::RecvStream,
     pub connection: quinn::Connection,
     pub permit: Arc<ConnectionPermit>,
+    /// Set once this connection holds a registration.
+    pub is_host: Arc<AtomicBool>,
 }
 
 async fn route(message: ControlMessage, may_register: bool, stream: Stream, shared: Arc<Shared>) {

@@ -11,11 +11,13 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod admission;
 mod bucket;
 mod config;
 mod connection;
 pub mod limits;
+mod metrics;
 mod privacy;
 mod registration;
 mod registry;
@@ -40,7 +42,7 @@ pub use config::{ConfigError, ConfigFile, RelayConfig, DEFAULT_LISTEN};
 pub use limits::Limits;
 #[cfg(feature = "splice-tap")]
 pub use splice::{Direction, SpliceTap};
-pub use stats::StatsSnapshot;
+pub use stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
 pub use tls::{RelayCertificate, TlsError};
 
 use crate::connection::Shared;
@@ -63,6 +65,14 @@ pub enum RelayError {
     /// A limit has a value the relay cannot run with.
     #[error("invalid limits: {0}")]
     Limits(String),
+    /// The admin listener's TCP address could not be bound.
+    #[error("cannot listen for admin requests on {addr}: {source}")]
+    Admin {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
 }
 
 /// A running relay. Dropping it stops the relay abruptly; [`Relay::shutdown`] stops
@@ -70,6 +80,8 @@ pub enum RelayError {
 pub struct Relay {
     url: RelayUrl,
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    admin: Option<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -97,13 +109,29 @@ impl Relay {
             source,
         })?;
         let url = config.url(local_addr)?;
+        let admin_listener = match config.admin {
+            Some(addr) => Some(bind_admin(addr)?),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(config).map_err(RelayError::Limits)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (admin_addr, admin) = match admin_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                let task =
+                    tokio::spawn(admin::serve(listener, shared.clone(), shutdown_rx.clone()));
+                info!(addr = ?addr, "admin listener (metrics, health) listening");
+                (addr, Some(task))
+            }
+            None => (None, None),
+        };
         let task = tokio::spawn(accept_loop(endpoint, shared.clone(), shutdown_rx));
         info!(addr = %local_addr, "relay listening");
         Ok(Self {
             url,
             local_addr,
+            admin_addr,
+            admin,
             shared,
             shutdown,
             task,
@@ -120,9 +148,47 @@ impl Relay {
         self.local_addr
     }
 
+    /// The TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`), if
+    /// the configuration asked for one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Counters and gauges of what the relay has done so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.snapshot()
+    }
+
+    /// Stops the relay gracefully: refuses new connections at once (`/readyz` turns
+    /// 503), tells every registered host it is going away so it registers again
+    /// (here after a restart, or elsewhere), lets players go as their sessions end,
+    /// waits up to `timeout` for running sessions to finish, then shuts down.
+    pub async fn drain(self, timeout: Duration) {
+        self.shared.start_draining();
+        info!(
+            ?timeout,
+            sessions = self.shared.active_sessions(),
+            "draining"
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self.shared.sessions_done.notified();
+            tokio::pin!(done);
+            // Registered before the check, so an end between the two is not missed.
+            done.as_mut().enable();
+            if self.shared.active_sessions() == 0 {
+                info!("drained: no session left");
+                break;
+            }
+            tokio::select! {
+                () = done => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    warn!(sessions = self.shared.active_sessions(), "drain timeout: closing running sessions");
+                    break;
+                }
+            }
+        }
+        self.shutdown().await;
     }
 
     /// Tells every connection the relay is going away, waits briefly for them to
@@ -144,6 +210,9 @@ impl Drop for Relay {
         // Every task of the relay is owned by this one: aborting it drops the endpoint
         // and the JoinSet of connection tasks, which aborts them in turn.
         self.task.abort();
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
     }
 }
 
@@ -158,6 +227,11 @@ async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                if shared.is_draining() {
+                    stats::Stats::bump(&shared.stats.connections_refused_draining);
+                    incoming.refuse();
+                    continue;
+                }
                 match admit(&incoming, &shared) {
                     Ok(permit) => {
                         connections.spawn(connection::handle(incoming, permit, shared.clone()));
@@ -210,6 +284,14 @@ fn admit(
         info!("connection cap reached: shed an idle registration");
     }
     Ok(permit)
+}
+
+/// Binds the admin listener's TCP socket.
+fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, RelayError> {
+    let admin_error = |source| RelayError::Admin { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(admin_error)?;
+    listener.set_nonblocking(true).map_err(admin_error)?;
+    tokio::net::TcpListener::from_std(listener).map_err(admin_error)
 }
 
 /// Binds the UDP socket with large kernel buffers: QUIC at Gbit/s loses packets to

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use blindrelay_relay::units::{ByteSize, Rate, Span};
@@ -45,6 +46,16 @@ struct Args {
     /// Without it the URL names the listen address and pins the certificate.
     #[arg(long)]
     public_name: Option<String>,
+
+    /// TCP address for /metrics, /healthz and /readyz (off unless given). Bind it to
+    /// loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+
+    /// On SIGTERM or Ctrl-C, how long running sessions may go on while the relay
+    /// drains [default: 30s]. A second signal stops at once.
+    #[arg(long, value_name = "DURATION")]
+    drain_timeout: Option<Span>,
 
     #[command(flatten)]
     limits: LimitFlags,
@@ -144,6 +155,11 @@ async fn main() -> Result<()> {
     limits.validate().map_err(anyhow::Error::msg)?;
     let listen = args.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN);
     let public_name = args.public_name.clone().or(file.public_name.clone());
+    let admin = args.admin.or(file.admin);
+    let drain_timeout = args
+        .drain_timeout
+        .or(file.drain_timeout)
+        .map_or(DEFAULT_DRAIN_TIMEOUT, |span| span.0);
     let cert_files = match (args.cert.or(file.cert), args.key.or(file.key)) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
@@ -173,6 +189,7 @@ async fn main() -> Result<()> {
     let mut config = RelayConfig::new(listen, certificate);
     config.public_name = public_name.clone();
     config.limits = limits;
+    config.admin = admin;
     if listen.ip().is_unspecified() && public_name.is_none() {
         warn!(
             "listening on all interfaces without --public-name: the printed URL uses \
@@ -182,12 +199,21 @@ async fn main() -> Result<()> {
 
     let relay = Relay::spawn(config).context("starting the relay")?;
     println!("relay url: {}", relay.url());
+    if let Some(addr) = relay.admin_addr() {
+        println!("admin: {addr}");
+    }
 
     shutdown_signal().await;
-    info!("shutting down");
-    relay.shutdown().await;
+    info!("draining: press Ctrl-C again (or send SIGTERM again) to stop at once");
+    tokio::select! {
+        () = relay.drain(drain_timeout) => {}
+        () = shutdown_signal() => info!("stopping at once"),
+    }
     Ok(())
 }
+
+/// How long a stopping relay lets running sessions finish, unless configured.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Prints the limits in effect as a config file would set them.
 fn print_limits(limits: &Limits) -> Result<()> {

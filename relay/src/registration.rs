@@ -22,6 +22,7 @@ pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) 
         mut recv,
         connection,
         permit,
+        is_host,
     } = stream;
     let span = info_span!("registration", host = %host_id.short());
     async move {
@@ -102,6 +103,7 @@ pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) 
                 b"replaced by a newer registration of this host id",
             );
         }
+        is_host.store(true, std::sync::atomic::Ordering::Release);
         info!("host registered");
         // Removes the entry however this task ends, including when the connection's
         // task is torn down and cancels it mid-await.
@@ -110,11 +112,31 @@ pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) 
             host_id,
             registration,
         };
-        hold(&mut send, &mut recv).await;
+        tokio::select! {
+            () = hold(&mut send, &mut recv) => {}
+            () = shared.draining() => {
+                // The relay is going away: end the registration now (the guard below
+                // removes it) and tell the host to register again elsewhere or later.
+                // Its running sessions go on until the relay closes.
+                Stats::bump(&shared.stats.hosts_told_going_away);
+                let going_away = ControlMessage::GoingAway {
+                    retry_after_ms: GOING_AWAY_RETRY_MS,
+                };
+                if send.write_all(&going_away.to_frame()).await.is_ok() {
+                    let _ = send.finish();
+                }
+                info!("told the host the relay is going away");
+            }
+        }
     }
     .instrument(span)
     .await
 }
+
+/// What a draining relay suggests hosts wait before registering again: long enough
+/// for a restarted relay on the same address to come up, short enough that hosts
+/// are back within seconds.
+const GOING_AWAY_RETRY_MS: u32 = 1000;
 
 /// Removes a registration from the registry when dropped.
 struct Unregister<'a> {

@@ -8,7 +8,7 @@
 //! bytes the player sent after `Connect` (typically its Noise hello, pipelined to
 //! save a round trip) are still in its stream and go to the host first.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ pub(crate) async fn serve(
     player: std::net::SocketAddr,
     shared: Arc<Shared>,
 ) {
+    let started = tokio::time::Instant::now();
     let session_id = shared.new_session_id();
     let span = info_span!("session", id = session_id, host = %host_id.short());
     async move {
@@ -109,7 +110,8 @@ pub(crate) async fn serve(
         }
 
         Stats::bump(&shared.stats.sessions_opened);
-        let _active = Active::start(&shared.stats.sessions_active);
+        shared.stats.pairing.record(started.elapsed());
+        let _active = Active::start(&shared);
         debug!("session spliced");
         let bucket = || TokenBucket::new(tier.session_rate, tier.session_burst);
         let (to_host, to_player) = (bucket(), bucket());
@@ -154,17 +156,20 @@ fn nonzero(duration: Duration) -> Option<Duration> {
 }
 
 /// Counts a session as active until dropped, however the session's task ends.
-struct Active<'a>(&'a AtomicU64);
+struct Active<'a>(&'a Shared);
 
 impl<'a> Active<'a> {
-    fn start(gauge: &'a AtomicU64) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Self(gauge)
+    fn start(shared: &'a Shared) -> Self {
+        shared.stats.sessions_active.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
     }
 }
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.stats.sessions_active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A draining relay waits for this.
+            self.0.sessions_done.notify_waiters();
+        }
     }
 }

@@ -33,6 +33,10 @@ use crate::bucket::{throttle, TokenBucket};
 use crate::connection::Shared;
 pub(crate) use crate::limits::MAX_CHUNK;
 
+/// How long a finished direction waits for the other side to acknowledge its last
+/// bytes when no stall timeout is set.
+const DELIVERY_WAIT: Duration = Duration::from_secs(30);
+
 /// One side of a session: the two halves of its QUIC stream.
 pub(crate) struct Side {
     pub send: quinn::SendStream,
@@ -171,6 +175,13 @@ impl Pump<'_> {
                 Ok(Some(chunk)) => chunk.bytes,
                 Ok(None) => {
                     let _ = to.finish();
+                    // The session is over once the other side has everything: a relay
+                    // that closes (a drain ending) must not cut bytes still in flight.
+                    let _ = within(
+                        Some(self.rules.stall_timeout.unwrap_or(DELIVERY_WAIT)),
+                        &mut stopped,
+                    )
+                    .await;
                     break Step::Done;
                 }
                 Err(ReadError::Reset(code)) => {

@@ -5,6 +5,7 @@
 //! labels at all, so they cannot leak who used the relay.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use blindrelay_protocol::codes;
 
@@ -16,6 +17,7 @@ pub(crate) struct Stats {
     pub connections_rate_limited: AtomicU64,
     pub connections_over_address_cap: AtomicU64,
     pub connections_at_capacity: AtomicU64,
+    pub connections_refused_draining: AtomicU64,
     pub connections_shed: AtomicU64,
     pub connections_idle_closed: AtomicU64,
     pub registrations_accepted: AtomicU64,
@@ -36,6 +38,65 @@ pub(crate) struct Stats {
     pub bad_requests: AtomicU64,
     pub bytes_player_to_host: AtomicU64,
     pub bytes_host_to_player: AtomicU64,
+    pub hosts_told_going_away: AtomicU64,
+    /// QUIC handshakes, from the first packet to an established connection.
+    pub handshake: Histogram,
+    /// Pairing, from a readable `Connect` to the start of the splice.
+    pub pairing: Histogram,
+}
+
+/// Upper bounds, in seconds, of the latency histograms' buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram with fixed buckets, as Prometheus exposes them.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Count per bucket (not cumulative); the last one counts values over every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut counts = Vec::with_capacity(LATENCY_BUCKETS.len());
+        for bucket in &self.buckets[..LATENCY_BUCKETS.len()] {
+            cumulative += bucket.load(Ordering::Relaxed);
+            counts.push(cumulative);
+        }
+        let count = cumulative + self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        HistogramSnapshot {
+            cumulative: counts,
+            count,
+            sum_secs: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// A copy of a latency histogram: cumulative counts for each bound of
+/// [`LATENCY_BUCKETS`], the total count and the sum of all values.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct HistogramSnapshot {
+    /// Values at or under each bound of [`LATENCY_BUCKETS`], in order.
+    pub cumulative: Vec<u64>,
+    /// All values recorded.
+    pub count: u64,
+    /// Their sum, in seconds.
+    pub sum_secs: f64,
 }
 
 /// Why a session was refused after a readable `Connect`.
@@ -84,7 +145,7 @@ impl Stats {
 }
 
 /// A copy of the relay's counters at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
     /// QUIC connections that completed their handshake.
@@ -98,6 +159,8 @@ pub struct StatsSnapshot {
     /// New connections refused: the relay's connection cap, with no idle
     /// registration left to shed.
     pub connections_at_capacity: u64,
+    /// New connections refused because the relay is draining.
+    pub connections_refused_draining: u64,
     /// Idle registrations closed to make room for new connections.
     pub connections_shed: u64,
     /// Connections closed for having neither registration nor session too long.
@@ -144,10 +207,23 @@ pub struct StatsSnapshot {
     pub bytes_player_to_host: u64,
     /// Ciphertext bytes forwarded from hosts to players.
     pub bytes_host_to_player: u64,
+    /// Registered hosts told the relay is going away (at the start of a drain).
+    pub hosts_told_going_away: u64,
+    /// The session buffer budget, in bytes (0: none).
+    pub buffer_budget: u64,
+    /// QUIC handshake latency.
+    pub handshake: HistogramSnapshot,
+    /// Pairing latency: `Connect` read to splice started.
+    pub pairing: HistogramSnapshot,
 }
 
 impl Stats {
-    pub fn snapshot(&self, registered_hosts: usize, admission: &Admission) -> StatsSnapshot {
+    pub fn snapshot(
+        &self,
+        registered_hosts: usize,
+        admission: &Admission,
+        buffer_budget: u64,
+    ) -> StatsSnapshot {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let refused = [
             &self.sessions_refused_offline,
@@ -162,6 +238,7 @@ impl Stats {
             connections_rate_limited: get(&self.connections_rate_limited),
             connections_over_address_cap: get(&self.connections_over_address_cap),
             connections_at_capacity: get(&self.connections_at_capacity),
+            connections_refused_draining: get(&self.connections_refused_draining),
             connections_shed: get(&self.connections_shed),
             connections_idle_closed: get(&self.connections_idle_closed),
             registered_hosts: registered_hosts as u64,
@@ -185,6 +262,33 @@ impl Stats {
             bad_requests: get(&self.bad_requests),
             bytes_player_to_host: get(&self.bytes_player_to_host),
             bytes_host_to_player: get(&self.bytes_host_to_player),
+            hosts_told_going_away: get(&self.hosts_told_going_away),
+            buffer_budget,
+            handshake: self.handshake.snapshot(),
+            pairing: self.pairing.snapshot(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_count_cumulatively_and_keep_the_sum() {
+        let histogram = Histogram::default();
+        histogram.record(Duration::from_micros(300));
+        histogram.record(Duration::from_millis(3));
+        histogram.record(Duration::from_secs(60));
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.count, 3);
+        assert_eq!(snapshot.cumulative[0], 1, "<= 0.5 ms");
+        assert_eq!(snapshot.cumulative[3], 2, "<= 5 ms");
+        assert_eq!(
+            *snapshot.cumulative.last().unwrap(),
+            2,
+            "60 s is over every bound"
+        );
+        assert!((snapshot.sum_secs - 60.0033).abs() < 1e-9);
     }
 }

@@ -1,0 +1,212 @@
+//! The Prometheus text exposition of the relay's counters.
+//!
+//! Aggregates only: every label is one of a fixed set of reasons or directions, so no
+//! host id, address or key can ever appear in a metric.
+
+use std::fmt::Write;
+
+use crate::stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
+
+/// Renders `stats` in the Prometheus text format (version 0.0.4).
+pub fn render(stats: &StatsSnapshot, ready: bool) -> String {
+    let mut out = Metrics(String::with_capacity(8 * 1024));
+    let s = stats;
+    out.gauge(
+        "connections_open",
+        "QUIC connections open now.",
+        &[("", s.connections_open)],
+    );
+    out.counter(
+        "connections_accepted_total",
+        "QUIC connections that completed their handshake.",
+        &[("", s.connections_accepted)],
+    );
+    out.counter(
+        "connections_refused_total",
+        "New connections refused before the handshake, by reason.",
+        &[
+            ("reason=\"rate_limited\"", s.connections_rate_limited),
+            ("reason=\"address_cap\"", s.connections_over_address_cap),
+            ("reason=\"at_capacity\"", s.connections_at_capacity),
+            ("reason=\"draining\"", s.connections_refused_draining),
+        ],
+    );
+    out.counter(
+        "connections_closed_total",
+        "Connections the relay closed itself, by reason.",
+        &[
+            ("reason=\"shed\"", s.connections_shed),
+            ("reason=\"idle\"", s.connections_idle_closed),
+        ],
+    );
+    out.gauge(
+        "registered_hosts",
+        "Host ids registered now.",
+        &[("", s.registered_hosts)],
+    );
+    out.counter(
+        "registrations_total",
+        "Registrations, by result.",
+        &[
+            ("result=\"accepted\"", s.registrations_accepted),
+            ("result=\"refused\"", s.registrations_refused),
+        ],
+    );
+    out.counter(
+        "registrations_rate_limited_total",
+        "Registrations refused for too many attempts from one address (also counted as refused).",
+        &[("", s.registrations_rate_limited)],
+    );
+    out.counter(
+        "registrations_replaced_total",
+        "Registrations closed because a newer one took their host id.",
+        &[("", s.registrations_replaced)],
+    );
+    out.counter(
+        "hosts_told_going_away_total",
+        "Registered hosts told the relay is going away.",
+        &[("", s.hosts_told_going_away)],
+    );
+    out.gauge(
+        "sessions_active",
+        "Sessions being forwarded now.",
+        &[("", s.sessions_active)],
+    );
+    out.counter(
+        "sessions_opened_total",
+        "Sessions spliced.",
+        &[("", s.sessions_opened)],
+    );
+    out.counter(
+        "sessions_refused_total",
+        "Sessions refused after a valid Connect, by reason.",
+        &[
+            ("reason=\"host_offline\"", s.sessions_refused_offline),
+            (
+                "reason=\"host_unreachable\"",
+                s.sessions_refused_unreachable,
+            ),
+            ("reason=\"host_busy\"", s.sessions_refused_busy),
+            ("reason=\"at_capacity\"", s.sessions_refused_capacity),
+            ("reason=\"rate_limited\"", s.sessions_refused_rate),
+        ],
+    );
+    out.counter(
+        "sessions_ended_by_limit_total",
+        "Sessions the relay ended at a limit, by limit.",
+        &[
+            ("limit=\"stall\"", s.sessions_ended_stalled),
+            ("limit=\"idle\"", s.sessions_ended_idle),
+            ("limit=\"duration\"", s.sessions_ended_duration),
+            ("limit=\"bytes\"", s.sessions_ended_bytes),
+        ],
+    );
+    out.counter(
+        "bytes_relayed_total",
+        "Ciphertext bytes forwarded, by direction.",
+        &[
+            ("direction=\"player_to_host\"", s.bytes_player_to_host),
+            ("direction=\"host_to_player\"", s.bytes_host_to_player),
+        ],
+    );
+    out.gauge(
+        "buffer_reserved_bytes",
+        "Bytes of the session buffer budget reserved by running sessions.",
+        &[("", s.buffer_bytes_reserved)],
+    );
+    out.gauge(
+        "buffer_budget_bytes",
+        "The session buffer budget (0: none).",
+        &[("", s.buffer_budget)],
+    );
+    out.counter(
+        "bad_requests_total",
+        "Streams whose first message was malformed or late.",
+        &[("", s.bad_requests)],
+    );
+    out.histogram(
+        "handshake_seconds",
+        "QUIC handshake latency, first packet to established connection.",
+        &s.handshake,
+    );
+    out.histogram(
+        "pairing_seconds",
+        "Pairing latency, Connect read to splice started.",
+        &s.pairing,
+    );
+    out.gauge(
+        "ready",
+        "1 while the relay accepts new connections, 0 while draining.",
+        &[("", u64::from(ready))],
+    );
+    out.0
+}
+
+struct Metrics(String);
+
+impl Metrics {
+    fn gauge(&mut self, name: &str, help: &str, values: &[(&str, u64)]) {
+        self.family(name, help, "gauge", values);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, values: &[(&str, u64)]) {
+        self.family(name, help, "counter", values);
+    }
+
+    fn family(&mut self, name: &str, help: &str, kind: &str, values: &[(&str, u64)]) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.0, "# HELP blindrelay_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE blindrelay_{name} {kind}");
+        for (labels, value) in values {
+            if labels.is_empty() {
+                let _ = writeln!(self.0, "blindrelay_{name} {value}");
+            } else {
+                let _ = writeln!(self.0, "blindrelay_{name}{{{labels}}} {value}");
+            }
+        }
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, histogram: &HistogramSnapshot) {
+        let _ = writeln!(self.0, "# HELP blindrelay_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE blindrelay_{name} histogram");
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&histogram.cumulative) {
+            let _ = writeln!(self.0, "blindrelay_{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let count = histogram.count;
+        let _ = writeln!(self.0, "blindrelay_{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(self.0, "blindrelay_{name}_sum {}", histogram.sum_secs);
+        let _ = writeln!(self.0, "blindrelay_{name}_count {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_is_well_formed_and_prefixed() {
+        let mut stats = StatsSnapshot {
+            bytes_host_to_player: 42,
+            ..StatsSnapshot::default()
+        };
+        stats.handshake.cumulative = vec![1; LATENCY_BUCKETS.len()];
+        stats.handshake.count = 2;
+        let text = render(&stats, true);
+        for line in text.lines() {
+            if line.starts_with('#') {
+                assert!(
+                    line.starts_with("# HELP blindrelay_")
+                        || line.starts_with("# TYPE blindrelay_"),
+                    "{line}"
+                );
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("series and value");
+            assert!(series.starts_with("blindrelay_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert!(text.contains("blindrelay_bytes_relayed_total{direction=\"host_to_player\"} 42"));
+        assert!(text.contains("blindrelay_handshake_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("blindrelay_ready 1"));
+    }
+}

@@ -1,0 +1,225 @@
+//! Running a relay: the admin listener's metrics and probes, and a graceful drain
+//! that a running session survives while its host moves to the relay's successor.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use blindrelay_client::HostState;
+use blindrelay_relay::{Relay, RelayConfig};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One HTTP/1.1 GET against the admin listener: the status code and the body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: relay\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of an unlabelled or labelled series in a metrics page.
+fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{page}"))
+}
+
+fn admin_config() -> RelayConfig {
+    let mut config = relay_config();
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened_and_name_no_one() {
+    init_tracing();
+    let relay = Relay::spawn(admin_config()).unwrap();
+    let admin = relay.admin_addr().expect("admin listener");
+    let host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let host_id = ticket.host_id().to_string();
+    let _echo = spawn_echo_host(host);
+    let player = player();
+    let mut session = player.connect(&ticket).await.unwrap();
+    session.write_all(b"0123456789").await.unwrap();
+    session.flush().await.unwrap();
+    let mut echoed = [0u8; 10];
+    session.read_exact(&mut echoed).await.unwrap();
+
+    let (status, page) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&page, "blindrelay_registered_hosts"), 1.0);
+    assert_eq!(metric(&page, "blindrelay_sessions_active"), 1.0);
+    assert_eq!(metric(&page, "blindrelay_sessions_opened_total"), 1.0);
+    assert!(
+        metric(
+            &page,
+            "blindrelay_bytes_relayed_total{direction=\"player_to_host\"}"
+        ) >= 10.0
+    );
+    assert_eq!(metric(&page, "blindrelay_pairing_seconds_count"), 1.0);
+    assert!(metric(&page, "blindrelay_handshake_seconds_count") >= 2.0);
+    assert_eq!(metric(&page, "blindrelay_ready"), 1.0);
+    // Aggregates only: no host id, no address, in any form.
+    assert!(!page.contains(&host_id));
+    assert!(!page.contains(&host_id[..10]));
+    assert!(!page.contains("127.0.0"));
+
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    assert_eq!(get(admin, "/nothing").await.0, 404);
+    drop(session);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_survives_bad_clients() {
+    init_tracing();
+    let relay = Relay::spawn(admin_config()).unwrap();
+    let admin = relay.admin_addr().unwrap();
+    // Oversized head, garbage, and a client that says nothing: each gets an answer or
+    // is dropped, and the listener keeps serving.
+    let mut big = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let _ = big.write_all(&vec![b'a'; 64 * 1024]).await;
+    let mut garbage = tokio::net::TcpStream::connect(admin).await.unwrap();
+    garbage.write_all(b"\x00\x01\x02\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    let _ = garbage.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let _silent = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut post = tokio::net::TcpStream::connect(admin).await.unwrap();
+    post.write_all(b"POST /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    post.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_runs_across_a_drain_and_the_host_moves_to_the_next_relay() {
+    init_tracing();
+    let config = admin_config();
+    let relay = Relay::spawn(config.clone()).unwrap();
+    let addr = relay.local_addr();
+    let admin = relay.admin_addr().unwrap();
+    let url = relay.url().clone();
+    let host = blindrelay_client::HostAgent::spawn(host_config(
+        blindrelay_client::SecretKey::generate().unwrap(),
+        &url,
+    ));
+    wait_for_state(&host, |s| *s == HostState::Registered).await;
+    let ticket = host.ticket().clone();
+    let mut states = host.watch_state();
+    let _echo = spawn_echo_host(host);
+    let player = player();
+
+    // A session moves half its data before the drain and half during it.
+    const HALF: u64 = 4 << 20;
+    let session = player.connect(&ticket).await.unwrap();
+    let (mut read, mut write) = tokio::io::split(session);
+    let (half_sent, half_written) = tokio::sync::oneshot::channel();
+    let (go_on, may_go_on) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(async move {
+        let mut pattern = Pattern::new(9);
+        let mut buf = vec![0u8; 64 * 1024];
+        let blocks = HALF / buf.len() as u64;
+        for _ in 0..blocks {
+            pattern.fill(&mut buf);
+            write.write_all(&buf).await.unwrap();
+        }
+        write.flush().await.unwrap();
+        half_sent.send(()).unwrap();
+        may_go_on.await.unwrap();
+        for _ in 0..blocks {
+            pattern.fill(&mut buf);
+            write.write_all(&buf).await.unwrap();
+        }
+        write.shutdown().await.unwrap();
+    });
+    let reader = tokio::spawn(async move { read_pattern(&mut read, 9).await });
+    half_written.await.unwrap();
+
+    let drain = tokio::spawn(relay.drain(PATIENCE));
+    // The host hears the relay is going away, and the relay is no longer ready.
+    tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| matches!(s, HostState::Connecting { .. })),
+    )
+    .await
+    .expect("the host is told in time")
+    .unwrap();
+    assert_eq!(get(admin, "/readyz").await.0, 503);
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    let (_, page) = get(admin, "/metrics").await;
+    assert_eq!(metric(&page, "blindrelay_hosts_told_going_away_total"), 1.0);
+    assert_eq!(metric(&page, "blindrelay_registered_hosts"), 0.0);
+    // New connections are turned away while the old session carries on.
+    assert!(blindrelay_client::connect_relay_raw(&url).await.is_err());
+
+    go_on.send(()).unwrap();
+    writer.await.unwrap();
+    let moved = tokio::time::timeout(PATIENCE, reader)
+        .await
+        .expect("the session finishes during the drain")
+        .unwrap()
+        .expect("byte-exact across the drain");
+    assert_eq!(moved, 2 * HALF);
+    // The drain ends as soon as the last session has.
+    tokio::time::timeout(PATIENCE, drain)
+        .await
+        .expect("the drain ends with its last session")
+        .unwrap();
+
+    // The successor on the same address and certificate: the host is back within
+    // seconds, by itself.
+    let restarted = Instant::now();
+    let mut config = RelayConfig::clone(&config);
+    config.listen = addr;
+    let relay = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match Relay::spawn(config.clone()) {
+                Ok(relay) => break relay,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("the successor binds the address");
+    tokio::time::timeout(PATIENCE, states.wait_for(|s| *s == HostState::Registered))
+        .await
+        .expect("the host registers with the successor")
+        .unwrap();
+    assert!(
+        restarted.elapsed() < Duration::from_secs(10),
+        "back after {:?}",
+        restarted.elapsed()
+    );
+    // The same player reaches the host through the successor.
+    let mut session = player
+        .connect(&ticket)
+        .await
+        .expect("a session through the successor");
+    session.write_all(b"again").await.unwrap();
+    session.flush().await.unwrap();
+    let mut echoed = [0u8; 5];
+    session.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"again");
+    assert_eq!(relay.stats().registered_hosts, 1);
+}
