@@ -96,6 +96,10 @@ pub struct ConfigFile {
     pub admin: Option<SocketAddr>,
     /// How long a stopping relay lets running sessions finish.
     pub drain_timeout: Option<crate::units::Span>,
+    /// Log line format.
+    pub log_format: Option<LogFormat>,
+    /// Log full client addresses instead of their network part.
+    pub log_full_ip: Option<bool>,
     /// `[connections]`.
     #[serde(default)]
     pub connections: ConnectionLimits,
@@ -114,6 +118,17 @@ pub struct ConfigFile {
     /// `[host_tiers]`.
     #[serde(default)]
     pub host_tiers: BTreeMap<String, String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// Why a config file was refused.

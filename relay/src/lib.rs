@@ -18,7 +18,7 @@ mod config;
 mod connection;
 pub mod limits;
 mod metrics;
-mod privacy;
+pub mod privacy;
 mod registration;
 mod registry;
 mod session;
@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-pub use config::{ConfigError, ConfigFile, RelayConfig, DEFAULT_LISTEN};
+pub use config::{ConfigError, ConfigFile, LogFormat, RelayConfig, DEFAULT_LISTEN};
 pub use limits::Limits;
 #[cfg(feature = "splice-tap")]
 pub use splice::{Direction, SpliceTap};

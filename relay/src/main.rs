@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use blindrelay_relay::units::{ByteSize, Rate, Span};
-use blindrelay_relay::{ConfigFile, Limits, Relay, RelayCertificate, RelayConfig, DEFAULT_LISTEN};
+use blindrelay_relay::{
+    privacy, ConfigFile, Limits, LogFormat, Relay, RelayCertificate, RelayConfig, DEFAULT_LISTEN,
+};
 use clap::Parser;
 use tracing::{info, warn};
 
@@ -22,7 +24,7 @@ use tracing::{info, warn};
 #[command(name = "blindrelayd", version)]
 struct Args {
     /// TOML config file (see docs/configuration.md). Flags override its values.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "BLINDRELAY_CONFIG")]
     config: Option<PathBuf>,
 
     /// Check the configuration, print the limits in effect, and exit.
@@ -30,32 +32,42 @@ struct Args {
     check_config: bool,
 
     /// UDP address to listen on [default: 127.0.0.1:4433].
-    #[arg(long)]
+    #[arg(long, env = "BLINDRELAY_LISTEN")]
     listen: Option<SocketAddr>,
 
     /// PEM certificate chain (leaf first). Without it, a self-signed certificate is
     /// made in memory at start.
-    #[arg(long)]
+    #[arg(long, env = "BLINDRELAY_CERT")]
     cert: Option<PathBuf>,
 
     /// PEM private key of --cert.
-    #[arg(long)]
+    #[arg(long, env = "BLINDRELAY_KEY")]
     key: Option<PathBuf>,
 
     /// DNS name in the relay URL, for a certificate a public CA issued for that name.
     /// Without it the URL names the listen address and pins the certificate.
-    #[arg(long)]
+    #[arg(long, env = "BLINDRELAY_PUBLIC_NAME")]
     public_name: Option<String>,
 
     /// TCP address for /metrics, /healthz and /readyz (off unless given). Bind it to
     /// loopback or a private network.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "BLINDRELAY_ADMIN")]
     admin: Option<SocketAddr>,
 
     /// On SIGTERM or Ctrl-C, how long running sessions may go on while the relay
     /// drains [default: 30s]. A second signal stops at once.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", env = "BLINDRELAY_DRAIN_TIMEOUT")]
     drain_timeout: Option<Span>,
+
+    /// Log line format [default: text].
+    #[arg(long, value_enum, env = "BLINDRELAY_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+
+    /// Log full client IP addresses. By default logs carry only their network part
+    /// (/24, /48), and the QUIC and TLS libraries, whose detailed logs name peers,
+    /// are held at warnings.
+    #[arg(long, env = "BLINDRELAY_LOG_FULL_IP")]
+    log_full_ip: bool,
 
     #[command(flatten)]
     limits: LimitFlags,
@@ -63,12 +75,12 @@ struct Args {
 
 /// Declares one flag per config key and how it overrides the file's value.
 macro_rules! limit_flags {
-    ($( $(#[doc = $doc:literal])* $flag:ident : $ty:ty => $section:ident . $key:ident, )*) => {
+    ($( $(#[doc = $doc:literal])* $flag:ident : $ty:ty => $section:ident . $key:ident, $env:literal; )*) => {
         /// Limits, each also a key of the config file.
         #[derive(Debug, Default, clap::Args)]
         #[command(next_help_heading = "Limits (0 turns a limit off; see docs/configuration.md)")]
         struct LimitFlags {
-            $( $(#[doc = $doc])* #[arg(long, value_name = "VALUE")] $flag: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, value_name = "VALUE", env = $env)] $flag: Option<$ty>, )*
         }
 
         impl LimitFlags {
@@ -81,75 +93,71 @@ macro_rules! limit_flags {
 
 limit_flags! {
     /// [connections] max: connections open at once.
-    connections_max: u32 => connections.max,
+    connections_max: u32 => connections.max, "BLINDRELAY_CONNECTIONS_MAX";
     /// [connections] per_ip: connections open at once per IPv4 address or IPv6 /64.
-    connections_per_ip: u32 => connections.per_ip,
+    connections_per_ip: u32 => connections.per_ip, "BLINDRELAY_CONNECTIONS_PER_IP";
     /// [connections] new_per_ip_per_s: new connections per second per address.
-    connections_new_per_ip_per_s: u32 => connections.new_per_ip_per_s,
+    connections_new_per_ip_per_s: u32 => connections.new_per_ip_per_s, "BLINDRELAY_CONNECTIONS_NEW_PER_IP_PER_S";
     /// [connections] new_per_ip_burst.
-    connections_new_per_ip_burst: u32 => connections.new_per_ip_burst,
+    connections_new_per_ip_burst: u32 => connections.new_per_ip_burst, "BLINDRELAY_CONNECTIONS_NEW_PER_IP_BURST";
     /// [connections] idle_timeout: close a connection without packets this long.
-    connections_idle_timeout: Span => connections.idle_timeout,
+    connections_idle_timeout: Span => connections.idle_timeout, "BLINDRELAY_CONNECTIONS_IDLE_TIMEOUT";
     /// [connections] unregistered_idle_timeout: close a connection with no registration and no session this long.
-    connections_unregistered_idle_timeout: Span => connections.unregistered_idle_timeout,
+    connections_unregistered_idle_timeout: Span => connections.unregistered_idle_timeout, "BLINDRELAY_CONNECTIONS_UNREGISTERED_IDLE_TIMEOUT";
     /// [connections] first_message_timeout.
-    connections_first_message_timeout: Span => connections.first_message_timeout,
+    connections_first_message_timeout: Span => connections.first_message_timeout, "BLINDRELAY_CONNECTIONS_FIRST_MESSAGE_TIMEOUT";
     /// [connections] max_streams: streams open at once per connection.
-    connections_max_streams: u32 => connections.max_streams,
+    connections_max_streams: u32 => connections.max_streams, "BLINDRELAY_CONNECTIONS_MAX_STREAMS";
     /// [connections] send_window: unacknowledged bytes per connection.
-    connections_send_window: ByteSize => connections.send_window,
+    connections_send_window: ByteSize => connections.send_window, "BLINDRELAY_CONNECTIONS_SEND_WINDOW";
     /// [registrations] per_ip_per_s: attempts per second per address (a failed proof costs two).
-    registrations_per_ip_per_s: u32 => registrations.per_ip_per_s,
+    registrations_per_ip_per_s: u32 => registrations.per_ip_per_s, "BLINDRELAY_REGISTRATIONS_PER_IP_PER_S";
     /// [registrations] per_ip_burst.
-    registrations_per_ip_burst: u32 => registrations.per_ip_burst,
+    registrations_per_ip_burst: u32 => registrations.per_ip_burst, "BLINDRELAY_REGISTRATIONS_PER_IP_BURST";
     /// [sessions] max: sessions open at once.
-    sessions_max: u32 => sessions.max,
+    sessions_max: u32 => sessions.max, "BLINDRELAY_SESSIONS_MAX";
     /// [sessions] buffer_budget: bytes all session buffers may hold.
-    sessions_buffer_budget: ByteSize => sessions.buffer_budget,
+    sessions_buffer_budget: ByteSize => sessions.buffer_budget, "BLINDRELAY_SESSIONS_BUFFER_BUDGET";
     /// [sessions] window: the relay's buffer per session and direction.
-    sessions_window: ByteSize => sessions.window,
+    sessions_window: ByteSize => sessions.window, "BLINDRELAY_SESSIONS_WINDOW";
     /// [sessions] new_per_ip_per_s: session requests per second per address.
-    sessions_new_per_ip_per_s: u32 => sessions.new_per_ip_per_s,
+    sessions_new_per_ip_per_s: u32 => sessions.new_per_ip_per_s, "BLINDRELAY_SESSIONS_NEW_PER_IP_PER_S";
     /// [sessions] new_per_ip_burst.
-    sessions_new_per_ip_burst: u32 => sessions.new_per_ip_burst,
+    sessions_new_per_ip_burst: u32 => sessions.new_per_ip_burst, "BLINDRELAY_SESSIONS_NEW_PER_IP_BURST";
     /// [sessions] rate: bandwidth per session and direction, e.g. 40Mbit.
-    sessions_rate: Rate => sessions.rate,
+    sessions_rate: Rate => sessions.rate, "BLINDRELAY_SESSIONS_RATE";
     /// [sessions] burst.
-    sessions_burst: ByteSize => sessions.burst,
+    sessions_burst: ByteSize => sessions.burst, "BLINDRELAY_SESSIONS_BURST";
     /// [sessions] idle_timeout: end a session that moves no byte this long.
-    sessions_idle_timeout: Span => sessions.idle_timeout,
+    sessions_idle_timeout: Span => sessions.idle_timeout, "BLINDRELAY_SESSIONS_IDLE_TIMEOUT";
     /// [sessions] stall_timeout: end a session whose reader leaves bytes unread this long.
-    sessions_stall_timeout: Span => sessions.stall_timeout,
+    sessions_stall_timeout: Span => sessions.stall_timeout, "BLINDRELAY_SESSIONS_STALL_TIMEOUT";
     /// [sessions] max_duration.
-    sessions_max_duration: Span => sessions.max_duration,
+    sessions_max_duration: Span => sessions.max_duration, "BLINDRELAY_SESSIONS_MAX_DURATION";
     /// [sessions] max_bytes: per direction.
-    sessions_max_bytes: ByteSize => sessions.max_bytes,
+    sessions_max_bytes: ByteSize => sessions.max_bytes, "BLINDRELAY_SESSIONS_MAX_BYTES";
     /// [sessions] open_host_stream_timeout.
-    sessions_open_host_stream_timeout: Span => sessions.open_host_stream_timeout,
+    sessions_open_host_stream_timeout: Span => sessions.open_host_stream_timeout, "BLINDRELAY_SESSIONS_OPEN_HOST_STREAM_TIMEOUT";
     /// [hosts] max_sessions: sessions open at once per host.
-    hosts_max_sessions: u32 => hosts.max_sessions,
+    hosts_max_sessions: u32 => hosts.max_sessions, "BLINDRELAY_HOSTS_MAX_SESSIONS";
     /// [hosts] rate: bandwidth of all of a host's sessions, per direction.
-    hosts_rate: Rate => hosts.rate,
+    hosts_rate: Rate => hosts.rate, "BLINDRELAY_HOSTS_RATE";
     /// [hosts] burst.
-    hosts_burst: ByteSize => hosts.burst,
+    hosts_burst: ByteSize => hosts.burst, "BLINDRELAY_HOSTS_BURST";
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only where a person reads them, not in files or journals.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
-
     let file = match &args.config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
+    let full_ip = args.log_full_ip || file.log_full_ip.unwrap_or(false);
+    init_logging(
+        args.log_format.or(file.log_format).unwrap_or_default(),
+        full_ip,
+    )?;
     let mut limits = file.limits();
     args.limits.apply(&mut limits);
     limits.validate().map_err(anyhow::Error::msg)?;
@@ -214,6 +222,30 @@ async fn main() -> Result<()> {
 
 /// How long a stopping relay lets running sessions finish, unless configured.
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), in `format`. Unless the
+/// operator chose full addresses, the libraries that name peers in their detailed
+/// logs are held back (see [`privacy::CAPPED_LOG_TARGETS`]).
+fn init_logging(format: LogFormat, full_ip: bool) -> Result<()> {
+    privacy::log_full_addresses(full_ip);
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !full_ip {
+        for directive in privacy::CAPPED_LOG_TARGETS {
+            filter = filter.add_directive(directive.parse().context("log filter")?);
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Colour codes only where a person reads them, not in files or journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
 
 /// Prints the limits in effect as a config file would set them.
 fn print_limits(limits: &Limits) -> Result<()> {

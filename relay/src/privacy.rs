@@ -5,9 +5,31 @@
 //! network, not enough to identify a household.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static FULL_ADDRESSES: AtomicBool = AtomicBool::new(false);
+
+/// Lets the relay's logs carry full addresses from now on, for an operator who
+/// chose that (`--log-full-ip`). Off by default.
+pub fn log_full_addresses(full: bool) {
+    FULL_ADDRESSES.store(full, Ordering::Relaxed);
+}
+
+/// Log targets of the libraries under the relay that log full peer addresses at
+/// debug and trace level (quinn's packet traces, for one). Unless full addresses
+/// were chosen, their logs are capped at these levels.
+pub const CAPPED_LOG_TARGETS: [&str; 4] = [
+    "quinn=warn",
+    "quinn_proto=warn",
+    "quinn_udp=error",
+    "rustls=warn",
+];
 
 /// A socket address with its host part removed, for logs.
 pub(crate) fn redact(addr: SocketAddr) -> String {
+    if FULL_ADDRESSES.load(Ordering::Relaxed) {
+        return addr.to_string();
+    }
     match addr.ip().to_canonical() {
         IpAddr::V4(ip) => {
             let [a, b, c, _] = ip.octets();

@@ -1,8 +1,11 @@
-//! The relay cannot decrypt: what it forwards is ciphertext.
+//! The relay cannot decrypt: what it forwards is ciphertext. And it does not tell:
+//! its logs name no one.
 //!
 //! The relay is built with its test-only splice tap, which records every chunk the
 //! splice handles. A player sends a known plaintext marker; the host receives it; the
-//! marker never appears in what the relay saw, in either direction.
+//! marker never appears in what the relay saw, in either direction. A relay process
+//! logging at trace level carries a whole session, and its log holds neither the
+//! marker, nor the full host id, nor the player's address.
 
 mod common;
 
@@ -55,4 +58,48 @@ async fn the_relay_only_ever_sees_ciphertext() {
     );
     // Not even a fragment long enough to recognise.
     assert!(!contains(&up, &MARKER[..16]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_level_log_of_a_whole_session_names_no_one() {
+    let bin = common::process::binaries();
+    // The relay listens on 127.0.0.3, so the only "127.0.0.1" it could log is the
+    // address host and player come from.
+    let relay = common::process::Proc::start_with_env(
+        &bin.join("blindrelayd"),
+        &["--listen", "127.0.0.3:0"],
+        &[("RUST_LOG", "trace")],
+    );
+    let url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
+    let mut host = start_host(&url).await;
+    let ticket = host.ticket().clone();
+    let host_id = ticket.host_id().to_string();
+    let player = player();
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
+    let (mut player_side, mut host_side) = (player_side.unwrap(), host_side.unwrap());
+    player_side.write_all(MARKER).await.unwrap();
+    player_side.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    host_side.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, MARKER);
+    host_side.shutdown().await.unwrap();
+    drop(host);
+
+    let log = relay.interrupt().join("\n");
+    assert!(
+        log.contains("session spliced"),
+        "the log covers the session:\n{log}"
+    );
+    assert!(log.contains(" DEBUG "), "a log below info level");
+    let marker = String::from_utf8_lossy(MARKER);
+    assert!(!log.contains(marker.as_ref()), "payload in the log");
+    assert!(!log.contains(&host_id), "full host id in the log");
+    assert!(
+        !log.contains("127.0.0.1"),
+        "a full client address in the log"
+    );
+    assert!(
+        log.contains("127.0.0.x"),
+        "addresses appear, cut to their network"
+    );
 }

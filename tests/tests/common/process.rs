@@ -50,10 +50,16 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(bin: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(bin, args, &[])
+    }
+
+    /// Like [`Proc::start`], with extra environment variables.
+    pub fn start_with_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -123,7 +129,8 @@ impl Proc {
     }
 
     /// Sends Ctrl-C (SIGINT) and waits for a clean exit.
-    pub fn interrupt(mut self) {
+    /// Returns the stderr lines no `wait_log` consumed.
+    pub fn interrupt(mut self) -> Vec<String> {
         // The shell's own `kill`, so the test needs no extra package.
         let status = Command::new("sh")
             .args(["-c", &format!("kill -INT {}", self.child.id())])
@@ -134,7 +141,8 @@ impl Proc {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "clean exit after Ctrl-C, got {status}");
-                return;
+                // The reader thread sends every line before it sees the end of the pipe.
+                return self.stderr.iter().collect();
             }
             assert!(
                 std::time::Instant::now() < deadline,
