@@ -830,6 +830,18 @@ async fn the_config_file_and_flags_set_the_limits_and_unknown_keys_are_named() {
         "the flag wins: {printed}"
     );
 
+    // Every key is an environment variable too.
+    let check = std::process::Command::new(bin.join("blindrelayd"))
+        .args(["--config", file.to_str().unwrap(), "--check-config"])
+        .env("BLINDRELAY_SESSIONS_RATE", "40Mbit")
+        .env("BLINDRELAY_HOSTS_MAX_SESSIONS", "9")
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let printed = String::from_utf8(check.stdout).unwrap();
+    assert!(printed.contains("rate = \"40Mbit\""), "{printed}");
+    assert!(printed.contains("max_sessions = 9"), "{printed}");
+
     std::fs::write(&file, "[sessions]\nrat = \"2Mbit\"\n").unwrap();
     let refused = std::process::Command::new(bin.join("blindrelayd"))
         .args(["--config", file.to_str().unwrap(), "--check-config"])
