@@ -79,6 +79,7 @@ pub enum RelayError {
 /// it gracefully.
 pub struct Relay {
     url: RelayUrl,
+    endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     admin: Option<tokio::task::JoinHandle<()>>,
@@ -92,7 +93,7 @@ impl Relay {
     /// tokio runtime.
     pub fn spawn(config: RelayConfig) -> Result<Self, RelayError> {
         config.limits.validate().map_err(RelayError::Limits)?;
-        let server_config = tls::server_config(&config)?;
+        let server_config = tls::server_config(&config, &config.certificate)?;
         let socket = bind_udp(config.listen)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -125,10 +126,11 @@ impl Relay {
             }
             None => (None, None),
         };
-        let task = tokio::spawn(accept_loop(endpoint, shared.clone(), shutdown_rx));
+        let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), shutdown_rx));
         info!(addr = %local_addr, "relay listening");
         Ok(Self {
             url,
+            endpoint,
             local_addr,
             admin_addr,
             admin,
@@ -146,6 +148,27 @@ impl Relay {
     /// The UDP address the relay listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Serves new connections with `certificate` from now on; connections already
+    /// open keep theirs and are not touched. Returns the relay's URL under the new
+    /// certificate, which differs when the URL pins the certificate (no public
+    /// name): hosts and players holding the old URL then no longer reach it.
+    pub fn reload_certificate(
+        &mut self,
+        certificate: RelayCertificate,
+    ) -> Result<&RelayUrl, TlsError> {
+        let server_config = tls::server_config(&self.shared.config, &certificate)?;
+        let mut config = self.shared.config.clone();
+        config.certificate = certificate;
+        let url = config.url(self.local_addr)?;
+        self.endpoint.set_server_config(Some(server_config));
+        if url != self.url {
+            warn!(%url, "the new certificate changes the relay URL's pin");
+        }
+        info!("certificate reloaded for new connections");
+        self.url = url;
+        Ok(&self.url)
     }
 
     /// The TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`), if

@@ -205,19 +205,117 @@ async fn main() -> Result<()> {
         );
     }
 
-    let relay = Relay::spawn(config).context("starting the relay")?;
+    let mut relay = Relay::spawn(config).context("starting the relay")?;
     println!("relay url: {}", relay.url());
     if let Some(addr) = relay.admin_addr() {
         println!("admin: {addr}");
     }
 
-    shutdown_signal().await;
+    // Until asked to stop: reload the certificate on SIGHUP or when its files change.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut watch = cert_files
+        .as_ref()
+        .map(|(cert, key)| FileWatch::new(cert, key));
+    let mut poll = tokio::time::interval(CERTIFICATE_POLL);
+    let mut hangup = hangup_signal()?;
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            () = hangup.next() => {
+                match &cert_files {
+                    Some(files) => reload_certificate(&mut relay, files),
+                    None => info!("SIGHUP: no certificate files to reload"),
+                }
+            }
+            _ = poll.tick() => {
+                if let (Some(watch), Some(files)) = (watch.as_mut(), &cert_files) {
+                    if watch.changed() {
+                        info!("certificate files changed");
+                        reload_certificate(&mut relay, files);
+                    }
+                }
+            }
+        }
+    }
     info!("draining: press Ctrl-C again (or send SIGTERM again) to stop at once");
     tokio::select! {
         () = relay.drain(drain_timeout) => {}
         () = shutdown_signal() => info!("stopping at once"),
     }
     Ok(())
+}
+
+/// How often the certificate files are checked for changes.
+const CERTIFICATE_POLL: Duration = Duration::from_secs(10);
+
+/// Loads the certificate files and serves new connections with them; on failure (a
+/// file half written, say) keeps the current certificate.
+fn reload_certificate(relay: &mut Relay, (cert, key): &(PathBuf, PathBuf)) {
+    let loaded = RelayCertificate::from_pem_files(cert, key)
+        .and_then(|certificate| relay.reload_certificate(certificate).cloned());
+    match loaded {
+        Ok(url) => {
+            info!(%url, "certificate reloaded; open connections keep theirs");
+            println!("relay url: {url}");
+        }
+        Err(err) => warn!(%err, "certificate not reloaded; keeping the current one"),
+    }
+}
+
+/// Notices when either certificate file's modification time or size changes.
+struct FileWatch {
+    files: [PathBuf; 2],
+    seen: [Option<(std::time::SystemTime, u64)>; 2],
+}
+
+impl FileWatch {
+    fn new(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let files = [cert.to_owned(), key.to_owned()];
+        let seen = files.clone().map(|file| stamp(&file));
+        Self { files, seen }
+    }
+
+    fn changed(&mut self) -> bool {
+        let now = self.files.clone().map(|file| stamp(&file));
+        let changed = now != self.seen;
+        self.seen = now;
+        changed
+    }
+}
+
+fn stamp(file: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(file).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// SIGHUP, as a stream of events (never fires where there are no such signals).
+struct Hangup(#[cfg(unix)] tokio::signal::unix::Signal);
+
+impl Hangup {
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            if self.0.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+fn hangup_signal() -> Result<Hangup> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Hangup(
+            signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(Hangup())
+    }
 }
 
 /// How long a stopping relay lets running sessions finish, unless configured.

@@ -121,16 +121,16 @@ const CONNECTION_WINDOW_STREAMS: u64 = 16;
 
 /// The quinn server configuration: TLS 1.3 only, our ALPN only, no 0-RTT (early data
 /// is replayable, and nothing here is worth the risk).
-pub(crate) fn server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, TlsError> {
+pub(crate) fn server_config(
+    config: &RelayConfig,
+    certificate: &RelayCertificate,
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|err| TlsError::Config(err.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(
-            config.certificate.chain.clone(),
-            config.certificate.key.clone_key(),
-        )
+        .with_single_cert(certificate.chain.clone(), certificate.key.clone_key())
         .map_err(|err| TlsError::Config(err.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;

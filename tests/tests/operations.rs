@@ -223,3 +223,61 @@ async fn a_session_runs_across_a_drain_and_the_host_moves_to_the_next_relay() {
     assert_eq!(&echoed, b"again");
     assert_eq!(relay.stats().registered_hosts, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_certificate_serves_new_connections_and_leaves_open_ones_alone() {
+    init_tracing();
+    let dir = std::env::temp_dir().join(format!("blindrelay-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let write_certificate = || {
+        let (pem_cert, pem_key) =
+            blindrelay_relay::RelayCertificate::self_signed_pem(&["localhost"]).unwrap();
+        std::fs::write(&cert, pem_cert).unwrap();
+        std::fs::write(&key, pem_key).unwrap();
+    };
+    write_certificate();
+    let bin = common::process::binaries();
+    let relay = common::process::Proc::start(
+        &bin.join("blindrelayd"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let old_url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
+    let host = start_host(&old_url).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+    let player = player();
+    let mut session = player.connect(&ticket).await.unwrap();
+
+    // A new certificate in the same files, and SIGHUP.
+    write_certificate();
+    relay.signal("HUP");
+    let new_url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
+    assert_ne!(new_url, old_url, "a pinned URL follows its certificate");
+    assert_eq!(new_url.port(), old_url.port());
+
+    // The open session, and the host's registration, did not notice.
+    session.write_all(b"still here").await.unwrap();
+    session.flush().await.unwrap();
+    let mut echoed = [0u8; 10];
+    session.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"still here");
+    let again = player.connect(&ticket).await;
+    assert!(
+        again.is_ok(),
+        "the player's open connection still pairs sessions"
+    );
+    // New connections get the new certificate: the new pin verifies, the old fails.
+    assert!(blindrelay_client::connect_relay_raw(&new_url).await.is_ok());
+    assert!(blindrelay_client::connect_relay_raw(&old_url)
+        .await
+        .is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
