@@ -32,8 +32,9 @@ pub(crate) struct Shared {
     /// True once the relay has begun to drain: no new connections or registrations,
     /// running sessions go on.
     draining: watch::Sender<bool>,
-    /// Woken whenever the last active session ends.
-    pub sessions_done: Notify,
+    /// Woken whenever the last active session ends or a registration is removed,
+    /// which is what a drain waits for.
+    pub drain_progress: Notify,
 }
 
 impl Shared {
@@ -46,7 +47,7 @@ impl Shared {
             registry: Registry::default(),
             stats: Stats::default(),
             draining: watch::channel(false).0,
-            sessions_done: Notify::new(),
+            drain_progress: Notify::new(),
         })
     }
 

@@ -195,18 +195,24 @@ impl Relay {
         );
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let done = self.shared.sessions_done.notified();
+            let done = self.shared.drain_progress.notified();
             tokio::pin!(done);
             // Registered before the check, so an end between the two is not missed.
             done.as_mut().enable();
-            if self.shared.active_sessions() == 0 {
-                info!("drained: no session left");
+            // Hosts hear `GoingAway` before anything closes: each registration ends
+            // once its host has the message.
+            let registrations = self.shared.registry.len();
+            if self.shared.active_sessions() == 0 && registrations == 0 {
+                info!("drained: no session or registration left");
                 break;
             }
             tokio::select! {
                 () = done => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    warn!(sessions = self.shared.active_sessions(), "drain timeout: closing running sessions");
+                    warn!(
+                        sessions = self.shared.active_sessions(),
+                        "drain timeout: closing running sessions"
+                    );
                     break;
                 }
             }

@@ -122,8 +122,10 @@ pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) 
                 let going_away = ControlMessage::GoingAway {
                     retry_after_ms: GOING_AWAY_RETRY_MS,
                 };
-                if send.write_all(&going_away.to_frame()).await.is_ok() {
-                    let _ = send.finish();
+                if send.write_all(&going_away.to_frame()).await.is_ok() && send.finish().is_ok() {
+                    // Delivered (acknowledged) before the registration ends: the drain
+                    // waits for registrations to end before it closes connections.
+                    let _ = tokio::time::timeout(GOING_AWAY_DELIVERY, send.stopped()).await;
                 }
                 info!("told the host the relay is going away");
             }
@@ -137,6 +139,9 @@ pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) 
 /// for a restarted relay on the same address to come up, short enough that hosts
 /// are back within seconds.
 const GOING_AWAY_RETRY_MS: u32 = 1000;
+
+/// How long a draining relay waits for a host to acknowledge `GoingAway`.
+const GOING_AWAY_DELIVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Removes a registration from the registry when dropped.
 struct Unregister<'a> {
@@ -153,6 +158,7 @@ impl Drop for Unregister<'_> {
             .remove(&self.host_id, self.registration)
         {
             info!("host unregistered");
+            self.shared.drain_progress.notify_waiters();
         }
     }
 }

@@ -169,7 +169,7 @@ impl Drop for Active<'_> {
     fn drop(&mut self) {
         if self.0.stats.sessions_active.fetch_sub(1, Ordering::AcqRel) == 1 {
             // A draining relay waits for this.
-            self.0.sessions_done.notify_waiters();
+            self.0.drain_progress.notify_waiters();
         }
     }
 }
