@@ -148,7 +148,8 @@ enum Step {
 }
 
 impl Pump<'_> {
-    async fn run(self, mut from: quinn::RecvStream, mut to: quinn::SendStream) -> u64 {
+    async fn run(self, mut from: quinn::RecvStream, to: quinn::SendStream) -> u64 {
+        let mut to = Outgoing::new(to);
         #[cfg(feature = "splice-tap")]
         let tap: Option<Arc<dyn SpliceTap>> = self.shared.config.tap.clone();
         #[cfg(not(feature = "splice-tap"))]
@@ -158,14 +159,19 @@ impl Pump<'_> {
         let mut ended = self.end.subscribe();
         // The receiver may stop reading while we wait for the sender: pass that on at
         // once instead of at our next write.
-        let stopped = to.stopped();
+        let stopped = to.stream.stopped();
         tokio::pin!(stopped);
         let mut total = 0u64;
         let step = loop {
+            // Biased: once a limit has ended the session, what arrives after (a side
+            // finishing because it was told) must not be passed on as a clean end.
             let read = tokio::select! {
+                biased;
                 code = ended_by(&mut ended) => break Step::Ended(code),
                 stop = &mut stopped => {
                     let code = stop.ok().flatten().unwrap_or(peer_gone);
+                    // A stopped stream is answered with a reset of the same code.
+                    to.reset(code);
                     let _ = from.stop(code);
                     break Step::Done;
                 }
@@ -174,7 +180,7 @@ impl Pump<'_> {
             let mut bytes = match read {
                 Ok(Some(chunk)) => chunk.bytes,
                 Ok(None) => {
-                    let _ = to.finish();
+                    to.finish();
                     // The session is over once the other side has everything: a relay
                     // that closes (a drain ending) must not cut bytes still in flight.
                     let _ = within(
@@ -185,11 +191,11 @@ impl Pump<'_> {
                     break Step::Done;
                 }
                 Err(ReadError::Reset(code)) => {
-                    let _ = to.reset(code);
+                    to.reset(code);
                     break Step::Done;
                 }
                 Err(_) => {
-                    let _ = to.reset(peer_gone);
+                    to.reset(peer_gone);
                     break Step::Done;
                 }
             };
@@ -206,6 +212,7 @@ impl Pump<'_> {
                 }
             }
             tokio::select! {
+                biased;
                 code = ended_by(&mut ended) => break Step::Ended(code),
                 () = throttle(self.buckets, bytes.len() as u64) => {}
             }
@@ -224,7 +231,7 @@ impl Pump<'_> {
         if let Step::Ended(code) = step {
             // Whatever ended the session, both ends of this direction hear why.
             let code = VarInt::from_u32(code);
-            let _ = to.reset(code);
+            to.reset(code);
             let _ = from.stop(code);
         }
         total
@@ -233,7 +240,7 @@ impl Pump<'_> {
     /// Writes one chunk, passing on stops and watching for a stalled reader.
     async fn write(
         &self,
-        to: &mut quinn::SendStream,
+        to: &mut Outgoing,
         from: &mut quinn::RecvStream,
         mut bytes: bytes::Bytes,
         ended: &mut watch::Receiver<Option<u32>>,
@@ -241,8 +248,9 @@ impl Pump<'_> {
     ) -> Step {
         while !bytes.is_empty() {
             // `write_chunks` is cancel-safe: it either takes bytes or waits for room.
-            let write = to.write_chunks(std::slice::from_mut(&mut bytes));
+            let write = to.stream.write_chunks(std::slice::from_mut(&mut bytes));
             let written = tokio::select! {
+                biased;
                 code = ended_by(ended) => return Step::Ended(code),
                 written = within(self.rules.stall_timeout, write) => written,
             };
@@ -258,16 +266,57 @@ impl Pump<'_> {
                     self.activity.touch();
                 }
                 Some(Err(WriteError::Stopped(code))) => {
+                    to.reset(code);
                     let _ = from.stop(code);
                     return Step::Done;
                 }
                 Some(Err(_)) => {
-                    let _ = from.stop(VarInt::from_u32(codes::stream::PEER_GONE));
+                    let peer_gone = VarInt::from_u32(codes::stream::PEER_GONE);
+                    to.reset(peer_gone);
+                    let _ = from.stop(peer_gone);
                     return Step::Done;
                 }
             }
         }
         Step::Go
+    }
+}
+
+/// The send half of a session stream, which says "the other side went away" if its
+/// task is torn down before it ended the stream (its connection's task was cancelled,
+/// say). Left to itself, quinn finishes a dropped stream cleanly, which would look
+/// like a normal end.
+struct Outgoing {
+    stream: quinn::SendStream,
+    ended: bool,
+}
+
+impl Outgoing {
+    fn new(stream: quinn::SendStream) -> Self {
+        Self {
+            stream,
+            ended: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.ended = true;
+        let _ = self.stream.finish();
+    }
+
+    fn reset(&mut self, code: VarInt) {
+        self.ended = true;
+        let _ = self.stream.reset(code);
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self
+                .stream
+                .reset(VarInt::from_u32(codes::stream::PEER_GONE));
+        }
     }
 }
 
