@@ -219,20 +219,21 @@ mod tests {
         assert!(err.contains("session"), "{err}");
     }
 
+    /// The first TOML block after `heading` in docs/configuration.md.
+    fn documented_block(heading: &str) -> &'static str {
+        let doc = include_str!("../../docs/configuration.md");
+        doc.split(heading)
+            .nth(1)
+            .and_then(|section| section.split("```toml\n").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .unwrap_or_else(|| panic!("a toml block under {heading:?}"))
+    }
+
     /// The documented defaults are the defaults: the reference's example file parses
     /// to exactly what the code uses.
     #[test]
     fn the_documented_defaults_are_the_defaults() {
-        let doc = include_str!("../../docs/configuration.md");
-        let section = doc
-            .split("## Every key, with its default")
-            .nth(1)
-            .expect("the defaults section");
-        let block = section
-            .split("```toml\n")
-            .nth(1)
-            .and_then(|rest| rest.split("```").next())
-            .expect("a toml block");
+        let block = documented_block("## Every key, with its default");
         let file = ConfigFile::parse(block).expect("the documented file parses");
         assert_eq!(file.listen, Some(DEFAULT_LISTEN));
         assert_eq!(file.limits(), Limits::default());
@@ -240,16 +241,7 @@ mod tests {
 
     #[test]
     fn the_documented_tier_example_is_valid() {
-        let doc = include_str!("../../docs/configuration.md");
-        let section = doc
-            .split("### Bandwidth tiers")
-            .nth(1)
-            .expect("the tiers section");
-        let block = section
-            .split("```toml\n")
-            .nth(1)
-            .and_then(|rest| rest.split("```").next())
-            .expect("a toml block");
+        let block = documented_block("### Bandwidth tiers");
         let limits = ConfigFile::parse(block).expect("parses").limits();
         limits.validate().expect("valid");
         assert_eq!(limits.tiers.len(), 2);

@@ -190,18 +190,7 @@ async fn a_session_runs_across_a_drain_and_the_host_moves_to_the_next_relay() {
     // The successor on the same address and certificate: the host is back within
     // seconds, by itself.
     let restarted = Instant::now();
-    let mut config = RelayConfig::clone(&config);
-    config.listen = addr;
-    let relay = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match Relay::spawn(config.clone()) {
-                Ok(relay) => break relay,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    })
-    .await
-    .expect("the successor binds the address");
+    let relay = respawn_relay(&config, addr).await;
     tokio::time::timeout(PATIENCE, states.wait_for(|s| *s == HostState::Registered))
         .await
         .expect("the host registers with the successor")

@@ -6,7 +6,7 @@ mod common;
 
 use blindrelay_client::{HostAgent, HostState};
 use blindrelay_protocol::{ControlMessage, ErrorCode, HostId, SecretKey};
-use blindrelay_relay::{Relay, RelayConfig};
+use blindrelay_relay::Relay;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,20 +185,7 @@ async fn a_host_comes_back_when_the_relay_restarts() {
     .unwrap();
 
     // Same address, same certificate: the URL in the ticket stays valid.
-    let mut config = RelayConfig::clone(&config);
-    config.listen = addr;
-    // quinn releases the UDP port when its endpoint driver task ends, just after
-    // shutdown returns; retry the bind briefly, as a restarting service would.
-    let relay = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match Relay::spawn(config.clone()) {
-                Ok(relay) => break relay,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        }
-    })
-    .await
-    .expect("relay restarts on the same address");
+    let relay = respawn_relay(&config, addr).await;
     assert_eq!(relay.url(), &url);
     tokio::time::timeout(PATIENCE, states.wait_for(|s| *s == HostState::Registered))
         .await

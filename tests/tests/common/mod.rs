@@ -265,3 +265,21 @@ pub async fn register_by_hand(
     // The registration lasts while this stream stays open: hand it to the caller.
     (verdict, send)
 }
+
+/// Starts a relay with `config` on `addr`, where a relay just stopped: quinn
+/// releases the UDP port when its endpoint driver task ends, just after shutdown
+/// returns, so the bind is retried briefly, as a restarting service would.
+pub async fn respawn_relay(config: &RelayConfig, addr: std::net::SocketAddr) -> Relay {
+    let mut config = config.clone();
+    config.listen = addr;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match Relay::spawn(config.clone()) {
+                Ok(relay) => break relay,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("the relay binds its old address again")
+}
