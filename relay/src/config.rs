@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 #[cfg(feature = "splice-tap")]
 use std::sync::Arc;
 
-use blindrelay_protocol::RelayUrl;
+use blindrelay_protocol::{IssuerKeys, RelayUrl};
 use serde::Deserialize;
 
 use crate::limits::{
@@ -34,6 +34,9 @@ pub struct RelayConfig {
     pub public_name: Option<String>,
     /// Every limit the relay enforces.
     pub limits: Limits,
+    /// Registration tokens: `Some` admits only hosts with a token signed by one of
+    /// these issuer keys; `None` is open mode (any host that proves its key).
+    pub token_issuers: Option<IssuerKeys>,
     /// Observes every chunk the splice forwards (tests only).
     #[cfg(feature = "splice-tap")]
     pub tap: Option<Arc<dyn crate::splice::SpliceTap>>,
@@ -47,6 +50,7 @@ impl RelayConfig {
             certificate,
             public_name: None,
             limits: Limits::default(),
+            token_issuers: None,
             #[cfg(feature = "splice-tap")]
             tap: None,
         }
@@ -88,6 +92,8 @@ pub struct ConfigFile {
     pub key: Option<PathBuf>,
     /// DNS name in the relay URL.
     pub public_name: Option<String>,
+    /// Issuer public key file: when set, hosts need a registration token.
+    pub token_issuer_pub: Option<PathBuf>,
     /// `[connections]`.
     #[serde(default)]
     pub connections: ConnectionLimits,
@@ -171,6 +177,7 @@ mod tests {
             r#"
             listen = "0.0.0.0:4433"
             public_name = "relay.example.net"
+            token_issuer_pub = "/etc/blindrelay/issuer.pub"
             [connections]
             max = 100
             [sessions]
@@ -181,6 +188,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(file.listen, Some("0.0.0.0:4433".parse().expect("addr")));
+        assert_eq!(
+            file.token_issuer_pub.as_deref(),
+            Some(Path::new("/etc/blindrelay/issuer.pub"))
+        );
         let limits = file.limits();
         assert_eq!(limits.connections.max, 100);
         assert_eq!(limits.sessions.rate.0, 250_000);

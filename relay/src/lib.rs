@@ -24,6 +24,7 @@ mod splice;
 mod stats;
 mod tiers;
 mod tls;
+mod tokens;
 pub mod units;
 
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ pub use limits::Limits;
 pub use splice::{Direction, SpliceTap};
 pub use stats::StatsSnapshot;
 pub use tls::{RelayCertificate, TlsError};
+pub use tokens::{load_issuer_keys, TokenConfigError};
 
 use crate::connection::Shared;
 

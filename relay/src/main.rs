@@ -46,6 +46,11 @@ struct Args {
     #[arg(long)]
     public_name: Option<String>,
 
+    /// Require registration tokens signed by a key in FILE (one base32 Ed25519 public
+    /// key per line, from `blindrelay token keygen`). Without it any host may register.
+    #[arg(long, value_name = "FILE")]
+    token_issuer_pub: Option<PathBuf>,
+
     #[command(flatten)]
     limits: LimitFlags,
 }
@@ -150,12 +155,28 @@ async fn main() -> Result<()> {
         _ => anyhow::bail!("a certificate needs both cert and key"),
     };
 
+    let token_issuers = match args
+        .token_issuer_pub
+        .as_ref()
+        .or(file.token_issuer_pub.as_ref())
+    {
+        Some(path) => Some(blindrelay_relay::load_issuer_keys(path)?),
+        None => None,
+    };
+
     if args.check_config {
         if let Some((cert, key)) = &cert_files {
             RelayCertificate::from_pem_files(cert, key)?;
         }
         println!("configuration is valid");
         println!("listen = \"{listen}\"");
+        match &token_issuers {
+            Some(keys) => println!(
+                "# registration tokens required ({} issuer keys)",
+                keys.keys().len()
+            ),
+            None => println!("# open: any host may register (no token_issuer_pub)"),
+        }
         print_limits(&limits)?;
         return Ok(());
     }
@@ -173,6 +194,18 @@ async fn main() -> Result<()> {
     let mut config = RelayConfig::new(listen, certificate);
     config.public_name = public_name.clone();
     config.limits = limits;
+    match &token_issuers {
+        Some(keys) => info!(
+            issuer_keys = keys.keys().len(),
+            "registration tokens required"
+        ),
+        None => warn!(
+            "OPEN RELAY: any host that holds its key may register and use this relay's \
+             bandwidth; give --token-issuer-pub FILE (or token_issuer_pub) to require \
+             registration tokens"
+        ),
+    }
+    config.token_issuers = token_issuers;
     if listen.ip().is_unspecified() && public_name.is_none() {
         warn!(
             "listening on all interfaces without --public-name: the printed URL uses \
