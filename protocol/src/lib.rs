@@ -18,6 +18,7 @@ pub mod codes;
 pub mod control;
 pub mod encoding;
 pub mod error;
+pub mod fuzz;
 pub mod keys;
 pub mod limits;
 pub mod noise;
