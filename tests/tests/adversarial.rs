@@ -132,6 +132,23 @@ async fn floods_of_initials_and_of_idle_connections_stay_within_the_caps() {
             tokio::task::yield_now().await;
         }
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_initials = relay.stats();
+    assert_eq!(
+        (
+            after_initials.connections_accepted,
+            after_initials.connections_open,
+            after_initials.connections_at_capacity,
+            after_initials.connections_rate_limited,
+        ),
+        (
+            before.connections_accepted,
+            before.connections_open,
+            before.connections_at_capacity,
+            before.connections_rate_limited,
+        ),
+        "no Initial datagram became a connection, or even a refused one"
+    );
 
     // Hundreds of real connections from many loopback addresses that never open a
     // stream: at most CAP are let in, the rest are refused before TLS.
@@ -155,19 +172,17 @@ async fn floods_of_initials_and_of_idle_connections_stay_within_the_caps() {
         );
     }
     assert!(refused > 0, "the cap refused the excess");
-    let after = relay.stats();
-    assert_eq!(
-        after.connections_accepted - before.connections_accepted,
-        held.len() as u64,
-        "no Initial datagram became a connection"
-    );
 
     // Idle connections are closed by the relay, whose gauges come back down.
     settle(&relay, "idle connections closed", |stats| {
         stats.connections_open <= before.connections_open
     })
     .await;
-    assert!(relay.stats().connections_idle_closed >= held.len() as u64);
+    let idle = held.len() as u64;
+    settle(&relay, "every idle connection counted", |stats| {
+        stats.connections_idle_closed >= idle
+    })
+    .await;
     finishes(honest, 16 << 20).await;
     assert_eq!(relay.stats().registered_hosts, 1);
 }
@@ -227,11 +242,9 @@ async fn garbage_instead_of_a_noise_hello_is_refused_by_the_host_and_nothing_els
         bytes.extend_from_slice(&(garbage.len() as u16).to_be_bytes());
         bytes.extend_from_slice(&garbage);
         send.write_all(&bytes).await.unwrap();
-        assert!(matches!(
-            read_message(&mut recv).await,
-            Some(ControlMessage::Connected { .. })
-        ));
-        // The host refuses the hello; the relay passes its reset code through.
+        // The host refuses the hello; the relay passes its reset code through. The
+        // reset may overtake `Connected` (QUIC drops unsent data on a reset), so the
+        // player sees `Connected` or nothing, then the reset.
         let mut rest = Vec::new();
         let ended = tokio::time::timeout(PATIENCE, async {
             let mut buf = [0u8; 256];
@@ -245,7 +258,19 @@ async fn garbage_instead_of_a_noise_hello_is_refused_by_the_host_and_nothing_els
         })
         .await
         .expect("the host answers the garbage in time");
-        assert!(rest.is_empty(), "nothing from the host but the refusal");
+        let connected = rest.len().min(48);
+        if connected > 0 {
+            let mut frame = bytes::BytesMut::from(&rest[..connected]);
+            assert!(matches!(
+                ControlMessage::decode_frame(&mut frame),
+                Ok(Some(ControlMessage::Connected { .. }))
+            ));
+        }
+        assert_eq!(
+            rest.len(),
+            connected,
+            "nothing from the host but the refusal"
+        );
         assert_eq!(
             ended,
             Some(quinn::ReadError::Reset(codes::stream::REFUSED.into()))
@@ -299,7 +324,10 @@ async fn a_host_flooding_a_player_that_does_not_read_is_cut_off_while_another_se
         "the flooder got rid of only what windows hold, not {sent} bytes (window {})",
         limits.sessions.window.0
     );
-    assert!(relay.stats().sessions_ended_stalled >= 1);
+    settle(&relay, "the stall is counted", |stats| {
+        stats.sessions_ended_stalled >= 1
+    })
+    .await;
     finishes(honest, 16 << 20).await;
     settle(&relay, "the flood's buffers are released", |stats| {
         stats.sessions_active == 0
