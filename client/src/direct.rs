@@ -216,7 +216,17 @@ async fn accept_session(
             Ok(Err(err)) => return debug!(%err, "direct stream failed before the handshake"),
             Err(_) => return debug!("no Noise hello in time on a direct stream"),
         };
-    if let Some(stream) = respond(&config, send, recv, &hello, SessionPath::Direct, 0).await {
+    if let Some(stream) = respond(
+        &config,
+        &counters,
+        send,
+        recv,
+        &hello,
+        SessionPath::Direct,
+        0,
+    )
+    .await
+    {
         counters.sessions_direct.fetch_add(1, Ordering::Relaxed);
         debug!(player = %stream.peer().short(), "direct session accepted");
         let _ = sessions.send(stream).await;

@@ -16,24 +16,30 @@
 //!   own that players reach without a relay (see [`crate::direct`]). Enable Relay
 //!   does not touch it.
 //!
-//! Both run the same Noise responder and hand finished [`SecureStream`]s, marked with
-//! their [`SessionPath`], to [`HostAgent::accept`].
+//! Both run the same Noise responder, decide by the player's static key whether to
+//! serve it ([`HostConfig::players`], see [`crate::authorized`]), and hand finished
+//! [`SecureStream`]s, marked with their [`SessionPath`], to [`HostAgent::accept`].
+//!
+//! A relay that requires registration tokens gets [`HostConfig::token`] in
+//! `Register`. When the relay refuses the token (missing, expired, for another host,
+//! invalid or malformed) the agent stops: retrying with the same token cannot help.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::noise::HostHandshake;
+use blindrelay_protocol::noise::{HostHandshake, Verdict};
 use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
 use blindrelay_protocol::{
-    codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, Ticket, TicketError,
+    codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, Ticket, TicketError, Token,
 };
 use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::authorized::PlayerAuthorization;
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::direct::{self, DirectListenError};
 use crate::endpoint::{connect_relay, ConnectRelayError, ConnectionProfile};
@@ -71,6 +77,10 @@ pub struct HostConfig {
     pub max_concurrent_sessions: u32,
     /// Direct connections open at once; further ones are refused.
     pub max_direct_connections: u32,
+    /// The operator's registration token, for a relay that requires one.
+    pub token: Option<Token>,
+    /// Which players the host serves (every player by default).
+    pub players: PlayerAuthorization,
 }
 
 impl HostConfig {
@@ -98,6 +108,8 @@ impl HostConfig {
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_sessions: 1024,
             max_direct_connections: 256,
+            token: None,
+            players: PlayerAuthorization::Open,
         }
     }
 
@@ -195,6 +207,8 @@ pub struct HostStats {
     pub sessions_relayed: u64,
     /// Sessions accepted directly.
     pub sessions_direct: u64,
+    /// Players refused as not authorized, on either path.
+    pub players_refused: u64,
 }
 
 /// The agent's live counters, shared with its tasks.
@@ -206,6 +220,7 @@ pub(crate) struct HostCounters {
     pub direct_refused: AtomicU64,
     pub sessions_relayed: AtomicU64,
     pub sessions_direct: AtomicU64,
+    pub players_refused: AtomicU64,
 }
 
 impl HostCounters {
@@ -218,6 +233,7 @@ impl HostCounters {
             direct_refused: get(&self.direct_refused),
             sessions_relayed: get(&self.sessions_relayed),
             sessions_direct: get(&self.sessions_direct),
+            players_refused: get(&self.players_refused),
         }
     }
 }
@@ -437,6 +453,8 @@ enum Ended {
 enum RelayEnd {
     Replaced,
     Shutdown,
+    /// The relay refused the registration token.
+    TokenRefused(String),
 }
 
 /// The agent's task: the direct listener as a child task, the relay side in line.
@@ -462,12 +480,11 @@ async fn run(config: Arc<HostConfig>, listener: Option<quinn::Endpoint>, mut con
     }
     children.shutdown().await;
     let reason = match end {
-        RelayEnd::Replaced => "another host registered the same host id",
-        RelayEnd::Shutdown => "shut down",
+        RelayEnd::Replaced => "another host registered the same host id".to_owned(),
+        RelayEnd::Shutdown => "shut down".to_owned(),
+        RelayEnd::TokenRefused(reason) => reason,
     };
-    control.state.send_replace(HostState::Stopped {
-        reason: reason.to_owned(),
-    });
+    control.state.send_replace(HostState::Stopped { reason });
 }
 
 /// Keeps the host registered with `relay` while Enable Relay is on.
@@ -543,6 +560,12 @@ async fn run_relay(config: &Arc<HostConfig>, relay: &RelayUrl, control: &mut Con
                     }
                 }
             }
+            Err(RegisterError::Refused { code, reason }) if code.is_token_refusal() => {
+                warn!(%code, %reason, "the relay refused the registration token; stopping");
+                return RelayEnd::TokenRefused(format!(
+                    "relay refused the registration token: {code} ({reason})"
+                ));
+            }
             Err(err) => warn!(%err, "cannot register with the relay"),
         }
         let delay = backoff.next_delay();
@@ -617,6 +640,7 @@ async fn prove(
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| protocol(&e))?;
     let register = ControlMessage::Register {
         host_id: config.key.host_id(),
+        token: config.token.as_ref().map(Token::to_bytes),
     };
     send.write_all(&register.to_frame())
         .await
@@ -735,7 +759,7 @@ async fn accept_session(
             Err(_) => return debug!("no Noise hello in time"),
         };
     let path = SessionPath::Relayed;
-    if let Some(stream) = respond(&config, send, recv, &hello, path, session_id).await {
+    if let Some(stream) = respond(&config, &counters, send, recv, &hello, path, session_id).await {
         let stream = stream.with_limits(limits);
         counters.sessions_relayed.fetch_add(1, Ordering::Relaxed);
         debug!(session_id, player = %stream.peer().short(), %limits, "session accepted");
@@ -744,17 +768,19 @@ async fn accept_session(
 }
 
 /// Answers a player's Noise hello on a session stream of either path; `None` if the
-/// hello is refused (the stream is then reset) or the stream fails.
+/// hello is refused (the stream is then reset), the player is not authorized, or the
+/// stream fails.
 pub(crate) async fn respond(
     config: &HostConfig,
+    counters: &HostCounters,
     mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut recv: quinn::RecvStream,
     hello: &[u8],
     path: SessionPath,
     session_id: u64,
 ) -> Option<SecureStream> {
     let mut reply = BytesMut::new();
-    let transport = match HostHandshake::respond(&config.key, hello, &mut reply) {
+    let mut transport = match HostHandshake::respond(&config.key, hello, &mut reply) {
         Ok(transport) => transport,
         Err(err) => {
             debug!(session_id, %path, %err, "refusing a session");
@@ -762,7 +788,32 @@ pub(crate) async fn respond(
             return None;
         }
     };
+    let allowed = config.players.allows(transport.remote_static());
+    let verdict = if allowed {
+        Verdict::Welcome
+    } else {
+        Verdict::NotAuthorized
+    };
+    // Reply and verdict go out in one write, the same bytes either way.
+    if transport.seal_verdict(verdict, &mut reply).is_err() {
+        let _ = send.reset(codes::stream::REFUSED.into());
+        return None;
+    }
     send.write_all(&reply).await.ok()?;
+    if !allowed {
+        counters.players_refused.fetch_add(1, Ordering::Relaxed);
+        debug!(session_id, %path, player = %transport.remote_static().short(), "player not authorized");
+        // Let the player end the session, as a served player that leaves at once
+        // would, rather than closing first in a way the relay could single out. A
+        // player that lingers is cut off after the handshake timeout.
+        let drained = async {
+            let mut sink = [0u8; 1024];
+            while let Ok(Some(_)) = recv.read(&mut sink).await {}
+        };
+        let _ = tokio::time::timeout(config.handshake_timeout, drained).await;
+        let _ = send.finish();
+        return None;
+    }
     Some(SecureStream::new(
         recv,
         send,

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+mod authorized;
 mod backoff;
 mod direct;
 mod endpoint;
@@ -21,8 +22,13 @@ mod player;
 mod stream;
 mod wire;
 
+pub use authorized::{
+    parse_authorized_players, AuthorizedPlayers, AuthorizedPlayersError, PlayerAuthorization,
+};
 pub use backoff::BackoffConfig;
-pub use blindrelay_protocol::{HostId, PublicKey, RelayUrl, SecretKey, SessionLimits, Ticket};
+pub use blindrelay_protocol::{
+    HostId, PublicKey, RelayUrl, SecretKey, SessionLimits, Ticket, Token,
+};
 pub use direct::DirectListenError;
 pub use endpoint::{connect_relay_raw, connect_relay_raw_from, ConnectRelayError};
 pub use host::{HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError};

@@ -1,4 +1,5 @@
-//! `blindrelay`: make a host identity, run a host, or connect to one as a player.
+//! `blindrelay`: make a host or player identity, run a host, connect to one as a
+//! player, or, for a relay operator, make an issuer key and registration tokens.
 //!
 //! Results that scripts read go to stdout as `name: value` lines; logs go to stderr
 //! (`RUST_LOG` filters them).
@@ -8,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use blindrelay_client::{
-    HostAgent, HostConfig, HostState, PathPreference, Player, PlayerConfig, RelayUrl, SecretKey,
-    SecureStream, Ticket,
+    AuthorizedPlayers, HostAgent, HostConfig, HostId, HostState, PathPreference, Player,
+    PlayerAuthorization, PlayerConfig, RelayUrl, SecretKey, SecureStream, Ticket, Token,
 };
-use clap::{Parser, Subcommand};
+use blindrelay_protocol::token::{Claims, IssuerSecretKey};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -28,7 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Make a host identity (an X25519 key) and print its host id.
+    /// Make an identity (an X25519 key): a host's, printing its host id, or a
+    /// player's, printing the player key a host owner puts in authorized_players.
     Keygen {
         /// Where to write the secret key (created with mode 0600).
         #[arg(long)]
@@ -36,6 +39,14 @@ enum Command {
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
+        /// Whose key it is; only changes what is printed.
+        #[arg(long, value_enum, default_value = "host")]
+        role: Role,
+    },
+    /// Registration tokens, for relay operators: make the issuer key, issue tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Run a host: be reachable through a relay and/or directly, and forward every
     /// session, decrypted, to a local TCP service.
@@ -66,6 +77,14 @@ enum Command {
         /// (SIGUSR2).
         #[arg(long)]
         no_relay: bool,
+        /// Registration token from the relay's operator (`brk...`), for a relay that
+        /// requires one.
+        #[arg(long)]
+        token: Option<Token>,
+        /// Serve only the players whose keys this file lists (one per line, `#`
+        /// comments; re-read when it changes). Without it every player is served.
+        #[arg(long, value_name = "FILE")]
+        authorized_players: Option<PathBuf>,
     },
     /// Connect to a host as a player: every TCP connection to --listen becomes one
     /// end-to-end encrypted session to the host.
@@ -89,6 +108,41 @@ enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Role {
+    Host,
+    Player,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make an issuer signing key (Ed25519): writes FILE (mode 0600) and FILE.pub,
+    /// the public key that relays list in --token-issuer-pub.
+    Keygen {
+        /// Where to write the signing key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a registration token for one host id and print it on stdout.
+    Issue {
+        /// The issuer signing key (from `blindrelay token keygen`).
+        #[arg(long)]
+        issuer_key: PathBuf,
+        /// The host id the token admits.
+        #[arg(long)]
+        host_id: HostId,
+        /// How long the token is valid: a number followed by s, m, h or d.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: u64,
+        /// The bandwidth tier the host gets (a [tiers.NAME] of the relay's config).
+        #[arg(long, default_value = "default")]
+        tier: String,
+    },
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -100,7 +154,8 @@ async fn main() -> Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Keygen { out, force, role } => keygen(&out, force, role),
+        Command::Token { command } => token(command),
         Command::Host {
             key,
             relay,
@@ -108,6 +163,8 @@ async fn main() -> Result<()> {
             direct,
             advertise,
             no_relay,
+            token,
+            authorized_players,
         } => {
             let key = read_key(&key)?;
             let mut config = match (relay, direct) {
@@ -120,6 +177,12 @@ async fn main() -> Result<()> {
             config.direct = direct;
             config.advertise = advertise;
             config.enable_relay = !no_relay;
+            config.token = token;
+            if let Some(path) = authorized_players {
+                let list = AuthorizedPlayers::open(&path)?;
+                info!(path = %path.display(), players = list.len(), "serving only authorized players");
+                config.players = PlayerAuthorization::File(list);
+            }
             host(config, forward).await
         }
         Command::Connect {
@@ -141,11 +204,82 @@ async fn main() -> Result<()> {
     }
 }
 
-fn keygen(out: &Path, force: bool) -> Result<()> {
+fn keygen(out: &Path, force: bool, role: Role) -> Result<()> {
     let key = SecretKey::generate()?;
     write_private(out, key.to_key_file().as_bytes(), force)?;
-    println!("host id: {}", key.host_id());
+    match role {
+        Role::Host => println!("host id: {}", key.host_id()),
+        Role::Player => println!("player key: {}", key.public_key()),
+    }
     Ok(())
+}
+
+fn token(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Keygen { out, force } => {
+            let key = IssuerSecretKey::generate()?;
+            let public = key.public_key();
+            let mut pub_path = out.clone().into_os_string();
+            pub_path.push(".pub");
+            let pub_path = PathBuf::from(pub_path);
+            write_private(&out, key.to_key_file().as_bytes(), force)?;
+            let pub_text = format!("# blindrelay token issuer public key\n{public}\n");
+            if !force && pub_path.exists() {
+                bail!("{} exists (use --force to overwrite)", pub_path.display());
+            }
+            std::fs::write(&pub_path, pub_text)
+                .with_context(|| format!("cannot write {}", pub_path.display()))?;
+            println!("issuer public key: {public}");
+            println!("public key file: {}", pub_path.display());
+            Ok(())
+        }
+        TokenCommand::Issue {
+            issuer_key,
+            host_id,
+            ttl,
+            tier,
+        } => {
+            let text = std::fs::read_to_string(&issuer_key)
+                .with_context(|| format!("cannot read issuer key {}", issuer_key.display()))?;
+            let key = IssuerSecretKey::from_key_file(&text)
+                .with_context(|| format!("in issuer key file {}", issuer_key.display()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("the clock is before 1970")?
+                .as_secs();
+            let token = key.issue(Claims {
+                host_id,
+                expires: now.saturating_add(ttl),
+                tier,
+            })?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+/// `90s`, `15m`, `1h`, `30d` (or plain seconds) as seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90s, 15m, 1h or 30d"))?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
+    };
+    let ttl = number.saturating_mul(unit);
+    if ttl == 0 {
+        return Err("the validity must be longer than 0".to_owned());
+    }
+    Ok(ttl)
 }
 
 /// Writes a secret file readable by its owner only.
@@ -221,6 +355,7 @@ async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
         if shown.as_ref() != Some(&now) {
             // `relay: connecting (attempt 3)`, `relay: registered`, `relay: disabled`
             println!("relay: {now}");
+            shown = Some(now.clone());
             match &now {
                 HostState::Registered => {
                     info!("relay state: registered; reachable through the relay")
@@ -230,7 +365,6 @@ async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
                 HostState::Stopped { .. } => break now,
                 _ => {}
             }
-            shown = Some(now);
         }
         tokio::select! {
             session = agent.accept() => match session {
@@ -257,6 +391,11 @@ async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
             }
         }
     };
+    // The agent may stop between two looks at its state (its session channel closes
+    // first): still tell scripts how it ended.
+    if shown.as_ref() != Some(&stopped) {
+        println!("relay: {stopped}");
+    }
     match stopped {
         HostState::Stopped { reason } => bail!("host stopped: {reason}"),
         other => bail!("host stopped unexpectedly in state {other:?}"),
@@ -318,6 +457,8 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!("listening on: {}", listener.local_addr()?);
+    // The host's owner lists this key to let the player in.
+    println!("player key: {}", player.public_key());
     info!(host = %ticket.host_id().short(), "each connection becomes a session to the host");
 
     let ticket = std::sync::Arc::new(ticket);

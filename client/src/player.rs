@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::noise::{NoiseError, PlayerHandshake};
+use blindrelay_protocol::noise::{NoiseError, PlayerHandshake, Transport, Verdict};
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, Ticket};
 use bytes::BytesMut;
 use tokio::sync::Mutex;
@@ -148,6 +148,13 @@ pub enum ConnectError {
     /// Set-up took longer than the configured timeout.
     #[error("no session within {0:?}")]
     Timeout(Duration),
+    /// The host completed the handshake but does not serve this player's key. The
+    /// host's owner can add it to their authorized players.
+    #[error("not authorized: the host does not serve player key {player}")]
+    NotAuthorized {
+        /// This player's static public key, as the host's owner would list it.
+        player: blindrelay_protocol::PublicKey,
+    },
 }
 
 const HOST_NOT_REACHABLE: &str = "host not reachable: relay disabled or host offline";
@@ -214,6 +221,11 @@ impl Player {
         tokio::time::timeout(timeout, self.race(ticket, preference))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
+    }
+
+    /// This player's static public key: what a host owner lists to serve it.
+    pub fn public_key(&self) -> blindrelay_protocol::PublicKey {
+        self.inner.config.key.public_key()
     }
 
     /// Closes every relay and direct connection; sessions on them end.
@@ -392,6 +404,22 @@ fn lost_streams() -> ConnectError {
 }
 
 impl Inner {
+    /// Reads the host's verdict, its first transport frame, on either path.
+    async fn read_verdict(
+        &self,
+        mut transport: Transport,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Transport, ConnectError> {
+        let frame = read_noise_message(recv).await?;
+        match transport.open_verdict(&frame)? {
+            Verdict::Welcome => Ok(transport),
+            // The set-up's guard resets the streams, as for any abandoned set-up.
+            Verdict::NotAuthorized => Err(ConnectError::NotAuthorized {
+                player: self.config.key.public_key(),
+            }),
+        }
+    }
+
     fn profile(&self) -> ConnectionProfile {
         ConnectionProfile {
             incoming_streams: 0,
@@ -428,6 +456,7 @@ impl Inner {
                 })?;
             let reply = read_noise_message(recv).await?;
             let transport = handshake.read_reply(&reply)?;
+            let transport = self.read_verdict(transport, recv).await?;
             let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
             debug!(%addr, host = %host_id.short(), "direct session established");
             Ok(SecureStream::new(
@@ -507,6 +536,7 @@ impl Inner {
         };
         let reply = read_noise_message(recv).await.map_err(host_left)?;
         let transport = handshake.read_reply(&reply)?;
+        let transport = self.read_verdict(transport, recv).await?;
         let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
         debug!(session_id, host = %host_id.short(), %limits, "relayed session established");
         Ok(SecureStream::new(

@@ -11,7 +11,7 @@
 //!
 //! | kind | message      | direction        | body                                   |
 //! |------|--------------|------------------|----------------------------------------|
-//! | 0x01 | `Register`   | host → relay     | host id `[u8; 32]`                     |
+//! | 0x01 | `Register`   | host → relay     | host id `[u8; 32]`, then optionally a registration token: `u16` length (1 ..= 256) + bytes |
 //! | 0x02 | `Challenge`  | relay → host     | relay ephemeral X25519 key `[u8; 32]`  |
 //! | 0x03 | `Proof`      | host → relay     | HMAC-SHA256 `[u8; 32]`                 |
 //! | 0x04 | `Registered` | relay → host     | (empty)                                |
@@ -45,6 +45,11 @@ pub const MAX_REASON_LEN: usize = 256;
 /// Length of a registration proof.
 pub const PROOF_LEN: usize = 32;
 
+/// Longest registration token a `Register` may carry, in bytes. Larger than any token
+/// this version issues ([`crate::token::MAX_TOKEN_LEN`]), so a later token version
+/// has room, and small enough that the frame stays far below [`MAX_FRAME_LEN`].
+pub const MAX_REGISTER_TOKEN_LEN: usize = 256;
+
 /// A control message (see the module documentation for the wire format).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -53,6 +58,9 @@ pub enum ControlMessage {
     Register {
         /// The host id the host claims.
         host_id: HostId,
+        /// The operator's registration token in binary form (see [`crate::token`]),
+        /// for relays that require one. `None` leaves the field out of the frame.
+        token: Option<Vec<u8>>,
     },
     /// The relay's challenge: prove you hold the host id's private key.
     Challenge {
@@ -115,6 +123,14 @@ mod kind {
 }
 
 impl ControlMessage {
+    /// A `Register` without a token.
+    pub fn register(host_id: HostId) -> Self {
+        Self::Register {
+            host_id,
+            token: None,
+        }
+    }
+
     /// An [`ControlMessage::Error`]; the reason is cut to [`MAX_REASON_LEN`] bytes on a
     /// character boundary.
     pub fn error(code: ErrorCode, reason: impl Into<String>) -> Self {
@@ -129,9 +145,16 @@ impl ControlMessage {
         let mut body = BytesMut::with_capacity(64);
         body.put_u8(PROTOCOL_VERSION);
         match self {
-            Self::Register { host_id } => {
+            Self::Register { host_id, token } => {
                 body.put_u8(kind::REGISTER);
                 body.put_slice(host_id.as_bytes());
+                if let Some(token) = token {
+                    // A token built by hand that is too long is cut here, so the frame
+                    // stays within its limit; the relay will refuse it as malformed.
+                    let token = &token[..token.len().min(MAX_REGISTER_TOKEN_LEN)];
+                    body.put_u16(token.len() as u16);
+                    body.put_slice(token);
+                }
             }
             Self::Challenge { relay_ephemeral } => {
                 body.put_u8(kind::CHALLENGE);
@@ -170,7 +193,8 @@ impl ControlMessage {
                 body.put_slice(reason.as_bytes());
             }
         }
-        // Every body above is at most 4 + 2 + 2 + MAX_REASON_LEN bytes, well within u16.
+        // Every body above is at most 2 + 32 + 2 + MAX_REGISTER_TOKEN_LEN bytes, well
+        // within u16 and MAX_FRAME_LEN.
         out.put_u16(body.len() as u16);
         out.put_slice(&body);
     }
@@ -193,9 +217,24 @@ impl ControlMessage {
             });
         }
         let message = match r.u8()? {
-            kind::REGISTER => Self::Register {
-                host_id: HostId::from_bytes(r.array()?),
-            },
+            kind::REGISTER => {
+                let host_id = HostId::from_bytes(r.array()?);
+                let token = if r.remaining() == 0 {
+                    None
+                } else {
+                    let token = r.bytes16("registration token", MAX_REGISTER_TOKEN_LEN)?;
+                    // One encoding per message: "no token" is the absent field, never
+                    // a zero length.
+                    if token.is_empty() {
+                        return Err(DecodeError::InvalidField {
+                            field: "registration token",
+                            reason: "empty; leave the field out instead",
+                        });
+                    }
+                    Some(token.to_vec())
+                };
+                Self::Register { host_id, token }
+            }
             kind::CHALLENGE => Self::Challenge {
                 relay_ephemeral: PublicKey::from_bytes(r.array()?),
             },
@@ -285,8 +324,10 @@ mod tests {
 
     fn all_messages() -> Vec<ControlMessage> {
         vec![
+            ControlMessage::register(HostId::from_bytes([0x11; 32])),
             ControlMessage::Register {
                 host_id: HostId::from_bytes([0x11; 32]),
+                token: Some(vec![0xaa, 0xbb, 0xcc]),
             },
             ControlMessage::Challenge {
                 relay_ephemeral: PublicKey::from_bytes([0x22; 32]),
@@ -318,6 +359,7 @@ mod tests {
     fn wire_format_is_pinned() {
         let expected = [
             format!("00220101{}", "11".repeat(32)),
+            format!("00270101{}0003aabbcc", "11".repeat(32)),
             format!("00220102{}", "22".repeat(32)),
             format!("00220103{}", "33".repeat(32)),
             "00020104".to_owned(),
@@ -396,6 +438,31 @@ mod tests {
         ));
         // Length prefix too small to hold version and kind.
         assert!(frame_len([0, 1]).is_err());
+        // Register: a zero-length token field, a token over the cap, a token cut short.
+        let mut register = vec![1, 0x01];
+        register.extend_from_slice(&[0x11; 32]);
+        let mut empty = register.clone();
+        empty.extend_from_slice(&[0, 0]);
+        assert!(matches!(
+            ControlMessage::decode(&empty),
+            Err(DecodeError::InvalidField { .. })
+        ));
+        let mut oversize = register.clone();
+        oversize.extend_from_slice(&[1, 1]);
+        oversize.extend_from_slice(&[0; 257]);
+        assert!(matches!(
+            ControlMessage::decode(&oversize),
+            Err(DecodeError::FieldTooLong { len: 257, .. })
+        ));
+        let mut short = register.clone();
+        short.extend_from_slice(&[0, 5, 1, 2]);
+        assert!(matches!(
+            ControlMessage::decode(&short),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let mut lone_byte = register;
+        lone_byte.push(0);
+        assert!(ControlMessage::decode(&lone_byte).is_err());
     }
 
     #[test]

@@ -87,11 +87,46 @@ pub enum ErrorCode {
     RateLimited,
     /// The host already has as many sessions as the relay allows one host.
     HostBusy,
+    /// The relay admits only hosts with a registration token, and none was sent.
+    TokenRequired,
+    /// The registration token has expired.
+    TokenExpired,
+    /// The registration token was issued for another host id.
+    TokenWrongHost,
+    /// The registration token's signature does not verify, its issuer is not one the
+    /// relay trusts, or it names a tier the relay does not have.
+    TokenInvalid,
+    /// The registration token could not be decoded.
+    TokenMalformed,
     /// A code this implementation does not know.
     Unknown(u16),
 }
 
 impl ErrorCode {
+    /// The code that tells a host why its registration token was refused.
+    pub fn for_token_error(err: &crate::token::TokenError) -> Self {
+        use crate::token::TokenError;
+        match err {
+            TokenError::Malformed(_) | TokenError::NotAToken => Self::TokenMalformed,
+            TokenError::Expired { .. } => Self::TokenExpired,
+            TokenError::WrongHost => Self::TokenWrongHost,
+            TokenError::UnknownIssuer | TokenError::BadSignature => Self::TokenInvalid,
+        }
+    }
+
+    /// Whether this code refuses a registration token: retrying with the same token
+    /// cannot succeed.
+    pub fn is_token_refusal(self) -> bool {
+        matches!(
+            self,
+            Self::TokenRequired
+                | Self::TokenExpired
+                | Self::TokenWrongHost
+                | Self::TokenInvalid
+                | Self::TokenMalformed
+        )
+    }
+
     /// The number sent on the wire.
     pub fn to_u16(self) -> u16 {
         match self {
@@ -104,6 +139,11 @@ impl ErrorCode {
             Self::AtCapacity => 7,
             Self::RateLimited => 8,
             Self::HostBusy => 9,
+            Self::TokenRequired => 10,
+            Self::TokenExpired => 11,
+            Self::TokenWrongHost => 12,
+            Self::TokenInvalid => 13,
+            Self::TokenMalformed => 14,
             Self::Unknown(code) => code,
         }
     }
@@ -120,6 +160,11 @@ impl ErrorCode {
             7 => Self::AtCapacity,
             8 => Self::RateLimited,
             9 => Self::HostBusy,
+            10 => Self::TokenRequired,
+            11 => Self::TokenExpired,
+            12 => Self::TokenWrongHost,
+            13 => Self::TokenInvalid,
+            14 => Self::TokenMalformed,
             other => Self::Unknown(other),
         }
     }
@@ -137,6 +182,11 @@ impl std::fmt::Display for ErrorCode {
             Self::AtCapacity => "relay at capacity",
             Self::RateLimited => "rate limited",
             Self::HostBusy => "host has too many sessions",
+            Self::TokenRequired => "registration token required",
+            Self::TokenExpired => "registration token expired",
+            Self::TokenWrongHost => "registration token is for another host id",
+            Self::TokenInvalid => "registration token invalid",
+            Self::TokenMalformed => "registration token malformed",
             Self::Unknown(code) => return write!(f, "unknown error code {code}"),
         };
         f.write_str(name)
@@ -154,5 +204,7 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_u16(3), ErrorCode::HostOffline);
         assert_eq!(ErrorCode::from_u16(999), ErrorCode::Unknown(999));
+        assert_eq!(ErrorCode::from_u16(10), ErrorCode::TokenRequired);
+        assert_eq!(ErrorCode::from_u16(14), ErrorCode::TokenMalformed);
     }
 }

@@ -3,8 +3,9 @@
 //! Everything that crosses the network is defined here: identities ([`HostId`],
 //! [`SecretKey`]), how a player finds a host ([`Ticket`], [`RelayUrl`]), the control
 //! messages exchanged with the relay ([`control`]), the registration proof of key
-//! possession ([`registration`]) and the Noise session that player and host run over
-//! whatever path joins them ([`noise`]).
+//! possession ([`registration`]), the operator's registration tokens ([`token`]) and
+//! the Noise session that player and host run over whatever path joins them
+//! ([`noise`]).
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: inputs are
 //! byte slices, outputs are byte buffers and typed errors. The relay and the client
@@ -17,12 +18,14 @@ pub mod codes;
 pub mod control;
 pub mod encoding;
 pub mod error;
+pub mod fuzz;
 pub mod keys;
 pub mod limits;
 pub mod noise;
 pub mod registration;
 pub mod relay_url;
 pub mod ticket;
+pub mod token;
 
 pub use control::ControlMessage;
 pub use error::{DecodeError, ErrorCode};
@@ -30,6 +33,7 @@ pub use keys::{HostId, KeyError, PublicKey, SecretKey};
 pub use limits::SessionLimits;
 pub use relay_url::{CertPin, RelayUrl, RelayUrlError};
 pub use ticket::{Ticket, TicketError};
+pub use token::{Claims, IssuerKeys, IssuerPublicKey, IssuerSecretKey, Token, TokenError};
 
 /// ALPN protocol id every QUIC connection to a relay negotiates.
 ///

@@ -34,6 +34,16 @@
 //! | 0x00 | data  | 1..=65518 B  | application bytes                                |
 //! | 0x01 | end   | empty        | the sender will send nothing more (clean close)  |
 //! | 0x02 | rekey | empty        | the sender's next message uses `REKEY(k)`        |
+//! | 0x03 | verdict | 1 B        | host only, first frame: `0x00` welcome, `0x01` not authorized |
+//!
+//! ## The host's verdict
+//!
+//! The host's first transport frame, sent together with its handshake reply, is a
+//! verdict: welcome, or not authorized (the host serves only players whose static
+//! key it knows). Both verdicts are one body byte, so the frame is 20 bytes on the
+//! wire either way and the relay cannot tell a refused player from a served one by
+//! sizes. "Not authorized" is also the authenticated end of the host's direction.
+//! The player accepts no other frame first; the host accepts no verdict at all.
 //!
 //! Because "end" is encrypted and authenticated, a relay or network that cuts the
 //! stream short is detected ([`NoiseError::Truncated`]) instead of looking like a
@@ -74,6 +84,32 @@ mod frame_type {
     pub const DATA: u8 = 0x00;
     pub const END: u8 = 0x01;
     pub const REKEY: u8 = 0x02;
+    pub const VERDICT: u8 = 0x03;
+}
+
+/// The host's decision about a player, sent as its first transport frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The host serves this player: the session is open.
+    Welcome,
+    /// The host does not serve this player's static key; nothing more follows.
+    NotAuthorized,
+}
+
+impl Verdict {
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Welcome => 0x00,
+            Self::NotAuthorized => 0x01,
+        }
+    }
+}
+
+/// Which end of the session a transport belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Player,
+    Host,
 }
 
 /// Why the session failed. Every one of these ends the session.
@@ -115,6 +151,13 @@ pub enum NoiseError {
     /// A cipher state used its last nonce; the session cannot continue.
     #[error("nonce space exhausted; the session must end")]
     NonceExhausted,
+    /// A frame came, or was to be sent, out of the session's order: the host's first
+    /// frame must be its verdict, and only the host sends one, once.
+    #[error("frame out of order: {reason}")]
+    OutOfOrder {
+        /// What the order required.
+        reason: &'static str,
+    },
     /// More application bytes than one frame holds were given to seal at once.
     #[error("{len} bytes do not fit one frame (max {max})")]
     PayloadTooLarge {
@@ -235,12 +278,16 @@ impl PlayerHandshake {
     }
 
     /// Reads the host's reply (without its length prefix) and finishes the handshake.
+    ///
+    /// The returned transport expects the host's [`Verdict`] as its first frame: open
+    /// it with [`Transport::open_verdict`]; [`Transport::open`] refuses every frame
+    /// until then.
     pub fn read_reply(mut self, reply: &[u8]) -> Result<Transport, NoiseError> {
         let mut payload = [0u8; MAX_MESSAGE_LEN];
         self.state
             .read_message(reply, &mut payload)
             .map_err(handshake_error)?;
-        Transport::from_handshake(self.state)
+        Transport::from_handshake(self.state, Role::Player)
     }
 }
 
@@ -250,6 +297,9 @@ pub struct HostHandshake;
 impl HostHandshake {
     /// Reads a player's hello (without its length prefix), appends the reply to `out`
     /// and returns the session, whose [`Transport::remote_static`] is the player's key.
+    ///
+    /// The host decides whether it serves that key and seals its
+    /// [`Transport::seal_verdict`] next, before anything else.
     pub fn respond(
         host_key: &SecretKey,
         hello: &[u8],
@@ -284,7 +334,7 @@ impl HostHandshake {
             });
         }
         write_framed(out, 256, |buf| state.write_message(&[], buf)).map_err(handshake_error)?;
-        Transport::from_handshake(state)
+        Transport::from_handshake(state, Role::Host)
     }
 }
 
@@ -319,6 +369,9 @@ pub struct Transport {
     sent_under_key: u64,
     sent_end: bool,
     received_end: bool,
+    role: Role,
+    /// The verdict has been sent (host) or received (player).
+    verdict_done: bool,
 }
 
 impl std::fmt::Debug for Transport {
@@ -332,7 +385,7 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    fn from_handshake(state: snow::HandshakeState) -> Result<Self, NoiseError> {
+    fn from_handshake(state: snow::HandshakeState, role: Role) -> Result<Self, NoiseError> {
         let remote = remote_static(&state)?;
         let state = state.into_transport_mode().map_err(handshake_error)?;
         Ok(Self {
@@ -344,7 +397,26 @@ impl Transport {
             sent_under_key: 0,
             sent_end: false,
             received_end: false,
+            role,
+            verdict_done: false,
         })
+    }
+
+    /// (Host) Seals the verdict on this player: the first frame the host sends, and
+    /// the same size whichever it is. After [`Verdict::NotAuthorized`] nothing more
+    /// can be sealed: it is the end of the host's direction.
+    pub fn seal_verdict(&mut self, verdict: Verdict, out: &mut BytesMut) -> Result<(), NoiseError> {
+        if self.role != Role::Host || self.verdict_done {
+            return Err(NoiseError::OutOfOrder {
+                reason: "only the host sends a verdict, once",
+            });
+        }
+        self.seal_frame(frame_type::VERDICT, &[verdict.to_byte()], out)?;
+        self.verdict_done = true;
+        if verdict == Verdict::NotAuthorized {
+            self.sent_end = true;
+        }
+        Ok(())
     }
 
     /// The peer's static public key: the player's key on the host side, the host id
@@ -395,6 +467,11 @@ impl Transport {
         if self.received_end {
             return Err(NoiseError::DataAfterEnd);
         }
+        if self.role == Role::Player && !self.verdict_done {
+            return Err(NoiseError::OutOfOrder {
+                reason: "the host's first frame must be its verdict",
+            });
+        }
         if self.open_buf.len() < frame.len() {
             self.open_buf.resize(frame.len(), 0);
         }
@@ -406,6 +483,9 @@ impl Transport {
             return Err(NoiseError::MalformedFrame { kind: "empty" });
         };
         match kind {
+            frame_type::VERDICT => Err(NoiseError::OutOfOrder {
+                reason: "a verdict comes only from the host, once, first",
+            }),
             frame_type::DATA if body.is_empty() => Err(NoiseError::MalformedFrame { kind: "data" }),
             frame_type::DATA => Ok(Opened::Data(&self.open_buf[..len - 1])),
             frame_type::END if !body.is_empty() => Err(NoiseError::MalformedFrame { kind: "end" }),
@@ -424,6 +504,40 @@ impl Transport {
         }
     }
 
+    /// (Player) Opens the host's first frame, which must be its verdict. After
+    /// [`Verdict::NotAuthorized`] the host's direction has ended.
+    pub fn open_verdict(&mut self, frame: &[u8]) -> Result<Verdict, NoiseError> {
+        if self.role != Role::Player || self.verdict_done {
+            return Err(NoiseError::OutOfOrder {
+                reason: "a verdict comes only from the host, once, first",
+            });
+        }
+        if self.open_buf.len() < frame.len() {
+            self.open_buf.resize(frame.len(), 0);
+        }
+        let len = self
+            .state
+            .read_message(frame, &mut self.open_buf)
+            .map_err(transport_error)?;
+        let verdict = match &self.open_buf[..len] {
+            [0x00, frame_type::VERDICT] => Verdict::Welcome,
+            [0x01, frame_type::VERDICT] => Verdict::NotAuthorized,
+            [.., frame_type::VERDICT] => {
+                return Err(NoiseError::MalformedFrame { kind: "verdict" })
+            }
+            _ => {
+                return Err(NoiseError::OutOfOrder {
+                    reason: "the host's first frame must be its verdict",
+                })
+            }
+        };
+        self.verdict_done = true;
+        if verdict == Verdict::NotAuthorized {
+            self.received_end = true;
+        }
+        Ok(verdict)
+    }
+
     /// Call when the underlying stream ends: fine after the peer's end of stream,
     /// [`NoiseError::Truncated`] before it.
     pub fn handle_eof(&self) -> Result<(), NoiseError> {
@@ -438,7 +552,13 @@ impl Transport {
         if self.sent_end {
             return Err(NoiseError::WriteAfterEnd);
         }
-        if self.sent_under_key + 1 >= self.rekey_interval {
+        if self.role == Role::Host && !self.verdict_done && kind != frame_type::VERDICT {
+            return Err(NoiseError::OutOfOrder {
+                reason: "the host's first frame must be its verdict",
+            });
+        }
+        // The verdict is the host's very first frame; it never waits behind a rekey.
+        if self.sent_under_key + 1 >= self.rekey_interval && kind != frame_type::VERDICT {
             self.seal_raw(frame_type::REKEY, &[], out)?;
             self.state.rekey_outgoing();
             self.sent_under_key = 0;
@@ -497,6 +617,11 @@ pub mod testing {
         HostHandshake::respond_with_ephemeral(host_key, hello, out, Some(ephemeral))
     }
 
+    /// Lets a host transport send without its verdict, to test that players refuse it.
+    pub fn skip_verdict(transport: &mut Transport) {
+        transport.verdict_done = true;
+    }
+
     /// Sets the nonce the next received frame is expected under.
     pub fn set_receiving_nonce(transport: &mut Transport, nonce: u64) {
         transport.state.set_receiving_nonce(nonce);
@@ -522,9 +647,12 @@ mod tests {
         let mut wire = BytesMut::new();
         player.write_hello(&mut wire).unwrap();
         let hello = split_frame(&mut wire).unwrap();
-        let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let mut host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
         let reply = split_frame(&mut wire).unwrap();
-        let player = player.read_reply(&reply).unwrap();
+        let mut player = player.read_reply(&reply).unwrap();
+        host.seal_verdict(Verdict::Welcome, &mut wire).unwrap();
+        let verdict = split_frame(&mut wire).unwrap();
+        assert_eq!(player.open_verdict(&verdict), Ok(Verdict::Welcome));
         (player, host)
     }
 
@@ -574,10 +702,14 @@ mod tests {
         assert_eq!(hello.len(), 32 + 48 + 16, "IK hello: e, encrypted s, tag");
         let mut host =
             testing::host_respond_with_ephemeral(&host_key, &hello, &mut wire, &[4; 32]).unwrap();
+        host.seal_verdict(Verdict::Welcome, &mut wire).unwrap();
         transcript.extend_from_slice(&wire);
         let reply = split_frame(&mut wire).unwrap();
         assert_eq!(reply.len(), 32 + 16, "IK reply: e, tag");
         let mut player = player.read_reply(&reply).unwrap();
+        let verdict = split_frame(&mut wire).unwrap();
+        assert_eq!(verdict.len(), 1 + 1 + TAG_LEN, "verdict: body, type, tag");
+        assert_eq!(player.open_verdict(&verdict), Ok(Verdict::Welcome));
 
         player.seal(b"GET /movie.mkv", &mut wire).unwrap();
         player.seal_end(&mut wire).unwrap();
@@ -585,8 +717,79 @@ mod tests {
         transcript.extend_from_slice(&wire);
         assert_eq!(
             sha256_hex(&transcript),
-            "8e766ccf2fb6a9fd2834b1b177c3247e99cca611bd516b8a6db0dcbbd47ad955"
+            "f43b4db74f529e9b60576c87062d4a4432a973fa9016a7254cfc0b693f0c39d9"
         );
+    }
+
+    #[test]
+    fn a_refused_player_learns_it_from_a_frame_the_size_of_a_welcome() {
+        let (player_key, host_key) = keys();
+        let mut sizes = Vec::new();
+        for verdict in [Verdict::Welcome, Verdict::NotAuthorized] {
+            let mut player = PlayerHandshake::new(&player_key, &host_key.host_id()).unwrap();
+            let mut wire = BytesMut::new();
+            player.write_hello(&mut wire).unwrap();
+            let hello = split_frame(&mut wire).unwrap();
+            let mut host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+            // Nothing but the verdict may come first.
+            assert!(matches!(
+                host.seal(b"early", &mut BytesMut::new()),
+                Err(NoiseError::OutOfOrder { .. })
+            ));
+            host.seal_verdict(verdict, &mut wire).unwrap();
+            sizes.push(wire.len());
+            let reply = split_frame(&mut wire).unwrap();
+            let mut player = player.read_reply(&reply).unwrap();
+            let frame = split_frame(&mut wire).unwrap();
+            match verdict {
+                Verdict::Welcome => {
+                    assert_eq!(player.open_verdict(&frame), Ok(Verdict::Welcome))
+                }
+                Verdict::NotAuthorized => {
+                    assert_eq!(player.open_verdict(&frame), Ok(Verdict::NotAuthorized));
+                    assert!(player.received_end());
+                    assert_eq!(
+                        host.seal(b"late", &mut wire),
+                        Err(NoiseError::WriteAfterEnd)
+                    );
+                }
+            }
+            assert!(matches!(
+                host.seal_verdict(verdict, &mut wire),
+                Err(NoiseError::OutOfOrder { .. } | NoiseError::WriteAfterEnd)
+            ));
+        }
+        assert_eq!(sizes[0], sizes[1], "reply + verdict: same bytes either way");
+        assert_eq!(sizes[0], 2 + 48 + 2 + 18);
+    }
+
+    #[test]
+    fn the_player_accepts_nothing_before_the_verdict_and_the_host_no_verdict() {
+        let (player_key, host_key) = keys();
+        let mut player = PlayerHandshake::new(&player_key, &host_key.host_id()).unwrap();
+        let mut wire = BytesMut::new();
+        player.write_hello(&mut wire).unwrap();
+        let hello = split_frame(&mut wire).unwrap();
+        let mut host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let reply = split_frame(&mut wire).unwrap();
+        let mut player = player.read_reply(&reply).unwrap();
+        // A host that skipped its verdict (built by hand: the API refuses it).
+        testing::skip_verdict(&mut host);
+        host.seal(b"data", &mut wire).unwrap();
+        let frame = split_frame(&mut wire).unwrap();
+        assert!(matches!(
+            player.open(&frame),
+            Err(NoiseError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            player.open_verdict(&frame),
+            Err(NoiseError::OutOfOrder { .. })
+        ));
+        // The player cannot send a verdict.
+        assert!(matches!(
+            player.seal_verdict(Verdict::Welcome, &mut wire),
+            Err(NoiseError::OutOfOrder { .. })
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 #[cfg(feature = "splice-tap")]
 use std::sync::Arc;
 
-use blindrelay_protocol::RelayUrl;
+use blindrelay_protocol::{IssuerKeys, RelayUrl};
 use serde::Deserialize;
 
 use crate::limits::{
@@ -37,6 +37,9 @@ pub struct RelayConfig {
     /// TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`); none
     /// unless asked for.
     pub admin: Option<SocketAddr>,
+    /// Registration tokens: `Some` admits only hosts with a token signed by one of
+    /// these issuer keys; `None` is open mode (any host that proves its key).
+    pub token_issuers: Option<IssuerKeys>,
     /// Observes every chunk the splice forwards (tests only).
     #[cfg(feature = "splice-tap")]
     pub tap: Option<Arc<dyn crate::splice::SpliceTap>>,
@@ -51,6 +54,7 @@ impl RelayConfig {
             public_name: None,
             limits: Limits::default(),
             admin: None,
+            token_issuers: None,
             #[cfg(feature = "splice-tap")]
             tap: None,
         }
@@ -100,6 +104,8 @@ pub struct ConfigFile {
     pub log_format: Option<LogFormat>,
     /// Log full client addresses instead of their network part.
     pub log_full_ip: Option<bool>,
+    /// Issuer public key file: when set, hosts need a registration token.
+    pub token_issuer_pub: Option<PathBuf>,
     /// `[connections]`.
     #[serde(default)]
     pub connections: ConnectionLimits,
@@ -194,6 +200,7 @@ mod tests {
             r#"
             listen = "0.0.0.0:4433"
             public_name = "relay.example.net"
+            token_issuer_pub = "/etc/blindrelay/issuer.pub"
             [connections]
             max = 100
             [sessions]
@@ -204,6 +211,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(file.listen, Some("0.0.0.0:4433".parse().expect("addr")));
+        assert_eq!(
+            file.token_issuer_pub.as_deref(),
+            Some(Path::new("/etc/blindrelay/issuer.pub"))
+        );
         let limits = file.limits();
         assert_eq!(limits.connections.max, 100);
         assert_eq!(limits.sessions.rate.0, 250_000);

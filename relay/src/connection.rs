@@ -201,8 +201,8 @@ pub(crate) struct Stream {
 
 async fn route(message: ControlMessage, may_register: bool, stream: Stream, shared: Arc<Shared>) {
     let mut send = match message {
-        ControlMessage::Register { host_id } if may_register => {
-            return registration::serve(host_id, stream, shared).await
+        ControlMessage::Register { host_id, token } if may_register => {
+            return registration::serve(host_id, token, stream, shared).await
         }
         ControlMessage::Connect { host_id } => {
             let player = stream.connection.remote_address();

@@ -26,6 +26,7 @@ mod splice;
 mod stats;
 mod tiers;
 mod tls;
+mod tokens;
 pub mod units;
 
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ pub use limits::Limits;
 pub use splice::{Direction, SpliceTap};
 pub use stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
 pub use tls::{RelayCertificate, TlsError};
+pub use tokens::{load_issuer_keys, TokenConfigError};
 
 use crate::connection::Shared;
 

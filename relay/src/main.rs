@@ -69,6 +69,11 @@ struct Args {
     #[arg(long, env = "BLINDRELAY_LOG_FULL_IP")]
     log_full_ip: bool,
 
+    /// Require registration tokens signed by a key in FILE (one base32 Ed25519 public
+    /// key per line, from `blindrelay token keygen`). Without it any host may register.
+    #[arg(long, value_name = "FILE", env = "BLINDRELAY_TOKEN_ISSUER_PUB")]
+    token_issuer_pub: Option<PathBuf>,
+
     #[command(flatten)]
     limits: LimitFlags,
 }
@@ -174,12 +179,28 @@ async fn main() -> Result<()> {
         _ => anyhow::bail!("a certificate needs both cert and key"),
     };
 
+    let token_issuers = match args
+        .token_issuer_pub
+        .as_ref()
+        .or(file.token_issuer_pub.as_ref())
+    {
+        Some(path) => Some(blindrelay_relay::load_issuer_keys(path)?),
+        None => None,
+    };
+
     if args.check_config {
         if let Some((cert, key)) = &cert_files {
             RelayCertificate::from_pem_files(cert, key)?;
         }
         println!("configuration is valid");
         println!("listen = \"{listen}\"");
+        match &token_issuers {
+            Some(keys) => println!(
+                "# registration tokens required ({} issuer keys)",
+                keys.keys().len()
+            ),
+            None => println!("# open: any host may register (no token_issuer_pub)"),
+        }
         print_limits(&limits)?;
         return Ok(());
     }
@@ -198,6 +219,19 @@ async fn main() -> Result<()> {
     config.public_name = public_name.clone();
     config.limits = limits;
     config.admin = admin;
+
+    match &token_issuers {
+        Some(keys) => info!(
+            issuer_keys = keys.keys().len(),
+            "registration tokens required"
+        ),
+        None => warn!(
+            "OPEN RELAY: any host that holds its key may register and use this relay's \
+             bandwidth; give --token-issuer-pub FILE (or token_issuer_pub) to require \
+             registration tokens"
+        ),
+    }
+    config.token_issuers = token_issuers;
     if listen.ip().is_unspecified() && public_name.is_none() {
         warn!(
             "listening on all interfaces without --public-name: the printed URL uses \

@@ -5,8 +5,14 @@
 //! `Challenge`, `Proof`, then `Registered` or `Error`. The registration lasts as long
 //! as the host keeps this control stream open; when the host finishes or resets it,
 //! or its connection ends, the host id is removed from the registry.
+//!
+//! On a relay that requires registration tokens (see [`crate::tokens`]), a `Register`
+//! without one is refused before the challenge, and the token is checked after the
+//! proof. A registration admitted by a token ends when the token expires: the relay
+//! sends `Error { TokenExpired }` and removes it, and the host needs a new token.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use blindrelay_protocol::registration::{RelayChallenge, EXPORTER_LABEL, EXPORTER_LEN};
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
@@ -15,8 +21,14 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::connection::{read_message, send_error, Shared, Stream};
 use crate::registry::Host;
 use crate::stats::Stats;
+use crate::tokens;
 
-pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) {
+pub(crate) async fn serve(
+    host_id: HostId,
+    token: Option<Vec<u8>>,
+    stream: Stream,
+    shared: Arc<Shared>,
+) {
     let Stream {
         mut send,
         mut recv,
@@ -35,6 +47,13 @@ pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) 
             Stats::bump(&shared.stats.registrations_rate_limited);
             refused("rate limited");
             let error = ControlMessage::error(refusal.code(), refusal.reason());
+            return send_error(&mut send, &error).await;
+        }
+        // A missing token is refused before any work; it says nothing about the host.
+        if shared.config.token_issuers.is_some() && token.is_none() {
+            refused("no registration token");
+            let refusal = tokens::required();
+            let error = ControlMessage::error(refusal.code, refusal.reason);
             return send_error(&mut send, &error).await;
         }
         let (challenge, message) = match RelayChallenge::new(host_id) {
@@ -77,7 +96,35 @@ pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) 
             return send_error(&mut send, &error).await;
         }
 
-        let tier = shared.tiers.of(&host_id);
+        // Checked only now that the host holds the key: a stranger cannot probe which
+        // tokens a host id has, or whether they are still valid.
+        let (tier, expires) = match &shared.config.token_issuers {
+            Some(issuers) => {
+                let claims = match tokens::check(token.as_deref(), issuers, &host_id) {
+                    Ok(claims) => claims,
+                    Err(refusal) => {
+                        refused("registration token refused");
+                        let error = ControlMessage::error(refusal.code, refusal.reason);
+                        return send_error(&mut send, &error).await;
+                    }
+                };
+                match shared.tiers.named(&claims.tier) {
+                    Some(tier) => (tier, Some(claims.expires)),
+                    None => {
+                        refused("registration token names an unknown tier");
+                        let error = ControlMessage::error(
+                            ErrorCode::TokenInvalid,
+                            format!(
+                                "the token's tier {:?} is not configured on this relay",
+                                claims.tier
+                            ),
+                        );
+                        return send_error(&mut send, &error).await;
+                    }
+                }
+            }
+            None => (shared.tiers.of(&host_id), None),
+        };
         debug!(tier = %tier.name, "proof verified");
         let host = Arc::new(Host::new(connection.clone(), permit, tier));
         let (registration, replaced) = shared.registry.insert(host_id, host);
@@ -112,8 +159,25 @@ pub(crate) async fn serve(host_id: HostId, stream: Stream, shared: Arc<Shared>) 
             host_id,
             registration,
         };
+        let token_expired = async {
+            match expires {
+                Some(expires) => {
+                    let left = Duration::from_secs(expires.saturating_sub(tokens::unix_now()));
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = hold(&mut send, &mut recv) => {}
+            () = token_expired => {
+                info!("registration token expired; ending the registration");
+                let error = ControlMessage::error(
+                    ErrorCode::TokenExpired,
+                    "the registration token expired: register with a new one",
+                );
+                send_error(&mut send, &error).await;
+            }
             () = shared.draining() => {
                 // The relay is going away: end the registration now (the guard below
                 // removes it) and tell the host to register again elsewhere or later.

@@ -2,9 +2,9 @@
 //!
 //! The `[sessions]` and `[hosts]` sections of the config are the default tier. A
 //! `[tiers.NAME]` section overrides any of their per-host values for the hosts put in
-//! that tier, and `[host_tiers]` puts host ids in tiers. (Registration tokens will name
-//! a host's tier too; until then the operator lists hosts here.) A relay can so cap
-//! strangers at what Plex's relay allows and let its owner's friends stream 4K.
+//! that tier, and `[host_tiers]` puts host ids in tiers. A registration token names
+//! its host's tier too, and the token's tier wins (see `crate::tokens`). A relay can
+//! so cap strangers at what Plex's relay allows and let its owner's friends stream 4K.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -102,6 +102,7 @@ impl Tier {
 pub(crate) struct Tiers {
     default: Arc<Tier>,
     by_host: HashMap<HostId, Arc<Tier>>,
+    by_name: HashMap<String, Arc<Tier>>,
 }
 
 impl Tiers {
@@ -125,7 +126,23 @@ impl Tiers {
             };
             by_host.insert(host_id, tier);
         }
-        Ok(Self { default, by_host })
+        let mut by_name: HashMap<String, Arc<Tier>> = named
+            .into_iter()
+            .map(|(name, tier)| (name.to_owned(), tier))
+            .collect();
+        by_name
+            .entry(DEFAULT_TIER.to_owned())
+            .or_insert_with(|| default.clone());
+        Ok(Self {
+            default,
+            by_host,
+            by_name,
+        })
+    }
+
+    /// The tier called `name` (`default` included), as a registration token names it.
+    pub fn named(&self, name: &str) -> Option<Arc<Tier>> {
+        self.by_name.get(name).cloned()
     }
 
     /// The tier of `host_id`.
@@ -160,6 +177,12 @@ mod tests {
         assert_eq!(default.name, DEFAULT_TIER);
         assert_eq!(default.session_rate, 12_500_000);
         assert_eq!(free.announced().rate, 250_000);
+        assert_eq!(tiers.named("free").expect("named").session_rate, 250_000);
+        assert_eq!(
+            tiers.named(DEFAULT_TIER).expect("default").name,
+            DEFAULT_TIER
+        );
+        assert!(tiers.named("gold").is_none());
     }
 
     #[test]

@@ -43,10 +43,7 @@ async fn malformed_streams_are_refused_one_by_one_without_disturbing_others() {
     });
 
     let attacker = raw_connection(&relay).await;
-    let register = ControlMessage::Register {
-        host_id: HostId::from_bytes([1; 32]),
-    }
-    .to_frame();
+    let register = ControlMessage::register(HostId::from_bytes([1; 32])).to_frame();
     let cases: Vec<(&str, Vec<u8>, bool, ErrorCode)> = vec![
         (
             "oversize length",
@@ -142,14 +139,9 @@ async fn garbage_on_the_registration_stream_ends_only_that_registration() {
     let other = start_host(relay.url()).await;
     let attacker = raw_connection(&relay).await;
     let (mut send, mut recv) = attacker.open_bi().await.unwrap();
-    send.write_all(
-        &ControlMessage::Register {
-            host_id: HostId::from_bytes([3; 32]),
-        }
-        .to_frame(),
-    )
-    .await
-    .unwrap();
+    send.write_all(&ControlMessage::register(HostId::from_bytes([3; 32])).to_frame())
+        .await
+        .unwrap();
     assert!(matches!(
         read_message(&mut recv).await,
         Some(ControlMessage::Challenge { .. })

@@ -354,3 +354,140 @@ async fn enable_relay_switches_on_a_running_host_by_signal() {
     relay.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_requires_tokens_admits_only_hosts_with_one() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-cli-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let blindrelay = |args: &[&str]| {
+        let out = Command::new(bin.join("blindrelay"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "blindrelay {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    // The operator's issuer key: private signing key, public key file for relays.
+    let issuer = dir.join("issuer.key");
+    let out = blindrelay(&["token", "keygen", "--out", issuer.to_str().unwrap()]);
+    assert!(out.starts_with("issuer public key: "), "{out}");
+    let issuer_pub = dir.join("issuer.key.pub");
+    assert!(std::fs::read_to_string(&issuer_pub).unwrap().contains(
+        out.lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("issuer public key: ")
+    ));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&issuer).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // An open relay says so loudly; this one requires tokens.
+    let open = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    open.wait_log("OPEN RELAY");
+    drop(open);
+    let relay = Proc::start(
+        &bin.join("blindrelayd"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--token-issuer-pub",
+            issuer_pub.to_str().unwrap(),
+        ],
+    );
+    let url = relay.value("relay url");
+
+    let host_key = dir.join("host.key");
+    let host_id = blindrelay(&["keygen", "--out", host_key.to_str().unwrap()])
+        .trim()
+        .strip_prefix("host id: ")
+        .unwrap()
+        .to_owned();
+    let token = blindrelay(&[
+        "token",
+        "issue",
+        "--issuer-key",
+        issuer.to_str().unwrap(),
+        "--host-id",
+        &host_id,
+        "--ttl",
+        "1h",
+    ]);
+    let token = token.trim();
+    assert!(token.starts_with("brk"), "{token}");
+
+    let host_args = |token: Option<&str>| {
+        let mut args = vec![
+            "host".to_owned(),
+            "--key".to_owned(),
+            host_key.display().to_string(),
+            "--relay".to_owned(),
+            url.clone(),
+            "--forward".to_owned(),
+            "127.0.0.1:9".to_owned(),
+        ];
+        if let Some(token) = token {
+            args.extend(["--token".to_owned(), token.to_owned()]);
+        }
+        args
+    };
+    let relay_states = |host: &Proc| loop {
+        let state = host.value("relay");
+        if !state.starts_with("connecting") {
+            break state;
+        }
+    };
+
+    // Without a token the host is refused, says why, and stops.
+    let args = host_args(None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = Proc::start(&bin.join("blindrelay"), &args);
+    refused.value("host id");
+    refused.value("ticket");
+    let state = relay_states(&refused);
+    assert!(
+        state.starts_with("stopped") && state.contains("token required"),
+        "{state}"
+    );
+
+    // With its token it registers.
+    let args = host_args(Some(token));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let host = Proc::start(&bin.join("blindrelay"), &args);
+    host.value("host id");
+    host.value("ticket");
+    assert_eq!(relay_states(&host), "registered");
+
+    // A player key for the authorized players list.
+    let player_key = dir.join("player.key");
+    let out = blindrelay(&[
+        "keygen",
+        "--out",
+        player_key.to_str().unwrap(),
+        "--role",
+        "player",
+    ]);
+    let listed: blindrelay_client::PublicKey = out
+        .trim()
+        .strip_prefix("player key: ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let key =
+        blindrelay_client::SecretKey::from_key_file(&std::fs::read_to_string(&player_key).unwrap())
+            .unwrap();
+    assert_eq!(listed, key.public_key());
+
+    host.interrupt();
+    relay.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}

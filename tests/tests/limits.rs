@@ -484,14 +484,9 @@ async fn register_by_hand_refused(
     key: &SecretKey,
 ) -> (ControlMessage, quinn::SendStream) {
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(
-        &ControlMessage::Register {
-            host_id: key.host_id(),
-        }
-        .to_frame(),
-    )
-    .await
-    .unwrap();
+    send.write_all(&ControlMessage::register(key.host_id()).to_frame())
+        .await
+        .unwrap();
     let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv))
         .await
         .expect("an answer in time")

@@ -98,7 +98,7 @@ async fn a_low_order_host_id_cannot_register() {
     let connection = raw_connection(&relay).await;
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     let host_id = HostId::from_bytes([0; 32]);
-    send.write_all(&ControlMessage::Register { host_id }.to_frame())
+    send.write_all(&ControlMessage::register(host_id).to_frame())
         .await
         .unwrap();
     let Some(ControlMessage::Challenge { .. }) = read_message(&mut recv).await else {

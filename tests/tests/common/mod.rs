@@ -247,7 +247,7 @@ pub async fn register_by_hand(
     exporter_from: &quinn::Connection,
 ) -> (ControlMessage, quinn::SendStream) {
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(&ControlMessage::Register { host_id }.to_frame())
+    send.write_all(&ControlMessage::register(host_id).to_frame())
         .await
         .unwrap();
     let Some(ControlMessage::Challenge { relay_ephemeral }) = read_message(&mut recv).await else {

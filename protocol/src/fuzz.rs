@@ -1,0 +1,169 @@
+//! Fuzz target bodies: one function per decoder, each taking arbitrary bytes.
+//!
+//! The `fuzz/` crate at the repository root wraps each in a libFuzzer target for
+//! `cargo fuzz run` (nightly toolchain), and `protocol/tests/fuzz.rs` drives the same
+//! functions on the stable toolchain: it replays the seed corpus in `fuzz/corpus/`
+//! and then mutates it for a bounded time. A function fails (panics) only when a
+//! decoder panics or breaks one of the invariants checked here: what decodes
+//! re-encodes to the same bytes, and what is refused is refused with an error.
+
+use bytes::BytesMut;
+
+use crate::control::ControlMessage;
+use crate::keys::{HostId, SecretKey};
+use crate::noise::{split_frame, HostHandshake, PlayerHandshake};
+use crate::ticket::Ticket;
+use crate::token::{self, IssuerKeys, IssuerSecretKey, Token};
+
+/// A target's body: panics on a finding.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its `fuzz/fuzz_targets/` file and corpus folder.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("control", control),
+    ("control_stream", control_stream),
+    ("ticket", ticket),
+    ("ticket_text", ticket_text),
+    ("host_id_text", host_id_text),
+    ("noise_handshake", noise_handshake),
+    ("noise_frames", noise_frames),
+    ("token", token),
+    ("token_text", token_text),
+    ("key_files", key_files),
+];
+
+/// One control frame's content: decodes or errs; decoded messages re-encode to the
+/// same bytes.
+pub fn control(data: &[u8]) {
+    if let Ok(message) = ControlMessage::decode(data) {
+        assert_eq!(&message.to_frame()[2..], data, "{message:?}");
+    }
+}
+
+/// A stream of control frames, fed in pieces as they would arrive.
+pub fn control_stream(data: &[u8]) {
+    let mut buf = BytesMut::new();
+    for piece in data.chunks(7) {
+        buf.extend_from_slice(piece);
+        loop {
+            match ControlMessage::decode_frame(&mut buf) {
+                Ok(Some(message)) => {
+                    let frame = message.to_frame();
+                    assert!(frame.len() <= 2 + crate::control::MAX_FRAME_LEN);
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        // Never more than one frame buffered: the reader bounds its memory.
+        assert!(buf.len() < 2 + crate::control::MAX_FRAME_LEN + 7);
+    }
+}
+
+/// A ticket's binary form.
+pub fn ticket(data: &[u8]) {
+    if let Ok(ticket) = Ticket::from_bytes(data) {
+        assert_eq!(Ticket::from_bytes(&ticket.to_bytes()), Ok(ticket));
+    }
+}
+
+/// A ticket's text form.
+pub fn ticket_text(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(ticket) = text.parse::<Ticket>() {
+            assert_eq!(ticket.to_string().parse::<Ticket>(), Ok(ticket));
+        }
+    }
+}
+
+/// A host id (or any key) in text form.
+pub fn host_id_text(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(host_id) = text.parse::<HostId>() {
+            assert_eq!(host_id.to_string().parse::<HostId>(), Ok(host_id));
+        }
+    }
+}
+
+/// A player's hello as the host receives it.
+pub fn noise_handshake(data: &[u8]) {
+    let host = SecretKey::from_bytes([2; 32]);
+    let mut out = BytesMut::new();
+    let _ = HostHandshake::respond(&host, data, &mut out);
+}
+
+/// Transport frames, split by their length prefixes, opened by both ends of a real
+/// session (the player expecting the host's verdict first).
+pub fn noise_frames(data: &[u8]) {
+    let (player_key, host_key) = (
+        SecretKey::from_bytes([1; 32]),
+        SecretKey::from_bytes([2; 32]),
+    );
+    let Ok(mut player) = PlayerHandshake::new(&player_key, &host_key.host_id()) else {
+        return;
+    };
+    let mut wire = BytesMut::new();
+    if player.write_hello(&mut wire).is_err() {
+        return;
+    }
+    let Some(hello) = split_frame(&mut wire) else {
+        return;
+    };
+    let Ok(mut host) = HostHandshake::respond(&host_key, &hello, &mut wire) else {
+        return;
+    };
+    let Some(reply) = split_frame(&mut wire) else {
+        return;
+    };
+    let Ok(mut player) = player.read_reply(&reply) else {
+        return;
+    };
+    let mut input = BytesMut::from(data);
+    let mut first = true;
+    while let Some(frame) = split_frame(&mut input) {
+        let _ = host.open(&frame);
+        if first {
+            let _ = player.open_verdict(&frame);
+            first = false;
+        } else {
+            let _ = player.open(&frame);
+        }
+    }
+}
+
+/// A registration token's binary form, checked against a fixed issuer.
+pub fn token(data: &[u8]) {
+    let keys = fixed_issuer_keys();
+    let host = HostId::from_bytes([0xab; 32]);
+    match Token::from_bytes(data) {
+        Ok(parsed) => assert_eq!(parsed.to_bytes(), data),
+        Err(_) => assert!(token::verify(data, &keys, &host, 0).is_err()),
+    }
+    let _ = token::verify(data, &keys, &host, 1_700_000_000);
+}
+
+/// A registration token's text form.
+pub fn token_text(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(parsed) = text.parse::<Token>() {
+            assert_eq!(parsed.to_string().parse::<Token>(), Ok(parsed));
+        }
+    }
+}
+
+/// Key files: host and player secret keys, issuer secret keys, issuer public key
+/// lists (all text, read from files an operator or user edits).
+pub fn key_files(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = SecretKey::from_key_file(text);
+        let _ = IssuerSecretKey::from_key_file(text);
+        let _ = IssuerKeys::parse(text);
+    }
+}
+
+fn fixed_issuer_keys() -> IssuerKeys {
+    match IssuerSecretKey::from_seed([7; 32]) {
+        Ok(key) => IssuerKeys::new(vec![key.public_key()]),
+        Err(_) => IssuerKeys::default(),
+    }
+}

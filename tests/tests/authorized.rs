@@ -1,0 +1,114 @@
+//! Who may reach a host: a host with an authorized players list serves the players
+//! it names, on both paths, refuses the others with "not authorized" after the Noise
+//! handshake, picks up changes to the file, and the relay cannot tell a refused
+//! session from a served one by the bytes it forwards.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blindrelay_client::{
+    AuthorizedPlayers, ConnectError, HostAgent, HostConfig, HostState, PathPreference, Player,
+    PlayerAuthorization, PlayerConfig, SecretKey,
+};
+use blindrelay_relay::Relay;
+use common::*;
+
+fn player_with(key: &SecretKey) -> Player {
+    Player::new(PlayerConfig::new(key.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_players_are_served_on_both_paths_and_the_list_reloads() {
+    let relay = start_relay();
+    let dir = std::env::temp_dir().join(format!("br-authorized-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("authorized_players");
+    let (alice, bob) = (
+        SecretKey::generate().unwrap(),
+        SecretKey::generate().unwrap(),
+    );
+    std::fs::write(
+        &file,
+        format!("# my players\n{}  # alice\n", alice.public_key()),
+    )
+    .unwrap();
+
+    let mut config = host_config(SecretKey::generate().unwrap(), relay.url())
+        .with_direct("127.0.0.1:0".parse().unwrap());
+    config.players = PlayerAuthorization::File(AuthorizedPlayers::open(&file).unwrap());
+    let agent = HostAgent::spawn(config);
+    wait_for_state(&agent, |state| *state == HostState::Registered).await;
+    let ticket = agent.ticket().clone();
+    let _echo = spawn_echo_host(agent);
+
+    for path in [PathPreference::RelayOnly, PathPreference::DirectOnly] {
+        let session = player_with(&alice)
+            .connect_via(&ticket, path)
+            .await
+            .unwrap_or_else(|err| panic!("alice via {path}: {err}"));
+        let (mut read, mut write) = tokio::io::split(session);
+        let (sent, echoed) = tokio::join!(
+            write_pattern(&mut write, 9, 100_000),
+            read_pattern(&mut read, 9)
+        );
+        sent.unwrap();
+        assert_eq!(echoed.unwrap(), 100_000, "alice via {path}");
+
+        match player_with(&bob).connect_via(&ticket, path).await {
+            Err(ConnectError::NotAuthorized { player }) => {
+                assert_eq!(player, bob.public_key(), "the error names bob's key")
+            }
+            other => panic!("bob via {path}: expected NotAuthorized, got {other:?}"),
+        }
+    }
+
+    // The owner adds bob: his next session is served, without restarting the host.
+    std::fs::write(
+        &file,
+        format!("{}\n{}  # bob\n", alice.public_key(), bob.public_key()),
+    )
+    .unwrap();
+    let session = player_with(&bob)
+        .connect_via(&ticket, PathPreference::RelayOnly)
+        .await
+        .expect("bob is served once listed");
+    drop(session);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_forwards_the_same_bytes_for_a_refused_player_as_for_a_served_one() {
+    let mut forwarded = Vec::new();
+    for allowed in [true, false] {
+        let (relay, tap): (Relay, _) = start_relay_with_tap();
+        let player_key = SecretKey::generate().unwrap();
+        let mut config: HostConfig = host_config(SecretKey::generate().unwrap(), relay.url());
+        let keys: HashSet<_> = if allowed {
+            [player_key.public_key()].into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        config.players = PlayerAuthorization::Keys(Arc::new(keys));
+        let agent = HostAgent::spawn(config);
+        wait_for_state(&agent, |state| *state == HostState::Registered).await;
+        let ticket = agent.ticket().clone();
+        let _echo = spawn_echo_host(agent);
+        let result = player_with(&player_key).connect(&ticket).await;
+        assert_eq!(result.is_ok(), allowed, "{result:?}");
+        // The served player sends nothing, so both directions hold only the set-up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let to_player = tap.host_to_player.lock().unwrap().len();
+        let to_host = tap.player_to_host.lock().unwrap().len();
+        forwarded.push((to_host, to_player));
+        drop(result);
+    }
+    assert_eq!(
+        forwarded[0], forwarded[1],
+        "served vs refused: (player→host, host→player) bytes"
+    );
+    // Hello (2 + 96) one way; reply (2 + 48) and verdict (2 + 18) the other.
+    assert_eq!(forwarded[0], (98, 70));
+}

@@ -1,0 +1,215 @@
+//! Registration tokens: a relay that requires them admits a host only with a valid
+//! token for its own host id, refuses every other token with a code of its own, puts
+//! the host in the token's tier, and ends the registration when the token expires.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blindrelay_client::{HostAgent, HostState};
+use blindrelay_protocol::control::ControlMessage;
+use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_protocol::token::{Claims, IssuerKeys, IssuerSecretKey};
+use blindrelay_protocol::{ErrorCode, HostId, SecretKey};
+use blindrelay_relay::limits::TierConfig;
+use blindrelay_relay::units::Rate;
+use blindrelay_relay::Relay;
+use common::*;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A relay that requires tokens from `issuer`, with a tier `free` capped at 2 Mbit/s.
+fn token_relay(issuer: &IssuerSecretKey) -> Relay {
+    init_tracing();
+    let mut config = relay_config();
+    config.token_issuers = Some(IssuerKeys::new(vec![issuer.public_key()]));
+    let mut free = TierConfig::default();
+    free.session_rate = Some(Rate(250_000));
+    config.limits.tiers.insert("free".to_owned(), free);
+    Relay::spawn(config).unwrap()
+}
+
+fn issue(issuer: &IssuerSecretKey, host_id: HostId, expires: u64, tier: &str) -> Vec<u8> {
+    issuer
+        .issue(Claims {
+            host_id,
+            expires,
+            tier: tier.to_owned(),
+        })
+        .unwrap()
+        .to_bytes()
+}
+
+/// Registers `host_id` by hand with `token`, proving with `prover`; returns the
+/// relay's last answer (its refusal, or `Registered`) and the stream that holds it.
+async fn register_with(
+    relay: &Relay,
+    host_id: HostId,
+    prover: &SecretKey,
+    token: Option<Vec<u8>>,
+) -> (ControlMessage, quinn::SendStream, quinn::RecvStream) {
+    let connection = raw_connection(relay).await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&ControlMessage::Register { host_id, token }.to_frame())
+        .await
+        .unwrap();
+    let relay_ephemeral = match read_message(&mut recv).await.expect("an answer") {
+        ControlMessage::Challenge { relay_ephemeral } => relay_ephemeral,
+        refusal => return (refusal, send, recv),
+    };
+    let mut exporter = [0u8; EXPORTER_LEN];
+    connection
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .unwrap();
+    let mac = registration::prove(prover, &relay_ephemeral, &exporter).unwrap();
+    send.write_all(&ControlMessage::Proof { mac }.to_frame())
+        .await
+        .unwrap();
+    let verdict = read_message(&mut recv).await.expect("a verdict");
+    (verdict, send, recv)
+}
+
+fn code_of(message: &ControlMessage) -> Option<ErrorCode> {
+    match message {
+        ControlMessage::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_registers_the_host_in_the_tier_it_names() {
+    let issuer = IssuerSecretKey::generate().unwrap();
+    let relay = token_relay(&issuer);
+    let key = SecretKey::generate().unwrap();
+    let token = issue(&issuer, key.host_id(), now() + 3600, "free");
+    let mut config = host_config(key.clone(), relay.url());
+    config.token = Some(blindrelay_protocol::Token::from_bytes(&token).unwrap());
+    let agent = HostAgent::spawn(config);
+    wait_for_state(&agent, |state| *state == HostState::Registered).await;
+    let ticket = agent.ticket().clone();
+    let _echo = spawn_echo_host(agent);
+
+    let session = player().connect(&ticket).await.unwrap();
+    assert_eq!(session.limits().rate, 250_000, "the token's tier applies");
+    let (mut read, mut write) = tokio::io::split(session);
+    let (sent, echoed) = tokio::join!(
+        write_pattern(&mut write, 3, 64 << 10),
+        read_pattern(&mut read, 3)
+    );
+    sent.unwrap();
+    assert_eq!(echoed.unwrap(), 64 << 10);
+
+    // A token for the default tier works as well.
+    let other = SecretKey::generate().unwrap();
+    let token = issue(&issuer, other.host_id(), now() + 3600, "default");
+    let (verdict, _send, _recv) = register_with(&relay, other.host_id(), &other, Some(token)).await;
+    assert_eq!(verdict, ControlMessage::Registered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_token_is_refused_with_its_own_code() {
+    let issuer = IssuerSecretKey::generate().unwrap();
+    let relay = token_relay(&issuer);
+    let key = SecretKey::generate().unwrap();
+    let host = key.host_id();
+    let later = now() + 3600;
+    let stranger = IssuerSecretKey::generate().unwrap();
+    let mut tampered = issue(&issuer, host, later, "default");
+    let expiry_byte = 1 + 8 + 32 + 7;
+    tampered[expiry_byte] ^= 0x80;
+
+    let cases: Vec<(&str, Option<Vec<u8>>, ErrorCode)> = vec![
+        ("missing", None, ErrorCode::TokenRequired),
+        (
+            "expired",
+            Some(issue(&issuer, host, now() - 1, "default")),
+            ErrorCode::TokenExpired,
+        ),
+        (
+            "wrong host",
+            Some(issue(
+                &issuer,
+                SecretKey::generate().unwrap().host_id(),
+                later,
+                "default",
+            )),
+            ErrorCode::TokenWrongHost,
+        ),
+        ("tampered", Some(tampered), ErrorCode::TokenInvalid),
+        (
+            "unknown issuer",
+            Some(issue(&stranger, host, later, "default")),
+            ErrorCode::TokenInvalid,
+        ),
+        (
+            "unknown tier",
+            Some(issue(&issuer, host, later, "gold")),
+            ErrorCode::TokenInvalid,
+        ),
+        ("malformed", Some(vec![1, 2, 3]), ErrorCode::TokenMalformed),
+    ];
+    for (case, token, want) in cases {
+        let (answer, _send, _recv) = register_with(&relay, host, &key, token).await;
+        assert_eq!(code_of(&answer), Some(want), "{case}: {answer:?}");
+    }
+    assert_eq!(relay.stats().registered_hosts, 0);
+
+    // Someone without the key learns nothing about a token: the proof fails first,
+    // whether the token is valid or not.
+    let impostor = SecretKey::generate().unwrap();
+    for token in [
+        issue(&issuer, host, later, "default"),
+        issue(&issuer, host, now() - 1, "default"),
+    ] {
+        let (answer, _send, _recv) = register_with(&relay, host, &impostor, Some(token)).await;
+        assert_eq!(code_of(&answer), Some(ErrorCode::ProofFailed), "{answer:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_agent_whose_token_is_refused_stops_and_says_why() {
+    let issuer = IssuerSecretKey::generate().unwrap();
+    let relay = token_relay(&issuer);
+    // No token at all.
+    let agent = HostAgent::spawn(host_config(SecretKey::generate().unwrap(), relay.url()));
+    let state = wait_for_state(&agent, |state| matches!(state, HostState::Stopped { .. })).await;
+    assert!(state.to_string().contains("token required"), "{state}");
+    // An expired one.
+    let key = SecretKey::generate().unwrap();
+    let mut config = host_config(key.clone(), relay.url());
+    let token = issue(&issuer, key.host_id(), now() - 10, "default");
+    config.token = Some(blindrelay_protocol::Token::from_bytes(&token).unwrap());
+    let agent = HostAgent::spawn(config);
+    let state = wait_for_state(&agent, |state| matches!(state, HostState::Stopped { .. })).await;
+    assert!(state.to_string().contains("expired"), "{state}");
+    assert_eq!(relay.stats().registered_hosts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_ends_when_its_token_expires() {
+    let issuer = IssuerSecretKey::generate().unwrap();
+    let relay = token_relay(&issuer);
+    let key = SecretKey::generate().unwrap();
+    // Whole seconds: expire two to three seconds from now.
+    let token = issue(&issuer, key.host_id(), now() + 3, "default");
+    let (verdict, _send, mut recv) = register_with(&relay, key.host_id(), &key, Some(token)).await;
+    assert_eq!(verdict, ControlMessage::Registered);
+    assert_eq!(relay.stats().registered_hosts, 1);
+    let ended = tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv))
+        .await
+        .expect("the relay ends the registration at expiry")
+        .expect("with an error message");
+    assert_eq!(code_of(&ended), Some(ErrorCode::TokenExpired), "{ended:?}");
+    tokio::time::timeout(PATIENCE, async {
+        while relay.stats().registered_hosts != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the host id is no longer registered");
+}
