@@ -67,6 +67,8 @@ struct Phase {
     process_cpu: Option<f64>,
     ends_cpu: Option<f64>,
     errors: u64,
+    /// The first few errors, for the notes.
+    first_errors: Vec<String>,
     series: Vec<(f64, f64)>,
 }
 
@@ -138,6 +140,11 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
             continue;
         }
         errors += mine.iter().map(|ph| ph.errors).sum::<u64>();
+        for ph in &mine {
+            for message in &ph.first_errors {
+                report.note(format!("{}: {message}", path.label()));
+            }
+        }
         let aggregate = agg(path);
         let per_session: Vec<f64> = mine
             .iter()
@@ -229,14 +236,22 @@ async fn phase(
     probe: Option<&ProcessProbe>,
 ) -> Result<Phase> {
     let sessions = args.sessions.max(1);
-    // Open them all at once: the sessions of one phase share the measured window.
+    // The first session of each player and host pair alone, so that each player
+    // opens one direct connection per host: sessions racing to open the first one
+    // may each open their own, and such an extra connection is closed abruptly when
+    // its last session drops it, cutting off what the host had not yet read.
+    let first = sessions.min(args.players.max(args.hosts).max(1));
     let mut opened = Vec::with_capacity(sessions);
-    for result in join_all((0..sessions).map(|i| fixture.open(path, i))).await {
+    for i in 0..first {
+        opened.push(fixture.open(path, i).await?);
+    }
+    // Then the rest at once.
+    for result in join_all((first..sessions).map(|i| fixture.open(path, i))).await {
         opened.push(result?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Arc<AtomicU64>> = (0..sessions).map(|_| Arc::default()).collect();
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Errors::default());
     let mut tasks = JoinSet::new();
     let up = args.direction != Direction::Down;
     let down = args.direction != Direction::Up;
@@ -318,7 +333,7 @@ async fn phase(
     })
     .await;
     if drained.is_err() {
-        errors.fetch_add(1, Ordering::Relaxed);
+        errors.record("sessions did not end within 30 s of the phase".to_owned());
     }
     Ok(Phase {
         bytes: end_bytes - bytes0,
@@ -330,7 +345,8 @@ async fn phase(
             .collect(),
         process_cpu,
         ends_cpu,
-        errors: errors.load(Ordering::Relaxed),
+        errors: errors.count.load(Ordering::Relaxed),
+        first_errors: errors.first.lock().map(|f| f.clone()).unwrap_or_default(),
         series,
     })
 }
@@ -372,20 +388,20 @@ fn spawn_pair(
     size: usize,
     stop: &Arc<AtomicBool>,
     counter: &Arc<AtomicU64>,
-    errors: &Arc<AtomicU64>,
+    errors: &Arc<Errors>,
 ) {
     let (stop, counter) = (stop.clone(), counter.clone());
     let write_errors = errors.clone();
     tasks.spawn(async move {
         let payload = vec![0x5au8; size];
         while active && !stop.load(Ordering::Relaxed) {
-            if writer.write_all(&payload).await.is_err() {
-                write_errors.fetch_add(1, Ordering::Relaxed);
+            if let Err(err) = writer.write_all(&payload).await {
+                write_errors.record(format!("write: {err}"));
                 return;
             }
         }
-        if writer.shutdown().await.is_err() {
-            write_errors.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = writer.shutdown().await {
+            write_errors.record(format!("finish: {err}"));
         }
     });
     let errors = errors.clone();
@@ -397,11 +413,29 @@ fn spawn_pair(
                 Ok(n) => {
                     counter.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                Err(err) => {
+                    errors.record(format!("read: {err}"));
                     break;
                 }
             }
         }
     });
+}
+
+/// Errors of a phase: how many, and the first few messages.
+#[derive(Default)]
+struct Errors {
+    count: AtomicU64,
+    first: std::sync::Mutex<Vec<String>>,
+}
+
+impl Errors {
+    fn record(&self, message: String) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first.lock() {
+            if first.len() < 3 {
+                first.push(message);
+            }
+        }
+    }
 }
