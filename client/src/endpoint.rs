@@ -82,6 +82,26 @@ pub async fn connect_relay_raw_from(
     Ok(endpoint.connect(addr, url.host())?.await?)
 }
 
+/// A client endpoint on one UDP socket at `local` (port 0 picks one), set up to reach
+/// and verify the relay at `url`, and the relay's resolved address: tools that open
+/// very many bare connections (the load generator's idle registrations) call
+/// `endpoint.connect(addr, url.host())` on it repeatedly instead of spending a socket
+/// and a file descriptor on each connection as [`connect_relay_raw`] does.
+pub async fn relay_endpoint_raw(
+    url: &RelayUrl,
+    local: std::net::IpAddr,
+) -> Result<(quinn::Endpoint, SocketAddr), ConnectRelayError> {
+    let profile = ConnectionProfile {
+        incoming_streams: 1024,
+        keep_alive: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+    };
+    let addr = resolve(url).await?;
+    let mut endpoint = endpoint_at((local, 0).into())?;
+    endpoint.set_default_client_config(relay_client_config(url, profile)?);
+    Ok((endpoint, addr))
+}
+
 /// Opens a QUIC connection to the relay at `url`.
 pub(crate) async fn connect_relay(
     url: &RelayUrl,

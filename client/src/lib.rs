@@ -30,7 +30,9 @@ pub use blindrelay_protocol::{
     HostId, PublicKey, RelayUrl, SecretKey, SessionLimits, Ticket, Token,
 };
 pub use direct::DirectListenError;
-pub use endpoint::{connect_relay_raw, connect_relay_raw_from, ConnectRelayError};
+pub use endpoint::{
+    connect_relay_raw, connect_relay_raw_from, relay_endpoint_raw, ConnectRelayError,
+};
 pub use host::{HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError};
 pub use player::{ConnectError, PathPreference, Player, PlayerConfig};
 pub use stream::{SecureStream, SessionEnded, SessionPath};
