@@ -12,7 +12,8 @@ Inputs (raw X25519 secrets; X25519 clamps them):
   prologue b"blindrelay/1 session Noise_IK_25519_AESGCM_BLAKE2s",
   empty handshake payloads.
 Wire: every Noise message is a 2-byte big-endian length then the message.
-Transport plaintext: the body, then a type byte (0x00 data, 0x01 end).
+Transport plaintext: the body, then a type byte (0x00 data, 0x01 end, 0x03 verdict).
+  host -> player: verdict "welcome" (body 0x00), sent with the reply
   player -> host: data b"GET /movie.mkv", then end
   host -> player: data b"200 OK"
 
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from noise.connection import Keypair, NoiseConnection
 
-EXPECTED = "8e766ccf2fb6a9fd2834b1b177c3247e99cca611bd516b8a6db0dcbbd47ad955"
+EXPECTED = "f43b4db74f529e9b60576c87062d4a4432a973fa9016a7254cfc0b693f0c39d9"
 
 NAME = b"Noise_IK_25519_AESGCM_BLAKE2s"
 PROLOGUE = b"blindrelay/1 session Noise_IK_25519_AESGCM_BLAKE2s"
@@ -38,7 +39,8 @@ HOST_STATIC = bytes([2] * 32)
 PLAYER_EPHEMERAL = bytes([3] * 32)
 HOST_EPHEMERAL = bytes([4] * 32)
 
-DATA, END = 0x00, 0x01
+DATA, END, VERDICT = 0x00, 0x01, 0x03
+WELCOME = 0x00
 
 
 def public(secret: bytes) -> bytes:
@@ -88,6 +90,7 @@ def main() -> int:
     assert player.get_handshake_hash() == host.get_handshake_hash()
 
     for label, sender, receiver, plaintext in [
+        ("verdict (host -> player) welcome", host, player, bytes([WELCOME, VERDICT])),
         ("data    (player -> host) 'GET /movie.mkv'", player, host, b"GET /movie.mkv" + bytes([DATA])),
         ("end     (player -> host)", player, host, bytes([END])),
         ("data    (host -> player) '200 OK'", host, player, b"200 OK" + bytes([DATA])),
