@@ -496,6 +496,14 @@ impl Inner {
             .map_err(|reason| ConnectError::Direct { addr, reason })?;
         if let Ok(mut direct) = self.direct.lock() {
             direct.retain(|_, connection| connection.close_reason().is_none());
+            // Sessions started at once may each have opened a connection. Keep the
+            // first: a replaced connection would close by itself when its last
+            // session drops it, possibly before that session's last bytes arrived.
+            // This one carries nothing yet, so closing it loses nothing.
+            if let Some(first) = direct.get(&addr) {
+                connection.close(codes::close::NORMAL.into(), b"duplicate connection");
+                return Ok(first.clone());
+            }
             direct.insert(addr, connection.clone());
         }
         Ok(connection)

@@ -440,3 +440,63 @@ async fn flipping_enable_relay_fast_leaks_nothing() {
     drop(relay);
     relay_runtime.shutdown_background();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_started_at_once_on_a_fresh_player_all_arrive_whole() {
+    // Every session of a new player races to open the first direct connection; a
+    // connection that lost the race must not take a session's last bytes with it
+    // when the player drops the session right after sending them.
+    const SESSIONS: u64 = 16;
+    const LEN: u64 = 256 << 10;
+    init_tracing();
+    let mut host = HostAgent::start(HostConfig::direct_only(
+        SecretKey::generate().unwrap(),
+        LOOPBACK.parse().unwrap(),
+    ))
+    .expect("host starts");
+    let ticket = host.ticket().clone();
+    let receiver = tokio::spawn(async move {
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..SESSIONS {
+            let mut session = host.accept().await.expect("a session");
+            reads.spawn(async move {
+                let mut seed = [0u8; 8];
+                session.read_exact(&mut seed).await?;
+                read_pattern(&mut session, u64::from_le_bytes(seed)).await
+            });
+        }
+        let mut received = Vec::new();
+        while let Some(read) = reads.join_next().await {
+            received.push(read.unwrap());
+        }
+        received
+    });
+    let player = Arc::new(player_with(
+        &SecretKey::generate().unwrap(),
+        Duration::from_millis(250),
+    ));
+    let mut senders = tokio::task::JoinSet::new();
+    for seed in 0..SESSIONS {
+        let (player, ticket) = (player.clone(), ticket.clone());
+        senders.spawn(async move {
+            let mut session = player
+                .connect_via(&ticket, PathPreference::DirectOnly)
+                .await
+                .expect("a direct session");
+            session.write_all(&seed.to_le_bytes()).await.unwrap();
+            write_pattern(&mut session, seed, LEN).await.unwrap();
+            // Dropped at once: nothing waits for the host to read.
+        });
+    }
+    while let Some(sent) = senders.join_next().await {
+        sent.unwrap();
+    }
+    let received = tokio::time::timeout(PATIENCE, receiver)
+        .await
+        .expect("the host reads every session in time")
+        .unwrap();
+    for read in received {
+        assert_eq!(read.expect("a whole session, byte-exact"), LEN);
+    }
+    drop(player);
+}
