@@ -57,13 +57,16 @@ pub(crate) struct ConnectionProfile {
 /// generator, conformance tests). Applications use [`crate::HostAgent`] and
 /// [`crate::Player`] instead.
 pub async fn connect_relay_raw(url: &RelayUrl) -> Result<quinn::Connection, ConnectRelayError> {
-    let profile = ConnectionProfile {
-        incoming_streams: 1024,
-        keep_alive: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(30),
-    };
-    connect_relay(url, profile).await
+    connect_relay(url, RAW_PROFILE).await
 }
+
+/// How the bare connections of tools and tests behave: they may accept as many
+/// streams as a host would.
+const RAW_PROFILE: ConnectionProfile = ConnectionProfile {
+    incoming_streams: 1024,
+    keep_alive: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(30),
+};
 
 /// Like [`connect_relay_raw`], from the local address `local` (tools and tests that
 /// play clients at several addresses of one machine: 127.0.0.2, 127.0.0.3, …).
@@ -71,14 +74,7 @@ pub async fn connect_relay_raw_from(
     url: &RelayUrl,
     local: std::net::IpAddr,
 ) -> Result<quinn::Connection, ConnectRelayError> {
-    let profile = ConnectionProfile {
-        incoming_streams: 1024,
-        keep_alive: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(30),
-    };
-    let addr = resolve(url).await?;
-    let mut endpoint = endpoint_at((local, 0).into())?;
-    endpoint.set_default_client_config(relay_client_config(url, profile)?);
+    let (endpoint, addr) = relay_endpoint_raw(url, local).await?;
     Ok(endpoint.connect(addr, url.host())?.await?)
 }
 
@@ -91,14 +87,9 @@ pub async fn relay_endpoint_raw(
     url: &RelayUrl,
     local: std::net::IpAddr,
 ) -> Result<(quinn::Endpoint, SocketAddr), ConnectRelayError> {
-    let profile = ConnectionProfile {
-        incoming_streams: 1024,
-        keep_alive: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(30),
-    };
     let addr = resolve(url).await?;
     let mut endpoint = endpoint_at((local, 0).into())?;
-    endpoint.set_default_client_config(relay_client_config(url, profile)?);
+    endpoint.set_default_client_config(relay_client_config(url, RAW_PROFILE)?);
     Ok((endpoint, addr))
 }
 
