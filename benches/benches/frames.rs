@@ -13,31 +13,14 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use blindrelay_bench::noise_fixture::{keys, session};
 use blindrelay_protocol::control::ControlMessage;
 use blindrelay_protocol::noise::{
-    split_frame, HostHandshake, Opened, PlayerHandshake, Transport, MAX_PLAINTEXT_LEN,
+    split_frame, HostHandshake, Opened, PlayerHandshake, MAX_PLAINTEXT_LEN,
 };
-use blindrelay_protocol::{SecretKey, SessionLimits};
+use blindrelay_protocol::SessionLimits;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-
-fn keys() -> (SecretKey, SecretKey) {
-    (
-        SecretKey::from_bytes([1; 32]),
-        SecretKey::from_bytes([2; 32]),
-    )
-}
-
-fn session() -> (Transport, Transport) {
-    let (player_key, host_key) = keys();
-    let mut player = PlayerHandshake::new(&player_key, &host_key.host_id()).expect("player");
-    let mut wire = BytesMut::new();
-    player.write_hello(&mut wire).expect("hello");
-    let hello = split_frame(&mut wire).expect("hello frame");
-    let host = HostHandshake::respond(&host_key, &hello, &mut wire).expect("respond");
-    let reply = split_frame(&mut wire).expect("reply frame");
-    (player.read_reply(&reply).expect("reply"), host)
-}
 
 fn bench_control(c: &mut Criterion) {
     let mut group = c.benchmark_group("control");

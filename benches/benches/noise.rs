@@ -15,10 +15,10 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use blindrelay_bench::noise_fixture::{keys, session};
 use blindrelay_protocol::noise::{
-    split_frame, HostHandshake, Opened, PlayerHandshake, Transport, MAX_PLAINTEXT_LEN,
+    split_frame, HostHandshake, Opened, PlayerHandshake, MAX_PLAINTEXT_LEN,
 };
-use blindrelay_protocol::SecretKey;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use snow::resolvers::{BoxedCryptoResolver, DefaultResolver, FallbackResolver, RingResolver};
@@ -102,26 +102,6 @@ fn bench_transport_encrypt(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-fn keys() -> (SecretKey, SecretKey) {
-    (
-        SecretKey::from_bytes([1; 32]),
-        SecretKey::from_bytes([2; 32]),
-    )
-}
-
-/// A fresh blindrelay session; returns (player, host) transports.
-fn session() -> (Transport, Transport) {
-    let (player_key, host_key) = keys();
-    let mut player = PlayerHandshake::new(&player_key, &host_key.host_id()).expect("player");
-    let mut wire = BytesMut::new();
-    player.write_hello(&mut wire).expect("hello");
-    let hello = split_frame(&mut wire).expect("hello frame");
-    let host = HostHandshake::respond(&host_key, &hello, &mut wire).expect("respond");
-    let reply = split_frame(&mut wire).expect("reply frame");
-    let player = player.read_reply(&reply).expect("read reply");
-    (player, host)
 }
 
 fn bench_blindrelay_transport(c: &mut Criterion) {

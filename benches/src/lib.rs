@@ -12,6 +12,7 @@
 pub mod fixture;
 pub mod machine;
 pub mod measure;
+pub mod noise_fixture;
 pub mod plot;
 pub mod progress;
 pub mod raw;
