@@ -463,7 +463,8 @@ async fn failed_registration_proofs_count_double() {
         );
     }
     let connection = raw_connection(&relay).await;
-    let (verdict, _control) = register_by_hand_refused(&connection, &victim).await;
+    let register = ControlMessage::register(victim.host_id());
+    let (verdict, _control, _) = register_with(&connection, register, &victim, &connection).await;
     assert!(
         matches!(
             verdict,
@@ -475,23 +476,6 @@ async fn failed_registration_proofs_count_double() {
         "{verdict:?}"
     );
     assert_eq!(relay.stats().registrations_rate_limited, 1);
-}
-
-/// Sends `Register` for `key`'s host id and returns the relay's first answer, which
-/// is a refusal when registration is rate limited.
-async fn register_by_hand_refused(
-    connection: &quinn::Connection,
-    key: &SecretKey,
-) -> (ControlMessage, quinn::SendStream) {
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(&ControlMessage::register(key.host_id()).to_frame())
-        .await
-        .unwrap();
-    let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv))
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
-    (answer, send)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

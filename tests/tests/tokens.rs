@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use blindrelay_client::{HostAgent, HostState};
 use blindrelay_protocol::control::ControlMessage;
-use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
 use blindrelay_protocol::token::{Claims, IssuerKeys, IssuerSecretKey};
 use blindrelay_protocol::{ErrorCode, HostId, SecretKey};
 use blindrelay_relay::limits::TierConfig;
@@ -47,31 +46,15 @@ fn issue(issuer: &IssuerSecretKey, host_id: HostId, expires: u64, tier: &str) ->
 
 /// Registers `host_id` by hand with `token`, proving with `prover`; returns the
 /// relay's last answer (its refusal, or `Registered`) and the stream that holds it.
-async fn register_with(
+async fn register_with_token(
     relay: &Relay,
     host_id: HostId,
     prover: &SecretKey,
     token: Option<Vec<u8>>,
 ) -> (ControlMessage, quinn::SendStream, quinn::RecvStream) {
     let connection = raw_connection(relay).await;
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(&ControlMessage::Register { host_id, token }.to_frame())
-        .await
-        .unwrap();
-    let relay_ephemeral = match read_message(&mut recv).await.expect("an answer") {
-        ControlMessage::Challenge { relay_ephemeral } => relay_ephemeral,
-        refusal => return (refusal, send, recv),
-    };
-    let mut exporter = [0u8; EXPORTER_LEN];
-    connection
-        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .unwrap();
-    let mac = registration::prove(prover, &relay_ephemeral, &exporter).unwrap();
-    send.write_all(&ControlMessage::Proof { mac }.to_frame())
-        .await
-        .unwrap();
-    let verdict = read_message(&mut recv).await.expect("a verdict");
-    (verdict, send, recv)
+    let register = ControlMessage::Register { host_id, token };
+    register_with(&connection, register, prover, &connection).await
 }
 
 fn code_of(message: &ControlMessage) -> Option<ErrorCode> {
@@ -107,7 +90,8 @@ async fn a_valid_token_registers_the_host_in_the_tier_it_names() {
     // A token for the default tier works as well.
     let other = SecretKey::generate().unwrap();
     let token = issue(&issuer, other.host_id(), now() + 3600, "default");
-    let (verdict, _send, _recv) = register_with(&relay, other.host_id(), &other, Some(token)).await;
+    let (verdict, _send, _recv) =
+        register_with_token(&relay, other.host_id(), &other, Some(token)).await;
     assert_eq!(verdict, ControlMessage::Registered);
 }
 
@@ -154,7 +138,7 @@ async fn each_bad_token_is_refused_with_its_own_code() {
         ("malformed", Some(vec![1, 2, 3]), ErrorCode::TokenMalformed),
     ];
     for (case, token, want) in cases {
-        let (answer, _send, _recv) = register_with(&relay, host, &key, token).await;
+        let (answer, _send, _recv) = register_with_token(&relay, host, &key, token).await;
         assert_eq!(code_of(&answer), Some(want), "{case}: {answer:?}");
     }
     assert_eq!(relay.stats().registered_hosts, 0);
@@ -166,7 +150,8 @@ async fn each_bad_token_is_refused_with_its_own_code() {
         issue(&issuer, host, later, "default"),
         issue(&issuer, host, now() - 1, "default"),
     ] {
-        let (answer, _send, _recv) = register_with(&relay, host, &impostor, Some(token)).await;
+        let (answer, _send, _recv) =
+            register_with_token(&relay, host, &impostor, Some(token)).await;
         assert_eq!(code_of(&answer), Some(ErrorCode::ProofFailed), "{answer:?}");
     }
 }
@@ -197,7 +182,8 @@ async fn a_registration_ends_when_its_token_expires() {
     let key = SecretKey::generate().unwrap();
     // Whole seconds: expire two to three seconds from now.
     let token = issue(&issuer, key.host_id(), now() + 3, "default");
-    let (verdict, _send, mut recv) = register_with(&relay, key.host_id(), &key, Some(token)).await;
+    let (verdict, _send, mut recv) =
+        register_with_token(&relay, key.host_id(), &key, Some(token)).await;
     assert_eq!(verdict, ControlMessage::Registered);
     assert_eq!(relay.stats().registered_hosts, 1);
     let ended = tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv))

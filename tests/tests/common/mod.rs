@@ -246,12 +246,29 @@ pub async fn register_by_hand(
     prover: &SecretKey,
     exporter_from: &quinn::Connection,
 ) -> (ControlMessage, quinn::SendStream) {
+    let register = ControlMessage::register(host_id);
+    let (verdict, send, _) = register_with(connection, register, prover, exporter_from).await;
+    (verdict, send)
+}
+
+/// Sends `register` (a `Register`, with or without a token) on a new stream of
+/// `connection` and runs the rest of the flow by hand. When the relay answers
+/// anything but a challenge, that answer is returned at once; otherwise the verdict
+/// on the proof. The registration lasts while the returned stream stays open.
+pub async fn register_with(
+    connection: &quinn::Connection,
+    register: ControlMessage,
+    prover: &SecretKey,
+    exporter_from: &quinn::Connection,
+) -> (ControlMessage, quinn::SendStream, quinn::RecvStream) {
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(&ControlMessage::register(host_id).to_frame())
+    send.write_all(&register.to_frame()).await.unwrap();
+    let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv))
         .await
-        .unwrap();
-    let Some(ControlMessage::Challenge { relay_ephemeral }) = read_message(&mut recv).await else {
-        panic!("expected a challenge");
+        .expect("an answer in time")
+        .expect("an answer");
+    let ControlMessage::Challenge { relay_ephemeral } = answer else {
+        return (answer, send, recv);
     };
     let mut exporter = [0u8; EXPORTER_LEN];
     exporter_from
@@ -262,8 +279,7 @@ pub async fn register_by_hand(
         .await
         .unwrap();
     let verdict = read_message(&mut recv).await.expect("a verdict");
-    // The registration lasts while this stream stays open: hand it to the caller.
-    (verdict, send)
+    (verdict, send, recv)
 }
 
 /// Starts a relay with `config` on `addr`, where a relay just stopped: quinn
