@@ -87,11 +87,15 @@ impl Shared {
 
 /// Serves one connection until it closes. `permit` holds the connection's place in
 /// the relay's counts for as long as it lives.
-pub(crate) async fn handle(
+///
+/// A plain function returning the future, not an `async fn`: every connection's
+/// task holds this future for the connection's life, and an `async fn` around it
+/// would add its arguments and a copy of the inner state to that task.
+pub(crate) fn handle(
     incoming: quinn::Incoming,
     permit: ConnectionPermit,
     shared: Arc<Shared>,
-) {
+) -> impl std::future::Future<Output = ()> {
     let span = info_span!("conn", peer = %redact(incoming.remote_address()));
     async move {
         let started = tokio::time::Instant::now();
@@ -108,12 +112,11 @@ pub(crate) async fn handle(
         serve(connection, Arc::new(permit), shared).await;
     }
     .instrument(span)
-    .await
 }
 
 async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, shared: Arc<Shared>) {
     let mut streams = JoinSet::new();
-    let mut registered = false;
+    let mut had_stream = false;
     // Set by a successful registration. A host's sessions run on streams the relay
     // opened, which `streams` does not hold, so a host connection is never closed
     // for having no streams of its own.
@@ -159,7 +162,7 @@ async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, sha
                 let connection = connection.clone();
                 let permit = permit.clone();
                 let is_host = is_host.clone();
-                let may_register = !registered;
+                let first_stream = !had_stream;
                 streams.spawn(async move {
                     let first = tokio::time::timeout(
                         shared.config.limits.connections.first_message_timeout.0,
@@ -173,11 +176,11 @@ async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, sha
                         }
                     };
                     let stream = Stream { send, recv, connection, permit, is_host };
-                    route(message, may_register, stream, shared).await
+                    route(message, first_stream, stream, shared).await
                 });
                 // Only the first stream may register; later `Register`s are refused
                 // even if the first stream turned out to be a session.
-                registered = true;
+                had_stream = true;
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => {
                 if streams.is_empty() && !idle_limit.is_zero() {
@@ -199,14 +202,27 @@ pub(crate) struct Stream {
     pub is_host: Arc<AtomicBool>,
 }
 
-async fn route(message: ControlMessage, may_register: bool, stream: Stream, shared: Arc<Shared>) {
+async fn route(message: ControlMessage, first_stream: bool, stream: Stream, shared: Arc<Shared>) {
     let mut send = match message {
-        ControlMessage::Register { host_id, token } if may_register => {
-            return registration::serve(host_id, token, stream, shared).await
+        ControlMessage::Register { host_id, token } if first_stream => {
+            // Boxed, like a session below: a stream's task is as large as its
+            // largest path, and every host holds its registration task for hours.
+            // (Built in its box: a future made first and boxed after would still
+            // take its full size in this task.)
+            return Box::pin(registration::serve(host_id, token, stream, shared)).await;
         }
         ControlMessage::Connect { host_id } => {
+            if first_stream {
+                // The first stream asks for a session: a player, which may now open
+                // as many streams as the configuration allows.
+                let streams = shared.config.limits.connections.max_streams;
+                stream
+                    .connection
+                    .set_max_concurrent_bi_streams(streams.into());
+            }
             let player = stream.connection.remote_address();
-            return session::serve(host_id, stream.send, stream.recv, player, shared).await;
+            let Stream { send, recv, .. } = stream;
+            return Box::pin(session::serve(host_id, send, recv, player, shared)).await;
         }
         _ => stream.send,
     };
@@ -278,9 +294,12 @@ pub(crate) async fn read_message(
         .await
         .map_err(|_| ReadMessageError::Closed)?;
     let len = control::frame_len(prefix)?;
-    let mut body = [0u8; control::MAX_FRAME_LEN];
-    recv.read_exact(&mut body[..len])
+    // On the heap, and only once a message is arriving: a registration waits in
+    // this function for hours, and a buffer of the largest frame in its state would
+    // cost every host a kilobyte.
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
         .await
         .map_err(|_| ReadMessageError::Closed)?;
-    Ok(ControlMessage::decode(&body[..len])?)
+    Ok(ControlMessage::decode(&body)?)
 }

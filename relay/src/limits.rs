@@ -62,7 +62,9 @@ pub struct ConnectionLimits {
     pub unregistered_idle_timeout: Span,
     /// A new stream must deliver its first control message within this time.
     pub first_message_timeout: Span,
-    /// Streams a peer may have open at once on one connection.
+    /// Streams a player may have open at once on one connection. A connection gets
+    /// this many once its first stream asks for a session; until then (and so for
+    /// hosts, which only open their registration stream) at most 8.
     pub max_streams: u32,
     /// Bytes the relay may have sent on one connection without acknowledgement.
     pub send_window: ByteSize,

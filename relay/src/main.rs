@@ -111,7 +111,7 @@ limit_flags! {
     connections_unregistered_idle_timeout: Span => connections.unregistered_idle_timeout, "BLINDRELAY_CONNECTIONS_UNREGISTERED_IDLE_TIMEOUT";
     /// [connections] first_message_timeout.
     connections_first_message_timeout: Span => connections.first_message_timeout, "BLINDRELAY_CONNECTIONS_FIRST_MESSAGE_TIMEOUT";
-    /// [connections] max_streams: streams open at once per connection.
+    /// [connections] max_streams: streams a player may have open at once per connection.
     connections_max_streams: u32 => connections.max_streams, "BLINDRELAY_CONNECTIONS_MAX_STREAMS";
     /// [connections] send_window: unacknowledged bytes per connection.
     connections_send_window: ByteSize => connections.send_window, "BLINDRELAY_CONNECTIONS_SEND_WINDOW";

@@ -119,6 +119,13 @@ impl RelayCertificate {
 /// sessions to move at full speed at once.
 const CONNECTION_WINDOW_STREAMS: u64 = 16;
 
+/// Streams a connection may open before it shows what it is. A host only ever opens
+/// its registration stream, and quinn keeps state for every stream a peer may open,
+/// from the start (about 80 bytes each), so the full `connections.max_streams` is
+/// granted only to connections whose first stream asks for a session (see
+/// `connection::route`): a host's connection stays about 20 KiB smaller.
+pub(crate) const INITIAL_STREAMS: u32 = 8;
+
 /// The quinn server configuration: TLS 1.3 only, our ALPN only, no 0-RTT (early data
 /// is replayable, and nothing here is worth the risk).
 pub(crate) fn server_config(
@@ -153,7 +160,7 @@ pub(crate) fn server_config(
                 .try_into()
                 .map_err(|_| TlsError::Config("idle timeout too large".into()))?,
         ))
-        .max_concurrent_bidi_streams(limits.connections.max_streams.into())
+        .max_concurrent_bidi_streams(limits.connections.max_streams.min(INITIAL_STREAMS).into())
         .max_concurrent_uni_streams(0u32.into())
         // The relay's buffer per session and direction: what a sender may have in
         // flight to the relay before the relay has passed it on.

@@ -24,27 +24,43 @@ use blindrelay_relay::{Relay, RelayCertificate, RelayConfig};
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-/// An echo host and a session to it that moves `len` bytes both ways, checked byte
-/// for byte; the handle yields the bytes echoed.
-async fn honest_session(relay: &Relay, len: u64) -> tokio::task::JoinHandle<u64> {
+/// An echo host and a session to it, running beside an attack: it moves the first
+/// half of `len` bytes both ways at once, then stays open until [`finishes`] lets it
+/// move the second half, so it is still running (and its host busy) whatever the
+/// attack does in between, however fast this machine is.
+struct Honest {
+    task: tokio::task::JoinHandle<u64>,
+    release: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn honest_session(relay: &Relay, len: u64) -> Honest {
     let host = start_host(relay.url()).await;
     let ticket = host.ticket().clone();
     let echo_host = spawn_echo_host(host);
     let session = player().connect(&ticket).await.unwrap();
     let (mut read, mut write) = tokio::io::split(session);
-    tokio::spawn(async move {
+    let (release, released) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
         let _echo_host = echo_host;
-        let (sent, echoed) = tokio::join!(
-            write_pattern(&mut write, 1234, len),
-            read_pattern(&mut read, 1234)
-        );
+        let writes = async {
+            // One pattern stream in two halves, so the reader checks it as one.
+            let mut pattern = Pattern::new(1234);
+            write_pattern_from(&mut write, &mut pattern, len / 2).await?;
+            let _ = released.await;
+            write_pattern_from(&mut write, &mut pattern, len - len / 2).await?;
+            write.shutdown().await
+        };
+        let (sent, echoed) = tokio::join!(writes, read_pattern(&mut read, 1234));
         sent.unwrap();
         echoed.unwrap()
-    })
+    });
+    Honest { task, release }
 }
 
-async fn finishes(honest: tokio::task::JoinHandle<u64>, len: u64) {
-    let echoed = tokio::time::timeout(PATIENCE, honest)
+/// Lets the honest session finish and checks it echoed every byte exactly.
+async fn finishes(honest: Honest, len: u64) {
+    let _ = honest.release.send(());
+    let echoed = tokio::time::timeout(PATIENCE, honest.task)
         .await
         .expect("the honest session finishes in time")
         .unwrap();

@@ -439,6 +439,57 @@ async fn session_requests_from_one_address_are_rate_limited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_connection_may_open_few_streams_and_a_player_connection_its_maximum() {
+    // quinn keeps state for every stream a peer may open, from the start; a host only
+    // ever needs its registration stream, so only players get `max_streams`.
+    let relay = relay_with(|limits| limits.connections.max_streams = 32);
+    let host = SecretKey::generate().unwrap();
+    let host_connection = raw_connection(&relay).await;
+    let (verdict, _registration) =
+        register_by_hand(&host_connection, host.host_id(), &host, &host_connection).await;
+    assert_eq!(verdict, ControlMessage::Registered);
+    // Seven more fit beside the registration stream; the ninth waits for credit the
+    // relay never gives a host.
+    let mut held = Vec::new();
+    for _ in 0..7 {
+        let opened = tokio::time::timeout(PATIENCE, host_connection.open_bi()).await;
+        held.push(opened.expect("within the initial count").expect("open"));
+    }
+    let ninth = tokio::time::timeout(Duration::from_millis(500), host_connection.open_bi()).await;
+    assert!(ninth.is_err(), "a ninth stream on a host's connection");
+
+    // A connection whose first stream asks for a session may then hold 32 at once.
+    let player = raw_connection(&relay).await;
+    let (mut send, mut recv) = player.open_bi().await.unwrap();
+    let nobody = SecretKey::generate().unwrap().host_id();
+    send.write_all(&ControlMessage::Connect { host_id: nobody }.to_frame())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv)).await;
+    assert!(
+        matches!(
+            answer,
+            Ok(Some(ControlMessage::Error {
+                code: ErrorCode::HostOffline,
+                ..
+            }))
+        ),
+        "{answer:?}"
+    );
+    held.push((send, recv));
+    for i in 1..32 {
+        let opened = tokio::time::timeout(PATIENCE, player.open_bi()).await;
+        held.push(
+            opened
+                .unwrap_or_else(|_| panic!("stream {} of 32", i + 1))
+                .expect("open"),
+        );
+    }
+    let beyond = tokio::time::timeout(Duration::from_millis(500), player.open_bi()).await;
+    assert!(beyond.is_err(), "a 33rd stream on a player's connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_registration_proofs_count_double() {
     let relay = relay_with(|limits| {
         limits.registrations.per_ip_per_s = 1;

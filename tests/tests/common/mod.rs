@@ -129,7 +129,17 @@ pub async fn write_pattern(
     seed: u64,
     len: u64,
 ) -> std::io::Result<()> {
-    let mut pattern = Pattern::new(seed);
+    write_pattern_from(writer, &mut Pattern::new(seed), len).await?;
+    writer.shutdown().await
+}
+
+/// Writes the next `len` bytes of `pattern` in 64 KiB blocks, leaving the writer open
+/// (with 64 KiB-aligned lengths, a pattern written in parts reads as one).
+pub async fn write_pattern_from(
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    pattern: &mut Pattern,
+    len: u64,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = len;
     while left > 0 {
@@ -138,7 +148,7 @@ pub async fn write_pattern(
         writer.write_all(&buf[..n]).await?;
         left -= n as u64;
     }
-    writer.shutdown().await
+    Ok(())
 }
 
 /// Reads to a clean end and checks every byte against the pattern; returns the count.
