@@ -115,12 +115,18 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
         }
         "setup" => {
             let per_cpu = report.number("relay_sessions_per_relay_cpu_s");
+            let per_s = report.number("sessions_per_s");
+            // How busy the relay was: a relay that mostly waits pays for waking up
+            // on every packet, so its cost per session depends on the load.
+            let busy = per_s.zip(per_cpu).map(|(n, c)| n / c * 100.0);
             rows.push((
                 "session setup ≥ 5,000/s per core of relay CPU".to_owned(),
                 format!(
-                    "{} per relay CPU second ({} sessions/s on this machine)",
+                    "{} per relay CPU second ({} sessions/s from {} workers, relay {}% of a core busy)",
                     cell(per_cpu, 0),
-                    cell(report.number("sessions_per_s"), 0)
+                    cell(per_s, 0),
+                    cell(param("sessions"), 0),
+                    cell(busy, 0),
                 ),
                 per_cpu.map(|v| v >= 5000.0),
             ));
@@ -187,6 +193,9 @@ scenario's own knobs are in `blindrelay-bench SCENARIO --help`. Stable JSON keys
 `scenario`; `relay_gbps`, `direct_gbps`, `splice_gbps`, `relay_cpu_s_per_gib`
 (throughput); `relay_p99_us`, `direct_p99_us` (latency); `sessions_per_s` (setup);
 `bytes_per_registration` (idle).
+
+Where the relay's time and memory go, from profiles, and what was tried: see
+[docs/performance.md](docs/performance.md).
 
 Micro-benchmarks (criterion): `cargo bench -p blindrelay-bench` runs `noise`
 (cipher choice, seal/open, host handshake), `frames` (control messages, Noise

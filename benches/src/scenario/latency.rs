@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Run;
+use super::{CpuMeter, Run};
 use crate::fixture::{echo, Fixture, Path};
 use crate::report::{cell, ratio, Report, Series, Table};
 
@@ -48,6 +48,9 @@ struct Measured {
     histogram: Histogram<u64>,
     per_second_p99_us: Vec<(f64, f64)>,
     errors: u64,
+    /// Through the relay the harness started: the relay process's CPU time over the
+    /// whole phase divided by the requests sent, in µs.
+    relay_cpu_us_per_request: Option<f64>,
 }
 
 /// Runs the scenario.
@@ -93,6 +96,13 @@ pub async fn run(run: &Run, args: &LatencyArgs) -> Result<Report> {
         report.figure(&format!("{key}_p99_us"), some(us(h, 0.99)));
         report.figure(&format!("{key}_p999_us"), some(us(h, 0.999)));
         report.figure(&format!("{key}_max_us"), some(h.max() as f64 / 1000.0));
+        if let Some(cpu) = measured.relay_cpu_us_per_request {
+            report.figure("relay_cpu_us_per_request", Some(cpu));
+            report.note(format!(
+                "the relay process spent {cpu:.1} µs of CPU per request (two forwarded \
+                 messages), over warm-up and measurement"
+            ));
+        }
         table.row(vec![
             path.label().to_owned(),
             h.len().to_string(),
@@ -140,8 +150,13 @@ async fn measure(run: &Run, fixture: &Fixture, path: Path, args: &LatencyArgs) -
         tokio::spawn(echo(session.host));
         sessions.push(session.player);
     }
-    let origin = Instant::now();
     let total = run.common.warmup + run.common.duration;
+    let requests = args.sessions.max(1) as f64 * requests_per_session(total, args) as f64;
+    let probe = (path == Path::Relay)
+        .then(|| run.target.relay_probe())
+        .flatten();
+    let relay_cpu = CpuMeter::start(probe);
+    let origin = Instant::now();
     let progress = async {
         let step = Duration::from_millis(100);
         let mut ticker = tokio::time::interval(step);
@@ -157,6 +172,7 @@ async fn measure(run: &Run, fixture: &Fixture, path: Path, args: &LatencyArgs) -
             .map(|player| ping(player, origin, run.common.warmup, total, args)),
     );
     let (results, ()) = tokio::join!(pingers, progress);
+    let relay_cpu_us_per_request = relay_cpu.elapsed().map(|cpu| cpu * 1e6 / requests);
     let mut histogram = new_histogram()?;
     let mut seconds: Vec<Histogram<u64>> = Vec::new();
     let mut errors = 0;
@@ -181,7 +197,13 @@ async fn measure(run: &Run, fixture: &Fixture, path: Path, args: &LatencyArgs) -
         histogram,
         per_second_p99_us,
         errors,
+        relay_cpu_us_per_request,
     })
+}
+
+/// Requests each session sends over warm-up and measurement (`total`).
+fn requests_per_session(total: Duration, args: &LatencyArgs) -> u64 {
+    (total.as_secs_f64() * f64::from(args.rate.max(1))) as u64
 }
 
 fn new_histogram() -> Result<Histogram<u64>> {
@@ -200,7 +222,7 @@ async fn ping(
 ) -> Result<(Histogram<u64>, Vec<Histogram<u64>>, u64)> {
     let (mut reader, mut writer) = tokio::io::split(player);
     let size = args.size;
-    let count = (total.as_secs_f64() * f64::from(args.rate.max(1))) as u64;
+    let count = requests_per_session(total, args);
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let sender = async move {
         let mut frame = vec![0u8; size];
