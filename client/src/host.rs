@@ -814,9 +814,10 @@ pub(crate) async fn respond(
         let _ = send.finish();
         return None;
     }
+    let (reader, writer) = crate::linger::halves(send, recv);
     Some(SecureStream::new(
-        recv,
-        send,
+        reader,
+        writer,
         transport,
         path,
         session_id,

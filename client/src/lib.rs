@@ -18,6 +18,7 @@ mod backoff;
 mod direct;
 mod endpoint;
 mod host;
+mod linger;
 mod player;
 mod stream;
 mod wire;
@@ -34,6 +35,7 @@ pub use endpoint::{
     connect_relay_raw, connect_relay_raw_from, relay_endpoint_raw, ConnectRelayError,
 };
 pub use host::{HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError};
+pub use linger::{QuicRecv, QuicSend, LINGER};
 pub use player::{ConnectError, PathPreference, Player, PlayerConfig};
 pub use stream::{SecureStream, SessionEnded, SessionPath};
 pub use wire::WireError;

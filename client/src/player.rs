@@ -334,9 +334,9 @@ async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, Conn
     attempts.abort_all();
     while let Some(joined) = attempts.join_next().await {
         if let Ok((_, Ok(stream))) = joined {
-            let (mut recv, mut send) = stream.into_inner();
-            let _ = send.reset(codes::stream::CANCELLED.into());
-            let _ = recv.stop(codes::stream::CANCELLED.into());
+            let (recv, send) = stream.into_inner();
+            send.reset(codes::stream::CANCELLED.into());
+            recv.stop(codes::stream::CANCELLED.into());
         }
     }
 }
@@ -458,10 +458,11 @@ impl Inner {
             let transport = handshake.read_reply(&reply)?;
             let transport = self.read_verdict(transport, recv).await?;
             let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
+            let (reader, writer) = crate::linger::halves(send, recv);
             debug!(%addr, host = %host_id.short(), "direct session established");
             Ok(SecureStream::new(
-                recv,
-                send,
+                reader,
+                writer,
                 transport,
                 SessionPath::Direct,
                 0,
@@ -546,10 +547,11 @@ impl Inner {
         let transport = handshake.read_reply(&reply)?;
         let transport = self.read_verdict(transport, recv).await?;
         let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
+        let (reader, writer) = crate::linger::halves(send, recv);
         debug!(session_id, host = %host_id.short(), %limits, "relayed session established");
         Ok(SecureStream::new(
-            recv,
-            send,
+            reader,
+            writer,
             transport,
             SessionPath::Relayed,
             session_id,

@@ -19,6 +19,8 @@ use blindrelay_protocol::{PublicKey, SessionLimits};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::linger::{QuicRecv, QuicSend};
+
 /// Which way a session reached its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -73,9 +75,11 @@ pub enum SessionEnded {
 /// stream's send window is full: call `flush()` (or `shutdown()`) before waiting for
 /// an answer, as `tokio::io::copy` and `copy_bidirectional` do.
 ///
-/// `R` and `W` are the two halves of the underlying ordered byte stream: QUIC stream
-/// halves by default.
-pub struct SecureStream<R = quinn::RecvStream, W = quinn::SendStream> {
+/// `R` and `W` are the two halves of the underlying ordered byte stream: by default
+/// a QUIC stream's, which keep their connection after the session is dropped until
+/// the peer has read it to the end (see [`QuicSend`]), so the last bytes written
+/// arrive even when the application drops everything right after writing them.
+pub struct SecureStream<R = QuicRecv, W = QuicSend> {
     reader: R,
     writer: W,
     transport: Transport,

@@ -500,3 +500,35 @@ async fn sessions_started_at_once_on_a_fresh_player_all_arrive_whole() {
     }
     drop(player);
 }
+
+/// As `sessions.rs` checks through the relay: a session dropped right after its last
+/// write, with its `Player` or `HostAgent`, still delivers it, here on the direct path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_bytes_arrive_directly_when_the_writer_drops_everything_right_after_them() {
+    const LEN: u64 = 8 << 20;
+    let relay = start_relay();
+    let mut host = start_dual_host(&relay).await;
+    let ticket = host.ticket().clone();
+
+    let player = player_with(&SecretKey::generate().unwrap(), Duration::from_secs(5));
+    let (mut player_side, mut host_side) =
+        open(&player, &mut host, &ticket, PathPreference::DirectOnly).await;
+    let reading = tokio::spawn(async move { read_pattern(&mut host_side, 7).await });
+    write_pattern(&mut player_side, 7, LEN).await.unwrap();
+    drop(player_side);
+    drop(player);
+    let received = tokio::time::timeout(PATIENCE, reading).await;
+    let received = received.expect("in time").unwrap();
+    assert_eq!(received.expect("a clean end"), LEN);
+
+    let player = player_with(&SecretKey::generate().unwrap(), Duration::from_secs(5));
+    let (mut player_side, mut host_side) =
+        open(&player, &mut host, &ticket, PathPreference::DirectOnly).await;
+    let reading = tokio::spawn(async move { read_pattern(&mut player_side, 8).await });
+    write_pattern(&mut host_side, 8, LEN).await.unwrap();
+    drop(host_side);
+    drop(host);
+    let received = tokio::time::timeout(PATIENCE, reading).await;
+    let received = received.expect("in time").unwrap();
+    assert_eq!(received.expect("a clean end"), LEN);
+}

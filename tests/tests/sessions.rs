@@ -118,3 +118,39 @@ async fn an_unknown_host_is_reported_offline() {
     assert!(err.to_string().contains("host offline"), "{err}");
     assert_eq!(relay.stats().sessions_refused, 1);
 }
+
+/// quinn closes a connection as soon as its last handle goes, and a closed
+/// connection's streams can no longer be read: a dropped session keeps its stream,
+/// and so its connection, until the peer has read it to the end. An application may
+/// drop its session and its `Player` or `HostAgent` right after the last write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_bytes_arrive_when_the_writer_drops_everything_right_after_them() {
+    const LEN: u64 = 8 << 20;
+    let relay = start_relay();
+    let mut host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+
+    // Player to host; the player's session and its Player are gone at once.
+    let player = player();
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
+    let (mut player_side, mut host_side) = (player_side.unwrap(), host_side.unwrap());
+    let reading = tokio::spawn(async move { read_pattern(&mut host_side, 7).await });
+    write_pattern(&mut player_side, 7, LEN).await.unwrap();
+    drop(player_side);
+    drop(player);
+    let received = tokio::time::timeout(PATIENCE, reading).await;
+    let received = received.expect("in time").unwrap();
+    assert_eq!(received.expect("a clean end"), LEN);
+
+    // Host to player; the host's session and its HostAgent are gone at once.
+    let player = common::player();
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
+    let (mut player_side, mut host_side) = (player_side.unwrap(), host_side.unwrap());
+    let reading = tokio::spawn(async move { read_pattern(&mut player_side, 8).await });
+    write_pattern(&mut host_side, 8, LEN).await.unwrap();
+    drop(host_side);
+    drop(host);
+    let received = tokio::time::timeout(PATIENCE, reading).await;
+    let received = received.expect("in time").unwrap();
+    assert_eq!(received.expect("a clean end"), LEN);
+}

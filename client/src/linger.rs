@@ -1,0 +1,179 @@
+//! A session's QUIC stream halves, which let the session end before the connection
+//! goes.
+//!
+//! quinn closes a connection as soon as its last handle is dropped, and a closed
+//! connection's streams can no longer be read, even data the peer already received
+//! and acknowledged. An application that drops its session, its `Player` or its
+//! `HostAgent` right after the last write would lose those bytes. So when both
+//! halves of a session's stream are dropped, a background task keeps them, and with
+//! them the connection, until the session is over: our end is finished (as quinn
+//! would finish it), whatever the peer still sends is read and discarded until the
+//! peer's end, and the peer has acknowledged everything we sent. The peer ends its
+//! half once it has read ours (a `SecureStream` dropped on that side lingers the same
+//! way), so the last reader decides when the connection may go. The wait is bounded
+//! by [`LINGER`].
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The longest a dropped session keeps its connection for the peer to finish.
+pub const LINGER: Duration = Duration::from_secs(10);
+
+/// Where the first of a pair's halves to be dropped waits for the other.
+#[derive(Debug, Default)]
+struct Rendezvous(Mutex<Option<Parked>>);
+
+#[derive(Debug)]
+enum Parked {
+    Send(quinn::SendStream),
+    Recv(quinn::RecvStream),
+}
+
+impl Rendezvous {
+    /// Parks `half`, or, if its other half is already parked, returns both.
+    fn meet(&self, half: Parked) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+        let mut parked = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match (parked.take(), half) {
+            (Some(Parked::Send(send)), Parked::Recv(recv))
+            | (Some(Parked::Recv(recv)), Parked::Send(send)) => Some((send, recv)),
+            (_, half) => {
+                *parked = Some(half);
+                None
+            }
+        }
+    }
+}
+
+/// Splits a session's QUIC stream into halves that linger together when dropped.
+pub(crate) fn halves(send: quinn::SendStream, recv: quinn::RecvStream) -> (QuicRecv, QuicSend) {
+    let rendezvous = Arc::new(Rendezvous::default());
+    (
+        QuicRecv {
+            recv: Some(recv),
+            rendezvous: rendezvous.clone(),
+        },
+        QuicSend {
+            send: Some(send),
+            rendezvous,
+        },
+    )
+}
+
+/// Finishes `send`, discards what the peer still sends until its end, and waits for
+/// the peer to acknowledge everything sent, for at most [`LINGER`].
+fn linger(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    // Outside a runtime nothing could drive the wait: quinn's own drop finishes the
+    // stream, as it always did.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        // Already finished or reset is fine.
+        let _ = send.finish();
+        let over = async {
+            let mut sink = [0u8; 4096];
+            while let Ok(Some(_)) = recv.read(&mut sink).await {}
+            let _ = send.stopped().await;
+        };
+        let _ = tokio::time::timeout(LINGER, over).await;
+    });
+}
+
+/// The sending half of a session's QUIC stream (see the module documentation).
+#[derive(Debug)]
+pub struct QuicSend {
+    /// Taken only when dropped or reset.
+    send: Option<quinn::SendStream>,
+    rendezvous: Arc<Rendezvous>,
+}
+
+impl QuicSend {
+    /// Abandons the stream: the peer's read fails with `code`, and nothing lingers.
+    pub fn reset(mut self, code: quinn::VarInt) {
+        if let Some(mut send) = self.send.take() {
+            let _ = send.reset(code);
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<&mut quinn::SendStream> {
+        self.send
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl AsyncWrite for QuicSend {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(self.get_mut().stream()?), cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(self.get_mut().stream()?), cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(self.get_mut().stream()?), cx)
+    }
+}
+
+impl Drop for QuicSend {
+    fn drop(&mut self) {
+        if let Some(send) = self.send.take() {
+            if let Some((send, recv)) = self.rendezvous.meet(Parked::Send(send)) {
+                linger(send, recv);
+            }
+        }
+    }
+}
+
+/// The receiving half of a session's QUIC stream (see the module documentation).
+#[derive(Debug)]
+pub struct QuicRecv {
+    /// Taken only when dropped or stopped.
+    recv: Option<quinn::RecvStream>,
+    rendezvous: Arc<Rendezvous>,
+}
+
+impl QuicRecv {
+    /// Abandons the stream: the peer's writes fail with `code`, and nothing lingers.
+    pub fn stop(mut self, code: quinn::VarInt) {
+        if let Some(mut recv) = self.recv.take() {
+            let _ = recv.stop(code);
+        }
+    }
+}
+
+impl AsyncRead for QuicRecv {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().recv.as_mut() {
+            Some(recv) => AsyncRead::poll_read(Pin::new(recv), cx, buf),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl Drop for QuicRecv {
+    fn drop(&mut self) {
+        if let Some(recv) = self.recv.take() {
+            if let Some((send, recv)) = self.rendezvous.meet(Parked::Recv(recv)) {
+                linger(send, recv);
+            }
+        }
+    }
+}
