@@ -35,19 +35,17 @@ enum Parked {
 }
 
 impl Rendezvous {
-    /// Parks `half`, or, if its other half is already parked, returns both.
-    fn meet(&self, half: Parked) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+    /// Parks a dropped `half` until its other half is dropped too, then lingers with
+    /// both.
+    fn leave(&self, half: Parked) {
         let mut parked = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match (parked.take(), half) {
             (Some(Parked::Send(send)), Parked::Recv(recv))
-            | (Some(Parked::Recv(recv)), Parked::Send(send)) => Some((send, recv)),
-            (_, half) => {
-                *parked = Some(half);
-                None
-            }
+            | (Some(Parked::Recv(recv)), Parked::Send(send)) => linger(send, recv),
+            (_, half) => *parked = Some(half),
         }
     }
 }
@@ -131,9 +129,7 @@ impl AsyncWrite for QuicSend {
 impl Drop for QuicSend {
     fn drop(&mut self) {
         if let Some(send) = self.send.take() {
-            if let Some((send, recv)) = self.rendezvous.meet(Parked::Send(send)) {
-                linger(send, recv);
-            }
+            self.rendezvous.leave(Parked::Send(send));
         }
     }
 }
@@ -171,9 +167,7 @@ impl AsyncRead for QuicRecv {
 impl Drop for QuicRecv {
     fn drop(&mut self) {
         if let Some(recv) = self.recv.take() {
-            if let Some((send, recv)) = self.rendezvous.meet(Parked::Recv(recv)) {
-                linger(send, recv);
-            }
+            self.rendezvous.leave(Parked::Recv(recv));
         }
     }
 }

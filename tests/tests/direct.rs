@@ -511,24 +511,18 @@ async fn the_last_bytes_arrive_directly_when_the_writer_drops_everything_right_a
     let ticket = host.ticket().clone();
 
     let player = player_with(&SecretKey::generate().unwrap(), Duration::from_secs(5));
-    let (mut player_side, mut host_side) =
+    let (player_side, host_side) =
         open(&player, &mut host, &ticket, PathPreference::DirectOnly).await;
-    let reading = tokio::spawn(async move { read_pattern(&mut host_side, 7).await });
-    write_pattern(&mut player_side, 7, LEN).await.unwrap();
-    drop(player_side);
-    drop(player);
-    let received = tokio::time::timeout(PATIENCE, reading).await;
-    let received = received.expect("in time").unwrap();
-    assert_eq!(received.expect("a clean end"), LEN);
+    assert_eq!(
+        write_and_drop(player_side, host_side, player, 7, LEN).await,
+        LEN
+    );
 
     let player = player_with(&SecretKey::generate().unwrap(), Duration::from_secs(5));
-    let (mut player_side, mut host_side) =
+    let (player_side, host_side) =
         open(&player, &mut host, &ticket, PathPreference::DirectOnly).await;
-    let reading = tokio::spawn(async move { read_pattern(&mut player_side, 8).await });
-    write_pattern(&mut host_side, 8, LEN).await.unwrap();
-    drop(host_side);
-    drop(host);
-    let received = tokio::time::timeout(PATIENCE, reading).await;
-    let received = received.expect("in time").unwrap();
-    assert_eq!(received.expect("a clean end"), LEN);
+    assert_eq!(
+        write_and_drop(host_side, player_side, host, 8, LEN).await,
+        LEN
+    );
 }

@@ -133,24 +133,18 @@ async fn the_last_bytes_arrive_when_the_writer_drops_everything_right_after_them
     // Player to host; the player's session and its Player are gone at once.
     let player = player();
     let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
-    let (mut player_side, mut host_side) = (player_side.unwrap(), host_side.unwrap());
-    let reading = tokio::spawn(async move { read_pattern(&mut host_side, 7).await });
-    write_pattern(&mut player_side, 7, LEN).await.unwrap();
-    drop(player_side);
-    drop(player);
-    let received = tokio::time::timeout(PATIENCE, reading).await;
-    let received = received.expect("in time").unwrap();
-    assert_eq!(received.expect("a clean end"), LEN);
+    let (player_side, host_side) = (player_side.unwrap(), host_side.unwrap());
+    assert_eq!(
+        write_and_drop(player_side, host_side, player, 7, LEN).await,
+        LEN
+    );
 
     // Host to player; the host's session and its HostAgent are gone at once.
     let player = common::player();
     let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
-    let (mut player_side, mut host_side) = (player_side.unwrap(), host_side.unwrap());
-    let reading = tokio::spawn(async move { read_pattern(&mut player_side, 8).await });
-    write_pattern(&mut host_side, 8, LEN).await.unwrap();
-    drop(host_side);
-    drop(host);
-    let received = tokio::time::timeout(PATIENCE, reading).await;
-    let received = received.expect("in time").unwrap();
-    assert_eq!(received.expect("a clean end"), LEN);
+    let (player_side, host_side) = (player_side.unwrap(), host_side.unwrap());
+    assert_eq!(
+        write_and_drop(host_side, player_side, host, 8, LEN).await,
+        LEN
+    );
 }

@@ -151,6 +151,24 @@ pub async fn write_pattern_from(
     Ok(())
 }
 
+/// Writes `len` pattern bytes on `writer` while a task reads them from `reader`, then
+/// drops `writer` and `owner` (the writer's `Player` or `HostAgent`) at once; returns
+/// what the reader got before a clean end.
+pub async fn write_and_drop<T>(
+    mut writer: SecureStream,
+    mut reader: SecureStream,
+    owner: T,
+    seed: u64,
+    len: u64,
+) -> u64 {
+    let reading = tokio::spawn(async move { read_pattern(&mut reader, seed).await });
+    write_pattern(&mut writer, seed, len).await.unwrap();
+    drop(writer);
+    drop(owner);
+    let received = tokio::time::timeout(PATIENCE, reading).await;
+    received.expect("in time").unwrap().expect("a clean end")
+}
+
 /// Reads to a clean end and checks every byte against the pattern; returns the count.
 ///
 /// Chunk boundaries on the reading side differ from the writer's, so the expected
