@@ -7,11 +7,11 @@
 //! `HostAgent` right after the last write would lose those bytes. So when both
 //! halves of a session's stream are dropped, a background task keeps them, and with
 //! them the connection, until the session is over: our end is finished (as quinn
-//! would finish it), whatever the peer still sends is read and discarded until the
-//! peer's end, and the peer has acknowledged everything we sent. The peer ends its
-//! half once it has read ours (a `SecureStream` dropped on that side lingers the same
-//! way), so the last reader decides when the connection may go. The wait is bounded
-//! by [`LINGER`].
+//! would finish it), the peer has ended its half, and it has acknowledged everything
+//! we sent. The peer ends its half once it has read ours (a `SecureStream` dropped on
+//! that side lingers the same way), so the last reader decides when the connection
+//! may go. A peer that sends more instead is told to stop at once, like TCP resets a
+//! connection closed with data still arriving. The wait is bounded by [`LINGER`].
 
 use std::io;
 use std::pin::Pin;
@@ -65,8 +65,10 @@ pub(crate) fn halves(send: quinn::SendStream, recv: quinn::RecvStream) -> (QuicR
     )
 }
 
-/// Finishes `send`, discards what the peer still sends until its end, and waits for
-/// the peer to acknowledge everything sent, for at most [`LINGER`].
+/// Finishes `send`, waits for the peer to end its half, and for the peer to
+/// acknowledge everything sent, for at most [`LINGER`]. If the peer sends more data
+/// instead (nobody is left to read it), it is told to stop at once, as a dropped
+/// stream would tell it, rather than sending on for nothing.
 fn linger(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     // Outside a runtime nothing could drive the wait: quinn's own drop finishes the
     // stream, as it always did.
@@ -77,8 +79,10 @@ fn linger(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         // Already finished or reset is fine.
         let _ = send.finish();
         let over = async {
-            let mut sink = [0u8; 4096];
-            while let Ok(Some(_)) = recv.read(&mut sink).await {}
+            let mut sink = [0u8; 1];
+            if let Ok(Some(_)) = recv.read(&mut sink).await {
+                let _ = recv.stop(0u32.into());
+            }
             let _ = send.stopped().await;
         };
         let _ = tokio::time::timeout(LINGER, over).await;

@@ -148,3 +148,35 @@ async fn the_last_bytes_arrive_when_the_writer_drops_everything_right_after_them
         LEN
     );
 }
+
+/// A dropped session lingers only for a peer that is finishing: one still sending
+/// (a host streaming a film to a player that closed) is told to stop at once, as
+/// before, not ten seconds later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_still_sending_to_a_dropped_session_is_stopped_at_once() {
+    let relay = start_relay();
+    let mut host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let player = player();
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
+    let (mut player_side, mut host_side) = (player_side.unwrap(), host_side.unwrap());
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        while host_side.write_all(&chunk).await.is_ok() {}
+        let _ = stopped_tx.send(std::time::Instant::now());
+    });
+    let mut some = vec![0u8; 256 * 1024];
+    player_side.read_exact(&mut some).await.unwrap();
+    let dropped = std::time::Instant::now();
+    drop(player_side);
+    let stopped = tokio::time::timeout(PATIENCE, stopped_rx)
+        .await
+        .expect("the host's writes fail")
+        .unwrap();
+    let after = stopped.duration_since(dropped);
+    assert!(
+        after < blindrelay_client::LINGER / 2,
+        "the host was stopped {after:?} after the player dropped the session"
+    );
+}
