@@ -181,7 +181,7 @@ B=target/release/blindrelay-bench
 $B throughput --sessions 1 --duration 10s --rounds 3 --json r.json   # bulk both ways
 $B throughput --sessions 64 --hosts 8 --players 8 --json r.json
 $B latency --rate 1000 --size 64 --duration 10s --json r.json        # HDR p50..max
-$B setup --sessions 16 --duration 5s --json r.json                   # sessions/s, registrations/s
+$B setup --sessions 16 --duration 5s --rounds 3 --json r.json        # sessions/s, registrations/s
 $B idle --registrations 100000 --duration 10s --json r.json          # memory per registration
 $B soak --duration 60s --json r.json                                 # errors must be 0
 $B report --out BENCHMARKS.md r1.json r2.json ...                    # this file

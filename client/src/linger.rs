@@ -24,6 +24,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The longest a dropped session keeps its connection for the peer to finish.
 pub const LINGER: Duration = Duration::from_secs(10);
 
+/// Bytes a lingering session takes from the peer before deciding it is still
+/// sending: room for its Noise end frame and a little more.
+const TAIL: usize = 256;
+
 /// Where the first of a pair's halves to be dropped waits for the other.
 #[derive(Debug, Default)]
 struct Rendezvous(Mutex<Option<Parked>>);
@@ -66,9 +70,9 @@ pub(crate) fn halves(send: quinn::SendStream, recv: quinn::RecvStream) -> (QuicR
 }
 
 /// Finishes `send`, waits for the peer to end its half, and for the peer to
-/// acknowledge everything sent, for at most [`LINGER`]. If the peer sends more data
-/// instead (nobody is left to read it), it is told to stop at once, as a dropped
-/// stream would tell it, rather than sending on for nothing.
+/// acknowledge everything sent, for at most [`LINGER`]. If the peer sends more than
+/// a short tail instead (nobody is left to read it), it is told to stop at once, as a
+/// dropped stream would tell it, rather than sending on for nothing.
 fn linger(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     // Outside a runtime nothing could drive the wait: quinn's own drop finishes the
     // stream, as it always did.
@@ -79,9 +83,16 @@ fn linger(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         // Already finished or reset is fine.
         let _ = send.finish();
         let over = async {
-            let mut sink = [0u8; 1];
-            if let Ok(Some(_)) = recv.read(&mut sink).await {
-                let _ = recv.stop(0u32.into());
+            // The peer's own end may still be on its way (its Noise end frame, then
+            // the stream's end): a short tail is read; more means it is still sending.
+            let mut tail = [0u8; TAIL];
+            let mut read = 0;
+            while let Ok(Some(n)) = recv.read(&mut tail[read..]).await {
+                read += n;
+                if read == TAIL {
+                    let _ = recv.stop(0u32.into());
+                    break;
+                }
             }
             let _ = send.stopped().await;
         };

@@ -44,11 +44,15 @@ pub struct SetupArgs {
     /// Skip the registration phase.
     #[arg(long)]
     pub no_registrations: bool,
+    /// Rounds over all session paths; each path's figures are those of its median
+    /// round by sessions per second (this machine's noise moves single runs by 20%).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// Planned time, for the progress bar.
 pub fn planned(args: &SetupArgs, common: &super::Common) -> Duration {
-    let phases = args.paths.len() + usize::from(!args.no_registrations);
+    let phases = args.paths.len() * args.rounds.max(1) + usize::from(!args.no_registrations);
     (common.duration + common.warmup) * phases as u32
 }
 
@@ -70,22 +74,33 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
         args.players,
     )
     .await?;
-    let mut sessions = Vec::new();
-    for &path in &args.paths {
-        run.progress.message(format!("sessions, {}", path.label()));
-        let probe = (path == Path::Relay)
-            .then(|| run.target.relay_probe())
-            .flatten();
-        let fixture = &fixture;
-        let counted = count(run, probe, args.sessions, |i| async move {
-            let mut stream = fixture.open_echo(path, i).await?;
-            let _ = stream.shutdown().await;
-            Ok(())
-        })
-        .await?;
-        sessions.push((path, counted));
+    // Rounds go over all paths in turn, so a noisy moment hits every path alike.
+    let mut rounds: Vec<Vec<Counted>> = args.paths.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds.max(1) {
+        for (&path, counted) in args.paths.iter().zip(&mut rounds) {
+            run.progress
+                .message(format!("sessions, {}, round {}", path.label(), round + 1));
+            let probe = (path == Path::Relay)
+                .then(|| run.target.relay_probe())
+                .flatten();
+            let fixture = &fixture;
+            counted.push(
+                count(run, probe, args.sessions, |i| async move {
+                    let mut stream = fixture.open_echo(path, i).await?;
+                    let _ = stream.shutdown().await;
+                    Ok(())
+                })
+                .await?,
+            );
+        }
     }
     fixture.shutdown().await;
+    let sessions: Vec<(Path, Counted)> = args
+        .paths
+        .iter()
+        .copied()
+        .zip(rounds.into_iter().map(median_round))
+        .collect();
 
     let registrations = if args.no_registrations {
         None
@@ -109,6 +124,7 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
 
     let params = json!({
         "sessions": args.sessions, "hosts": args.hosts, "players": args.players,
+        "rounds": args.rounds,
         "paths": args.paths.iter().map(|p| p.key()).collect::<Vec<_>>(),
         "duration_s": run.common.duration.as_secs_f64(),
         "warmup_s": run.common.warmup.as_secs_f64(),
@@ -174,6 +190,12 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
     if errors > 0 {
         report.note(format!("{errors} set-ups failed"));
     }
+    if args.rounds > 1 {
+        report.note(format!(
+            "each path's figures are those of its median round of {} by sessions per second",
+            args.rounds
+        ));
+    }
     report.note(
         "a session is counted once the host's echo of the first byte is back; \
          hosts and players share this machine's cores with the relay, so \
@@ -181,6 +203,16 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
     );
     report.table = table;
     Ok(report)
+}
+
+/// The round with the median sessions per second (the upper one of an even count),
+/// with the errors of every round.
+fn median_round(mut rounds: Vec<Counted>) -> Counted {
+    let errors = rounds.iter().map(|c| c.errors).sum();
+    rounds.sort_by(|a, b| a.per_s.total_cmp(&b.per_s));
+    let mut median = rounds.swap_remove(rounds.len() / 2);
+    median.errors = errors;
+    median
 }
 
 /// Runs `run.common.warmup + duration` of `workers` workers calling `one(i)` in a loop and
