@@ -10,8 +10,9 @@
 //! would finish it), the peer has ended its half, and it has acknowledged everything
 //! we sent. The peer ends its half once it has read ours (a `SecureStream` dropped on
 //! that side lingers the same way), so the last reader decides when the connection
-//! may go. A peer that sends more instead is told to stop at once, like TCP resets a
-//! connection closed with data still arriving. The wait is bounded by [`LINGER`].
+//! may go. A peer that sends more than a short tail (room for its own Noise end
+//! frame) is told to stop at once instead, as TCP resets a connection closed while
+//! data still arrives. The wait is bounded by [`LINGER`].
 
 use std::io;
 use std::pin::Pin;
