@@ -10,18 +10,15 @@
 use std::time::{Duration, Instant};
 
 use blindrelay_bench::raw::RegistrationPool;
-use blindrelay_protocol::control::{self, ControlMessage};
+use blindrelay_client::read_control;
+use blindrelay_protocol::ControlMessage;
 use blindrelay_relay::{Limits, Relay, RelayCertificate, RelayConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const MIB: usize = 1 << 20;
 
 async fn read_message(recv: &mut quinn::RecvStream) -> ControlMessage {
-    let mut prefix = [0u8; 2];
-    recv.read_exact(&mut prefix).await.expect("prefix");
-    let mut body = vec![0u8; control::frame_len(prefix).expect("length")];
-    recv.read_exact(&mut body).await.expect("body");
-    ControlMessage::decode(&body).expect("message")
+    read_control(recv).await.expect("a control message")
 }
 
 fn bench_splice(c: &mut Criterion) {

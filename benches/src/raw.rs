@@ -10,9 +10,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use blindrelay_client::{RelayUrl, SecretKey};
-use blindrelay_protocol::control::{self, ControlMessage};
-use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_client::{read_control, RelayUrl, SecretKey, WireError};
+use blindrelay_protocol::registration::{
+    HostRegistration, HostRegistrationError, EXPORTER_LABEL, EXPORTER_LEN,
+};
+use blindrelay_protocol::KeyError;
 
 /// Why a registration failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +34,20 @@ pub enum RegisterError {
     Write(#[from] quinn::WriteError),
     /// Reading the relay's answer failed.
     #[error("reading the relay's answer failed: {0}")]
-    Read(String),
-    /// The relay answered out of protocol or refused.
-    #[error("registration refused: {0}")]
-    Refused(String),
-    /// Key generation or the proof failed.
-    #[error("key: {0}")]
-    Key(String),
+    Read(#[from] WireError),
+    /// The relay refused, answered out of protocol, or sent a challenge no proof
+    /// can answer.
+    #[error(transparent)]
+    Exchange(#[from] HostRegistrationError),
+    /// No key could be made for the host id.
+    #[error("cannot make a host key: {0}")]
+    Key(#[from] KeyError),
+    /// The connection offers no TLS keying material to bind the proof to.
+    #[error("cannot bind the registration proof to the connection")]
+    KeyingMaterial,
+    /// The pool was asked for no endpoint at all.
+    #[error("a registration pool needs at least one endpoint")]
+    NoEndpoint,
 }
 
 /// A held registration: it lasts while this value lives.
@@ -92,7 +101,7 @@ impl RegistrationPool {
         }
         Ok(Self {
             endpoints: list,
-            relay: relay.ok_or_else(|| RegisterError::Refused("no endpoint".to_owned()))?,
+            relay: relay.ok_or(RegisterError::NoEndpoint)?,
             server_name: url.host().to_owned(),
             next: AtomicUsize::new(0),
         })
@@ -104,31 +113,24 @@ impl RegistrationPool {
         let connection = self.endpoints[index]
             .connect(self.relay, &self.server_name)?
             .await?;
-        let key = SecretKey::generate().map_err(|err| RegisterError::Key(err.to_string()))?;
+        let key = SecretKey::generate()?;
         let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(&ControlMessage::register(key.host_id()).to_frame())
-            .await?;
-        let relay_ephemeral = match read_message(&mut recv).await? {
-            ControlMessage::Challenge { relay_ephemeral } => relay_ephemeral,
-            other => return Err(RegisterError::Refused(format!("{other:?}"))),
-        };
+        let (expect_challenge, register) = HostRegistration::start(&key, None);
+        send.write_all(&register.to_frame()).await?;
+        let challenge = read_control(&mut recv).await?;
         let mut exporter = [0u8; EXPORTER_LEN];
         connection
             .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-            .map_err(|_| RegisterError::Key("keying material export failed".to_owned()))?;
-        let mac = registration::prove(&key, &relay_ephemeral, &exporter)
-            .map_err(|err| RegisterError::Key(err.to_string()))?;
-        send.write_all(&ControlMessage::Proof { mac }.to_frame())
-            .await?;
-        match read_message(&mut recv).await? {
-            ControlMessage::Registered => Ok(Registration {
-                host_id: key.host_id(),
-                connection,
-                _send: send,
-                _recv: recv,
-            }),
-            other => Err(RegisterError::Refused(format!("{other:?}"))),
-        }
+            .map_err(|_| RegisterError::KeyingMaterial)?;
+        let (expect_registered, proof) = expect_challenge.handle(challenge, &exporter)?;
+        send.write_all(&proof.to_frame()).await?;
+        expect_registered.handle(read_control(&mut recv).await?)?;
+        Ok(Registration {
+            host_id: key.host_id(),
+            connection,
+            _send: send,
+            _recv: recv,
+        })
     }
 
     /// Closes every endpoint (and so every connection on them) and waits briefly
@@ -142,17 +144,4 @@ impl RegistrationPool {
                 tokio::time::timeout(std::time::Duration::from_secs(3), endpoint.wait_idle()).await;
         }
     }
-}
-
-async fn read_message(recv: &mut quinn::RecvStream) -> Result<ControlMessage, RegisterError> {
-    let mut prefix = [0u8; 2];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|err| RegisterError::Read(err.to_string()))?;
-    let len = control::frame_len(prefix).map_err(|err| RegisterError::Read(err.to_string()))?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|err| RegisterError::Read(err.to_string()))?;
-    ControlMessage::decode(&body).map_err(|err| RegisterError::Read(err.to_string()))
 }

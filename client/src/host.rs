@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blindrelay_protocol::noise::{HostHandshake, Verdict};
-use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_protocol::registration::{
+    HostRegistration, HostRegistrationError, EXPORTER_LABEL, EXPORTER_LEN,
+};
 use blindrelay_protocol::{
     codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, Ticket, TicketError, Token,
 };
@@ -167,14 +169,33 @@ pub enum RegisterError {
         /// The relay's reason.
         reason: String,
     },
-    /// The exchange broke off or went out of protocol.
+    /// The relay answered out of the registration flow, or with a challenge the
+    /// host cannot answer.
     #[error("registration failed: {0}")]
-    Protocol(String),
+    Exchange(HostRegistrationError),
+    /// The registration stream could not be opened: the connection is gone.
+    #[error("cannot open the registration stream: {0}")]
+    Open(#[from] quinn::ConnectionError),
+    /// A registration message could not be written.
+    #[error("cannot write to the registration stream: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The registration stream ended or carried a malformed frame.
+    #[error("registration stream failed: {0}")]
+    Wire(#[from] WireError),
+    /// The connection offers no TLS keying material to bind the proof to.
+    #[error("cannot bind the registration proof to the connection")]
+    KeyingMaterial,
+    /// The relay did not complete the registration in time.
+    #[error("no answer from the relay within {0:?}")]
+    Timeout(Duration),
 }
 
-impl From<WireError> for RegisterError {
-    fn from(err: WireError) -> Self {
-        Self::Protocol(err.to_string())
+impl From<HostRegistrationError> for RegisterError {
+    fn from(err: HostRegistrationError) -> Self {
+        match err {
+            HostRegistrationError::Refused { code, reason } => Self::Refused { code, reason },
+            other => Self::Exchange(other),
+        }
     }
 }
 
@@ -625,47 +646,29 @@ async fn register(
         }
         Err(_) => {
             connection.close(codes::close::NORMAL.into(), b"registration timed out");
-            Err(RegisterError::Protocol(
-                "no answer from the relay in time".into(),
-            ))
+            Err(RegisterError::Timeout(config.handshake_timeout))
         }
     }
 }
 
+/// Runs the host's side of the registration machine on a new stream of `connection`.
 async fn prove(
     config: &HostConfig,
     connection: &quinn::Connection,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), RegisterError> {
-    let protocol = |err: &dyn std::fmt::Display| RegisterError::Protocol(err.to_string());
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| protocol(&e))?;
-    let register = ControlMessage::Register {
-        host_id: config.key.host_id(),
-        token: config.token.as_ref().map(Token::to_bytes),
-    };
-    send.write_all(&register.to_frame())
-        .await
-        .map_err(|e| protocol(&e))?;
-    let relay_ephemeral = match read_control(&mut recv).await? {
-        ControlMessage::Challenge { relay_ephemeral } => relay_ephemeral,
-        ControlMessage::Error { code, reason } => {
-            return Err(RegisterError::Refused { code, reason })
-        }
-        other => return Err(protocol(&format!("expected a challenge, got {other:?}"))),
-    };
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let token = config.token.as_ref().map(Token::to_bytes);
+    let (expect_challenge, register) = HostRegistration::start(&config.key, token);
+    send.write_all(&register.to_frame()).await?;
+    let challenge = read_control(&mut recv).await?;
     let mut exporter = [0u8; EXPORTER_LEN];
     connection
         .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .map_err(|_| protocol(&"cannot export keying material"))?;
-    let mac =
-        registration::prove(&config.key, &relay_ephemeral, &exporter).map_err(|e| protocol(&e))?;
-    send.write_all(&ControlMessage::Proof { mac }.to_frame())
-        .await
-        .map_err(|e| protocol(&e))?;
-    match read_control(&mut recv).await? {
-        ControlMessage::Registered => Ok((send, recv)),
-        ControlMessage::Error { code, reason } => Err(RegisterError::Refused { code, reason }),
-        other => Err(protocol(&format!("expected Registered, got {other:?}"))),
-    }
+        .map_err(|_| RegisterError::KeyingMaterial)?;
+    let (expect_registered, proof) = expect_challenge.handle(challenge, &exporter)?;
+    send.write_all(&proof.to_frame()).await?;
+    expect_registered.handle(read_control(&mut recv).await?)?;
+    Ok((send, recv))
 }
 
 /// Accepts sessions on a registered connection until it ends.

@@ -38,4 +38,4 @@ pub use host::{HostAgent, HostConfig, HostState, HostStats, RegisterError, Start
 pub use linger::{QuicRecv, QuicSend, LINGER};
 pub use player::{ConnectError, PathPreference, Player, PlayerConfig};
 pub use stream::{SecureStream, SessionEnded, SessionPath};
-pub use wire::WireError;
+pub use wire::{read_control, WireError};

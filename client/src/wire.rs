@@ -17,16 +17,22 @@ pub enum WireError {
     Decode(#[from] DecodeError),
 }
 
-/// Reads one control message.
-pub(crate) async fn read_control(
+/// Reads one control message from any byte stream: the one reader of control frames
+/// for hosts, players, the load generator and the tests.
+///
+/// An oversize length is refused before its body is read. The body's buffer is made
+/// only once its length is known, on the heap: a registration waits in this function
+/// for hours, and a buffer of the largest frame kept in its future would cost every
+/// host a kilobyte.
+pub async fn read_control(
     recv: &mut (impl AsyncRead + Unpin),
 ) -> Result<ControlMessage, WireError> {
     let mut prefix = [0u8; 2];
     recv.read_exact(&mut prefix).await?;
     let len = control::frame_len(prefix)?;
-    let mut body = [0u8; control::MAX_FRAME_LEN];
-    recv.read_exact(&mut body[..len]).await?;
-    Ok(ControlMessage::decode(&body[..len])?)
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(ControlMessage::decode(&body)?)
 }
 
 /// Reads one length-prefixed Noise message (without its prefix).

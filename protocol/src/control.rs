@@ -131,6 +131,22 @@ impl ControlMessage {
         }
     }
 
+    /// The message's name, for errors and logs that must not show its fields (a
+    /// `Register` carries a token, which is a credential).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Register { .. } => "Register",
+            Self::Challenge { .. } => "Challenge",
+            Self::Proof { .. } => "Proof",
+            Self::Registered => "Registered",
+            Self::GoingAway { .. } => "GoingAway",
+            Self::Connect { .. } => "Connect",
+            Self::Connected { .. } => "Connected",
+            Self::Incoming { .. } => "Incoming",
+            Self::Error { .. } => "Error",
+        }
+    }
+
     /// An [`ControlMessage::Error`]; the reason is cut to [`MAX_REASON_LEN`] bytes on a
     /// character boundary.
     pub fn error(code: ErrorCode, reason: impl Into<String>) -> Self {

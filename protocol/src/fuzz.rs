@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use crate::control::ControlMessage;
 use crate::keys::{HostId, SecretKey};
 use crate::noise::{split_frame, HostHandshake, PlayerHandshake};
+use crate::registration::{HostRegistration, RelayRegistration, EXPORTER_LEN};
 use crate::ticket::Ticket;
 use crate::token::{self, IssuerKeys, IssuerSecretKey, Token};
 
@@ -30,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("token", token),
     ("token_text", token_text),
     ("key_files", key_files),
+    ("registration", registration),
 ];
 
 /// One control frame's content: decodes or errs; decoded messages re-encode to the
@@ -158,6 +160,45 @@ pub fn key_files(data: &[u8]) {
         let _ = SecretKey::from_key_file(text);
         let _ = IssuerSecretKey::from_key_file(text);
         let _ = IssuerKeys::parse(text);
+    }
+}
+
+/// Both sides of the registration machine fed whatever control frames `data` holds:
+/// the first as the host's `Register` to the relay's side, the next as its proof;
+/// every frame also as the relay's answer to a host at each of its steps. Nothing
+/// panics, and no proof made without the host's key is admitted.
+pub fn registration(data: &[u8]) {
+    let mut frames = BytesMut::from(data);
+    let mut messages = Vec::new();
+    while let Ok(Some(message)) = ControlMessage::decode_frame(&mut frames) {
+        messages.push(message);
+    }
+    let exporter = [3; EXPORTER_LEN];
+    let keys = fixed_issuer_keys();
+    let mut relay_inputs = messages.iter().cloned();
+    if let Some(ControlMessage::Register { host_id, token }) = relay_inputs.next() {
+        for issuers in [None, Some(&keys)] {
+            if let Ok((expect_proof, _challenge)) =
+                RelayRegistration::start(host_id, token.clone(), issuers)
+            {
+                if let Some(answer) = relay_inputs.clone().next() {
+                    // The relay's ephemeral key is fresh: no fixed input proves.
+                    assert!(expect_proof.handle(answer, &exporter, 0).is_err());
+                }
+            }
+        }
+    }
+    let host = SecretKey::from_bytes([5; 32]);
+    for message in messages {
+        let (expect_challenge, _) = HostRegistration::start(&host, None);
+        let _ = expect_challenge.handle(message.clone(), &exporter);
+        let (expect_challenge, _) = HostRegistration::start(&host, None);
+        let challenge = ControlMessage::Challenge {
+            relay_ephemeral: SecretKey::from_bytes([6; 32]).public_key(),
+        };
+        if let Ok((expect_registered, _)) = expect_challenge.handle(challenge, &exporter) {
+            let _ = expect_registered.handle(message);
+        }
     }
 }
 

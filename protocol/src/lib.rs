@@ -16,8 +16,11 @@
 
 pub mod codes;
 pub mod control;
-pub mod encoding;
+mod encoding;
 pub mod error;
+/// Fuzz target bodies, for the `fuzz/` crate and the stable-toolchain fuzz test; not
+/// part of the API.
+#[doc(hidden)]
 pub mod fuzz;
 pub mod keys;
 pub mod limits;

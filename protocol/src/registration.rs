@@ -23,11 +23,24 @@
 //!   another relay) is worthless on any other;
 //! - a low-order `H` or `E` would make the "shared" key all zeros, known to everyone;
 //!   both sides refuse it.
+//!
+//! Both sides of the flow are state machines here, with no I/O: a driver reads a
+//! message, hands it to the state it holds together with this connection's exported
+//! keying material, and gets the next state and the message to write (or the
+//! outcome). Each state is consumed by its `handle`, so a message can only be
+//! answered in the order the flow allows.
+//!
+//! - The host: [`HostRegistration::start`] → [`ExpectChallenge`] →
+//!   [`ExpectRegistered`] → registered, or a [`HostRegistrationError`].
+//! - The relay: [`RelayRegistration::start`] → [`ExpectProof`] → [`Admitted`], or a
+//!   [`Refusal`] whose [`Refusal::to_message`] is the one `Error` the relay sends.
 
 use ring::hmac;
 
 use crate::control::{ControlMessage, PROOF_LEN};
+use crate::error::ErrorCode;
 use crate::keys::{HostId, KeyError, PublicKey, SecretKey};
+use crate::token::{self, Claims, IssuerKeys, TokenError};
 
 /// Label for the TLS keying-material exporter that binds a proof to its connection.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-blindrelay-registration";
@@ -112,6 +125,228 @@ pub fn prove(
     let mut mac = [0u8; PROOF_LEN];
     mac.copy_from_slice(tag.as_ref());
     Ok(mac)
+}
+
+/// The host's side of a registration, before `Register` is sent.
+pub struct HostRegistration;
+
+impl HostRegistration {
+    /// Starts registering `key`'s host id, presenting `token` (binary form) where the
+    /// relay requires one. Returns the state that waits for the relay's challenge and
+    /// the `Register` to send.
+    pub fn start(key: &SecretKey, token: Option<Vec<u8>>) -> (ExpectChallenge<'_>, ControlMessage) {
+        let register = ControlMessage::Register {
+            host_id: key.host_id(),
+            token,
+        };
+        (ExpectChallenge { key }, register)
+    }
+}
+
+/// The host has sent `Register` and waits for the relay's `Challenge`.
+pub struct ExpectChallenge<'a> {
+    key: &'a SecretKey,
+}
+
+impl ExpectChallenge<'_> {
+    /// Handles the relay's answer to `Register` on the connection whose exported
+    /// keying material is `exporter`: a challenge yields the `Proof` to send and the
+    /// state that waits for the verdict; an `Error` is the relay's refusal.
+    pub fn handle(
+        self,
+        message: ControlMessage,
+        exporter: &[u8; EXPORTER_LEN],
+    ) -> Result<(ExpectRegistered, ControlMessage), HostRegistrationError> {
+        match message {
+            ControlMessage::Challenge { relay_ephemeral } => {
+                let mac = prove(self.key, &relay_ephemeral, exporter)?;
+                Ok((ExpectRegistered(()), ControlMessage::Proof { mac }))
+            }
+            other => Err(HostRegistrationError::from_answer(other, "Challenge")),
+        }
+    }
+}
+
+/// The host has sent its `Proof` and waits for the verdict.
+pub struct ExpectRegistered(());
+
+impl ExpectRegistered {
+    /// Handles the relay's verdict: `Registered` means the host is reachable for as
+    /// long as its registration stream stays open.
+    pub fn handle(self, message: ControlMessage) -> Result<(), HostRegistrationError> {
+        match message {
+            ControlMessage::Registered => Ok(()),
+            other => Err(HostRegistrationError::from_answer(other, "Registered")),
+        }
+    }
+}
+
+/// Why a host's registration did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostRegistrationError {
+    /// The relay refused the registration, with its code and words.
+    #[error("the relay refused the registration: {code} ({reason})")]
+    Refused {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// The relay's words.
+        reason: String,
+    },
+    /// The relay answered with a message that has no place at this step.
+    #[error("expected {expected} from the relay, got {got}")]
+    Unexpected {
+        /// The message the flow expects here.
+        expected: &'static str,
+        /// The message that came instead.
+        got: &'static str,
+    },
+    /// The proof could not be made (the relay's challenge key is low-order).
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+}
+
+impl HostRegistrationError {
+    fn from_answer(message: ControlMessage, expected: &'static str) -> Self {
+        match message {
+            ControlMessage::Error { code, reason } => Self::Refused { code, reason },
+            other => Self::Unexpected {
+                expected,
+                got: other.name(),
+            },
+        }
+    }
+}
+
+/// The relay's side of a registration, from the `Register` it has read.
+pub struct RelayRegistration;
+
+impl RelayRegistration {
+    /// Starts the relay's side for a `Register { host_id, token }`. `issuers` are the
+    /// token issuers the relay trusts, or `None` on a relay that admits hosts without
+    /// tokens. Returns the state that waits for the proof and the `Challenge` to send.
+    ///
+    /// A missing token is refused at once: it says nothing about any host. A present
+    /// token is checked only after the proof, so someone who does not hold the host
+    /// id's key learns nothing about the tokens issued for it.
+    pub fn start(
+        host_id: HostId,
+        token: Option<Vec<u8>>,
+        issuers: Option<&IssuerKeys>,
+    ) -> Result<(ExpectProof<'_>, ControlMessage), Refusal> {
+        if issuers.is_some() && token.is_none() {
+            return Err(Refusal::TokenRequired);
+        }
+        let (challenge, message) = RelayChallenge::new(host_id).map_err(Refusal::Proof)?;
+        Ok((
+            ExpectProof {
+                challenge,
+                token,
+                issuers,
+            },
+            message,
+        ))
+    }
+}
+
+/// The relay has sent its `Challenge` and waits for the host's `Proof`.
+pub struct ExpectProof<'a> {
+    challenge: RelayChallenge,
+    token: Option<Vec<u8>>,
+    issuers: Option<&'a IssuerKeys>,
+}
+
+impl ExpectProof<'_> {
+    /// The host id this registration claims.
+    pub fn host_id(&self) -> &HostId {
+        self.challenge.host_id()
+    }
+
+    /// Handles the host's answer on the connection whose exported keying material is
+    /// `exporter`, at Unix time `now` (for the token's expiry).
+    pub fn handle(
+        self,
+        message: ControlMessage,
+        exporter: &[u8; EXPORTER_LEN],
+        now: u64,
+    ) -> Result<Admitted, Refusal> {
+        let ControlMessage::Proof { mac } = message else {
+            return Err(Refusal::ExpectedProof {
+                got: message.name(),
+            });
+        };
+        self.challenge
+            .verify(exporter, &mac)
+            .map_err(Refusal::Proof)?;
+        let host_id = *self.challenge.host_id();
+        let claims = match self.issuers {
+            Some(issuers) => {
+                let token = self.token.as_deref().ok_or(Refusal::TokenRequired)?;
+                Some(token::verify(token, issuers, &host_id, now).map_err(Refusal::Token)?)
+            }
+            None => None,
+        };
+        Ok(Admitted { host_id, claims })
+    }
+}
+
+/// A registration whose host proved it holds its key, with its token's claims on a
+/// relay that requires tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The host id, now proved.
+    pub host_id: HostId,
+    /// The verified token's claims (tier, expiry), or `None` on an open relay.
+    pub claims: Option<Claims>,
+}
+
+/// Why the relay refuses a registration. [`Refusal::to_message`] is what it sends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The relay admits only hosts with a registration token, and none was sent.
+    #[error("this relay admits only hosts with a registration token")]
+    TokenRequired,
+    /// The host sent something other than a proof after the challenge (or nothing
+    /// readable in time: the driver says what came).
+    #[error("expected a Proof, got {got}")]
+    ExpectedProof {
+        /// What came instead.
+        got: &'static str,
+    },
+    /// The proof does not verify, or involves a low-order key, or the relay could
+    /// not make its challenge.
+    #[error(transparent)]
+    Proof(ProofError),
+    /// The registration token was refused.
+    #[error(transparent)]
+    Token(TokenError),
+    /// The token names a tier the relay does not have. Refused rather than mapped to
+    /// a default, which may be more generous than what the issuer granted.
+    #[error("the token's tier {tier:?} is not configured on this relay")]
+    UnknownTier {
+        /// The tier the token names.
+        tier: String,
+    },
+}
+
+impl Refusal {
+    /// The error code sent with this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TokenRequired => ErrorCode::TokenRequired,
+            Self::ExpectedProof { .. } => ErrorCode::BadRequest,
+            Self::Proof(ProofError::Key(_)) => ErrorCode::Internal,
+            Self::Proof(_) => ErrorCode::ProofFailed,
+            Self::Token(err) => ErrorCode::for_token_error(err),
+            Self::UnknownTier { .. } => ErrorCode::TokenInvalid,
+        }
+    }
+
+    /// The `Error` message the relay sends for this refusal.
+    pub fn to_message(&self) -> ControlMessage {
+        ControlMessage::error(self.code(), self.to_string())
+    }
 }
 
 fn proof_message(
@@ -211,5 +446,228 @@ mod tests {
             prove(&host, &PublicKey::from_bytes([0; 32]), &[0; EXPORTER_LEN]),
             Err(ProofError::LowOrderKey)
         );
+    }
+    // The two machines driven against each other, as the relay and a host do over a
+    // connection, with no I/O.
+
+    const EXPORTER: [u8; EXPORTER_LEN] = [7; EXPORTER_LEN];
+
+    struct Issuer {
+        secret: crate::token::IssuerSecretKey,
+        keys: IssuerKeys,
+    }
+
+    fn issuer() -> Issuer {
+        let secret = crate::token::IssuerSecretKey::from_seed([9; 32]).unwrap();
+        let keys = IssuerKeys::new(vec![secret.public_key()]);
+        Issuer { secret, keys }
+    }
+
+    fn token_for(issuer: &Issuer, host_id: HostId, expires: u64, tier: &str) -> Vec<u8> {
+        let claims = Claims {
+            host_id,
+            expires,
+            tier: tier.to_owned(),
+        };
+        issuer.secret.issue(claims).unwrap().to_bytes()
+    }
+
+    /// Runs a whole registration: the host's messages go to the relay's machine and
+    /// back. `host_exporter` lets a test prove for another connection.
+    fn run(
+        host: &SecretKey,
+        token: Option<Vec<u8>>,
+        issuers: Option<&IssuerKeys>,
+        host_exporter: &[u8; EXPORTER_LEN],
+        now: u64,
+    ) -> (Result<Admitted, Refusal>, Result<(), HostRegistrationError>) {
+        let (expect_challenge, register) = HostRegistration::start(host, token);
+        let ControlMessage::Register { host_id, token } = register else {
+            panic!("the host starts with Register, got {register:?}");
+        };
+        let (expect_proof, challenge) = match RelayRegistration::start(host_id, token, issuers) {
+            Ok(next) => next,
+            Err(refusal) => {
+                let at_host = expect_challenge.handle(refusal.to_message(), host_exporter);
+                return (Err(refusal), at_host.map(|_| ()));
+            }
+        };
+        let (expect_registered, proof) = expect_challenge.handle(challenge, host_exporter).unwrap();
+        let verdict = expect_proof.handle(proof, &EXPORTER, now);
+        let answer = match &verdict {
+            Ok(_) => ControlMessage::Registered,
+            Err(refusal) => refusal.to_message(),
+        };
+        (verdict, expect_registered.handle(answer))
+    }
+
+    #[test]
+    fn a_host_registers_on_an_open_relay() {
+        let host = SecretKey::from_bytes([1; 32]);
+        let (relay, at_host) = run(&host, None, None, &EXPORTER, 0);
+        assert_eq!(
+            relay,
+            Ok(Admitted {
+                host_id: host.host_id(),
+                claims: None
+            })
+        );
+        assert_eq!(at_host, Ok(()));
+    }
+
+    #[test]
+    fn a_host_registers_with_a_valid_token() {
+        let issuer = issuer();
+        let host = SecretKey::from_bytes([1; 32]);
+        let token = token_for(&issuer, host.host_id(), 100, "gold");
+        let (relay, at_host) = run(&host, Some(token), Some(&issuer.keys), &EXPORTER, 50);
+        let admitted = relay.unwrap();
+        assert_eq!(admitted.claims.unwrap().tier, "gold");
+        assert_eq!(at_host, Ok(()));
+    }
+
+    /// A refusal case: name, token, issuers, the host's exporter, the code expected.
+    type Case<'a> = (
+        &'a str,
+        Option<Vec<u8>>,
+        Option<&'a IssuerKeys>,
+        [u8; 32],
+        ErrorCode,
+    );
+
+    /// Every refusal the machines can reach, with the code the host is told.
+    #[test]
+    fn every_refusal_reaches_the_host_with_its_code() {
+        let issuer = issuer();
+        let host = SecretKey::from_bytes([1; 32]);
+        let other = SecretKey::from_bytes([2; 32]).host_id();
+        let keys = Some(&issuer.keys);
+        let valid = token_for(&issuer, host.host_id(), 100, "default");
+        let mut tampered = valid.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        let cases: Vec<Case<'_>> = vec![
+            ("no token", None, keys, EXPORTER, ErrorCode::TokenRequired),
+            (
+                "another connection",
+                None,
+                None,
+                [8; 32],
+                ErrorCode::ProofFailed,
+            ),
+            (
+                "malformed token",
+                Some(vec![1, 2, 3]),
+                keys,
+                EXPORTER,
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "expired token",
+                Some(token_for(&issuer, host.host_id(), 10, "default")),
+                keys,
+                EXPORTER,
+                ErrorCode::TokenExpired,
+            ),
+            (
+                "another host's token",
+                Some(token_for(&issuer, other, 100, "default")),
+                keys,
+                EXPORTER,
+                ErrorCode::TokenWrongHost,
+            ),
+            (
+                "tampered token",
+                Some(tampered),
+                keys,
+                EXPORTER,
+                ErrorCode::TokenInvalid,
+            ),
+        ];
+        for (case, token, issuers, exporter, code) in cases {
+            let (relay, at_host) = run(&host, token, issuers, &exporter, 50);
+            let refusal = relay.expect_err(case);
+            assert_eq!(refusal.code(), code, "{case}: {refusal}");
+            assert_eq!(
+                at_host,
+                Err(HostRegistrationError::Refused {
+                    code,
+                    reason: refusal.to_string()
+                }),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_impostor_is_refused() {
+        // Register claims the victim's id; the proof is made with the impostor's key.
+        let victim = SecretKey::from_bytes([1; 32]).host_id();
+        let impostor = SecretKey::from_bytes([3; 32]);
+        let (expect_proof, challenge) = RelayRegistration::start(victim, None, None).unwrap();
+        let (expect_challenge, _) = HostRegistration::start(&impostor, None);
+        let (_, proof) = expect_challenge.handle(challenge, &EXPORTER).unwrap();
+        let refusal = expect_proof.handle(proof, &EXPORTER, 0).unwrap_err();
+        assert_eq!(refusal, Refusal::Proof(ProofError::Mismatch));
+        assert_eq!(refusal.code(), ErrorCode::ProofFailed);
+    }
+
+    #[test]
+    fn a_low_order_host_id_is_refused_and_a_low_order_challenge_is_not_answered() {
+        let (expect_proof, _) =
+            RelayRegistration::start(HostId::from_bytes([0; 32]), None, None).unwrap();
+        let refusal = expect_proof
+            .handle(
+                ControlMessage::Proof {
+                    mac: [0; PROOF_LEN],
+                },
+                &EXPORTER,
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(refusal, Refusal::Proof(ProofError::LowOrderKey));
+
+        let host = SecretKey::from_bytes([1; 32]);
+        let (expect_challenge, _) = HostRegistration::start(&host, None);
+        let low_order = ControlMessage::Challenge {
+            relay_ephemeral: PublicKey::from_bytes([0; 32]),
+        };
+        assert!(matches!(
+            expect_challenge.handle(low_order, &EXPORTER),
+            Err(HostRegistrationError::Proof(ProofError::LowOrderKey))
+        ));
+    }
+
+    #[test]
+    fn a_message_out_of_order_is_refused_by_either_side() {
+        let host = SecretKey::from_bytes([1; 32]);
+        let (expect_proof, _) = RelayRegistration::start(host.host_id(), None, None).unwrap();
+        let refusal = expect_proof
+            .handle(ControlMessage::register(host.host_id()), &EXPORTER, 0)
+            .unwrap_err();
+        assert_eq!(refusal, Refusal::ExpectedProof { got: "Register" });
+        assert_eq!(refusal.code(), ErrorCode::BadRequest);
+
+        let (expect_challenge, _) = HostRegistration::start(&host, None);
+        assert_eq!(
+            expect_challenge
+                .handle(ControlMessage::Registered, &EXPORTER)
+                .err(),
+            Some(HostRegistrationError::Unexpected {
+                expected: "Challenge",
+                got: "Registered"
+            })
+        );
+    }
+
+    #[test]
+    fn an_unknown_tier_is_refused_as_an_invalid_token() {
+        let refusal = Refusal::UnknownTier {
+            tier: "platinum".to_owned(),
+        };
+        let ControlMessage::Error { code, reason } = refusal.to_message() else {
+            panic!("a refusal is an Error message");
+        };
+        assert_eq!(code, ErrorCode::TokenInvalid);
+        assert!(reason.contains("platinum"), "{reason}");
     }
 }

@@ -183,4 +183,5 @@ fuzz_tests!(
     token,
     token_text,
     key_files,
+    registration,
 );

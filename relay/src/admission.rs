@@ -33,13 +33,16 @@ impl IpKey {
 }
 
 /// Why the relay turned something away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refusal {
     /// Too many new connections, sessions or registrations from one address.
+    #[error("rate limited: too many requests from your address")]
     RateLimited,
     /// Too many connections open from one address.
+    #[error("too many connections from your address")]
     TooManyFromAddress,
     /// The relay's connection or session cap, or its buffer budget, is reached.
+    #[error("relay at capacity: try again later")]
     AtCapacity,
 }
 

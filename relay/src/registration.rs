@@ -14,13 +14,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::registration::{RelayChallenge, EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_protocol::registration::{self, RelayRegistration, EXPORTER_LABEL, EXPORTER_LEN};
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::admission;
 use crate::connection::{read_message, send_error, Shared, Stream};
 use crate::registry::Host;
 use crate::stats::Stats;
+use crate::tiers::Tier;
 use crate::tokens;
 
 pub(crate) async fn serve(
@@ -108,123 +110,168 @@ struct Admitted {
 }
 
 /// Challenge, proof, token and tier, then the registry entry and `Registered`.
-/// `None` once the host was refused (and told why) or went away.
+/// `None` once the host was refused (and told why, from one place) or went away.
 async fn admit(
     host_id: HostId,
     token: Option<Vec<u8>>,
     stream: &mut Stream,
     shared: &Shared,
 ) -> Option<Admitted> {
+    let refusal = match exchange(host_id, token, stream, shared).await {
+        Ok(Exchange::Admitted(admitted)) => return confirm(admitted, stream, shared).await,
+        Ok(Exchange::HostLeft(why)) => {
+            Stats::bump(&shared.stats.registrations_refused);
+            debug!(why, "registration abandoned");
+            return None;
+        }
+        Err(refusal) => refusal,
+    };
+    Stats::bump(&shared.stats.registrations_refused);
+    if let Refused::Admission(_) = refusal {
+        Stats::bump(&shared.stats.registrations_rate_limited);
+    }
+    if let Refused::Registration(registration::Refusal::Proof(_)) = refusal {
+        // A failed proof costs its address a second attempt: guessing is slower than
+        // registering.
+        let _ = shared
+            .admission
+            .check_registration_rate(stream.connection.remote_address(), 1);
+    }
+    debug!(code = %refusal.code(), "registration refused");
+    send_error(&mut stream.send, &refusal.to_message()).await;
+    None
+}
+
+/// How the exchange before the registry entry ended, short of a refusal.
+enum Exchange {
+    /// The host proved its key (and its token holds): its tier is known.
+    Admitted(Proved),
+    /// The host went away mid-exchange; there is nobody to tell.
+    HostLeft(&'static str),
+}
+
+/// A host that proved its key, with the tier it runs under.
+struct Proved {
+    host_id: HostId,
+    tier: Arc<Tier>,
+    /// When its token expires (Unix seconds), on a relay that requires tokens.
+    expires: Option<u64>,
+}
+
+/// Why the relay refuses a registration: the protocol's own refusals, and the
+/// relay's admission rules in front of them.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Admission(admission::Refusal),
+    #[error(transparent)]
+    Registration(registration::Refusal),
+    #[error("cannot bind the proof to this connection")]
+    NoKeyingMaterial,
+}
+
+impl Refused {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::Admission(refusal) => refusal.code(),
+            Self::Registration(refusal) => refusal.code(),
+            Self::NoKeyingMaterial => ErrorCode::Internal,
+        }
+    }
+
+    fn to_message(&self) -> ControlMessage {
+        match self {
+            Self::Admission(refusal) => ControlMessage::error(refusal.code(), refusal.reason()),
+            Self::Registration(refusal) => refusal.to_message(),
+            Self::NoKeyingMaterial => ControlMessage::error(self.code(), self.to_string()),
+        }
+    }
+}
+
+/// Runs the relay's side of the registration machine on the stream: rate, challenge,
+/// proof, token, tier.
+async fn exchange(
+    host_id: HostId,
+    token: Option<Vec<u8>>,
+    stream: &mut Stream,
+    shared: &Shared,
+) -> Result<Exchange, Refused> {
     let Stream {
         send,
         recv,
         connection,
-        permit,
-        is_host,
+        ..
     } = stream;
-    let refused = |reason: &'static str| {
-        Stats::bump(&shared.stats.registrations_refused);
-        debug!(reason, "registration refused");
-    };
-    let address = connection.remote_address();
-    if let Err(refusal) = shared.admission.check_registration_rate(address, 1) {
-        Stats::bump(&shared.stats.registrations_rate_limited);
-        refused("rate limited");
-        let error = ControlMessage::error(refusal.code(), refusal.reason());
-        send_error(send, &error).await;
-        return None;
-    }
-    // A missing token is refused before any work; it says nothing about the host.
-    if shared.config.token_issuers.is_some() && token.is_none() {
-        refused("no registration token");
-        let refusal = tokens::required();
-        let error = ControlMessage::error(refusal.code, refusal.reason);
-        send_error(send, &error).await;
-        return None;
-    }
-    let (challenge, message) = match RelayChallenge::new(host_id) {
-        Ok(challenge) => challenge,
-        Err(err) => {
-            refused("no randomness for a challenge");
-            let error = ControlMessage::error(ErrorCode::Internal, err.to_string());
-            send_error(send, &error).await;
-            return None;
-        }
-    };
-    if send.write_all(&message.to_frame()).await.is_err() {
-        refused("host went away before the challenge");
-        return None;
+    shared
+        .admission
+        .check_registration_rate(connection.remote_address(), 1)
+        .map_err(Refused::Admission)?;
+    let issuers = shared.config.token_issuers.as_ref();
+    let (expect_proof, challenge) =
+        RelayRegistration::start(host_id, token, issuers).map_err(Refused::Registration)?;
+    if send.write_all(&challenge.to_frame()).await.is_err() {
+        return Ok(Exchange::HostLeft("host went away before the challenge"));
     }
     let deadline = shared.config.limits.connections.first_message_timeout.0;
-    let answer = tokio::time::timeout(deadline, read_message(recv)).await;
-    let mac = match answer {
-        Ok(Ok(ControlMessage::Proof { mac })) => mac,
-        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
-            refused("no proof");
-            let error = ControlMessage::error(ErrorCode::BadRequest, "expected a Proof");
-            send_error(send, &error).await;
-            return None;
-        }
+    let proof = match tokio::time::timeout(deadline, read_message(recv)).await {
+        Ok(Ok(message)) => message,
+        Ok(Err(_)) => return Err(no_proof("an unreadable message")),
+        Err(_) => return Err(no_proof("nothing in time")),
     };
     let mut exporter = [0u8; EXPORTER_LEN];
-    if connection
+    connection
         .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .is_err()
-    {
-        refused("keying material unavailable");
-        let error = ControlMessage::error(ErrorCode::Internal, "cannot bind proof to connection");
-        send_error(send, &error).await;
-        return None;
-    }
-    if let Err(err) = challenge.verify(&exporter, &mac) {
-        // A failed proof costs its address a second attempt: guessing is slower
-        // than registering.
-        let _ = shared.admission.check_registration_rate(address, 1);
-        refused("proof failed");
-        let error = ControlMessage::error(ErrorCode::ProofFailed, err.to_string());
-        send_error(send, &error).await;
-        return None;
-    }
-
-    // Checked only now that the host holds the key: a stranger cannot probe which
-    // tokens a host id has, or whether they are still valid.
-    let (tier, expires) = match &shared.config.token_issuers {
-        Some(issuers) => {
-            let claims = match tokens::check(token.as_deref(), issuers, &host_id) {
-                Ok(claims) => claims,
-                Err(refusal) => {
-                    refused("registration token refused");
-                    let error = ControlMessage::error(refusal.code, refusal.reason);
-                    send_error(send, &error).await;
-                    return None;
-                }
-            };
-            match shared.tiers.named(&claims.tier) {
-                Some(tier) => (tier, Some(claims.expires)),
-                None => {
-                    refused("registration token names an unknown tier");
-                    let error = ControlMessage::error(
-                        ErrorCode::TokenInvalid,
-                        format!(
-                            "the token's tier {:?} is not configured on this relay",
-                            claims.tier
-                        ),
-                    );
-                    send_error(send, &error).await;
-                    return None;
-                }
+        .map_err(|_| Refused::NoKeyingMaterial)?;
+    let admitted = expect_proof
+        .handle(proof, &exporter, tokens::unix_now())
+        .map_err(Refused::Registration)?;
+    let (tier, expires) = match admitted.claims {
+        Some(claims) => match shared.tiers.named(&claims.tier) {
+            Some(tier) => (tier, Some(claims.expires)),
+            None => {
+                let tier = claims.tier;
+                return Err(Refused::Registration(registration::Refusal::UnknownTier {
+                    tier,
+                }));
             }
-        }
+        },
         None => (shared.tiers.of(&host_id), None),
     };
     debug!(tier = %tier.name, "proof verified");
-    let host = Arc::new(Host::new(connection.clone(), permit.clone(), tier));
+    Ok(Exchange::Admitted(Proved {
+        host_id,
+        tier,
+        expires,
+    }))
+}
+
+fn no_proof(got: &'static str) -> Refused {
+    Refused::Registration(registration::Refusal::ExpectedProof { got })
+}
+
+/// Enters a proved host in the registry and tells it so; closes the registration it
+/// replaces.
+async fn confirm(proved: Proved, stream: &mut Stream, shared: &Shared) -> Option<Admitted> {
+    let Proved {
+        host_id,
+        tier,
+        expires,
+    } = proved;
+    let host = Arc::new(Host::new(
+        stream.connection.clone(),
+        stream.permit.clone(),
+        tier,
+    ));
     let (registration, replaced) = shared.registry.insert(host_id, host);
-    let confirmed = send.write_all(&ControlMessage::Registered.to_frame()).await;
+    let confirmed = stream
+        .send
+        .write_all(&ControlMessage::Registered.to_frame())
+        .await;
     if confirmed.is_err() {
         // The new host never learned it registered: keep the old one reachable
         // rather than leaving the host id with nobody.
-        refused("host went away before the confirmation");
+        Stats::bump(&shared.stats.registrations_refused);
+        debug!("host went away before the confirmation");
         match replaced {
             Some(old) => shared.registry.restore(host_id, registration, old),
             None => {
@@ -242,7 +289,9 @@ async fn admit(
             b"replaced by a newer registration of this host id",
         );
     }
-    is_host.store(true, std::sync::atomic::Ordering::Release);
+    stream
+        .is_host
+        .store(true, std::sync::atomic::Ordering::Release);
     info!("host registered");
     Some(Admitted {
         registration,

@@ -7,9 +7,11 @@
 //! operator rotate). Without it the relay is open: any host that proves its key may
 //! register, and `blindrelayd` warns about it at start.
 //!
-//! The token is read with `Register` but checked only after the proof, so someone
-//! who does not hold a host id's key learns nothing about tokens for it; only a
-//! missing token is refused at once, which says nothing about any host. The token's
+//! The checks themselves are the registration machine's
+//! ([`blindrelay_protocol::registration`]): the token is read with `Register` but
+//! checked only after the proof, so someone who does not hold a host id's key learns
+//! nothing about tokens for it; only a missing token is refused at once, which says
+//! nothing about any host. The token's
 //! tier names the host's bandwidth tier and wins over `[host_tiers]`. A tier the
 //! relay does not have is refused (`TokenInvalid`) rather than mapped to the default
 //! tier, which may be more generous than what the issuer granted.
@@ -17,8 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use blindrelay_protocol::token::{self, Claims, IssuerKeyError, IssuerKeys};
-use blindrelay_protocol::{ErrorCode, HostId};
+use blindrelay_protocol::token::{IssuerKeyError, IssuerKeys};
 
 /// Why the issuer file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -54,35 +55,6 @@ pub fn load_issuer_keys(path: &Path) -> Result<IssuerKeys, TokenConfigError> {
     })
 }
 
-/// A refusal to send on the registration stream.
-pub(crate) struct TokenRefusal {
-    pub code: ErrorCode,
-    pub reason: String,
-}
-
-/// Checks `token` for `host_id`, which has just proved possession of its key.
-pub(crate) fn check(
-    token: Option<&[u8]>,
-    issuers: &IssuerKeys,
-    host_id: &HostId,
-) -> Result<Claims, TokenRefusal> {
-    let Some(token) = token else {
-        return Err(required());
-    };
-    token::verify(token, issuers, host_id, unix_now()).map_err(|err| TokenRefusal {
-        code: ErrorCode::for_token_error(&err),
-        reason: err.to_string(),
-    })
-}
-
-/// The refusal for a `Register` without a token on a relay that requires one.
-pub(crate) fn required() -> TokenRefusal {
-    TokenRefusal {
-        code: ErrorCode::TokenRequired,
-        reason: "this relay admits only hosts with a registration token".to_owned(),
-    }
-}
-
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -95,7 +67,6 @@ pub(crate) fn unix_now() -> u64 {
 mod tests {
     use super::*;
     use blindrelay_protocol::token::IssuerSecretKey;
-    use blindrelay_protocol::SecretKey;
 
     #[test]
     fn a_missing_or_unreadable_issuer_file_is_named() {
@@ -116,37 +87,5 @@ mod tests {
         std::fs::write(&path, format!("{}\n", issuer.public_key())).expect("write");
         assert_eq!(load_issuer_keys(&path).expect("valid").keys().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn refusals_carry_distinct_codes() {
-        let issuer = IssuerSecretKey::generate().expect("key");
-        let keys = IssuerKeys::new(vec![issuer.public_key()]);
-        let host = SecretKey::generate().expect("key").host_id();
-        let issue = |host_id, expires| {
-            issuer
-                .issue(Claims {
-                    host_id,
-                    expires,
-                    tier: "default".to_owned(),
-                })
-                .expect("issued")
-                .to_bytes()
-        };
-        let code = |token: Option<&[u8]>| check(token, &keys, &host).err().map(|r| r.code);
-        assert_eq!(code(None), Some(ErrorCode::TokenRequired));
-        assert_eq!(code(Some(&[1, 2, 3])), Some(ErrorCode::TokenMalformed));
-        assert_eq!(code(Some(&issue(host, 1))), Some(ErrorCode::TokenExpired));
-        let other = SecretKey::generate().expect("key").host_id();
-        let far = unix_now() + 3600;
-        assert_eq!(
-            code(Some(&issue(other, far))),
-            Some(ErrorCode::TokenWrongHost)
-        );
-        let mut tampered = issue(host, far);
-        let last = tampered.len() - 1;
-        tampered[last] ^= 1;
-        assert_eq!(code(Some(&tampered)), Some(ErrorCode::TokenInvalid));
-        assert_eq!(code(Some(&issue(host, far))), None);
     }
 }

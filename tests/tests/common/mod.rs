@@ -12,8 +12,8 @@ use blindrelay_client::{
     BackoffConfig, HostAgent, HostConfig, HostState, Player, PlayerConfig, RelayUrl, SecretKey,
     SecureStream,
 };
-use blindrelay_protocol::control::{self, ControlMessage};
-use blindrelay_protocol::registration::{self, EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_protocol::control::ControlMessage;
+use blindrelay_protocol::registration::{HostRegistration, EXPORTER_LABEL, EXPORTER_LEN};
 use blindrelay_protocol::HostId;
 use blindrelay_relay::{Direction, Limits, Relay, RelayCertificate, RelayConfig, SpliceTap};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -216,12 +216,7 @@ pub async fn raw_connection(relay: &Relay) -> quinn::Connection {
 
 /// Reads one control message from a raw stream.
 pub async fn read_message(recv: &mut quinn::RecvStream) -> Option<ControlMessage> {
-    let mut prefix = [0u8; 2];
-    recv.read_exact(&mut prefix).await.ok()?;
-    let len = control::frame_len(prefix).ok()?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.ok()?;
-    ControlMessage::decode(&body).ok()
+    blindrelay_client::read_control(recv).await.ok()
 }
 
 /// Sends `bytes` on a new stream (finishing it if `finish`) and returns the relay's
@@ -295,17 +290,18 @@ pub async fn register_with(
         .await
         .expect("an answer in time")
         .expect("an answer");
-    let ControlMessage::Challenge { relay_ephemeral } = answer else {
+    if !matches!(answer, ControlMessage::Challenge { .. }) {
         return (answer, send, recv);
-    };
+    }
     let mut exporter = [0u8; EXPORTER_LEN];
     exporter_from
         .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .unwrap();
-    let mac = registration::prove(prover, &relay_ephemeral, &exporter).unwrap();
-    send.write_all(&ControlMessage::Proof { mac }.to_frame())
-        .await
-        .unwrap();
+    // The host's machine, started for the prover's key; the `Register` it would
+    // send is replaced by the one above, so a test can claim another host id.
+    let (expect_challenge, _) = HostRegistration::start(prover, None);
+    let (_, proof) = expect_challenge.handle(answer, &exporter).unwrap();
+    send.write_all(&proof.to_frame()).await.unwrap();
     let verdict = read_message(&mut recv).await.expect("a verdict");
     (verdict, send, recv)
 }
