@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::connection::Shared;
 use crate::metrics;
+use crate::state::RelayState;
 
 /// Largest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -32,7 +32,7 @@ const MAX_CLIENTS: usize = 64;
 /// Serves admin requests until `shutdown` turns true.
 pub(crate) async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<RelayState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut clients = JoinSet::new();
@@ -55,7 +55,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn answer(mut stream: TcpStream, shared: Arc<Shared>) {
+async fn answer(mut stream: TcpStream, shared: Arc<RelayState>) {
     let _ = tokio::time::timeout(DEADLINE, async {
         let (status, content_type, body) = match read_request(&mut stream).await {
             Some(request) => respond(&request, &shared),
@@ -105,7 +105,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
     Some(Request { method, path })
 }
 
-fn respond(request: &Request, shared: &Shared) -> (u16, &'static str, String) {
+fn respond(request: &Request, shared: &RelayState) -> (u16, &'static str, String) {
     if request.method != "GET" && request.method != "HEAD" {
         return (405, "text/plain", "only GET\n".to_owned());
     }

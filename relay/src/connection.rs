@@ -8,82 +8,17 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use blindrelay_protocol::control::{self, ControlMessage};
-use blindrelay_protocol::{codes, DecodeError, ErrorCode};
-use tokio::sync::{watch, Notify};
+use blindrelay_protocol::control::ControlMessage;
+use blindrelay_protocol::{codes, ErrorCode};
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, Instrument};
 
-use crate::admission::{Admission, ConnectionPermit};
-use crate::config::RelayConfig;
+use crate::admission::ConnectionPermit;
+use crate::control_stream::{read_message, refuse_stream, send_error, ReadMessageError};
 use crate::privacy::redact;
-use crate::registry::Registry;
-use crate::stats::{Stats, StatsSnapshot};
-use crate::tiers::Tiers;
+use crate::state::RelayState;
+use crate::stats::Stats;
 use crate::{registration, session};
-
-/// State every connection task shares.
-pub(crate) struct Shared {
-    pub config: RelayConfig,
-    pub registry: Registry,
-    pub admission: Arc<Admission>,
-    pub tiers: Tiers,
-    pub stats: Stats,
-    /// True once the relay has begun to drain: no new connections or registrations,
-    /// running sessions go on.
-    draining: watch::Sender<bool>,
-    /// Woken whenever the last active session ends or a registration is removed,
-    /// which is what a drain waits for.
-    pub drain_progress: Notify,
-}
-
-impl Shared {
-    /// State for a relay with `config`, whose limits have been validated.
-    pub fn new(config: RelayConfig) -> Result<Self, String> {
-        Ok(Self {
-            admission: Arc::new(Admission::new(&config.limits)),
-            tiers: Tiers::new(&config.limits)?,
-            config,
-            registry: Registry::default(),
-            stats: Stats::default(),
-            draining: watch::channel(false).0,
-            drain_progress: Notify::new(),
-        })
-    }
-
-    /// Starts draining (see [`crate::Relay::drain`]).
-    pub fn start_draining(&self) {
-        self.draining.send_replace(true);
-    }
-
-    pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
-    }
-
-    /// Resolves once the relay drains.
-    pub async fn draining(&self) {
-        let mut draining = self.draining.subscribe();
-        // The sender lives in `self`, so this only returns when draining.
-        let _ = draining.wait_for(|draining| *draining).await;
-    }
-
-    /// Sessions being forwarded now.
-    pub fn active_sessions(&self) -> u64 {
-        self.stats.sessions_active.load(Ordering::Acquire)
-    }
-
-    /// A random id for a new session. Random, not counted, so the ids a host or
-    /// player sees tell nothing about how many sessions the relay carries.
-    pub fn new_session_id(&self) -> u64 {
-        fastrand::u64(1..)
-    }
-
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let budget = self.config.limits.sessions.buffer_budget.0;
-        self.stats
-            .snapshot(self.registry.len(), &self.admission, budget)
-    }
-}
 
 /// Serves one connection until it closes. `permit` holds the connection's place in
 /// the relay's counts for as long as it lives.
@@ -94,7 +29,7 @@ impl Shared {
 pub(crate) fn handle(
     incoming: quinn::Incoming,
     permit: ConnectionPermit,
-    shared: Arc<Shared>,
+    shared: Arc<RelayState>,
 ) -> impl std::future::Future<Output = ()> {
     let span = info_span!("conn", peer = %redact(incoming.remote_address()));
     async move {
@@ -114,7 +49,11 @@ pub(crate) fn handle(
     .instrument(span)
 }
 
-async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, shared: Arc<Shared>) {
+async fn serve(
+    connection: quinn::Connection,
+    permit: Arc<ConnectionPermit>,
+    shared: Arc<RelayState>,
+) {
     let mut streams = JoinSet::new();
     let mut had_stream = false;
     // Set by a successful registration. A host's sessions run on streams the relay
@@ -175,7 +114,7 @@ async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, sha
                             return refuse_stream(&shared, send, recv, ReadMessageError::Timeout).await
                         }
                     };
-                    let stream = Stream { send, recv, connection, permit, is_host };
+                    let stream = RoutedStream { send, recv, connection, permit, is_host };
                     route(message, first_stream, stream, shared).await
                 });
                 // Only the first stream may register; later `Register`s are refused
@@ -193,7 +132,7 @@ async fn serve(connection: quinn::Connection, permit: Arc<ConnectionPermit>, sha
 }
 
 /// A stream whose first message has been read, and the connection it came on.
-pub(crate) struct Stream {
+pub(crate) struct RoutedStream {
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
     pub connection: quinn::Connection,
@@ -202,7 +141,12 @@ pub(crate) struct Stream {
     pub is_host: Arc<AtomicBool>,
 }
 
-async fn route(message: ControlMessage, first_stream: bool, stream: Stream, shared: Arc<Shared>) {
+async fn route(
+    message: ControlMessage,
+    first_stream: bool,
+    stream: RoutedStream,
+    shared: Arc<RelayState>,
+) {
     let mut send = match message {
         ControlMessage::Register { host_id, token } if first_stream => {
             // Boxed, like a session below: a stream's task is as large as its
@@ -221,7 +165,7 @@ async fn route(message: ControlMessage, first_stream: bool, stream: Stream, shar
                     .set_max_concurrent_bi_streams(streams.into());
             }
             let player = stream.connection.remote_address();
-            let Stream { send, recv, .. } = stream;
+            let RoutedStream { send, recv, .. } = stream;
             return Box::pin(session::serve(host_id, send, recv, player, shared)).await;
         }
         _ => stream.send,
@@ -245,61 +189,4 @@ async fn route(message: ControlMessage, first_stream: bool, stream: Stream, shar
             send_error(&mut send, &error).await;
         }
     }
-}
-
-/// Answers a stream whose first message was unreadable, then closes that stream only.
-async fn refuse_stream(
-    shared: &Shared,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    err: ReadMessageError,
-) {
-    Stats::bump(&shared.stats.bad_requests);
-    debug!(%err, "refusing stream");
-    let code = match &err {
-        ReadMessageError::Decode(DecodeError::UnsupportedVersion { .. }) => {
-            ErrorCode::UnsupportedVersion
-        }
-        _ => ErrorCode::BadRequest,
-    };
-    let _ = recv.stop(codes::stream::REFUSED.into());
-    send_error(&mut send, &ControlMessage::error(code, err.to_string())).await;
-}
-
-/// Writes an error message and finishes the stream.
-pub(crate) async fn send_error(send: &mut quinn::SendStream, error: &ControlMessage) {
-    if send.write_all(&error.to_frame()).await.is_ok() {
-        let _ = send.finish();
-    }
-}
-
-/// Why a control message could not be read from a stream.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ReadMessageError {
-    #[error("stream ended before a whole control message")]
-    Closed,
-    #[error("malformed control message: {0}")]
-    Decode(#[from] DecodeError),
-    #[error("no control message within the deadline")]
-    Timeout,
-}
-
-/// Reads one length-prefixed control message, refusing oversize lengths before
-/// reading their body.
-pub(crate) async fn read_message(
-    recv: &mut quinn::RecvStream,
-) -> Result<ControlMessage, ReadMessageError> {
-    let mut prefix = [0u8; 2];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|_| ReadMessageError::Closed)?;
-    let len = control::frame_len(prefix)?;
-    // On the heap, and only once a message is arriving: a registration waits in
-    // this function for hours, and a buffer of the largest frame in its state would
-    // cost every host a kilobyte.
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|_| ReadMessageError::Closed)?;
-    Ok(ControlMessage::decode(&body)?)
 }

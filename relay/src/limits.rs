@@ -215,40 +215,82 @@ impl Limits {
     }
 
     /// Checks values that would make the relay unusable rather than merely strict.
-    pub fn validate(&self) -> Result<(), String> {
-        let window = self.sessions.window.0;
-        if !(1024..=(1 << 30)).contains(&window) {
-            return Err(format!(
-                "sessions.window must be between 1KiB and 1GiB, not {}",
-                self.sessions.window
-            ));
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        let window = self.sessions.window;
+        if !(1024..=(1 << 30)).contains(&window.0) {
+            return Err(LimitsError::WindowOutOfRange { window });
         }
         if self.connections.send_window.0 < 1024 {
-            return Err("connections.send_window must be at least 1KiB".to_owned());
+            return Err(LimitsError::SendWindowTooSmall {
+                send_window: self.connections.send_window,
+            });
         }
-        if self.connections.idle_timeout.0.is_zero() {
-            return Err("connections.idle_timeout must not be zero".to_owned());
-        }
-        if self.connections.first_message_timeout.0.is_zero() {
-            return Err("connections.first_message_timeout must not be zero".to_owned());
-        }
-        if self.sessions.open_host_stream_timeout.0.is_zero() {
-            return Err("sessions.open_host_stream_timeout must not be zero".to_owned());
+        for (key, value) in [
+            ("connections.idle_timeout", self.connections.idle_timeout),
+            (
+                "connections.first_message_timeout",
+                self.connections.first_message_timeout,
+            ),
+            (
+                "sessions.open_host_stream_timeout",
+                self.sessions.open_host_stream_timeout,
+            ),
+        ] {
+            if value.0.is_zero() {
+                return Err(LimitsError::ZeroTimeout { key });
+            }
         }
         if self.connections.max_streams == 0 {
-            return Err("connections.max_streams must not be zero".to_owned());
+            return Err(LimitsError::ZeroMaxStreams);
         }
         crate::tiers::Tiers::new(self)?;
-        let budget = self.sessions.buffer_budget.0;
-        if budget != 0 && budget < self.session_buffer() {
-            return Err(format!(
-                "sessions.buffer_budget ({}) is smaller than one session's buffer ({})",
-                self.sessions.buffer_budget,
-                ByteSize(self.session_buffer())
-            ));
+        let budget = self.sessions.buffer_budget;
+        if budget.0 != 0 && budget.0 < self.session_buffer() {
+            return Err(LimitsError::BudgetBelowOneSession {
+                budget,
+                session: ByteSize(self.session_buffer()),
+            });
         }
         Ok(())
     }
+}
+
+/// Why a set of limits cannot be run with. Each names the configuration key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitsError {
+    /// `sessions.window` is outside 1 KiB ..= 1 GiB.
+    #[error("sessions.window must be between 1KiB and 1GiB, not {window}")]
+    WindowOutOfRange {
+        /// The window configured.
+        window: ByteSize,
+    },
+    /// `connections.send_window` is below 1 KiB.
+    #[error("connections.send_window must be at least 1KiB, not {send_window}")]
+    SendWindowTooSmall {
+        /// The send window configured.
+        send_window: ByteSize,
+    },
+    /// A timeout that cannot be turned off is zero.
+    #[error("{key} must not be zero")]
+    ZeroTimeout {
+        /// The configuration key.
+        key: &'static str,
+    },
+    /// `connections.max_streams` is zero: no player could open a session.
+    #[error("connections.max_streams must not be zero")]
+    ZeroMaxStreams,
+    /// The tiers do not resolve.
+    #[error(transparent)]
+    Tiers(#[from] crate::tiers::TiersError),
+    /// The buffer budget could not hold even one session.
+    #[error("sessions.buffer_budget ({budget}) is smaller than one session's buffer ({session})")]
+    BudgetBelowOneSession {
+        /// The budget configured.
+        budget: ByteSize,
+        /// What one session reserves.
+        session: ByteSize,
+    },
 }
 
 #[cfg(test)]
@@ -301,9 +343,26 @@ mod tests {
         let mut limits = Limits::default();
         limits.sessions.buffer_budget = ByteSize(1000);
         let err = limits.validate().expect_err("too small");
-        assert!(err.contains("buffer_budget"), "{err}");
+        assert!(
+            matches!(err, LimitsError::BudgetBelowOneSession { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("buffer_budget"), "{err}");
         let mut limits = Limits::default();
         limits.sessions.window = ByteSize(10);
-        assert!(limits.validate().is_err());
+        assert_eq!(
+            limits.validate(),
+            Err(LimitsError::WindowOutOfRange {
+                window: ByteSize(10)
+            })
+        );
+        let mut limits = Limits::default();
+        limits.connections.first_message_timeout = Span(Duration::ZERO);
+        assert_eq!(
+            limits.validate(),
+            Err(LimitsError::ZeroTimeout {
+                key: "connections.first_message_timeout"
+            })
+        );
     }
 }

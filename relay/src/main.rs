@@ -165,7 +165,7 @@ async fn main() -> Result<()> {
     )?;
     let mut limits = file.limits();
     args.limits.apply(&mut limits);
-    limits.validate().map_err(anyhow::Error::msg)?;
+    limits.validate()?;
     let listen = args.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN);
     let public_name = args.public_name.clone().or(file.public_name.clone());
     let admin = args.admin.or(file.admin);

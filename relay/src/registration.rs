@@ -19,8 +19,10 @@ use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::admission;
-use crate::connection::{read_message, send_error, Shared, Stream};
+use crate::connection::RoutedStream;
+use crate::control_stream::{read_message, send_error};
 use crate::registry::Host;
+use crate::state::RelayState;
 use crate::stats::Stats;
 use crate::tiers::Tier;
 use crate::tokens;
@@ -28,8 +30,8 @@ use crate::tokens;
 pub(crate) async fn serve(
     host_id: HostId,
     token: Option<Vec<u8>>,
-    mut stream: Stream,
-    shared: Arc<Shared>,
+    mut stream: RoutedStream,
+    shared: Arc<RelayState>,
 ) {
     let span = info_span!("registration", host = %host_id.short());
     async move {
@@ -50,7 +52,7 @@ pub(crate) async fn serve(
             host_id,
             registration,
         };
-        let Stream { send, recv, .. } = &mut stream;
+        let RoutedStream { send, recv, .. } = &mut stream;
         let token_expired = async {
             match expires {
                 Some(expires) => {
@@ -114,8 +116,8 @@ struct Admitted {
 async fn admit(
     host_id: HostId,
     token: Option<Vec<u8>>,
-    stream: &mut Stream,
-    shared: &Shared,
+    stream: &mut RoutedStream,
+    shared: &RelayState,
 ) -> Option<Admitted> {
     let refusal = match exchange(host_id, token, stream, shared).await {
         Ok(Exchange::Admitted(admitted)) => return confirm(admitted, stream, shared).await,
@@ -193,10 +195,10 @@ impl Refused {
 async fn exchange(
     host_id: HostId,
     token: Option<Vec<u8>>,
-    stream: &mut Stream,
-    shared: &Shared,
+    stream: &mut RoutedStream,
+    shared: &RelayState,
 ) -> Result<Exchange, Refused> {
-    let Stream {
+    let RoutedStream {
         send,
         recv,
         connection,
@@ -251,7 +253,11 @@ fn no_proof(got: &'static str) -> Refused {
 
 /// Enters a proved host in the registry and tells it so; closes the registration it
 /// replaces.
-async fn confirm(proved: Proved, stream: &mut Stream, shared: &Shared) -> Option<Admitted> {
+async fn confirm(
+    proved: Proved,
+    stream: &mut RoutedStream,
+    shared: &RelayState,
+) -> Option<Admitted> {
     let Proved {
         host_id,
         tier,
@@ -309,7 +315,7 @@ const GOING_AWAY_DELIVERY: std::time::Duration = std::time::Duration::from_secs(
 
 /// Removes a registration from the registry when dropped.
 struct Unregister<'a> {
-    shared: &'a Shared,
+    shared: &'a RelayState,
     host_id: HostId,
     registration: u64,
 }

@@ -16,8 +16,9 @@ use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use tracing::{debug, info_span, Instrument};
 
 use crate::bucket::TokenBucket;
-use crate::connection::{send_error, Shared};
+use crate::control_stream::send_error;
 use crate::splice::{self, Rules};
+use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
 
 pub(crate) async fn serve(
@@ -25,7 +26,7 @@ pub(crate) async fn serve(
     mut player_send: quinn::SendStream,
     mut player_recv: quinn::RecvStream,
     player: std::net::SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<RelayState>,
 ) {
     let started = tokio::time::Instant::now();
     let session_id = shared.new_session_id();
@@ -156,10 +157,10 @@ fn nonzero(duration: Duration) -> Option<Duration> {
 }
 
 /// Counts a session as active until dropped, however the session's task ends.
-struct Active<'a>(&'a Shared);
+struct Active<'a>(&'a RelayState);
 
 impl<'a> Active<'a> {
-    fn start(shared: &'a Shared) -> Self {
+    fn start(shared: &'a RelayState) -> Self {
         shared.stats.sessions_active.fetch_add(1, Ordering::AcqRel);
         Self(shared)
     }

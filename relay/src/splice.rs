@@ -30,8 +30,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bucket::{throttle, TokenBucket};
-use crate::connection::Shared;
 pub(crate) use crate::limits::MAX_CHUNK;
+use crate::state::RelayState;
 
 /// How long a finished direction waits for the other side to acknowledge its last
 /// bytes when no stall timeout is set.
@@ -82,7 +82,12 @@ pub trait SpliceTap: Send + Sync {
 }
 
 /// Forwards both directions until both have ended or a limit ends the session.
-pub(crate) async fn run(player: Side, host: Side, rules: Rules<'_>, shared: &Shared) -> Outcome {
+pub(crate) async fn run(
+    player: Side,
+    host: Side,
+    rules: Rules<'_>,
+    shared: &RelayState,
+) -> Outcome {
     let stats = &shared.stats;
     let (end, _) = watch::channel(None);
     let activity = Activity::new();
@@ -135,7 +140,7 @@ struct Pump<'a> {
     activity: &'a Activity,
     /// Carries the code of the limit that ended the session, to both pumps.
     end: &'a watch::Sender<Option<u32>>,
-    shared: &'a Shared,
+    shared: &'a RelayState,
 }
 
 /// What one step of a pump came to.

@@ -97,6 +97,26 @@ impl Tier {
     }
 }
 
+/// Why the tiers of a configuration cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TiersError {
+    /// A `[host_tiers]` key is not a host id.
+    #[error("host_tiers: {host:?} is not a host id: {source}")]
+    NotAHostId {
+        /// The key as written.
+        host: String,
+        /// Why it does not parse.
+        source: blindrelay_protocol::KeyError,
+    },
+    /// A `[host_tiers]` entry names a tier that no `[tiers.NAME]` section defines.
+    #[error("host_tiers: no tier named {tier:?}")]
+    UnknownTier {
+        /// The tier named.
+        tier: String,
+    },
+}
+
 /// Every tier, and which host is in which.
 #[derive(Debug)]
 pub(crate) struct Tiers {
@@ -107,7 +127,7 @@ pub(crate) struct Tiers {
 
 impl Tiers {
     /// Resolves the tiers of `limits`, which [`Limits::validate`] has accepted.
-    pub fn new(limits: &Limits) -> Result<Self, String> {
+    pub fn new(limits: &Limits) -> Result<Self, TiersError> {
         let default = Arc::new(Tier::resolve(DEFAULT_TIER, limits, &TierConfig::default()));
         let named: BTreeMap<&str, Arc<Tier>> = limits
             .tiers
@@ -116,13 +136,14 @@ impl Tiers {
             .collect();
         let mut by_host = HashMap::new();
         for (host, tier) in &limits.host_tiers {
-            let host_id: HostId = host
-                .parse()
-                .map_err(|err| format!("host_tiers: {host:?} is not a host id: {err}"))?;
+            let host_id: HostId = host.parse().map_err(|source| TiersError::NotAHostId {
+                host: host.clone(),
+                source,
+            })?;
             let tier = match named.get(tier.as_str()) {
                 Some(tier) => tier.clone(),
                 None if tier == DEFAULT_TIER => default.clone(),
-                None => return Err(format!("host_tiers: no tier named {tier:?}")),
+                None => return Err(TiersError::UnknownTier { tier: tier.clone() }),
             };
             by_host.insert(host_id, tier);
         }
@@ -193,12 +214,20 @@ mod tests {
             .host_tiers
             .insert(key.host_id().to_string(), "gold".to_owned());
         let err = Tiers::new(&limits).expect_err("no such tier");
-        assert!(err.contains("gold"), "{err}");
+        assert_eq!(
+            err,
+            TiersError::UnknownTier {
+                tier: "gold".to_owned()
+            }
+        );
         let mut limits = Limits::default();
         limits
             .host_tiers
             .insert("not-a-host".to_owned(), DEFAULT_TIER.to_owned());
         let err = Tiers::new(&limits).expect_err("bad id");
-        assert!(err.contains("not-a-host"), "{err}");
+        assert!(
+            matches!(&err, TiersError::NotAHostId { host, .. } if host == "not-a-host"),
+            "{err}"
+        );
     }
 }

@@ -11,8 +11,6 @@ use blindrelay_protocol::{CertPin, ALPN};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::RelayConfig;
-
 /// Why the relay's TLS setup failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -115,23 +113,11 @@ impl RelayCertificate {
     }
 }
 
-/// A connection's receive window, in session windows: enough for this many of its
-/// sessions to move at full speed at once.
-const CONNECTION_WINDOW_STREAMS: u64 = 16;
-
-/// Streams a connection may open before it shows what it is. A host only ever opens
-/// its registration stream, and quinn keeps state for every stream a peer may open,
-/// from the start (about 80 bytes each), so the full `connections.max_streams` is
-/// granted only to connections whose first stream asks for a session (see
-/// `connection::route`): a host's connection stays about 20 KiB smaller.
-pub(crate) const INITIAL_STREAMS: u32 = 8;
-
-/// The quinn server configuration: TLS 1.3 only, our ALPN only, no 0-RTT (early data
-/// is replayable, and nothing here is worth the risk).
-pub(crate) fn server_config(
-    config: &RelayConfig,
+/// The TLS side of the relay's QUIC server configuration: TLS 1.3 only, our ALPN
+/// only, no 0-RTT (early data is replayable, and nothing here is worth the risk).
+pub(crate) fn server_crypto(
     certificate: &RelayCertificate,
-) -> Result<quinn::ServerConfig, TlsError> {
+) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -143,36 +129,5 @@ pub(crate) fn server_config(
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|err| TlsError::Config(err.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-
-    let limits = &config.limits;
-    let window = limits.sessions.window.0;
-    let varint = |value: u64, what: &str| {
-        quinn::VarInt::from_u64(value).map_err(|_| TlsError::Config(format!("{what} too large")))
-    };
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_idle_timeout(Some(
-            limits
-                .connections
-                .idle_timeout
-                .0
-                .try_into()
-                .map_err(|_| TlsError::Config("idle timeout too large".into()))?,
-        ))
-        .max_concurrent_bidi_streams(limits.connections.max_streams.min(INITIAL_STREAMS).into())
-        .max_concurrent_uni_streams(0u32.into())
-        // The relay's buffer per session and direction: what a sender may have in
-        // flight to the relay before the relay has passed it on.
-        .stream_receive_window(varint(window, "sessions.window")?)
-        // All streams of one connection together, which bounds what a peer can park
-        // in streams that have not yet named their purpose.
-        .receive_window(varint(
-            window.saturating_mul(CONNECTION_WINDOW_STREAMS),
-            "connection receive window",
-        )?)
-        // What the relay has written but the peer has not acknowledged, per connection.
-        .send_window(limits.connections.send_window.0);
-    server.transport_config(Arc::new(transport));
-    Ok(server)
+    Ok(Arc::new(crypto))
 }

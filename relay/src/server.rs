@@ -1,0 +1,328 @@
+//! The server: binds the relay's endpoint, admits or refuses each new connection,
+//! hands admitted ones to their task, and stops (abruptly, or by draining).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blindrelay_protocol::codes;
+use blindrelay_protocol::RelayUrl;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::RelayConfig;
+use crate::limits::LimitsError;
+use crate::state::RelayState;
+use crate::stats::{self, StatsSnapshot};
+use crate::tls::{self, RelayCertificate, TlsError};
+use crate::transport::{self, TransportError};
+use crate::{admin, admission, connection, privacy};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The TLS configuration was refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A limit cannot be expressed in QUIC's transport parameters.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The tiers do not resolve.
+    #[error("invalid limits: {0}")]
+    Tiers(#[from] crate::tiers::TiersError),
+    /// A limit has a value the relay cannot run with.
+    #[error("invalid limits: {0}")]
+    Limits(#[from] LimitsError),
+    /// The admin listener's TCP address could not be bound.
+    #[error("cannot listen for admin requests on {addr}: {source}")]
+    Admin {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+}
+
+/// A running relay. Dropping it stops the relay abruptly; [`Relay::shutdown`] stops
+/// it gracefully.
+pub struct Relay {
+    url: RelayUrl,
+    endpoint: quinn::Endpoint,
+    /// The transport settings, kept for certificate reloads.
+    transport: Arc<quinn::TransportConfig>,
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    admin: Option<tokio::task::JoinHandle<()>>,
+    shared: Arc<RelayState>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Binds the relay's endpoint and starts accepting connections on the current
+    /// tokio runtime.
+    pub fn spawn(config: RelayConfig) -> Result<Self, RelayError> {
+        config.limits.validate()?;
+        let transport = transport::transport_config(&config.limits)?;
+        let server_config =
+            transport::server_config(tls::server_crypto(&config.certificate)?, transport.clone());
+        let socket = bind_udp(config.listen)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| RelayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let url = config.url(local_addr)?;
+        let admin_listener = match config.admin {
+            Some(addr) => Some(bind_admin(addr)?),
+            None => None,
+        };
+        let shared = Arc::new(RelayState::new(config)?);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (admin_addr, admin) = match admin_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                let task =
+                    tokio::spawn(admin::serve(listener, shared.clone(), shutdown_rx.clone()));
+                info!(addr = ?addr, "admin listener (metrics, health) listening");
+                (addr, Some(task))
+            }
+            None => (None, None),
+        };
+        let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), shutdown_rx));
+        info!(addr = %local_addr, "relay listening");
+        Ok(Self {
+            url,
+            endpoint,
+            transport,
+            local_addr,
+            admin_addr,
+            admin,
+            shared,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The URL hosts and players use to reach and verify this relay.
+    pub fn url(&self) -> &RelayUrl {
+        &self.url
+    }
+
+    /// The UDP address the relay listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves new connections with `certificate` from now on; connections already
+    /// open keep theirs and are not touched. Returns the relay's URL under the new
+    /// certificate, which differs when the URL pins the certificate (no public
+    /// name): hosts and players holding the old URL then no longer reach it.
+    pub fn reload_certificate(
+        &mut self,
+        certificate: RelayCertificate,
+    ) -> Result<&RelayUrl, TlsError> {
+        let server_config =
+            transport::server_config(tls::server_crypto(&certificate)?, self.transport.clone());
+        let mut config = self.shared.config.clone();
+        config.certificate = certificate;
+        let url = config.url(self.local_addr)?;
+        self.endpoint.set_server_config(Some(server_config));
+        if url != self.url {
+            warn!(%url, "the new certificate changes the relay URL's pin");
+        }
+        info!("certificate reloaded for new connections");
+        self.url = url;
+        Ok(&self.url)
+    }
+
+    /// The TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`), if
+    /// the configuration asked for one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Counters and gauges of what the relay has done so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// Stops the relay gracefully: refuses new connections at once (`/readyz` turns
+    /// 503), tells every registered host it is going away so it registers again
+    /// (here after a restart, or elsewhere), lets players go as their sessions end,
+    /// waits up to `timeout` for running sessions to finish, then shuts down.
+    pub async fn drain(self, timeout: Duration) {
+        self.shared.start_draining();
+        info!(
+            ?timeout,
+            sessions = self.shared.active_sessions(),
+            "draining"
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self.shared.drain_progress.notified();
+            tokio::pin!(done);
+            // Registered before the check, so an end between the two is not missed.
+            done.as_mut().enable();
+            // Hosts hear `GoingAway` before anything closes: each registration ends
+            // once its host has the message.
+            let registrations = self.shared.registry.len();
+            if self.shared.active_sessions() == 0 && registrations == 0 {
+                info!("drained: no session or registration left");
+                break;
+            }
+            tokio::select! {
+                () = done => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    warn!(
+                        sessions = self.shared.active_sessions(),
+                        "drain timeout: closing running sessions"
+                    );
+                    break;
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Tells every connection the relay is going away, waits briefly for them to
+    /// close, and stops.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            warn!("relay did not stop within 5 s; aborting its tasks");
+        }
+        // Dropping `self` aborts whatever is left.
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Every task of the relay is owned by this one: aborting it drops the endpoint
+        // and the JoinSet of connection tasks, which aborts them in turn.
+        self.task.abort();
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<RelayState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let mut forget = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if shared.is_draining() {
+                    stats::Stats::bump(&shared.stats.connections_refused_draining);
+                    incoming.refuse();
+                    continue;
+                }
+                match admit(&incoming, &shared) {
+                    Ok(permit) => {
+                        connections.spawn(connection::handle(incoming, permit, shared.clone()));
+                    }
+                    Err(refusal) => {
+                        shared.stats.connection_refused(refusal);
+                        debug!(peer = %privacy::redact(incoming.remote_address()), ?refusal, "connection refused");
+                        // Refused before the TLS handshake: a flood costs the relay no
+                        // crypto. The client sees QUIC's CONNECTION_REFUSED.
+                        incoming.refuse();
+                    }
+                }
+            }
+            _ = forget.tick() => shared.admission.forget_idle_addresses(),
+            Some(result) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(err) = result {
+                    if err.is_panic() {
+                        warn!("a connection task panicked; other connections are unaffected");
+                    }
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    debug!("relay closing all connections");
+    endpoint.close(codes::close::RELAY_SHUTDOWN.into(), b"relay shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+    connections.shutdown().await;
+    info!("relay stopped");
+}
+
+/// Decides whether a new connection may proceed: per-address rate and count first,
+/// then the relay-wide cap, making room by shedding the idlest registration (one
+/// with no session) before refusing.
+fn admit(
+    incoming: &quinn::Incoming,
+    shared: &RelayState,
+) -> Result<admission::ConnectionPermit, admission::Refusal> {
+    let permit = shared
+        .admission
+        .admit_connection(incoming.remote_address())?;
+    // `permit` counts this connection already: over the cap means it would be one
+    // too many.
+    let max = shared.config.limits.connections.max;
+    if max != 0 && shared.admission.open_connections() > max {
+        if !shared.registry.shed_idle() {
+            return Err(admission::Refusal::AtCapacity);
+        }
+        stats::Stats::bump(&shared.stats.connections_shed);
+        info!("connection cap reached: shed an idle registration");
+    }
+    Ok(permit)
+}
+
+/// Binds the admin listener's TCP socket.
+fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, RelayError> {
+    let admin_error = |source| RelayError::Admin { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(admin_error)?;
+    listener.set_nonblocking(true).map_err(admin_error)?;
+    tokio::net::TcpListener::from_std(listener).map_err(admin_error)
+}
+
+/// Binds the UDP socket with large kernel buffers: QUIC at Gbit/s loses packets to
+/// the default ~208 KiB receive buffer, and every loss costs a congestion back-off.
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, RelayError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_error = |source| RelayError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_error)?;
+    if addr.is_ipv6() {
+        // Accept IPv4-mapped addresses too when bound to [::].
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    Ok(socket.into())
+}
+
+const UDP_BUFFER_BYTES: usize = 8 << 20;

@@ -1,0 +1,80 @@
+//! The relay's state: what every connection task of one relay shares.
+//!
+//! The configuration it runs with, the registry of hosts, admission (per-address
+//! rates and counts, the session buffer budget), bandwidth tiers, counters, and
+//! whether the relay is draining. Handlers take the parts they use; nothing here
+//! does I/O.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+
+use crate::admission::Admission;
+use crate::config::RelayConfig;
+use crate::registry::Registry;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::tiers::{Tiers, TiersError};
+
+/// State every connection task of one relay shares.
+pub(crate) struct RelayState {
+    pub config: RelayConfig,
+    pub registry: Registry,
+    pub admission: Arc<Admission>,
+    pub tiers: Tiers,
+    pub stats: Stats,
+    /// True once the relay has begun to drain: no new connections or registrations,
+    /// running sessions go on.
+    draining: watch::Sender<bool>,
+    /// Woken whenever the last active session ends or a registration is removed,
+    /// which is what a drain waits for.
+    pub drain_progress: Notify,
+}
+
+impl RelayState {
+    /// State for a relay with `config`, whose limits have been validated.
+    pub fn new(config: RelayConfig) -> Result<Self, TiersError> {
+        Ok(Self {
+            admission: Arc::new(Admission::new(&config.limits)),
+            tiers: Tiers::new(&config.limits)?,
+            config,
+            registry: Registry::default(),
+            stats: Stats::default(),
+            draining: watch::channel(false).0,
+            drain_progress: Notify::new(),
+        })
+    }
+
+    /// Starts draining (see [`crate::Relay::drain`]).
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Resolves once the relay drains.
+    pub async fn draining(&self) {
+        let mut draining = self.draining.subscribe();
+        // The sender lives in `self`, so this only returns when draining.
+        let _ = draining.wait_for(|draining| *draining).await;
+    }
+
+    /// Sessions being forwarded now.
+    pub fn active_sessions(&self) -> u64 {
+        self.stats.sessions_active.load(Ordering::Acquire)
+    }
+
+    /// A random id for a new session. Random, not counted, so the ids a host or
+    /// player sees tell nothing about how many sessions the relay carries.
+    pub fn new_session_id(&self) -> u64 {
+        fastrand::u64(1..)
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let budget = self.config.limits.sessions.buffer_budget.0;
+        self.stats
+            .snapshot(self.registry.len(), &self.admission, budget)
+    }
+}

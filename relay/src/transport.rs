@@ -1,0 +1,80 @@
+//! QUIC transport settings: what the relay lets each connection hold.
+//!
+//! The windows here are the relay's memory bound for sessions (see
+//! `docs/configuration.md`): a stream may have at most `sessions.window` bytes in
+//! flight to the relay, a connection at most [`CONNECTION_WINDOW_STREAMS`] times that,
+//! and the relay at most `connections.send_window` unacknowledged per connection.
+
+use std::sync::Arc;
+
+use crate::limits::Limits;
+
+/// Why the transport settings cannot be built from the limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A value exceeds what QUIC can carry.
+    #[error("{key} is too large for QUIC")]
+    TooLarge {
+        /// The configuration key.
+        key: &'static str,
+    },
+}
+
+/// A connection's receive window, in session windows: enough for this many of its
+/// sessions to move at full speed at once.
+const CONNECTION_WINDOW_STREAMS: u64 = 16;
+
+/// Streams a connection may open before it shows what it is. A host only ever opens
+/// its registration stream, and quinn keeps state for every stream a peer may open,
+/// from the start (about 80 bytes each), so the full `connections.max_streams` is
+/// granted only to connections whose first stream asks for a session (see
+/// `connection::route`): a host's connection stays about 20 KiB smaller.
+pub(crate) const INITIAL_STREAMS: u32 = 8;
+
+/// The transport settings every connection to the relay starts with.
+pub(crate) fn transport_config(
+    limits: &Limits,
+) -> Result<Arc<quinn::TransportConfig>, TransportError> {
+    let window = limits.sessions.window.0;
+    let varint = |value: u64, key: &'static str| {
+        quinn::VarInt::from_u64(value).map_err(|_| TransportError::TooLarge { key })
+    };
+    let idle_timeout =
+        limits
+            .connections
+            .idle_timeout
+            .0
+            .try_into()
+            .map_err(|_| TransportError::TooLarge {
+                key: "connections.idle_timeout",
+            })?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(idle_timeout))
+        .max_concurrent_bidi_streams(limits.connections.max_streams.min(INITIAL_STREAMS).into())
+        .max_concurrent_uni_streams(0u32.into())
+        // The relay's buffer per session and direction: what a sender may have in
+        // flight to the relay before the relay has passed it on.
+        .stream_receive_window(varint(window, "sessions.window")?)
+        // All streams of one connection together, which bounds what a peer can park
+        // in streams that have not yet named their purpose.
+        .receive_window(varint(
+            window.saturating_mul(CONNECTION_WINDOW_STREAMS),
+            "sessions.window",
+        )?)
+        // What the relay has written but the peer has not acknowledged, per connection.
+        .send_window(limits.connections.send_window.0);
+    Ok(Arc::new(transport))
+}
+
+/// The quinn server configuration: the TLS side from [`crate::tls`] and the
+/// transport settings above.
+pub(crate) fn server_config(
+    crypto: Arc<quinn::crypto::rustls::QuicServerConfig>,
+    transport: Arc<quinn::TransportConfig>,
+) -> quinn::ServerConfig {
+    let mut server = quinn::ServerConfig::with_crypto(crypto);
+    server.transport_config(transport);
+    server
+}
