@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-#[cfg(feature = "splice-tap")]
-use std::sync::Arc;
 
 use blindrelay_protocol::{IssuerKeys, RelayUrl};
 use serde::Deserialize;
@@ -40,9 +38,6 @@ pub struct RelayConfig {
     /// Registration tokens: `Some` admits only hosts with a token signed by one of
     /// these issuer keys; `None` is open mode (any host that proves its key).
     pub token_issuers: Option<IssuerKeys>,
-    /// Observes every chunk the splice forwards (tests only).
-    #[cfg(feature = "splice-tap")]
-    pub tap: Option<Arc<dyn crate::splice::SpliceTap>>,
 }
 
 impl RelayConfig {
@@ -55,8 +50,6 @@ impl RelayConfig {
             limits: Limits::default(),
             admin: None,
             token_issuers: None,
-            #[cfg(feature = "splice-tap")]
-            tap: None,
         }
     }
 

@@ -21,6 +21,7 @@ mod connection;
 mod control_stream;
 mod registration;
 mod session;
+mod session_stream;
 mod splice;
 
 // Who is registered, who may come in, and how much each may use.

@@ -161,6 +161,17 @@ impl Relay {
         self.admin_addr
     }
 
+    /// Shows `tap` every chunk the splice forwards from now on, so a test can prove
+    /// that what the relay handles is ciphertext. Test builds only (the `splice-tap`
+    /// feature); a second tap is refused (returned).
+    #[cfg(feature = "splice-tap")]
+    pub fn install_splice_tap(
+        &self,
+        tap: Arc<dyn crate::splice::SpliceTap>,
+    ) -> Result<(), Arc<dyn crate::splice::SpliceTap>> {
+        self.shared.splice_tap.set(tap)
+    }
+
     /// Counters and gauges of what the relay has done so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.snapshot()

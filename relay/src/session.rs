@@ -10,14 +10,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use tracing::{debug, info_span, Instrument};
 
 use crate::bucket::TokenBucket;
 use crate::control_stream::send_error;
-use crate::splice::{self, Rules};
+use crate::splice::{self, Meters, SpliceLimits};
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
 
@@ -117,25 +116,25 @@ pub(crate) async fn serve(
         let bucket = || TokenBucket::new(tier.session_rate, tier.session_burst);
         let (to_host, to_player) = (bucket(), bucket());
         let host = host_session.host();
-        let rules = Rules {
-            stall_timeout: nonzero(tier.stall_timeout),
-            idle_timeout: nonzero(tier.idle_timeout),
-            max_duration: nonzero(tier.max_duration),
+        let limits = SpliceLimits {
+            stall_timeout: tier.stall_timeout,
+            idle_timeout: tier.idle_timeout,
+            max_duration: tier.max_duration,
             max_bytes: tier.max_bytes,
             player_to_host: [to_host.as_ref(), host.player_to_host.as_ref()],
             host_to_player: [to_player.as_ref(), host.host_to_player.as_ref()],
         };
+        let meters = Meters {
+            player_to_host: &shared.stats.bytes_player_to_host,
+            host_to_player: &shared.stats.bytes_host_to_player,
+            #[cfg(feature = "splice-tap")]
+            tap: shared.splice_tap.get().map(|tap| &**tap),
+        };
         let outcome = splice::run(
-            splice::Side {
-                send: player_send,
-                recv: player_recv,
-            },
-            splice::Side {
-                send: host_send,
-                recv: host_recv,
-            },
-            rules,
-            &shared,
+            (player_recv, player_send),
+            (host_recv, host_send),
+            limits,
+            meters,
         )
         .await;
         if let Some(code) = outcome.ended_by {
@@ -150,10 +149,6 @@ pub(crate) async fn serve(
     }
     .instrument(span)
     .await
-}
-
-fn nonzero(duration: Duration) -> Option<Duration> {
-    (!duration.is_zero()).then_some(duration)
 }
 
 /// Counts a session as active until dropped, however the session's task ends.

@@ -1,11 +1,14 @@
 //! The splice: forwards a session's bytes between the player's stream and the host's.
 //!
-//! Each direction is one loop: take the next chunk quinn has received, hand that same
-//! chunk to the other stream. No parsing, no copy beyond quinn's own buffers, and at
-//! most one chunk (≤ [`MAX_CHUNK`]) in hand per direction: when the receiving side's
-//! flow-control window is full, the write waits, this loop stops reading, and QUIC
-//! flow control pushes back on the sender. A slow reader slows its writer; it never
-//! grows the relay.
+//! Each direction is one loop: take the next chunk the transport has received, hand
+//! that same chunk to the other stream. No parsing, no copy beyond the transport's
+//! own buffers, and at most one chunk (≤ [`MAX_CHUNK`]) in hand per direction: when
+//! the receiving side's flow-control window is full, the write waits, this loop stops
+//! reading, and flow control pushes back on the sender. A slow reader slows its
+//! writer; it never grows the relay.
+//!
+//! The splice joins any two streams that implement [`SessionRecv`]/[`SessionSend`]
+//! (see [`crate::session_stream`]), whatever transport each came on.
 //!
 //! Ends travel across: a clean finish becomes a finish, a reset becomes a reset with
 //! the same code, a stop-sending becomes a stop-sending with the same code, and a lost
@@ -19,44 +22,46 @@
 //! either way for the idle timeout, the maximum duration, and the maximum bytes in
 //! one direction (exactly that many are forwarded, never one more).
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
-#[cfg(feature = "splice-tap")]
-use std::sync::Arc;
 use std::time::Duration;
 
 use blindrelay_protocol::codes;
-use quinn::{ReadError, VarInt, WriteError};
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bucket::{throttle, TokenBucket};
 pub(crate) use crate::limits::MAX_CHUNK;
-use crate::state::RelayState;
+use crate::session_stream::{RecvEnd, SendEnd, SessionRecv, SessionSend};
 
 /// How long a finished direction waits for the other side to acknowledge its last
 /// bytes when no stall timeout is set.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
 
-/// One side of a session: the two halves of its QUIC stream.
-pub(crate) struct Side {
-    pub send: quinn::SendStream,
-    pub recv: quinn::RecvStream,
-}
-
-/// The limits one session runs under; `None` and zero mean no limit.
-pub(crate) struct Rules<'a> {
+/// The limits one session is spliced under, resolved: `None` is no limit.
+pub(crate) struct SpliceLimits<'a> {
     pub stall_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_duration: Option<Duration>,
-    pub max_bytes: u64,
+    pub max_bytes: Option<NonZeroU64>,
     /// The session's own bucket and its host's, for bytes towards the host.
     pub player_to_host: [Option<&'a TokenBucket>; 2],
     /// The session's own bucket and its host's, for bytes towards the player.
     pub host_to_player: [Option<&'a TokenBucket>; 2],
 }
 
+/// Where the splice counts what it forwards: the relay's byte counters, and in test
+/// builds an optional tap that sees every chunk.
+pub(crate) struct Meters<'a> {
+    pub player_to_host: &'a AtomicU64,
+    pub host_to_player: &'a AtomicU64,
+    #[cfg(feature = "splice-tap")]
+    pub tap: Option<&'a dyn SpliceTap>,
+}
+
 /// How a session went.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Outcome {
     pub player_to_host: u64,
     pub host_to_player: u64,
@@ -82,43 +87,51 @@ pub trait SpliceTap: Send + Sync {
 }
 
 /// Forwards both directions until both have ended or a limit ends the session.
-pub(crate) async fn run(
-    player: Side,
-    host: Side,
-    rules: Rules<'_>,
-    shared: &RelayState,
-) -> Outcome {
-    let stats = &shared.stats;
+/// `player` and `host` are each side's (receiving, sending) halves.
+pub(crate) async fn run<PR, PS, HR, HS>(
+    player: (PR, PS),
+    host: (HR, HS),
+    limits: SpliceLimits<'_>,
+    meters: Meters<'_>,
+) -> Outcome
+where
+    PR: SessionRecv,
+    PS: SessionSend,
+    HR: SessionRecv,
+    HS: SessionSend,
+{
     let (end, _) = watch::channel(None);
     let activity = Activity::new();
+    let pump = |direction, counter, buckets| Pump {
+        direction,
+        counter,
+        buckets,
+        limits: &limits,
+        activity: &activity,
+        end: &end,
+        #[cfg(feature = "splice-tap")]
+        tap: meters.tap,
+    };
+    let to_host = pump(
+        Direction::PlayerToHost,
+        meters.player_to_host,
+        limits.player_to_host,
+    );
+    let to_player = pump(
+        Direction::HostToPlayer,
+        meters.host_to_player,
+        limits.host_to_player,
+    );
     let pumps = async {
         tokio::join!(
-            Pump {
-                direction: Direction::PlayerToHost,
-                counter: &stats.bytes_player_to_host,
-                buckets: rules.player_to_host,
-                rules: &rules,
-                activity: &activity,
-                end: &end,
-                shared,
-            }
-            .run(player.recv, host.send),
-            Pump {
-                direction: Direction::HostToPlayer,
-                counter: &stats.bytes_host_to_player,
-                buckets: rules.host_to_player,
-                rules: &rules,
-                activity: &activity,
-                end: &end,
-                shared,
-            }
-            .run(host.recv, player.send),
+            to_host.run(player.0, host.1),
+            to_player.run(host.0, player.1)
         )
     };
     tokio::pin!(pumps);
     let (player_to_host, host_to_player) = tokio::select! {
         totals = &mut pumps => totals,
-        code = watchdog(&activity, &rules) => {
+        code = watchdog(&activity, &limits) => {
             end_session(&end, code);
             pumps.await
         }
@@ -133,14 +146,16 @@ pub(crate) async fn run(
 
 /// One direction of the splice.
 struct Pump<'a> {
+    #[cfg_attr(not(feature = "splice-tap"), allow(dead_code))]
     direction: Direction,
     counter: &'a AtomicU64,
     buckets: [Option<&'a TokenBucket>; 2],
-    rules: &'a Rules<'a>,
+    limits: &'a SpliceLimits<'a>,
     activity: &'a Activity,
     /// Carries the code of the limit that ended the session, to both pumps.
     end: &'a watch::Sender<Option<u32>>,
-    shared: &'a RelayState,
+    #[cfg(feature = "splice-tap")]
+    tap: Option<&'a dyn SpliceTap>,
 }
 
 /// What one step of a pump came to.
@@ -153,14 +168,9 @@ enum Step {
 }
 
 impl Pump<'_> {
-    async fn run(self, mut from: quinn::RecvStream, to: quinn::SendStream) -> u64 {
+    async fn run(self, mut from: impl SessionRecv, to: impl SessionSend) -> u64 {
         let mut to = Outgoing::new(to);
-        #[cfg(feature = "splice-tap")]
-        let tap: Option<Arc<dyn SpliceTap>> = self.shared.config.tap.clone();
-        #[cfg(not(feature = "splice-tap"))]
-        let _ = (self.shared, self.direction);
-
-        let peer_gone = VarInt::from_u32(codes::stream::PEER_GONE);
+        let peer_gone = codes::stream::PEER_GONE;
         let mut ended = self.end.subscribe();
         // The receiver may stop reading while we wait for the sender: pass that on at
         // once instead of at our next write.
@@ -174,43 +184,40 @@ impl Pump<'_> {
                 biased;
                 code = ended_by(&mut ended) => break Step::Ended(code),
                 stop = &mut stopped => {
-                    let code = stop.ok().flatten().unwrap_or(peer_gone);
+                    let code = stop.unwrap_or(peer_gone);
                     // A stopped stream is answered with a reset of the same code.
                     to.reset(code);
-                    let _ = from.stop(code);
+                    from.stop(code);
                     break Step::Done;
                 }
-                read = from.read_chunk(MAX_CHUNK, true) => read,
+                read = from.read_chunk(MAX_CHUNK) => read,
             };
             let mut bytes = match read {
-                Ok(Some(chunk)) => chunk.bytes,
+                Ok(Some(bytes)) => bytes,
                 Ok(None) => {
                     to.finish();
                     // The session is over once the other side has everything: a relay
                     // that closes (a drain ending) must not cut bytes still in flight.
-                    let _ = within(
-                        Some(self.rules.stall_timeout.unwrap_or(DELIVERY_WAIT)),
-                        &mut stopped,
-                    )
-                    .await;
+                    let wait = self.limits.stall_timeout.unwrap_or(DELIVERY_WAIT);
+                    let _ = tokio::time::timeout(wait, &mut stopped).await;
                     break Step::Done;
                 }
-                Err(ReadError::Reset(code)) => {
+                Err(RecvEnd::Reset(code)) => {
                     to.reset(code);
                     break Step::Done;
                 }
-                Err(_) => {
+                Err(RecvEnd::Gone) => {
                     to.reset(peer_gone);
                     break Step::Done;
                 }
             };
             #[cfg(feature = "splice-tap")]
-            if let Some(tap) = &tap {
+            if let Some(tap) = self.tap {
                 tap.observe(self.direction, &bytes);
             }
             let mut over_limit = false;
-            if self.rules.max_bytes != 0 {
-                let allowed = self.rules.max_bytes.saturating_sub(total);
+            if let Some(max) = self.limits.max_bytes {
+                let allowed = max.get().saturating_sub(total);
                 if bytes.len() as u64 > allowed {
                     bytes.truncate(allowed as usize);
                     over_limit = true;
@@ -235,29 +242,27 @@ impl Pump<'_> {
         };
         if let Step::Ended(code) = step {
             // Whatever ended the session, both ends of this direction hear why.
-            let code = VarInt::from_u32(code);
             to.reset(code);
-            let _ = from.stop(code);
+            from.stop(code);
         }
         total
     }
 
     /// Writes one chunk, passing on stops and watching for a stalled reader.
-    async fn write(
+    async fn write<R: SessionRecv, S: SessionSend>(
         &self,
-        to: &mut Outgoing,
-        from: &mut quinn::RecvStream,
-        mut bytes: bytes::Bytes,
+        to: &mut Outgoing<S>,
+        from: &mut R,
+        mut bytes: Bytes,
         ended: &mut watch::Receiver<Option<u32>>,
         total: &mut u64,
     ) -> Step {
         while !bytes.is_empty() {
-            // `write_chunks` is cancel-safe: it either takes bytes or waits for room.
-            let write = to.stream.write_chunks(std::slice::from_mut(&mut bytes));
+            let write = to.stream.write_some(&mut bytes);
             let written = tokio::select! {
                 biased;
                 code = ended_by(ended) => return Step::Ended(code),
-                written = within(self.rules.stall_timeout, write) => written,
+                written = within(self.limits.stall_timeout, write) => written,
             };
             match written {
                 None => {
@@ -265,20 +270,20 @@ impl Pump<'_> {
                     return Step::Ended(codes::stream::STALLED);
                 }
                 Some(Ok(written)) => {
-                    let len = written.bytes as u64;
+                    let len = written as u64;
                     *total += len;
                     self.counter.fetch_add(len, Ordering::Relaxed);
                     self.activity.touch();
                 }
-                Some(Err(WriteError::Stopped(code))) => {
+                Some(Err(SendEnd::Stopped(code))) => {
                     to.reset(code);
-                    let _ = from.stop(code);
+                    from.stop(code);
                     return Step::Done;
                 }
-                Some(Err(_)) => {
-                    let peer_gone = VarInt::from_u32(codes::stream::PEER_GONE);
+                Some(Err(SendEnd::Gone)) => {
+                    let peer_gone = codes::stream::PEER_GONE;
                     to.reset(peer_gone);
-                    let _ = from.stop(peer_gone);
+                    from.stop(peer_gone);
                     return Step::Done;
                 }
             }
@@ -289,15 +294,15 @@ impl Pump<'_> {
 
 /// The send half of a session stream, which says "the other side went away" if its
 /// task is torn down before it ended the stream (its connection's task was cancelled,
-/// say). Left to itself, quinn finishes a dropped stream cleanly, which would look
+/// say). Left to itself, a dropped QUIC stream is finished cleanly, which would look
 /// like a normal end.
-struct Outgoing {
-    stream: quinn::SendStream,
+struct Outgoing<S: SessionSend> {
+    stream: S,
     ended: bool,
 }
 
-impl Outgoing {
-    fn new(stream: quinn::SendStream) -> Self {
+impl<S: SessionSend> Outgoing<S> {
+    fn new(stream: S) -> Self {
         Self {
             stream,
             ended: false,
@@ -306,21 +311,19 @@ impl Outgoing {
 
     fn finish(&mut self) {
         self.ended = true;
-        let _ = self.stream.finish();
+        self.stream.finish();
     }
 
-    fn reset(&mut self, code: VarInt) {
+    fn reset(&mut self, code: u32) {
         self.ended = true;
-        let _ = self.stream.reset(code);
+        self.stream.reset(code);
     }
 }
 
-impl Drop for Outgoing {
+impl<S: SessionSend> Drop for Outgoing<S> {
     fn drop(&mut self) {
         if !self.ended {
-            let _ = self
-                .stream
-                .reset(VarInt::from_u32(codes::stream::PEER_GONE));
+            self.stream.reset(codes::stream::PEER_GONE);
         }
     }
 }
@@ -358,15 +361,15 @@ async fn within<F: std::future::Future>(limit: Option<Duration>, future: F) -> O
 }
 
 /// Resolves with the code of the time limit that ends the session first.
-async fn watchdog(activity: &Activity, rules: &Rules<'_>) -> u32 {
+async fn watchdog(activity: &Activity, limits: &SpliceLimits<'_>) -> u32 {
     let duration = async {
-        match rules.max_duration {
+        match limits.max_duration {
             Some(limit) => tokio::time::sleep(limit).await,
             None => std::future::pending().await,
         }
     };
     let idle = async {
-        let Some(limit) = rules.idle_timeout else {
+        let Some(limit) = limits.idle_timeout else {
             return std::future::pending().await;
         };
         loop {
@@ -405,5 +408,277 @@ impl Activity {
 
     fn last(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The splice over in-memory streams on a paused clock: every limit and every
+    //! end, with no socket and no certificate.
+
+    use super::*;
+    use crate::session_stream::memory::{self, MemoryRecv, MemorySend};
+
+    const WINDOW: usize = 64 * 1024;
+
+    /// One end of a session as a test drives it: what it writes to the relay, and
+    /// what it reads from the relay.
+    struct End {
+        send: MemorySend,
+        recv: MemoryRecv,
+    }
+
+    /// The relay's halves of one side: it reads what the end writes, writes what
+    /// the end reads.
+    type RelaySide = (MemoryRecv, MemorySend);
+
+    fn side() -> (End, RelaySide) {
+        let (up_send, up_recv) = memory::stream(WINDOW);
+        let (down_send, down_recv) = memory::stream(WINDOW);
+        (
+            End {
+                send: up_send,
+                recv: down_recv,
+            },
+            (up_recv, down_send),
+        )
+    }
+
+    fn no_limits() -> SpliceLimits<'static> {
+        SpliceLimits {
+            stall_timeout: None,
+            idle_timeout: None,
+            max_duration: None,
+            max_bytes: None,
+            player_to_host: [None, None],
+            host_to_player: [None, None],
+        }
+    }
+
+    struct Counters {
+        player_to_host: AtomicU64,
+        host_to_player: AtomicU64,
+    }
+
+    /// Starts a splice between a fresh player and host under `limits`.
+    fn start(
+        limits: SpliceLimits<'static>,
+    ) -> (
+        End,
+        End,
+        tokio::task::JoinHandle<Outcome>,
+        &'static Counters,
+    ) {
+        let counters: &'static Counters = Box::leak(Box::new(Counters {
+            player_to_host: AtomicU64::new(0),
+            host_to_player: AtomicU64::new(0),
+        }));
+        let (player, player_side) = side();
+        let (host, host_side) = side();
+        let splice = tokio::spawn(async move {
+            let meters = Meters {
+                player_to_host: &counters.player_to_host,
+                host_to_player: &counters.host_to_player,
+                #[cfg(feature = "splice-tap")]
+                tap: None,
+            };
+            run(player_side, host_side, limits, meters).await
+        });
+        (player, host, splice, counters)
+    }
+
+    fn pattern(len: usize, seed: u8) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_and_clean_ends_cross_both_ways() {
+        let (mut player, mut host, splice, counters) = start(no_limits());
+        let (up, down) = (pattern(300_000, 1), pattern(200_000, 2));
+        let (sent_up, sent_down) = (up.clone(), down.clone());
+        let player_writes = tokio::spawn(async move {
+            player.send.write_all(sent_up).await.expect("written");
+            player.send.finish();
+            player.recv.read_to_end().await
+        });
+        // Both ends write and read at once: either alone would fill the windows.
+        let host_writes = async {
+            host.send.write_all(sent_down).await.expect("written");
+            host.send.finish();
+        };
+        let ((), at_host) = tokio::join!(host_writes, host.recv.read_to_end());
+        let at_player = player_writes.await.expect("player");
+        assert_eq!(at_host, (up.to_vec(), Ok(())));
+        assert_eq!(at_player, (down.to_vec(), Ok(())));
+        let outcome = splice.await.expect("splice");
+        assert_eq!(
+            outcome,
+            Outcome {
+                player_to_host: 300_000,
+                host_to_player: 200_000,
+                ended_by: None
+            }
+        );
+        assert_eq!(counters.player_to_host.load(Ordering::Relaxed), 300_000);
+        assert_eq!(counters.host_to_player.load(Ordering::Relaxed), 200_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_and_a_stop_cross_with_their_codes() {
+        let (mut player, mut host, splice, _) = start(no_limits());
+        player.send.reset(0x4242);
+        let (_, end) = host.recv.read_to_end().await;
+        assert_eq!(end, Err(RecvEnd::Reset(0x4242)));
+        // The player stops reading: the host, which sends towards it, is told to stop
+        // with the player's code.
+        player.recv.stop(0x77);
+        let refused = host.send.write_all(pattern(10, 0)).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if host.send.stop_code().is_some() {
+                    break host.send.stop_code();
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the stop reaches the host");
+        assert_eq!(stopped, Some(0x77), "{refused:?}");
+        let outcome = splice.await.expect("splice");
+        assert_eq!(outcome.ended_by, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vanished_side_reads_as_peer_gone() {
+        let (player, mut host, splice, _) = start(no_limits());
+        player.send.vanish();
+        let (_, end) = host.recv.read_to_end().await;
+        assert_eq!(end, Err(RecvEnd::Reset(codes::stream::PEER_GONE)));
+        drop(player);
+        host.send.finish();
+        splice.await.expect("splice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_stalls_ends_the_session_for_both() {
+        let limits = SpliceLimits {
+            stall_timeout: Some(Duration::from_secs(2)),
+            ..no_limits()
+        };
+        let (mut player, mut host, splice, _) = start(limits);
+        // The host never reads: the player fills the relay's window towards the host
+        // and the relay's own, then the relay stalls.
+        let started = Instant::now();
+        let written = player.send.write_all(pattern(4 * WINDOW, 3)).await;
+        assert_eq!(written, Err(SendEnd::Stopped(codes::stream::STALLED)));
+        let outcome = splice.await.expect("splice");
+        assert_eq!(outcome.ended_by, Some(codes::stream::STALLED));
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        let (_, at_host) = host.recv.read_to_end().await;
+        assert_eq!(at_host, Err(RecvEnd::Reset(codes::stream::STALLED)));
+        let (_, at_player) = player.recv.read_to_end().await;
+        assert_eq!(at_player, Err(RecvEnd::Reset(codes::stream::STALLED)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_ends_and_traffic_keeps_it_alive() {
+        let limits = SpliceLimits {
+            idle_timeout: Some(Duration::from_secs(10)),
+            ..no_limits()
+        };
+        let (mut player, mut host, splice, _) = start(limits);
+        let started = Instant::now();
+        // A byte every 6 s for 30 s keeps it open past three idle timeouts.
+        for round in 0..5u8 {
+            player
+                .send
+                .write_all(pattern(1, round))
+                .await
+                .expect("sent");
+            let byte = host.recv.read_chunk(1).await.expect("read");
+            assert_eq!(byte.map(|b| b.len()), Some(1));
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        let (_, end) = host.recv.read_to_end().await;
+        assert_eq!(end, Err(RecvEnd::Reset(codes::stream::SESSION_IDLE)));
+        assert!(started.elapsed() >= Duration::from_secs(30 + 4));
+        let outcome = splice.await.expect("splice");
+        assert_eq!(outcome.ended_by, Some(codes::stream::SESSION_IDLE));
+        let (_, at_player) = player.recv.read_to_end().await;
+        assert_eq!(at_player, Err(RecvEnd::Reset(codes::stream::SESSION_IDLE)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_ends_at_its_maximum_duration() {
+        let limits = SpliceLimits {
+            max_duration: Some(Duration::from_secs(60)),
+            ..no_limits()
+        };
+        let (mut player, mut host, splice, _) = start(limits);
+        let started = Instant::now();
+        let (_, end) = host.recv.read_to_end().await;
+        assert_eq!(end, Err(RecvEnd::Reset(codes::stream::DURATION_LIMIT)));
+        assert_eq!(started.elapsed().as_secs(), 60);
+        assert_eq!(
+            splice.await.expect("splice").ended_by,
+            Some(codes::stream::DURATION_LIMIT)
+        );
+        let (_, at_player) = player.recv.read_to_end().await;
+        assert_eq!(
+            at_player,
+            Err(RecvEnd::Reset(codes::stream::DURATION_LIMIT))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_byte_limit_forwards_exactly_that_many_and_not_one_more() {
+        let max = 100_000;
+        let limits = SpliceLimits {
+            max_bytes: NonZeroU64::new(max),
+            ..no_limits()
+        };
+        let (mut player, mut host, splice, counters) = start(limits);
+        let reader = tokio::spawn(async move { host.recv.read_to_end().await });
+        let written = player.send.write_all(pattern(3 * max as usize, 4)).await;
+        assert_eq!(written, Err(SendEnd::Stopped(codes::stream::BYTE_LIMIT)));
+        let outcome = splice.await.expect("splice");
+        assert_eq!(outcome.ended_by, Some(codes::stream::BYTE_LIMIT));
+        assert_eq!(outcome.player_to_host, max);
+        assert_eq!(counters.player_to_host.load(Ordering::Relaxed), max);
+        let (received, end) = reader.await.expect("reader");
+        assert!(received.len() as u64 <= max);
+        assert_eq!(end, Err(RecvEnd::Reset(codes::stream::BYTE_LIMIT)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limit_paces_the_session() {
+        let bucket = TokenBucket::new(100_000, 16 * 1024).expect("limited");
+        let bucket: &'static TokenBucket = Box::leak(Box::new(bucket));
+        let limits = SpliceLimits {
+            player_to_host: [Some(bucket), None],
+            ..no_limits()
+        };
+        let (mut player, mut host, splice, _) = start(limits);
+        let started = Instant::now();
+        let reader = tokio::spawn(async move { host.recv.read_to_end().await });
+        player
+            .send
+            .write_all(pattern(500_000, 5))
+            .await
+            .expect("sent");
+        player.send.finish();
+        let (received, end) = reader.await.expect("reader");
+        assert_eq!((received.len(), end), (500_000, Ok(())));
+        // 500 kB at 100 kB/s after a 16 KiB burst: about 4.8 s of virtual time.
+        let took = started.elapsed();
+        assert!(
+            (Duration::from_secs(4)..Duration::from_secs(6)).contains(&took),
+            "{took:?}"
+        );
+        player.recv.stop(0);
+        drop(player);
+        splice.abort();
     }
 }

@@ -29,6 +29,10 @@ pub(crate) struct RelayState {
     /// Woken whenever the last active session ends or a registration is removed,
     /// which is what a drain waits for.
     pub drain_progress: Notify,
+    /// Sees every chunk the splice forwards; installed by a test through
+    /// [`crate::Relay::install_splice_tap`], in builds with the `splice-tap` feature.
+    #[cfg(feature = "splice-tap")]
+    pub splice_tap: std::sync::OnceLock<Arc<dyn crate::splice::SpliceTap>>,
 }
 
 impl RelayState {
@@ -42,6 +46,8 @@ impl RelayState {
             stats: Stats::default(),
             draining: watch::channel(false).0,
             drain_progress: Notify::new(),
+            #[cfg(feature = "splice-tap")]
+            splice_tap: std::sync::OnceLock::new(),
         })
     }
 

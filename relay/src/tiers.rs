@@ -7,6 +7,7 @@
 //! so cap strangers at what Plex's relay allows and let its owner's friends stream 4K.
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,21 +49,22 @@ pub struct TierConfig {
     pub host_max_sessions: Option<u32>,
 }
 
-/// The limits one host and its sessions run under.
+/// The limits one host and its sessions run under, resolved from the configuration:
+/// a limit that is off is `None` here, never a zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Tier {
     pub name: String,
     pub session_rate: u64,
     pub session_burst: u64,
-    pub max_duration: Duration,
-    pub max_bytes: u64,
+    pub max_duration: Option<Duration>,
+    pub max_bytes: Option<NonZeroU64>,
     pub host_rate: u64,
     pub host_burst: u64,
     pub host_max_sessions: u32,
     /// Relay-wide, the same in every tier; here so a session's announcement is
     /// built from one place.
-    pub idle_timeout: Duration,
-    pub stall_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Tier {
@@ -73,23 +75,28 @@ impl Tier {
             name: name.to_owned(),
             session_rate: config.session_rate.unwrap_or(s.rate).0,
             session_burst: config.session_burst.unwrap_or(s.burst).0,
-            max_duration: config.max_duration.unwrap_or(s.max_duration).0,
-            max_bytes: config.max_bytes.unwrap_or(s.max_bytes).0,
+            max_duration: limit(config.max_duration.unwrap_or(s.max_duration).0),
+            max_bytes: NonZeroU64::new(config.max_bytes.unwrap_or(s.max_bytes).0),
             host_rate: config.host_rate.unwrap_or(h.rate).0,
             host_burst: config.host_burst.unwrap_or(h.burst).0,
             host_max_sessions: config.host_max_sessions.unwrap_or(h.max_sessions),
-            idle_timeout: s.idle_timeout.0,
-            stall_timeout: s.stall_timeout.0,
+            idle_timeout: limit(s.idle_timeout.0),
+            stall_timeout: limit(s.stall_timeout.0),
         }
     }
 
     /// What a session of this tier is told when it opens.
     pub fn announced(&self) -> SessionLimits {
-        let secs = |duration: Duration| u32::try_from(duration.as_secs()).unwrap_or(u32::MAX);
+        // On the wire, 0 is "no limit".
+        let secs = |duration: Option<Duration>| {
+            duration.map_or(0, |duration| {
+                u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
+            })
+        };
         SessionLimits {
             rate: self.session_rate,
             host_rate: self.host_rate,
-            max_bytes: self.max_bytes,
+            max_bytes: self.max_bytes.map_or(0, NonZeroU64::get),
             max_duration_secs: secs(self.max_duration),
             idle_timeout_secs: secs(self.idle_timeout),
             stall_timeout_secs: secs(self.stall_timeout),
@@ -115,6 +122,11 @@ pub enum TiersError {
         /// The tier named.
         tier: String,
     },
+}
+
+/// A duration limit as the configuration writes it (zero is off), resolved.
+fn limit(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
 }
 
 /// Every tier, and which host is in which.
@@ -192,7 +204,11 @@ mod tests {
         assert_eq!(free.name, "free");
         assert_eq!(free.session_rate, 250_000);
         assert_eq!(free.host_max_sessions, 2);
-        assert_eq!(free.max_bytes, 1 << 30, "kept from [sessions]");
+        assert_eq!(
+            free.max_bytes,
+            NonZeroU64::new(1 << 30),
+            "kept from [sessions]"
+        );
         let stranger = SecretKey::generate().expect("key").host_id();
         let default = tiers.of(&stranger);
         assert_eq!(default.name, DEFAULT_TIER);

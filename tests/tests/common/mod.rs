@@ -256,9 +256,11 @@ impl SpliceTap for RecordingTap {
 pub fn start_relay_with_tap() -> (Relay, Arc<RecordingTap>) {
     init_tracing();
     let tap = Arc::new(RecordingTap::default());
-    let mut config = relay_config();
-    config.tap = Some(tap.clone());
-    (Relay::spawn(config).expect("relay starts"), tap)
+    let relay = Relay::spawn(relay_config()).expect("relay starts");
+    if relay.install_splice_tap(tap.clone()).is_err() {
+        panic!("a fresh relay has no tap yet");
+    }
+    (relay, tap)
 }
 
 /// Runs the registration flow by hand on `connection`, proving with `prover` and the
