@@ -237,7 +237,7 @@ async fn route(message: ControlMessage, first_stream: bool, stream: Stream, shar
         }
         other => {
             Stats::bump(&shared.stats.bad_requests);
-            debug!(?other, "unexpected first message");
+            debug!(kind = other.kind_name(), "unexpected first message");
             let error = ControlMessage::error(
                 ErrorCode::BadRequest,
                 "a stream must start with Register or Connect",
