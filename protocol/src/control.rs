@@ -28,6 +28,8 @@
 //! carries only the Noise session (see [`crate::noise`]), which the relay forwards
 //! without parsing.
 
+use std::fmt;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::encoding::Reader;
@@ -51,7 +53,11 @@ pub const PROOF_LEN: usize = 32;
 pub const MAX_REGISTER_TOKEN_LEN: usize = 256;
 
 /// A control message (see the module documentation for the wire format).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` names the message kind and shows host ids, keys, proofs and tokens as
+/// lengths only: a token embeds the whole host id and is the operator's credential,
+/// and a debug line is no place for either.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ControlMessage {
     /// A host asks to be reachable under `host_id`.
@@ -108,6 +114,52 @@ pub enum ControlMessage {
         /// Human-readable reason, at most [`MAX_REASON_LEN`] bytes.
         reason: String,
     },
+}
+
+impl fmt::Debug for ControlMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct(self.name());
+        match self {
+            Self::Register { host_id, token } => {
+                out.field("host_id", &Redacted(host_id.as_bytes().len()));
+                out.field("token", &token.as_ref().map(|token| Redacted(token.len())));
+            }
+            Self::Challenge { relay_ephemeral } => {
+                out.field(
+                    "relay_ephemeral",
+                    &Redacted(relay_ephemeral.as_bytes().len()),
+                );
+            }
+            Self::Proof { mac } => {
+                out.field("mac", &Redacted(mac.len()));
+            }
+            Self::Registered => {}
+            Self::GoingAway { retry_after_ms } => {
+                out.field("retry_after_ms", retry_after_ms);
+            }
+            Self::Connect { host_id } => {
+                out.field("host_id", &Redacted(host_id.as_bytes().len()));
+            }
+            Self::Connected { session_id, limits } | Self::Incoming { session_id, limits } => {
+                out.field("session_id", session_id);
+                out.field("limits", limits);
+            }
+            Self::Error { code, reason } => {
+                out.field("code", code);
+                out.field("reason", reason);
+            }
+        }
+        out.finish()
+    }
+}
+
+/// Stands in for a secret or identifying field in `Debug` output: its length only.
+struct Redacted(usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0)
+    }
 }
 
 mod kind {
@@ -479,6 +531,51 @@ mod tests {
         let mut lone_byte = register;
         lone_byte.push(0);
         assert!(ControlMessage::decode(&lone_byte).is_err());
+    }
+
+    #[test]
+    fn debug_shows_kinds_and_lengths_but_no_token_key_or_host_id() {
+        let host_id = HostId::from_bytes([0x5a; 32]);
+        let token: Vec<u8> = (0..120u8).map(|i| i.wrapping_mul(37)).collect();
+        let register = ControlMessage::Register {
+            host_id,
+            token: Some(token.clone()),
+        };
+        let text = format!("{register:?}");
+        assert_eq!(
+            text,
+            "Register { host_id: <32 bytes>, token: Some(<120 bytes>) }"
+        );
+        let pretty = format!("{register:#?}");
+        for shown in [&text, &pretty] {
+            // Neither the host id's text (or its prefix) nor any run of token bytes.
+            assert!(!shown.contains(&host_id.short()), "{shown}");
+            let run = format!("{:?}", &token[10..14]);
+            assert!(!shown.contains(run.trim_matches(['[', ']'])), "{shown}");
+        }
+        let secrets = [
+            ControlMessage::Challenge {
+                relay_ephemeral: PublicKey::from_bytes([0x22; 32]),
+            },
+            ControlMessage::Proof { mac: [0x33; 32] },
+            ControlMessage::Connect { host_id },
+        ];
+        for message in secrets {
+            let text = format!("{message:?}");
+            assert!(text.starts_with(message.name()), "{text}");
+            assert!(text.contains("<32 bytes>"), "{text}");
+            assert!(!text.contains("34") && !text.contains("51"), "{text}");
+            assert!(!text.contains(&host_id.short()), "{text}");
+        }
+        // What is neither secret nor identifying stays readable.
+        assert_eq!(
+            format!(
+                "{:?}",
+                ControlMessage::error(ErrorCode::HostOffline, "gone")
+            ),
+            "Error { code: HostOffline, reason: \"gone\" }"
+        );
+        assert_eq!(format!("{:?}", ControlMessage::Registered), "Registered");
     }
 
     #[test]

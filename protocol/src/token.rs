@@ -194,10 +194,12 @@ impl fmt::Display for Token {
     }
 }
 
+/// Shows what a token grants but not whom: no host id (a token is meant for one
+/// host's owner and the relay's logs name no host), and no signature.
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
-            .field("host_id", &self.claims.host_id)
+            .field("len", &self.to_bytes().len())
             .field("expires", &self.claims.expires)
             .field("tier", &self.claims.tier)
             .finish_non_exhaustive()
@@ -525,6 +527,21 @@ mod tests {
             verify(&parsed.to_bytes(), &keys(), &host, 1_700_000_000),
             Ok(claims())
         );
+    }
+
+    #[test]
+    fn debug_names_neither_the_host_nor_the_token() {
+        let token = issuer().issue(claims()).unwrap();
+        let shown = format!("{token:?}");
+        assert_eq!(
+            shown,
+            format!(
+                "Token {{ len: {}, expires: 1800000000, tier: \"free\", .. }}",
+                token.to_bytes().len()
+            )
+        );
+        assert!(!shown.contains(&claims().host_id.short()));
+        assert!(!shown.contains(&token.to_string()[TOKEN_PREFIX.len()..][..16]));
     }
 
     #[test]

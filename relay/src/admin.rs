@@ -6,27 +6,41 @@
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 while the relay accepts new connections, 503 while draining.
 //!
-//! Each request gets one response and the connection is closed. Requests are read
-//! with a size limit and a deadline, so a slow or oversized client costs one task
-//! for a few seconds at most.
+//! Each request gets one response and the connection is closed. A liveness probe
+//! that goes unanswered gets the relay restarted, ending every session on it, so
+//! nobody who can open TCP connections to this port may keep probes waiting:
+//!
+//! - a client has [`DEADLINE`] from its accept to send its request head and take the
+//!   answer; probes and scrapers send the head at once;
+//! - the listener never stops accepting. At most [`MAX_CLIENTS`] connections are
+//!   held; at the cap, each new one displaces the oldest held. Idle connections
+//!   therefore cost their opener a place that the next connection takes away, and
+//!   a probe, which sends its head within moments of connecting, is answered unless
+//!   [`MAX_CLIENTS`] connections arrive in those moments.
+//!
+//! Every connection dropped unanswered (displaced or past its deadline) is counted.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::debug;
 
 use crate::metrics;
 use crate::state::RelayState;
+use crate::stats::Stats;
 
 /// Largest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client has to send its request and read the answer.
-const DEADLINE: Duration = Duration::from_secs(5);
-/// Admin requests served at once; more wait in the kernel's backlog.
+/// Time a client has, from its accept, to send its request and read the answer:
+/// what kubelet and Prometheus need is milliseconds on a cluster network, and a
+/// probe's own timeout (see the Kubernetes manifest) is longer than this.
+const DEADLINE: Duration = Duration::from_secs(1);
+/// Admin connections held at once; at the cap the oldest makes room.
 const MAX_CLIENTS: usize = 64;
 
 /// Serves admin requests until `shutdown` turns true.
@@ -36,12 +50,24 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut clients = JoinSet::new();
+    // Held connections, oldest first. Entries of finished tasks are pruned lazily.
+    let mut held: VecDeque<AbortHandle> = VecDeque::new();
     loop {
         tokio::select! {
-            accepted = listener.accept(), if clients.len() < MAX_CLIENTS => {
+            biased;
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, _)) => {
-                        clients.spawn(answer(stream, shared.clone()));
+                        if clients.len() >= MAX_CLIENTS && displace_oldest(&mut held) {
+                            Stats::bump(&shared.stats.admin_connections_dropped);
+                        }
+                        held.push_back(clients.spawn(answer(stream, shared.clone())));
+                        // Bounds the queue when many finish out of order.
+                        if held.len() > 2 * MAX_CLIENTS {
+                            held.retain(|client| !client.is_finished());
+                        }
                     }
                     Err(err) => {
                         debug!(%err, "admin accept failed");
@@ -49,14 +75,23 @@ pub(crate) async fn serve(
                     }
                 }
             }
-            Some(_) = clients.join_next(), if !clients.is_empty() => {}
-            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
         }
     }
 }
 
+/// Ends the oldest connection still held; whether there was one.
+fn displace_oldest(held: &mut VecDeque<AbortHandle>) -> bool {
+    while let Some(oldest) = held.pop_front() {
+        if !oldest.is_finished() {
+            oldest.abort();
+            return true;
+        }
+    }
+    false
+}
+
 async fn answer(mut stream: TcpStream, shared: Arc<RelayState>) {
-    let _ = tokio::time::timeout(DEADLINE, async {
+    let exchange = tokio::time::timeout(DEADLINE, async {
         let (status, content_type, body) = match read_request(&mut stream).await {
             Some(request) => respond(&request, &shared),
             None => (400, "text/plain", "bad request\n".to_owned()),
@@ -72,6 +107,9 @@ async fn answer(mut stream: TcpStream, shared: Arc<RelayState>) {
         let _ = stream.shutdown().await;
     })
     .await;
+    if exchange.is_err() {
+        Stats::bump(&shared.stats.admin_connections_dropped);
+    }
 }
 
 /// The request line's method and path, once the whole head has arrived.

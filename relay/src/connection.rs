@@ -181,7 +181,7 @@ async fn route(
         }
         other => {
             Stats::bump(&shared.stats.bad_requests);
-            debug!(?other, "unexpected first message");
+            debug!(kind = other.name(), "unexpected first message");
             let error = ControlMessage::error(
                 ErrorCode::BadRequest,
                 "a stream must start with Register or Connect",

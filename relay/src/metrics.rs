@@ -39,6 +39,11 @@ pub fn render(stats: &StatsSnapshot, ready: bool) -> String {
             ("reason=\"idle\"", s.connections_idle_closed),
         ],
     );
+    out.counter(
+        "admin_connections_dropped_total",
+        "Admin connections closed unanswered: displaced by newer ones at the cap, or past their deadline.",
+        &[("", s.admin_connections_dropped)],
+    );
     out.gauge(
         "registered_hosts",
         "Host ids registered now.",

@@ -33,7 +33,7 @@ pub(crate) async fn serve(
     mut stream: RoutedStream,
     shared: Arc<RelayState>,
 ) {
-    let span = info_span!("registration", host = %host_id.short());
+    let span = info_span!("registration", host = %crate::privacy::host_tag(&host_id));
     async move {
         // Boxed: the exchange's state is freed once it is over, and what a host
         // holds for as long as it stays registered is only the wait below.
@@ -338,7 +338,10 @@ impl Drop for Unregister<'_> {
 async fn hold(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
     match read_message(recv).await {
         Ok(message) => {
-            debug!(?message, "unexpected message on the registration stream");
+            debug!(
+                kind = message.name(),
+                "unexpected message on the registration stream"
+            );
             let error = ControlMessage::error(
                 ErrorCode::BadRequest,
                 "nothing is expected after registration",

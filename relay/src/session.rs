@@ -29,7 +29,7 @@ pub(crate) async fn serve(
 ) {
     let started = tokio::time::Instant::now();
     let session_id = shared.new_session_id();
-    let span = info_span!("session", id = session_id, host = %host_id.short());
+    let span = info_span!("session", id = session_id, host = %crate::privacy::host_tag(&host_id));
     async move {
         let mut refuse = |why: SessionRefused, code: ErrorCode, reason: &'static str| {
             shared.stats.session_refused(why);

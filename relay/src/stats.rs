@@ -39,6 +39,7 @@ pub(crate) struct Stats {
     pub bytes_player_to_host: AtomicU64,
     pub bytes_host_to_player: AtomicU64,
     pub hosts_told_going_away: AtomicU64,
+    pub admin_connections_dropped: AtomicU64,
     /// QUIC handshakes, from the first packet to an established connection.
     pub handshake: Histogram,
     /// Pairing, from a readable `Connect` to the start of the splice.
@@ -209,6 +210,9 @@ pub struct StatsSnapshot {
     pub bytes_host_to_player: u64,
     /// Registered hosts told the relay is going away (at the start of a drain).
     pub hosts_told_going_away: u64,
+    /// Admin connections closed unanswered: displaced by newer ones at the cap, or
+    /// past their deadline.
+    pub admin_connections_dropped: u64,
     /// The session buffer budget, in bytes (0: none).
     pub buffer_budget: u64,
     /// QUIC handshake latency.
@@ -263,6 +267,7 @@ impl Stats {
             bytes_player_to_host: get(&self.bytes_player_to_host),
             bytes_host_to_player: get(&self.bytes_host_to_player),
             hosts_told_going_away: get(&self.hosts_told_going_away),
+            admin_connections_dropped: get(&self.admin_connections_dropped),
             buffer_budget,
             handshake: self.handshake.snapshot(),
             pairing: self.pairing.snapshot(),

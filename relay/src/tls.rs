@@ -106,6 +106,12 @@ impl RelayCertificate {
         Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
     }
 
+    /// The leaf certificate, for test clients that trust it alone.
+    #[cfg(test)]
+    pub(crate) fn leaf(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
+    }
+
     /// The pin of the leaf certificate (what a relay URL carries).
     pub fn pin(&self) -> CertPin {
         // `chain` is never empty: both constructors guarantee a leaf.

@@ -112,6 +112,62 @@ async fn the_admin_listener_survives_bad_clients() {
     assert_eq!(get(admin, "/healthz").await.0, 200);
 }
 
+/// Connections a test holds open on the admin port without a word: far more than the
+/// listener holds at once.
+const IDLE_ADMIN_CONNECTIONS: usize = 200;
+
+/// How soon a probe must be answered beside them: the probes' timeout in the
+/// Kubernetes manifest. The relay answers in milliseconds; a listener that lets idle
+/// connections queue a probe answers only after their deadlines, many seconds on.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_answered_at_once_beside_hundreds_of_idle_admin_connections() {
+    init_tracing();
+    let relay = Relay::spawn(admin_config()).unwrap();
+    let admin = relay.admin_addr().unwrap();
+    let mut idle = Vec::with_capacity(IDLE_ADMIN_CONNECTIONS);
+    for _ in 0..IDLE_ADMIN_CONNECTIONS {
+        let stream = tokio::time::timeout(PATIENCE, tokio::net::TcpStream::connect(admin))
+            .await
+            .expect("the admin port takes connections")
+            .unwrap();
+        idle.push(stream);
+    }
+    let opened = Instant::now();
+
+    for (path, want) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let (status, body) = tokio::time::timeout(PROBE_TIMEOUT, get(admin, path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} unanswered after {PROBE_TIMEOUT:?}"));
+        assert_eq!((status, body.trim()), (200, want), "{path}");
+    }
+    let (status, page) = tokio::time::timeout(PROBE_TIMEOUT, get(admin, "/metrics"))
+        .await
+        .expect("/metrics answered in time");
+    assert_eq!(status, 200);
+    assert_eq!(metric(&page, "blindrelay_ready"), 1.0);
+    assert!(
+        metric(&page, "blindrelay_admin_connections_dropped_total") >= 1.0,
+        "displaced idle connections are counted"
+    );
+
+    // The idle connections themselves are cut: displaced by newer ones, or at the
+    // one-second deadline, so none is held much longer than that.
+    for mut stream in idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("the relay closes an idle admin connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "nothing is sent unasked");
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "idle admin connections held for {:?}",
+        opened.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_runs_across_a_drain_and_the_host_moves_to_the_next_relay() {
     init_tracing();

@@ -4,11 +4,13 @@
 //! The relay is built with its test-only splice tap, which records every chunk the
 //! splice handles. A player sends a known plaintext marker; the host receives it; the
 //! marker never appears in what the relay saw, in either direction. A relay process
-//! logging at trace level carries a whole session, and its log holds neither the
-//! marker, nor the full host id, nor the player's address.
+//! logging at trace level carries a whole session and a host that sends a second
+//! `Register` with a token, and its log holds neither the marker, nor any host id or
+//! its prefix, nor the token, nor the player's address.
 
 mod common;
 
+use blindrelay_protocol::{Claims, ControlMessage, ErrorCode, IssuerSecretKey, SecretKey};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -85,6 +87,41 @@ async fn a_trace_level_log_of_a_whole_session_names_no_one() {
     host_side.shutdown().await.unwrap();
     drop(host);
 
+    // A registered host sends a second Register, with a token, on its registration
+    // stream: the relay refuses it and says so in its log, without the message.
+    let raw = blindrelay_client::connect_relay_raw(&url).await.unwrap();
+    let key = SecretKey::generate().unwrap();
+    let raw_id = key.host_id().to_string();
+    let register = ControlMessage::register(key.host_id());
+    let (verdict, mut send, mut recv) = register_with(&raw, register, &key, &raw).await;
+    assert_eq!(verdict, ControlMessage::Registered);
+    let claims = Claims {
+        host_id: key.host_id(),
+        expires: u64::from(u32::MAX),
+        tier: "default".to_owned(),
+    };
+    let token = IssuerSecretKey::generate().unwrap().issue(claims).unwrap();
+    let token_bytes = token.to_bytes();
+    let again = ControlMessage::Register {
+        host_id: key.host_id(),
+        token: Some(token_bytes.clone()),
+    };
+    send.write_all(&again.to_frame()).await.unwrap();
+    let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv))
+        .await
+        .expect("an answer in time");
+    assert!(
+        matches!(
+            answer,
+            Some(ControlMessage::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    drop((send, recv, raw));
+
     let log = relay.interrupt().join("\n");
     assert!(
         log.contains("session spliced"),
@@ -93,7 +130,26 @@ async fn a_trace_level_log_of_a_whole_session_names_no_one() {
     assert!(log.contains(" DEBUG "), "a log below info level");
     let marker = String::from_utf8_lossy(MARKER);
     assert!(!log.contains(marker.as_ref()), "payload in the log");
-    assert!(!log.contains(&host_id), "full host id in the log");
+    for id in [&host_id, &raw_id] {
+        assert!(!log.contains(id.as_str()), "full host id in the log");
+        assert!(!log.contains(&id[..10]), "a host id's prefix in the log");
+    }
+    // The relay logs (to stderr, as it goes) before it answers.
+    assert!(
+        log.contains("unexpected message on the registration stream"),
+        "the second Register was logged:\n{log}"
+    );
+    assert!(
+        log.contains("registration{host="),
+        "lines about a host carry its tag:\n{log}"
+    );
+    assert!(!log.contains(&token.to_string()), "token text in the log");
+    // Nor any run of the token's bytes, as a debug print of them would show.
+    for run in token_bytes.chunks_exact(8) {
+        let shown = format!("{run:?}");
+        let shown = shown.trim_matches(['[', ']']);
+        assert!(!log.contains(shown), "token bytes in the log: {shown}");
+    }
     assert!(
         !log.contains("127.0.0.1"),
         "a full client address in the log"
