@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 pub use config::{ConfigError, ConfigFile, LogFormat, RelayConfig, DEFAULT_LISTEN};
 pub use limits::Limits;
 #[cfg(feature = "splice-tap")]
-pub use splice::{Direction, SpliceTap};
+pub use splice::{Direction, SpliceTap, StreamEnd};
 pub use stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
 pub use tls::{RelayCertificate, TlsError};
 pub use tokens::{load_issuer_keys, TokenConfigError};

@@ -73,12 +73,31 @@ pub enum Direction {
     HostToPlayer,
 }
 
-/// Sees every chunk the splice forwards. Exists so tests can prove that what the
-/// relay handles is ciphertext; compiled only with the `splice-tap` feature.
+/// How one direction of a session ended, as the relay learned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The sending side finished its stream (FIN), all of it read.
+    Finished,
+    /// The sending side reset its stream with this code.
+    Reset(u64),
+    /// The receiving side asked, with this code, to stop sending.
+    Stopped(u64),
+    /// A side's connection went away.
+    Gone,
+    /// The relay ended the session at the limit with this code.
+    Limit(u32),
+}
+
+/// Sees every chunk the splice forwards, and how each direction ends. Exists so
+/// tests can prove that what the relay handles is ciphertext, and what it learns
+/// about a session; compiled only with the `splice-tap` feature.
 #[cfg(feature = "splice-tap")]
 pub trait SpliceTap: Send + Sync {
     /// Called with each chunk before it is forwarded.
     fn observe(&self, direction: Direction, chunk: &[u8]);
+
+    /// Called once when a direction has ended, with how it ended.
+    fn ended(&self, _direction: Direction, _end: StreamEnd) {}
 }
 
 /// Forwards both directions until both have ended or a limit ends the session.
@@ -143,8 +162,8 @@ enum Step {
     Go,
     /// The session ended by a limit, with this code.
     Ended(u32),
-    /// This direction is over; the streams were told.
-    Done,
+    /// This direction is over, as it says; the streams were told.
+    Done(StreamEnd),
 }
 
 impl Pump<'_> {
@@ -169,11 +188,13 @@ impl Pump<'_> {
                 biased;
                 code = ended_by(&mut ended) => break Step::Ended(code),
                 stop = &mut stopped => {
-                    let code = stop.ok().flatten().unwrap_or(peer_gone);
+                    let stop = stop.ok().flatten();
+                    let code = stop.unwrap_or(peer_gone);
                     // A stopped stream is answered with a reset of the same code.
                     to.reset(code);
                     let _ = from.stop(code);
-                    break Step::Done;
+                    let how = stop.map_or(StreamEnd::Gone, |c| StreamEnd::Stopped(c.into_inner()));
+                    break Step::Done(how);
                 }
                 read = from.read_chunk(MAX_CHUNK, true) => read,
             };
@@ -188,15 +209,15 @@ impl Pump<'_> {
                         &mut stopped,
                     )
                     .await;
-                    break Step::Done;
+                    break Step::Done(StreamEnd::Finished);
                 }
                 Err(ReadError::Reset(code)) => {
                     to.reset(code);
-                    break Step::Done;
+                    break Step::Done(StreamEnd::Reset(code.into_inner()));
                 }
                 Err(_) => {
                     to.reset(peer_gone);
-                    break Step::Done;
+                    break Step::Done(StreamEnd::Gone);
                 }
             };
             #[cfg(feature = "splice-tap")]
@@ -228,12 +249,23 @@ impl Pump<'_> {
                 break Step::Ended(codes::stream::BYTE_LIMIT);
             }
         };
-        if let Step::Ended(code) = step {
-            // Whatever ended the session, both ends of this direction hear why.
-            let code = VarInt::from_u32(code);
-            to.reset(code);
-            let _ = from.stop(code);
+        let how = match step {
+            Step::Ended(code) => {
+                // Whatever ended the session, both ends of this direction hear why.
+                to.reset(VarInt::from_u32(code));
+                let _ = from.stop(VarInt::from_u32(code));
+                StreamEnd::Limit(code)
+            }
+            Step::Done(how) => how,
+            // The loop never stops on `Go`.
+            Step::Go => StreamEnd::Gone,
+        };
+        #[cfg(feature = "splice-tap")]
+        if let Some(tap) = &tap {
+            tap.ended(self.direction, how);
         }
+        #[cfg(not(feature = "splice-tap"))]
+        let _ = how;
         total
     }
 
@@ -268,13 +300,13 @@ impl Pump<'_> {
                 Some(Err(WriteError::Stopped(code))) => {
                     to.reset(code);
                     let _ = from.stop(code);
-                    return Step::Done;
+                    return Step::Done(StreamEnd::Stopped(code.into_inner()));
                 }
                 Some(Err(_)) => {
                     let peer_gone = VarInt::from_u32(codes::stream::PEER_GONE);
                     to.reset(peer_gone);
                     let _ = from.stop(peer_gone);
-                    return Step::Done;
+                    return Step::Done(StreamEnd::Gone);
                 }
             }
         }
