@@ -17,7 +17,11 @@
 //! directions (reset towards each reader, stop-sending towards each writer): a side
 //! that leaves bytes unread for the stall timeout ([`codes::stream::STALLED`]), no byte
 //! either way for the idle timeout, the maximum duration, and the maximum bytes in
-//! one direction (exactly that many are forwarded, never one more).
+//! one direction (exactly that many, counted from the first byte after the control
+//! messages, are handed to the other stream, never one more). The reset that follows
+//! lets the reader's QUIC discard what it had not read yet, and quinn 0.11 offers no
+//! way to wait for the reader to have read it without finishing the stream (which
+//! would read as a clean end), so the far end receives at most that many.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(feature = "splice-tap")]
