@@ -807,13 +807,27 @@ pub(crate) async fn respond(
         counters.players_refused.fetch_add(1, Ordering::Relaxed);
         debug!(session_id, %path, player = %transport.remote_static().short(), "player not authorized");
         // Let the player end the session, as a served player that leaves at once
-        // would, rather than closing first in a way the relay could single out. A
-        // player that lingers is cut off after the handshake timeout.
+        // would, then end this direction as a served session's host does when its
+        // player leaves (`end`, then the stream's end), rather than closing first or
+        // differently in a way the relay could single out. A player that lingers is
+        // cut off after the handshake timeout.
         let drained = async {
             let mut sink = [0u8; 1024];
-            while let Ok(Some(_)) = recv.read(&mut sink).await {}
+            loop {
+                match recv.read(&mut sink).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return true,
+                    Err(_) => return false,
+                }
+            }
         };
-        let _ = tokio::time::timeout(config.handshake_timeout, drained).await;
+        let left_cleanly = tokio::time::timeout(config.handshake_timeout, drained)
+            .await
+            .unwrap_or(false);
+        let mut end = BytesMut::new();
+        if left_cleanly && transport.seal_end(&mut end).is_ok() {
+            let _ = send.write_all(&end).await;
+        }
         let _ = send.finish();
         return None;
     }

@@ -37,5 +37,5 @@ pub use endpoint::{
 pub use host::{HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError};
 pub use linger::{QuicRecv, QuicSend, LINGER};
 pub use player::{ConnectError, PathPreference, Player, PlayerConfig};
-pub use stream::{SecureStream, SessionEnded, SessionPath};
+pub use stream::{Abandon, SecureStream, SessionEnded, SessionPath};
 pub use wire::{read_control, WireError};

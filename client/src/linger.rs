@@ -112,6 +112,11 @@ pub struct QuicSend {
 impl QuicSend {
     /// Abandons the stream: the peer's read fails with `code`, and nothing lingers.
     pub fn reset(mut self, code: quinn::VarInt) {
+        self.abandon_with(code);
+    }
+
+    /// Like [`QuicSend::reset`], keeping the handle: later writes fail.
+    pub(crate) fn abandon_with(&mut self, code: quinn::VarInt) {
         if let Some(mut send) = self.send.take() {
             let _ = send.reset(code);
         }
@@ -161,6 +166,11 @@ pub struct QuicRecv {
 impl QuicRecv {
     /// Abandons the stream: the peer's writes fail with `code`, and nothing lingers.
     pub fn stop(mut self, code: quinn::VarInt) {
+        self.abandon_with(code);
+    }
+
+    /// Like [`QuicRecv::stop`], keeping the handle: later reads fail.
+    pub(crate) fn abandon_with(&mut self, code: quinn::VarInt) {
         if let Some(mut recv) = self.recv.take() {
             let _ = recv.stop(code);
         }

@@ -343,10 +343,12 @@ async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, Conn
 
 /// A session stream being set up. If the set-up is abandoned (the attempt lost the
 /// race and was aborted, or failed), the stream is reset with `CANCELLED` rather than
-/// finished, so the other end sees a cancelled session, not a truncated one.
+/// finished, so the other end sees a cancelled session, not a truncated one; or with
+/// `PROTOCOL_VIOLATION` when the host's verdict broke the session protocol.
 struct Pending {
     send: Option<quinn::SendStream>,
     recv: Option<quinn::RecvStream>,
+    code: u32,
 }
 
 impl Pending {
@@ -354,6 +356,7 @@ impl Pending {
         Self {
             send: Some(send),
             recv: Some(recv),
+            code: codes::stream::CANCELLED,
         }
     }
 
@@ -370,10 +373,10 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(mut send) = self.send.take() {
-            let _ = send.reset(codes::stream::CANCELLED.into());
+            let _ = send.reset(self.code.into());
         }
         if let Some(mut recv) = self.recv.take() {
-            let _ = recv.stop(codes::stream::CANCELLED.into());
+            let _ = recv.stop(self.code.into());
         }
     }
 }
@@ -408,16 +411,36 @@ impl Inner {
     async fn read_verdict(
         &self,
         mut transport: Transport,
-        recv: &mut quinn::RecvStream,
-    ) -> Result<Transport, ConnectError> {
+        mut pending: Pending,
+    ) -> Result<(Transport, quinn::SendStream, quinn::RecvStream), ConnectError> {
+        let (send, recv) = pending.streams().ok_or_else(lost_streams)?;
         let frame = read_noise_message(recv).await?;
-        match transport.open_verdict(&frame)? {
-            Verdict::Welcome => Ok(transport),
-            // The set-up's guard resets the streams, as for any abandoned set-up.
-            Verdict::NotAuthorized => Err(ConnectError::NotAuthorized {
+        let verdict = match transport.open_verdict(&frame) {
+            Ok(verdict) => verdict,
+            Err(err) => {
+                // The host broke the session protocol: say so as the guard resets.
+                pending.code = codes::stream::PROTOCOL_VIOLATION;
+                return Err(err.into());
+            }
+        };
+        if verdict == Verdict::NotAuthorized {
+            // Leave exactly as a served player that leaves at once: its `end` frame,
+            // the stream's end, and the same wait for the host's own end. A reset
+            // here would tell the relay which players were refused.
+            let mut end = BytesMut::new();
+            transport.seal_end(&mut end)?;
+            send.write_all(&end)
+                .await
+                .map_err(|err| ConnectError::Protocol(err.to_string()))?;
+            let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
+            // Dropping both halves lets them linger as a dropped session's do.
+            drop(crate::linger::halves(send, recv));
+            return Err(ConnectError::NotAuthorized {
                 player: self.config.key.public_key(),
-            }),
+            });
         }
+        let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
+        Ok((transport, send, recv))
     }
 
     fn profile(&self) -> ConnectionProfile {
@@ -456,8 +479,7 @@ impl Inner {
                 })?;
             let reply = read_noise_message(recv).await?;
             let transport = handshake.read_reply(&reply)?;
-            let transport = self.read_verdict(transport, recv).await?;
-            let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
+            let (transport, send, recv) = self.read_verdict(transport, pending).await?;
             let (reader, writer) = crate::linger::halves(send, recv);
             debug!(%addr, host = %host_id.short(), "direct session established");
             Ok(SecureStream::new(
@@ -545,8 +567,7 @@ impl Inner {
         };
         let reply = read_noise_message(recv).await.map_err(host_left)?;
         let transport = handshake.read_reply(&reply)?;
-        let transport = self.read_verdict(transport, recv).await?;
-        let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
+        let (transport, send, recv) = self.read_verdict(transport, pending).await?;
         let (reader, writer) = crate::linger::halves(send, recv);
         debug!(session_id, host = %host_id.short(), %limits, "relayed session established");
         Ok(SecureStream::new(

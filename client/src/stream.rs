@@ -8,6 +8,13 @@
 //! A stream the relay resets because the other side's relay connection went away (a
 //! host switching Enable Relay off, or going offline) fails with [`SessionEnded`], so
 //! the application can tell the user why.
+//!
+//! When what the other side sent breaks the session protocol (a frame that does not
+//! open or breaks the framing rules, or a direction that ends without its `end`
+//! frame), the read fails here as before, and the whole stream is abandoned with
+//! [`codes::stream::PROTOCOL_VIOLATION`] (reset and stop-sending), so the other side
+//! reads [`SessionEnded::ProtocolViolation`] instead of a truncation it would blame
+//! on the relay.
 
 use std::io;
 use std::pin::Pin;
@@ -67,6 +74,59 @@ pub enum SessionEnded {
     /// The relay ended the session at its maximum bytes in one direction.
     #[error("session ended by the relay: it reached the maximum bytes per session")]
     ByteLimit,
+    /// The other side rejected what this side sent as a breach of the session
+    /// protocol, and abandoned the session.
+    #[error("session ended: the other side rejected what this side sent as a protocol violation")]
+    ProtocolViolation,
+}
+
+/// A half of a session's underlying stream that can be abandoned with an application
+/// code the other side reads (a QUIC stream's reset or stop-sending code).
+pub trait Abandon {
+    /// Abandons this half with `code`: a sending half is reset, a receiving half told
+    /// to stop. Nothing can be written or read on it afterwards. Streams that carry no
+    /// codes (in-memory pipes) do nothing.
+    fn abandon(&mut self, code: u32);
+}
+
+impl Abandon for QuicSend {
+    fn abandon(&mut self, code: u32) {
+        self.abandon_with(code.into());
+    }
+}
+
+impl Abandon for QuicRecv {
+    fn abandon(&mut self, code: u32) {
+        self.abandon_with(code.into());
+    }
+}
+
+impl Abandon for quinn::SendStream {
+    fn abandon(&mut self, code: u32) {
+        let _ = self.reset(code.into());
+    }
+}
+
+impl Abandon for quinn::RecvStream {
+    fn abandon(&mut self, code: u32) {
+        let _ = self.stop(code.into());
+    }
+}
+
+impl<T> Abandon for tokio::io::ReadHalf<T> {
+    fn abandon(&mut self, _code: u32) {}
+}
+
+impl<T> Abandon for tokio::io::WriteHalf<T> {
+    fn abandon(&mut self, _code: u32) {}
+}
+
+impl Abandon for &[u8] {
+    fn abandon(&mut self, _code: u32) {}
+}
+
+impl Abandon for tokio::io::Sink {
+    fn abandon(&mut self, _code: u32) {}
 }
 
 /// An established end-to-end encrypted session.
@@ -192,6 +252,7 @@ fn explain(err: io::Error) -> io::Error {
         codes::stream::SESSION_IDLE => SessionEnded::Idle,
         codes::stream::DURATION_LIMIT => SessionEnded::DurationLimit,
         codes::stream::BYTE_LIMIT => SessionEnded::ByteLimit,
+        codes::stream::PROTOCOL_VIOLATION => SessionEnded::ProtocolViolation,
         _ => return err,
     };
     io::Error::new(io::ErrorKind::ConnectionReset, ended)
@@ -206,7 +267,17 @@ fn io_error(err: NoiseError) -> io::Error {
     io::Error::new(kind, err)
 }
 
-impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
+impl<R: Abandon, W: Abandon> SecureStream<R, W> {
+    /// What the other side sent broke the session protocol: abandon the whole stream
+    /// with a code that says so, then report `err` here.
+    fn reject(&mut self, err: NoiseError) -> io::Error {
+        self.reader.abandon(codes::stream::PROTOCOL_VIOLATION);
+        self.writer.abandon(codes::stream::PROTOCOL_VIOLATION);
+        io_error(err)
+    }
+}
+
+impl<R: AsyncRead + Abandon + Unpin, W: Abandon + Unpin> AsyncRead for SecureStream<R, W> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -224,7 +295,11 @@ impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
                 return Poll::Ready(Ok(()));
             }
             if let Some(frame) = noise::split_frame(&mut this.read_buf) {
-                match this.transport.open(&frame).map_err(io_error)? {
+                let opened = match this.transport.open(&frame) {
+                    Ok(opened) => opened,
+                    Err(err) => return Poll::Ready(Err(this.reject(err))),
+                };
+                match opened {
                     Opened::Data(data) => {
                         // Straight into the caller's buffer; keep only the excess.
                         let n = data.len().min(buf.remaining());
@@ -247,7 +322,9 @@ impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for SecureStream<R, W> {
             ready!(polled).map_err(explain)?;
             if filled == 0 {
                 // The stream ended: clean only after the peer's authenticated end.
-                this.transport.handle_eof().map_err(io_error)?;
+                if let Err(err) = this.transport.handle_eof() {
+                    return Poll::Ready(Err(this.reject(err)));
+                }
                 return Poll::Ready(Ok(()));
             }
         }

@@ -47,4 +47,10 @@ pub mod stream {
     /// A player gave up a session set-up because another path to the same host
     /// finished first (see the player's direct-first race).
     pub const CANCELLED: u32 = 0x106;
+    /// Sent by a player or host, with both RESET_STREAM and STOP_SENDING, when what
+    /// the other side sent broke the session protocol (a frame that fails to open or
+    /// breaks the framing rules, or a direction that ends without its `end` frame).
+    /// Distinct from a truncation, so the side that broke the protocol learns that
+    /// the other side rejected it, rather than blaming the relay.
+    pub const PROTOCOL_VIOLATION: u32 = 0x107;
 }

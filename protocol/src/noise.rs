@@ -42,7 +42,9 @@
 //! verdict: welcome, or not authorized (the host serves only players whose static
 //! key it knows). Both verdicts are one body byte, so the frame is 20 bytes on the
 //! wire either way and the relay cannot tell a refused player from a served one by
-//! sizes. "Not authorized" is also the authenticated end of the host's direction.
+//! sizes. After "not authorized" the host sends no data, only its `end` once the
+//! player has left, and the player reads nothing after the verdict: both ends leave
+//! as the ends of a served session do when its player leaves at once.
 //! The player accepts no other frame first; the host accepts no verdict at all.
 //!
 //! Because "end" is encrypted and authenticated, a relay or network that cuts the
@@ -372,6 +374,8 @@ pub struct Transport {
     role: Role,
     /// The verdict has been sent (host) or received (player).
     verdict_done: bool,
+    /// (Host) The verdict was "not authorized": only `end` may follow.
+    refused: bool,
 }
 
 impl std::fmt::Debug for Transport {
@@ -399,12 +403,15 @@ impl Transport {
             received_end: false,
             role,
             verdict_done: false,
+            refused: false,
         })
     }
 
     /// (Host) Seals the verdict on this player: the first frame the host sends, and
-    /// the same size whichever it is. After [`Verdict::NotAuthorized`] nothing more
-    /// can be sealed: it is the end of the host's direction.
+    /// the same size whichever it is. After [`Verdict::NotAuthorized`] no data can be
+    /// sealed, only the end of stream: the host sends it once the player has left, so
+    /// that its direction ends as a served session's does when its player leaves at
+    /// once, and the relay cannot tell the two apart by how the stream ends.
     pub fn seal_verdict(&mut self, verdict: Verdict, out: &mut BytesMut) -> Result<(), NoiseError> {
         if self.role != Role::Host || self.verdict_done {
             return Err(NoiseError::OutOfOrder {
@@ -413,9 +420,7 @@ impl Transport {
         }
         self.seal_frame(frame_type::VERDICT, &[verdict.to_byte()], out)?;
         self.verdict_done = true;
-        if verdict == Verdict::NotAuthorized {
-            self.sent_end = true;
-        }
+        self.refused = verdict == Verdict::NotAuthorized;
         Ok(())
     }
 
@@ -549,7 +554,7 @@ impl Transport {
     }
 
     fn seal_frame(&mut self, kind: u8, body: &[u8], out: &mut BytesMut) -> Result<(), NoiseError> {
-        if self.sent_end {
+        if self.sent_end || (self.refused && kind != frame_type::END) {
             return Err(NoiseError::WriteAfterEnd);
         }
         if self.role == Role::Host && !self.verdict_done && kind != frame_type::VERDICT {
@@ -752,6 +757,12 @@ mod tests {
                         host.seal(b"late", &mut wire),
                         Err(NoiseError::WriteAfterEnd)
                     );
+                    // Only the end of stream may follow, the same frame a served
+                    // session's host sends when its player leaves.
+                    let mut end = BytesMut::new();
+                    host.seal_end(&mut end).unwrap();
+                    assert_eq!(end.len(), 2 + 17);
+                    assert_eq!(host.seal_end(&mut end), Err(NoiseError::WriteAfterEnd));
                 }
             }
             assert!(matches!(

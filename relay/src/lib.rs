@@ -48,7 +48,7 @@ pub use config::{ConfigError, ConfigFile, LogFormat, RelayConfig, DEFAULT_LISTEN
 pub use limits::{Limits, LimitsError};
 pub use server::{Relay, RelayError};
 #[cfg(feature = "splice-tap")]
-pub use splice::{Direction, SpliceTap};
+pub use splice::{Direction, SpliceTap, StreamEnd};
 pub use stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
 pub use tiers::TiersError;
 pub use tls::{RelayCertificate, TlsError};

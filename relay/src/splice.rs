@@ -20,7 +20,11 @@
 //! directions (reset towards each reader, stop-sending towards each writer): a side
 //! that leaves bytes unread for the stall timeout ([`codes::stream::STALLED`]), no byte
 //! either way for the idle timeout, the maximum duration, and the maximum bytes in
-//! one direction (exactly that many are forwarded, never one more).
+//! one direction (exactly that many, counted from the first byte after the control
+//! messages, are handed to the other stream, never one more). The reset that follows
+//! lets the reader's QUIC discard what it had not read yet, and quinn 0.11 offers no
+//! way to wait for the reader to have read it without finishing the stream (which
+//! would read as a clean end), so the far end receives at most that many.
 
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,12 +82,31 @@ pub enum Direction {
     HostToPlayer,
 }
 
-/// Sees every chunk the splice forwards. Exists so tests can prove that what the
-/// relay handles is ciphertext; compiled only with the `splice-tap` feature.
+/// How one direction of a session ended, as the relay learned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The sending side finished its stream (FIN), all of it read.
+    Finished,
+    /// The sending side reset its stream with this code.
+    Reset(u32),
+    /// The receiving side asked, with this code, to stop sending.
+    Stopped(u32),
+    /// A side's connection went away.
+    Gone,
+    /// The relay ended the session at the limit with this code.
+    Limit(u32),
+}
+
+/// Sees every chunk the splice forwards, and how each direction ends. Exists so
+/// tests can prove that what the relay handles is ciphertext, and what it learns
+/// about a session; compiled only with the `splice-tap` feature.
 #[cfg(feature = "splice-tap")]
 pub trait SpliceTap: Send + Sync {
     /// Called with each chunk before it is forwarded.
     fn observe(&self, direction: Direction, chunk: &[u8]);
+
+    /// Called once when a direction has ended, with how it ended.
+    fn ended(&self, _direction: Direction, _end: StreamEnd) {}
 }
 
 /// Forwards both directions until both have ended or a limit ends the session.
@@ -163,8 +186,8 @@ enum Step {
     Go,
     /// The session ended by a limit, with this code.
     Ended(u32),
-    /// This direction is over; the streams were told.
-    Done,
+    /// This direction is over, as it says; the streams were told.
+    Done(StreamEnd),
 }
 
 impl Pump<'_> {
@@ -188,7 +211,7 @@ impl Pump<'_> {
                     // A stopped stream is answered with a reset of the same code.
                     to.reset(code);
                     from.stop(code);
-                    break Step::Done;
+                    break Step::Done(stop.map_or(StreamEnd::Gone, StreamEnd::Stopped));
                 }
                 read = from.read_chunk(MAX_CHUNK) => read,
             };
@@ -200,15 +223,15 @@ impl Pump<'_> {
                     // that closes (a drain ending) must not cut bytes still in flight.
                     let wait = self.limits.stall_timeout.unwrap_or(DELIVERY_WAIT);
                     let _ = tokio::time::timeout(wait, &mut stopped).await;
-                    break Step::Done;
+                    break Step::Done(StreamEnd::Finished);
                 }
                 Err(RecvEnd::Reset(code)) => {
                     to.reset(code);
-                    break Step::Done;
+                    break Step::Done(StreamEnd::Reset(code));
                 }
                 Err(RecvEnd::Gone) => {
                     to.reset(peer_gone);
-                    break Step::Done;
+                    break Step::Done(StreamEnd::Gone);
                 }
             };
             #[cfg(feature = "splice-tap")]
@@ -240,11 +263,23 @@ impl Pump<'_> {
                 break Step::Ended(codes::stream::BYTE_LIMIT);
             }
         };
-        if let Step::Ended(code) = step {
-            // Whatever ended the session, both ends of this direction hear why.
-            to.reset(code);
-            from.stop(code);
+        let how = match step {
+            Step::Ended(code) => {
+                // Whatever ended the session, both ends of this direction hear why.
+                to.reset(code);
+                from.stop(code);
+                StreamEnd::Limit(code)
+            }
+            Step::Done(how) => how,
+            // The loop never stops on `Go`.
+            Step::Go => StreamEnd::Gone,
+        };
+        #[cfg(feature = "splice-tap")]
+        if let Some(tap) = self.tap {
+            tap.ended(self.direction, how);
         }
+        #[cfg(not(feature = "splice-tap"))]
+        let _ = how;
         total
     }
 
@@ -278,13 +313,13 @@ impl Pump<'_> {
                 Some(Err(SendEnd::Stopped(code))) => {
                     to.reset(code);
                     from.stop(code);
-                    return Step::Done;
+                    return Step::Done(StreamEnd::Stopped(code));
                 }
                 Some(Err(SendEnd::Gone)) => {
                     let peer_gone = codes::stream::PEER_GONE;
                     to.reset(peer_gone);
                     from.stop(peer_gone);
-                    return Step::Done;
+                    return Step::Done(StreamEnd::Gone);
                 }
             }
         }

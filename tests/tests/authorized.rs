@@ -1,7 +1,7 @@
 //! Who may reach a host: a host with an authorized players list serves the players
 //! it names, on both paths, refuses the others with "not authorized" after the Noise
 //! handshake, picks up changes to the file, and the relay cannot tell a refused
-//! session from a served one by the bytes it forwards.
+//! session from a served one by the bytes it forwards or by how the streams end.
 
 mod common;
 
@@ -13,8 +13,9 @@ use blindrelay_client::{
     AuthorizedPlayers, ConnectError, HostAgent, HostConfig, HostState, PathPreference, Player,
     PlayerAuthorization, PlayerConfig, SecretKey,
 };
-use blindrelay_relay::Relay;
+use blindrelay_relay::{Direction, Relay, StreamEnd};
 use common::*;
+use tokio::io::AsyncWriteExt;
 
 fn player_with(key: &SecretKey) -> Player {
     Player::new(PlayerConfig::new(key.clone()))
@@ -80,8 +81,8 @@ async fn only_listed_players_are_served_on_both_paths_and_the_list_reloads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_forwards_the_same_bytes_for_a_refused_player_as_for_a_served_one() {
-    let mut forwarded = Vec::new();
+async fn the_relay_forwards_the_same_bytes_and_ends_for_a_refused_player_as_for_a_served_one() {
+    let mut seen = Vec::new();
     for allowed in [true, false] {
         let (relay, tap): (Relay, _) = start_relay_with_tap();
         let player_key = SecretKey::generate().unwrap();
@@ -96,19 +97,46 @@ async fn the_relay_forwards_the_same_bytes_for_a_refused_player_as_for_a_served_
         wait_for_state(&agent, |state| *state == HostState::Registered).await;
         let ticket = agent.ticket().clone();
         let _echo = spawn_echo_host(agent);
-        let result = player_with(&player_key).connect(&ticket).await;
-        assert_eq!(result.is_ok(), allowed, "{result:?}");
-        // The served player sends nothing, so both directions hold only the set-up.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let to_player = tap.host_to_player.lock().unwrap().len();
+        // Kept until the end: a player that closes its relay connection at once would
+        // have the relay tear the session down before it has seen both ends.
+        let player = player_with(&player_key);
+        match player.connect(&ticket).await {
+            // A served player that leaves at once: its end, then gone.
+            Ok(mut session) if allowed => session.shutdown().await.unwrap(),
+            Err(ConnectError::NotAuthorized { .. }) if !allowed => {}
+            other => panic!("allowed = {allowed}: {other:?}"),
+        }
+        // Both directions end, however they end.
+        tokio::time::timeout(PATIENCE, async {
+            while tap.ends.lock().unwrap().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "allowed = {allowed}: both directions end; ended so far: {:?}",
+                tap.ends.lock().unwrap()
+            )
+        });
+        let mut ends = tap.ends.lock().unwrap().clone();
+        ends.sort_by_key(|(direction, _)| *direction == Direction::HostToPlayer);
         let to_host = tap.player_to_host.lock().unwrap().len();
-        forwarded.push((to_host, to_player));
-        drop(result);
+        let to_player = tap.host_to_player.lock().unwrap().len();
+        seen.push(((to_host, to_player), ends));
     }
     assert_eq!(
-        forwarded[0], forwarded[1],
-        "served vs refused: (player→host, host→player) bytes"
+        seen[0], seen[1],
+        "served vs refused: (player→host, host→player) bytes, and how each direction ended"
     );
-    // Hello (2 + 96) one way; reply (2 + 48) and verdict (2 + 18) the other.
-    assert_eq!(forwarded[0], (98, 70));
+    // Hello (2 + 96) and the player's end (2 + 17) one way; reply (2 + 48), verdict
+    // (2 + 18) and the host's end (2 + 17) the other; both streams finished.
+    assert_eq!(seen[0].0, (98 + 19, 70 + 19));
+    assert_eq!(
+        seen[0].1,
+        [
+            (Direction::PlayerToHost, StreamEnd::Finished),
+            (Direction::HostToPlayer, StreamEnd::Finished)
+        ]
+    );
 }

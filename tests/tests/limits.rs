@@ -586,6 +586,100 @@ async fn a_session_moves_at_most_its_maximum_bytes_and_not_one_more() {
     assert_eq!(relay.stats().bytes_player_to_host, MAX);
 }
 
+/// Reads raw bytes until the stream ends; returns them and how it ended.
+async fn read_raw(recv: &mut quinn::RecvStream) -> (Vec<u8>, Option<quinn::ReadError>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(None) => break None,
+                Err(err) => break Some(err),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time");
+    (got, ended)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_limit_counts_what_follows_the_control_messages_and_delivers_at_most_that() {
+    // The figure of the report this test answers: a hello and 1019-byte frames.
+    const MAX: u64 = 51_000;
+    let relay = relay_with(|limits| limits.sessions.max_bytes = ByteSize(MAX));
+    let host_key = SecretKey::generate().unwrap();
+    let host_id = host_key.host_id();
+    let host = raw_connection(&relay).await;
+    let (verdict, _registration) = register_by_hand(&host, host_id, &host_key, &host).await;
+    assert_eq!(verdict, ControlMessage::Registered);
+    let player = raw_connection(&relay).await;
+    let connect = ControlMessage::Connect { host_id }.to_frame();
+
+    // Under the limit: `Connect`, `Incoming` and `Connected` are not counted; every
+    // byte after them is, the hello included, and all of it arrives.
+    let (mut player_send, mut player_recv) = player.open_bi().await.unwrap();
+    let mut sent = connect.to_vec();
+    sent.extend_from_slice(&[1u8; 98]);
+    player_send.write_all(&sent).await.unwrap();
+    player_send.finish().unwrap();
+    let (mut host_send, mut host_recv) = host.accept_bi().await.unwrap();
+    assert!(matches!(
+        read_message(&mut host_recv).await,
+        Some(ControlMessage::Incoming { .. })
+    ));
+    assert_eq!(read_raw(&mut host_recv).await, (vec![1u8; 98], None));
+    host_send.write_all(&[2u8; 70]).await.unwrap();
+    host_send.finish().unwrap();
+    assert!(matches!(
+        read_message(&mut player_recv).await,
+        Some(ControlMessage::Connected { .. })
+    ));
+    assert_eq!(read_raw(&mut player_recv).await, (vec![2u8; 70], None));
+    wait_for_stats(&relay, "the bytes of the first session", |s| {
+        s.bytes_player_to_host == 98 && s.bytes_host_to_player == 70
+    })
+    .await;
+
+    // Past the limit: a hello and 1000-byte data frames, 20 frames more than fit.
+    let (mut player_send, mut player_recv) = player.open_bi().await.unwrap();
+    let mut payload = vec![0u8; 98 + 70 * 1019];
+    Pattern::new(14).fill(&mut payload);
+    let mut sent = connect.to_vec();
+    sent.extend_from_slice(&payload);
+    // The relay stops this stream at the limit, so the write may fail.
+    let _ = player_send.write_all(&sent).await;
+    let (_host_send, mut host_recv) = host.accept_bi().await.unwrap();
+    let (got, ended) = read_raw(&mut host_recv).await;
+    let byte_limit = quinn::VarInt::from_u32(codes::stream::BYTE_LIMIT);
+    assert_eq!(ended, Some(quinn::ReadError::Reset(byte_limit)));
+    // At most the limit arrives, and only the first bytes: the reset that follows
+    // them lets QUIC discard what the host had not read yet, even `Incoming`.
+    const INCOMING: usize = 48;
+    if got.len() >= INCOMING {
+        let mut frame = bytes::BytesMut::from(&got[..INCOMING]);
+        assert!(matches!(
+            ControlMessage::decode_frame(&mut frame),
+            Ok(Some(ControlMessage::Incoming { .. }))
+        ));
+    }
+    let got = got.get(INCOMING..).unwrap_or_default();
+    assert!(got.len() as u64 <= MAX, "{} bytes arrived", got.len());
+    assert_eq!(got, &payload[..got.len()]);
+    // The relay handed over exactly the limit, counted from the hello.
+    wait_for_stats(&relay, "the byte-limit count", |s| {
+        s.sessions_ended_bytes == 1
+    })
+    .await;
+    assert_eq!(relay.stats().bytes_player_to_host, 98 + MAX);
+    // Both ends hear why, whichever way they look.
+    let stopped = tokio::time::timeout(PATIENCE, player_send.stopped()).await;
+    assert_eq!(stopped.expect("stopped in time"), Ok(Some(byte_limit)));
+    let (_, ended) = read_raw(&mut player_recv).await;
+    assert_eq!(ended, Some(quinn::ReadError::Reset(byte_limit)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ends_at_its_maximum_duration() {
     let relay = relay_with(|limits| limits.sessions.max_duration = secs(1.0));

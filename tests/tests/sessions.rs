@@ -180,3 +180,110 @@ async fn a_host_still_sending_to_a_dropped_session_is_stopped_at_once() {
         "the host was stopped {after:?} after the player dropped the session"
     );
 }
+
+/// A player made by hand: opens a session to `host_id` over a bare relay connection
+/// and completes the handshake; returns its streams and its transport.
+async fn hand_made_player(
+    connection: &quinn::Connection,
+    host_id: blindrelay_protocol::HostId,
+) -> (
+    quinn::SendStream,
+    quinn::RecvStream,
+    blindrelay_protocol::noise::Transport,
+) {
+    use blindrelay_protocol::noise::{PlayerHandshake, Verdict};
+    use blindrelay_protocol::ControlMessage;
+
+    let key = SecretKey::generate().unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let mut handshake = PlayerHandshake::new(&key, &host_id).unwrap();
+    let mut out = bytes::BytesMut::new();
+    ControlMessage::Connect { host_id }.encode(&mut out);
+    handshake.write_hello(&mut out).unwrap();
+    send.write_all(&out).await.unwrap();
+    let connected = read_message(&mut recv).await;
+    assert!(
+        matches!(connected, Some(ControlMessage::Connected { .. })),
+        "{connected:?}"
+    );
+    async fn read_frame(recv: &mut quinn::RecvStream) -> Vec<u8> {
+        let mut len = [0u8; 2];
+        recv.read_exact(&mut len).await.unwrap();
+        let mut frame = vec![0u8; u16::from_be_bytes(len).into()];
+        recv.read_exact(&mut frame).await.unwrap();
+        frame
+    }
+    let reply = read_frame(&mut recv).await;
+    let mut transport = handshake.read_reply(&reply).unwrap();
+    let verdict = read_frame(&mut recv).await;
+    assert_eq!(transport.open_verdict(&verdict), Ok(Verdict::Welcome));
+    (send, recv, transport)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_rejects_what_a_player_sent_says_so_instead_of_finishing() {
+    use blindrelay_client::SessionEnded;
+    use blindrelay_protocol::codes;
+
+    let relay = start_relay();
+    let mut host = start_host(relay.url()).await;
+    let host_id = *host.host_id();
+    let connection = raw_connection(&relay).await;
+    // A frame that fails authentication, and a direction that ends without `end`.
+    for truncate in [false, true] {
+        let ((mut send, recv, mut transport), host_side) =
+            tokio::join!(hand_made_player(&connection, host_id), host.accept());
+        let mut host_side = host_side.expect("accepted");
+        let mut out = bytes::BytesMut::new();
+        transport.seal(b"some data", &mut out).unwrap();
+        if truncate {
+            send.write_all(&out).await.unwrap();
+            send.finish().unwrap();
+        } else {
+            // The same frame, altered.
+            let last = out.len() - 1;
+            out[last] ^= 1;
+            send.write_all(&out).await.unwrap();
+        }
+        let mut got = Vec::new();
+        let err = tokio::time::timeout(PATIENCE, host_side.read_to_end(&mut got))
+            .await
+            .expect("the host reads in time")
+            .unwrap_err();
+        let expected = if truncate {
+            std::io::ErrorKind::UnexpectedEof
+        } else {
+            std::io::ErrorKind::InvalidData
+        };
+        assert_eq!(err.kind(), expected, "the host's own report: {err}");
+
+        // The player hears the host's rejection both ways, as its own code.
+        let violation = quinn::VarInt::from_u32(codes::stream::PROTOCOL_VIOLATION);
+        if !truncate {
+            let stopped = tokio::time::timeout(PATIENCE, send.stopped())
+                .await
+                .expect("stopped in time");
+            assert_eq!(stopped, Ok(Some(violation)));
+        }
+        // Read through a SecureStream: the application is told what happened.
+        let mut player_side = blindrelay_client::SecureStream::new(
+            recv,
+            send,
+            transport,
+            blindrelay_client::SessionPath::Relayed,
+            0,
+            bytes::BytesMut::new(),
+        );
+        let err = tokio::time::timeout(PATIENCE, player_side.read_to_end(&mut Vec::new()))
+            .await
+            .expect("the player reads in time")
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        let ended = err
+            .into_inner()
+            .unwrap()
+            .downcast::<SessionEnded>()
+            .unwrap();
+        assert_eq!(*ended, SessionEnded::ProtocolViolation);
+    }
+}

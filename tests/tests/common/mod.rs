@@ -15,7 +15,9 @@ use blindrelay_client::{
 use blindrelay_protocol::control::ControlMessage;
 use blindrelay_protocol::registration::{HostRegistration, EXPORTER_LABEL, EXPORTER_LEN};
 use blindrelay_protocol::HostId;
-use blindrelay_relay::{Direction, Limits, Relay, RelayCertificate, RelayConfig, SpliceTap};
+use blindrelay_relay::{
+    Direction, Limits, Relay, RelayCertificate, RelayConfig, SpliceTap, StreamEnd,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every wait in these tests is bounded by this; generous for a busy 2-core machine.
@@ -236,11 +238,12 @@ pub async fn raw_exchange(
         .expect("relay answers in time")
 }
 
-/// Records everything the relay forwards, per direction.
+/// Records everything the relay forwards, per direction, and how each direction ended.
 #[derive(Default)]
 pub struct RecordingTap {
     pub player_to_host: Mutex<Vec<u8>>,
     pub host_to_player: Mutex<Vec<u8>>,
+    pub ends: Mutex<Vec<(Direction, StreamEnd)>>,
 }
 
 impl SpliceTap for RecordingTap {
@@ -250,6 +253,10 @@ impl SpliceTap for RecordingTap {
             Direction::HostToPlayer => &self.host_to_player,
         };
         buf.lock().unwrap().extend_from_slice(chunk);
+    }
+
+    fn ended(&self, direction: Direction, end: StreamEnd) {
+        self.ends.lock().unwrap().push((direction, end));
     }
 }
 
