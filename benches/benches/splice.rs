@@ -36,20 +36,22 @@ fn bench_splice(c: &mut Criterion) {
             .await
             .expect("player connection");
         let (mut player_send, mut player_recv) = player.open_bi().await.expect("stream");
-        player_send
-            .write_all(
-                &ControlMessage::Connect {
-                    host_id: *host.host_id(),
-                }
-                .to_frame(),
-            )
-            .await
-            .expect("connect");
+        // `Connect`, then the hello every player sends at once (an empty Noise
+        // message: nothing here speaks Noise), which the host takes first.
+        let mut connect = ControlMessage::Connect {
+            host_id: *host.host_id(),
+        }
+        .to_frame()
+        .to_vec();
+        connect.extend_from_slice(&[0, 0]);
+        player_send.write_all(&connect).await.expect("connect");
         let (host_send, mut host_recv) = host.connection().accept_bi().await.expect("incoming");
         assert!(matches!(
             read_message(&mut host_recv).await,
             ControlMessage::Incoming { .. }
         ));
+        let mut hello = [0u8; 2];
+        host_recv.read_exact(&mut hello).await.expect("hello");
         assert!(matches!(
             read_message(&mut player_recv).await,
             ControlMessage::Connected { .. }

@@ -78,6 +78,20 @@ pub async fn connect_relay_raw_from(
     Ok(endpoint.connect(addr, url.host())?.await?)
 }
 
+/// Like [`connect_relay_raw_from`], with the connection's own QUIC transport
+/// settings: for tests and tools that play misbehaving clients (one that grants the
+/// relay no flow-control credit, say).
+pub async fn connect_relay_raw_with(
+    url: &RelayUrl,
+    local: std::net::IpAddr,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::Connection, ConnectRelayError> {
+    let (endpoint, addr) = relay_endpoint_raw(url, local).await?;
+    let mut config = relay_client_config(url, RAW_PROFILE)?;
+    config.transport_config(Arc::new(transport));
+    Ok(endpoint.connect_with(config, addr, url.host())?.await?)
+}
+
 /// A client endpoint on one UDP socket at `local` (port 0 picks one), set up to reach
 /// and verify the relay at `url`, and the relay's resolved address: tools that open
 /// very many bare connections (the load generator's idle registrations) call

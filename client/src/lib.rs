@@ -32,7 +32,8 @@ pub use blindrelay_protocol::{
 };
 pub use direct::DirectListenError;
 pub use endpoint::{
-    connect_relay_raw, connect_relay_raw_from, relay_endpoint_raw, ConnectRelayError,
+    connect_relay_raw, connect_relay_raw_from, connect_relay_raw_with, relay_endpoint_raw,
+    ConnectRelayError,
 };
 pub use host::{HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError};
 pub use linger::{QuicRecv, QuicSend, LINGER};

@@ -22,6 +22,9 @@ pub mod close {
     /// A host closed its connection to the relay because its owner switched Enable
     /// Relay off; its relayed sessions end with it. Direct sessions are not affected.
     pub const RELAY_DISABLED: u32 = 5;
+    /// The relay is at its connection cap and its headroom: try again later or
+    /// another relay. Sent right after the handshake, before anything else.
+    pub const AT_CAPACITY: u32 = 6;
 }
 
 /// Codes in `RESET_STREAM` / `STOP_SENDING` frames on session streams.

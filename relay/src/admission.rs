@@ -7,12 +7,13 @@
 //! atomics. Every check compares with `>=` against its maximum: `max` may be in use,
 //! never `max + 1`.
 
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use blindrelay_protocol::ErrorCode;
+use blindrelay_protocol::{ErrorCode, HostId};
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -44,13 +45,25 @@ pub(crate) enum Refusal {
     /// The relay's connection or session cap, or its buffer budget, is reached.
     #[error("relay at capacity: try again later")]
     AtCapacity,
+    /// Too many sessions open from one address, to all hosts or to one.
+    #[error("too many sessions from your address")]
+    TooManySessionsFromAddress,
+    /// Too many registrations held from one address.
+    #[error("too many registrations from your address")]
+    TooManyRegistrationsFromAddress,
+    /// Too many TLS handshakes in progress on the relay.
+    #[error("too many handshakes in progress")]
+    TooManyHandshakes,
 }
 
 impl Refusal {
     pub fn code(self) -> ErrorCode {
         match self {
-            Self::RateLimited | Self::TooManyFromAddress => ErrorCode::RateLimited,
-            Self::AtCapacity => ErrorCode::AtCapacity,
+            Self::RateLimited
+            | Self::TooManyFromAddress
+            | Self::TooManySessionsFromAddress
+            | Self::TooManyRegistrationsFromAddress => ErrorCode::RateLimited,
+            Self::AtCapacity | Self::TooManyHandshakes => ErrorCode::AtCapacity,
         }
     }
 
@@ -59,6 +72,9 @@ impl Refusal {
             Self::RateLimited => "rate limited: too many requests from your address",
             Self::TooManyFromAddress => "too many connections from your address",
             Self::AtCapacity => "relay at capacity: try again later",
+            Self::TooManySessionsFromAddress => "too many sessions from your address",
+            Self::TooManyRegistrationsFromAddress => "too many registrations from your address",
+            Self::TooManyHandshakes => "too many handshakes in progress",
         }
     }
 }
@@ -71,11 +87,19 @@ pub(crate) struct Admission {
     per_ip: DashMap<IpKey, u32>,
     max_per_ip: u32,
     connections: AtomicU32,
+    /// Connections whose handshake has completed: what `connections.max` caps.
+    established: AtomicU32,
+    /// Handshakes in progress, capped by `connections.max_handshakes`.
+    handshakes: AtomicU32,
+    max_handshakes: u32,
     sessions: AtomicU32,
     max_sessions: u32,
     buffer_used: AtomicU64,
     buffer_budget: u64,
     session_buffer: u64,
+    sessions_per_ip: Arc<HeldPerKey<IpKey>>,
+    sessions_per_ip_and_host: Arc<HeldPerKey<(IpKey, HostId)>>,
+    registrations_per_ip: Arc<HeldPerKey<IpKey>>,
 }
 
 impl Admission {
@@ -90,22 +114,39 @@ impl Admission {
             per_ip: DashMap::new(),
             max_per_ip: c.per_ip,
             connections: AtomicU32::new(0),
+            established: AtomicU32::new(0),
+            handshakes: AtomicU32::new(0),
+            max_handshakes: c.max_handshakes,
             sessions: AtomicU32::new(0),
             max_sessions: s.max,
             buffer_used: AtomicU64::new(0),
             buffer_budget: s.buffer_budget.0,
             session_buffer: limits.session_buffer(),
+            sessions_per_ip: HeldPerKey::new(s.per_ip),
+            sessions_per_ip_and_host: HeldPerKey::new(s.per_ip_per_host),
+            registrations_per_ip: HeldPerKey::new(r.per_ip),
         }
     }
 
-    /// Checks a new connection from `addr` against the per-address limits and counts
-    /// it. The relay-wide cap is checked by the caller against
-    /// [`Admission::open_connections`], so idle registrations can be shed first.
+    /// Checks a new connection attempt from `addr` against the per-address limits and
+    /// the handshakes in progress, and counts it as a handshake. The relay-wide cap
+    /// counts it only once its handshake completes ([`ConnectionPermit::establish`]):
+    /// a flood of handshakes that never finish cannot fill it.
     pub fn admit_connection(
         self: &Arc<Self>,
         addr: SocketAddr,
     ) -> Result<ConnectionPermit, Refusal> {
         let key = IpKey::of(addr);
+        let handshakes =
+            self.handshakes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                    (self.max_handshakes == 0 || open < self.max_handshakes).then_some(open + 1)
+                });
+        if handshakes.is_err() {
+            return Err(Refusal::TooManyHandshakes);
+        }
+        // From here on the permit (or this guard) gives the handshake back.
+        let handshake = HandshakeGuard(self);
         if let Some(limiter) = &self.new_connections {
             limiter.check_key(&key).map_err(|_| Refusal::RateLimited)?;
         }
@@ -117,11 +158,49 @@ impl Admission {
             *count += 1;
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
+        std::mem::forget(handshake);
         Ok(ConnectionPermit {
             admission: self.clone(),
             key,
+            handshaking: AtomicBool::new(true),
+            established: AtomicBool::new(false),
             released: AtomicBool::new(false),
         })
+    }
+
+    /// Handshakes in progress now.
+    pub fn handshakes_in_flight(&self) -> u32 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more session from the player at `addr` to `host_id` against the
+    /// per-address caps; the places are held until the returned value is dropped.
+    pub fn hold_session(
+        &self,
+        addr: SocketAddr,
+        host_id: &HostId,
+    ) -> Result<SessionPlaces, Refusal> {
+        let key = IpKey::of(addr);
+        let per_address = self
+            .sessions_per_ip
+            .try_hold(key)
+            .ok_or(Refusal::TooManySessionsFromAddress)?;
+        let per_host = self
+            .sessions_per_ip_and_host
+            .try_hold((key, *host_id))
+            .ok_or(Refusal::TooManySessionsFromAddress)?;
+        Ok(SessionPlaces {
+            _per_address: per_address,
+            _per_host: per_host,
+        })
+    }
+
+    /// Counts one more registration from `addr` against the per-address cap, held
+    /// until the returned value is dropped.
+    pub fn hold_registration(&self, addr: SocketAddr) -> Result<Held<IpKey>, Refusal> {
+        self.registrations_per_ip
+            .try_hold(IpKey::of(addr))
+            .ok_or(Refusal::TooManyRegistrationsFromAddress)
     }
 
     /// Checks one more session request from `addr` against its rate.
@@ -188,14 +267,94 @@ impl Admission {
     }
 }
 
+/// How many of something each key holds at once, under a cap (none when the
+/// configuration says 0).
+pub(crate) struct HeldPerKey<K: Eq + Hash> {
+    held: DashMap<K, u32>,
+    max: u32,
+}
+
+impl<K: Eq + Hash + Clone> HeldPerKey<K> {
+    fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            held: DashMap::new(),
+            max,
+        })
+    }
+
+    /// One more for `key`, unless it holds the most it may.
+    fn try_hold(self: &Arc<Self>, key: K) -> Option<Held<K>> {
+        if self.max == 0 {
+            return Some(Held { from: None, key });
+        }
+        let mut count = self.held.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Held {
+            from: Some(self.clone()),
+            key,
+        })
+    }
+}
+
+/// One place held under a [`HeldPerKey`] cap, given back when dropped.
+pub(crate) struct Held<K: Eq + Hash> {
+    from: Option<Arc<HeldPerKey<K>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash> Drop for Held<K> {
+    fn drop(&mut self) {
+        if let Some(from) = &self.from {
+            from.held.remove_if_mut(&self.key, |_, count| {
+                *count = count.saturating_sub(1);
+                *count == 0
+            });
+        }
+    }
+}
+
+/// A session's places under the per-address caps.
+pub(crate) struct SessionPlaces {
+    _per_address: Held<IpKey>,
+    _per_host: Held<(IpKey, HostId)>,
+}
+
+/// Gives a counted handshake back unless forgotten.
+struct HandshakeGuard<'a>(&'a Admission);
+
+impl Drop for HandshakeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Holds one connection's place in the counts until dropped or released.
 pub(crate) struct ConnectionPermit {
     admission: Arc<Admission>,
     key: IpKey,
+    handshaking: AtomicBool,
+    established: AtomicBool,
     released: AtomicBool,
 }
 
 impl ConnectionPermit {
+    /// The handshake completed: the connection now counts against `connections.max`
+    /// instead of the handshakes in progress. Returns the established connections,
+    /// this one included.
+    pub fn establish(&self) -> u32 {
+        let admission = &self.admission;
+        if self.handshaking.swap(false, Ordering::AcqRel) {
+            admission.handshakes.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.established.swap(true, Ordering::AcqRel) {
+            return admission.established.load(Ordering::Acquire);
+        }
+        admission.established.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Gives the place back now (the connection is being shed and will be gone in a
     /// moment); dropping the permit later does nothing more.
     pub fn release(&self) {
@@ -203,6 +362,12 @@ impl ConnectionPermit {
             return;
         }
         let admission = &self.admission;
+        if self.handshaking.swap(false, Ordering::AcqRel) {
+            admission.handshakes.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.established.swap(false, Ordering::AcqRel) {
+            admission.established.fetch_sub(1, Ordering::AcqRel);
+        }
         admission.connections.fetch_sub(1, Ordering::Relaxed);
         admission.per_ip.remove_if_mut(&self.key, |_, count| {
             *count = count.saturating_sub(1);

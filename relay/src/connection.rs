@@ -13,11 +13,12 @@ use blindrelay_protocol::{codes, ErrorCode};
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, Instrument};
 
-use crate::admission::ConnectionPermit;
-use crate::control_stream::{read_message, refuse_stream, send_error, ReadMessageError};
+use crate::admission::{self, ConnectionPermit};
+use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
 use crate::privacy::redact;
 use crate::state::RelayState;
-use crate::stats::Stats;
+use crate::stats::{SessionRefused, Stats};
+use crate::transport::ReceiveWindow;
 use crate::{registration, session};
 
 /// Serves one connection until it closes. `permit` holds the connection's place in
@@ -34,28 +35,52 @@ pub(crate) fn handle(
     let span = info_span!("conn", peer = %redact(incoming.remote_address()));
     async move {
         let started = tokio::time::Instant::now();
-        let connection = match incoming.await {
-            Ok(connection) => connection,
-            Err(err) => {
+        let limits = &shared.config.limits.connections;
+        let connection = match tokio::time::timeout(limits.handshake_timeout.0, incoming).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(err)) => {
                 debug!(%err, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                // Dropping the handshake abandons the connection.
+                Stats::bump(&shared.stats.connections_handshake_timed_out);
+                debug!("handshake timed out");
                 return;
             }
         };
         shared.stats.handshake.record(started.elapsed());
         Stats::bump(&shared.stats.connections_accepted);
-        debug!("connected");
-        serve(connection, Arc::new(permit), shared).await;
+        // Only now does the connection count against `connections.max`.
+        let established = permit.establish();
+        let on_probation = limits.max != 0 && established > limits.max;
+        if on_probation && established - limits.max > limits.max_handshakes {
+            Stats::bump(&shared.stats.connections_at_capacity);
+            connection.close(
+                codes::close::AT_CAPACITY.into(),
+                b"relay at capacity: try again later",
+            );
+            return;
+        }
+        debug!(on_probation, "connected");
+        serve(connection, Arc::new(permit), on_probation, shared).await;
     }
     .instrument(span)
 }
 
+/// Serves an established connection. One `on_probation` came in beyond
+/// `connections.max`: it may stay only to register (and so shed an idle
+/// registration), within `first_message_timeout`; its sessions are refused.
 async fn serve(
     connection: quinn::Connection,
     permit: Arc<ConnectionPermit>,
+    on_probation: bool,
     shared: Arc<RelayState>,
 ) {
+    let probation = Arc::new(AtomicBool::new(on_probation));
     let mut streams = JoinSet::new();
     let mut had_stream = false;
+    let window = ReceiveWindow::new(connection.clone(), &shared.config.limits);
     // Set by a successful registration. A host's sessions run on streams the relay
     // opened, which `streams` does not hold, so a host connection is never closed
     // for having no streams of its own.
@@ -65,6 +90,9 @@ async fn serve(
     let idle_limit = shared.config.limits.connections.unregistered_idle_timeout.0;
     let idle = tokio::time::sleep(idle_limit);
     tokio::pin!(idle);
+    let probation_ends =
+        tokio::time::sleep(shared.config.limits.connections.first_message_timeout.0);
+    tokio::pin!(probation_ends);
     let draining = shared.draining();
     tokio::pin!(draining);
     let mut drained = false;
@@ -78,6 +106,15 @@ async fn serve(
         }
         tokio::select! {
             () = &mut draining, if !drained => drained = true,
+            () = &mut probation_ends, if probation.load(Ordering::Acquire) => {
+                Stats::bump(&shared.stats.connections_at_capacity);
+                debug!("closing a connection beyond the cap that did not register in time");
+                connection.close(
+                    codes::close::AT_CAPACITY.into(),
+                    b"relay at capacity: try again later",
+                );
+                break;
+            }
             () = &mut idle, if !idle_limit.is_zero() && idle_player => {
                 Stats::bump(&shared.stats.connections_idle_closed);
                 debug!("closing a connection with neither registration nor session");
@@ -100,6 +137,8 @@ async fn serve(
                 let shared = shared.clone();
                 let connection = connection.clone();
                 let permit = permit.clone();
+                let window = window.clone();
+                let probation = probation.clone();
                 let is_host = is_host.clone();
                 let first_stream = !had_stream;
                 streams.spawn(async move {
@@ -114,7 +153,15 @@ async fn serve(
                             return refuse_stream(&shared, send, recv, ReadMessageError::Timeout).await
                         }
                     };
-                    let stream = RoutedStream { send, recv, connection, permit, is_host };
+                    let stream = RoutedStream {
+                        send,
+                        recv,
+                        connection,
+                        permit,
+                        window,
+                        probation,
+                        is_host,
+                    };
                     route(message, first_stream, stream, shared).await
                 });
                 // Only the first stream may register; later `Register`s are refused
@@ -137,6 +184,11 @@ pub(crate) struct RoutedStream {
     pub recv: quinn::RecvStream,
     pub connection: quinn::Connection,
     pub permit: Arc<ConnectionPermit>,
+    /// The connection's receive window, opened while it carries sessions.
+    pub window: Arc<ReceiveWindow>,
+    /// Set while the connection is beyond `connections.max`: it may register, which
+    /// sheds an idle registration and ends the probation, but not open sessions.
+    pub probation: Arc<AtomicBool>,
     /// Set once this connection holds a registration.
     pub is_host: Arc<AtomicBool>,
 }
@@ -144,16 +196,21 @@ pub(crate) struct RoutedStream {
 async fn route(
     message: ControlMessage,
     first_stream: bool,
-    stream: RoutedStream,
+    mut stream: RoutedStream,
     shared: Arc<RelayState>,
 ) {
-    let mut send = match message {
+    let refusal = match message {
         ControlMessage::Register { host_id, token } if first_stream => {
             // Boxed, like a session below: a stream's task is as large as its
             // largest path, and every host holds its registration task for hours.
             // (Built in its box: a future made first and boxed after would still
             // take its full size in this task.)
             return Box::pin(registration::serve(host_id, token, stream, shared)).await;
+        }
+        ControlMessage::Connect { .. } if stream.probation.load(Ordering::Acquire) => {
+            shared.stats.session_refused(SessionRefused::AtCapacity);
+            let refusal = admission::Refusal::AtCapacity;
+            ControlMessage::error(refusal.code(), refusal.reason())
         }
         ControlMessage::Connect { host_id } => {
             if first_stream {
@@ -164,29 +221,23 @@ async fn route(
                     .connection
                     .set_max_concurrent_bi_streams(streams.into());
             }
-            let player = stream.connection.remote_address();
-            let RoutedStream { send, recv, .. } = stream;
-            return Box::pin(session::serve(host_id, send, recv, player, shared)).await;
+            return Box::pin(session::serve(host_id, stream, shared)).await;
         }
-        _ => stream.send,
-    };
-    match message {
         ControlMessage::Register { .. } => {
             Stats::bump(&shared.stats.registrations_refused);
-            let error = ControlMessage::error(
+            ControlMessage::error(
                 ErrorCode::BadRequest,
                 "register only on the first stream of a connection",
-            );
-            send_error(&mut send, &error).await;
+            )
         }
         other => {
             Stats::bump(&shared.stats.bad_requests);
             debug!(kind = other.name(), "unexpected first message");
-            let error = ControlMessage::error(
+            ControlMessage::error(
                 ErrorCode::BadRequest,
                 "a stream must start with Register or Connect",
-            );
-            send_error(&mut send, &error).await;
+            )
         }
-    }
+    };
+    refuse(&mut stream.send, &mut stream.recv, &refusal).await;
 }

@@ -3,10 +3,60 @@
 
 use blindrelay_protocol::control::{self, ControlMessage};
 use blindrelay_protocol::{codes, DecodeError, ErrorCode};
+use std::time::Duration;
+
 use tracing::debug;
 
 use crate::state::RelayState;
 use crate::stats::Stats;
+
+/// How long a peer has to take a control message the relay writes (a challenge, a
+/// confirmation, a refusal, `GoingAway`) before its stream is reset. A peer that
+/// grants no flow-control credit must cost itself a stream, not the relay a task and
+/// the buffers behind it for ever.
+pub(crate) const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a control message could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum WriteControlError {
+    /// The peer took nothing within [`CONTROL_WRITE_TIMEOUT`]; the stream was reset.
+    #[error("the peer did not take a control message in time")]
+    Timeout,
+    /// The stream or its connection is gone.
+    #[error("the stream is gone")]
+    Gone,
+}
+
+/// Writes one control message within [`CONTROL_WRITE_TIMEOUT`]. On a timeout the
+/// stream is reset with [`codes::stream::STALLED`], so nothing the relay wrote stays
+/// queued behind a peer that does not read.
+pub(crate) async fn write_control(
+    send: &mut quinn::SendStream,
+    message: &ControlMessage,
+) -> Result<(), WriteControlError> {
+    match tokio::time::timeout(CONTROL_WRITE_TIMEOUT, send.write_all(&message.to_frame())).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteControlError::Gone),
+        Err(_) => {
+            let _ = send.reset(codes::stream::STALLED.into());
+            Err(WriteControlError::Timeout)
+        }
+    }
+}
+
+/// Refuses a stream: stops its receive side first (whatever the peer sends after is
+/// discarded, not buffered), then writes the error within the write deadline and
+/// finishes. Returns once the error is written or the deadline passed.
+pub(crate) async fn refuse(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    error: &ControlMessage,
+) {
+    let _ = recv.stop(codes::stream::REFUSED.into());
+    if write_control(send, error).await.is_ok() {
+        let _ = send.finish();
+    }
+}
 
 /// Answers a stream whose first message was unreadable, then closes that stream only.
 pub(crate) async fn refuse_stream(
@@ -23,15 +73,12 @@ pub(crate) async fn refuse_stream(
         }
         _ => ErrorCode::BadRequest,
     };
-    let _ = recv.stop(codes::stream::REFUSED.into());
-    send_error(&mut send, &ControlMessage::error(code, err.to_string())).await;
-}
-
-/// Writes an error message and finishes the stream.
-pub(crate) async fn send_error(send: &mut quinn::SendStream, error: &ControlMessage) {
-    if send.write_all(&error.to_frame()).await.is_ok() {
-        let _ = send.finish();
-    }
+    refuse(
+        &mut send,
+        &mut recv,
+        &ControlMessage::error(code, err.to_string()),
+    )
+    .await;
 }
 
 /// Why a control message could not be read from a stream.

@@ -68,6 +68,15 @@ pub struct ConnectionLimits {
     pub max_streams: u32,
     /// Bytes the relay may have sent on one connection without acknowledgement.
     pub send_window: ByteSize,
+    /// TLS handshakes in progress at once; attempts beyond are dropped unanswered.
+    /// Connections beyond `max` whose handshake completed may also stay this many,
+    /// for `first_message_timeout`, to register (and shed an idle registration).
+    pub max_handshakes: u32,
+    /// A handshake not complete after this long is abandoned.
+    pub handshake_timeout: Span,
+    /// Handshakes in progress above which a client must first prove its address
+    /// (QUIC Retry: one more round trip, no state on the relay). 0: always.
+    pub retry_threshold: u32,
 }
 
 /// `[registrations]`: limits on host registrations.
@@ -79,6 +88,9 @@ pub struct RegistrationLimits {
     pub per_ip_per_s: u32,
     /// How many attempts one address may make in a burst.
     pub per_ip_burst: u32,
+    /// Registrations held at once from one address: on an open relay anyone can
+    /// make host ids, and each idle registration holds a connection.
+    pub per_ip: u32,
 }
 
 /// `[sessions]`: limits on sessions.
@@ -96,6 +108,12 @@ pub struct SessionLimitsConfig {
     pub new_per_ip_per_s: u32,
     /// How many sessions one address may ask for in a burst.
     pub new_per_ip_burst: u32,
+    /// Sessions one player address may hold open at once, to all hosts together:
+    /// a few addresses must not hold the whole budget.
+    pub per_ip: u32,
+    /// Sessions one player address may hold open at once to one host: one address
+    /// must not hold all of a host's `hosts.max_sessions`.
+    pub per_ip_per_host: u32,
     /// Bandwidth of one session, each direction.
     pub rate: Rate,
     /// Bytes a session may send at once beyond its rate.
@@ -137,6 +155,9 @@ impl Default for ConnectionLimits {
             first_message_timeout: Span(Duration::from_secs(10)),
             max_streams: 256,
             send_window: ByteSize(1 << 20),
+            max_handshakes: 1024,
+            handshake_timeout: Span(Duration::from_secs(10)),
+            retry_threshold: 64,
         }
     }
 }
@@ -146,6 +167,7 @@ impl Default for RegistrationLimits {
         Self {
             per_ip_per_s: 2,
             per_ip_burst: 20,
+            per_ip: 16,
         }
     }
 }
@@ -163,6 +185,8 @@ impl Default for SessionLimitsConfig {
             window: ByteSize(256 << 10),
             new_per_ip_per_s: 20,
             new_per_ip_burst: 64,
+            per_ip: 64,
+            per_ip_per_host: 16,
             // Above Blu-ray remux bitrates; a free-tier cap would be "2Mbit".
             rate: Rate(100_000_000 / 8),
             burst: ByteSize(16 << 20),
@@ -197,10 +221,13 @@ impl Limits {
         c.new_per_ip_per_s = 0;
         c.unregistered_idle_timeout = Span(Duration::ZERO);
         limits.registrations.per_ip_per_s = 0;
+        limits.registrations.per_ip = 0;
         let s = &mut limits.sessions;
         s.max = 0;
         s.buffer_budget = ByteSize(0);
         s.new_per_ip_per_s = 0;
+        s.per_ip = 0;
+        s.per_ip_per_host = 0;
         s.rate = Rate(0);
         s.idle_timeout = Span(Duration::ZERO);
         s.stall_timeout = Span(Duration::ZERO);
@@ -227,6 +254,10 @@ impl Limits {
         }
         for (key, value) in [
             ("connections.idle_timeout", self.connections.idle_timeout),
+            (
+                "connections.handshake_timeout",
+                self.connections.handshake_timeout,
+            ),
             (
                 "connections.first_message_timeout",
                 self.connections.first_message_timeout,

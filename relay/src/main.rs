@@ -115,10 +115,18 @@ limit_flags! {
     connections_max_streams: u32 => connections.max_streams, "BLINDRELAY_CONNECTIONS_MAX_STREAMS";
     /// [connections] send_window: unacknowledged bytes per connection.
     connections_send_window: ByteSize => connections.send_window, "BLINDRELAY_CONNECTIONS_SEND_WINDOW";
+    /// [connections] max_handshakes: TLS handshakes in progress at once.
+    connections_max_handshakes: u32 => connections.max_handshakes, "BLINDRELAY_CONNECTIONS_MAX_HANDSHAKES";
+    /// [connections] handshake_timeout: abandon a handshake not complete this long.
+    connections_handshake_timeout: Span => connections.handshake_timeout, "BLINDRELAY_CONNECTIONS_HANDSHAKE_TIMEOUT";
+    /// [connections] retry_threshold: handshakes in progress above which clients must prove their address (0: always).
+    connections_retry_threshold: u32 => connections.retry_threshold, "BLINDRELAY_CONNECTIONS_RETRY_THRESHOLD";
     /// [registrations] per_ip_per_s: attempts per second per address (a failed proof costs two).
     registrations_per_ip_per_s: u32 => registrations.per_ip_per_s, "BLINDRELAY_REGISTRATIONS_PER_IP_PER_S";
     /// [registrations] per_ip_burst.
     registrations_per_ip_burst: u32 => registrations.per_ip_burst, "BLINDRELAY_REGISTRATIONS_PER_IP_BURST";
+    /// [registrations] per_ip: registrations held at once per address.
+    registrations_per_ip: u32 => registrations.per_ip, "BLINDRELAY_REGISTRATIONS_PER_IP";
     /// [sessions] max: sessions open at once.
     sessions_max: u32 => sessions.max, "BLINDRELAY_SESSIONS_MAX";
     /// [sessions] buffer_budget: bytes all session buffers may hold.
@@ -129,6 +137,10 @@ limit_flags! {
     sessions_new_per_ip_per_s: u32 => sessions.new_per_ip_per_s, "BLINDRELAY_SESSIONS_NEW_PER_IP_PER_S";
     /// [sessions] new_per_ip_burst.
     sessions_new_per_ip_burst: u32 => sessions.new_per_ip_burst, "BLINDRELAY_SESSIONS_NEW_PER_IP_BURST";
+    /// [sessions] per_ip: sessions open at once per player address.
+    sessions_per_ip: u32 => sessions.per_ip, "BLINDRELAY_SESSIONS_PER_IP";
+    /// [sessions] per_ip_per_host: sessions open at once per player address and host.
+    sessions_per_ip_per_host: u32 => sessions.per_ip_per_host, "BLINDRELAY_SESSIONS_PER_IP_PER_HOST";
     /// [sessions] rate: bandwidth per session and direction, e.g. 40Mbit.
     sessions_rate: Rate => sessions.rate, "BLINDRELAY_SESSIONS_RATE";
     /// [sessions] burst.

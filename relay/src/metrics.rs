@@ -16,6 +16,11 @@ pub fn render(stats: &StatsSnapshot, ready: bool) -> String {
         "QUIC connections open now.",
         &[("", s.connections_open)],
     );
+    out.gauge(
+        "handshakes_in_progress",
+        "TLS handshakes in progress now.",
+        &[("", s.handshakes_in_progress)],
+    );
     out.counter(
         "connections_accepted_total",
         "QUIC connections that completed their handshake.",
@@ -32,11 +37,20 @@ pub fn render(stats: &StatsSnapshot, ready: bool) -> String {
         ],
     );
     out.counter(
+        "connections_retried_total",
+        "Connection attempts answered with a QUIC Retry to validate the client's address.",
+        &[("", s.connections_retried)],
+    );
+    out.counter(
         "connections_closed_total",
         "Connections the relay closed itself, by reason.",
         &[
             ("reason=\"shed\"", s.connections_shed),
             ("reason=\"idle\"", s.connections_idle_closed),
+            (
+                "reason=\"handshake_timeout\"",
+                s.connections_handshake_timed_out,
+            ),
         ],
     );
     out.counter(
@@ -94,6 +108,7 @@ pub fn render(stats: &StatsSnapshot, ready: bool) -> String {
             ("reason=\"host_busy\"", s.sessions_refused_busy),
             ("reason=\"at_capacity\"", s.sessions_refused_capacity),
             ("reason=\"rate_limited\"", s.sessions_refused_rate),
+            ("reason=\"no_hello\"", s.sessions_refused_no_hello),
         ],
     );
     out.counter(

@@ -11,6 +11,7 @@
 //! proof. A registration admitted by a token ends when the token expires: the relay
 //! sends `Error { TokenExpired }` and removes it, and the host needs a new token.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::admission;
+use crate::admission::{Held, IpKey};
 use crate::connection::RoutedStream;
-use crate::control_stream::{read_message, send_error};
+use crate::control_stream::{read_message, refuse, write_control};
 use crate::registry::Host;
 use crate::state::RelayState;
 use crate::stats::Stats;
@@ -41,6 +43,7 @@ pub(crate) async fn serve(
         let Some(Admitted {
             registration,
             expires,
+            _place,
         }) = admitted
         else {
             return;
@@ -80,7 +83,7 @@ pub(crate) async fn serve(
                     ErrorCode::TokenExpired,
                     "the registration token expired: register with a new one",
                 );
-                send_error(send, &error).await;
+                refuse(send, recv, &error).await;
             }
             End::Draining => {
                 // The relay is going away: end the registration now (the guard
@@ -90,7 +93,10 @@ pub(crate) async fn serve(
                 let going_away = ControlMessage::GoingAway {
                     retry_after_ms: GOING_AWAY_RETRY_MS,
                 };
-                if send.write_all(&going_away.to_frame()).await.is_ok() && send.finish().is_ok() {
+                // Written within the control-write deadline: a host that grants no
+                // credit cannot hold the drain (its stream is reset, and the
+                // registration ends all the same).
+                if write_control(send, &going_away).await.is_ok() && send.finish().is_ok() {
                     // Delivered (acknowledged) before the registration ends: the drain
                     // waits for registrations to end before it closes connections.
                     let _ = tokio::time::timeout(GOING_AWAY_DELIVERY, send.stopped()).await;
@@ -109,6 +115,8 @@ struct Admitted {
     registration: u64,
     /// When its token expires (Unix seconds), on a relay that requires tokens.
     expires: Option<u64>,
+    /// Its place under the per-address registration cap.
+    _place: Held<IpKey>,
 }
 
 /// Challenge, proof, token and tier, then the registry entry and `Registered`.
@@ -120,7 +128,9 @@ async fn admit(
     shared: &RelayState,
 ) -> Option<Admitted> {
     let refusal = match exchange(host_id, token, stream, shared).await {
-        Ok(Exchange::Admitted(admitted)) => return confirm(admitted, stream, shared).await,
+        Ok(Exchange::Admitted(admitted, place)) => {
+            return confirm(admitted, place, stream, shared).await
+        }
         Ok(Exchange::HostLeft(why)) => {
             Stats::bump(&shared.stats.registrations_refused);
             debug!(why, "registration abandoned");
@@ -129,8 +139,10 @@ async fn admit(
         Err(refusal) => refusal,
     };
     Stats::bump(&shared.stats.registrations_refused);
-    if let Refused::Admission(_) = refusal {
-        Stats::bump(&shared.stats.registrations_rate_limited);
+    if let Refused::Admission(refusal) = refusal {
+        if refusal.code() == ErrorCode::RateLimited {
+            Stats::bump(&shared.stats.registrations_rate_limited);
+        }
     }
     if let Refused::Registration(registration::Refusal::Proof(_)) = refusal {
         // A failed proof costs its address a second attempt: guessing is slower than
@@ -140,14 +152,14 @@ async fn admit(
             .check_registration_rate(stream.connection.remote_address(), 1);
     }
     debug!(code = %refusal.code(), "registration refused");
-    send_error(&mut stream.send, &refusal.to_message()).await;
+    refuse(&mut stream.send, &mut stream.recv, &refusal.to_message()).await;
     None
 }
 
 /// How the exchange before the registry entry ended, short of a refusal.
 enum Exchange {
     /// The host proved its key (and its token holds): its tier is known.
-    Admitted(Proved),
+    Admitted(Proved, Held<IpKey>),
     /// The host went away mid-exchange; there is nobody to tell.
     HostLeft(&'static str),
 }
@@ -208,11 +220,15 @@ async fn exchange(
         .admission
         .check_registration_rate(connection.remote_address(), 1)
         .map_err(Refused::Admission)?;
+    let place = shared
+        .admission
+        .hold_registration(connection.remote_address())
+        .map_err(Refused::Admission)?;
     let issuers = shared.config.token_issuers.as_ref();
     let (expect_proof, challenge) =
         RelayRegistration::start(host_id, token, issuers).map_err(Refused::Registration)?;
-    if send.write_all(&challenge.to_frame()).await.is_err() {
-        return Ok(Exchange::HostLeft("host went away before the challenge"));
+    if write_control(send, &challenge).await.is_err() {
+        return Ok(Exchange::HostLeft("host took no challenge"));
     }
     let deadline = shared.config.limits.connections.first_message_timeout.0;
     let proof = match tokio::time::timeout(deadline, read_message(recv)).await {
@@ -240,11 +256,26 @@ async fn exchange(
         None => (shared.tiers.of(&host_id), None),
     };
     debug!(tier = %tier.name, "proof verified");
-    Ok(Exchange::Admitted(Proved {
-        host_id,
-        tier,
-        expires,
-    }))
+    if stream.probation.load(Ordering::Acquire) {
+        // A host that proved its key, on a connection beyond the cap: the idlest
+        // registration with no session makes room, or there is none. (Never for a
+        // connection that has proved nothing: an unauthenticated flood sheds
+        // nobody.)
+        if !shared.registry.shed_idle(Some(&host_id)) {
+            return Err(Refused::Admission(admission::Refusal::AtCapacity));
+        }
+        stream.probation.store(false, Ordering::Release);
+        Stats::bump(&shared.stats.connections_shed);
+        info!("connection cap reached: shed an idle registration");
+    }
+    Ok(Exchange::Admitted(
+        Proved {
+            host_id,
+            tier,
+            expires,
+        },
+        place,
+    ))
 }
 
 fn no_proof(got: &'static str) -> Refused {
@@ -255,6 +286,7 @@ fn no_proof(got: &'static str) -> Refused {
 /// replaces.
 async fn confirm(
     proved: Proved,
+    place: Held<IpKey>,
     stream: &mut RoutedStream,
     shared: &RelayState,
 ) -> Option<Admitted> {
@@ -266,13 +298,11 @@ async fn confirm(
     let host = Arc::new(Host::new(
         stream.connection.clone(),
         stream.permit.clone(),
+        stream.window.clone(),
         tier,
     ));
     let (registration, replaced) = shared.registry.insert(host_id, host);
-    let confirmed = stream
-        .send
-        .write_all(&ControlMessage::Registered.to_frame())
-        .await;
+    let confirmed = write_control(&mut stream.send, &ControlMessage::Registered).await;
     if confirmed.is_err() {
         // The new host never learned it registered: keep the old one reachable
         // rather than leaving the host id with nobody.
@@ -302,6 +332,7 @@ async fn confirm(
     Some(Admitted {
         registration,
         expires,
+        _place: place,
     })
 }
 
@@ -346,7 +377,7 @@ async fn hold(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
                 ErrorCode::BadRequest,
                 "nothing is expected after registration",
             );
-            send_error(send, &error).await;
+            refuse(send, recv, &error).await;
         }
         Err(err) => debug!(%err, "registration stream ended"),
     }

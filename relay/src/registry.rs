@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::admission::ConnectionPermit;
 use crate::bucket::TokenBucket;
 use crate::tiers::Tier;
+use crate::transport::ReceiveWindow;
 
 /// Session count of a host that was shed: no session may start on it any more.
 const SHED: u32 = u32::MAX;
@@ -31,6 +32,8 @@ pub(crate) struct Host {
     pub connection: quinn::Connection,
     /// The connection's place in the relay's counts, given back when it is shed.
     permit: Arc<ConnectionPermit>,
+    /// The connection's receive window, opened while the host has sessions.
+    pub window: Arc<ReceiveWindow>,
     /// Caps the bytes all of this host's sessions send towards the host.
     pub player_to_host: Option<TokenBucket>,
     /// Caps the bytes all of this host's sessions send towards players.
@@ -71,12 +74,14 @@ impl Host {
     pub fn new(
         connection: quinn::Connection,
         permit: Arc<ConnectionPermit>,
+        window: Arc<ReceiveWindow>,
         tier: Arc<Tier>,
     ) -> Self {
         let bucket = || TokenBucket::new(tier.host_rate, tier.host_burst);
         Self {
             connection,
             permit,
+            window,
             player_to_host: bucket(),
             host_to_player: bucket(),
             sessions: AtomicU32::new(0),
@@ -233,14 +238,22 @@ impl Registry {
     ///
     /// Takes from the front of the idle queue: O(log n) in the registrations, plus
     /// the stale keys met on the way, each of which is dropped and never met again.
-    pub fn shed_idle(&self) -> bool {
-        loop {
+    ///
+    /// `keep`, the registration that makes room, is never shed itself.
+    pub fn shed_idle(&self, keep: Option<&HostId>) -> bool {
+        let mut kept = None;
+        let shed = loop {
             // The queue's lock is let go before the map's: `Host::drop` may take the
             // queue's while a map shard is locked.
             let next = lock(&self.idle).pop_first();
-            let Some(((_, registration), host_id)) = next else {
-                return false;
+            let Some((key, host_id)) = next else {
+                break false;
             };
+            if Some(&host_id) == keep {
+                kept = Some((key, host_id));
+                continue;
+            }
+            let (_, registration) = key;
             // Re-checked under the entry's lock, and marked so no session can start
             // on it from here on: one may have started since it was queued. A key
             // whose registration is gone, or whose host has a session now, is stale
@@ -261,8 +274,12 @@ impl Registry {
                 codes::close::SHED.into(),
                 b"relay overloaded: idle registration shed, register again later",
             );
-            return true;
+            break true;
+        };
+        if let Some((key, host_id)) = kept {
+            lock(&self.idle).insert(key, host_id);
         }
+        shed
     }
 
     pub fn len(&self) -> usize {
@@ -323,7 +340,13 @@ mod tests {
                 let mut bytes = [0u8; 32];
                 bytes[..4].copy_from_slice(&i.to_be_bytes());
                 let host_id = HostId::from_bytes(bytes);
-                let host = Arc::new(Host::new(connection.clone(), permit.clone(), tier.clone()));
+                let window = ReceiveWindow::new(connection.clone(), &limits);
+                let host = Arc::new(Host::new(
+                    connection.clone(),
+                    permit.clone(),
+                    window,
+                    tier.clone(),
+                ));
                 registry.insert(host_id, host);
                 host_id
             })
@@ -344,7 +367,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         drop(host(&registry, &ids[1]).start_session().unwrap());
         let mut shed = Vec::new();
-        while registry.shed_idle() {
+        while registry.shed_idle(None) {
             let gone = ids
                 .iter()
                 .position(|id| !registry.hosts.contains_key(id) && !shed.contains(id));
@@ -356,7 +379,7 @@ mod tests {
         // A host that ends its last session later joins the queue again.
         drop(_busy);
         assert_eq!(lock(&registry.idle).len(), 2);
-        assert!(registry.shed_idle() && registry.shed_idle() && !registry.shed_idle());
+        assert!(registry.shed_idle(None) && registry.shed_idle(None) && !registry.shed_idle(None));
     }
 
     #[tokio::test]
@@ -370,8 +393,8 @@ mod tests {
         register(&registry, &connection, 2);
         assert_eq!(registry.len(), 2);
         assert_eq!(lock(&registry.idle).len(), 2);
-        assert!(registry.shed_idle() && registry.shed_idle());
-        assert!(!registry.shed_idle());
+        assert!(registry.shed_idle(None) && registry.shed_idle(None));
+        assert!(!registry.shed_idle(None));
     }
 
     /// Shedding among 100,000 registrations, timed and printed (not asserted:
@@ -392,7 +415,7 @@ mod tests {
             .collect();
         let started = std::time::Instant::now();
         for _ in 0..SHEDS {
-            assert!(registry.shed_idle());
+            assert!(registry.shed_idle(None));
         }
         let per_shed = started.elapsed() / SHEDS;
         println!("{HOSTS} registrations: {registering:?} to register, {per_shed:?} per shed");

@@ -256,16 +256,34 @@ async fn accept_loop(
                     incoming.refuse();
                     continue;
                 }
-                match admit(&incoming, &shared) {
+                // Under load, a client must first prove it can receive at its
+                // address (QUIC Retry): a Retry keeps no state on the relay, and a
+                // flood from spoofed addresses never gets past it.
+                let validate = shared.config.limits.connections.retry_threshold;
+                if !incoming.remote_address_validated()
+                    && shared.admission.handshakes_in_flight() >= validate
+                    && incoming.may_retry()
+                {
+                    stats::Stats::bump(&shared.stats.connections_retried);
+                    let _ = incoming.retry();
+                    continue;
+                }
+                match shared.admission.admit_connection(incoming.remote_address()) {
                     Ok(permit) => {
                         connections.spawn(connection::handle(incoming, permit, shared.clone()));
                     }
                     Err(refusal) => {
                         shared.stats.connection_refused(refusal);
                         debug!(peer = %privacy::redact(incoming.remote_address()), ?refusal, "connection refused");
-                        // Refused before the TLS handshake: a flood costs the relay no
-                        // crypto. The client sees QUIC's CONNECTION_REFUSED.
-                        incoming.refuse();
+                        if refusal == admission::Refusal::TooManyHandshakes {
+                            // Dropped unanswered: an answer to a flood of Initials
+                            // would be reflected at whoever's address they carry.
+                            incoming.ignore();
+                        } else {
+                            // Refused before the TLS handshake: a flood costs the
+                            // relay no crypto. The client sees CONNECTION_REFUSED.
+                            incoming.refuse();
+                        }
                     }
                 }
             }
@@ -285,29 +303,6 @@ async fn accept_loop(
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
     connections.shutdown().await;
     info!("relay stopped");
-}
-
-/// Decides whether a new connection may proceed: per-address rate and count first,
-/// then the relay-wide cap, making room by shedding the idlest registration (one
-/// with no session) before refusing.
-fn admit(
-    incoming: &quinn::Incoming,
-    shared: &RelayState,
-) -> Result<admission::ConnectionPermit, admission::Refusal> {
-    let permit = shared
-        .admission
-        .admit_connection(incoming.remote_address())?;
-    // `permit` counts this connection already: over the cap means it would be one
-    // too many.
-    let max = shared.config.limits.connections.max;
-    if max != 0 && shared.admission.open_connections() > max {
-        if !shared.registry.shed_idle() {
-            return Err(admission::Refusal::AtCapacity);
-        }
-        stats::Stats::bump(&shared.stats.connections_shed);
-        info!("connection cap reached: shed an idle registration");
-    }
-    Ok(permit)
 }
 
 /// Binds the admin listener's TCP socket.

@@ -1,110 +1,87 @@
 //! Connect: pairs a player's stream with a new stream to the host it names.
 //!
-//! The player's stream has sent `Connect { host id }` (read by the connection). The
-//! relay checks the player's request rate, looks the host up, counts the session
+//! The player's stream has sent `Connect { host id }` (read by the connection), and
+//! right behind it its Noise hello (PROTOCOL.md section 9.1). The relay checks the
+//! player's request rate and how many sessions its address holds, reads the hello
+//! (within [`HELLO_TIMEOUT`]: a Connect without one never reaches the host, so it
+//! cannot hold the host's session slots), looks the host up, counts the session
 //! against the host's cap and reserves its buffers from the relay's budget, opens a
 //! stream on the host's connection, writes `Incoming` there and `Connected` to the
-//! player (both carrying the session's limits), then splices the two streams. Any
-//! bytes the player sent after `Connect` (typically its Noise hello, pipelined to
-//! save a round trip) are still in its stream and go to the host first.
+//! player (both carrying the session's limits), then splices the two streams, the
+//! hello first.
+//!
+//! Whatever refuses a session gives back what the session held (its host slot, its
+//! budget reservation, its places under the per-address caps) *before* the refusal is
+//! written, and the refusal is written within a deadline: a player that grants no
+//! flow-control credit cannot pin any of them.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
+use bytes::Bytes;
 use tracing::{debug, info_span, Instrument};
 
+use crate::admission::{self, SessionPermit, SessionPlaces};
 use crate::bucket::TokenBucket;
-use crate::control_stream::send_error;
+use crate::connection::RoutedStream;
+use crate::control_stream::{refuse, write_control};
+use crate::registry::HostSession;
+use crate::session_stream::Prefixed;
 use crate::splice::{self, Meters, SpliceLimits};
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
+use crate::transport::WindowGrant;
 
-pub(crate) async fn serve(
-    host_id: HostId,
-    mut player_send: quinn::SendStream,
-    mut player_recv: quinn::RecvStream,
-    player: std::net::SocketAddr,
-    shared: Arc<RelayState>,
-) {
+/// How long the relay waits for the player's Noise hello after its `Connect`. The
+/// reference player sends both in one write; a second implementation must too.
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves a player's session stream whose first message was `Connect { host_id }`.
+pub(crate) async fn serve(host_id: HostId, stream: RoutedStream, shared: Arc<RelayState>) {
     let started = tokio::time::Instant::now();
     let session_id = shared.new_session_id();
     let span = info_span!("session", id = session_id, host = %crate::privacy::host_tag(&host_id));
     async move {
-        let mut refuse = |why: SessionRefused, code: ErrorCode, reason: &'static str| {
-            shared.stats.session_refused(why);
-            debug!(%code, "session refused");
-            let _ = player_recv.stop(codes::stream::REFUSED.into());
-            ControlMessage::error(code, reason)
-        };
-        if let Err(refusal) = shared.admission.check_session_rate(player) {
-            let error = refuse(
-                SessionRefused::RateLimited,
-                refusal.code(),
-                refusal.reason(),
-            );
-            return send_error(&mut player_send, &error).await;
-        }
-        let Some(host) = shared.registry.lookup(&host_id) else {
-            let error = refuse(
-                SessionRefused::HostOffline,
-                ErrorCode::HostOffline,
-                "host offline",
-            );
-            return send_error(&mut player_send, &error).await;
-        };
-        let Some(host_session) = host.start_session() else {
-            let error = refuse(
-                SessionRefused::HostBusy,
-                ErrorCode::HostBusy,
-                "host has as many sessions as the relay allows",
-            );
-            return send_error(&mut player_send, &error).await;
-        };
-        let _buffers = match shared.admission.reserve_session() {
-            Ok(permit) => permit,
-            Err(refusal) => {
-                let error = refuse(SessionRefused::AtCapacity, refusal.code(), refusal.reason());
-                return send_error(&mut player_send, &error).await;
+        let RoutedStream {
+            mut send,
+            mut recv,
+            connection,
+            window,
+            ..
+        } = stream;
+        let player = connection.remote_address();
+        let paired = pair(host_id, session_id, player, &mut recv, &shared).await;
+        let paired = match paired {
+            Ok(paired) => paired,
+            Err(refused) => {
+                // What the session held is already given back (dropped with `pair`'s
+                // state); the refusal itself is written within a deadline.
+                shared.stats.session_refused(refused.why);
+                debug!(code = %refused.message_code(), "session refused");
+                return refuse(&mut send, &mut recv, &refused.message).await;
             }
         };
-        let limits = &shared.config.limits;
-        let deadline = limits.sessions.open_host_stream_timeout.0;
-        let opened = tokio::time::timeout(deadline, host.connection.open_bi()).await;
-        let Ok(Ok((mut host_send, host_recv))) = opened else {
-            let error = refuse(
-                SessionRefused::HostUnreachable,
-                ErrorCode::HostUnreachable,
-                "host did not accept the session",
-            );
-            return send_error(&mut player_send, &error).await;
-        };
-        // Both writes wait on flow-control credit; bound them so a peer that grants
-        // none cannot pin a stream slot on the host forever.
+        let Paired {
+            host_session,
+            host_send,
+            host_recv,
+            hello,
+            _places,
+            _buffers,
+            host_window,
+        } = paired;
         let tier = &host_session.host().tier;
-        let announced = tier.announced();
-        let incoming = ControlMessage::Incoming {
-            session_id,
-            limits: announced,
-        }
-        .to_frame();
-        let written = tokio::time::timeout(deadline, host_send.write_all(&incoming)).await;
-        if !matches!(written, Ok(Ok(()))) {
-            let _ = host_send.reset(codes::stream::PEER_GONE.into());
-            let error = refuse(
-                SessionRefused::HostUnreachable,
-                ErrorCode::HostUnreachable,
-                "host went away",
-            );
-            return send_error(&mut player_send, &error).await;
-        }
         let connected = ControlMessage::Connected {
             session_id,
-            limits: announced,
-        }
-        .to_frame();
-        let written = tokio::time::timeout(deadline, player_send.write_all(&connected)).await;
-        if !matches!(written, Ok(Ok(()))) {
+            limits: tier.announced(),
+        };
+        // Both connections may now receive at full speed (see `transport`).
+        let _player_window = window.open_session();
+        if write_control(&mut send, &connected).await.is_err() {
+            let mut host_send = host_send;
             let _ = host_send.reset(codes::stream::PEER_GONE.into());
             return;
         }
@@ -131,12 +108,13 @@ pub(crate) async fn serve(
             tap: shared.splice_tap.get().map(|tap| &**tap),
         };
         let outcome = splice::run(
-            (player_recv, player_send),
+            (Prefixed::new(hello, recv), send),
             (host_recv, host_send),
             limits,
             meters,
         )
         .await;
+        drop(host_window);
         if let Some(code) = outcome.ended_by {
             shared.stats.session_ended_by(code);
         }
@@ -149,6 +127,139 @@ pub(crate) async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// A session paired with its host, and everything it holds while it runs.
+struct Paired {
+    host_session: HostSession,
+    host_send: quinn::SendStream,
+    host_recv: quinn::RecvStream,
+    /// The player's Noise hello, with its length prefix, for the host.
+    hello: Bytes,
+    _places: SessionPlaces,
+    _buffers: SessionPermit,
+    host_window: WindowGrant,
+}
+
+/// Why a session was refused: the counter it bumps and the message the player gets.
+struct Refused {
+    why: SessionRefused,
+    message: ControlMessage,
+}
+
+impl Refused {
+    fn new(why: SessionRefused, code: ErrorCode, reason: &str) -> Self {
+        Self {
+            why,
+            message: ControlMessage::error(code, reason),
+        }
+    }
+
+    fn admission(why: SessionRefused, refusal: admission::Refusal) -> Self {
+        Self::new(why, refusal.code(), refusal.reason())
+    }
+
+    fn message_code(&self) -> ErrorCode {
+        match &self.message {
+            ControlMessage::Error { code, .. } => *code,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Everything up to the host's `Incoming`: rate and per-address caps, the hello, the
+/// host, its slot, the budget, the host's stream. On a refusal, everything taken so
+/// far is dropped on return, before the caller writes the refusal.
+async fn pair(
+    host_id: HostId,
+    session_id: u64,
+    player: SocketAddr,
+    recv: &mut quinn::RecvStream,
+    shared: &RelayState,
+) -> Result<Paired, Refused> {
+    let rate_limited = |refusal| Refused::admission(SessionRefused::RateLimited, refusal);
+    shared
+        .admission
+        .check_session_rate(player)
+        .map_err(rate_limited)?;
+    let places = shared
+        .admission
+        .hold_session(player, &host_id)
+        .map_err(rate_limited)?;
+    let hello = read_hello(recv).await.ok_or_else(|| {
+        Refused::new(
+            SessionRefused::NoHello,
+            ErrorCode::BadRequest,
+            "the Noise hello must follow Connect at once",
+        )
+    })?;
+    let host = shared.registry.lookup(&host_id).ok_or_else(|| {
+        Refused::new(
+            SessionRefused::HostOffline,
+            ErrorCode::HostOffline,
+            "host offline",
+        )
+    })?;
+    let host_session = host.start_session().ok_or_else(|| {
+        Refused::new(
+            SessionRefused::HostBusy,
+            ErrorCode::HostBusy,
+            "host has as many sessions as the relay allows",
+        )
+    })?;
+    let buffers = shared
+        .admission
+        .reserve_session()
+        .map_err(|refusal| Refused::admission(SessionRefused::AtCapacity, refusal))?;
+    let unreachable = |reason| {
+        Refused::new(
+            SessionRefused::HostUnreachable,
+            ErrorCode::HostUnreachable,
+            reason,
+        )
+    };
+    let deadline = shared.config.limits.sessions.open_host_stream_timeout.0;
+    let opened = tokio::time::timeout(deadline, host.connection.open_bi()).await;
+    let Ok(Ok((mut host_send, host_recv))) = opened else {
+        return Err(unreachable("host did not accept the session"));
+    };
+    // The host's connection receives at full speed while it has a session.
+    let host_window = host.window.open_session();
+    let incoming = ControlMessage::Incoming {
+        session_id,
+        limits: host.tier.announced(),
+    };
+    if write_control(&mut host_send, &incoming).await.is_err() {
+        let _ = host_send.reset(codes::stream::PEER_GONE.into());
+        return Err(unreachable("host went away"));
+    }
+    Ok(Paired {
+        host_session,
+        host_send,
+        host_recv,
+        hello,
+        _places: places,
+        _buffers: buffers,
+        host_window,
+    })
+}
+
+/// Reads the player's Noise hello (one length-prefixed Noise message) within
+/// [`HELLO_TIMEOUT`], prefix included; `None` if it does not come whole in time.
+async fn read_hello(recv: &mut quinn::RecvStream) -> Option<Bytes> {
+    let read = async {
+        let mut prefix = [0u8; 2];
+        recv.read_exact(&mut prefix).await.ok()?;
+        let len = usize::from(u16::from_be_bytes(prefix));
+        let mut hello = vec![0u8; 2 + len];
+        hello[..2].copy_from_slice(&prefix);
+        recv.read_exact(&mut hello[2..]).await.ok()?;
+        Some(Bytes::from(hello))
+    };
+    tokio::time::timeout(HELLO_TIMEOUT, read)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Counts a session as active until dropped, however the session's task ends.

@@ -106,6 +106,41 @@ impl SessionSend for quinn::SendStream {
     }
 }
 
+/// A receiving half with bytes the relay already read from it in front: the
+/// player's Noise hello, which the relay reads before it pairs the session, goes to
+/// the host first, through the splice like every other byte.
+pub(crate) struct Prefixed<R> {
+    first: Option<Bytes>,
+    rest: R,
+}
+
+impl<R> Prefixed<R> {
+    pub(crate) fn new(first: Bytes, rest: R) -> Self {
+        Self {
+            first: (!first.is_empty()).then_some(first),
+            rest,
+        }
+    }
+}
+
+impl<R: SessionRecv> SessionRecv for Prefixed<R> {
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, RecvEnd> {
+        if let Some(first) = &mut self.first {
+            let chunk = first.split_to(max.min(first.len()));
+            if first.is_empty() {
+                self.first = None;
+            }
+            return Ok(Some(chunk));
+        }
+        self.rest.read_chunk(max).await
+    }
+
+    fn stop(&mut self, code: u32) {
+        self.first = None;
+        self.rest.stop(code);
+    }
+}
+
 /// A peer's code as the relay passes it on. Codes beyond `u32` are not ours; they
 /// travel on as the largest `u32`, still a reset, never a clean end.
 fn varint_code(code: VarInt) -> u32 {
@@ -119,7 +154,9 @@ fn varint_code(code: VarInt) -> u32 {
 pub(crate) mod memory {
     use std::sync::{Arc, Mutex};
 
-    use bytes::{Bytes, BytesMut};
+    use std::collections::VecDeque;
+
+    use bytes::Bytes;
     use tokio::sync::Notify;
 
     use super::{RecvEnd, SendEnd, SessionRecv, SessionSend};
@@ -127,7 +164,10 @@ pub(crate) mod memory {
     /// The state both halves of one stream share.
     #[derive(Default)]
     struct Shared {
-        buffered: BytesMut,
+        /// What was written and not yet read, in the writes' own pieces (as QUIC
+        /// keeps them in its STREAM frames).
+        buffered: VecDeque<Bytes>,
+        buffered_len: usize,
         window: usize,
         finished: bool,
         reset: Option<u32>,
@@ -225,13 +265,15 @@ pub(crate) mod memory {
                     if state.gone || state.reset.is_some() || state.finished {
                         return Some(Err(SendEnd::Gone));
                     }
-                    let room = state.window.saturating_sub(state.buffered.len());
+                    let room = state.window.saturating_sub(state.buffered_len);
                     if room == 0 && !bytes.is_empty() {
                         return None;
                     }
                     let taken = bytes.split_to(room.min(bytes.len()));
-                    state.buffered.extend_from_slice(&taken);
-                    Some(Ok(taken.len()))
+                    let len = taken.len();
+                    state.buffered_len += len;
+                    state.buffered.push_back(taken);
+                    Some(Ok(len))
                 })
                 .await
         }
@@ -243,7 +285,7 @@ pub(crate) mod memory {
                     if state.stopped.is_some() {
                         return Some(state.stopped);
                     }
-                    let delivered = state.finished && state.buffered.is_empty();
+                    let delivered = state.finished && state.buffered_len == 0;
                     (delivered || state.gone || state.reset.is_some()).then_some(None)
                 })
                 .await
@@ -256,7 +298,7 @@ pub(crate) mod memory {
 
         fn reset(&mut self, code: u32) {
             self.0.with(|state| {
-                if state.reset.is_none() && !(state.finished && state.buffered.is_empty()) {
+                if state.reset.is_none() && !(state.finished && state.buffered_len == 0) {
                     state.reset = Some(code);
                 }
             });
@@ -273,9 +315,14 @@ pub(crate) mod memory {
                     if state.gone {
                         return Some(Err(RecvEnd::Gone));
                     }
-                    if !state.buffered.is_empty() {
-                        let len = max.min(state.buffered.len());
-                        return Some(Ok(Some(state.buffered.split_to(len).freeze())));
+                    if let Some(front) = state.buffered.front_mut() {
+                        let chunk = if front.len() > max {
+                            front.split_to(max)
+                        } else {
+                            state.buffered.pop_front().unwrap_or_default()
+                        };
+                        state.buffered_len -= chunk.len();
+                        return Some(Ok(Some(chunk)));
                     }
                     state.finished.then_some(Ok(None))
                 })
@@ -286,6 +333,7 @@ pub(crate) mod memory {
             self.0.with(|state| {
                 state.stopped.get_or_insert(code);
                 state.buffered.clear();
+                state.buffered_len = 0;
             });
         }
     }

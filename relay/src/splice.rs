@@ -200,6 +200,9 @@ impl Pump<'_> {
         let stopped = to.stream.stopped();
         tokio::pin!(stopped);
         let mut total = 0u64;
+        // How the stream ended, met while coalescing small chunks: handled once the
+        // bytes before it are forwarded.
+        let mut deferred = None;
         let step = loop {
             // Biased: once a limit has ended the session, what arrives after (a side
             // finishing because it was told) must not be passed on as a clean end.
@@ -213,7 +216,20 @@ impl Pump<'_> {
                     from.stop(code);
                     break Step::Done(stop.map_or(StreamEnd::Gone, StreamEnd::Stopped));
                 }
-                read = from.read_chunk(MAX_CHUNK) => read,
+                read = async {
+                    match deferred.take() {
+                        Some(end) => end,
+                        None => from.read_chunk(MAX_CHUNK).await,
+                    }
+                } => read,
+            };
+            let read = match read {
+                Ok(Some(bytes)) if bytes.len() < TINY_CHUNK => {
+                    let (bytes, end) = coalesce(bytes, &mut from).await;
+                    deferred = end;
+                    Ok(Some(bytes))
+                }
+                other => other,
             };
             let mut bytes = match read {
                 Ok(Some(bytes)) => bytes,
@@ -325,6 +341,43 @@ impl Pump<'_> {
         }
         Step::Go
     }
+}
+
+/// Chunks smaller than this are joined with whatever else has already arrived
+/// before they are forwarded (see [`coalesce`]). Bulk data arrives in chunks of
+/// about one packet's payload (over a kilobyte), which go on untouched and uncopied.
+const TINY_CHUNK: usize = 512;
+
+/// How much [`coalesce`] joins at most.
+const COALESCE_BELOW: usize = 4096;
+
+/// Joins `first` with the chunks already received behind it, up to
+/// [`COALESCE_BELOW`] bytes, without waiting for more: a peer that sends its bytes
+/// in tiny STREAM frames costs one forward per wake-up, not one per frame. Returns
+/// the joined bytes, and the stream's end if one was met (to be handled after them).
+async fn coalesce<R: SessionRecv>(
+    first: Bytes,
+    from: &mut R,
+) -> (Bytes, Option<Result<Option<Bytes>, RecvEnd>>) {
+    let mut joined = bytes::BytesMut::from(&first[..]);
+    let mut end = None;
+    while joined.len() < COALESCE_BELOW {
+        // Only what is there now: a read that would wait loses to `ready`. Reading a
+        // chunk is cancel-safe, so nothing is lost when it does.
+        let next = tokio::select! {
+            biased;
+            next = from.read_chunk(COALESCE_BELOW - joined.len()) => next,
+            () = std::future::ready(()) => break,
+        };
+        match next {
+            Ok(Some(chunk)) => joined.extend_from_slice(&chunk),
+            other => {
+                end = Some(other);
+                break;
+            }
+        }
+    }
+    (joined.freeze(), end)
 }
 
 /// The send half of a session stream, which says "the other side went away" if its
@@ -715,5 +768,31 @@ mod tests {
         player.recv.stop(0);
         drop(player);
         splice.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tiny_chunks_are_forwarded_together() {
+        let (mut player, mut host, splice, _) = start(no_limits());
+        // A thousand one-byte writes, all there before the relay reads: forwarded
+        // as a few joined chunks, not a thousand.
+        for i in 0..1000u32 {
+            player
+                .send
+                .write_all(pattern(1, i as u8))
+                .await
+                .expect("sent");
+        }
+        player.send.finish();
+        let mut chunks = 0;
+        let mut received = Vec::new();
+        while let Some(chunk) = host.recv.read_chunk(usize::MAX).await.expect("read") {
+            chunks += 1;
+            received.extend_from_slice(&chunk);
+        }
+        let expected: Vec<u8> = (0..1000u32).map(|i| pattern(1, i as u8)[0]).collect();
+        assert_eq!(received, expected);
+        assert!(chunks < 10, "{chunks} chunks");
+        host.send.finish();
+        splice.await.expect("splice");
     }
 }

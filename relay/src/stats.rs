@@ -19,6 +19,8 @@ pub(crate) struct Stats {
     pub connections_at_capacity: AtomicU64,
     pub connections_refused_draining: AtomicU64,
     pub connections_shed: AtomicU64,
+    pub connections_retried: AtomicU64,
+    pub connections_handshake_timed_out: AtomicU64,
     pub connections_idle_closed: AtomicU64,
     pub registrations_accepted: AtomicU64,
     pub registrations_refused: AtomicU64,
@@ -31,6 +33,7 @@ pub(crate) struct Stats {
     pub sessions_refused_busy: AtomicU64,
     pub sessions_refused_capacity: AtomicU64,
     pub sessions_refused_rate: AtomicU64,
+    pub sessions_refused_no_hello: AtomicU64,
     pub sessions_ended_stalled: AtomicU64,
     pub sessions_ended_idle: AtomicU64,
     pub sessions_ended_duration: AtomicU64,
@@ -108,6 +111,7 @@ pub(crate) enum SessionRefused {
     HostBusy,
     AtCapacity,
     RateLimited,
+    NoHello,
 }
 
 impl Stats {
@@ -119,7 +123,10 @@ impl Stats {
         Self::bump(match refusal {
             Refusal::RateLimited => &self.connections_rate_limited,
             Refusal::TooManyFromAddress => &self.connections_over_address_cap,
-            Refusal::AtCapacity => &self.connections_at_capacity,
+            Refusal::AtCapacity | Refusal::TooManyHandshakes => &self.connections_at_capacity,
+            // Not connection refusals; counted where sessions and registrations are.
+            Refusal::TooManySessionsFromAddress => &self.sessions_refused_rate,
+            Refusal::TooManyRegistrationsFromAddress => &self.registrations_rate_limited,
         });
     }
 
@@ -130,6 +137,7 @@ impl Stats {
             SessionRefused::HostBusy => &self.sessions_refused_busy,
             SessionRefused::AtCapacity => &self.sessions_refused_capacity,
             SessionRefused::RateLimited => &self.sessions_refused_rate,
+            SessionRefused::NoHello => &self.sessions_refused_no_hello,
         });
     }
 
@@ -153,13 +161,20 @@ pub struct StatsSnapshot {
     pub connections_accepted: u64,
     /// Connections open now (holding a place in the connection cap).
     pub connections_open: u64,
+    /// TLS handshakes in progress now (counted against `connections.max_handshakes`,
+    /// not yet against `connections.max`).
+    pub handshakes_in_progress: u64,
     /// New connections refused: too many per second from one address.
     pub connections_rate_limited: u64,
     /// New connections refused: too many open from one address.
     pub connections_over_address_cap: u64,
-    /// New connections refused: the relay's connection cap, with no idle
-    /// registration left to shed.
+    /// New connections refused: too many handshakes in progress, or the relay's
+    /// connection cap and its headroom are full.
     pub connections_at_capacity: u64,
+    /// Connection attempts answered with a QUIC Retry (address validation).
+    pub connections_retried: u64,
+    /// Handshakes abandoned at `connections.handshake_timeout`.
+    pub connections_handshake_timed_out: u64,
     /// New connections refused because the relay is draining.
     pub connections_refused_draining: u64,
     /// Idle registrations closed to make room for new connections.
@@ -188,8 +203,11 @@ pub struct StatsSnapshot {
     pub sessions_refused_busy: u64,
     /// Refused: the relay's session cap or buffer budget.
     pub sessions_refused_capacity: u64,
-    /// Refused: too many session requests from one address.
+    /// Refused: too many session requests from one address, or too many sessions
+    /// open from it (to all hosts, or to one host).
     pub sessions_refused_rate: u64,
+    /// Refused: the player's Noise hello did not follow its `Connect` in time.
+    pub sessions_refused_no_hello: u64,
     /// Sessions being forwarded now.
     pub sessions_active: u64,
     /// Sessions ended because one side left its bytes unread too long.
@@ -235,15 +253,19 @@ impl Stats {
             &self.sessions_refused_busy,
             &self.sessions_refused_capacity,
             &self.sessions_refused_rate,
+            &self.sessions_refused_no_hello,
         ];
         StatsSnapshot {
             connections_accepted: get(&self.connections_accepted),
             connections_open: u64::from(admission.open_connections()),
+            handshakes_in_progress: u64::from(admission.handshakes_in_flight()),
             connections_rate_limited: get(&self.connections_rate_limited),
             connections_over_address_cap: get(&self.connections_over_address_cap),
             connections_at_capacity: get(&self.connections_at_capacity),
             connections_refused_draining: get(&self.connections_refused_draining),
             connections_shed: get(&self.connections_shed),
+            connections_retried: get(&self.connections_retried),
+            connections_handshake_timed_out: get(&self.connections_handshake_timed_out),
             connections_idle_closed: get(&self.connections_idle_closed),
             registered_hosts: registered_hosts as u64,
             registrations_accepted: get(&self.registrations_accepted),
@@ -257,6 +279,7 @@ impl Stats {
             sessions_refused_busy: get(&self.sessions_refused_busy),
             sessions_refused_capacity: get(&self.sessions_refused_capacity),
             sessions_refused_rate: get(&self.sessions_refused_rate),
+            sessions_refused_no_hello: get(&self.sessions_refused_no_hello),
             sessions_active: get(&self.sessions_active),
             sessions_ended_stalled: get(&self.sessions_ended_stalled),
             sessions_ended_idle: get(&self.sessions_ended_idle),

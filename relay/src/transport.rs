@@ -21,7 +21,7 @@ pub enum TransportError {
     },
 }
 
-/// A connection's receive window, in session windows: enough for this many of its
+/// A connection's full receive window, in session windows: enough for this many of its
 /// sessions to move at full speed at once.
 const CONNECTION_WINDOW_STREAMS: u64 = 16;
 
@@ -31,6 +31,68 @@ const CONNECTION_WINDOW_STREAMS: u64 = 16;
 /// granted only to connections whose first stream asks for a session (see
 /// `connection::route`): a host's connection stays about 20 KiB smaller.
 pub(crate) const INITIAL_STREAMS: u32 = 8;
+
+/// What a connection may park in the relay before it has a session: its first
+/// control messages (a `Register`, or `Connect`s and their hellos on a few streams)
+/// fit many times over. A peer that opens streams and sends more than it is asked
+/// for, or grants no credit for the answer, parks at most this much.
+pub(crate) const INITIAL_CONNECTION_WINDOW: u32 = 16 * 1024;
+
+/// A connection's receive window: [`INITIAL_CONNECTION_WINDOW`] while it carries no
+/// session, the full window (its share of the sessions' budget reservations) while
+/// it carries at least one.
+pub(crate) struct ReceiveWindow {
+    connection: quinn::Connection,
+    full: quinn::VarInt,
+    /// Sessions on the connection; changed under the lock so that the window set
+    /// last always matches the count.
+    sessions: std::sync::Mutex<u32>,
+}
+
+impl ReceiveWindow {
+    /// The window of `connection`, which starts at [`INITIAL_CONNECTION_WINDOW`]
+    /// (see [`transport_config`]).
+    pub(crate) fn new(connection: quinn::Connection, limits: &Limits) -> Arc<Self> {
+        let full = limits
+            .sessions
+            .window
+            .0
+            .saturating_mul(CONNECTION_WINDOW_STREAMS);
+        Arc::new(Self {
+            connection,
+            // Validated limits keep this far below QUIC's maximum.
+            full: quinn::VarInt::from_u64(full).unwrap_or(quinn::VarInt::MAX),
+            sessions: std::sync::Mutex::new(0),
+        })
+    }
+
+    /// Counts one more session on the connection until the grant is dropped; the
+    /// first opens the full window.
+    pub(crate) fn open_session(self: &Arc<Self>) -> WindowGrant {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        *sessions += 1;
+        if *sessions == 1 {
+            self.connection.set_receive_window(self.full);
+        }
+        WindowGrant(self.clone())
+    }
+}
+
+/// One session's hold on its connection's full receive window.
+pub(crate) struct WindowGrant(Arc<ReceiveWindow>);
+
+impl Drop for WindowGrant {
+    fn drop(&mut self) {
+        let window = &self.0;
+        let mut sessions = window.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        *sessions = sessions.saturating_sub(1);
+        if *sessions == 0 {
+            window
+                .connection
+                .set_receive_window(INITIAL_CONNECTION_WINDOW.into());
+        }
+    }
+}
 
 /// The transport settings every connection to the relay starts with.
 pub(crate) fn transport_config(
@@ -57,12 +119,10 @@ pub(crate) fn transport_config(
         // The relay's buffer per session and direction: what a sender may have in
         // flight to the relay before the relay has passed it on.
         .stream_receive_window(varint(window, "sessions.window")?)
-        // All streams of one connection together, which bounds what a peer can park
-        // in streams that have not yet named their purpose.
-        .receive_window(varint(
-            window.saturating_mul(CONNECTION_WINDOW_STREAMS),
-            "sessions.window",
-        )?)
+        // All streams of one connection together: small until the connection
+        // carries a session (see `ReceiveWindow`), which bounds what a peer can park
+        // in streams that have not yet named their purpose or wait for an answer.
+        .receive_window(INITIAL_CONNECTION_WINDOW.into())
         // What the relay has written but the peer has not acknowledged, per connection.
         .send_window(limits.connections.send_window.0);
     Ok(Arc::new(transport))

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blindrelay_client::{ConnectError, HostAgent, HostState, SecretKey, SecureStream};
+use blindrelay_client::{
+    BackoffConfig, ConnectError, HostAgent, HostState, SecretKey, SecureStream,
+};
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode};
 use blindrelay_relay::limits::Limits;
 use blindrelay_relay::units::{ByteSize, Rate, Span};
@@ -462,9 +464,12 @@ async fn a_host_connection_may_open_few_streams_and_a_player_connection_its_maxi
     let player = raw_connection(&relay).await;
     let (mut send, mut recv) = player.open_bi().await.unwrap();
     let nobody = SecretKey::generate().unwrap().host_id();
-    send.write_all(&ControlMessage::Connect { host_id: nobody }.to_frame())
-        .await
-        .unwrap();
+    let mut connect = ControlMessage::Connect { host_id: nobody }
+        .to_frame()
+        .to_vec();
+    // The hello that follows every Connect (empty: the relay never reads inside it).
+    connect.extend_from_slice(&[0, 0]);
+    send.write_all(&connect).await.unwrap();
     let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv)).await;
     assert!(
         matches!(
@@ -620,8 +625,11 @@ async fn the_byte_limit_counts_what_follows_the_control_messages_and_delivers_at
     // Under the limit: `Connect`, `Incoming` and `Connected` are not counted; every
     // byte after them is, the hello included, and all of it arrives.
     let (mut player_send, mut player_recv) = player.open_bi().await.unwrap();
+    // A hello of the reference player's 98 bytes: its 2-byte length, then 96 bytes.
+    let mut hello = vec![1u8; 98];
+    hello[..2].copy_from_slice(&96u16.to_be_bytes());
     let mut sent = connect.to_vec();
-    sent.extend_from_slice(&[1u8; 98]);
+    sent.extend_from_slice(&hello);
     player_send.write_all(&sent).await.unwrap();
     player_send.finish().unwrap();
     let (mut host_send, mut host_recv) = host.accept_bi().await.unwrap();
@@ -629,7 +637,7 @@ async fn the_byte_limit_counts_what_follows_the_control_messages_and_delivers_at
         read_message(&mut host_recv).await,
         Some(ControlMessage::Incoming { .. })
     ));
-    assert_eq!(read_raw(&mut host_recv).await, (vec![1u8; 98], None));
+    assert_eq!(read_raw(&mut host_recv).await, (hello.clone(), None));
     host_send.write_all(&[2u8; 70]).await.unwrap();
     host_send.finish().unwrap();
     assert!(matches!(
@@ -755,35 +763,58 @@ async fn a_connection_with_neither_registration_nor_session_is_closed_when_idle(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_the_connection_cap_idle_registrations_are_shed_first_and_sessions_never() {
-    let relay = relay_with(|limits| limits.connections.max = 3);
+async fn at_the_connection_cap_a_new_host_sheds_an_idle_one_and_a_bare_connection_nobody() {
+    let relay = relay_with(|limits| {
+        limits.connections.max = 3;
+        limits.connections.max_handshakes = 2;
+        limits.connections.first_message_timeout = secs(1.0);
+    });
     // A host with a running session (two connections: host and player) ...
     let mut active = start_host(relay.url()).await;
     let player = player();
     let (session, host_side) = open_pair(&player, &mut active).await;
     tokio::spawn(echo(host_side));
-    // ... and an idle host: the relay is full.
-    let idle = start_host(relay.url()).await;
+    // ... and an idle host that would come back only much later: the relay is full.
+    let mut slow = host_config(SecretKey::generate().unwrap(), relay.url());
+    slow.backoff = BackoffConfig {
+        initial: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+    };
+    let idle = HostAgent::spawn(slow);
+    wait_for_state(&idle, |state| *state == HostState::Registered).await;
     assert_eq!(relay.stats().connections_open, 3);
 
-    // A newcomer gets the idle host's place.
-    let newcomer = raw_connection(&relay).await;
+    // A connection beyond the cap that proves nothing sheds nobody: its session is
+    // refused, and it is closed when its time to register is up.
+    let bare = raw_connection(&relay).await;
+    let mut connect = ControlMessage::Connect {
+        host_id: *idle.ticket().host_id(),
+    }
+    .to_frame()
+    .to_vec();
+    connect.extend_from_slice(&[0, 0]);
+    match raw_exchange(&bare, &connect, false).await {
+        Some(ControlMessage::Error { code, .. }) => assert_eq!(code, ErrorCode::AtCapacity),
+        other => panic!("expected AtCapacity, got {other:?}"),
+    }
+    let closed = tokio::time::timeout(PATIENCE, bare.closed()).await.unwrap();
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == codes::close::AT_CAPACITY.into()),
+        "{closed}"
+    );
+    assert_eq!(relay.stats().connections_shed, 0);
+    assert_eq!(idle.state(), HostState::Registered);
+
+    // A host that proves its key takes the idle host's place.
+    let newcomer = start_host(relay.url()).await;
     assert_eq!(relay.stats().connections_shed, 1);
-    let state = wait_for_state(&idle, |state| matches!(state, HostState::Connecting { .. })).await;
-    assert!(matches!(state, HostState::Connecting { .. }));
-    // With nothing idle left to shed, the next one is refused (the idle host's own
-    // attempts to come back count here too).
-    wait_for_stats(&relay, "a refusal at the cap", |s| {
-        s.connections_at_capacity >= 1
-    })
-    .await;
-    assert!(blindrelay_client::connect_relay_raw(relay.url())
-        .await
-        .is_err());
+    // The idle host is gone from the relay (it comes back only after its back-off).
+    wait_for_stats(&relay, "the idle host shed", |s| s.registered_hosts == 2).await;
     // The running session never noticed.
     echo_round(session, 1, 4 << 20).await;
     assert_eq!(relay.stats().connections_shed, 1);
-    drop(newcomer);
+    assert_eq!(newcomer.state(), HostState::Registered);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
