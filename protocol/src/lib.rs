@@ -30,6 +30,7 @@ pub mod relay_url;
 pub mod ticket;
 pub mod token;
 
+pub use codes::{CloseCode, StreamCode};
 pub use control::ControlMessage;
 pub use error::{DecodeError, ErrorCode};
 pub use keys::{HostId, KeyError, PublicKey, SecretKey};
