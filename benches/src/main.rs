@@ -96,7 +96,7 @@ async fn main() -> Result<()> {
         Command::Idle { common, args } => (common, Scenario::Idle(args)),
         Command::Soak { common, args } => (common, Scenario::Soak(args)),
         Command::Report { files, out } => return report(files, out.as_ref()),
-        Command::ServeRelay(args) => return relay_process::serve(args.clone()).await,
+        Command::ServeRelay(args) => return relay_process::run_child_relay(args.clone()).await,
     };
     let planned = match scenario {
         Scenario::Throughput(args) => throughput::planned(args, common),

@@ -143,7 +143,7 @@ fn read_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Str
 }
 
 /// The child's side: runs the relay and the splice until stdin closes.
-pub async fn serve(args: ServeArgs) -> Result<()> {
+pub async fn run_child_relay(args: ServeArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

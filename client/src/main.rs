@@ -6,12 +6,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use blindrelay_client::{
     AuthorizedPlayers, HostAgent, HostConfig, HostId, HostState, PathPreference, Player,
     PlayerAuthorization, PlayerConfig, RelayUrl, SecretKey, SecureStream, Ticket, Token,
 };
+use blindrelay_protocol::duration::parse_duration;
 use blindrelay_protocol::token::{Claims, IssuerSecretKey};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -101,10 +103,10 @@ enum Command {
         /// first to connect wins), `direct` or `relay`.
         #[arg(long, default_value = "auto")]
         path: PathPreference,
-        /// In `auto`, milliseconds the direct attempts run alone before the relay
-        /// joins the race.
-        #[arg(long, default_value_t = 250, value_name = "MS")]
-        relay_delay: u64,
+        /// In `auto`, how long the direct attempts run alone before the relay joins
+        /// the race (such as 250ms or 1s).
+        #[arg(long, default_value = "250ms", value_name = "DURATION", value_parser = parse_duration)]
+        relay_delay: Duration,
     },
 }
 
@@ -134,8 +136,8 @@ enum TokenCommand {
         /// The host id the token admits.
         #[arg(long)]
         host_id: HostId,
-        /// How long the token is valid: a number followed by s, m, h or d.
-        #[arg(long, value_parser = parse_ttl)]
+        /// How long the token is valid (such as 1h or 30d; at least 1s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
         ttl: u64,
         /// The bandwidth tier the host gets (a [tiers.NAME] of the relay's config).
         #[arg(long, default_value = "default")]
@@ -198,7 +200,7 @@ async fn main() -> Result<()> {
             };
             let mut config = PlayerConfig::new(key);
             config.path = path;
-            config.relay_delay = std::time::Duration::from_millis(relay_delay);
+            config.relay_delay = relay_delay;
             connect(ticket, listen, config).await
         }
     }
@@ -258,28 +260,14 @@ fn token(command: TokenCommand) -> Result<()> {
     }
 }
 
-/// `90s`, `15m`, `1h`, `30d` (or plain seconds) as seconds.
+/// A token's validity in whole seconds, in the duration syntax of every flag
+/// (`90s`, `15m`, `1h`, `30d`).
 fn parse_ttl(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 90s, 15m, 1h or 30d"))?;
-    let unit = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
-    };
-    let ttl = number.saturating_mul(unit);
-    if ttl == 0 {
-        return Err("the validity must be longer than 0".to_owned());
+    let ttl = parse_duration(text).map_err(|err| err.to_string())?;
+    if ttl < Duration::from_secs(1) {
+        return Err("the validity must be at least 1s".to_owned());
     }
-    Ok(ttl)
+    Ok(ttl.as_secs())
 }
 
 /// Writes a secret file readable by its owner only.
@@ -510,5 +498,34 @@ async fn splice_tcp(
     match tokio::io::copy_bidirectional_with_sizes(session, tcp, BUF, BUF).await {
         Ok((sent, received)) => debug!(session = id, sent, received, "session ended"),
         Err(err) => debug!(session = id, %err, "session ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_the_shared_syntax_and_refuse_ambiguous_units() {
+        let err = Cli::try_parse_from(["blindrelay", "connect", "--relay-delay", "10M", "x"])
+            .expect_err("months or minutes?");
+        let text = err.to_string();
+        assert!(text.contains("unknown unit \"M\""), "{text}");
+        assert!(text.contains("ms, s, m, h or d"), "{text}");
+        let err = Cli::try_parse_from(["blindrelay", "connect", "--relay-delay", "250", "x"])
+            .expect_err("a bare number has no unit");
+        assert!(err.to_string().contains("has no unit"), "{err}");
+
+        assert_eq!(parse_ttl("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_ttl("1h 30m"), Ok(5400));
+        assert!(parse_ttl("2 weeks").is_err());
+        assert!(parse_ttl("500ms").is_err(), "under a second");
     }
 }

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blindrelay_protocol::noise::{NoiseError, PlayerHandshake, Transport, Verdict};
-use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, Ticket};
+use blindrelay_protocol::{
+    codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, StreamCode, Ticket,
+};
 use bytes::BytesMut;
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
@@ -348,7 +350,7 @@ async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, Conn
 struct Pending {
     send: Option<quinn::SendStream>,
     recv: Option<quinn::RecvStream>,
-    code: u32,
+    code: StreamCode,
 }
 
 impl Pending {

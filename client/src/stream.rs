@@ -22,7 +22,7 @@ use std::task::{ready, Context, Poll};
 
 use blindrelay_protocol::codes;
 use blindrelay_protocol::noise::{self, NoiseError, Opened, Transport, MAX_MESSAGE_LEN};
-use blindrelay_protocol::{PublicKey, SessionLimits};
+use blindrelay_protocol::{PublicKey, SessionLimits, StreamCode};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -49,35 +49,71 @@ impl std::fmt::Display for SessionPath {
 
 /// Why a session's stream was cut from outside the Noise session: the error inside
 /// the `io::Error` a read or write returns in those cases.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Each one is a stream code of the protocol's table ([`codes::stream`]); its message
+/// is that code's words, so the relay's counters, the specification and this error
+/// say the same thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionEnded {
     /// The relay reset the stream because the other side's connection to it ended.
-    #[error(
-        "session ended: the other side's relay connection went away \
-         (relay disabled, or it went offline)"
-    )]
+    #[error("session ended: {}", Self::PeerGone.words())]
     PeerGone,
     /// The other side abandoned the session while setting it up (another path won).
-    #[error("session ended: the other side cancelled it")]
+    #[error("session ended: {}", Self::Cancelled.words())]
     Cancelled,
     /// The relay ended the session: one side left the bytes sent to it unread for the
     /// relay's stall timeout.
-    #[error("session ended by the relay: one side left the bytes sent to it unread past the stall timeout")]
+    #[error("session ended by the relay: {}", Self::Stalled.words())]
     Stalled,
     /// The relay ended the session: nothing moved for its session idle timeout.
-    #[error("session ended by the relay: no data moved within the session idle timeout")]
+    #[error("session ended by the relay: {}", Self::Idle.words())]
     Idle,
     /// The relay ended the session at its maximum duration.
-    #[error("session ended by the relay: it reached the maximum session duration")]
+    #[error("session ended by the relay: {}", Self::DurationLimit.words())]
     DurationLimit,
     /// The relay ended the session at its maximum bytes in one direction.
-    #[error("session ended by the relay: it reached the maximum bytes per session")]
+    #[error("session ended by the relay: {}", Self::ByteLimit.words())]
     ByteLimit,
     /// The other side rejected what this side sent as a breach of the session
     /// protocol, and abandoned the session.
-    #[error("session ended: the other side rejected what this side sent as a protocol violation")]
+    #[error("session ended: {}", Self::ProtocolViolation.words())]
     ProtocolViolation,
+}
+
+impl SessionEnded {
+    const ALL: [Self; 7] = [
+        Self::PeerGone,
+        Self::Cancelled,
+        Self::Stalled,
+        Self::Idle,
+        Self::DurationLimit,
+        Self::ByteLimit,
+        Self::ProtocolViolation,
+    ];
+
+    /// The stream code that carries this end.
+    pub fn code(self) -> StreamCode {
+        match self {
+            Self::PeerGone => codes::stream::PEER_GONE,
+            Self::Cancelled => codes::stream::CANCELLED,
+            Self::Stalled => codes::stream::STALLED,
+            Self::Idle => codes::stream::SESSION_IDLE,
+            Self::DurationLimit => codes::stream::DURATION_LIMIT,
+            Self::ByteLimit => codes::stream::BYTE_LIMIT,
+            Self::ProtocolViolation => codes::stream::PROTOCOL_VIOLATION,
+        }
+    }
+
+    /// The end a reset or stop code says, if it is one of these.
+    pub fn from_code(code: StreamCode) -> Option<Self> {
+        Self::ALL.into_iter().find(|ended| ended.code() == code)
+    }
+
+    fn words(self) -> &'static str {
+        // Every code above is in the table; the fallback is never shown.
+        self.code().words().unwrap_or("unknown")
+    }
 }
 
 /// A half of a session's underlying stream that can be abandoned with an application
@@ -86,47 +122,47 @@ pub trait Abandon {
     /// Abandons this half with `code`: a sending half is reset, a receiving half told
     /// to stop. Nothing can be written or read on it afterwards. Streams that carry no
     /// codes (in-memory pipes) do nothing.
-    fn abandon(&mut self, code: u32);
+    fn abandon(&mut self, code: StreamCode);
 }
 
 impl Abandon for QuicSend {
-    fn abandon(&mut self, code: u32) {
+    fn abandon(&mut self, code: StreamCode) {
         self.abandon_with(code.into());
     }
 }
 
 impl Abandon for QuicRecv {
-    fn abandon(&mut self, code: u32) {
+    fn abandon(&mut self, code: StreamCode) {
         self.abandon_with(code.into());
     }
 }
 
 impl Abandon for quinn::SendStream {
-    fn abandon(&mut self, code: u32) {
+    fn abandon(&mut self, code: StreamCode) {
         let _ = self.reset(code.into());
     }
 }
 
 impl Abandon for quinn::RecvStream {
-    fn abandon(&mut self, code: u32) {
+    fn abandon(&mut self, code: StreamCode) {
         let _ = self.stop(code.into());
     }
 }
 
 impl<T> Abandon for tokio::io::ReadHalf<T> {
-    fn abandon(&mut self, _code: u32) {}
+    fn abandon(&mut self, _code: StreamCode) {}
 }
 
 impl<T> Abandon for tokio::io::WriteHalf<T> {
-    fn abandon(&mut self, _code: u32) {}
+    fn abandon(&mut self, _code: StreamCode) {}
 }
 
 impl Abandon for &[u8] {
-    fn abandon(&mut self, _code: u32) {}
+    fn abandon(&mut self, _code: StreamCode) {}
 }
 
 impl Abandon for tokio::io::Sink {
-    fn abandon(&mut self, _code: u32) {}
+    fn abandon(&mut self, _code: StreamCode) {}
 }
 
 /// An established end-to-end encrypted session.
@@ -242,18 +278,11 @@ fn explain(err: io::Error) -> io::Error {
         },
         None => return err,
     };
-    let Ok(code) = u32::try_from(code.into_inner()) else {
+    let Some(ended) = StreamCode::try_from(code)
+        .ok()
+        .and_then(SessionEnded::from_code)
+    else {
         return err;
-    };
-    let ended = match code {
-        codes::stream::PEER_GONE => SessionEnded::PeerGone,
-        codes::stream::CANCELLED => SessionEnded::Cancelled,
-        codes::stream::STALLED => SessionEnded::Stalled,
-        codes::stream::SESSION_IDLE => SessionEnded::Idle,
-        codes::stream::DURATION_LIMIT => SessionEnded::DurationLimit,
-        codes::stream::BYTE_LIMIT => SessionEnded::ByteLimit,
-        codes::stream::PROTOCOL_VIOLATION => SessionEnded::ProtocolViolation,
-        _ => return err,
     };
     io::Error::new(io::ErrorKind::ConnectionReset, ended)
 }
@@ -391,6 +420,24 @@ impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for SecureStream<R, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_session_end_is_a_stream_code_and_reads_its_words() {
+        for ended in SessionEnded::ALL {
+            assert_eq!(SessionEnded::from_code(ended.code()), Some(ended));
+            let words = ended.code().words().expect("a code of the table");
+            assert!(ended.to_string().ends_with(words), "{ended}");
+        }
+        assert_eq!(SessionEnded::from_code(codes::stream::REFUSED), None);
+        assert_eq!(SessionEnded::from_code(StreamCode::from_u32(0x4242)), None);
+        let reset = quinn::ReadError::Reset(codes::stream::STALLED.into());
+        let explained = explain(io::Error::other(reset));
+        assert_eq!(explained.kind(), io::ErrorKind::ConnectionReset);
+        let inner = explained
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<SessionEnded>());
+        assert_eq!(inner, Some(&SessionEnded::Stalled));
+    }
     use blindrelay_protocol::noise::{HostHandshake, PlayerHandshake};
     use blindrelay_protocol::SecretKey;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};

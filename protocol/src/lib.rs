@@ -5,7 +5,8 @@
 //! messages exchanged with the relay ([`control`]), the registration proof of key
 //! possession ([`registration`]), the operator's registration tokens ([`token`]) and
 //! the Noise session that player and host run over whatever path joins them
-//! ([`noise`]).
+//! ([`noise`]). The one duration syntax that both programs' flags and the relay's
+//! config file use is here too ([`duration`]), as the one crate both share.
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: inputs are
 //! byte slices, outputs are byte buffers and typed errors. The relay and the client
@@ -16,6 +17,7 @@
 
 pub mod codes;
 pub mod control;
+pub mod duration;
 mod encoding;
 pub mod error;
 /// Fuzz target bodies, for the `fuzz/` crate and the stable-toolchain fuzz test; not
@@ -30,6 +32,7 @@ pub mod relay_url;
 pub mod ticket;
 pub mod token;
 
+pub use codes::{CloseCode, StreamCode};
 pub use control::ControlMessage;
 pub use error::{DecodeError, ErrorCode};
 pub use keys::{HostId, KeyError, PublicKey, SecretKey};

@@ -43,8 +43,9 @@ const DEADLINE: Duration = Duration::from_secs(1);
 /// Admin connections held at once; at the cap the oldest makes room.
 const MAX_CLIENTS: usize = 64;
 
-/// Serves admin requests until `shutdown` turns true.
-pub(crate) async fn serve(
+/// Answers admin requests (`/metrics`, `/healthz`, `/readyz`) until `shutdown` turns
+/// true.
+pub(crate) async fn serve_admin_requests(
     listener: TcpListener,
     shared: Arc<RelayState>,
     mut shutdown: watch::Receiver<bool>,

@@ -30,7 +30,7 @@ mod bucket;
 pub mod limits;
 mod registry;
 mod tiers;
-mod tokens;
+mod token_issuers;
 
 // Configuration, transport and TLS settings.
 mod config;
@@ -44,6 +44,11 @@ mod metrics;
 pub mod privacy;
 mod stats;
 
+// The real registry for the criterion benchmarks; not part of the API.
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench;
+
 pub use config::{ConfigError, ConfigFile, LogFormat, RelayConfig, DEFAULT_LISTEN};
 pub use limits::{Limits, LimitsError};
 pub use server::{Relay, RelayError};
@@ -52,5 +57,5 @@ pub use splice::{Direction, SpliceTap, StreamEnd};
 pub use stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
 pub use tiers::TiersError;
 pub use tls::{RelayCertificate, TlsError};
-pub use tokens::{load_issuer_keys, TokenConfigError};
+pub use token_issuers::{load_issuer_keys, TokenConfigError};
 pub use transport::TransportError;

@@ -220,6 +220,9 @@ impl Limits {
         c.per_ip = 0;
         c.new_per_ip_per_s = 0;
         c.unregistered_idle_timeout = Span(Duration::ZERO);
+        c.max_handshakes = 0;
+        // No Retry round trip: tests and benchmarks measure the relay, not it.
+        c.retry_threshold = u32::MAX;
         limits.registrations.per_ip_per_s = 0;
         limits.registrations.per_ip = 0;
         let s = &mut limits.sessions;

@@ -63,11 +63,19 @@ struct Args {
     #[arg(long, value_enum, env = "BLINDRELAY_LOG_FORMAT")]
     log_format: Option<LogFormat>,
 
-    /// Log full client IP addresses. By default logs carry only their network part
-    /// (/24, /48), and the QUIC and TLS libraries, whose detailed logs name peers,
-    /// are held at warnings.
-    #[arg(long, env = "BLINDRELAY_LOG_FULL_IP")]
-    log_full_ip: bool,
+    /// Log full client IP addresses (`--log-full-ip=false` turns off a config file's
+    /// `true`). By default logs carry only their network part (/24, /48), and the
+    /// QUIC and TLS libraries, whose detailed logs name peers, are held at warnings.
+    #[arg(
+        long,
+        env = "BLINDRELAY_LOG_FULL_IP",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    log_full_ip: Option<bool>,
 
     /// Require registration tokens signed by a key in FILE (one base32 Ed25519 public
     /// key per line, from `blindrelay token keygen`). Without it any host may register.
@@ -170,32 +178,21 @@ async fn main() -> Result<()> {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
-    let full_ip = args.log_full_ip || file.log_full_ip.unwrap_or(false);
-    init_logging(
-        args.log_format.or(file.log_format).unwrap_or_default(),
-        full_ip,
-    )?;
-    let mut limits = file.limits();
-    args.limits.apply(&mut limits);
+    let Settings {
+        listen,
+        public_name,
+        admin,
+        drain_timeout,
+        log_format,
+        log_full_ip,
+        cert_files,
+        token_issuer_pub,
+        limits,
+    } = Settings::merge(&args, file)?;
+    init_logging(log_format, log_full_ip)?;
     limits.validate()?;
-    let listen = args.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN);
-    let public_name = args.public_name.clone().or(file.public_name.clone());
-    let admin = args.admin.or(file.admin);
-    let drain_timeout = args
-        .drain_timeout
-        .or(file.drain_timeout)
-        .map_or(DEFAULT_DRAIN_TIMEOUT, |span| span.0);
-    let cert_files = match (args.cert.or(file.cert), args.key.or(file.key)) {
-        (Some(cert), Some(key)) => Some((cert, key)),
-        (None, None) => None,
-        _ => anyhow::bail!("a certificate needs both cert and key"),
-    };
 
-    let token_issuers = match args
-        .token_issuer_pub
-        .as_ref()
-        .or(file.token_issuer_pub.as_ref())
-    {
+    let token_issuers = match &token_issuer_pub {
         Some(path) => Some(blindrelay_relay::load_issuer_keys(path)?),
         None => None,
     };
@@ -206,6 +203,8 @@ async fn main() -> Result<()> {
         }
         println!("configuration is valid");
         println!("listen = \"{listen}\"");
+        println!("drain_timeout = \"{}\"", Span(drain_timeout));
+        println!("log_full_ip = {log_full_ip}");
         match &token_issuers {
             Some(keys) => println!(
                 "# registration tokens required ({} issuer keys)",
@@ -290,6 +289,53 @@ async fn main() -> Result<()> {
         () = shutdown_signal() => info!("stopping at once"),
     }
     Ok(())
+}
+
+/// The settings in effect, each taken once from where it is given: a flag (or its
+/// environment variable, which clap reads as the flag: flag > environment), else the
+/// config file, else the default.
+#[derive(Debug)]
+struct Settings {
+    listen: SocketAddr,
+    public_name: Option<String>,
+    admin: Option<SocketAddr>,
+    drain_timeout: Duration,
+    log_format: LogFormat,
+    log_full_ip: bool,
+    cert_files: Option<(PathBuf, PathBuf)>,
+    token_issuer_pub: Option<PathBuf>,
+    limits: Limits,
+}
+
+impl Settings {
+    /// Lays the command line over the file. Every flag is optional, booleans
+    /// included, so a flag can turn off what the file turns on.
+    fn merge(args: &Args, file: ConfigFile) -> Result<Self> {
+        let mut limits = file.limits();
+        args.limits.apply(&mut limits);
+        let cert_files = match (
+            args.cert.clone().or(file.cert),
+            args.key.clone().or(file.key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => anyhow::bail!("a certificate needs both cert and key"),
+        };
+        Ok(Self {
+            listen: args.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
+            public_name: args.public_name.clone().or(file.public_name),
+            admin: args.admin.or(file.admin),
+            drain_timeout: args
+                .drain_timeout
+                .or(file.drain_timeout)
+                .map_or(DEFAULT_DRAIN_TIMEOUT, |span| span.0),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_full_ip: args.log_full_ip.or(file.log_full_ip).unwrap_or(false),
+            cert_files,
+            token_issuer_pub: args.token_issuer_pub.clone().or(file.token_issuer_pub),
+            limits,
+        })
+    }
 }
 
 /// How often the certificate files are checked for changes.
@@ -423,5 +469,83 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn file(text: &str) -> ConfigFile {
+        ConfigFile::parse(text).expect("a valid config file")
+    }
+
+    fn merged(flags: &[&str], text: &str) -> Settings {
+        let args =
+            Args::try_parse_from(std::iter::once("blindrelayd").chain(flags.iter().copied()))
+                .expect("valid flags");
+        Settings::merge(&args, file(text)).expect("settings")
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn a_flag_turns_off_what_the_file_turns_on() {
+        let on = "log_full_ip = true\n";
+        assert!(merged(&[], on).log_full_ip, "the file alone");
+        assert!(!merged(&["--log-full-ip=false"], on).log_full_ip);
+        assert!(!merged(&["--log-full-ip=no"], on).log_full_ip);
+        assert!(merged(&["--log-full-ip"], "log_full_ip = false\n").log_full_ip);
+        assert!(merged(&["--log-full-ip=true"], "").log_full_ip);
+        assert!(!merged(&[], "").log_full_ip, "off by default");
+        // A bare flag never swallows the next argument as its value.
+        let settings = merged(&["--log-full-ip", "--drain-timeout", "5s"], "");
+        assert!(settings.log_full_ip);
+        assert_eq!(settings.drain_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_flag_wins_over_the_file_and_the_file_over_the_default() {
+        let text =
+            "drain_timeout = \"1m\"\nlisten = \"127.0.0.1:5000\"\n[hosts]\nmax_sessions = 3\n";
+        let settings = merged(&[], text);
+        assert_eq!(settings.drain_timeout, Duration::from_secs(60));
+        assert_eq!(settings.listen, "127.0.0.1:5000".parse().expect("address"));
+        assert_eq!(settings.limits.hosts.max_sessions, 3);
+
+        let settings = merged(
+            &["--drain-timeout", "250ms", "--hosts-max-sessions", "9"],
+            text,
+        );
+        assert_eq!(settings.drain_timeout, Duration::from_millis(250));
+        assert_eq!(settings.limits.hosts.max_sessions, 9);
+        assert_eq!(settings.listen, "127.0.0.1:5000".parse().expect("address"));
+
+        let settings = merged(&[], "");
+        assert_eq!(settings.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(settings.listen, DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn a_certificate_needs_both_files_from_wherever_they_come() {
+        let args = Args::try_parse_from(["blindrelayd", "--cert", "c.pem"]).expect("flags");
+        assert!(Settings::merge(&args, file("")).is_err());
+        let both = Settings::merge(&args, file("key = \"k.pem\"\n")).expect("settings");
+        assert_eq!(
+            both.cert_files,
+            Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
+        );
+    }
+
+    #[test]
+    fn duration_flags_refuse_ambiguous_units() {
+        let err = Args::try_parse_from(["blindrelayd", "--sessions-max-duration", "10M"])
+            .expect_err("months or minutes?");
+        assert!(err.to_string().contains("ms, s, m, h or d"), "{err}");
     }
 }

@@ -111,15 +111,21 @@ pub fn render(stats: &StatsSnapshot, ready: bool) -> String {
             ("reason=\"no_hello\"", s.sessions_refused_no_hello),
         ],
     );
+    // One series per limit code of the protocol's table, labelled with its name
+    // (`STALLED` becomes `limit="stalled"`), so a new limit appears here by itself.
+    let ended: Vec<(String, u64)> = s
+        .sessions_ended_by_limit
+        .iter()
+        .map(|(code, count)| {
+            let name = code.name().unwrap_or("unknown").to_ascii_lowercase();
+            (format!("limit=\"{name}\""), *count)
+        })
+        .collect();
+    let ended: Vec<(&str, u64)> = ended.iter().map(|(l, c)| (l.as_str(), *c)).collect();
     out.counter(
         "sessions_ended_by_limit_total",
-        "Sessions the relay ended at a limit, by limit.",
-        &[
-            ("limit=\"stall\"", s.sessions_ended_stalled),
-            ("limit=\"idle\"", s.sessions_ended_idle),
-            ("limit=\"duration\"", s.sessions_ended_duration),
-            ("limit=\"bytes\"", s.sessions_ended_bytes),
-        ],
+        "Sessions the relay ended at a limit, by the limit's stream code.",
+        &ended,
     );
     out.counter(
         "bytes_relayed_total",
@@ -201,6 +207,8 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use blindrelay_protocol::codes;
+
     use super::*;
 
     #[test]
@@ -228,5 +236,19 @@ mod tests {
         assert!(text.contains("blindrelay_bytes_relayed_total{direction=\"host_to_player\"} 42"));
         assert!(text.contains("blindrelay_handshake_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("blindrelay_ready 1"));
+    }
+
+    #[test]
+    fn sessions_ended_by_limit_are_labelled_from_the_code_table() {
+        let stats = StatsSnapshot {
+            sessions_ended_by_limit: vec![
+                (codes::stream::STALLED, 3),
+                (codes::stream::BYTE_LIMIT, 1),
+            ],
+            ..StatsSnapshot::default()
+        };
+        let text = render(&stats, true);
+        assert!(text.contains("blindrelay_sessions_ended_by_limit_total{limit=\"stalled\"} 3"));
+        assert!(text.contains("blindrelay_sessions_ended_by_limit_total{limit=\"byte_limit\"} 1"));
     }
 }

@@ -6,7 +6,7 @@
 //! as the host keeps this control stream open; when the host finishes or resets it,
 //! or its connection ends, the host id is removed from the registry.
 //!
-//! On a relay that requires registration tokens (see [`crate::tokens`]), a `Register`
+//! On a relay that requires registration tokens (see [`crate::token_issuers`]), a `Register`
 //! without one is refused before the challenge, and the token is checked after the
 //! proof. A registration admitted by a token ends when the token expires: the relay
 //! sends `Error { TokenExpired }` and removes it, and the host needs a new token.
@@ -27,7 +27,7 @@ use crate::registry::Host;
 use crate::state::RelayState;
 use crate::stats::Stats;
 use crate::tiers::Tier;
-use crate::tokens;
+use crate::token_issuers;
 
 pub(crate) async fn serve(
     host_id: HostId,
@@ -59,7 +59,8 @@ pub(crate) async fn serve(
         let token_expired = async {
             match expires {
                 Some(expires) => {
-                    let left = Duration::from_secs(expires.saturating_sub(tokens::unix_now()));
+                    let left =
+                        Duration::from_secs(expires.saturating_sub(token_issuers::unix_now()));
                     tokio::time::sleep(left).await;
                 }
                 None => std::future::pending().await,
@@ -241,7 +242,7 @@ async fn exchange(
         .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .map_err(|_| Refused::NoKeyingMaterial)?;
     let admitted = expect_proof
-        .handle(proof, &exporter, tokens::unix_now())
+        .handle(proof, &exporter, token_issuers::unix_now())
         .map_err(Refused::Registration)?;
     let (tier, expires) = match admitted.claims {
         Some(claims) => match shared.tiers.named(&claims.tier) {

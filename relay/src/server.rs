@@ -101,8 +101,11 @@ impl Relay {
         let (admin_addr, admin) = match admin_listener {
             Some(listener) => {
                 let addr = listener.local_addr().ok();
-                let task =
-                    tokio::spawn(admin::serve(listener, shared.clone(), shutdown_rx.clone()));
+                let task = tokio::spawn(admin::serve_admin_requests(
+                    listener,
+                    shared.clone(),
+                    shutdown_rx.clone(),
+                ));
                 info!(addr = ?addr, "admin listener (metrics, health) listening");
                 (addr, Some(task))
             }

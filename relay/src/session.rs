@@ -121,7 +121,7 @@ pub(crate) async fn serve(host_id: HostId, stream: RoutedStream, shared: Arc<Rel
         debug!(
             player_to_host = outcome.player_to_host,
             host_to_player = outcome.host_to_player,
-            ended_by = outcome.ended_by,
+            ended_by = outcome.ended_by.and_then(|code| code.name()),
             "session ended"
         );
     }

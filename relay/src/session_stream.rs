@@ -11,6 +11,7 @@
 
 use std::future::Future;
 
+use blindrelay_protocol::StreamCode;
 use bytes::Bytes;
 use quinn::{ReadError, VarInt, WriteError};
 
@@ -18,7 +19,7 @@ use quinn::{ReadError, VarInt, WriteError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RecvEnd {
     /// The sender reset the stream with this code.
-    Reset(u32),
+    Reset(StreamCode),
     /// The stream's connection is gone.
     Gone,
 }
@@ -27,7 +28,7 @@ pub(crate) enum RecvEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SendEnd {
     /// The reader asked the relay to stop sending, with this code.
-    Stopped(u32),
+    Stopped(StreamCode),
     /// The stream's connection is gone, or the stream is closed.
     Gone,
 }
@@ -42,7 +43,7 @@ pub(crate) trait SessionRecv: Send {
     ) -> impl Future<Output = Result<Option<Bytes>, RecvEnd>> + Send;
 
     /// Asks the sender to stop sending, with `code`; what it sent is discarded.
-    fn stop(&mut self, code: u32);
+    fn stop(&mut self, code: StreamCode);
 }
 
 /// The sending half of one side's session stream.
@@ -59,13 +60,13 @@ pub(crate) trait SessionSend: Send {
     /// with `None` once the stream is over otherwise (finished and every byte
     /// acknowledged, or the connection gone). Owns what it needs, so a pump can hold
     /// it across its writes.
-    fn stopped(&self) -> impl Future<Output = Option<u32>> + Send + 'static;
+    fn stopped(&self) -> impl Future<Output = Option<StreamCode>> + Send + 'static;
 
     /// Ends the stream cleanly after what was written.
     fn finish(&mut self);
 
     /// Ends the stream at once with `code`; what was not yet delivered is dropped.
-    fn reset(&mut self, code: u32);
+    fn reset(&mut self, code: StreamCode);
 }
 
 impl SessionRecv for quinn::RecvStream {
@@ -77,8 +78,8 @@ impl SessionRecv for quinn::RecvStream {
         }
     }
 
-    fn stop(&mut self, code: u32) {
-        let _ = quinn::RecvStream::stop(self, VarInt::from_u32(code));
+    fn stop(&mut self, code: StreamCode) {
+        let _ = quinn::RecvStream::stop(self, VarInt::from(code));
     }
 }
 
@@ -92,7 +93,7 @@ impl SessionSend for quinn::SendStream {
         }
     }
 
-    fn stopped(&self) -> impl Future<Output = Option<u32>> + Send + 'static {
+    fn stopped(&self) -> impl Future<Output = Option<StreamCode>> + Send + 'static {
         let stopped = quinn::SendStream::stopped(self);
         async move { stopped.await.ok().flatten().map(varint_code) }
     }
@@ -101,8 +102,8 @@ impl SessionSend for quinn::SendStream {
         let _ = quinn::SendStream::finish(self);
     }
 
-    fn reset(&mut self, code: u32) {
-        let _ = quinn::SendStream::reset(self, VarInt::from_u32(code));
+    fn reset(&mut self, code: StreamCode) {
+        let _ = quinn::SendStream::reset(self, VarInt::from(code));
     }
 }
 
@@ -135,7 +136,7 @@ impl<R: SessionRecv> SessionRecv for Prefixed<R> {
         self.rest.read_chunk(max).await
     }
 
-    fn stop(&mut self, code: u32) {
+    fn stop(&mut self, code: StreamCode) {
         self.first = None;
         self.rest.stop(code);
     }
@@ -143,8 +144,8 @@ impl<R: SessionRecv> SessionRecv for Prefixed<R> {
 
 /// A peer's code as the relay passes it on. Codes beyond `u32` are not ours; they
 /// travel on as the largest `u32`, still a reset, never a clean end.
-fn varint_code(code: VarInt) -> u32 {
-    u32::try_from(code.into_inner()).unwrap_or(u32::MAX)
+fn varint_code(code: VarInt) -> StreamCode {
+    StreamCode::try_from(code).unwrap_or(StreamCode::from_u32(u32::MAX))
 }
 
 /// An in-memory session stream with QUIC's semantics (a flow-control window, finish,
@@ -156,6 +157,7 @@ pub(crate) mod memory {
 
     use std::collections::VecDeque;
 
+    use blindrelay_protocol::StreamCode;
     use bytes::Bytes;
     use tokio::sync::Notify;
 
@@ -170,8 +172,8 @@ pub(crate) mod memory {
         buffered_len: usize,
         window: usize,
         finished: bool,
-        reset: Option<u32>,
-        stopped: Option<u32>,
+        reset: Option<StreamCode>,
+        stopped: Option<StreamCode>,
         gone: bool,
     }
 
@@ -231,7 +233,7 @@ pub(crate) mod memory {
         }
 
         /// The code the reader stopped the stream with, if it did.
-        pub(crate) fn stop_code(&self) -> Option<u32> {
+        pub(crate) fn stop_code(&self) -> Option<StreamCode> {
             self.0.with(|state| state.stopped)
         }
 
@@ -278,7 +280,9 @@ pub(crate) mod memory {
                 .await
         }
 
-        fn stopped(&self) -> impl std::future::Future<Output = Option<u32>> + Send + 'static {
+        fn stopped(
+            &self,
+        ) -> impl std::future::Future<Output = Option<StreamCode>> + Send + 'static {
             let pipe = self.0.clone();
             async move {
                 pipe.until(|state| {
@@ -296,7 +300,7 @@ pub(crate) mod memory {
             self.0.with(|state| state.finished = true);
         }
 
-        fn reset(&mut self, code: u32) {
+        fn reset(&mut self, code: StreamCode) {
             self.0.with(|state| {
                 if state.reset.is_none() && !(state.finished && state.buffered_len == 0) {
                     state.reset = Some(code);
@@ -329,7 +333,7 @@ pub(crate) mod memory {
                 .await
         }
 
-        fn stop(&mut self, code: u32) {
+        fn stop(&mut self, code: StreamCode) {
             self.0.with(|state| {
                 state.stopped.get_or_insert(code);
                 state.buffered.clear();

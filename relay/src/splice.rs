@@ -30,7 +30,7 @@ use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use blindrelay_protocol::codes;
+use blindrelay_protocol::{codes, StreamCode};
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -70,7 +70,7 @@ pub(crate) struct Outcome {
     pub player_to_host: u64,
     pub host_to_player: u64,
     /// The code of the limit that ended the session, if one did.
-    pub ended_by: Option<u32>,
+    pub ended_by: Option<StreamCode>,
 }
 
 /// Which way a chunk travels.
@@ -88,13 +88,13 @@ pub enum StreamEnd {
     /// The sending side finished its stream (FIN), all of it read.
     Finished,
     /// The sending side reset its stream with this code.
-    Reset(u32),
+    Reset(StreamCode),
     /// The receiving side asked, with this code, to stop sending.
-    Stopped(u32),
+    Stopped(StreamCode),
     /// A side's connection went away.
     Gone,
     /// The relay ended the session at the limit with this code.
-    Limit(u32),
+    Limit(StreamCode),
 }
 
 /// Sees every chunk the splice forwards, and how each direction ends. Exists so
@@ -176,7 +176,7 @@ struct Pump<'a> {
     limits: &'a SpliceLimits<'a>,
     activity: &'a Activity,
     /// Carries the code of the limit that ended the session, to both pumps.
-    end: &'a watch::Sender<Option<u32>>,
+    end: &'a watch::Sender<Option<StreamCode>>,
     #[cfg(feature = "splice-tap")]
     tap: Option<&'a dyn SpliceTap>,
 }
@@ -185,7 +185,7 @@ struct Pump<'a> {
 enum Step {
     Go,
     /// The session ended by a limit, with this code.
-    Ended(u32),
+    Ended(StreamCode),
     /// This direction is over, as it says; the streams were told.
     Done(StreamEnd),
 }
@@ -305,7 +305,7 @@ impl Pump<'_> {
         to: &mut Outgoing<S>,
         from: &mut R,
         mut bytes: Bytes,
-        ended: &mut watch::Receiver<Option<u32>>,
+        ended: &mut watch::Receiver<Option<StreamCode>>,
         total: &mut u64,
     ) -> Step {
         while !bytes.is_empty() {
@@ -402,7 +402,7 @@ impl<S: SessionSend> Outgoing<S> {
         self.stream.finish();
     }
 
-    fn reset(&mut self, code: u32) {
+    fn reset(&mut self, code: StreamCode) {
         self.ended = true;
         self.stream.reset(code);
     }
@@ -417,7 +417,7 @@ impl<S: SessionSend> Drop for Outgoing<S> {
 }
 
 /// Records the first limit that ended the session; later ones are ignored.
-fn end_session(end: &watch::Sender<Option<u32>>, code: u32) {
+fn end_session(end: &watch::Sender<Option<StreamCode>>, code: StreamCode) {
     end.send_if_modified(|ended| {
         if ended.is_some() {
             return false;
@@ -428,7 +428,7 @@ fn end_session(end: &watch::Sender<Option<u32>>, code: u32) {
 }
 
 /// Resolves with the code once the session has been ended by a limit.
-async fn ended_by(ended: &mut watch::Receiver<Option<u32>>) -> u32 {
+async fn ended_by(ended: &mut watch::Receiver<Option<StreamCode>>) -> StreamCode {
     loop {
         if let Some(code) = *ended.borrow_and_update() {
             return code;
@@ -449,7 +449,7 @@ async fn within<F: std::future::Future>(limit: Option<Duration>, future: F) -> O
 }
 
 /// Resolves with the code of the time limit that ends the session first.
-async fn watchdog(activity: &Activity, limits: &SpliceLimits<'_>) -> u32 {
+async fn watchdog(activity: &Activity, limits: &SpliceLimits<'_>) -> StreamCode {
     let duration = async {
         match limits.max_duration {
             Some(limit) => tokio::time::sleep(limit).await,
@@ -616,12 +616,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reset_and_a_stop_cross_with_their_codes() {
         let (mut player, mut host, splice, _) = start(no_limits());
-        player.send.reset(0x4242);
+        let theirs = StreamCode::from_u32(0x4242);
+        player.send.reset(theirs);
         let (_, end) = host.recv.read_to_end().await;
-        assert_eq!(end, Err(RecvEnd::Reset(0x4242)));
+        assert_eq!(end, Err(RecvEnd::Reset(theirs)));
         // The player stops reading: the host, which sends towards it, is told to stop
         // with the player's code.
-        player.recv.stop(0x77);
+        let stop = StreamCode::from_u32(0x77);
+        player.recv.stop(stop);
         let refused = host.send.write_all(pattern(10, 0)).await;
         let stopped = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
@@ -633,7 +635,7 @@ mod tests {
         })
         .await
         .expect("the stop reaches the host");
-        assert_eq!(stopped, Some(0x77), "{refused:?}");
+        assert_eq!(stopped, Some(stop), "{refused:?}");
         let outcome = splice.await.expect("splice");
         assert_eq!(outcome.ended_by, None);
     }
@@ -765,7 +767,7 @@ mod tests {
             (Duration::from_secs(4)..Duration::from_secs(6)).contains(&took),
             "{took:?}"
         );
-        player.recv.stop(0);
+        player.recv.stop(StreamCode::from_u32(0));
         drop(player);
         splice.abort();
     }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use blindrelay_protocol::codes;
+use blindrelay_protocol::{codes, StreamCode};
 
 use crate::admission::{Admission, Refusal};
 
@@ -34,10 +34,9 @@ pub(crate) struct Stats {
     pub sessions_refused_capacity: AtomicU64,
     pub sessions_refused_rate: AtomicU64,
     pub sessions_refused_no_hello: AtomicU64,
-    pub sessions_ended_stalled: AtomicU64,
-    pub sessions_ended_idle: AtomicU64,
-    pub sessions_ended_duration: AtomicU64,
-    pub sessions_ended_bytes: AtomicU64,
+    /// Sessions the relay ended at a limit, one counter per code of
+    /// [`StreamCode::ALL`] (only the limits' are ever bumped).
+    pub sessions_ended: [AtomicU64; StreamCode::ALL.len()],
     pub bad_requests: AtomicU64,
     pub bytes_player_to_host: AtomicU64,
     pub bytes_host_to_player: AtomicU64,
@@ -141,15 +140,24 @@ impl Stats {
         });
     }
 
-    pub fn session_ended_by(&self, code: u32) {
-        let counter = match code {
-            codes::stream::STALLED => &self.sessions_ended_stalled,
-            codes::stream::SESSION_IDLE => &self.sessions_ended_idle,
-            codes::stream::DURATION_LIMIT => &self.sessions_ended_duration,
-            codes::stream::BYTE_LIMIT => &self.sessions_ended_bytes,
-            _ => return,
-        };
-        Self::bump(counter);
+    /// Counts a session the relay ended at one of its limits; other codes (passed on
+    /// from a side) are not the relay's doing and are not counted here.
+    pub fn session_ended_by(&self, code: StreamCode) {
+        if !code.is_limit() {
+            return;
+        }
+        if let Some(index) = StreamCode::ALL.iter().position(|known| *known == code) {
+            Self::bump(&self.sessions_ended[index]);
+        }
+    }
+
+    fn sessions_ended_by(&self, code: StreamCode) -> u64 {
+        StreamCode::ALL
+            .iter()
+            .position(|known| *known == code)
+            .map_or(0, |index| {
+                self.sessions_ended[index].load(Ordering::Relaxed)
+            })
     }
 }
 
@@ -218,6 +226,10 @@ pub struct StatsSnapshot {
     pub sessions_ended_duration: u64,
     /// Sessions ended at their maximum bytes.
     pub sessions_ended_bytes: u64,
+    /// Sessions the relay ended at a limit, by the code it ended them with: every
+    /// limit code of [`StreamCode::ALL`], in its order (the four counts above, by
+    /// code).
+    pub sessions_ended_by_limit: Vec<(StreamCode, u64)>,
     /// Bytes of the session buffer budget reserved by running sessions.
     pub buffer_bytes_reserved: u64,
     /// Streams whose first message could not be decoded or came too late.
@@ -281,10 +293,15 @@ impl Stats {
             sessions_refused_rate: get(&self.sessions_refused_rate),
             sessions_refused_no_hello: get(&self.sessions_refused_no_hello),
             sessions_active: get(&self.sessions_active),
-            sessions_ended_stalled: get(&self.sessions_ended_stalled),
-            sessions_ended_idle: get(&self.sessions_ended_idle),
-            sessions_ended_duration: get(&self.sessions_ended_duration),
-            sessions_ended_bytes: get(&self.sessions_ended_bytes),
+            sessions_ended_stalled: self.sessions_ended_by(codes::stream::STALLED),
+            sessions_ended_idle: self.sessions_ended_by(codes::stream::SESSION_IDLE),
+            sessions_ended_duration: self.sessions_ended_by(codes::stream::DURATION_LIMIT),
+            sessions_ended_bytes: self.sessions_ended_by(codes::stream::BYTE_LIMIT),
+            sessions_ended_by_limit: StreamCode::ALL
+                .iter()
+                .filter(|code| code.is_limit())
+                .map(|&code| (code, self.sessions_ended_by(code)))
+                .collect(),
             buffer_bytes_reserved: admission.buffer_in_use(),
             bad_requests: get(&self.bad_requests),
             bytes_player_to_host: get(&self.bytes_player_to_host),
@@ -301,6 +318,30 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_are_counted_by_the_limit_code_that_ended_them() {
+        let stats = Stats::default();
+        stats.session_ended_by(codes::stream::STALLED);
+        stats.session_ended_by(codes::stream::BYTE_LIMIT);
+        stats.session_ended_by(codes::stream::BYTE_LIMIT);
+        // Codes the relay passed on from a side are not the relay's limits.
+        stats.session_ended_by(codes::stream::PEER_GONE);
+        stats.session_ended_by(StreamCode::from_u32(0x4242));
+        let snapshot = stats.snapshot(0, &Admission::new(&Default::default()), 0);
+        assert_eq!(snapshot.sessions_ended_stalled, 1);
+        assert_eq!(snapshot.sessions_ended_bytes, 2);
+        assert_eq!(snapshot.sessions_ended_idle, 0);
+        assert_eq!(
+            snapshot.sessions_ended_by_limit,
+            [
+                (codes::stream::STALLED, 1),
+                (codes::stream::SESSION_IDLE, 0),
+                (codes::stream::DURATION_LIMIT, 0),
+                (codes::stream::BYTE_LIMIT, 2),
+            ]
+        );
+    }
 
     #[test]
     fn histograms_count_cumulatively_and_keep_the_sum() {

@@ -3,7 +3,7 @@
 //! The `[sessions]` and `[hosts]` sections of the config are the default tier. A
 //! `[tiers.NAME]` section overrides any of their per-host values for the hosts put in
 //! that tier, and `[host_tiers]` puts host ids in tiers. A registration token names
-//! its host's tier too, and the token's tier wins (see `crate::tokens`). A relay can
+//! its host's tier too, and the token's tier wins (see `crate::token_issuers`). A relay can
 //! so cap strangers at what Plex's relay allows and let its owner's friends stream 4K.
 
 use std::collections::{BTreeMap, HashMap};

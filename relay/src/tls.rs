@@ -107,7 +107,7 @@ impl RelayCertificate {
     }
 
     /// The leaf certificate, for test clients that trust it alone.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn leaf(&self) -> &CertificateDer<'static> {
         &self.chain[0]
     }

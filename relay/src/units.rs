@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use blindrelay_protocol::duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A number of bytes: a plain integer, or a number with a unit (`B`, `KB`, `MB`,
@@ -18,7 +19,9 @@ pub struct ByteSize(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Rate(pub u64);
 
-/// A duration: `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"`, or `"0"` for none.
+/// A duration: `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"`, or `"0"` for none; the syntax
+/// of [`blindrelay_protocol::duration`], shared by every duration flag of both
+/// programs. In the config file a bare integer is seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Span(pub Duration);
 
@@ -91,10 +94,7 @@ impl FromStr for Span {
     type Err = UnitError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.trim() == "0" {
-            return Ok(Self(Duration::ZERO));
-        }
-        humantime::parse_duration(text.trim())
+        duration::parse_duration(text)
             .map(Self)
             .map_err(|err| UnitError {
                 what: "duration",
@@ -141,10 +141,7 @@ impl fmt::Display for Rate {
 
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_zero() {
-            return f.write_str("0");
-        }
-        write!(f, "{}", humantime::format_duration(self.0))
+        duration::format_duration(self.0).fmt(f)
     }
 }
 
@@ -251,6 +248,12 @@ mod tests {
         assert_eq!("250ms".parse(), Ok(Span(Duration::from_millis(250))));
         assert_eq!("0".parse(), Ok(Span(Duration::ZERO)));
         assert!("soon".parse::<Span>().is_err());
+        let ambiguous = "10M".parse::<Span>().expect_err("months or minutes?");
+        assert!(
+            ambiguous.to_string().contains("ms, s, m, h or d"),
+            "{ambiguous}"
+        );
+        assert_eq!(Span(Duration::from_secs(7 * 86_400)).to_string(), "7d");
         assert_eq!(Span(Duration::from_secs(90)).to_string(), "1m 30s");
     }
 

@@ -491,3 +491,62 @@ async fn a_relay_that_requires_tokens_admits_only_hosts_with_one() {
     relay.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The relay's settings come from a flag, else its environment variable, else the
+/// config file: shown for a boolean (which a flag or variable can turn off) and a
+/// value, as `--check-config` prints them.
+#[test]
+fn relay_flags_beat_the_environment_which_beats_the_file() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, "log_full_ip = true\ndrain_timeout = \"1m\"\n").unwrap();
+    let check = |flags: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(bin.join("blindrelayd"));
+        command
+            .args(["--config", file.to_str().unwrap(), "--check-config"])
+            .args(flags)
+            .env_remove("BLINDRELAY_LOG_FULL_IP")
+            .env_remove("BLINDRELAY_DRAIN_TIMEOUT");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert!(output.status.success(), "{flags:?} {env:?}: {stdout}");
+        let line = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{key} = ")))
+                .unwrap_or_else(|| panic!("{key} printed: {stdout}"))
+                .to_owned()
+        };
+        (line("log_full_ip"), line("drain_timeout"))
+    };
+    let file_only = check(&[], &[]);
+    assert_eq!(file_only, ("true".into(), "\"1m\"".into()));
+    let env = [
+        ("BLINDRELAY_LOG_FULL_IP", "false"),
+        ("BLINDRELAY_DRAIN_TIMEOUT", "10s"),
+    ];
+    assert_eq!(check(&[], &env), ("false".into(), "\"10s\"".into()));
+    assert_eq!(
+        check(&["--log-full-ip=true", "--drain-timeout", "250ms"], &env),
+        ("true".into(), "\"250ms\"".into())
+    );
+    assert_eq!(
+        check(&["--log-full-ip=false"], &[]),
+        ("false".into(), "\"1m\"".into()),
+        "a flag turns off the file's true"
+    );
+
+    let refused = Command::new(bin.join("blindrelayd"))
+        .args(["--check-config", "--drain-timeout", "10M"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8(refused.stderr).unwrap();
+    assert!(stderr.contains("ms, s, m, h or d"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -660,7 +660,7 @@ async fn the_byte_limit_counts_what_follows_the_control_messages_and_delivers_at
     let _ = player_send.write_all(&sent).await;
     let (_host_send, mut host_recv) = host.accept_bi().await.unwrap();
     let (got, ended) = read_raw(&mut host_recv).await;
-    let byte_limit = quinn::VarInt::from_u32(codes::stream::BYTE_LIMIT);
+    let byte_limit = quinn::VarInt::from(codes::stream::BYTE_LIMIT);
     assert_eq!(ended, Some(quinn::ReadError::Reset(byte_limit)));
     // At most the limit arrives, and only the first bytes: the reset that follows
     // them lets QUIC discard what the host had not read yet, even `Incoming`.

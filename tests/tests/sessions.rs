@@ -258,7 +258,7 @@ async fn a_host_that_rejects_what_a_player_sent_says_so_instead_of_finishing() {
         assert_eq!(err.kind(), expected, "the host's own report: {err}");
 
         // The player hears the host's rejection both ways, as its own code.
-        let violation = quinn::VarInt::from_u32(codes::stream::PROTOCOL_VIOLATION);
+        let violation = quinn::VarInt::from(codes::stream::PROTOCOL_VIOLATION);
         if !truncate {
             let stopped = tokio::time::timeout(PATIENCE, send.stopped())
                 .await

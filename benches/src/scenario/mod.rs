@@ -24,10 +24,10 @@ use crate::report::Report;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
     /// How long each measured phase runs (after its warm-up).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = blindrelay_protocol::duration::parse_duration)]
     pub duration: Duration,
     /// Load before each phase's measurement starts, not counted.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = blindrelay_protocol::duration::parse_duration)]
     pub warmup: Duration,
     /// A remote relay to test (its URL as `blindrelayd` prints it). Without it the
     /// harness starts one as a child process, and only then reports the relay's CPU

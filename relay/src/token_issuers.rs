@@ -1,4 +1,5 @@
-//! Registration tokens on the relay: the issuer keys it trusts, and the check it runs
+//! Registration tokens on the relay: the issuer keys it trusts (the token format
+//! itself is `blindrelay_protocol::token`), and the check it runs
 //! on a token once the host has proved it holds its host id's key.
 //!
 //! A relay started with `--token-issuer-pub FILE` (config key `token_issuer_pub`)
