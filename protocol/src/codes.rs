@@ -383,7 +383,7 @@ mod tests {
     #[test]
     fn wire_numbers_are_pinned() {
         let close: Vec<u32> = CloseCode::ALL.iter().map(|c| c.to_u32()).collect();
-        assert_eq!(close, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(close, [0, 1, 2, 3, 4, 5, 6]);
         let stream: Vec<u32> = StreamCode::ALL.iter().map(|c| c.to_u32()).collect();
         assert_eq!(
             stream,

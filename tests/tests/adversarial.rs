@@ -841,3 +841,84 @@ async fn a_flood_of_handshakes_never_finished_sheds_no_host_and_locks_nobody_out
     drop(pending);
     echo_host.abort();
 }
+
+/// The relay's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_peers_that_grant_no_credit_send_does_not_grow_the_relay() {
+    const ADDRESSES: u8 = 4;
+    const PER_ADDRESS: u64 = 60;
+    const CONNECTIONS: u64 = ADDRESSES as u64 * PER_ADDRESS;
+    const JUNK: usize = 256 * 1024;
+    let bin = common::process::binaries();
+    let relay =
+        common::process::Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
+
+    // The connections first (their QUIC state is the relay's fixed cost per
+    // connection, counted by `connections.max`), then what they send.
+    let mut connections = Vec::new();
+    for address in 0..ADDRESSES {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1 + address));
+        for _ in 0..PER_ADDRESS {
+            let connection = blindrelay_client::connect_relay_raw_with(&url, ip, no_credit())
+                .await
+                .unwrap();
+            connections.push(connection);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_bytes(relay.pid());
+
+    // Each connection registers on its first stream and asks for a session with an
+    // offline host on two more, then sends far more than it was asked for on each,
+    // and never lets the relay answer.
+    let mut writers = tokio::task::JoinSet::new();
+    for connection in &connections {
+        for stream in 0..3 {
+            let connection = connection.clone();
+            writers.spawn(async move {
+                let (mut send, _recv) = connection.open_bi().await.ok()?;
+                let host_id = SecretKey::generate().unwrap().host_id();
+                let mut first = if stream == 0 {
+                    ControlMessage::register(host_id).to_frame().to_vec()
+                } else {
+                    let mut connect = ControlMessage::Connect { host_id }.to_frame().to_vec();
+                    connect.extend_from_slice(&ANY_HELLO);
+                    connect
+                };
+                first.extend_from_slice(&vec![0x55; JUNK]);
+                let _ = tokio::time::timeout(PATIENCE, send.write_all(&first)).await;
+                Some(())
+            });
+        }
+    }
+    // Watch the relay while they push.
+    let mut peak = before;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes(relay.pid()));
+    }
+    writers.shutdown().await;
+    // A connection that has not paired a session may park at most its first receive
+    // window (16 KiB); plus a fixed overhead for allocator slack and packet buffers.
+    let bound = CONNECTIONS * (16 << 10);
+    let overhead = 8 << 20;
+    let growth = peak.saturating_sub(before);
+    eprintln!("relay grew by {growth} bytes under {CONNECTIONS} connections (bound {bound})");
+    assert!(
+        growth <= bound + overhead,
+        "relay grew by {growth} bytes, bound {bound} + overhead {overhead}"
+    );
+    drop(connections);
+}

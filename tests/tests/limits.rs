@@ -700,7 +700,7 @@ async fn a_session_ends_at_its_maximum_duration() {
     session.write_all(b"hello").await.unwrap();
     session.flush().await.unwrap();
     let error = read_until_error(&mut session).await;
-    assert!(error.contains("maximum session duration"), "{error}");
+    assert!(error.contains("maximum duration"), "{error}");
     assert!(start.elapsed() >= Duration::from_millis(900));
     wait_for_stats(&relay, "the duration count", |s| {
         s.sessions_ended_duration == 1
