@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::noise::{HostHandshake, Verdict};
+use blindrelay_protocol::noise::HostHandshake;
 use blindrelay_protocol::registration::{
     HostRegistration, HostRegistrationError, EXPORTER_LABEL, EXPORTER_LEN,
 };
@@ -783,61 +783,61 @@ pub(crate) async fn respond(
     session_id: u64,
 ) -> Option<SecureStream> {
     let mut reply = BytesMut::new();
-    let mut transport = match HostHandshake::respond(&config.key, hello, &mut reply) {
-        Ok(transport) => transport,
+    let pending = match HostHandshake::respond(&config.key, hello, &mut reply) {
+        Ok(pending) => pending,
         Err(err) => {
             debug!(session_id, %path, %err, "refusing a session");
             let _ = send.reset(codes::stream::REFUSED.into());
             return None;
         }
     };
-    let allowed = config.players.allows(transport.remote_static());
-    let verdict = if allowed {
-        Verdict::Welcome
-    } else {
-        Verdict::NotAuthorized
-    };
-    // Reply and verdict go out in one write, the same bytes either way.
-    if transport.seal_verdict(verdict, &mut reply).is_err() {
+    let player = *pending.remote_static();
+    if config.players.allows(&player) {
+        // Reply and verdict go out in one write, the same bytes either way.
+        let Ok(transport) = pending.welcome(&mut reply) else {
+            let _ = send.reset(codes::stream::REFUSED.into());
+            return None;
+        };
+        send.write_all(&reply).await.ok()?;
+        let (reader, writer) = crate::linger::halves(send, recv);
+        return Some(SecureStream::new(
+            reader,
+            writer,
+            transport,
+            path,
+            session_id,
+            BytesMut::new(),
+        ));
+    }
+    let Ok(refused) = pending.refuse(&mut reply) else {
         let _ = send.reset(codes::stream::REFUSED.into());
         return None;
-    }
+    };
     send.write_all(&reply).await.ok()?;
-    if !allowed {
-        counters.players_refused.fetch_add(1, Ordering::Relaxed);
-        debug!(session_id, %path, player = %transport.remote_static().short(), "player not authorized");
-        // Let the player end the session, as a served player that leaves at once
-        // would, then end this direction as a served session's host does when its
-        // player leaves (`end`, then the stream's end), rather than closing first or
-        // differently in a way the relay could single out. A player that lingers is
-        // cut off after the handshake timeout.
-        let drained = async {
-            let mut sink = [0u8; 1024];
-            loop {
-                match recv.read(&mut sink).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return true,
-                    Err(_) => return false,
-                }
+    counters.players_refused.fetch_add(1, Ordering::Relaxed);
+    debug!(session_id, %path, player = %player.short(), "player not authorized");
+    // Let the player end the session, as a served player that leaves at once
+    // would, then end this direction as a served session's host does when its
+    // player leaves (`end`, then the stream's end), rather than closing first or
+    // differently in a way the relay could single out. A player that lingers is
+    // cut off after the handshake timeout.
+    let drained = async {
+        let mut sink = [0u8; 1024];
+        loop {
+            match recv.read(&mut sink).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return true,
+                Err(_) => return false,
             }
-        };
-        let left_cleanly = tokio::time::timeout(config.handshake_timeout, drained)
-            .await
-            .unwrap_or(false);
-        let mut end = BytesMut::new();
-        if left_cleanly && transport.seal_end(&mut end).is_ok() {
-            let _ = send.write_all(&end).await;
         }
-        let _ = send.finish();
-        return None;
+    };
+    let left_cleanly = tokio::time::timeout(config.handshake_timeout, drained)
+        .await
+        .unwrap_or(false);
+    let mut end = BytesMut::new();
+    if left_cleanly && refused.seal_end(&mut end).is_ok() {
+        let _ = send.write_all(&end).await;
     }
-    let (reader, writer) = crate::linger::halves(send, recv);
-    Some(SecureStream::new(
-        reader,
-        writer,
-        transport,
-        path,
-        session_id,
-        BytesMut::new(),
-    ))
+    let _ = send.finish();
+    None
 }

@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::noise::{NoiseError, PlayerHandshake, Transport, Verdict};
+use blindrelay_protocol::noise::{
+    ExpectVerdict, NoiseError, PlayerHandshake, Transport, VerdictOpened,
+};
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, Ticket};
 use bytes::BytesMut;
 use tokio::sync::Mutex;
@@ -410,37 +412,37 @@ impl Inner {
     /// Reads the host's verdict, its first transport frame, on either path.
     async fn read_verdict(
         &self,
-        mut transport: Transport,
+        expect_verdict: ExpectVerdict,
         mut pending: Pending,
     ) -> Result<(Transport, quinn::SendStream, quinn::RecvStream), ConnectError> {
         let (send, recv) = pending.streams().ok_or_else(lost_streams)?;
         let frame = read_noise_message(recv).await?;
-        let verdict = match transport.open_verdict(&frame) {
-            Ok(verdict) => verdict,
+        let refused = match expect_verdict.open_verdict(&frame) {
+            Ok(VerdictOpened::Welcome(transport)) => {
+                let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
+                return Ok((transport, send, recv));
+            }
+            Ok(VerdictOpened::NotAuthorized(refused)) => refused,
             Err(err) => {
                 // The host broke the session protocol: say so as the guard resets.
                 pending.code = codes::stream::PROTOCOL_VIOLATION;
                 return Err(err.into());
             }
         };
-        if verdict == Verdict::NotAuthorized {
-            // Leave exactly as a served player that leaves at once: its `end` frame,
-            // the stream's end, and the same wait for the host's own end. A reset
-            // here would tell the relay which players were refused.
-            let mut end = BytesMut::new();
-            transport.seal_end(&mut end)?;
-            send.write_all(&end)
-                .await
-                .map_err(|err| ConnectError::Protocol(err.to_string()))?;
-            let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
-            // Dropping both halves lets them linger as a dropped session's do.
-            drop(crate::linger::halves(send, recv));
-            return Err(ConnectError::NotAuthorized {
-                player: self.config.key.public_key(),
-            });
-        }
+        // Leave exactly as a served player that leaves at once: its `end` frame,
+        // the stream's end, and the same wait for the host's own end. A reset
+        // here would tell the relay which players were refused.
+        let mut end = BytesMut::new();
+        refused.seal_end(&mut end)?;
+        send.write_all(&end)
+            .await
+            .map_err(|err| ConnectError::Protocol(err.to_string()))?;
         let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
-        Ok((transport, send, recv))
+        // Dropping both halves lets them linger as a dropped session's do.
+        drop(crate::linger::halves(send, recv));
+        Err(ConnectError::NotAuthorized {
+            player: self.config.key.public_key(),
+        })
     }
 
     fn profile(&self) -> ConnectionProfile {

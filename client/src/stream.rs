@@ -405,14 +405,15 @@ mod tests {
         let mut wire = BytesMut::new();
         hs.write_hello(&mut wire).unwrap();
         let hello = noise::split_frame(&mut wire).unwrap();
-        let mut host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let host = host.welcome(&mut wire).unwrap();
         let reply = noise::split_frame(&mut wire).unwrap();
-        let mut player = hs.read_reply(&reply).unwrap();
-        host.seal_verdict(noise::Verdict::Welcome, &mut wire)
-            .unwrap();
+        let player = hs.read_reply(&reply).unwrap();
         let verdict = noise::split_frame(&mut wire).unwrap();
-        player.open_verdict(&verdict).unwrap();
-        (player, host)
+        match player.open_verdict(&verdict).unwrap() {
+            noise::VerdictOpened::Welcome(player) => (player, host),
+            noise::VerdictOpened::NotAuthorized(_) => panic!("the host welcomed the player"),
+        }
     }
 
     /// A session over an in-memory pipe.

@@ -191,7 +191,7 @@ async fn hand_made_player(
     quinn::RecvStream,
     blindrelay_protocol::noise::Transport,
 ) {
-    use blindrelay_protocol::noise::{PlayerHandshake, Verdict};
+    use blindrelay_protocol::noise::{PlayerHandshake, VerdictOpened};
     use blindrelay_protocol::ControlMessage;
 
     let key = SecretKey::generate().unwrap();
@@ -214,9 +214,11 @@ async fn hand_made_player(
         frame
     }
     let reply = read_frame(&mut recv).await;
-    let mut transport = handshake.read_reply(&reply).unwrap();
+    let expect_verdict = handshake.read_reply(&reply).unwrap();
     let verdict = read_frame(&mut recv).await;
-    assert_eq!(transport.open_verdict(&verdict), Ok(Verdict::Welcome));
+    let Ok(VerdictOpened::Welcome(transport)) = expect_verdict.open_verdict(&verdict) else {
+        panic!("the host welcomes every player");
+    };
     (send, recv, transport)
 }
 
