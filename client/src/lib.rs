@@ -15,7 +15,7 @@
 
 mod authorized;
 mod backoff;
-mod direct;
+mod connections;
 mod endpoint;
 mod host;
 mod linger;
@@ -30,12 +30,15 @@ pub use backoff::BackoffConfig;
 pub use blindrelay_protocol::{
     HostId, PublicKey, RelayUrl, SecretKey, SessionLimits, Ticket, Token,
 };
-pub use direct::DirectListenError;
 pub use endpoint::{
-    connect_relay_raw, connect_relay_raw_from, relay_endpoint_raw, ConnectRelayError,
+    connect_relay_raw, connect_relay_raw_from, relay_endpoint_raw, ConnectRelayError, TlsSetupError,
 };
-pub use host::{HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError};
+pub use host::{
+    DirectListenError, HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError,
+};
 pub use linger::{QuicRecv, QuicSend, LINGER};
-pub use player::{ConnectError, PathPreference, Player, PlayerConfig};
+pub use player::{
+    ConnectError, DirectConnectError, PathPreference, Player, PlayerConfig, SetupStreamError,
+};
 pub use stream::{Abandon, SecureStream, SessionEnded, SessionPath};
 pub use wire::{read_control, WireError};
