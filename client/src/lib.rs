@@ -12,6 +12,7 @@
 //! on this library.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod authorized;
 mod backoff;

@@ -181,14 +181,14 @@ pub struct HostStats {
 
 /// The agent's live counters, shared with its tasks.
 #[derive(Debug, Default)]
-pub(crate) struct HostCounters {
-    pub relay_connections: AtomicU64,
-    pub relay_connects: AtomicU64,
-    pub direct_connections: AtomicU64,
-    pub direct_refused: AtomicU64,
-    pub sessions_relayed: AtomicU64,
-    pub sessions_direct: AtomicU64,
-    pub players_refused: AtomicU64,
+struct HostCounters {
+    relay_connections: AtomicU64,
+    relay_connects: AtomicU64,
+    direct_connections: AtomicU64,
+    direct_refused: AtomicU64,
+    sessions_relayed: AtomicU64,
+    sessions_direct: AtomicU64,
+    players_refused: AtomicU64,
 }
 
 impl HostCounters {
