@@ -28,12 +28,18 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 #[non_exhaustive]
 pub enum ConnectRelayError {
     /// The relay's host name did not resolve.
-    #[error("cannot resolve relay {host}: {reason}")]
+    #[error("cannot resolve relay {host}: {source}")]
     Resolve {
         /// The host name.
         host: String,
-        /// Why.
-        reason: String,
+        /// The resolver's reason.
+        source: std::io::Error,
+    },
+    /// The relay's host name resolved to no address.
+    #[error("cannot resolve relay {host}: no addresses")]
+    NoAddress {
+        /// The host name.
+        host: String,
     },
     /// The local UDP socket could not be made.
     #[error("cannot open a UDP socket: {0}")]
@@ -196,16 +202,16 @@ pub(crate) fn direct_client_config(
 }
 
 async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ConnectRelayError> {
-    let resolve_error = |reason: String| ConnectRelayError::Resolve {
-        host: url.host().to_owned(),
-        reason,
-    };
+    let host = || url.host().to_owned();
     let mut addrs = tokio::net::lookup_host((url.host(), url.port()))
         .await
-        .map_err(|err| resolve_error(err.to_string()))?;
+        .map_err(|source| ConnectRelayError::Resolve {
+            host: host(),
+            source,
+        })?;
     addrs
         .next()
-        .ok_or_else(|| resolve_error("no addresses".to_owned()))
+        .ok_or_else(|| ConnectRelayError::NoAddress { host: host() })
 }
 
 /// A client-only endpoint bound to `local`.

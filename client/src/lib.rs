@@ -40,6 +40,7 @@ pub use host::{
 pub use linger::{QuicRecv, QuicSend, LINGER};
 pub use player::{
     ConnectError, DirectConnectError, PathPreference, Player, PlayerConfig, SetupStreamError,
+    UnknownPathPreference,
 };
 pub use stream::{Abandon, SecureStream, SessionEnded, SessionPath};
 pub use wire::{read_control, WireError};

@@ -66,17 +66,20 @@ impl std::fmt::Display for PathPreference {
     }
 }
 
+/// A path preference that is none of `auto`, `direct` and `relay`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown path {0:?}: expected auto, direct or relay")]
+pub struct UnknownPathPreference(pub String);
+
 impl std::str::FromStr for PathPreference {
-    type Err = String;
+    type Err = UnknownPathPreference;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "auto" => Ok(Self::Auto),
             "direct" => Ok(Self::DirectOnly),
             "relay" => Ok(Self::RelayOnly),
-            other => Err(format!(
-                "unknown path {other:?}: expected auto, direct or relay"
-            )),
+            other => Err(UnknownPathPreference(other.to_owned())),
         }
     }
 }
@@ -382,7 +385,7 @@ impl Player {
 }
 
 /// Stops the attempts that lost the race. One still running is aborted, and its
-/// [`Pending`] guard resets its stream; one that finished at the same moment as the
+/// [`PendingSession`] guard resets its stream; one that finished at the same moment as the
 /// winner is reset here, so the host never keeps a session nobody reads.
 async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, ConnectError>)>) {
     attempts.abort_all();
@@ -399,13 +402,13 @@ async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, Conn
 /// race and was aborted, or failed), the stream is reset with `CANCELLED` rather than
 /// finished, so the other end sees a cancelled session, not a truncated one; or with
 /// `PROTOCOL_VIOLATION` when the host's verdict broke the session protocol.
-struct Pending {
-    /// Some until [`Pending::finish`] hands the streams over.
+struct PendingSession {
+    /// Some until [`PendingSession::finish`] hands the streams over.
     streams: Option<(quinn::SendStream, quinn::RecvStream)>,
     code: u32,
 }
 
-impl Pending {
+impl PendingSession {
     fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
         Self {
             streams: Some((send, recv)),
@@ -430,7 +433,7 @@ impl Pending {
     }
 }
 
-impl Drop for Pending {
+impl Drop for PendingSession {
     fn drop(&mut self) {
         if let Some((mut send, mut recv)) = self.streams.take() {
             let _ = send.reset(self.code.into());
@@ -473,7 +476,7 @@ impl Connector {
     async fn read_verdict(
         &self,
         expect_verdict: ExpectVerdict,
-        mut pending: Pending,
+        mut pending: PendingSession,
     ) -> Result<(Transport, quinn::SendStream, quinn::RecvStream), ConnectError> {
         let (send, recv) = pending.streams();
         let frame = read_noise_message(recv)
@@ -530,7 +533,7 @@ impl Connector {
                 .open_bi()
                 .await
                 .map_err(|err| direct_error(err.into()))?;
-            let mut pending = Pending::new(send, recv);
+            let mut pending = PendingSession::new(send, recv);
             let (send, recv) = pending.streams();
             let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
             let mut out = BytesMut::new();
@@ -580,7 +583,7 @@ impl Connector {
             .get_or_connect(&url, || connect_relay(&self.endpoints, &url, profile))
             .await?;
         let (send, recv) = connection.open_bi().await?;
-        let mut pending = Pending::new(send, recv);
+        let mut pending = PendingSession::new(send, recv);
         let (send, recv) = pending.streams();
 
         let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;

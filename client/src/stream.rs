@@ -575,7 +575,17 @@ mod tests {
     fn ciphertext_comes_out_as_the_frames_that_went_in_whatever_the_read_sizes() {
         // Frames of every awkward size, the largest included, read in chunks that
         // never line up with them; each read is offered free space, never zeroed.
-        let sizes = [0usize, 1, 2, 17, 1000, MAX_MESSAGE_LEN, 3, MAX_MESSAGE_LEN - 1, 5];
+        let sizes = [
+            0usize,
+            1,
+            2,
+            17,
+            1000,
+            MAX_MESSAGE_LEN,
+            3,
+            MAX_MESSAGE_LEN - 1,
+            5,
+        ];
         let mut wire = Vec::new();
         for (i, &len) in sizes.iter().enumerate() {
             wire.extend_from_slice(&(len as u16).to_be_bytes());

@@ -152,16 +152,16 @@ pub(super) async fn serve(
 }
 
 /// Counts a direct connection while it is open.
-struct OpenConnection(Arc<HostCounters>);
+struct CountedDirectConnection(Arc<HostCounters>);
 
-impl OpenConnection {
+impl CountedDirectConnection {
     fn new(counters: Arc<HostCounters>) -> Self {
         counters.direct_connections.fetch_add(1, Ordering::Relaxed);
         Self(counters)
     }
 }
 
-impl Drop for OpenConnection {
+impl Drop for CountedDirectConnection {
     fn drop(&mut self) {
         self.0.direct_connections.fetch_sub(1, Ordering::Relaxed);
     }
@@ -172,7 +172,7 @@ async fn serve_connection(
     acceptor: SessionAcceptor,
     counters: Arc<HostCounters>,
 ) {
-    let _open = OpenConnection::new(counters);
+    let _open = CountedDirectConnection::new(counters);
     let connection = match incoming.await {
         Ok(connection) => connection,
         Err(err) => return debug!(%err, "direct connection failed during its handshake"),

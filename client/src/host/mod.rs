@@ -38,7 +38,7 @@ use crate::stream::SecureStream;
 use accept::SessionAcceptor;
 pub use direct::DirectListenError;
 pub use relay::RegisterError;
-use relay::RelayEnd;
+use relay::RelaySideEnd;
 
 /// How a host agent behaves.
 #[derive(Debug, Clone)]
@@ -381,7 +381,7 @@ async fn run(
         Some(relay) => relay::run_relay(&config, relay, &endpoints, &mut control).await,
         None => {
             let _ = control.shutdown.changed().await;
-            RelayEnd::Shutdown
+            RelaySideEnd::Shutdown
         }
     };
     if let Some(endpoint) = &listener {
@@ -389,9 +389,9 @@ async fn run(
     }
     children.shutdown().await;
     let reason = match end {
-        RelayEnd::Replaced => "another host registered the same host id".to_owned(),
-        RelayEnd::Shutdown => "shut down".to_owned(),
-        RelayEnd::TokenRefused(reason) => reason,
+        RelaySideEnd::Replaced => "another host registered the same host id".to_owned(),
+        RelaySideEnd::Shutdown => "shut down".to_owned(),
+        RelaySideEnd::TokenRefused(reason) => reason,
     };
     control.state.send_replace(HostState::Stopped { reason });
 }

@@ -73,7 +73,7 @@ impl From<HostRegistrationError> for RegisterError {
 }
 
 /// How a registered connection ended.
-enum Ended {
+enum RegistrationEnd {
     /// A newer registration took the host id: stop.
     Replaced,
     /// The connection was lost: reconnect.
@@ -88,7 +88,7 @@ enum Ended {
 }
 
 /// Why the relay side returned.
-pub(super) enum RelayEnd {
+pub(super) enum RelaySideEnd {
     Replaced,
     Shutdown,
     /// The relay refused the registration token.
@@ -101,7 +101,7 @@ pub(super) async fn run_relay(
     relay: &RelayUrl,
     endpoints: &LocalEndpoints,
     control: &mut AgentChannels,
-) -> RelayEnd {
+) -> RelaySideEnd {
     let mut backoff = Backoff::new(config.backoff);
     // Connections of relays that are going away, held open until the relay closes
     // them so the sessions on them can finish.
@@ -114,9 +114,9 @@ pub(super) async fn run_relay(
             info!("relay disabled: reachable only directly");
             tokio::select! {
                 on = control.enabled.wait_for(|on| *on) => if on.is_err() {
-                    return RelayEnd::Shutdown;
+                    return RelaySideEnd::Shutdown;
                 },
-                _ = control.shutdown.changed() => return RelayEnd::Shutdown,
+                _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
             }
             info!("relay enabled");
             continue;
@@ -127,7 +127,7 @@ pub(super) async fn run_relay(
         let attempt = tokio::select! {
             attempt = register(config, relay, endpoints, &control.counters) => attempt,
             _ = control.enabled.wait_for(|on| !*on) => continue,
-            _ = control.shutdown.changed() => return RelayEnd::Shutdown,
+            _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
         };
         match attempt {
             Ok((connection, registration, _held)) => {
@@ -135,12 +135,12 @@ pub(super) async fn run_relay(
                 control.state.send_replace(HostState::Registered);
                 info!(%relay, "registered with the relay: reachable through the relay");
                 match serve_registered(&connection, registration, control).await {
-                    Ended::Replaced => {
+                    RegistrationEnd::Replaced => {
                         warn!("another host registered the same host id; stopping");
-                        return RelayEnd::Replaced;
+                        return RelaySideEnd::Replaced;
                     }
-                    Ended::Lost(reason) => warn!(%reason, "lost the relay"),
-                    Ended::GoingAway(retry_after) => {
+                    RegistrationEnd::Lost(reason) => warn!(%reason, "lost the relay"),
+                    RegistrationEnd::GoingAway(retry_after) => {
                         // Not closed: its sessions run until the relay closes it. Dropping
                         // the last handle would close it too, so one is held until then.
                         departing.spawn(async move {
@@ -155,11 +155,11 @@ pub(super) async fn run_relay(
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             _ = control.enabled.wait_for(|on| !*on) => {}
-                            _ = control.shutdown.changed() => return RelayEnd::Shutdown,
+                            _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
                         }
                         continue;
                     }
-                    Ended::Disabled => {
+                    RegistrationEnd::Disabled => {
                         connection.close(
                             codes::close::RELAY_DISABLED.into(),
                             b"relay disabled by the host",
@@ -167,15 +167,15 @@ pub(super) async fn run_relay(
                         info!("relay switched off: closed the relay connection and its sessions");
                         continue;
                     }
-                    Ended::Shutdown => {
+                    RegistrationEnd::Shutdown => {
                         connection.close(codes::close::NORMAL.into(), b"host shutting down");
-                        return RelayEnd::Shutdown;
+                        return RelaySideEnd::Shutdown;
                     }
                 }
             }
             Err(RegisterError::Refused { code, reason }) if code.is_token_refusal() => {
                 warn!(%code, %reason, "the relay refused the registration token; stopping");
-                return RelayEnd::TokenRefused(format!(
+                return RelaySideEnd::TokenRefused(format!(
                     "relay refused the registration token: {code} ({reason})"
                 ));
             }
@@ -186,7 +186,7 @@ pub(super) async fn run_relay(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = control.enabled.wait_for(|on| !*on) => {}
-            _ = control.shutdown.changed() => return RelayEnd::Shutdown,
+            _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
         }
     }
 }
@@ -197,9 +197,9 @@ fn jittered(delay: Duration) -> Duration {
 }
 
 /// Counts a relay connection for as long as the agent holds it.
-struct HeldConnection(Arc<HostCounters>);
+struct CountedRelayConnection(Arc<HostCounters>);
 
-impl HeldConnection {
+impl CountedRelayConnection {
     fn new(counters: &Arc<HostCounters>) -> Self {
         counters.relay_connects.fetch_add(1, Ordering::Relaxed);
         counters.relay_connections.fetch_add(1, Ordering::Relaxed);
@@ -207,14 +207,14 @@ impl HeldConnection {
     }
 }
 
-impl Drop for HeldConnection {
+impl Drop for CountedRelayConnection {
     fn drop(&mut self) {
         self.0.relay_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// A registered connection's open registration stream.
-type Registration = (quinn::SendStream, quinn::RecvStream);
+type RegistrationStream = (quinn::SendStream, quinn::RecvStream);
 
 /// Connects and registers; returns the connection and its open registration stream.
 async fn register(
@@ -222,14 +222,21 @@ async fn register(
     relay: &RelayUrl,
     endpoints: &LocalEndpoints,
     counters: &Arc<HostCounters>,
-) -> Result<(quinn::Connection, Registration, HeldConnection), RegisterError> {
+) -> Result<
+    (
+        quinn::Connection,
+        RegistrationStream,
+        CountedRelayConnection,
+    ),
+    RegisterError,
+> {
     let profile = ConnectionProfile {
         incoming_streams: config.max_concurrent_sessions,
         keep_alive: config.keep_alive,
         idle_timeout: config.idle_timeout,
     };
     let connection = connect_relay(endpoints, relay, profile).await?;
-    let held = HeldConnection::new(counters);
+    let held = CountedRelayConnection::new(counters);
     let result = tokio::time::timeout(config.handshake_timeout, prove(config, &connection)).await;
     match result {
         Ok(Ok(control)) => Ok((connection, control, held)),
@@ -248,7 +255,7 @@ async fn register(
 async fn prove(
     config: &HostConfig,
     connection: &quinn::Connection,
-) -> Result<Registration, RegisterError> {
+) -> Result<RegistrationStream, RegisterError> {
     let (mut send, mut recv) = connection.open_bi().await?;
     let token = config.token.as_ref().map(Token::to_bytes);
     let (expect_challenge, register) = HostRegistration::start(&config.key, token);
@@ -267,9 +274,9 @@ async fn prove(
 /// Accepts sessions on a registered connection until it ends.
 async fn serve_registered(
     connection: &quinn::Connection,
-    registration: Registration,
+    registration: RegistrationStream,
     control: &mut AgentChannels,
-) -> Ended {
+) -> RegistrationEnd {
     // Keep the send half: finishing it would end the registration.
     let (mut registration_send, mut registration_recv) = registration;
     // One read for the life of the registration, polled from the loop: a partly read
@@ -291,7 +298,7 @@ async fn serve_registered(
             message = &mut registration_ended => {
                 match message {
                     Ok(ControlMessage::GoingAway { retry_after_ms }) => {
-                        return Ended::GoingAway(Duration::from_millis(retry_after_ms.into()));
+                        return RegistrationEnd::GoingAway(Duration::from_millis(retry_after_ms.into()));
                     }
                     Ok(message) => debug!(?message, "relay ended the registration"),
                     Err(_) => {}
@@ -302,24 +309,24 @@ async fn serve_registered(
             _ = control.enabled.wait_for(|on| !*on) => {
                 // Unregister first; the caller closes the connection right after.
                 let _ = registration_send.finish();
-                return Ended::Disabled;
+                return RegistrationEnd::Disabled;
             }
-            _ = control.shutdown.changed() => return Ended::Shutdown,
+            _ = control.shutdown.changed() => return RegistrationEnd::Shutdown,
         }
     }
 }
 
-fn ended(connection: &quinn::Connection) -> Ended {
+fn ended(connection: &quinn::Connection) -> RegistrationEnd {
     match connection.close_reason() {
         Some(quinn::ConnectionError::ApplicationClosed(close))
             if close.error_code == codes::close::REPLACED.into() =>
         {
-            Ended::Replaced
+            RegistrationEnd::Replaced
         }
-        Some(reason) => Ended::Lost(reason.to_string()),
+        Some(reason) => RegistrationEnd::Lost(reason.to_string()),
         None => {
             connection.close(codes::close::NORMAL.into(), b"registration ended");
-            Ended::Lost("the relay ended the registration".to_owned())
+            RegistrationEnd::Lost("the relay ended the registration".to_owned())
         }
     }
 }
