@@ -342,7 +342,13 @@ struct CiphertextBuf {
 
 /// The buffer holds a whole frame of the largest size and at least [`MIN_READ`]
 /// bytes more.
-const CIPHERTEXT_BUF_LEN: usize = 2 + MAX_MESSAGE_LEN + MIN_READ;
+const CIPHERTEXT_BUF_LEN: usize = HEADROOM + 2 + MAX_MESSAGE_LEN + MIN_READ;
+
+/// Where a frame read into an empty buffer starts: its message (after the 2-byte
+/// prefix) then starts 64-byte aligned. Decryption copies the message into an
+/// aligned buffer, and copies between addresses of different alignment are slow
+/// with glibc on the AMD benchmark machine (docs/decisions.md).
+const HEADROOM: usize = 62;
 
 /// The least free space a read is offered, so reads stay large.
 const MIN_READ: usize = 16 * 1024;
@@ -379,27 +385,30 @@ impl CiphertextBuf {
         &self.bytes[message]
     }
 
-    /// Free space after the buffered bytes, at least [`MIN_READ`] and enough for the
-    /// frame being read to fit whole; what is buffered moves to the front if needed.
+    /// Free space after the buffered bytes for the next read: up to the end of a
+    /// largest frame, or [`MIN_READ`] bytes if that is more. A stream of largest
+    /// frames is then read one whole frame per read, and no partial frame is ever
+    /// moved. What is buffered moves to the front only when that space would run past
+    /// the buffer's end.
     fn spare(&mut self) -> &mut [u8] {
         if self.bytes.is_empty() {
             self.bytes = vec![0; CIPHERTEXT_BUF_LEN];
         }
         if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
+            self.start = HEADROOM;
+            self.end = HEADROOM;
         }
-        // Every frame fits the buffer whole: the prefix cannot announce more than
-        // MAX_MESSAGE_LEN. At most one partial frame is buffered here, since the
-        // reader asks for more only when no whole frame is.
-        let needed = 2 + self.announced_len().unwrap_or(0);
-        let cramped = self.bytes.len() - self.end < MIN_READ;
-        if self.start > 0 && (cramped || self.start + needed > self.bytes.len()) {
-            self.bytes.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        // At most one partial frame is buffered (the reader asks for more only when
+        // no whole frame is), so `buffered` < 2 + MAX_MESSAGE_LEN and the space fits
+        // the buffer once moved to the front.
+        let buffered = self.end - self.start;
+        let limit = (2 + MAX_MESSAGE_LEN).max(buffered + MIN_READ);
+        if self.start + limit > self.bytes.len() {
+            self.bytes.copy_within(self.start..self.end, HEADROOM);
+            self.start = HEADROOM;
+            self.end = HEADROOM + buffered;
         }
-        &mut self.bytes[self.end..]
+        &mut self.bytes[self.end..self.start + limit]
     }
 
     /// Records that a read put `n` bytes into [`CiphertextBuf::spare`].
