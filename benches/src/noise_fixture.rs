@@ -1,6 +1,8 @@
 //! Fixed keys and a finished Noise session, shared by the criterion benchmarks.
 
-use blindrelay_protocol::noise::{split_frame, HostHandshake, PlayerHandshake, Transport};
+use blindrelay_protocol::noise::{
+    split_frame, HostHandshake, PlayerHandshake, Transport, VerdictOpened,
+};
 use blindrelay_protocol::SecretKey;
 use bytes::BytesMut;
 
@@ -20,6 +22,12 @@ pub fn session() -> (Transport, Transport) {
     player.write_hello(&mut wire).expect("hello");
     let hello = split_frame(&mut wire).expect("hello frame");
     let host = HostHandshake::respond(&host_key, &hello, &mut wire).expect("respond");
+    let host = host.welcome(&mut wire).expect("welcome");
     let reply = split_frame(&mut wire).expect("reply frame");
-    (player.read_reply(&reply).expect("reply"), host)
+    let player = player.read_reply(&reply).expect("reply");
+    let verdict = split_frame(&mut wire).expect("verdict frame");
+    match player.open_verdict(&verdict).expect("verdict") {
+        VerdictOpened::Welcome(player) => (player, host),
+        VerdictOpened::NotAuthorized(_) => unreachable!("the host welcomed the player"),
+    }
 }

@@ -34,7 +34,8 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(config: BackoffConfig) -> Self {
+    /// A backoff that has made no attempt yet.
+    pub(crate) fn new(config: BackoffConfig) -> Self {
         Self::with_rng(config, fastrand::Rng::new())
     }
 
@@ -47,7 +48,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let factor = 1u32 << self.attempt.min(20);
         let ceiling = self
             .config
@@ -61,12 +62,12 @@ impl Backoff {
     }
 
     /// Attempts made since the last reset.
-    pub fn attempts(&self) -> u32 {
+    pub(crate) fn attempts(&self) -> u32 {
         self.attempt
     }
 
     /// Starts over after a success.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 }

@@ -1,14 +1,23 @@
-//! Reaching a relay: DNS, the QUIC endpoint, and verifying the relay's certificate.
+//! QUIC from the client's side: the UDP sockets a player or host agent connects from,
+//! reaching a relay (DNS, verifying its certificate) and a host's direct listener,
+//! and the transport settings of those connections.
+//!
+//! A player or host agent has one QUIC endpoint (one UDP socket) per address family,
+//! made on first use and kept for its life ([`LocalEndpoints`]); every connection it
+//! opens leaves from it, and a host's relay connection leaves from the socket its
+//! direct listener answers on. A NAT then maps one port for all of them, which is what
+//! hole punching will need, and a busy player does not spend a socket and a file
+//! descriptor per host.
 //!
 //! A relay URL with a pin is trusted only if the relay presents exactly the pinned
 //! certificate (TLS 1.3 signatures are still checked, so the relay must hold its key).
 //! A URL without a pin is verified against the public web PKI for its host name.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use blindrelay_protocol::{CertPin, RelayUrl, ALPN};
+use blindrelay_protocol::{CertPin, RelayUrl, ALPN, DIRECT_ALPN};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -19,25 +28,104 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 #[non_exhaustive]
 pub enum ConnectRelayError {
     /// The relay's host name did not resolve.
-    #[error("cannot resolve relay {host}: {reason}")]
+    #[error("cannot resolve relay {host}: {source}")]
     Resolve {
         /// The host name.
         host: String,
-        /// Why.
-        reason: String,
+        /// The resolver's reason.
+        source: std::io::Error,
+    },
+    /// The relay's host name resolved to no address.
+    #[error("cannot resolve relay {host}: no addresses")]
+    NoAddress {
+        /// The host name.
+        host: String,
     },
     /// The local UDP socket could not be made.
     #[error("cannot open a UDP socket: {0}")]
     Socket(#[from] std::io::Error),
     /// TLS configuration failed.
-    #[error("TLS configuration failed: {0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     /// The QUIC connection could not be started.
     #[error("cannot connect to the relay: {0}")]
     Connect(#[from] quinn::ConnectError),
     /// The QUIC or TLS handshake failed (relay down, wrong pin, wrong protocol).
     #[error("relay connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
+}
+
+/// Why a QUIC client or server configuration could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// rustls refused the configuration.
+    #[error("TLS configuration failed: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The configuration offers no cipher suite QUIC can start with.
+    #[error("TLS configuration failed: {0}")]
+    NoInitialCipherSuite(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+}
+
+/// Server name the host's direct certificate carries and the player asks for; it is
+/// not checked (see [`crate::host`]'s direct listener), it only has to be a valid name.
+pub(crate) const DIRECT_SERVER_NAME: &str = "blindrelay-host";
+
+/// The QUIC endpoints one player or host agent connects from: one per address
+/// family, each made on first use and then shared by every connection of that family.
+pub(crate) struct LocalEndpoints {
+    v4: Mutex<Option<quinn::Endpoint>>,
+    v6: Mutex<Option<quinn::Endpoint>>,
+}
+
+impl LocalEndpoints {
+    /// No endpoint yet: each is bound on an ephemeral port when first needed.
+    pub(crate) fn new() -> Self {
+        Self {
+            v4: Mutex::new(None),
+            v6: Mutex::new(None),
+        }
+    }
+
+    /// Connections of `bound`'s family leave from `listener`, the host's direct
+    /// listener; those of the other family get an endpoint of their own.
+    pub(crate) fn with_listener(listener: quinn::Endpoint, bound: SocketAddr) -> Self {
+        let endpoints = Self::new();
+        *endpoints
+            .slot(bound)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(listener);
+        endpoints
+    }
+
+    /// The endpoint to reach `remote` from.
+    pub(crate) fn for_remote(&self, remote: SocketAddr) -> Result<quinn::Endpoint, std::io::Error> {
+        // Binding is quick and never waits on the network; the lock is held only
+        // for it.
+        let mut slot = self
+            .slot(remote)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(endpoint) = slot.as_ref() {
+            return Ok(endpoint.clone());
+        }
+        let local: SocketAddr = if remote.is_ipv6() {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint = endpoint_at(local)?;
+        *slot = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    fn slot(&self, addr: SocketAddr) -> &Mutex<Option<quinn::Endpoint>> {
+        if addr.is_ipv6() {
+            &self.v6
+        } else {
+            &self.v4
+        }
+    }
 }
 
 /// How a client QUIC connection behaves.
@@ -57,7 +145,7 @@ pub(crate) struct ConnectionProfile {
 /// generator, conformance tests). Applications use [`crate::HostAgent`] and
 /// [`crate::Player`] instead.
 pub async fn connect_relay_raw(url: &RelayUrl) -> Result<quinn::Connection, ConnectRelayError> {
-    connect_relay(url, RAW_PROFILE).await
+    connect_relay(&LocalEndpoints::new(), url, RAW_PROFILE).await
 }
 
 /// How the bare connections of tools and tests behave: they may accept as many
@@ -107,49 +195,47 @@ pub async fn relay_endpoint_raw(
     Ok((endpoint, addr))
 }
 
-/// Opens a QUIC connection to the relay at `url`.
+/// Opens a QUIC connection to the relay at `url`, from one of `endpoints`.
 pub(crate) async fn connect_relay(
+    endpoints: &LocalEndpoints,
     url: &RelayUrl,
     profile: ConnectionProfile,
 ) -> Result<quinn::Connection, ConnectRelayError> {
     let addr = resolve(url).await?;
-    let mut endpoint = client_endpoint(addr)?;
-    endpoint.set_default_client_config(relay_client_config(url, profile)?);
-    let connecting = endpoint.connect(addr, url.host())?;
+    let endpoint = endpoints.for_remote(addr)?;
+    let config = relay_client_config(url, profile)?;
+    let connecting = endpoint.connect_with(config, addr, url.host())?;
     Ok(connecting.await?)
 }
 
-async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ConnectRelayError> {
-    let resolve_error = |reason: String| ConnectRelayError::Resolve {
-        host: url.host().to_owned(),
-        reason,
-    };
-    let mut addrs = tokio::net::lookup_host((url.host(), url.port()))
-        .await
-        .map_err(|err| resolve_error(err.to_string()))?;
-    addrs
-        .next()
-        .ok_or_else(|| resolve_error("no addresses".to_owned()))
+/// The client configuration of a player's connection to a host's direct listener.
+pub(crate) fn direct_client_config(
+    profile: ConnectionProfile,
+) -> Result<quinn::ClientConfig, TlsSetupError> {
+    client_config(ServerCheck::NoiseAuthenticates, DIRECT_ALPN, profile)
 }
 
-/// A client-only endpoint on an ephemeral port of the family of `remote`.
-pub(crate) fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint, ConnectRelayError> {
-    let local: SocketAddr = if remote.is_ipv6() {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    endpoint_at(local)
+async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ConnectRelayError> {
+    let host = || url.host().to_owned();
+    let mut addrs = tokio::net::lookup_host((url.host(), url.port()))
+        .await
+        .map_err(|source| ConnectRelayError::Resolve {
+            host: host(),
+            source,
+        })?;
+    addrs
+        .next()
+        .ok_or_else(|| ConnectRelayError::NoAddress { host: host() })
 }
 
 /// A client-only endpoint bound to `local`.
-fn endpoint_at(local: SocketAddr) -> Result<quinn::Endpoint, ConnectRelayError> {
-    Ok(quinn::Endpoint::new(
+fn endpoint_at(local: SocketAddr) -> Result<quinn::Endpoint, std::io::Error> {
+    quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
         bind_udp(local)?,
         Arc::new(quinn::TokioRuntime),
-    )?)
+    )
 }
 
 /// A UDP socket bound to `local`, with large kernel buffers where allowed.
@@ -167,27 +253,26 @@ const UDP_BUFFER_BYTES: usize = 8 << 20;
 
 /// How a client checks the certificate of the QUIC endpoint it connects to.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum ServerCheck {
+enum ServerCheck {
     /// A relay whose URL pins its certificate: exactly that certificate.
     Pinned(CertPin),
     /// A relay with a certificate a public CA issued for its URL's host name.
     WebPki,
     /// A host's direct listener: any certificate. Safe only because every direct
     /// session starts with the Noise IK handshake, which authenticates the host by
-    /// its host id (see [`crate::direct`]).
+    /// its host id (see [`crate::host`]'s direct listener).
     NoiseAuthenticates,
 }
 
 /// A QUIC client configuration: TLS 1.3 only, one ALPN, the given certificate check.
-pub(crate) fn client_config(
+fn client_config(
     check: ServerCheck,
     alpn: &[u8],
     profile: ConnectionProfile,
-) -> Result<quinn::ClientConfig, String> {
+) -> Result<quinn::ClientConfig, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|err| err.to_string())?;
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
     let custom = |pin| {
         builder
             .clone()
@@ -206,8 +291,7 @@ pub(crate) fn client_config(
         }
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|err| err.to_string())?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
 
     let mut transport = quinn::TransportConfig::default();
@@ -229,7 +313,7 @@ fn relay_client_config(
         Some(pin) => ServerCheck::Pinned(*pin),
         None => ServerCheck::WebPki,
     };
-    client_config(check, ALPN, profile).map_err(ConnectRelayError::Tls)
+    Ok(client_config(check, ALPN, profile)?)
 }
 
 /// Trusts exactly one certificate, by its SHA-256 digest, whatever its name or

@@ -12,10 +12,11 @@
 //! on this library.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod authorized;
 mod backoff;
-mod direct;
+mod connections;
 mod endpoint;
 mod host;
 mod linger;
@@ -30,13 +31,17 @@ pub use backoff::BackoffConfig;
 pub use blindrelay_protocol::{
     HostId, PublicKey, RelayUrl, SecretKey, SessionLimits, Ticket, Token,
 };
-pub use direct::DirectListenError;
 pub use endpoint::{
     connect_relay_raw, connect_relay_raw_from, connect_relay_raw_with, relay_endpoint_raw,
-    ConnectRelayError,
+    ConnectRelayError, TlsSetupError,
 };
-pub use host::{HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError};
+pub use host::{
+    DirectListenError, HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError,
+};
 pub use linger::{QuicRecv, QuicSend, LINGER};
-pub use player::{ConnectError, PathPreference, Player, PlayerConfig};
+pub use player::{
+    ConnectError, DirectConnectError, PathPreference, Player, PlayerConfig, SetupStreamError,
+    UnknownPathPreference,
+};
 pub use stream::{Abandon, SecureStream, SessionEnded, SessionPath};
 pub use wire::{read_control, WireError};

@@ -6,32 +6,44 @@
 //! the first attempt to finish its Noise handshake wins. The others are cancelled and
 //! their streams reset with [`codes::stream::CANCELLED`].
 //!
-//! Through the relay, one QUIC connection per relay is kept and shared by every
-//! session to hosts on that relay; it is re-opened on demand when it has gone away.
-//! Each session is one bidirectional stream: `Connect { host id }` and the Noise hello
-//! are sent together (one round trip saved), the relay answers `Connected` or an
-//! `Error`, and the host's Noise reply follows. Directly, one QUIC connection per host
-//! address is kept the same way, and a session stream starts with the hello (see
-//! [`crate::direct`]).
+//! A player connects from one UDP socket per address family (see
+//! [`crate::endpoint`]). Through the relay, one QUIC connection per relay is kept and
+//! shared by every session to hosts on that relay; it is re-opened on demand when it
+//! has gone away, and a relay that does not answer holds up only sessions to itself
+//! (see [`crate::connections`]). Each session is one bidirectional stream:
+//! `Connect { host id }` and the Noise hello are sent together (one round trip saved),
+//! the relay answers `Connected` or an `Error`, and the host's Noise reply follows.
+//!
+//! Directly, one QUIC connection per host address is kept the same way, with ALPN
+//! `blindrelay-direct/1`, and a session stream starts with the hello: there is no
+//! relay to address. The host's certificate is not checked: the Noise IK handshake,
+//! encrypted to the host id from the ticket, is what authenticates the host (see
+//! [`crate::HostAgent`]'s direct listener).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::noise::{NoiseError, PlayerHandshake, Transport, Verdict};
+use blindrelay_protocol::noise::{
+    ExpectVerdict, NoiseError, PlayerHandshake, Transport, VerdictOpened,
+};
 use blindrelay_protocol::{
     codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, StreamCode, Ticket,
 };
 use bytes::BytesMut;
-use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::direct;
-use crate::endpoint::{connect_relay, ConnectRelayError, ConnectionProfile};
+use crate::connections::ConnectionCache;
+use crate::endpoint::{
+    connect_relay, direct_client_config, ConnectRelayError, ConnectionProfile, LocalEndpoints,
+    TlsSetupError, DIRECT_SERVER_NAME,
+};
 use crate::stream::{SecureStream, SessionPath};
-use crate::wire::{read_control, read_noise_message, WireError};
+use crate::wire::{read_control, WireError};
+
+/// How long a player waits before giving up on a direct address, by default.
+const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which paths [`Player::connect`] may use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,17 +68,20 @@ impl std::fmt::Display for PathPreference {
     }
 }
 
+/// A path preference that is none of `auto`, `direct` and `relay`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown path {0:?}: expected auto, direct or relay")]
+pub struct UnknownPathPreference(pub String);
+
 impl std::str::FromStr for PathPreference {
-    type Err = String;
+    type Err = UnknownPathPreference;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "auto" => Ok(Self::Auto),
             "direct" => Ok(Self::DirectOnly),
             "relay" => Ok(Self::RelayOnly),
-            other => Err(format!(
-                "unknown path {other:?}: expected auto, direct or relay"
-            )),
+            other => Err(UnknownPathPreference(other.to_owned())),
         }
     }
 }
@@ -100,7 +115,7 @@ impl PlayerConfig {
             key,
             path: PathPreference::Auto,
             relay_delay: Duration::from_millis(250),
-            direct_timeout: direct::DEFAULT_DIRECT_TIMEOUT,
+            direct_timeout: DEFAULT_DIRECT_TIMEOUT,
             connect_timeout: Duration::from_secs(15),
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
@@ -124,12 +139,12 @@ pub enum ConnectError {
         reason: String,
     },
     /// A direct attempt failed.
-    #[error("direct connection to {addr} failed: {reason}")]
+    #[error("direct connection to {addr} failed: {source}")]
     Direct {
         /// The host address tried.
         addr: SocketAddr,
         /// Why.
-        reason: String,
+        source: DirectConnectError,
     },
     /// The ticket offers no path the preference allows.
     #[error("the ticket offers no {preference} path to the host")]
@@ -141,9 +156,18 @@ pub enum ConnectError {
     /// message.
     #[error("end-to-end handshake with the host failed: {0}")]
     Handshake(#[from] NoiseError),
-    /// The session stream failed or the relay answered out of protocol.
+    /// The relay answered a session request with a message out of protocol.
+    #[error("session set-up failed: the relay answered with {message}")]
+    UnexpectedAnswer {
+        /// The name of the message it sent.
+        message: &'static str,
+    },
+    /// The session stream failed during set-up.
     #[error("session set-up failed: {0}")]
-    Protocol(String),
+    Stream(#[from] SetupStreamError),
+    /// An attempt's task ended without an answer (it panicked).
+    #[error("a connection attempt stopped unexpectedly: {0}")]
+    Attempt(#[from] tokio::task::JoinError),
     /// The relay connection could not open another stream.
     #[error("relay connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
@@ -159,6 +183,42 @@ pub enum ConnectError {
     },
 }
 
+/// Why a session stream failed while the session was being set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupStreamError {
+    /// The relay's answer could not be read.
+    #[error("cannot read the relay's answer: {0}")]
+    Answer(#[from] WireError),
+    /// A Noise message from the host could not be read.
+    #[error("cannot read the host's handshake: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// The session stream could not be written to.
+    #[error("cannot write to the session stream: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+/// Why a direct connection to a host could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectConnectError {
+    /// The local UDP socket could not be made.
+    #[error("cannot open a UDP socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// The QUIC connection could not be started.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or could not open a session stream.
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// No connection and Noise handshake within the direct timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 const HOST_NOT_REACHABLE: &str = "host not reachable: relay disabled or host offline";
 
 fn refusal_text(code: ErrorCode, reason: &str) -> String {
@@ -171,21 +231,18 @@ fn refusal_text(code: ErrorCode, reason: &str) -> String {
     }
 }
 
-impl From<WireError> for ConnectError {
-    fn from(err: WireError) -> Self {
-        Self::Protocol(err.to_string())
-    }
-}
-
 /// Opens sessions to hosts.
 pub struct Player {
-    inner: Arc<Inner>,
+    connector: Arc<Connector>,
 }
 
-struct Inner {
+/// What every connection attempt of one player shares: its settings, its sockets and
+/// its connections.
+struct Connector {
     config: PlayerConfig,
-    relays: Mutex<HashMap<RelayUrl, quinn::Connection>>,
-    direct: std::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    endpoints: LocalEndpoints,
+    relays: ConnectionCache<RelayUrl>,
+    direct: ConnectionCache<SocketAddr>,
 }
 
 /// Which path an attempt in the race took.
@@ -199,10 +256,11 @@ impl Player {
     /// A player with `config`.
     pub fn new(config: PlayerConfig) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            connector: Arc::new(Connector {
                 config,
-                relays: Mutex::new(HashMap::new()),
-                direct: std::sync::Mutex::new(HashMap::new()),
+                endpoints: LocalEndpoints::new(),
+                relays: ConnectionCache::new(),
+                direct: ConnectionCache::new(),
             }),
         }
     }
@@ -210,7 +268,7 @@ impl Player {
     /// Opens an end-to-end encrypted session to the host `ticket` names, on the
     /// paths the configured [`PathPreference`] allows.
     pub async fn connect(&self, ticket: &Ticket) -> Result<SecureStream, ConnectError> {
-        self.connect_via(ticket, self.inner.config.path).await
+        self.connect_via(ticket, self.connector.config.path).await
     }
 
     /// Like [`Player::connect`], with the path preference given here.
@@ -219,7 +277,7 @@ impl Player {
         ticket: &Ticket,
         preference: PathPreference,
     ) -> Result<SecureStream, ConnectError> {
-        let timeout = self.inner.config.connect_timeout;
+        let timeout = self.connector.config.connect_timeout;
         tokio::time::timeout(timeout, self.race(ticket, preference))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
@@ -227,19 +285,13 @@ impl Player {
 
     /// This player's static public key: what a host owner lists to serve it.
     pub fn public_key(&self) -> blindrelay_protocol::PublicKey {
-        self.inner.config.key.public_key()
+        self.connector.config.key.public_key()
     }
 
     /// Closes every relay and direct connection; sessions on them end.
     pub async fn close(&self) {
-        for (_, connection) in self.inner.relays.lock().await.drain() {
-            connection.close(codes::close::NORMAL.into(), b"player closing");
-        }
-        let direct: Vec<_> = match self.inner.direct.lock() {
-            Ok(mut direct) => direct.drain().map(|(_, connection)| connection).collect(),
-            Err(_) => Vec::new(),
-        };
-        for connection in direct {
+        let relays = self.connector.relays.drain();
+        for connection in relays.into_iter().chain(self.connector.direct.drain()) {
             connection.close(codes::close::NORMAL.into(), b"player closing");
         }
     }
@@ -264,14 +316,16 @@ impl Player {
 
         let mut attempts = JoinSet::new();
         for &addr in direct {
-            let (inner, host_id) = (self.inner.clone(), *ticket.host_id());
-            attempts
-                .spawn(async move { (Attempt::Direct, inner.connect_direct(addr, host_id).await) });
+            let (connector, host_id) = (self.connector.clone(), *ticket.host_id());
+            attempts.spawn(async move {
+                let attempt = connector.connect_direct(addr, host_id).await;
+                (Attempt::Direct, attempt)
+            });
         }
         let relay_delay = if direct.is_empty() {
             Duration::ZERO
         } else {
-            self.inner.config.relay_delay
+            self.connector.config.relay_delay
         };
         let relay_timer = tokio::time::sleep(relay_delay);
         tokio::pin!(relay_timer);
@@ -300,7 +354,7 @@ impl Player {
                         relay_error = Some(err);
                     }
                     Some(Err(err)) => {
-                        direct_error.get_or_insert(ConnectError::Protocol(err.to_string()));
+                        direct_error.get_or_insert(ConnectError::Attempt(err));
                     }
                     None => {}
                 },
@@ -324,13 +378,16 @@ impl Player {
         url: RelayUrl,
         ticket: &Ticket,
     ) {
-        let (inner, host_id) = (self.inner.clone(), *ticket.host_id());
-        attempts.spawn(async move { (Attempt::Relay, inner.connect_relayed(url, host_id).await) });
+        let (connector, host_id) = (self.connector.clone(), *ticket.host_id());
+        attempts.spawn(async move {
+            let attempt = connector.connect_relayed(url, host_id).await;
+            (Attempt::Relay, attempt)
+        });
     }
 }
 
 /// Stops the attempts that lost the race. One still running is aborted, and its
-/// [`Pending`] guard resets its stream; one that finished at the same moment as the
+/// [`PendingSession`] guard resets its stream; one that finished at the same moment as the
 /// winner is reset here, so the host never keeps a session nobody reads.
 async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, ConnectError>)>) {
     attempts.abort_all();
@@ -347,102 +404,110 @@ async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, Conn
 /// race and was aborted, or failed), the stream is reset with `CANCELLED` rather than
 /// finished, so the other end sees a cancelled session, not a truncated one; or with
 /// `PROTOCOL_VIOLATION` when the host's verdict broke the session protocol.
-struct Pending {
-    send: Option<quinn::SendStream>,
-    recv: Option<quinn::RecvStream>,
+struct PendingSession {
+    /// Some until [`PendingSession::finish`] hands the streams over.
+    streams: Option<(quinn::SendStream, quinn::RecvStream)>,
     code: StreamCode,
 }
 
-impl Pending {
+impl PendingSession {
     fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
         Self {
-            send: Some(send),
-            recv: Some(recv),
+            streams: Some((send, recv)),
             code: codes::stream::CANCELLED,
         }
     }
 
-    fn streams(&mut self) -> Option<(&mut quinn::SendStream, &mut quinn::RecvStream)> {
-        Some((self.send.as_mut()?, self.recv.as_mut()?))
+    fn streams(&mut self) -> (&mut quinn::SendStream, &mut quinn::RecvStream) {
+        // Only `finish` takes the streams out, and it consumes the guard.
+        let (send, recv) = self
+            .streams
+            .as_mut()
+            .expect("a pending session's streams are there until it finishes");
+        (send, recv)
     }
 
     /// The set-up succeeded: hand the streams over.
-    fn finish(mut self) -> Option<(quinn::SendStream, quinn::RecvStream)> {
-        Some((self.send.take()?, self.recv.take()?))
+    fn finish(mut self) -> (quinn::SendStream, quinn::RecvStream) {
+        self.streams
+            .take()
+            .expect("a pending session's streams are there until it finishes")
     }
 }
 
-impl Drop for Pending {
+impl Drop for PendingSession {
     fn drop(&mut self) {
-        if let Some(mut send) = self.send.take() {
+        if let Some((mut send, mut recv)) = self.streams.take() {
             let _ = send.reset(self.code.into());
-        }
-        if let Some(mut recv) = self.recv.take() {
             let _ = recv.stop(self.code.into());
         }
     }
 }
 
+/// Reads one length-prefixed Noise message (without its prefix) from a session
+/// stream, keeping quinn's own error: how the stream ended says who left.
+async fn read_noise_message(
+    recv: &mut quinn::RecvStream,
+) -> Result<BytesMut, quinn::ReadExactError> {
+    let mut prefix = [0u8; 2];
+    recv.read_exact(&mut prefix).await?;
+    let mut message = BytesMut::zeroed(u16::from_be_bytes(prefix).into());
+    recv.read_exact(&mut message).await?;
+    Ok(message)
+}
+
 /// A relayed stream the relay reset with `PEER_GONE` before the host's reply: the
 /// host's connection went away between pairing and handshake, typically because it
 /// has just switched its relay off. Reported like the relay's own refusal.
-fn host_left(err: WireError) -> ConnectError {
-    let WireError::Io(io) = &err else {
-        return err.into();
-    };
-    match io
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
-    {
-        Some(quinn::ReadError::Reset(code)) if *code == codes::stream::PEER_GONE.into() => {
+fn host_left(err: quinn::ReadExactError) -> ConnectError {
+    match err {
+        quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))
+            if code == codes::stream::PEER_GONE.into() =>
+        {
             ConnectError::Refused {
                 code: ErrorCode::HostUnreachable,
                 reason: "the host left the relay during set-up".to_owned(),
             }
         }
-        _ => err.into(),
+        other => SetupStreamError::Read(other).into(),
     }
 }
 
-fn lost_streams() -> ConnectError {
-    ConnectError::Protocol("session streams went away during set-up".to_owned())
-}
-
-impl Inner {
+impl Connector {
     /// Reads the host's verdict, its first transport frame, on either path.
     async fn read_verdict(
         &self,
-        mut transport: Transport,
-        mut pending: Pending,
+        expect_verdict: ExpectVerdict,
+        mut pending: PendingSession,
     ) -> Result<(Transport, quinn::SendStream, quinn::RecvStream), ConnectError> {
-        let (send, recv) = pending.streams().ok_or_else(lost_streams)?;
-        let frame = read_noise_message(recv).await?;
-        let verdict = match transport.open_verdict(&frame) {
-            Ok(verdict) => verdict,
+        let (send, recv) = pending.streams();
+        let frame = read_noise_message(recv)
+            .await
+            .map_err(SetupStreamError::from)?;
+        let refused = match expect_verdict.open_verdict(&frame) {
+            Ok(VerdictOpened::Welcome(transport)) => {
+                let (send, recv) = pending.finish();
+                return Ok((transport, send, recv));
+            }
+            Ok(VerdictOpened::NotAuthorized(refused)) => refused,
             Err(err) => {
                 // The host broke the session protocol: say so as the guard resets.
                 pending.code = codes::stream::PROTOCOL_VIOLATION;
                 return Err(err.into());
             }
         };
-        if verdict == Verdict::NotAuthorized {
-            // Leave exactly as a served player that leaves at once: its `end` frame,
-            // the stream's end, and the same wait for the host's own end. A reset
-            // here would tell the relay which players were refused.
-            let mut end = BytesMut::new();
-            transport.seal_end(&mut end)?;
-            send.write_all(&end)
-                .await
-                .map_err(|err| ConnectError::Protocol(err.to_string()))?;
-            let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
-            // Dropping both halves lets them linger as a dropped session's do.
-            drop(crate::linger::halves(send, recv));
-            return Err(ConnectError::NotAuthorized {
-                player: self.config.key.public_key(),
-            });
-        }
-        let (send, recv) = pending.finish().ok_or_else(lost_streams)?;
-        Ok((transport, send, recv))
+        // Leave exactly as a served player that leaves at once: its `end` frame,
+        // the stream's end, and the same wait for the host's own end. A reset
+        // here would tell the relay which players were refused.
+        let mut end = BytesMut::new();
+        refused.seal_end(&mut end)?;
+        send.write_all(&end).await.map_err(SetupStreamError::from)?;
+        let (send, recv) = pending.finish();
+        // Dropping both halves lets them linger as a dropped session's do.
+        drop(crate::linger::halves(send, recv));
+        Err(ConnectError::NotAuthorized {
+            player: self.config.key.public_key(),
+        })
     }
 
     fn profile(&self) -> ConnectionProfile {
@@ -459,29 +524,28 @@ impl Inner {
         host_id: HostId,
     ) -> Result<SecureStream, ConnectError> {
         let timeout = self.config.direct_timeout;
+        let direct_error = |source: DirectConnectError| ConnectError::Direct { addr, source };
         let attempt = async {
-            let connection = self.direct_connection(addr).await?;
+            let connection = self
+                .direct
+                .get_or_connect(&addr, || self.connect_host(addr))
+                .await
+                .map_err(direct_error)?;
             let (send, recv) = connection
                 .open_bi()
                 .await
-                .map_err(|err| ConnectError::Direct {
-                    addr,
-                    reason: err.to_string(),
-                })?;
-            let mut pending = Pending::new(send, recv);
-            let (send, recv) = pending.streams().ok_or_else(lost_streams)?;
+                .map_err(|err| direct_error(err.into()))?;
+            let mut pending = PendingSession::new(send, recv);
+            let (send, recv) = pending.streams();
             let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
             let mut out = BytesMut::new();
             handshake.write_hello(&mut out)?;
-            send.write_all(&out)
+            send.write_all(&out).await.map_err(SetupStreamError::from)?;
+            let reply = read_noise_message(recv)
                 .await
-                .map_err(|err| ConnectError::Direct {
-                    addr,
-                    reason: err.to_string(),
-                })?;
-            let reply = read_noise_message(recv).await?;
-            let transport = handshake.read_reply(&reply)?;
-            let (transport, send, recv) = self.read_verdict(transport, pending).await?;
+                .map_err(SetupStreamError::from)?;
+            let expect_verdict = handshake.read_reply(&reply)?;
+            let (transport, send, recv) = self.read_verdict(expect_verdict, pending).await?;
             let (reader, writer) = crate::linger::halves(send, recv);
             debug!(%addr, host = %host_id.short(), "direct session established");
             Ok(SecureStream::new(
@@ -495,43 +559,19 @@ impl Inner {
         };
         tokio::time::timeout(timeout, attempt)
             .await
-            .unwrap_or_else(|_| {
-                Err(ConnectError::Direct {
-                    addr,
-                    reason: format!("no answer within {timeout:?}"),
-                })
-            })
+            .unwrap_or_else(|_| Err(direct_error(DirectConnectError::Timeout(timeout))))
     }
 
-    /// The cached direct connection to `addr`, or a new one. The cache lock is
-    /// never held while connecting: attempts to different addresses run in
-    /// parallel, and two racing to the same address may each open one.
-    async fn direct_connection(&self, addr: SocketAddr) -> Result<quinn::Connection, ConnectError> {
-        let cached = self
-            .direct
-            .lock()
-            .ok()
-            .and_then(|direct| direct.get(&addr).cloned())
-            .filter(|connection| connection.close_reason().is_none());
-        if let Some(connection) = cached {
-            return Ok(connection);
-        }
-        let connection = direct::connect(addr, self.profile())
-            .await
-            .map_err(|reason| ConnectError::Direct { addr, reason })?;
-        if let Ok(mut direct) = self.direct.lock() {
-            direct.retain(|_, connection| connection.close_reason().is_none());
-            // Sessions started at once may each have opened a connection. Keep the
-            // first: a replaced connection would close by itself when its last
-            // session drops it, possibly before that session's last bytes arrived.
-            // This one carries nothing yet, so closing it loses nothing.
-            if let Some(first) = direct.get(&addr) {
-                connection.close(codes::close::NORMAL.into(), b"duplicate connection");
-                return Ok(first.clone());
-            }
-            direct.insert(addr, connection.clone());
-        }
-        Ok(connection)
+    /// Opens a QUIC connection to a host's direct listener.
+    async fn connect_host(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, DirectConnectError> {
+        let endpoint = self.endpoints.for_remote(addr)?;
+        let config = direct_client_config(self.profile())?;
+        Ok(endpoint
+            .connect_with(config, addr, DIRECT_SERVER_NAME)?
+            .await?)
     }
 
     async fn connect_relayed(
@@ -539,10 +579,14 @@ impl Inner {
         url: RelayUrl,
         host_id: HostId,
     ) -> Result<SecureStream, ConnectError> {
-        let connection = self.relay_connection(&url).await?;
+        let profile = self.profile();
+        let connection = self
+            .relays
+            .get_or_connect(&url, || connect_relay(&self.endpoints, &url, profile))
+            .await?;
         let (send, recv) = connection.open_bi().await?;
-        let mut pending = Pending::new(send, recv);
-        let (send, recv) = pending.streams().ok_or_else(lost_streams)?;
+        let mut pending = PendingSession::new(send, recv);
+        let (send, recv) = pending.streams();
 
         let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
         let mut out = BytesMut::new();
@@ -558,18 +602,18 @@ impl Inner {
                 return Err(ConnectError::Refused { code, reason })
             }
             Ok(other) => {
-                return Err(ConnectError::Protocol(format!(
-                    "unexpected answer from the relay: {other:?}"
-                )))
+                return Err(ConnectError::UnexpectedAnswer {
+                    message: other.name(),
+                })
             }
             Err(err) => {
-                written.map_err(|err| ConnectError::Protocol(err.to_string()))?;
-                return Err(err.into());
+                written.map_err(SetupStreamError::from)?;
+                return Err(SetupStreamError::from(err).into());
             }
         };
         let reply = read_noise_message(recv).await.map_err(host_left)?;
-        let transport = handshake.read_reply(&reply)?;
-        let (transport, send, recv) = self.read_verdict(transport, pending).await?;
+        let expect_verdict = handshake.read_reply(&reply)?;
+        let (transport, send, recv) = self.read_verdict(expect_verdict, pending).await?;
         let (reader, writer) = crate::linger::halves(send, recv);
         debug!(session_id, host = %host_id.short(), %limits, "relayed session established");
         Ok(SecureStream::new(
@@ -581,17 +625,5 @@ impl Inner {
             BytesMut::new(),
         )
         .with_limits(limits))
-    }
-
-    async fn relay_connection(&self, url: &RelayUrl) -> Result<quinn::Connection, ConnectError> {
-        let mut relays = self.relays.lock().await;
-        if let Some(connection) = relays.get(url) {
-            if connection.close_reason().is_none() {
-                return Ok(connection.clone());
-            }
-        }
-        let connection = connect_relay(url, self.profile()).await?;
-        relays.insert(url.clone(), connection.clone());
-        Ok(connection)
     }
 }

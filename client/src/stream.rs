@@ -182,8 +182,8 @@ pub struct SecureStream<R = QuicRecv, W = QuicSend> {
     path: SessionPath,
     session_id: u64,
     limits: SessionLimits,
-    /// Ciphertext received but not yet a whole frame.
-    read_buf: BytesMut,
+    /// Ciphertext received but not yet opened.
+    ciphertext: CiphertextBuf,
     /// Plaintext opened but not yet read by the application.
     plain: BytesMut,
     /// Sealed frames not yet accepted by the writer.
@@ -220,7 +220,7 @@ impl<R, W> SecureStream<R, W> {
             path,
             session_id,
             limits: SessionLimits::NONE,
-            read_buf,
+            ciphertext: CiphertextBuf::new(&read_buf),
             plain: BytesMut::new(),
             write_buf: BytesMut::new(),
             writer_closed: false,
@@ -323,8 +323,8 @@ impl<R: AsyncRead + Abandon + Unpin, W: Abandon + Unpin> AsyncRead for SecureStr
             if this.transport.received_end() {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(frame) = noise::split_frame(&mut this.read_buf) {
-                let opened = match this.transport.open(&frame) {
+            if let Some(frame) = this.ciphertext.next_frame() {
+                let opened = match this.transport.open(this.ciphertext.frame(frame)) {
                     Ok(opened) => opened,
                     Err(err) => return Poll::Ready(Err(this.reject(err))),
                 };
@@ -340,14 +340,11 @@ impl<R: AsyncRead + Abandon + Unpin, W: Abandon + Unpin> AsyncRead for SecureStr
                     Opened::End => return Poll::Ready(Ok(())),
                 }
             }
-            // Need more ciphertext: read into the spare end of `read_buf`.
-            let start = this.read_buf.len();
-            let want = (2 + MAX_MESSAGE_LEN).max(start + 16 * 1024) - start;
-            this.read_buf.resize(start + want, 0);
-            let mut spare = ReadBuf::new(&mut this.read_buf[start..]);
+            // Need more ciphertext: read into the buffer's free end.
+            let mut spare = ReadBuf::new(this.ciphertext.spare());
             let polled = Pin::new(&mut this.reader).poll_read(cx, &mut spare);
             let filled = spare.filled().len();
-            this.read_buf.truncate(start + filled);
+            this.ciphertext.fill(filled);
             ready!(polled).map_err(explain)?;
             if filled == 0 {
                 // The stream ended: clean only after the peer's authenticated end.
@@ -356,6 +353,103 @@ impl<R: AsyncRead + Abandon + Unpin, W: Abandon + Unpin> AsyncRead for SecureStr
                 }
                 return Poll::Ready(Ok(()));
             }
+        }
+    }
+}
+
+/// Ciphertext read from the stream and not yet opened: one buffer, zeroed once when
+/// the first read needs it, filled at its end and consumed from its start. Reads go
+/// straight into bytes that are already initialised, so no read zeroes memory first
+/// and none needs `unsafe`.
+struct CiphertextBuf {
+    bytes: Vec<u8>,
+    /// Where the first byte not yet taken as a frame is.
+    start: usize,
+    /// Where the bytes read so far end.
+    end: usize,
+}
+
+/// The buffer holds a whole frame of the largest size and at least [`MIN_READ`]
+/// bytes more.
+const CIPHERTEXT_BUF_LEN: usize = HEADROOM + 2 + MAX_MESSAGE_LEN + MIN_READ;
+
+/// Where a frame read into an empty buffer starts: its message (after the 2-byte
+/// prefix) then starts 64-byte aligned. Decryption copies the message into an
+/// aligned buffer, and copies between addresses of different alignment are slow
+/// with glibc on the AMD benchmark machine (docs/decisions.md).
+const HEADROOM: usize = 62;
+
+/// The least free space a read is offered, so reads stay large.
+const MIN_READ: usize = 16 * 1024;
+
+impl CiphertextBuf {
+    /// A buffer holding `already_read`, bytes read past the handshake.
+    fn new(already_read: &[u8]) -> Self {
+        let mut bytes = Vec::new();
+        if !already_read.is_empty() {
+            bytes = vec![0; CIPHERTEXT_BUF_LEN.max(already_read.len())];
+            bytes[..already_read.len()].copy_from_slice(already_read);
+        }
+        Self {
+            bytes,
+            start: 0,
+            end: already_read.len(),
+        }
+    }
+
+    /// Takes the next whole frame, if one is buffered: where its message (without
+    /// the 2-byte length prefix) lies, for [`CiphertextBuf::frame`].
+    fn next_frame(&mut self) -> Option<std::ops::Range<usize>> {
+        let len = self.announced_len()?;
+        if self.end - self.start < 2 + len {
+            return None;
+        }
+        let message = self.start + 2..self.start + 2 + len;
+        self.start = message.end;
+        Some(message)
+    }
+
+    /// The bytes of a frame [`CiphertextBuf::next_frame`] took.
+    fn frame(&self, message: std::ops::Range<usize>) -> &[u8] {
+        &self.bytes[message]
+    }
+
+    /// Free space after the buffered bytes for the next read: up to the end of a
+    /// largest frame, or [`MIN_READ`] bytes if that is more. A stream of largest
+    /// frames is then read one whole frame per read, and no partial frame is ever
+    /// moved. What is buffered moves to the front only when that space would run past
+    /// the buffer's end.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.bytes.is_empty() {
+            self.bytes = vec![0; CIPHERTEXT_BUF_LEN];
+        }
+        if self.start == self.end {
+            self.start = HEADROOM;
+            self.end = HEADROOM;
+        }
+        // At most one partial frame is buffered (the reader asks for more only when
+        // no whole frame is), so `buffered` < 2 + MAX_MESSAGE_LEN and the space fits
+        // the buffer once moved to the front.
+        let buffered = self.end - self.start;
+        let limit = (2 + MAX_MESSAGE_LEN).max(buffered + MIN_READ);
+        if self.start + limit > self.bytes.len() {
+            self.bytes.copy_within(self.start..self.end, HEADROOM);
+            self.start = HEADROOM;
+            self.end = HEADROOM + buffered;
+        }
+        &mut self.bytes[self.end..self.start + limit]
+    }
+
+    /// Records that a read put `n` bytes into [`CiphertextBuf::spare`].
+    fn fill(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    /// The length the next frame's prefix announces, once both its bytes are here.
+    fn announced_len(&self) -> Option<usize> {
+        match self.bytes.get(self.start..self.end)? {
+            [high, low, ..] => Some(usize::from(u16::from_be_bytes([*high, *low]))),
+            _ => None,
         }
     }
 }
@@ -452,14 +546,15 @@ mod tests {
         let mut wire = BytesMut::new();
         hs.write_hello(&mut wire).unwrap();
         let hello = noise::split_frame(&mut wire).unwrap();
-        let mut host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let host = host.welcome(&mut wire).unwrap();
         let reply = noise::split_frame(&mut wire).unwrap();
-        let mut player = hs.read_reply(&reply).unwrap();
-        host.seal_verdict(noise::Verdict::Welcome, &mut wire)
-            .unwrap();
+        let player = hs.read_reply(&reply).unwrap();
         let verdict = noise::split_frame(&mut wire).unwrap();
-        player.open_verdict(&verdict).unwrap();
-        (player, host)
+        match player.open_verdict(&verdict).unwrap() {
+            noise::VerdictOpened::Welcome(player) => (player, host),
+            noise::VerdictOpened::NotAuthorized(_) => panic!("the host welcomed the player"),
+        }
     }
 
     /// A session over an in-memory pipe.
@@ -529,6 +624,52 @@ mod tests {
             let mut got = [0u8; 10];
             player.read_exact(&mut got).await.unwrap();
             assert_eq!(got, [i; 10]);
+        }
+    }
+
+    #[test]
+    fn ciphertext_comes_out_as_the_frames_that_went_in_whatever_the_read_sizes() {
+        // Frames of every awkward size, the largest included, read in chunks that
+        // never line up with them; each read is offered free space, never zeroed.
+        let sizes = [
+            0usize,
+            1,
+            2,
+            17,
+            1000,
+            MAX_MESSAGE_LEN,
+            3,
+            MAX_MESSAGE_LEN - 1,
+            5,
+        ];
+        let mut wire = Vec::new();
+        for (i, &len) in sizes.iter().enumerate() {
+            wire.extend_from_slice(&(len as u16).to_be_bytes());
+            wire.extend((0..len).map(|j| (i * 31 + j) as u8));
+        }
+        for chunk in [1usize, 7, 4096, 70_000] {
+            let mut buf = CiphertextBuf::new(&wire[..3]);
+            let mut fed = 3;
+            let mut frames = Vec::new();
+            while frames.len() < sizes.len() {
+                while let Some(frame) = buf.next_frame() {
+                    frames.push(buf.frame(frame).to_vec());
+                }
+                if fed == wire.len() {
+                    break;
+                }
+                let spare = buf.spare();
+                assert!(spare.len() >= MIN_READ, "reads stay large");
+                let n = chunk.min(spare.len()).min(wire.len() - fed);
+                spare[..n].copy_from_slice(&wire[fed..fed + n]);
+                buf.fill(n);
+                fed += n;
+            }
+            assert_eq!(frames.len(), sizes.len(), "chunks of {chunk}");
+            for ((i, &len), frame) in sizes.iter().enumerate().zip(&frames) {
+                let expected: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+                assert_eq!(frame, &expected, "frame {i} in chunks of {chunk}");
+            }
         }
     }
 }

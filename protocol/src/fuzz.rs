@@ -11,7 +11,7 @@ use bytes::BytesMut;
 
 use crate::control::ControlMessage;
 use crate::keys::{HostId, SecretKey};
-use crate::noise::{split_frame, HostHandshake, PlayerHandshake};
+use crate::noise::{split_frame, HostHandshake, PlayerHandshake, VerdictOpened};
 use crate::registration::{HostRegistration, RelayRegistration, EXPORTER_LEN};
 use crate::ticket::Ticket;
 use crate::token::{self, IssuerKeys, IssuerSecretKey, Token};
@@ -111,24 +111,35 @@ pub fn noise_frames(data: &[u8]) {
     let Some(hello) = split_frame(&mut wire) else {
         return;
     };
-    let Ok(mut host) = HostHandshake::respond(&host_key, &hello, &mut wire) else {
+    let Ok(host) = HostHandshake::respond(&host_key, &hello, &mut wire) else {
+        return;
+    };
+    let Ok(mut host) = host.welcome(&mut wire) else {
         return;
     };
     let Some(reply) = split_frame(&mut wire) else {
         return;
     };
-    let Ok(mut player) = player.read_reply(&reply) else {
+    let Ok(player) = player.read_reply(&reply) else {
         return;
     };
+    // The player takes the input's first frame as the host's verdict, in place of
+    // the real one; only a welcome lets it open the frames that follow.
     let mut input = BytesMut::from(data);
-    let mut first = true;
+    let mut player = Some(player);
+    let mut welcomed = None;
     while let Some(frame) = split_frame(&mut input) {
         let _ = host.open(&frame);
-        if first {
-            let _ = player.open_verdict(&frame);
-            first = false;
-        } else {
-            let _ = player.open(&frame);
+        if let Some(player) = player.take() {
+            match player.open_verdict(&frame) {
+                Ok(VerdictOpened::Welcome(transport)) => welcomed = Some(transport),
+                Ok(VerdictOpened::NotAuthorized(refused)) => {
+                    assert!(refused.seal_end(&mut BytesMut::new()).is_ok());
+                }
+                Err(_) => {}
+            }
+        } else if let Some(transport) = welcomed.as_mut() {
+            let _ = transport.open(&frame);
         }
     }
 }

@@ -47,6 +47,17 @@
 //! as the ends of a served session do when its player leaves at once.
 //! The player accepts no other frame first; the host accepts no verdict at all.
 //!
+//! The order is kept by types, not flags (each state consumed, the next returned):
+//!
+//! ```text
+//! player: PlayerHandshake --read_reply--> ExpectVerdict --open_verdict--> Transport
+//!                                                                     \-> Refused
+//! host:   HostHandshake::respond --> PendingVerdict --welcome--> Transport
+//!                                                   \--refuse---> Refused
+//! ```
+//!
+//! [`Refused`] can only seal that side's one `end` frame.
+//!
 //! Because "end" is encrypted and authenticated, a relay or network that cuts the
 //! stream short is detected ([`NoiseError::Truncated`]) instead of looking like a
 //! clean close.
@@ -89,7 +100,8 @@ mod frame_type {
     pub const VERDICT: u8 = 0x03;
 }
 
-/// The host's decision about a player, sent as its first transport frame.
+/// The host's decision about a player, sent as its first transport frame: what
+/// [`ExpectVerdict::open_verdict`] found in it, as a plain value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// The host serves this player: the session is open.
@@ -105,13 +117,6 @@ impl Verdict {
             Self::NotAuthorized => 0x01,
         }
     }
-}
-
-/// Which end of the session a transport belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Player,
-    Host,
 }
 
 /// Why the session failed. Every one of these ends the session.
@@ -281,15 +286,76 @@ impl PlayerHandshake {
 
     /// Reads the host's reply (without its length prefix) and finishes the handshake.
     ///
-    /// The returned transport expects the host's [`Verdict`] as its first frame: open
-    /// it with [`Transport::open_verdict`]; [`Transport::open`] refuses every frame
-    /// until then.
-    pub fn read_reply(mut self, reply: &[u8]) -> Result<Transport, NoiseError> {
+    /// What comes back can do one thing: open the host's verdict, its first frame
+    /// ([`ExpectVerdict::open_verdict`]). Only a welcome yields a [`Transport`].
+    pub fn read_reply(mut self, reply: &[u8]) -> Result<ExpectVerdict, NoiseError> {
         let mut payload = [0u8; MAX_MESSAGE_LEN];
         self.state
             .read_message(reply, &mut payload)
             .map_err(handshake_error)?;
-        Transport::from_handshake(self.state, Role::Player)
+        Ok(ExpectVerdict {
+            transport: Transport::from_handshake(self.state)?,
+        })
+    }
+}
+
+/// The player after the handshake: the host's keys are known, its verdict is not.
+#[derive(Debug)]
+pub struct ExpectVerdict {
+    transport: Transport,
+}
+
+/// What the host's verdict let the player do next.
+#[derive(Debug)]
+pub enum VerdictOpened {
+    /// The host serves this player: the session is open.
+    Welcome(Transport),
+    /// The host does not serve this player's key. Its direction has ended; the player
+    /// may only seal its own `end`, as a served player that leaves at once does.
+    NotAuthorized(Refused),
+}
+
+impl VerdictOpened {
+    /// The verdict as a plain value.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Self::Welcome(_) => Verdict::Welcome,
+            Self::NotAuthorized(_) => Verdict::NotAuthorized,
+        }
+    }
+}
+
+impl ExpectVerdict {
+    /// The host's static key: the host id the handshake was encrypted to.
+    pub fn remote_static(&self) -> &PublicKey {
+        &self.transport.remote
+    }
+
+    /// Opens the host's first frame (without its length prefix), which must be its
+    /// verdict, and moves on to the state that verdict allows.
+    pub fn open_verdict(mut self, frame: &[u8]) -> Result<VerdictOpened, NoiseError> {
+        let transport = &mut self.transport;
+        if transport.open_buf.len() < frame.len() {
+            transport.open_buf.resize(frame.len(), 0);
+        }
+        let len = transport
+            .state
+            .read_message(frame, &mut transport.open_buf)
+            .map_err(transport_error)?;
+        match &transport.open_buf[..len] {
+            [0x00, frame_type::VERDICT] => Ok(VerdictOpened::Welcome(self.transport)),
+            [0x01, frame_type::VERDICT] => {
+                // "Not authorized" ends the host's direction: nothing may follow it.
+                self.transport.received_end = true;
+                Ok(VerdictOpened::NotAuthorized(Refused {
+                    transport: self.transport,
+                }))
+            }
+            [.., frame_type::VERDICT] => Err(NoiseError::MalformedFrame { kind: "verdict" }),
+            _ => Err(NoiseError::OutOfOrder {
+                reason: "the host's first frame must be its verdict",
+            }),
+        }
     }
 }
 
@@ -297,16 +363,17 @@ impl PlayerHandshake {
 pub struct HostHandshake;
 
 impl HostHandshake {
-    /// Reads a player's hello (without its length prefix), appends the reply to `out`
-    /// and returns the session, whose [`Transport::remote_static`] is the player's key.
+    /// Reads a player's hello (without its length prefix) and appends the reply to
+    /// `out`.
     ///
-    /// The host decides whether it serves that key and seals its
-    /// [`Transport::seal_verdict`] next, before anything else.
+    /// What comes back can do one thing: seal the verdict on the player whose key
+    /// [`PendingVerdict::remote_static`] names, with [`PendingVerdict::welcome`] or
+    /// [`PendingVerdict::refuse`]. Nothing else can be sent before it.
     pub fn respond(
         host_key: &SecretKey,
         hello: &[u8],
         out: &mut BytesMut,
-    ) -> Result<Transport, NoiseError> {
+    ) -> Result<PendingVerdict, NoiseError> {
         Self::respond_with_ephemeral(host_key, hello, out, None)
     }
 
@@ -315,7 +382,7 @@ impl HostHandshake {
         hello: &[u8],
         out: &mut BytesMut,
         ephemeral: Option<&[u8; 32]>,
-    ) -> Result<Transport, NoiseError> {
+    ) -> Result<PendingVerdict, NoiseError> {
         let local = host_key.to_bytes();
         let mut builder = builder(&local);
         if let Some(ephemeral) = ephemeral {
@@ -336,7 +403,62 @@ impl HostHandshake {
             });
         }
         write_framed(out, 256, |buf| state.write_message(&[], buf)).map_err(handshake_error)?;
-        Transport::from_handshake(state, Role::Host)
+        Ok(PendingVerdict {
+            transport: Transport::from_handshake(state)?,
+        })
+    }
+}
+
+/// The host after its handshake reply: it knows the player's key and owes the player
+/// a verdict, which is the only thing it can send next.
+///
+/// Both verdicts are the same size on the wire, so the relay cannot tell a refused
+/// player from a served one by the frame.
+#[derive(Debug)]
+pub struct PendingVerdict {
+    transport: Transport,
+}
+
+impl PendingVerdict {
+    /// The player's static key, by which the host decides whether to serve it.
+    pub fn remote_static(&self) -> &PublicKey {
+        &self.transport.remote
+    }
+
+    /// Seals the welcome: the session is open.
+    pub fn welcome(mut self, out: &mut BytesMut) -> Result<Transport, NoiseError> {
+        self.transport.seal_verdict(Verdict::Welcome, out)?;
+        Ok(self.transport)
+    }
+
+    /// Seals "not authorized". No data can follow, only the host's one `end` frame
+    /// ([`Refused::seal_end`]): the host sends it once the player has left, so that
+    /// its direction ends as a served session's does when its player leaves at once,
+    /// and the relay cannot tell the two apart by how the stream ends.
+    pub fn refuse(mut self, out: &mut BytesMut) -> Result<Refused, NoiseError> {
+        self.transport.seal_verdict(Verdict::NotAuthorized, out)?;
+        Ok(Refused {
+            transport: self.transport,
+        })
+    }
+}
+
+/// Either end of a session the host refused: all that is left is to seal this
+/// side's one `end` frame, as the end of a served session that ends at once would.
+#[derive(Debug)]
+pub struct Refused {
+    transport: Transport,
+}
+
+impl Refused {
+    /// The other end's static key.
+    pub fn remote_static(&self) -> &PublicKey {
+        &self.transport.remote
+    }
+
+    /// Seals this side's end of stream, the last frame it sends.
+    pub fn seal_end(mut self, out: &mut BytesMut) -> Result<(), NoiseError> {
+        self.transport.seal_end(out)
     }
 }
 
@@ -371,11 +493,6 @@ pub struct Transport {
     sent_under_key: u64,
     sent_end: bool,
     received_end: bool,
-    role: Role,
-    /// The verdict has been sent (host) or received (player).
-    verdict_done: bool,
-    /// (Host) The verdict was "not authorized": only `end` may follow.
-    refused: bool,
 }
 
 impl std::fmt::Debug for Transport {
@@ -389,7 +506,7 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    fn from_handshake(state: snow::HandshakeState, role: Role) -> Result<Self, NoiseError> {
+    fn from_handshake(state: snow::HandshakeState) -> Result<Self, NoiseError> {
         let remote = remote_static(&state)?;
         let state = state.into_transport_mode().map_err(handshake_error)?;
         Ok(Self {
@@ -401,26 +518,14 @@ impl Transport {
             sent_under_key: 0,
             sent_end: false,
             received_end: false,
-            role,
-            verdict_done: false,
-            refused: false,
         })
     }
 
-    /// (Host) Seals the verdict on this player: the first frame the host sends, and
-    /// the same size whichever it is. After [`Verdict::NotAuthorized`] no data can be
-    /// sealed, only the end of stream: the host sends it once the player has left, so
-    /// that its direction ends as a served session's does when its player leaves at
-    /// once, and the relay cannot tell the two apart by how the stream ends.
-    pub fn seal_verdict(&mut self, verdict: Verdict, out: &mut BytesMut) -> Result<(), NoiseError> {
-        if self.role != Role::Host || self.verdict_done {
-            return Err(NoiseError::OutOfOrder {
-                reason: "only the host sends a verdict, once",
-            });
-        }
-        self.seal_frame(frame_type::VERDICT, &[verdict.to_byte()], out)?;
-        self.verdict_done = true;
-        self.refused = verdict == Verdict::NotAuthorized;
+    /// Seals the host's verdict: its very first frame, which never waits behind a
+    /// rekey. Only [`PendingVerdict`] calls this, once.
+    fn seal_verdict(&mut self, verdict: Verdict, out: &mut BytesMut) -> Result<(), NoiseError> {
+        self.seal_raw(frame_type::VERDICT, &[verdict.to_byte()], out)?;
+        self.sent_under_key += 1;
         Ok(())
     }
 
@@ -472,11 +577,6 @@ impl Transport {
         if self.received_end {
             return Err(NoiseError::DataAfterEnd);
         }
-        if self.role == Role::Player && !self.verdict_done {
-            return Err(NoiseError::OutOfOrder {
-                reason: "the host's first frame must be its verdict",
-            });
-        }
         if self.open_buf.len() < frame.len() {
             self.open_buf.resize(frame.len(), 0);
         }
@@ -509,40 +609,6 @@ impl Transport {
         }
     }
 
-    /// (Player) Opens the host's first frame, which must be its verdict. After
-    /// [`Verdict::NotAuthorized`] the host's direction has ended.
-    pub fn open_verdict(&mut self, frame: &[u8]) -> Result<Verdict, NoiseError> {
-        if self.role != Role::Player || self.verdict_done {
-            return Err(NoiseError::OutOfOrder {
-                reason: "a verdict comes only from the host, once, first",
-            });
-        }
-        if self.open_buf.len() < frame.len() {
-            self.open_buf.resize(frame.len(), 0);
-        }
-        let len = self
-            .state
-            .read_message(frame, &mut self.open_buf)
-            .map_err(transport_error)?;
-        let verdict = match &self.open_buf[..len] {
-            [0x00, frame_type::VERDICT] => Verdict::Welcome,
-            [0x01, frame_type::VERDICT] => Verdict::NotAuthorized,
-            [.., frame_type::VERDICT] => {
-                return Err(NoiseError::MalformedFrame { kind: "verdict" })
-            }
-            _ => {
-                return Err(NoiseError::OutOfOrder {
-                    reason: "the host's first frame must be its verdict",
-                })
-            }
-        };
-        self.verdict_done = true;
-        if verdict == Verdict::NotAuthorized {
-            self.received_end = true;
-        }
-        Ok(verdict)
-    }
-
     /// Call when the underlying stream ends: fine after the peer's end of stream,
     /// [`NoiseError::Truncated`] before it.
     pub fn handle_eof(&self) -> Result<(), NoiseError> {
@@ -554,16 +620,10 @@ impl Transport {
     }
 
     fn seal_frame(&mut self, kind: u8, body: &[u8], out: &mut BytesMut) -> Result<(), NoiseError> {
-        if self.sent_end || (self.refused && kind != frame_type::END) {
+        if self.sent_end {
             return Err(NoiseError::WriteAfterEnd);
         }
-        if self.role == Role::Host && !self.verdict_done && kind != frame_type::VERDICT {
-            return Err(NoiseError::OutOfOrder {
-                reason: "the host's first frame must be its verdict",
-            });
-        }
-        // The verdict is the host's very first frame; it never waits behind a rekey.
-        if self.sent_under_key + 1 >= self.rekey_interval && kind != frame_type::VERDICT {
+        if self.sent_under_key + 1 >= self.rekey_interval {
             self.seal_raw(frame_type::REKEY, &[], out)?;
             self.state.rekey_outgoing();
             self.sent_under_key = 0;
@@ -600,6 +660,10 @@ pub fn seal_all(
 #[doc(hidden)]
 /// Deterministic handshakes for test vectors only: fixed ephemeral keys make every
 /// byte reproducible. Never use outside tests: reusing an ephemeral key breaks Noise.
+///
+/// Public (hidden) rather than `#[cfg(test)]` only because the worked examples of
+/// PROTOCOL.md are checked by an integration test, outside this crate; the helpers
+/// that bend a session's rules live in the unit tests alone.
 pub mod testing {
     use super::*;
 
@@ -618,18 +682,8 @@ pub mod testing {
         hello: &[u8],
         out: &mut BytesMut,
         ephemeral: &[u8; 32],
-    ) -> Result<Transport, NoiseError> {
+    ) -> Result<PendingVerdict, NoiseError> {
         HostHandshake::respond_with_ephemeral(host_key, hello, out, Some(ephemeral))
-    }
-
-    /// Lets a host transport send without its verdict, to test that players refuse it.
-    pub fn skip_verdict(transport: &mut Transport) {
-        transport.verdict_done = true;
-    }
-
-    /// Sets the nonce the next received frame is expected under.
-    pub fn set_receiving_nonce(transport: &mut Transport, nonce: u64) {
-        transport.state.set_receiving_nonce(nonce);
     }
 }
 
@@ -652,13 +706,24 @@ mod tests {
         let mut wire = BytesMut::new();
         player.write_hello(&mut wire).unwrap();
         let hello = split_frame(&mut wire).unwrap();
-        let mut host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
         let reply = split_frame(&mut wire).unwrap();
-        let mut player = player.read_reply(&reply).unwrap();
-        host.seal_verdict(Verdict::Welcome, &mut wire).unwrap();
+        let player = player.read_reply(&reply).unwrap();
+        let host = host.welcome(&mut wire).unwrap();
         let verdict = split_frame(&mut wire).unwrap();
-        assert_eq!(player.open_verdict(&verdict), Ok(Verdict::Welcome));
-        (player, host)
+        (welcomed(player.open_verdict(&verdict)), host)
+    }
+
+    fn welcomed(opened: Result<VerdictOpened, NoiseError>) -> Transport {
+        match opened {
+            Ok(VerdictOpened::Welcome(transport)) => transport,
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    /// Sets the nonce the next received frame is expected under.
+    fn set_receiving_nonce(transport: &mut Transport, nonce: u64) {
+        transport.state.set_receiving_nonce(nonce);
     }
 
     fn open_all(transport: &mut Transport, wire: &mut BytesMut) -> Result<Vec<u8>, NoiseError> {
@@ -705,16 +770,16 @@ mod tests {
         let mut transcript = wire.to_vec();
         let hello = split_frame(&mut wire).unwrap();
         assert_eq!(hello.len(), 32 + 48 + 16, "IK hello: e, encrypted s, tag");
-        let mut host =
+        let host =
             testing::host_respond_with_ephemeral(&host_key, &hello, &mut wire, &[4; 32]).unwrap();
-        host.seal_verdict(Verdict::Welcome, &mut wire).unwrap();
+        let mut host = host.welcome(&mut wire).unwrap();
         transcript.extend_from_slice(&wire);
         let reply = split_frame(&mut wire).unwrap();
         assert_eq!(reply.len(), 32 + 16, "IK reply: e, tag");
-        let mut player = player.read_reply(&reply).unwrap();
+        let player = player.read_reply(&reply).unwrap();
         let verdict = split_frame(&mut wire).unwrap();
         assert_eq!(verdict.len(), 1 + 1 + TAG_LEN, "verdict: body, type, tag");
-        assert_eq!(player.open_verdict(&verdict), Ok(Verdict::Welcome));
+        let mut player = welcomed(player.open_verdict(&verdict));
 
         player.seal(b"GET /movie.mkv", &mut wire).unwrap();
         player.seal_end(&mut wire).unwrap();
@@ -728,6 +793,9 @@ mod tests {
 
     #[test]
     fn a_refused_player_learns_it_from_a_frame_the_size_of_a_welcome() {
+        // What a refused host or player may not do (seal data, a second verdict, a
+        // second end) does not compile: `Refused` has `seal_end(self)` and nothing
+        // else, and `PendingVerdict` only `welcome(self)` and `refuse(self)`.
         let (player_key, host_key) = keys();
         let mut sizes = Vec::new();
         for verdict in [Verdict::Welcome, Verdict::NotAuthorized] {
@@ -735,70 +803,61 @@ mod tests {
             let mut wire = BytesMut::new();
             player.write_hello(&mut wire).unwrap();
             let hello = split_frame(&mut wire).unwrap();
-            let mut host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
-            // Nothing but the verdict may come first.
-            assert!(matches!(
-                host.seal(b"early", &mut BytesMut::new()),
-                Err(NoiseError::OutOfOrder { .. })
-            ));
-            host.seal_verdict(verdict, &mut wire).unwrap();
+            let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+            assert_eq!(host.remote_static(), &player_key.public_key());
+            let refused_host = match verdict {
+                Verdict::Welcome => {
+                    host.welcome(&mut wire).unwrap();
+                    None
+                }
+                Verdict::NotAuthorized => Some(host.refuse(&mut wire).unwrap()),
+            };
             sizes.push(wire.len());
             let reply = split_frame(&mut wire).unwrap();
-            let mut player = player.read_reply(&reply).unwrap();
+            let player = player.read_reply(&reply).unwrap();
+            assert_eq!(player.remote_static(), host_key.host_id().public_key());
             let frame = split_frame(&mut wire).unwrap();
-            match verdict {
-                Verdict::Welcome => {
-                    assert_eq!(player.open_verdict(&frame), Ok(Verdict::Welcome))
-                }
-                Verdict::NotAuthorized => {
-                    assert_eq!(player.open_verdict(&frame), Ok(Verdict::NotAuthorized));
-                    assert!(player.received_end());
-                    assert_eq!(
-                        host.seal(b"late", &mut wire),
-                        Err(NoiseError::WriteAfterEnd)
-                    );
-                    // Only the end of stream may follow, the same frame a served
-                    // session's host sends when its player leaves.
-                    let mut end = BytesMut::new();
-                    host.seal_end(&mut end).unwrap();
-                    assert_eq!(end.len(), 2 + 17);
-                    assert_eq!(host.seal_end(&mut end), Err(NoiseError::WriteAfterEnd));
-                }
+            let opened = player.open_verdict(&frame).unwrap();
+            assert_eq!(opened.verdict(), verdict);
+            if let (VerdictOpened::NotAuthorized(player), Some(host)) = (opened, refused_host) {
+                // Each side seals exactly one end, the same frame the ends of a
+                // served session send when its player leaves at once.
+                let mut end = BytesMut::new();
+                player.seal_end(&mut end).unwrap();
+                assert_eq!(end.len(), 2 + 17);
+                host.seal_end(&mut end).unwrap();
+                assert_eq!(end.len(), 2 * (2 + 17));
             }
-            assert!(matches!(
-                host.seal_verdict(verdict, &mut wire),
-                Err(NoiseError::OutOfOrder { .. } | NoiseError::WriteAfterEnd)
-            ));
         }
         assert_eq!(sizes[0], sizes[1], "reply + verdict: same bytes either way");
         assert_eq!(sizes[0], 2 + 48 + 2 + 18);
     }
 
     #[test]
-    fn the_player_accepts_nothing_before_the_verdict_and_the_host_no_verdict() {
+    fn the_player_accepts_nothing_before_the_verdict_and_no_verdict_after() {
         let (player_key, host_key) = keys();
         let mut player = PlayerHandshake::new(&player_key, &host_key.host_id()).unwrap();
         let mut wire = BytesMut::new();
         player.write_hello(&mut wire).unwrap();
         let hello = split_frame(&mut wire).unwrap();
-        let mut host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
         let reply = split_frame(&mut wire).unwrap();
-        let mut player = player.read_reply(&reply).unwrap();
-        // A host that skipped its verdict (built by hand: the API refuses it).
-        testing::skip_verdict(&mut host);
+        let player = player.read_reply(&reply).unwrap();
+        // A host that skipped its verdict (built by hand: the API cannot).
+        let mut host = host.transport;
         host.seal(b"data", &mut wire).unwrap();
         let frame = split_frame(&mut wire).unwrap();
-        assert!(matches!(
-            player.open(&frame),
-            Err(NoiseError::OutOfOrder { .. })
-        ));
         assert!(matches!(
             player.open_verdict(&frame),
             Err(NoiseError::OutOfOrder { .. })
         ));
-        // The player cannot send a verdict.
+
+        // A second verdict, after a welcome, is refused by the open session.
+        let (mut player, mut host) = pair();
+        host.seal_verdict(Verdict::Welcome, &mut wire).unwrap();
+        let frame = split_frame(&mut wire).unwrap();
         assert!(matches!(
-            player.seal_verdict(Verdict::Welcome, &mut wire),
+            player.open(&frame),
             Err(NoiseError::OutOfOrder { .. })
         ));
     }
@@ -914,14 +973,14 @@ mod tests {
         let frames: Vec<_> = std::iter::from_fn(|| split_frame(&mut wire)).collect();
         assert_eq!(frames.len(), 3, "data, rekey, data");
         assert_eq!(host.open(&frames[0]), Ok(Opened::Data(b"a")));
-        testing::set_receiving_nonce(&mut host, 2);
+        set_receiving_nonce(&mut host, 2);
         assert_eq!(host.open(&frames[2]), Err(NoiseError::Decrypt));
     }
 
     #[test]
     fn nonce_exhaustion_ends_the_session() {
         let (_, mut host) = pair();
-        testing::set_receiving_nonce(&mut host, u64::MAX);
+        set_receiving_nonce(&mut host, u64::MAX);
         assert_eq!(host.open(&[0u8; 32]), Err(NoiseError::NonceExhausted));
     }
 

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use blindrelay_protocol::noise::{self, testing, Verdict, NOISE_PARAMS, PROLOGUE};
+use blindrelay_protocol::noise::{self, testing, VerdictOpened, NOISE_PARAMS, PROLOGUE};
 use blindrelay_protocol::registration::{self, PROOF_CONTEXT};
 use blindrelay_protocol::{
     Claims, ControlMessage, ErrorCode, HostId, IssuerSecretKey, PublicKey, RelayUrl, SecretKey,
@@ -289,17 +289,18 @@ fn section_10_7_noise_vector() {
     let mut rows = vec![wire.to_vec()];
     let mut transcript = wire.to_vec();
     let hello = noise::split_frame(&mut wire).unwrap();
-    let mut host =
-        testing::host_respond_with_ephemeral(host_key, &hello, &mut wire, &[4; 32]).unwrap();
+    let host = testing::host_respond_with_ephemeral(host_key, &hello, &mut wire, &[4; 32]).unwrap();
     let reply_len = wire.len();
-    host.seal_verdict(Verdict::Welcome, &mut wire).unwrap();
+    let mut host = host.welcome(&mut wire).unwrap();
     rows.push(wire[..reply_len].to_vec());
     rows.push(wire[reply_len..].to_vec());
     transcript.extend_from_slice(&wire);
     let reply = noise::split_frame(&mut wire).unwrap();
-    let mut player = player.read_reply(&reply).unwrap();
+    let player = player.read_reply(&reply).unwrap();
     let verdict = noise::split_frame(&mut wire).unwrap();
-    assert_eq!(player.open_verdict(&verdict), Ok(Verdict::Welcome));
+    let Ok(VerdictOpened::Welcome(mut player)) = player.open_verdict(&verdict) else {
+        panic!("the vector's host welcomes its player");
+    };
     let mut out = BytesMut::new();
     player.seal(b"GET /movie.mkv", &mut out).unwrap();
     rows.push(out.split().to_vec());

@@ -40,7 +40,7 @@ async fn only_listed_players_are_served_on_both_paths_and_the_list_reloads() {
     let mut config = host_config(SecretKey::generate().unwrap(), relay.url())
         .with_direct("127.0.0.1:0".parse().unwrap());
     config.players = PlayerAuthorization::File(AuthorizedPlayers::open(&file).unwrap());
-    let agent = HostAgent::spawn(config);
+    let agent = HostAgent::start(config).expect("host agent starts");
     wait_for_state(&agent, |state| *state == HostState::Registered).await;
     let ticket = agent.ticket().clone();
     let _echo = spawn_echo_host(agent);
@@ -93,7 +93,7 @@ async fn the_relay_forwards_the_same_bytes_and_ends_for_a_refused_player_as_for_
             HashSet::new()
         };
         config.players = PlayerAuthorization::Keys(Arc::new(keys));
-        let agent = HostAgent::spawn(config);
+        let agent = HostAgent::start(config).expect("host agent starts");
         wait_for_state(&agent, |state| *state == HostState::Registered).await;
         let ticket = agent.ticket().clone();
         let _echo = spawn_echo_host(agent);

@@ -1,6 +1,6 @@
 //! The direct path and Enable Relay: a host reachable without a relay, players that
 //! race direct against relayed and report which won, and a host that switches its
-//! relay off and on while sessions run.
+//! relay off and on while sessions run; and the one socket each of them connects from.
 
 mod common;
 
@@ -527,5 +527,62 @@ async fn the_last_bytes_arrive_directly_when_the_writer_drops_everything_right_a
     assert_eq!(
         write_and_drop(host_side, player_side, host, 8, LEN).await,
         LEN
+    );
+}
+
+/// A UDP socket on loopback that reads QUIC packets and never answers, and a relay
+/// URL naming it.
+fn silent_relay() -> (std::net::UdpSocket, blindrelay_client::RelayUrl) {
+    let socket = std::net::UdpSocket::bind(LOOPBACK).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let pin = blindrelay_protocol::CertPin::of_certificate(b"no certificate is ever shown");
+    let url = blindrelay_client::RelayUrl::new(
+        "127.0.0.1",
+        socket.local_addr().unwrap().port(),
+        Some(pin),
+    )
+    .unwrap();
+    (socket, url)
+}
+
+/// Where the first packet to `socket` came from.
+async fn first_sender(socket: std::net::UdpSocket) -> std::net::SocketAddr {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 1500];
+        socket.recv_from(&mut buf).expect("a packet arrives").1
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_reaches_its_relay_from_its_direct_listeners_socket() {
+    init_tracing();
+    let (socket, url) = silent_relay();
+    let config =
+        host_config(SecretKey::generate().unwrap(), &url).with_direct(LOOPBACK.parse().unwrap());
+    let host = HostAgent::start(config).expect("host starts");
+    // One socket for both paths: the NAT mapping players reach is the relay's too.
+    assert_eq!(Some(first_sender(socket).await), host.direct_addr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_reaches_every_relay_from_one_socket() {
+    init_tracing();
+    let player = Arc::new(player());
+    let mut senders = Vec::new();
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (socket, url) = silent_relay();
+        let ticket =
+            Ticket::new(SecretKey::generate().unwrap().host_id(), url, Vec::new()).unwrap();
+        let player = player.clone();
+        attempts.spawn(async move { player.connect(&ticket).await });
+        senders.push(first_sender(socket).await);
+    }
+    attempts.abort_all();
+    assert!(
+        senders.iter().all(|sender| *sender == senders[0]),
+        "{senders:?}"
     );
 }

@@ -285,7 +285,7 @@ async fn a_capped_session_moves_at_its_rate_and_does_not_slow_an_uncapped_one() 
             .host_tiers
             .insert(key_a.host_id().to_string(), "free".to_owned());
     });
-    let mut host_a = HostAgent::spawn(host_config(key_a, relay.url()));
+    let mut host_a = HostAgent::start(host_config(key_a, relay.url())).expect("host agent starts");
     wait_for_state(&host_a, |state| *state == HostState::Registered).await;
     let mut host_b = start_host(relay.url()).await;
     let player = player();
@@ -780,7 +780,7 @@ async fn at_the_connection_cap_a_new_host_sheds_an_idle_one_and_a_bare_connectio
         initial: Duration::from_secs(60),
         max: Duration::from_secs(60),
     };
-    let idle = HostAgent::spawn(slow);
+    let idle = HostAgent::start(slow).expect("the host starts");
     wait_for_state(&idle, |state| *state == HostState::Registered).await;
     assert_eq!(relay.stats().connections_open, 3);
 

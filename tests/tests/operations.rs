@@ -176,10 +176,11 @@ async fn a_session_runs_across_a_drain_and_the_host_moves_to_the_next_relay() {
     let addr = relay.local_addr();
     let admin = relay.admin_addr().unwrap();
     let url = relay.url().clone();
-    let host = blindrelay_client::HostAgent::spawn(host_config(
+    let host = blindrelay_client::HostAgent::start(host_config(
         blindrelay_client::SecretKey::generate().unwrap(),
         &url,
-    ));
+    ))
+    .expect("host agent starts");
     wait_for_state(&host, |s| *s == HostState::Registered).await;
     let ticket = host.ticket().clone();
     let mut states = host.watch_state();

@@ -125,10 +125,10 @@ async fn a_low_order_host_id_cannot_register() {
 async fn the_newest_registration_wins_and_the_old_host_is_told() {
     let relay = start_relay();
     let key = SecretKey::generate().unwrap();
-    let first = HostAgent::spawn(host_config(key.clone(), relay.url()));
+    let first = HostAgent::start(host_config(key.clone(), relay.url())).expect("host agent starts");
     wait_for_state(&first, |s| *s == HostState::Registered).await;
 
-    let second = HostAgent::spawn(host_config(key, relay.url()));
+    let second = HostAgent::start(host_config(key, relay.url())).expect("host agent starts");
     wait_for_state(&second, |s| *s == HostState::Registered).await;
     let stopped = wait_for_state(&first, |s| matches!(s, HostState::Stopped { .. })).await;
     let HostState::Stopped { reason } = stopped else {
@@ -163,7 +163,8 @@ async fn a_host_comes_back_when_the_relay_restarts() {
     let addr = relay.local_addr();
     let url = relay.url().clone();
 
-    let host = HostAgent::spawn(host_config(SecretKey::generate().unwrap(), &url));
+    let host = HostAgent::start(host_config(SecretKey::generate().unwrap(), &url))
+        .expect("host agent starts");
     wait_for_state(&host, |s| *s == HostState::Registered).await;
     let ticket = host.ticket().clone();
     let mut states = host.watch_state();

@@ -191,7 +191,7 @@ async fn hand_made_player(
     quinn::RecvStream,
     blindrelay_protocol::noise::Transport,
 ) {
-    use blindrelay_protocol::noise::{PlayerHandshake, Verdict};
+    use blindrelay_protocol::noise::{PlayerHandshake, VerdictOpened};
     use blindrelay_protocol::ControlMessage;
 
     let key = SecretKey::generate().unwrap();
@@ -214,9 +214,11 @@ async fn hand_made_player(
         frame
     }
     let reply = read_frame(&mut recv).await;
-    let mut transport = handshake.read_reply(&reply).unwrap();
+    let expect_verdict = handshake.read_reply(&reply).unwrap();
     let verdict = read_frame(&mut recv).await;
-    assert_eq!(transport.open_verdict(&verdict), Ok(Verdict::Welcome));
+    let Ok(VerdictOpened::Welcome(transport)) = expect_verdict.open_verdict(&verdict) else {
+        panic!("the host welcomes every player");
+    };
     (send, recv, transport)
 }
 
@@ -286,4 +288,59 @@ async fn a_host_that_rejects_what_a_player_sent_says_so_instead_of_finishing() {
             .unwrap();
         assert_eq!(*ended, SessionEnded::ProtocolViolation);
     }
+}
+
+/// A relay that never answers must not hold up sessions through another relay: the
+/// player keeps no lock over all its relays while one of them is being reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_relay_does_not_hold_up_a_session_through_another() {
+    let relay = start_relay();
+    let mut host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    // A UDP socket that reads nothing: QUIC Initials to it go unanswered.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_url = blindrelay_client::RelayUrl::new(
+        "127.0.0.1",
+        silent.local_addr().unwrap().port(),
+        relay.url().pin().copied(),
+    )
+    .unwrap();
+    let stranded = Ticket::new(*host.host_id(), silent_url, Vec::new()).unwrap();
+    let player = std::sync::Arc::new(player());
+
+    let pending = tokio::spawn({
+        let player = player.clone();
+        async move { player.connect(&stranded).await }
+    });
+    // Wait until the silent relay's first packet has arrived: that attempt is now
+    // waiting on its handshake. Peeking leaves it unanswered.
+    let silent = tokio::task::spawn_blocking(move || {
+        silent.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut buf = [0u8; 1500];
+        silent
+            .peek_from(&mut buf)
+            .expect("the player tries the silent relay");
+        silent
+    })
+    .await
+    .unwrap();
+
+    let accepted = tokio::spawn(async move { host.accept().await.is_some() });
+    let player_side =
+        tokio::time::timeout(std::time::Duration::from_secs(1), player.connect(&ticket))
+            .await
+            .expect("a session through the working relay within a second")
+            .expect("player connects");
+    assert_eq!(player_side.path(), SessionPath::Relayed);
+    let accepted = tokio::time::timeout(PATIENCE, accepted).await;
+    assert!(
+        matches!(accepted, Ok(Ok(true))),
+        "the host accepts the session"
+    );
+    assert!(
+        !pending.is_finished(),
+        "the silent relay is still being tried"
+    );
+    pending.abort();
+    drop(silent);
 }

@@ -72,7 +72,7 @@ async fn a_valid_token_registers_the_host_in_the_tier_it_names() {
     let token = issue(&issuer, key.host_id(), now() + 3600, "free");
     let mut config = host_config(key.clone(), relay.url());
     config.token = Some(blindrelay_protocol::Token::from_bytes(&token).unwrap());
-    let agent = HostAgent::spawn(config);
+    let agent = HostAgent::start(config).expect("host agent starts");
     wait_for_state(&agent, |state| *state == HostState::Registered).await;
     let ticket = agent.ticket().clone();
     let _echo = spawn_echo_host(agent);
@@ -161,7 +161,8 @@ async fn a_host_agent_whose_token_is_refused_stops_and_says_why() {
     let issuer = IssuerSecretKey::generate().unwrap();
     let relay = token_relay(&issuer);
     // No token at all.
-    let agent = HostAgent::spawn(host_config(SecretKey::generate().unwrap(), relay.url()));
+    let agent = HostAgent::start(host_config(SecretKey::generate().unwrap(), relay.url()))
+        .expect("host agent starts");
     let state = wait_for_state(&agent, |state| matches!(state, HostState::Stopped { .. })).await;
     assert!(state.to_string().contains("token required"), "{state}");
     // An expired one.
@@ -169,7 +170,7 @@ async fn a_host_agent_whose_token_is_refused_stops_and_says_why() {
     let mut config = host_config(key.clone(), relay.url());
     let token = issue(&issuer, key.host_id(), now() - 10, "default");
     config.token = Some(blindrelay_protocol::Token::from_bytes(&token).unwrap());
-    let agent = HostAgent::spawn(config);
+    let agent = HostAgent::start(config).expect("host agent starts");
     let state = wait_for_state(&agent, |state| matches!(state, HostState::Stopped { .. })).await;
     assert!(state.to_string().contains("expired"), "{state}");
     assert_eq!(relay.stats().registered_hosts, 0);

@@ -59,7 +59,8 @@ pub fn host_config(key: SecretKey, relay: &RelayUrl) -> HostConfig {
 
 /// Starts a host agent with a fresh key and waits until it is registered.
 pub async fn start_host(relay: &RelayUrl) -> HostAgent {
-    let agent = HostAgent::spawn(host_config(SecretKey::generate().unwrap(), relay));
+    let agent = HostAgent::start(host_config(SecretKey::generate().unwrap(), relay))
+        .expect("host agent starts");
     wait_for_state(&agent, |state| *state == HostState::Registered).await;
     agent
 }

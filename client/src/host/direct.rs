@@ -1,4 +1,5 @@
-//! The direct path: a host's own QUIC listener, and a player's connection to it.
+//! The host's direct listener: its own QUIC endpoint, which players reach without a
+//! relay.
 //!
 //! A host that can be reached directly binds a QUIC endpoint with ALPN
 //! `blindrelay-direct/1` ([`DIRECT_ALPN`]). Each bidirectional stream a player opens on
@@ -18,18 +19,16 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use blindrelay_protocol::{codes, DIRECT_ALPN};
 use rustls::pki_types::PrivateKeyDer;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::endpoint::{bind_udp, client_config, client_endpoint, ConnectionProfile, ServerCheck};
-use crate::host::{respond, HostConfig, HostCounters};
-use crate::stream::{SecureStream, SessionPath};
-use crate::wire::read_noise_message;
+use super::accept::SessionAcceptor;
+use super::{HostConfig, HostCounters};
+use crate::endpoint::{bind_udp, TlsSetupError, DIRECT_SERVER_NAME};
+use crate::stream::SessionPath;
 
 /// Why the direct listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,17 +42,16 @@ pub enum DirectListenError {
         /// The operating system's reason.
         source: std::io::Error,
     },
-    /// The self-signed certificate or the TLS configuration failed.
+    /// The self-signed certificate could not be made.
+    #[error("cannot make the direct listener's certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// The TLS configuration failed.
     #[error("cannot set up TLS for the direct listener: {0}")]
-    Tls(String),
+    Tls(#[from] TlsSetupError),
 }
 
-/// Server name the host's certificate carries and the player asks for; it is not
-/// checked (see the module documentation), it only has to be a valid name.
-const DIRECT_SERVER_NAME: &str = "blindrelay-host";
-
 /// Binds the host's direct QUIC endpoint.
-pub(crate) fn listen(
+pub(super) fn listen(
     config: &HostConfig,
     addr: SocketAddr,
 ) -> Result<quinn::Endpoint, DirectListenError> {
@@ -73,7 +71,7 @@ pub(crate) fn listen(
 /// configured ones (a port of 0 taking the bound port), else the bound address, or,
 /// for an unspecified address, the local address the operating system would use to
 /// reach the internet.
-pub(crate) fn advertised(bound: SocketAddr, configured: &[SocketAddr]) -> Vec<SocketAddr> {
+pub(super) fn advertised(bound: SocketAddr, configured: &[SocketAddr]) -> Vec<SocketAddr> {
     if !configured.is_empty() {
         return configured
             .iter()
@@ -124,10 +122,10 @@ fn routed_local_ip(v6: bool) -> Option<IpAddr> {
 
 /// Accepts direct connections until the endpoint is closed; every connection, and
 /// every session handshake on it, is a task owned by this one.
-pub(crate) async fn serve(
+pub(super) async fn serve(
     endpoint: quinn::Endpoint,
     config: Arc<HostConfig>,
-    sessions: mpsc::Sender<SecureStream>,
+    acceptor: SessionAcceptor,
     counters: Arc<HostCounters>,
 ) {
     let mut connections = JoinSet::new();
@@ -144,8 +142,7 @@ pub(crate) async fn serve(
                 }
                 connections.spawn(serve_connection(
                     incoming,
-                    config.clone(),
-                    sessions.clone(),
+                    acceptor.clone(),
                     counters.clone(),
                 ));
             }
@@ -155,16 +152,16 @@ pub(crate) async fn serve(
 }
 
 /// Counts a direct connection while it is open.
-struct OpenConnection(Arc<HostCounters>);
+struct CountedDirectConnection(Arc<HostCounters>);
 
-impl OpenConnection {
+impl CountedDirectConnection {
     fn new(counters: Arc<HostCounters>) -> Self {
         counters.direct_connections.fetch_add(1, Ordering::Relaxed);
         Self(counters)
     }
 }
 
-impl Drop for OpenConnection {
+impl Drop for CountedDirectConnection {
     fn drop(&mut self) {
         self.0.direct_connections.fetch_sub(1, Ordering::Relaxed);
     }
@@ -172,11 +169,10 @@ impl Drop for OpenConnection {
 
 async fn serve_connection(
     incoming: quinn::Incoming,
-    config: Arc<HostConfig>,
-    sessions: mpsc::Sender<SecureStream>,
+    acceptor: SessionAcceptor,
     counters: Arc<HostCounters>,
 ) {
-    let _open = OpenConnection::new(counters.clone());
+    let _open = CountedDirectConnection::new(counters);
     let connection = match incoming.await {
         Ok(connection) => connection,
         Err(err) => return debug!(%err, "direct connection failed during its handshake"),
@@ -187,13 +183,10 @@ async fn serve_connection(
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    handshakes.spawn(accept_session(
-                        config.clone(),
-                        send,
-                        recv,
-                        sessions.clone(),
-                        counters.clone(),
-                    ));
+                    let acceptor = acceptor.clone();
+                    handshakes.spawn(async move {
+                        acceptor.accept(send, recv, SessionPath::Direct).await;
+                    });
                 }
                 Err(err) => return debug!(%err, "direct connection ended"),
             },
@@ -202,73 +195,25 @@ async fn serve_connection(
     }
 }
 
-/// Runs the Noise responder on a stream a player opened directly.
-async fn accept_session(
-    config: Arc<HostConfig>,
-    send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    sessions: mpsc::Sender<SecureStream>,
-    counters: Arc<HostCounters>,
-) {
-    let hello =
-        match tokio::time::timeout(config.handshake_timeout, read_noise_message(&mut recv)).await {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(err)) => return debug!(%err, "direct stream failed before the handshake"),
-            Err(_) => return debug!("no Noise hello in time on a direct stream"),
-        };
-    if let Some(stream) = respond(
-        &config,
-        &counters,
-        send,
-        recv,
-        &hello,
-        SessionPath::Direct,
-        0,
-    )
-    .await
-    {
-        counters.sessions_direct.fetch_add(1, Ordering::Relaxed);
-        debug!(player = %stream.peer().short(), "direct session accepted");
-        let _ = sessions.send(stream).await;
-    }
-}
-
-/// Opens a QUIC connection to a host's direct listener.
-pub(crate) async fn connect(
-    addr: SocketAddr,
-    profile: ConnectionProfile,
-) -> Result<quinn::Connection, String> {
-    let endpoint = client_endpoint(addr).map_err(|err| err.to_string())?;
-    let config = client_config(ServerCheck::NoiseAuthenticates, DIRECT_ALPN, profile)?;
-    let connecting = endpoint
-        .connect_with(config, addr, DIRECT_SERVER_NAME)
-        .map_err(|err| err.to_string())?;
-    connecting.await.map_err(|err| err.to_string())
-}
-
 /// Logs how a direct listener was set up.
-pub(crate) fn log_listening(bound: SocketAddr, advertised: &[SocketAddr]) {
+pub(super) fn log_listening(bound: SocketAddr, advertised: &[SocketAddr]) {
     info!(%bound, ?advertised, "listening directly");
 }
 
 fn server_config(config: &HostConfig) -> Result<quinn::ServerConfig, DirectListenError> {
-    let tls_error = |err: &dyn std::fmt::Display| DirectListenError::Tls(err.to_string());
-    let certified = rcgen::generate_simple_self_signed(vec![DIRECT_SERVER_NAME.to_owned()])
-        .map_err(|e| tls_error(&e))?;
+    let certified = rcgen::generate_simple_self_signed(vec![DIRECT_SERVER_NAME.to_owned()])?;
     let chain = vec![certified.cert.der().clone()];
     let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls_error(&e))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| tls_error(&e))?;
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(TlsSetupError::from)?;
     tls.alpn_protocols = vec![DIRECT_ALPN.to_vec()];
     // No 0-RTT: early data is replayable.
     tls.max_early_data_size = 0;
     let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_error(&e))?;
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(TlsSetupError::from)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -280,9 +225,6 @@ fn server_config(config: &HostConfig) -> Result<quinn::ServerConfig, DirectListe
 }
 
 /// Close code and reason of a direct endpoint when its host shuts down.
-pub(crate) fn close(endpoint: &quinn::Endpoint) {
+pub(super) fn close(endpoint: &quinn::Endpoint) {
     endpoint.close(codes::close::NORMAL.into(), b"host shutting down");
 }
-
-/// How long a player waits before giving up on a direct address, by default.
-pub(crate) const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,397 @@
+//! The host agent: keeps a host reachable, through its relay and directly, and
+//! accepts sessions from both paths through one [`HostAgent::accept`].
+//!
+//! The agent owns one background task, and that task owns everything else:
+//!
+//! - **The relay side** ([`relay`]), run in the task itself: registration with the
+//!   home relay while Enable Relay is on, reconnection with backoff, and the session
+//!   streams the relay opens.
+//! - **The direct listener** ([`direct`], optional), a child task: a QUIC endpoint of
+//!   the host's own that players reach without a relay. Enable Relay does not touch
+//!   it. When there is one, the relay connection leaves from its socket too.
+//!
+//! Both hand each session stream to the one [`SessionAcceptor`] ([`accept`]), which
+//! runs the Noise responder, decides by the player's static key whether to serve it
+//! ([`HostConfig::players`], see [`crate::authorized`]), and hands finished
+//! [`SecureStream`]s, marked with their [`SessionPath`], to [`HostAgent::accept`].
+//!
+//! A relay that requires registration tokens gets [`HostConfig::token`] in
+//! `Register`.
+
+mod accept;
+mod direct;
+mod relay;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blindrelay_protocol::{HostId, RelayUrl, SecretKey, Ticket, TicketError, Token};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::authorized::PlayerAuthorization;
+use crate::backoff::BackoffConfig;
+use crate::endpoint::LocalEndpoints;
+use crate::stream::SecureStream;
+use accept::SessionAcceptor;
+pub use direct::DirectListenError;
+pub use relay::RegisterError;
+use relay::RelaySideEnd;
+
+/// How a host agent behaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HostConfig {
+    /// The host's identity.
+    pub key: SecretKey,
+    /// The host's home relay; `None` for a host reachable only directly.
+    pub relay: Option<RelayUrl>,
+    /// Enable Relay: whether the agent registers with `relay` at start. It can be
+    /// switched at run time with [`HostAgent::set_relay_enabled`].
+    pub enable_relay: bool,
+    /// Where to listen for direct connections (QUIC), if anywhere. Port 0 picks a
+    /// free port.
+    pub direct: Option<SocketAddr>,
+    /// Direct addresses to put in the ticket (at most 8), for a host behind a
+    /// forwarded port or bound to an unspecified address. Empty: the bound address,
+    /// or for `0.0.0.0` / `::` the address this machine uses towards the internet.
+    pub advertise: Vec<SocketAddr>,
+    /// Reconnection delays.
+    pub backoff: BackoffConfig,
+    /// Keep-alive on the relay connection (well under the relay's idle timeout).
+    pub keep_alive: Duration,
+    /// Idle timeout of the relay connection and of direct connections.
+    pub idle_timeout: Duration,
+    /// Deadline for the registration exchange with the relay, and for a player's
+    /// Noise hello once a session stream is open.
+    pub handshake_timeout: Duration,
+    /// Sessions open at once on the relay connection, and on each direct connection.
+    pub max_concurrent_sessions: u32,
+    /// Direct connections open at once; further ones are refused.
+    pub max_direct_connections: u32,
+    /// The operator's registration token, for a relay that requires one.
+    pub token: Option<Token>,
+    /// Which players the host serves (every player by default).
+    pub players: PlayerAuthorization,
+}
+
+impl HostConfig {
+    /// Defaults for a host with `key` at home relay `relay`, relay enabled, no
+    /// direct listener.
+    pub fn new(key: SecretKey, relay: RelayUrl) -> Self {
+        Self::with_relay(key, Some(relay))
+    }
+
+    /// Defaults for a host with no relay at all, reachable only on `listen`.
+    pub fn direct_only(key: SecretKey, listen: SocketAddr) -> Self {
+        Self::with_relay(key, None).with_direct(listen)
+    }
+
+    fn with_relay(key: SecretKey, relay: Option<RelayUrl>) -> Self {
+        Self {
+            key,
+            enable_relay: relay.is_some(),
+            relay,
+            direct: None,
+            advertise: Vec::new(),
+            backoff: BackoffConfig::default(),
+            keep_alive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_sessions: 1024,
+            max_direct_connections: 256,
+            token: None,
+            players: PlayerAuthorization::Open,
+        }
+    }
+
+    /// Also listen directly on `listen`.
+    pub fn with_direct(mut self, listen: SocketAddr) -> Self {
+        self.direct = Some(listen);
+        self
+    }
+}
+
+/// Where the agent stands with its relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostState {
+    /// Connecting or registering; `attempt` counts since the last success.
+    Connecting {
+        /// 1 for the first attempt.
+        attempt: u32,
+    },
+    /// Registered: players can reach the host through the relay.
+    Registered,
+    /// Enable Relay is off, or the host has no relay: nothing is sent to a relay and
+    /// players reach the host only directly.
+    Disabled,
+    /// The agent stopped and will not reconnect.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),
+            Self::Registered => f.write_str("registered"),
+            Self::Disabled => f.write_str("disabled"),
+            Self::Stopped { reason } => write!(f, "stopped ({reason})"),
+        }
+    }
+}
+
+/// Why a host agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The direct listener could not be set up.
+    #[error(transparent)]
+    Direct(#[from] DirectListenError),
+    /// No ticket can be made: neither a relay nor a direct listener, or too many
+    /// advertised addresses.
+    #[error("cannot make a ticket for this host: {0}")]
+    Ticket(#[from] TicketError),
+}
+
+/// Counters of what a host agent has done, and gauges of what it holds now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostStats {
+    /// Relay connections the agent holds now (0 or 1 when nothing leaks).
+    pub relay_connections: u64,
+    /// Relay connections opened since the start.
+    pub relay_connects: u64,
+    /// Direct connections open now.
+    pub direct_connections: u64,
+    /// Direct connections refused at the limit.
+    pub direct_refused: u64,
+    /// Sessions accepted through the relay.
+    pub sessions_relayed: u64,
+    /// Sessions accepted directly.
+    pub sessions_direct: u64,
+    /// Players refused as not authorized, on either path.
+    pub players_refused: u64,
+}
+
+/// The agent's live counters, shared with its tasks.
+#[derive(Debug, Default)]
+struct HostCounters {
+    relay_connections: AtomicU64,
+    relay_connects: AtomicU64,
+    direct_connections: AtomicU64,
+    direct_refused: AtomicU64,
+    sessions_relayed: AtomicU64,
+    sessions_direct: AtomicU64,
+    players_refused: AtomicU64,
+}
+
+impl HostCounters {
+    fn snapshot(&self) -> HostStats {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        HostStats {
+            relay_connections: get(&self.relay_connections),
+            relay_connects: get(&self.relay_connects),
+            direct_connections: get(&self.direct_connections),
+            direct_refused: get(&self.direct_refused),
+            sessions_relayed: get(&self.sessions_relayed),
+            sessions_direct: get(&self.sessions_direct),
+            players_refused: get(&self.players_refused),
+        }
+    }
+}
+
+/// A running host agent. Dropping it stops the agent abruptly;
+/// [`HostAgent::shutdown`] closes its connections cleanly.
+pub struct HostAgent {
+    host_id: HostId,
+    ticket: Ticket,
+    direct_addr: Option<SocketAddr>,
+    state: watch::Receiver<HostState>,
+    sessions: mpsc::Receiver<SecureStream>,
+    enable_relay: watch::Sender<bool>,
+    counters: Arc<HostCounters>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HostAgent {
+    /// Starts the agent on the current tokio runtime: binds the direct listener, if
+    /// configured, and starts registering with the relay, if enabled.
+    pub fn start(config: HostConfig) -> Result<Self, StartError> {
+        let host_id = config.key.host_id();
+        let listener = match config.direct {
+            Some(addr) => {
+                let endpoint = direct::listen(&config, addr)?;
+                let bound = endpoint
+                    .local_addr()
+                    .map_err(|source| DirectListenError::Bind { addr, source })?;
+                let advertised = direct::advertised(bound, &config.advertise);
+                direct::log_listening(bound, &advertised);
+                Some((endpoint, bound, advertised))
+            }
+            None => None,
+        };
+        let advertised = listener
+            .as_ref()
+            .map(|(_, _, advertised)| advertised.clone())
+            .unwrap_or_default();
+        let ticket = Ticket::with_routes(host_id, config.relay.clone(), advertised)?;
+        let direct_addr = listener.as_ref().map(|(_, bound, _)| *bound);
+        let enabled = config.enable_relay && config.relay.is_some();
+        let (state_tx, state) = watch::channel(if enabled {
+            HostState::Connecting { attempt: 1 }
+        } else {
+            HostState::Disabled
+        });
+        let (sessions_tx, sessions) = mpsc::channel(16);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (enable_relay, enable_rx) = watch::channel(config.enable_relay);
+        let counters = Arc::new(HostCounters::default());
+        let config = Arc::new(config);
+        let endpoints = match &listener {
+            Some((endpoint, bound, _)) => LocalEndpoints::with_listener(endpoint.clone(), *bound),
+            None => LocalEndpoints::new(),
+        };
+        let task = tokio::spawn(run(
+            config.clone(),
+            listener.map(|(endpoint, _, _)| endpoint),
+            endpoints,
+            AgentChannels {
+                state: state_tx,
+                acceptor: SessionAcceptor::new(config, sessions_tx, counters.clone()),
+                enabled: enable_rx,
+                shutdown: shutdown_rx,
+                counters: counters.clone(),
+            },
+        ));
+        Ok(Self {
+            host_id,
+            ticket,
+            direct_addr,
+            state,
+            sessions,
+            enable_relay,
+            counters,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The host's id.
+    pub fn host_id(&self) -> &HostId {
+        &self.host_id
+    }
+
+    /// The ticket players use to reach this host: its relay, if it has one, and its
+    /// direct addresses, if it listens directly.
+    pub fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
+    /// The local address of the direct listener, if there is one.
+    pub fn direct_addr(&self) -> Option<SocketAddr> {
+        self.direct_addr
+    }
+
+    /// Where the agent stands now.
+    pub fn state(&self) -> HostState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of state.
+    pub fn watch_state(&self) -> watch::Receiver<HostState> {
+        self.state.clone()
+    }
+
+    /// Switches Enable Relay. Off: the agent closes its relay connection (which ends
+    /// every relayed session, with [`codes::close::RELAY_DISABLED`]) and stays
+    /// [`HostState::Disabled`]; direct sessions go on. On: it registers again. A host
+    /// without a relay stays disabled either way.
+    pub fn set_relay_enabled(&self, enabled: bool) {
+        self.enable_relay.send_if_modified(|current| {
+            let changed = *current != enabled;
+            *current = enabled;
+            changed
+        });
+    }
+
+    /// Whether Enable Relay is on.
+    pub fn relay_enabled(&self) -> bool {
+        *self.enable_relay.borrow()
+    }
+
+    /// What the agent has done so far and what it holds now.
+    pub fn stats(&self) -> HostStats {
+        self.counters.snapshot()
+    }
+
+    /// The next session a player opened, through the relay or directly; `None` once
+    /// the agent has stopped. [`SecureStream::path`] tells which way it came, and
+    /// [`SecureStream::peer`] which player it is.
+    pub async fn accept(&mut self) -> Option<SecureStream> {
+        self.sessions.recv().await
+    }
+
+    /// Closes the relay connection and the direct listener cleanly and stops.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), &mut self.task).await;
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the agent's task is driven by (Enable Relay, shutdown) and reports to (its
+/// state, its counters, and through the acceptor the sessions it accepts).
+struct AgentChannels {
+    state: watch::Sender<HostState>,
+    acceptor: SessionAcceptor,
+    enabled: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    counters: Arc<HostCounters>,
+}
+
+/// The agent's task: the direct listener as a child task, the relay side in line.
+async fn run(
+    config: Arc<HostConfig>,
+    listener: Option<quinn::Endpoint>,
+    endpoints: LocalEndpoints,
+    mut control: AgentChannels,
+) {
+    let mut children = JoinSet::new();
+    if let Some(endpoint) = &listener {
+        children.spawn(direct::serve(
+            endpoint.clone(),
+            config.clone(),
+            control.acceptor.clone(),
+            control.counters.clone(),
+        ));
+    }
+    let end = match &config.relay {
+        Some(relay) => relay::run_relay(&config, relay, &endpoints, &mut control).await,
+        None => {
+            let _ = control.shutdown.changed().await;
+            RelaySideEnd::Shutdown
+        }
+    };
+    if let Some(endpoint) = &listener {
+        direct::close(endpoint);
+    }
+    children.shutdown().await;
+    let reason = match end {
+        RelaySideEnd::Replaced => "another host registered the same host id".to_owned(),
+        RelaySideEnd::Shutdown => "shut down".to_owned(),
+        RelaySideEnd::TokenRefused(reason) => reason,
+    };
+    control.state.send_replace(HostState::Stopped { reason });
+}
