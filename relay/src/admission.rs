@@ -24,7 +24,7 @@ use crate::limits::Limits;
 pub(crate) struct IpKey(u128);
 
 impl IpKey {
-    pub fn of(addr: SocketAddr) -> Self {
+    pub(crate) fn of(addr: SocketAddr) -> Self {
         match addr.ip().to_canonical() {
             IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
             // Tagged so no IPv6 prefix collides with an IPv4 address.
@@ -57,7 +57,7 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    pub fn code(self) -> ErrorCode {
+    pub(crate) fn code(self) -> ErrorCode {
         match self {
             Self::RateLimited
             | Self::TooManyFromAddress
@@ -67,7 +67,7 @@ impl Refusal {
         }
     }
 
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::RateLimited => "rate limited: too many requests from your address",
             Self::TooManyFromAddress => "too many connections from your address",
@@ -103,7 +103,7 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    pub fn new(limits: &Limits) -> Self {
+    pub(crate) fn new(limits: &Limits) -> Self {
         let c = &limits.connections;
         let s = &limits.sessions;
         let r = &limits.registrations;
@@ -132,7 +132,7 @@ impl Admission {
     /// the handshakes in progress, and counts it as a handshake. The relay-wide cap
     /// counts it only once its handshake completes ([`ConnectionPermit::establish`]):
     /// a flood of handshakes that never finish cannot fill it.
-    pub fn admit_connection(
+    pub(crate) fn admit_connection(
         self: &Arc<Self>,
         addr: SocketAddr,
     ) -> Result<ConnectionPermit, Refusal> {
@@ -169,13 +169,13 @@ impl Admission {
     }
 
     /// Handshakes in progress now.
-    pub fn handshakes_in_flight(&self) -> u32 {
+    pub(crate) fn handshakes_in_flight(&self) -> u32 {
         self.handshakes.load(Ordering::Relaxed)
     }
 
     /// Counts one more session from the player at `addr` to `host_id` against the
     /// per-address caps; the places are held until the returned value is dropped.
-    pub fn hold_session(
+    pub(crate) fn hold_session(
         &self,
         addr: SocketAddr,
         host_id: &HostId,
@@ -197,25 +197,29 @@ impl Admission {
 
     /// Counts one more registration from `addr` against the per-address cap, held
     /// until the returned value is dropped.
-    pub fn hold_registration(&self, addr: SocketAddr) -> Result<Held<IpKey>, Refusal> {
+    pub(crate) fn hold_registration(&self, addr: SocketAddr) -> Result<Held<IpKey>, Refusal> {
         self.registrations_per_ip
             .try_hold(IpKey::of(addr))
             .ok_or(Refusal::TooManyRegistrationsFromAddress)
     }
 
     /// Checks one more session request from `addr` against its rate.
-    pub fn check_session_rate(&self, addr: SocketAddr) -> Result<(), Refusal> {
+    pub(crate) fn check_session_rate(&self, addr: SocketAddr) -> Result<(), Refusal> {
         check_rate(&self.new_sessions, addr, 1)
     }
 
     /// Checks one more registration attempt from `addr`; `cost` is 2 for an attempt
     /// whose proof failed, so guessing is twice as slow as registering.
-    pub fn check_registration_rate(&self, addr: SocketAddr, cost: u32) -> Result<(), Refusal> {
+    pub(crate) fn check_registration_rate(
+        &self,
+        addr: SocketAddr,
+        cost: u32,
+    ) -> Result<(), Refusal> {
         check_rate(&self.registrations, addr, cost)
     }
 
     /// Reserves one session's buffers from the budget and one slot of the session cap.
-    pub fn reserve_session(self: &Arc<Self>) -> Result<SessionPermit, Refusal> {
+    pub(crate) fn reserve_session(self: &Arc<Self>) -> Result<SessionPermit, Refusal> {
         let reserved = self
             .sessions
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
@@ -241,18 +245,18 @@ impl Admission {
     }
 
     /// Bytes of the buffer budget reserved by running sessions.
-    pub fn buffer_in_use(&self) -> u64 {
+    pub(crate) fn buffer_in_use(&self) -> u64 {
         self.buffer_used.load(Ordering::Relaxed)
     }
 
     /// Connections holding a permit.
-    pub fn open_connections(&self) -> u32 {
+    pub(crate) fn open_connections(&self) -> u32 {
         self.connections.load(Ordering::Relaxed)
     }
 
     /// Forgets rate-limiter state that has refilled completely, so the maps hold
     /// only addresses seen recently.
-    pub fn forget_idle_addresses(&self) {
+    pub(crate) fn forget_idle_addresses(&self) {
         for limiter in [
             &self.new_connections,
             &self.new_sessions,
@@ -344,7 +348,7 @@ impl ConnectionPermit {
     /// The handshake completed: the connection now counts against `connections.max`
     /// instead of the handshakes in progress. Returns the established connections,
     /// this one included.
-    pub fn establish(&self) -> u32 {
+    pub(crate) fn establish(&self) -> u32 {
         let admission = &self.admission;
         if self.handshaking.swap(false, Ordering::AcqRel) {
             admission.handshakes.fetch_sub(1, Ordering::AcqRel);
@@ -357,7 +361,7 @@ impl ConnectionPermit {
 
     /// Gives the place back now (the connection is being shed and will be gone in a
     /// moment); dropping the permit later does nothing more.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         if self.released.swap(true, Ordering::AcqRel) {
             return;
         }

@@ -29,7 +29,7 @@ struct State {
 impl TokenBucket {
     /// A full bucket refilled at `rate` bytes per second up to `burst` bytes, or
     /// `None` when `rate` is zero (no limit).
-    pub fn new(rate: u64, burst: u64) -> Option<Self> {
+    pub(crate) fn new(rate: u64, burst: u64) -> Option<Self> {
         if rate == 0 {
             return None;
         }
@@ -47,7 +47,7 @@ impl TokenBucket {
 
     /// Takes `bytes` tokens and returns how long the caller must wait before it may
     /// forward them (zero when the bucket had them).
-    pub fn take(&self, bytes: u64, now: Instant) -> Duration {
+    pub(crate) fn take(&self, bytes: u64, now: Instant) -> Duration {
         // The lock is held for a few arithmetic operations, never across an await.
         let mut state = match self.state.lock() {
             Ok(state) => state,

@@ -11,6 +11,7 @@
 //! module map: each concern has a file named for it.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 // The server and what every connection shares.
 mod server;

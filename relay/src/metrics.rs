@@ -8,7 +8,7 @@ use std::fmt::Write;
 use crate::stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
 
 /// Renders `stats` in the Prometheus text format (version 0.0.4).
-pub fn render(stats: &StatsSnapshot, ready: bool) -> String {
+pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
     let mut out = Metrics(String::with_capacity(8 * 1024));
     let s = stats;
     out.gauge(

@@ -71,7 +71,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Host {
-    pub fn new(
+    pub(crate) fn new(
         connection: quinn::Connection,
         permit: Arc<ConnectionPermit>,
         window: Arc<ReceiveWindow>,
@@ -93,7 +93,7 @@ impl Host {
     }
 
     /// Counts one more session of this host, unless it already has the most it may.
-    pub fn start_session(self: &Arc<Self>) -> Option<HostSession> {
+    pub(crate) fn start_session(self: &Arc<Self>) -> Option<HostSession> {
         let before = self
             .sessions
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
@@ -146,7 +146,7 @@ pub(crate) struct HostSession {
 }
 
 impl HostSession {
-    pub fn host(&self) -> &Host {
+    pub(crate) fn host(&self) -> &Host {
         &self.host
     }
 }
@@ -179,7 +179,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// Registers `host_id`; newest wins. Returns this registration's number and the
     /// entry it replaced, if any.
-    pub fn insert(&self, host_id: HostId, host: Arc<Host>) -> (u64, Option<Entry>) {
+    pub(crate) fn insert(&self, host_id: HostId, host: Arc<Host>) -> (u64, Option<Entry>) {
         let registration = self.next_registration.fetch_add(1, Ordering::Relaxed);
         let place = Place {
             queue: self.idle.clone(),
@@ -196,7 +196,7 @@ impl Registry {
     /// Puts `old` back in place of `registration`, if that is still the entry: used
     /// when a new registration fails before the host learned it succeeded, so the
     /// host it would have replaced stays reachable.
-    pub fn restore(&self, host_id: HostId, registration: u64, old: Entry) {
+    pub(crate) fn restore(&self, host_id: HostId, registration: u64, old: Entry) {
         if old.host.connection.close_reason().is_some() {
             // Its owner is gone and will not remove it again.
             self.remove(&host_id, registration);
@@ -211,7 +211,7 @@ impl Registry {
 
     /// Removes `host_id` if it is still held by `registration` (a newer registration
     /// of the same id must not be removed by the old one's cleanup).
-    pub fn remove(&self, host_id: &HostId, registration: u64) -> bool {
+    pub(crate) fn remove(&self, host_id: &HostId, registration: u64) -> bool {
         self.hosts
             .remove_if(host_id, |_, entry| entry.registration == registration)
             .is_some()
@@ -221,7 +221,7 @@ impl Registry {
     ///
     /// An entry whose connection has already closed is removed here, so a host that
     /// vanished reads as offline even before its registration task has cleaned up.
-    pub fn lookup(&self, host_id: &HostId) -> Option<Arc<Host>> {
+    pub(crate) fn lookup(&self, host_id: &HostId) -> Option<Arc<Host>> {
         let entry = self.hosts.get(host_id)?;
         if entry.host.connection.close_reason().is_none() {
             return Some(entry.host.clone());
@@ -240,7 +240,7 @@ impl Registry {
     /// the stale keys met on the way, each of which is dropped and never met again.
     ///
     /// `keep`, the registration that makes room, is never shed itself.
-    pub fn shed_idle(&self, keep: Option<&HostId>) -> bool {
+    pub(crate) fn shed_idle(&self, keep: Option<&HostId>) -> bool {
         let mut kept = None;
         let shed = loop {
             // The queue's lock is let go before the map's: `Host::drop` may take the
@@ -282,7 +282,7 @@ impl Registry {
         shed
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.hosts.len()
     }
 }

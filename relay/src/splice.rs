@@ -75,6 +75,7 @@ pub(crate) struct Outcome {
 
 /// Which way a chunk travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "splice-tap"), allow(unreachable_pub))]
 pub enum Direction {
     /// From the player to the host.
     PlayerToHost,
@@ -84,6 +85,7 @@ pub enum Direction {
 
 /// How one direction of a session ended, as the relay learned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "splice-tap"), allow(unreachable_pub))]
 pub enum StreamEnd {
     /// The sending side finished its stream (FIN), all of it read.
     Finished,

@@ -37,7 +37,7 @@ pub(crate) struct RelayState {
 
 impl RelayState {
     /// State for a relay with `config`, whose limits have been validated.
-    pub fn new(config: RelayConfig) -> Result<Self, TiersError> {
+    pub(crate) fn new(config: RelayConfig) -> Result<Self, TiersError> {
         Ok(Self {
             admission: Arc::new(Admission::new(&config.limits)),
             tiers: Tiers::new(&config.limits)?,
@@ -52,33 +52,33 @@ impl RelayState {
     }
 
     /// Starts draining (see [`crate::Relay::drain`]).
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.send_replace(true);
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         *self.draining.borrow()
     }
 
     /// Resolves once the relay drains.
-    pub async fn draining(&self) {
+    pub(crate) async fn draining(&self) {
         let mut draining = self.draining.subscribe();
         // The sender lives in `self`, so this only returns when draining.
         let _ = draining.wait_for(|draining| *draining).await;
     }
 
     /// Sessions being forwarded now.
-    pub fn active_sessions(&self) -> u64 {
+    pub(crate) fn active_sessions(&self) -> u64 {
         self.stats.sessions_active.load(Ordering::Acquire)
     }
 
     /// A random id for a new session. Random, not counted, so the ids a host or
     /// player sees tell nothing about how many sessions the relay carries.
-    pub fn new_session_id(&self) -> u64 {
+    pub(crate) fn new_session_id(&self) -> u64 {
         fastrand::u64(1..)
     }
 
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let budget = self.config.limits.sessions.buffer_budget.0;
         self.stats
             .snapshot(self.registry.len(), &self.admission, budget)

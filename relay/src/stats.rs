@@ -62,7 +62,7 @@ pub(crate) struct Histogram {
 }
 
 impl Histogram {
-    pub fn record(&self, value: Duration) {
+    pub(crate) fn record(&self, value: Duration) {
         let secs = value.as_secs_f64();
         let index = LATENCY_BUCKETS
             .iter()
@@ -73,7 +73,7 @@ impl Histogram {
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> HistogramSnapshot {
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
         let mut counts = Vec::with_capacity(LATENCY_BUCKETS.len());
         for bucket in &self.buckets[..LATENCY_BUCKETS.len()] {
@@ -114,11 +114,11 @@ pub(crate) enum SessionRefused {
 }
 
 impl Stats {
-    pub fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn connection_refused(&self, refusal: Refusal) {
+    pub(crate) fn connection_refused(&self, refusal: Refusal) {
         Self::bump(match refusal {
             Refusal::RateLimited => &self.connections_rate_limited,
             Refusal::TooManyFromAddress => &self.connections_over_address_cap,
@@ -129,7 +129,7 @@ impl Stats {
         });
     }
 
-    pub fn session_refused(&self, why: SessionRefused) {
+    pub(crate) fn session_refused(&self, why: SessionRefused) {
         Self::bump(match why {
             SessionRefused::HostOffline => &self.sessions_refused_offline,
             SessionRefused::HostUnreachable => &self.sessions_refused_unreachable,
@@ -142,7 +142,7 @@ impl Stats {
 
     /// Counts a session the relay ended at one of its limits; other codes (passed on
     /// from a side) are not the relay's doing and are not counted here.
-    pub fn session_ended_by(&self, code: StreamCode) {
+    pub(crate) fn session_ended_by(&self, code: StreamCode) {
         if !code.is_limit() {
             return;
         }
@@ -252,7 +252,7 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
-    pub fn snapshot(
+    pub(crate) fn snapshot(
         &self,
         registered_hosts: usize,
         admission: &Admission,

@@ -86,7 +86,7 @@ impl Tier {
     }
 
     /// What a session of this tier is told when it opens.
-    pub fn announced(&self) -> SessionLimits {
+    pub(crate) fn announced(&self) -> SessionLimits {
         // On the wire, 0 is "no limit".
         let secs = |duration: Option<Duration>| {
             duration.map_or(0, |duration| {
@@ -139,7 +139,7 @@ pub(crate) struct Tiers {
 
 impl Tiers {
     /// Resolves the tiers of `limits`, which [`Limits::validate`] has accepted.
-    pub fn new(limits: &Limits) -> Result<Self, TiersError> {
+    pub(crate) fn new(limits: &Limits) -> Result<Self, TiersError> {
         let default = Arc::new(Tier::resolve(DEFAULT_TIER, limits, &TierConfig::default()));
         let named: BTreeMap<&str, Arc<Tier>> = limits
             .tiers
@@ -174,12 +174,12 @@ impl Tiers {
     }
 
     /// The tier called `name` (`default` included), as a registration token names it.
-    pub fn named(&self, name: &str) -> Option<Arc<Tier>> {
+    pub(crate) fn named(&self, name: &str) -> Option<Arc<Tier>> {
         self.by_name.get(name).cloned()
     }
 
     /// The tier of `host_id`.
-    pub fn of(&self, host_id: &HostId) -> Arc<Tier> {
+    pub(crate) fn of(&self, host_id: &HostId) -> Arc<Tier> {
         self.by_host.get(host_id).unwrap_or(&self.default).clone()
     }
 }
