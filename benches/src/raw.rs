@@ -4,16 +4,14 @@
 //! socket, a task tree and a file descriptor on each; for tens of thousands of idle
 //! registrations the harness instead shares a few client endpoints, opens one QUIC
 //! connection per host id on them, and runs the registration flow (PROTOCOL.md,
-//! section 8) itself: `Register`, the relay's `Challenge`, the `Proof` over the
-//! connection's exported keying material, `Registered`.
+//! section 8) on each with the client's own [`blindrelay_client::register_on`]:
+//! `Register`, the relay's `Challenge`, the `Proof` over the connection's exported
+//! keying material, `Registered`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use blindrelay_client::{read_control, RelayUrl, SecretKey, WireError};
-use blindrelay_protocol::registration::{
-    HostRegistration, HostRegistrationError, EXPORTER_LABEL, EXPORTER_LEN,
-};
+use blindrelay_client::{RelayUrl, SecretKey};
 use blindrelay_protocol::KeyError;
 
 /// Why a registration failed.
@@ -29,22 +27,12 @@ pub enum RegisterError {
     /// The connection failed.
     #[error("connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    /// Writing the registration stream failed.
-    #[error("write failed: {0}")]
-    Write(#[from] quinn::WriteError),
-    /// Reading the relay's answer failed.
-    #[error("reading the relay's answer failed: {0}")]
-    Read(#[from] WireError),
-    /// The relay refused, answered out of protocol, or sent a challenge no proof
-    /// can answer.
+    /// The registration exchange failed or was refused.
     #[error(transparent)]
-    Exchange(#[from] HostRegistrationError),
+    Register(#[from] blindrelay_client::RegisterError),
     /// No key could be made for the host id.
     #[error("cannot make a host key: {0}")]
     Key(#[from] KeyError),
-    /// The connection offers no TLS keying material to bind the proof to.
-    #[error("cannot bind the registration proof to the connection")]
-    KeyingMaterial,
     /// The pool was asked for no endpoint at all.
     #[error("a registration pool needs at least one endpoint")]
     NoEndpoint,
@@ -114,17 +102,7 @@ impl RegistrationPool {
             .connect(self.relay, &self.server_name)?
             .await?;
         let key = SecretKey::generate()?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        let (expect_challenge, register) = HostRegistration::start(&key, None);
-        send.write_all(&register.to_frame()).await?;
-        let challenge = read_control(&mut recv).await?;
-        let mut exporter = [0u8; EXPORTER_LEN];
-        connection
-            .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-            .map_err(|_| RegisterError::KeyingMaterial)?;
-        let (expect_registered, proof) = expect_challenge.handle(challenge, &exporter)?;
-        send.write_all(&proof.to_frame()).await?;
-        expect_registered.handle(read_control(&mut recv).await?)?;
+        let (send, recv) = blindrelay_client::register_on(&connection, &key, None).await?;
         Ok(Registration {
             host_id: key.host_id(),
             connection,

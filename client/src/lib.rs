@@ -36,7 +36,8 @@ pub use endpoint::{
     ConnectRelayError, TlsSetupError,
 };
 pub use host::{
-    DirectListenError, HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError,
+    register_on, DirectListenError, HostAgent, HostConfig, HostState, HostStats, RegisterError,
+    RegistrationStream, StartError,
 };
 pub use linger::{QuicRecv, QuicSend, LINGER};
 pub use player::{

@@ -37,8 +37,8 @@ use crate::endpoint::LocalEndpoints;
 use crate::stream::SecureStream;
 use accept::SessionAcceptor;
 pub use direct::DirectListenError;
-pub use relay::RegisterError;
 use relay::RelaySideEnd;
+pub use relay::{register_on, RegisterError, RegistrationStream};
 
 /// How a host agent behaves.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use blindrelay_protocol::registration::{
     HostRegistration, HostRegistrationError, EXPORTER_LABEL, EXPORTER_LEN,
 };
-use blindrelay_protocol::{codes, ControlMessage, ErrorCode, RelayUrl, Token};
+use blindrelay_protocol::{codes, ControlMessage, ErrorCode, RelayUrl, SecretKey, Token};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -214,7 +214,9 @@ impl Drop for CountedRelayConnection {
 }
 
 /// A registered connection's open registration stream.
-type RegistrationStream = (quinn::SendStream, quinn::RecvStream);
+/// A registration's open control stream: the registration lasts while its send half
+/// stays open.
+pub type RegistrationStream = (quinn::SendStream, quinn::RecvStream);
 
 /// Connects and registers; returns the connection and its open registration stream.
 async fn register(
@@ -256,9 +258,25 @@ async fn prove(
     config: &HostConfig,
     connection: &quinn::Connection,
 ) -> Result<RegistrationStream, RegisterError> {
-    let (mut send, mut recv) = connection.open_bi().await?;
     let token = config.token.as_ref().map(Token::to_bytes);
-    let (expect_challenge, register) = HostRegistration::start(&config.key, token);
+    register_on(connection, &config.key, token).await
+}
+
+/// Registers `key`'s host id (with `token`, in binary form, where the relay requires
+/// one) on a new stream of a bare relay `connection`, driving the host's side of
+/// [`blindrelay_protocol::registration`]. Returns the registration stream: the
+/// registration lasts while its send half stays open.
+///
+/// What [`crate::HostAgent`] runs on each relay connection; tools that hold many
+/// registrations on a few sockets (the load generator) call it on connections of
+/// their own. It has no deadline of its own: callers bound it.
+pub async fn register_on(
+    connection: &quinn::Connection,
+    key: &SecretKey,
+    token: Option<Vec<u8>>,
+) -> Result<RegistrationStream, RegisterError> {
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let (expect_challenge, register) = HostRegistration::start(key, token);
     send.write_all(&register.to_frame()).await?;
     let challenge = read_control(&mut recv).await?;
     let mut exporter = [0u8; EXPORTER_LEN];
