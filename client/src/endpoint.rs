@@ -53,6 +53,9 @@ pub enum ConnectRelayError {
     /// The QUIC or TLS handshake failed (relay down, wrong pin, wrong protocol).
     #[error("relay connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    /// The relay did not complete the handshake in time (down, or unreachable).
+    #[error("relay unreachable: no handshake within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// Why a QUIC client or server configuration could not be made.
@@ -205,8 +208,18 @@ pub(crate) async fn connect_relay(
     let endpoint = endpoints.for_remote(addr)?;
     let config = relay_client_config(url, profile)?;
     let connecting = endpoint.connect_with(config, addr, url.host())?;
-    Ok(connecting.await?)
+    // Not the idle timeout (30 s): a relay that does not answer is found out in a
+    // few seconds, and the caller backs off and tries again.
+    match tokio::time::timeout(RELAY_HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(connection) => Ok(connection?),
+        Err(_) => Err(ConnectRelayError::Timeout(RELAY_HANDSHAKE_TIMEOUT)),
+    }
 }
+
+/// How long a connection to a relay may take to complete its handshake: several of
+/// QUIC's first retransmissions (1 s, then 2 s) on a lossy path, far more than a
+/// round trip to any relay.
+pub(crate) const RELAY_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The client configuration of a player's connection to a host's direct listener.
 pub(crate) fn direct_client_config(

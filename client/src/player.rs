@@ -45,6 +45,14 @@ use crate::wire::{read_control, WireError};
 /// How long a player waits before giving up on a direct address, by default.
 const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a player whose relay just restarted asks again for a host that is not
+/// registered yet: hosts notice the restart at their next keep-alive and register
+/// again within a few seconds.
+const HOST_RETURN_WAIT: Duration = Duration::from_secs(5);
+
+/// How often it asks in the meantime.
+const HOST_RETURN_POLL: Duration = Duration::from_millis(250);
+
 /// Which paths [`Player::connect`] may use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -584,6 +592,39 @@ impl Connector {
             .relays
             .get_or_connect(&url, || connect_relay(&self.endpoints, &url, profile))
             .await?;
+        let first = self.relayed_on(&connection, host_id).await;
+        if first.is_ok() || connection.close_reason().is_none() {
+            return first;
+        }
+        // The shared connection died under this session, most likely a relay that
+        // restarted (its stateless reset ends the old connection at our first
+        // packet): once more on a new connection. Its host may still be registering
+        // again, so an offline host is asked for again for a few seconds.
+        debug!("relay connection lost; trying again on a new one");
+        let connection = self
+            .relays
+            .get_or_connect(&url, || connect_relay(&self.endpoints, &url, profile))
+            .await?;
+        let deadline = tokio::time::Instant::now() + HOST_RETURN_WAIT;
+        loop {
+            match self.relayed_on(&connection, host_id).await {
+                Err(ConnectError::Refused {
+                    code: ErrorCode::HostOffline,
+                    ..
+                }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(HOST_RETURN_POLL).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One relayed session attempt on `connection`.
+    async fn relayed_on(
+        &self,
+        connection: &quinn::Connection,
+        host_id: HostId,
+    ) -> Result<SecureStream, ConnectError> {
         let (send, recv) = connection.open_bi().await?;
         let mut pending = PendingSession::new(send, recv);
         let (send, recv) = pending.streams();

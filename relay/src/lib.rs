@@ -52,7 +52,7 @@ pub mod bench;
 
 pub use config::{ConfigError, ConfigFile, LogFormat, RelayConfig, DEFAULT_LISTEN};
 pub use limits::{Limits, LimitsError};
-pub use server::{Relay, RelayError};
+pub use server::{Relay, RelayCloser, RelayError};
 #[cfg(feature = "splice-tap")]
 pub use splice::{Direction, SpliceTap, StreamEnd};
 pub use stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};

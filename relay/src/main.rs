@@ -284,9 +284,13 @@ async fn main() -> Result<()> {
         }
     }
     info!("draining: press Ctrl-C again (or send SIGTERM again) to stop at once");
+    let closer = relay.closer();
     tokio::select! {
         () = relay.drain(drain_timeout) => {}
-        () = shutdown_signal() => info!("stopping at once"),
+        () = shutdown_signal() => {
+            info!("stopping at once");
+            closer.close_now().await;
+        }
     }
     Ok(())
 }

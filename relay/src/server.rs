@@ -77,8 +77,19 @@ impl Relay {
         let server_config =
             transport::server_config(tls::server_crypto(&config.certificate)?, transport.clone());
         let socket = bind_udp(config.listen)?;
+        let mut endpoint_config =
+            quinn::EndpointConfig::new(Arc::new(config.certificate.stateless_reset_key()));
+        // After a restart every peer of the old process meets a reset at its next
+        // packet; quinn's default of one reset per 20 ms would take minutes to reach
+        // a large fleet. A reset is always smaller than the packet that caused it, so
+        // a faster pace amplifies nothing.
+        endpoint_config.min_reset_interval(STATELESS_RESET_INTERVAL);
+        // quinn's default connection ids carry a checksum under a key made at start,
+        // and a packet whose id fails it is dropped before a reset is considered:
+        // the relay's ids are plain random, so a restarted relay resets them too.
+        endpoint_config.cid_generator(|| Box::new(transport::RandomConnectionIds));
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -218,6 +229,13 @@ impl Relay {
         self.shutdown().await;
     }
 
+    /// A handle that can close every connection at once, for a stop that cannot wait
+    /// for [`Relay::drain`] (a second signal): taken before the drain, which owns the
+    /// relay.
+    pub fn closer(&self) -> RelayCloser {
+        RelayCloser(self.endpoint.clone())
+    }
+
     /// Tells every connection the relay is going away, waits briefly for them to
     /// close, and stops.
     pub async fn shutdown(mut self) {
@@ -308,6 +326,20 @@ async fn accept_loop(
     info!("relay stopped");
 }
 
+/// Closes a relay's connections at once (see [`Relay::closer`]).
+pub struct RelayCloser(quinn::Endpoint);
+
+impl RelayCloser {
+    /// Closes every connection with `RELAY_SHUTDOWN` and waits up to a second for the
+    /// closes to be sent: a process that exits without them leaves every host and
+    /// player waiting for its idle timeout.
+    pub async fn close_now(self) {
+        self.0
+            .close(codes::close::RELAY_SHUTDOWN.into(), b"relay stopping now");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.0.wait_idle()).await;
+    }
+}
+
 /// Binds the admin listener's TCP socket.
 fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, RelayError> {
     let admin_error = |source| RelayError::Admin { addr, source };
@@ -335,3 +367,6 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, RelayError> {
 }
 
 const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// The least time between two stateless resets.
+const STATELESS_RESET_INTERVAL: Duration = Duration::from_micros(100);

@@ -42,6 +42,9 @@ pub enum TlsError {
     PublicName(String),
 }
 
+/// Domain separation for the stateless-reset key derived from the TLS key.
+const STATELESS_RESET_LABEL: &[u8] = b"blindrelay/1 QUIC stateless reset key";
+
 /// A certificate chain and its private key.
 pub struct RelayCertificate {
     chain: Vec<CertificateDer<'static>>,
@@ -110,6 +113,16 @@ impl RelayCertificate {
     #[cfg(any(test, feature = "bench"))]
     pub(crate) fn leaf(&self) -> &CertificateDer<'static> {
         &self.chain[0]
+    }
+
+    /// The key of the relay's QUIC stateless resets, derived from the certificate's
+    /// private key: a relay restarted with the same key answers packets of the
+    /// connections its predecessor held with a reset those peers recognise, so they
+    /// notice at their next packet instead of at their idle timeout.
+    pub(crate) fn stateless_reset_key(&self) -> ring::hmac::Key {
+        let label = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, STATELESS_RESET_LABEL);
+        let derived = ring::hmac::sign(&label, self.key.secret_der());
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
     }
 
     /// The pin of the leaf certificate (what a relay URL carries).

@@ -94,6 +94,32 @@ impl Drop for WindowGrant {
     }
 }
 
+/// Connection ids of 8 bytes from the operating system's random number generator.
+pub(crate) struct RandomConnectionIds;
+
+impl quinn::ConnectionIdGenerator for RandomConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; CONNECTION_ID_LEN];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).is_err() {
+            // The system's generator does not fail once it has been seeded; should it,
+            // a weaker id is still unique with overwhelming odds.
+            id = fastrand::u64(..).to_le_bytes();
+        }
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        CONNECTION_ID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// Bytes in a connection id the relay issues.
+const CONNECTION_ID_LEN: usize = 8;
+
 /// The transport settings every connection to the relay starts with.
 pub(crate) fn transport_config(
     limits: &Limits,

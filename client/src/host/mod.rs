@@ -60,7 +60,9 @@ pub struct HostConfig {
     pub advertise: Vec<SocketAddr>,
     /// Reconnection delays.
     pub backoff: BackoffConfig,
-    /// Keep-alive on the relay connection (well under the relay's idle timeout).
+    /// Keep-alive on the relay connection: well under the relay's idle timeout, and
+    /// short enough that a relay that restarted is noticed within seconds (its
+    /// stateless reset answers the first packet the host sends it).
     pub keep_alive: Duration,
     /// Idle timeout of the relay connection and of direct connections.
     pub idle_timeout: Duration,
@@ -97,7 +99,10 @@ impl HostConfig {
             direct: None,
             advertise: Vec::new(),
             backoff: BackoffConfig::default(),
-            keep_alive: Duration::from_secs(10),
+            // A PING every 2 s costs a relay with 100,000 idle hosts 50,000 small
+            // packets a second, and buys recovery from a relay restart in about
+            // 2 s instead of 10.
+            keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_sessions: 1024,

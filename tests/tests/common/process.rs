@@ -128,6 +128,18 @@ impl Proc {
         assert!(status.success());
     }
 
+    /// Waits for the process to exit, however it ends.
+    pub fn wait_exit(mut self) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends Ctrl-C (SIGINT) and waits for a clean exit.
     /// Returns the stderr lines no `wait_log` consumed.
     pub fn interrupt(mut self) -> Vec<String> {
