@@ -3,8 +3,6 @@
 //! connections, maximum duration and bytes, and shedding idle registrations. Every
 //! test runs against a real relay on loopback; every wait is bounded.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +15,7 @@ use blindrelay_protocol::{codes, ControlMessage, ErrorCode};
 use blindrelay_relay::limits::Limits;
 use blindrelay_relay::units::{ByteSize, Rate, Span};
 use blindrelay_relay::Relay;
-use common::*;
+use blindrelay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A relay with no limits but the ones `set` turns on.
@@ -862,8 +860,8 @@ async fn players_pushing_gigabytes_at_a_host_that_barely_reads_do_not_grow_the_r
     const WINDOW: u64 = 64 * 1024;
     const SEND_WINDOW: u64 = 256 * 1024;
     const PUSH: u64 = 2 << 30;
-    let bin = common::process::binaries();
-    let relay = common::process::Proc::start(
+    let bin = blindrelay_tests::process::binaries();
+    let relay = blindrelay_tests::process::Proc::start(
         &bin.join("blindrelayd"),
         &[
             "--listen",
@@ -957,7 +955,7 @@ async fn players_pushing_gigabytes_at_a_host_that_barely_reads_do_not_grow_the_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_file_and_flags_set_the_limits_and_unknown_keys_are_named() {
-    let bin = common::process::binaries();
+    let bin = blindrelay_tests::process::binaries();
     let dir = std::env::temp_dir().join(format!("blindrelay-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("relay.toml");

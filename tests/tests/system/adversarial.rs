@@ -11,8 +11,6 @@
 //! `bad_input.rs`; the relay's resident memory under gigabytes pushed at a host that
 //! barely reads is measured in `limits.rs`.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +19,7 @@ use blindrelay_client::{HostAgent, HostState, Player, PlayerConfig, SecretKey, T
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use blindrelay_relay::units::Span;
 use blindrelay_relay::{Relay, RelayCertificate, RelayConfig};
-use common::*;
+use blindrelay_tests::*;
 use tokio::io::AsyncWriteExt;
 
 /// An echo host and a session to it, running beside an attack: it moves the first
@@ -860,9 +858,11 @@ async fn what_peers_that_grant_no_credit_send_does_not_grow_the_relay() {
     const PER_ADDRESS: u64 = 60;
     const CONNECTIONS: u64 = ADDRESSES as u64 * PER_ADDRESS;
     const JUNK: usize = 256 * 1024;
-    let bin = common::process::binaries();
-    let relay =
-        common::process::Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let bin = blindrelay_tests::process::binaries();
+    let relay = blindrelay_tests::process::Proc::start(
+        &bin.join("blindrelayd"),
+        &["--listen", "127.0.0.1:0"],
+    );
     let url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
 
     // The connections first (their QUIC state is the relay's fixed cost per
