@@ -1,14 +1,12 @@
 //! Running a relay: the admin listener's metrics and probes, and a graceful drain
 //! that a running session survives while its host moves to the relay's successor.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use blindrelay_client::HostState;
 use blindrelay_relay::{Relay, RelayConfig};
-use common::*;
+use blindrelay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One HTTP/1.1 GET against the admin listener: the status code and the body.
@@ -283,8 +281,8 @@ async fn a_new_certificate_serves_new_connections_and_leaves_open_ones_alone() {
         std::fs::write(&key, pem_key).unwrap();
     };
     write_certificate();
-    let bin = common::process::binaries();
-    let relay = common::process::Proc::start(
+    let bin = blindrelay_tests::process::binaries();
+    let relay = blindrelay_tests::process::Proc::start(
         &bin.join("blindrelayd"),
         &[
             "--listen",

@@ -7,12 +7,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::PATIENCE;
+use crate::PATIENCE;
 
 /// Builds both binaries (a no-op when they are fresh) and returns their directory.
 pub fn binaries() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/cli-<hash> -> target/<profile>
+    // target/<profile>/deps/system-<hash> -> target/<profile>
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut build = Command::new(env!("CARGO"));
@@ -49,6 +49,8 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `bin` with `args`, logging at `info` without colour, its stdout and
+    /// stderr read line by line.
     pub fn start(bin: &Path, args: &[&str]) -> Self {
         Self::start_with_env(bin, args, &[])
     }
@@ -183,4 +185,15 @@ fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> 
         }
     });
     rx
+}
+
+/// A process's resident memory, from /proc.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
 }

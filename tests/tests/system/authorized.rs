@@ -3,8 +3,6 @@
 //! handshake, picks up changes to the file, and the relay cannot tell a refused
 //! session from a served one by the bytes it forwards or by how the streams end.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +12,10 @@ use blindrelay_client::{
     PlayerAuthorization, PlayerConfig, SecretKey,
 };
 use blindrelay_relay::{Direction, Relay, StreamEnd};
-use common::*;
+use blindrelay_tests::*;
 use tokio::io::AsyncWriteExt;
+
+use crate::tap::start_relay_with_tap;
 
 fn player_with(key: &SecretKey) -> Player {
     Player::new(PlayerConfig::new(key.clone()))

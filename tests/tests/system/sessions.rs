@@ -1,11 +1,9 @@
 //! Sessions end to end: bytes cross the relay intact, both ways, small and large,
 //! one at a time and many at once; unknown hosts are reported as offline.
 
-mod common;
-
 use blindrelay_client::{ConnectError, SessionPath, Ticket};
 use blindrelay_protocol::{ErrorCode, SecretKey};
-use common::*;
+use blindrelay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +138,7 @@ async fn the_last_bytes_arrive_when_the_writer_drops_everything_right_after_them
     );
 
     // Host to player; the host's session and its HostAgent are gone at once.
-    let player = common::player();
+    let player = blindrelay_tests::player();
     let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
     let (player_side, host_side) = (player_side.unwrap(), host_side.unwrap());
     assert_eq!(

@@ -1,14 +1,12 @@
 //! Hostile and malformed input: each bad stream gets a clear error and is closed on
 //! its own; a session running beside it on the same relay is not disturbed.
 
-mod common;
-
 use std::time::Duration;
 
 use blindrelay_protocol::{ControlMessage, ErrorCode, HostId};
 use blindrelay_relay::units::Span;
 use blindrelay_relay::Relay;
-use common::*;
+use blindrelay_tests::*;
 
 fn expect_error(answer: Option<ControlMessage>, want: ErrorCode, case: &str) {
     match answer {

@@ -2,15 +2,13 @@
 //! an HTTP media service with range requests behind the host, HTTP clients in front
 //! of the player, Ctrl-C, and a relay restart with the same certificate files.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use blindrelay_relay::RelayCertificate;
-use common::process::{binaries, Proc};
-use common::Pattern;
+use blindrelay_tests::process::{binaries, Proc};
+use blindrelay_tests::Pattern;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -2,8 +2,6 @@
 //! token for its own host id, refuses every other token with a code of its own, puts
 //! the host in the token's tier, and ends the registration when the token expires.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use blindrelay_client::{HostAgent, HostState};
@@ -13,7 +11,7 @@ use blindrelay_protocol::{ErrorCode, HostId, SecretKey};
 use blindrelay_relay::limits::TierConfig;
 use blindrelay_relay::units::Rate;
 use blindrelay_relay::Relay;
-use common::*;
+use blindrelay_tests::*;
 
 fn now() -> u64 {
     SystemTime::now()

@@ -2,16 +2,14 @@
 //! seconds, not at the 30 s idle timeout. The relay runs as a real `blindrelayd`
 //! process with certificate files, so a restart keeps its URL.
 
-mod common;
-
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use blindrelay_client::{
     HostAgent, HostState, Player, PlayerConfig, SecretKey, SecureStream, Ticket,
 };
-use common::process::{binaries, Proc};
-use common::*;
+use blindrelay_tests::process::{binaries, Proc};
+use blindrelay_tests::*;
 use tokio::io::AsyncWriteExt;
 
 /// A relay process on a fixed port with certificate files, restartable as the same

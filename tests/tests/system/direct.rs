@@ -2,8 +2,6 @@
 //! race direct against relayed and report which won, and a host that switches its
 //! relay off and on while sessions run; and the one socket each of them connects from.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +12,7 @@ use blindrelay_client::{
 };
 use blindrelay_protocol::{ErrorCode, SecretKey};
 use blindrelay_relay::Relay;
-use common::*;
+use blindrelay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOOPBACK: &str = "127.0.0.1:0";

@@ -8,11 +8,11 @@
 //! `Register` with a token, and its log holds neither the marker, nor any host id or
 //! its prefix, nor the token, nor the player's address.
 
-mod common;
-
 use blindrelay_protocol::{Claims, ControlMessage, ErrorCode, IssuerSecretKey, SecretKey};
-use common::*;
+use blindrelay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::tap::start_relay_with_tap;
 
 const MARKER: &[u8] = b"PLAINTEXT-MARKER-the-relay-must-never-see-this";
 
@@ -64,10 +64,10 @@ async fn the_relay_only_ever_sees_ciphertext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_level_log_of_a_whole_session_names_no_one() {
-    let bin = common::process::binaries();
+    let bin = blindrelay_tests::process::binaries();
     // The relay listens on 127.0.0.3, so the only "127.0.0.1" it could log is the
     // address host and player come from.
-    let relay = common::process::Proc::start_with_env(
+    let relay = blindrelay_tests::process::Proc::start_with_env(
         &bin.join("blindrelayd"),
         &["--listen", "127.0.0.3:0"],
         &[("RUST_LOG", "trace")],

@@ -11,8 +11,6 @@
 //! `bad_input.rs`; the relay's resident memory under gigabytes pushed at a host that
 //! barely reads is measured in `limits.rs`.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +19,7 @@ use blindrelay_client::{HostAgent, HostState, Player, PlayerConfig, SecretKey, T
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use blindrelay_relay::units::Span;
 use blindrelay_relay::{Relay, RelayCertificate, RelayConfig};
-use common::*;
+use blindrelay_tests::*;
 use tokio::io::AsyncWriteExt;
 
 /// An echo host and a session to it, running beside an attack: it moves the first
@@ -843,26 +841,17 @@ async fn a_flood_of_handshakes_never_finished_sheds_no_host_and_locks_nobody_out
     echo_host.abort();
 }
 
-/// The relay's resident memory, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_peers_that_grant_no_credit_send_does_not_grow_the_relay() {
     const ADDRESSES: u8 = 4;
     const PER_ADDRESS: u64 = 60;
     const CONNECTIONS: u64 = ADDRESSES as u64 * PER_ADDRESS;
     const JUNK: usize = 256 * 1024;
-    let bin = common::process::binaries();
-    let relay =
-        common::process::Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let bin = blindrelay_tests::process::binaries();
+    let relay = blindrelay_tests::process::Proc::start(
+        &bin.join("blindrelayd"),
+        &["--listen", "127.0.0.1:0"],
+    );
     let url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
 
     // The connections first (their QUIC state is the relay's fixed cost per
@@ -878,7 +867,7 @@ async fn what_peers_that_grant_no_credit_send_does_not_grow_the_relay() {
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_bytes(relay.pid());
+    let before = process::rss_bytes(relay.pid());
 
     // Each connection registers on its first stream and asks for a session with an
     // offline host on two more, then sends far more than it was asked for on each,
@@ -908,7 +897,7 @@ async fn what_peers_that_grant_no_credit_send_does_not_grow_the_relay() {
     let deadline = Instant::now() + Duration::from_secs(6);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_bytes(relay.pid()));
+        peak = peak.max(process::rss_bytes(relay.pid()));
     }
     writers.shutdown().await;
     // A connection that has not paired a session may park at most its first receive

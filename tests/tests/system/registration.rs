@@ -2,12 +2,10 @@
 //! bound to its connection, the newest registration wins, and a host comes back by
 //! itself when the relay restarts.
 
-mod common;
-
 use blindrelay_client::{HostAgent, HostState};
 use blindrelay_protocol::{ControlMessage, ErrorCode, HostId, SecretKey};
 use blindrelay_relay::Relay;
-use common::*;
+use blindrelay_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_holder_registers() {

@@ -3,8 +3,6 @@
 //! connections, maximum duration and bytes, and shedding idle registrations. Every
 //! test runs against a real relay on loopback; every wait is bounded.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +15,7 @@ use blindrelay_protocol::{codes, ControlMessage, ErrorCode};
 use blindrelay_relay::limits::Limits;
 use blindrelay_relay::units::{ByteSize, Rate, Span};
 use blindrelay_relay::Relay;
-use common::*;
+use blindrelay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A relay with no limits but the ones `set` turns on.
@@ -845,25 +843,14 @@ async fn both_ends_are_told_the_limits_of_their_session() {
     );
 }
 
-/// The relay's resident memory, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_pushing_gigabytes_at_a_host_that_barely_reads_do_not_grow_the_relay() {
     const SESSIONS: u64 = 16;
     const WINDOW: u64 = 64 * 1024;
     const SEND_WINDOW: u64 = 256 * 1024;
     const PUSH: u64 = 2 << 30;
-    let bin = common::process::binaries();
-    let relay = common::process::Proc::start(
+    let bin = blindrelay_tests::process::binaries();
+    let relay = blindrelay_tests::process::Proc::start(
         &bin.join("blindrelayd"),
         &[
             "--listen",
@@ -889,7 +876,7 @@ async fn players_pushing_gigabytes_at_a_host_that_barely_reads_do_not_grow_the_r
     for _ in 0..SESSIONS {
         pairs.push(open_pair(&player, &mut host).await);
     }
-    let before = rss_bytes(relay.pid());
+    let before = process::rss_bytes(relay.pid());
 
     // Every host side reads one byte a second; every player pushes 2 GiB.
     let pushed = Arc::new(AtomicU64::new(0));
@@ -926,7 +913,7 @@ async fn players_pushing_gigabytes_at_a_host_that_barely_reads_do_not_grow_the_r
     let mut last = (0, Instant::now());
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_bytes(relay.pid()));
+        peak = peak.max(process::rss_bytes(relay.pid()));
         let now = pushed.load(Ordering::Relaxed);
         if now != last.0 {
             last = (now, Instant::now());
@@ -957,7 +944,7 @@ async fn players_pushing_gigabytes_at_a_host_that_barely_reads_do_not_grow_the_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_file_and_flags_set_the_limits_and_unknown_keys_are_named() {
-    let bin = common::process::binaries();
+    let bin = blindrelay_tests::process::binaries();
     let dir = std::env::temp_dir().join(format!("blindrelay-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("relay.toml");

@@ -1,0 +1,18 @@
+//! Whole-system tests: a real relay, real hosts and real players talking QUIC over
+//! loopback, and the real binaries run as a user would. One test binary with a
+//! module per area, so the helpers (the `blindrelay-tests` library) and the
+//! workspace are linked once, not once per area.
+
+mod adversarial;
+mod authorized;
+mod bad_input;
+mod cli;
+mod direct;
+mod limits;
+mod operations;
+mod privacy;
+mod recovery;
+mod registration;
+mod sessions;
+mod tap;
+mod tokens;
