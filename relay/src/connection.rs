@@ -90,9 +90,10 @@ async fn serve(
     let idle_limit = shared.config.limits.connections.unregistered_idle_timeout.0;
     let idle = tokio::time::sleep(idle_limit);
     tokio::pin!(idle);
-    let probation_ends =
-        tokio::time::sleep(shared.config.limits.connections.first_message_timeout.0);
-    tokio::pin!(probation_ends);
+    // Only a connection beyond the cap has a probation to end: a timer in every
+    // connection's task would cost every idle host its size.
+    let first_message = shared.config.limits.connections.first_message_timeout.0;
+    let mut probation_ends = on_probation.then(|| Box::pin(tokio::time::sleep(first_message)));
     let draining = shared.draining();
     tokio::pin!(draining);
     let mut drained = false;
@@ -106,7 +107,8 @@ async fn serve(
         }
         tokio::select! {
             () = &mut draining, if !drained => drained = true,
-            () = &mut probation_ends, if probation.load(Ordering::Acquire) => {
+            () = async { if let Some(ends) = probation_ends.as_mut() { ends.await } },
+                if probation_ends.is_some() && probation.load(Ordering::Acquire) => {
                 Stats::bump(&shared.stats.connections_at_capacity);
                 debug!("closing a connection beyond the cap that did not register in time");
                 connection.close(
@@ -148,9 +150,12 @@ async fn serve(
                     );
                     let message = match first.await {
                         Ok(Ok(message)) => message,
-                        Ok(Err(err)) => return refuse_stream(&shared, send, recv, err).await,
+                        // Refusals boxed: this task lives as long as a registration,
+                        // and a future is as large as its largest await.
+                        Ok(Err(err)) => return Box::pin(refuse_stream(&shared, send, recv, err)).await,
                         Err(_) => {
-                            return refuse_stream(&shared, send, recv, ReadMessageError::Timeout).await
+                            let timeout = ReadMessageError::Timeout;
+                            return Box::pin(refuse_stream(&shared, send, recv, timeout)).await
                         }
                     };
                     let stream = RoutedStream {
@@ -239,5 +244,6 @@ async fn route(
             )
         }
     };
-    refuse(&mut stream.send, &mut stream.recv, &refusal).await;
+    // Boxed: `route` is part of every registration's long-lived task.
+    Box::pin(refuse(&mut stream.send, &mut stream.recv, &refusal)).await;
 }

@@ -84,7 +84,9 @@ pub(crate) async fn serve(
                     ErrorCode::TokenExpired,
                     "the registration token expired: register with a new one",
                 );
-                refuse(send, recv, &error).await;
+                // Boxed, like every tail below: a future is as large as its largest
+                // await, and every idle host holds this one for hours.
+                Box::pin(refuse(send, recv, &error)).await;
             }
             End::Draining => {
                 // The relay is going away: end the registration now (the guard
@@ -97,11 +99,15 @@ pub(crate) async fn serve(
                 // Written within the control-write deadline: a host that grants no
                 // credit cannot hold the drain (its stream is reset, and the
                 // registration ends all the same).
-                if write_control(send, &going_away).await.is_ok() && send.finish().is_ok() {
-                    // Delivered (acknowledged) before the registration ends: the drain
-                    // waits for registrations to end before it closes connections.
-                    let _ = tokio::time::timeout(GOING_AWAY_DELIVERY, send.stopped()).await;
-                }
+                Box::pin(async {
+                    if write_control(send, &going_away).await.is_ok() && send.finish().is_ok() {
+                        // Delivered (acknowledged) before the registration ends: the
+                        // drain waits for registrations to end before it closes
+                        // connections.
+                        let _ = tokio::time::timeout(GOING_AWAY_DELIVERY, send.stopped()).await;
+                    }
+                })
+                .await;
                 info!("told the host the relay is going away");
             }
         }
@@ -378,7 +384,7 @@ async fn hold(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
                 ErrorCode::BadRequest,
                 "nothing is expected after registration",
             );
-            refuse(send, recv, &error).await;
+            Box::pin(refuse(send, recv, &error)).await;
         }
         Err(err) => debug!(%err, "registration stream ended"),
     }
