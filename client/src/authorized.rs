@@ -8,7 +8,8 @@
 //! sessions from served ones by what it forwards.
 //!
 //! The `authorized_players` file has one base32 player key per line (what
-//! `blindrelay keygen --role player` and `blindrelay connect` print); `#` starts a
+//! `blindrelay keygen --role player` and `blindrelay connect` print, with or without
+//! their `player key:` label); `#` starts a
 //! comment, on its own line or after a key, and blank lines are ignored. The file is
 //! checked for changes (modification time and size) at every handshake and read
 //! again when it changed, so adding or removing a player takes effect for the next
@@ -140,6 +141,9 @@ impl AuthorizedPlayers {
     }
 }
 
+/// How the player CLI labels a player key on stdout.
+const PLAYER_KEY_LABEL: &str = "player key:";
+
 /// Parses the text of an `authorized_players` file; `Err` holds the bad line number.
 pub fn parse_authorized_players(text: &str) -> Result<HashSet<PublicKey>, usize> {
     let mut keys = HashSet::new();
@@ -148,6 +152,11 @@ pub fn parse_authorized_players(text: &str) -> Result<HashSet<PublicKey>, usize>
         if line.is_empty() {
             continue;
         }
+        // The line `blindrelay keygen --role player` and `blindrelay connect` print,
+        // pasted whole, is as good as the bare key.
+        let line = line
+            .strip_prefix(PLAYER_KEY_LABEL)
+            .map_or(line, str::trim_start);
         keys.insert(line.parse().map_err(|_| i + 1)?);
     }
     Ok(keys)
@@ -186,6 +195,19 @@ mod tests {
         assert_eq!(keys.len(), 2);
         assert!(keys.contains(&a) && keys.contains(&b));
         assert_eq!(parse_authorized_players(&format!("{a}\nbob\n")), Err(2));
+    }
+
+    #[test]
+    fn the_line_the_player_prints_is_accepted_whole() {
+        let (a, b) = (key(), key());
+        let text = format!("player key: {a}\nplayer key:{b}  # laptop\n");
+        let keys = parse_authorized_players(&text).expect("valid");
+        assert!(keys.contains(&a) && keys.contains(&b));
+        assert_eq!(
+            parse_authorized_players(&format!("host id: {a}\n")),
+            Err(1),
+            "only the player's own label"
+        );
     }
 
     #[test]

@@ -64,9 +64,11 @@ enum Command {
         /// reachable only directly.
         #[arg(long)]
         relay: Option<RelayUrl>,
-        /// Local TCP service that sessions are forwarded to, e.g. a media server.
-        #[arg(long)]
-        forward: SocketAddr,
+        /// Local TCP service that sessions are forwarded to, e.g. a media server:
+        /// `HOST:PORT`, where HOST is an address or a name (resolved at each session,
+        /// so `localhost:8096` follows whatever it resolves to).
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_service)]
+        forward: String,
         /// Also listen for players directly (QUIC on this UDP address; port 0 picks
         /// one). Its address goes into the ticket.
         #[arg(long, value_name = "ADDR")]
@@ -87,6 +89,10 @@ enum Command {
         /// comments; re-read when it changes). Without it every player is served.
         #[arg(long, value_name = "FILE")]
         authorized_players: Option<PathBuf>,
+        /// Write the host's process id to FILE (removed on exit), for signals:
+        /// `kill -USR1 "$(cat FILE)"`.
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
     },
     /// Connect to a host as a player: every TCP connection to --listen becomes one
     /// end-to-end encrypted session to the host.
@@ -167,8 +173,10 @@ async fn main() -> Result<()> {
             no_relay,
             token,
             authorized_players,
+            pid_file,
         } => {
             let key = read_key(&key)?;
+            let has_relay = relay.is_some();
             let mut config = match (relay, direct) {
                 (Some(relay), _) => HostConfig::new(key, relay),
                 (None, Some(direct)) => HostConfig::direct_only(key, direct),
@@ -185,7 +193,8 @@ async fn main() -> Result<()> {
                 info!(path = %path.display(), players = list.len(), "serving only authorized players");
                 config.players = PlayerAuthorization::File(list);
             }
-            host(config, forward).await
+            let _pid_file = pid_file.map(PidFile::create).transpose()?;
+            host(config, forward, has_relay).await
         }
         Command::Connect {
             ticket,
@@ -196,8 +205,33 @@ async fn main() -> Result<()> {
         } => {
             let key = match key {
                 Some(path) => read_key(&path)?,
-                None => SecretKey::generate()?,
+                None => {
+                    // Without a lasting key, no host can list this player: say so
+                    // before someone pastes a key that is gone at the next run.
+                    warn!(
+                        "no --key: this player's key is ephemeral (a new one every run), so \
+                         a host's authorized_players cannot list it; make a lasting one with \
+                         `blindrelay keygen --role player --out player.key` and pass \
+                         --key player.key"
+                    );
+                    SecretKey::generate()?
+                }
             };
+            // A path the ticket has no route for would fail every connection later,
+            // one by one: refuse it now, saying what the ticket holds.
+            match path {
+                PathPreference::RelayOnly if ticket.relay().is_none() => bail!(
+                    "--path relay, but this ticket names no relay (its host runs without \
+                     --relay): use --path direct or auto, or a ticket from a host started \
+                     with --relay"
+                ),
+                PathPreference::DirectOnly if ticket.direct_addrs().is_empty() => bail!(
+                    "--path direct, but this ticket has no direct address (its host runs \
+                     without --direct): use --path relay or auto, or a ticket from a host \
+                     started with --direct"
+                ),
+                _ => {}
+            }
             let mut config = PlayerConfig::new(key);
             config.path = path;
             config.relay_delay = relay_delay;
@@ -225,7 +259,7 @@ fn token(command: TokenCommand) -> Result<()> {
             pub_path.push(".pub");
             let pub_path = PathBuf::from(pub_path);
             write_private(&out, key.to_key_file().as_bytes(), force)?;
-            let pub_text = format!("# blindrelay token issuer public key\n{public}\n");
+            let pub_text = public.to_key_file();
             if !force && pub_path.exists() {
                 bail!("{} exists (use --force to overwrite)", pub_path.display());
             }
@@ -255,9 +289,42 @@ fn token(command: TokenCommand) -> Result<()> {
                 tier,
             })?;
             println!("{token}");
+            // A relay refuses a token whose tier it does not have, and only the relay
+            // knows its tiers: say what it needs, on stderr, away from the token.
+            if token.claims_unverified().tier != "default" {
+                eprintln!(
+                    "note: the relay must define this tier in its config ([tiers.{}]), \
+                     or it refuses the token as invalid",
+                    token.claims_unverified().tier
+                );
+            }
             Ok(())
         }
     }
+}
+
+/// A `--forward` target: `HOST:PORT` with a port number, HOST an IP address (IPv6 in
+/// brackets) or a name. Names are resolved when a session connects, not here.
+fn parse_service(text: &str) -> Result<String, String> {
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(text.to_owned());
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT (such as localhost:8096), got {text:?}"))?;
+    port.parse::<u16>().map_err(|_| {
+        format!("{port:?} is not a port number (HOST:PORT, such as localhost:8096)")
+    })?;
+    let name_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+    if !name_ok {
+        return Err(format!(
+            "{host:?} is neither an IP address nor a host name (HOST:PORT, such as localhost:8096)"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// A token's validity in whole seconds, in the duration syntax of every flag
@@ -322,7 +389,8 @@ fn read_key(path: &Path) -> Result<SecretKey> {
     SecretKey::from_key_file(&text).with_context(|| format!("in key file {}", path.display()))
 }
 
-async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
+async fn host(config: HostConfig, forward: String, has_relay: bool) -> Result<()> {
+    let forward: std::sync::Arc<str> = forward.into();
     let mut agent = HostAgent::start(config)?;
     println!("host id: {}", agent.host_id());
     println!("ticket: {}", agent.ticket());
@@ -357,8 +425,9 @@ async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
         tokio::select! {
             session = agent.accept() => match session {
                 Some(session) => {
-                    info!(session = session.session_id(), path = %session.path(), player = %session.peer().short(), "session open");
-                    sessions.spawn(forward_to_service(session, forward));
+                    let local_id = next_local_id();
+                    info!(local_id, session = relay_session(&session), path = %session.path(), player = %session.peer().short(), "session open");
+                    sessions.spawn(forward_to_service(session, forward.clone(), local_id));
                 }
                 None => break agent.state(),
             },
@@ -369,6 +438,12 @@ async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
             }
             enable = switch.next() => {
                 info!(enable, "Enable Relay switched by signal");
+                if enable && !has_relay {
+                    warn!(
+                        "this host was started without --relay: there is no relay to \
+                         enable; restart it with --relay URL to be reachable through one"
+                    );
+                }
                 agent.set_relay_enabled(enable);
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -390,17 +465,52 @@ async fn host(config: HostConfig, forward: SocketAddr) -> Result<()> {
     }
 }
 
-async fn forward_to_service(mut session: SecureStream, service: SocketAddr) {
-    let id = session.session_id();
-    let mut tcp = match TcpStream::connect(service).await {
+async fn forward_to_service(
+    mut session: SecureStream,
+    service: std::sync::Arc<str>,
+    local_id: u64,
+) {
+    let mut tcp = match TcpStream::connect(&*service).await {
         Ok(tcp) => tcp,
         Err(err) => {
-            warn!(session = id, %err, "cannot reach the local service");
+            warn!(local_id, %err, "cannot reach the local service");
             return;
         }
     };
     let _ = tcp.set_nodelay(true);
-    splice_tcp(id, &mut session, &mut tcp).await;
+    splice_tcp(local_id, &mut session, &mut tcp).await;
+}
+
+/// A number for each session this process opens, for its log lines: the relay's
+/// session id exists only on relayed sessions (a direct one has none), and
+/// "session=0" on every direct session told the reader nothing.
+fn next_local_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The relay's id for a relayed session, to match the relay's log; `None` (no
+/// field in the log line) for a direct one.
+fn relay_session(session: &SecureStream) -> Option<u64> {
+    (session.path() == blindrelay_client::SessionPath::Relayed).then(|| session.session_id())
+}
+
+/// The host's process id in a file, for scripts that signal it; removed when the
+/// host exits (cleanly or with an error; not when killed outright).
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: PathBuf) -> Result<Self> {
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pid file {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Enable Relay switched by signals: SIGUSR1 off, SIGUSR2 on (Unix only).
@@ -467,11 +577,12 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
                 };
                 let _ = tcp.set_nodelay(true);
                 let (player, ticket) = (player.clone(), ticket.clone());
+                let local_id = next_local_id();
                 sessions.spawn(async move {
                     match player.connect(&ticket).await {
                         Ok(mut session) => {
-                            info!(session = session.session_id(), path = %session.path(), "session open");
-                            splice_tcp(session.session_id(), &mut session, &mut tcp).await
+                            info!(local_id, session = relay_session(&session), path = %session.path(), "session open");
+                            splice_tcp(local_id, &mut session, &mut tcp).await
                         }
                         Err(err) => warn!(%err, "cannot open a session"),
                     }
@@ -490,14 +601,14 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
 
 /// Copies both ways until both directions have ended (half-close passes through).
 async fn splice_tcp(
-    id: u64,
+    local_id: u64,
     session: &mut (impl AsyncRead + AsyncWrite + Unpin),
     tcp: &mut (impl AsyncRead + AsyncWrite + Unpin),
 ) {
     const BUF: usize = 64 * 1024;
     match tokio::io::copy_bidirectional_with_sizes(session, tcp, BUF, BUF).await {
-        Ok((sent, received)) => debug!(session = id, sent, received, "session ended"),
-        Err(err) => debug!(session = id, %err, "session ended with an error"),
+        Ok((sent, received)) => debug!(local_id, sent, received, "session ended"),
+        Err(err) => debug!(local_id, %err, "session ended with an error"),
     }
 }
 
@@ -510,6 +621,21 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn forward_takes_host_names_as_well_as_addresses() {
+        for ok in [
+            "localhost:8096",
+            "127.0.0.1:8096",
+            "[::1]:8096",
+            "media-box.lan:80",
+        ] {
+            assert_eq!(parse_service(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["localhost", "localhost:http", ":8096", "a b:1", "::1:8096"] {
+            assert!(parse_service(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

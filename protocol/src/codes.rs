@@ -334,7 +334,9 @@ impl ErrorCode {
     pub fn for_token_error(err: &crate::token::TokenError) -> Self {
         use crate::token::TokenError;
         match err {
-            TokenError::Malformed(_) | TokenError::NotAToken => Self::TokenMalformed,
+            TokenError::Malformed(_) | TokenError::NotAToken | TokenError::Damaged => {
+                Self::TokenMalformed
+            }
             TokenError::Expired { .. } => Self::TokenExpired,
             TokenError::WrongHost => Self::TokenWrongHost,
             TokenError::UnknownIssuer | TokenError::BadSignature => Self::TokenInvalid,

@@ -31,9 +31,98 @@ pub enum KeyError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// The file is a blindrelay file of another kind (an issuer key, say).
+    #[error("this file is {}, not {}: {}", found.what(), want.what(), want.which_file())]
+    WrongKind {
+        /// What the file holds.
+        found: KeyFileKind,
+        /// What was asked for.
+        want: KeyFileKind,
+    },
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
     Random,
+}
+
+/// First line of a host's or player's secret key file.
+pub const IDENTITY_KEY_FILE_HEADER: &str =
+    "# blindrelay secret key (X25519); keep this file private";
+
+/// First line of a token issuer's secret key file.
+pub const ISSUER_KEY_FILE_HEADER: &str =
+    "# blindrelay token issuer key (Ed25519 seed); keep this file private";
+
+/// First line of a token issuer's public key file, the one relays read.
+pub const ISSUER_PUBLIC_KEY_FILE_HEADER: &str = "# blindrelay token issuer public key";
+
+/// The kinds of key file people hand to blindrelay's commands. All three blindrelay
+/// kinds hold 32 bytes in base32, so only their first line tells them apart: each
+/// reader looks at it to refuse a file of another kind with a message that names the
+/// right one, instead of, say, a relay that starts with a secret key as its issuer
+/// list and then refuses every token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyFileKind {
+    /// A host's or player's secret key (`blindrelay keygen`).
+    Identity,
+    /// A token issuer's secret signing key (`blindrelay token keygen`, FILE).
+    IssuerSecret,
+    /// A token issuer's public key file (`blindrelay token keygen`, FILE.pub).
+    IssuerPublic,
+    /// A PEM file: a TLS certificate or private key, such as the relay's.
+    Pem,
+}
+
+impl KeyFileKind {
+    /// What the file is, by its header line; `None` for a file without one (a
+    /// hand-written list, or a file that is no key at all).
+    pub fn of(text: &str) -> Option<Self> {
+        text.lines().map(str::trim).find_map(|line| match line {
+            IDENTITY_KEY_FILE_HEADER => Some(Self::Identity),
+            ISSUER_KEY_FILE_HEADER => Some(Self::IssuerSecret),
+            ISSUER_PUBLIC_KEY_FILE_HEADER => Some(Self::IssuerPublic),
+            _ if line.starts_with("-----BEGIN ") => Some(Self::Pem),
+            _ => None,
+        })
+    }
+
+    /// `Err` when `text` is a key file of another kind than `want`.
+    pub fn expect(text: &str, want: Self) -> Result<(), KeyError> {
+        match Self::of(text) {
+            Some(found) if found != want => Err(KeyError::WrongKind { found, want }),
+            _ => Ok(()),
+        }
+    }
+
+    /// What a file of this kind is, for messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Self::Identity => "a host or player secret key (from `blindrelay keygen`)",
+            Self::IssuerSecret => {
+                "a token issuer's secret signing key (from `blindrelay token keygen`)"
+            }
+            Self::IssuerPublic => {
+                "a token issuer's public key file (the .pub file from `blindrelay token keygen`)"
+            }
+            Self::Pem => "a PEM file (a TLS certificate or key)",
+        }
+    }
+
+    /// Which file to give instead, for messages.
+    pub fn which_file(self) -> &'static str {
+        match self {
+            Self::Identity => "give the key file that `blindrelay keygen --out FILE` wrote",
+            Self::IssuerSecret => {
+                "give the secret key file that `blindrelay token keygen --out FILE` wrote \
+                 (FILE itself, not FILE.pub)"
+            }
+            Self::IssuerPublic => {
+                "give FILE.pub, the public key file that `blindrelay token keygen --out FILE` \
+                 wrote beside the secret key (the secret key never goes on a relay)"
+            }
+            Self::Pem => "give a PEM certificate or key",
+        }
+    }
 }
 
 /// Characters of a key in text form (base32 of 32 bytes, unpadded).
@@ -144,9 +233,6 @@ impl FromStr for HostId {
 #[derive(Clone)]
 pub struct SecretKey(x25519_dalek::StaticSecret);
 
-/// First line of a key file, so a key is never mistaken for some other secret.
-const KEY_FILE_HEADER: &str = "# blindrelay secret key (X25519); keep this file private";
-
 impl SecretKey {
     /// Makes a fresh key from the operating system's random number generator.
     pub fn generate() -> Result<Self, KeyError> {
@@ -189,12 +275,17 @@ impl SecretKey {
 
     /// The text written to a key file: a comment line, then the key in base32.
     pub fn to_key_file(&self) -> String {
-        format!("{KEY_FILE_HEADER}\n{}\n", base32_encode(self.0.as_bytes()))
+        format!(
+            "{IDENTITY_KEY_FILE_HEADER}\n{}\n",
+            base32_encode(self.0.as_bytes())
+        )
     }
 
     /// Reads a key file written by [`SecretKey::to_key_file`]. Lines starting with `#`
-    /// and blank lines are ignored; exactly one key line must remain.
+    /// and blank lines are ignored; exactly one key line must remain. A file whose
+    /// header says it is another kind of key is refused ([`KeyError::WrongKind`]).
     pub fn from_key_file(text: &str) -> Result<Self, KeyError> {
+        KeyFileKind::expect(text, KeyFileKind::Identity)?;
         let mut lines = text
             .lines()
             .map(str::trim)
@@ -260,6 +351,31 @@ mod tests {
         assert!(SecretKey::from_key_file("# only a comment\n").is_err());
         assert!(SecretKey::from_key_file(&format!("{file}{file}")).is_err());
         assert!(SecretKey::from_key_file("abc\n").is_err());
+    }
+
+    #[test]
+    fn key_files_of_other_kinds_are_refused_naming_the_right_file() {
+        let key = SecretKey::generate().unwrap();
+        let line = base32_encode(&key.to_bytes());
+        for (header, found) in [
+            (ISSUER_KEY_FILE_HEADER, KeyFileKind::IssuerSecret),
+            (ISSUER_PUBLIC_KEY_FILE_HEADER, KeyFileKind::IssuerPublic),
+        ] {
+            let err = SecretKey::from_key_file(&format!("{header}\n{line}\n")).unwrap_err();
+            assert_eq!(
+                err,
+                KeyError::WrongKind {
+                    found,
+                    want: KeyFileKind::Identity
+                }
+            );
+            assert!(err.to_string().contains("blindrelay keygen --out"), "{err}");
+        }
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n";
+        let err = SecretKey::from_key_file(pem).unwrap_err();
+        assert!(err.to_string().contains("PEM"), "{err}");
+        // A bare key line, without any header, is still read.
+        assert!(SecretKey::from_key_file(&format!("{line}\n")).is_ok());
     }
 
     #[test]

@@ -43,9 +43,13 @@ const CHECKSUM_LEN: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TicketError {
-    /// The text does not start with `brt` or is not base32.
+    /// The text does not start with `brt`.
     #[error("not a blindrelay ticket (tickets start with {TICKET_PREFIX})")]
     NotATicket,
+    /// The text starts with `brt` but the rest is not base32 of a whole number of
+    /// bytes: a character is missing or mistyped.
+    #[error("ticket is damaged (cut short or mistyped: not valid base32): copy it again whole")]
+    Damaged,
     /// The checksum does not match: the ticket was cut or altered.
     #[error("ticket is damaged (checksum mismatch): copy it again")]
     Checksum,
@@ -229,11 +233,14 @@ impl FromStr for Ticket {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim();
-        let body = text
+        let rest = text
             .get(..TICKET_PREFIX.len())
             .filter(|prefix| prefix.eq_ignore_ascii_case(TICKET_PREFIX))
-            .and_then(|_| base32_decode(&text[TICKET_PREFIX.len()..]))
+            .map(|_| &text[TICKET_PREFIX.len()..])
             .ok_or(TicketError::NotATicket)?;
+        // It does start like a ticket: a failure from here on is damage, and saying
+        // "tickets start with brt" would send the user looking in the wrong place.
+        let body = base32_decode(rest).ok_or(TicketError::Damaged)?;
         Self::from_bytes(&body)
     }
 }
@@ -299,7 +306,7 @@ mod tests {
     fn damaged_tickets_are_refused() {
         let text = sample().to_string();
         assert_eq!("hello".parse::<Ticket>(), Err(TicketError::NotATicket));
-        assert_eq!("brt!!".parse::<Ticket>(), Err(TicketError::NotATicket));
+        assert_eq!("brt!!".parse::<Ticket>(), Err(TicketError::Damaged));
         // Change one character in the middle: the checksum catches it.
         let mut chars: Vec<char> = text.chars().collect();
         let i = chars.len() / 2;
@@ -308,6 +315,17 @@ mod tests {
         assert_eq!(altered.parse::<Ticket>(), Err(TicketError::Checksum));
         // Cut it short.
         assert!(text[..text.len() - 8].parse::<Ticket>().is_err());
+    }
+
+    #[test]
+    fn a_ticket_missing_characters_is_called_damaged_not_a_non_ticket() {
+        let text = sample().to_string();
+        for cut in 1..=8 {
+            let err = text[..text.len() - cut].parse::<Ticket>().unwrap_err();
+            assert_ne!(err, TicketError::NotATicket, "cut {cut}");
+            assert!(!err.to_string().contains("start with"), "cut {cut}: {err}");
+            assert!(err.to_string().contains("damaged"), "cut {cut}: {err}");
+        }
     }
 
     #[test]

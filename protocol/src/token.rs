@@ -34,7 +34,9 @@ use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
 use crate::encoding::{base32_decode, base32_encode, Reader};
 use crate::error::DecodeError;
-use crate::keys::HostId;
+use crate::keys::{
+    HostId, KeyError, KeyFileKind, ISSUER_KEY_FILE_HEADER, ISSUER_PUBLIC_KEY_FILE_HEADER,
+};
 
 /// Prefix of a token in text form.
 pub const TOKEN_PREFIX: &str = "brk";
@@ -68,9 +70,13 @@ pub enum TokenError {
     /// The bytes are not a token of this version.
     #[error("registration token is malformed: {0}")]
     Malformed(#[from] DecodeError),
-    /// The text does not start with `brk` or is not base32.
+    /// The text does not start with `brk`.
     #[error("not a registration token (tokens start with {TOKEN_PREFIX})")]
     NotAToken,
+    /// The text starts with `brk` but is not a whole token: a character is missing
+    /// or mistyped.
+    #[error("registration token is damaged (cut short or mistyped): copy it again whole")]
+    Damaged,
     /// No key of the relay's issuer file has the token's key id.
     #[error("registration token was signed by an issuer this relay does not trust")]
     UnknownIssuer,
@@ -211,12 +217,18 @@ impl FromStr for Token {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim();
-        let body = text
+        let rest = text
             .get(..TOKEN_PREFIX.len())
             .filter(|prefix| prefix.eq_ignore_ascii_case(TOKEN_PREFIX))
-            .and_then(|_| base32_decode(&text[TOKEN_PREFIX.len()..]))
+            .map(|_| &text[TOKEN_PREFIX.len()..])
             .ok_or(TokenError::NotAToken)?;
-        Self::from_bytes(&body)
+        // It does start like a token: bad base32 or too few bytes is damage in
+        // copying, which is what the user has to fix.
+        let body = base32_decode(rest).ok_or(TokenError::Damaged)?;
+        Self::from_bytes(&body).map_err(|err| match err {
+            TokenError::Malformed(DecodeError::Truncated { .. }) => TokenError::Damaged,
+            other => other,
+        })
     }
 }
 
@@ -244,6 +256,14 @@ impl IssuerPublicKey {
     /// The key id tokens signed by this key carry.
     pub fn id(&self) -> &KeyId {
         &self.id
+    }
+}
+
+impl IssuerPublicKey {
+    /// The text of a public key file for relays: a comment line, then the key. More
+    /// keys may be appended, one per line, to rotate.
+    pub fn to_key_file(&self) -> String {
+        format!("{ISSUER_PUBLIC_KEY_FILE_HEADER}\n{self}\n")
     }
 }
 
@@ -294,6 +314,15 @@ pub enum IssuerKeyError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// The file is a blindrelay key file of another kind (say, the issuer's secret
+    /// key given where its public key file belongs).
+    #[error("this file is {}, not {}: {}", found.what(), want.what(), want.which_file())]
+    WrongKind {
+        /// What the file holds.
+        found: KeyFileKind,
+        /// What was asked for.
+        want: KeyFileKind,
+    },
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
     Random,
@@ -318,8 +347,11 @@ impl IssuerKeys {
     }
 
     /// Parses an issuer file: one base32 public key per line; blank lines and lines
-    /// starting with `#` are ignored. At least one key must remain.
+    /// starting with `#` are ignored. At least one key must remain. A file whose header
+    /// says it is another kind of key (the issuer's *secret* key, a host key) is
+    /// refused: its key line would parse, and the relay would refuse every token.
     pub fn parse(text: &str) -> Result<Self, IssuerKeyError> {
+        expect_kind(text, KeyFileKind::IssuerPublic)?;
         let mut keys = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -380,9 +412,15 @@ pub fn verify(
     Ok(token.claims)
 }
 
-/// First line of an issuer key file.
-const ISSUER_KEY_FILE_HEADER: &str =
-    "# blindrelay token issuer key (Ed25519 seed); keep this file private";
+/// [`KeyFileKind::expect`] with this module's error.
+fn expect_kind(text: &str, want: KeyFileKind) -> Result<(), IssuerKeyError> {
+    KeyFileKind::expect(text, want).map_err(|err| match err {
+        KeyError::WrongKind { found, want } => IssuerKeyError::WrongKind { found, want },
+        _ => IssuerKeyError::BadKeyFile {
+            reason: "unreadable header",
+        },
+    })
+}
 
 /// The operator's signing key. Lives with the account service, never on a relay.
 ///
@@ -441,8 +479,10 @@ impl IssuerSecretKey {
         format!("{ISSUER_KEY_FILE_HEADER}\n{}\n", base32_encode(&self.seed))
     }
 
-    /// Reads a key file written by [`IssuerSecretKey::to_key_file`].
+    /// Reads a key file written by [`IssuerSecretKey::to_key_file`]; refuses a key
+    /// file of another kind, such as the public key file beside it.
     pub fn from_key_file(text: &str) -> Result<Self, IssuerKeyError> {
+        expect_kind(text, KeyFileKind::IssuerSecret)?;
         let mut lines = text
             .lines()
             .map(str::trim)
@@ -660,6 +700,62 @@ mod tests {
         assert!(!format!("{key:?}").contains(&base32_encode(&key.seed)));
         assert!(IssuerSecretKey::from_key_file("").is_err());
         assert!(IssuerSecretKey::from_key_file("abc").is_err());
+    }
+
+    #[test]
+    fn each_key_file_refuses_the_other_kinds_naming_the_right_file() {
+        let key = issuer();
+        let public_file = key.public_key().to_key_file();
+        let secret_file = key.to_key_file();
+        let host_file = crate::SecretKey::generate().unwrap().to_key_file();
+
+        assert_eq!(IssuerKeys::parse(&public_file).unwrap(), keys());
+        let err = IssuerKeys::parse(&secret_file).unwrap_err();
+        assert_eq!(
+            err,
+            IssuerKeyError::WrongKind {
+                found: KeyFileKind::IssuerSecret,
+                want: KeyFileKind::IssuerPublic
+            }
+        );
+        assert!(err.to_string().contains("FILE.pub"), "{err}");
+        assert!(matches!(
+            IssuerKeys::parse(&host_file),
+            Err(IssuerKeyError::WrongKind {
+                found: KeyFileKind::Identity,
+                ..
+            })
+        ));
+
+        let err = IssuerSecretKey::from_key_file(&public_file).unwrap_err();
+        assert!(matches!(
+            err,
+            IssuerKeyError::WrongKind {
+                found: KeyFileKind::IssuerPublic,
+                want: KeyFileKind::IssuerSecret
+            }
+        ));
+        assert!(err.to_string().contains("not FILE.pub"), "{err}");
+        assert!(IssuerSecretKey::from_key_file(&host_file).is_err());
+        // The public key file is no host key either.
+        assert!(matches!(
+            crate::SecretKey::from_key_file(&public_file),
+            Err(KeyError::WrongKind {
+                found: KeyFileKind::IssuerPublic,
+                want: KeyFileKind::Identity
+            })
+        ));
+    }
+
+    #[test]
+    fn a_token_missing_characters_is_called_damaged_not_a_non_token() {
+        let text = issuer().issue(claims()).unwrap().to_string();
+        for cut in 1..=8 {
+            let err = text[..text.len() - cut].parse::<Token>().unwrap_err();
+            assert_eq!(err, TokenError::Damaged, "cut {cut}");
+            assert!(!err.to_string().contains("start with"), "{err}");
+        }
+        assert_eq!("hello".parse::<Token>(), Err(TokenError::NotAToken));
     }
 
     #[test]

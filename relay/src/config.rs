@@ -153,16 +153,29 @@ pub enum ConfigError {
 }
 
 impl ConfigFile {
-    /// Reads and parses `path`.
+    /// Reads and parses `path`. Relative file names in it (`cert`, `key`,
+    /// `token_issuer_pub`) are taken from the file's own folder, as a person who
+    /// writes `cert = "relay.crt"` next to the certificate means, not from whatever
+    /// directory the relay happens to be started in.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        let mut file = Self::parse(&text).map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
-        })
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        for file_name in [&mut file.cert, &mut file.key, &mut file.token_issuer_pub]
+            .into_iter()
+            .flatten()
+        {
+            if file_name.is_relative() {
+                *file_name = base.join(&*file_name);
+            }
+        }
+        Ok(file)
     }
 
     /// Parses the text of a config file.
@@ -250,6 +263,28 @@ mod tests {
         limits.validate().expect("valid");
         assert_eq!(limits.tiers.len(), 2);
         assert_eq!(limits.host_tiers.len(), 1);
+    }
+
+    #[test]
+    fn relative_file_names_are_taken_from_the_config_files_folder() {
+        let dir = std::env::temp_dir().join(format!("br-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("relay.toml");
+        std::fs::write(
+            &path,
+            "cert = \"relay.crt\"\nkey = \"keys/relay.key\"\n\
+             token_issuer_pub = \"/etc/blindrelay/issuer.key.pub\"\n",
+        )
+        .expect("write");
+        let file = ConfigFile::load(&path).expect("loads");
+        assert_eq!(file.cert, Some(dir.join("relay.crt")));
+        assert_eq!(file.key, Some(dir.join("keys/relay.key")));
+        assert_eq!(
+            file.token_issuer_pub.as_deref(),
+            Some(Path::new("/etc/blindrelay/issuer.key.pub")),
+            "absolute names stay as written"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

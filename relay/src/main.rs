@@ -173,7 +173,7 @@ limit_flags! {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let args = parse_args();
     let file = match &args.config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
@@ -293,6 +293,53 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The command line and environment, with a bad value from an environment variable
+/// reported as that variable: clap reads `BLINDRELAY_LISTEN` as `--listen` and
+/// would blame a flag that nobody typed.
+fn parse_args() -> Args {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    let err = match Args::try_parse() {
+        Ok(args) => return args,
+        Err(err) => err,
+    };
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        err.exit()
+    };
+    if !matches!(
+        err.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        err.exit()
+    }
+    // `--listen <LISTEN>` -> `listen`
+    let long = arg
+        .strip_prefix("--")
+        .and_then(|rest| rest.split([' ', '=']).next())
+        .unwrap_or_default();
+    let command = Args::command();
+    let env = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|env| env.to_string_lossy().into_owned());
+    let typed = std::env::args()
+        .skip(1)
+        .any(|word| word == format!("--{long}") || word.starts_with(&format!("--{long}=")));
+    match env {
+        Some(env) if !typed && std::env::var_os(&env).is_some() => {
+            let text = err.render().to_string().replacen(
+                &format!("for '{arg}'"),
+                &format!("in the environment variable {env} (read as {arg})"),
+                1,
+            );
+            eprint!("{text}");
+            std::process::exit(2);
+        }
+        _ => err.exit(),
+    }
 }
 
 /// The settings in effect, each taken once from where it is given: a flag (or its

@@ -91,8 +91,8 @@ impl Proc {
             .to_owned()
     }
 
-    /// Waits for a stderr line containing `text`.
-    pub fn wait_log(&self, text: &str) {
+    /// Waits for a stderr line containing `text`, and returns it.
+    pub fn wait_log(&self, text: &str) -> String {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -101,7 +101,7 @@ impl Proc {
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no log line containing {text:?}"));
             if line.contains(text) {
-                return;
+                return line;
             }
         }
     }

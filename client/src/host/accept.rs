@@ -15,7 +15,7 @@ use blindrelay_protocol::{codes, ControlMessage, SessionLimits};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{HostConfig, HostCounters};
 use crate::stream::{Abandon, SecureStream, SessionPath};
@@ -82,7 +82,7 @@ impl SessionAcceptor {
             SessionPath::Direct => &self.counters.sessions_direct,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        debug!(session_id = served.session_id, %path, player = %stream.peer().short(), limits = %served.limits, "session accepted");
+        debug!(session_id = relay_session_id(path, served.session_id), %path, player = %stream.peer().short(), limits = %served.limits, "session accepted");
         let _ = self.sessions.send(stream).await;
     }
 
@@ -172,7 +172,9 @@ impl SessionAcceptor {
         self.counters
             .players_refused
             .fetch_add(1, Ordering::Relaxed);
-        debug!(session_id, %path, player = %player.short(), "player not authorized");
+        // The whole key, at info: this is the host's own log, and its owner needs the
+        // key to add the player to authorized_players.
+        info!(session_id = relay_session_id(path, session_id), %path, player = %player, "player not authorized (not in authorized_players)");
         // Let the player end the session, as a served player that leaves at once
         // would, then end this direction as a served session's host does when its
         // player leaves (`end`, then the stream's end), rather than closing first or
@@ -198,6 +200,12 @@ impl SessionAcceptor {
         }
         let _ = send.shutdown().await;
     }
+}
+
+/// The relay's session id, for log lines: only relayed sessions have one, and a
+/// field left out says so better than `session_id=0` on every direct session.
+fn relay_session_id(path: SessionPath, session_id: u64) -> Option<u64> {
+    (path == SessionPath::Relayed).then_some(session_id)
 }
 
 /// A session the host serves, before it is handed over.

@@ -1,6 +1,7 @@
 //! The quick start, as a user runs it: real `blindrelayd` and `blindrelay` processes,
 //! an HTTP media service with range requests behind the host, HTTP clients in front
-//! of the player, Ctrl-C, and a relay restart with the same certificate files.
+//! of the player, Ctrl-C, and a relay restart with the same certificate files; the
+//! mistakes a new user makes (key files of the wrong kind, a README followed literally).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,9 +13,10 @@ use blindrelay_tests::Pattern;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A minimal HTTP/1.1 file server with `Range: bytes=a-b` support, standing in for a
-/// media server's HTTP port.
-async fn media_server(file: std::sync::Arc<Vec<u8>>) -> SocketAddr {
+/// A minimal HTTP/1.1 file server over the folder `root` with `Range: bytes=a-b`
+/// support, standing in for a media server's HTTP port (or `python3 -m http.server
+/// --directory root`): it serves the files in `root` and nothing outside it.
+async fn media_server(root: PathBuf) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -22,7 +24,7 @@ async fn media_server(file: std::sync::Arc<Vec<u8>>) -> SocketAddr {
             let Ok((mut tcp, _)) = listener.accept().await else {
                 return;
             };
-            let file = file.clone();
+            let root = root.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -32,7 +34,24 @@ async fn media_server(file: std::sync::Arc<Vec<u8>>) -> SocketAddr {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let request = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let request = String::from_utf8_lossy(&request).to_string();
+                let name = request
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .trim_start_matches('/')
+                    .to_owned();
+                let file = (!name.split('/').any(|part| part == ".." || part.is_empty()))
+                    .then(|| std::fs::read(root.join(&name)).ok())
+                    .flatten();
+                let Some(file) = file else {
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    let _ = tcp.shutdown().await;
+                    return;
+                };
+                let request = request.to_ascii_lowercase();
                 let range = request.lines().find_map(|line| {
                     let spec = line.strip_prefix("range: bytes=")?;
                     let (a, b) = spec.trim().split_once('-')?;
@@ -59,13 +78,30 @@ async fn media_server(file: std::sync::Arc<Vec<u8>>) -> SocketAddr {
     addr
 }
 
+/// A `media` folder in `dir` holding `movie.mkv`, served by a [`media_server`].
+async fn serve_movie(dir: &Path, movie: &[u8]) -> SocketAddr {
+    let media = dir.join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(media.join("movie.mkv"), movie).unwrap();
+    media_server(media).await
+}
+
 /// GETs `/movie.mkv` through `addr`, optionally a byte range; returns status and body.
 async fn get(addr: SocketAddr, range: Option<(usize, usize)>) -> (String, Vec<u8>) {
+    get_path(addr, "/movie.mkv", range).await
+}
+
+/// GETs `path` through `addr`, optionally a byte range; returns status and body.
+async fn get_path(
+    addr: SocketAddr,
+    path: &str,
+    range: Option<(usize, usize)>,
+) -> (String, Vec<u8>) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let range = range
         .map(|(a, b)| format!("Range: bytes={a}-{b}\r\n"))
         .unwrap_or_default();
-    let request = format!("GET /movie.mkv HTTP/1.1\r\nHost: media\r\n{range}\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: media\r\n{range}\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tcp.read_to_end(&mut response).await.unwrap();
@@ -83,15 +119,17 @@ async fn quick_start_works_as_documented() {
     let bin = binaries();
     let dir = std::env::temp_dir().join(format!("blindrelay-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Keys in a folder of their own, apart from the folder the service serves.
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
     let (cert_pem, key_pem) = RelayCertificate::self_signed_pem(&["localhost"]).unwrap();
-    let (cert, relay_key) = (dir.join("relay.crt"), dir.join("relay.key"));
+    let (cert, relay_key) = (keys.join("relay.crt"), keys.join("relay.key"));
     std::fs::write(&cert, cert_pem).unwrap();
     std::fs::write(&relay_key, key_pem).unwrap();
 
     let mut movie = vec![0u8; 24 << 20];
     Pattern::new(42).fill(&mut movie);
-    let movie = std::sync::Arc::new(movie);
-    let media = media_server(movie.clone()).await;
+    let media = serve_movie(&dir, &movie).await;
 
     // 1. The relay.
     let relay_args = |listen: &str| {
@@ -114,7 +152,7 @@ async fn quick_start_works_as_documented() {
     );
 
     // 2. A host identity, private to its owner.
-    let host_key = dir.join("host.key");
+    let host_key = keys.join("host.key");
     let keygen = Command::new(bin.join("blindrelay"))
         .args(["keygen", "--out", host_key.to_str().unwrap()])
         .output()
@@ -141,14 +179,17 @@ async fn quick_start_works_as_documented() {
         "keygen never overwrites a key silently"
     );
 
-    // 3. The host, forwarding to the media server.
+    // 3. The host, forwarding to the media server, its pid in a file for signals.
     let forward = media.to_string();
+    let pid_file = dir.join("host.pid");
     let host = Proc::start(
         &bin.join("blindrelay"),
         &[
             "host",
             "--key",
             host_key.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
             "--relay",
             &url,
             "--forward",
@@ -158,6 +199,8 @@ async fn quick_start_works_as_documented() {
     assert_eq!(host.value("host id"), host_id);
     let ticket = host.value("ticket");
     host.wait_log("reachable through the relay");
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file written");
+    assert_eq!(pid.trim(), host.pid().to_string());
 
     // 4. The player.
     let player = Proc::start(
@@ -169,7 +212,17 @@ async fn quick_start_works_as_documented() {
     // Whole file, a range, and several at once.
     let (status, body) = get(listen, None).await;
     assert!(status.contains("200"), "{status}");
-    assert!(body == *movie, "whole file byte for byte");
+    assert!(body == movie, "whole file byte for byte");
+    // What the ticket reaches is the served folder, and no key is in it.
+    for path in [
+        "/host.key",
+        "/keys/host.key",
+        "/../keys/host.key",
+        "/relay.key",
+    ] {
+        let (status, _) = get_path(listen, path, None).await;
+        assert!(status.contains("404"), "{path}: {status}");
+    }
     let (status, body) = get(listen, Some((1_000_000, 1_999_999))).await;
     assert!(status.contains("206"), "{status}");
     assert_eq!(body, movie[1_000_000..2_000_000]);
@@ -206,9 +259,10 @@ async fn quick_start_works_as_documented() {
     assert!(status.contains("206"), "{status}");
     assert_eq!(body, movie[5..105]);
 
-    // 6. Ctrl-C ends each of them cleanly.
+    // 6. Ctrl-C ends each of them cleanly, and the host removes its pid file.
     player.interrupt();
     host.interrupt();
+    assert!(!pid_file.exists(), "pid file removed at exit");
     relay.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -232,11 +286,11 @@ async fn a_direct_only_host_works_through_the_cli() {
     let host_key = keygen(&bin, &dir);
     let mut movie = vec![0u8; 4 << 20];
     Pattern::new(7).fill(&mut movie);
-    let movie = std::sync::Arc::new(movie);
-    let media = media_server(movie.clone()).await;
+    let media = serve_movie(&dir, &movie).await;
 
-    // No relay anywhere: the host listens directly and Enable Relay is off.
-    let forward = media.to_string();
+    // No relay anywhere: the host listens directly and Enable Relay is off. The
+    // service is named as people name it, by host name.
+    let forward = format!("localhost:{}", media.port());
     let host = Proc::start(
         &bin.join("blindrelay"),
         &[
@@ -273,11 +327,29 @@ async fn a_direct_only_host_works_through_the_cli() {
     let listen: SocketAddr = player.value("listening on").parse().unwrap();
     let (status, body) = get(listen, None).await;
     assert!(status.contains("200"), "{status}");
-    assert!(body == *movie, "whole file byte for byte");
+    assert!(body == movie, "whole file byte for byte");
     let (status, body) = get(listen, Some((1000, 1999))).await;
     assert!(status.contains("206"), "{status}");
     assert_eq!(body, movie[1000..2000]);
     player.wait_log("session open");
+
+    // SIGUSR2 asks for a relay this host does not have: it says so.
+    host.signal("USR2");
+    host.wait_log("there is no relay to enable");
+
+    // A player that asks for the relay path with this ticket is refused at start.
+    let err = refused(
+        &bin.join("blindrelay"),
+        &[
+            "connect",
+            &ticket,
+            "--listen",
+            "127.0.0.1:0",
+            "--path",
+            "relay",
+        ],
+    );
+    assert!(err.contains("this ticket names no relay"), "{err}");
 
     player.interrupt();
     host.interrupt();
@@ -290,8 +362,8 @@ async fn enable_relay_switches_on_a_running_host_by_signal() {
     let dir = std::env::temp_dir().join(format!("blindrelay-cli-switch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let host_key = keygen(&bin, &dir);
-    let movie = std::sync::Arc::new(vec![42u8; 100_000]);
-    let media = media_server(movie.clone()).await;
+    let movie = vec![42u8; 100_000];
+    let media = serve_movie(&dir, &movie).await;
 
     let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
     let url = relay.value("relay url");
@@ -311,6 +383,19 @@ async fn enable_relay_switches_on_a_running_host_by_signal() {
     host.value("host id");
     let ticket = host.value("ticket");
     host.wait_line("relay: registered");
+    // This ticket has no direct address: `--path direct` is refused at start.
+    let err = refused(
+        &bin.join("blindrelay"),
+        &[
+            "connect",
+            &ticket,
+            "--listen",
+            "127.0.0.1:0",
+            "--path",
+            "direct",
+        ],
+    );
+    assert!(err.contains("this ticket has no direct address"), "{err}");
     let player = Proc::start(
         &bin.join("blindrelay"),
         &[
@@ -422,6 +507,16 @@ async fn a_relay_that_requires_tokens_admits_only_hosts_with_one() {
     ]);
     let token = token.trim();
     assert!(token.starts_with("brk"), "{token}");
+    // A tier other than the default one needs the relay's config: the issuer is told.
+    let free = Command::new(bin.join("blindrelay"))
+        .args(["token", "issue", "--issuer-key", issuer.to_str().unwrap()])
+        .args(["--host-id", &host_id, "--ttl", "1h", "--tier", "free"])
+        .output()
+        .unwrap();
+    assert!(free.status.success());
+    let note = String::from_utf8(free.stderr).unwrap();
+    assert!(note.contains("[tiers.free]"), "{note}");
+    assert!(String::from_utf8(free.stdout).unwrap().starts_with("brk"));
 
     let host_args = |token: Option<&str>| {
         let mut args = vec![
@@ -546,5 +641,349 @@ fn relay_flags_beat_the_environment_which_beats_the_file() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8(refused.stderr).unwrap();
     assert!(stderr.contains("ms, s, m, h or d"), "{stderr}");
+    assert!(stderr.contains("--drain-timeout"), "{stderr}");
+
+    // The same bad value from the environment is blamed on the variable, not on a
+    // flag nobody typed.
+    let refused = Command::new(bin.join("blindrelayd"))
+        .arg("--check-config")
+        .env("BLINDRELAY_DRAIN_TIMEOUT", "10M")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8(refused.stderr).unwrap();
+    assert!(
+        stderr.contains("in the environment variable BLINDRELAY_DRAIN_TIMEOUT"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ms, s, m, h or d"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `bin` with `args`, expects it to fail at start, and returns its stderr. A
+/// command that keeps running instead is killed after a generous deadline.
+fn refused(bin: &Path, args: &[&str]) -> String {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + blindrelay_tests::PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} kept running instead of refusing to start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{args:?} refused: {stderr}");
+    stderr
+}
+
+/// Every key file says what it is, and each command refuses a file of another kind
+/// with a message that names the file it wants, before it does anything else.
+#[test]
+fn key_files_of_the_wrong_kind_are_refused_naming_the_right_one() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-cli-kinds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let issuer = dir.join("issuer.key");
+    let out = Command::new(bin.join("blindrelay"))
+        .args(["token", "keygen", "--out", issuer.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let issuer_pub = dir.join("issuer.key.pub");
+    let host_key = keygen(&bin, &dir);
+    let (issuer, issuer_pub, host_key) = (
+        issuer.to_str().unwrap(),
+        issuer_pub.to_str().unwrap(),
+        host_key.to_str().unwrap(),
+    );
+    let host_id =
+        blindrelay_client::SecretKey::from_key_file(&std::fs::read_to_string(host_key).unwrap())
+            .unwrap()
+            .host_id()
+            .to_string();
+
+    // A relay given the issuer's secret key (or a host key) as its issuer list.
+    let relay = bin.join("blindrelayd");
+    for (wrong, is) in [
+        (issuer, "token issuer's secret signing key"),
+        (host_key, "host or player secret key"),
+    ] {
+        let err = refused(
+            &relay,
+            &["--listen", "127.0.0.1:0", "--token-issuer-pub", wrong],
+        );
+        assert!(err.contains(is), "{err}");
+        assert!(err.contains("give FILE.pub"), "{err}");
+    }
+
+    // A token signed with the public key file (or a host key).
+    let cli = bin.join("blindrelay");
+    for (wrong, is) in [
+        (issuer_pub, "token issuer's public key file"),
+        (host_key, "host or player secret key"),
+    ] {
+        let err = refused(
+            &cli,
+            &[
+                "token",
+                "issue",
+                "--issuer-key",
+                wrong,
+                "--host-id",
+                &host_id,
+                "--ttl",
+                "1h",
+            ],
+        );
+        assert!(err.contains(is), "{err}");
+        assert!(err.contains("(FILE itself, not FILE.pub)"), "{err}");
+    }
+
+    // A host whose key is one of the issuer's files.
+    for (wrong, is) in [
+        (issuer_pub, "token issuer's public key file"),
+        (issuer, "token issuer's secret signing key"),
+    ] {
+        let err = refused(
+            &cli,
+            &[
+                "host",
+                "--key",
+                wrong,
+                "--forward",
+                "127.0.0.1:9",
+                "--direct",
+                "127.0.0.1:0",
+            ],
+        );
+        assert!(err.contains(is), "{err}");
+        assert!(err.contains("blindrelay keygen --out FILE"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A host owner pastes the line the player printed into authorized_players; a player
+/// without `--key` is warned that its key will not last; the host logs the whole key
+/// of a player it refused, so its owner can add it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorized_players_take_the_printed_line_and_refusals_name_the_key() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-cli-authz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let host_key = keygen(&bin, &dir);
+    let movie = vec![9u8; 10_000];
+    let media = serve_movie(&dir, &movie).await;
+
+    let player_key = dir.join("player.key");
+    let out = Command::new(bin.join("blindrelay"))
+        .args([
+            "keygen",
+            "--role",
+            "player",
+            "--out",
+            player_key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.starts_with("player key: "), "{printed}");
+    let authorized = dir.join("authorized_players");
+    std::fs::write(&authorized, format!("# the laptop\n{printed}")).unwrap();
+
+    let forward = media.to_string();
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            host_key.to_str().unwrap(),
+            "--forward",
+            &forward,
+            "--direct",
+            "127.0.0.1:0",
+            "--authorized-players",
+            authorized.to_str().unwrap(),
+        ],
+    );
+    host.value("host id");
+    let ticket = host.value("ticket");
+    host.value("direct");
+    let player_args = |key: Option<&Path>| {
+        let mut args = vec![
+            "connect".to_owned(),
+            ticket.clone(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--path".to_owned(),
+            "direct".to_owned(),
+        ];
+        if let Some(key) = key {
+            args.extend(["--key".to_owned(), key.display().to_string()]);
+        }
+        args
+    };
+
+    // The listed player is served.
+    let args = player_args(Some(&player_key));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let listed = Proc::start(&bin.join("blindrelay"), &args);
+    let listen: SocketAddr = listed.value("listening on").parse().unwrap();
+    assert_eq!(
+        format!("player key: {}\n", listed.value("player key")),
+        printed
+    );
+    let (status, body) = get(listen, None).await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, movie);
+
+    // A player with a key of the moment is warned, and refused by the host, whose
+    // log names its whole key.
+    let args = player_args(None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stranger = Proc::start(&bin.join("blindrelay"), &args);
+    let listen: SocketAddr = stranger.value("listening on").parse().unwrap();
+    let key = stranger.value("player key");
+    let warning = stranger.wait_log("ephemeral");
+    assert!(
+        warning.contains("blindrelay keygen --role player"),
+        "{warning}"
+    );
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    tcp.write_all(b"GET /movie.mkv HTTP/1.1\r\nHost: media\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tcp.read_to_end(&mut response).await;
+    assert!(response.is_empty(), "refused, so no answer");
+    host.wait_log(&format!("player={key}"));
+
+    stranger.interrupt();
+    listed.interrupt();
+    host.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README's quick start, read as a user reads it: the file server serves a
+/// folder of its own and no key is written into it; the file the player fetches is
+/// made first; the host is signalled through its pid file, never a process search;
+/// the programs are put on the PATH before an example calls them by name.
+#[test]
+fn the_readme_quick_start_exposes_no_key_and_fetches_a_file_it_made() {
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("README.md"),
+    )
+    .unwrap();
+    let mut commands = Vec::new();
+    let mut in_code = false;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if in_code && !line.trim_start().starts_with('#') {
+            commands.push(line);
+        }
+    }
+    let words = |line: &str| -> Vec<String> {
+        line.split('#')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|word| word.trim_matches(|c| c == '"' || c == '\'').to_owned())
+            .collect()
+    };
+
+    let served = commands
+        .iter()
+        .find(|line| line.contains("http.server"))
+        .map(|line| words(line))
+        .and_then(|words| {
+            let at = words.iter().position(|word| word == "--directory")?;
+            words.get(at + 1).cloned()
+        })
+        .expect("the file server is given a folder of its own (--directory)");
+    let served_prefix = format!("{}/", served.trim_end_matches('/'));
+    // Every key and certificate of the quick start lies in a folder that is not the
+    // served one.
+    let quick_start = &readme[readme.find("## Quick start").unwrap()..];
+    let quick_start = &quick_start[..quick_start[3..].find("\n## ").unwrap()];
+    for needle in ["keygen --out", "-keyout", "--cert", "--key"] {
+        for (at, _) in quick_start.match_indices(needle) {
+            let path = words(&quick_start[at + needle.len()..])
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            assert!(
+                path.contains('/') && !path.starts_with(&served_prefix),
+                "{needle} {path}: keys belong in a folder of their own"
+            );
+        }
+    }
+
+    // `curl -o NAME URL/FILE` fetches a file an earlier command wrote into the
+    // served folder.
+    let fetch = commands
+        .iter()
+        .position(|line| line.contains("curl -o"))
+        .expect("the quick start fetches a file");
+    let file = commands[fetch]
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .and_then(|url| url.rsplit('/').next())
+        .unwrap()
+        .to_owned();
+    assert!(
+        commands[..fetch]
+            .iter()
+            .any(|line| line.contains(&format!("> {served_prefix}{file}"))),
+        "{file} is made in {served} before it is fetched"
+    );
+
+    // Signals go to the pid the host wrote, not to whatever a pattern matches.
+    assert!(!readme.contains("pgrep"), "no process search");
+    let pid_file = commands
+        .iter()
+        .flat_map(|line| {
+            let words = words(line);
+            words
+                .iter()
+                .position(|word| word == "--pid-file")
+                .and_then(|at| words.get(at + 1).cloned())
+        })
+        .next()
+        .expect("the host is started with --pid-file");
+    assert!(readme.contains(&format!("kill -USR1 \"$(cat {pid_file})\"")));
+
+    // Bare `blindrelay` only after the README says how to install it.
+    let install = readme
+        .find("cargo install --locked --path client")
+        .expect("says how to put blindrelay on the PATH");
+    let install = readme[..install].lines().count();
+    let mut in_code = false;
+    let first_bare = readme
+        .lines()
+        .position(|line| {
+            if line.starts_with("```") {
+                in_code = !in_code;
+            }
+            in_code && line.starts_with("blindrelay")
+        })
+        .expect("examples call blindrelay");
+    assert!(
+        install < first_bare,
+        "installed before it is called by name"
+    );
 }
