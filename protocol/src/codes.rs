@@ -330,19 +330,6 @@ code_space! {
 }
 
 impl ErrorCode {
-    /// The code that tells a host why its registration token was refused.
-    pub fn for_token_error(err: &crate::token::TokenError) -> Self {
-        use crate::token::TokenError;
-        match err {
-            TokenError::Malformed(_) | TokenError::NotAToken | TokenError::Damaged => {
-                Self::TokenMalformed
-            }
-            TokenError::Expired { .. } => Self::TokenExpired,
-            TokenError::WrongHost => Self::TokenWrongHost,
-            TokenError::UnknownIssuer | TokenError::BadSignature => Self::TokenInvalid,
-        }
-    }
-
     /// Whether this code refuses a registration token: retrying with the same token
     /// cannot succeed.
     pub fn is_token_refusal(self) -> bool {

@@ -338,7 +338,7 @@ impl Refusal {
             Self::ExpectedProof { .. } => ErrorCode::BadRequest,
             Self::Proof(ProofError::Key(_)) => ErrorCode::Internal,
             Self::Proof(_) => ErrorCode::ProofFailed,
-            Self::Token(err) => ErrorCode::for_token_error(err),
+            Self::Token(err) => err.code(),
             Self::UnknownTier { .. } => ErrorCode::TokenInvalid,
         }
     }

@@ -96,6 +96,19 @@ pub enum TokenError {
     WrongHost,
 }
 
+impl TokenError {
+    /// The error code that tells a host why its registration token was refused.
+    pub fn code(&self) -> crate::ErrorCode {
+        use crate::ErrorCode;
+        match self {
+            Self::Malformed(_) | Self::NotAToken | Self::Damaged => ErrorCode::TokenMalformed,
+            Self::Expired { .. } => ErrorCode::TokenExpired,
+            Self::WrongHost => ErrorCode::TokenWrongHost,
+            Self::UnknownIssuer | Self::BadSignature => ErrorCode::TokenInvalid,
+        }
+    }
+}
+
 /// What a valid token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {

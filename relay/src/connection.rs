@@ -16,6 +16,7 @@ use tracing::{debug, info_span, Instrument};
 use crate::admission::{self, ConnectionPermit};
 use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
 use crate::privacy::redact;
+use crate::routed_stream::RoutedStream;
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
 use crate::transport::ReceiveWindow;
@@ -181,21 +182,6 @@ async fn serve(
         }
     }
     streams.shutdown().await;
-}
-
-/// A stream whose first message has been read, and the connection it came on.
-pub(crate) struct RoutedStream {
-    pub send: quinn::SendStream,
-    pub recv: quinn::RecvStream,
-    pub connection: quinn::Connection,
-    pub permit: Arc<ConnectionPermit>,
-    /// The connection's receive window, opened while it carries sessions.
-    pub window: Arc<ReceiveWindow>,
-    /// Set while the connection is beyond `connections.max`: it may register, which
-    /// sheds an idle registration and ends the probation, but not open sessions.
-    pub probation: Arc<AtomicBool>,
-    /// Set once this connection holds a registration.
-    pub is_host: Arc<AtomicBool>,
 }
 
 async fn route(

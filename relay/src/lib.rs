@@ -21,6 +21,7 @@ mod state;
 mod connection;
 mod control_stream;
 mod registration;
+mod routed_stream;
 mod session;
 mod session_stream;
 mod splice;

@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+// `limits` and `tiers` import each other on purpose: a tier is a section of the
+// limits' file (`[tiers.NAME]`, here), and resolves from the limits it overrides
+// (there); validating the limits means resolving their tiers. One concern, kept in
+// two files so that each stays readable.
 pub use crate::tiers::{TierConfig, DEFAULT_TIER};
 use crate::units::{ByteSize, Rate, Span};
 

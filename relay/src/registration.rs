@@ -21,9 +21,9 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::admission;
 use crate::admission::{Held, IpKey};
-use crate::connection::RoutedStream;
 use crate::control_stream::{read_message, refuse, write_control};
 use crate::registry::Host;
+use crate::routed_stream::RoutedStream;
 use crate::state::RelayState;
 use crate::stats::Stats;
 use crate::tiers::Tier;

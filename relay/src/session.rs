@@ -26,9 +26,9 @@ use tracing::{debug, info_span, Instrument};
 
 use crate::admission::{self, SessionPermit, SessionPlaces};
 use crate::bucket::TokenBucket;
-use crate::connection::RoutedStream;
 use crate::control_stream::{refuse, write_control};
 use crate::registry::HostSession;
+use crate::routed_stream::RoutedStream;
 use crate::session_stream::Prefixed;
 use crate::splice::{self, Meters, SpliceLimits};
 use crate::state::RelayState;

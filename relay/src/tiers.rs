@@ -14,6 +14,7 @@ use std::time::Duration;
 use blindrelay_protocol::{HostId, SessionLimits};
 use serde::{Deserialize, Serialize};
 
+// Imports `limits`, which imports this module back: see the note there.
 use crate::limits::Limits;
 use crate::units::{ByteSize, Rate, Span};
 

@@ -1,0 +1,23 @@
+//! A stream the connection has routed by its first message, with what the
+//! registration or session it starts needs of its connection.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::admission::ConnectionPermit;
+use crate::transport::ReceiveWindow;
+
+/// A stream whose first message has been read, and the connection it came on.
+pub(crate) struct RoutedStream {
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub connection: quinn::Connection,
+    pub permit: Arc<ConnectionPermit>,
+    /// The connection's receive window, opened while it carries sessions.
+    pub window: Arc<ReceiveWindow>,
+    /// Set while the connection is beyond `connections.max`: it may register, which
+    /// sheds an idle registration and ends the probation, but not open sessions.
+    pub probation: Arc<AtomicBool>,
+    /// Set once this connection holds a registration.
+    pub is_host: Arc<AtomicBool>,
+}
