@@ -83,8 +83,13 @@ enum Command {
         no_relay: bool,
         /// Registration token from the relay's operator (`brk...`), for a relay that
         /// requires one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "token_file")]
         token: Option<Token>,
+        /// Read the registration token from FILE, and again whenever it changes: a
+        /// renewed token takes effect without a restart. An expired one ends only
+        /// the relay registration; direct sessions go on.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// Serve only the players whose keys this file lists (one per line, `#`
         /// comments; re-read when it changes). Without it every player is served.
         #[arg(long, value_name = "FILE")]
@@ -172,6 +177,7 @@ async fn main() -> Result<()> {
             advertise,
             no_relay,
             token,
+            token_file,
             authorized_players,
             pid_file,
         } => {
@@ -187,14 +193,15 @@ async fn main() -> Result<()> {
             config.direct = direct;
             config.advertise = advertise;
             config.enable_relay = !no_relay;
-            config.token = token;
+            let token_watch = TokenWatch::open(token_file)?;
+            config.token = token.or_else(|| token_watch.current().cloned());
             if let Some(path) = authorized_players {
                 let list = AuthorizedPlayers::open(&path)?;
                 info!(path = %path.display(), players = list.len(), "serving only authorized players");
                 config.players = PlayerAuthorization::File(list);
             }
             let _pid_file = pid_file.map(PidFile::create).transpose()?;
-            host(config, forward, has_relay).await
+            host(config, forward, has_relay, token_watch).await
         }
         Command::Connect {
             ticket,
@@ -389,13 +396,22 @@ fn read_key(path: &Path) -> Result<SecretKey> {
     SecretKey::from_key_file(&text).with_context(|| format!("in key file {}", path.display()))
 }
 
-async fn host(config: HostConfig, forward: String, has_relay: bool) -> Result<()> {
+async fn host(
+    config: HostConfig,
+    forward: String,
+    has_relay: bool,
+    mut token_watch: TokenWatch,
+) -> Result<()> {
     let forward: std::sync::Arc<str> = forward.into();
+    let token = config.token.clone();
     let mut agent = HostAgent::start(config)?;
     println!("host id: {}", agent.host_id());
     println!("ticket: {}", agent.ticket());
     if let Some(direct) = agent.direct_addr() {
         println!("direct: {direct}");
+    }
+    if let Some(token) = &token {
+        token_watch.announce(token);
     }
     let mut switch = RelaySwitch::new()?;
 
@@ -406,6 +422,9 @@ async fn host(config: HostConfig, forward: String, has_relay: bool) -> Result<()
     // is not lost, as it would be with a new `ctrl_c()` per iteration.
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Not at once: the first lines a script reads are the host's and its state's.
+    let mut token_poll =
+        tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_POLL, TOKEN_POLL);
     let stopped = loop {
         let now = state.borrow_and_update().clone();
         if shown.as_ref() != Some(&now) {
@@ -447,6 +466,11 @@ async fn host(config: HostConfig, forward: String, has_relay: bool) -> Result<()
                 agent.set_relay_enabled(enable);
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = token_poll.tick() => {
+                if let Some(token) = token_watch.check() {
+                    agent.set_token(token);
+                }
+            }
             _ = &mut ctrl_c => {
                 info!("shutting down");
                 agent.shutdown().await;
@@ -497,6 +521,112 @@ fn relay_session(session: &SecureStream) -> Option<u64> {
 
 /// The host's process id in a file, for scripts that signal it; removed when the
 /// host exits (cleanly or with an error; not when killed outright).
+/// How often `--token-file` is looked at, and the token's expiry checked.
+const TOKEN_POLL: Duration = Duration::from_secs(2);
+
+/// How long before its expiry a token is warned about.
+const TOKEN_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The registration token of `--token-file`: read at start, read again when the
+/// file changes, and its expiry announced ahead of time.
+struct TokenWatch {
+    path: Option<PathBuf>,
+    text: String,
+    token: Option<Token>,
+    warned: bool,
+}
+
+impl TokenWatch {
+    /// Reads `path`, if given; an unreadable or invalid file at start is an error.
+    fn open(path: Option<PathBuf>) -> Result<Self> {
+        let mut watch = Self {
+            path,
+            text: String::new(),
+            token: None,
+            warned: false,
+        };
+        if let Some(path) = &watch.path {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            let token: Token = text
+                .trim()
+                .parse()
+                .with_context(|| format!("no valid token in {}", path.display()))?;
+            watch.text = text;
+            watch.token = Some(token);
+        }
+        Ok(watch)
+    }
+
+    /// The token read from the file, if there is one.
+    fn current(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
+    /// Logs when `token` expires.
+    fn announce(&self, token: &Token) {
+        let expires = token.claims_unverified().expires;
+        info!(expires, left = %until(expires), "registration token");
+    }
+
+    /// A new token when the file holds one; also warns once when the token in use
+    /// is close to its expiry.
+    fn check(&mut self) -> Option<Token> {
+        let mut renewed = None;
+        if let Some(path) = &self.path {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                if text != self.text {
+                    self.text = text;
+                    match self.text.trim().parse::<Token>() {
+                        Ok(token) => {
+                            println!("token: renewed");
+                            self.announce(&token);
+                            self.token = Some(token.clone());
+                            self.warned = false;
+                            renewed = Some(token);
+                        }
+                        Err(err) => {
+                            warn!(%err, path = %path.display(), "the token file holds no valid token; keeping the one in use")
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(token) = &self.token {
+            let expires = token.claims_unverified().expires;
+            let left = expires.saturating_sub(unix_now());
+            if !self.warned && left > 0 && left < TOKEN_WARNING.as_secs() {
+                self.warned = true;
+                println!(
+                    "token: expires in {}: ask the relay's operator for a new one",
+                    until(expires)
+                );
+                warn!(left_secs = left, "the registration token expires soon");
+            }
+        }
+        renewed
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// How long until Unix time `at`, in words.
+fn until(at: u64) -> String {
+    let left = at.saturating_sub(unix_now());
+    match left {
+        0 => "no time: it has expired".to_owned(),
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86_400 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
 struct PidFile(PathBuf);
 
 impl PidFile {

@@ -16,7 +16,7 @@
 //! [`SecureStream`]s, marked with their [`SessionPath`], to [`HostAgent::accept`].
 //!
 //! A relay that requires registration tokens gets [`HostConfig::token`] in
-//! `Register`.
+//! `Register`, or the newer one given to [`HostAgent::set_token`].
 
 mod accept;
 mod direct;
@@ -133,6 +133,15 @@ pub enum HostState {
     /// Enable Relay is off, or the host has no relay: nothing is sent to a relay and
     /// players reach the host only directly.
     Disabled,
+    /// The relay refused the registration token, or it expired: the host is not
+    /// reachable through the relay until it gets a new token
+    /// ([`HostAgent::set_token`]). Direct sessions go on.
+    TokenRefused {
+        /// The relay's code (`TokenExpired`, `TokenInvalid`, ...).
+        code: blindrelay_protocol::ErrorCode,
+        /// The relay's words.
+        reason: String,
+    },
     /// The agent stopped and will not reconnect.
     Stopped {
         /// Why.
@@ -146,6 +155,12 @@ impl std::fmt::Display for HostState {
             Self::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),
             Self::Registered => f.write_str("registered"),
             Self::Disabled => f.write_str("disabled"),
+            Self::TokenRefused { code, .. }
+                if *code == blindrelay_protocol::ErrorCode::TokenExpired =>
+            {
+                f.write_str("token expired")
+            }
+            Self::TokenRefused { code, reason } => write!(f, "token refused: {code} ({reason})"),
             Self::Stopped { reason } => write!(f, "stopped ({reason})"),
         }
     }
@@ -220,6 +235,7 @@ pub struct HostAgent {
     state: watch::Receiver<HostState>,
     sessions: mpsc::Receiver<SecureStream>,
     enable_relay: watch::Sender<bool>,
+    token: watch::Sender<Option<Token>>,
     counters: Arc<HostCounters>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -257,6 +273,7 @@ impl HostAgent {
         let (sessions_tx, sessions) = mpsc::channel(16);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (enable_relay, enable_rx) = watch::channel(config.enable_relay);
+        let (token, token_rx) = watch::channel(config.token.clone());
         let counters = Arc::new(HostCounters::default());
         let config = Arc::new(config);
         let endpoints = match &listener {
@@ -271,6 +288,7 @@ impl HostAgent {
                 state: state_tx,
                 acceptor: SessionAcceptor::new(config, sessions_tx, counters.clone()),
                 enabled: enable_rx,
+                token: token_rx,
                 shutdown: shutdown_rx,
                 counters: counters.clone(),
             },
@@ -282,6 +300,7 @@ impl HostAgent {
             state,
             sessions,
             enable_relay,
+            token,
             counters,
             shutdown,
             task,
@@ -326,6 +345,14 @@ impl HostAgent {
         });
     }
 
+    /// Uses `token` for the registrations from now on: a renewed registration token
+    /// takes effect without a restart. A host whose token was refused or expired
+    /// ([`HostState::TokenRefused`]) registers again with it at once; a registered
+    /// host keeps its registration until the relay ends it.
+    pub fn set_token(&self, token: Token) {
+        self.token.send_replace(Some(token));
+    }
+
     /// Whether Enable Relay is on.
     pub fn relay_enabled(&self) -> bool {
         *self.enable_relay.borrow()
@@ -362,6 +389,8 @@ struct AgentChannels {
     state: watch::Sender<HostState>,
     acceptor: SessionAcceptor,
     enabled: watch::Receiver<bool>,
+    /// The registration token in use, replaced by [`HostAgent::set_token`].
+    token: watch::Receiver<Option<Token>>,
     shutdown: watch::Receiver<bool>,
     counters: Arc<HostCounters>,
 }
@@ -394,9 +423,11 @@ async fn run(
     }
     children.shutdown().await;
     let reason = match end {
-        RelaySideEnd::Replaced => "another host registered the same host id".to_owned(),
+        RelaySideEnd::Replaced => "another host registered the same host id: the same \
+            key runs elsewhere; stop the other one, or give this host its own key \
+            (blindrelay keygen)"
+            .to_owned(),
         RelaySideEnd::Shutdown => "shut down".to_owned(),
-        RelaySideEnd::TokenRefused(reason) => reason,
     };
     control.state.send_replace(HostState::Stopped { reason });
 }

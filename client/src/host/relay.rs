@@ -8,7 +8,9 @@
 //! nothing more to the relay until it is switched on again. If a newer registration
 //! of the same host id replaces this one, the agent stops: two hosts fighting over
 //! one id would otherwise evict each other forever. A relay that refuses the
-//! registration token stops it too: retrying with the same token cannot help.
+//! registration token, or ends the registration when it expires, leaves the agent in
+//! [`HostState::TokenRefused`]: retrying with the same token cannot help, so it waits
+//! for a new one ([`crate::HostAgent::set_token`]), and its direct listener goes on.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -83,6 +85,13 @@ enum RegistrationEnd {
     GoingAway(Duration),
     /// Enable Relay was switched off.
     Disabled,
+    /// The relay ended the registration because its token expired (or was refused).
+    TokenRefused {
+        /// The relay's code.
+        code: ErrorCode,
+        /// The relay's words.
+        reason: String,
+    },
     /// The agent was asked to stop.
     Shutdown,
 }
@@ -91,8 +100,6 @@ enum RegistrationEnd {
 pub(super) enum RelaySideEnd {
     Replaced,
     Shutdown,
-    /// The relay refused the registration token.
-    TokenRefused(String),
 }
 
 /// Keeps the host registered with `relay` while Enable Relay is on.
@@ -125,7 +132,13 @@ pub(super) async fn run_relay(
             attempt: backoff.attempts() + 1,
         });
         let attempt = tokio::select! {
-            attempt = register(config, relay, endpoints, &control.counters) => attempt,
+            attempt = register(
+                config,
+                control.token.borrow().clone(),
+                relay,
+                endpoints,
+                &control.counters,
+            ) => attempt,
             _ = control.enabled.wait_for(|on| !*on) => continue,
             _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
         };
@@ -136,7 +149,11 @@ pub(super) async fn run_relay(
                 info!(%relay, "registered with the relay: reachable through the relay");
                 match serve_registered(&connection, registration, control).await {
                     RegistrationEnd::Replaced => {
-                        warn!("another host registered the same host id; stopping");
+                        warn!(
+                            "another host registered the same host id (the same key runs \
+                             elsewhere): stopping; stop the other one, or give this host its \
+                             own key"
+                        );
                         return RelaySideEnd::Replaced;
                     }
                     RegistrationEnd::Lost(reason) => warn!(%reason, "lost the relay"),
@@ -167,6 +184,14 @@ pub(super) async fn run_relay(
                         info!("relay switched off: closed the relay connection and its sessions");
                         continue;
                     }
+                    RegistrationEnd::TokenRefused { code, reason } => {
+                        connection.close(codes::close::NORMAL.into(), b"registration ended");
+                        if wait_for_new_token(code, reason, control).await.is_err() {
+                            return RelaySideEnd::Shutdown;
+                        }
+                        backoff.reset();
+                        continue;
+                    }
                     RegistrationEnd::Shutdown => {
                         connection.close(codes::close::NORMAL.into(), b"host shutting down");
                         return RelaySideEnd::Shutdown;
@@ -174,10 +199,13 @@ pub(super) async fn run_relay(
                 }
             }
             Err(RegisterError::Refused { code, reason }) if code.is_token_refusal() => {
-                warn!(%code, %reason, "the relay refused the registration token; stopping");
-                return RelaySideEnd::TokenRefused(format!(
-                    "relay refused the registration token: {code} ({reason})"
-                ));
+                // The same token cannot succeed: wait for a new one, the direct
+                // listener and its sessions untouched.
+                if wait_for_new_token(code, reason, control).await.is_err() {
+                    return RelaySideEnd::Shutdown;
+                }
+                backoff.reset();
+                continue;
             }
             Err(err) => warn!(%err, "cannot register with the relay"),
         }
@@ -188,6 +216,25 @@ pub(super) async fn run_relay(
             _ = control.enabled.wait_for(|on| !*on) => {}
             _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
         }
+    }
+}
+
+/// Says the token was refused and waits until a new one is set (then `Ok`), or the
+/// agent stops (`Err`). Switching Enable Relay off and on again also tries again.
+async fn wait_for_new_token(
+    code: ErrorCode,
+    reason: String,
+    control: &mut AgentChannels,
+) -> Result<(), ()> {
+    warn!(%code, %reason, "the relay refused the registration token: waiting for a new one");
+    control
+        .state
+        .send_replace(HostState::TokenRefused { code, reason });
+    control.token.borrow_and_update();
+    tokio::select! {
+        changed = control.token.changed() => changed.map_err(|_| ()),
+        _ = control.enabled.wait_for(|on| !*on) => Ok(()),
+        _ = control.shutdown.changed() => Err(()),
     }
 }
 
@@ -221,6 +268,7 @@ pub type RegistrationStream = (quinn::SendStream, quinn::RecvStream);
 /// Connects and registers; returns the connection and its open registration stream.
 async fn register(
     config: &HostConfig,
+    token: Option<Token>,
     relay: &RelayUrl,
     endpoints: &LocalEndpoints,
     counters: &Arc<HostCounters>,
@@ -239,7 +287,8 @@ async fn register(
     };
     let connection = connect_relay(endpoints, relay, profile).await?;
     let held = CountedRelayConnection::new(counters);
-    let result = tokio::time::timeout(config.handshake_timeout, prove(config, &connection)).await;
+    let proved = prove(config, token, &connection);
+    let result = tokio::time::timeout(config.handshake_timeout, proved).await;
     match result {
         Ok(Ok(control)) => Ok((connection, control, held)),
         Ok(Err(err)) => {
@@ -256,9 +305,10 @@ async fn register(
 /// Runs the host's side of the registration machine on a new stream of `connection`.
 async fn prove(
     config: &HostConfig,
+    token: Option<Token>,
     connection: &quinn::Connection,
 ) -> Result<RegistrationStream, RegisterError> {
-    let token = config.token.as_ref().map(Token::to_bytes);
+    let token = token.as_ref().map(Token::to_bytes);
     register_on(connection, &config.key, token).await
 }
 
@@ -317,6 +367,11 @@ async fn serve_registered(
                 match message {
                     Ok(ControlMessage::GoingAway { retry_after_ms }) => {
                         return RegistrationEnd::GoingAway(Duration::from_millis(retry_after_ms.into()));
+                    }
+                    Ok(ControlMessage::Error { code, reason }) if code.is_token_refusal() => {
+                        // The token expired under a running registration: only the
+                        // relay side waits for a new one.
+                        return RegistrationEnd::TokenRefused { code, reason };
                     }
                     Ok(message) => debug!(?message, "relay ended the registration"),
                     Err(_) => {}

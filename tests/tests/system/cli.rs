@@ -540,7 +540,7 @@ async fn a_relay_that_requires_tokens_admits_only_hosts_with_one() {
         }
     };
 
-    // Without a token the host is refused, says why, and stops.
+    // Without a token the host is refused and says why; it waits for a token.
     let args = host_args(None);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let refused = Proc::start(&bin.join("blindrelay"), &args);
@@ -548,7 +548,7 @@ async fn a_relay_that_requires_tokens_admits_only_hosts_with_one() {
     refused.value("ticket");
     let state = relay_states(&refused);
     assert!(
-        state.starts_with("stopped") && state.contains("token required"),
+        state.starts_with("token refused") && state.contains("token required"),
         "{state}"
     );
 
@@ -579,8 +579,48 @@ async fn a_relay_that_requires_tokens_admits_only_hosts_with_one() {
         blindrelay_client::SecretKey::from_key_file(&std::fs::read_to_string(&player_key).unwrap())
             .unwrap();
     assert_eq!(listed, key.public_key());
-
     host.interrupt();
+
+    // A token file, read again when it changes: an expired token ends only the relay
+    // registration (the host goes on, direct listener and all), and a renewed one
+    // brings it back without a restart.
+    let token_file = dir.join("host.token");
+    let issue_for = |ttl: &str| {
+        blindrelay(&[
+            "token",
+            "issue",
+            "--issuer-key",
+            issuer.to_str().unwrap(),
+            "--host-id",
+            &host_id,
+            "--ttl",
+            ttl,
+        ])
+    };
+    std::fs::write(&token_file, issue_for("3s").trim()).unwrap();
+    let renewing = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            host_key.to_str().unwrap(),
+            "--relay",
+            &url,
+            "--direct",
+            "127.0.0.1:0",
+            "--forward",
+            "127.0.0.1:9",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    renewing.wait_line("relay: registered");
+    renewing.wait_line("relay: token expired");
+    std::fs::write(&token_file, issue_for("1h").trim()).unwrap();
+    renewing.wait_line("token: renewed");
+    renewing.wait_line("relay: registered");
+    renewing.interrupt();
+
     relay.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }

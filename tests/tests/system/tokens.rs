@@ -155,23 +155,85 @@ async fn each_bad_token_is_refused_with_its_own_code() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_agent_whose_token_is_refused_stops_and_says_why() {
+async fn a_host_whose_token_is_refused_or_expires_waits_for_a_new_one_and_stays_direct() {
     let issuer = IssuerSecretKey::generate().unwrap();
     let relay = token_relay(&issuer);
-    // No token at all.
-    let agent = HostAgent::start(host_config(SecretKey::generate().unwrap(), relay.url()))
-        .expect("host agent starts");
-    let state = wait_for_state(&agent, |state| matches!(state, HostState::Stopped { .. })).await;
+    let token_for = |key: &SecretKey, expires| {
+        blindrelay_protocol::Token::from_bytes(&issue(&issuer, key.host_id(), expires, "default"))
+            .unwrap()
+    };
+    // No token at all: refused, and the agent waits; a token puts it on the relay.
+    let key = SecretKey::generate().unwrap();
+    let agent = HostAgent::start(host_config(key.clone(), relay.url())).expect("starts");
+    let state = wait_for_state(&agent, |s| matches!(s, HostState::TokenRefused { .. })).await;
     assert!(state.to_string().contains("token required"), "{state}");
-    // An expired one.
+    agent.set_token(token_for(&key, now() + 3600));
+    wait_for_state(&agent, |s| *s == HostState::Registered).await;
+
+    // A token that expires under a running registration, on a host that also
+    // listens directly: only the relay side ends.
     let key = SecretKey::generate().unwrap();
     let mut config = host_config(key.clone(), relay.url());
-    let token = issue(&issuer, key.host_id(), now() - 10, "default");
-    config.token = Some(blindrelay_protocol::Token::from_bytes(&token).unwrap());
-    let agent = HostAgent::start(config).expect("host agent starts");
-    let state = wait_for_state(&agent, |state| matches!(state, HostState::Stopped { .. })).await;
-    assert!(state.to_string().contains("expired"), "{state}");
-    assert_eq!(relay.stats().registered_hosts, 0);
+    config.direct = Some("127.0.0.1:0".parse().unwrap());
+    config.token = Some(token_for(&key, now() + 3));
+    let agent = HostAgent::start(config).expect("starts");
+    wait_for_state(&agent, |s| *s == HostState::Registered).await;
+    let ticket = agent.ticket().clone();
+    let mut states = agent.watch_state();
+    // The agent echoes its sessions and takes new tokens from the test meanwhile.
+    let (renew, mut renewed) = tokio::sync::mpsc::channel(1);
+    let host = tokio::spawn(async move {
+        let mut agent = agent;
+        let mut sessions = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                session = agent.accept() => match session {
+                    Some(session) => { sessions.spawn(echo(session)); }
+                    None => break,
+                },
+                Some(token) = renewed.recv() => agent.set_token(token),
+            }
+        }
+    });
+    let state = tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| matches!(s, HostState::TokenRefused { .. })),
+    )
+    .await
+    .expect("the relay ends the registration at expiry")
+    .unwrap()
+    .clone();
+    assert_eq!(state.to_string(), "token expired");
+    let direct = player()
+        .connect_via(&ticket, blindrelay_client::PathPreference::DirectOnly)
+        .await
+        .expect("the direct path goes on");
+    echo_exactly(direct, 1 << 16).await;
+    // A renewed token, and the relay has the host back without a restart.
+    renew.send(token_for(&key, now() + 3600)).await.unwrap();
+    tokio::time::timeout(PATIENCE, states.wait_for(|s| *s == HostState::Registered))
+        .await
+        .expect("registered again")
+        .unwrap();
+    let relayed = player()
+        .connect_via(&ticket, blindrelay_client::PathPreference::RelayOnly)
+        .await
+        .expect("relayed again");
+    echo_exactly(relayed, 1 << 16).await;
+    host.abort();
+}
+
+/// Moves `len` bytes through an echo host and back, exactly.
+async fn echo_exactly(session: blindrelay_client::SecureStream, len: u64) {
+    use tokio::io::AsyncWriteExt;
+    let (mut read, mut write) = tokio::io::split(session);
+    let writes = async {
+        write_pattern_from(&mut write, &mut Pattern::new(5), len).await?;
+        write.shutdown().await
+    };
+    let (written, echoed) = tokio::join!(writes, read_pattern(&mut read, 5));
+    written.unwrap();
+    assert_eq!(echoed.unwrap(), len);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
