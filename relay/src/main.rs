@@ -223,6 +223,16 @@ async fn main() -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| "localhost".to_owned());
             info!("no certificate given: using a self-signed certificate made in memory");
+            if let Some(name) = &public_name {
+                // A URL without a pin is checked against the web's CAs, which never
+                // issued this certificate: every client would refuse the relay.
+                warn!(
+                    %name,
+                    "--public-name with a self-signed certificate: a URL without a pin \
+                     will not verify; give --cert/--key from a CA for that name, or drop \
+                     --public-name so the URL pins this certificate"
+                );
+            }
             RelayCertificate::self_signed(&[name.as_str(), "localhost"])?
         }
     };

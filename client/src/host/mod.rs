@@ -133,6 +133,13 @@ pub enum HostState {
     /// Enable Relay is off, or the host has no relay: nothing is sent to a relay and
     /// players reach the host only directly.
     Disabled,
+    /// The relay's certificate is not one this host trusts (a self-signed relay
+    /// reached by a URL without its pin, say): it keeps trying, but only a URL with
+    /// the pin `blindrelayd` printed, or a CA certificate on the relay, can fix it.
+    RelayUntrusted {
+        /// The TLS library's words.
+        reason: String,
+    },
     /// The relay refused the registration token, or it expired: the host is not
     /// reachable through the relay until it gets a new token
     /// ([`HostAgent::set_token`]). Direct sessions go on.
@@ -155,6 +162,11 @@ impl std::fmt::Display for HostState {
             Self::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),
             Self::Registered => f.write_str("registered"),
             Self::Disabled => f.write_str("disabled"),
+            Self::RelayUntrusted { reason } => write!(
+                f,
+                "relay certificate not trusted ({reason}): use the relay URL with ?pin=... \
+                 that blindrelayd printed, or give the relay a certificate from a CA"
+            ),
             Self::TokenRefused { code, .. }
                 if *code == blindrelay_protocol::ErrorCode::TokenExpired =>
             {

@@ -128,9 +128,14 @@ pub(super) async fn run_relay(
             info!("relay enabled");
             continue;
         }
-        control.state.send_replace(HostState::Connecting {
-            attempt: backoff.attempts() + 1,
-        });
+        // An untrusted certificate is said once and stays said while it lasts, not
+        // drowned in "connecting" lines.
+        let untrusted = matches!(*control.state.borrow(), HostState::RelayUntrusted { .. });
+        if !untrusted {
+            control.state.send_replace(HostState::Connecting {
+                attempt: backoff.attempts() + 1,
+            });
+        }
         let attempt = tokio::select! {
             attempt = register(
                 config,
@@ -207,7 +212,20 @@ pub(super) async fn run_relay(
                 backoff.reset();
                 continue;
             }
-            Err(err) => warn!(%err, "cannot register with the relay"),
+            Err(err) => match untrusted_certificate(&err) {
+                Some(reason) => {
+                    warn!(
+                        %reason,
+                        "the relay's certificate is not trusted: use the relay URL with \
+                         ?pin=... that blindrelayd printed, or give the relay a certificate \
+                         from a CA; retrying"
+                    );
+                    control
+                        .state
+                        .send_replace(HostState::RelayUntrusted { reason });
+                }
+                None => warn!(%err, "cannot register with the relay"),
+            },
         }
         let delay = backoff.next_delay();
         info!(?delay, "reconnecting to the relay");
@@ -236,6 +254,21 @@ async fn wait_for_new_token(
         _ = control.enabled.wait_for(|on| !*on) => Ok(()),
         _ = control.shutdown.changed() => Err(()),
     }
+}
+
+/// The TLS library's words when `err` is a relay certificate this host does not
+/// trust: no retry can fix that by itself, and the owner must be told how to.
+fn untrusted_certificate(err: &RegisterError) -> Option<String> {
+    let RegisterError::Relay(ConnectRelayError::Connection(
+        quinn::ConnectionError::TransportError(error),
+    )) = err
+    else {
+        return None;
+    };
+    error
+        .reason
+        .contains("invalid peer certificate")
+        .then(|| error.reason.clone())
 }
 
 /// `delay` give or take a fifth, so hosts told to come back at the same moment do not.

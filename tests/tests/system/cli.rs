@@ -1027,3 +1027,48 @@ fn the_readme_quick_start_exposes_no_key_and_fetches_a_file_it_made() {
         "installed before it is called by name"
     );
 }
+
+/// A relay URL without the pin of a self-signed relay: the host does not just retry
+/// in silence, it says the certificate is not trusted and what to do.
+#[test]
+fn a_relay_url_without_its_pin_is_explained_not_retried_in_silence() {
+    let bin = binaries();
+    let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let url = relay.value("relay url");
+    let unpinned = url.split('?').next().unwrap().to_owned();
+    let dir = std::env::temp_dir().join(format!("blindrelay-unpinned-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("host.key");
+    let keygen = Command::new(bin.join("blindrelay"))
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            key.to_str().unwrap(),
+            "--relay",
+            &unpinned,
+            "--forward",
+            "127.0.0.1:9",
+        ],
+    );
+    host.value("host id");
+    host.value("ticket");
+    let state = loop {
+        let state = host.value("relay");
+        if !state.starts_with("connecting") {
+            break state;
+        }
+    };
+    assert!(
+        state.starts_with("relay certificate not trusted") && state.contains("?pin="),
+        "{state}"
+    );
+    host.interrupt();
+    relay.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}
