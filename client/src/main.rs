@@ -403,6 +403,7 @@ async fn host(
     mut token_watch: TokenWatch,
 ) -> Result<()> {
     let forward: std::sync::Arc<str> = forward.into();
+    check_service(&forward).await;
     let token = config.token.clone();
     let mut agent = HostAgent::start(config)?;
     println!("host id: {}", agent.host_id());
@@ -505,6 +506,24 @@ async fn forward_to_service(
     splice_tcp(local_id, &mut session, &mut tcp).await;
 }
 
+/// Warns at start when the local service does not take a connection: every player
+/// would otherwise get an empty reply, and nothing would say why.
+async fn check_service(service: &str) {
+    let connect = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(service));
+    match connect.await {
+        Ok(Ok(_)) => info!(service, "the local service answers"),
+        Ok(Err(err)) => warn!(
+            service,
+            %err,
+            "the local service does not answer: players get empty replies until it does"
+        ),
+        Err(_) => warn!(
+            service,
+            "the local service did not answer within 2 s: players get empty replies until it does"
+        ),
+    }
+}
+
 /// A number for each session this process opens, for its log lines: the relay's
 /// session id exists only on relayed sessions (a direct one has none), and
 /// "session=0" on every direct session told the reader nothing.
@@ -519,8 +538,6 @@ fn relay_session(session: &SecureStream) -> Option<u64> {
     (session.path() == blindrelay_client::SessionPath::Relayed).then(|| session.session_id())
 }
 
-/// The host's process id in a file, for scripts that signal it; removed when the
-/// host exits (cleanly or with an error; not when killed outright).
 /// How often `--token-file` is looked at, and the token's expiry checked.
 const TOKEN_POLL: Duration = Duration::from_secs(2);
 
@@ -627,6 +644,8 @@ fn until(at: u64) -> String {
     }
 }
 
+/// The host's process id in a file, for scripts that signal it; removed when the
+/// host exits (cleanly or with an error; not when killed outright).
 struct PidFile(PathBuf);
 
 impl PidFile {
@@ -738,6 +757,15 @@ async fn splice_tcp(
     const BUF: usize = 64 * 1024;
     match tokio::io::copy_bidirectional_with_sizes(session, tcp, BUF, BUF).await {
         Ok((sent, received)) => debug!(local_id, sent, received, "session ended"),
+        // Cut from outside the session (a relay limit, the other side gone): the
+        // person at either end wants to know why their download stopped.
+        Err(err)
+            if err
+                .get_ref()
+                .is_some_and(|inner| inner.is::<blindrelay_client::SessionEnded>()) =>
+        {
+            warn!(local_id, %err, "session cut short")
+        }
         Err(err) => debug!(local_id, %err, "session ended with an error"),
     }
 }

@@ -1029,9 +1029,10 @@ fn the_readme_quick_start_exposes_no_key_and_fetches_a_file_it_made() {
 }
 
 /// A relay URL without the pin of a self-signed relay: the host does not just retry
-/// in silence, it says the certificate is not trusted and what to do.
+/// in silence, it says the certificate is not trusted and what to do. And a local
+/// service that does not answer is reported at start.
 #[test]
-fn a_relay_url_without_its_pin_is_explained_not_retried_in_silence() {
+fn a_relay_url_without_its_pin_and_a_silent_service_are_explained_at_start() {
     let bin = binaries();
     let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
     let url = relay.value("relay url");
@@ -1058,6 +1059,8 @@ fn a_relay_url_without_its_pin_is_explained_not_retried_in_silence() {
     );
     host.value("host id");
     host.value("ticket");
+    // Nothing listens on port 9 here: the owner is told at start, not by players.
+    host.wait_log("the local service does not answer");
     let state = loop {
         let state = host.value("relay");
         if !state.starts_with("connecting") {
