@@ -39,7 +39,7 @@ pub use host::{
     register_on, DirectListenError, HostAgent, HostConfig, HostState, HostStats, RegisterError,
     RegistrationStream, StartError,
 };
-pub use linger::{QuicRecv, QuicSend, LINGER};
+pub use linger::{halves as quic_halves, QuicRecv, QuicSend, LINGER};
 pub use player::{
     ConnectError, DirectConnectError, PathPreference, Player, PlayerConfig, SetupStreamError,
     UnknownPathPreference,

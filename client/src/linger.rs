@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use blindrelay_protocol::StreamCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::stream::SessionEnded;
 
 /// The longest a dropped session keeps its connection for the peer to finish.
 pub const LINGER: Duration = Duration::from_secs(10);
@@ -56,7 +59,7 @@ impl Rendezvous {
 }
 
 /// Splits a session's QUIC stream into halves that linger together when dropped.
-pub(crate) fn halves(send: quinn::SendStream, recv: quinn::RecvStream) -> (QuicRecv, QuicSend) {
+pub fn halves(send: quinn::SendStream, recv: quinn::RecvStream) -> (QuicRecv, QuicSend) {
     let rendezvous = Arc::new(Rendezvous::default());
     (
         QuicRecv {
@@ -135,7 +138,13 @@ impl AsyncWrite for QuicSend {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(self.get_mut().stream()?), cx, buf)
+        // quinn's own, typed poll: a stop code becomes a `SessionEnded` here, where
+        // its type is known, rather than being fished out of an `io::Error` later.
+        let stream = Pin::new(self.get_mut().stream()?);
+        quinn::SendStream::poll_write(stream, cx, buf).map_err(|err| match &err {
+            quinn::WriteError::Stopped(code) => ended_or(*code, err),
+            _ => io::Error::from(err),
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -184,9 +193,27 @@ impl AsyncRead for QuicRecv {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut().recv.as_mut() {
-            Some(recv) => AsyncRead::poll_read(Pin::new(recv), cx, buf),
+            // quinn's own, typed poll: see `QuicSend::poll_write`.
+            Some(recv) => recv.poll_read_buf(cx, buf).map_err(|err| match &err {
+                quinn::ReadError::Reset(code) => ended_or(*code, err),
+                _ => io::Error::from(err),
+            }),
             None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
+    }
+}
+
+/// The error a read or write returns for a stream ended with `code`: a
+/// [`SessionEnded`] that says what happened when the code is one of the protocol's
+/// session ends, else quinn's own error.
+fn ended_or(code: quinn::VarInt, err: impl Into<io::Error>) -> io::Error {
+    let ended = u32::try_from(code.into_inner())
+        .ok()
+        .map(StreamCode::from_u32)
+        .and_then(SessionEnded::from_code);
+    match ended {
+        Some(ended) => io::Error::new(io::ErrorKind::ConnectionReset, ended),
+        None => err.into(),
     }
 }
 
@@ -195,5 +222,30 @@ impl Drop for QuicRecv {
         if let Some(recv) = self.recv.take() {
             self.rendezvous.leave(Parked::Recv(recv));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use blindrelay_protocol::codes;
+
+    use super::*;
+
+    #[test]
+    fn a_session_end_code_reads_as_its_session_end_and_others_as_quinn_says() {
+        let stalled = quinn::VarInt::from(codes::stream::STALLED.to_u32());
+        let err = ended_or(stalled, quinn::ReadError::Reset(stalled));
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            err.get_ref().and_then(|e| e.downcast_ref::<SessionEnded>()),
+            Some(&SessionEnded::Stalled)
+        );
+        // A code of the application's own passes through as quinn's error.
+        let own = quinn::VarInt::from_u32(0x4242);
+        let err = ended_or(own, quinn::ReadError::Reset(own));
+        assert!(err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<SessionEnded>())
+            .is_none());
     }
 }

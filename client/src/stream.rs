@@ -264,29 +264,6 @@ impl<R, W> SecureStream<R, W> {
     }
 }
 
-/// Replaces a QUIC reset or stop code the relay or the other side uses with a
-/// [`SessionEnded`] that says what happened; leaves every other error as it is.
-fn explain(err: io::Error) -> io::Error {
-    let code = match err.get_ref() {
-        Some(inner) => match (
-            inner.downcast_ref::<quinn::ReadError>(),
-            inner.downcast_ref::<quinn::WriteError>(),
-        ) {
-            (Some(quinn::ReadError::Reset(code)), _) => *code,
-            (_, Some(quinn::WriteError::Stopped(code))) => *code,
-            _ => return err,
-        },
-        None => return err,
-    };
-    let Some(ended) = StreamCode::try_from(code)
-        .ok()
-        .and_then(SessionEnded::from_code)
-    else {
-        return err;
-    };
-    io::Error::new(io::ErrorKind::ConnectionReset, ended)
-}
-
 fn io_error(err: NoiseError) -> io::Error {
     let kind = match err {
         NoiseError::Truncated => io::ErrorKind::UnexpectedEof,
@@ -345,7 +322,7 @@ impl<R: AsyncRead + Abandon + Unpin, W: Abandon + Unpin> AsyncRead for SecureStr
             let polled = Pin::new(&mut this.reader).poll_read(cx, &mut spare);
             let filled = spare.filled().len();
             this.ciphertext.fill(filled);
-            ready!(polled).map_err(explain)?;
+            ready!(polled)?;
             if filled == 0 {
                 // The stream ended: clean only after the peer's authenticated end.
                 if let Err(err) = this.transport.handle_eof() {
@@ -457,8 +434,7 @@ impl CiphertextBuf {
 impl<R: Unpin, W: AsyncWrite + Unpin> SecureStream<R, W> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.write_buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.writer).poll_write(cx, &self.write_buf))
-                .map_err(explain)?;
+            let n = ready!(Pin::new(&mut self.writer).poll_write(cx, &self.write_buf))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -504,7 +480,7 @@ impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for SecureStream<R, W> {
         }
         ready!(this.poll_drain(cx))?;
         if !this.writer_closed {
-            ready!(Pin::new(&mut this.writer).poll_shutdown(cx)).map_err(explain)?;
+            ready!(Pin::new(&mut this.writer).poll_shutdown(cx))?;
             this.writer_closed = true;
         }
         Poll::Ready(Ok(()))
@@ -524,13 +500,6 @@ mod tests {
         }
         assert_eq!(SessionEnded::from_code(codes::stream::REFUSED), None);
         assert_eq!(SessionEnded::from_code(StreamCode::from_u32(0x4242)), None);
-        let reset = quinn::ReadError::Reset(codes::stream::STALLED.into());
-        let explained = explain(io::Error::other(reset));
-        assert_eq!(explained.kind(), io::ErrorKind::ConnectionReset);
-        let inner = explained
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<SessionEnded>());
-        assert_eq!(inner, Some(&SessionEnded::Stalled));
     }
     use blindrelay_protocol::noise::{HostHandshake, PlayerHandshake};
     use blindrelay_protocol::SecretKey;

@@ -266,6 +266,7 @@ async fn a_host_that_rejects_what_a_player_sent_says_so_instead_of_finishing() {
             assert_eq!(stopped, Ok(Some(violation)));
         }
         // Read through a SecureStream: the application is told what happened.
+        let (recv, send) = blindrelay_client::quic_halves(send, recv);
         let mut player_side = blindrelay_client::SecureStream::new(
             recv,
             send,
