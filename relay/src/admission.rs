@@ -9,7 +9,7 @@
 
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -85,17 +85,19 @@ pub(crate) struct Admission {
     new_sessions: Option<DefaultKeyedRateLimiter<IpKey>>,
     registrations: Option<DefaultKeyedRateLimiter<IpKey>>,
     per_ip: DashMap<IpKey, u32>,
-    max_per_ip: u32,
+    max_per_ip: Option<NonZeroU32>,
     connections: AtomicU32,
     /// Connections whose handshake has completed: what `connections.max` caps.
     established: AtomicU32,
     /// Handshakes in progress, capped by `connections.max_handshakes`.
     handshakes: AtomicU32,
-    max_handshakes: u32,
+    max_handshakes: Option<NonZeroU32>,
+    /// `connections.max`, counted once a handshake completes.
+    max_connections: Option<NonZeroU32>,
     sessions: AtomicU32,
-    max_sessions: u32,
+    max_sessions: Option<NonZeroU32>,
     buffer_used: AtomicU64,
-    buffer_budget: u64,
+    buffer_budget: Option<NonZeroU64>,
     session_buffer: u64,
     sessions_per_ip: Arc<HeldPerKey<IpKey>>,
     sessions_per_ip_and_host: Arc<HeldPerKey<(IpKey, HostId)>>,
@@ -112,15 +114,16 @@ impl Admission {
             new_sessions: keyed(s.new_per_ip_per_s, s.new_per_ip_burst),
             registrations: keyed(r.per_ip_per_s, r.per_ip_burst),
             per_ip: DashMap::new(),
-            max_per_ip: c.per_ip,
+            max_per_ip: NonZeroU32::new(c.per_ip),
             connections: AtomicU32::new(0),
             established: AtomicU32::new(0),
             handshakes: AtomicU32::new(0),
-            max_handshakes: c.max_handshakes,
+            max_handshakes: NonZeroU32::new(c.max_handshakes),
+            max_connections: NonZeroU32::new(c.max),
             sessions: AtomicU32::new(0),
-            max_sessions: s.max,
+            max_sessions: NonZeroU32::new(s.max),
             buffer_used: AtomicU64::new(0),
-            buffer_budget: s.buffer_budget.0,
+            buffer_budget: NonZeroU64::new(s.buffer_budget.0),
             session_buffer: limits.session_buffer(),
             sessions_per_ip: HeldPerKey::new(s.per_ip),
             sessions_per_ip_and_host: HeldPerKey::new(s.per_ip_per_host),
@@ -140,7 +143,7 @@ impl Admission {
         let handshakes =
             self.handshakes
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                    (self.max_handshakes == 0 || open < self.max_handshakes).then_some(open + 1)
+                    under(self.max_handshakes, open).then_some(open + 1)
                 });
         if handshakes.is_err() {
             return Err(Refusal::TooManyHandshakes);
@@ -152,7 +155,7 @@ impl Admission {
         }
         {
             let mut count = self.per_ip.entry(key).or_insert(0);
-            if self.max_per_ip != 0 && *count >= self.max_per_ip {
+            if !under(self.max_per_ip, *count) {
                 return Err(Refusal::TooManyFromAddress);
             }
             *count += 1;
@@ -223,7 +226,7 @@ impl Admission {
         let reserved = self
             .sessions
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (self.max_sessions == 0 || open < self.max_sessions).then_some(open + 1)
+                under(self.max_sessions, open).then_some(open + 1)
             });
         if reserved.is_err() {
             return Err(Refusal::AtCapacity);
@@ -233,7 +236,9 @@ impl Admission {
             .buffer_used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 let after = used.checked_add(bytes)?;
-                (self.buffer_budget == 0 || after <= self.buffer_budget).then_some(after)
+                self.buffer_budget
+                    .is_none_or(|budget| after <= budget.get())
+                    .then_some(after)
             });
         if budgeted.is_err() {
             self.sessions.fetch_sub(1, Ordering::AcqRel);
@@ -271,15 +276,22 @@ impl Admission {
     }
 }
 
+/// Whether `count` is below `max`: one more fits. Every cap compares this way, so
+/// each admits exactly its maximum; `None` is no cap.
+fn under(max: Option<NonZeroU32>, count: u32) -> bool {
+    max.is_none_or(|max| count < max.get())
+}
+
 /// How many of something each key holds at once, under a cap (none when the
 /// configuration says 0).
 pub(crate) struct HeldPerKey<K: Eq + Hash> {
     held: DashMap<K, u32>,
-    max: u32,
+    max: Option<NonZeroU32>,
 }
 
 impl<K: Eq + Hash + Clone> HeldPerKey<K> {
     fn new(max: u32) -> Arc<Self> {
+        let max = NonZeroU32::new(max);
         Arc::new(Self {
             held: DashMap::new(),
             max,
@@ -288,11 +300,11 @@ impl<K: Eq + Hash + Clone> HeldPerKey<K> {
 
     /// One more for `key`, unless it holds the most it may.
     fn try_hold(self: &Arc<Self>, key: K) -> Option<Held<K>> {
-        if self.max == 0 {
+        if self.max.is_none() {
             return Some(Held { from: None, key });
         }
         let mut count = self.held.entry(key.clone()).or_insert(0);
-        if *count >= self.max {
+        if !under(self.max, *count) {
             return None;
         }
         *count += 1;
@@ -335,6 +347,17 @@ impl Drop for HandshakeGuard<'_> {
     }
 }
 
+/// Where an established connection stands against `connections.max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Within the cap.
+    Within,
+    /// Beyond the cap, within its headroom: it may register, nothing more.
+    Probation,
+    /// Beyond the cap and its headroom: it is closed.
+    Full,
+}
+
 /// Holds one connection's place in the counts until dropped or released.
 pub(crate) struct ConnectionPermit {
     admission: Arc<Admission>,
@@ -346,17 +369,27 @@ pub(crate) struct ConnectionPermit {
 
 impl ConnectionPermit {
     /// The handshake completed: the connection now counts against `connections.max`
-    /// instead of the handshakes in progress. Returns the established connections,
-    /// this one included.
-    pub(crate) fn establish(&self) -> u32 {
+    /// instead of the handshakes in progress. Says where that puts it.
+    pub(crate) fn establish(&self) -> Place {
         let admission = &self.admission;
         if self.handshaking.swap(false, Ordering::AcqRel) {
             admission.handshakes.fetch_sub(1, Ordering::AcqRel);
         }
-        if self.established.swap(true, Ordering::AcqRel) {
-            return admission.established.load(Ordering::Acquire);
+        let established = if self.established.swap(true, Ordering::AcqRel) {
+            admission.established.load(Ordering::Acquire)
+        } else {
+            admission.established.fetch_add(1, Ordering::AcqRel) + 1
+        };
+        let Some(max) = admission.max_connections else {
+            return Place::Within;
+        };
+        // Beyond the cap, as many as `connections.max_handshakes` may wait to register.
+        let headroom = admission.max_handshakes.map_or(0, NonZeroU32::get);
+        match established.checked_sub(max.get()) {
+            None | Some(0) => Place::Within,
+            Some(over) if over <= headroom => Place::Probation,
+            Some(_) => Place::Full,
         }
-        admission.established.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// Gives the place back now (the connection is being shed and will be gone in a

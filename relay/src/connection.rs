@@ -13,7 +13,7 @@ use blindrelay_protocol::{codes, ErrorCode};
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, Instrument};
 
-use crate::admission::{self, ConnectionPermit};
+use crate::admission::{self, ConnectionPermit, Place};
 use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
 use crate::privacy::redact;
 use crate::routed_stream::RoutedStream;
@@ -53,9 +53,9 @@ pub(crate) fn handle(
         shared.stats.handshake.record(started.elapsed());
         Stats::bump(&shared.stats.connections_accepted);
         // Only now does the connection count against `connections.max`.
-        let established = permit.establish();
-        let on_probation = limits.max != 0 && established > limits.max;
-        if on_probation && established - limits.max > limits.max_handshakes {
+        let place = permit.establish();
+        let on_probation = place == Place::Probation;
+        if place == Place::Full {
             Stats::bump(&shared.stats.connections_at_capacity);
             connection.close(
                 codes::close::AT_CAPACITY.into(),
@@ -64,7 +64,7 @@ pub(crate) fn handle(
             return;
         }
         debug!(on_probation, "connected");
-        serve(connection, Arc::new(permit), on_probation, shared).await;
+        serve_connection(connection, Arc::new(permit), on_probation, shared).await;
     }
     .instrument(span)
 }
@@ -72,7 +72,7 @@ pub(crate) fn handle(
 /// Serves an established connection. One `on_probation` came in beyond
 /// `connections.max`: it may stay only to register (and so shed an idle
 /// registration), within `first_message_timeout`; its sessions are refused.
-async fn serve(
+async fn serve_connection(
     connection: quinn::Connection,
     permit: Arc<ConnectionPermit>,
     on_probation: bool,
@@ -196,7 +196,10 @@ async fn route(
             // largest path, and every host holds its registration task for hours.
             // (Built in its box: a future made first and boxed after would still
             // take its full size in this task.)
-            return Box::pin(registration::serve(host_id, token, stream, shared)).await;
+            return Box::pin(registration::register_and_hold(
+                host_id, token, stream, shared,
+            ))
+            .await;
         }
         ControlMessage::Connect { .. } if stream.probation.load(Ordering::Acquire) => {
             shared.stats.session_refused(SessionRefused::AtCapacity);
@@ -212,7 +215,7 @@ async fn route(
                     .connection
                     .set_max_concurrent_bi_streams(streams.into());
             }
-            return Box::pin(session::serve(host_id, stream, shared)).await;
+            return Box::pin(session::pair_and_splice(host_id, stream, shared)).await;
         }
         ControlMessage::Register { .. } => {
             Stats::bump(&shared.stats.registrations_refused);

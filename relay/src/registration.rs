@@ -29,7 +29,7 @@ use crate::stats::Stats;
 use crate::tiers::Tier;
 use crate::token_issuers;
 
-pub(crate) async fn serve(
+pub(crate) async fn register_and_hold(
     host_id: HostId,
     token: Option<Vec<u8>>,
     mut stream: RoutedStream,

@@ -41,7 +41,7 @@ pub(crate) struct Host {
     /// The limits of this host and its sessions.
     pub tier: Arc<Tier>,
     sessions: AtomicU32,
-    max_sessions: u32,
+    max_sessions: Option<std::num::NonZeroU32>,
     /// The host's key in its registry's idle queue while it is queued. The lock also
     /// orders the host's moves in and out of the queue (see [`Host::sync_idle`]).
     idle_key: Mutex<Option<IdleKey>>,
@@ -97,7 +97,7 @@ impl Host {
         let before = self
             .sessions
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                let room = self.max_sessions == 0 || open < self.max_sessions;
+                let room = self.max_sessions.is_none_or(|max| open < max.get());
                 (open != SHED && room).then_some(open + 1)
             })
             .ok()?;

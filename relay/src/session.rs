@@ -40,7 +40,11 @@ use crate::transport::WindowGrant;
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves a player's session stream whose first message was `Connect { host_id }`.
-pub(crate) async fn serve(host_id: HostId, stream: RoutedStream, shared: Arc<RelayState>) {
+pub(crate) async fn pair_and_splice(
+    host_id: HostId,
+    stream: RoutedStream,
+    shared: Arc<RelayState>,
+) {
     let started = tokio::time::Instant::now();
     let session_id = shared.new_session_id();
     let span = info_span!("session", id = session_id, host = %crate::privacy::host_tag(&host_id));

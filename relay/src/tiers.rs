@@ -7,7 +7,7 @@
 //! so cap strangers at what Plex's relay allows and let its owner's friends stream 4K.
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ pub(crate) struct Tier {
     pub max_bytes: Option<NonZeroU64>,
     pub host_rate: u64,
     pub host_burst: u64,
-    pub host_max_sessions: u32,
+    pub host_max_sessions: Option<NonZeroU32>,
     /// Relay-wide, the same in every tier; here so a session's announcement is
     /// built from one place.
     pub idle_timeout: Option<Duration>,
@@ -80,7 +80,7 @@ impl Tier {
             max_bytes: NonZeroU64::new(config.max_bytes.unwrap_or(s.max_bytes).0),
             host_rate: config.host_rate.unwrap_or(h.rate).0,
             host_burst: config.host_burst.unwrap_or(h.burst).0,
-            host_max_sessions: config.host_max_sessions.unwrap_or(h.max_sessions),
+            host_max_sessions: NonZeroU32::new(config.host_max_sessions.unwrap_or(h.max_sessions)),
             idle_timeout: limit(s.idle_timeout.0),
             stall_timeout: limit(s.stall_timeout.0),
         }
@@ -204,7 +204,7 @@ mod tests {
         let free = tiers.of(&key.host_id());
         assert_eq!(free.name, "free");
         assert_eq!(free.session_rate, 250_000);
-        assert_eq!(free.host_max_sessions, 2);
+        assert_eq!(free.host_max_sessions, NonZeroU32::new(2));
         assert_eq!(
             free.max_bytes,
             NonZeroU64::new(1 << 30),

@@ -122,7 +122,7 @@ fn routed_local_ip(v6: bool) -> Option<IpAddr> {
 
 /// Accepts direct connections until the endpoint is closed; every connection, and
 /// every session handshake on it, is a task owned by this one.
-pub(super) async fn serve(
+pub(super) async fn serve_direct_players(
     endpoint: quinn::Endpoint,
     config: Arc<HostConfig>,
     acceptor: SessionAcceptor,

@@ -416,7 +416,7 @@ async fn run(
 ) {
     let mut children = JoinSet::new();
     if let Some(endpoint) = &listener {
-        children.spawn(direct::serve(
+        children.spawn(direct::serve_direct_players(
             endpoint.clone(),
             config.clone(),
             control.acceptor.clone(),
