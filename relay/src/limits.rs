@@ -8,6 +8,17 @@
 //! [`Limits::session_buffer`] bytes of `sessions.buffer_budget` while it runs; when
 //! the reservation does not fit, the session is refused "at capacity" and running
 //! sessions keep their throughput.
+//!
+//! A session's limits go by four names, one per stage:
+//! - [`Limits`] is the file: [`ConnectionLimits`], [`RegistrationLimits`],
+//!   [`SessionLimitsConfig`] (`[sessions]`; named apart from the protocol's
+//!   `SessionLimits`), [`HostLimits`] and the tiers. Zero turns a limit off here,
+//!   and only here.
+//! - A `Tier` (`tiers.rs`) is what one host and its sessions run under, resolved
+//!   from the file: a limit that is off is `None`.
+//! - `blindrelay_protocol::SessionLimits` is what both ends of a session are told in
+//!   `Connected` and `Incoming` (PROTOCOL.md section 7.5).
+//! - `SpliceLimits` (`splice.rs`) is what the splice enforces for one session.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
