@@ -88,8 +88,9 @@ async fn serve_connection(
     let is_host = Arc::new(AtomicBool::new(false));
     // A connection with no stream at all (no registration, no session) is closed
     // after this long: otherwise idle connections would hold places for free.
-    let idle_limit = shared.config.limits.connections.unregistered_idle_timeout.0;
-    let idle = tokio::time::sleep(idle_limit);
+    let idle_limit = Some(shared.config.limits.connections.unregistered_idle_timeout.0)
+        .filter(|limit| !limit.is_zero());
+    let idle = tokio::time::sleep(idle_limit.unwrap_or_default());
     tokio::pin!(idle);
     // Only a connection beyond the cap has a probation to end: a timer in every
     // connection's task would cost every idle host its size.
@@ -118,7 +119,7 @@ async fn serve_connection(
                 );
                 break;
             }
-            () = &mut idle, if !idle_limit.is_zero() && idle_player => {
+            () = &mut idle, if idle_limit.is_some() && idle_player => {
                 Stats::bump(&shared.stats.connections_idle_closed);
                 debug!("closing a connection with neither registration nor session");
                 connection.close(
@@ -175,8 +176,8 @@ async fn serve_connection(
                 had_stream = true;
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => {
-                if streams.is_empty() && !idle_limit.is_zero() {
-                    idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+                if let (true, Some(limit)) = (streams.is_empty(), idle_limit) {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limit);
                 }
             }
         }
