@@ -181,11 +181,16 @@ async fn floods_of_initials_and_of_idle_connections_stay_within_the_caps() {
         if let Ok(connection) = blindrelay_client::connect_relay_raw_from(relay.url(), ip).await {
             held.push(connection);
         }
-        // (Plus the one whose handshake has just completed beyond the headroom,
-        // which the relay is closing.)
-        let open = relay.stats().connections_open;
+        // Established ones only (a handshake in progress counts apart), plus at most
+        // two whose handshakes have just completed beyond the headroom, which the
+        // relay is closing: a client's handshake completes a moment before the
+        // relay's side, so the next one may overlap it.
+        let stats = relay.stats();
+        let open = stats
+            .connections_open
+            .saturating_sub(stats.handshakes_in_progress);
         assert!(
-            open <= u64::from(CAP + HEADROOM + 1),
+            open <= u64::from(CAP + HEADROOM + 2),
             "open connections {open} over the cap and its headroom"
         );
     }
