@@ -205,3 +205,79 @@ async fn a_host_comes_back_when_the_relay_restarts() {
     assert_eq!(echoed.unwrap(), 100_000);
     assert_eq!(relay.stats().registered_hosts, 1);
 }
+
+/// One address holds at most `registrations.per_ip` registrations; another address
+/// is not affected, and a registration that ends gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_only_its_share_of_registrations() {
+    init_tracing();
+    let mut config = relay_config();
+    config.limits.registrations.per_ip = 2;
+    let relay = Relay::spawn(config).unwrap();
+    let register_from = |ip: [u8; 4]| {
+        let url = relay.url().clone();
+        async move {
+            let connection = blindrelay_client::connect_relay_raw_from(&url, ip.into())
+                .await
+                .unwrap();
+            let key = SecretKey::generate().unwrap();
+            let (verdict, send) =
+                register_by_hand(&connection, key.host_id(), &key, &connection).await;
+            (verdict, send, connection)
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (verdict, send, connection) = register_from([127, 0, 0, 1]).await;
+        assert_eq!(verdict, ControlMessage::Registered);
+        held.push((send, connection));
+    }
+    let (verdict, ..) = register_from([127, 0, 0, 1]).await;
+    assert!(
+        matches!(&verdict, ControlMessage::Error { code: ErrorCode::RateLimited, reason }
+            if reason.contains("too many registrations")),
+        "{verdict:?}"
+    );
+    let (verdict, ..) = register_from([127, 0, 0, 2]).await;
+    assert_eq!(verdict, ControlMessage::Registered, "another address");
+    // One ends: its place comes back.
+    let (_, connection) = held.pop().unwrap();
+    connection.close(0u32.into(), b"done");
+    let again = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let (verdict, send, connection) = register_from([127, 0, 0, 1]).await;
+            if verdict == ControlMessage::Registered {
+                break (send, connection);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the place came back");
+}
+
+/// A relay that never answers is given up on in seconds, not at the 30 s idle
+/// timeout: the host's next attempt starts within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_gives_up_on_a_silent_relay_in_seconds_and_tries_again() {
+    init_tracing();
+    // A UDP socket that reads nothing, behind a URL with a pin nobody has.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let url: blindrelay_client::RelayUrl = format!(
+        "blindrelay://{}?pin={}",
+        silent.local_addr().unwrap(),
+        "a".repeat(52)
+    )
+    .parse()
+    .unwrap();
+    let agent = HostAgent::start(host_config(SecretKey::generate().unwrap(), &url)).unwrap();
+    let started = std::time::Instant::now();
+    wait_for_state(
+        &agent,
+        |state| matches!(state, HostState::Connecting { attempt } if *attempt >= 2),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    drop(silent);
+}
