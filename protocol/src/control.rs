@@ -16,9 +16,11 @@
 //! | 0x03 | `Proof`      | host → relay     | HMAC-SHA256 `[u8; 32]`                 |
 //! | 0x04 | `Registered` | relay → host     | (empty)                                |
 //! | 0x05 | `GoingAway`  | relay → host     | retry after (ms) `u32`                 |
+//! | 0x06 | `Dial`       | relay → host     | session id `u64`, secret `[u8; 16]`    |
 //! | 0x10 | `Connect`    | player → relay   | host id `[u8; 32]`                     |
 //! | 0x11 | `Connected`  | relay → player   | session id `u64`, [`SessionLimits`] (36 B) |
 //! | 0x12 | `Incoming`   | relay → host     | session id `u64`, [`SessionLimits`] (36 B) |
+//! | 0x13 | `Accept`     | host → relay     | session id `u64`, secret `[u8; 16]`    |
 //! | 0x7f | `Error`      | relay → anyone   | code `u16`, reason `u16` len + UTF-8 (<= 256) |
 //!
 //! The registration flow is `Register`, `Challenge`, `Proof`, `Registered` on the
@@ -27,6 +29,12 @@
 //! stream to the host and writes `Incoming`. After `Connected`/`Incoming` the stream
 //! carries only the Noise session (see [`crate::noise`]), which the relay forwards
 //! without parsing.
+//!
+//! On a stream transport (TLS over TCP, WebSocket: [`crate::stream_frame`]) a
+//! connection carries one stream, so the relay cannot open one to a host: it sends
+//! `Dial` on the host's registration stream instead, and the host opens a new
+//! connection whose first message is `Accept` with the same session id and secret.
+//! The relay answers `Incoming` there, and the stream goes on as on QUIC.
 
 use std::fmt;
 
@@ -51,6 +59,9 @@ pub const PROOF_LEN: usize = 32;
 /// this version issues ([`crate::token::MAX_TOKEN_LEN`]), so a later token version
 /// has room, and small enough that the frame stays far below [`MAX_FRAME_LEN`].
 pub const MAX_REGISTER_TOKEN_LEN: usize = 256;
+
+/// Length of the secret in [`ControlMessage::Dial`] and [`ControlMessage::Accept`].
+pub const DIAL_SECRET_LEN: usize = 16;
 
 /// A control message (see the module documentation for the wire format).
 ///
@@ -87,6 +98,16 @@ pub enum ControlMessage {
         /// How long to wait before registering again, in milliseconds.
         retry_after_ms: u32,
     },
+    /// On the registration stream of a host on a stream transport: a player asks for
+    /// a session; open a new connection to the relay and send
+    /// [`ControlMessage::Accept`] with this id and secret on it.
+    Dial {
+        /// The session's id, as `Incoming` will carry it.
+        session_id: u64,
+        /// Proves to the relay that the new connection comes from this registration's
+        /// host: random, made for this session only.
+        secret: [u8; DIAL_SECRET_LEN],
+    },
     /// A player asks for a session with `host_id`.
     Connect {
         /// The host the player wants.
@@ -106,6 +127,15 @@ pub enum ControlMessage {
         session_id: u64,
         /// What the relay allows this session (the same the player was told).
         limits: SessionLimits,
+    },
+    /// The first message of a host's new connection on a stream transport: the
+    /// answer to a [`ControlMessage::Dial`]. The relay answers `Incoming`, and the
+    /// connection carries the session's host side.
+    Accept {
+        /// The session id from the `Dial`.
+        session_id: u64,
+        /// The secret from the `Dial`.
+        secret: [u8; DIAL_SECRET_LEN],
     },
     /// The relay refuses a request; it finishes its side of the stream afterwards.
     Error {
@@ -140,6 +170,10 @@ impl fmt::Debug for ControlMessage {
             Self::Connect { host_id } => {
                 out.field("host_id", &Redacted(host_id.as_bytes().len()));
             }
+            Self::Dial { session_id, secret } | Self::Accept { session_id, secret } => {
+                out.field("session_id", session_id);
+                out.field("secret", &Redacted(secret.len()));
+            }
             Self::Connected { session_id, limits } | Self::Incoming { session_id, limits } => {
                 out.field("session_id", session_id);
                 out.field("limits", limits);
@@ -168,9 +202,11 @@ mod kind {
     pub const PROOF: u8 = 0x03;
     pub const REGISTERED: u8 = 0x04;
     pub const GOING_AWAY: u8 = 0x05;
+    pub const DIAL: u8 = 0x06;
     pub const CONNECT: u8 = 0x10;
     pub const CONNECTED: u8 = 0x11;
     pub const INCOMING: u8 = 0x12;
+    pub const ACCEPT: u8 = 0x13;
     pub const ERROR: u8 = 0x7f;
 }
 
@@ -192,6 +228,8 @@ impl ControlMessage {
             Self::Proof { .. } => "Proof",
             Self::Registered => "Registered",
             Self::GoingAway { .. } => "GoingAway",
+            Self::Dial { .. } => "Dial",
+            Self::Accept { .. } => "Accept",
             Self::Connect { .. } => "Connect",
             Self::Connected { .. } => "Connected",
             Self::Incoming { .. } => "Incoming",
@@ -236,6 +274,16 @@ impl ControlMessage {
             Self::GoingAway { retry_after_ms } => {
                 body.put_u8(kind::GOING_AWAY);
                 body.put_u32(*retry_after_ms);
+            }
+            Self::Dial { session_id, secret } => {
+                body.put_u8(kind::DIAL);
+                body.put_u64(*session_id);
+                body.put_slice(secret);
+            }
+            Self::Accept { session_id, secret } => {
+                body.put_u8(kind::ACCEPT);
+                body.put_u64(*session_id);
+                body.put_slice(secret);
             }
             Self::Connect { host_id } => {
                 body.put_u8(kind::CONNECT);
@@ -310,6 +358,14 @@ impl ControlMessage {
             kind::REGISTERED => Self::Registered,
             kind::GOING_AWAY => Self::GoingAway {
                 retry_after_ms: r.u32()?,
+            },
+            kind::DIAL => Self::Dial {
+                session_id: r.u64()?,
+                secret: r.array()?,
+            },
+            kind::ACCEPT => Self::Accept {
+                session_id: r.u64()?,
+                secret: r.array()?,
             },
             kind::CONNECT => Self::Connect {
                 host_id: HostId::from_bytes(r.array()?),
@@ -420,6 +476,14 @@ mod tests {
                 },
             },
             ControlMessage::error(ErrorCode::HostOffline, "host offline"),
+            ControlMessage::Dial {
+                session_id: 9,
+                secret: [0x55; 16],
+            },
+            ControlMessage::Accept {
+                session_id: 9,
+                secret: [0x55; 16],
+            },
         ]
     }
 
@@ -440,6 +504,8 @@ mod tests {
                 "00".repeat(28)
             ),
             "0012017f0003000c686f7374206f66666c696e65".to_owned(),
+            format!("001a01060000000000000009{}", "55".repeat(16)),
+            format!("001a01130000000000000009{}", "55".repeat(16)),
         ];
         for (message, expected) in all_messages().iter().zip(expected) {
             assert_eq!(hex(&message.to_frame()), expected, "{message:?}");

@@ -29,6 +29,7 @@ pub mod limits;
 pub mod noise;
 pub mod registration;
 pub mod relay_url;
+pub mod stream_frame;
 pub mod ticket;
 pub mod token;
 
