@@ -90,9 +90,9 @@ impl LoopbackRegistry {
         permit.establish();
         let window = ReceiveWindow::new(connection.clone(), &self.limits);
         let host = Arc::new(Host::new(
-            connection.clone(),
+            crate::link::Link::Quic(connection.clone()),
             Arc::new(permit),
-            window,
+            Some(window),
             self.tiers.of(&host_id),
         ));
         Ok(self.registry.insert(host_id, host).0)

@@ -25,6 +25,9 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub struct RelayConfig {
     /// UDP address to listen on.
     pub listen: SocketAddr,
+    /// Where the relay listens for TLS over TCP, for hosts and players whose
+    /// networks block UDP.
+    pub tcp: TcpListen,
     /// The TLS certificate and key.
     pub certificate: RelayCertificate,
     /// DNS name clients reach the relay by, when its certificate is issued by a public
@@ -45,6 +48,7 @@ impl RelayConfig {
     pub fn new(listen: SocketAddr, certificate: RelayCertificate) -> Self {
         Self {
             listen,
+            tcp: TcpListen::SamePort,
             certificate,
             public_name: None,
             limits: Limits::default(),
@@ -76,6 +80,41 @@ impl RelayConfig {
     }
 }
 
+/// Where the relay listens for TLS over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpListen {
+    /// The UDP listen address, same port number: clients find it from the relay URL
+    /// alone. With port 0, both get the same free port.
+    SamePort,
+    /// Another address, for an operator who maps the relay URL's port to it (a load
+    /// balancer or a port forward): clients still dial the URL's port.
+    At(SocketAddr),
+    /// No TCP listener: QUIC only.
+    Off,
+}
+
+impl std::str::FromStr for TcpListen {
+    type Err = String;
+
+    /// `off`, `same` (the UDP address), or an address.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "off" => Ok(Self::Off),
+            "same" => Ok(Self::SamePort),
+            addr => addr.parse().map(Self::At).map_err(|_| {
+                format!("{addr:?} is not `off`, `same` or an address like 0.0.0.0:443")
+            }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TcpListen {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The config file (see `docs/configuration.md` for every key and its default).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +122,8 @@ impl RelayConfig {
 pub struct ConfigFile {
     /// UDP address to listen on.
     pub listen: Option<SocketAddr>,
+    /// TLS-over-TCP listener: `same` (default), `off`, or an address.
+    pub listen_tcp: Option<TcpListen>,
     /// PEM certificate chain.
     pub cert: Option<PathBuf>,
     /// PEM private key of `cert`.

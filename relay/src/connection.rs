@@ -15,8 +15,10 @@ use tracing::{debug, info_span, Instrument};
 
 use crate::admission::{self, ConnectionPermit, Place};
 use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
+use crate::link::Link;
 use crate::privacy::redact;
 use crate::routed_stream::RoutedStream;
+use crate::session_stream::{StreamRecv, StreamSend};
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
 use crate::transport::ReceiveWindow;
@@ -129,7 +131,7 @@ async fn serve_connection(
                 break;
             }
             accepted = connection.accept_bi() => {
-                let (send, mut recv) = match accepted {
+                let (send, recv) = match accepted {
                     Ok(stream) => stream,
                     Err(err) => {
                         debug!(reason = %err, "connection closed");
@@ -145,6 +147,7 @@ async fn serve_connection(
                 let probation = probation.clone();
                 let is_host = is_host.clone();
                 let first_stream = !had_stream;
+                let (send, mut recv) = (StreamSend::Quic(send), StreamRecv::Quic(recv));
                 streams.spawn(async move {
                     let first = tokio::time::timeout(
                         shared.config.limits.connections.first_message_timeout.0,
@@ -163,9 +166,9 @@ async fn serve_connection(
                     let stream = RoutedStream {
                         send,
                         recv,
-                        connection,
+                        link: Link::Quic(connection),
                         permit,
-                        window,
+                        window: Some(window),
                         probation,
                         is_host,
                     };
@@ -208,13 +211,11 @@ async fn route(
             ControlMessage::error(refusal.code(), refusal.reason())
         }
         ControlMessage::Connect { host_id } => {
-            if first_stream {
+            if let (true, Link::Quic(connection)) = (first_stream, &stream.link) {
                 // The first stream asks for a session: a player, which may now open
                 // as many streams as the configuration allows.
                 let streams = shared.config.limits.connections.max_streams;
-                stream
-                    .connection
-                    .set_max_concurrent_bi_streams(streams.into());
+                connection.set_max_concurrent_bi_streams(streams.into());
             }
             return Box::pin(session::pair_and_splice(host_id, stream, shared)).await;
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tracing::debug;
 
+use crate::session_stream::{SessionRecv, SessionSend, StreamRecv, StreamSend};
 use crate::state::RelayState;
 use crate::stats::Stats;
 
@@ -31,14 +32,14 @@ pub(crate) enum WriteControlError {
 /// stream is reset with [`codes::stream::STALLED`], so nothing the relay wrote stays
 /// queued behind a peer that does not read.
 pub(crate) async fn write_control(
-    send: &mut quinn::SendStream,
+    send: &mut StreamSend,
     message: &ControlMessage,
 ) -> Result<(), WriteControlError> {
     match tokio::time::timeout(CONTROL_WRITE_TIMEOUT, send.write_all(&message.to_frame())).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(WriteControlError::Gone),
         Err(_) => {
-            let _ = send.reset(codes::stream::STALLED.into());
+            send.reset(codes::stream::STALLED);
             Err(WriteControlError::Timeout)
         }
     }
@@ -47,22 +48,18 @@ pub(crate) async fn write_control(
 /// Refuses a stream: stops its receive side first (whatever the peer sends after is
 /// discarded, not buffered), then writes the error within the write deadline and
 /// finishes. Returns once the error is written or the deadline passed.
-pub(crate) async fn refuse(
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    error: &ControlMessage,
-) {
-    let _ = recv.stop(codes::stream::REFUSED.into());
+pub(crate) async fn refuse(send: &mut StreamSend, recv: &mut StreamRecv, error: &ControlMessage) {
+    recv.stop(codes::stream::REFUSED);
     if write_control(send, error).await.is_ok() {
-        let _ = send.finish();
+        send.finish();
     }
 }
 
 /// Answers a stream whose first message was unreadable, then closes that stream only.
 pub(crate) async fn refuse_stream(
     shared: &RelayState,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: StreamSend,
+    mut recv: StreamRecv,
     err: ReadMessageError,
 ) {
     Stats::bump(&shared.stats.bad_requests);
@@ -95,7 +92,7 @@ pub(crate) enum ReadMessageError {
 /// Reads one length-prefixed control message, refusing oversize lengths before
 /// reading their body.
 pub(crate) async fn read_message(
-    recv: &mut quinn::RecvStream,
+    recv: &mut StreamRecv,
 ) -> Result<ControlMessage, ReadMessageError> {
     let mut prefix = [0u8; 2];
     recv.read_exact(&mut prefix)

@@ -20,11 +20,14 @@ mod state;
 // One connection, its streams, and what they ask for.
 mod connection;
 mod control_stream;
+mod dial;
+mod link;
 mod registration;
 mod routed_stream;
 mod session;
 mod session_stream;
 mod splice;
+mod stream_listener;
 
 // Who is registered, who may come in, and how much each may use.
 mod admission;
@@ -51,7 +54,7 @@ mod stats;
 #[doc(hidden)]
 pub mod bench;
 
-pub use config::{ConfigError, ConfigFile, LogFormat, RelayConfig, DEFAULT_LISTEN};
+pub use config::{ConfigError, ConfigFile, LogFormat, RelayConfig, TcpListen, DEFAULT_LISTEN};
 pub use limits::{Limits, LimitsError};
 pub use server::{Relay, RelayCloser, RelayError};
 #[cfg(feature = "splice-tap")]

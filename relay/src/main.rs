@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use blindrelay_relay::units::{ByteSize, Rate, Span};
 use blindrelay_relay::{
-    privacy, ConfigFile, Limits, LogFormat, Relay, RelayCertificate, RelayConfig, DEFAULT_LISTEN,
+    privacy, ConfigFile, Limits, LogFormat, Relay, RelayCertificate, RelayConfig, TcpListen,
+    DEFAULT_LISTEN,
 };
 use clap::Parser;
 use tracing::{info, warn};
@@ -34,6 +35,11 @@ struct Args {
     /// UDP address to listen on [default: 127.0.0.1:4433].
     #[arg(long, env = "BLINDRELAY_LISTEN")]
     listen: Option<SocketAddr>,
+
+    /// TLS-over-TCP listener for hosts and players whose networks block UDP: `same`
+    /// (the --listen address, TCP) [default], `off`, or another address.
+    #[arg(long, value_name = "ADDR|same|off", env = "BLINDRELAY_LISTEN_TCP")]
+    listen_tcp: Option<TcpListen>,
 
     /// PEM certificate chain (leaf first). Without it, a self-signed certificate is
     /// made in memory at start.
@@ -180,6 +186,7 @@ async fn main() -> Result<()> {
     };
     let Settings {
         listen,
+        listen_tcp,
         public_name,
         admin,
         drain_timeout,
@@ -203,6 +210,11 @@ async fn main() -> Result<()> {
         }
         println!("configuration is valid");
         println!("listen = \"{listen}\"");
+        match listen_tcp {
+            TcpListen::SamePort => println!("listen_tcp = \"same\""),
+            TcpListen::At(addr) => println!("listen_tcp = \"{addr}\""),
+            TcpListen::Off => println!("listen_tcp = \"off\""),
+        }
         println!("drain_timeout = \"{}\"", Span(drain_timeout));
         println!("log_full_ip = {log_full_ip}");
         match &token_issuers {
@@ -237,6 +249,7 @@ async fn main() -> Result<()> {
         }
     };
     let mut config = RelayConfig::new(listen, certificate);
+    config.tcp = listen_tcp;
     config.public_name = public_name.clone();
     config.limits = limits;
     config.admin = admin;
@@ -358,6 +371,7 @@ fn parse_args() -> Args {
 #[derive(Debug)]
 struct Settings {
     listen: SocketAddr,
+    listen_tcp: TcpListen,
     public_name: Option<String>,
     admin: Option<SocketAddr>,
     drain_timeout: Duration,
@@ -384,6 +398,10 @@ impl Settings {
         };
         Ok(Self {
             listen: args.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
+            listen_tcp: args
+                .listen_tcp
+                .or(file.listen_tcp)
+                .unwrap_or(TcpListen::SamePort),
             public_name: args.public_name.clone().or(file.public_name),
             admin: args.admin.or(file.admin),
             drain_timeout: args

@@ -13,7 +13,7 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
     let s = stats;
     out.gauge(
         "connections_open",
-        "QUIC connections open now.",
+        "Connections open now, every transport.",
         &[("", s.connections_open)],
     );
     out.gauge(
@@ -23,8 +23,14 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
     );
     out.counter(
         "connections_accepted_total",
-        "QUIC connections that completed their handshake.",
-        &[("", s.connections_accepted)],
+        "Connections that completed their handshake, by transport.",
+        &[
+            (
+                "transport=\"quic\"",
+                s.connections_accepted - s.connections_accepted_tcp,
+            ),
+            ("transport=\"tcp\"", s.connections_accepted_tcp),
+        ],
     );
     out.counter(
         "connections_refused_total",
@@ -95,6 +101,22 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         "sessions_opened_total",
         "Sessions spliced.",
         &[("", s.sessions_opened)],
+    );
+    out.counter(
+        "session_sides_total",
+        "Sides of spliced sessions, by side and the transport it came over.",
+        &[
+            (
+                "side=\"player\",transport=\"quic\"",
+                s.sessions_opened - s.sessions_player_tcp,
+            ),
+            ("side=\"player\",transport=\"tcp\"", s.sessions_player_tcp),
+            (
+                "side=\"host\",transport=\"quic\"",
+                s.sessions_opened - s.sessions_host_tcp,
+            ),
+            ("side=\"host\",transport=\"tcp\"", s.sessions_host_tcp),
+        ],
     );
     out.counter(
         "sessions_refused_total",

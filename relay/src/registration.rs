@@ -15,15 +15,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::registration::{self, RelayRegistration, EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_protocol::registration::{self, RelayRegistration};
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
+use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::admission;
 use crate::admission::{Held, IpKey};
 use crate::control_stream::{read_message, refuse, write_control};
+use crate::dial::DialRequest;
+use crate::link::Link;
 use crate::registry::Host;
 use crate::routed_stream::RoutedStream;
+use crate::session_stream::SessionSend;
 use crate::state::RelayState;
 use crate::stats::Stats;
 use crate::tiers::Tier;
@@ -43,6 +47,7 @@ pub(crate) async fn register_and_hold(
         let Some(Admitted {
             registration,
             expires,
+            mut dials,
             _place,
         }) = admitted
         else {
@@ -67,17 +72,49 @@ pub(crate) async fn register_and_hold(
             }
         };
         enum End {
-            Host,
+            Host(Option<ControlMessage>),
             TokenExpired,
             Draining,
         }
-        let end = tokio::select! {
-            () = hold(send, recv) => End::Host,
-            () = token_expired => End::TokenExpired,
-            () = shared.draining() => End::Draining,
+        let end = {
+            // Nothing is expected from the host after `Registered`: a message ends
+            // the registration, and so does the end of the stream.
+            let host_ended = async { read_message(recv).await.ok() };
+            let draining = shared.draining();
+            tokio::pin!(host_ended, token_expired, draining);
+            loop {
+                tokio::select! {
+                    message = &mut host_ended => break End::Host(message),
+                    () = &mut token_expired => break End::TokenExpired,
+                    () = &mut draining => break End::Draining,
+                    Some(dial) = async { match dials.as_mut() {
+                        Some(dials) => dials.recv().await,
+                        None => std::future::pending().await,
+                    } } => {
+                        let message = ControlMessage::Dial {
+                            session_id: dial.session_id,
+                            secret: dial.secret,
+                        };
+                        if write_control(send, &message).await.is_err() {
+                            break End::Host(None);
+                        }
+                    }
+                }
+            }
         };
         match end {
-            End::Host => {}
+            End::Host(None) => debug!("registration stream ended"),
+            End::Host(Some(message)) => {
+                debug!(
+                    kind = message.name(),
+                    "unexpected message on the registration stream"
+                );
+                let error = ControlMessage::error(
+                    ErrorCode::BadRequest,
+                    "nothing is expected after registration",
+                );
+                Box::pin(refuse(send, recv, &error)).await;
+            }
             End::TokenExpired => {
                 info!("registration token expired; ending the registration");
                 let error = ControlMessage::error(
@@ -100,7 +137,8 @@ pub(crate) async fn register_and_hold(
                 // credit cannot hold the drain (its stream is reset, and the
                 // registration ends all the same).
                 Box::pin(async {
-                    if write_control(send, &going_away).await.is_ok() && send.finish().is_ok() {
+                    if write_control(send, &going_away).await.is_ok() {
+                        send.finish();
                         // Delivered (acknowledged) before the registration ends: the
                         // drain waits for registrations to end before it closes
                         // connections.
@@ -122,6 +160,8 @@ struct Admitted {
     registration: u64,
     /// When its token expires (Unix seconds), on a relay that requires tokens.
     expires: Option<u64>,
+    /// On a stream transport: the sessions that wait for this host to `Dial`.
+    dials: Option<mpsc::Receiver<DialRequest>>,
     /// Its place under the per-address registration cap.
     _place: Held<IpKey>,
 }
@@ -156,7 +196,7 @@ async fn admit(
         // registering.
         let _ = shared
             .admission
-            .check_registration_rate(stream.connection.remote_address(), 1);
+            .check_registration_rate(stream.link.remote_address(), 1);
     }
     debug!(code = %refusal.code(), "registration refused");
     refuse(&mut stream.send, &mut stream.recv, &refusal.to_message()).await;
@@ -218,18 +258,15 @@ async fn exchange(
     shared: &RelayState,
 ) -> Result<Exchange, Refused> {
     let RoutedStream {
-        send,
-        recv,
-        connection,
-        ..
+        send, recv, link, ..
     } = stream;
     shared
         .admission
-        .check_registration_rate(connection.remote_address(), 1)
+        .check_registration_rate(link.remote_address(), 1)
         .map_err(Refused::Admission)?;
     let place = shared
         .admission
-        .hold_registration(connection.remote_address())
+        .hold_registration(link.remote_address())
         .map_err(Refused::Admission)?;
     let issuers = shared.config.token_issuers.as_ref();
     let (expect_proof, challenge) =
@@ -243,10 +280,7 @@ async fn exchange(
         Ok(Err(_)) => return Err(no_proof("an unreadable message")),
         Err(_) => return Err(no_proof("nothing in time")),
     };
-    let mut exporter = [0u8; EXPORTER_LEN];
-    connection
-        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .map_err(|_| Refused::NoKeyingMaterial)?;
+    let exporter = link.exporter().map_err(|_| Refused::NoKeyingMaterial)?;
     let admitted = expect_proof
         .handle(proof, &exporter, token_issuers::unix_now())
         .map_err(Refused::Registration)?;
@@ -302,12 +336,24 @@ async fn confirm(
         tier,
         expires,
     } = proved;
-    let host = Arc::new(Host::new(
-        stream.connection.clone(),
+    let mut host = Host::new(
+        stream.link.clone(),
         stream.permit.clone(),
         stream.window.clone(),
         tier,
-    ));
+    );
+    // A host on a stream transport gets its sessions by `Dial`, which this
+    // registration's task writes; a few may wait at once, each within its own
+    // host-stream deadline.
+    let dials = match stream.link {
+        Link::Quic(_) => None,
+        Link::Framed(_) => {
+            let (ask, dials) = mpsc::channel(DIALS_QUEUED);
+            host.dial = Some(ask);
+            Some(dials)
+        }
+    };
+    let host = Arc::new(host);
     let (registration, replaced) = shared.registry.insert(host_id, host);
     let confirmed = write_control(&mut stream.send, &ControlMessage::Registered).await;
     if confirmed.is_err() {
@@ -327,9 +373,9 @@ async fn confirm(
     if let Some(old) = replaced {
         Stats::bump(&shared.stats.registrations_replaced);
         info!("replacing an older registration of this host id");
-        old.host.connection.close(
-            codes::close::REPLACED.into(),
-            b"replaced by a newer registration of this host id",
+        old.host.link.close(
+            codes::close::REPLACED,
+            "replaced by a newer registration of this host id",
         );
     }
     stream
@@ -339,6 +385,7 @@ async fn confirm(
     Some(Admitted {
         registration,
         expires,
+        dials,
         _place: place,
     })
 }
@@ -347,6 +394,10 @@ async fn confirm(
 /// for a restarted relay on the same address to come up, short enough that hosts
 /// are back within seconds.
 const GOING_AWAY_RETRY_MS: u32 = 1000;
+
+/// Sessions that may wait at once for a stream-transport host's registration to
+/// write their `Dial`; more wait for room, within their host-stream deadline.
+const DIALS_QUEUED: usize = 16;
 
 /// How long a draining relay waits for a host to acknowledge `GoingAway`.
 const GOING_AWAY_DELIVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -368,24 +419,5 @@ impl Drop for Unregister<'_> {
             info!("host unregistered");
             self.shared.drain_progress.notify_waiters();
         }
-    }
-}
-
-/// Keeps the registration until the host ends the control stream or its connection.
-/// Nothing more is expected on the stream in this protocol version.
-async fn hold(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
-    match read_message(recv).await {
-        Ok(message) => {
-            debug!(
-                kind = message.name(),
-                "unexpected message on the registration stream"
-            );
-            let error = ControlMessage::error(
-                ErrorCode::BadRequest,
-                "nothing is expected after registration",
-            );
-            Box::pin(refuse(send, recv, &error)).await;
-        }
-        Err(err) => debug!(%err, "registration stream ended"),
     }
 }

@@ -21,6 +21,8 @@ use tokio::time::Instant;
 
 use crate::admission::ConnectionPermit;
 use crate::bucket::TokenBucket;
+use crate::dial::DialRequest;
+use crate::link::Link;
 use crate::tiers::Tier;
 use crate::transport::ReceiveWindow;
 
@@ -29,11 +31,14 @@ const SHED: u32 = u32::MAX;
 
 /// A registered host: its connection and its per-host limits.
 pub(crate) struct Host {
-    pub connection: quinn::Connection,
+    pub link: Link,
+    /// On a stream transport, where the relay cannot open a stream to the host: asks
+    /// the host's registration to send `Dial` for a session.
+    pub dial: Option<tokio::sync::mpsc::Sender<DialRequest>>,
     /// The connection's place in the relay's counts, given back when it is shed.
     permit: Arc<ConnectionPermit>,
-    /// The connection's receive window, opened while the host has sessions.
-    pub window: Arc<ReceiveWindow>,
+    /// The QUIC connection's receive window, opened while the host has sessions.
+    pub window: Option<Arc<ReceiveWindow>>,
     /// Caps the bytes all of this host's sessions send towards the host.
     pub player_to_host: Option<TokenBucket>,
     /// Caps the bytes all of this host's sessions send towards players.
@@ -72,14 +77,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Host {
     pub(crate) fn new(
-        connection: quinn::Connection,
+        link: Link,
         permit: Arc<ConnectionPermit>,
-        window: Arc<ReceiveWindow>,
+        window: Option<Arc<ReceiveWindow>>,
         tier: Arc<Tier>,
     ) -> Self {
         let bucket = || TokenBucket::new(tier.host_rate, tier.host_burst);
         Self {
-            connection,
+            link,
+            dial: None,
             permit,
             window,
             player_to_host: bucket(),
@@ -197,7 +203,7 @@ impl Registry {
     /// when a new registration fails before the host learned it succeeded, so the
     /// host it would have replaced stays reachable.
     pub(crate) fn restore(&self, host_id: HostId, registration: u64, old: Entry) {
-        if old.host.connection.close_reason().is_some() {
+        if old.host.link.is_closed() {
             // Its owner is gone and will not remove it again.
             self.remove(&host_id, registration);
             return;
@@ -223,7 +229,7 @@ impl Registry {
     /// vanished reads as offline even before its registration task has cleaned up.
     pub(crate) fn lookup(&self, host_id: &HostId) -> Option<Arc<Host>> {
         let entry = self.hosts.get(host_id)?;
-        if entry.host.connection.close_reason().is_none() {
+        if !entry.host.link.is_closed() {
             return Some(entry.host.clone());
         }
         let registration = entry.registration;
@@ -270,9 +276,9 @@ impl Registry {
                 continue;
             };
             entry.host.permit.release();
-            entry.host.connection.close(
-                codes::close::SHED.into(),
-                b"relay overloaded: idle registration shed, register again later",
+            entry.host.link.close(
+                codes::close::SHED,
+                "relay overloaded: idle registration shed, register again later",
             );
             break true;
         };
@@ -342,9 +348,9 @@ mod tests {
                 let host_id = HostId::from_bytes(bytes);
                 let window = ReceiveWindow::new(connection.clone(), &limits);
                 let host = Arc::new(Host::new(
-                    connection.clone(),
+                    Link::Quic(connection.clone()),
                     permit.clone(),
-                    window,
+                    Some(window),
                     tier.clone(),
                 ));
                 registry.insert(host_id, host);

@@ -5,16 +5,19 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::admission::ConnectionPermit;
+use crate::link::Link;
+use crate::session_stream::{StreamRecv, StreamSend};
 use crate::transport::ReceiveWindow;
 
 /// A stream whose first message has been read, and the connection it came on.
 pub(crate) struct RoutedStream {
-    pub send: quinn::SendStream,
-    pub recv: quinn::RecvStream,
-    pub connection: quinn::Connection,
+    pub send: StreamSend,
+    pub recv: StreamRecv,
+    pub link: Link,
     pub permit: Arc<ConnectionPermit>,
-    /// The connection's receive window, opened while it carries sessions.
-    pub window: Arc<ReceiveWindow>,
+    /// The QUIC connection's receive window, opened while it carries sessions; none
+    /// on a stream transport, where the kernel's socket buffers play that part.
+    pub window: Option<Arc<ReceiveWindow>>,
     /// Set while the connection is beyond `connections.max`: it may register, which
     /// sheds an idle registration and ends the probation, but not open sessions.
     pub probation: Arc<AtomicBool>,

@@ -2,7 +2,7 @@
 //! hands admitted ones to their task, and stops (abruptly, or by draining).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use blindrelay_protocol::codes;
@@ -11,10 +11,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::config::RelayConfig;
+use crate::config::{RelayConfig, TcpListen};
 use crate::limits::LimitsError;
 use crate::state::RelayState;
 use crate::stats::{self, StatsSnapshot};
+use crate::stream_listener::{self, TlsSettings};
 use crate::tls::{self, RelayCertificate, TlsError};
 use crate::transport::{self, TransportError};
 use crate::{admin, admission, connection, privacy};
@@ -23,7 +24,7 @@ use crate::{admin, admission, connection, privacy};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
-    /// The UDP socket could not be bound.
+    /// The UDP socket or the TCP listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address asked for.
@@ -61,6 +62,11 @@ pub struct Relay {
     /// The transport settings, kept for certificate reloads.
     transport: Arc<quinn::TransportConfig>,
     local_addr: SocketAddr,
+    /// The TLS-over-TCP listener's address, if it listens.
+    tcp_addr: Option<SocketAddr>,
+    /// The TLS settings new TCP connections get.
+    tcp_tls: TlsSettings,
+    tcp_task: Option<tokio::task::JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
     admin: Option<tokio::task::JoinHandle<()>>,
     shared: Arc<RelayState>,
@@ -76,7 +82,7 @@ impl Relay {
         let transport = transport::transport_config(&config.limits)?;
         let server_config =
             transport::server_config(tls::server_crypto(&config.certificate)?, transport.clone());
-        let socket = bind_udp(config.listen)?;
+        let (socket, tcp_listener) = bind_sockets(&config)?;
         let mut endpoint_config =
             quinn::EndpointConfig::new(Arc::new(config.certificate.stateless_reset_key()));
         // After a restart every peer of the old process meets a reset at its next
@@ -122,13 +128,28 @@ impl Relay {
             }
             None => (None, None),
         };
+        let tcp_tls: TlsSettings = Arc::new(RwLock::new(Arc::new(tls::server_tls(
+            &shared.config.certificate,
+        )?)));
+        let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tcp_task = tcp_listener.map(|listener| {
+            tokio::spawn(stream_listener::accept_loop(
+                listener,
+                tcp_tls.clone(),
+                shared.clone(),
+                shutdown_rx.clone(),
+            ))
+        });
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), shutdown_rx));
-        info!(addr = %local_addr, "relay listening");
+        info!(addr = %local_addr, tcp = ?tcp_addr, "relay listening");
         Ok(Self {
             url,
             endpoint,
             transport,
             local_addr,
+            tcp_addr,
+            tcp_tls,
+            tcp_task,
             admin_addr,
             admin,
             shared,
@@ -147,6 +168,11 @@ impl Relay {
         self.local_addr
     }
 
+    /// The TCP address the relay listens on for TLS over TCP, if it does.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
     /// Serves new connections with `certificate` from now on; connections already
     /// open keep theirs and are not touched. Returns the relay's URL under the new
     /// certificate, which differs when the URL pins the certificate (no public
@@ -157,10 +183,13 @@ impl Relay {
     ) -> Result<&RelayUrl, TlsError> {
         let server_config =
             transport::server_config(tls::server_crypto(&certificate)?, self.transport.clone());
+        let certificate_for_tcp = certificate.clone();
         let mut config = self.shared.config.clone();
         config.certificate = certificate;
         let url = config.url(self.local_addr)?;
+        let tcp_tls = Arc::new(tls::server_tls(&certificate_for_tcp)?);
         self.endpoint.set_server_config(Some(server_config));
+        *self.tcp_tls.write().unwrap_or_else(|p| p.into_inner()) = tcp_tls;
         if url != self.url {
             warn!(%url, "the new certificate changes the relay URL's pin");
         }
@@ -240,7 +269,13 @@ impl Relay {
     /// close, and stops.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+        let stopped = async {
+            let _ = (&mut self.task).await;
+            if let Some(tcp) = &mut self.tcp_task {
+                let _ = tcp.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), stopped)
             .await
             .is_err()
         {
@@ -255,6 +290,9 @@ impl Drop for Relay {
         // Every task of the relay is owned by this one: aborting it drops the endpoint
         // and the JoinSet of connection tasks, which aborts them in turn.
         self.task.abort();
+        if let Some(tcp) = &self.tcp_task {
+            tcp.abort();
+        }
         if let Some(admin) = &self.admin {
             admin.abort();
         }
@@ -347,6 +385,61 @@ fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, RelayError> {
     listener.set_nonblocking(true).map_err(admin_error)?;
     tokio::net::TcpListener::from_std(listener).map_err(admin_error)
 }
+
+/// Binds the UDP socket and, unless the configuration turns it off, the TCP
+/// listener. On the default (the same port number for both) with port 0, a free UDP
+/// port whose number is also free for TCP is searched for.
+fn bind_sockets(
+    config: &RelayConfig,
+) -> Result<(std::net::UdpSocket, Option<tokio::net::TcpListener>), RelayError> {
+    let tcp_addr = match config.tcp {
+        TcpListen::Off => return Ok((bind_udp(config.listen)?, None)),
+        TcpListen::At(addr) => {
+            let udp = bind_udp(config.listen)?;
+            return Ok((udp, Some(bind_tcp(addr)?)));
+        }
+        TcpListen::SamePort => config.listen,
+    };
+    let mut attempts = 0;
+    loop {
+        let udp = bind_udp(config.listen)?;
+        let port = udp
+            .local_addr()
+            .map_err(|source| RelayError::Bind {
+                addr: config.listen,
+                source,
+            })?
+            .port();
+        match bind_tcp(SocketAddr::new(tcp_addr.ip(), port)) {
+            Ok(tcp) => return Ok((udp, Some(tcp))),
+            // Another process holds that TCP port: try another free UDP port, when
+            // any port will do.
+            Err(_) if config.listen.port() == 0 && attempts < 20 => attempts += 1,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Binds the TLS-over-TCP listener.
+fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, RelayError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_error = |source| RelayError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(bind_error)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // A restarted relay binds again at once, whatever its old connections' state.
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(TCP_BACKLOG).map_err(bind_error)?;
+    tokio::net::TcpListener::from_std(socket.into()).map_err(bind_error)
+}
+
+/// Connections the kernel may hold for the relay to accept: enough for a burst of
+/// hosts coming back after a restart.
+const TCP_BACKLOG: i32 = 1024;
 
 /// Binds the UDP socket with large kernel buffers: QUIC at Gbit/s loses packets to
 /// the default ~208 KiB receive buffer, and every loss costs a congestion back-off.

@@ -27,9 +27,11 @@ use tracing::{debug, info_span, Instrument};
 use crate::admission::{self, SessionPermit, SessionPlaces};
 use crate::bucket::TokenBucket;
 use crate::control_stream::{refuse, write_control};
-use crate::registry::HostSession;
+use crate::dial::HostStream;
+use crate::link::{Link, TransportKind};
+use crate::registry::{Host, HostSession};
 use crate::routed_stream::RoutedStream;
-use crate::session_stream::Prefixed;
+use crate::session_stream::{Prefixed, SessionSend, StreamRecv, StreamSend};
 use crate::splice::{self, Meters, SpliceLimits};
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
@@ -47,16 +49,21 @@ pub(crate) async fn pair_and_splice(
 ) {
     let started = tokio::time::Instant::now();
     let session_id = shared.new_session_id();
-    let span = info_span!("session", id = session_id, host = %crate::privacy::host_tag(&host_id));
+    let span = info_span!(
+        "session",
+        id = session_id,
+        host = %crate::privacy::host_tag(&host_id),
+        player_transport = stream.link.kind().name(),
+    );
     async move {
         let RoutedStream {
             mut send,
             mut recv,
-            connection,
+            link,
             window,
             ..
         } = stream;
-        let player = connection.remote_address();
+        let player = link.remote_address();
         let paired = pair(host_id, session_id, player, &mut recv, &shared).await;
         let paired = match paired {
             Ok(paired) => paired,
@@ -83,14 +90,20 @@ pub(crate) async fn pair_and_splice(
             limits: tier.announced(),
         };
         // Both connections may now receive at full speed (see `transport`).
-        let _player_window = window.open_session();
+        let _player_window = window.map(|window| window.open_session());
         if write_control(&mut send, &connected).await.is_err() {
             let mut host_send = host_send;
-            let _ = host_send.reset(codes::stream::PEER_GONE.into());
+            host_send.reset(codes::stream::PEER_GONE);
             return;
         }
 
         Stats::bump(&shared.stats.sessions_opened);
+        if link.kind() == TransportKind::Tcp {
+            Stats::bump(&shared.stats.sessions_player_tcp);
+        }
+        if host_session.host().link.kind() == TransportKind::Tcp {
+            Stats::bump(&shared.stats.sessions_host_tcp);
+        }
         shared.stats.pairing.record(started.elapsed());
         let _active = Active::start(&shared);
         debug!("session spliced");
@@ -136,13 +149,13 @@ pub(crate) async fn pair_and_splice(
 /// A session paired with its host, and everything it holds while it runs.
 struct Paired {
     host_session: HostSession,
-    host_send: quinn::SendStream,
-    host_recv: quinn::RecvStream,
+    host_send: StreamSend,
+    host_recv: StreamRecv,
     /// The player's Noise hello, with its length prefix, for the host.
     hello: Bytes,
     _places: SessionPlaces,
     _buffers: SessionPermit,
-    host_window: WindowGrant,
+    host_window: Option<WindowGrant>,
 }
 
 /// Why a session was refused: the counter it bumps and the message the player gets.
@@ -178,7 +191,7 @@ async fn pair(
     host_id: HostId,
     session_id: u64,
     player: SocketAddr,
-    recv: &mut quinn::RecvStream,
+    recv: &mut StreamRecv,
     shared: &RelayState,
 ) -> Result<Paired, Refused> {
     let rate_limited = |refusal| Refused::admission(SessionRefused::RateLimited, refusal);
@@ -223,18 +236,18 @@ async fn pair(
         )
     };
     let deadline = shared.config.limits.sessions.open_host_stream_timeout.0;
-    let opened = tokio::time::timeout(deadline, host.connection.open_bi()).await;
-    let Ok(Ok((mut host_send, host_recv))) = opened else {
+    let opened = tokio::time::timeout(deadline, open_host_stream(&host, session_id, shared)).await;
+    let Ok(Some((mut host_send, host_recv))) = opened else {
         return Err(unreachable("host did not accept the session"));
     };
     // The host's connection receives at full speed while it has a session.
-    let host_window = host.window.open_session();
+    let host_window = host.window.as_ref().map(|window| window.open_session());
     let incoming = ControlMessage::Incoming {
         session_id,
         limits: host.tier.announced(),
     };
     if write_control(&mut host_send, &incoming).await.is_err() {
-        let _ = host_send.reset(codes::stream::PEER_GONE.into());
+        host_send.reset(codes::stream::PEER_GONE);
         return Err(unreachable("host went away"));
     }
     Ok(Paired {
@@ -248,9 +261,27 @@ async fn pair(
     })
 }
 
+/// A new stream to the host for a session: on QUIC, opened on the host's connection;
+/// on a stream transport, the connection the host opens when its registration tells
+/// it to (`Dial`, see [`crate::dial`]). The caller holds the deadline.
+async fn open_host_stream(host: &Host, session_id: u64, shared: &RelayState) -> Option<HostStream> {
+    match &host.link {
+        Link::Quic(connection) => {
+            let (send, recv) = connection.open_bi().await.ok()?;
+            Some((StreamSend::Quic(send), StreamRecv::Quic(recv)))
+        }
+        Link::Framed(_) => {
+            let ask = host.dial.as_ref()?;
+            let (dial, mut waiting) = shared.dials.expect(session_id);
+            ask.send(dial).await.ok()?;
+            waiting.arrival().await
+        }
+    }
+}
+
 /// Reads the player's Noise hello (one length-prefixed Noise message) within
 /// [`HELLO_TIMEOUT`], prefix included; `None` if it does not come whole in time.
-async fn read_hello(recv: &mut quinn::RecvStream) -> Option<Bytes> {
+async fn read_hello(recv: &mut StreamRecv) -> Option<Bytes> {
     let read = async {
         let mut prefix = [0u8; 2];
         recv.read_exact(&mut prefix).await.ok()?;

@@ -107,6 +107,109 @@ impl SessionSend for quinn::SendStream {
     }
 }
 
+/// A session or control stream's receiving half, on any transport.
+pub(crate) enum StreamRecv {
+    Quic(quinn::RecvStream),
+    Framed(blindrelay_transport::FramedRecv),
+}
+
+/// A session or control stream's sending half, on any transport.
+pub(crate) enum StreamSend {
+    Quic(quinn::SendStream),
+    Framed(blindrelay_transport::FramedSend),
+}
+
+impl StreamRecv {
+    /// Fills `out` exactly; the stream ending first is [`RecvEnd::Gone`].
+    pub(crate) async fn read_exact(&mut self, out: &mut [u8]) -> Result<(), RecvEnd> {
+        match self {
+            Self::Quic(recv) => recv.read_exact(out).await.map_err(|err| match err {
+                quinn::ReadExactError::ReadError(ReadError::Reset(code)) => {
+                    RecvEnd::Reset(varint_code(code))
+                }
+                _ => RecvEnd::Gone,
+            }),
+            Self::Framed(recv) => recv.read_exact(out).await.map_err(framed_recv_end),
+        }
+    }
+}
+
+impl StreamSend {
+    /// Writes all of `bytes`, waiting for flow-control credit as long as it takes
+    /// (callers put a deadline around it).
+    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> Result<(), SendEnd> {
+        match self {
+            Self::Quic(send) => send.write_all(bytes).await.map_err(|err| match err {
+                WriteError::Stopped(code) => SendEnd::Stopped(varint_code(code)),
+                _ => SendEnd::Gone,
+            }),
+            Self::Framed(send) => send.write_all(bytes).await.map_err(framed_send_end),
+        }
+    }
+}
+
+fn framed_recv_end(err: blindrelay_transport::RecvError) -> RecvEnd {
+    match err {
+        blindrelay_transport::RecvError::Reset(code) => RecvEnd::Reset(code),
+        blindrelay_transport::RecvError::Connection(_) => RecvEnd::Gone,
+    }
+}
+
+fn framed_send_end(err: blindrelay_transport::SendError) -> SendEnd {
+    match err {
+        blindrelay_transport::SendError::Stopped(code) => SendEnd::Stopped(code),
+        _ => SendEnd::Gone,
+    }
+}
+
+impl SessionRecv for StreamRecv {
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, RecvEnd> {
+        match self {
+            Self::Quic(recv) => SessionRecv::read_chunk(recv, max).await,
+            Self::Framed(recv) => recv.read_chunk(max).await.map_err(framed_recv_end),
+        }
+    }
+
+    fn stop(&mut self, code: StreamCode) {
+        match self {
+            Self::Quic(recv) => SessionRecv::stop(recv, code),
+            Self::Framed(recv) => recv.stop(code),
+        }
+    }
+}
+
+impl SessionSend for StreamSend {
+    async fn write_some(&mut self, bytes: &mut Bytes) -> Result<usize, SendEnd> {
+        match self {
+            Self::Quic(send) => SessionSend::write_some(send, bytes).await,
+            Self::Framed(send) => send.write_some(bytes).await.map_err(framed_send_end),
+        }
+    }
+
+    fn stopped(&self) -> impl Future<Output = Option<StreamCode>> + Send + 'static {
+        let stopped: std::pin::Pin<Box<dyn Future<Output = Option<StreamCode>> + Send>> = match self
+        {
+            Self::Quic(send) => Box::pin(SessionSend::stopped(send)),
+            Self::Framed(send) => Box::pin(send.stopped()),
+        };
+        stopped
+    }
+
+    fn finish(&mut self) {
+        match self {
+            Self::Quic(send) => SessionSend::finish(send),
+            Self::Framed(send) => send.finish(),
+        }
+    }
+
+    fn reset(&mut self, code: StreamCode) {
+        match self {
+            Self::Quic(send) => SessionSend::reset(send, code),
+            Self::Framed(send) => send.reset(code),
+        }
+    }
+}
+
 /// A receiving half with bytes the relay already read from it in front: the
 /// player's Noise hello, which the relay reads before it pairs the session, goes to
 /// the host first, through the splice like every other byte.

@@ -12,6 +12,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::admission::Admission;
 use crate::config::RelayConfig;
+use crate::dial::PendingDials;
 use crate::registry::Registry;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::tiers::{Tiers, TiersError};
@@ -23,6 +24,8 @@ pub(crate) struct RelayState {
     pub admission: Arc<Admission>,
     pub tiers: Tiers,
     pub stats: Stats,
+    /// Sessions waiting for a stream-transport host's connection.
+    pub dials: Arc<PendingDials>,
     /// True once the relay has begun to drain: no new connections or registrations,
     /// running sessions go on.
     draining: watch::Sender<bool>,
@@ -44,6 +47,7 @@ impl RelayState {
             config,
             registry: Registry::default(),
             stats: Stats::default(),
+            dials: Arc::default(),
             draining: watch::channel(false).0,
             drain_progress: Notify::new(),
             #[cfg(feature = "splice-tap")]

@@ -14,6 +14,8 @@ use crate::admission::{Admission, Refusal};
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub connections_accepted: AtomicU64,
+    /// Of those, over TLS/TCP.
+    pub connections_accepted_tcp: AtomicU64,
     pub connections_rate_limited: AtomicU64,
     pub connections_over_address_cap: AtomicU64,
     pub connections_at_capacity: AtomicU64,
@@ -27,6 +29,10 @@ pub(crate) struct Stats {
     pub registrations_rate_limited: AtomicU64,
     pub registrations_replaced: AtomicU64,
     pub sessions_opened: AtomicU64,
+    /// Sessions opened whose player side came over TLS/TCP.
+    pub sessions_player_tcp: AtomicU64,
+    /// Sessions opened whose host side came over TLS/TCP.
+    pub sessions_host_tcp: AtomicU64,
     pub sessions_active: AtomicU64,
     pub sessions_refused_offline: AtomicU64,
     pub sessions_refused_unreachable: AtomicU64,
@@ -165,8 +171,10 @@ impl Stats {
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
-    /// QUIC connections that completed their handshake.
+    /// Connections that completed their handshake, every transport.
     pub connections_accepted: u64,
+    /// Of those, over TLS/TCP.
+    pub connections_accepted_tcp: u64,
     /// Connections open now (holding a place in the connection cap).
     pub connections_open: u64,
     /// TLS handshakes in progress now (counted against `connections.max_handshakes`,
@@ -201,6 +209,10 @@ pub struct StatsSnapshot {
     pub registrations_replaced: u64,
     /// Sessions spliced.
     pub sessions_opened: u64,
+    /// Of those, sessions whose player came over TLS/TCP.
+    pub sessions_player_tcp: u64,
+    /// Of those, sessions whose host side came over TLS/TCP.
+    pub sessions_host_tcp: u64,
     /// Sessions refused after a valid `Connect`, all reasons together.
     pub sessions_refused: u64,
     /// Refused: host offline.
@@ -269,6 +281,7 @@ impl Stats {
         ];
         StatsSnapshot {
             connections_accepted: get(&self.connections_accepted),
+            connections_accepted_tcp: get(&self.connections_accepted_tcp),
             connections_open: u64::from(admission.open_connections()),
             handshakes_in_progress: u64::from(admission.handshakes_in_flight()),
             connections_rate_limited: get(&self.connections_rate_limited),
@@ -285,6 +298,8 @@ impl Stats {
             registrations_rate_limited: get(&self.registrations_rate_limited),
             registrations_replaced: get(&self.registrations_replaced),
             sessions_opened: get(&self.sessions_opened),
+            sessions_player_tcp: get(&self.sessions_player_tcp),
+            sessions_host_tcp: get(&self.sessions_host_tcp),
             sessions_refused: refused.into_iter().map(get).sum(),
             sessions_refused_offline: get(&self.sessions_refused_offline),
             sessions_refused_unreachable: get(&self.sessions_refused_unreachable),

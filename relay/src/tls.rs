@@ -137,6 +137,15 @@ impl RelayCertificate {
 pub(crate) fn server_crypto(
     certificate: &RelayCertificate,
 ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, TlsError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(certificate)?)
+        .map_err(|err| TlsError::Config(err.to_string()))?;
+    Ok(Arc::new(crypto))
+}
+
+/// The TLS settings of both transports: TLS 1.3 only, ALPN `blindrelay/1` only, no
+/// early data, no client certificates. Over TCP these are the whole handshake; QUIC
+/// wraps them.
+pub(crate) fn server_tls(certificate: &RelayCertificate) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -146,7 +155,5 @@ pub(crate) fn server_crypto(
         .map_err(|err| TlsError::Config(err.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|err| TlsError::Config(err.to_string()))?;
-    Ok(Arc::new(crypto))
+    Ok(tls)
 }

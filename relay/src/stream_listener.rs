@@ -1,0 +1,269 @@
+//! The relay over TCP: TLS 1.3 with ALPN `blindrelay/1`, for hosts and players on
+//! networks that block or break UDP.
+//!
+//! A TCP connection carries one stream, framed as `blindrelay_transport` does it,
+//! and that stream is what a QUIC stream would be: its first message routes it to a
+//! registration (`Register`), a player's session (`Connect`), or a host's side of
+//! a session it was told to dial (`Accept`, see [`crate::dial`]). From there the
+//! registration, the session and the splice are the QUIC ones.
+//!
+//! Admission is the QUIC one too: per-address rate and count and the cap on
+//! handshakes in progress before the TLS handshake (a refused connection costs no
+//! crypto), the connection cap once it completes, and a deadline on each step: the
+//! TLS handshake, the first message, and every read and write after that.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use blindrelay_protocol::registration::{EXPORTER_LABEL, EXPORTER_LEN};
+use blindrelay_protocol::{codes, ControlMessage, ErrorCode, ALPN};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::admission::{self, ConnectionPermit, Place};
+use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
+use crate::link::{FramedLink, Link, TransportKind};
+use crate::privacy::redact;
+use crate::routed_stream::RoutedStream;
+use crate::session_stream::{StreamRecv, StreamSend};
+use crate::state::RelayState;
+use crate::stats::{SessionRefused, Stats};
+use crate::{registration, session};
+
+/// The TLS settings new TCP connections get; replaced when the certificate is.
+pub(crate) type TlsSettings = Arc<RwLock<Arc<rustls::ServerConfig>>>;
+
+/// How much a framed connection queues towards its peer before writes wait. The
+/// splice forwards one chunk at a time; this lets a few be on their way to the
+/// kernel while the next is read.
+const SEND_BUFFER: usize = 64 * 1024;
+
+/// Accepts TCP connections until `shutdown`, serving each in its own task.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: TlsSettings,
+    shared: Arc<RelayState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors, mostly: back off instead of spinning.
+                        warn!(%err, "cannot accept a TCP connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if shared.is_draining() {
+                    Stats::bump(&shared.stats.connections_refused_draining);
+                    continue;
+                }
+                match shared.admission.admit_connection(peer) {
+                    Ok(permit) => {
+                        let tls = tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+                        let shutdown = shutdown.clone();
+                        connections.spawn(handle(socket, peer, tls, permit, shared.clone(), shutdown));
+                    }
+                    Err(refusal) => {
+                        // Closed before the TLS handshake: a flood costs no crypto.
+                        shared.stats.connection_refused(refusal);
+                        debug!(peer = %redact(peer), ?refusal, "TCP connection refused");
+                    }
+                }
+            }
+            Some(result) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(err) = result {
+                    if err.is_panic() {
+                        warn!("a connection task panicked; other connections are unaffected");
+                    }
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Each connection task closes its connection with RELAY_SHUTDOWN when it sees
+    // the shutdown; give them a moment, then drop what is left.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
+}
+
+/// Serves one TCP connection: the TLS handshake, then its one stream.
+async fn handle(
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    permit: ConnectionPermit,
+    shared: Arc<RelayState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let span = info_span!("conn", peer = %redact(peer), transport = "tcp");
+    async move {
+        let started = tokio::time::Instant::now();
+        let _ = socket.set_nodelay(true);
+        let limits = &shared.config.limits.connections;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let stream =
+            match tokio::time::timeout(limits.handshake_timeout.0, acceptor.accept(socket)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    debug!(%err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    Stats::bump(&shared.stats.connections_handshake_timed_out);
+                    debug!("TLS handshake timed out");
+                    return;
+                }
+            };
+        let (_, tls_state) = stream.get_ref();
+        if tls_state.alpn_protocol() != Some(ALPN) {
+            // rustls refuses a client that offers other protocols only; one that
+            // offers none gets here.
+            debug!("TLS client offered no blindrelay ALPN");
+            return;
+        }
+        let mut exporter = [0u8; EXPORTER_LEN];
+        if tls_state
+            .export_keying_material(&mut exporter, EXPORTER_LABEL, Some(b""))
+            .is_err()
+        {
+            return;
+        }
+        shared.stats.handshake.record(started.elapsed());
+        Stats::bump(&shared.stats.connections_accepted);
+        Stats::bump(&shared.stats.connections_accepted_tcp);
+        let place = permit.establish();
+        let config = blindrelay_transport::Config {
+            idle_timeout: shared.config.limits.connections.idle_timeout.0,
+            keep_alive: None,
+            send_buffer: SEND_BUFFER,
+            write_timeout: shared.config.limits.connections.idle_timeout.0,
+        };
+        let (send, recv, connection) = blindrelay_transport::framed(stream, config);
+        if place == Place::Full {
+            Stats::bump(&shared.stats.connections_at_capacity);
+            connection.close(
+                codes::close::AT_CAPACITY,
+                "relay at capacity: try again later",
+            );
+            return;
+        }
+        let link = Arc::new(FramedLink {
+            connection: connection.clone(),
+            remote: peer,
+            exporter,
+            kind: TransportKind::Tcp,
+        });
+        let serve = serve_stream(
+            StreamSend::Framed(send),
+            StreamRecv::Framed(recv),
+            link,
+            Arc::new(permit),
+            place == Place::Probation,
+            shared.clone(),
+        );
+        tokio::select! {
+            () = serve => {}
+            _ = shutdown.wait_for(|stop| *stop) => {
+                connection.close(codes::close::RELAY_SHUTDOWN, "relay shutting down");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Routes the connection's one stream by its first message and serves it.
+async fn serve_stream(
+    send: StreamSend,
+    mut recv: StreamRecv,
+    link: Arc<FramedLink>,
+    permit: Arc<ConnectionPermit>,
+    on_probation: bool,
+    shared: Arc<RelayState>,
+) {
+    let first = tokio::time::timeout(
+        shared.config.limits.connections.first_message_timeout.0,
+        read_message(&mut recv),
+    );
+    let message = match first.await {
+        Ok(Ok(message)) => message,
+        Ok(Err(err)) => return Box::pin(refuse_stream(&shared, send, recv, err)).await,
+        Err(_) => {
+            let timeout = ReadMessageError::Timeout;
+            return Box::pin(refuse_stream(&shared, send, recv, timeout)).await;
+        }
+    };
+    let connection = link.connection.clone();
+    let routed = |send, recv| RoutedStream {
+        send,
+        recv,
+        link: Link::Framed(link),
+        permit: permit.clone(),
+        window: None,
+        probation: Arc::new(AtomicBool::new(on_probation)),
+        is_host: Arc::new(AtomicBool::new(false)),
+    };
+    let (mut send, mut recv, refusal) = match message {
+        ControlMessage::Register { host_id, token } => {
+            let stream = routed(send, recv);
+            return Box::pin(registration::register_and_hold(
+                host_id, token, stream, shared,
+            ))
+            .await;
+        }
+        ControlMessage::Connect { .. } if on_probation => {
+            shared.stats.session_refused(SessionRefused::AtCapacity);
+            let refusal = admission::Refusal::AtCapacity;
+            (
+                send,
+                recv,
+                ControlMessage::error(refusal.code(), refusal.reason()),
+            )
+        }
+        ControlMessage::Connect { host_id } => {
+            let stream = routed(send, recv);
+            return Box::pin(session::pair_and_splice(host_id, stream, shared)).await;
+        }
+        ControlMessage::Accept { session_id, secret } => {
+            match shared.dials.accept(session_id, &secret, (send, recv)) {
+                Ok(()) => {
+                    // The session owns the stream now; the connection keeps its place
+                    // in the counts (the permit, held here) until it ends.
+                    connection.closed().await;
+                    return;
+                }
+                Err((send, recv)) => {
+                    Stats::bump(&shared.stats.bad_requests);
+                    debug!("an Accept that no session waits for");
+                    let refusal = ControlMessage::error(
+                        ErrorCode::BadRequest,
+                        "no session waits for this Accept",
+                    );
+                    (send, recv, refusal)
+                }
+            }
+        }
+        other => {
+            Stats::bump(&shared.stats.bad_requests);
+            debug!(kind = other.name(), "unexpected first message");
+            let refusal = ControlMessage::error(
+                ErrorCode::BadRequest,
+                "a stream must start with Register, Connect or Accept",
+            );
+            (send, recv, refusal)
+        }
+    };
+    Box::pin(refuse(&mut send, &mut recv, &refusal)).await;
+}
