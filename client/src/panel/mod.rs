@@ -306,7 +306,8 @@ fn status_json(view: &HostView) -> Value {
     });
     json!({
         "host_id": view.host_id,
-        "relay_enabled": *view.relay_enabled.borrow(),
+        // A host without a relay has nothing to enable, whatever the flag says.
+        "relay_enabled": *view.relay_enabled.borrow() && view.relay.is_some(),
         "relay": view.relay.as_ref().map(relay_name),
         "state": state_code(&host_state),
         "status": relay_words(&host_state, view.relay.as_ref()),
