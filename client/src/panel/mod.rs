@@ -250,7 +250,7 @@ async fn guarded(State(state): State<Arc<PanelState>>, request: Request, next: N
         }
     });
     let mut response = match checked {
-        Ok(()) => next.run(request).await,
+        Ok(()) => json_refusals(next.run(request).await),
         Err(refusal) => PanelError::Refused(refusal).into_response(),
     };
     let headers = response.headers_mut();
@@ -264,6 +264,21 @@ async fn guarded(State(state): State<Arc<PanelState>>, request: Request, next: N
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// The answers axum itself gives (a wrong method, a body over the limit) in the
+/// API's JSON error form, so a client reads every refusal the same way.
+fn json_refusals(response: Response) -> Response {
+    let words = match response.status() {
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed: state changes are POST or DELETE",
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
+        _ => return response,
+    };
+    let mut json = (response.status(), Json(json!({ "error": words }))).into_response();
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    json
 }
 
 async fn page_html() -> impl IntoResponse {

@@ -289,8 +289,9 @@ async fn every_call_needs_the_token_and_the_panels_own_host_and_origin() {
     }
 
     // No state changes on GET, and the page needs no token but still its Host.
-    let (status, _) = host.call("GET", "/api/relay", None).await;
-    assert_eq!(status, 405);
+    let (status, error) = host.call("GET", "/api/relay", None).await;
+    assert_eq!(status, 405, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("POST"), "{error}");
     let (status, head, page) = host.raw("GET", "/", &[], None).await;
     assert_eq!(status, 200);
     assert!(page.contains("Enable Relay") && page.contains("/panel.js"));
@@ -426,16 +427,14 @@ async fn bad_bodies_and_keys_get_clear_errors_and_change_nothing() {
             json_kind,
             format!(r#"{{"key":"x","note":"{}"}}"#, "n".repeat(8000)),
             413,
-            "",
+            "too large",
         ),
     ] {
         let (status, _, text) = send(method, path, kind, body.clone()).await;
         assert_eq!(status, want, "{method} {path} {body:.60}: {text}");
         assert!(text.contains(says), "{method} {path}: {text}");
-        if status != 413 {
-            let error: Value = serde_json::from_str(&text).expect("a JSON error");
-            assert!(error["error"].is_string(), "{text}");
-        }
+        let error: Value = serde_json::from_str(&text).expect("a JSON error");
+        assert!(error["error"].is_string(), "{text}");
     }
     assert_eq!(std::fs::read_to_string(&players).unwrap(), "# my players\n");
 
@@ -493,6 +492,8 @@ async fn bad_bodies_and_keys_get_clear_errors_and_change_nothing() {
         ],
     );
     remote.wait_log("the panel listens beyond this machine");
+    // Up and handling Ctrl-C once it reports its state.
+    remote.wait_line("relay: disabled");
     remote.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
