@@ -517,6 +517,7 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
                 relay,
                 direct: agent.ticket().direct_addrs().to_vec(),
                 state: agent.watch_state(),
+                retry_at: agent.watch_retry(),
                 relay_enabled: relay_enabled_rx,
                 players,
                 sessions: sessions_open.clone(),

@@ -60,6 +60,8 @@ pub(crate) struct HostView {
     pub(crate) direct: Vec<SocketAddr>,
     /// The agent's state.
     pub(crate) state: watch::Receiver<HostState>,
+    /// When the agent tries its relay again, while it waits to.
+    pub(crate) retry_at: watch::Receiver<Option<std::time::Instant>>,
     /// Enable Relay as the host's loop last switched it.
     pub(crate) relay_enabled: watch::Receiver<bool>,
     /// The authorized players file, if the host has one.
@@ -325,7 +327,7 @@ fn status_json(view: &HostView) -> Value {
         "relay_enabled": *view.relay_enabled.borrow() && view.relay.is_some(),
         "relay": view.relay.as_ref().map(relay_name),
         "state": state_code(&host_state),
-        "status": relay_words(&host_state, view.relay.as_ref()),
+        "status": relay_words(&host_state, view.relay.as_ref(), retry_in(view)),
         "direct": view.direct.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "direct_status": direct,
         "ticket": view.ticket,
@@ -335,6 +337,12 @@ fn status_json(view: &HostView) -> Value {
         },
         "sessions": view.sessions.snapshot(),
     })
+}
+
+/// How long until the agent tries its relay again, if it is waiting to.
+fn retry_in(view: &HostView) -> Option<std::time::Duration> {
+    let at = (*view.retry_at.borrow())?;
+    Some(at.saturating_duration_since(std::time::Instant::now()))
 }
 
 /// A relay as the panel names it: host and port (the pin is for machines).
@@ -360,7 +368,11 @@ fn state_code(state: &HostState) -> &'static str {
 }
 
 /// Where the host stands with its relay, in the owner's words.
-fn relay_words(state: &HostState, relay: Option<&RelayUrl>) -> String {
+fn relay_words(
+    state: &HostState,
+    relay: Option<&RelayUrl>,
+    retry_in: Option<std::time::Duration>,
+) -> String {
     let Some(relay) = relay else {
         return "no relay: reachable only directly".to_owned();
     };
@@ -368,6 +380,11 @@ fn relay_words(state: &HostState, relay: Option<&RelayUrl>) -> String {
     match state {
         HostState::Registered => format!("reachable through relay {relay} over QUIC"),
         HostState::Disabled => "relay disabled".to_owned(),
+        HostState::Connecting { .. } if retry_in.is_some() => {
+            // Rounded up: "retrying in 0 s" would read as stuck.
+            let secs = retry_in.map_or(0, |left| left.as_millis().div_ceil(1000));
+            format!("relay {relay} unreachable: retrying in {secs} s")
+        }
         HostState::Connecting { attempt: 1 } => format!("connecting to relay {relay}"),
         HostState::Connecting { attempt } => {
             format!("relay {relay} unreachable: retrying (attempt {attempt})")
@@ -526,15 +543,15 @@ mod tests {
     fn states_read_as_the_owner_says_them() {
         let relay: RelayUrl = "blindrelay://relay.example:4433".parse().expect("url");
         assert_eq!(
-            relay_words(&HostState::Registered, Some(&relay)),
+            relay_words(&HostState::Registered, Some(&relay), None),
             "reachable through relay relay.example:4433 over QUIC"
         );
         assert_eq!(
-            relay_words(&HostState::Disabled, Some(&relay)),
+            relay_words(&HostState::Disabled, Some(&relay), None),
             "relay disabled"
         );
         assert_eq!(
-            relay_words(&HostState::Connecting { attempt: 3 }, Some(&relay)),
+            relay_words(&HostState::Connecting { attempt: 3 }, Some(&relay), None),
             "relay relay.example:4433 unreachable: retrying (attempt 3)"
         );
         assert_eq!(
@@ -543,12 +560,21 @@ mod tests {
                     code: blindrelay_protocol::ErrorCode::TokenExpired,
                     reason: String::new()
                 },
-                Some(&relay)
+                Some(&relay),
+                None
             ),
             "registration refused: token expired"
         );
         assert_eq!(
-            relay_words(&HostState::Disabled, None),
+            relay_words(
+                &HostState::Connecting { attempt: 2 },
+                Some(&relay),
+                Some(std::time::Duration::from_millis(7200))
+            ),
+            "relay relay.example:4433 unreachable: retrying in 8 s"
+        );
+        assert_eq!(
+            relay_words(&HostState::Disabled, None, None),
             "no relay: reachable only directly"
         );
     }

@@ -731,3 +731,35 @@ async fn players_added_in_the_panel_are_served_at_once_and_everything_survives_a
     host.proc.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_is_gone_reads_as_unreachable_with_the_time_to_the_next_try() {
+    let bin = binaries();
+    let dir = temp_dir("gone");
+    let key = dir.join("host.key");
+    keygen(&bin, &key, "host");
+    let service = echo_service().await;
+    // A relay's URL, pin and all, with nobody listening behind it any more.
+    let relay = start_relay();
+    let url = relay.url().to_string();
+    drop(relay);
+    let host = PanelHost::start(&bin, &key, service, &["--relay", &url]);
+    let status = host
+        .wait_status("the relay unreachable", |s| {
+            s["status"]
+                .as_str()
+                .is_some_and(|words| words.contains("unreachable: retrying in "))
+        })
+        .await;
+    let words = status["status"].as_str().unwrap();
+    let secs: u64 = words
+        .rsplit("retrying in ")
+        .next()
+        .and_then(|rest| rest.strip_suffix(" s"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a number of seconds in {words:?}"));
+    assert!((1..=30).contains(&secs), "{words}");
+    assert_eq!(status["state"], "connecting");
+    host.proc.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}
