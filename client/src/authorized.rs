@@ -139,6 +139,22 @@ impl AuthorizedPlayers {
         }
         state.keys.contains(player)
     }
+
+    /// Reads the file again now, whatever its modification time says, and returns
+    /// how many players it lists: for a writer in this process (the host's panel)
+    /// that wants its change in force before the next handshake. An unreadable or
+    /// invalid file is an error and keeps the list in force.
+    pub fn reload(&self) -> Result<usize, AuthorizedPlayersError> {
+        // The stamp first: a change after it is seen at the next check.
+        let now = stamp(&self.path);
+        let keys = read(&self.path)?;
+        let count = keys.len();
+        if let Ok(mut state) = self.state.lock() {
+            state.stamp = now;
+            state.keys = keys;
+        }
+        Ok(count)
+    }
 }
 
 /// How the player CLI labels a player key on stdout.

@@ -4,6 +4,8 @@
 //! Results that scripts read go to stdout as `name: value` lines; logs go to stderr
 //! (`RUST_LOG` filters them).
 
+mod panel;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +32,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start and taken apart at once: the size of the largest variant
+// costs nothing, and boxing it would only make the match noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Make an identity (an X25519 key): a host's, printing its host id, or a
@@ -53,7 +58,9 @@ enum Command {
     /// Run a host: be reachable through a relay and/or directly, and forward every
     /// session, decrypted, to a local TCP service.
     ///
-    /// On Unix, SIGUSR1 switches Enable Relay off on the running host and SIGUSR2
+    /// With --panel, the host owner switches Enable Relay, shares the ticket and
+    /// edits the authorized players from a local web page (or its JSON API). On
+    /// Unix, SIGUSR1 switches Enable Relay off on the running host and SIGUSR2
     /// switches it on again. The relay state is printed on stdout (`relay: ...`) and
     /// logged at every change.
     Host {
@@ -98,6 +105,20 @@ enum Command {
         /// `kill -USR1 "$(cat FILE)"`.
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// Serve the host owner's panel, a local web page and JSON API, on ADDR
+        /// (`--panel` alone: a free port on 127.0.0.1). Its link, with the access
+        /// token every call needs, is printed as `panel: http://.../#token=...`.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+        panel: Option<SocketAddr>,
+        /// Let --panel listen on an address other than loopback. The panel speaks
+        /// plain HTTP: anyone on that network who sees a request sees the token.
+        #[arg(long, requires = "panel")]
+        panel_allow_remote: bool,
+        /// Keep Enable Relay, as last switched by the panel or a signal, in FILE and
+        /// start with it (unless --no-relay). With --panel it defaults to the key
+        /// file's name followed by `.relay-state`.
+        #[arg(long, value_name = "FILE")]
+        relay_state: Option<PathBuf>,
     },
     /// Connect to a host as a player: every TCP connection to --listen becomes one
     /// end-to-end encrypted session to the host.
@@ -180,7 +201,20 @@ async fn main() -> Result<()> {
             token_file,
             authorized_players,
             pid_file,
+            panel,
+            panel_allow_remote,
+            relay_state,
         } => {
+            if let Some(addr) = panel {
+                check_panel_addr(addr, panel_allow_remote)?;
+            }
+            let relay_state = relay_state.or_else(|| {
+                panel.map(|_| {
+                    let mut path = key.clone().into_os_string();
+                    path.push(".relay-state");
+                    PathBuf::from(path)
+                })
+            });
             let key = read_key(&key)?;
             let has_relay = relay.is_some();
             let mut config = match (relay, direct) {
@@ -193,15 +227,35 @@ async fn main() -> Result<()> {
             config.direct = direct;
             config.advertise = advertise;
             config.enable_relay = !no_relay;
+            if let Some(path) = &relay_state {
+                let kept = panel::load_relay_state(path)?;
+                if let (Some(enabled), false) = (kept, no_relay) {
+                    info!(enabled, file = %path.display(), "Enable Relay as last switched");
+                    config.enable_relay = enabled;
+                }
+            }
             let token_watch = TokenWatch::open(token_file)?;
             config.token = token.or_else(|| token_watch.current().cloned());
+            let mut players = None;
             if let Some(path) = authorized_players {
                 let list = AuthorizedPlayers::open(&path)?;
                 info!(path = %path.display(), players = list.len(), "serving only authorized players");
+                players = Some(list.clone());
                 config.players = PlayerAuthorization::File(list);
             }
             let _pid_file = pid_file.map(PidFile::create).transpose()?;
-            host(config, forward, has_relay, token_watch).await
+            host(
+                config,
+                HostRun {
+                    forward,
+                    has_relay,
+                    token_watch,
+                    panel,
+                    relay_state,
+                    players,
+                },
+            )
+            .await
         }
         Command::Connect {
             ticket,
@@ -396,21 +450,85 @@ fn read_key(path: &Path) -> Result<SecretKey> {
     SecretKey::from_key_file(&text).with_context(|| format!("in key file {}", path.display()))
 }
 
-async fn host(
-    config: HostConfig,
+/// Refuses a panel address off loopback unless asked for, and warns when it is.
+fn check_panel_addr(addr: SocketAddr, allow_remote: bool) -> Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !allow_remote {
+        bail!(
+            "--panel {addr} is not a loopback address: the panel would be reachable from \
+             the network, over plain HTTP; use 127.0.0.1:PORT, or add --panel-allow-remote \
+             if you mean it"
+        );
+    }
+    warn!(
+        %addr,
+        "the panel listens beyond this machine, over plain HTTP: anyone who can watch \
+         that network can read its access token; prefer 127.0.0.1 and an SSH tunnel"
+    );
+    Ok(())
+}
+
+/// How `blindrelay host` runs, beside the agent's own config.
+struct HostRun {
+    /// The local service sessions are forwarded to.
     forward: String,
+    /// Whether a relay was given at all.
     has_relay: bool,
-    mut token_watch: TokenWatch,
-) -> Result<()> {
+    /// The registration token file.
+    token_watch: TokenWatch,
+    /// Where to serve the panel, if anywhere.
+    panel: Option<SocketAddr>,
+    /// Where Enable Relay is kept across restarts, if anywhere.
+    relay_state: Option<PathBuf>,
+    /// The authorized players file, if the host has one.
+    players: Option<AuthorizedPlayers>,
+}
+
+async fn host(config: HostConfig, run: HostRun) -> Result<()> {
+    let HostRun {
+        forward,
+        has_relay,
+        mut token_watch,
+        panel: panel_addr,
+        relay_state,
+        players,
+    } = run;
     let forward: std::sync::Arc<str> = forward.into();
     check_service(&forward).await;
     let token = config.token.clone();
+    let relay = config.relay.clone();
     let mut agent = HostAgent::start(config)?;
     println!("host id: {}", agent.host_id());
     println!("ticket: {}", agent.ticket());
     if let Some(direct) = agent.direct_addr() {
         println!("direct: {direct}");
     }
+    let sessions_open = panel::SessionTable::default();
+    let (relay_enabled, relay_enabled_rx) = tokio::sync::watch::channel(agent.relay_enabled());
+    // Without a panel the sender stays here, so the loop's receiver just waits.
+    let (panel_tx, mut panel_commands) = tokio::sync::mpsc::channel(8);
+    let _panel = match panel_addr {
+        Some(addr) => {
+            let view = panel::HostView {
+                host_id: agent.host_id().to_string(),
+                ticket: agent.ticket().to_string(),
+                relay,
+                direct: agent.ticket().direct_addrs().to_vec(),
+                state: agent.watch_state(),
+                retry_at: agent.watch_retry(),
+                relay_enabled: relay_enabled_rx,
+                players,
+                sessions: sessions_open.clone(),
+                commands: panel_tx.clone(),
+            };
+            let panel = panel::Panel::start(addr, view).await?;
+            println!("panel: {}", panel.url());
+            Some(panel)
+        }
+        None => None,
+    };
     if let Some(token) = &token {
         token_watch.announce(token);
     }
@@ -447,7 +565,8 @@ async fn host(
                 Some(session) => {
                     let local_id = next_local_id();
                     info!(local_id, session = relay_session(&session), path = %session.path(), player = %session.peer().short(), "session open");
-                    sessions.spawn(forward_to_service(session, forward.clone(), local_id));
+                    let open = sessions_open.open(local_id, path_name(&session), session.peer().short());
+                    sessions.spawn(forward_to_service(session, forward.clone(), open, local_id));
                 }
                 None => break agent.state(),
             },
@@ -458,14 +577,15 @@ async fn host(
             }
             enable = switch.next() => {
                 info!(enable, "Enable Relay switched by signal");
-                if enable && !has_relay {
-                    warn!(
-                        "this host was started without --relay: there is no relay to \
-                         enable; restart it with --relay URL to be reachable through one"
-                    );
-                }
-                agent.set_relay_enabled(enable);
+                switch_relay(&agent, enable, has_relay, relay_state.as_deref(), &relay_enabled);
             }
+            Some(command) = panel_commands.recv() => match command {
+                panel::PanelCommand::SetRelay { enabled, done } => {
+                    info!(enable = enabled, "Enable Relay switched from the panel");
+                    switch_relay(&agent, enabled, has_relay, relay_state.as_deref(), &relay_enabled);
+                    let _ = done.send(());
+                }
+            },
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = token_poll.tick() => {
                 if let Some(token) = token_watch.check() {
@@ -490,12 +610,38 @@ async fn host(
     }
 }
 
+/// Switches Enable Relay, whoever asked (a signal or the panel): one path, so the
+/// two cannot disagree. The new state is kept in `relay_state`, if given, and shown
+/// to the panel through `shown`.
+fn switch_relay(
+    agent: &HostAgent,
+    enable: bool,
+    has_relay: bool,
+    relay_state: Option<&Path>,
+    shown: &tokio::sync::watch::Sender<bool>,
+) {
+    if enable && !has_relay {
+        warn!(
+            "this host was started without --relay: there is no relay to \
+             enable; restart it with --relay URL to be reachable through one"
+        );
+    }
+    agent.set_relay_enabled(enable);
+    shown.send_replace(agent.relay_enabled());
+    if let Some(path) = relay_state {
+        if let Err(err) = panel::save_relay_state(path, enable) {
+            warn!(%err, file = %path.display(), "cannot keep Enable Relay for the next start");
+        }
+    }
+}
+
 async fn forward_to_service(
     mut session: SecureStream,
     service: std::sync::Arc<str>,
+    open: panel::OpenSession,
     local_id: u64,
 ) {
-    let mut tcp = match TcpStream::connect(&*service).await {
+    let tcp = match TcpStream::connect(&*service).await {
         Ok(tcp) => tcp,
         Err(err) => {
             warn!(local_id, %err, "cannot reach the local service");
@@ -503,7 +649,16 @@ async fn forward_to_service(
         }
     };
     let _ = tcp.set_nodelay(true);
+    let mut tcp = open.count(tcp);
     splice_tcp(local_id, &mut session, &mut tcp).await;
+}
+
+/// The path a session came by, as the panel names it.
+fn path_name(session: &SecureStream) -> &'static str {
+    match session.path() {
+        blindrelay_client::SessionPath::Relayed => "relayed",
+        _ => "direct",
+    }
 }
 
 /// Warns at start when the local service does not take a connection: every player

@@ -248,6 +248,7 @@ pub struct HostAgent {
     sessions: mpsc::Receiver<SecureStream>,
     enable_relay: watch::Sender<bool>,
     token: watch::Sender<Option<Token>>,
+    retry_at: watch::Receiver<Option<std::time::Instant>>,
     counters: Arc<HostCounters>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -286,6 +287,7 @@ impl HostAgent {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (enable_relay, enable_rx) = watch::channel(config.enable_relay);
         let (token, token_rx) = watch::channel(config.token.clone());
+        let (retry_tx, retry_at) = watch::channel(None);
         let counters = Arc::new(HostCounters::default());
         let config = Arc::new(config);
         let endpoints = match &listener {
@@ -301,6 +303,7 @@ impl HostAgent {
                 acceptor: SessionAcceptor::new(config, sessions_tx, counters.clone()),
                 enabled: enable_rx,
                 token: token_rx,
+                retry_at: retry_tx,
                 shutdown: shutdown_rx,
                 counters: counters.clone(),
             },
@@ -313,6 +316,7 @@ impl HostAgent {
             sessions,
             enable_relay,
             token,
+            retry_at,
             counters,
             shutdown,
             task,
@@ -365,6 +369,13 @@ impl HostAgent {
         self.token.send_replace(Some(token));
     }
 
+    /// When the agent tries its relay again, while it waits between attempts
+    /// ([`HostState::Connecting`] after a failure); `None` otherwise. For a status
+    /// line such as "retrying in 8 s".
+    pub fn watch_retry(&self) -> watch::Receiver<Option<std::time::Instant>> {
+        self.retry_at.clone()
+    }
+
     /// Whether Enable Relay is on.
     pub fn relay_enabled(&self) -> bool {
         *self.enable_relay.borrow()
@@ -403,6 +414,8 @@ struct AgentChannels {
     enabled: watch::Receiver<bool>,
     /// The registration token in use, replaced by [`HostAgent::set_token`].
     token: watch::Receiver<Option<Token>>,
+    /// When the relay side tries again, while it waits between attempts.
+    retry_at: watch::Sender<Option<std::time::Instant>>,
     shutdown: watch::Receiver<bool>,
     counters: Arc<HostCounters>,
 }

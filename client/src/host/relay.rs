@@ -229,11 +229,15 @@ pub(super) async fn run_relay(
         }
         let delay = backoff.next_delay();
         info!(?delay, "reconnecting to the relay");
+        control
+            .retry_at
+            .send_replace(Some(std::time::Instant::now() + delay));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = control.enabled.wait_for(|on| !*on) => {}
             _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
         }
+        control.retry_at.send_replace(None);
     }
 }
 

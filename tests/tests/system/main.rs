@@ -10,6 +10,7 @@ mod cli;
 mod direct;
 mod limits;
 mod operations;
+mod panel;
 mod privacy;
 mod recovery;
 mod registration;
