@@ -60,6 +60,21 @@ impl<K: Eq + Hash + Clone> ConnectionCache<K> {
         Ok(connection)
     }
 
+    /// The live connection to `key`, if there is one now (none while one is being
+    /// made).
+    pub(crate) fn live(&self, key: &K) -> Option<quinn::Connection> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)?
+            .clone();
+        let held = slot.try_lock().ok()?;
+        held.as_ref()
+            .filter(|connection| connection.close_reason().is_none())
+            .cloned()
+    }
+
     /// Takes every connection out of the cache. A connect still in flight keeps its
     /// slot and is not returned.
     pub(crate) fn drain(&self) -> Vec<quinn::Connection> {

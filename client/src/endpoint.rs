@@ -17,6 +17,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use blindrelay_protocol::registration::{EXPORTER_LABEL, EXPORTER_LEN};
 use blindrelay_protocol::{CertPin, RelayUrl, ALPN, DIRECT_ALPN};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -53,6 +54,10 @@ pub enum ConnectRelayError {
     /// The QUIC or TLS handshake failed (relay down, wrong pin, wrong protocol).
     #[error("relay connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    /// The TLS-over-TCP connection or its handshake failed (relay down, wrong pin,
+    /// a relay that does not speak the protocol).
+    #[error("relay connection over TCP failed: {0}")]
+    TlsHandshake(std::io::Error),
     /// The relay did not complete the handshake in time (down, or unreachable).
     #[error("relay unreachable: no handshake within {0:?}")]
     Timeout(std::time::Duration),
@@ -216,6 +221,71 @@ pub(crate) async fn connect_relay(
     }
 }
 
+/// A relay connection over TLS over TCP: its one stream, framed, and what the
+/// registration proof binds to.
+pub struct FramedRelayConnection {
+    /// The stream's sending half.
+    pub send: blindrelay_transport::FramedSend,
+    /// The stream's receiving half.
+    pub recv: blindrelay_transport::FramedRecv,
+    /// The connection, to close it or learn how it ended.
+    pub connection: blindrelay_transport::Connection,
+    /// The TLS exporter value for the registration proof (PROTOCOL.md section 8.2).
+    pub exporter: [u8; EXPORTER_LEN],
+}
+
+impl std::fmt::Debug for FramedRelayConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedRelayConnection")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a TLS-over-TCP connection to the relay at `url` (the URL's host and port,
+/// TCP), verified exactly as the QUIC one is, within [`RELAY_HANDSHAKE_TIMEOUT`].
+pub async fn connect_relay_tcp(
+    url: &RelayUrl,
+    config: blindrelay_transport::Config,
+) -> Result<FramedRelayConnection, ConnectRelayError> {
+    let tls = Arc::new(client_tls(relay_check(url), ALPN)?);
+    let connect = async {
+        let addr = resolve(url).await?;
+        let socket = tokio::net::TcpStream::connect(addr).await?;
+        // Control messages and Noise handshakes are small: send them at once.
+        let _ = socket.set_nodelay(true);
+        let name = ServerName::try_from(url.host().to_owned()).map_err(|_| {
+            ConnectRelayError::Tls(TlsSetupError::Rustls(rustls::Error::General(
+                "the relay URL's host is not a valid TLS server name".into(),
+            )))
+        })?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, socket)
+            .await
+            .map_err(ConnectRelayError::TlsHandshake)?;
+        let (_, state) = stream.get_ref();
+        if state.alpn_protocol() != Some(ALPN) {
+            return Err(ConnectRelayError::TlsHandshake(std::io::Error::other(
+                "the relay did not agree to the blindrelay protocol (ALPN)",
+            )));
+        }
+        let mut exporter = [0u8; EXPORTER_LEN];
+        state
+            .export_keying_material(&mut exporter, EXPORTER_LABEL, Some(b""))
+            .map_err(|err| ConnectRelayError::Tls(TlsSetupError::Rustls(err)))?;
+        let (send, recv, connection) = blindrelay_transport::framed(stream, config);
+        Ok(FramedRelayConnection {
+            send,
+            recv,
+            connection,
+            exporter,
+        })
+    };
+    match tokio::time::timeout(RELAY_HANDSHAKE_TIMEOUT, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectRelayError::Timeout(RELAY_HANDSHAKE_TIMEOUT)),
+    }
+}
+
 /// How long a connection to a relay may take to complete its handshake: several of
 /// QUIC's first retransmissions (1 s, then 2 s) on a lossy path, far more than a
 /// round trip to any relay.
@@ -283,6 +353,22 @@ fn client_config(
     alpn: &[u8],
     profile: ConnectionProfile,
 ) -> Result<quinn::ClientConfig, TlsSetupError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls(check, alpn)?)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(profile.keep_alive))
+        .max_idle_timeout(profile.idle_timeout.try_into().ok())
+        .max_concurrent_bidi_streams(profile.incoming_streams.into())
+        .max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// The TLS settings of every client connection, QUIC or TCP: TLS 1.3 only, one
+/// ALPN, the given certificate check.
+fn client_tls(check: ServerCheck, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -304,17 +390,15 @@ fn client_config(
         }
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    Ok(tls)
+}
 
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .keep_alive_interval(Some(profile.keep_alive))
-        .max_idle_timeout(profile.idle_timeout.try_into().ok())
-        .max_concurrent_bidi_streams(profile.incoming_streams.into())
-        .max_concurrent_uni_streams(0u32.into());
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+/// How a client checks the relay at `url`.
+fn relay_check(url: &RelayUrl) -> ServerCheck {
+    match url.pin() {
+        Some(pin) => ServerCheck::Pinned(*pin),
+        None => ServerCheck::WebPki,
+    }
 }
 
 /// The relay's client configuration for `url`.
@@ -322,11 +406,7 @@ fn relay_client_config(
     url: &RelayUrl,
     profile: ConnectionProfile,
 ) -> Result<quinn::ClientConfig, ConnectRelayError> {
-    let check = match url.pin() {
-        Some(pin) => ServerCheck::Pinned(*pin),
-        None => ServerCheck::WebPki,
-    };
-    Ok(client_config(check, ALPN, profile)?)
+    Ok(client_config(relay_check(url), ALPN, profile)?)
 }
 
 /// Trusts exactly one certificate, by its SHA-256 digest, whatever its name or

@@ -22,6 +22,7 @@ mod host;
 mod linger;
 mod player;
 mod stream;
+mod transports;
 mod wire;
 
 pub use authorized::{
@@ -32,17 +33,18 @@ pub use blindrelay_protocol::{
     HostId, PublicKey, RelayUrl, SecretKey, SessionLimits, Ticket, Token,
 };
 pub use endpoint::{
-    connect_relay_raw, connect_relay_raw_from, connect_relay_raw_with, relay_endpoint_raw,
-    ConnectRelayError, TlsSetupError,
+    connect_relay_raw, connect_relay_raw_from, connect_relay_raw_with, connect_relay_tcp,
+    relay_endpoint_raw, ConnectRelayError, FramedRelayConnection, TlsSetupError,
 };
 pub use host::{
     register_on, DirectListenError, HostAgent, HostConfig, HostState, HostStats, RegisterError,
     RegistrationStream, StartError,
 };
-pub use linger::{halves as quic_halves, QuicRecv, QuicSend, LINGER};
+pub use linger::{framed_halves, halves as quic_halves, StreamRecv, StreamSend, LINGER};
 pub use player::{
     ConnectError, DirectConnectError, PathPreference, Player, PlayerConfig, SetupStreamError,
     UnknownPathPreference,
 };
-pub use stream::{Abandon, SecureStream, SessionEnded, SessionPath};
+pub use stream::{Abandon, RelayTransport, SecureStream, SessionEnded, SessionPath};
+pub use transports::{TransportPreference, UnknownTransport, DEFAULT_TCP_DELAY, UDP_BROKEN_MEMORY};
 pub use wire::{read_control, WireError};

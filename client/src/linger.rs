@@ -1,5 +1,5 @@
-//! A session's QUIC stream halves, which let the session end before the connection
-//! goes.
+//! A session's stream halves, on QUIC or a stream transport, which let the session
+//! end before the connection goes.
 //!
 //! quinn closes a connection as soon as its last handle is dropped, and a closed
 //! connection's streams can no longer be read, even data the peer already received
@@ -13,6 +13,10 @@
 //! may go. A peer that sends more than a short tail (room for its own Noise end
 //! frame) is told to stop at once instead, as TCP resets a connection closed while
 //! data still arrives. The wait is bounded by [`LINGER`].
+//!
+//! A stream-transport connection (TLS over TCP) carries one stream and its writer
+//! delivers what was queued on its own, but its halves linger the same way, so the
+//! peer's end frame is read rather than refused with a stop.
 
 use std::io;
 use std::pin::Pin;
@@ -21,6 +25,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use blindrelay_protocol::StreamCode;
+use blindrelay_transport::{FramedRecv, FramedSend, RecvError, SendError};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::stream::SessionEnded;
@@ -32,14 +38,83 @@ pub const LINGER: Duration = Duration::from_secs(10);
 /// sending: room for its Noise end frame and a little more.
 const TAIL: usize = 256;
 
+/// A sending half on one of the transports.
+#[derive(Debug)]
+enum Send {
+    Quic(quinn::SendStream),
+    Framed(FramedSend),
+}
+
+/// A receiving half on one of the transports.
+#[derive(Debug)]
+enum Recv {
+    Quic(quinn::RecvStream),
+    Framed(FramedRecv),
+}
+
+impl Send {
+    fn finish(&mut self) {
+        match self {
+            Self::Quic(send) => {
+                let _ = send.finish();
+            }
+            Self::Framed(send) => send.finish(),
+        }
+    }
+
+    fn reset(&mut self, code: StreamCode) {
+        match self {
+            Self::Quic(send) => {
+                let _ = send.reset(code.into());
+            }
+            Self::Framed(send) => send.reset(code),
+        }
+    }
+
+    /// Waits until the peer has everything sent, or stopped the stream.
+    async fn delivered(&mut self) {
+        match self {
+            Self::Quic(send) => {
+                let _ = send.stopped().await;
+            }
+            Self::Framed(send) => {
+                send.stopped().await;
+            }
+        }
+    }
+}
+
+impl Recv {
+    fn stop(&mut self, code: StreamCode) {
+        match self {
+            Self::Quic(recv) => {
+                let _ = recv.stop(code.into());
+            }
+            Self::Framed(recv) => recv.stop(code),
+        }
+    }
+
+    /// Bytes of the tail, `None` once the peer's half is over.
+    async fn read_tail(&mut self, max: usize) -> Option<usize> {
+        match self {
+            Self::Quic(recv) => recv
+                .read_chunk(max, true)
+                .await
+                .ok()?
+                .map(|c| c.bytes.len()),
+            Self::Framed(recv) => recv.read_chunk(max).await.ok()?.map(|chunk| chunk.len()),
+        }
+    }
+}
+
 /// Where the first of a pair's halves to be dropped waits for the other.
 #[derive(Debug, Default)]
 struct Rendezvous(Mutex<Option<Parked>>);
 
 #[derive(Debug)]
 enum Parked {
-    Send(quinn::SendStream),
-    Recv(quinn::RecvStream),
+    Send(Send),
+    Recv(Recv),
 }
 
 impl Rendezvous {
@@ -59,14 +134,24 @@ impl Rendezvous {
 }
 
 /// Splits a session's QUIC stream into halves that linger together when dropped.
-pub fn halves(send: quinn::SendStream, recv: quinn::RecvStream) -> (QuicRecv, QuicSend) {
+pub fn halves(send: quinn::SendStream, recv: quinn::RecvStream) -> (StreamRecv, StreamSend) {
+    pair(Send::Quic(send), Recv::Quic(recv))
+}
+
+/// Splits a session's stream-transport stream into halves that linger together
+/// when dropped.
+pub fn framed_halves(send: FramedSend, recv: FramedRecv) -> (StreamRecv, StreamSend) {
+    pair(Send::Framed(send), Recv::Framed(recv))
+}
+
+fn pair(send: Send, recv: Recv) -> (StreamRecv, StreamSend) {
     let rendezvous = Arc::new(Rendezvous::default());
     (
-        QuicRecv {
+        StreamRecv {
             recv: Some(recv),
             rendezvous: rendezvous.clone(),
         },
-        QuicSend {
+        StreamSend {
             send: Some(send),
             rendezvous,
         },
@@ -77,86 +162,109 @@ pub fn halves(send: quinn::SendStream, recv: quinn::RecvStream) -> (QuicRecv, Qu
 /// acknowledge everything sent, for at most [`LINGER`]. If the peer sends more than
 /// a short tail instead (nobody is left to read it), it is told to stop at once, as a
 /// dropped stream would tell it, rather than sending on for nothing.
-fn linger(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    // Outside a runtime nothing could drive the wait: quinn's own drop finishes the
-    // stream, as it always did.
+fn linger(mut send: Send, mut recv: Recv) {
+    // Outside a runtime nothing could drive the wait: the transport's own drop
+    // finishes the stream, as it always did.
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
         // Already finished or reset is fine.
-        let _ = send.finish();
+        send.finish();
         let over = async {
             // The peer's own end may still be on its way (its Noise end frame, then
             // the stream's end): a short tail is read; more means it is still sending.
-            let mut tail = [0u8; TAIL];
             let mut read = 0;
-            while let Ok(Some(n)) = recv.read(&mut tail[read..]).await {
+            while let Some(n) = recv.read_tail(TAIL - read).await {
                 read += n;
-                if read == TAIL {
-                    let _ = recv.stop(0u32.into());
+                if read >= TAIL {
+                    recv.stop(StreamCode::from_u32(0));
                     break;
                 }
             }
-            let _ = send.stopped().await;
+            send.delivered().await;
         };
         let _ = tokio::time::timeout(LINGER, over).await;
     });
 }
 
-/// The sending half of a session's QUIC stream (see the module documentation).
+/// The sending half of a session's stream (see the module documentation).
 #[derive(Debug)]
-pub struct QuicSend {
+pub struct StreamSend {
     /// Taken only when dropped or reset.
-    send: Option<quinn::SendStream>,
+    send: Option<Send>,
     rendezvous: Arc<Rendezvous>,
 }
 
-impl QuicSend {
+impl StreamSend {
     /// Abandons the stream: the peer's read fails with `code`, and nothing lingers.
-    pub fn reset(mut self, code: quinn::VarInt) {
+    pub fn reset(mut self, code: StreamCode) {
         self.abandon_with(code);
     }
 
-    /// Like [`QuicSend::reset`], keeping the handle: later writes fail.
-    pub(crate) fn abandon_with(&mut self, code: quinn::VarInt) {
+    /// Like [`StreamSend::reset`], keeping the handle: later writes fail.
+    pub(crate) fn abandon_with(&mut self, code: StreamCode) {
         if let Some(mut send) = self.send.take() {
-            let _ = send.reset(code);
+            send.reset(code);
         }
     }
 
-    fn stream(&mut self) -> io::Result<&mut quinn::SendStream> {
+    fn stream(&mut self) -> io::Result<&mut Send> {
         self.send
             .as_mut()
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 }
 
-impl AsyncWrite for QuicSend {
+impl AsyncWrite for StreamSend {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        // quinn's own, typed poll: a stop code becomes a `SessionEnded` here, where
-        // its type is known, rather than being fished out of an `io::Error` later.
-        let stream = Pin::new(self.get_mut().stream()?);
-        quinn::SendStream::poll_write(stream, cx, buf).map_err(|err| match &err {
-            quinn::WriteError::Stopped(code) => ended_or(*code, err),
-            _ => io::Error::from(err),
-        })
+        // The transports' own, typed polls: a stop code becomes a `SessionEnded`
+        // here, where its type is known, rather than being fished out of an
+        // `io::Error` later.
+        match self.get_mut().stream()? {
+            Send::Quic(send) => {
+                quinn::SendStream::poll_write(Pin::new(send), cx, buf).map_err(|err| match &err {
+                    quinn::WriteError::Stopped(code) => ended_or(quic_code(*code), err),
+                    _ => io::Error::from(err),
+                })
+            }
+            Send::Framed(send) => {
+                let mut bytes = Bytes::copy_from_slice(
+                    &buf[..buf
+                        .len()
+                        .min(blindrelay_protocol::stream_frame::MAX_DATA_LEN)],
+                );
+                send.poll_write_bytes(cx, &mut bytes)
+                    .map_err(|err| match err {
+                        SendError::Stopped(code) => {
+                            ended_or(code, blindrelay_transport::framed::send_io_error(err))
+                        }
+                        other => blindrelay_transport::framed::send_io_error(other),
+                    })
+            }
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_flush(Pin::new(self.get_mut().stream()?), cx)
+        match self.get_mut().stream()? {
+            Send::Quic(send) => AsyncWrite::poll_flush(Pin::new(send), cx),
+            Send::Framed(send) => AsyncWrite::poll_flush(Pin::new(send), cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_shutdown(Pin::new(self.get_mut().stream()?), cx)
+        match self.get_mut().stream()? {
+            Send::Quic(send) => AsyncWrite::poll_shutdown(Pin::new(send), cx),
+            Send::Framed(send) => AsyncWrite::poll_shutdown(Pin::new(send), cx),
+        }
     }
 }
 
-impl Drop for QuicSend {
+impl Drop for StreamSend {
     fn drop(&mut self) {
         if let Some(send) = self.send.take() {
             self.rendezvous.leave(Parked::Send(send));
@@ -164,60 +272,79 @@ impl Drop for QuicSend {
     }
 }
 
-/// The receiving half of a session's QUIC stream (see the module documentation).
+/// The receiving half of a session's stream (see the module documentation).
 #[derive(Debug)]
-pub struct QuicRecv {
+pub struct StreamRecv {
     /// Taken only when dropped or stopped.
-    recv: Option<quinn::RecvStream>,
+    recv: Option<Recv>,
     rendezvous: Arc<Rendezvous>,
 }
 
-impl QuicRecv {
+impl StreamRecv {
     /// Abandons the stream: the peer's writes fail with `code`, and nothing lingers.
-    pub fn stop(mut self, code: quinn::VarInt) {
+    pub fn stop(mut self, code: StreamCode) {
         self.abandon_with(code);
     }
 
-    /// Like [`QuicRecv::stop`], keeping the handle: later reads fail.
-    pub(crate) fn abandon_with(&mut self, code: quinn::VarInt) {
+    /// Like [`StreamRecv::stop`], keeping the handle: later reads fail.
+    pub(crate) fn abandon_with(&mut self, code: StreamCode) {
         if let Some(mut recv) = self.recv.take() {
-            let _ = recv.stop(code);
+            recv.stop(code);
         }
     }
 }
 
-impl AsyncRead for QuicRecv {
+impl AsyncRead for StreamRecv {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut().recv.as_mut() {
-            // quinn's own, typed poll: see `QuicSend::poll_write`.
-            Some(recv) => recv.poll_read_buf(cx, buf).map_err(|err| match &err {
-                quinn::ReadError::Reset(code) => ended_or(*code, err),
+            // The transports' own, typed polls: see `StreamSend::poll_write`.
+            Some(Recv::Quic(recv)) => recv.poll_read_buf(cx, buf).map_err(|err| match &err {
+                quinn::ReadError::Reset(code) => ended_or(quic_code(*code), err),
                 _ => io::Error::from(err),
             }),
+            Some(Recv::Framed(recv)) => {
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                match std::task::ready!(recv.poll_read_chunk(cx, buf.remaining())) {
+                    Ok(Some(chunk)) => buf.put_slice(&chunk),
+                    Ok(None) => {}
+                    Err(RecvError::Reset(code)) => {
+                        let err =
+                            blindrelay_transport::framed::recv_io_error(RecvError::Reset(code));
+                        return Poll::Ready(Err(ended_or(code, err)));
+                    }
+                    Err(other) => {
+                        return Poll::Ready(Err(blindrelay_transport::framed::recv_io_error(other)))
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
             None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 }
 
+/// A QUIC code as the protocol's; codes beyond `u32` are nobody's and stay unknown.
+fn quic_code(code: quinn::VarInt) -> StreamCode {
+    StreamCode::from_u32(u32::try_from(code.into_inner()).unwrap_or(u32::MAX))
+}
+
 /// The error a read or write returns for a stream ended with `code`: a
 /// [`SessionEnded`] that says what happened when the code is one of the protocol's
-/// session ends, else quinn's own error.
-fn ended_or(code: quinn::VarInt, err: impl Into<io::Error>) -> io::Error {
-    let ended = u32::try_from(code.into_inner())
-        .ok()
-        .map(StreamCode::from_u32)
-        .and_then(SessionEnded::from_code);
-    match ended {
+/// session ends, else the transport's own error.
+fn ended_or(code: StreamCode, err: impl Into<io::Error>) -> io::Error {
+    match SessionEnded::from_code(code) {
         Some(ended) => io::Error::new(io::ErrorKind::ConnectionReset, ended),
         None => err.into(),
     }
 }
 
-impl Drop for QuicRecv {
+impl Drop for StreamRecv {
     fn drop(&mut self) {
         if let Some(recv) = self.recv.take() {
             self.rendezvous.leave(Parked::Recv(recv));
@@ -232,9 +359,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_session_end_code_reads_as_its_session_end_and_others_as_quinn_says() {
+    fn a_session_end_code_reads_as_its_session_end_and_others_as_the_transport_says() {
         let stalled = quinn::VarInt::from(codes::stream::STALLED.to_u32());
-        let err = ended_or(stalled, quinn::ReadError::Reset(stalled));
+        let err = ended_or(quic_code(stalled), quinn::ReadError::Reset(stalled));
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         assert_eq!(
             err.get_ref().and_then(|e| e.downcast_ref::<SessionEnded>()),
@@ -242,10 +369,25 @@ mod tests {
         );
         // A code of the application's own passes through as quinn's error.
         let own = quinn::VarInt::from_u32(0x4242);
-        let err = ended_or(own, quinn::ReadError::Reset(own));
+        let err = ended_or(quic_code(own), quinn::ReadError::Reset(own));
         assert!(err
             .get_ref()
             .and_then(|e| e.downcast_ref::<SessionEnded>())
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_framed_reset_reads_as_its_session_end() {
+        use tokio::io::AsyncReadExt;
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut a_send, _a_recv, _a) = blindrelay_transport::framed(a, Default::default());
+        let (b_send, b_recv, _b) = blindrelay_transport::framed(b, Default::default());
+        let (mut reader, _writer) = framed_halves(b_send, b_recv);
+        a_send.reset(codes::stream::BYTE_LIMIT);
+        let err = reader.read(&mut [0u8; 16]).await.expect_err("reset");
+        assert_eq!(
+            err.get_ref().and_then(|e| e.downcast_ref::<SessionEnded>()),
+            Some(&SessionEnded::ByteLimit)
+        );
     }
 }

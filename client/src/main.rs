@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use blindrelay_client::{
     AuthorizedPlayers, HostAgent, HostConfig, HostId, HostState, PathPreference, Player,
     PlayerAuthorization, PlayerConfig, RelayUrl, SecretKey, SecureStream, Ticket, Token,
+    TransportPreference,
 };
 use blindrelay_protocol::duration::parse_duration;
 use blindrelay_protocol::token::{Claims, IssuerSecretKey};
@@ -119,6 +120,10 @@ enum Command {
         /// file's name followed by `.relay-state`.
         #[arg(long, value_name = "FILE")]
         relay_state: Option<PathBuf>,
+        /// How to reach the relay: `auto` (QUIC, and TLS over TCP when UDP does not
+        /// get through), `quic` or `tcp`.
+        #[arg(long, default_value = "auto")]
+        transport: TransportPreference,
     },
     /// Connect to a host as a player: every TCP connection to --listen becomes one
     /// end-to-end encrypted session to the host.
@@ -139,6 +144,10 @@ enum Command {
         /// the race (such as 250ms or 1s).
         #[arg(long, default_value = "250ms", value_name = "DURATION", value_parser = parse_duration)]
         relay_delay: Duration,
+        /// How to reach the relay: `auto` (QUIC, and TLS over TCP when UDP does not
+        /// get through), `quic` or `tcp`.
+        #[arg(long, default_value = "auto")]
+        transport: TransportPreference,
     },
 }
 
@@ -204,6 +213,7 @@ async fn main() -> Result<()> {
             panel,
             panel_allow_remote,
             relay_state,
+            transport,
         } => {
             if let Some(addr) = panel {
                 check_panel_addr(addr, panel_allow_remote)?;
@@ -226,6 +236,7 @@ async fn main() -> Result<()> {
             };
             config.direct = direct;
             config.advertise = advertise;
+            config.transport = transport;
             config.enable_relay = !no_relay;
             if let Some(path) = &relay_state {
                 let kept = panel::load_relay_state(path)?;
@@ -263,6 +274,7 @@ async fn main() -> Result<()> {
             key,
             path,
             relay_delay,
+            transport,
         } => {
             let key = match key {
                 Some(path) => read_key(&path)?,
@@ -295,6 +307,7 @@ async fn main() -> Result<()> {
             }
             let mut config = PlayerConfig::new(key);
             config.path = path;
+            config.transport = transport;
             config.relay_delay = relay_delay;
             connect(ticket, listen, config).await
         }
@@ -518,6 +531,7 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
                 direct: agent.ticket().direct_addrs().to_vec(),
                 state: agent.watch_state(),
                 retry_at: agent.watch_retry(),
+                relay_transport: agent.watch_relay_transport(),
                 relay_enabled: relay_enabled_rx,
                 players,
                 sessions: sessions_open.clone(),
@@ -548,11 +562,16 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
         let now = state.borrow_and_update().clone();
         if shown.as_ref() != Some(&now) {
             // `relay: connecting (attempt 3)`, `relay: registered`, `relay: disabled`
+            // (scripts match these lines; the transport is in the log).
             println!("relay: {now}");
             shown = Some(now.clone());
             match &now {
                 HostState::Registered => {
-                    info!("relay state: registered; reachable through the relay")
+                    let transport = agent.relay_transport().map(|t| t.to_string());
+                    info!(
+                        transport,
+                        "relay state: registered; reachable through the relay"
+                    )
                 }
                 HostState::Connecting { attempt } => info!(attempt, "relay state: connecting"),
                 HostState::Disabled => info!("relay state: disabled; reachable only directly"),
@@ -564,7 +583,7 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
             session = agent.accept() => match session {
                 Some(session) => {
                     let local_id = next_local_id();
-                    info!(local_id, session = relay_session(&session), path = %session.path(), player = %session.peer().short(), "session open");
+                    info!(local_id, session = relay_session(&session), path = %session.route(), player = %session.peer().short(), "session open");
                     let open = sessions_open.open(local_id, path_name(&session), session.peer().short());
                     sessions.spawn(forward_to_service(session, forward.clone(), open, local_id));
                 }
@@ -885,7 +904,7 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
                 sessions.spawn(async move {
                     match player.connect(&ticket).await {
                         Ok(mut session) => {
-                            info!(local_id, session = relay_session(&session), path = %session.path(), "session open");
+                            info!(local_id, session = relay_session(&session), path = %session.route(), "session open");
                             splice_tcp(local_id, &mut session, &mut tcp).await
                         }
                         Err(err) => warn!(%err, "cannot open a session"),

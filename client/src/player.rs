@@ -36,11 +36,14 @@ use tracing::debug;
 
 use crate::connections::ConnectionCache;
 use crate::endpoint::{
-    connect_relay, direct_client_config, ConnectRelayError, ConnectionProfile, LocalEndpoints,
-    TlsSetupError, DIRECT_SERVER_NAME,
+    connect_relay, connect_relay_tcp, direct_client_config, ConnectRelayError, ConnectionProfile,
+    LocalEndpoints, TlsSetupError, DIRECT_SERVER_NAME,
 };
-use crate::stream::{SecureStream, SessionPath};
-use crate::wire::{read_control, WireError};
+use crate::linger::{StreamRecv, StreamSend};
+use crate::stream::{RelayTransport, SecureStream, SessionEnded, SessionPath};
+use crate::transports::{TransportPreference, UdpHealth};
+use crate::wire::{read_control, read_noise_message, WireError};
+use tokio::io::AsyncWriteExt;
 
 /// How long a player waits before giving up on a direct address, by default.
 const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,6 +117,11 @@ pub struct PlayerConfig {
     pub keep_alive: Duration,
     /// Idle timeout of relay and direct connections.
     pub idle_timeout: Duration,
+    /// Which transports reach the relay.
+    pub transport: TransportPreference,
+    /// In [`TransportPreference::Auto`], how long QUIC runs alone before TLS over
+    /// TCP joins the race.
+    pub tcp_delay: Duration,
 }
 
 impl PlayerConfig {
@@ -127,6 +135,8 @@ impl PlayerConfig {
             connect_timeout: Duration::from_secs(15),
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            transport: TransportPreference::Auto,
+            tcp_delay: crate::transports::DEFAULT_TCP_DELAY,
         }
     }
 }
@@ -200,10 +210,10 @@ pub enum SetupStreamError {
     Answer(#[from] WireError),
     /// A Noise message from the host could not be read.
     #[error("cannot read the host's handshake: {0}")]
-    Read(#[from] quinn::ReadExactError),
+    Read(WireError),
     /// The session stream could not be written to.
     #[error("cannot write to the session stream: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(std::io::Error),
 }
 
 /// Why a direct connection to a host could not be made.
@@ -251,6 +261,8 @@ struct Connector {
     endpoints: LocalEndpoints,
     relays: ConnectionCache<RelayUrl>,
     direct: ConnectionCache<SocketAddr>,
+    /// Relays UDP did not reach lately.
+    udp: UdpHealth,
 }
 
 /// Which path an attempt in the race took.
@@ -269,6 +281,7 @@ impl Player {
                 endpoints: LocalEndpoints::new(),
                 relays: ConnectionCache::new(),
                 direct: ConnectionCache::new(),
+                udp: UdpHealth::default(),
             }),
         }
     }
@@ -402,8 +415,8 @@ async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, Conn
     while let Some(joined) = attempts.join_next().await {
         if let Ok((_, Ok(stream))) = joined {
             let (recv, send) = stream.into_inner();
-            send.reset(codes::stream::CANCELLED.into());
-            recv.stop(codes::stream::CANCELLED.into());
+            send.reset(codes::stream::CANCELLED);
+            recv.stop(codes::stream::CANCELLED);
         }
     }
 }
@@ -413,31 +426,31 @@ async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, Conn
 /// finished, so the other end sees a cancelled session, not a truncated one; or with
 /// `PROTOCOL_VIOLATION` when the host's verdict broke the session protocol.
 struct PendingSession {
-    /// Some until [`PendingSession::finish`] hands the streams over.
-    streams: Option<(quinn::SendStream, quinn::RecvStream)>,
+    /// Some until [`PendingSession::finish`] hands the halves over.
+    halves: Option<(StreamSend, StreamRecv)>,
     code: StreamCode,
 }
 
 impl PendingSession {
-    fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+    fn new((recv, send): (StreamRecv, StreamSend)) -> Self {
         Self {
-            streams: Some((send, recv)),
+            halves: Some((send, recv)),
             code: codes::stream::CANCELLED,
         }
     }
 
-    fn streams(&mut self) -> (&mut quinn::SendStream, &mut quinn::RecvStream) {
-        // Only `finish` takes the streams out, and it consumes the guard.
+    fn streams(&mut self) -> (&mut StreamSend, &mut StreamRecv) {
+        // Only `finish` takes the halves out, and it consumes the guard.
         let (send, recv) = self
-            .streams
+            .halves
             .as_mut()
             .expect("a pending session's streams are there until it finishes");
         (send, recv)
     }
 
-    /// The set-up succeeded: hand the streams over.
-    fn finish(mut self) -> (quinn::SendStream, quinn::RecvStream) {
-        self.streams
+    /// The set-up succeeded: hand the halves over.
+    fn finish(mut self) -> (StreamSend, StreamRecv) {
+        self.halves
             .take()
             .expect("a pending session's streams are there until it finishes")
     }
@@ -445,39 +458,42 @@ impl PendingSession {
 
 impl Drop for PendingSession {
     fn drop(&mut self) {
-        if let Some((mut send, mut recv)) = self.streams.take() {
-            let _ = send.reset(self.code.into());
-            let _ = recv.stop(self.code.into());
+        if let Some((mut send, mut recv)) = self.halves.take() {
+            send.abandon_with(self.code);
+            recv.abandon_with(self.code);
         }
     }
-}
-
-/// Reads one length-prefixed Noise message (without its prefix) from a session
-/// stream, keeping quinn's own error: how the stream ended says who left.
-async fn read_noise_message(
-    recv: &mut quinn::RecvStream,
-) -> Result<BytesMut, quinn::ReadExactError> {
-    let mut prefix = [0u8; 2];
-    recv.read_exact(&mut prefix).await?;
-    let mut message = BytesMut::zeroed(u16::from_be_bytes(prefix).into());
-    recv.read_exact(&mut message).await?;
-    Ok(message)
 }
 
 /// A relayed stream the relay reset with `PEER_GONE` before the host's reply: the
 /// host's connection went away between pairing and handshake, typically because it
 /// has just switched its relay off. Reported like the relay's own refusal.
-fn host_left(err: quinn::ReadExactError) -> ConnectError {
-    match err {
-        quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))
-            if code == codes::stream::PEER_GONE.into() =>
-        {
-            ConnectError::Refused {
-                code: ErrorCode::HostUnreachable,
-                reason: "the host left the relay during set-up".to_owned(),
-            }
-        }
-        other => SetupStreamError::Read(other).into(),
+fn host_left(err: WireError) -> ConnectError {
+    let peer_gone = match &err {
+        WireError::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<SessionEnded>())
+            .is_some_and(|ended| *ended == SessionEnded::PeerGone),
+        _ => false,
+    };
+    if peer_gone {
+        return ConnectError::Refused {
+            code: ErrorCode::HostUnreachable,
+            reason: "the host left the relay during set-up".to_owned(),
+        };
+    }
+    SetupStreamError::Read(err).into()
+}
+
+impl ConnectError {
+    /// Whether the attempt failed on the way to the relay (it could not be reached,
+    /// or the connection broke), not at the relay's or the host's answer: another
+    /// transport may still get through.
+    fn is_transport_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Relay(_) | Self::Connection(_) | Self::Attempt(_) | Self::Stream(_)
+        )
     }
 }
 
@@ -487,11 +503,11 @@ impl Connector {
         &self,
         expect_verdict: ExpectVerdict,
         mut pending: PendingSession,
-    ) -> Result<(Transport, quinn::SendStream, quinn::RecvStream), ConnectError> {
+    ) -> Result<(Transport, StreamSend, StreamRecv), ConnectError> {
         let (send, recv) = pending.streams();
         let frame = read_noise_message(recv)
             .await
-            .map_err(SetupStreamError::from)?;
+            .map_err(SetupStreamError::Read)?;
         let refused = match expect_verdict.open_verdict(&frame) {
             Ok(VerdictOpened::Welcome(transport)) => {
                 let (send, recv) = pending.finish();
@@ -509,10 +525,11 @@ impl Connector {
         // here would tell the relay which players were refused.
         let mut end = BytesMut::new();
         refused.seal_end(&mut end)?;
-        send.write_all(&end).await.map_err(SetupStreamError::from)?;
-        let (send, recv) = pending.finish();
+        send.write_all(&end)
+            .await
+            .map_err(SetupStreamError::Write)?;
         // Dropping both halves lets them linger as a dropped session's do.
-        drop(crate::linger::halves(send, recv));
+        drop(pending.finish());
         Err(ConnectError::NotAuthorized {
             player: self.config.key.public_key(),
         })
@@ -543,18 +560,19 @@ impl Connector {
                 .open_bi()
                 .await
                 .map_err(|err| direct_error(err.into()))?;
-            let mut pending = PendingSession::new(send, recv);
+            let mut pending = PendingSession::new(crate::linger::halves(send, recv));
             let (send, recv) = pending.streams();
             let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
             let mut out = BytesMut::new();
             handshake.write_hello(&mut out)?;
-            send.write_all(&out).await.map_err(SetupStreamError::from)?;
+            send.write_all(&out)
+                .await
+                .map_err(SetupStreamError::Write)?;
             let reply = read_noise_message(recv)
                 .await
-                .map_err(SetupStreamError::from)?;
+                .map_err(SetupStreamError::Read)?;
             let expect_verdict = handshake.read_reply(&reply)?;
-            let (transport, send, recv) = self.read_verdict(expect_verdict, pending).await?;
-            let (reader, writer) = crate::linger::halves(send, recv);
+            let (transport, writer, reader) = self.read_verdict(expect_verdict, pending).await?;
             debug!(%addr, host = %host_id.short(), "direct session established");
             Ok(SecureStream::new(
                 reader,
@@ -587,10 +605,101 @@ impl Connector {
         url: RelayUrl,
         host_id: HostId,
     ) -> Result<SecureStream, ConnectError> {
+        match self.config.transport {
+            TransportPreference::Quic => self.relayed_quic(&url, host_id).await,
+            TransportPreference::Tcp => self.relayed_tcp(&url, host_id).await,
+            TransportPreference::Auto => self.relayed_auto(url, host_id).await,
+        }
+    }
+
+    /// QUIC first, TLS over TCP when QUIC has not made it after the fallback delay
+    /// (at once when UDP to this relay was found broken lately, or as soon as QUIC
+    /// fails): the first session set up wins, the other is cancelled. A QUIC
+    /// connection still being made when TCP wins goes on in the background, so new
+    /// sessions take QUIC again once it works.
+    async fn relayed_auto(
+        self: Arc<Self>,
+        url: RelayUrl,
+        host_id: HostId,
+    ) -> Result<SecureStream, ConnectError> {
+        if self.relays.live(&url).is_some() {
+            return self.relayed_quic(&url, host_id).await;
+        }
+        let delay = if self.udp.is_broken(&url) {
+            Duration::ZERO
+        } else {
+            self.config.tcp_delay
+        };
+        let connecting = tokio::spawn({
+            let (connector, url) = (self.clone(), url.clone());
+            async move {
+                let profile = connector.profile();
+                connector
+                    .relays
+                    .get_or_connect(&url, || connect_relay(&connector.endpoints, &url, profile))
+                    .await
+            }
+        });
+        let quic_gave_up = tokio::sync::Notify::new();
+        let quic = async {
+            let connection = connecting.await??;
+            self.relayed_on(&connection, host_id).await
+        };
+        let tcp = async {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = quic_gave_up.notified() => {}
+            }
+            self.relayed_tcp(&url, host_id).await
+        };
+        tokio::pin!(quic, tcp);
+        let (mut quic_failed, mut tcp_failed) = (None, None);
+        loop {
+            tokio::select! {
+                result = &mut quic, if quic_failed.is_none() => match result {
+                    Ok(stream) => {
+                        self.udp.set_working(&url);
+                        return Ok(stream);
+                    }
+                    Err(err) if err.is_transport_failure() => {
+                        debug!(%err, "QUIC to the relay failed; TCP goes on");
+                        if tcp_failed.is_some() {
+                            return Err(err);
+                        }
+                        quic_gave_up.notify_one();
+                        quic_failed = Some(err);
+                    }
+                    // The relay answered: TCP would hear the same.
+                    Err(err) => return Err(err),
+                },
+                result = &mut tcp, if tcp_failed.is_none() => match result {
+                    Ok(stream) => {
+                        debug!(quic_failed = quic_failed.is_some(), "session over TCP: UDP to the relay looks broken");
+                        self.udp.set_broken(&url);
+                        return Ok(stream);
+                    }
+                    Err(err) if err.is_transport_failure() => {
+                        if let Some(quic) = quic_failed.take() {
+                            return Err(quic);
+                        }
+                        tcp_failed = Some(err);
+                    }
+                    Err(err) => return Err(err),
+                },
+            }
+        }
+    }
+
+    /// A relayed session over QUIC, on the player's shared connection to the relay.
+    async fn relayed_quic(
+        &self,
+        url: &RelayUrl,
+        host_id: HostId,
+    ) -> Result<SecureStream, ConnectError> {
         let profile = self.profile();
         let connection = self
             .relays
-            .get_or_connect(&url, || connect_relay(&self.endpoints, &url, profile))
+            .get_or_connect(url, || connect_relay(&self.endpoints, url, profile))
             .await?;
         let first = self.relayed_on(&connection, host_id).await;
         if first.is_ok() || connection.close_reason().is_none() {
@@ -603,7 +712,7 @@ impl Connector {
         debug!("relay connection lost; trying again on a new one");
         let connection = self
             .relays
-            .get_or_connect(&url, || connect_relay(&self.endpoints, &url, profile))
+            .get_or_connect(url, || connect_relay(&self.endpoints, url, profile))
             .await?;
         let deadline = tokio::time::Instant::now() + HOST_RETURN_WAIT;
         loop {
@@ -619,16 +728,45 @@ impl Connector {
         }
     }
 
-    /// One relayed session attempt on `connection`.
+    /// One relayed session attempt on a new stream of the QUIC `connection`.
     async fn relayed_on(
         &self,
         connection: &quinn::Connection,
         host_id: HostId,
     ) -> Result<SecureStream, ConnectError> {
         let (send, recv) = connection.open_bi().await?;
-        let mut pending = PendingSession::new(send, recv);
-        let (send, recv) = pending.streams();
+        let pending = PendingSession::new(crate::linger::halves(send, recv));
+        self.session_through_relay(pending, host_id, RelayTransport::Quic)
+            .await
+    }
 
+    /// A relayed session over TLS over TCP: a connection of its own, which carries
+    /// just this session.
+    async fn relayed_tcp(
+        &self,
+        url: &RelayUrl,
+        host_id: HostId,
+    ) -> Result<SecureStream, ConnectError> {
+        let config = blindrelay_transport::Config {
+            idle_timeout: self.config.idle_timeout,
+            keep_alive: Some(self.config.keep_alive),
+            ..Default::default()
+        };
+        let framed = connect_relay_tcp(url, config).await?;
+        let pending = PendingSession::new(crate::linger::framed_halves(framed.send, framed.recv));
+        self.session_through_relay(pending, host_id, RelayTransport::Tcp)
+            .await
+    }
+
+    /// Asks the relay for a session with `host_id` on a new stream, and runs the
+    /// player's side of the Noise handshake through it.
+    async fn session_through_relay(
+        &self,
+        mut pending: PendingSession,
+        host_id: HostId,
+        carried_by: RelayTransport,
+    ) -> Result<SecureStream, ConnectError> {
+        let (send, recv) = pending.streams();
         let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
         let mut out = BytesMut::new();
         ControlMessage::Connect { host_id }.encode(&mut out);
@@ -648,15 +786,14 @@ impl Connector {
                 })
             }
             Err(err) => {
-                written.map_err(SetupStreamError::from)?;
+                written.map_err(SetupStreamError::Write)?;
                 return Err(SetupStreamError::from(err).into());
             }
         };
         let reply = read_noise_message(recv).await.map_err(host_left)?;
         let expect_verdict = handshake.read_reply(&reply)?;
-        let (transport, send, recv) = self.read_verdict(expect_verdict, pending).await?;
-        let (reader, writer) = crate::linger::halves(send, recv);
-        debug!(session_id, host = %host_id.short(), %limits, "relayed session established");
+        let (transport, writer, reader) = self.read_verdict(expect_verdict, pending).await?;
+        debug!(session_id, host = %host_id.short(), %limits, transport = %carried_by, "relayed session established");
         Ok(SecureStream::new(
             reader,
             writer,
@@ -665,6 +802,7 @@ impl Connector {
             session_id,
             BytesMut::new(),
         )
-        .with_limits(limits))
+        .with_limits(limits)
+        .with_relay_transport(carried_by))
     }
 }

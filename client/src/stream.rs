@@ -26,7 +26,7 @@ use blindrelay_protocol::{PublicKey, SessionLimits, StreamCode};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::linger::{QuicRecv, QuicSend};
+use crate::linger::{StreamRecv, StreamSend};
 
 /// Which way a session reached its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,25 @@ impl std::fmt::Display for SessionPath {
         f.write_str(match self {
             Self::Direct => "direct",
             Self::Relayed => "relayed",
+        })
+    }
+}
+
+/// What carried a relayed session between this end and the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RelayTransport {
+    /// QUIC over UDP: the fast default.
+    Quic,
+    /// TLS 1.3 over TCP, for networks that block or break UDP.
+    Tcp,
+}
+
+impl std::fmt::Display for RelayTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
         })
     }
 }
@@ -125,15 +144,27 @@ pub trait Abandon {
     fn abandon(&mut self, code: StreamCode);
 }
 
-impl Abandon for QuicSend {
+impl Abandon for StreamSend {
     fn abandon(&mut self, code: StreamCode) {
-        self.abandon_with(code.into());
+        self.abandon_with(code);
     }
 }
 
-impl Abandon for QuicRecv {
+impl Abandon for StreamRecv {
     fn abandon(&mut self, code: StreamCode) {
-        self.abandon_with(code.into());
+        self.abandon_with(code);
+    }
+}
+
+impl Abandon for blindrelay_transport::FramedSend {
+    fn abandon(&mut self, code: StreamCode) {
+        self.reset(code);
+    }
+}
+
+impl Abandon for blindrelay_transport::FramedRecv {
+    fn abandon(&mut self, code: StreamCode) {
+        self.stop(code);
     }
 }
 
@@ -172,14 +203,17 @@ impl Abandon for tokio::io::Sink {
 /// an answer, as `tokio::io::copy` and `copy_bidirectional` do.
 ///
 /// `R` and `W` are the two halves of the underlying ordered byte stream: by default
-/// a QUIC stream's, which keep their connection after the session is dropped until
-/// the peer has read it to the end (see [`QuicSend`]), so the last bytes written
+/// a relay's or host's stream on QUIC or TLS over TCP, which keep their connection
+/// after the session is dropped until the peer has read it to the end (see
+/// [`StreamSend`]), so the last bytes written
 /// arrive even when the application drops everything right after writing them.
-pub struct SecureStream<R = QuicRecv, W = QuicSend> {
+pub struct SecureStream<R = StreamRecv, W = StreamSend> {
     reader: R,
     writer: W,
     transport: Transport,
     path: SessionPath,
+    /// On a relayed session, what carried this end's side to the relay.
+    relay_transport: Option<RelayTransport>,
     session_id: u64,
     limits: SessionLimits,
     /// Ciphertext received but not yet opened.
@@ -218,6 +252,7 @@ impl<R, W> SecureStream<R, W> {
             writer,
             transport,
             path,
+            relay_transport: None,
             session_id,
             limits: SessionLimits::NONE,
             ciphertext: CiphertextBuf::new(&read_buf),
@@ -237,6 +272,21 @@ impl<R, W> SecureStream<R, W> {
         self.path
     }
 
+    /// On a relayed session, what carried this end's side to the relay (the other
+    /// end's may differ: the relay joins any two).
+    pub fn relay_transport(&self) -> Option<RelayTransport> {
+        self.relay_transport
+    }
+
+    /// The path in words, with the transport on a relayed one: `direct`,
+    /// `relayed/quic`, `relayed/tcp`.
+    pub fn route(&self) -> String {
+        match self.relay_transport {
+            Some(transport) => format!("{}/{transport}", self.path),
+            None => self.path.to_string(),
+        }
+    }
+
     /// The relay's id for this session (0 on paths without a relay).
     pub fn session_id(&self) -> u64 {
         self.session_id
@@ -250,6 +300,12 @@ impl<R, W> SecureStream<R, W> {
     /// Records the limits the relay announced for this session.
     pub(crate) fn with_limits(mut self, limits: SessionLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Records what carried this relayed session to the relay.
+    pub(crate) fn with_relay_transport(mut self, transport: RelayTransport) -> Self {
+        self.relay_transport = Some(transport);
         self
     }
 

@@ -42,6 +42,14 @@ pub(crate) type TlsSettings = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 /// kernel while the next is read.
 const SEND_BUFFER: usize = 64 * 1024;
 
+/// How much a framed connection reads ahead of the splice: what QUIC's stream window
+/// is to a QUIC connection (the relay's memory per TCP connection is this, the send
+/// buffer and the kernel's socket buffers).
+const RECV_BUFFER: usize = 64 * 1024;
+
+/// How much longer than the stall timeout a framed connection's writes may wait.
+const WRITE_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
+
 /// Accepts TCP connections until `shutdown`, serving each in its own task.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
@@ -144,11 +152,20 @@ async fn handle(
         Stats::bump(&shared.stats.connections_accepted);
         Stats::bump(&shared.stats.connections_accepted_tcp);
         let place = permit.establish();
+        let limits = &shared.config.limits;
         let config = blindrelay_transport::Config {
-            idle_timeout: shared.config.limits.connections.idle_timeout.0,
+            idle_timeout: limits.connections.idle_timeout.0,
             keep_alive: None,
             send_buffer: SEND_BUFFER,
-            write_timeout: shared.config.limits.connections.idle_timeout.0,
+            recv_buffer: RECV_BUFFER,
+            // A backstop only: a session's stalls are the splice's to end, with
+            // STALLED, and every control message has its own deadline.
+            write_timeout: limits
+                .sessions
+                .stall_timeout
+                .0
+                .max(limits.connections.idle_timeout.0)
+                + WRITE_TIMEOUT_MARGIN,
         };
         let (send, recv, connection) = blindrelay_transport::framed(stream, config);
         if place == Place::Full {

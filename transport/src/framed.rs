@@ -4,10 +4,13 @@
 //! [`framed`] splits a byte stream (TLS over TCP, or a WebSocket's bytes) into a
 //! receiving half, a sending half and a handle on the connection:
 //!
-//! - [`FramedRecv`] reads frames on demand, in the caller's task: bytes come out as
-//!   chunks, `FIN` as the end, `RESET` as an error with its code; `STOP`, `PING` and
-//!   `CLOSE` are handled on the way. Nothing is read ahead beyond one frame, so a
-//!   reader that stops reading stops the sender through TCP's own flow control.
+//! - A reader task reads frames as they come: `DATA` into a queue of at most
+//!   [`Config::recv_buffer`] bytes for [`FramedRecv`], which hands them out as
+//!   chunks, then `FIN` as the end and `RESET` as an error with its code. `STOP`,
+//!   `PING` and `CLOSE` act at once, whether or not the application is reading, as
+//!   QUIC's own frames do. A full queue stops the reading, so an application that
+//!   stops reading stops the sender through TCP's own flow control (and a `STOP`
+//!   behind that much unread data waits its turn).
 //! - [`FramedSend`] queues `DATA` frames for a writer task, up to
 //!   [`Config::send_buffer`] bytes; past that a write waits. `finish` and `reset` end
 //!   the direction; a `STOP` from the other end fails the next write with its code.
@@ -17,8 +20,8 @@
 //!   dropped it flushes what is left (within [`LINGER`]) and shuts the stream down.
 //!
 //! Every wait on the peer has a deadline: reading ends after
-//! [`Config::idle_timeout`] with nothing received, writing after
-//! [`Config::write_timeout`] with nothing taken.
+//! [`Config::idle_timeout`] with nothing received (while the queue has room),
+//! writing after [`Config::write_timeout`] with nothing taken.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -33,7 +36,7 @@ use blindrelay_protocol::{CloseCode, DecodeError, StreamCode};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// How long a connection whose halves and handles are all dropped may take to
 /// deliver what was queued before it (a refusal, the last bytes of a session).
@@ -53,8 +56,13 @@ pub struct Config {
     pub keep_alive: Option<Duration>,
     /// Bytes queued for the writer beyond which a write waits.
     pub send_buffer: usize,
+    /// Bytes received and not yet read beyond which the reader task stops reading
+    /// the connection.
+    pub recv_buffer: usize,
     /// The connection is given up when the peer takes nothing for this long while
-    /// the writer has bytes for it.
+    /// the writer has bytes for it. Longer than any pause an application may make
+    /// in reading (a paused film): the relay's stall timeout, which ends a session
+    /// with a code that says why, must come first.
     pub write_timeout: Duration,
 }
 
@@ -64,7 +72,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(30),
             keep_alive: None,
             send_buffer: 64 * 1024,
-            write_timeout: Duration::from_secs(30),
+            recv_buffer: 64 * 1024,
+            write_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -148,14 +157,28 @@ struct State {
     send_done: bool,
     /// The peer's `STOP`, if it sent one.
     peer_stop: Option<StreamCode>,
-    /// The receiving direction ended (`FIN` or `RESET` read, or stopped).
+    /// `DATA` received and not yet read, and its bytes.
+    incoming: VecDeque<Bytes>,
+    incoming_len: usize,
+    /// How the peer's direction ended, once it did: `FIN` (`None`) or `RESET`.
+    peer_end: Option<Option<StreamCode>>,
+    /// The receiving half has taken the end, or stopped the direction: what
+    /// arrives now is discarded.
     recv_done: bool,
+    /// The receiving half, waiting for data.
+    recv_waker: Option<Waker>,
     /// Set once the connection is over.
     error: Option<ConnectionError>,
     /// The sending half, waiting for room.
     send_waker: Option<Waker>,
     /// Halves and handles alive.
     handles: usize,
+    /// A write is on its way to the peer now: while it is, the peer's silence is
+    /// the write timeout's to judge, not the idle timeout's.
+    writing: bool,
+    /// When the last write went through: a peer that takes what is sent is there,
+    /// even if it has nothing to say.
+    last_write: Option<Instant>,
 }
 
 struct Shared {
@@ -166,6 +189,8 @@ struct Shared {
     changed: Notify,
     /// Wakes a writer blocked on the peer once every half and handle is gone.
     abandoned: Notify,
+    /// Wakes the reader task: room in the queue, or every handle gone.
+    room: Notify,
     config: Config,
 }
 
@@ -183,12 +208,16 @@ impl Shared {
         let error = {
             let mut state = self.lock();
             let error = state.error.get_or_insert(error).clone();
-            if let Some(waker) = state.send_waker.take() {
+            for waker in [state.send_waker.take(), state.recv_waker.take()]
+                .into_iter()
+                .flatten()
+            {
                 waker.wake();
             }
             error
         };
         self.writer.notify_one();
+        self.room.notify_one();
         self.changed.notify_waiters();
         error
     }
@@ -213,6 +242,7 @@ impl Shared {
         if last {
             self.writer.notify_one();
             self.abandoned.notify_one();
+            self.room.notify_one();
         }
     }
 }
@@ -229,6 +259,7 @@ where
         writer: Notify::new(),
         changed: Notify::new(),
         abandoned: Notify::new(),
+        room: Notify::new(),
         config,
     });
     let send = FramedSend {
@@ -236,14 +267,12 @@ where
     };
     let recv = FramedRecv {
         shared: shared.acquire(),
-        io: Box::pin(read),
-        buf: BytesMut::new(),
         pending: None,
-        idle: Box::pin(tokio::time::sleep(config.idle_timeout)),
     };
     let connection = Connection {
         shared: shared.acquire(),
     };
+    tokio::spawn(read_loop(read, shared.clone()));
     tokio::spawn(write_loop(write, shared));
     (send, recv, connection)
 }
@@ -472,12 +501,8 @@ pub fn send_io_error(err: SendError) -> io::Error {
 /// The receiving half of a framed connection's stream.
 pub struct FramedRecv {
     shared: Arc<Shared>,
-    io: Pin<Box<dyn AsyncRead + Send>>,
-    /// Bytes read and not yet decoded: less than one frame between reads.
-    buf: BytesMut,
     /// What is left of a `DATA` frame a read took only part of.
     pending: Option<Bytes>,
-    idle: Pin<Box<Sleep>>,
 }
 
 impl std::fmt::Debug for FramedRecv {
@@ -509,100 +534,34 @@ impl FramedRecv {
             }
             return Poll::Ready(Ok(Some(chunk)));
         }
-        loop {
-            let frame = match StreamFrame::decode(&mut self.buf) {
-                Ok(frame) => frame,
-                Err(err) => {
-                    let error = self.shared.fail(ConnectionError::Protocol(err));
-                    return Poll::Ready(Err(RecvError::Connection(error)));
-                }
-            };
-            match frame {
-                Some(frame) => {
-                    if let Some(result) = self.handle(frame, max) {
-                        return Poll::Ready(result);
-                    }
-                }
-                None => {
-                    if let Some(error) = self.shared.lock().error.clone() {
-                        return Poll::Ready(Err(RecvError::Connection(error)));
-                    }
-                    if self.idle.as_mut().poll(cx).is_ready() {
-                        let error = self.shared.fail(ConnectionError::TimedOut);
-                        return Poll::Ready(Err(RecvError::Connection(error)));
-                    }
-                    // Room for one whole frame; nothing is read beyond what a frame
-                    // needs to complete, except what one read happens to bring.
-                    self.buf.reserve(MAX_FRAME_LEN);
-                    match tokio_util::io::poll_read_buf(self.io.as_mut(), cx, &mut self.buf) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(0)) => {
-                            let error = self.shared.fail(ConnectionError::Ended);
-                            return Poll::Ready(Err(RecvError::Connection(error)));
-                        }
-                        Poll::Ready(Ok(_)) => {
-                            let deadline = Instant::now() + self.shared.config.idle_timeout;
-                            self.idle.as_mut().reset(deadline);
-                        }
-                        Poll::Ready(Err(err)) => {
-                            let error = self.shared.fail(ConnectionError::Io(err.kind()));
-                            return Poll::Ready(Err(RecvError::Connection(error)));
-                        }
-                    }
-                }
+        let mut state = self.shared.lock();
+        if let Some(mut data) = state.incoming.pop_front() {
+            state.incoming_len -= data.len();
+            drop(state);
+            self.shared.room.notify_one();
+            let chunk = data.split_to(max.min(data.len()));
+            if !data.is_empty() {
+                self.pending = Some(data);
             }
+            return Poll::Ready(Ok(Some(chunk)));
         }
-    }
-
-    /// Acts on one frame; `Some` when it ends this read.
-    fn handle(
-        &mut self,
-        frame: StreamFrame,
-        max: usize,
-    ) -> Option<Result<Option<Bytes>, RecvError>> {
-        match frame {
-            StreamFrame::Data(mut data) => {
-                let state = self.shared.lock();
-                if state.recv_done {
-                    // Stopped by this end: discarded, as QUIC would.
-                    return None;
-                }
-                drop(state);
-                let chunk = data.split_to(max.min(data.len()));
-                if !data.is_empty() {
-                    self.pending = Some(data);
-                }
-                Some(Ok(Some(chunk)))
-            }
-            StreamFrame::Fin => {
-                let done = std::mem::replace(&mut self.shared.lock().recv_done, true);
-                (!done).then_some(Ok(None))
-            }
-            StreamFrame::Reset(code) => {
-                let done = std::mem::replace(&mut self.shared.lock().recv_done, true);
-                (!done).then_some(Err(RecvError::Reset(code)))
-            }
-            StreamFrame::Stop(code) => {
-                self.shared.update(|state| {
-                    state.peer_stop.get_or_insert(code);
-                    if let Some(waker) = state.send_waker.take() {
-                        waker.wake();
-                    }
+        if !state.recv_done {
+            if let Some(end) = state.peer_end {
+                state.recv_done = true;
+                return Poll::Ready(match end {
+                    None => Ok(None),
+                    Some(code) => Err(RecvError::Reset(code)),
                 });
-                None
             }
-            StreamFrame::Ping(opaque) => {
-                self.shared.update(|state| state.pong = Some(opaque));
-                None
-            }
-            StreamFrame::Pong(_) => None,
-            StreamFrame::Close { code, reason } => {
-                let error = self
-                    .shared
-                    .fail(ConnectionError::ClosedByPeer { code, reason });
-                Some(Err(RecvError::Connection(error)))
-            }
+        } else if state.peer_end == Some(None) {
+            // Read to its end already: the end again, as a finished reader says.
+            return Poll::Ready(Ok(None));
         }
+        if let Some(error) = state.error.clone() {
+            return Poll::Ready(Err(RecvError::Connection(error)));
+        }
+        state.recv_waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// [`FramedRecv::poll_read_chunk`] as a future.
@@ -625,16 +584,21 @@ impl FramedRecv {
         Ok(())
     }
 
-    /// Asks the peer to stop sending, with `code`; what arrives after is discarded.
-    /// Does nothing once the direction has ended.
+    /// Asks the peer to stop sending, with `code`; what arrived and what arrives
+    /// after is discarded. Does nothing once the direction has ended.
     pub fn stop(&mut self, code: StreamCode) {
         self.pending = None;
         self.shared.update(|state| {
             if !state.recv_done {
                 state.recv_done = true;
-                state.stop = Some(code);
+                state.incoming.clear();
+                state.incoming_len = 0;
+                if state.peer_end.is_none() {
+                    state.stop = Some(code);
+                }
             }
         });
+        self.shared.room.notify_one();
     }
 
     /// A handle on this stream's connection.
@@ -670,6 +634,172 @@ pub fn recv_io_error(err: RecvError) -> io::Error {
         RecvError::Connection(_) => io::ErrorKind::ConnectionAborted,
     };
     io::Error::new(kind, err)
+}
+
+/// The reader task: reads frames as they come while the queue has room, acts on
+/// the ones that concern the connection or the sending direction at once, and
+/// queues data for [`FramedRecv`].
+async fn read_loop<R: AsyncRead + Send>(read: R, shared: Arc<Shared>) {
+    let mut read = Box::pin(read);
+    let mut buf = BytesMut::new();
+    let config = shared.config;
+    loop {
+        // Frames already read first; then, if the queue has room, the connection.
+        loop {
+            let frame = match StreamFrame::decode(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => {
+                    shared.fail(ConnectionError::Protocol(err));
+                    return;
+                }
+            };
+            if !on_frame(&shared, frame) {
+                return;
+            }
+        }
+        let room = shared.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        let (over, closing, full) = {
+            let state = shared.lock();
+            let closed_here = matches!(state.error, Some(ConnectionError::Closed(_)));
+            (
+                state.error.is_some() || state.handles == 0,
+                state.handles == 0 || closed_here,
+                state.incoming_len >= config.recv_buffer,
+            )
+        };
+        if closing {
+            drain(&mut read, &mut buf).await;
+        }
+        if over {
+            return;
+        }
+        if full {
+            room.await;
+            continue;
+        }
+        buf.reserve(MAX_FRAME_LEN);
+        let read_some = tokio_util::io::read_buf(&mut read, &mut buf);
+        tokio::pin!(read_some);
+        let idle = tokio::time::sleep(config.idle_timeout);
+        tokio::pin!(idle);
+        let result = loop {
+            tokio::select! {
+                result = &mut read_some => break Ok(result),
+                // Every handle gone: nobody will read what comes.
+                () = &mut room => break Err(None),
+                () = &mut idle => {
+                    // Silent for the idle timeout, unless what this end sends is
+                    // being taken (or is on its way) meanwhile.
+                    let state = shared.lock();
+                    let heard = state.last_write.map(|at| at + config.idle_timeout);
+                    match heard {
+                        _ if state.writing => idle.as_mut().reset(Instant::now() + config.idle_timeout),
+                        Some(until) if until > Instant::now() => idle.as_mut().reset(until),
+                        _ => break Err(Some(())),
+                    }
+                }
+            }
+        };
+        let result = match result {
+            Ok(result) => Ok(result),
+            Err(None) => continue,
+            Err(Some(())) => Err(()),
+        };
+        match result {
+            Ok(Ok(0)) => {
+                shared.fail(ConnectionError::Ended);
+                return;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                shared.fail(ConnectionError::Io(err.kind()));
+                return;
+            }
+            Err(_) => {
+                shared.fail(ConnectionError::TimedOut);
+                return;
+            }
+        }
+    }
+}
+
+/// Reads and discards until the peer ends its side or [`LINGER`] passes: closing a
+/// TCP socket with unread bytes in it resets the connection, and a reset makes the
+/// peer's kernel throw away what it had not read yet, the last frames this end sent
+/// (a `STOP` or `RESET` with its code, a `CLOSE`) included. So this end keeps
+/// reading until the peer, having read them, stops sending.
+async fn drain<R: AsyncRead>(read: &mut Pin<Box<R>>, buf: &mut BytesMut) {
+    let _ = tokio::time::timeout(LINGER, async {
+        loop {
+            buf.clear();
+            buf.reserve(MAX_FRAME_LEN);
+            match tokio_util::io::read_buf(read, buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Acts on one frame the peer sent; `false` once the connection is over.
+fn on_frame(shared: &Shared, frame: StreamFrame) -> bool {
+    let mut state = shared.lock();
+    match frame {
+        StreamFrame::Data(data) => {
+            // After the end, or once this end stopped the direction: dropped, as
+            // QUIC drops what arrives on a stopped stream.
+            if !state.recv_done && state.peer_end.is_none() {
+                state.incoming_len += data.len();
+                state.incoming.push_back(data);
+                if let Some(waker) = state.recv_waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+        StreamFrame::Fin | StreamFrame::Reset(_) => {
+            let end = match frame {
+                StreamFrame::Reset(code) => {
+                    // A reset drops what was not read yet, as QUIC's does.
+                    state.incoming.clear();
+                    state.incoming_len = 0;
+                    Some(code)
+                }
+                _ => None,
+            };
+            state.peer_end.get_or_insert(end);
+            if let Some(waker) = state.recv_waker.take() {
+                waker.wake();
+            }
+            drop(state);
+            // The writer may be done too now.
+            shared.writer.notify_one();
+        }
+        StreamFrame::Stop(code) => {
+            state.peer_stop.get_or_insert(code);
+            if let Some(waker) = state.send_waker.take() {
+                waker.wake();
+            }
+            drop(state);
+            shared.writer.notify_one();
+            shared.changed.notify_waiters();
+        }
+        StreamFrame::Ping(opaque) => {
+            state.pong = Some(opaque);
+            drop(state);
+            shared.writer.notify_one();
+        }
+        StreamFrame::Pong(_) => {}
+        StreamFrame::Close { code, reason } => {
+            drop(state);
+            shared.fail(ConnectionError::ClosedByPeer { code, reason });
+            return false;
+        }
+    }
+    true
 }
 
 /// What the writer does next.
@@ -724,7 +854,7 @@ fn collect(state: &mut State, out: &mut BytesMut) -> Next {
     if !out.is_empty() {
         return Next::Write;
     }
-    let both_done = state.send_done && state.recv_done;
+    let both_done = state.send_done && (state.recv_done || state.peer_end.is_some());
     if state.handles == 0 || both_done {
         Next::End
     } else {
@@ -745,7 +875,14 @@ async fn write_loop<W: AsyncWrite + Send>(write: W, shared: Arc<Shared>) {
         let next = collect(&mut shared.lock(), &mut out);
         match next {
             Next::Write | Next::WriteAndEnd => {
-                if let Err(error) = send(&mut write, &out, &shared).await {
+                shared.lock().writing = true;
+                let sent = send(&mut write, &out, &shared).await;
+                {
+                    let mut state = shared.lock();
+                    state.writing = false;
+                    state.last_write = Some(Instant::now());
+                }
+                if let Err(error) = sent {
                     shared.fail(error);
                     return;
                 }
@@ -868,18 +1005,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stop_fails_the_peers_writes_with_its_code() {
-        let ((mut a_send, mut a_recv, _a), (_b_send, mut b_recv, _b)) = pair(Config::default());
+    async fn a_stop_fails_the_peers_writes_with_its_code_without_any_read() {
+        // The sending end never reads: its STOP still arrives, as QUIC's does.
+        let ((mut a_send, _a_recv, _a), (_b_send, mut b_recv, _b)) = pair(Config::default());
         b_recv.stop(stream::REFUSED);
-        let stopped = a_send.stopped();
-        // The STOP is read by the sending end's receiving half.
-        let read = tokio::spawn(async move { a_recv.read_chunk(10).await.map(|_| a_recv) });
-        assert_eq!(stopped.await, Some(stream::REFUSED));
+        assert_eq!(a_send.stopped().await, Some(stream::REFUSED));
         assert_eq!(
             a_send.write_all(b"x").await,
             Err(SendError::Stopped(stream::REFUSED))
         );
-        read.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_application_that_does_not_read_holds_one_receive_buffer() {
+        let config = Config {
+            recv_buffer: 32 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(600),
+            ..Config::default()
+        };
+        let ((mut a_send, _a_recv, _a), (_b_send, mut b_recv, _b)) = pair(config);
+        // The writer pushes until everything between is full: what it got rid of is
+        // the receive queue, the pipe and the writer's own buffers, never more.
+        let mut accepted = 0usize;
+        let chunk = Bytes::from(vec![1u8; 1000]);
+        let fill = async {
+            loop {
+                let mut bytes = chunk.clone();
+                if a_send.write_some(&mut bytes).await.is_err() {
+                    break;
+                }
+                accepted += 1000;
+            }
+        };
+        // Long past the idle timeout: a full queue is the application's slowness,
+        // not the peer's silence, and nothing is cut.
+        let _ = tokio::time::timeout(Duration::from_secs(60), fill).await;
+        let bound = 32 * 1024 + 256 * 1024 + WRITE_BATCH + 64 * 1024 + 2 * MAX_FRAME_LEN;
+        assert!(accepted <= bound, "{accepted} > {bound}");
+        // Everything still arrives, in order, once the application reads.
+        drop(a_send);
+        let got = read_to_end(&mut b_recv)
+            .await
+            .expect("read after the stall");
+        assert_eq!(got.len(), accepted);
     }
 
     #[tokio::test]
@@ -980,6 +1149,25 @@ mod tests {
             Err(SendError::Connection(ConnectionError::WriteStalled))
         );
         assert_eq!(connection.closed().await, ConnectionError::WriteStalled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_way_stream_is_not_idle_while_its_bytes_are_taken() {
+        // The receiver says nothing for a minute, twice the idle timeout, while the
+        // sender's bytes go through: neither end is idle.
+        let config = Config {
+            idle_timeout: Duration::from_secs(30),
+            ..Config::default()
+        };
+        let ((mut a_send, _a_recv, a), (_b_send, mut b_recv, _b)) = pair(config);
+        let reader = tokio::spawn(async move { read_to_end(&mut b_recv).await });
+        for _ in 0..60 {
+            a_send.write_all(&[5u8; 1000]).await.expect("write");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(a.close_reason(), None);
+        a_send.finish();
+        assert_eq!(reader.await.unwrap().expect("clean end").len(), 60_000);
     }
 
     #[tokio::test(start_paused = true)]

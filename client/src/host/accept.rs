@@ -18,8 +18,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::{HostConfig, HostCounters};
-use crate::stream::{Abandon, SecureStream, SessionPath};
+use crate::linger::{StreamRecv, StreamSend};
+use crate::stream::{Abandon, RelayTransport, SecureStream, SessionPath};
 use crate::wire::{read_control, read_noise_message, WireError};
+use blindrelay_transport::{FramedRecv, FramedSend};
 
 /// What accepting a session needs, cloned into every session stream's task.
 #[derive(Clone)]
@@ -54,21 +56,51 @@ impl SessionAcceptor {
         }
     }
 
-    /// Answers the player on a session stream that arrived by `path`, and hands the
-    /// session to [`crate::HostAgent::accept`] if the host serves that player.
+    /// Answers the player on a QUIC session stream that arrived by `path`, and hands
+    /// the session to [`crate::HostAgent::accept`] if the host serves that player.
     pub(super) async fn accept(
         &self,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         path: SessionPath,
     ) {
+        let carried_by = (path == SessionPath::Relayed).then_some(RelayTransport::Quic);
+        self.accept_on(send, recv, path, carried_by, crate::linger::halves)
+            .await;
+    }
+
+    /// Like [`SessionAcceptor::accept`], for a relayed session on a stream-transport
+    /// connection the host opened when its registration was told to (`Dial`).
+    pub(super) async fn accept_framed(&self, send: FramedSend, recv: FramedRecv) {
+        let path = SessionPath::Relayed;
+        self.accept_on(
+            send,
+            recv,
+            path,
+            Some(RelayTransport::Tcp),
+            crate::linger::framed_halves,
+        )
+        .await;
+    }
+
+    async fn accept_on<R, W>(
+        &self,
+        send: W,
+        recv: R,
+        path: SessionPath,
+        carried_by: Option<RelayTransport>,
+        halves: fn(W, R) -> (StreamRecv, StreamSend),
+    ) where
+        R: AsyncRead + Abandon + Unpin,
+        W: AsyncWrite + Abandon + Unpin,
+    {
         let Some(served) = self.handshake(send, recv, path).await else {
             return;
         };
         // Wrapped only once served: a dropped session lingers until its peer has
         // read it (see `crate::linger`).
-        let (reader, writer) = crate::linger::halves(served.send, served.recv);
-        let stream = SecureStream::new(
+        let (reader, writer) = halves(served.send, served.recv);
+        let mut stream = SecureStream::new(
             reader,
             writer,
             served.transport,
@@ -77,12 +109,15 @@ impl SessionAcceptor {
             BytesMut::new(),
         )
         .with_limits(served.limits);
+        if let Some(carried_by) = carried_by {
+            stream = stream.with_relay_transport(carried_by);
+        }
         let counter = match path {
             SessionPath::Relayed => &self.counters.sessions_relayed,
             SessionPath::Direct => &self.counters.sessions_direct,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        debug!(session_id = relay_session_id(path, served.session_id), %path, player = %stream.peer().short(), limits = %served.limits, "session accepted");
+        debug!(session_id = relay_session_id(path, served.session_id), route = %stream.route(), player = %stream.peer().short(), limits = %served.limits, "session accepted");
         let _ = self.sessions.send(stream).await;
     }
 

@@ -34,7 +34,8 @@ use tokio::task::JoinSet;
 use crate::authorized::PlayerAuthorization;
 use crate::backoff::BackoffConfig;
 use crate::endpoint::LocalEndpoints;
-use crate::stream::SecureStream;
+use crate::stream::{RelayTransport, SecureStream};
+use crate::transports::TransportPreference;
 use accept::SessionAcceptor;
 pub use direct::DirectListenError;
 use relay::RelaySideEnd;
@@ -64,8 +65,18 @@ pub struct HostConfig {
     /// short enough that a relay that restarted is noticed within seconds (its
     /// stateless reset answers the first packet the host sends it).
     pub keep_alive: Duration,
-    /// Idle timeout of the relay connection and of direct connections.
+    /// Idle timeout of direct connections.
     pub idle_timeout: Duration,
+    /// Idle timeout of the relay connection: with [`HostConfig::keep_alive`] well
+    /// under it, the relay answers several times in this span, so silence this long
+    /// means the path is gone (UDP cut, the relay's machine down) and the agent
+    /// registers again, over TCP if UDP no longer gets through.
+    pub relay_idle_timeout: Duration,
+    /// Which transports reach the relay.
+    pub transport: TransportPreference,
+    /// In [`TransportPreference::Auto`], how long QUIC runs alone before TLS over
+    /// TCP joins the race.
+    pub tcp_delay: Duration,
     /// Deadline for the registration exchange with the relay, and for a player's
     /// Noise hello once a session stream is open.
     pub handshake_timeout: Duration,
@@ -104,6 +115,9 @@ impl HostConfig {
             // 2 s instead of 10.
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
+            relay_idle_timeout: Duration::from_secs(4),
+            transport: TransportPreference::Auto,
+            tcp_delay: crate::transports::DEFAULT_TCP_DELAY,
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_sessions: 1024,
             max_direct_connections: 256,
@@ -249,6 +263,7 @@ pub struct HostAgent {
     enable_relay: watch::Sender<bool>,
     token: watch::Sender<Option<Token>>,
     retry_at: watch::Receiver<Option<std::time::Instant>>,
+    relay_transport: watch::Receiver<Option<RelayTransport>>,
     counters: Arc<HostCounters>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -288,6 +303,7 @@ impl HostAgent {
         let (enable_relay, enable_rx) = watch::channel(config.enable_relay);
         let (token, token_rx) = watch::channel(config.token.clone());
         let (retry_tx, retry_at) = watch::channel(None);
+        let (transport_tx, relay_transport) = watch::channel(None);
         let counters = Arc::new(HostCounters::default());
         let config = Arc::new(config);
         let endpoints = match &listener {
@@ -304,6 +320,7 @@ impl HostAgent {
                 enabled: enable_rx,
                 token: token_rx,
                 retry_at: retry_tx,
+                transport: transport_tx,
                 shutdown: shutdown_rx,
                 counters: counters.clone(),
             },
@@ -317,6 +334,7 @@ impl HostAgent {
             enable_relay,
             token,
             retry_at,
+            relay_transport,
             counters,
             shutdown,
             task,
@@ -376,6 +394,16 @@ impl HostAgent {
         self.retry_at.clone()
     }
 
+    /// What carries the registration with the relay, while the host is registered.
+    pub fn relay_transport(&self) -> Option<RelayTransport> {
+        *self.relay_transport.borrow()
+    }
+
+    /// [`HostAgent::relay_transport`] as it changes.
+    pub fn watch_relay_transport(&self) -> watch::Receiver<Option<RelayTransport>> {
+        self.relay_transport.clone()
+    }
+
     /// Whether Enable Relay is on.
     pub fn relay_enabled(&self) -> bool {
         *self.enable_relay.borrow()
@@ -416,6 +444,8 @@ struct AgentChannels {
     token: watch::Receiver<Option<Token>>,
     /// When the relay side tries again, while it waits between attempts.
     retry_at: watch::Sender<Option<std::time::Instant>>,
+    /// What carries the registration, while there is one.
+    transport: watch::Sender<Option<RelayTransport>>,
     shutdown: watch::Receiver<bool>,
     counters: Arc<HostCounters>,
 }

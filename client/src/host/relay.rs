@@ -19,14 +19,22 @@ use std::time::Duration;
 use blindrelay_protocol::registration::{
     HostRegistration, HostRegistrationError, EXPORTER_LABEL, EXPORTER_LEN,
 };
-use blindrelay_protocol::{codes, ControlMessage, ErrorCode, RelayUrl, SecretKey, Token};
+use blindrelay_protocol::{
+    codes, CloseCode, ControlMessage, ErrorCode, RelayUrl, SecretKey, Token,
+};
+use blindrelay_transport::{FramedRecv, FramedSend};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::{AgentChannels, HostConfig, HostCounters, HostState};
 use crate::backoff::Backoff;
-use crate::endpoint::{connect_relay, ConnectRelayError, ConnectionProfile, LocalEndpoints};
-use crate::stream::SessionPath;
+use crate::endpoint::{
+    connect_relay, connect_relay_tcp, ConnectRelayError, ConnectionProfile, FramedRelayConnection,
+    LocalEndpoints,
+};
+use crate::stream::{RelayTransport, SessionPath};
+use crate::transports::{TransportPreference, UdpHealth};
 use crate::wire::{read_control, WireError};
 
 /// Why one registration attempt failed.
@@ -53,7 +61,7 @@ pub enum RegisterError {
     Open(#[from] quinn::ConnectionError),
     /// A registration message could not be written.
     #[error("cannot write to the registration stream: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(std::io::Error),
     /// The registration stream ended or carried a malformed frame.
     #[error("registration stream failed: {0}")]
     Wire(#[from] WireError),
@@ -110,6 +118,10 @@ pub(super) async fn run_relay(
     control: &mut AgentChannels,
 ) -> RelaySideEnd {
     let mut backoff = Backoff::new(config.backoff);
+    let udp = UdpHealth::default();
+    // Relayed sessions over TCP, each on a connection of its own: what closing a
+    // QUIC relay connection ends at once, these end one by one.
+    let mut tcp_sessions = TcpSessions::default();
     // Connections of relays that are going away, held open until the relay closes
     // them so the sessions on them can finish.
     let mut departing = JoinSet::new();
@@ -142,17 +154,39 @@ pub(super) async fn run_relay(
                 control.token.borrow().clone(),
                 relay,
                 endpoints,
+                &udp,
                 &control.counters,
             ) => attempt,
             _ = control.enabled.wait_for(|on| !*on) => continue,
             _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
         };
         match attempt {
-            Ok((connection, registration, _held)) => {
+            Ok((registration, _held)) => {
                 backoff.reset();
+                let transport = registration.transport();
+                control.transport.send_replace(Some(transport));
                 control.state.send_replace(HostState::Registered);
-                info!(%relay, "registered with the relay: reachable through the relay");
-                match serve_registered(&connection, registration, control).await {
+                info!(%relay, %transport, "registered with the relay: reachable through the relay");
+                let connection = registration.connection();
+                let end = match registration {
+                    Registration::Quic { connection, stream } => {
+                        serve_registered(&connection, stream, control).await
+                    }
+                    Registration::Framed {
+                        connection,
+                        send,
+                        recv,
+                    } => {
+                        let framed = FramedRegistration {
+                            connection: &connection,
+                            send,
+                            recv,
+                        };
+                        serve_framed(framed, config, relay, &mut tcp_sessions, control).await
+                    }
+                };
+                control.transport.send_replace(None);
+                match end {
                     RegistrationEnd::Replaced => {
                         warn!(
                             "another host registered the same host id (the same key runs \
@@ -182,15 +216,14 @@ pub(super) async fn run_relay(
                         continue;
                     }
                     RegistrationEnd::Disabled => {
-                        connection.close(
-                            codes::close::RELAY_DISABLED.into(),
-                            b"relay disabled by the host",
-                        );
+                        let disabled = (codes::close::RELAY_DISABLED, "relay disabled by the host");
+                        connection.close(disabled.0, disabled.1);
+                        tcp_sessions.close_all(disabled.0, disabled.1);
                         info!("relay switched off: closed the relay connection and its sessions");
                         continue;
                     }
                     RegistrationEnd::TokenRefused { code, reason } => {
-                        connection.close(codes::close::NORMAL.into(), b"registration ended");
+                        connection.close(codes::close::NORMAL, "registration ended");
                         if wait_for_new_token(code, reason, control).await.is_err() {
                             return RelaySideEnd::Shutdown;
                         }
@@ -198,7 +231,8 @@ pub(super) async fn run_relay(
                         continue;
                     }
                     RegistrationEnd::Shutdown => {
-                        connection.close(codes::close::NORMAL.into(), b"host shutting down");
+                        connection.close(codes::close::NORMAL, "host shutting down");
+                        tcp_sessions.close_all(codes::close::NORMAL, "host shutting down");
                         return RelaySideEnd::Shutdown;
                     }
                 }
@@ -263,16 +297,16 @@ async fn wait_for_new_token(
 /// The TLS library's words when `err` is a relay certificate this host does not
 /// trust: no retry can fix that by itself, and the owner must be told how to.
 fn untrusted_certificate(err: &RegisterError) -> Option<String> {
-    let RegisterError::Relay(ConnectRelayError::Connection(
-        quinn::ConnectionError::TransportError(error),
-    )) = err
-    else {
-        return None;
+    let reason = match err {
+        RegisterError::Relay(ConnectRelayError::Connection(
+            quinn::ConnectionError::TransportError(error),
+        )) => error.reason.clone(),
+        RegisterError::Relay(ConnectRelayError::TlsHandshake(error)) => error.to_string(),
+        _ => return None,
     };
-    error
-        .reason
+    reason
         .contains("invalid peer certificate")
-        .then(|| error.reason.clone())
+        .then_some(reason)
 }
 
 /// `delay` give or take a fifth, so hosts told to come back at the same moment do not.
@@ -297,56 +331,215 @@ impl Drop for CountedRelayConnection {
     }
 }
 
-/// A registered connection's open registration stream.
 /// A registration's open control stream: the registration lasts while its send half
 /// stays open.
 pub type RegistrationStream = (quinn::SendStream, quinn::RecvStream);
 
-/// Connects and registers; returns the connection and its open registration stream.
+/// A registered relay connection and its open registration stream.
+enum Registration {
+    Quic {
+        connection: quinn::Connection,
+        stream: RegistrationStream,
+    },
+    /// TLS over TCP: the connection is its one stream.
+    Framed {
+        connection: blindrelay_transport::Connection,
+        send: FramedSend,
+        recv: FramedRecv,
+    },
+}
+
+impl Registration {
+    fn transport(&self) -> RelayTransport {
+        match self {
+            Self::Quic { .. } => RelayTransport::Quic,
+            Self::Framed { .. } => RelayTransport::Tcp,
+        }
+    }
+
+    fn connection(&self) -> RelayConnection {
+        match self {
+            Self::Quic { connection, .. } => RelayConnection::Quic(connection.clone()),
+            Self::Framed { connection, .. } => RelayConnection::Framed(connection.clone()),
+        }
+    }
+}
+
+/// A handle on a relay connection of either transport.
+enum RelayConnection {
+    Quic(quinn::Connection),
+    Framed(blindrelay_transport::Connection),
+}
+
+impl RelayConnection {
+    fn close(&self, code: CloseCode, reason: &str) {
+        match self {
+            Self::Quic(connection) => connection.close(code.into(), reason.as_bytes()),
+            Self::Framed(connection) => connection.close(code, reason),
+        }
+    }
+
+    async fn closed(&self) {
+        match self {
+            Self::Quic(connection) => {
+                connection.closed().await;
+            }
+            Self::Framed(connection) => {
+                connection.closed().await;
+            }
+        }
+    }
+}
+
+/// A new connection to the relay, before registration.
+enum Connected {
+    Quic(quinn::Connection),
+    Framed(FramedRelayConnection),
+}
+
+/// Connects and registers; returns the registration and its count.
 async fn register(
     config: &HostConfig,
     token: Option<Token>,
     relay: &RelayUrl,
     endpoints: &LocalEndpoints,
+    udp: &UdpHealth,
     counters: &Arc<HostCounters>,
-) -> Result<
-    (
-        quinn::Connection,
-        RegistrationStream,
-        CountedRelayConnection,
-    ),
-    RegisterError,
-> {
-    let profile = ConnectionProfile {
-        incoming_streams: config.max_concurrent_sessions,
-        keep_alive: config.keep_alive,
-        idle_timeout: config.idle_timeout,
-    };
-    let connection = connect_relay(endpoints, relay, profile).await?;
+) -> Result<(Registration, CountedRelayConnection), RegisterError> {
+    let connected = connect(config, relay, endpoints, udp).await?;
     let held = CountedRelayConnection::new(counters);
-    let proved = prove(config, token, &connection);
-    let result = tokio::time::timeout(config.handshake_timeout, proved).await;
+    let token = token.as_ref().map(Token::to_bytes);
+    let deadline = config.handshake_timeout;
+    let (result, connection) = match connected {
+        Connected::Quic(connection) => {
+            let proved =
+                tokio::time::timeout(deadline, register_on(&connection, &config.key, token)).await;
+            let result = proved.map(|proved| {
+                proved.map(|stream| Registration::Quic {
+                    connection: connection.clone(),
+                    stream,
+                })
+            });
+            (result, RelayConnection::Quic(connection))
+        }
+        Connected::Framed(framed) => {
+            let FramedRelayConnection {
+                mut send,
+                mut recv,
+                connection,
+                exporter,
+            } = framed;
+            let proved = register_over(&mut send, &mut recv, &exporter, &config.key, token);
+            let result = tokio::time::timeout(deadline, proved).await.map(|proved| {
+                proved.map(|()| Registration::Framed {
+                    connection: connection.clone(),
+                    send,
+                    recv,
+                })
+            });
+            (result, RelayConnection::Framed(connection))
+        }
+    };
     match result {
-        Ok(Ok(control)) => Ok((connection, control, held)),
+        Ok(Ok(registration)) => Ok((registration, held)),
         Ok(Err(err)) => {
-            connection.close(codes::close::NORMAL.into(), b"registration failed");
+            connection.close(codes::close::NORMAL, "registration failed");
             Err(err)
         }
         Err(_) => {
-            connection.close(codes::close::NORMAL.into(), b"registration timed out");
-            Err(RegisterError::Timeout(config.handshake_timeout))
+            connection.close(codes::close::NORMAL, "registration timed out");
+            Err(RegisterError::Timeout(deadline))
         }
     }
 }
 
-/// Runs the host's side of the registration machine on a new stream of `connection`.
-async fn prove(
+/// A connection to the relay over the transports `config` allows: with
+/// [`TransportPreference::Auto`], QUIC first and TLS over TCP after the fallback
+/// delay (at once when UDP failed lately, or as soon as QUIC fails); the first
+/// handshake to complete wins and the other is dropped before anything is sent on
+/// it, so one registration is ever made.
+async fn connect(
     config: &HostConfig,
-    token: Option<Token>,
-    connection: &quinn::Connection,
-) -> Result<RegistrationStream, RegisterError> {
-    let token = token.as_ref().map(Token::to_bytes);
-    register_on(connection, &config.key, token).await
+    relay: &RelayUrl,
+    endpoints: &LocalEndpoints,
+    udp: &UdpHealth,
+) -> Result<Connected, ConnectRelayError> {
+    let profile = ConnectionProfile {
+        incoming_streams: config.max_concurrent_sessions,
+        keep_alive: config.keep_alive,
+        idle_timeout: config.relay_idle_timeout,
+    };
+    let framed = framed_config(config);
+    let quic = async { connect_relay(endpoints, relay, profile).await };
+    let tcp = connect_relay_tcp(relay, framed);
+    match config.transport {
+        TransportPreference::Quic => return quic.await.map(Connected::Quic),
+        TransportPreference::Tcp => return tcp.await.map(Connected::Framed),
+        TransportPreference::Auto => {}
+    }
+    let delay = if udp.is_broken(relay) {
+        Duration::ZERO
+    } else {
+        config.tcp_delay
+    };
+    let quic_gave_up = tokio::sync::Notify::new();
+    let tcp = async {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = quic_gave_up.notified() => {}
+        }
+        tcp.await
+    };
+    tokio::pin!(quic, tcp);
+    let (mut quic_failed, mut tcp_failed) = (None, None);
+    loop {
+        tokio::select! {
+            result = &mut quic, if quic_failed.is_none() => match result {
+                Ok(connection) => {
+                    udp.set_working(relay);
+                    return Ok(Connected::Quic(connection));
+                }
+                Err(err) => {
+                    if let Some(tcp) = tcp_failed.take() {
+                        return Err(worse_of(err, tcp));
+                    }
+                    debug!(%err, "QUIC to the relay failed; trying TCP");
+                    quic_gave_up.notify_one();
+                    quic_failed = Some(err);
+                }
+            },
+            result = &mut tcp, if tcp_failed.is_none() => match result {
+                Ok(framed) => {
+                    info!("QUIC did not get through to the relay: using TLS over TCP");
+                    udp.set_broken(relay);
+                    return Ok(Connected::Framed(framed));
+                }
+                Err(err) => {
+                    if let Some(quic) = quic_failed.take() {
+                        return Err(worse_of(quic, err));
+                    }
+                    tcp_failed = Some(err);
+                }
+            },
+        }
+    }
+}
+
+/// Of a QUIC and a TCP failure, the one that says more: a timeout says least.
+fn worse_of(quic: ConnectRelayError, tcp: ConnectRelayError) -> ConnectRelayError {
+    match quic {
+        ConnectRelayError::Timeout(_) => tcp,
+        quic => quic,
+    }
+}
+
+/// The framing settings of the host's TLS-over-TCP connections to the relay.
+fn framed_config(config: &HostConfig) -> blindrelay_transport::Config {
+    blindrelay_transport::Config {
+        idle_timeout: config.relay_idle_timeout,
+        keep_alive: Some(config.keep_alive),
+        ..Default::default()
+    }
 }
 
 /// Registers `key`'s host id (with `token`, in binary form, where the relay requires
@@ -363,17 +556,149 @@ pub async fn register_on(
     token: Option<Vec<u8>>,
 ) -> Result<RegistrationStream, RegisterError> {
     let (mut send, mut recv) = connection.open_bi().await?;
-    let (expect_challenge, register) = HostRegistration::start(key, token);
-    send.write_all(&register.to_frame()).await?;
-    let challenge = read_control(&mut recv).await?;
     let mut exporter = [0u8; EXPORTER_LEN];
     connection
         .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .map_err(|_| RegisterError::KeyingMaterial)?;
-    let (expect_registered, proof) = expect_challenge.handle(challenge, &exporter)?;
-    send.write_all(&proof.to_frame()).await?;
-    expect_registered.handle(read_control(&mut recv).await?)?;
+    register_over(&mut send, &mut recv, &exporter, key, token).await?;
     Ok((send, recv))
+}
+
+/// The host's side of the registration exchange on a stream of any transport, bound
+/// to the connection by its TLS `exporter` value.
+async fn register_over(
+    send: &mut (impl AsyncWrite + Unpin),
+    recv: &mut (impl AsyncRead + Unpin),
+    exporter: &[u8; EXPORTER_LEN],
+    key: &SecretKey,
+    token: Option<Vec<u8>>,
+) -> Result<(), RegisterError> {
+    let (expect_challenge, register) = HostRegistration::start(key, token);
+    send.write_all(&register.to_frame())
+        .await
+        .map_err(RegisterError::Write)?;
+    let challenge = read_control(recv).await?;
+    let (expect_registered, proof) = expect_challenge.handle(challenge, exporter)?;
+    send.write_all(&proof.to_frame())
+        .await
+        .map_err(RegisterError::Write)?;
+    expect_registered.handle(read_control(recv).await?)?;
+    Ok(())
+}
+
+/// The relayed sessions a host holds over TCP, so switching the relay off or
+/// stopping can end them as closing a QUIC relay connection ends its streams.
+#[derive(Default)]
+struct TcpSessions(Arc<std::sync::Mutex<Vec<blindrelay_transport::Connection>>>);
+
+impl TcpSessions {
+    fn add(&self, connection: blindrelay_transport::Connection) {
+        let mut sessions = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|session| session.close_reason().is_none());
+        sessions.push(connection);
+    }
+
+    fn close_all(&mut self, code: CloseCode, reason: &str) {
+        let sessions = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for session in sessions {
+            session.close(code, reason);
+        }
+    }
+}
+
+/// A registration over TLS over TCP, while it is served.
+struct FramedRegistration<'a> {
+    connection: &'a blindrelay_transport::Connection,
+    send: FramedSend,
+    recv: FramedRecv,
+}
+
+/// Serves a registration over TLS over TCP until it ends: each `Dial` the relay
+/// sends gets a new connection that answers it (`Accept`), and the session on it
+/// goes to the agent's acceptor.
+async fn serve_framed(
+    registration: FramedRegistration<'_>,
+    config: &HostConfig,
+    relay: &RelayUrl,
+    tcp_sessions: &mut TcpSessions,
+    control: &mut AgentChannels,
+) -> RegistrationEnd {
+    let FramedRegistration {
+        connection,
+        mut send,
+        mut recv,
+    } = registration;
+    let mut dials = JoinSet::new();
+    loop {
+        while dials.try_join_next().is_some() {}
+        // Only branches that end the registration may interrupt a read, so no frame
+        // is ever dropped half read.
+        let message = {
+            let read = read_control(&mut recv);
+            tokio::pin!(read);
+            tokio::select! {
+                message = &mut read => message,
+                _ = control.enabled.wait_for(|on| !*on) => {
+                    // Unregister first; the caller closes the connection right after.
+                    send.finish();
+                    return RegistrationEnd::Disabled;
+                }
+                _ = control.shutdown.changed() => return RegistrationEnd::Shutdown,
+            }
+        };
+        match message {
+            Ok(ControlMessage::Dial { session_id, secret }) => {
+                let (acceptor, relay) = (control.acceptor.clone(), relay.clone());
+                let (framed, sessions) = (framed_config(config), tcp_sessions.0.clone());
+                dials.spawn(async move {
+                    let connected = match connect_relay_tcp(&relay, framed).await {
+                        Ok(connected) => connected,
+                        Err(err) => {
+                            debug!(%err, session_id, "cannot answer the relay's Dial");
+                            return;
+                        }
+                    };
+                    let FramedRelayConnection {
+                        mut send,
+                        recv,
+                        connection,
+                        ..
+                    } = connected;
+                    TcpSessions(sessions).add(connection);
+                    let accept = ControlMessage::Accept { session_id, secret };
+                    if send.write_all(&accept.to_frame()).await.is_ok() {
+                        acceptor.accept_framed(send, recv).await;
+                    }
+                });
+            }
+            Ok(ControlMessage::GoingAway { retry_after_ms }) => {
+                return RegistrationEnd::GoingAway(Duration::from_millis(retry_after_ms.into()));
+            }
+            Ok(ControlMessage::Error { code, reason }) if code.is_token_refusal() => {
+                return RegistrationEnd::TokenRefused { code, reason };
+            }
+            Ok(message) => {
+                debug!(?message, "relay ended the registration");
+                return framed_ended(connection);
+            }
+            Err(_) => return framed_ended(connection),
+        }
+    }
+}
+
+fn framed_ended(connection: &blindrelay_transport::Connection) -> RegistrationEnd {
+    match connection.close_reason() {
+        Some(blindrelay_transport::ConnectionError::ClosedByPeer { code, .. })
+            if code == codes::close::REPLACED =>
+        {
+            RegistrationEnd::Replaced
+        }
+        Some(reason) => RegistrationEnd::Lost(reason.to_string()),
+        None => {
+            connection.close(codes::close::NORMAL, "registration ended");
+            RegistrationEnd::Lost("the relay ended the registration".to_owned())
+        }
+    }
 }
 
 /// Accepts sessions on a registered connection until it ends.

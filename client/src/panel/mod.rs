@@ -29,7 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use blindrelay_client::{AuthorizedPlayers, HostState, RelayUrl};
+use blindrelay_client::{AuthorizedPlayers, HostState, RelayTransport, RelayUrl};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
@@ -62,6 +62,8 @@ pub(crate) struct HostView {
     pub(crate) state: watch::Receiver<HostState>,
     /// When the agent tries its relay again, while it waits to.
     pub(crate) retry_at: watch::Receiver<Option<std::time::Instant>>,
+    /// What carries the registration, while there is one.
+    pub(crate) relay_transport: watch::Receiver<Option<RelayTransport>>,
     /// Enable Relay as the host's loop last switched it.
     pub(crate) relay_enabled: watch::Receiver<bool>,
     /// The authorized players file, if the host has one.
@@ -327,7 +329,13 @@ fn status_json(view: &HostView) -> Value {
         "relay_enabled": *view.relay_enabled.borrow() && view.relay.is_some(),
         "relay": view.relay.as_ref().map(relay_name),
         "state": state_code(&host_state),
-        "status": relay_words(&host_state, view.relay.as_ref(), retry_in(view)),
+        "status": relay_words(
+            &host_state,
+            view.relay.as_ref(),
+            *view.relay_transport.borrow(),
+            retry_in(view),
+        ),
+        "relay_transport": view.relay_transport.borrow().map(|t| t.to_string()),
         "direct": view.direct.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "direct_status": direct,
         "ticket": view.ticket,
@@ -371,6 +379,7 @@ fn state_code(state: &HostState) -> &'static str {
 fn relay_words(
     state: &HostState,
     relay: Option<&RelayUrl>,
+    transport: Option<RelayTransport>,
     retry_in: Option<std::time::Duration>,
 ) -> String {
     let Some(relay) = relay else {
@@ -378,7 +387,10 @@ fn relay_words(
     };
     let relay = relay_name(relay);
     match state {
-        HostState::Registered => format!("reachable through relay {relay} over QUIC"),
+        HostState::Registered => match transport {
+            Some(RelayTransport::Tcp) => format!("reachable through relay {relay} over TLS/TCP"),
+            _ => format!("reachable through relay {relay} over QUIC"),
+        },
         HostState::Disabled => "relay disabled".to_owned(),
         HostState::Connecting { .. } if retry_in.is_some() => {
             // Rounded up: "retrying in 0 s" would read as stuck.
@@ -543,15 +555,29 @@ mod tests {
     fn states_read_as_the_owner_says_them() {
         let relay: RelayUrl = "blindrelay://relay.example:4433".parse().expect("url");
         assert_eq!(
-            relay_words(&HostState::Registered, Some(&relay), None),
+            relay_words(&HostState::Registered, Some(&relay), None, None),
             "reachable through relay relay.example:4433 over QUIC"
         );
         assert_eq!(
-            relay_words(&HostState::Disabled, Some(&relay), None),
+            relay_words(
+                &HostState::Registered,
+                Some(&relay),
+                Some(RelayTransport::Tcp),
+                None
+            ),
+            "reachable through relay relay.example:4433 over TLS/TCP"
+        );
+        assert_eq!(
+            relay_words(&HostState::Disabled, Some(&relay), None, None),
             "relay disabled"
         );
         assert_eq!(
-            relay_words(&HostState::Connecting { attempt: 3 }, Some(&relay), None),
+            relay_words(
+                &HostState::Connecting { attempt: 3 },
+                Some(&relay),
+                None,
+                None
+            ),
             "relay relay.example:4433 unreachable: retrying (attempt 3)"
         );
         assert_eq!(
@@ -561,6 +587,7 @@ mod tests {
                     reason: String::new()
                 },
                 Some(&relay),
+                None,
                 None
             ),
             "registration refused: token expired"
@@ -569,12 +596,13 @@ mod tests {
             relay_words(
                 &HostState::Connecting { attempt: 2 },
                 Some(&relay),
+                None,
                 Some(std::time::Duration::from_millis(7200))
             ),
             "relay relay.example:4433 unreachable: retrying in 8 s"
         );
         assert_eq!(
-            relay_words(&HostState::Disabled, None, None),
+            relay_words(&HostState::Disabled, None, None, None),
             "no relay: reachable only directly"
         );
     }

@@ -17,3 +17,4 @@ mod registration;
 mod sessions;
 mod tap;
 mod tokens;
+mod transports;

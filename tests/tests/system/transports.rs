@@ -1,0 +1,510 @@
+//! The relay over TLS/TCP beside QUIC: every pair of transports (a host on one, its
+//! player on the other) moves data byte-exact with the same ends and codes; a player
+//! or host whose UDP does not get through falls back to TCP by itself; and a
+//! stream-transport connection is held to the same deadlines as a QUIC one.
+
+use std::time::Duration;
+
+use blindrelay_client::{
+    HostAgent, HostState, Player, PlayerConfig, RelayTransport, SecureStream, SessionPath,
+    TransportPreference,
+};
+use blindrelay_protocol::{ControlMessage, ErrorCode, RelayUrl, SecretKey};
+use blindrelay_relay::units::{ByteSize, Span};
+use blindrelay_relay::{Limits, Relay};
+use blindrelay_tests::*;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Bytes each way in the pair tests: enough to cross many TLS records, frames and
+/// splice chunks, and to fill every window on the way.
+const BULK: u64 = 64 << 20;
+
+fn relay_with(set: impl FnOnce(&mut Limits)) -> Relay {
+    init_tracing();
+    let mut config = relay_config();
+    set(&mut config.limits);
+    Relay::spawn(config).expect("relay starts")
+}
+
+async fn host_over(relay: &RelayUrl, transport: TransportPreference) -> HostAgent {
+    let mut config = host_config(SecretKey::generate().unwrap(), relay);
+    config.transport = transport;
+    let agent = HostAgent::start(config).expect("host agent starts");
+    wait_for_state(&agent, |state| *state == HostState::Registered).await;
+    agent
+}
+
+fn player_over(transport: TransportPreference) -> Player {
+    let mut config = PlayerConfig::new(SecretKey::generate().unwrap());
+    config.transport = transport;
+    Player::new(config)
+}
+
+fn carried_by(preference: TransportPreference) -> RelayTransport {
+    match preference {
+        TransportPreference::Tcp => RelayTransport::Tcp,
+        _ => RelayTransport::Quic,
+    }
+}
+
+async fn open(player: &Player, host: &mut HostAgent) -> (SecureStream, SecureStream) {
+    let ticket = host.ticket().clone();
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
+    (
+        player_side.expect("player connects"),
+        host_side.expect("host accepts"),
+    )
+}
+
+/// Moves `len` pattern bytes each way at once and checks them.
+async fn both_ways(player_side: SecureStream, host_side: SecureStream, len: u64) {
+    let (mut player_read, mut player_write) = tokio::io::split(player_side);
+    let (mut host_read, mut host_write) = tokio::io::split(host_side);
+    let (down, up, sent_down, sent_up) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(
+            read_pattern(&mut player_read, 1),
+            read_pattern(&mut host_read, 2),
+            write_pattern(&mut host_write, 1, len),
+            write_pattern(&mut player_write, 2, len),
+        )
+    })
+    .await
+    .expect("both directions within two minutes");
+    sent_down.expect("host writes");
+    sent_up.expect("player writes");
+    assert_eq!(down.expect("player reads a clean end"), len);
+    assert_eq!(up.expect("host reads a clean end"), len);
+}
+
+/// A host on `host` and a player on `player`: one session, [`BULK`] bytes each way
+/// at once, byte-exact, clean ends both ways, counted by transport.
+async fn pair_moves_data(host: TransportPreference, player: TransportPreference) {
+    let relay = start_relay();
+    let mut agent = host_over(relay.url(), host).await;
+    assert_eq!(agent.relay_transport(), Some(carried_by(host)));
+    let (player_side, host_side) = open(&player_over(player), &mut agent).await;
+    assert_eq!(player_side.path(), SessionPath::Relayed);
+    assert_eq!(player_side.relay_transport(), Some(carried_by(player)));
+    assert_eq!(host_side.relay_transport(), Some(carried_by(host)));
+    assert_eq!(player_side.session_id(), host_side.session_id());
+    assert_eq!(
+        player_side.route(),
+        format!("relayed/{}", carried_by(player))
+    );
+    both_ways(player_side, host_side, BULK).await;
+
+    let stats = relay.stats();
+    assert_eq!(stats.sessions_opened, 1);
+    let tcp = |preference| u64::from(carried_by(preference) == RelayTransport::Tcp);
+    assert_eq!(stats.sessions_player_tcp, tcp(player));
+    assert_eq!(stats.sessions_host_tcp, tcp(host));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_tcp_reaches_a_host_on_quic() {
+    pair_moves_data(TransportPreference::Quic, TransportPreference::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_quic_reaches_a_host_on_tcp() {
+    pair_moves_data(TransportPreference::Tcp, TransportPreference::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_tcp_reaches_a_host_on_tcp() {
+    pair_moves_data(TransportPreference::Tcp, TransportPreference::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_to_a_host_on_tcp_run_at_once() {
+    let relay = start_relay();
+    let agent = host_over(relay.url(), TransportPreference::Tcp).await;
+    let ticket = agent.ticket().clone();
+    let _echo = spawn_echo_host(agent);
+    let player = std::sync::Arc::new(player_over(TransportPreference::Tcp));
+    let mut sessions = tokio::task::JoinSet::new();
+    for seed in 0..8u64 {
+        let (player, ticket) = (player.clone(), ticket.clone());
+        sessions.spawn(async move {
+            let session = player.connect(&ticket).await.expect("session");
+            let (mut read, mut write) = tokio::io::split(session);
+            let writer =
+                tokio::spawn(async move { write_pattern(&mut write, seed, 1 << 20).await });
+            let got = read_pattern(&mut read, seed)
+                .await
+                .expect("echo byte-exact");
+            writer.await.unwrap().unwrap();
+            got
+        });
+    }
+    while let Some(got) = sessions.join_next().await {
+        assert_eq!(got.unwrap(), 1 << 20);
+    }
+    assert_eq!(relay.stats().sessions_host_tcp, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_limit_ends_a_tcp_session_with_its_code_on_both_sides() {
+    const MAX: u64 = 1 << 20;
+    let relay = relay_with(|limits| limits.sessions.max_bytes = ByteSize(MAX));
+    let mut host = host_over(relay.url(), TransportPreference::Tcp).await;
+    let player = player_over(TransportPreference::Tcp);
+    let (session, host_side) = open(&player, &mut host).await;
+    assert_eq!(session.limits().max_bytes, MAX);
+    let (_, mut write) = tokio::io::split(session);
+    let writer = tokio::spawn(async move {
+        let buf = vec![7u8; 16 * 1024];
+        loop {
+            if let Err(err) = write.write_all(&buf).await {
+                return err.to_string();
+            }
+        }
+    });
+    let (mut host_read, _host_write) = tokio::io::split(host_side);
+    let mut buf = vec![0u8; 64 * 1024];
+    let host_error = loop {
+        match tokio::time::timeout(PATIENCE, host_read.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!("a clean end instead of the limit"),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => break err.to_string(),
+            Err(_) => panic!("no end in time"),
+        }
+    };
+    assert!(host_error.contains("maximum bytes"), "{host_error}");
+    let player_error = tokio::time::timeout(PATIENCE, writer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(player_error.contains("maximum bytes"), "{player_error}");
+    assert_eq!(relay.stats().bytes_player_to_host, MAX);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_on_tcp_that_switches_its_relay_off_ends_its_relayed_sessions() {
+    let relay = start_relay();
+    let mut host = host_over(relay.url(), TransportPreference::Tcp).await;
+    let player = player_over(TransportPreference::Quic);
+    let (mut session, _host_side) = open(&player, &mut host).await;
+    host.set_relay_enabled(false);
+    wait_for_state(&host, |state| *state == HostState::Disabled).await;
+    let mut buf = [0u8; 64];
+    let err = tokio::time::timeout(PATIENCE, session.read(&mut buf))
+        .await
+        .expect("the session ends, it does not hang")
+        .expect_err("the session ends with an error");
+    let ended = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<blindrelay_client::SessionEnded>());
+    assert_eq!(
+        ended,
+        Some(&blindrelay_client::SessionEnded::PeerGone),
+        "{err}"
+    );
+    // And a new player is refused: the registration is gone.
+    let ticket = host.ticket().clone();
+    let refused = player.connect(&ticket).await.expect_err("refused");
+    assert!(
+        refused.to_string().contains("host not reachable"),
+        "{refused}"
+    );
+}
+
+/// A stand-in for a network that blocks UDP: a UDP socket that swallows every
+/// datagram, and a TCP port that forwards to the relay's. A relay URL naming this
+/// port (with the relay's pin) is reachable over TCP only.
+struct UdpBlackhole {
+    url: RelayUrl,
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+impl UdpBlackhole {
+    async fn in_front_of(relay: &Relay) -> Self {
+        let tcp_target = relay.tcp_addr().expect("the relay listens on TCP");
+        // One port number for both, as a relay URL has one.
+        let (udp, tcp) = loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                break (udp, tcp);
+            }
+        };
+        let port = udp.local_addr().unwrap().port();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while udp.recv_from(&mut buf).await.is_ok() {}
+        });
+        tasks.spawn(async move {
+            let mut forwards = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = tcp.accept().await {
+                forwards.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(tcp_target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        let relay_url = relay.url();
+        let url = RelayUrl::new("127.0.0.1", port, relay_url.pin().copied()).expect("url");
+        Self { url, _tasks: tasks }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_udp_is_blackholed_a_player_falls_back_to_tcp_at_once() {
+    let relay = start_relay();
+    let mut agent = start_host(relay.url()).await;
+    let blocked = UdpBlackhole::in_front_of(&relay).await;
+    let ticket = blindrelay_protocol::Ticket::new(*agent.host_id(), blocked.url.clone(), vec![])
+        .expect("ticket");
+    let player = player_over(TransportPreference::Auto);
+    let started = Instant::now();
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), agent.accept());
+    let (player_side, host_side) = (player_side.expect("connects"), host_side.expect("accepts"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the fallback takes {:?}",
+        started.elapsed()
+    );
+    assert_eq!(player_side.relay_transport(), Some(RelayTransport::Tcp));
+    assert_eq!(host_side.relay_transport(), Some(RelayTransport::Quic));
+    both_ways(player_side, host_side, BULK).await;
+    // The next session remembers: TCP at once, well under the QUIC handshake timeout.
+    let started = Instant::now();
+    let (again, host_again) = tokio::join!(player.connect(&ticket), agent.accept());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        again.expect("again").relay_transport(),
+        Some(RelayTransport::Tcp)
+    );
+    drop(host_again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_udp_is_blackholed_a_host_registers_over_tcp_and_quic_players_reach_it() {
+    let relay = start_relay();
+    let blocked = UdpBlackhole::in_front_of(&relay).await;
+    let started = Instant::now();
+    let mut agent = host_over(&blocked.url, TransportPreference::Auto).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "registered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(agent.relay_transport(), Some(RelayTransport::Tcp));
+    // A player on an open network, through the relay's own URL, over QUIC.
+    let ticket = blindrelay_protocol::Ticket::new(*agent.host_id(), relay.url().clone(), vec![])
+        .expect("ticket");
+    let player = player_over(TransportPreference::Auto);
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), agent.accept());
+    let (player_side, host_side) = (player_side.expect("connects"), host_side.expect("accepts"));
+    assert_eq!(player_side.relay_transport(), Some(RelayTransport::Quic));
+    assert_eq!(host_side.relay_transport(), Some(RelayTransport::Tcp));
+    both_ways(player_side, host_side, 4 << 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_udp_open_auto_takes_quic() {
+    let relay = start_relay();
+    let mut agent = host_over(relay.url(), TransportPreference::Auto).await;
+    assert_eq!(agent.relay_transport(), Some(RelayTransport::Quic));
+    let (player_side, _host_side) = open(&player_over(TransportPreference::Auto), &mut agent).await;
+    assert_eq!(player_side.relay_transport(), Some(RelayTransport::Quic));
+    assert_eq!(relay.stats().connections_accepted_tcp, 0);
+}
+
+/// A raw TLS-over-TCP connection to the relay, framed, for speaking the protocol by
+/// hand.
+async fn raw_tcp(relay: &Relay) -> blindrelay_client::FramedRelayConnection {
+    blindrelay_client::connect_relay_tcp(relay.url(), Default::default())
+        .await
+        .expect("TLS over TCP to the relay")
+}
+
+async fn read_answer(recv: &mut blindrelay_transport::FramedRecv) -> ControlMessage {
+    tokio::time::timeout(PATIENCE, blindrelay_client::read_control(recv))
+        .await
+        .expect("an answer in time")
+        .expect("a control message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_nobody_dialed_is_refused() {
+    let relay = start_relay();
+    let mut raw = raw_tcp(&relay).await;
+    let accept = ControlMessage::Accept {
+        session_id: 42,
+        secret: [7; 16],
+    };
+    raw.send.write_all(&accept.to_frame()).await.unwrap();
+    match read_answer(&mut raw.recv).await {
+        ControlMessage::Error { code, .. } => assert_eq!(code, ErrorCode::BadRequest),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_over_tcp_for_an_unknown_host_is_refused_as_offline() {
+    let relay = start_relay();
+    let mut raw = raw_tcp(&relay).await;
+    let connect = ControlMessage::Connect {
+        host_id: SecretKey::generate().unwrap().host_id(),
+    };
+    let mut out = BytesMut::new();
+    connect.encode(&mut out);
+    // A hello of the right shape: the relay reads it before looking the host up.
+    out.extend_from_slice(&[0, 4, 1, 2, 3, 4]);
+    raw.send.write_all(&out).await.unwrap();
+    match read_answer(&mut raw.recv).await {
+        ControlMessage::Error { code, .. } => assert_eq!(code, ErrorCode::HostOffline),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_framing_ends_that_connection_only() {
+    let relay = start_relay();
+    let mut agent = start_host(relay.url()).await;
+    let player = player_over(TransportPreference::Tcp);
+    let (session, host_side) = open(&player, &mut agent).await;
+    tokio::spawn(echo(host_side));
+    // Garbage inside TLS, where a frame should be: an unknown frame type.
+    let tcp = tokio::net::TcpStream::connect(relay.tcp_addr().unwrap())
+        .await
+        .unwrap();
+    let mut tls = tls_to(tcp).await;
+    tls.write_all(&[0x09, 0xff, 0xff, 0xff]).await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the relay closes the broken connection");
+    // The honest session goes on, byte-exact.
+    let (mut read, mut write) = tokio::io::split(session);
+    let writer = tokio::spawn(async move { write_pattern(&mut write, 9, 4 << 20).await });
+    assert_eq!(read_pattern(&mut read, 9).await.expect("echo"), 4 << 20);
+    writer.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_comes_is_cut_at_the_deadline() {
+    let relay = relay_with(|limits| {
+        limits.connections.handshake_timeout = Span(Duration::from_secs(1));
+    });
+    let mut silent = tokio::net::TcpStream::connect(relay.tcp_addr().unwrap())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(PATIENCE, silent.read(&mut buf))
+        .await
+        .expect("the relay closes it");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(relay.stats().connections_handshake_timed_out, 1);
+    assert_eq!(relay.stats().handshakes_in_progress, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_no_first_message_is_cut_at_the_deadline() {
+    let relay = relay_with(|limits| {
+        limits.connections.first_message_timeout = Span(Duration::from_secs(1));
+    });
+    let mut raw = raw_tcp(&relay).await;
+    let started = Instant::now();
+    match read_answer(&mut raw.recv).await {
+        ControlMessage::Error { code, .. } => assert_eq!(code, ErrorCode::BadRequest),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_costs_the_relay_one_buffer_and_is_cut() {
+    // A player over TCP that asks for a session and then reads nothing while the
+    // host sends: the relay stops reading the host at its buffer, and the stall
+    // timeout ends the session for both.
+    let relay = relay_with(|limits| limits.sessions.stall_timeout = Span(Duration::from_secs(1)));
+    let mut agent = host_over(relay.url(), TransportPreference::Quic).await;
+    let player = player_over(TransportPreference::Tcp);
+    let (session, host_side) = open(&player, &mut agent).await;
+    let (_host_read, mut host_write) = tokio::io::split(host_side);
+    let buf = vec![3u8; 64 * 1024];
+    let mut written = 0u64;
+    let error = loop {
+        match tokio::time::timeout(PATIENCE, host_write.write_all(&buf)).await {
+            Ok(Ok(())) => written += buf.len() as u64,
+            Ok(Err(err)) => break err.to_string(),
+            Err(_) => panic!("the write neither went through nor failed in time"),
+        }
+    };
+    assert!(error.contains("stall"), "{error}");
+    // What the host got rid of: the kernel's socket buffers, the relay's frames in
+    // flight and QUIC's windows; tens of MiB at most, never the stream.
+    assert!(written < 64 << 20, "{written} bytes went somewhere");
+    drop(session);
+}
+
+/// A TLS client session to the relay's TCP port with the protocol's ALPN, for tests
+/// that write raw bytes inside TLS. The certificate is not checked: these tests are
+/// about what the relay does with the bytes, not who it is.
+async fn tls_to(
+    tcp: tokio::net::TcpStream,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![blindrelay_protocol::ALPN.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS to the relay")
+}
+
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.3 only".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
