@@ -13,6 +13,7 @@ use crate::control::ControlMessage;
 use crate::keys::{HostId, SecretKey};
 use crate::noise::{split_frame, HostHandshake, PlayerHandshake, VerdictOpened};
 use crate::registration::{HostRegistration, RelayRegistration, EXPORTER_LEN};
+use crate::stream_frame::{StreamFrame, MAX_FRAME_LEN};
 use crate::ticket::Ticket;
 use crate::token::{self, IssuerKeys, IssuerSecretKey, Token};
 
@@ -32,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("token_text", token_text),
     ("key_files", key_files),
     ("registration", registration),
+    ("stream_frames", stream_frames),
 ];
 
 /// One control frame's content: decodes or errs; decoded messages re-encode to the
@@ -219,3 +221,31 @@ fn fixed_issuer_keys() -> IssuerKeys {
         Err(_) => IssuerKeys::default(),
     }
 }
+
+/// A stream transport's frames, fed in pieces as a TLS connection delivers them:
+/// every frame that decodes re-encodes to the bytes it came from, and the buffer
+/// never holds more than one frame's worth before a frame completes or is refused.
+pub fn stream_frames(data: &[u8]) {
+    let mut buf = BytesMut::new();
+    let mut consumed = 0;
+    for piece in data.chunks(5) {
+        buf.extend_from_slice(piece);
+        loop {
+            let before = buf.clone();
+            match StreamFrame::decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    let used = before.len() - buf.len();
+                    let mut again = BytesMut::new();
+                    frame.encode(&mut again);
+                    assert_eq!(&again[..], &before[..used], "{frame:?}");
+                    consumed += used;
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        assert!(buf.len() < MAX_FRAME_LEN + 5, "buffered {} bytes", buf.len());
+    }
+    assert!(consumed <= data.len());
+}
+

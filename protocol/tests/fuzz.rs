@@ -184,4 +184,5 @@ fuzz_tests!(
     token_text,
     key_files,
     registration,
+    stream_frames,
 );
