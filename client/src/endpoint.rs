@@ -54,8 +54,8 @@ pub enum ConnectRelayError {
     /// The QUIC or TLS handshake failed (relay down, wrong pin, wrong protocol).
     #[error("relay connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    /// The TLS-over-TCP connection or its handshake failed (relay down, wrong pin,
-    /// a relay that does not speak the protocol).
+    /// The TLS-over-TCP connection, its handshake or its WebSocket upgrade failed
+    /// (relay down, wrong pin, a relay that does not speak the protocol).
     #[error("relay connection over TCP failed: {0}")]
     TlsHandshake(std::io::Error),
     /// The relay did not complete the handshake in time (down, or unreachable).
@@ -247,7 +247,29 @@ pub async fn connect_relay_tcp(
     url: &RelayUrl,
     config: blindrelay_transport::Config,
 ) -> Result<FramedRelayConnection, ConnectRelayError> {
-    let tls = Arc::new(client_tls(relay_check(url), ALPN)?);
+    connect_relay_stream(url, config, false).await
+}
+
+/// Like [`connect_relay_tcp`], with the frames inside a WebSocket at the relay's
+/// WebSocket path (ALPN `http/1.1`): for networks that pass HTTPS and nothing else.
+pub async fn connect_relay_websocket(
+    url: &RelayUrl,
+    config: blindrelay_transport::Config,
+) -> Result<FramedRelayConnection, ConnectRelayError> {
+    connect_relay_stream(url, config, true).await
+}
+
+async fn connect_relay_stream(
+    url: &RelayUrl,
+    config: blindrelay_transport::Config,
+    websocket: bool,
+) -> Result<FramedRelayConnection, ConnectRelayError> {
+    let alpn = if websocket {
+        blindrelay_transport::websocket::HTTP_ALPN
+    } else {
+        ALPN
+    };
+    let tls = Arc::new(client_tls(relay_check(url), alpn)?);
     let connect = async {
         let addr = resolve(url).await?;
         let socket = tokio::net::TcpStream::connect(addr).await?;
@@ -263,7 +285,7 @@ pub async fn connect_relay_tcp(
             .await
             .map_err(ConnectRelayError::TlsHandshake)?;
         let (_, state) = stream.get_ref();
-        if state.alpn_protocol() != Some(ALPN) {
+        if state.alpn_protocol() != Some(alpn) {
             return Err(ConnectRelayError::TlsHandshake(std::io::Error::other(
                 "the relay did not agree to the blindrelay protocol (ALPN)",
             )));
@@ -272,7 +294,29 @@ pub async fn connect_relay_tcp(
         state
             .export_keying_material(&mut exporter, EXPORTER_LABEL, Some(b""))
             .map_err(|err| ConnectRelayError::Tls(TlsSetupError::Rustls(err)))?;
-        let (send, recv, connection) = blindrelay_transport::framed(stream, config);
+        let (send, recv, connection) = if websocket {
+            let host = if url.host().contains(':') {
+                format!("[{}]", url.host())
+            } else {
+                url.host().to_owned()
+            };
+            let request = format!(
+                "wss://{host}:{}{}",
+                url.port(),
+                blindrelay_transport::websocket::PATH
+            );
+            let (ws, _) = tokio_tungstenite::client_async_with_config(
+                request,
+                stream,
+                Some(blindrelay_transport::websocket::config()),
+            )
+            .await
+            .map_err(|err| ConnectRelayError::TlsHandshake(std::io::Error::other(err)))?;
+            let bytes = blindrelay_transport::websocket::WsBytes::new(ws);
+            blindrelay_transport::framed(bytes, config)
+        } else {
+            blindrelay_transport::framed(stream, config)
+        };
         Ok(FramedRelayConnection {
             send,
             recv,

@@ -34,7 +34,8 @@ pub use blindrelay_protocol::{
 };
 pub use endpoint::{
     connect_relay_raw, connect_relay_raw_from, connect_relay_raw_with, connect_relay_tcp,
-    relay_endpoint_raw, ConnectRelayError, FramedRelayConnection, TlsSetupError,
+    connect_relay_websocket, relay_endpoint_raw, ConnectRelayError, FramedRelayConnection,
+    TlsSetupError,
 };
 pub use host::{
     register_on, DirectListenError, HostAgent, HostConfig, HostState, HostStats, RegisterError,

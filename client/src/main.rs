@@ -668,8 +668,14 @@ async fn forward_to_service(
         }
     };
     let _ = tcp.set_nodelay(true);
+    // A session cut short resets the service's connection, as below for players.
+    let socket = socket2::SockRef::from(&tcp).try_clone().ok();
     let mut tcp = open.count(tcp);
-    splice_tcp(local_id, &mut session, &mut tcp).await;
+    if splice_tcp(local_id, &mut session, &mut tcp).await == Ended::CutShort {
+        if let Some(socket) = socket {
+            let _ = socket.set_linger(Some(Duration::ZERO));
+        }
+    }
 }
 
 /// The path a session came by, as the panel names it.
@@ -905,7 +911,12 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
                     match player.connect(&ticket).await {
                         Ok(mut session) => {
                             info!(local_id, session = relay_session(&session), path = %session.route(), "session open");
-                            splice_tcp(local_id, &mut session, &mut tcp).await
+                            if splice_tcp(local_id, &mut session, &mut tcp).await == Ended::CutShort {
+                                // A reset, not a clean end: the application reading
+                                // this socket must not take a cut download for a
+                                // whole one.
+                                let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                            }
                         }
                         Err(err) => warn!(%err, "cannot open a session"),
                     }
@@ -923,14 +934,28 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
 }
 
 /// Copies both ways until both directions have ended (half-close passes through).
+/// How a session spliced to a local TCP connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Both sides ended cleanly.
+    Cleanly,
+    /// The session failed (cut by the relay, the other side gone, truncated): the
+    /// local connection must be reset, not closed, or its application would take
+    /// what it got for the whole.
+    CutShort,
+}
+
 async fn splice_tcp(
     local_id: u64,
     session: &mut (impl AsyncRead + AsyncWrite + Unpin),
     tcp: &mut (impl AsyncRead + AsyncWrite + Unpin),
-) {
+) -> Ended {
     const BUF: usize = 64 * 1024;
     match tokio::io::copy_bidirectional_with_sizes(session, tcp, BUF, BUF).await {
-        Ok((sent, received)) => debug!(local_id, sent, received, "session ended"),
+        Ok((sent, received)) => {
+            debug!(local_id, sent, received, "session ended");
+            Ended::Cleanly
+        }
         // Cut from outside the session (a relay limit, the other side gone): the
         // person at either end wants to know why their download stopped.
         Err(err)
@@ -938,9 +963,13 @@ async fn splice_tcp(
                 .get_ref()
                 .is_some_and(|inner| inner.is::<blindrelay_client::SessionEnded>()) =>
         {
-            warn!(local_id, %err, "session cut short")
+            warn!(local_id, %err, "session cut short");
+            Ended::CutShort
         }
-        Err(err) => debug!(local_id, %err, "session ended with an error"),
+        Err(err) => {
+            debug!(local_id, %err, "session ended with an error");
+            Ended::CutShort
+        }
     }
 }
 

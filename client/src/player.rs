@@ -36,12 +36,12 @@ use tracing::debug;
 
 use crate::connections::ConnectionCache;
 use crate::endpoint::{
-    connect_relay, connect_relay_tcp, direct_client_config, ConnectRelayError, ConnectionProfile,
-    LocalEndpoints, TlsSetupError, DIRECT_SERVER_NAME,
+    connect_relay, connect_relay_tcp, connect_relay_websocket, direct_client_config,
+    ConnectRelayError, ConnectionProfile, LocalEndpoints, TlsSetupError, DIRECT_SERVER_NAME,
 };
 use crate::linger::{StreamRecv, StreamSend};
 use crate::stream::{RelayTransport, SecureStream, SessionEnded, SessionPath};
-use crate::transports::{TransportPreference, UdpHealth};
+use crate::transports::{race, TransportPreference, UdpHealth};
 use crate::wire::{read_control, read_noise_message, WireError};
 use tokio::io::AsyncWriteExt;
 
@@ -485,6 +485,24 @@ fn host_left(err: WireError) -> ConnectError {
     SetupStreamError::Read(err).into()
 }
 
+/// Of the failures of every transport tried, in the order tried, the one that
+/// says most: the first that is not a timeout (a timeout only says nothing came).
+fn most_telling(errors: Vec<ConnectError>) -> ConnectError {
+    let timeout = |err: &ConnectError| {
+        matches!(
+            err,
+            ConnectError::Relay(ConnectRelayError::Timeout(_)) | ConnectError::Timeout(_)
+        )
+    };
+    let first_telling = errors.iter().position(|err| !timeout(err)).unwrap_or(0);
+    errors
+        .into_iter()
+        .nth(first_telling)
+        .unwrap_or(ConnectError::NoPath {
+            preference: PathPreference::RelayOnly,
+        })
+}
+
 impl ConnectError {
     /// Whether the attempt failed on the way to the relay (it could not be reached,
     /// or the connection broke), not at the relay's or the host's answer: another
@@ -600,36 +618,79 @@ impl Connector {
             .await?)
     }
 
+    /// A relayed session over the transports the configuration allows. With
+    /// [`TransportPreference::Auto`]: QUIC first, TLS over TCP after the fallback
+    /// delay (at once when UDP to this relay was found broken lately, or as soon as
+    /// QUIC fails), then WebSocket; the first session set up wins and the others are
+    /// cancelled. A QUIC connection still being made when another transport wins
+    /// goes on in the background, and once it is up new sessions take QUIC again.
     async fn connect_relayed(
         self: Arc<Self>,
         url: RelayUrl,
         host_id: HostId,
     ) -> Result<SecureStream, ConnectError> {
-        match self.config.transport {
-            TransportPreference::Quic => self.relayed_quic(&url, host_id).await,
-            TransportPreference::Tcp => self.relayed_tcp(&url, host_id).await,
-            TransportPreference::Auto => self.relayed_auto(url, host_id).await,
+        let auto = self.config.transport == TransportPreference::Auto;
+        if auto && self.relays.live(&url).is_some() {
+            return self.relayed_quic(&url, host_id).await;
+        }
+        let transports: &[RelayTransport] = match self.config.transport {
+            TransportPreference::Quic => &[RelayTransport::Quic],
+            TransportPreference::Tcp => &[RelayTransport::Tcp],
+            TransportPreference::WebSocket => &[RelayTransport::WebSocket],
+            _ => &[
+                RelayTransport::Quic,
+                RelayTransport::Tcp,
+                RelayTransport::WebSocket,
+            ],
+        };
+        let step = self.config.tcp_delay;
+        let first_step = if self.udp.is_broken(&url) {
+            Duration::ZERO
+        } else {
+            step
+        };
+        let attempts = transports
+            .iter()
+            .map(
+                |transport| -> crate::transports::Attempt<'_, SecureStream, ConnectError> {
+                    match transport {
+                        RelayTransport::Quic if auto => {
+                            Box::pin(self.clone().relayed_quic_meanwhile(url.clone(), host_id))
+                        }
+                        RelayTransport::Quic => Box::pin(self.relayed_quic(&url, host_id)),
+                        RelayTransport::Tcp | RelayTransport::WebSocket => {
+                            Box::pin(self.relayed_framed(&url, host_id, *transport))
+                        }
+                    }
+                },
+            )
+            .collect();
+        let raced = race(attempts, &[Duration::ZERO, first_step, step], |err| {
+            !err.is_transport_failure()
+        })
+        .await;
+        match raced {
+            Ok((_, stream)) => {
+                if auto && stream.relay_transport() == Some(RelayTransport::Quic) {
+                    self.udp.set_working(&url);
+                } else if auto {
+                    debug!(transport = ?stream.relay_transport(), "QUIC did not get through to the relay");
+                    self.udp.set_broken(&url);
+                }
+                Ok(stream)
+            }
+            Err(errors) => Err(most_telling(errors)),
         }
     }
 
-    /// QUIC first, TLS over TCP when QUIC has not made it after the fallback delay
-    /// (at once when UDP to this relay was found broken lately, or as soon as QUIC
-    /// fails): the first session set up wins, the other is cancelled. A QUIC
-    /// connection still being made when TCP wins goes on in the background, so new
-    /// sessions take QUIC again once it works.
-    async fn relayed_auto(
+    /// A relayed session over QUIC whose connection, made in a task of its own,
+    /// outlives this attempt when another transport wins: new sessions take QUIC
+    /// again as soon as it is up.
+    async fn relayed_quic_meanwhile(
         self: Arc<Self>,
         url: RelayUrl,
         host_id: HostId,
     ) -> Result<SecureStream, ConnectError> {
-        if self.relays.live(&url).is_some() {
-            return self.relayed_quic(&url, host_id).await;
-        }
-        let delay = if self.udp.is_broken(&url) {
-            Duration::ZERO
-        } else {
-            self.config.tcp_delay
-        };
         let connecting = tokio::spawn({
             let (connector, url) = (self.clone(), url.clone());
             async move {
@@ -640,54 +701,8 @@ impl Connector {
                     .await
             }
         });
-        let quic_gave_up = tokio::sync::Notify::new();
-        let quic = async {
-            let connection = connecting.await??;
-            self.relayed_on(&connection, host_id).await
-        };
-        let tcp = async {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = quic_gave_up.notified() => {}
-            }
-            self.relayed_tcp(&url, host_id).await
-        };
-        tokio::pin!(quic, tcp);
-        let (mut quic_failed, mut tcp_failed) = (None, None);
-        loop {
-            tokio::select! {
-                result = &mut quic, if quic_failed.is_none() => match result {
-                    Ok(stream) => {
-                        self.udp.set_working(&url);
-                        return Ok(stream);
-                    }
-                    Err(err) if err.is_transport_failure() => {
-                        debug!(%err, "QUIC to the relay failed; TCP goes on");
-                        if tcp_failed.is_some() {
-                            return Err(err);
-                        }
-                        quic_gave_up.notify_one();
-                        quic_failed = Some(err);
-                    }
-                    // The relay answered: TCP would hear the same.
-                    Err(err) => return Err(err),
-                },
-                result = &mut tcp, if tcp_failed.is_none() => match result {
-                    Ok(stream) => {
-                        debug!(quic_failed = quic_failed.is_some(), "session over TCP: UDP to the relay looks broken");
-                        self.udp.set_broken(&url);
-                        return Ok(stream);
-                    }
-                    Err(err) if err.is_transport_failure() => {
-                        if let Some(quic) = quic_failed.take() {
-                            return Err(quic);
-                        }
-                        tcp_failed = Some(err);
-                    }
-                    Err(err) => return Err(err),
-                },
-            }
-        }
+        let connection = connecting.await??;
+        self.relayed_on(&connection, host_id).await
     }
 
     /// A relayed session over QUIC, on the player's shared connection to the relay.
@@ -740,21 +755,25 @@ impl Connector {
             .await
     }
 
-    /// A relayed session over TLS over TCP: a connection of its own, which carries
-    /// just this session.
-    async fn relayed_tcp(
+    /// A relayed session over a stream transport (TLS over TCP, or WebSocket in
+    /// it): a connection of its own, which carries just this session.
+    async fn relayed_framed(
         &self,
         url: &RelayUrl,
         host_id: HostId,
+        transport: RelayTransport,
     ) -> Result<SecureStream, ConnectError> {
         let config = blindrelay_transport::Config {
             idle_timeout: self.config.idle_timeout,
             keep_alive: Some(self.config.keep_alive),
             ..Default::default()
         };
-        let framed = connect_relay_tcp(url, config).await?;
+        let framed = match transport {
+            RelayTransport::WebSocket => connect_relay_websocket(url, config).await?,
+            _ => connect_relay_tcp(url, config).await?,
+        };
         let pending = PendingSession::new(crate::linger::framed_halves(framed.send, framed.recv));
-        self.session_through_relay(pending, host_id, RelayTransport::Tcp)
+        self.session_through_relay(pending, host_id, transport)
             .await
     }
 

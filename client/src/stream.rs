@@ -55,6 +55,8 @@ pub enum RelayTransport {
     Quic,
     /// TLS 1.3 over TCP, for networks that block or break UDP.
     Tcp,
+    /// A WebSocket over TLS over TCP, for networks that pass HTTPS only.
+    WebSocket,
 }
 
 impl std::fmt::Display for RelayTransport {
@@ -62,6 +64,7 @@ impl std::fmt::Display for RelayTransport {
         f.write_str(match self {
             Self::Quic => "quic",
             Self::Tcp => "tcp",
+            Self::WebSocket => "websocket",
         })
     }
 }

@@ -3,10 +3,16 @@
 //!
 //! QUIC is the fast default. On networks that block or break UDP (hotels, offices,
 //! some mobile networks, routers that mangle large datagrams) the relay is also
-//! reachable over TLS 1.3 on TCP, at the same port number. With
-//! [`TransportPreference::Auto`], QUIC starts first and TLS over TCP joins after
-//! [`DEFAULT_TCP_DELAY`] (happy eyeballs, RFC 8305's idea applied to transports);
-//! a relay whose UDP failed lately gets both at once for [`UDP_BROKEN_MEMORY`].
+//! reachable over TLS 1.3 on TCP, at the same port number, and over a WebSocket in
+//! that TLS where only HTTPS gets through. With [`TransportPreference::Auto`], QUIC
+//! starts first, TLS over TCP joins after [`DEFAULT_TCP_DELAY`] and WebSocket after
+//! as long again, each at once if the one before fails (happy eyeballs, RFC 8305's
+//! idea applied to transports); a relay whose UDP failed lately gets TCP at once,
+//! beside QUIC, for [`UDP_BROKEN_MEMORY`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -34,6 +40,8 @@ pub enum TransportPreference {
     Quic,
     /// TLS over TCP only.
     Tcp,
+    /// WebSocket (over TLS over TCP) only.
+    WebSocket,
 }
 
 impl std::fmt::Display for TransportPreference {
@@ -42,13 +50,14 @@ impl std::fmt::Display for TransportPreference {
             Self::Auto => "auto",
             Self::Quic => "quic",
             Self::Tcp => "tcp",
+            Self::WebSocket => "websocket",
         })
     }
 }
 
-/// A transport preference that is not one of `auto`, `quic`, `tcp`.
+/// A transport preference that is not one of `auto`, `quic`, `tcp`, `websocket`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown transport {0:?}: expected auto, quic or tcp")]
+#[error("unknown transport {0:?}: expected auto, quic, tcp or websocket")]
 pub struct UnknownTransport(pub String);
 
 impl std::str::FromStr for TransportPreference {
@@ -59,9 +68,71 @@ impl std::str::FromStr for TransportPreference {
             "auto" => Ok(Self::Auto),
             "quic" => Ok(Self::Quic),
             "tcp" => Ok(Self::Tcp),
+            "websocket" => Ok(Self::WebSocket),
             other => Err(UnknownTransport(other.to_owned())),
         }
     }
+}
+
+/// One attempt in a [`race`].
+pub(crate) type Attempt<'a, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'a>>;
+
+/// Runs `attempts` happy-eyeballs style: the first at once, each next one
+/// `delays[i]` after the one before it started, or as soon as that one failed. The
+/// first to succeed wins, with its index, and the others are dropped (cancelled).
+/// An error that `final_answer` says is an answer, not a failure to get through (a
+/// refusal), ends the race at once: another transport would hear the same. When
+/// every attempt failed, the errors come back in the attempts' order.
+pub(crate) async fn race<T, E>(
+    mut attempts: Vec<Attempt<'_, T, E>>,
+    delays: &[Duration],
+    final_answer: impl Fn(&E) -> bool,
+) -> Result<(usize, T), Vec<E>> {
+    let count = attempts.len();
+    let mut running = vec![false; count];
+    let mut errors: Vec<Option<E>> = (0..count).map(|_| None).collect();
+    let mut started = 0;
+    let delay_after = |started: usize| delays.get(started).copied().unwrap_or_default();
+    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+    std::future::poll_fn(|cx| loop {
+        let mut moved = false;
+        if started < count && timer.as_mut().poll(cx).is_ready() {
+            running[started] = true;
+            started += 1;
+            timer.as_mut().reset(Instant::now() + delay_after(started));
+            moved = true;
+        }
+        for index in 0..started {
+            if !running[index] {
+                continue;
+            }
+            let Poll::Ready(result) = attempts[index].as_mut().poll(cx) else {
+                continue;
+            };
+            running[index] = false;
+            match result {
+                Ok(won) => return Poll::Ready(Ok((index, won))),
+                Err(err) if final_answer(&err) => {
+                    return Poll::Ready(Err(vec![err]));
+                }
+                Err(err) => {
+                    errors[index] = Some(err);
+                    // The last one started failed: the next starts now.
+                    if index + 1 == started && started < count {
+                        timer.as_mut().reset(Instant::now());
+                    }
+                    moved = true;
+                }
+            }
+        }
+        if started == count && !running.contains(&true) {
+            return Poll::Ready(Err(errors.iter_mut().filter_map(Option::take).collect()));
+        }
+        if !moved {
+            return Poll::Pending;
+        }
+    })
+    .await
 }
 
 /// Relays whose UDP did not get through lately, and until when that is believed.
@@ -112,10 +183,96 @@ mod tests {
             TransportPreference::Auto,
             TransportPreference::Quic,
             TransportPreference::Tcp,
+            TransportPreference::WebSocket,
         ] {
             assert_eq!(preference.to_string().parse(), Ok(preference));
         }
         assert!("udp".parse::<TransportPreference>().is_err());
+    }
+
+    fn attempt<'a>(
+        after: u64,
+        result: Result<&'static str, &'static str>,
+    ) -> Attempt<'a, &'static str, &'static str> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            result
+        })
+    }
+
+    const STEP: [Duration; 3] = [
+        Duration::ZERO,
+        Duration::from_millis(250),
+        Duration::from_millis(250),
+    ];
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_transport_wins_when_it_is_quick() {
+        let started = Instant::now();
+        let won = race(
+            vec![
+                attempt(100, Ok("quic")),
+                attempt(10, Ok("tcp")),
+                attempt(10, Ok("ws")),
+            ],
+            &STEP,
+            |_| false,
+        )
+        .await;
+        assert_eq!(won, Ok((0, "quic")));
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_transport_is_overtaken_after_the_delay() {
+        let started = Instant::now();
+        let won = race(
+            vec![
+                attempt(4000, Ok("quic")),
+                attempt(10, Ok("tcp")),
+                attempt(10, Ok("ws")),
+            ],
+            &STEP,
+            |_| false,
+        )
+        .await;
+        assert_eq!(won, Ok((1, "tcp")));
+        assert_eq!(started.elapsed(), Duration::from_millis(260));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_starts_the_next_at_once() {
+        let started = Instant::now();
+        let won = race(
+            vec![
+                attempt(20, Err("no udp")),
+                attempt(30, Err("no tls")),
+                attempt(10, Ok("ws")),
+            ],
+            &STEP,
+            |_| false,
+        )
+        .await;
+        assert_eq!(won, Ok((2, "ws")));
+        assert_eq!(started.elapsed(), Duration::from_millis(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_ends_the_race_and_all_failures_come_back() {
+        let refused = race(
+            vec![attempt(20, Err("refused")), attempt(10, Ok("tcp"))],
+            &STEP,
+            |err| *err == "refused",
+        )
+        .await;
+        assert_eq!(refused, Err(vec!["refused"]));
+        let failed = race(
+            vec![attempt(20, Err("a")), attempt(10, Err("b"))],
+            &STEP,
+            |_| false,
+        )
+        .await;
+        assert_eq!(failed, Err(vec!["a", "b"]));
     }
 
     #[tokio::test(start_paused = true)]

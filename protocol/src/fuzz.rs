@@ -244,8 +244,11 @@ pub fn stream_frames(data: &[u8]) {
                 Err(_) => return,
             }
         }
-        assert!(buf.len() < MAX_FRAME_LEN + 5, "buffered {} bytes", buf.len());
+        assert!(
+            buf.len() < MAX_FRAME_LEN + 5,
+            "buffered {} bytes",
+            buf.len()
+        );
     }
     assert!(consumed <= data.len());
 }
-

@@ -19,6 +19,8 @@ pub(crate) enum TransportKind {
     Quic,
     /// TLS 1.3 over TCP, one stream per connection.
     Tcp,
+    /// WebSocket over TLS over TCP, one stream per connection.
+    WebSocket,
 }
 
 impl TransportKind {
@@ -27,6 +29,7 @@ impl TransportKind {
         match self {
             Self::Quic => "quic",
             Self::Tcp => "tcp",
+            Self::WebSocket => "websocket",
         }
     }
 }

@@ -27,10 +27,16 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         &[
             (
                 "transport=\"quic\"",
-                s.connections_accepted - s.connections_accepted_tcp,
+                s.connections_accepted - s.connections_accepted_tcp - s.connections_accepted_ws,
             ),
             ("transport=\"tcp\"", s.connections_accepted_tcp),
+            ("transport=\"websocket\"", s.connections_accepted_ws),
         ],
+    );
+    out.counter(
+        "websocket_upgrades_failed_total",
+        "HTTP requests on the TCP listener that did not become a WebSocket in time.",
+        &[("", s.websocket_upgrades_failed)],
     );
     out.counter(
         "connections_refused_total",
@@ -108,14 +114,19 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         &[
             (
                 "side=\"player\",transport=\"quic\"",
-                s.sessions_opened - s.sessions_player_tcp,
+                s.sessions_opened - s.sessions_player_tcp - s.sessions_player_ws,
             ),
             ("side=\"player\",transport=\"tcp\"", s.sessions_player_tcp),
             (
+                "side=\"player\",transport=\"websocket\"",
+                s.sessions_player_ws,
+            ),
+            (
                 "side=\"host\",transport=\"quic\"",
-                s.sessions_opened - s.sessions_host_tcp,
+                s.sessions_opened - s.sessions_host_tcp - s.sessions_host_ws,
             ),
             ("side=\"host\",transport=\"tcp\"", s.sessions_host_tcp),
+            ("side=\"host\",transport=\"websocket\"", s.sessions_host_ws),
         ],
     );
     out.counter(

@@ -128,7 +128,7 @@ impl Relay {
             }
             None => (None, None),
         };
-        let tcp_tls: TlsSettings = Arc::new(RwLock::new(Arc::new(tls::server_tls(
+        let tcp_tls: TlsSettings = Arc::new(RwLock::new(Arc::new(stream_listener::tls(
             &shared.config.certificate,
         )?)));
         let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -187,7 +187,7 @@ impl Relay {
         let mut config = self.shared.config.clone();
         config.certificate = certificate;
         let url = config.url(self.local_addr)?;
-        let tcp_tls = Arc::new(tls::server_tls(&certificate_for_tcp)?);
+        let tcp_tls = Arc::new(stream_listener::tls(&certificate_for_tcp)?);
         self.endpoint.set_server_config(Some(server_config));
         *self.tcp_tls.write().unwrap_or_else(|p| p.into_inner()) = tcp_tls;
         if url != self.url {

@@ -98,11 +98,15 @@ pub(crate) async fn pair_and_splice(
         }
 
         Stats::bump(&shared.stats.sessions_opened);
-        if link.kind() == TransportKind::Tcp {
-            Stats::bump(&shared.stats.sessions_player_tcp);
+        match link.kind() {
+            TransportKind::Quic => {}
+            TransportKind::Tcp => Stats::bump(&shared.stats.sessions_player_tcp),
+            TransportKind::WebSocket => Stats::bump(&shared.stats.sessions_player_ws),
         }
-        if host_session.host().link.kind() == TransportKind::Tcp {
-            Stats::bump(&shared.stats.sessions_host_tcp);
+        match host_session.host().link.kind() {
+            TransportKind::Quic => {}
+            TransportKind::Tcp => Stats::bump(&shared.stats.sessions_host_tcp),
+            TransportKind::WebSocket => Stats::bump(&shared.stats.sessions_host_ws),
         }
         shared.stats.pairing.record(started.elapsed());
         let _active = Active::start(&shared);

@@ -16,6 +16,10 @@ pub(crate) struct Stats {
     pub connections_accepted: AtomicU64,
     /// Of those, over TLS/TCP.
     pub connections_accepted_tcp: AtomicU64,
+    /// Of those, over WebSocket.
+    pub connections_accepted_ws: AtomicU64,
+    /// WebSocket upgrades refused or not completed in time.
+    pub websocket_upgrades_failed: AtomicU64,
     pub connections_rate_limited: AtomicU64,
     pub connections_over_address_cap: AtomicU64,
     pub connections_at_capacity: AtomicU64,
@@ -33,6 +37,10 @@ pub(crate) struct Stats {
     pub sessions_player_tcp: AtomicU64,
     /// Sessions opened whose host side came over TLS/TCP.
     pub sessions_host_tcp: AtomicU64,
+    /// Sessions opened whose player came over WebSocket.
+    pub sessions_player_ws: AtomicU64,
+    /// Sessions opened whose host side came over WebSocket.
+    pub sessions_host_ws: AtomicU64,
     pub sessions_active: AtomicU64,
     pub sessions_refused_offline: AtomicU64,
     pub sessions_refused_unreachable: AtomicU64,
@@ -175,6 +183,10 @@ pub struct StatsSnapshot {
     pub connections_accepted: u64,
     /// Of those, over TLS/TCP.
     pub connections_accepted_tcp: u64,
+    /// Of those, over WebSocket.
+    pub connections_accepted_ws: u64,
+    /// WebSocket upgrades refused or not completed in time.
+    pub websocket_upgrades_failed: u64,
     /// Connections open now (holding a place in the connection cap).
     pub connections_open: u64,
     /// TLS handshakes in progress now (counted against `connections.max_handshakes`,
@@ -213,6 +225,10 @@ pub struct StatsSnapshot {
     pub sessions_player_tcp: u64,
     /// Of those, sessions whose host side came over TLS/TCP.
     pub sessions_host_tcp: u64,
+    /// Of those, sessions whose player came over WebSocket.
+    pub sessions_player_ws: u64,
+    /// Of those, sessions whose host side came over WebSocket.
+    pub sessions_host_ws: u64,
     /// Sessions refused after a valid `Connect`, all reasons together.
     pub sessions_refused: u64,
     /// Refused: host offline.
@@ -282,6 +298,8 @@ impl Stats {
         StatsSnapshot {
             connections_accepted: get(&self.connections_accepted),
             connections_accepted_tcp: get(&self.connections_accepted_tcp),
+            connections_accepted_ws: get(&self.connections_accepted_ws),
+            websocket_upgrades_failed: get(&self.websocket_upgrades_failed),
             connections_open: u64::from(admission.open_connections()),
             handshakes_in_progress: u64::from(admission.handshakes_in_flight()),
             connections_rate_limited: get(&self.connections_rate_limited),
@@ -300,6 +318,8 @@ impl Stats {
             sessions_opened: get(&self.sessions_opened),
             sessions_player_tcp: get(&self.sessions_player_tcp),
             sessions_host_tcp: get(&self.sessions_host_tcp),
+            sessions_player_ws: get(&self.sessions_player_ws),
+            sessions_host_ws: get(&self.sessions_host_ws),
             sessions_refused: refused.into_iter().map(get).sum(),
             sessions_refused_offline: get(&self.sessions_refused_offline),
             sessions_refused_unreachable: get(&self.sessions_refused_unreachable),

@@ -1,5 +1,7 @@
 //! The relay over TCP: TLS 1.3 with ALPN `blindrelay/1`, for hosts and players on
-//! networks that block or break UDP.
+//! networks that block or break UDP; and, chosen by the ALPN `http/1.1`, a WebSocket
+//! at [`websocket::PATH`] over the same TLS, for networks that pass only HTTPS and
+//! for browsers.
 //!
 //! A TCP connection carries one stream, framed as `blindrelay_transport` does it,
 //! and that stream is what a QUIC stream would be: its first message routes it to a
@@ -32,7 +34,9 @@ use crate::routed_stream::RoutedStream;
 use crate::session_stream::{StreamRecv, StreamSend};
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
+use crate::tls::{self, RelayCertificate, TlsError};
 use crate::{registration, session};
+use blindrelay_transport::websocket;
 
 /// The TLS settings new TCP connections get; replaced when the certificate is.
 pub(crate) type TlsSettings = Arc<RwLock<Arc<rustls::ServerConfig>>>;
@@ -115,7 +119,7 @@ async fn handle(
     shared: Arc<RelayState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let span = info_span!("conn", peer = %redact(peer), transport = "tcp");
+    let span = info_span!("conn", peer = %redact(peer), transport = tracing::field::Empty);
     async move {
         let started = tokio::time::Instant::now();
         let _ = socket.set_nodelay(true);
@@ -135,12 +139,17 @@ async fn handle(
                 }
             };
         let (_, tls_state) = stream.get_ref();
-        if tls_state.alpn_protocol() != Some(ALPN) {
+        let kind = match tls_state.alpn_protocol() {
+            Some(ALPN) => TransportKind::Tcp,
+            Some(websocket::HTTP_ALPN) => TransportKind::WebSocket,
             // rustls refuses a client that offers other protocols only; one that
             // offers none gets here.
-            debug!("TLS client offered no blindrelay ALPN");
-            return;
-        }
+            _ => {
+                debug!("TLS client offered no ALPN the relay speaks");
+                return;
+            }
+        };
+        tracing::Span::current().record("transport", kind.name());
         let mut exporter = [0u8; EXPORTER_LEN];
         if tls_state
             .export_keying_material(&mut exporter, EXPORTER_LABEL, Some(b""))
@@ -148,14 +157,47 @@ async fn handle(
         {
             return;
         }
+        let framing = if kind == TransportKind::WebSocket {
+            // The upgrade is part of the handshake: its request, however slowly it
+            // trickles in, gets what is left of the handshake deadline.
+            let left = limits.handshake_timeout.0.saturating_sub(started.elapsed());
+            let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+                stream,
+                only_the_relay_path,
+                Some(websocket::config()),
+            );
+            match tokio::time::timeout(left, upgrade).await {
+                Ok(Ok(ws)) => Framing::WebSocket(Box::new(websocket::WsBytes::new(ws))),
+                Ok(Err(err)) => {
+                    Stats::bump(&shared.stats.websocket_upgrades_failed);
+                    debug!(%err, "WebSocket upgrade refused");
+                    return;
+                }
+                Err(_) => {
+                    Stats::bump(&shared.stats.websocket_upgrades_failed);
+                    Stats::bump(&shared.stats.connections_handshake_timed_out);
+                    debug!("WebSocket upgrade timed out");
+                    return;
+                }
+            }
+        } else {
+            Framing::Tls(Box::new(stream))
+        };
         shared.stats.handshake.record(started.elapsed());
         Stats::bump(&shared.stats.connections_accepted);
-        Stats::bump(&shared.stats.connections_accepted_tcp);
+        Stats::bump(match kind {
+            TransportKind::WebSocket => &shared.stats.connections_accepted_ws,
+            _ => &shared.stats.connections_accepted_tcp,
+        });
         let place = permit.establish();
         let limits = &shared.config.limits;
+        let idle = limits.connections.idle_timeout.0;
         let config = blindrelay_transport::Config {
-            idle_timeout: limits.connections.idle_timeout.0,
-            keep_alive: None,
+            idle_timeout: idle,
+            // Hosts and players ping a silent relay; the relay pings a peer that has
+            // been silent a third of its idle timeout (one that only receives, say),
+            // so that a peer which is there is never cut as idle.
+            keep_alive: Some(idle / 3).filter(|every| !every.is_zero()),
             send_buffer: SEND_BUFFER,
             recv_buffer: RECV_BUFFER,
             // A backstop only: a session's stalls are the splice's to end, with
@@ -167,7 +209,10 @@ async fn handle(
                 .max(limits.connections.idle_timeout.0)
                 + WRITE_TIMEOUT_MARGIN,
         };
-        let (send, recv, connection) = blindrelay_transport::framed(stream, config);
+        let (send, recv, connection) = match framing {
+            Framing::Tls(stream) => blindrelay_transport::framed(*stream, config),
+            Framing::WebSocket(ws) => blindrelay_transport::framed(*ws, config),
+        };
         if place == Place::Full {
             Stats::bump(&shared.stats.connections_at_capacity);
             connection.close(
@@ -180,7 +225,7 @@ async fn handle(
             connection: connection.clone(),
             remote: peer,
             exporter,
-            kind: TransportKind::Tcp,
+            kind,
         });
         let serve = serve_stream(
             StreamSend::Framed(send),
@@ -199,6 +244,37 @@ async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// The TLS settings of the TCP listener: `blindrelay/1`, and `http/1.1` for
+/// WebSocket.
+pub(crate) fn tls(certificate: &RelayCertificate) -> Result<rustls::ServerConfig, TlsError> {
+    tls::server_tls(certificate, &[ALPN, websocket::HTTP_ALPN])
+}
+
+/// What frames a TCP connection's stream: TLS itself, or a WebSocket inside it.
+enum Framing {
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    WebSocket(Box<websocket::WsBytes<tokio_rustls::server::TlsStream<TcpStream>>>),
+}
+
+/// Accepts the upgrade for the relay's WebSocket path only.
+#[allow(clippy::result_large_err)] // the callback's type is the WebSocket library's
+fn only_the_relay_path(
+    request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    response: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    if request.uri().path() == websocket::PATH {
+        return Ok(response);
+    }
+    let mut refused = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(Some(
+        "not found: the relay's WebSocket is at /blindrelay/1".to_owned(),
+    ));
+    *refused.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+    Err(refused)
 }
 
 /// Routes the connection's one stream by its first message and serves it.

@@ -137,15 +137,19 @@ impl RelayCertificate {
 pub(crate) fn server_crypto(
     certificate: &RelayCertificate,
 ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, TlsError> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(certificate)?)
-        .map_err(|err| TlsError::Config(err.to_string()))?;
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(certificate, &[ALPN])?)
+            .map_err(|err| TlsError::Config(err.to_string()))?;
     Ok(Arc::new(crypto))
 }
 
-/// The TLS settings of both transports: TLS 1.3 only, ALPN `blindrelay/1` only, no
-/// early data, no client certificates. Over TCP these are the whole handshake; QUIC
-/// wraps them.
-pub(crate) fn server_tls(certificate: &RelayCertificate) -> Result<rustls::ServerConfig, TlsError> {
+/// The TLS settings of every transport: TLS 1.3 only, the given ALPNs only (QUIC:
+/// `blindrelay/1`; TCP: that, and `http/1.1` for WebSocket), no early data, no client
+/// certificates. Over TCP these are the whole handshake; QUIC wraps them.
+pub(crate) fn server_tls(
+    certificate: &RelayCertificate,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -153,7 +157,7 @@ pub(crate) fn server_tls(certificate: &RelayCertificate) -> Result<rustls::Serve
         .with_no_client_auth()
         .with_single_cert(certificate.chain.clone(), certificate.key.clone_key())
         .map_err(|err| TlsError::Config(err.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn.iter().map(|alpn| alpn.to_vec()).collect();
     tls.max_early_data_size = 0;
     Ok(tls)
 }

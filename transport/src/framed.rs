@@ -51,8 +51,10 @@ pub struct Config {
     /// The connection is closed when nothing arrives for this long while it is
     /// being read.
     pub idle_timeout: Duration,
-    /// Sends a `PING` after this long without sending anything, so the other end
-    /// keeps hearing from this one (its idle timer, NAT bindings). `None`: never.
+    /// Sends a `PING` after this long without hearing from the peer, and again as
+    /// long as it stays silent: its `PONG` shows it is there (well within the idle
+    /// timeout, if this is well under it), and both ends' idle timers and NAT
+    /// bindings stay fresh. `None`: never.
     pub keep_alive: Option<Duration>,
     /// Bytes queued for the writer beyond which a write waits.
     pub send_buffer: usize,
@@ -174,11 +176,11 @@ struct State {
     /// Halves and handles alive.
     handles: usize,
     /// A write is on its way to the peer now: while it is, the peer's silence is
-    /// the write timeout's to judge, not the idle timeout's.
+    /// the write timeout's to judge, not the idle timeout's (a peer whose
+    /// application pauses stops reading, and its `PONG`s wait behind our bytes).
     writing: bool,
-    /// When the last write went through: a peer that takes what is sent is there,
-    /// even if it has nothing to say.
-    last_write: Option<Instant>,
+    /// When the last bytes from the peer arrived.
+    last_heard: Option<Instant>,
 }
 
 struct Shared {
@@ -691,15 +693,13 @@ async fn read_loop<R: AsyncRead + Send>(read: R, shared: Arc<Shared>) {
                 // Every handle gone: nobody will read what comes.
                 () = &mut room => break Err(None),
                 () = &mut idle => {
-                    // Silent for the idle timeout, unless what this end sends is
-                    // being taken (or is on its way) meanwhile.
-                    let state = shared.lock();
-                    let heard = state.last_write.map(|at| at + config.idle_timeout);
-                    match heard {
-                        _ if state.writing => idle.as_mut().reset(Instant::now() + config.idle_timeout),
-                        Some(until) if until > Instant::now() => idle.as_mut().reset(until),
-                        _ => break Err(Some(())),
+                    // Silent for the idle timeout, unless this end's own bytes are
+                    // stuck on their way to it meanwhile: then the write timeout
+                    // judges.
+                    if !shared.lock().writing {
+                        break Err(Some(()));
                     }
+                    idle.as_mut().reset(Instant::now() + config.idle_timeout);
                 }
             }
         };
@@ -713,7 +713,7 @@ async fn read_loop<R: AsyncRead + Send>(read: R, shared: Arc<Shared>) {
                 shared.fail(ConnectionError::Ended);
                 return;
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => shared.lock().last_heard = Some(Instant::now()),
             Ok(Err(err)) => {
                 shared.fail(ConnectionError::Io(err.kind()));
                 return;
@@ -867,7 +867,7 @@ async fn write_loop<W: AsyncWrite + Send>(write: W, shared: Arc<Shared>) {
     let mut write = Box::pin(write);
     let config = shared.config;
     let mut out = BytesMut::with_capacity(WRITE_BATCH + MAX_FRAME_LEN);
-    let mut last_write = Instant::now();
+    let mut last_ping = Instant::now();
     loop {
         let woken = shared.writer.notified();
         tokio::pin!(woken);
@@ -877,17 +877,12 @@ async fn write_loop<W: AsyncWrite + Send>(write: W, shared: Arc<Shared>) {
             Next::Write | Next::WriteAndEnd => {
                 shared.lock().writing = true;
                 let sent = send(&mut write, &out, &shared).await;
-                {
-                    let mut state = shared.lock();
-                    state.writing = false;
-                    state.last_write = Some(Instant::now());
-                }
+                shared.lock().writing = false;
                 if let Err(error) = sent {
                     shared.fail(error);
                     return;
                 }
                 out.clear();
-                last_write = Instant::now();
                 if matches!(next, Next::WriteAndEnd) {
                     break;
                 }
@@ -896,10 +891,18 @@ async fn write_loop<W: AsyncWrite + Send>(write: W, shared: Arc<Shared>) {
             Next::End => break,
             Next::Wait => match config.keep_alive {
                 Some(every) => {
+                    // Due `every` after the later of the last word from the peer and
+                    // the last ping.
+                    let heard = shared.lock().last_heard.unwrap_or(last_ping);
+                    let due = heard.max(last_ping) + every;
                     tokio::select! {
                         () = &mut woken => {}
-                        () = tokio::time::sleep_until(last_write + every) => {
-                            StreamFrame::Ping(fastrand::u64(..).to_be_bytes()).encode(&mut out);
+                        () = tokio::time::sleep_until(due) => {
+                            let heard = shared.lock().last_heard.unwrap_or(last_ping);
+                            if heard.max(last_ping) + every <= Instant::now() {
+                                StreamFrame::Ping(fastrand::u64(..).to_be_bytes()).encode(&mut out);
+                                last_ping = Instant::now();
+                            }
                         }
                     }
                 }
@@ -1152,11 +1155,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_one_way_stream_is_not_idle_while_its_bytes_are_taken() {
-        // The receiver says nothing for a minute, twice the idle timeout, while the
-        // sender's bytes go through: neither end is idle.
+    async fn a_one_way_stream_stays_up_on_keep_alives() {
+        // The receiver's application says nothing for a minute, twice the idle
+        // timeout, while the sender's bytes go through: the sender's pings, which
+        // the receiver answers, keep both ends from being idle.
         let config = Config {
             idle_timeout: Duration::from_secs(30),
+            keep_alive: Some(Duration::from_secs(10)),
             ..Config::default()
         };
         let ((mut a_send, _a_recv, a), (_b_send, mut b_recv, _b)) = pair(config);
@@ -1168,6 +1173,28 @@ mod tests {
         assert_eq!(a.close_reason(), None);
         a_send.finish();
         assert_eq!(reader.await.unwrap().expect("clean end").len(), 60_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_answering_is_found_out_within_the_idle_timeout() {
+        // A dead path: bytes go out, nothing comes back. Pings go unanswered, and
+        // the idle timeout ends the connection, however busy this end's own writes.
+        let (raw, other) = tokio::io::duplex(1 << 20);
+        let config = Config {
+            idle_timeout: Duration::from_secs(4),
+            keep_alive: Some(Duration::from_secs(2)),
+            ..Config::default()
+        };
+        let (mut send, _recv, connection) = framed(other, config);
+        let started = Instant::now();
+        send.write_all(b"into the void").await.expect("queued");
+        assert_eq!(connection.closed().await, ConnectionError::TimedOut);
+        assert!(
+            started.elapsed() <= Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(raw);
     }
 
     #[tokio::test(start_paused = true)]

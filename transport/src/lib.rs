@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod framed;
+pub mod websocket;
 
 pub use framed::{
     framed, Config, Connection, ConnectionError, FramedRecv, FramedSend, RecvError, SendError,

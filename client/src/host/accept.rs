@@ -71,13 +71,18 @@ impl SessionAcceptor {
 
     /// Like [`SessionAcceptor::accept`], for a relayed session on a stream-transport
     /// connection the host opened when its registration was told to (`Dial`).
-    pub(super) async fn accept_framed(&self, send: FramedSend, recv: FramedRecv) {
+    pub(super) async fn accept_framed(
+        &self,
+        send: FramedSend,
+        recv: FramedRecv,
+        transport: RelayTransport,
+    ) {
         let path = SessionPath::Relayed;
         self.accept_on(
             send,
             recv,
             path,
-            Some(RelayTransport::Tcp),
+            Some(transport),
             crate::linger::framed_halves,
         )
         .await;

@@ -67,10 +67,11 @@ pub struct HostConfig {
     pub keep_alive: Duration,
     /// Idle timeout of direct connections.
     pub idle_timeout: Duration,
-    /// Idle timeout of the relay connection: with [`HostConfig::keep_alive`] well
-    /// under it, the relay answers several times in this span, so silence this long
-    /// means the path is gone (UDP cut, the relay's machine down) and the agent
-    /// registers again, over TCP if UDP no longer gets through.
+    /// How long the relay may be silent: with [`HostConfig::keep_alive`] under it,
+    /// the relay answers at least once in this span, so silence this long means the
+    /// path is gone (UDP cut, the relay's machine down) and the agent registers
+    /// again, over TCP if UDP no longer gets through. Also the relay connection's
+    /// idle timeout.
     pub relay_idle_timeout: Duration,
     /// Which transports reach the relay.
     pub transport: TransportPreference,
@@ -115,7 +116,7 @@ impl HostConfig {
             // 2 s instead of 10.
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
-            relay_idle_timeout: Duration::from_secs(4),
+            relay_idle_timeout: Duration::from_millis(3500),
             transport: TransportPreference::Auto,
             tcp_delay: crate::transports::DEFAULT_TCP_DELAY,
             handshake_timeout: Duration::from_secs(10),

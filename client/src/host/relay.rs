@@ -30,11 +30,11 @@ use tracing::{debug, info, warn};
 use super::{AgentChannels, HostConfig, HostCounters, HostState};
 use crate::backoff::Backoff;
 use crate::endpoint::{
-    connect_relay, connect_relay_tcp, ConnectRelayError, ConnectionProfile, FramedRelayConnection,
-    LocalEndpoints,
+    connect_relay, connect_relay_tcp, connect_relay_websocket, ConnectRelayError,
+    ConnectionProfile, FramedRelayConnection, LocalEndpoints,
 };
 use crate::stream::{RelayTransport, SessionPath};
-use crate::transports::{TransportPreference, UdpHealth};
+use crate::transports::{race, Attempt, TransportPreference, UdpHealth};
 use crate::wire::{read_control, WireError};
 
 /// Why one registration attempt failed.
@@ -170,17 +170,20 @@ pub(super) async fn run_relay(
                 let connection = registration.connection();
                 let end = match registration {
                     Registration::Quic { connection, stream } => {
-                        serve_registered(&connection, stream, control).await
+                        let silence = config.relay_idle_timeout;
+                        serve_registered(&connection, stream, silence, control).await
                     }
                     Registration::Framed {
                         connection,
                         send,
                         recv,
+                        transport,
                     } => {
                         let framed = FramedRegistration {
                             connection: &connection,
                             send,
                             recv,
+                            transport,
                         };
                         serve_framed(framed, config, relay, &mut tcp_sessions, control).await
                     }
@@ -341,11 +344,12 @@ enum Registration {
         connection: quinn::Connection,
         stream: RegistrationStream,
     },
-    /// TLS over TCP: the connection is its one stream.
+    /// TLS over TCP, or WebSocket in it: the connection is its one stream.
     Framed {
         connection: blindrelay_transport::Connection,
         send: FramedSend,
         recv: FramedRecv,
+        transport: RelayTransport,
     },
 }
 
@@ -353,7 +357,7 @@ impl Registration {
     fn transport(&self) -> RelayTransport {
         match self {
             Self::Quic { .. } => RelayTransport::Quic,
-            Self::Framed { .. } => RelayTransport::Tcp,
+            Self::Framed { transport, .. } => *transport,
         }
     }
 
@@ -394,7 +398,7 @@ impl RelayConnection {
 /// A new connection to the relay, before registration.
 enum Connected {
     Quic(quinn::Connection),
-    Framed(FramedRelayConnection),
+    Framed(FramedRelayConnection, RelayTransport),
 }
 
 /// Connects and registers; returns the registration and its count.
@@ -422,7 +426,7 @@ async fn register(
             });
             (result, RelayConnection::Quic(connection))
         }
-        Connected::Framed(framed) => {
+        Connected::Framed(framed, transport) => {
             let FramedRelayConnection {
                 mut send,
                 mut recv,
@@ -435,6 +439,7 @@ async fn register(
                     connection: connection.clone(),
                     send,
                     recv,
+                    transport,
                 })
             });
             (result, RelayConnection::Framed(connection))
@@ -454,10 +459,10 @@ async fn register(
 }
 
 /// A connection to the relay over the transports `config` allows: with
-/// [`TransportPreference::Auto`], QUIC first and TLS over TCP after the fallback
-/// delay (at once when UDP failed lately, or as soon as QUIC fails); the first
-/// handshake to complete wins and the other is dropped before anything is sent on
-/// it, so one registration is ever made.
+/// [`TransportPreference::Auto`], QUIC first, TLS over TCP after the fallback delay
+/// (at once when UDP failed lately, or as soon as QUIC fails), then WebSocket; the
+/// first handshake to complete wins and the others are dropped before anything is
+/// sent on them, so one registration is ever made.
 async fn connect(
     config: &HostConfig,
     relay: &RelayUrl,
@@ -470,66 +475,68 @@ async fn connect(
         idle_timeout: config.relay_idle_timeout,
     };
     let framed = framed_config(config);
-    let quic = async { connect_relay(endpoints, relay, profile).await };
-    let tcp = connect_relay_tcp(relay, framed);
-    match config.transport {
-        TransportPreference::Quic => return quic.await.map(Connected::Quic),
-        TransportPreference::Tcp => return tcp.await.map(Connected::Framed),
-        TransportPreference::Auto => {}
-    }
-    let delay = if udp.is_broken(relay) {
+    let transports: &[RelayTransport] = match config.transport {
+        TransportPreference::Quic => &[RelayTransport::Quic],
+        TransportPreference::Tcp => &[RelayTransport::Tcp],
+        TransportPreference::WebSocket => &[RelayTransport::WebSocket],
+        _ => &[
+            RelayTransport::Quic,
+            RelayTransport::Tcp,
+            RelayTransport::WebSocket,
+        ],
+    };
+    let attempts = transports
+        .iter()
+        .map(|transport| -> Attempt<'_, Connected, ConnectRelayError> {
+            match transport {
+                RelayTransport::Quic => Box::pin(async move {
+                    connect_relay(endpoints, relay, profile)
+                        .await
+                        .map(Connected::Quic)
+                }),
+                RelayTransport::WebSocket => Box::pin(async move {
+                    let connected = connect_relay_websocket(relay, framed).await?;
+                    Ok(Connected::Framed(connected, RelayTransport::WebSocket))
+                }),
+                _ => Box::pin(async move {
+                    let connected = connect_relay_tcp(relay, framed).await?;
+                    Ok(Connected::Framed(connected, RelayTransport::Tcp))
+                }),
+            }
+        })
+        .collect();
+    let step = config.tcp_delay;
+    let first_step = if udp.is_broken(relay) {
         Duration::ZERO
     } else {
-        config.tcp_delay
+        step
     };
-    let quic_gave_up = tokio::sync::Notify::new();
-    let tcp = async {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = quic_gave_up.notified() => {}
-        }
-        tcp.await
-    };
-    tokio::pin!(quic, tcp);
-    let (mut quic_failed, mut tcp_failed) = (None, None);
-    loop {
-        tokio::select! {
-            result = &mut quic, if quic_failed.is_none() => match result {
-                Ok(connection) => {
-                    udp.set_working(relay);
-                    return Ok(Connected::Quic(connection));
-                }
-                Err(err) => {
-                    if let Some(tcp) = tcp_failed.take() {
-                        return Err(worse_of(err, tcp));
+    match race(attempts, &[Duration::ZERO, first_step, step], |_| false).await {
+        Ok((_, connected)) => {
+            if config.transport == TransportPreference::Auto {
+                match &connected {
+                    Connected::Quic(_) => udp.set_working(relay),
+                    Connected::Framed(_, transport) => {
+                        info!(%transport, "QUIC did not get through to the relay: falling back");
+                        udp.set_broken(relay);
                     }
-                    debug!(%err, "QUIC to the relay failed; trying TCP");
-                    quic_gave_up.notify_one();
-                    quic_failed = Some(err);
                 }
-            },
-            result = &mut tcp, if tcp_failed.is_none() => match result {
-                Ok(framed) => {
-                    info!("QUIC did not get through to the relay: using TLS over TCP");
-                    udp.set_broken(relay);
-                    return Ok(Connected::Framed(framed));
-                }
-                Err(err) => {
-                    if let Some(quic) = quic_failed.take() {
-                        return Err(worse_of(quic, err));
-                    }
-                    tcp_failed = Some(err);
-                }
-            },
+            }
+            Ok(connected)
         }
-    }
-}
-
-/// Of a QUIC and a TCP failure, the one that says more: a timeout says least.
-fn worse_of(quic: ConnectRelayError, tcp: ConnectRelayError) -> ConnectRelayError {
-    match quic {
-        ConnectRelayError::Timeout(_) => tcp,
-        quic => quic,
+        Err(errors) => {
+            // The first that is not a timeout says most.
+            let telling = errors
+                .iter()
+                .position(|err| !matches!(err, ConnectRelayError::Timeout(_)))
+                .unwrap_or(0);
+            Err(errors
+                .into_iter()
+                .nth(telling)
+                .unwrap_or(ConnectRelayError::Timeout(
+                    crate::endpoint::RELAY_HANDSHAKE_TIMEOUT,
+                )))
+        }
     }
 }
 
@@ -611,6 +618,8 @@ struct FramedRegistration<'a> {
     connection: &'a blindrelay_transport::Connection,
     send: FramedSend,
     recv: FramedRecv,
+    /// Sessions are answered over the same transport the registration took.
+    transport: RelayTransport,
 }
 
 /// Serves a registration over TLS over TCP until it ends: each `Dial` the relay
@@ -627,6 +636,7 @@ async fn serve_framed(
         connection,
         mut send,
         mut recv,
+        transport,
     } = registration;
     let mut dials = JoinSet::new();
     loop {
@@ -651,7 +661,11 @@ async fn serve_framed(
                 let (acceptor, relay) = (control.acceptor.clone(), relay.clone());
                 let (framed, sessions) = (framed_config(config), tcp_sessions.0.clone());
                 dials.spawn(async move {
-                    let connected = match connect_relay_tcp(&relay, framed).await {
+                    let connecting = match transport {
+                        RelayTransport::WebSocket => connect_relay_websocket(&relay, framed).await,
+                        _ => connect_relay_tcp(&relay, framed).await,
+                    };
+                    let connected = match connecting {
                         Ok(connected) => connected,
                         Err(err) => {
                             debug!(%err, session_id, "cannot answer the relay's Dial");
@@ -667,7 +681,7 @@ async fn serve_framed(
                     TcpSessions(sessions).add(connection);
                     let accept = ControlMessage::Accept { session_id, secret };
                     if send.write_all(&accept.to_frame()).await.is_ok() {
-                        acceptor.accept_framed(send, recv).await;
+                        acceptor.accept_framed(send, recv, transport).await;
                     }
                 });
             }
@@ -705,6 +719,7 @@ fn framed_ended(connection: &blindrelay_transport::Connection) -> RegistrationEn
 async fn serve_registered(
     connection: &quinn::Connection,
     registration: RegistrationStream,
+    silence: Duration,
     control: &mut AgentChannels,
 ) -> RegistrationEnd {
     // Keep the send half: finishing it would end the registration.
@@ -714,8 +729,19 @@ async fn serve_registered(
     let registration_ended = read_control(&mut registration_recv);
     tokio::pin!(registration_ended);
     let mut handshakes = JoinSet::new();
+    let mut watchdog = SilenceWatchdog::new(connection, silence);
     loop {
         tokio::select! {
+            () = watchdog.silent() => {
+                // The relay answers every keep-alive: this long without a packet
+                // from it, the path is gone (UDP cut, the relay's machine down). Say
+                // so now instead of waiting out QUIC's idle timer, which restarts at
+                // each keep-alive sent and so takes up to a keep-alive longer.
+                connection.close(codes::close::NORMAL.into(), b"relay silent");
+                return RegistrationEnd::Lost(format!(
+                    "nothing from the relay for {silence:?}"
+                ));
+            }
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let acceptor = control.acceptor.clone();
@@ -747,6 +773,43 @@ async fn serve_registered(
                 return RegistrationEnd::Disabled;
             }
             _ = control.shutdown.changed() => return RegistrationEnd::Shutdown,
+        }
+    }
+}
+
+/// Watches a QUIC connection for silence: the datagrams received from the relay,
+/// every keep-alive's acknowledgement among them, checked a few times a second.
+struct SilenceWatchdog<'a> {
+    connection: &'a quinn::Connection,
+    silence: Duration,
+    received: u64,
+    since: tokio::time::Instant,
+}
+
+impl<'a> SilenceWatchdog<'a> {
+    /// How often the count is looked at: a small part of the silence allowed.
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn new(connection: &'a quinn::Connection, silence: Duration) -> Self {
+        Self {
+            connection,
+            silence,
+            received: connection.stats().udp_rx.datagrams,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Resolves once nothing has arrived for the allowed silence.
+    async fn silent(&mut self) {
+        loop {
+            tokio::time::sleep(Self::EVERY).await;
+            let received = self.connection.stats().udp_rx.datagrams;
+            if received != self.received {
+                self.received = received;
+                self.since = tokio::time::Instant::now();
+            } else if self.since.elapsed() >= self.silence {
+                return;
+            }
         }
     }
 }

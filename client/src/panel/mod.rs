@@ -389,6 +389,9 @@ fn relay_words(
     match state {
         HostState::Registered => match transport {
             Some(RelayTransport::Tcp) => format!("reachable through relay {relay} over TLS/TCP"),
+            Some(RelayTransport::WebSocket) => {
+                format!("reachable through relay {relay} over WebSocket")
+            }
             _ => format!("reachable through relay {relay} over QUIC"),
         },
         HostState::Disabled => "relay disabled".to_owned(),

@@ -37,12 +37,16 @@ impl RelayProcess {
         let key_path = dir.join("relay.key");
         std::fs::write(&cert_path, cert).unwrap();
         std::fs::write(&key_path, key).unwrap();
-        // A port of our own: bind one, let it go, and keep it for every restart.
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port of our own, free for UDP and TCP (the relay listens on both), kept
+        // for every restart: outside the kernel's range of ephemeral ports, so no
+        // other test's outgoing connection takes its TCP number between restarts.
+        let port = (0..1000)
+            .map(|_| fastrand::u16(20_000..32_000))
+            .find(|&port| {
+                UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            })
+            .expect("a free port");
         let args = vec![
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),

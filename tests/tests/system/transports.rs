@@ -45,6 +45,7 @@ fn player_over(transport: TransportPreference) -> Player {
 fn carried_by(preference: TransportPreference) -> RelayTransport {
     match preference {
         TransportPreference::Tcp => RelayTransport::Tcp,
+        TransportPreference::WebSocket => RelayTransport::WebSocket,
         _ => RelayTransport::Quic,
     }
 }
@@ -97,9 +98,14 @@ async fn pair_moves_data(host: TransportPreference, player: TransportPreference)
 
     let stats = relay.stats();
     assert_eq!(stats.sessions_opened, 1);
-    let tcp = |preference| u64::from(carried_by(preference) == RelayTransport::Tcp);
-    assert_eq!(stats.sessions_player_tcp, tcp(player));
-    assert_eq!(stats.sessions_host_tcp, tcp(host));
+    let on = |preference, transport| u64::from(carried_by(preference) == transport);
+    assert_eq!(stats.sessions_player_tcp, on(player, RelayTransport::Tcp));
+    assert_eq!(stats.sessions_host_tcp, on(host, RelayTransport::Tcp));
+    assert_eq!(
+        stats.sessions_player_ws,
+        on(player, RelayTransport::WebSocket)
+    );
+    assert_eq!(stats.sessions_host_ws, on(host, RelayTransport::WebSocket));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +121,21 @@ async fn a_player_on_quic_reaches_a_host_on_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_on_tcp_reaches_a_host_on_tcp() {
     pair_moves_data(TransportPreference::Tcp, TransportPreference::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_websocket_reaches_a_host_on_quic() {
+    pair_moves_data(TransportPreference::Quic, TransportPreference::WebSocket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_quic_reaches_a_host_on_websocket() {
+    pair_moves_data(TransportPreference::WebSocket, TransportPreference::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_websocket_reaches_a_host_on_tcp() {
+    pair_moves_data(TransportPreference::Tcp, TransportPreference::WebSocket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,6 +336,173 @@ async fn with_udp_open_auto_takes_quic() {
     assert_eq!(relay.stats().connections_accepted_tcp, 0);
 }
 
+/// A stand-in for a network that passes HTTPS only, through a middlebox that looks
+/// at TLS: UDP is swallowed, and a TCP connection whose TLS ClientHello offers the
+/// ALPN `blindrelay/1` is cut, while one that offers `http/1.1` is forwarded to the
+/// relay.
+struct HttpsOnly {
+    url: RelayUrl,
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+impl HttpsOnly {
+    async fn in_front_of(relay: &Relay) -> Self {
+        let tcp_target = relay.tcp_addr().expect("the relay listens on TCP");
+        let (udp, tcp) = loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                break (udp, tcp);
+            }
+        };
+        let port = udp.local_addr().unwrap().port();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while udp.recv_from(&mut buf).await.is_ok() {}
+        });
+        tasks.spawn(async move {
+            let mut forwards = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = tcp.accept().await {
+                forwards.spawn(async move {
+                    // The ClientHello fits the first read on loopback.
+                    let mut hello = vec![0u8; 4096];
+                    let Ok(n) = inbound.read(&mut hello).await else {
+                        return;
+                    };
+                    let hello = &hello[..n];
+                    if hello.windows(12).any(|w| w == blindrelay_protocol::ALPN) {
+                        return; // cut: not HTTPS as this middlebox knows it
+                    }
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(tcp_target).await {
+                        if outbound.write_all(hello).await.is_ok() {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    }
+                });
+            }
+        });
+        let url = RelayUrl::new("127.0.0.1", port, relay.url().pin().copied()).expect("url");
+        Self { url, _tasks: tasks }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_only_https_passes_players_and_hosts_fall_back_to_websocket() {
+    let relay = start_relay();
+    let https_only = HttpsOnly::in_front_of(&relay).await;
+    let started = Instant::now();
+    let mut agent = host_over(&https_only.url, TransportPreference::Auto).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "registered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(agent.relay_transport(), Some(RelayTransport::WebSocket));
+    let player = player_over(TransportPreference::Auto);
+    let started = Instant::now();
+    let (player_side, host_side) = open(&player, &mut agent).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        player_side.relay_transport(),
+        Some(RelayTransport::WebSocket)
+    );
+    assert_eq!(host_side.relay_transport(), Some(RelayTransport::WebSocket));
+    both_ways(player_side, host_side, 8 << 20).await;
+    assert!(relay.stats().connections_accepted_ws >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_request_that_never_finishes_is_cut_at_the_handshake_deadline() {
+    let relay = relay_with(|limits| {
+        limits.connections.handshake_timeout = Span(Duration::from_secs(1));
+    });
+    let tcp = tokio::net::TcpStream::connect(relay.tcp_addr().unwrap())
+        .await
+        .unwrap();
+    let mut tls = tls_to(tcp, b"http/1.1").await;
+    // Slowloris: the start of an upgrade request, then nothing.
+    tls.write_all(b"GET /blindrelay/1 HTTP/1.1\r\nHost: relay\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut rest))
+        .await
+        .expect("the relay closes it");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(relay.stats().websocket_upgrades_failed, 1);
+    assert_eq!(relay.stats().connections_open, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_another_path_is_refused() {
+    let relay = start_relay();
+    let tcp = tokio::net::TcpStream::connect(relay.tcp_addr().unwrap())
+        .await
+        .unwrap();
+    let mut tls = tls_to(tcp, b"http/1.1").await;
+    tls.write_all(
+        b"GET /admin HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut answer))
+        .await
+        .expect("an answer, then the end");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert_eq!(relay.stats().websocket_upgrades_failed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_oversize_websocket_messages_end_that_connection_only() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let relay = start_relay();
+    let mut agent = start_host(relay.url()).await;
+    let (session, host_side) = open(&player_over(TransportPreference::WebSocket), &mut agent).await;
+    tokio::spawn(echo(host_side));
+    for bad in [
+        Message::text("hello"),
+        Message::binary(vec![0u8; blindrelay_transport::websocket::MAX_MESSAGE + 1]),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(relay.tcp_addr().unwrap())
+            .await
+            .unwrap();
+        let tls = tls_to(tcp, b"http/1.1").await;
+        let loose = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            "wss://localhost/blindrelay/1",
+            tls,
+            Some(loose),
+        )
+        .await
+        .expect("upgraded");
+        let _ = ws.send(bad).await;
+        let closed = tokio::time::timeout(PATIENCE, async {
+            use futures_util::StreamExt;
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+        assert!(closed.is_ok(), "the relay ends the connection");
+    }
+    // The honest session goes on, byte-exact.
+    let (mut read, mut write) = tokio::io::split(session);
+    let writer = tokio::spawn(async move { write_pattern(&mut write, 5, 4 << 20).await });
+    assert_eq!(read_pattern(&mut read, 5).await.expect("echo"), 4 << 20);
+    writer.await.unwrap().unwrap();
+}
+
 /// A raw TLS-over-TCP connection to the relay, framed, for speaking the protocol by
 /// hand.
 async fn raw_tcp(relay: &Relay) -> blindrelay_client::FramedRelayConnection {
@@ -374,7 +562,7 @@ async fn broken_framing_ends_that_connection_only() {
     let tcp = tokio::net::TcpStream::connect(relay.tcp_addr().unwrap())
         .await
         .unwrap();
-    let mut tls = tls_to(tcp).await;
+    let mut tls = tls_to(tcp, blindrelay_protocol::ALPN).await;
     tls.write_all(&[0x09, 0xff, 0xff, 0xff]).await.unwrap();
     let mut rest = Vec::new();
     let ended = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut rest)).await;
@@ -445,11 +633,12 @@ async fn a_peer_that_never_reads_costs_the_relay_one_buffer_and_is_cut() {
     drop(session);
 }
 
-/// A TLS client session to the relay's TCP port with the protocol's ALPN, for tests
-/// that write raw bytes inside TLS. The certificate is not checked: these tests are
-/// about what the relay does with the bytes, not who it is.
+/// A TLS client session to the relay's TCP port offering `alpn`, for tests that
+/// write raw bytes inside TLS. The certificate is not checked: these tests are about
+/// what the relay does with the bytes, not who it is.
 async fn tls_to(
     tcp: tokio::net::TcpStream,
+    alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -458,7 +647,7 @@ async fn tls_to(
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();
-    config.alpn_protocols = vec![blindrelay_protocol::ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
