@@ -113,15 +113,19 @@ impl Proc {
 
     /// Waits for a stderr line containing `text`, and returns it.
     pub fn wait_log(&self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + PATIENCE;
+        self.wait_log_within(text, PATIENCE)
+            .unwrap_or_else(|| panic!("no log line containing {text:?}"))
+    }
+
+    /// Waits at most `patience` for a stderr line containing `text`; `None` if none
+    /// came (the lines read meanwhile are consumed).
+    pub fn wait_log_within(&self, text: &str, patience: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + patience;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self
-                .stderr
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no log line containing {text:?}"));
+            let line = self.stderr.recv_timeout(left).ok()?;
             if line.contains(text) {
-                return line;
+                return Some(line);
             }
         }
     }
