@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::process::Proc;
+use crate::PATIENCE;
 
 /// Set to `1` where these tests must run (CI): a machine that cannot build
 /// namespaces then fails them instead of skipping them.
@@ -160,9 +161,31 @@ impl Net {
         );
     }
 
-    /// Starts `bin` with `args` inside `ns` (see [`Proc::start_under`]).
+    /// Starts `bin` with `args` inside `ns` (see [`Proc::start_under`]), and
+    /// returns once the process is inside: until `ip netns exec` has joined the
+    /// namespace it is not listed there, and a drop in that moment would miss it.
     pub fn start(&self, ns: &Ns, bin: &Path, args: &[&str]) -> Proc {
-        Proc::start_under(&ns.prefix(), bin, args)
+        use std::os::unix::fs::MetadataExt;
+        let mut proc = Proc::start_under(&ns.prefix(), bin, args);
+        let inode = std::fs::metadata(Path::new("/run/netns").join(ns.name()))
+            .expect("the namespace's file")
+            .ino();
+        let want = format!("net:[{inode}]");
+        let link = format!("/proc/{}/ns/net", proc.pid());
+        let deadline = Instant::now() + PATIENCE;
+        while proc.running() {
+            if std::fs::read_link(&link).is_ok_and(|ns| ns.as_os_str() == want.as_str()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not enter {}",
+                bin.display(),
+                ns.name()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        proc
     }
 
     /// Runs `f` on a thread inside `ns` and returns what it returns: sockets it

@@ -408,3 +408,29 @@ async fn when_udp_is_cut_mid_session_the_host_registers_again_over_tcp_and_new_s
     assert!(logs(&host_open, "path", "relayed/tcp"), "{host_open}");
     assert!(world.relay.running() && host.running() && player.running());
 }
+
+#[test]
+fn a_failing_test_leaves_no_namespace_and_no_process_behind() {
+    let mut inside: Option<(Proc, String)> = None;
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let Some(mut net) = Net::try_new() else {
+            return;
+        };
+        let ns = net.namespace("doomed");
+        // Held outside the failing scope, so only the network's drop can end it.
+        let sleeper = net.start(&ns, std::path::Path::new("sleep"), &["600"]);
+        inside = Some((sleeper, ns.name().to_owned()));
+        panic!("a test fails with a process in its namespace");
+    }));
+    let Some((mut sleeper, name)) = inside else {
+        return; // skipped: no namespaces here
+    };
+    assert!(failed.is_err());
+    assert!(!sleeper.running(), "the process inside was killed");
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        !list.split_whitespace().any(|listed| listed == name),
+        "{name} is gone: {list}"
+    );
+}
