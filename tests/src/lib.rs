@@ -1,6 +1,6 @@
 //! Helpers for the whole-system tests: start a relay, hosts and players on
 //! loopback, talk raw protocol to the relay, make checkable byte streams, and run
-//! the real binaries ([`process`]).
+//! the real binaries ([`process`]), in real networks where a test needs one ([`netns`]).
 //!
 //! The tests themselves are one binary, `tests/system/`, with a module per area.
 //! What needs the relay's test-only splice tap lives there, not here: this library
@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod netns;
 pub mod process;
 
 use std::time::Duration;

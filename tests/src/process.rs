@@ -57,8 +57,28 @@ impl Proc {
 
     /// Like [`Proc::start`], with extra environment variables.
     pub fn start_with_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(bin)
-            .args(args)
+        let mut command = Command::new(bin);
+        command.args(args);
+        Self::spawn(command, env)
+    }
+
+    /// Like [`Proc::start`], run under a command `prefix` that ends by executing
+    /// what follows it in its own place, such as `ip netns exec NS`: the process
+    /// id, signals and the kill on drop then reach `bin` itself.
+    pub fn start_under(prefix: &[&str], bin: &Path, args: &[&str]) -> Self {
+        let (program, prefix_args) = prefix.split_first().expect("a non-empty prefix");
+        let mut command = Command::new(program);
+        command.args(prefix_args).arg(bin).args(args);
+        Self::spawn(command, &[])
+    }
+
+    /// Whether the process is still running (it has not exited, whatever way).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn spawn(mut command: Command, env: &[(&str, &str)]) -> Self {
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
@@ -93,15 +113,19 @@ impl Proc {
 
     /// Waits for a stderr line containing `text`, and returns it.
     pub fn wait_log(&self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + PATIENCE;
+        self.wait_log_within(text, PATIENCE)
+            .unwrap_or_else(|| panic!("no log line containing {text:?}"))
+    }
+
+    /// Waits at most `patience` for a stderr line containing `text`; `None` if none
+    /// came (the lines read meanwhile are consumed).
+    pub fn wait_log_within(&self, text: &str, patience: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + patience;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self
-                .stderr
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no log line containing {text:?}"));
+            let line = self.stderr.recv_timeout(left).ok()?;
             if line.contains(text) {
-                return line;
+                return Some(line);
             }
         }
     }

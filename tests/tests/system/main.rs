@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod direct;
 mod limits;
+mod networks;
 mod operations;
 mod panel;
 mod privacy;
