@@ -120,8 +120,8 @@ enum Command {
         /// file's name followed by `.relay-state`.
         #[arg(long, value_name = "FILE")]
         relay_state: Option<PathBuf>,
-        /// How to reach the relay: `auto` (QUIC, and TLS over TCP when UDP does not
-        /// get through), `quic` or `tcp`.
+        /// How to reach the relay: `auto` (QUIC, then TLS over TCP and WebSocket when
+        /// UDP does not get through), `quic`, `tcp` or `websocket`.
         #[arg(long, default_value = "auto")]
         transport: TransportPreference,
     },
@@ -144,8 +144,8 @@ enum Command {
         /// the race (such as 250ms or 1s).
         #[arg(long, default_value = "250ms", value_name = "DURATION", value_parser = parse_duration)]
         relay_delay: Duration,
-        /// How to reach the relay: `auto` (QUIC, and TLS over TCP when UDP does not
-        /// get through), `quic` or `tcp`.
+        /// How to reach the relay: `auto` (QUIC, then TLS over TCP and WebSocket when
+        /// UDP does not get through), `quic`, `tcp` or `websocket`.
         #[arg(long, default_value = "auto")]
         transport: TransportPreference,
     },

@@ -78,6 +78,10 @@ pub struct HostConfig {
     /// In [`TransportPreference::Auto`], how long QUIC runs alone before TLS over
     /// TCP joins the race.
     pub tcp_delay: Duration,
+    /// In [`TransportPreference::Auto`], while registered over TCP or WebSocket,
+    /// how often QUIC is tried again; once it gets through, the registration moves
+    /// back to it.
+    pub quic_probe_interval: Duration,
     /// Deadline for the registration exchange with the relay, and for a player's
     /// Noise hello once a session stream is open.
     pub handshake_timeout: Duration,
@@ -119,6 +123,7 @@ impl HostConfig {
             relay_idle_timeout: Duration::from_millis(3500),
             transport: TransportPreference::Auto,
             tcp_delay: crate::transports::DEFAULT_TCP_DELAY,
+            quic_probe_interval: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_sessions: 1024,
             max_direct_connections: 256,

@@ -102,6 +102,10 @@ enum RegistrationEnd {
     },
     /// The agent was asked to stop.
     Shutdown,
+    /// Registered over TCP or WebSocket, the host found QUIC getting through again
+    /// and registered on it, which replaced the registration it leaves (whose
+    /// running sessions go on, each on its own connection).
+    QuicAgain(quinn::Connection, RegistrationStream),
 }
 
 /// Why the relay side returned.
@@ -125,6 +129,9 @@ pub(super) async fn run_relay(
     // Connections of relays that are going away, held open until the relay closes
     // them so the sessions on them can finish.
     let mut departing = JoinSet::new();
+    // A registration over QUIC already made, by a registration over TCP that found
+    // QUIC getting through again.
+    let mut quic_again: Option<Registration> = None;
     loop {
         while departing.try_join_next().is_some() {}
         if !*control.enabled.borrow_and_update() {
@@ -143,20 +150,26 @@ pub(super) async fn run_relay(
         // An untrusted certificate is said once and stays said while it lasts, not
         // drowned in "connecting" lines.
         let untrusted = matches!(*control.state.borrow(), HostState::RelayUntrusted { .. });
-        if !untrusted {
+        let ready = quic_again.take();
+        // Moving a registration to QUIC is no reconnection: the host stays reachable
+        // through it.
+        if !untrusted && ready.is_none() {
             control.state.send_replace(HostState::Connecting {
                 attempt: backoff.attempts() + 1,
             });
         }
         let attempt = tokio::select! {
-            attempt = register(
-                config,
-                control.token.borrow().clone(),
-                relay,
-                endpoints,
-                &udp,
-                &control.counters,
-            ) => attempt,
+            attempt = async {
+                match ready {
+                    Some(registration) => {
+                        Ok((registration, CountedRelayConnection::new(&control.counters)))
+                    }
+                    None => {
+                        let token = control.token.borrow().clone();
+                        register(config, token, relay, endpoints, &udp, &control.counters).await
+                    }
+                }
+            } => attempt,
             _ = control.enabled.wait_for(|on| !*on) => continue,
             _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
         };
@@ -185,7 +198,12 @@ pub(super) async fn run_relay(
                             recv,
                             transport,
                         };
-                        serve_framed(framed, config, relay, &mut tcp_sessions, control).await
+                        let side = FramedSide {
+                            config,
+                            relay,
+                            endpoints,
+                        };
+                        serve_framed(framed, side, &mut tcp_sessions, control).await
                     }
                 };
                 control.transport.send_replace(None);
@@ -231,6 +249,17 @@ pub(super) async fn run_relay(
                             return RelaySideEnd::Shutdown;
                         }
                         backoff.reset();
+                        continue;
+                    }
+                    RegistrationEnd::QuicAgain(quic, stream) => {
+                        info!("QUIC gets through to the relay again: moved the registration to it");
+                        udp.set_working(relay);
+                        quic_again = Some(Registration::Quic {
+                            connection: quic,
+                            stream,
+                        });
+                        // The relay replaced it with the new registration.
+                        connection.close(codes::close::NORMAL, "registration moved to QUIC");
                         continue;
                     }
                     RegistrationEnd::Shutdown => {
@@ -625,13 +654,60 @@ struct FramedRegistration<'a> {
 /// Serves a registration over TLS over TCP until it ends: each `Dial` the relay
 /// sends gets a new connection that answers it (`Accept`), and the session on it
 /// goes to the agent's acceptor.
+/// What serving a registration over a stream transport needs of the agent.
+struct FramedSide<'a> {
+    config: &'a HostConfig,
+    relay: &'a RelayUrl,
+    endpoints: &'a LocalEndpoints,
+}
+
 async fn serve_framed(
     registration: FramedRegistration<'_>,
-    config: &HostConfig,
-    relay: &RelayUrl,
+    side: FramedSide<'_>,
     tcp_sessions: &mut TcpSessions,
     control: &mut AgentChannels,
 ) -> RegistrationEnd {
+    let FramedSide {
+        config,
+        relay,
+        endpoints,
+    } = side;
+    // With `auto`, QUIC is tried again now and then: once it gets through, the
+    // host registers on it, which replaces this registration at the relay, and new
+    // sessions come over QUIC. This one serves `Dial`s until then, so no session
+    // falls between the two.
+    let probing = config.transport == TransportPreference::Auto;
+    let token = control.token.borrow().clone();
+    let quic_probe = async {
+        if !probing {
+            return std::future::pending().await;
+        }
+        let profile = ConnectionProfile {
+            incoming_streams: config.max_concurrent_sessions,
+            keep_alive: config.keep_alive,
+            idle_timeout: config.relay_idle_timeout,
+        };
+        let token = token.as_ref().map(Token::to_bytes);
+        loop {
+            tokio::time::sleep(config.quic_probe_interval).await;
+            let connection = match connect_relay(endpoints, relay, profile).await {
+                Ok(connection) => connection,
+                Err(err) => {
+                    debug!(%err, "QUIC to the relay still does not get through");
+                    continue;
+                }
+            };
+            let registered = register_on(&connection, &config.key, token.clone());
+            match tokio::time::timeout(config.handshake_timeout, registered).await {
+                Ok(Ok(stream)) => return (connection, stream),
+                _ => {
+                    debug!("QUIC got through, but not a registration on it");
+                    connection.close(codes::close::NORMAL.into(), b"registration failed");
+                }
+            }
+        }
+    };
+    tokio::pin!(quic_probe);
     let FramedRegistration {
         connection,
         mut send,
@@ -654,6 +730,7 @@ async fn serve_framed(
                     return RegistrationEnd::Disabled;
                 }
                 _ = control.shutdown.changed() => return RegistrationEnd::Shutdown,
+                (quic, stream) = &mut quic_probe => return RegistrationEnd::QuicAgain(quic, stream),
             }
         };
         match message {

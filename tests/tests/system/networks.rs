@@ -393,8 +393,7 @@ async fn when_udp_is_cut_mid_session_the_host_registers_again_over_tcp_and_new_s
     );
 
     // New sessions work: the player, on an open network, over QUIC; the host over
-    // TCP. Going back to QUIC once UDP works again is not asserted: the host does
-    // not probe QUIC while registered over TCP yet.
+    // TCP.
     let fetched = fetch(
         &world.net,
         &world.player_ns,
@@ -409,6 +408,24 @@ async fn when_udp_is_cut_mid_session_the_host_registers_again_over_tcp_and_new_s
     assert!(logs(&open, "path", "relayed/quic"), "{open}");
     let host_open = host.wait_log("session open");
     assert!(logs(&host_open, "path", "relayed/tcp"), "{host_open}");
+
+    // UDP comes back: the host, trying QUIC every 10 s, moves its registration to
+    // it, and the next session's host side is QUIC again.
+    world.net.nft(&world.host_ns, "flush ruleset\n");
+    host.wait_log_within("moved the registration to it", Duration::from_secs(20))
+        .expect("the registration moves back to QUIC");
+    let fetched = fetch(
+        &world.net,
+        &world.player_ns,
+        listen,
+        1 << 20,
+        5,
+        Instant::now(),
+    )
+    .await;
+    assert_eq!(fetched.total, 1 << 20);
+    let host_open = host.wait_log("session open");
+    assert!(logs(&host_open, "path", "relayed/quic"), "{host_open}");
     assert!(world.relay.running() && host.running() && player.running());
 }
 

@@ -326,6 +326,117 @@ async fn where_udp_is_blackholed_a_host_registers_over_tcp_and_quic_players_reac
     both_ways(player_side, host_side, 4 << 20).await;
 }
 
+/// In front of a relay, a UDP port that swallows every datagram until switched to
+/// forward them to the relay (and its answers back), and a TCP port that forwards:
+/// a network whose UDP comes back.
+struct UdpComesBack {
+    url: RelayUrl,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+impl UdpComesBack {
+    async fn in_front_of(relay: &Relay) -> Self {
+        let (udp, tcp) = loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                break (udp, tcp);
+            }
+        };
+        let port = udp.local_addr().unwrap().port();
+        let udp = std::sync::Arc::new(udp);
+        let (udp_target, tcp_target) = (relay.local_addr(), relay.tcp_addr().unwrap());
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let upstream =
+            std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        upstream.connect(udp_target).await.unwrap();
+        let client = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let mut tasks = tokio::task::JoinSet::new();
+        {
+            let (udp, upstream, open, client) =
+                (udp.clone(), upstream.clone(), open.clone(), client.clone());
+            tasks.spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                    if open.load(std::sync::atomic::Ordering::Acquire) {
+                        *client.lock().unwrap() = Some(from);
+                        let _ = upstream.send(&buf[..n]).await;
+                    }
+                }
+            });
+        }
+        {
+            let (udp, upstream, open) = (udp.clone(), upstream.clone(), open.clone());
+            tasks.spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok(n) = upstream.recv(&mut buf).await {
+                    let to = *client.lock().unwrap();
+                    if let (true, Some(to)) = (open.load(std::sync::atomic::Ordering::Acquire), to)
+                    {
+                        let _ = udp.send_to(&buf[..n], to).await;
+                    }
+                }
+            });
+        }
+        tasks.spawn(async move {
+            let mut forwards = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = tcp.accept().await {
+                forwards.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(tcp_target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        let url = RelayUrl::new("127.0.0.1", port, relay.url().pin().copied()).expect("url");
+        Self {
+            url,
+            open,
+            _tasks: tasks,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_on_tcp_moves_back_to_quic_once_udp_gets_through_and_keeps_its_sessions() {
+    let relay = start_relay();
+    let network = UdpComesBack::in_front_of(&relay).await;
+    let mut config = host_config(SecretKey::generate().unwrap(), &network.url);
+    config.quic_probe_interval = Duration::from_millis(300);
+    let mut agent = HostAgent::start(config).expect("host agent starts");
+    wait_for_state(&agent, |state| *state == HostState::Registered).await;
+    assert_eq!(agent.relay_transport(), Some(RelayTransport::Tcp));
+    let player = player_over(TransportPreference::Quic);
+    let direct_ticket =
+        blindrelay_protocol::Ticket::new(*agent.host_id(), relay.url().clone(), vec![])
+            .expect("ticket");
+    let (before, before_host) = tokio::join!(player.connect(&direct_ticket), agent.accept());
+    let (before, before_host) = (before.expect("connects"), before_host.expect("accepts"));
+    assert_eq!(before_host.relay_transport(), Some(RelayTransport::Tcp));
+
+    // UDP gets through again: the registration moves to QUIC by itself.
+    network
+        .open
+        .store(true, std::sync::atomic::Ordering::Release);
+    let mut transport = agent.watch_relay_transport();
+    tokio::time::timeout(
+        PATIENCE,
+        transport.wait_for(|t| *t == Some(RelayTransport::Quic)),
+    )
+    .await
+    .expect("moved to QUIC in time")
+    .expect("agent running");
+    assert_eq!(agent.state(), HostState::Registered);
+    let (after, after_host) = tokio::join!(player.connect(&direct_ticket), agent.accept());
+    let (after, after_host) = (after.expect("connects"), after_host.expect("accepts"));
+    assert_eq!(after_host.relay_transport(), Some(RelayTransport::Quic));
+    // The session from before the move goes on, byte-exact, on its own connection.
+    both_ways(before, before_host, 4 << 20).await;
+    both_ways(after, after_host, 1 << 20).await;
+    assert_eq!(relay.stats().registered_hosts, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_udp_open_auto_takes_quic() {
     let relay = start_relay();
