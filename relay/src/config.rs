@@ -334,4 +334,36 @@ mod tests {
             ConfigFile::load(Path::new("/nonexistent/blindrelayd.toml")).expect_err("refused");
         assert!(matches!(err, ConfigError::Read { .. }), "{err}");
     }
+
+    #[test]
+    fn the_tcp_listener_is_the_udp_port_by_default_and_can_move_or_go() {
+        let parse = |text: &str| ConfigFile::parse(text).map(|file| file.listen_tcp);
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(
+            parse("listen_tcp = \"same\""),
+            Ok(Some(TcpListen::SamePort))
+        );
+        assert_eq!(parse("listen_tcp = \"off\""), Ok(Some(TcpListen::Off)));
+        assert_eq!(
+            parse("listen_tcp = \"0.0.0.0:443\""),
+            Ok(Some(TcpListen::At("0.0.0.0:443".parse().expect("addr"))))
+        );
+        let err = parse("listen_tcp = \"443\"").expect_err("refused");
+        assert!(err.contains("not `off`, `same` or an address"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_relay_listens_on_tcp_at_its_udp_port_unless_told_not_to() {
+        let certificate = RelayCertificate::self_signed(&["localhost"]).expect("certificate");
+        let config = RelayConfig::new("127.0.0.1:0".parse().expect("addr"), certificate.clone());
+        let relay = crate::Relay::spawn(config).expect("relay starts");
+        let tcp = relay.tcp_addr().expect("a TCP listener");
+        assert_eq!(tcp.port(), relay.local_addr().port());
+        assert!(tokio::net::TcpStream::connect(tcp).await.is_ok());
+
+        let mut config = RelayConfig::new("127.0.0.1:0".parse().expect("addr"), certificate);
+        config.tcp = TcpListen::Off;
+        let relay = crate::Relay::spawn(config).expect("relay starts");
+        assert_eq!(relay.tcp_addr(), None);
+    }
 }
