@@ -75,6 +75,24 @@ impl<K: Eq + Hash + Clone> ConnectionCache<K> {
             .cloned()
     }
 
+    /// Whether `key` had a connection that has closed since: the destination went
+    /// away under it (a relay that restarted or stopped).
+    pub(crate) fn went_away(&self, key: &K) -> bool {
+        let Some(slot) = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+        else {
+            return false;
+        };
+        let held = slot.try_lock();
+        held.ok()
+            .and_then(|held| held.as_ref().map(|c| c.close_reason().is_some()))
+            .unwrap_or(false)
+    }
+
     /// Takes every connection out of the cache. A connect still in flight keeps its
     /// slot and is not returned.
     pub(crate) fn drain(&self) -> Vec<quinn::Connection> {

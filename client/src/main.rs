@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use blindrelay_client::Abandon;
 use blindrelay_client::{
     AuthorizedPlayers, HostAgent, HostConfig, HostId, HostState, PathPreference, Player,
     PlayerAuthorization, PlayerConfig, RelayUrl, SecretKey, SecureStream, Ticket, Token,
     TransportPreference,
 };
+use blindrelay_protocol::codes;
 use blindrelay_protocol::duration::parse_duration;
 use blindrelay_protocol::token::{Claims, IssuerSecretKey};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -183,6 +185,10 @@ enum TokenCommand {
         /// The bandwidth tier the host gets (a [tiers.NAME] of the relay's config).
         #[arg(long, default_value = "default")]
         tier: String,
+        /// The relay's config file: refuse a tier it does not define, instead of
+        /// printing a token the relay will refuse.
+        #[arg(long, value_name = "FILE")]
+        relay_config: Option<PathBuf>,
     },
 }
 
@@ -324,6 +330,34 @@ fn keygen(out: &Path, force: bool, role: Role) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a tier the relay's config file at `path` does not define: the relay would
+/// refuse every token of it.
+fn check_relay_has_tier(path: &Path, tier: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read relay config {}", path.display()))?;
+    let config: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not a relay config (TOML)", path.display()))?;
+    let mut tiers: Vec<String> = config
+        .get("tiers")
+        .and_then(toml::Value::as_table)
+        .map(|tiers| tiers.keys().cloned().collect())
+        .unwrap_or_default();
+    // Every relay has its default tier, configured or not.
+    if !tiers.iter().any(|name| name == "default") {
+        tiers.insert(0, "default".to_owned());
+    }
+    if tiers.iter().any(|name| name == tier) {
+        return Ok(());
+    }
+    bail!(
+        "{} defines no tier {tier:?}, so the relay would refuse this token; its tiers: {} \
+         (add [tiers.{tier}] to it, or issue one of those)",
+        path.display(),
+        tiers.join(", ")
+    )
+}
+
 fn token(command: TokenCommand) -> Result<()> {
     match command {
         TokenCommand::Keygen { out, force } => {
@@ -348,7 +382,11 @@ fn token(command: TokenCommand) -> Result<()> {
             host_id,
             ttl,
             tier,
+            relay_config,
         } => {
+            if let Some(path) = &relay_config {
+                check_relay_has_tier(path, &tier)?;
+            }
             let text = std::fs::read_to_string(&issuer_key)
                 .with_context(|| format!("cannot read issuer key {}", issuer_key.display()))?;
             let key = IssuerSecretKey::from_key_file(&text)
@@ -365,7 +403,7 @@ fn token(command: TokenCommand) -> Result<()> {
             println!("{token}");
             // A relay refuses a token whose tier it does not have, and only the relay
             // knows its tiers: say what it needs, on stderr, away from the token.
-            if token.claims_unverified().tier != "default" {
+            if token.claims_unverified().tier != "default" && relay_config.is_none() {
                 eprintln!(
                     "note: the relay must define this tier in its config ([tiers.{}]), \
                      or it refuses the token as invalid",
@@ -663,7 +701,12 @@ async fn forward_to_service(
     let tcp = match TcpStream::connect(&*service).await {
         Ok(tcp) => tcp,
         Err(err) => {
-            warn!(local_id, %err, "cannot reach the local service");
+            warn!(local_id, %err, "cannot reach the local service; telling the player");
+            // Said to the player with the session's end, rather than an empty
+            // session it would take for an empty reply.
+            let (mut reader, mut writer) = session.into_inner();
+            writer.abandon(codes::stream::SERVICE_UNAVAILABLE);
+            reader.abandon(codes::stream::SERVICE_UNAVAILABLE);
             return;
         }
     };
@@ -918,7 +961,12 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
                                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
                             }
                         }
-                        Err(err) => warn!(%err, "cannot open a session"),
+                        Err(err) => {
+                            warn!(%err, "cannot open a session");
+                            // A reset, not an empty reply: the application asked for
+                            // something and got nothing.
+                            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                        }
                     }
                 });
             }

@@ -192,6 +192,17 @@ pub enum ConnectError {
     /// Set-up took longer than the configured timeout.
     #[error("no session within {0:?}")]
     Timeout(Duration),
+    /// The relay connection went away under this player (the relay restarted or
+    /// stopped), and on the new one the host was not back in time: it may be
+    /// offline, or still registering again.
+    #[error(
+        "host not reachable: the relay restarted, and the host has not registered again \
+         within {waited:?} (it may be offline, or still reconnecting: try again in a moment)"
+    )]
+    HostNotBack {
+        /// How long the player waited for it.
+        waited: Duration,
+    },
     /// The host completed the handshake but does not serve this player's key. The
     /// host's owner can add it to their authorized players.
     #[error("not authorized: the host does not serve player key {player}")]
@@ -633,6 +644,8 @@ impl Connector {
         if auto && self.relays.live(&url).is_some() {
             return self.relayed_quic(&url, host_id).await;
         }
+        // A connection that was there and closed: the relay went away under us.
+        let relay_went_away = self.relays.went_away(&url);
         let transports: &[RelayTransport] = match self.config.transport {
             TransportPreference::Quic => &[RelayTransport::Quic],
             TransportPreference::Tcp => &[RelayTransport::Tcp],
@@ -649,17 +662,25 @@ impl Connector {
         } else {
             step
         };
+        let connector: &Connector = &self;
+        let (url, shared) = (&url, &self);
         let attempts = transports
             .iter()
             .map(
-                |transport| -> crate::transports::Attempt<'_, SecureStream, ConnectError> {
+                |&transport| -> crate::transports::Attempt<'_, SecureStream, ConnectError> {
                     match transport {
                         RelayTransport::Quic if auto => {
-                            Box::pin(self.clone().relayed_quic_meanwhile(url.clone(), host_id))
+                            Box::pin(Arc::clone(shared).relayed_quic_meanwhile(
+                                url.clone(),
+                                host_id,
+                                relay_went_away,
+                            ))
                         }
-                        RelayTransport::Quic => Box::pin(self.relayed_quic(&url, host_id)),
+                        RelayTransport::Quic => Box::pin(connector.relayed_quic(url, host_id)),
                         RelayTransport::Tcp | RelayTransport::WebSocket => {
-                            Box::pin(self.relayed_framed(&url, host_id, *transport))
+                            Box::pin(connector.host_returning(relay_went_away, move || {
+                                connector.relayed_framed(url, host_id, transport)
+                            }))
                         }
                     }
                 },
@@ -690,6 +711,7 @@ impl Connector {
         self: Arc<Self>,
         url: RelayUrl,
         host_id: HostId,
+        relay_went_away: bool,
     ) -> Result<SecureStream, ConnectError> {
         let connecting = tokio::spawn({
             let (connector, url) = (self.clone(), url.clone());
@@ -702,7 +724,8 @@ impl Connector {
             }
         });
         let connection = connecting.await??;
-        self.relayed_on(&connection, host_id).await
+        self.host_returning(relay_went_away, || self.relayed_on(&connection, host_id))
+            .await
     }
 
     /// A relayed session over QUIC, on the player's shared connection to the relay.
@@ -729,14 +752,42 @@ impl Connector {
             .relays
             .get_or_connect(url, || connect_relay(&self.endpoints, url, profile))
             .await?;
+        self.host_returning(true, || self.relayed_on(&connection, host_id))
+            .await
+    }
+
+    /// Runs `attempt` once; or, when the relay went away under this player
+    /// (restarted, or stopped), again while it says the host is offline, for
+    /// [`HOST_RETURN_WAIT`]: the host may still be registering again. Then the host
+    /// is reported as not back rather than as plainly offline.
+    async fn host_returning<F, Fut>(
+        &self,
+        relay_went_away: bool,
+        mut attempt: F,
+    ) -> Result<SecureStream, ConnectError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<SecureStream, ConnectError>>,
+    {
+        if !relay_went_away {
+            return attempt().await;
+        }
         let deadline = tokio::time::Instant::now() + HOST_RETURN_WAIT;
         loop {
-            match self.relayed_on(&connection, host_id).await {
+            match attempt().await {
                 Err(ConnectError::Refused {
                     code: ErrorCode::HostOffline,
                     ..
                 }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(HOST_RETURN_POLL).await;
+                }
+                Err(ConnectError::Refused {
+                    code: ErrorCode::HostOffline,
+                    ..
+                }) => {
+                    return Err(ConnectError::HostNotBack {
+                        waited: HOST_RETURN_WAIT,
+                    })
                 }
                 other => return other,
             }

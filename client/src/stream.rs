@@ -101,10 +101,14 @@ pub enum SessionEnded {
     /// protocol, and abandoned the session.
     #[error("session ended: {}", Self::ProtocolViolation.words())]
     ProtocolViolation,
+    /// The host accepted the session but could not reach the service it forwards
+    /// sessions to.
+    #[error("session ended: {}", Self::ServiceUnavailable.words())]
+    ServiceUnavailable,
 }
 
 impl SessionEnded {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::PeerGone,
         Self::Cancelled,
         Self::Stalled,
@@ -112,6 +116,7 @@ impl SessionEnded {
         Self::DurationLimit,
         Self::ByteLimit,
         Self::ProtocolViolation,
+        Self::ServiceUnavailable,
     ];
 
     /// The stream code that carries this end.
@@ -124,6 +129,7 @@ impl SessionEnded {
             Self::DurationLimit => codes::stream::DURATION_LIMIT,
             Self::ByteLimit => codes::stream::BYTE_LIMIT,
             Self::ProtocolViolation => codes::stream::PROTOCOL_VIOLATION,
+            Self::ServiceUnavailable => codes::stream::SERVICE_UNAVAILABLE,
         }
     }
 

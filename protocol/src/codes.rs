@@ -274,6 +274,11 @@ code_space! {
         /// protocol learns that the other side rejected it, rather than blaming the
         /// relay.
         PROTOCOL_VIOLATION = 0x107, "the other side rejected what this side sent as a protocol violation";
+        /// Sent by a host, with both RESET_STREAM and STOP_SENDING, on a session it
+        /// accepted but cannot serve because the service it forwards sessions to
+        /// (the media server) does not answer. Tells the player why, instead of a
+        /// session that ends with nothing in it.
+        SERVICE_UNAVAILABLE = 0x108, "the host could not reach the service it forwards to (is the media server running?)";
     }
 }
 

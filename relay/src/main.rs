@@ -273,6 +273,10 @@ async fn main() -> Result<()> {
         );
     }
 
+    // Listening for the stop signals before the URL is printed: whoever reads the
+    // URL may signal at once, and a signal before the handlers would kill the relay
+    // instead of draining it.
+    let mut stop_signals = StopSignals::listen()?;
     let mut relay = Relay::spawn(config).context("starting the relay")?;
     println!("relay url: {}", relay.url());
     if let Some(addr) = relay.admin_addr() {
@@ -280,8 +284,6 @@ async fn main() -> Result<()> {
     }
 
     // Until asked to stop: reload the certificate on SIGHUP or when its files change.
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
     let mut watch = cert_files
         .as_ref()
         .map(|(cert, key)| FileWatch::new(cert, key));
@@ -289,7 +291,7 @@ async fn main() -> Result<()> {
     let mut hangup = hangup_signal()?;
     loop {
         tokio::select! {
-            () = &mut stop => break,
+            () = stop_signals.next() => break,
             () = hangup.next() => {
                 match &cert_files {
                     Some(files) => reload_certificate(&mut relay, files),
@@ -310,7 +312,7 @@ async fn main() -> Result<()> {
     let closer = relay.closer();
     tokio::select! {
         () = relay.drain(drain_timeout) => {}
-        () = shutdown_signal() => {
+        () = stop_signals.next() => {
             info!("stopping at once");
             closer.close_now().await;
         }
@@ -529,25 +531,43 @@ fn print_limits(limits: &Limits) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the moment this is made.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next stop signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

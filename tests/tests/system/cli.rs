@@ -517,6 +517,31 @@ async fn a_relay_that_requires_tokens_admits_only_hosts_with_one() {
     let note = String::from_utf8(free.stderr).unwrap();
     assert!(note.contains("[tiers.free]"), "{note}");
     assert!(String::from_utf8(free.stdout).unwrap().starts_with("brk"));
+    // Given the relay's config, a tier it does not define is refused, naming the
+    // ones it does; one it defines is issued.
+    let relay_config = dir.join("relay-tiers.toml");
+    std::fs::write(&relay_config, "[tiers.pro]\nrate = \"1Gbit\"\n").unwrap();
+    let refused = Command::new(bin.join("blindrelay"))
+        .args(["token", "issue", "--issuer-key", issuer.to_str().unwrap()])
+        .args(["--host-id", &host_id, "--ttl", "1h", "--tier", "free"])
+        .args(["--relay-config", relay_config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty(), "no token printed");
+    let err = String::from_utf8(refused.stderr).unwrap();
+    assert!(
+        err.contains("no tier \"free\"") && err.contains("default, pro"),
+        "{err}"
+    );
+    let pro = Command::new(bin.join("blindrelay"))
+        .args(["token", "issue", "--issuer-key", issuer.to_str().unwrap()])
+        .args(["--host-id", &host_id, "--ttl", "1h", "--tier", "pro"])
+        .args(["--relay-config", relay_config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(pro.status.success());
+    assert!(String::from_utf8(pro.stdout).unwrap().starts_with("brk"));
 
     let host_args = |token: Option<&str>| {
         let mut args = vec![
@@ -1074,4 +1099,118 @@ fn a_relay_url_without_its_pin_and_a_silent_service_are_explained_at_start() {
     host.interrupt();
     relay.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `blindrelay host` with a fresh key on `relay_url`, forwarding to
+/// `forward`, and waits until it is registered; returns it and its ticket.
+fn host_forwarding_to(bin: &Path, dir: &Path, relay_url: &str, forward: &str) -> (Proc, String) {
+    // A key of its own each time: keygen never overwrites.
+    let dir = dir.join(format!("host-{}", fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = keygen(bin, &dir);
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            key.to_str().unwrap(),
+            "--relay",
+            relay_url,
+            "--forward",
+            forward,
+        ],
+    );
+    host.value("host id");
+    let ticket = host.value("ticket");
+    host.wait_line("relay: registered");
+    (host, ticket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_is_told_when_the_hosts_service_is_down_and_when_the_relay_cuts_a_session() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-told-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // A host whose media server is not running: the player's log says so, and the
+    // application reading through the player gets a reset, not an empty reply.
+    let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let url = relay.value("relay url");
+    let (host, ticket) = host_forwarding_to(&bin, &dir, &url, "127.0.0.1:9");
+    let player = Proc::start(
+        &bin.join("blindrelay"),
+        &["connect", &ticket, "--listen", "127.0.0.1:0"],
+    );
+    let listen: SocketAddr = player.value("listening on").parse().unwrap();
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    tcp.write_all(b"GET /movie.mkv HTTP/1.1\r\nHost: media\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(blindrelay_tests::PATIENCE, tcp.read_to_end(&mut reply))
+        .await
+        .expect("the player answers in time");
+    assert!(
+        read.is_err(),
+        "a reset, not a clean empty reply: {read:?} {reply:?}"
+    );
+    let told = player.wait_log("session cut short");
+    assert!(told.contains("could not reach the service"), "{told}");
+    host.wait_log("cannot reach the local service");
+    player.interrupt();
+    host.interrupt();
+    relay.interrupt();
+
+    // A relay that ends a session at its byte limit: both ends say so.
+    let relay = Proc::start(
+        &bin.join("blindrelayd"),
+        &["--listen", "127.0.0.1:0", "--sessions-max-bytes", "64KiB"],
+    );
+    let url = relay.value("relay url");
+    let movie = vec![7u8; 1 << 20];
+    let media = serve_movie(&dir, &movie).await;
+    let (host, ticket) = host_forwarding_to(&bin, &dir, &url, &media.to_string());
+    let player = Proc::start(
+        &bin.join("blindrelay"),
+        &["connect", &ticket, "--listen", "127.0.0.1:0"],
+    );
+    let listen: SocketAddr = player.value("listening on").parse().unwrap();
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    tcp.write_all(b"GET /movie.mkv HTTP/1.1\r\nHost: media\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(blindrelay_tests::PATIENCE, tcp.read_to_end(&mut reply))
+        .await
+        .expect("the player answers in time");
+    assert!(read.is_err(), "a cut download reads as an error: {read:?}");
+    assert!(reply.len() < movie.len());
+    let told = player.wait_log("session cut short");
+    assert!(told.contains("maximum bytes"), "{told}");
+    let told = host.wait_log("session cut short");
+    assert!(told.contains("maximum bytes"), "{told}");
+    player.interrupt();
+    host.interrupt();
+    relay.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_public_name_on_a_self_signed_certificate_is_warned_about() {
+    let bin = binaries();
+    let relay = Proc::start(
+        &bin.join("blindrelayd"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--public-name",
+            "relay.example.net",
+        ],
+    );
+    let warning = relay.wait_log("--public-name with a self-signed certificate");
+    assert!(warning.contains("will not verify"), "{warning}");
+    // The URL it prints has no pin, which is why no client would trust it.
+    let url = relay.value("relay url");
+    assert!(!url.contains("pin="), "{url}");
+    relay.interrupt();
 }

@@ -281,3 +281,53 @@ async fn a_host_gives_up_on_a_silent_relay_in_seconds_and_tries_again() {
     assert!(took < std::time::Duration::from_secs(10), "{took:?}");
     drop(silent);
 }
+
+/// A player whose relay restarted under it waits a few seconds for its host, and
+/// when the host does not come back, says the relay restarted rather than only
+/// "offline"; a host id that was never there is still plainly offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_tells_a_restarted_relay_from_an_offline_host() {
+    init_tracing();
+    let config = relay_config();
+    let relay = Relay::spawn(config.clone()).expect("relay starts");
+    let (addr, url) = (relay.local_addr(), relay.url().clone());
+    let host = start_host(&url).await;
+    let ticket = host.ticket().clone();
+    let echo = spawn_echo_host(host);
+    let player = player();
+    drop(player.connect(&ticket).await.expect("a session before"));
+
+    // The relay restarts; the host is gone for good.
+    echo.abort();
+    let _ = echo.await;
+    relay.shutdown().await;
+    let relay = respawn_relay(&config, addr).await;
+    let started = tokio::time::Instant::now();
+    let err = player
+        .connect(&ticket)
+        .await
+        .expect_err("the host is not back");
+    assert!(
+        matches!(err, blindrelay_client::ConnectError::HostNotBack { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("the relay restarted"), "{err}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "it waited for the host"
+    );
+
+    // On the same, live connection, an unknown host is plainly offline, at once.
+    let stranger = blindrelay_protocol::Ticket::new(
+        SecretKey::generate().unwrap().host_id(),
+        url.clone(),
+        vec![],
+    )
+    .expect("ticket");
+    let started = tokio::time::Instant::now();
+    let err = player.connect(&stranger).await.expect_err("offline");
+    assert!(err.to_string().contains("host not reachable"), "{err}");
+    assert!(!err.to_string().contains("restarted"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    drop(relay);
+}
