@@ -90,6 +90,11 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
     match report.scenario.as_str() {
         "throughput" => {
             let sessions = param("sessions").unwrap_or(0.0);
+            let load = if sessions == 1.0 {
+                "one session".to_owned()
+            } else {
+                format!("{sessions:.0} sessions")
+            };
             for (prefix, words) in relayed(report) {
                 let vs_direct = number(&prefix, "vs_direct");
                 let vs_splice = number(&prefix, "vs_splice");
@@ -124,7 +129,7 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
             }
             if let Some(tcp) = report.number("relay_tcp_cpu_s_per_gib") {
                 rows.push((
-                    format!("{sessions:.0} sessions, TLS/TCP: ≤ 1.7 relay CPU s/GiB, TLS included"),
+                    format!("{load}, TLS/TCP: ≤ 1.7 relay CPU s/GiB, TLS included"),
                     format!(
                         "{tcp:.2} CPU s/GiB ({}× the TCP splice's)",
                         cell(report.number("relay_tcp_cpu_vs_splice"), 1)
@@ -133,8 +138,11 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
                 ));
                 if let Some(quic) = report.number("relay_quic_cpu_s_per_gib") {
                     rows.push((
-                        format!("{sessions:.0} sessions: TLS/TCP costs the relay less per GiB than QUIC"),
-                        format!("{tcp:.2} vs {quic:.2} CPU s/GiB ({:.0}%)", tcp / quic * 100.0),
+                        format!("{load}: TLS/TCP costs the relay less per GiB than QUIC"),
+                        format!(
+                            "{tcp:.2} vs {quic:.2} CPU s/GiB ({:.0}%)",
+                            tcp / quic * 100.0
+                        ),
                         Some(tcp < quic),
                     ));
                 }
