@@ -9,8 +9,13 @@
 //! figure that does not depend on how much CPU the hosts and players in this same
 //! machine take.
 //!
+//! The relayed path is measured once per `--transport`: on TLS/TCP each session is
+//! two new connections (the player's, and the one its host dials for it), each with
+//! its own TLS handshake, where on QUIC it is a new stream on connections that exist.
+//!
 //! Registrations: the same number of workers each open a fresh QUIC connection to
-//! the relay, register a fresh host id with its proof, and close the connection.
+//! the relay, register a fresh host id with its proof, and close the connection
+//! (QUIC only, whatever `--transport` says).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -1,5 +1,6 @@
 //! `throughput`: bulk data each way through S concurrent sessions, on each path in
-//! turn (direct, TCP splice, relay), in the same run and with the same payload.
+//! turn (direct, TCP splice, relay on each `--transport`, and with `--mixed` on
+//! mixed pairs), in the same run and with the same payload.
 //!
 //! Each session has a writer and a reader at both ends. Writers send 64 KiB writes
 //! until the phase ends, then finish; readers count what arrives. The first
