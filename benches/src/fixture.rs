@@ -2,7 +2,9 @@
 //!
 //! Every host is a real [`HostAgent`] registered with the relay *and* listening
 //! directly on loopback, so the same agent, the same players and the same Noise
-//! session serve the direct path and the relayed one; only the path differs. The TCP
+//! session serve the direct path and the relayed one; only the path differs. Hosts
+//! and players come in one group per transport of the run (each forced to it), so a
+//! relayed path picks its host's leg and its player's leg independently. The TCP
 //! splice path pairs two plain TCP connections through [`crate::tcp_splice`].
 //!
 //! [`Fixture::open`] returns both ends of a session: the player opens it, writes an
@@ -24,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::transport::{Legs, Transport};
+
 /// One end of a session, whatever the path.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -34,38 +38,77 @@ pub type BoxStream = Box<dyn Stream>;
 /// How long a host may take to register, or a session to reach its host.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The paths compared in one run.
+/// What `--paths` names: the direct path, the TCP splice, or the relay (on each
+/// transport of `--transport`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum Path {
+pub enum PathKind {
     /// Player to host's direct listener: QUIC and Noise, no relay.
     Direct,
-    /// Two TCP connections through the TCP splice: no QUIC, no Noise.
+    /// Two TCP connections through the TCP splice: no TLS, no Noise.
     Splice,
-    /// Through the relay under test: QUIC to the relay and on to the host, Noise end
-    /// to end.
+    /// Through the relay under test, Noise end to end.
     Relay,
 }
 
+impl PathKind {
+    /// Every kind, in the order phases run.
+    pub const ALL: [PathKind; 3] = [PathKind::Direct, PathKind::Splice, PathKind::Relay];
+
+    /// The paths of these kinds, in order, a relay kind once per `legs`.
+    pub fn expand(kinds: &[PathKind], legs: &[Legs]) -> Vec<Path> {
+        let mut paths = Vec::new();
+        for kind in kinds {
+            match kind {
+                Self::Direct => paths.push(Path::Direct),
+                Self::Splice => paths.push(Path::Splice),
+                Self::Relay => paths.extend(legs.iter().copied().map(Path::Relay)),
+            }
+        }
+        paths.dedup();
+        paths
+    }
+}
+
+/// The paths compared in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// Player to host's direct listener: QUIC and Noise, no relay.
+    Direct,
+    /// Two TCP connections through the TCP splice: no TLS, no Noise.
+    Splice,
+    /// Through the relay under test, the host and the player each on its transport,
+    /// Noise end to end.
+    Relay(Legs),
+}
+
 impl Path {
-    /// Every path, in the order phases run.
-    pub const ALL: [Path; 3] = [Path::Direct, Path::Splice, Path::Relay];
+    /// The relayed path on QUIC both ways, as before there was a choice.
+    pub const RELAY_QUIC: Path = Path::Relay(Legs {
+        host: Transport::Quic,
+        player: Transport::Quic,
+    });
 
     /// The prefix of this path's keys in the JSON output.
-    pub fn key(self) -> &'static str {
+    pub fn key(self) -> String {
         match self {
-            Self::Direct => "direct",
-            Self::Splice => "splice",
-            Self::Relay => "relay",
+            Self::Direct => "direct".to_owned(),
+            Self::Splice => "splice".to_owned(),
+            Self::Relay(legs) => legs.key(),
         }
     }
 
     /// The name in tables.
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> String {
         match self {
-            Self::Direct => "direct (no relay)",
-            Self::Splice => "TCP splice",
-            Self::Relay => "relay",
+            Self::Direct => "direct (no relay)".to_owned(),
+            Self::Splice => "TCP splice".to_owned(),
+            Self::Relay(legs) => legs.label(),
         }
+    }
+
+    /// Whether sessions on this path go through the relay under test.
+    pub fn is_relay(self) -> bool {
+        matches!(self, Self::Relay(_))
     }
 }
 
@@ -80,10 +123,13 @@ pub struct Session {
 /// Waiting callers, by tag.
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<SecureStream>>>>;
 
-/// Hosts and players for a run.
+/// Hosts and players for a run: a group of each per transport.
 pub struct Fixture {
-    tickets: Vec<Ticket>,
-    players: Vec<Player>,
+    /// Host tickets by the transport their hosts registered on; the first group's
+    /// hosts also serve the direct path.
+    tickets: Vec<(Transport, Vec<Ticket>)>,
+    /// Players by the transport they reach the relay on.
+    players: Vec<(Transport, Vec<Player>)>,
     splice: SocketAddr,
     pending: Pending,
     next_tag: AtomicU64,
@@ -92,51 +138,69 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// Starts `hosts` host agents (registered with `relay` when given, each also
-    /// listening directly on 127.0.0.1) and `players` players.
+    /// Starts, for each of `transports`, `hosts` host agents (registered with
+    /// `relay` over that transport when given, each also listening directly on
+    /// 127.0.0.1) and `players` players that reach the relay over it.
     pub async fn start(
         relay: Option<&RelayUrl>,
         splice: SocketAddr,
         hosts: usize,
         players: usize,
+        transports: &[Transport],
     ) -> Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
         let pending: Pending = Arc::default();
         let mut tickets = Vec::new();
+        let mut player_groups = Vec::new();
         let mut tasks = JoinSet::new();
         let direct = SocketAddr::from(([127, 0, 0, 1], 0));
-        for _ in 0..hosts.max(1) {
-            let key = SecretKey::generate()?;
-            let mut config = match relay {
-                Some(url) => HostConfig::new(key, url.clone()).with_direct(direct),
-                None => HostConfig::direct_only(key, direct),
-            };
-            config.max_concurrent_sessions = 4096;
-            config.max_direct_connections = 4096;
-            let agent = HostAgent::start(config).context("starting a host agent")?;
-            if relay.is_some() {
-                let mut states = agent.watch_state();
-                tokio::time::timeout(
-                    PATIENCE,
-                    states.wait_for(|state| {
-                        matches!(state, HostState::Registered | HostState::Stopped { .. })
-                    }),
-                )
-                .await
-                .context("a host did not register in time")??;
-                if agent.state() != HostState::Registered {
-                    bail!("a host could not register: {:?}", agent.state());
+        let transports = if transports.is_empty() {
+            &[Transport::Quic][..]
+        } else {
+            transports
+        };
+        for &transport in transports {
+            let mut group = Vec::new();
+            for _ in 0..hosts.max(1) {
+                let key = SecretKey::generate()?;
+                let mut config = match relay {
+                    Some(url) => HostConfig::new(key, url.clone()).with_direct(direct),
+                    None => HostConfig::direct_only(key, direct),
+                };
+                config.transport = transport.preference();
+                config.max_concurrent_sessions = 4096;
+                config.max_direct_connections = 4096;
+                let agent = HostAgent::start(config).context("starting a host agent")?;
+                if relay.is_some() {
+                    let mut states = agent.watch_state();
+                    tokio::time::timeout(
+                        PATIENCE,
+                        states.wait_for(|state| {
+                            matches!(state, HostState::Registered | HostState::Stopped { .. })
+                        }),
+                    )
+                    .await
+                    .context("a host did not register in time")??;
+                    if agent.state() != HostState::Registered {
+                        bail!("a host could not register: {:?}", agent.state());
+                    }
                 }
+                group.push(agent.ticket().clone());
+                tasks.spawn(accept_loop(agent, pending.clone(), stop_rx.clone()));
             }
-            tickets.push(agent.ticket().clone());
-            tasks.spawn(accept_loop(agent, pending.clone(), stop_rx.clone()));
+            tickets.push((transport, group));
+            let players = (0..players.max(1))
+                .map(|_| {
+                    let mut config = PlayerConfig::new(SecretKey::generate()?);
+                    config.transport = transport.preference();
+                    Ok(Player::new(config))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            player_groups.push((transport, players));
         }
-        let players = (0..players.max(1))
-            .map(|_| Ok(Player::new(PlayerConfig::new(SecretKey::generate()?))))
-            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             tickets,
-            players,
+            players: player_groups,
             splice,
             pending,
             next_tag: AtomicU64::new(1),
@@ -204,15 +268,15 @@ impl Fixture {
         Ok(player)
     }
 
-    /// Number of hosts.
+    /// Number of hosts on each transport.
     pub fn hosts(&self) -> usize {
-        self.tickets.len()
+        self.tickets.first().map_or(0, |(_, group)| group.len())
     }
 
     /// Stops the host agents cleanly.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        for player in &self.players {
+        for player in self.players.iter().flat_map(|(_, group)| group) {
             player.close().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -222,14 +286,40 @@ impl Fixture {
     }
 
     async fn connect(&self, path: Path, index: usize) -> Result<SecureStream> {
-        let preference = match path {
-            Path::Direct => PathPreference::DirectOnly,
-            _ => PathPreference::RelayOnly,
+        let (preference, legs) = match path {
+            Path::Direct => (PathPreference::DirectOnly, None),
+            Path::Relay(legs) => (PathPreference::RelayOnly, Some(legs)),
+            Path::Splice => bail!("the TCP splice has no player"),
         };
-        let player = &self.players[index % self.players.len()];
-        let ticket = &self.tickets[index % self.tickets.len()];
-        Ok(player.connect_via(ticket, preference).await?)
+        // The direct path uses the first group: its hosts listen directly too.
+        let first = self.tickets.first().map(|(t, _)| *t);
+        let players = group(&self.players, legs.map(|l| l.player).or(first))?;
+        let tickets = group(&self.tickets, legs.map(|l| l.host).or(first))?;
+        let player = &players[index % players.len()];
+        let ticket = &tickets[index % tickets.len()];
+        let stream = player.connect_via(ticket, preference).await?;
+        if let Some(legs) = legs {
+            // The player's transport is forced, so anything else is a harness bug
+            // that would put the figures under the wrong name.
+            if !legs.player.carried(stream.relay_transport()) {
+                bail!(
+                    "a session meant for {} went over {}",
+                    legs.player.label(),
+                    stream.route()
+                );
+            }
+        }
+        Ok(stream)
     }
+}
+
+/// The members of `groups` for `transport`.
+fn group<T>(groups: &[(Transport, Vec<T>)], transport: Option<Transport>) -> Result<&[T]> {
+    groups
+        .iter()
+        .find(|(t, members)| Some(*t) == transport && !members.is_empty())
+        .map(|(_, members)| members.as_slice())
+        .with_context(|| format!("no hosts or players on {transport:?} in this run"))
 }
 
 /// Accepts the host's sessions and routes each by its tag.

@@ -21,3 +21,4 @@ pub mod relay_process;
 pub mod report;
 pub mod scenario;
 pub mod tcp_splice;
+pub mod transport;

@@ -60,76 +60,135 @@ pub fn markdown(reports: &[Report], sources: &[String]) -> String {
     out
 }
 
+/// The relayed paths of `report` with both legs on one transport: (key prefix,
+/// words to add to a target's name). Runs from before there was a choice of
+/// transport have one, under `relay`.
+fn relayed(report: &Report) -> Vec<(String, String)> {
+    let Some(transports) = report.params.get("transports").and_then(|t| t.as_array()) else {
+        return vec![("relay".to_owned(), String::new())];
+    };
+    transports
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .map(|word| {
+            let label = match word {
+                "quic" => "QUIC",
+                "tcp" => "TLS/TCP",
+                other => other,
+            };
+            (format!("relay_{word}"), format!(" ({label})"))
+        })
+        .collect()
+}
+
 /// (target, measured, met) for the figures of `report` the issue sets targets for.
 fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
     let mut rows = Vec::new();
     let param = |key: &str| report.params.get(key).and_then(serde_json::Value::as_f64);
+    let number = |prefix: &str, rest: &str| report.number(&format!("{prefix}_{rest}"));
     let cores = report.machine.cores;
     match report.scenario.as_str() {
         "throughput" => {
             let sessions = param("sessions").unwrap_or(0.0);
-            let vs_direct = report.number("relay_vs_direct");
-            let vs_splice = report.number("relay_vs_splice");
-            if sessions == 1.0 {
-                let need = if cores <= 2 { 0.45 } else { 0.80 };
-                rows.push((
-                    format!(
-                        "one session: relay ≥ {:.0}% of direct ({cores} cores)",
-                        need * 100.0
-                    ),
-                    format!(
-                        "{}% of direct, {}% of TCP splice",
-                        cell(vs_direct.map(|v| v * 100.0), 0),
-                        cell(vs_splice.map(|v| v * 100.0), 0)
-                    ),
-                    vs_direct.map(|v| v >= need),
-                ));
+            let load = if sessions == 1.0 {
+                "one session".to_owned()
             } else {
+                format!("{sessions:.0} sessions")
+            };
+            for (prefix, words) in relayed(report) {
+                let vs_direct = number(&prefix, "vs_direct");
+                let vs_splice = number(&prefix, "vs_splice");
+                if sessions == 1.0 {
+                    let need = if cores <= 2 { 0.45 } else { 0.80 };
+                    rows.push((
+                        format!(
+                            "one session{words}: relay ≥ {:.0}% of direct ({cores} cores)",
+                            need * 100.0
+                        ),
+                        format!(
+                            "{}% of direct, {}% of TCP splice",
+                            cell(vs_direct.map(|v| v * 100.0), 0),
+                            cell(vs_splice.map(|v| v * 100.0), 0)
+                        ),
+                        vs_direct.map(|v| v >= need),
+                    ));
+                } else {
+                    rows.push((
+                        format!(
+                            "{sessions:.0} sessions{words}: relay not the bottleneck before the cores"
+                        ),
+                        format!(
+                            "{}% of direct, {}% of TCP splice, {} CPU s/GiB in the relay",
+                            cell(vs_direct.map(|v| v * 100.0), 0),
+                            cell(vs_splice.map(|v| v * 100.0), 0),
+                            cell(number(&prefix, "cpu_s_per_gib"), 2)
+                        ),
+                        None,
+                    ));
+                }
+            }
+            if let Some(tcp) = report.number("relay_tcp_cpu_s_per_gib") {
                 rows.push((
-                    format!("{sessions:.0} sessions: relay not the bottleneck before the cores"),
+                    format!("{load}, TLS/TCP: ≤ 1.7 relay CPU s/GiB, TLS included"),
                     format!(
-                        "{}% of direct, {}% of TCP splice, {} CPU s/GiB in the relay",
-                        cell(vs_direct.map(|v| v * 100.0), 0),
-                        cell(vs_splice.map(|v| v * 100.0), 0),
-                        cell(report.number("relay_cpu_s_per_gib"), 2)
+                        "{tcp:.2} CPU s/GiB ({}× the TCP splice's)",
+                        cell(report.number("relay_tcp_cpu_vs_splice"), 1)
                     ),
-                    None,
+                    Some(tcp <= 1.7),
                 ));
+                if let Some(quic) = report.number("relay_quic_cpu_s_per_gib") {
+                    rows.push((
+                        format!("{load}: TLS/TCP costs the relay less per GiB than QUIC"),
+                        format!(
+                            "{tcp:.2} vs {quic:.2} CPU s/GiB ({:.0}%)",
+                            tcp / quic * 100.0
+                        ),
+                        Some(tcp < quic),
+                    ));
+                }
             }
         }
         "latency" => {
-            let added = report.number("added_p99_us");
-            rows.push((
-                format!(
-                    "added p99 ≤ 100 µs at {} requests/s",
-                    cell(param("rate"), 0)
-                ),
-                format!(
-                    "{} µs (relay {} µs, direct {} µs)",
-                    cell(added, 1),
-                    cell(report.number("relay_p99_us"), 1),
-                    cell(report.number("direct_p99_us"), 1)
-                ),
-                added.map(|v| v <= 100.0),
-            ));
+            for (prefix, words) in relayed(report) {
+                let added = number(&prefix, "added_p99_us").or_else(|| {
+                    (prefix == "relay")
+                        .then(|| report.number("added_p99_us"))
+                        .flatten()
+                });
+                rows.push((
+                    format!(
+                        "added p99{words} ≤ 100 µs at {} requests/s",
+                        cell(param("rate"), 0)
+                    ),
+                    format!(
+                        "{} µs (relay {} µs, direct {} µs)",
+                        cell(added, 1),
+                        cell(number(&prefix, "p99_us"), 1),
+                        cell(report.number("direct_p99_us"), 1)
+                    ),
+                    added.map(|v| v <= 100.0),
+                ));
+            }
         }
         "setup" => {
-            let per_cpu = report.number("relay_sessions_per_relay_cpu_s");
-            let per_s = report.number("sessions_per_s");
-            // How busy the relay was: a relay that mostly waits pays for waking up
-            // on every packet, so its cost per session depends on the load.
-            let busy = per_s.zip(per_cpu).map(|(n, c)| n / c * 100.0);
-            rows.push((
-                "session setup ≥ 5,000/s per core of relay CPU".to_owned(),
-                format!(
-                    "{} per relay CPU second ({} sessions/s from {} workers, relay {}% of a core busy)",
-                    cell(per_cpu, 0),
-                    cell(per_s, 0),
-                    cell(param("sessions"), 0),
-                    cell(busy, 0),
-                ),
-                per_cpu.map(|v| v >= 5000.0),
-            ));
+            for (prefix, words) in relayed(report) {
+                let per_cpu = number(&prefix, "sessions_per_relay_cpu_s");
+                let per_s = number(&prefix, "sessions_per_s");
+                // How busy the relay was: a relay that mostly waits pays for waking up
+                // on every packet, so its cost per session depends on the load.
+                let busy = per_s.zip(per_cpu).map(|(n, c)| n / c * 100.0);
+                rows.push((
+                    format!("session setup{words} ≥ 5,000/s per core of relay CPU"),
+                    format!(
+                        "{} per relay CPU second ({} sessions/s from {} workers, relay {}% of a core busy)",
+                        cell(per_cpu, 0),
+                        cell(per_s, 0),
+                        cell(param("sessions"), 0),
+                        cell(busy, 0),
+                    ),
+                    per_cpu.map(|v| v >= 5000.0),
+                ));
+            }
         }
         "idle" => {
             let per = report.number("bytes_per_registration");
@@ -175,11 +234,20 @@ Every scenario measures, in the same run, the same load on the **direct path**
 splice** (`tokio::io::copy_bidirectional`, 64 KiB buffers, no TLS, no Noise, in the
 same child process), and reports the relay against both.
 
+The relayed path runs on each transport named by `--transport` (`quic`, the
+default; `tcp`, TLS 1.3 over TCP; `quic,tcp` for both in the same run), host and
+player alike, and with `--mixed` (throughput) also on every mixed pair, such as a
+QUIC host with a TLS/TCP player. Each gets its own row and its own keys
+(`relay_quic_*`, `relay_tcp_*`, `relay_host_quic_player_tcp_*`); the first one's
+figures are also filed under the plain `relay_*` keys.
+
 ```sh
 cargo build --release -p blindrelay-bench
 B=target/release/blindrelay-bench
 $B throughput --sessions 1 --duration 10s --rounds 3 --json r.json   # bulk both ways
 $B throughput --sessions 64 --hosts 8 --players 8 --json r.json
+$B throughput --sessions 8 --hosts 2 --players 2 --transport quic,tcp --mixed --json r.json
+$B latency --transport quic,tcp --json r.json                        # each transport, same run
 $B latency --rate 1000 --size 64 --duration 10s --json r.json        # HDR p50..max
 $B setup --sessions 16 --duration 5s --rounds 3 --json r.json        # sessions/s, registrations/s
 $B idle --registrations 100000 --duration 10s --json r.json          # memory per registration
@@ -190,9 +258,10 @@ $B report --out BENCHMARKS.md r1.json r2.json ...                    # this file
 Common options: `--duration` (each measured phase), `--warmup` (not counted),
 `--relay URL`, `--relay-config FILE`, `--json FILE`, `--plot FILE.svg`; each
 scenario's own knobs are in `blindrelay-bench SCENARIO --help`. Stable JSON keys:
-`scenario`; `relay_gbps`, `direct_gbps`, `splice_gbps`, `relay_cpu_s_per_gib`
-(throughput); `relay_p99_us`, `direct_p99_us` (latency); `sessions_per_s` (setup);
-`bytes_per_registration` (idle).
+`scenario`; `relay_gbps`, `direct_gbps`, `splice_gbps`, `relay_cpu_s_per_gib`,
+`relay_tcp_cpu_s_per_gib`, `relay_tcp_cpu_vs_splice` (throughput); `relay_p99_us`,
+`direct_p99_us`, `relay_tcp_added_p99_us` (latency); `sessions_per_s`,
+`relay_tcp_sessions_per_relay_cpu_s` (setup); `bytes_per_registration` (idle).
 
 Where the relay's time and memory go, from profiles, and what was tried: see
 [docs/performance.md](docs/performance.md).

@@ -151,6 +151,22 @@ impl Report {
         self.figures.insert(key.to_owned(), value);
     }
 
+    /// Files every figure whose key starts with `from` followed by `_` under `to`
+    /// as well (`relay_quic_gbps` as `relay_gbps`), so the first relayed path of a
+    /// run keeps the keys scripts read from runs before there was a choice.
+    pub fn alias(&mut self, from: &str, to: &str) {
+        let prefix = format!("{from}_");
+        let copies: Vec<(String, Value)> = self
+            .figures
+            .iter()
+            .filter_map(|(key, value)| {
+                let rest = key.strip_prefix(&prefix)?;
+                Some((format!("{to}_{rest}"), value.clone()))
+            })
+            .collect();
+        self.figures.extend(copies);
+    }
+
     /// A figure as a number, if present and not null.
     pub fn number(&self, key: &str) -> Option<f64> {
         self.figures.get(key).and_then(Value::as_f64)

@@ -107,3 +107,82 @@ fn idle_and_soak_measure_relay_memory() {
     );
     positive(&value, "relay_rss_max_bytes");
 }
+
+#[test]
+fn each_transport_gets_its_own_relayed_path_in_one_run() {
+    let (_, value) = run(
+        "throughput",
+        &[
+            "--write-size",
+            "16384",
+            "--transport",
+            "quic,tcp",
+            "--mixed",
+            "--paths",
+            "splice,relay",
+        ],
+    );
+    for key in [
+        "relay_quic_gbps",
+        "relay_tcp_gbps",
+        "relay_host_quic_player_tcp_gbps",
+        "relay_host_tcp_player_quic_gbps",
+        "relay_tcp_cpu_s_per_gib",
+        "relay_tcp_cpu_vs_splice",
+        "relay_tcp_vs_splice",
+    ] {
+        positive(&value, key);
+    }
+    // The first transport named keeps the keys of runs before there was a choice.
+    assert_eq!(value["relay_gbps"], value["relay_quic_gbps"]);
+    assert_eq!(
+        value["params"]["transports"],
+        serde_json::json!(["quic", "tcp"])
+    );
+
+    let (_, value) = run(
+        "latency",
+        &[
+            "--rate",
+            "200",
+            "--transport",
+            "tcp",
+            "--paths",
+            "direct,relay",
+        ],
+    );
+    positive(&value, "relay_tcp_p99_us");
+    assert_eq!(value["relay_p99_us"], value["relay_tcp_p99_us"]);
+    assert!(value["relay_quic_p99_us"].is_null());
+    assert!(value["added_p99_us"].is_number(), "{value:#}");
+
+    let (_, value) = run(
+        "setup",
+        &[
+            "--sessions",
+            "2",
+            "--hosts",
+            "1",
+            "--players",
+            "1",
+            "--transport",
+            "tcp",
+            "--paths",
+            "relay",
+            "--no-registrations",
+        ],
+    );
+    positive(&value, "relay_tcp_sessions_per_s");
+    positive(&value, "relay_tcp_sessions_per_relay_cpu_s");
+}
+
+#[test]
+fn an_unknown_transport_is_refused() {
+    let output = bench()
+        .args(["throughput", "--transport", "udp"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("udp"), "{stderr}");
+}

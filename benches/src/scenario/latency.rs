@@ -18,8 +18,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{CpuMeter, Run};
-use crate::fixture::{echo, Fixture, Path};
+use crate::fixture::{echo, Fixture, Path, PathKind};
 use crate::report::{cell, ratio, Report, Series, Table};
+use crate::transport::TransportArgs;
 
 /// Knobs of the latency scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,14 +34,23 @@ pub struct LatencyArgs {
     /// Concurrent ping-pong sessions.
     #[arg(long, default_value_t = 1)]
     pub sessions: usize,
-    /// Paths to measure, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Path::ALL)]
-    pub paths: Vec<Path>,
+    /// Paths to measure, in order; `relay` once per transport.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = PathKind::ALL)]
+    pub paths: Vec<PathKind>,
+    #[command(flatten)]
+    pub transports: TransportArgs,
+}
+
+impl LatencyArgs {
+    /// The paths measured, in order.
+    pub fn paths(&self) -> Vec<Path> {
+        PathKind::expand(&self.paths, &self.transports.legs(false))
+    }
 }
 
 /// Planned time, for the progress bar.
 pub fn planned(args: &LatencyArgs, common: &super::Common) -> Duration {
-    (common.duration + common.warmup) * args.paths.len() as u32
+    (common.duration + common.warmup) * args.paths().len() as u32
 }
 
 /// What one path measured.
@@ -58,10 +68,17 @@ pub async fn run(run: &Run, args: &LatencyArgs) -> Result<Report> {
     if args.size < 16 {
         bail!("--size must be at least 16 bytes");
     }
-    let fixture =
-        Fixture::start(Some(run.target.relay_url()), run.target.splice_addr(), 1, 1).await?;
+    let fixture = Fixture::start(
+        Some(run.target.relay_url()),
+        run.target.splice_addr(),
+        1,
+        1,
+        &args.transports.transports(),
+    )
+    .await?;
+    let paths = args.paths();
     let mut results = Vec::new();
-    for &path in &args.paths {
+    for &path in &paths {
         run.progress.message(path.label());
         results.push((path, measure(run, &fixture, path, args).await?));
     }
@@ -69,7 +86,8 @@ pub async fn run(run: &Run, args: &LatencyArgs) -> Result<Report> {
 
     let params = json!({
         "rate": args.rate, "size": args.size, "sessions": args.sessions,
-        "paths": args.paths.iter().map(|p| p.key()).collect::<Vec<_>>(),
+        "paths": paths.iter().map(|p| p.key()).collect::<Vec<_>>(),
+        "transports": args.transports.transports(),
         "duration_s": run.common.duration.as_secs_f64(),
         "warmup_s": run.common.warmup.as_secs_f64(),
     });
@@ -97,14 +115,15 @@ pub async fn run(run: &Run, args: &LatencyArgs) -> Result<Report> {
         report.figure(&format!("{key}_p999_us"), some(us(h, 0.999)));
         report.figure(&format!("{key}_max_us"), some(h.max() as f64 / 1000.0));
         if let Some(cpu) = measured.relay_cpu_us_per_request {
-            report.figure("relay_cpu_us_per_request", Some(cpu));
+            report.figure(&format!("{key}_cpu_us_per_request"), Some(cpu));
             report.note(format!(
-                "the relay process spent {cpu:.1} µs of CPU per request (two forwarded \
-                 messages), over warm-up and measurement"
+                "{}: the relay process spent {cpu:.1} µs of CPU per request (two forwarded \
+                 messages), over warm-up and measurement",
+                path.label()
             ));
         }
         table.row(vec![
-            path.label().to_owned(),
+            path.label(),
             h.len().to_string(),
             cell(some(us(h, 0.5)), 1),
             cell(some(us(h, 0.9)), 1),
@@ -118,23 +137,32 @@ pub async fn run(run: &Run, args: &LatencyArgs) -> Result<Report> {
             points: measured.per_second_p99_us.clone(),
         });
     }
-    let relay = report.number("relay_p99_us");
     let direct = report.number("direct_p99_us");
     let splice = report.number("splice_p99_us");
-    let added = relay.zip(direct).map(|(r, d)| r - d);
-    report.figure("added_p99_us", added);
-    report.figure("relay_vs_direct_p99", ratio(relay, direct));
-    report.figure("relay_vs_splice_p99", ratio(relay, splice));
+    for path in paths.iter().filter(|p| p.is_relay()) {
+        let key = path.key();
+        let relay = report.number(&format!("{key}_p99_us"));
+        let added = relay.zip(direct).map(|(r, d)| r - d);
+        report.figure(&format!("{key}_added_p99_us"), added);
+        report.figure(&format!("{key}_vs_direct_p99"), ratio(relay, direct));
+        report.figure(&format!("{key}_vs_splice_p99"), ratio(relay, splice));
+        table.row(vec![
+            format!("{} p99 - direct p99", path.label()),
+            String::new(),
+            String::new(),
+            String::new(),
+            cell(added, 1),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    // The first relayed path also under the keys of runs before transports.
+    if let Some(first) = paths.iter().find(|p| p.is_relay()) {
+        report.alias(&first.key(), "relay");
+        let added = report.number("relay_added_p99_us");
+        report.figure("added_p99_us", added);
+    }
     report.figure("errors", Some(errors as f64));
-    table.row(vec![
-        "relay p99 - direct p99".to_owned(),
-        String::new(),
-        String::new(),
-        String::new(),
-        cell(added, 1),
-        String::new(),
-        String::new(),
-    ]);
     if errors > 0 {
         report.note(format!("{errors} errors (lost or failed requests)"));
     }
@@ -152,9 +180,7 @@ async fn measure(run: &Run, fixture: &Fixture, path: Path, args: &LatencyArgs) -
     }
     let total = run.common.warmup + run.common.duration;
     let requests = args.sessions.max(1) as f64 * requests_per_session(total, args) as f64;
-    let probe = (path == Path::Relay)
-        .then(|| run.target.relay_probe())
-        .flatten();
+    let probe = path.is_relay().then(|| run.target.relay_probe()).flatten();
     let relay_cpu = CpuMeter::start(probe);
     let origin = Instant::now();
     let progress = async {

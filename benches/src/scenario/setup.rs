@@ -9,8 +9,13 @@
 //! figure that does not depend on how much CPU the hosts and players in this same
 //! machine take.
 //!
+//! The relayed path is measured once per `--transport`: on TLS/TCP each session is
+//! two new connections (the player's, and the one its host dials for it), each with
+//! its own TLS handshake, where on QUIC it is a new stream on connections that exist.
+//!
 //! Registrations: the same number of workers each open a fresh QUIC connection to
-//! the relay, register a fresh host id with its proof, and close the connection.
+//! the relay, register a fresh host id with its proof, and close the connection
+//! (QUIC only, whatever `--transport` says).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -22,9 +27,10 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::{CpuMeter, Run};
-use crate::fixture::{Fixture, Path};
+use crate::fixture::{Fixture, Path, PathKind};
 use crate::raw::RegistrationPool;
 use crate::report::{cell, ratio, Report, Table};
+use crate::transport::TransportArgs;
 
 /// Knobs of the setup scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,9 +44,11 @@ pub struct SetupArgs {
     /// Players (each with its own relay connection).
     #[arg(long, default_value_t = 4)]
     pub players: usize,
-    /// Paths to measure session set-up on, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Path::ALL)]
-    pub paths: Vec<Path>,
+    /// Paths to measure session set-up on, in order; `relay` once per transport.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = PathKind::ALL)]
+    pub paths: Vec<PathKind>,
+    #[command(flatten)]
+    pub transports: TransportArgs,
     /// Skip the registration phase.
     #[arg(long)]
     pub no_registrations: bool,
@@ -50,9 +58,16 @@ pub struct SetupArgs {
     pub rounds: usize,
 }
 
+impl SetupArgs {
+    /// The paths measured, in order.
+    pub fn paths(&self) -> Vec<Path> {
+        PathKind::expand(&self.paths, &self.transports.legs(false))
+    }
+}
+
 /// Planned time, for the progress bar.
 pub fn planned(args: &SetupArgs, common: &super::Common) -> Duration {
-    let phases = args.paths.len() * args.rounds.max(1) + usize::from(!args.no_registrations);
+    let phases = args.paths().len() * args.rounds.max(1) + usize::from(!args.no_registrations);
     (common.duration + common.warmup) * phases as u32
 }
 
@@ -72,17 +87,17 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
         run.target.splice_addr(),
         args.hosts,
         args.players,
+        &args.transports.transports(),
     )
     .await?;
+    let paths = args.paths();
     // Rounds go over all paths in turn, so a noisy moment hits every path alike.
-    let mut rounds: Vec<Vec<Counted>> = args.paths.iter().map(|_| Vec::new()).collect();
+    let mut rounds: Vec<Vec<Counted>> = paths.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds.max(1) {
-        for (&path, counted) in args.paths.iter().zip(&mut rounds) {
+        for (&path, counted) in paths.iter().zip(&mut rounds) {
             run.progress
                 .message(format!("sessions, {}, round {}", path.label(), round + 1));
-            let probe = (path == Path::Relay)
-                .then(|| run.target.relay_probe())
-                .flatten();
+            let probe = path.is_relay().then(|| run.target.relay_probe()).flatten();
             let fixture = &fixture;
             counted.push(
                 count(run, probe, args.sessions, |i| async move {
@@ -95,8 +110,7 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
         }
     }
     fixture.shutdown().await;
-    let sessions: Vec<(Path, Counted)> = args
-        .paths
+    let sessions: Vec<(Path, Counted)> = paths
         .iter()
         .copied()
         .zip(rounds.into_iter().map(median_round))
@@ -125,7 +139,8 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
     let params = json!({
         "sessions": args.sessions, "hosts": args.hosts, "players": args.players,
         "rounds": args.rounds,
-        "paths": args.paths.iter().map(|p| p.key()).collect::<Vec<_>>(),
+        "paths": paths.iter().map(|p| p.key()).collect::<Vec<_>>(),
+        "transports": args.transports.transports(),
         "duration_s": run.common.duration.as_secs_f64(),
         "warmup_s": run.common.warmup.as_secs_f64(),
     });
@@ -147,8 +162,8 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
         .collect::<Vec<_>>();
     if let Some(c) = &registrations {
         rows.push((
-            "registrations (new connection each)".to_owned(),
-            "registrations",
+            "registrations over QUIC (new connection each)".to_owned(),
+            "registrations".to_owned(),
             c,
         ));
     }
@@ -164,7 +179,7 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
         report.figure(&format!("{prefix}_per_s"), Some(c.per_s));
         report.figure(&format!("{prefix}_p50_ms"), ms(&c.histogram, 0.5));
         report.figure(&format!("{prefix}_p99_ms"), ms(&c.histogram, 0.99));
-        if key == "relay" || key == "registrations" {
+        if key.starts_with("relay") || key == "registrations" {
             report.figure(&format!("{prefix}_per_relay_cpu_s"), per_cpu);
         }
         table.row(vec![
@@ -176,16 +191,20 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
             cell(per_cpu, 0),
         ]);
     }
-    let relay = report.number("relay_sessions_per_s");
-    report.figure("sessions_per_s", relay);
-    report.figure(
-        "relay_vs_direct_sessions",
-        ratio(relay, report.number("direct_sessions_per_s")),
-    );
-    report.figure(
-        "relay_vs_splice_sessions",
-        ratio(relay, report.number("splice_sessions_per_s")),
-    );
+    let direct = report.number("direct_sessions_per_s");
+    let splice = report.number("splice_sessions_per_s");
+    for path in paths.iter().filter(|p| p.is_relay()) {
+        let key = path.key();
+        let relay = report.number(&format!("{key}_sessions_per_s"));
+        report.figure(&format!("{key}_vs_direct_sessions"), ratio(relay, direct));
+        report.figure(&format!("{key}_vs_splice_sessions"), ratio(relay, splice));
+    }
+    // The first relayed path also under the keys of runs before transports.
+    if let Some(first) = paths.iter().find(|p| p.is_relay()) {
+        report.alias(&first.key(), "relay");
+        let relay = report.number("relay_sessions_per_s");
+        report.figure("sessions_per_s", relay);
+    }
     report.figure("errors", Some(errors as f64));
     if errors > 0 {
         report.note(format!("{errors} set-ups failed"));

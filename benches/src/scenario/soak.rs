@@ -17,6 +17,7 @@ use super::{gbps, Run};
 use crate::fixture::{echo, BoxStream, Fixture, Path};
 use crate::raw::RegistrationPool;
 use crate::report::{cell, Report, Series, Table};
+use crate::transport::Transport;
 
 /// Knobs of the soak scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,13 +61,19 @@ pub async fn run(run: &Run, args: &SoakArgs) -> Result<Report> {
             }
         }
     }
-    let fixture =
-        Fixture::start(Some(run.target.relay_url()), run.target.splice_addr(), 2, 2).await?;
+    let fixture = Fixture::start(
+        Some(run.target.relay_url()),
+        run.target.splice_addr(),
+        2,
+        2,
+        &[Transport::Quic],
+    )
+    .await?;
     let mut bulk = Vec::new();
     for i in 0..args.sessions {
-        bulk.push(fixture.open(Path::Relay, i).await?);
+        bulk.push(fixture.open(Path::RELAY_QUIC, i).await?);
     }
-    let ping_session = fixture.open(Path::Relay, 0).await?;
+    let ping_session = fixture.open(Path::RELAY_QUIC, 0).await?;
     tokio::spawn(echo(ping_session.host));
 
     let origin = Instant::now();
@@ -139,9 +146,11 @@ pub async fn run(run: &Run, args: &SoakArgs) -> Result<Report> {
         while origin.elapsed() < end {
             ticker.tick().await;
             i += 1;
-            let opened =
-                tokio::time::timeout(Duration::from_secs(15), fixture.open_echo(Path::Relay, i))
-                    .await;
+            let opened = tokio::time::timeout(
+                Duration::from_secs(15),
+                fixture.open_echo(Path::RELAY_QUIC, i),
+            )
+            .await;
             match opened {
                 Ok(Ok(mut stream)) => {
                     let _ = stream.shutdown().await;

@@ -1,5 +1,6 @@
 //! `throughput`: bulk data each way through S concurrent sessions, on each path in
-//! turn (direct, TCP splice, relay), in the same run and with the same payload.
+//! turn (direct, TCP splice, relay on each `--transport`, and with `--mixed` on
+//! mixed pairs), in the same run and with the same payload.
 //!
 //! Each session has a writer and a reader at both ends. Writers send 64 KiB writes
 //! until the phase ends, then finish; readers count what arrives. The first
@@ -17,9 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use super::{gbps, gib, CpuMeter, Run};
-use crate::fixture::{BoxStream, Fixture, Path};
+use crate::fixture::{BoxStream, Fixture, Path, PathKind};
 use crate::measure::ProcessProbe;
 use crate::report::{cell, median, ratio, Report, Series, Table};
+use crate::transport::TransportArgs;
 
 /// Knobs of the throughput scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,12 +41,25 @@ pub struct ThroughputArgs {
     /// Size of each application write, bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     pub write_size: usize,
-    /// Paths to measure, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Path::ALL)]
-    pub paths: Vec<Path>,
+    /// Paths to measure, in order; `relay` once per transport.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = PathKind::ALL)]
+    pub paths: Vec<PathKind>,
+    #[command(flatten)]
+    pub transports: TransportArgs,
+    /// Also measure every mixed pair of the transports (with `--transport quic,tcp`:
+    /// a QUIC host with a TLS/TCP player, and the other way round).
+    #[arg(long)]
+    pub mixed: bool,
     /// Rounds over all paths; figures are medians of the rounds.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+}
+
+impl ThroughputArgs {
+    /// The paths measured, in order.
+    pub fn paths(&self) -> Vec<Path> {
+        PathKind::expand(&self.paths, &self.transports.legs(self.mixed))
+    }
 }
 
 /// Which way bulk data flows.
@@ -74,7 +89,7 @@ struct Phase {
 
 /// Planned time, for the progress bar.
 pub fn planned(args: &ThroughputArgs, run: &super::Common) -> Duration {
-    (run.duration + run.warmup) * (args.paths.len() * args.rounds.max(1)) as u32
+    (run.duration + run.warmup) * (args.paths().len() * args.rounds.max(1)) as u32
 }
 
 /// Runs the scenario.
@@ -84,15 +99,17 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
         run.target.splice_addr(),
         args.hosts,
         args.players,
+        &args.transports.transports(),
     )
     .await?;
+    let paths = args.paths();
     let mut phases: Vec<(Path, Phase)> = Vec::new();
     for round in 0..args.rounds.max(1) {
-        for &path in &args.paths {
+        for &path in &paths {
             run.progress
                 .message(format!("{} round {}", path.label(), round + 1));
             let probe = match path {
-                Path::Relay => run.target.relay_probe(),
+                Path::Relay(_) => run.target.relay_probe(),
                 Path::Splice => Some(run.target.splice_probe()),
                 Path::Direct => None,
             };
@@ -105,7 +122,8 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
     let params = json!({
         "hosts": args.hosts, "players": args.players, "sessions": args.sessions,
         "direction": args.direction, "write_size": args.write_size,
-        "paths": args.paths.iter().map(|p| p.key()).collect::<Vec<_>>(),
+        "paths": paths.iter().map(|p| p.key()).collect::<Vec<_>>(),
+        "transports": args.transports.transports(), "mixed": args.mixed,
         "rounds": args.rounds, "duration_s": run.common.duration.as_secs_f64(),
         "warmup_s": run.common.warmup.as_secs_f64(),
         "splice_buffer": run.common.splice_buffer,
@@ -128,8 +146,19 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
             .collect();
         median(&rates)
     };
-    let (relay, direct, splice) = (agg(Path::Relay), agg(Path::Direct), agg(Path::Splice));
-    for path in Path::ALL {
+    // Process CPU seconds per GiB forwarded: the median of the path's rounds.
+    let cpu_per_gib_of = |path: Path| -> Option<f64> {
+        median(
+            &phases
+                .iter()
+                .filter(|(p, _)| *p == path)
+                .filter_map(|(_, ph)| Some(ph.process_cpu? / gib(ph.bytes)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (direct, splice) = (agg(Path::Direct), agg(Path::Splice));
+    let splice_cpu = cpu_per_gib_of(Path::Splice);
+    for &path in &paths {
         let mine: Vec<&Phase> = phases
             .iter()
             .filter(|(p, _)| *p == path)
@@ -157,12 +186,7 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
         };
         let min = per_session.iter().copied().reduce(f64::min);
         let max = per_session.iter().copied().reduce(f64::max);
-        let cpu_per_gib = median(
-            &mine
-                .iter()
-                .filter_map(|ph| Some(ph.process_cpu? / gib(ph.bytes)))
-                .collect::<Vec<_>>(),
-        );
+        let cpu_per_gib = cpu_per_gib_of(path);
         let ends_per_gib = median(
             &mine
                 .iter()
@@ -178,16 +202,25 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
         if path != Path::Direct {
             report.figure(&format!("{key}_cpu_s_per_gib"), cpu_per_gib);
         }
-        let versus = match path {
-            Path::Relay => format!(
+        let versus = if path.is_relay() {
+            let cpu_vs_splice = ratio(cpu_per_gib, splice_cpu);
+            report.figure(&format!("{key}_vs_direct"), ratio(aggregate, direct));
+            report.figure(&format!("{key}_vs_splice"), ratio(aggregate, splice));
+            report.figure(&format!("{key}_cpu_vs_splice"), cpu_vs_splice);
+            let mut versus = format!(
                 "{} of direct, {} of splice",
-                percent(ratio(relay, direct)),
-                percent(ratio(relay, splice))
-            ),
-            _ => String::new(),
+                percent(ratio(aggregate, direct)),
+                percent(ratio(aggregate, splice))
+            );
+            if let Some(times) = cpu_vs_splice {
+                versus.push_str(&format!(", {times:.1}× splice CPU/GiB"));
+            }
+            versus
+        } else {
+            String::new()
         };
         table.row(vec![
-            path.label().to_owned(),
+            path.label(),
             cell(aggregate, 2),
             format!("{} ({}-{})", cell(per_mean, 3), cell(min, 3), cell(max, 3)),
             cell(
@@ -209,14 +242,16 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
             });
         }
     }
-    report.figure("relay_vs_direct", ratio(relay, direct));
-    report.figure("relay_vs_splice", ratio(relay, splice));
+    // The first relayed path also under the keys of runs before transports.
+    if let Some(first) = paths.iter().find(|p| p.is_relay()) {
+        report.alias(&first.key(), "relay");
+    }
     report.figure("errors", Some(errors as f64));
     if errors > 0 {
         report.note(format!("{errors} session errors"));
     }
     report.note(
-        "process CPU: the relay process (relay row) or the splice process (TCP splice row); \
+        "process CPU: the relay process (relay rows) or the splice process (TCP splice row); \
          ends CPU: the harness process with every host and player",
     );
     report.table = table;
