@@ -693,10 +693,10 @@ impl Connector {
         match raced {
             Ok((_, stream)) => {
                 if auto && stream.relay_transport() == Some(RelayTransport::Quic) {
-                    self.udp.set_working(&url);
+                    self.udp.set_working(url);
                 } else if auto {
                     debug!(transport = ?stream.relay_transport(), "QUIC did not get through to the relay");
-                    self.udp.set_broken(&url);
+                    self.udp.set_broken(url);
                 }
                 Ok(stream)
             }
