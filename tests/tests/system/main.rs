@@ -13,6 +13,7 @@ mod networks;
 mod operations;
 mod panel;
 mod privacy;
+mod raw_tls;
 mod recovery;
 mod registration;
 mod sessions;
