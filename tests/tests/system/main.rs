@@ -4,6 +4,7 @@
 //! workspace are linked once, not once per area.
 
 mod adversarial;
+mod adversarial_tcp;
 mod authorized;
 mod bad_input;
 mod cli;

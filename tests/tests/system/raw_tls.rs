@@ -16,6 +16,21 @@ use tokio_tungstenite::WebSocketStream;
 /// A TLS client session over `tcp` offering `alpn`; fails where the relay drops the
 /// connection before its handshake (a refused connection).
 pub async fn try_tls_to(tcp: TcpStream, alpn: &[u8]) -> std::io::Result<TlsStream<TcpStream>> {
+    tokio_rustls::TlsConnector::from(Arc::new(client_config(alpn)))
+        .connect(server_name(), tcp)
+        .await
+}
+
+/// The first bytes a TLS client offering `alpn` sends: its ClientHello, as records.
+pub fn client_hello(alpn: &[u8]) -> Vec<u8> {
+    let mut client =
+        rustls::ClientConnection::new(Arc::new(client_config(alpn)), server_name()).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    hello
+}
+
+fn client_config(alpn: &[u8]) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -24,10 +39,11 @@ pub async fn try_tls_to(tcp: TcpStream, alpn: &[u8]) -> std::io::Result<TlsStrea
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
+    config
+}
+
+fn server_name() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from("localhost").unwrap()
 }
 
 /// Like [`try_tls_to`], for tests in which the relay has no reason to refuse.
