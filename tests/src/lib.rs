@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use blindrelay_client::{
     BackoffConfig, HostAgent, HostConfig, HostState, Player, PlayerConfig, RelayUrl, SecretKey,
-    SecureStream,
+    SecureStream, TransportPreference,
 };
 use blindrelay_protocol::control::ControlMessage;
 use blindrelay_protocol::registration::{HostRegistration, EXPORTER_LABEL, EXPORTER_LEN};
@@ -72,6 +72,16 @@ pub async fn start_host(relay: &RelayUrl) -> HostAgent {
     agent
 }
 
+/// Starts a host agent with a fresh key that reaches the relay over `transport`,
+/// and waits until it is registered.
+pub async fn host_over(relay: &RelayUrl, transport: TransportPreference) -> HostAgent {
+    let mut config = host_config(SecretKey::generate().unwrap(), relay);
+    config.transport = transport;
+    let agent = HostAgent::start(config).expect("host agent starts");
+    wait_for_state(&agent, |state| *state == HostState::Registered).await;
+    agent
+}
+
 /// Waits until `agent`'s state satisfies `want` (within [`PATIENCE`]) and returns it.
 pub async fn wait_for_state(agent: &HostAgent, want: impl Fn(&HostState) -> bool) -> HostState {
     let mut states = agent.watch_state();
@@ -86,6 +96,13 @@ pub async fn wait_for_state(agent: &HostAgent, want: impl Fn(&HostState) -> bool
 /// A player with a fresh key and default settings.
 pub fn player() -> Player {
     Player::new(PlayerConfig::new(SecretKey::generate().unwrap()))
+}
+
+/// A player with a fresh key whose relayed sessions go over `transport`.
+pub fn player_over(transport: TransportPreference) -> Player {
+    let mut config = PlayerConfig::new(SecretKey::generate().unwrap());
+    config.transport = transport;
+    Player::new(config)
 }
 
 /// Accepts every session on `agent` and echoes it back, until the agent stops.

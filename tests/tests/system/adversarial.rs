@@ -7,6 +7,7 @@
 //! gauges (open connections, reserved buffers, registrations) come back down, which
 //! is what bounds its memory.
 //!
+//! The same adversaries on the relay's TCP port are in `adversarial_tcp.rs`.
 //! Malformed control messages (truncated, oversize, unknown version or kind) are in
 //! `bad_input.rs`; the relay's resident memory under gigabytes pushed at a host that
 //! barely reads is measured in `limits.rs`.
@@ -15,7 +16,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blindrelay_client::{HostAgent, HostState, Player, PlayerConfig, SecretKey, Ticket};
+use blindrelay_client::{
+    HostAgent, HostState, Player, PlayerConfig, SecretKey, Ticket, TransportPreference,
+};
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use blindrelay_relay::units::Span;
 use blindrelay_relay::{Relay, RelayCertificate, RelayConfig};
@@ -26,16 +29,28 @@ use tokio::io::AsyncWriteExt;
 /// half of `len` bytes both ways at once, then stays open until [`finishes`] lets it
 /// move the second half, so it is still running (and its host busy) whatever the
 /// attack does in between, however fast this machine is.
-struct Honest {
+pub(crate) struct Honest {
     task: tokio::task::JoinHandle<u64>,
     release: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn honest_session(relay: &Relay, len: u64) -> Honest {
-    let host = start_host(relay.url()).await;
+    let default = TransportPreference::default();
+    honest_session_over(relay, default, default, len).await
+}
+
+/// Like [`honest_session`], with the host registered over `host` and the player's
+/// session over `player`.
+pub(crate) async fn honest_session_over(
+    relay: &Relay,
+    host: TransportPreference,
+    player: TransportPreference,
+    len: u64,
+) -> Honest {
+    let host = host_over(relay.url(), host).await;
     let ticket = host.ticket().clone();
     let echo_host = spawn_echo_host(host);
-    let session = player().connect(&ticket).await.unwrap();
+    let session = player_over(player).connect(&ticket).await.unwrap();
     let (mut read, mut write) = tokio::io::split(session);
     let (release, released) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -56,7 +71,7 @@ async fn honest_session(relay: &Relay, len: u64) -> Honest {
 }
 
 /// Lets the honest session finish and checks it echoed every byte exactly.
-async fn finishes(honest: Honest, len: u64) {
+pub(crate) async fn finishes(honest: Honest, len: u64) {
     let _ = honest.release.send(());
     let echoed = tokio::time::timeout(PATIENCE, honest.task)
         .await
@@ -65,7 +80,7 @@ async fn finishes(honest: Honest, len: u64) {
     assert_eq!(echoed, len, "the honest session moved every byte exactly");
 }
 
-async fn settle(
+pub(crate) async fn settle(
     relay: &Relay,
     what: &str,
     done: impl Fn(&blindrelay_relay::StatsSnapshot) -> bool,
@@ -511,7 +526,7 @@ const ANY_HELLO: [u8; 98] = {
 
 /// A player's Noise hello for `host_id`, with its length prefix: what follows a
 /// `Connect` on the wire.
-fn hello_for(host_id: &HostId) -> Vec<u8> {
+pub(crate) fn hello_for(host_id: &HostId) -> Vec<u8> {
     let key = SecretKey::generate().unwrap();
     let mut player = blindrelay_protocol::noise::PlayerHandshake::new(&key, host_id).unwrap();
     let mut wire = bytes::BytesMut::new();

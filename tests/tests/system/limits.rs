@@ -2,6 +2,11 @@
 //! per-address rates and counts, bandwidth caps, stalled readers, idle sessions and
 //! connections, maximum duration and bytes, and shedding idle registrations. Every
 //! test runs against a real relay on loopback; every wait is bounded.
+//!
+//! The limits on sessions and connections are the relay's, whatever carries them:
+//! each such test is written once over the transports of its ends ([`Ends`]) and run
+//! on QUIC, on TLS over TCP and on WebSocket, for the player and, where the test is
+//! about the host's side, for the host (`limits::<test>::<case>`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blindrelay_client::{
-    BackoffConfig, ConnectError, HostAgent, HostState, SecretKey, SecureStream,
+    BackoffConfig, ConnectError, HostAgent, HostState, SecretKey, SecureStream, TransportPreference,
 };
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode};
 use blindrelay_relay::limits::Limits;
@@ -17,6 +22,33 @@ use blindrelay_relay::units::{ByteSize, Rate, Span};
 use blindrelay_relay::Relay;
 use blindrelay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::raw_tls::RawConnection;
+
+/// The transports a test's ends reach the relay over: the host's registration (and
+/// the connections it dials for sessions), and the player's sessions.
+#[derive(Debug, Clone, Copy)]
+struct Ends {
+    host: TransportPreference,
+    player: TransportPreference,
+}
+
+/// Runs the limit test `$test`, an `async fn(Ends)`, once per case: each case names
+/// the host's transport, then the player's. The tests land in a module named after
+/// the function, so `limits::$test::$case` is each one's name.
+macro_rules! over_transports {
+    ($test:ident: $($case:ident = $host:ident / $player:ident),+ $(,)?) => {
+        mod $test {
+            use blindrelay_client::TransportPreference::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$test(super::Ends { host: $host, player: $player }).await;
+                }
+            )+
+        }
+    };
+}
 
 /// A relay with no limits but the ones `set` turns on.
 fn relay_with(set: impl FnOnce(&mut Limits)) -> Relay {
@@ -124,16 +156,21 @@ async fn echo_keep_open(session: SecureStream, seed: u64, len: usize) -> (Secure
     (read.unsplit(write), start.elapsed().as_secs_f64())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_session_past_the_buffer_budget_is_refused_while_the_others_keep_moving() {
+over_transports!(the_session_past_the_buffer_budget_is_refused_while_the_others_keep_moving:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    player_websocket = Quic / WebSocket,
+    host_tcp = Tcp / Tcp,
+);
+async fn the_session_past_the_buffer_budget_is_refused_while_the_others_keep_moving(ends: Ends) {
     const N: u64 = 4;
     let relay = relay_with(|limits| {
         limits.sessions.buffer_budget = ByteSize(N * limits.session_buffer());
     });
-    let host = start_host(relay.url()).await;
+    let host = host_over(relay.url(), ends.host).await;
     let ticket = host.ticket().clone();
     let _echo = spawn_echo_host(host);
-    let player = player();
+    let player = player_over(ends.player);
 
     let mut sessions = Vec::new();
     for _ in 0..N {
@@ -174,13 +211,17 @@ async fn the_session_past_the_buffer_budget_is_refused_while_the_others_keep_mov
     echo_round(player.connect(&ticket).await.unwrap(), 20, 1024).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_session_cap_admits_max_and_not_one_more() {
+over_transports!(the_session_cap_admits_max_and_not_one_more:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    player_websocket = Quic / WebSocket,
+);
+async fn the_session_cap_admits_max_and_not_one_more(ends: Ends) {
     let relay = relay_with(|limits| limits.sessions.max = 3);
-    let host = start_host(relay.url()).await;
+    let host = host_over(relay.url(), ends.host).await;
     let ticket = host.ticket().clone();
     let _echo = spawn_echo_host(host);
-    let player = player();
+    let player = player_over(ends.player);
     let mut sessions = Vec::new();
     for _ in 0..3 {
         sessions.push(player.connect(&ticket).await.expect("within the cap"));
@@ -198,16 +239,21 @@ async fn the_session_cap_admits_max_and_not_one_more() {
     echo_round(again, 3, 64 * 1024).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_with_its_maximum_sessions_is_busy_for_the_next_player() {
+over_transports!(a_host_with_its_maximum_sessions_is_busy_for_the_next_player:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    host_tcp = Tcp / Quic,
+    host_websocket = WebSocket / WebSocket,
+);
+async fn a_host_with_its_maximum_sessions_is_busy_for_the_next_player(ends: Ends) {
     let relay = relay_with(|limits| limits.hosts.max_sessions = 2);
-    let busy = start_host(relay.url()).await;
+    let busy = host_over(relay.url(), ends.host).await;
     let busy_ticket = busy.ticket().clone();
     let _busy_echo = spawn_echo_host(busy);
-    let other = start_host(relay.url()).await;
+    let other = host_over(relay.url(), ends.host).await;
     let other_ticket = other.ticket().clone();
     let _other_echo = spawn_echo_host(other);
-    let player = player();
+    let player = player_over(ends.player);
 
     let first = player.connect(&busy_ticket).await.unwrap();
     let second = player.connect(&busy_ticket).await.unwrap();
@@ -344,8 +390,12 @@ async fn a_host_cap_is_shared_by_all_its_sessions() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_flood_from_one_address_is_throttled_while_another_connects() {
+over_transports!(a_connection_flood_from_one_address_is_throttled_while_another_connects:
+    quic = Quic / Quic,
+    tcp = Quic / Tcp,
+    websocket = Quic / WebSocket,
+);
+async fn a_connection_flood_from_one_address_is_throttled_while_another_connects(ends: Ends) {
     let relay = relay_with(|limits| {
         limits.connections.new_per_ip_per_s = 2;
         limits.connections.new_per_ip_burst = 5;
@@ -355,7 +405,7 @@ async fn a_connection_flood_from_one_address_is_throttled_while_another_connects
     let mut admitted = Vec::new();
     let mut refused = 0;
     for _ in 0..30 {
-        match blindrelay_client::connect_relay_raw_from(relay.url(), flooder).await {
+        match RawConnection::open_from(&relay, ends.player, flooder).await {
             Ok(connection) => admitted.push(connection),
             Err(_) => refused += 1,
         }
@@ -367,58 +417,71 @@ async fn a_connection_flood_from_one_address_is_throttled_while_another_connects
     let ticket = host.ticket().clone();
     let _echo = spawn_echo_host(host);
     for _ in 0..3 {
-        let connection = blindrelay_client::connect_relay_raw_from(relay.url(), neighbour)
+        let connection = RawConnection::open_from(&relay, ends.player, neighbour)
             .await
             .expect("another address is not throttled");
-        drop(connection);
+        connection.close();
     }
-    echo_round(player().connect(&ticket).await.unwrap(), 1, 64 * 1024).await;
+    let player = player_over(ends.player);
+    echo_round(player.connect(&ticket).await.unwrap(), 1, 64 * 1024).await;
     assert_eq!(relay.stats().connections_rate_limited, refused);
     drop(admitted);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_per_address_stop_at_the_maximum() {
+over_transports!(connections_per_address_stop_at_the_maximum:
+    quic = Quic / Quic,
+    tcp = Quic / Tcp,
+    websocket = Quic / WebSocket,
+);
+async fn connections_per_address_stop_at_the_maximum(ends: Ends) {
     let relay = relay_with(|limits| limits.connections.per_ip = 3);
     let address = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
     let mut open = Vec::new();
     for _ in 0..3 {
         open.push(
-            blindrelay_client::connect_relay_raw_from(relay.url(), address)
+            RawConnection::open_from(&relay, ends.player, address)
                 .await
                 .expect("within the limit"),
         );
     }
-    assert!(
-        blindrelay_client::connect_relay_raw_from(relay.url(), address)
-            .await
-            .is_err()
-    );
+    assert!(RawConnection::open_from(&relay, ends.player, address)
+        .await
+        .is_err());
     assert_eq!(relay.stats().connections_over_address_cap, 1);
+    // Another address is not affected.
+    let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
+    RawConnection::open_from(&relay, ends.player, elsewhere)
+        .await
+        .expect("another address")
+        .close();
     // Closing one frees its place.
-    let closed = open.pop().unwrap();
-    closed.close(0u32.into(), b"done");
-    wait_for_stats(&relay, "the closed connection to be released", |s| {
+    open.pop().unwrap().close();
+    wait_for_stats(&relay, "the closed connections to be released", |s| {
         s.connections_open == 2
     })
     .await;
     open.push(
-        blindrelay_client::connect_relay_raw_from(relay.url(), address)
+        RawConnection::open_from(&relay, ends.player, address)
             .await
             .expect("a place was freed"),
     );
+    assert_eq!(relay.stats().connections_over_address_cap, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_requests_from_one_address_are_rate_limited() {
+over_transports!(session_requests_from_one_address_are_rate_limited:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    player_websocket = Quic / WebSocket,
+);
+async fn session_requests_from_one_address_are_rate_limited(ends: Ends) {
     let relay = relay_with(|limits| {
         limits.sessions.new_per_ip_per_s = 1;
         limits.sessions.new_per_ip_burst = 3;
     });
-    let host = start_host(relay.url()).await;
+    let host = host_over(relay.url(), ends.host).await;
     let ticket = host.ticket().clone();
     let _echo = spawn_echo_host(host);
-    let player = player();
+    let player = player_over(ends.player);
     let mut sessions = Vec::new();
     let mut refused = 0;
     for _ in 0..10 {
@@ -436,6 +499,44 @@ async fn session_requests_from_one_address_are_rate_limited() {
         sessions.len()
     );
     assert_eq!(relay.stats().sessions_refused_rate, refused);
+}
+
+over_transports!(sessions_from_one_address_stop_at_the_maximum:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    player_websocket = Quic / WebSocket,
+    host_tcp = Tcp / Tcp,
+);
+async fn sessions_from_one_address_stop_at_the_maximum(ends: Ends) {
+    let relay = relay_with(|limits| limits.sessions.per_ip = 2);
+    let host = host_over(relay.url(), ends.host).await;
+    let ticket = host.ticket().clone();
+    let _echo = spawn_echo_host(host);
+    let player = player_over(ends.player);
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        sessions.push(player.connect(&ticket).await.expect("within the cap"));
+    }
+    match player.connect(&ticket).await {
+        Err(ConnectError::Refused { code, reason }) => {
+            assert_eq!(code, ErrorCode::RateLimited);
+            assert!(reason.contains("too many sessions"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A session that ends gives its place back; the ones held keep moving.
+    drop(sessions.pop());
+    wait_for_stats(&relay, "the dropped session to end", |s| {
+        s.sessions_active == 1
+    })
+    .await;
+    echo_round(
+        player.connect(&ticket).await.expect("a place was freed"),
+        1,
+        64 * 1024,
+    )
+    .await;
+    echo_round(sessions.pop().unwrap(), 2, 64 * 1024).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,11 +633,17 @@ async fn failed_registration_proofs_count_double() {
     assert_eq!(relay.stats().registrations_rate_limited, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_that_stops_reading_is_cut_off_and_its_writer_told() {
+over_transports!(a_reader_that_stops_reading_is_cut_off_and_its_writer_told:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    player_websocket = Quic / WebSocket,
+    host_tcp = Tcp / Quic,
+    host_websocket = WebSocket / Quic,
+);
+async fn a_reader_that_stops_reading_is_cut_off_and_its_writer_told(ends: Ends) {
     let relay = relay_with(|limits| limits.sessions.stall_timeout = secs(1.0));
-    let mut host = start_host(relay.url()).await;
-    let player = player();
+    let mut host = host_over(relay.url(), ends.host).await;
+    let player = player_over(ends.player);
     let (mut session, host_side) = open_pair(&player, &mut host).await;
     assert_eq!(session.limits().stall_timeout_secs, 1);
     // The host never reads; the player writes until the relay cuts the session.
@@ -563,12 +670,17 @@ async fn a_reader_that_stops_reading_is_cut_off_and_its_writer_told() {
     echo_round(fresh, 1, 1 << 20).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_moves_at_most_its_maximum_bytes_and_not_one_more() {
+over_transports!(a_session_moves_at_most_its_maximum_bytes_and_not_one_more:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    player_websocket = Quic / WebSocket,
+    host_tcp = Tcp / Tcp,
+);
+async fn a_session_moves_at_most_its_maximum_bytes_and_not_one_more(ends: Ends) {
     const MAX: u64 = 1 << 20;
     let relay = relay_with(|limits| limits.sessions.max_bytes = ByteSize(MAX));
-    let mut host = start_host(relay.url()).await;
-    let player = player();
+    let mut host = host_over(relay.url(), ends.host).await;
+    let player = player_over(ends.player);
     let (session, host_side) = open_pair(&player, &mut host).await;
     assert_eq!(session.limits().max_bytes, MAX);
     let (_, mut write) = tokio::io::split(session);
@@ -686,13 +798,18 @@ async fn the_byte_limit_counts_what_follows_the_control_messages_and_delivers_at
     assert_eq!(ended, Some(quinn::ReadError::Reset(byte_limit)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_ends_at_its_maximum_duration() {
+over_transports!(a_session_ends_at_its_maximum_duration:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    player_websocket = Quic / WebSocket,
+    host_tcp = Tcp / Quic,
+);
+async fn a_session_ends_at_its_maximum_duration(ends: Ends) {
     let relay = relay_with(|limits| limits.sessions.max_duration = secs(1.0));
-    let host = start_host(relay.url()).await;
+    let host = host_over(relay.url(), ends.host).await;
     let ticket = host.ticket().clone();
     let _echo = spawn_echo_host(host);
-    let mut session = player().connect(&ticket).await.unwrap();
+    let mut session = player_over(ends.player).connect(&ticket).await.unwrap();
     assert_eq!(session.limits().max_duration_secs, 1);
     let start = Instant::now();
     session.write_all(b"hello").await.unwrap();
@@ -706,14 +823,19 @@ async fn a_session_ends_at_its_maximum_duration() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_session_ends_but_a_busy_one_does_not() {
+over_transports!(an_idle_session_ends_but_a_busy_one_does_not:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    player_websocket = Quic / WebSocket,
+    host_tcp = Tcp / Quic,
+);
+async fn an_idle_session_ends_but_a_busy_one_does_not(ends: Ends) {
     let idle = Duration::from_millis(600);
     let relay = relay_with(|limits| limits.sessions.idle_timeout = Span(idle));
-    let host = start_host(relay.url()).await;
+    let host = host_over(relay.url(), ends.host).await;
     let ticket = host.ticket().clone();
     let _echo = spawn_echo_host(host);
-    let session = player().connect(&ticket).await.unwrap();
+    let session = player_over(ends.player).connect(&ticket).await.unwrap();
     let (mut read, mut write) = tokio::io::split(session);
     // Traffic every 200 ms for three idle timeouts keeps the session alive.
     let mut buf = [0u8; 4];

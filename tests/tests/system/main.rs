@@ -4,6 +4,7 @@
 //! workspace are linked once, not once per area.
 
 mod adversarial;
+mod adversarial_tcp;
 mod authorized;
 mod bad_input;
 mod cli;
@@ -13,6 +14,7 @@ mod networks;
 mod operations;
 mod panel;
 mod privacy;
+mod raw_tls;
 mod recovery;
 mod registration;
 mod sessions;

@@ -238,7 +238,8 @@ fn ruleset(hook: &str, rule: &str) -> String {
 /// A host on an open network; the player's side filtered by `ruleset` in
 /// `filtered`; the player (`--transport auto`) connects within 2 s of its start and
 /// fetches [`BULK`] bytes byte-exact over TCP; an honest session beside still works.
-async fn a_player_behind(world: &mut World, filtered: &Ns, ruleset: &str) {
+/// Returns the host, still running, and its ticket.
+async fn a_player_behind(world: &mut World, filtered: &Ns, ruleset: &str) -> (Proc, String) {
     let (mut host, ticket, registered) = world.start_host("auto");
     assert!(logs(&registered, "transport", "quic"), "{registered}");
     world.net.nft(filtered, ruleset);
@@ -259,6 +260,7 @@ async fn a_player_behind(world: &mut World, filtered: &Ns, ruleset: &str) {
     world.honest_session_beside(&ticket).await;
     assert!(world.relay.running(), "the relay still runs");
     assert!(host.running() && player.running());
+    (host, ticket)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,14 +298,24 @@ async fn where_large_udp_datagrams_die_a_player_moves_64_mib_over_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn where_only_https_passes_a_player_on_auto_moves_64_mib_over_tcp() {
+async fn where_only_https_passes_a_player_on_auto_moves_64_mib_over_tcp_and_one_on_websocket_too() {
     let Some(mut world) = World::build().await else {
         return;
     };
     let rule =
         format!("ip daddr {RELAY_IP} tcp dport {RELAY_PORT} accept\n    ip daddr {RELAY_IP} drop");
     let filtered = world.player_ns.clone();
-    a_player_behind(&mut world, &filtered, &ruleset("output", &rule)).await;
+    let (mut host, ticket) =
+        a_player_behind(&mut world, &filtered, &ruleset("output", &rule)).await;
+    // Forced onto WebSocket, a player behind the same rule gets through too.
+    let (mut player, listen, started) = world.start_player(&world.player_ns, &ticket, "websocket");
+    let fetched = fetch(&world.net, &world.player_ns, listen, BULK, 3, started).await;
+    assert_eq!(fetched.total, BULK);
+    let open = player.wait_log("session open");
+    assert!(logs(&open, "path", "relayed/websocket"), "{open}");
+    let host_open = host.wait_log("session open");
+    assert!(logs(&host_open, "path", "relayed/quic"), "{host_open}");
+    assert!(world.relay.running() && host.running() && player.running());
 }
 
 /// A ruleset for the host's namespace that drops UDP between it and the relay,
@@ -325,7 +337,8 @@ fn host_udp_cut() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn where_the_hosts_udp_is_dropped_it_registers_over_tcp_and_a_quic_player_reaches_it() {
+async fn where_the_hosts_udp_is_dropped_it_registers_over_tcp_and_quic_and_websocket_players_reach_it(
+) {
     let Some(mut world) = World::build().await else {
         return;
     };
@@ -340,7 +353,17 @@ async fn where_the_hosts_udp_is_dropped_it_registers_over_tcp_and_a_quic_player_
     assert!(logs(&open, "path", "relayed/quic"), "{open}");
     let host_open = host.wait_log("session open");
     assert!(logs(&host_open, "path", "relayed/tcp"), "{host_open}");
+    // A player forced onto WebSocket reaches the same host.
+    let (mut ws_player, listen, started) =
+        world.start_player(&world.player_ns, &ticket, "websocket");
+    let fetched = fetch(&world.net, &world.player_ns, listen, BULK, 3, started).await;
+    assert_eq!(fetched.total, BULK);
+    let open = ws_player.wait_log("session open");
+    assert!(logs(&open, "path", "relayed/websocket"), "{open}");
+    let host_open = host.wait_log("session open");
+    assert!(logs(&host_open, "path", "relayed/tcp"), "{host_open}");
     assert!(world.relay.running() && host.running() && player.running());
+    assert!(ws_player.running());
 }
 
 /// How soon a host whose UDP is cut must be registered again, over TCP: it notices

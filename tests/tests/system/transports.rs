@@ -6,16 +6,17 @@
 use std::time::Duration;
 
 use blindrelay_client::{
-    HostAgent, HostState, Player, PlayerConfig, RelayTransport, SecureStream, SessionPath,
-    TransportPreference,
+    HostAgent, HostState, Player, RelayTransport, SecureStream, SessionPath, TransportPreference,
 };
 use blindrelay_protocol::{ControlMessage, ErrorCode, RelayUrl, SecretKey};
-use blindrelay_relay::units::{ByteSize, Span};
+use blindrelay_relay::units::Span;
 use blindrelay_relay::{Limits, Relay};
 use blindrelay_tests::*;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+
+use crate::raw_tls::tls_to;
 
 /// Bytes each way in the pair tests: enough to cross many TLS records, frames and
 /// splice chunks, and to fill every window on the way.
@@ -26,20 +27,6 @@ fn relay_with(set: impl FnOnce(&mut Limits)) -> Relay {
     let mut config = relay_config();
     set(&mut config.limits);
     Relay::spawn(config).expect("relay starts")
-}
-
-async fn host_over(relay: &RelayUrl, transport: TransportPreference) -> HostAgent {
-    let mut config = host_config(SecretKey::generate().unwrap(), relay);
-    config.transport = transport;
-    let agent = HostAgent::start(config).expect("host agent starts");
-    wait_for_state(&agent, |state| *state == HostState::Registered).await;
-    agent
-}
-
-fn player_over(transport: TransportPreference) -> Player {
-    let mut config = PlayerConfig::new(SecretKey::generate().unwrap());
-    config.transport = transport;
-    Player::new(config)
 }
 
 fn carried_by(preference: TransportPreference) -> RelayTransport {
@@ -164,42 +151,6 @@ async fn many_sessions_to_a_host_on_tcp_run_at_once() {
         assert_eq!(got.unwrap(), 1 << 20);
     }
     assert_eq!(relay.stats().sessions_host_tcp, 8);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_byte_limit_ends_a_tcp_session_with_its_code_on_both_sides() {
-    const MAX: u64 = 1 << 20;
-    let relay = relay_with(|limits| limits.sessions.max_bytes = ByteSize(MAX));
-    let mut host = host_over(relay.url(), TransportPreference::Tcp).await;
-    let player = player_over(TransportPreference::Tcp);
-    let (session, host_side) = open(&player, &mut host).await;
-    assert_eq!(session.limits().max_bytes, MAX);
-    let (_, mut write) = tokio::io::split(session);
-    let writer = tokio::spawn(async move {
-        let buf = vec![7u8; 16 * 1024];
-        loop {
-            if let Err(err) = write.write_all(&buf).await {
-                return err.to_string();
-            }
-        }
-    });
-    let (mut host_read, _host_write) = tokio::io::split(host_side);
-    let mut buf = vec![0u8; 64 * 1024];
-    let host_error = loop {
-        match tokio::time::timeout(PATIENCE, host_read.read(&mut buf)).await {
-            Ok(Ok(0)) => panic!("a clean end instead of the limit"),
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => break err.to_string(),
-            Err(_) => panic!("no end in time"),
-        }
-    };
-    assert!(host_error.contains("maximum bytes"), "{host_error}");
-    let player_error = tokio::time::timeout(PATIENCE, writer)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(player_error.contains("maximum bytes"), "{player_error}");
-    assert_eq!(relay.stats().bytes_player_to_host, MAX);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -742,69 +693,4 @@ async fn a_peer_that_never_reads_costs_the_relay_one_buffer_and_is_cut() {
     // flight and QUIC's windows; tens of MiB at most, never the stream.
     assert!(written < 64 << 20, "{written} bytes went somewhere");
     drop(session);
-}
-
-/// A TLS client session to the relay's TCP port offering `alpn`, for tests that
-/// write raw bytes inside TLS. The certificate is not checked: these tests are about
-/// what the relay does with the bytes, not who it is.
-async fn tls_to(
-    tcp: tokio::net::TcpStream,
-    alpn: &[u8],
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS to the relay")
-}
-
-#[derive(Debug)]
-struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.3 only".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -1,0 +1,351 @@
+//! Adversaries on the relay's TCP port (TLS over TCP and WebSocket), each next to
+//! honest sessions on QUIC and on a stream transport that must keep moving their
+//! bytes exactly: a flood of half-open TCP connections, a player that never reads
+//! its socket, and garbage stream frames inside WebSocket messages. Each offender
+//! is cut with its own count, and the relay's gauges come back down.
+//!
+//! Slowloris on the TLS handshake and on the HTTP upgrade, text and oversize
+//! WebSocket messages and broken framing over plain TLS are in `transports.rs`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use blindrelay_client::{HostAgent, HostState, SecretKey, TransportPreference};
+use blindrelay_protocol::stream_frame::StreamFrame;
+use blindrelay_protocol::ControlMessage;
+use blindrelay_relay::units::Span;
+use blindrelay_relay::{Limits, Relay};
+use blindrelay_tests::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::adversarial::{finishes, hello_for, honest_session_over, settle};
+use crate::raw_tls::{client_hello, tcp_from, tls_to, upgrade};
+
+/// Bytes each honest session echoes.
+const HONEST: u64 = 8 << 20;
+
+fn relay_with(set: impl FnOnce(&mut Limits)) -> Relay {
+    init_tracing();
+    let mut config = relay_config();
+    set(&mut config.limits);
+    Relay::spawn(config).expect("relay starts")
+}
+
+/// Opens `count` TCP connections to the relay from `address_of(i)`; every other one
+/// sends the first half of a real ClientHello, the rest nothing. Returns a task per
+/// connection that yields when, after the flood started, the relay ended it.
+async fn half_open_flood(
+    relay: &Relay,
+    count: usize,
+    address_of: impl Fn(usize) -> IpAddr,
+) -> tokio::task::JoinSet<Duration> {
+    let hello = client_hello(blindrelay_protocol::ALPN);
+    let half = hello[..hello.len() / 2].to_vec();
+    let started = Instant::now();
+    let mut ends = tokio::task::JoinSet::new();
+    for i in 0..count {
+        // The kernel completes a TCP handshake before the relay accepts it, so the
+        // connect succeeds even where the relay then refuses the connection.
+        let mut tcp = tcp_from(relay.tcp_addr().unwrap(), address_of(i))
+            .await
+            .expect("the kernel takes the connection");
+        if i % 2 == 0 {
+            tcp.write_all(&half).await.expect("half a ClientHello");
+        }
+        ends.spawn(async move {
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(PATIENCE, tcp.read(&mut buf))
+                .await
+                .expect("a half-open connection outlived the deadline");
+            // Closed or reset: the relay never answers half a ClientHello.
+            assert!(
+                matches!(read, Ok(0) | Err(_)),
+                "the relay answered {read:?}"
+            );
+            started.elapsed()
+        });
+    }
+    ends
+}
+
+/// Waits for every connection of a flood to end and returns when the last did.
+async fn last_end(mut ends: tokio::task::JoinSet<Duration>) -> Duration {
+    let mut last = Duration::ZERO;
+    while let Some(ended) = ends.join_next().await {
+        last = last.max(ended.unwrap());
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_tcp_floods_hit_the_address_and_handshake_caps_and_are_cut_at_the_deadline() {
+    const PER_IP: u32 = 8;
+    const HANDSHAKES: u32 = 12;
+    const FLOOD: usize = 40;
+    let deadline = Duration::from_secs(2);
+    let relay = relay_with(|limits| {
+        limits.connections.per_ip = PER_IP;
+        limits.connections.max_handshakes = HANDSHAKES;
+        limits.connections.handshake_timeout = Span(deadline);
+    });
+    let quic = honest_session_over(
+        &relay,
+        TransportPreference::Quic,
+        TransportPreference::Quic,
+        HONEST,
+    )
+    .await;
+    let tcp = honest_session_over(
+        &relay,
+        TransportPreference::Tcp,
+        TransportPreference::Tcp,
+        HONEST,
+    )
+    .await;
+    let before = relay.stats();
+    assert_eq!(before.handshakes_in_progress, 0);
+
+    // From one address: the first PER_IP are let in to handshake, the rest are
+    // closed at once, before any TLS; the ones let in are cut at the deadline.
+    let flooder = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
+    let last = last_end(half_open_flood(&relay, FLOOD, |_| flooder).await).await;
+    assert!(
+        last >= deadline - Duration::from_millis(100) && last < deadline * 3,
+        "the last half-open connection ended after {last:?}, deadline {deadline:?}"
+    );
+    let stats = relay.stats();
+    assert_eq!(
+        stats.connections_over_address_cap - before.connections_over_address_cap,
+        (FLOOD - PER_IP as usize) as u64
+    );
+    assert_eq!(
+        stats.connections_handshake_timed_out - before.connections_handshake_timed_out,
+        u64::from(PER_IP)
+    );
+
+    // From many addresses: the handshakes in progress stop at their cap.
+    settle(&relay, "the handshakes given back", |s| {
+        s.handshakes_in_progress == 0
+    })
+    .await;
+    let before = relay.stats();
+    let many = |i: usize| IpAddr::V4(Ipv4Addr::new(127, 0, 3, 1 + i as u8));
+    let last = last_end(half_open_flood(&relay, FLOOD, many).await).await;
+    assert!(last < deadline * 3, "the last ended after {last:?}");
+    let stats = relay.stats();
+    assert_eq!(
+        stats.connections_at_capacity - before.connections_at_capacity,
+        (FLOOD - HANDSHAKES as usize) as u64
+    );
+    assert_eq!(
+        stats.connections_handshake_timed_out - before.connections_handshake_timed_out,
+        u64::from(HANDSHAKES)
+    );
+    settle(&relay, "the flood's places given back", |s| {
+        s.handshakes_in_progress == 0 && s.connections_open == before.connections_open
+    })
+    .await;
+
+    // The honest sessions moved every byte exactly, and a new one gets in.
+    finishes(quic, HONEST).await;
+    finishes(tcp, HONEST).await;
+    let fresh = honest_session_over(
+        &relay,
+        TransportPreference::Tcp,
+        TransportPreference::Tcp,
+        1 << 20,
+    )
+    .await;
+    finishes(fresh, 1 << 20).await;
+}
+
+/// A byte stream whose reads never complete: a peer that has stopped reading its
+/// socket, so that its kernel's receive buffer fills and its TCP window closes.
+struct NeverReads<S>(S);
+
+impl<S: Unpin> AsyncRead for NeverReads<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for NeverReads<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_tcp_that_never_reads_costs_one_buffer_and_is_cut_at_the_stall_timeout() {
+    let relay = relay_with(|limits| limits.sessions.stall_timeout = Span(Duration::from_secs(1)));
+    let session_buffer = Limits::unlimited().session_buffer();
+    let quic = honest_session_over(
+        &relay,
+        TransportPreference::Quic,
+        TransportPreference::Quic,
+        HONEST,
+    )
+    .await;
+    let tcp = honest_session_over(
+        &relay,
+        TransportPreference::Tcp,
+        TransportPreference::Tcp,
+        HONEST,
+    )
+    .await;
+    assert_eq!(relay.stats().buffer_bytes_reserved, 2 * session_buffer);
+
+    // A host that answers its session with an endless stream of bytes.
+    let mut flooder = HostAgent::start(host_config(SecretKey::generate().unwrap(), relay.url()))
+        .expect("host agent starts");
+    wait_for_state(&flooder, |state| *state == HostState::Registered).await;
+    let host_id = *flooder.host_id();
+    let flood = tokio::spawn(async move {
+        let session = flooder.accept().await.expect("a session");
+        let (_read, mut write) = tokio::io::split(session);
+        let chunk = vec![0x5a; 64 << 10];
+        let mut sent = 0u64;
+        loop {
+            if let Err(err) = write.write_all(&chunk).await {
+                break (sent, err.to_string());
+            }
+            sent += chunk.len() as u64;
+        }
+    });
+
+    // A player that asks for the session over TLS and never reads a byte after its
+    // handshake, not even the relay's answer.
+    let tcp_socket = tcp_from(relay.tcp_addr().unwrap(), IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .await
+        .unwrap();
+    let tls = tls_to(tcp_socket, blindrelay_protocol::ALPN).await;
+    let config = blindrelay_transport::Config {
+        // Its own timers must not end the connection first.
+        idle_timeout: PATIENCE * 2,
+        ..Default::default()
+    };
+    let (mut send, _recv, _connection) = blindrelay_transport::framed(NeverReads(tls), config);
+    let mut request = ControlMessage::Connect { host_id }.to_frame().to_vec();
+    request.extend_from_slice(&hello_for(&host_id));
+    send.write_all(&request).await.unwrap();
+
+    settle(&relay, "the session opened", |s| s.sessions_active == 3).await;
+    // Its one session's buffer, and nothing more, while the flood is stuck.
+    assert_eq!(relay.stats().buffer_bytes_reserved, 3 * session_buffer);
+    let (sent, err) = tokio::time::timeout(PATIENCE, flood)
+        .await
+        .expect("the relay cuts the flood off")
+        .unwrap();
+    assert!(err.contains("stall"), "the host is told why: {err}");
+    // What the host got rid of: the windows on its way and the sockets' buffers,
+    // never the stream.
+    assert!(sent < 32 << 20, "the flooder got rid of {sent} bytes");
+    let stats = relay.stats();
+    assert!(
+        stats.bytes_host_to_player < 32 << 20,
+        "the relay forwarded {} bytes to a player that reads nothing",
+        stats.bytes_host_to_player
+    );
+    settle(&relay, "the stall counted and its buffer given back", |s| {
+        s.sessions_ended_stalled == 1 && s.buffer_bytes_reserved == 2 * session_buffer
+    })
+    .await;
+    finishes(quic, HONEST).await;
+    finishes(tcp, HONEST).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_inside_websocket_messages_end_that_connection_only() {
+    // Longer than the test waits for a bad connection to end: a relay that skipped
+    // garbage would end these connections only at this deadline, and fail the test.
+    let first_message = Duration::from_secs(20);
+    let relay = relay_with(|limits| {
+        limits.connections.first_message_timeout = Span(first_message);
+    });
+    let quic = honest_session_over(
+        &relay,
+        TransportPreference::Quic,
+        TransportPreference::Quic,
+        HONEST,
+    )
+    .await;
+    let ws = honest_session_over(
+        &relay,
+        TransportPreference::WebSocket,
+        TransportPreference::WebSocket,
+        HONEST,
+    )
+    .await;
+    let target = start_host(relay.url()).await;
+    let host_id = *target.host_id();
+    let _target_echo = spawn_echo_host(target);
+    let before = relay.stats();
+
+    // A Connect and its hello in one DATA frame, then an unknown frame.
+    let mut request = ControlMessage::Connect { host_id }.to_frame().to_vec();
+    request.extend_from_slice(&hello_for(&host_id));
+    let mut after_connect = Vec::new();
+    StreamFrame::Data(request.into()).encode(&mut after_connect);
+    after_connect.extend_from_slice(&[0x09, 0xff, 0xff, 0xff]);
+    for garbage in [
+        // An unknown stream-frame type, first thing.
+        vec![0x09, 0xff, 0xff, 0xff],
+        // A DATA frame of length zero, which no writer sends.
+        vec![0x00, 0x00, 0x00],
+        // An unknown frame behind a valid Connect, in the same message.
+        after_connect,
+    ] {
+        let tcp = tcp_from(relay.tcp_addr().unwrap(), IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .await
+            .unwrap();
+        let tls = tls_to(tcp, blindrelay_transport::websocket::HTTP_ALPN).await;
+        let mut socket = upgrade(tls).await.expect("upgraded");
+        let started = Instant::now();
+        socket
+            .send(Message::binary(garbage))
+            .await
+            .expect("the message goes out");
+        let ended = tokio::time::timeout(PATIENCE, async {
+            while let Some(Ok(message)) = socket.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the relay ends the connection");
+        assert!(
+            started.elapsed() < first_message / 4,
+            "ended by the garbage, not by a deadline: {:?}",
+            started.elapsed()
+        );
+    }
+    settle(&relay, "the bad connections released", |s| {
+        s.connections_open == before.connections_open && s.sessions_active <= 2
+    })
+    .await;
+    // The honest sessions moved every byte exactly; every host is still there.
+    finishes(quic, HONEST).await;
+    finishes(ws, HONEST).await;
+    assert_eq!(relay.stats().registered_hosts, 3);
+}
