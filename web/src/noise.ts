@@ -481,14 +481,14 @@ export class Transport {
    * framed; a rekey frame goes before it when the key is due for one. An empty
    * input gives empty output: an empty data frame is never sent.
    */
-  seal(data: Uint8Array): Promise<Uint8Array> {
+  // An async function runs up to its first await at call time: the nonce and rekey
+  // bookkeeping below happens in call order even when callers do not await each seal.
+  async seal(data: Uint8Array): Promise<Uint8Array> {
     this.check();
     if (data.length > MAX_PLAINTEXT_LEN) {
-      return Promise.reject(
-        new NoiseError("payload-too-large", `${data.length} bytes do not fit one frame (max ${MAX_PLAINTEXT_LEN})`),
-      );
+      throw new NoiseError("payload-too-large", `${data.length} bytes do not fit one frame (max ${MAX_PLAINTEXT_LEN})`);
     }
-    if (data.length === 0) return Promise.resolve(new Uint8Array(0));
+    if (data.length === 0) return new Uint8Array(0);
     return this.sealFrame(FrameType.DATA, data);
   }
 
@@ -502,7 +502,7 @@ export class Transport {
   }
 
   /** Seals the authenticated end of stream (framed). Nothing can be sealed after it. */
-  sealEnd(): Promise<Uint8Array> {
+  async sealEnd(): Promise<Uint8Array> {
     this.check();
     const sealed = this.sealFrame(FrameType.END, EMPTY);
     this.sentEnd = true;
