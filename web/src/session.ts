@@ -349,6 +349,8 @@ class Link {
     keepAliveMs: number,
   ) {
     ws.binaryType = "arraybuffer";
+    // WebSocket.OPEN; a socket handed over already open sends no "open" event.
+    this.isOpen = ws.readyState === 1;
     ws.addEventListener("open", () => {
       this.isOpen = true;
       this.wake();

@@ -96,7 +96,16 @@ export class SocketPair {
       binaryType: "blob",
       readyState: 0,
       bufferedAmount: 0,
-      addEventListener: (type, f) => listeners[type].push(f),
+      addEventListener: (type, f) => {
+        listeners[type].push(f);
+        // Like a real socket, it opens on a later turn than the one that made it.
+        if (type === "open") {
+          setImmediate(() => {
+            this.player.readyState = 1;
+            emit("open");
+          });
+        }
+      },
       send: (bytes) => {
         const copy = bytes.slice();
         setImmediate(() => far.receive(copy));
@@ -108,10 +117,6 @@ export class SocketPair {
         setImmediate(() => emit("close"));
       },
     };
-    setImmediate(() => {
-      this.player.readyState = 1;
-      emit("open");
-    });
   }
 }
 
