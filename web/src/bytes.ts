@@ -1,0 +1,128 @@
+/**
+ * Byte helpers shared by the codecs: big-endian integers, concatenation, hex.
+ *
+ * Everything here works on plain `Uint8Array`s so the same code runs in a page, a
+ * worker and node without a Buffer type.
+ */
+
+/** Concatenates byte arrays into one new array. */
+export function concat(...parts: readonly Uint8Array[]): Uint8Array {
+  let len = 0;
+  for (const part of parts) len += part.length;
+  const out = new Uint8Array(len);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+/** Lower-case hex of `bytes`, as PROTOCOL.md writes it. */
+export function toHex(bytes: Uint8Array): string {
+  let out = "";
+  for (const b of bytes) out += b.toString(16).padStart(2, "0");
+  return out;
+}
+
+/** Bytes from hex; whitespace is ignored so examples can be pasted as written. */
+export function fromHex(hex: string): Uint8Array {
+  const clean = hex.replace(/\s+/g, "");
+  if (clean.length % 2 !== 0 || /[^0-9a-fA-F]/.test(clean)) {
+    throw new RangeError("not an even-length hex string");
+  }
+  const out = new Uint8Array(clean.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(clean.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+/** Whether two arrays hold the same bytes (not constant-time: for public data only). */
+export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Reads fields in order from a byte array; every read checks what is left. */
+export class Reader {
+  private at = 0;
+
+  constructor(private readonly bytes: Uint8Array) {}
+
+  /** Bytes not read yet. */
+  remaining(): number {
+    return this.bytes.length - this.at;
+  }
+
+  /** Reads `len` bytes, or returns `undefined` when fewer remain. */
+  take(len: number): Uint8Array | undefined {
+    if (this.remaining() < len) return undefined;
+    const out = this.bytes.subarray(this.at, this.at + len);
+    this.at += len;
+    return out;
+  }
+
+  u8(): number | undefined {
+    const b = this.take(1);
+    return b === undefined ? undefined : b[0];
+  }
+
+  u16(): number | undefined {
+    const b = this.take(2);
+    return b === undefined ? undefined : readU16(b, 0);
+  }
+
+  u32(): number | undefined {
+    const b = this.take(4);
+    return b === undefined ? undefined : readU32(b, 0);
+  }
+
+  u64(): bigint | undefined {
+    const b = this.take(8);
+    return b === undefined ? undefined : readU64(b, 0);
+  }
+}
+
+export function readU16(bytes: Uint8Array, at: number): number {
+  return ((bytes[at] ?? 0) << 8) | (bytes[at + 1] ?? 0);
+}
+
+export function readU32(bytes: Uint8Array, at: number): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(at, false);
+}
+
+export function readU64(bytes: Uint8Array, at: number): bigint {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigUint64(at, false);
+}
+
+export function writeU16(out: Uint8Array, at: number, value: number): void {
+  out[at] = (value >>> 8) & 0xff;
+  out[at + 1] = value & 0xff;
+}
+
+export function writeU32(out: Uint8Array, at: number, value: number): void {
+  new DataView(out.buffer, out.byteOffset, out.byteLength).setUint32(at, value >>> 0, false);
+}
+
+export function writeU64(out: Uint8Array, at: number, value: bigint): void {
+  new DataView(out.buffer, out.byteOffset, out.byteLength).setBigUint64(at, value, false);
+}
+
+/** The longest prefix of `text` whose UTF-8 is at most `max` bytes, cut between characters. */
+export function truncateUtf8(text: string, max: number): Uint8Array {
+  const bytes = new TextEncoder().encode(text);
+  if (bytes.length <= max) return bytes;
+  let end = max;
+  // A continuation byte (10xxxxxx) cannot start a character: back up to one that can.
+  while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) end--;
+  return bytes.slice(0, end);
+}
+
+/** Strict UTF-8 decoding: invalid bytes are an error, never replacement characters. */
+export function decodeUtf8(bytes: Uint8Array): string | undefined {
+  try {
+    return new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    return undefined;
+  }
+}

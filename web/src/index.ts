@@ -1,0 +1,18 @@
+/**
+ * The browser player's protocol core: what a page needs to reach a host through the
+ * relay over WebSocket, with the Noise session end to end.
+ */
+
+export { type Aead, defaultAead, nobleAead, webCryptoAead } from "./aead.js";
+export { CLOSE_CODES, ERROR_CODES, STREAM_CODES, CloseCode, ErrorCode, StreamCode } from "./codes.js";
+export { ControlError, type SessionLimits, decodePlayerControl, encodeConnect } from "./control.js";
+export { FrameDecoder, FrameError, type StreamFrame, encodeFrame } from "./frames.js";
+export { NoiseError, PlayerHandshake, Transport, generateSecretKey, publicKey } from "./noise.js";
+export {
+  type ConnectOptions,
+  type PlayerSession,
+  SessionError,
+  type WebSocketLike,
+  connectPlayer,
+  relayWebSocketUrl,
+} from "./session.js";

@@ -1,0 +1,160 @@
+// Control messages (PROTOCOL.md 7.4) and stream frames (17.2) against the hex
+// examples of PROTOCOL.md, and the refusals of bad input that those sections list.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { fromHex, toHex } from "../build/bytes.js";
+import {
+  controlFrameLength,
+  decodePlayerControl,
+  describeErrorCode,
+  encodeConnect,
+  takePlayerControl,
+} from "../build/control.js";
+import { FrameDecoder, encodeData, encodeFrame } from "../build/frames.js";
+
+const rep = (hex, n) => hex.repeat(n);
+
+test("Connect is the frame of PROTOCOL.md 7.4", () => {
+  const frame = encodeConnect(new Uint8Array(32).fill(0x44));
+  assert.equal(toHex(frame), "00220110" + rep("44", 32));
+  assert.equal(frame.length, 36);
+  assert.throws(() => encodeConnect(new Uint8Array(31)), { kind: "bad-host-id" });
+});
+
+test("Connected and Error decode from the frames of PROTOCOL.md 7.4 and 7.5", () => {
+  const connected = takePlayerControl(fromHex("002e0111" + "0102030405060708" + rep("00", 36)));
+  assert.deepEqual(connected, {
+    used: 48,
+    message: {
+      kind: "connected",
+      sessionId: 0x0102030405060708n,
+      limits: { rate: 0n, hostRate: 0n, maxBytes: 0n, maxDuration: 0, idleTimeout: 0, stallTimeout: 0 },
+    },
+  });
+  const limits = decodePlayerControl(
+    fromHex("0111" + "0000000000000007" + "000000000000000100000000000000020000000000000003000000040000000500000006"),
+  );
+  assert.deepEqual(limits.limits, {
+    rate: 1n,
+    hostRate: 2n,
+    maxBytes: 3n,
+    maxDuration: 4,
+    idleTimeout: 5,
+    stallTimeout: 6,
+  });
+  const error = takePlayerControl(fromHex("0012017f0003000c686f7374206f66666c696e65"));
+  assert.deepEqual(error, { used: 20, message: { kind: "error", code: 3, reason: "host offline" } });
+  assert.equal(describeErrorCode(3), "host offline");
+  // Codes this version does not know still decode (section 7.3).
+  const unknown = decodePlayerControl(fromHex("017f03e70000"));
+  assert.deepEqual(unknown, { kind: "error", code: 999, reason: "" });
+  assert.equal(describeErrorCode(999), "unknown error code 0x3e7");
+});
+
+test("a control frame waits for its whole body and leaves what follows", () => {
+  const whole = fromHex("0012017f0003000c686f7374206f66666c696e65" + "0060");
+  assert.equal(takePlayerControl(whole.subarray(0, 1)), undefined);
+  assert.equal(takePlayerControl(whole.subarray(0, 19)), undefined);
+  assert.equal(takePlayerControl(whole).used, 20);
+});
+
+test("control frames that break section 7.2 are refused", () => {
+  // The length is refused from the prefix alone, before the body.
+  assert.throws(() => controlFrameLength(fromHex("0401")), { kind: "too-long" });
+  assert.throws(() => takePlayerControl(fromHex("0401")), { kind: "too-long" });
+  assert.throws(() => controlFrameLength(fromHex("0001")), { kind: "truncated" });
+  assert.doesNotThrow(() => controlFrameLength(fromHex("0400")));
+  const cases = [
+    ["0211" + "0102030405060708" + rep("00", 36), "unsupported-version"],
+    ["0111" + "0102030405060708" + rep("00", 35), "truncated"],
+    ["0111" + "0102030405060708" + rep("00", 37), "trailing-bytes"],
+    ["017f0003000c686f7374206f66666c696e6500", "trailing-bytes"],
+    ["017f0003000d686f7374206f66666c696e65", "truncated"],
+    ["017f00030101" + rep("61", 257), "reason-too-long"],
+    ["017f00030001ff", "invalid-utf8"],
+    ["0199", "unknown-kind"],
+    ["0112" + "0000000000000007" + rep("00", 36), "unexpected-kind"],
+    ["0110" + rep("44", 32), "unexpected-kind"],
+    ["01", "truncated"],
+  ];
+  for (const [hex, kind] of cases) {
+    assert.throws(() => decodePlayerControl(fromHex(hex)), { name: "ControlError", kind }, hex);
+  }
+  // A 256-byte reason is the longest allowed.
+  assert.equal(decodePlayerControl(fromHex("017f00010100" + rep("61", 256))).reason.length, 256);
+});
+
+test("stream frames are the bytes of PROTOCOL.md 17.2", () => {
+  const cases = [
+    [{ type: "data", data: new TextEncoder().encode("abc") }, "000003616263"],
+    [{ type: "fin" }, "01"],
+    [{ type: "reset", code: 0x100 }, "0200000100"],
+    [{ type: "stop", code: 0x101 }, "0300000101"],
+    [{ type: "close", code: 3, reason: "idle" }, "0400000003000469646c65"],
+    [{ type: "ping", opaque: fromHex("0102030405060708") }, "050102030405060708"],
+    [{ type: "pong", opaque: new Uint8Array(8).fill(8) }, "060808080808080808"],
+  ];
+  for (const [frame, hex] of cases) {
+    assert.equal(toHex(encodeFrame(frame)), hex, frame.type);
+    const decoder = new FrameDecoder();
+    decoder.push(fromHex(hex));
+    assert.deepEqual(decoder.next(), frame, hex);
+    assert.equal(decoder.next(), undefined);
+    assert.equal(decoder.buffered(), 0);
+  }
+});
+
+test("frames decode the same whatever pieces the bytes arrive in", () => {
+  const frames = [
+    { type: "data", data: new Uint8Array(16384).map((_, i) => i & 0xff) },
+    { type: "ping", opaque: fromHex("0102030405060708") },
+    { type: "close", code: 5, reason: "é".repeat(10) },
+    { type: "data", data: Uint8Array.of(7) },
+    { type: "reset", code: 0x105 },
+    { type: "fin" },
+  ];
+  const wire = Uint8Array.from(frames.flatMap((f) => [...encodeFrame(f)]));
+  for (const piece of [1, 2, 3, 7, 1000, wire.length]) {
+    const decoder = new FrameDecoder();
+    const got = [];
+    for (let at = 0; at < wire.length; at += piece) {
+      decoder.push(wire.subarray(at, at + piece));
+      for (let f = decoder.next(); f !== undefined; f = decoder.next()) got.push(f);
+    }
+    assert.deepEqual(got, frames, `pieces of ${piece}`);
+  }
+});
+
+test("encodeData splits stream bytes into full DATA frames", () => {
+  const bytes = new Uint8Array(40000).fill(1);
+  const decoder = new FrameDecoder();
+  decoder.push(encodeData(bytes));
+  const sizes = [];
+  for (let f = decoder.next(); f !== undefined; f = decoder.next()) sizes.push(f.data.length);
+  assert.deepEqual(sizes, [16384, 16384, 7232]);
+  assert.throws(() => encodeFrame({ type: "data", data: new Uint8Array(0) }), { kind: "bad-data-length" });
+  assert.throws(() => encodeFrame({ type: "data", data: new Uint8Array(16385) }), { kind: "bad-data-length" });
+});
+
+test("bad frames are refused from their first bytes, and the decoder stays refused", () => {
+  for (const [hex, kind] of [
+    ["000000", "bad-data-length"],
+    ["004001", "bad-data-length"],
+    ["07", "unknown-type"],
+    ["04000000010101", "reason-too-long"],
+    ["040000000100 01ff", "invalid-utf8"],
+  ]) {
+    const decoder = new FrameDecoder();
+    decoder.push(fromHex(hex));
+    assert.throws(() => decoder.next(), { name: "FrameError", kind }, hex);
+    decoder.push(fromHex("01"));
+    assert.throws(() => decoder.next(), { name: "FrameError", kind }, `${hex} stays refused`);
+  }
+});
+
+test("a long close reason is cut on a character boundary", () => {
+  const decoder = new FrameDecoder();
+  decoder.push(encodeFrame({ type: "close", code: 3, reason: "é".repeat(200) }));
+  assert.equal(decoder.next().reason, "é".repeat(128));
+});
