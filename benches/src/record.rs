@@ -74,6 +74,7 @@ fn relayed(report: &Report) -> Vec<(String, String)> {
             let label = match word {
                 "quic" => "QUIC",
                 "tcp" => "TLS/TCP",
+                "websocket" => "WebSocket",
                 other => other,
             };
             (format!("relay_{word}"), format!(" ({label})"))
@@ -136,6 +137,13 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
                     ),
                     Some(tcp <= 1.7),
                 ));
+                if let Some(ws) = report.number("relay_websocket_cpu_s_per_gib") {
+                    rows.push((
+                        format!("{load}, WebSocket: ≤ 1.7 relay CPU s/GiB, TLS included"),
+                        format!("{ws:.2} CPU s/GiB ({:.0}% of TLS/TCP's)", ws / tcp * 100.0),
+                        Some(ws <= 1.7),
+                    ));
+                }
                 if let Some(quic) = report.number("relay_quic_cpu_s_per_gib") {
                     rows.push((
                         format!("{load}: TLS/TCP costs the relay less per GiB than QUIC"),

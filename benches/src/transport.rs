@@ -20,6 +20,8 @@ pub enum Transport {
     Quic,
     /// TLS 1.3 over TCP: a connection per session.
     Tcp,
+    /// A WebSocket over TLS over TCP: a connection per session.
+    Websocket,
 }
 
 impl Transport {
@@ -28,6 +30,7 @@ impl Transport {
         match self {
             Self::Quic => "quic",
             Self::Tcp => "tcp",
+            Self::Websocket => "websocket",
         }
     }
 
@@ -36,6 +39,7 @@ impl Transport {
         match self {
             Self::Quic => "QUIC",
             Self::Tcp => "TLS/TCP",
+            Self::Websocket => "WebSocket",
         }
     }
 
@@ -45,6 +49,7 @@ impl Transport {
         match self {
             Self::Quic => TransportPreference::Quic,
             Self::Tcp => TransportPreference::Tcp,
+            Self::Websocket => TransportPreference::WebSocket,
         }
     }
 
@@ -52,7 +57,9 @@ impl Transport {
     pub fn carried(self, by: Option<RelayTransport>) -> bool {
         matches!(
             (self, by),
-            (Self::Quic, Some(RelayTransport::Quic)) | (Self::Tcp, Some(RelayTransport::Tcp))
+            (Self::Quic, Some(RelayTransport::Quic))
+                | (Self::Tcp, Some(RelayTransport::Tcp))
+                | (Self::Websocket, Some(RelayTransport::WebSocket))
         )
     }
 }
