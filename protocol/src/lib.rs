@@ -27,6 +27,7 @@ pub mod fuzz;
 pub mod keys;
 pub mod limits;
 pub mod noise;
+pub mod placement;
 pub mod registration;
 pub mod relay_url;
 pub mod stream_frame;
