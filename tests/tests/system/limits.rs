@@ -361,15 +361,20 @@ async fn a_capped_session_moves_at_its_rate_and_does_not_slow_an_uncapped_one() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_cap_is_shared_by_all_its_sessions() {
+over_transports!(a_host_cap_is_shared_by_all_its_sessions:
+    quic = Quic / Quic,
+    player_tcp = Quic / Tcp,
+    host_tcp = Tcp / Tcp,
+    websocket = WebSocket / WebSocket,
+);
+async fn a_host_cap_is_shared_by_all_its_sessions(ends: Ends) {
     const RATE: u64 = 2_000_000;
     let relay = relay_with(|limits| {
         limits.hosts.rate = Rate(RATE);
         limits.hosts.burst = ByteSize(256 * 1024);
     });
-    let mut host = start_host(relay.url()).await;
-    let player = player();
+    let mut host = host_over(relay.url(), ends.host).await;
+    let player = player_over(ends.player);
     let (a, a_host) = open_pair(&player, &mut host).await;
     let (b, b_host) = open_pair(&player, &mut host).await;
     assert_eq!(a.limits().host_rate, RATE);
