@@ -932,3 +932,50 @@ async fn what_peers_that_grant_no_credit_send_does_not_grow_the_relay() {
     );
     drop(connections);
 }
+
+/// A host that takes its registration and then grants the relay no more credit on
+/// its registration stream cannot be told `GoingAway`: a draining relay must not
+/// wait for it (the write has its deadline), so SIGTERM to exit stays short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_cannot_be_told_does_not_hold_a_drain() {
+    init_tracing();
+    let relay = Relay::spawn(relay_config()).unwrap();
+    let honest = honest_session(&relay, 1 << 20).await;
+    // Just enough stream credit, read as it comes, to take the challenge and the
+    // confirmation a few bytes at a time; after those, fewer bytes than a
+    // `GoingAway` frame (8) fit.
+    let mut tight = quinn::TransportConfig::default();
+    tight.stream_receive_window(7u32.into());
+    let connection =
+        blindrelay_client::connect_relay_raw_with(relay.url(), IpAddr::from([127, 0, 0, 1]), tight)
+            .await
+            .expect("connects");
+    let key = SecretKey::generate().unwrap();
+    let (verdict, _send, _recv) = register_with(
+        &connection,
+        ControlMessage::register(key.host_id()),
+        &key,
+        &connection,
+    )
+    .await;
+    assert!(matches!(verdict, ControlMessage::Registered), "{verdict:?}");
+    // The honest session finishes, so nothing but the stuck host holds the drain.
+    finishes(honest, 1 << 20).await;
+    settle(&relay, "the honest session ends", |stats| {
+        stats.sessions_active == 0
+    })
+    .await;
+
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        relay.drain(Duration::from_secs(40)),
+    )
+    .await
+    .expect("the drain returns");
+    let took = started.elapsed();
+    // The write deadline (5 s) and the wait for its acknowledgement (2 s), not the
+    // 40 s drain timeout.
+    assert!(took < Duration::from_secs(15), "the drain took {took:?}");
+    drop(connection);
+}
