@@ -3,7 +3,9 @@
 //!
 //! Addresses are keyed per IPv4 address and per IPv6 /64 (one home's or one
 //! server's allocation), so an attacker with a /64 cannot multiply its allowance by
-//! rotating addresses. Rates are GCRA token buckets (`governor`); counts are plain
+//! rotating addresses; and the counts of open connections, sessions and
+//! registrations are also capped per IPv6 /48, so one with a /48 (65,536 /64s)
+//! cannot multiply them by rotating /64s either. Rates are GCRA token buckets (`governor`); counts are plain
 //! atomics. Every check compares with `>=` against its maximum: `max` may be in use,
 //! never `max + 1`.
 
@@ -29,6 +31,15 @@ impl IpKey {
             IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
             // Tagged so no IPv6 prefix collides with an IPv4 address.
             IpAddr::V6(v6) => Self((u128::from(v6) & !((1u128 << 64) - 1)) | 1),
+        }
+    }
+
+    /// The IPv6 /48 of `addr`; `None` for IPv4 (its addresses are keyed whole).
+    pub(crate) fn network48(addr: SocketAddr) -> Option<Self> {
+        match addr.ip().to_canonical() {
+            IpAddr::V4(_) => None,
+            // Tagged apart from /64 keys and IPv4 addresses.
+            IpAddr::V6(v6) => Some(Self((u128::from(v6) & !((1u128 << 80) - 1)) | 2)),
         }
     }
 }
@@ -102,6 +113,9 @@ pub(crate) struct Admission {
     sessions_per_ip: Arc<HeldPerKey<IpKey>>,
     sessions_per_ip_and_host: Arc<HeldPerKey<(IpKey, HostId)>>,
     registrations_per_ip: Arc<HeldPerKey<IpKey>>,
+    connections_per_48: Arc<HeldPerKey<IpKey>>,
+    sessions_per_48: Arc<HeldPerKey<IpKey>>,
+    registrations_per_48: Arc<HeldPerKey<IpKey>>,
 }
 
 impl Admission {
@@ -128,6 +142,9 @@ impl Admission {
             sessions_per_ip: HeldPerKey::new(s.per_ip),
             sessions_per_ip_and_host: HeldPerKey::new(s.per_ip_per_host),
             registrations_per_ip: HeldPerKey::new(r.per_ip),
+            connections_per_48: HeldPerKey::new(c.per_48),
+            sessions_per_48: HeldPerKey::new(s.per_48),
+            registrations_per_48: HeldPerKey::new(r.per_48),
         }
     }
 
@@ -153,6 +170,8 @@ impl Admission {
         if let Some(limiter) = &self.new_connections {
             limiter.check_key(&key).map_err(|_| Refusal::RateLimited)?;
         }
+        let network =
+            hold_network(&self.connections_per_48, addr).ok_or(Refusal::TooManyFromAddress)?;
         {
             let mut count = self.per_ip.entry(key).or_insert(0);
             if !under(self.max_per_ip, *count) {
@@ -165,6 +184,7 @@ impl Admission {
         Ok(ConnectionPermit {
             admission: self.clone(),
             key,
+            network: std::sync::Mutex::new(network),
             handshaking: AtomicBool::new(true),
             established: AtomicBool::new(false),
             released: AtomicBool::new(false),
@@ -192,18 +212,31 @@ impl Admission {
             .sessions_per_ip_and_host
             .try_hold((key, *host_id))
             .ok_or(Refusal::TooManySessionsFromAddress)?;
+        let per_network =
+            hold_network(&self.sessions_per_48, addr).ok_or(Refusal::TooManySessionsFromAddress)?;
         Ok(SessionPlaces {
             _per_address: per_address,
             _per_host: per_host,
+            _per_network: per_network,
         })
     }
 
-    /// Counts one more registration from `addr` against the per-address cap, held
+    /// Counts one more registration from `addr` against the per-address caps, held
     /// until the returned value is dropped.
-    pub(crate) fn hold_registration(&self, addr: SocketAddr) -> Result<Held<IpKey>, Refusal> {
-        self.registrations_per_ip
+    pub(crate) fn hold_registration(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<RegistrationPlaces, Refusal> {
+        let per_address = self
+            .registrations_per_ip
             .try_hold(IpKey::of(addr))
-            .ok_or(Refusal::TooManyRegistrationsFromAddress)
+            .ok_or(Refusal::TooManyRegistrationsFromAddress)?;
+        let per_network = hold_network(&self.registrations_per_48, addr)
+            .ok_or(Refusal::TooManyRegistrationsFromAddress)?;
+        Ok(RegistrationPlaces {
+            _per_address: per_address,
+            _per_network: per_network,
+        })
     }
 
     /// Checks one more session request from `addr` against its rate.
@@ -336,6 +369,22 @@ impl<K: Eq + Hash> Drop for Held<K> {
 pub(crate) struct SessionPlaces {
     _per_address: Held<IpKey>,
     _per_host: Held<(IpKey, HostId)>,
+    _per_network: Option<Held<IpKey>>,
+}
+
+/// A registration's places under the per-address caps.
+pub(crate) struct RegistrationPlaces {
+    _per_address: Held<IpKey>,
+    _per_network: Option<Held<IpKey>>,
+}
+
+/// A place for `addr`'s IPv6 /48 under `cap`: `Some(None)` for IPv4 (no such
+/// level), `None` when the /48 holds the most it may.
+fn hold_network(cap: &Arc<HeldPerKey<IpKey>>, addr: SocketAddr) -> Option<Option<Held<IpKey>>> {
+    match IpKey::network48(addr) {
+        None => Some(None),
+        Some(network) => cap.try_hold(network).map(Some),
+    }
 }
 
 /// Gives a counted handshake back unless forgotten.
@@ -362,6 +411,8 @@ pub(crate) enum Place {
 pub(crate) struct ConnectionPermit {
     admission: Arc<Admission>,
     key: IpKey,
+    /// Its place under its IPv6 /48's cap; taken when released.
+    network: std::sync::Mutex<Option<Held<IpKey>>>,
     handshaking: AtomicBool,
     established: AtomicBool,
     released: AtomicBool,
@@ -410,6 +461,12 @@ impl ConnectionPermit {
             *count = count.saturating_sub(1);
             *count == 0
         });
+        drop(
+            self.network
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
     }
 }
 
@@ -484,6 +541,97 @@ mod tests {
             IpKey::of(addr("192.0.2.1:1")),
             IpKey::of(addr("192.0.2.2:1"))
         );
+    }
+
+    #[test]
+    fn ipv6_networks_are_their_48_and_ipv4_has_none() {
+        assert_eq!(
+            IpKey::network48(addr("[2001:db8:1:2::1]:1")),
+            IpKey::network48(addr("[2001:db8:1:ffff::9]:2"))
+        );
+        assert_ne!(
+            IpKey::network48(addr("[2001:db8:1::1]:1")),
+            IpKey::network48(addr("[2001:db8:2::1]:1"))
+        );
+        assert_eq!(IpKey::network48(addr("192.0.2.1:1")), None);
+        assert_eq!(IpKey::network48(addr("[::ffff:192.0.2.1]:1")), None);
+        // A /48 never reads as the /64 at its start.
+        assert_ne!(
+            IpKey::network48(addr("[2001:db8:1::1]:1")),
+            Some(IpKey::of(addr("[2001:db8:1::1]:1")))
+        );
+    }
+
+    /// Limits with only the per-/64 and per-/48 caps on: `per_ip` each, `per_48` for
+    /// the /48.
+    fn network_limits(per_ip: u32, per_48: u32) -> Limits {
+        let mut limits = Limits::unlimited();
+        limits.connections.per_ip = per_ip;
+        limits.connections.per_48 = per_48;
+        limits.sessions.per_ip = per_ip;
+        limits.sessions.per_48 = per_48;
+        limits.registrations.per_ip = per_ip;
+        limits.registrations.per_48 = per_48;
+        limits
+    }
+
+    #[test]
+    fn rotating_64s_within_one_48_stops_at_the_networks_cap() {
+        let admission = Arc::new(Admission::new(&network_limits(2, 5)));
+        // Three /64s of one /48, two each: the sixth is one more than the /48 holds,
+        // though its own /64 has room.
+        let in_48 = |i: u32| addr(&format!("[2001:db8:1:{i:x}::1]:1"));
+        let mut held = Vec::new();
+        for i in 0..5 {
+            held.push(
+                admission
+                    .admit_connection(in_48(i / 2))
+                    .expect("within both caps"),
+            );
+        }
+        assert!(matches!(
+            admission.admit_connection(in_48(2)),
+            Err(Refusal::TooManyFromAddress)
+        ));
+        // Another /48 is not affected, and a place given back is free again.
+        assert!(admission
+            .admit_connection(addr("[2001:db8:2::1]:1"))
+            .is_ok());
+        drop(held.pop());
+        assert!(admission.admit_connection(in_48(2)).is_ok());
+
+        let host = HostId::from_bytes([7; 32]);
+        let mut sessions = Vec::new();
+        for i in 0..5 {
+            sessions.push(admission.hold_session(in_48(i / 2), &host).expect("fits"));
+        }
+        assert!(matches!(
+            admission.hold_session(in_48(2), &host),
+            Err(Refusal::TooManySessionsFromAddress)
+        ));
+        let mut registrations = Vec::new();
+        for i in 0..5 {
+            registrations.push(admission.hold_registration(in_48(i / 2)).expect("fits"));
+        }
+        assert!(matches!(
+            admission.hold_registration(in_48(2)),
+            Err(Refusal::TooManyRegistrationsFromAddress)
+        ));
+        drop(registrations.pop());
+        assert!(admission.hold_registration(in_48(2)).is_ok());
+    }
+
+    #[test]
+    fn ipv4_addresses_meet_no_network_cap() {
+        let admission = Arc::new(Admission::new(&network_limits(1, 1)));
+        let held: Vec<_> = (1..=4)
+            .map(|i| {
+                admission
+                    .admit_connection(addr(&format!("192.0.2.{i}:1")))
+                    .expect("one each")
+            })
+            .collect();
+        assert_eq!(held.len(), 4);
     }
 
     #[test]

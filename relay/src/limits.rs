@@ -67,6 +67,9 @@ pub struct ConnectionLimits {
     pub max: u32,
     /// Connections open at once from one IPv4 address or IPv6 /64.
     pub per_ip: u32,
+    /// Connections open at once from one IPv6 /48: whoever holds a /48 holds 65,536
+    /// /64s, and this keeps it from multiplying `per_ip` by that.
+    pub per_48: u32,
     /// New connections per second from one IPv4 address or IPv6 /64.
     pub new_per_ip_per_s: u32,
     /// How many new connections one address may open in a burst.
@@ -106,6 +109,8 @@ pub struct RegistrationLimits {
     /// Registrations held at once from one address: on an open relay anyone can
     /// make host ids, and each idle registration holds a connection.
     pub per_ip: u32,
+    /// Registrations held at once from one IPv6 /48.
+    pub per_48: u32,
 }
 
 /// `[sessions]`: limits on sessions.
@@ -129,6 +134,8 @@ pub struct SessionLimitsConfig {
     /// Sessions one player address may hold open at once to one host: one address
     /// must not hold all of a host's `hosts.max_sessions`.
     pub per_ip_per_host: u32,
+    /// Sessions one IPv6 /48 may hold open at once, to all hosts together.
+    pub per_48: u32,
     /// Bandwidth of one session, each direction.
     pub rate: Rate,
     /// Bytes a session may send at once beyond its rate.
@@ -163,6 +170,8 @@ impl Default for ConnectionLimits {
         Self {
             max: 50_000,
             per_ip: 64,
+            // Four /64s' worth: a home or an office network, not a provider's block.
+            per_48: 256,
             new_per_ip_per_s: 20,
             new_per_ip_burst: 64,
             idle_timeout: Span(Duration::from_secs(30)),
@@ -183,6 +192,7 @@ impl Default for RegistrationLimits {
             per_ip_per_s: 2,
             per_ip_burst: 20,
             per_ip: 16,
+            per_48: 64,
         }
     }
 }
@@ -202,6 +212,7 @@ impl Default for SessionLimitsConfig {
             new_per_ip_burst: 64,
             per_ip: 64,
             per_ip_per_host: 16,
+            per_48: 256,
             // Above Blu-ray remux bitrates; a free-tier cap would be "2Mbit".
             rate: Rate(100_000_000 / 8),
             burst: ByteSize(16 << 20),
@@ -233,6 +244,7 @@ impl Limits {
         let c = &mut limits.connections;
         c.max = 0;
         c.per_ip = 0;
+        c.per_48 = 0;
         c.new_per_ip_per_s = 0;
         c.unregistered_idle_timeout = Span(Duration::ZERO);
         c.max_handshakes = 0;
@@ -240,12 +252,14 @@ impl Limits {
         c.retry_threshold = u32::MAX;
         limits.registrations.per_ip_per_s = 0;
         limits.registrations.per_ip = 0;
+        limits.registrations.per_48 = 0;
         let s = &mut limits.sessions;
         s.max = 0;
         s.buffer_budget = ByteSize(0);
         s.new_per_ip_per_s = 0;
         s.per_ip = 0;
         s.per_ip_per_host = 0;
+        s.per_48 = 0;
         s.rate = Rate(0);
         s.idle_timeout = Span(Duration::ZERO);
         s.stall_timeout = Span(Duration::ZERO);

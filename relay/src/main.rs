@@ -115,6 +115,8 @@ limit_flags! {
     connections_max: u32 => connections.max, "BLINDRELAY_CONNECTIONS_MAX";
     /// [connections] per_ip: connections open at once per IPv4 address or IPv6 /64.
     connections_per_ip: u32 => connections.per_ip, "BLINDRELAY_CONNECTIONS_PER_IP";
+    /// [connections] per_48: connections open at once per IPv6 /48.
+    connections_per_48: u32 => connections.per_48, "BLINDRELAY_CONNECTIONS_PER_48";
     /// [connections] new_per_ip_per_s: new connections per second per address.
     connections_new_per_ip_per_s: u32 => connections.new_per_ip_per_s, "BLINDRELAY_CONNECTIONS_NEW_PER_IP_PER_S";
     /// [connections] new_per_ip_burst.
@@ -141,6 +143,8 @@ limit_flags! {
     registrations_per_ip_burst: u32 => registrations.per_ip_burst, "BLINDRELAY_REGISTRATIONS_PER_IP_BURST";
     /// [registrations] per_ip: registrations held at once per address.
     registrations_per_ip: u32 => registrations.per_ip, "BLINDRELAY_REGISTRATIONS_PER_IP";
+    /// [registrations] per_48: registrations held at once per IPv6 /48.
+    registrations_per_48: u32 => registrations.per_48, "BLINDRELAY_REGISTRATIONS_PER_48";
     /// [sessions] max: sessions open at once.
     sessions_max: u32 => sessions.max, "BLINDRELAY_SESSIONS_MAX";
     /// [sessions] buffer_budget: bytes all session buffers may hold.
@@ -155,6 +159,8 @@ limit_flags! {
     sessions_per_ip: u32 => sessions.per_ip, "BLINDRELAY_SESSIONS_PER_IP";
     /// [sessions] per_ip_per_host: sessions open at once per player address and host.
     sessions_per_ip_per_host: u32 => sessions.per_ip_per_host, "BLINDRELAY_SESSIONS_PER_IP_PER_HOST";
+    /// [sessions] per_48: sessions open at once per IPv6 /48.
+    sessions_per_48: u32 => sessions.per_48, "BLINDRELAY_SESSIONS_PER_48";
     /// [sessions] rate: bandwidth per session and direction, e.g. 40Mbit.
     sessions_rate: Rate => sessions.rate, "BLINDRELAY_SESSIONS_RATE";
     /// [sessions] burst.

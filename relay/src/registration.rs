@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::admission;
-use crate::admission::{Held, IpKey};
+use crate::admission::RegistrationPlaces;
 use crate::control_stream::{read_message, refuse, write_control};
 use crate::dial::DialRequest;
 use crate::link::Link;
@@ -163,7 +163,7 @@ struct Admitted {
     /// On a stream transport: the sessions that wait for this host to `Dial`.
     dials: Option<mpsc::Receiver<DialRequest>>,
     /// Its place under the per-address registration cap.
-    _place: Held<IpKey>,
+    _place: RegistrationPlaces,
 }
 
 /// Challenge, proof, token and tier, then the registry entry and `Registered`.
@@ -206,7 +206,7 @@ async fn admit(
 /// How the exchange before the registry entry ended, short of a refusal.
 enum Exchange {
     /// The host proved its key (and its token holds): its tier is known.
-    Admitted(Proved, Held<IpKey>),
+    Admitted(Proved, RegistrationPlaces),
     /// The host went away mid-exchange; there is nobody to tell.
     HostLeft(&'static str),
 }
@@ -327,7 +327,7 @@ fn no_proof(got: &'static str) -> Refused {
 /// replaces.
 async fn confirm(
     proved: Proved,
-    place: Held<IpKey>,
+    place: RegistrationPlaces,
     stream: &mut RoutedStream,
     shared: &RelayState,
 ) -> Option<Admitted> {
