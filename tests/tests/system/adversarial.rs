@@ -979,3 +979,86 @@ async fn a_host_that_cannot_be_told_does_not_hold_a_drain() {
     assert!(took < Duration::from_secs(15), "the drain took {took:?}");
     drop(connection);
 }
+
+/// Tiny writes, one Noise frame of a few bytes each, cost the relay a chunk of work
+/// each unless they are joined: under a rate cap, tiny frames that arrive while the
+/// bucket refills are forwarded together, and each chunk is charged at least 1 KiB,
+/// so the relay handles at most about `rate / 1 KiB` chunks a second however small
+/// the frames, while a session beside moves its bytes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_frames_cost_the_relay_a_bounded_number_of_chunks_while_a_session_moves() {
+    use blindrelay_relay::{Direction, SpliceTap};
+    /// Counts the chunks the relay forwards towards hosts, and their bytes.
+    #[derive(Default)]
+    struct Chunks {
+        count: std::sync::atomic::AtomicU64,
+        bytes: std::sync::atomic::AtomicU64,
+    }
+    impl SpliceTap for Chunks {
+        fn observe(&self, direction: Direction, chunk: &[u8]) {
+            if direction == Direction::PlayerToHost {
+                self.count
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.bytes
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    init_tracing();
+    const RATE: u64 = 64 * 1024;
+    let mut config = relay_config();
+    config.limits.sessions.rate = blindrelay_relay::units::Rate(RATE);
+    config.limits.sessions.burst = blindrelay_relay::units::ByteSize(4 * 1024);
+    let relay = Relay::spawn(config).unwrap();
+    let chunks = Arc::new(Chunks::default());
+    assert!(relay.install_splice_tap(chunks.clone()).is_ok());
+    // Beside it, a session under the same cap, moving 64 KiB each way.
+    let honest = honest_session(&relay, 64 * 1024).await;
+
+    let mut host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let sender = player();
+    let (tiny, host_side) = tokio::join!(sender.connect(&ticket), host.accept());
+    let (mut tiny, host_side) = (tiny.unwrap(), host_side.unwrap());
+    let reader = tokio::spawn(async move {
+        let (mut read, _write) = tokio::io::split(host_side);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut read, &mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let before = chunks.count.load(std::sync::atomic::Ordering::Relaxed);
+    // One byte a write, each flushed into a Noise frame of its own (about 21 bytes
+    // on the wire), a few hundred a second for 3 s: some 4 KB/s, far under the cap
+    // in bytes, so only the per-chunk charge can slow them, and nothing joins them
+    // but the wait it imposes.
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < window {
+        if tiny.write_all(b"x").await.is_err() || tiny.flush().await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let forwarded = chunks.count.load(std::sync::atomic::Ordering::Relaxed) - before;
+    // At 1 KiB a chunk the cap passes 64 chunks a second, plus the burst's 4 and the
+    // honest session's own chunks (its 64 KiB are at least 16 more).
+    let bound = 3 * (RATE / 1024) + 4 + 64 + 16;
+    eprintln!("{sent} one-byte frames sent; {forwarded} chunks forwarded towards hosts");
+    assert!(
+        sent > bound * 3 / 2,
+        "the sender wrote many more frames ({sent}) than the bound"
+    );
+    assert!(
+        forwarded <= bound,
+        "{forwarded} chunks forwarded, bound {bound}"
+    );
+    drop(tiny);
+    reader.abort();
+    finishes(honest, 64 * 1024).await;
+}
