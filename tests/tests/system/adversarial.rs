@@ -1062,3 +1062,122 @@ async fn tiny_frames_cost_the_relay_a_bounded_number_of_chunks_while_a_session_m
     reader.abort();
     finishes(honest, 64 * 1024).await;
 }
+
+/// Refusals nobody takes, hello-less Connects and one address asking for more
+/// sessions than it may hold, all at once against a real `blindrelayd`: what the
+/// relay holds for them stays within the session budget the admitted ones reserve
+/// plus a fixed overhead, and an honest session beside moves its bytes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_hello_less_connects_and_greedy_addresses_stay_within_the_budget() {
+    const PER_ADDRESS_SESSIONS: u64 = 64; // sessions.per_ip, the default
+    const SESSION_BUFFER: u64 = 2 * ((256 << 10) + (16 << 10)); // sessions.window + a chunk, each way
+    let bin = blindrelay_tests::process::binaries();
+    let relay = blindrelay_tests::process::Proc::start(
+        &bin.join("blindrelayd"),
+        &["--listen", "127.0.0.1:0", "--hosts-max-sessions", "200"],
+    );
+    let url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
+    // The victim: a host that serves everyone, and an honest session to it.
+    let victim = host_over(&url, TransportPreference::Quic).await;
+    let victim_id = *victim.host_id();
+    let ticket = victim.ticket().clone();
+    let _echo = spawn_echo_host(victim);
+    let honest = player().connect(&ticket).await.expect("honest session");
+    let (mut honest_read, mut honest_write) = tokio::io::split(honest);
+    let honest_task = tokio::spawn(async move {
+        let (sent, echoed) = tokio::join!(
+            write_pattern(&mut honest_write, 77, 4 << 20),
+            read_pattern(&mut honest_read, 77)
+        );
+        sent.unwrap();
+        echoed.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = process::rss_bytes(relay.pid());
+
+    let mut held = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    // Refusals nobody takes: Connects for hosts that are not there, from
+    // connections that grant the relay no credit for the answer.
+    for address in 0..4u8 {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 3, 1 + address));
+        for _ in 0..10 {
+            let connection = blindrelay_client::connect_relay_raw_with(&url, ip, no_credit())
+                .await
+                .unwrap();
+            for _ in 0..3 {
+                let connection = connection.clone();
+                tasks.spawn(async move {
+                    let (mut send, recv) = connection.open_bi().await.ok()?;
+                    let host_id = SecretKey::generate().unwrap().host_id();
+                    let mut connect = ControlMessage::Connect { host_id }.to_frame().to_vec();
+                    connect.extend_from_slice(&ANY_HELLO);
+                    let _ = send.write_all(&connect).await;
+                    Some((send, recv))
+                });
+            }
+            held.push(connection);
+        }
+    }
+    // Connects to the victim with no hello behind them, held open.
+    let silent = blindrelay_client::connect_relay_raw_from(&url, IpAddr::from([127, 0, 3, 9]))
+        .await
+        .unwrap();
+    for _ in 0..40 {
+        let connection = silent.clone();
+        tasks.spawn(async move {
+            let (mut send, recv) = connection.open_bi().await.ok()?;
+            let _ = send
+                .write_all(&ControlMessage::Connect { host_id: victim_id }.to_frame())
+                .await;
+            Some((send, recv))
+        });
+    }
+    // One address asking for twice the sessions it may hold, each with a hello, and
+    // reading nothing: the first 64 are admitted (and reserve their buffers), the
+    // rest refused.
+    let greedy = blindrelay_client::connect_relay_raw_from(&url, IpAddr::from([127, 0, 3, 10]))
+        .await
+        .unwrap();
+    for _ in 0..2 * PER_ADDRESS_SESSIONS {
+        let connection = greedy.clone();
+        tasks.spawn(async move {
+            let (mut send, recv) = connection.open_bi().await.ok()?;
+            let mut connect = ControlMessage::Connect { host_id: victim_id }
+                .to_frame()
+                .to_vec();
+            connect.extend_from_slice(&hello_for(&victim_id));
+            let _ = send.write_all(&connect).await;
+            Some((send, recv))
+        });
+    }
+    let mut peak = before;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(process::rss_bytes(relay.pid()));
+    }
+    // The greedy address's admitted sessions reserve their buffers from the budget;
+    // the refused and the hello-less ones hold nothing but their connections' first
+    // windows (16 KiB each); a fixed overhead covers allocator slack, packet
+    // buffers and the tasks.
+    let bound = PER_ADDRESS_SESSIONS * SESSION_BUFFER + 42 * (16 << 10);
+    let overhead = 16 << 20;
+    let growth = peak.saturating_sub(before);
+    eprintln!("relay grew by {growth} bytes (bound {bound} + overhead {overhead})");
+    assert!(
+        growth <= bound + overhead,
+        "relay grew by {growth} bytes, bound {bound} + overhead {overhead}"
+    );
+    let echoed = tokio::time::timeout(PATIENCE, honest_task)
+        .await
+        .expect("the honest session finishes")
+        .unwrap();
+    assert_eq!(
+        echoed,
+        4 << 20,
+        "the honest session moved every byte exactly"
+    );
+    tasks.shutdown().await;
+    drop((held, silent, greedy));
+}
