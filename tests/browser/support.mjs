@@ -65,11 +65,15 @@ export class Processes {
     this.servers = [];
   }
 
-  /** Starts `bin` from binDir() with `args`; its output is kept and logged. */
+  /**
+   * Starts `bin` from binDir() with `args`; its output is kept and logged.
+   * Its log filter is `options.rustLog` (for a test that waits on a log line), else
+   * the environment's RUST_LOG, else `info`.
+   */
   start(name, bin, args, options = {}) {
     const child = spawn(path.join(binDir(), bin), args, {
       cwd: options.cwd,
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info" },
+      env: { ...process.env, RUST_LOG: options.rustLog ?? process.env.RUST_LOG ?? "info" },
       stdio: ["ignore", "pipe", "pipe"],
     });
     const proc = new Proc(name, child, this.logDir);

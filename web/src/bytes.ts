@@ -126,3 +126,73 @@ export function decodeUtf8(bytes: Uint8Array): string | undefined {
     return undefined;
   }
 }
+
+/**
+ * Bytes received and not yet read, in order: appended at the back, consumed from the
+ * front, read as one contiguous view. Appending copies each byte a bounded number of
+ * times however large the backlog grows (the store doubles, and is compacted only
+ * when that frees at least half of it), so a reader that falls behind a fast sender
+ * costs time in proportion to the bytes, not to their square.
+ */
+export class ByteQueue {
+  private store: Uint8Array = new Uint8Array(0);
+  private start = 0;
+  private end = 0;
+
+  /** Bytes held. */
+  get length(): number {
+    return this.end - this.start;
+  }
+
+  /**
+   * The bytes held, front first. The view is valid until the next `push` or `clear`:
+   * keep a copy (`slice`) of anything needed after that.
+   */
+  view(): Uint8Array {
+    return this.store.subarray(this.start, this.end);
+  }
+
+  /** Appends a copy of `bytes`. */
+  push(bytes: Uint8Array): void {
+    if (bytes.length === 0) return;
+    const held = this.length;
+    const need = held + bytes.length;
+    if (this.end + bytes.length > this.store.length) {
+      if (need <= this.store.length / 2) {
+        // At least half the store is free: moving the held bytes to the front pays
+        // for itself with the appends that space takes.
+        this.store.copyWithin(0, this.start, this.end);
+      } else {
+        const grown = new Uint8Array(Math.max(need, 2 * this.store.length, 4096));
+        grown.set(this.view());
+        this.store = grown;
+      }
+      this.start = 0;
+      this.end = held;
+    }
+    this.store.set(bytes, this.end);
+    this.end += bytes.length;
+  }
+
+  /** Drops `n` bytes from the front. */
+  consume(n: number): void {
+    if (n < 0 || n > this.length) throw new RangeError(`cannot consume ${n} of ${this.length} bytes`);
+    this.start += n;
+    if (this.start === this.end) {
+      this.start = 0;
+      this.end = 0;
+      // A burst left a large store behind: give it back once it is empty.
+      if (this.store.length > RETAINED_STORE) this.store = new Uint8Array(0);
+    }
+  }
+
+  /** Drops everything. */
+  clear(): void {
+    this.start = 0;
+    this.end = 0;
+    this.store = new Uint8Array(0);
+  }
+}
+
+/** The largest store a {@link ByteQueue} keeps while empty: two Noise messages and change. */
+const RETAINED_STORE = 256 * 1024;

@@ -6,6 +6,7 @@
 export { type Aead, defaultAead, nobleAead, webCryptoAead } from "./aead.js";
 export { CLOSE_CODES, ERROR_CODES, STREAM_CODES, CloseCode, ErrorCode, StreamCode } from "./codes.js";
 export { ControlError, type SessionLimits, decodePlayerControl, encodeConnect } from "./control.js";
+export { KeyTextError, decodeBase32, encodeBase32, keyText, parseKey } from "./keys.js";
 export { FrameDecoder, FrameError, type StreamFrame, encodeFrame } from "./frames.js";
 export { NoiseError, PlayerHandshake, Transport, generateSecretKey, publicKey } from "./noise.js";
 export {

@@ -24,7 +24,7 @@
  */
 
 import { type Aead, defaultAead } from "./aead.js";
-import { concat } from "./bytes.js";
+import { ByteQueue, concat } from "./bytes.js";
 import { CLOSE_CODES, STREAM_CODES, StreamCode, describeCode } from "./codes.js";
 import { ControlError, type SessionLimits, describeErrorCode, encodeConnect, takePlayerControl } from "./control.js";
 import { FrameDecoder, FrameError, encodeData, encodeFrame, type StreamFrame } from "./frames.js";
@@ -334,7 +334,9 @@ class Session implements PlayerSession {
 /** One WebSocket carrying one stream: frames in and out, DATA bytes buffered for readers. */
 class Link {
   private readonly decoder = new FrameDecoder();
-  private buf: Uint8Array = new Uint8Array(0);
+  /** Stream bytes not read yet. A queue, not a concatenation per frame: a page busy
+   * decrypting falls behind the socket, and its backlog can reach megabytes. */
+  private readonly received = new ByteQueue();
   private fin = false;
   private discarding = false;
   private ended: SessionError | undefined;
@@ -397,9 +399,10 @@ class Link {
   /** Takes what `parse` finds in the received bytes, waiting for more as needed. */
   async read<T>(parse: (buf: Uint8Array) => { message: T; used: number } | undefined, deadline: number): Promise<T> {
     for (;;) {
-      const taken = parse(this.buf);
+      // `parse` copies what it keeps: the view is reused by the next push.
+      const taken = parse(this.received.view());
       if (taken !== undefined) {
-        this.buf = this.buf.subarray(taken.used);
+        this.received.consume(taken.used);
         return taken.message;
       }
       if (this.fin) {
@@ -425,7 +428,7 @@ class Link {
   /** From now on, DATA that arrives is dropped unread. */
   discardData(): void {
     this.discarding = true;
-    this.buf = new Uint8Array(0);
+    this.received.clear();
   }
 
   finReceived(): boolean {
@@ -490,7 +493,7 @@ class Link {
   private onFrame(frame: StreamFrame): void {
     switch (frame.type) {
       case "data":
-        if (!this.fin && !this.discarding) this.buf = this.buf.length === 0 ? frame.data : concat(this.buf, frame.data);
+        if (!this.fin && !this.discarding) this.received.push(frame.data);
         break;
       case "fin":
         this.fin = true;

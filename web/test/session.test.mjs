@@ -5,9 +5,10 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { webCryptoAead } from "../build/aead.js";
-import { concat, fromHex, toHex } from "../build/bytes.js";
+import { ByteQueue, concat, fromHex, toHex } from "../build/bytes.js";
 import { StreamCode } from "../build/codes.js";
 import { FrameType, publicKey } from "../build/noise.js";
+import { encodeData } from "../build/frames.js";
 import { connectPlayer, relayWebSocketUrl } from "../build/session.js";
 import { SocketPair, TestHost } from "./support/host.mjs";
 
@@ -87,6 +88,50 @@ test("a session carries bytes both ways and ends cleanly", async () => {
   assert.equal(toHex(pong.opaque), "0102030405060708");
   // Both directions done: the player closes its WebSocket.
   await far.until(() => (far.closedByPlayer ? true : undefined), "the WebSocket closed");
+});
+
+test("a backlog the player has not read yet costs copies in proportion to its bytes, not their square", async () => {
+  // A page that decrypts slower than the socket delivers holds a backlog; each frame
+  // that arrives must not copy all of it again. Every frame is on its way before the
+  // player has opened the first: 4 MiB in 65 frames, which a concatenation per frame
+  // copies some 130 MiB for.
+  const { far, host, session } = await established();
+  const down = new Uint8Array(4 * 1024 * 1024).map((_, i) => (i * 13 + (i >> 16)) & 0xff);
+  const messages = [];
+  for (let at = 0; at < down.length; at += 65_000) {
+    messages.push(encodeData(await host.seal(FrameType.DATA, down.subarray(at, at + 65_000))));
+  }
+  messages.push(encodeData(await host.seal(FrameType.END, new Uint8Array(0))));
+  const copies = countCopies();
+  try {
+    for (const message of messages) far.sendRaw(message);
+    far.sendFrame({ type: "fin" });
+    assert.deepEqual(await readAll(session.readable), down);
+  } finally {
+    copies.stop();
+  }
+  assert.ok(copies.bytes < 8 * down.length, `${copies.bytes} bytes copied to receive ${down.length}`);
+});
+
+test("a byte queue gives back its bytes in order, whatever the pushes and reads", () => {
+  const queue = new ByteQueue();
+  const sent = new Uint8Array(1_000_000).map((_, i) => (i * 7 + (i >> 8)) & 0xff);
+  const got = [];
+  let pushed = 0;
+  for (let round = 0; pushed < sent.length; round++) {
+    const n = Math.min(sent.length - pushed, 1 + ((round * 7919) % 70_000));
+    queue.push(sent.subarray(pushed, pushed + n));
+    pushed += n;
+    // Read less than was pushed on most rounds, so the queue grows and compacts.
+    const take = round % 3 === 2 ? queue.length : Math.min(queue.length, (round * 104729) % 50_000);
+    got.push(queue.view().slice(0, take));
+    queue.consume(take);
+  }
+  got.push(queue.view().slice());
+  queue.consume(queue.length);
+  assert.equal(queue.length, 0);
+  assert.deepEqual(concat(...got), sent);
+  assert.throws(() => queue.consume(1), RangeError);
 });
 
 test("the keep-alive sends a PING when the player has been quiet", async () => {
@@ -209,3 +254,27 @@ test("a hello answered by another host fails the handshake", async () => {
   far.sendFrame({ type: "reset", code: StreamCode.REFUSED });
   await assert.rejects(connecting, { kind: "refused", code: StreamCode.REFUSED });
 });
+
+/**
+ * Counts the bytes copied by `Uint8Array`'s `set` and `copyWithin` (what the player's
+ * buffers copy with) until `stop()`.
+ */
+function countCopies() {
+  const { set, copyWithin } = Uint8Array.prototype;
+  const counter = {
+    bytes: 0,
+    stop() {
+      Uint8Array.prototype.set = set;
+      Uint8Array.prototype.copyWithin = copyWithin;
+    },
+  };
+  Uint8Array.prototype.set = function (source, offset) {
+    counter.bytes += source.length ?? 0;
+    return set.call(this, source, offset);
+  };
+  Uint8Array.prototype.copyWithin = function (target, start, end = this.length) {
+    counter.bytes += Math.max(0, end - start);
+    return copyWithin.call(this, target, start, end);
+  };
+  return counter;
+}
