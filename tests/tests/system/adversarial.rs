@@ -1181,3 +1181,55 @@ async fn refusals_hello_less_connects_and_greedy_addresses_stay_within_the_budge
     tasks.shutdown().await;
     drop((held, silent, greedy));
 }
+
+/// A flood of handshakes that are started and then abandoned (each client gone
+/// after its first packet), against a real `blindrelayd`: the relay's memory grows
+/// by a fixed overhead at most, whatever the flood's size, since it holds state for
+/// at most `retry_threshold` of them (beyond, a stateless Retry) and drops each at
+/// its handshake deadline; and a host registers meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_abandoned_handshakes_costs_the_relay_a_fixed_overhead() {
+    const FLOOD: usize = 600;
+    let bin = blindrelay_tests::process::binaries();
+    let relay = blindrelay_tests::process::Proc::start(
+        &bin.join("blindrelayd"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = process::rss_bytes(relay.pid());
+    let mut peak = before;
+    // Batches of clients from a few addresses (the per-address rate would refuse
+    // one address's flood before the handshake; this floods the handshakes).
+    for batch in 0..(FLOOD / 50) {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 4, 1 + (batch % 8) as u8));
+        let mut abandoned = Vec::new();
+        for _ in 0..50 {
+            let (endpoint, addr) = blindrelay_client::relay_endpoint_raw(&url, ip)
+                .await
+                .unwrap();
+            let connecting = endpoint.connect(addr, url.host()).unwrap();
+            abandoned.push((endpoint, connecting));
+        }
+        // Long enough for every Initial to leave, then every client vanishes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(abandoned);
+        peak = peak.max(process::rss_bytes(relay.pid()));
+    }
+    // A host still gets in while the handshakes are held.
+    let host = host_over(&url, TransportPreference::Quic).await;
+    assert_eq!(host.state(), blindrelay_client::HostState::Registered);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(process::rss_bytes(relay.pid()));
+    }
+    let growth = peak.saturating_sub(before);
+    let overhead = 16 << 20;
+    eprintln!("relay grew by {growth} bytes under {FLOOD} abandoned handshakes");
+    assert!(
+        growth <= overhead,
+        "relay grew by {growth} bytes, overhead {overhead}"
+    );
+    drop(host);
+}
