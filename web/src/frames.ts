@@ -19,7 +19,7 @@
  * bytes as soon as the first bytes show it, before the rest arrives.
  */
 
-import { concat, decodeUtf8, readU16, readU32, truncateUtf8, writeU16, writeU32 } from "./bytes.js";
+import { ByteQueue, concat, decodeUtf8, readU16, readU32, truncateUtf8, writeU16, writeU32 } from "./bytes.js";
 
 /** Largest payload of one `DATA` frame. */
 export const MAX_DATA_LEN = 16384;
@@ -131,22 +131,25 @@ export function encodeData(bytes: Uint8Array): Uint8Array {
  * the connection is over.
  */
 export class FrameDecoder {
-  private buf: Uint8Array = new Uint8Array(0);
+  // A queue, not a buffer concatenated at every push: bytes pushed faster than frames
+  // are taken would otherwise be copied again at each push (quadratic in the backlog).
+  private readonly buf = new ByteQueue();
   private failed: FrameError | undefined;
 
   /** Adds received bytes. */
   push(bytes: Uint8Array): void {
-    if (bytes.length === 0) return;
-    this.buf = this.buf.length === 0 ? bytes.slice() : concat(this.buf, bytes);
+    this.buf.push(bytes);
   }
 
   /** The next whole frame, `undefined` until one has arrived; throws {@link FrameError} on an invalid one. */
   next(): StreamFrame | undefined {
     if (this.failed !== undefined) throw this.failed;
     try {
-      const taken = decodeFrame(this.buf);
+      // Frames own their bytes (decodeFrame copies a DATA body), so the queue's view
+      // may change after this.
+      const taken = decodeFrame(this.buf.view());
       if (taken === undefined) return undefined;
-      this.buf = this.buf.subarray(taken.used);
+      this.buf.consume(taken.used);
       return taken.frame;
     } catch (err) {
       if (err instanceof FrameError) this.failed = err;

@@ -158,3 +158,30 @@ test("a long close reason is cut on a character boundary", () => {
   decoder.push(encodeFrame({ type: "close", code: 3, reason: "é".repeat(200) }));
   assert.equal(decoder.next().reason, "é".repeat(128));
 });
+
+test("a decoder fed faster than it is read copies in proportion to the bytes, not their square", () => {
+  // 2 MiB of DATA frames pushed in 1 KiB pieces before any frame is taken: a decoder
+  // that concatenated its whole backlog at each push copied some 2 GiB here.
+  const frames = encodeData(new Uint8Array(2 * 1024 * 1024).fill(7));
+  const { set, copyWithin } = Uint8Array.prototype;
+  let copied = 0;
+  Uint8Array.prototype.set = function (source, offset) {
+    copied += source.length ?? 0;
+    return set.call(this, source, offset);
+  };
+  Uint8Array.prototype.copyWithin = function (target, start, end = this.length) {
+    copied += Math.max(0, end - start);
+    return copyWithin.call(this, target, start, end);
+  };
+  let taken = 0;
+  try {
+    const decoder = new FrameDecoder();
+    for (let at = 0; at < frames.length; at += 1024) decoder.push(frames.subarray(at, at + 1024));
+    for (let frame = decoder.next(); frame !== undefined; frame = decoder.next()) taken += frame.data.length;
+  } finally {
+    Uint8Array.prototype.set = set;
+    Uint8Array.prototype.copyWithin = copyWithin;
+  }
+  assert.equal(taken, 2 * 1024 * 1024);
+  assert.ok(copied < 8 * frames.length, `${copied} bytes copied to decode ${frames.length}`);
+});
