@@ -1000,8 +1000,10 @@ async fn splice_tcp(
 ) -> Ended {
     const BUF: usize = 64 * 1024;
     match tokio::io::copy_bidirectional_with_sizes(session, tcp, BUF, BUF).await {
-        Ok((sent, received)) => {
-            debug!(local_id, sent, received, "session ended");
+        // Named from the local connection's side (the service on a host, the
+        // application on a player): what the session delivered to it, and took from it.
+        Ok((to_local, from_local)) => {
+            debug!(local_id, to_local, from_local, "session ended");
             Ended::Cleanly
         }
         // Cut from outside the session (a relay limit, the other side gone): the

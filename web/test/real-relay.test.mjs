@@ -91,8 +91,8 @@ test("a request and a 16 MiB response cross a mixed pair byte for byte, and both
   // The host saw both directions end with their authenticated ends: a truncation or
   // an error would log "session cut short" or "session ended with an error" instead.
   // Its counts are from the session to the service and back.
-  const ended = await openHost.proc.waitForLog(/session ended .*(sent=\d+ received=\d+)/, STEP_MS);
-  assert.equal(ended, `sent=${REQUEST_LEN} received=${RESPONSE_LEN}`);
+  const ended = await openHost.proc.waitForLog(/session ended .*(to_local=\d+ from_local=\d+)/, STEP_MS);
+  assert.equal(ended, `to_local=${REQUEST_LEN} from_local=${RESPONSE_LEN}`);
   // The host's side came over QUIC...
   await openHost.proc.waitForLog(/session open .*path=relayed\/quic/, STEP_MS);
   // ...and the relay counts the pair as a WebSocket player and a QUIC host, and
