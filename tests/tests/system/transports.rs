@@ -183,6 +183,18 @@ async fn a_host_on_tcp_that_switches_its_relay_off_ends_its_relayed_sessions() {
     );
 }
 
+/// A UDP socket and a TCP listener on one loopback port number, as a relay URL has
+/// one port for both.
+async fn one_port_for_udp_and_tcp() -> (tokio::net::UdpSocket, tokio::net::TcpListener) {
+    loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return (udp, tcp);
+        }
+    }
+}
+
 /// A stand-in for a network that blocks UDP: a UDP socket that swallows every
 /// datagram, and a TCP port that forwards to the relay's. A relay URL naming this
 /// port (with the relay's pin) is reachable over TCP only.
@@ -194,14 +206,7 @@ struct UdpBlackhole {
 impl UdpBlackhole {
     async fn in_front_of(relay: &Relay) -> Self {
         let tcp_target = relay.tcp_addr().expect("the relay listens on TCP");
-        // One port number for both, as a relay URL has one.
-        let (udp, tcp) = loop {
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let port = udp.local_addr().unwrap().port();
-            if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                break (udp, tcp);
-            }
-        };
+        let (udp, tcp) = one_port_for_udp_and_tcp().await;
         let port = udp.local_addr().unwrap().port();
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async move {
@@ -288,13 +293,7 @@ struct UdpComesBack {
 
 impl UdpComesBack {
     async fn in_front_of(relay: &Relay) -> Self {
-        let (udp, tcp) = loop {
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let port = udp.local_addr().unwrap().port();
-            if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                break (udp, tcp);
-            }
-        };
+        let (udp, tcp) = one_port_for_udp_and_tcp().await;
         let port = udp.local_addr().unwrap().port();
         let udp = std::sync::Arc::new(udp);
         let (udp_target, tcp_target) = (relay.local_addr(), relay.tcp_addr().unwrap());
@@ -410,13 +409,7 @@ struct HttpsOnly {
 impl HttpsOnly {
     async fn in_front_of(relay: &Relay) -> Self {
         let tcp_target = relay.tcp_addr().expect("the relay listens on TCP");
-        let (udp, tcp) = loop {
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let port = udp.local_addr().unwrap().port();
-            if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                break (udp, tcp);
-            }
-        };
+        let (udp, tcp) = one_port_for_udp_and_tcp().await;
         let port = udp.local_addr().unwrap().port();
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async move {
