@@ -26,9 +26,7 @@ fn bench_control(c: &mut Criterion) {
     let mut group = c.benchmark_group("control");
     group.throughput(Throughput::Elements(1));
     let (_, host_key) = keys();
-    let connect = ControlMessage::Connect {
-        host_id: host_key.host_id(),
-    };
+    let connect = ControlMessage::connect(host_key.host_id());
     let mut out = BytesMut::with_capacity(64);
     group.bench_function("encode_connect", |b| {
         b.iter(|| {

@@ -38,11 +38,7 @@ fn bench_splice(c: &mut Criterion) {
         let (mut player_send, mut player_recv) = player.open_bi().await.expect("stream");
         // `Connect`, then the hello every player sends at once (an empty Noise
         // message: nothing here speaks Noise), which the host takes first.
-        let mut connect = ControlMessage::Connect {
-            host_id: *host.host_id(),
-        }
-        .to_frame()
-        .to_vec();
+        let mut connect = ControlMessage::connect(*host.host_id()).to_frame().to_vec();
         connect.extend_from_slice(&[0, 0]);
         player_send.write_all(&connect).await.expect("connect");
         let (host_send, mut host_recv) = host.connection().accept_bi().await.expect("incoming");

@@ -209,16 +209,32 @@ pub(crate) async fn connect_relay(
     url: &RelayUrl,
     profile: ConnectionProfile,
 ) -> Result<quinn::Connection, ConnectRelayError> {
-    let addr = resolve(url).await?;
-    let endpoint = endpoints.for_remote(addr)?;
+    let addrs = resolve_all(url).await?;
     let config = relay_client_config(url, profile)?;
-    let connecting = endpoint.connect_with(config, addr, url.host())?;
-    // Not the idle timeout (30 s): a relay that does not answer is found out in a
-    // few seconds, and the caller backs off and tries again.
-    match tokio::time::timeout(RELAY_HANDSHAKE_TIMEOUT, connecting).await {
-        Ok(connection) => Ok(connection?),
-        Err(_) => Err(ConnectRelayError::Timeout(RELAY_HANDSHAKE_TIMEOUT)),
+    // A name with several addresses (a pool's name lists its members) is tried
+    // address by address: one that refuses (a draining relay) gives way at once,
+    // one that does not answer after a share of the deadline.
+    let share = RELAY_HANDSHAKE_TIMEOUT / addrs.len().clamp(1, 2) as u32;
+    let mut last = None;
+    for (n, &addr) in addrs.iter().enumerate() {
+        let endpoint = endpoints.for_remote(addr)?;
+        let connecting = endpoint.connect_with(config.clone(), addr, url.host())?;
+        // Not the idle timeout (30 s): a relay that does not answer is found out
+        // in a few seconds, and the caller backs off and tries again.
+        let deadline = if n + 1 == addrs.len() {
+            RELAY_HANDSHAKE_TIMEOUT
+        } else {
+            share
+        };
+        match tokio::time::timeout(deadline, connecting).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(err)) => last = Some(ConnectRelayError::from(err)),
+            Err(_) => last = Some(ConnectRelayError::Timeout(deadline)),
+        }
     }
+    Err(last.unwrap_or(ConnectRelayError::NoAddress {
+        host: url.host().to_owned(),
+    }))
 }
 
 /// A relay connection over TLS over TCP: its one stream, framed, and what the
@@ -354,6 +370,27 @@ async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ConnectRelayError> {
         .next()
         .ok_or_else(|| ConnectRelayError::NoAddress { host: host() })
 }
+
+/// Every address of `url`'s host, at most [`MAX_RELAY_ADDRESSES`] of them, in the
+/// resolver's order.
+async fn resolve_all(url: &RelayUrl) -> Result<Vec<SocketAddr>, ConnectRelayError> {
+    let host = || url.host().to_owned();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host(), url.port()))
+        .await
+        .map_err(|source| ConnectRelayError::Resolve {
+            host: host(),
+            source,
+        })?
+        .take(MAX_RELAY_ADDRESSES)
+        .collect();
+    if addrs.is_empty() {
+        return Err(ConnectRelayError::NoAddress { host: host() });
+    }
+    Ok(addrs)
+}
+
+/// How many of a relay name's addresses a QUIC connect tries.
+const MAX_RELAY_ADDRESSES: usize = 4;
 
 /// A client-only endpoint bound to `local`.
 fn endpoint_at(local: SocketAddr) -> Result<quinn::Endpoint, std::io::Error> {

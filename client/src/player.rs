@@ -27,6 +27,7 @@ use std::time::Duration;
 use blindrelay_protocol::noise::{
     ExpectVerdict, NoiseError, PlayerHandshake, Transport, VerdictOpened,
 };
+use blindrelay_protocol::placement::MAX_REDIRECTS;
 use blindrelay_protocol::{
     codes, ControlMessage, ErrorCode, HostId, RelayUrl, SecretKey, StreamCode, Ticket,
 };
@@ -209,6 +210,14 @@ pub enum ConnectError {
     NotAuthorized {
         /// This player's static public key, as the host's owner would list it.
         player: blindrelay_protocol::PublicKey,
+    },
+    /// The relay is a member of a pool and another member holds the host; the
+    /// player follows such redirects itself, so this is what is left when none of
+    /// the members could be reached (PROTOCOL.md section 18.4).
+    #[error("redirected within the relay pool to {}, which could not be reached", members.join(", "))]
+    Redirected {
+        /// Member names (`host:port`), the owner first.
+        members: Vec<String>,
     },
 }
 
@@ -412,7 +421,7 @@ impl Player {
     ) {
         let (connector, host_id) = (self.connector.clone(), *ticket.host_id());
         attempts.spawn(async move {
-            let attempt = connector.connect_relayed(url, host_id).await;
+            let attempt = connector.connect_pooled(url, host_id).await;
             (Attempt::Relay, attempt)
         });
     }
@@ -526,7 +535,70 @@ impl ConnectError {
     }
 }
 
+/// What a player asks a relay for: a session with `host_id`, after following
+/// `redirects` pool redirects.
+#[derive(Debug, Clone, Copy)]
+struct SessionAsk {
+    host_id: HostId,
+    redirects: u8,
+}
+
 impl Connector {
+    /// A relayed session through `url`'s relay; when it belongs to a pool of relays
+    /// and another member holds the host, through that member (PROTOCOL.md section
+    /// 18.4): redirects are followed up to [`MAX_REDIRECTS`], after which the
+    /// members named last are asked in turn, each answering for itself.
+    async fn connect_pooled(
+        self: Arc<Self>,
+        url: RelayUrl,
+        host_id: HostId,
+    ) -> Result<SecureStream, ConnectError> {
+        let mut queue = std::collections::VecDeque::from([url]);
+        let mut redirects = 0;
+        let mut last = None;
+        // Members that answered already: none of them holds the host, so a later
+        // redirect back to one is not followed.
+        let mut asked = std::collections::HashSet::new();
+        while let Some(url) = queue.pop_front() {
+            if !asked.insert(url.authority()) {
+                continue;
+            }
+            let ask = SessionAsk { host_id, redirects };
+            match self.clone().connect_relayed(url.clone(), ask).await {
+                Err(ConnectError::Redirected { members }) if redirects < MAX_REDIRECTS => {
+                    debug!(from = %url, to = ?members, "redirected within the relay pool");
+                    redirects += 1;
+                    queue = crate::host::member_urls(&url, &members).into();
+                    last = Some(ConnectError::Redirected { members });
+                }
+                Err(err)
+                    if err.is_transport_failure()
+                        || matches!(err, ConnectError::Redirected { .. }) =>
+                {
+                    debug!(relay = %url, %err, "pool member not available; trying the next");
+                    last = Some(err);
+                }
+                // The owner a redirect named does not hold the host: the members
+                // ranked after it are asked for themselves, without more redirects
+                // (a member whose view of the pool lags may hold it).
+                Err(
+                    err @ ConnectError::Refused {
+                        code: ErrorCode::HostOffline,
+                        ..
+                    },
+                ) if redirects > 0 && !queue.is_empty() => {
+                    debug!(relay = %url, "the pool member does not hold the host; asking the fallbacks");
+                    redirects = MAX_REDIRECTS;
+                    if !matches!(last, Some(ConnectError::Refused { .. })) {
+                        last = Some(err);
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(ConnectError::Timeout(self.config.connect_timeout)))
+    }
+
     /// Reads the host's verdict, its first transport frame, on either path.
     async fn read_verdict(
         &self,
@@ -638,7 +710,7 @@ impl Connector {
     async fn connect_relayed(
         self: Arc<Self>,
         url: RelayUrl,
-        host_id: HostId,
+        host_id: SessionAsk,
     ) -> Result<SecureStream, ConnectError> {
         let auto = self.config.transport == TransportPreference::Auto;
         if auto && self.relays.live(&url).is_some() {
@@ -710,7 +782,7 @@ impl Connector {
     async fn relayed_quic_meanwhile(
         self: Arc<Self>,
         url: RelayUrl,
-        host_id: HostId,
+        host_id: SessionAsk,
         relay_went_away: bool,
     ) -> Result<SecureStream, ConnectError> {
         let connecting = tokio::spawn({
@@ -732,7 +804,7 @@ impl Connector {
     async fn relayed_quic(
         &self,
         url: &RelayUrl,
-        host_id: HostId,
+        host_id: SessionAsk,
     ) -> Result<SecureStream, ConnectError> {
         let profile = self.profile();
         let connection = self
@@ -798,7 +870,7 @@ impl Connector {
     async fn relayed_on(
         &self,
         connection: &quinn::Connection,
-        host_id: HostId,
+        host_id: SessionAsk,
     ) -> Result<SecureStream, ConnectError> {
         let (send, recv) = connection.open_bi().await?;
         let pending = PendingSession::new(crate::linger::halves(send, recv));
@@ -811,7 +883,7 @@ impl Connector {
     async fn relayed_framed(
         &self,
         url: &RelayUrl,
-        host_id: HostId,
+        host_id: SessionAsk,
         transport: RelayTransport,
     ) -> Result<SecureStream, ConnectError> {
         let config = blindrelay_transport::Config {
@@ -833,13 +905,14 @@ impl Connector {
     async fn session_through_relay(
         &self,
         mut pending: PendingSession,
-        host_id: HostId,
+        host_id: SessionAsk,
         carried_by: RelayTransport,
     ) -> Result<SecureStream, ConnectError> {
         let (send, recv) = pending.streams();
+        let SessionAsk { host_id, redirects } = host_id;
         let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
         let mut out = BytesMut::new();
-        ControlMessage::Connect { host_id }.encode(&mut out);
+        ControlMessage::Connect { host_id, redirects }.encode(&mut out);
         handshake.write_hello(&mut out)?;
         // If the relay refuses, it may stop our stream before the hello is through;
         // its answer is still waiting to be read, so a failed write is not the end.
@@ -849,6 +922,9 @@ impl Connector {
             Ok(ControlMessage::Connected { session_id, limits }) => (session_id, limits),
             Ok(ControlMessage::Error { code, reason }) => {
                 return Err(ConnectError::Refused { code, reason })
+            }
+            Ok(ControlMessage::Redirect { members }) => {
+                return Err(ConnectError::Redirected { members })
             }
             Ok(other) => {
                 return Err(ConnectError::UnexpectedAnswer {

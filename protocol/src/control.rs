@@ -44,6 +44,7 @@ use crate::encoding::Reader;
 use crate::error::{DecodeError, ErrorCode};
 use crate::keys::{HostId, PublicKey};
 use crate::limits::SessionLimits;
+use crate::placement::{check_member_name, MAX_MEMBER_NAME_LEN, MAX_REDIRECT_MEMBERS};
 use crate::PROTOCOL_VERSION;
 
 /// Largest value of a control frame's length prefix.
@@ -78,6 +79,9 @@ pub enum ControlMessage {
         /// The operator's registration token in binary form (see [`crate::token`]),
         /// for relays that require one. `None` leaves the field out of the frame.
         token: Option<Vec<u8>>,
+        /// How many `Redirect`s the host followed to get here (PROTOCOL.md section
+        /// 18.4); 0 leaves the field out of the frame.
+        redirects: u8,
     },
     /// The relay's challenge: prove you hold the host id's private key.
     Challenge {
@@ -112,6 +116,23 @@ pub enum ControlMessage {
     Connect {
         /// The host the player wants.
         host_id: HostId,
+        /// How many `Redirect`s the player followed to get here (PROTOCOL.md section
+        /// 18.4); 0 leaves the field out of the frame.
+        redirects: u8,
+    },
+    /// The answer to a `Register` or `Connect` from a member of a relay pool that does
+    /// not hold the host: ask these members instead, the first first (PROTOCOL.md
+    /// section 18.4). The relay finishes its side of the stream afterwards.
+    Redirect {
+        /// Member names (`host:port`), the host's owner first; 1 to 3 of them.
+        members: Vec<String>,
+    },
+    /// On the registration stream: the host's owner in the pool is now another
+    /// member; register there (these members, the first first) and then end this
+    /// registration. Running sessions stay where they are (PROTOCOL.md section 18.5).
+    Move {
+        /// Member names (`host:port`), the host's new owner first; 1 to 3 of them.
+        members: Vec<String>,
     },
     /// The relay paired the player's stream with the host: what follows is the
     /// host's side of the session.
@@ -150,9 +171,16 @@ impl fmt::Debug for ControlMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = f.debug_struct(self.name());
         match self {
-            Self::Register { host_id, token } => {
+            Self::Register {
+                host_id,
+                token,
+                redirects,
+            } => {
                 out.field("host_id", &Redacted(host_id.as_bytes().len()));
                 out.field("token", &token.as_ref().map(|token| Redacted(token.len())));
+                if *redirects > 0 {
+                    out.field("redirects", redirects);
+                }
             }
             Self::Challenge { relay_ephemeral } => {
                 out.field(
@@ -167,8 +195,14 @@ impl fmt::Debug for ControlMessage {
             Self::GoingAway { retry_after_ms } => {
                 out.field("retry_after_ms", retry_after_ms);
             }
-            Self::Connect { host_id } => {
+            Self::Connect { host_id, redirects } => {
                 out.field("host_id", &Redacted(host_id.as_bytes().len()));
+                if *redirects > 0 {
+                    out.field("redirects", redirects);
+                }
+            }
+            Self::Redirect { members } | Self::Move { members } => {
+                out.field("members", members);
             }
             Self::Dial { session_id, secret } | Self::Accept { session_id, secret } => {
                 out.field("session_id", session_id);
@@ -203,6 +237,8 @@ mod kind {
     pub const REGISTERED: u8 = 0x04;
     pub const GOING_AWAY: u8 = 0x05;
     pub const DIAL: u8 = 0x06;
+    pub const REDIRECT: u8 = 0x07;
+    pub const MOVE: u8 = 0x08;
     pub const CONNECT: u8 = 0x10;
     pub const CONNECTED: u8 = 0x11;
     pub const INCOMING: u8 = 0x12;
@@ -216,6 +252,15 @@ impl ControlMessage {
         Self::Register {
             host_id,
             token: None,
+            redirects: 0,
+        }
+    }
+
+    /// A `Connect` from a player that followed no redirect.
+    pub fn connect(host_id: HostId) -> Self {
+        Self::Connect {
+            host_id,
+            redirects: 0,
         }
     }
 
@@ -229,6 +274,8 @@ impl ControlMessage {
             Self::Registered => "Registered",
             Self::GoingAway { .. } => "GoingAway",
             Self::Dial { .. } => "Dial",
+            Self::Redirect { .. } => "Redirect",
+            Self::Move { .. } => "Move",
             Self::Accept { .. } => "Accept",
             Self::Connect { .. } => "Connect",
             Self::Connected { .. } => "Connected",
@@ -251,7 +298,11 @@ impl ControlMessage {
         let mut body = BytesMut::with_capacity(64);
         body.put_u8(PROTOCOL_VERSION);
         match self {
-            Self::Register { host_id, token } => {
+            Self::Register {
+                host_id,
+                token,
+                redirects,
+            } => {
                 body.put_u8(kind::REGISTER);
                 body.put_slice(host_id.as_bytes());
                 if let Some(token) = token {
@@ -260,6 +311,9 @@ impl ControlMessage {
                     let token = &token[..token.len().min(MAX_REGISTER_TOKEN_LEN)];
                     body.put_u16(token.len() as u16);
                     body.put_slice(token);
+                }
+                if *redirects > 0 {
+                    body.put_u8(*redirects);
                 }
             }
             Self::Challenge { relay_ephemeral } => {
@@ -285,9 +339,20 @@ impl ControlMessage {
                 body.put_u64(*session_id);
                 body.put_slice(secret);
             }
-            Self::Connect { host_id } => {
+            Self::Connect { host_id, redirects } => {
                 body.put_u8(kind::CONNECT);
                 body.put_slice(host_id.as_bytes());
+                if *redirects > 0 {
+                    body.put_u8(*redirects);
+                }
+            }
+            Self::Redirect { members } => {
+                body.put_u8(kind::REDIRECT);
+                put_members(&mut body, members);
+            }
+            Self::Move { members } => {
+                body.put_u8(kind::MOVE);
+                put_members(&mut body, members);
             }
             Self::Connected { session_id, limits } => {
                 body.put_u8(kind::CONNECTED);
@@ -309,8 +374,9 @@ impl ControlMessage {
                 body.put_slice(reason.as_bytes());
             }
         }
-        // Every body above is at most 2 + 32 + 2 + MAX_REGISTER_TOKEN_LEN bytes, well
-        // within u16 and MAX_FRAME_LEN.
+        // Every body above is at most 2 + 32 + 2 + MAX_REGISTER_TOKEN_LEN + 1 bytes,
+        // or 3 + 3 × (1 + MAX_MEMBER_NAME_LEN) for a member list: within u16 and
+        // MAX_FRAME_LEN.
         out.put_u16(body.len() as u16);
         out.put_slice(&body);
     }
@@ -335,7 +401,9 @@ impl ControlMessage {
         let message = match r.u8()? {
             kind::REGISTER => {
                 let host_id = HostId::from_bytes(r.array()?);
-                let token = if r.remaining() == 0 {
+                // After the host id: nothing, a lone redirect count, or a token
+                // (a length of at least 1 and its bytes) and then perhaps the count.
+                let token = if r.remaining() <= 1 {
                     None
                 } else {
                     let token = r.bytes16("registration token", MAX_REGISTER_TOKEN_LEN)?;
@@ -349,7 +417,12 @@ impl ControlMessage {
                     }
                     Some(token.to_vec())
                 };
-                Self::Register { host_id, token }
+                let redirects = redirect_count(&mut r)?;
+                Self::Register {
+                    host_id,
+                    token,
+                    redirects,
+                }
             }
             kind::CHALLENGE => Self::Challenge {
                 relay_ephemeral: PublicKey::from_bytes(r.array()?),
@@ -369,6 +442,13 @@ impl ControlMessage {
             },
             kind::CONNECT => Self::Connect {
                 host_id: HostId::from_bytes(r.array()?),
+                redirects: redirect_count(&mut r)?,
+            },
+            kind::REDIRECT => Self::Redirect {
+                members: members(&mut r)?,
+            },
+            kind::MOVE => Self::Move {
+                members: members(&mut r)?,
             },
             kind::CONNECTED => Self::Connected {
                 session_id: r.u64()?,
@@ -402,6 +482,68 @@ impl ControlMessage {
         }
         let frame = buf.split_to(2 + len);
         Self::decode(&frame[2..]).map(Some)
+    }
+}
+
+/// Writes a member list: a count, then each name with a one-byte length. A list
+/// built by hand beyond the limits is cut here, so the frame stays within its
+/// limit.
+fn put_members(body: &mut BytesMut, members: &[String]) {
+    let members = &members[..members.len().min(MAX_REDIRECT_MEMBERS)];
+    body.put_u8(members.len() as u8);
+    for member in members {
+        let name = &member.as_bytes()[..member.len().min(MAX_MEMBER_NAME_LEN)];
+        body.put_u8(name.len() as u8);
+        body.put_slice(name);
+    }
+}
+
+/// Reads a member list: 1 to [`MAX_REDIRECT_MEMBERS`] names, each a canonical
+/// `host:port`, no name twice.
+fn members(r: &mut Reader<'_>) -> Result<Vec<String>, DecodeError> {
+    let count = usize::from(r.u8()?);
+    if count == 0 || count > MAX_REDIRECT_MEMBERS {
+        return Err(DecodeError::InvalidField {
+            field: "member list",
+            reason: "must name 1 to 3 members",
+        });
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = usize::from(r.u8()?);
+        let name = std::str::from_utf8(r.take(len)?).map_err(|_| DecodeError::InvalidField {
+            field: "member name",
+            reason: "not host:port",
+        })?;
+        if check_member_name(name).is_err() {
+            return Err(DecodeError::InvalidField {
+                field: "member name",
+                reason: "not host:port in canonical form",
+            });
+        }
+        if members.iter().any(|seen| seen == name) {
+            return Err(DecodeError::InvalidField {
+                field: "member list",
+                reason: "names a member twice",
+            });
+        }
+        members.push(name.to_owned());
+    }
+    Ok(members)
+}
+
+/// Reads the optional redirect count at the end of a `Register` or `Connect`: absent
+/// means 0, and one encoding per message means a present count is never 0.
+fn redirect_count(r: &mut Reader<'_>) -> Result<u8, DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(0);
+    }
+    match r.u8()? {
+        0 => Err(DecodeError::InvalidField {
+            field: "redirect count",
+            reason: "zero; leave the field out instead",
+        }),
+        count => Ok(count),
     }
 }
 
@@ -452,6 +594,7 @@ mod tests {
             ControlMessage::Register {
                 host_id: HostId::from_bytes([0x11; 32]),
                 token: Some(vec![0xaa, 0xbb, 0xcc]),
+                redirects: 0,
             },
             ControlMessage::Challenge {
                 relay_ephemeral: PublicKey::from_bytes([0x22; 32]),
@@ -461,9 +604,7 @@ mod tests {
             ControlMessage::GoingAway {
                 retry_after_ms: 1500,
             },
-            ControlMessage::Connect {
-                host_id: HostId::from_bytes([0x44; 32]),
-            },
+            ControlMessage::connect(HostId::from_bytes([0x44; 32])),
             ControlMessage::Connected {
                 session_id: 0x0102030405060708,
                 limits: SessionLimits::NONE,
@@ -483,6 +624,21 @@ mod tests {
             ControlMessage::Accept {
                 session_id: 9,
                 secret: [0x55; 16],
+            },
+            ControlMessage::Connect {
+                host_id: HostId::from_bytes([0x44; 32]),
+                redirects: 2,
+            },
+            ControlMessage::Register {
+                host_id: HostId::from_bytes([0x11; 32]),
+                token: Some(vec![0xaa, 0xbb, 0xcc]),
+                redirects: 1,
+            },
+            ControlMessage::Redirect {
+                members: vec!["r0.example:443".to_owned(), "[::1]:4433".to_owned()],
+            },
+            ControlMessage::Move {
+                members: vec!["10.0.0.7:443".to_owned()],
             },
         ]
     }
@@ -506,6 +662,10 @@ mod tests {
             "0012017f0003000c686f7374206f66666c696e65".to_owned(),
             format!("001a01060000000000000009{}", "55".repeat(16)),
             format!("001a01130000000000000009{}", "55".repeat(16)),
+            format!("00230110{}02", "44".repeat(32)),
+            format!("00280101{}0003aabbcc01", "11".repeat(32)),
+            "001d0107020e72302e6578616d706c653a3434330a5b3a3a315d3a34343333".to_owned(),
+            "00100108010c31302e302e302e373a343433".to_owned(),
         ];
         for (message, expected) in all_messages().iter().zip(expected) {
             assert_eq!(hex(&message.to_frame()), expected, "{message:?}");
@@ -606,6 +766,7 @@ mod tests {
         let register = ControlMessage::Register {
             host_id,
             token: Some(token.clone()),
+            redirects: 0,
         };
         let text = format!("{register:?}");
         assert_eq!(
@@ -624,7 +785,7 @@ mod tests {
                 relay_ephemeral: PublicKey::from_bytes([0x22; 32]),
             },
             ControlMessage::Proof { mac: [0x33; 32] },
-            ControlMessage::Connect { host_id },
+            ControlMessage::connect(host_id),
         ];
         for message in secrets {
             let text = format!("{message:?}");
@@ -642,6 +803,59 @@ mod tests {
             "Error { code: HostOffline, reason: \"gone\" }"
         );
         assert_eq!(format!("{:?}", ControlMessage::Registered), "Registered");
+    }
+
+    #[test]
+    fn pool_fields_have_one_encoding_and_checked_member_names() {
+        let host = [0x44; 32];
+        let mut connect = vec![1, 0x10];
+        connect.extend_from_slice(&host);
+        // An explicit zero count is refused: "no redirect" is the absent field.
+        let mut zero = connect.clone();
+        zero.push(0);
+        assert!(matches!(
+            ControlMessage::decode(&zero),
+            Err(DecodeError::InvalidField {
+                field: "redirect count",
+                ..
+            })
+        ));
+        // A lone count after a Register's host id is the count, not a token.
+        let mut register = vec![1, 0x01];
+        register.extend_from_slice(&[0x11; 32]);
+        register.push(2);
+        assert_eq!(
+            ControlMessage::decode(&register),
+            Ok(ControlMessage::Register {
+                host_id: HostId::from_bytes([0x11; 32]),
+                token: None,
+                redirects: 2,
+            })
+        );
+        let list = |names: &[&str]| {
+            let mut body = vec![1, 0x07, names.len() as u8];
+            for name in names {
+                body.push(name.len() as u8);
+                body.extend_from_slice(name.as_bytes());
+            }
+            body
+        };
+        assert!(ControlMessage::decode(&list(&["a.example:1"])).is_ok());
+        for bad in [
+            &[][..],
+            &["a:1", "b:1", "c:1", "d:1"][..],
+            &["A.example:1"][..],
+            &["a.example:01"][..],
+            &["a.example"][..],
+            &["::1:443"][..],
+            &["a:1", "a:1"][..],
+            &["a b:1"][..],
+        ] {
+            assert!(
+                ControlMessage::decode(&list(bad)).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub fn registration(data: &[u8]) {
     let exporter = [3; EXPORTER_LEN];
     let keys = fixed_issuer_keys();
     let mut relay_inputs = messages.iter().cloned();
-    if let Some(ControlMessage::Register { host_id, token }) = relay_inputs.next() {
+    if let Some(ControlMessage::Register { host_id, token, .. }) = relay_inputs.next() {
         for issuers in [None, Some(&keys)] {
             if let Ok((expect_proof, _challenge)) =
                 RelayRegistration::start(host_id, token.clone(), issuers)

@@ -25,12 +25,34 @@ pub const PLACEMENT_CONTEXT: &[u8] = b"blindrelay/1 placement";
 /// The longest member name, in bytes: a DNS name.
 pub const MAX_MEMBER_NAME_LEN: usize = 253;
 
+/// How many redirects a client follows before it tries the fallbacks itself, and
+/// past which a relay no longer redirects (PROTOCOL.md section 18.4).
+pub const MAX_REDIRECTS: u8 = 2;
+
+/// How many members a `Redirect` or `Move` names at most: the owner and the next two.
+pub const MAX_REDIRECT_MEMBERS: usize = 3;
+
 /// Why a member name cannot be placed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
     /// The name is empty or longer than [`MAX_MEMBER_NAME_LEN`] bytes.
     #[error("a pool member's name must be 1 to {MAX_MEMBER_NAME_LEN} bytes, not {0}")]
     NameLength(usize),
+    /// The name is not `host:port` in canonical form.
+    #[error("a pool member's name must be host:port in canonical form (lower case, IPv6 in brackets, no leading zeros)")]
+    NotCanonical,
+}
+
+/// Checks that `name` is a member name: `host:port` in canonical form, at most
+/// [`MAX_MEMBER_NAME_LEN`] bytes (PROTOCOL.md section 18.1).
+pub fn check_member_name(name: &str) -> Result<(), PlacementError> {
+    if name.is_empty() || name.len() > MAX_MEMBER_NAME_LEN {
+        return Err(PlacementError::NameLength(name.len()));
+    }
+    match crate::relay_url::canonical_authority(name) {
+        Ok(canonical) if canonical == name => Ok(()),
+        _ => Err(PlacementError::NotCanonical),
+    }
 }
 
 /// `member`'s score for `host_id` (see the module documentation).

@@ -135,9 +135,20 @@ impl HostRegistration {
     /// relay requires one. Returns the state that waits for the relay's challenge and
     /// the `Register` to send.
     pub fn start(key: &SecretKey, token: Option<Vec<u8>>) -> (ExpectChallenge<'_>, ControlMessage) {
+        Self::start_redirected(key, token, 0)
+    }
+
+    /// Like [`HostRegistration::start`], at a pool member the host reached by
+    /// following `redirects` redirects (PROTOCOL.md section 18.4).
+    pub fn start_redirected(
+        key: &SecretKey,
+        token: Option<Vec<u8>>,
+        redirects: u8,
+    ) -> (ExpectChallenge<'_>, ControlMessage) {
         let register = ControlMessage::Register {
             host_id: key.host_id(),
             token,
+            redirects,
         };
         (ExpectChallenge { key }, register)
     }
@@ -482,7 +493,7 @@ mod tests {
         now: u64,
     ) -> (Result<Admitted, Refusal>, Result<(), HostRegistrationError>) {
         let (expect_challenge, register) = HostRegistration::start(host, token);
-        let ControlMessage::Register { host_id, token } = register else {
+        let ControlMessage::Register { host_id, token, .. } = register else {
             panic!("the host starts with Register, got {register:?}");
         };
         let (expect_proof, challenge) = match RelayRegistration::start(host_id, token, issuers) {

@@ -119,16 +119,33 @@ impl RelayUrl {
     pub fn pin(&self) -> Option<&CertPin> {
         self.pin.as_ref()
     }
+
+    /// `host:port` in canonical form (an IPv6 address in brackets): how a pool names
+    /// its members (PROTOCOL.md section 18.1).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The relay at `authority` (`host:port`, parsed like a URL's), verified the
+    /// same way as this one: another member of the same pool.
+    pub fn with_authority(&self, authority: &str) -> Result<Self, RelayUrlError> {
+        let (host, port) = split_host_port(authority)?;
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            port,
+            pin: self.pin,
+        })
+    }
 }
 
 impl fmt::Display for RelayUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(SCHEME)?;
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)?;
-        } else {
-            write!(f, "{}:{}", self.host, self.port)?;
-        }
+        f.write_str(&self.authority())?;
         if let Some(pin) = &self.pin {
             write!(f, "?pin={pin}")?;
         }
@@ -183,6 +200,18 @@ impl FromStr for RelayUrl {
             pin,
         })
     }
+}
+
+/// `authority` (`host:port`, by the rules of a URL's) in canonical form: the host in
+/// lower case, an IPv6 address in brackets, the port without leading zeros.
+pub fn canonical_authority(authority: &str) -> Result<String, RelayUrlError> {
+    let (host, port) = split_host_port(authority)?;
+    Ok(RelayUrl {
+        host: host.to_ascii_lowercase(),
+        port,
+        pin: None,
+    }
+    .authority())
 }
 
 fn split_host_port(authority: &str) -> Result<(&str, u16), RelayUrlError> {

@@ -129,6 +129,7 @@ fn section_7_4_control_frames() {
         &frame(ControlMessage::Register {
             host_id: HostId::from_bytes([0x11; 32]),
             token: Some(vec![0xaa, 0xbb, 0xcc]),
+            redirects: 0,
         }),
         4,
         2,
@@ -144,13 +145,36 @@ fn section_7_4_control_frames() {
     );
     doc.has_elided(&frame(ControlMessage::Proof { mac: [0x33; 32] }), 4, 2, 0);
     doc.has(&hex(&frame(ControlMessage::Registered)));
-    doc.has(&hex(&frame(ControlMessage::GoingAway {
-        retry_after_ms: 1500,
+    doc.has(&hex(&frame(ControlMessage::Redirect {
+        members: vec!["r0.example:443".to_owned(), "[::1]:4433".to_owned()],
+    })));
+    doc.has(&hex(&frame(ControlMessage::Move {
+        members: vec!["10.0.0.7:443".to_owned()],
     })));
     doc.has_elided(
         &frame(ControlMessage::Connect {
             host_id: HostId::from_bytes([0x44; 32]),
+            redirects: 2,
         }),
+        4,
+        2,
+        1,
+    );
+    doc.has_elided(
+        &frame(ControlMessage::Register {
+            host_id: HostId::from_bytes([0x11; 32]),
+            token: Some(vec![0xaa, 0xbb, 0xcc]),
+            redirects: 1,
+        }),
+        4,
+        2,
+        6,
+    );
+    doc.has(&hex(&frame(ControlMessage::GoingAway {
+        retry_after_ms: 1500,
+    })));
+    doc.has_elided(
+        &frame(ControlMessage::connect(HostId::from_bytes([0x44; 32]))),
         4,
         2,
         0,

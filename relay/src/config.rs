@@ -41,6 +41,8 @@ pub struct RelayConfig {
     /// Registration tokens: `Some` admits only hosts with a token signed by one of
     /// these issuer keys; `None` is open mode (any host that proves its key).
     pub token_issuers: Option<IssuerKeys>,
+    /// This relay's place in a pool of relays; `None` for a relay on its own.
+    pub pool: Option<crate::pool::PoolConfig>,
 }
 
 impl RelayConfig {
@@ -54,6 +56,7 @@ impl RelayConfig {
             limits: Limits::default(),
             admin: None,
             token_issuers: None,
+            pool: None,
         }
     }
 
@@ -158,6 +161,31 @@ pub struct ConfigFile {
     /// `[host_tiers]`.
     #[serde(default)]
     pub host_tiers: BTreeMap<String, String>,
+    /// `[pool]`.
+    #[serde(default)]
+    pub pool: PoolFile,
+}
+
+/// The `[pool]` table: this relay's place in a pool of relays.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PoolFile {
+    /// This relay's member name, `host:port` as clients reach it.
+    pub member: Option<String>,
+    /// A file listing the members, one `host:port` per line.
+    pub members_file: Option<PathBuf>,
+    /// A DNS name whose SRV records list the members.
+    pub members_dns: Option<String>,
+    /// With `members_dns`: members are named by their SRV target's first label and
+    /// this domain.
+    pub member_domain: Option<String>,
+    /// With `members_dns`: the DNS server to ask instead of the system's.
+    pub dns_server: Option<SocketAddr>,
+    /// How often the list is read and the members probed.
+    pub refresh: Option<crate::units::Span>,
+    /// Over how long hosts told to move are spread.
+    pub move_jitter: Option<crate::units::Span>,
 }
 
 /// How log lines are written.
@@ -208,9 +236,14 @@ impl ConfigFile {
             message,
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
-        for file_name in [&mut file.cert, &mut file.key, &mut file.token_issuer_pub]
-            .into_iter()
-            .flatten()
+        for file_name in [
+            &mut file.cert,
+            &mut file.key,
+            &mut file.token_issuer_pub,
+            &mut file.pool.members_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             if file_name.is_relative() {
                 *file_name = base.join(&*file_name);

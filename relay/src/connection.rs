@@ -22,7 +22,7 @@ use crate::session_stream::{StreamRecv, StreamSend};
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
 use crate::transport::ReceiveWindow;
-use crate::{registration, session};
+use crate::{pool, registration, session};
 
 /// Serves one connection until it closes. `permit` holds the connection's place in
 /// the relay's counts for as long as it lives.
@@ -195,7 +195,14 @@ async fn route(
     shared: Arc<RelayState>,
 ) {
     let refusal = match message {
-        ControlMessage::Register { host_id, token } if first_stream => {
+        ControlMessage::Register {
+            host_id,
+            token,
+            redirects,
+        } if first_stream => {
+            if let Some(redirect) = pool::redirect_for(&shared, &host_id, redirects, true) {
+                return Box::pin(refuse(&mut stream.send, &mut stream.recv, &redirect)).await;
+            }
             // Boxed, like a session below: a stream's task is as large as its
             // largest path, and every host holds its registration task for hours.
             // (Built in its box: a future made first and boxed after would still
@@ -210,7 +217,10 @@ async fn route(
             let refusal = admission::Refusal::AtCapacity;
             ControlMessage::error(refusal.code(), refusal.reason())
         }
-        ControlMessage::Connect { host_id } => {
+        ControlMessage::Connect { host_id, redirects } => {
+            if let Some(redirect) = pool::redirect_for(&shared, &host_id, redirects, false) {
+                return Box::pin(refuse(&mut stream.send, &mut stream.recv, &redirect)).await;
+            }
             if let (true, Link::Quic(connection)) = (first_stream, &stream.link) {
                 // The first stream asks for a session: a player, which may now open
                 // as many streams as the configuration allows.

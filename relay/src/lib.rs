@@ -39,6 +39,7 @@ mod token_issuers;
 
 // Configuration, transport and TLS settings.
 mod config;
+mod pool;
 mod tls;
 mod transport;
 pub mod units;
@@ -54,8 +55,13 @@ mod stats;
 #[doc(hidden)]
 pub mod bench;
 
-pub use config::{ConfigError, ConfigFile, LogFormat, RelayConfig, TcpListen, DEFAULT_LISTEN};
+pub use config::{
+    ConfigError, ConfigFile, LogFormat, PoolFile, RelayConfig, TcpListen, DEFAULT_LISTEN,
+};
 pub use limits::{Limits, LimitsError};
+pub use pool::{
+    MemberSource, PoolConfig, PoolConfigError, DEFAULT_MOVE_JITTER, DEFAULT_REFRESH, MAX_MEMBERS,
+};
 pub use server::{Relay, RelayCloser, RelayError};
 #[cfg(feature = "splice-tap")]
 pub use splice::{Direction, SpliceTap, StreamEnd};

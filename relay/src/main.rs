@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use blindrelay_relay::units::{ByteSize, Rate, Span};
 use blindrelay_relay::{
-    privacy, ConfigFile, Limits, LogFormat, Relay, RelayCertificate, RelayConfig, TcpListen,
-    DEFAULT_LISTEN,
+    privacy, ConfigFile, Limits, LogFormat, MemberSource, PoolConfig, PoolFile, Relay,
+    RelayCertificate, RelayConfig, TcpListen, DEFAULT_LISTEN,
 };
 use clap::Parser;
 use tracing::{info, warn};
@@ -89,7 +89,91 @@ struct Args {
     token_issuer_pub: Option<PathBuf>,
 
     #[command(flatten)]
+    pool: PoolFlags,
+
+    #[command(flatten)]
     limits: LimitFlags,
+}
+
+/// A pool of relays that acts as one (docs/operations.md, "Running a pool").
+#[derive(Debug, Default, clap::Args)]
+#[command(next_help_heading = "Pool")]
+struct PoolFlags {
+    /// This relay's name in its pool: host:port as clients reach it (for example
+    /// relay-0.relay.example.net:443). Needs a member list.
+    #[arg(long, value_name = "HOST:PORT", env = "BLINDRELAY_POOL_MEMBER")]
+    pool_member: Option<String>,
+
+    /// Read the pool's members from FILE (one host:port per line), every refresh.
+    #[arg(long, value_name = "FILE", env = "BLINDRELAY_POOL_MEMBERS_FILE")]
+    pool_members_file: Option<PathBuf>,
+
+    /// Read the pool's members from the SRV records of NAME, every refresh.
+    #[arg(long, value_name = "NAME", env = "BLINDRELAY_POOL_MEMBERS_DNS")]
+    pool_members_dns: Option<String>,
+
+    /// With --pool-members-dns: name each member by its SRV target's first label
+    /// and this domain.
+    #[arg(long, value_name = "DOMAIN", env = "BLINDRELAY_POOL_MEMBER_DOMAIN")]
+    pool_member_domain: Option<String>,
+
+    /// With --pool-members-dns: ask this DNS server instead of the system's.
+    #[arg(long, value_name = "ADDR", env = "BLINDRELAY_POOL_DNS_SERVER")]
+    pool_dns_server: Option<SocketAddr>,
+
+    /// How often the member list is read and the members checked [default: 5s].
+    #[arg(long, value_name = "DURATION", env = "BLINDRELAY_POOL_REFRESH")]
+    pool_refresh: Option<Span>,
+
+    /// Hosts told to move after a change of membership are spread over this long
+    /// [default: 3s].
+    #[arg(long, value_name = "DURATION", env = "BLINDRELAY_POOL_MOVE_JITTER")]
+    pool_move_jitter: Option<Span>,
+}
+
+impl PoolFlags {
+    /// The pool settings: these flags over the file's `[pool]`; `None` for a relay on
+    /// its own.
+    fn merge(&self, file: PoolFile) -> Result<Option<PoolConfig>> {
+        let member = self.pool_member.clone().or(file.member);
+        let members_file = self.pool_members_file.clone().or(file.members_file);
+        let members_dns = self.pool_members_dns.clone().or(file.members_dns);
+        let source = match (members_file, members_dns) {
+            (Some(path), None) => Some(MemberSource::File(path)),
+            (None, Some(name)) => Some(MemberSource::Dns {
+                name,
+                server: self.pool_dns_server.or(file.dns_server),
+                member_domain: self.pool_member_domain.clone().or(file.member_domain),
+            }),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                anyhow::bail!("a pool's members come from a file or from DNS, not both")
+            }
+        };
+        let (member, source) = match (member, source) {
+            (Some(member), Some(source)) => (member, source),
+            (None, None) => return Ok(None),
+            (Some(_), None) => anyhow::bail!(
+                "pool member given without a member list: add members_file or members_dns"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "pool member list given without this relay's member name: add member \
+                 (host:port as clients reach this relay)"
+            ),
+        };
+        let mut config = PoolConfig::new(&member, source)?;
+        if let Some(refresh) = self.pool_refresh.or(file.refresh) {
+            anyhow::ensure!(
+                !refresh.0.is_zero(),
+                "the pool refresh must be longer than 0"
+            );
+            config.refresh = refresh.0;
+        }
+        if let Some(jitter) = self.pool_move_jitter.or(file.move_jitter) {
+            config.move_jitter = jitter.0;
+        }
+        Ok(Some(config))
+    }
 }
 
 /// Declares one flag per config key and how it overrides the file's value.
@@ -201,6 +285,7 @@ async fn main() -> Result<()> {
         cert_files,
         token_issuer_pub,
         limits,
+        pool,
     } = Settings::merge(&args, file)?;
     init_logging(log_format, log_full_ip)?;
     limits.validate()?;
@@ -229,6 +314,10 @@ async fn main() -> Result<()> {
                 keys.keys().len()
             ),
             None => println!("# open: any host may register (no token_issuer_pub)"),
+        }
+        match &pool {
+            Some(pool) => println!("# pool member {}", pool.member),
+            None => println!("# not in a pool"),
         }
         print_limits(&limits)?;
         return Ok(());
@@ -259,6 +348,7 @@ async fn main() -> Result<()> {
     config.public_name = public_name.clone();
     config.limits = limits;
     config.admin = admin;
+    config.pool = pool;
 
     match &token_issuers {
         Some(keys) => info!(
@@ -388,6 +478,7 @@ struct Settings {
     cert_files: Option<(PathBuf, PathBuf)>,
     token_issuer_pub: Option<PathBuf>,
     limits: Limits,
+    pool: Option<PoolConfig>,
 }
 
 impl Settings {
@@ -421,6 +512,7 @@ impl Settings {
             cert_files,
             token_issuer_pub: args.token_issuer_pub.clone().or(file.token_issuer_pub),
             limits,
+            pool: args.pool.merge(file.pool)?,
         })
     }
 }

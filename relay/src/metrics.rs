@@ -99,6 +99,27 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         &[("", s.hosts_told_going_away)],
     );
     out.gauge(
+        "pool_members",
+        "Members of the relay's pool as it sees them now, itself included while not draining (0: not in a pool).",
+        &[("", s.pool_members)],
+    );
+    out.counter(
+        "pool_redirects_total",
+        "Requests for a host another pool member owns, answered with a redirect, by request.",
+        &[
+            ("reason=\"connect\"", s.pool_redirects_connect),
+            ("reason=\"register\"", s.pool_redirects_register),
+        ],
+    );
+    out.counter(
+        "pool_hosts_moved_total",
+        "Registered hosts told to move to another pool member, by reason.",
+        &[
+            ("reason=\"membership\"", s.pool_moved_membership),
+            ("reason=\"drain\"", s.pool_moved_drain),
+        ],
+    );
+    out.gauge(
         "sessions_active",
         "Sessions being forwarded now.",
         &[("", s.sessions_active)],
@@ -197,6 +218,11 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         "ready",
         "1 while the relay accepts new connections, 0 while draining.",
         &[("", u64::from(ready))],
+    );
+    out.gauge(
+        "draining",
+        "1 while the relay drains, 0 otherwise.",
+        &[("", u64::from(!ready))],
     );
     out.0
 }

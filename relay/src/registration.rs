@@ -75,18 +75,28 @@ pub(crate) async fn register_and_hold(
             Host(Option<ControlMessage>),
             TokenExpired,
             Draining,
+            Moved(Vec<String>),
         }
         let end = {
             // Nothing is expected from the host after `Registered`: a message ends
             // the registration, and so does the end of the stream.
             let host_ended = async { read_message(recv).await.ok() };
             let draining = shared.draining();
-            tokio::pin!(host_ended, token_expired, draining);
+            // In a pool: another member became this host's owner. Boxed, and only
+            // in a pool: every idle host holds this future for hours.
+            let moved = async {
+                match &shared.pool {
+                    Some(pool) => Box::pin(pool.moved_away(host_id)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(host_ended, token_expired, draining, moved);
             loop {
                 tokio::select! {
                     message = &mut host_ended => break End::Host(message),
                     () = &mut token_expired => break End::TokenExpired,
                     () = &mut draining => break End::Draining,
+                    members = &mut moved => break End::Moved(members),
                     Some(dial) = async { match dials.as_mut() {
                         Some(dials) => dials.recv().await,
                         None => std::future::pending().await,
@@ -125,6 +135,19 @@ pub(crate) async fn register_and_hold(
                 // await, and every idle host holds this one for hours.
                 Box::pin(refuse(send, recv, &error)).await;
             }
+            End::Moved(members) => {
+                Stats::bump(&shared.stats.pool_moved_membership);
+                info!("another pool member owns the host now: told it to move");
+                Box::pin(tell_to_move(send, recv, members)).await;
+            }
+            End::Draining if draining_successors(&shared, &host_id).is_some() => {
+                // In a pool: the host moves to its next owner at once, and its
+                // registration here lasts until it is registered there.
+                let members = draining_successors(&shared, &host_id).unwrap_or_default();
+                Stats::bump(&shared.stats.pool_moved_drain);
+                Box::pin(tell_to_move(send, recv, members)).await;
+                info!("the relay drains: told the host to move to its next owner");
+            }
             End::Draining => {
                 // The relay is going away: end the registration now (the guard
                 // removes it) and tell the host to register again elsewhere or later.
@@ -153,6 +176,36 @@ pub(crate) async fn register_and_hold(
     .instrument(span)
     .await
 }
+
+/// Where a host of this draining pool member goes: its ranking without this relay;
+/// `None` outside a pool or when no other member is known.
+fn draining_successors(shared: &RelayState, host_id: &HostId) -> Option<Vec<String>> {
+    let members = shared.pool.as_ref()?.successors(host_id);
+    (!members.is_empty()).then_some(members)
+}
+
+/// Sends `Move`, then holds the registration until the host ends it (once it is
+/// registered with its new owner, so it stays reachable throughout) or
+/// [`MOVE_GRACE`] passes. A host that grants no credit for the message, or never
+/// ends the stream, holds nothing beyond the deadline.
+async fn tell_to_move(
+    send: &mut crate::session_stream::StreamSend,
+    recv: &mut crate::session_stream::StreamRecv,
+    members: Vec<String>,
+) {
+    let message = ControlMessage::Move { members };
+    let told = async {
+        if write_control(send, &message).await.is_ok() {
+            // Whatever the host sends now, or the stream's end, ends the wait.
+            let _ = read_message(recv).await;
+        }
+    };
+    let _ = tokio::time::timeout(MOVE_GRACE, told).await;
+}
+
+/// How long a registration told to move lasts at most: time for the host to
+/// register with its new owner (a few round trips, perhaps a redirect) first.
+const MOVE_GRACE: Duration = Duration::from_secs(10);
 
 /// A registration the relay accepted and confirmed to the host.
 struct Admitted {

@@ -18,7 +18,7 @@ use crate::stats::{self, StatsSnapshot};
 use crate::stream_listener::{self, TlsSettings};
 use crate::tls::{self, RelayCertificate, TlsError};
 use crate::transport::{self, TransportError};
-use crate::{admin, admission, connection, privacy};
+use crate::{admin, admission, connection, pool, privacy};
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,8 @@ pub struct Relay {
     tcp_task: Option<tokio::task::JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
     admin: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps the pool's view, when the relay is a member of one.
+    pool_task: Option<tokio::task::JoinHandle<()>>,
     shared: Arc<RelayState>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -140,6 +142,10 @@ impl Relay {
                 shutdown_rx.clone(),
             ))
         });
+        let pool_task = shared.pool.clone().map(|pool| {
+            info!(member = pool.me(), "pool member");
+            tokio::spawn(pool::keep_view(pool, endpoint.clone(), shared.clone()))
+        });
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), shutdown_rx));
         info!(addr = %local_addr, tcp = ?tcp_addr, "relay listening");
         Ok(Self {
@@ -152,6 +158,7 @@ impl Relay {
             tcp_task,
             admin_addr,
             admin,
+            pool_task,
             shared,
             shutdown,
             task,
@@ -295,6 +302,9 @@ impl Drop for Relay {
         }
         if let Some(admin) = &self.admin {
             admin.abort();
+        }
+        if let Some(pool) = &self.pool_task {
+            pool.abort();
         }
     }
 }

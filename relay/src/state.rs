@@ -13,6 +13,7 @@ use tokio::sync::{watch, Notify};
 use crate::admission::Admission;
 use crate::config::RelayConfig;
 use crate::dial::PendingDials;
+use crate::pool::Pool;
 use crate::registry::Registry;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::tiers::{Tiers, TiersError};
@@ -26,6 +27,8 @@ pub(crate) struct RelayState {
     pub stats: Stats,
     /// Sessions waiting for a stream-transport host's connection.
     pub dials: Arc<PendingDials>,
+    /// This relay's pool, when it is a member of one.
+    pub pool: Option<Arc<Pool>>,
     /// True once the relay has begun to drain: no new connections or registrations,
     /// running sessions go on.
     draining: watch::Sender<bool>,
@@ -44,6 +47,7 @@ impl RelayState {
         Ok(Self {
             admission: Arc::new(Admission::new(&config.limits)),
             tiers: Tiers::new(&config.limits)?,
+            pool: config.pool.clone().map(|pool| Arc::new(Pool::new(pool))),
             config,
             registry: Registry::default(),
             stats: Stats::default(),
@@ -62,6 +66,11 @@ impl RelayState {
 
     pub(crate) fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+
+    /// Whether the relay drains, as it changes.
+    pub(crate) fn draining_watch(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     /// Resolves once the relay drains.

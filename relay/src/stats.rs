@@ -56,6 +56,16 @@ pub(crate) struct Stats {
     pub bytes_host_to_player: AtomicU64,
     pub hosts_told_going_away: AtomicU64,
     pub admin_connections_dropped: AtomicU64,
+    /// Members in this relay's pool view (itself included while not draining).
+    pub pool_members: AtomicU64,
+    /// `Connect`s answered with a pool `Redirect`.
+    pub pool_redirects_connect: AtomicU64,
+    /// `Register`s answered with a pool `Redirect`.
+    pub pool_redirects_register: AtomicU64,
+    /// Hosts told to `Move` because the pool's membership changed.
+    pub pool_moved_membership: AtomicU64,
+    /// Hosts told to `Move` because this relay drains.
+    pub pool_moved_drain: AtomicU64,
     /// QUIC handshakes, from the first packet to an established connection.
     pub handshake: Histogram,
     /// Pairing, from a readable `Connect` to the start of the splice.
@@ -268,6 +278,17 @@ pub struct StatsSnapshot {
     pub bytes_host_to_player: u64,
     /// Registered hosts told the relay is going away (at the start of a drain).
     pub hosts_told_going_away: u64,
+    /// Members in this relay's pool view, itself included while not draining (0 for
+    /// a relay on its own).
+    pub pool_members: u64,
+    /// `Connect`s answered with a pool `Redirect`.
+    pub pool_redirects_connect: u64,
+    /// `Register`s answered with a pool `Redirect`.
+    pub pool_redirects_register: u64,
+    /// Hosts told to move because the pool's membership changed.
+    pub pool_moved_membership: u64,
+    /// Hosts told to move because this relay drains.
+    pub pool_moved_drain: u64,
     /// Admin connections closed unanswered: displaced by newer ones at the cap, or
     /// past their deadline.
     pub admin_connections_dropped: u64,
@@ -342,6 +363,11 @@ impl Stats {
             bytes_player_to_host: get(&self.bytes_player_to_host),
             bytes_host_to_player: get(&self.bytes_host_to_player),
             hosts_told_going_away: get(&self.hosts_told_going_away),
+            pool_members: get(&self.pool_members),
+            pool_redirects_connect: get(&self.pool_redirects_connect),
+            pool_redirects_register: get(&self.pool_redirects_register),
+            pool_moved_membership: get(&self.pool_moved_membership),
+            pool_moved_drain: get(&self.pool_moved_drain),
             admin_connections_dropped: get(&self.admin_connections_dropped),
             buffer_budget,
             handshake: self.handshake.snapshot(),

@@ -35,7 +35,7 @@ use crate::session_stream::{StreamRecv, StreamSend};
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
 use crate::tls::{self, RelayCertificate, TlsError};
-use crate::{registration, session};
+use crate::{pool, registration, session};
 use blindrelay_transport::websocket;
 
 /// The TLS settings new TCP connections get; replaced when the certificate is.
@@ -309,13 +309,20 @@ async fn serve_stream(
         is_host: Arc::new(AtomicBool::new(false)),
     };
     let (mut send, mut recv, refusal) = match message {
-        ControlMessage::Register { host_id, token } => {
-            let stream = routed(send, recv);
-            return Box::pin(registration::register_and_hold(
-                host_id, token, stream, shared,
-            ))
-            .await;
-        }
+        ControlMessage::Register {
+            host_id,
+            token,
+            redirects,
+        } => match pool::redirect_for(&shared, &host_id, redirects, true) {
+            Some(redirect) => (send, recv, redirect),
+            None => {
+                let stream = routed(send, recv);
+                return Box::pin(registration::register_and_hold(
+                    host_id, token, stream, shared,
+                ))
+                .await;
+            }
+        },
         ControlMessage::Connect { .. } if on_probation => {
             shared.stats.session_refused(SessionRefused::AtCapacity);
             let refusal = admission::Refusal::AtCapacity;
@@ -325,9 +332,14 @@ async fn serve_stream(
                 ControlMessage::error(refusal.code(), refusal.reason()),
             )
         }
-        ControlMessage::Connect { host_id } => {
-            let stream = routed(send, recv);
-            return Box::pin(session::pair_and_splice(host_id, stream, shared)).await;
+        ControlMessage::Connect { host_id, redirects } => {
+            match pool::redirect_for(&shared, &host_id, redirects, false) {
+                Some(redirect) => (send, recv, redirect),
+                None => {
+                    let stream = routed(send, recv);
+                    return Box::pin(session::pair_and_splice(host_id, stream, shared)).await;
+                }
+            }
         }
         ControlMessage::Accept { session_id, secret } => {
             match shared.dials.accept(session_id, &secret, (send, recv)) {

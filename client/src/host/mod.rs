@@ -38,6 +38,7 @@ use crate::stream::{RelayTransport, SecureStream};
 use crate::transports::TransportPreference;
 use accept::SessionAcceptor;
 pub use direct::DirectListenError;
+pub(crate) use relay::member_urls;
 use relay::RelaySideEnd;
 pub use relay::{register_on, RegisterError, RegistrationStream};
 

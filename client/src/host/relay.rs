@@ -36,6 +36,7 @@ use crate::endpoint::{
 use crate::stream::{RelayTransport, SessionPath};
 use crate::transports::{race, Attempt, TransportPreference, UdpHealth};
 use crate::wire::{read_control, WireError};
+use blindrelay_protocol::placement::MAX_REDIRECTS;
 
 /// Why one registration attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,24 @@ pub enum RegisterError {
     /// The relay did not complete the registration in time.
     #[error("no answer from the relay within {0:?}")]
     Timeout(Duration),
+    /// The relay is a member of a pool and another member owns this host: register
+    /// there (PROTOCOL.md section 18.4).
+    #[error("redirected to another pool member")]
+    Redirected {
+        /// Member names (`host:port`), the owner first.
+        members: Vec<String>,
+    },
+}
+
+impl RegisterError {
+    /// Whether another member of a pool may do better: the relay could not be
+    /// reached or went away mid-registration, rather than refusing this host.
+    fn is_relay_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Relay(_) | Self::Open(_) | Self::Write(_) | Self::Wire(_) | Self::Timeout(_)
+        )
+    }
 }
 
 impl From<HostRegistrationError> for RegisterError {
@@ -106,6 +125,21 @@ enum RegistrationEnd {
     /// and registered on it, which replaced the registration it leaves (whose
     /// running sessions go on, each on its own connection).
     QuicAgain(quinn::Connection, RegistrationStream),
+    /// The relay's pool has another owner for this host now (or the relay drains):
+    /// register with these members, the first first, and only then let go of the
+    /// registration [`Leaving`] holds.
+    Move(Vec<String>, Leaving),
+}
+
+/// A registration the host is leaving for another pool member: it stays registered
+/// (and, over QUIC, answers the sessions its relay still opens) until this is
+/// dropped, once the host is registered at the new member.
+pub(super) struct Leaving(tokio::task::JoinHandle<()>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Why the relay side returned.
@@ -132,6 +166,14 @@ pub(super) async fn run_relay(
     // A registration over QUIC already made, by a registration over TCP that found
     // QUIC getting through again.
     let mut quic_again: Option<Registration> = None;
+    // Where the host registers next: the ticket's relay (a pool's name, or one
+    // relay), or the members a pool told it to move to, with the redirects that
+    // took it there.
+    let mut move_to: Option<(Vec<RelayUrl>, u8)> = None;
+    // The registration being left for the one `move_to` leads to.
+    let mut leaving: Option<Leaving> = None;
+    // The relay the host is registered with now.
+    let mut current = relay.clone();
     loop {
         while departing.try_join_next().is_some() {}
         if !*control.enabled.borrow_and_update() {
@@ -153,7 +195,7 @@ pub(super) async fn run_relay(
         let ready = quic_again.take();
         // Moving a registration to QUIC is no reconnection: the host stays reachable
         // through it.
-        if !untrusted && ready.is_none() {
+        if !untrusted && ready.is_none() && leaving.is_none() {
             control.state.send_replace(HostState::Connecting {
                 attempt: backoff.attempts() + 1,
             });
@@ -166,20 +208,32 @@ pub(super) async fn run_relay(
                     }
                     None => {
                         let token = control.token.borrow().clone();
-                        register(config, token, relay, endpoints, &udp, &control.counters).await
+                        let (targets, redirects) = move_to
+                            .take()
+                            .unwrap_or_else(|| (vec![relay.clone()], 0));
+                        let place = Place { config, endpoints, udp: &udp, counters: &control.counters };
+                        register_following(place, token, targets, redirects)
+                            .await
+                            .map(|(registration, held, at)| {
+                                current = at;
+                                (registration, held)
+                            })
                     }
                 }
             } => attempt,
             _ = control.enabled.wait_for(|on| !*on) => continue,
             _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
         };
+        // Registered at the new member, or not: either way the registration left
+        // behind ends now.
+        drop(leaving.take());
         match attempt {
             Ok((registration, _held)) => {
                 backoff.reset();
                 let transport = registration.transport();
                 control.transport.send_replace(Some(transport));
                 control.state.send_replace(HostState::Registered);
-                info!(%relay, %transport, "registered with the relay: reachable through the relay");
+                info!(relay = %current, %transport, "registered with the relay: reachable through the relay");
                 let connection = registration.connection();
                 let end = match registration {
                     Registration::Quic { connection, stream } => {
@@ -200,7 +254,7 @@ pub(super) async fn run_relay(
                         };
                         let side = FramedSide {
                             config,
-                            relay,
+                            relay: &current,
                             endpoints,
                         };
                         serve_framed(framed, side, &mut tcp_sessions, control).await
@@ -251,9 +305,24 @@ pub(super) async fn run_relay(
                         backoff.reset();
                         continue;
                     }
+                    RegistrationEnd::Move(members, left) => {
+                        info!(to = %members[0], "the relay's pool has another owner for this host: moving");
+                        // Its sessions go on until they end or the relay closes it.
+                        departing.spawn(async move {
+                            connection.closed().await;
+                        });
+                        let targets = member_urls(&current, &members);
+                        if targets.is_empty() {
+                            continue;
+                        }
+                        move_to = Some((targets, 1));
+                        leaving = Some(left);
+                        backoff.reset();
+                        continue;
+                    }
                     RegistrationEnd::QuicAgain(quic, stream) => {
                         info!("QUIC gets through to the relay again: moved the registration to it");
-                        udp.set_working(relay);
+                        udp.set_working(&current);
                         quic_again = Some(Registration::Quic {
                             connection: quic,
                             stream,
@@ -305,6 +374,58 @@ pub(super) async fn run_relay(
         }
         control.retry_at.send_replace(None);
     }
+}
+
+/// The relays `members` name (`host:port`), verified like `like`: members of the
+/// same pool share its pin or CA. Names that do not parse are left out.
+pub(crate) fn member_urls(like: &RelayUrl, members: &[String]) -> Vec<RelayUrl> {
+    members
+        .iter()
+        .filter_map(|member| like.with_authority(member).ok())
+        .collect()
+}
+
+/// What registering anywhere needs of the agent.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    config: &'a HostConfig,
+    endpoints: &'a LocalEndpoints,
+    udp: &'a UdpHealth,
+    counters: &'a Arc<HostCounters>,
+}
+
+/// Registers with the first of `targets` that takes the host, following pool
+/// redirects (PROTOCOL.md section 18.4): up to [`MAX_REDIRECTS`] of them, after
+/// which the relay asked registers the host where it is. A target that cannot be
+/// reached gives way to the next one. Returns the registration and where it is.
+async fn register_following(
+    place: Place<'_>,
+    token: Option<Token>,
+    targets: Vec<RelayUrl>,
+    mut redirects: u8,
+) -> Result<(Registration, CountedRelayConnection, RelayUrl), RegisterError> {
+    let mut queue: std::collections::VecDeque<RelayUrl> = targets.into();
+    let mut last = None;
+    while let Some(url) = queue.pop_front() {
+        let attempt = register(place, token.clone(), &url, redirects).await;
+        match attempt {
+            Ok((registration, held)) => return Ok((registration, held, url)),
+            Err(RegisterError::Redirected { members }) if redirects < MAX_REDIRECTS => {
+                debug!(from = %url, to = ?members, "redirected within the relay pool");
+                redirects += 1;
+                queue = member_urls(&url, &members).into();
+                last = Some(RegisterError::Redirected { members });
+            }
+            Err(err)
+                if err.is_relay_failure() || matches!(err, RegisterError::Redirected { .. }) =>
+            {
+                debug!(relay = %url, %err, "pool member not available; trying the next");
+                last = Some(err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last.unwrap_or(RegisterError::Timeout(place.config.handshake_timeout)))
 }
 
 /// Says the token was refused and waits until a new one is set (then `Ok`), or the
@@ -432,21 +553,25 @@ enum Connected {
 
 /// Connects and registers; returns the registration and its count.
 async fn register(
-    config: &HostConfig,
+    place: Place<'_>,
     token: Option<Token>,
     relay: &RelayUrl,
-    endpoints: &LocalEndpoints,
-    udp: &UdpHealth,
-    counters: &Arc<HostCounters>,
+    redirects: u8,
 ) -> Result<(Registration, CountedRelayConnection), RegisterError> {
+    let Place {
+        config,
+        endpoints,
+        udp,
+        counters,
+    } = place;
     let connected = connect(config, relay, endpoints, udp).await?;
     let held = CountedRelayConnection::new(counters);
     let token = token.as_ref().map(Token::to_bytes);
     let deadline = config.handshake_timeout;
     let (result, connection) = match connected {
         Connected::Quic(connection) => {
-            let proved =
-                tokio::time::timeout(deadline, register_on(&connection, &config.key, token)).await;
+            let registered = register_redirected(&connection, &config.key, token, redirects);
+            let proved = tokio::time::timeout(deadline, registered).await;
             let result = proved.map(|proved| {
                 proved.map(|stream| Registration::Quic {
                     connection: connection.clone(),
@@ -462,7 +587,14 @@ async fn register(
                 connection,
                 exporter,
             } = framed;
-            let proved = register_over(&mut send, &mut recv, &exporter, &config.key, token);
+            let proved = register_over(
+                &mut send,
+                &mut recv,
+                &exporter,
+                &config.key,
+                token,
+                redirects,
+            );
             let result = tokio::time::timeout(deadline, proved).await.map(|proved| {
                 proved.map(|()| Registration::Framed {
                     connection: connection.clone(),
@@ -591,12 +723,22 @@ pub async fn register_on(
     key: &SecretKey,
     token: Option<Vec<u8>>,
 ) -> Result<RegistrationStream, RegisterError> {
+    register_redirected(connection, key, token, 0).await
+}
+
+/// [`register_on`] at a pool member reached by `redirects` redirects.
+async fn register_redirected(
+    connection: &quinn::Connection,
+    key: &SecretKey,
+    token: Option<Vec<u8>>,
+    redirects: u8,
+) -> Result<RegistrationStream, RegisterError> {
     let (mut send, mut recv) = connection.open_bi().await?;
     let mut exporter = [0u8; EXPORTER_LEN];
     connection
         .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .map_err(|_| RegisterError::KeyingMaterial)?;
-    register_over(&mut send, &mut recv, &exporter, key, token).await?;
+    register_over(&mut send, &mut recv, &exporter, key, token, redirects).await?;
     Ok((send, recv))
 }
 
@@ -608,12 +750,16 @@ async fn register_over(
     exporter: &[u8; EXPORTER_LEN],
     key: &SecretKey,
     token: Option<Vec<u8>>,
+    redirects: u8,
 ) -> Result<(), RegisterError> {
-    let (expect_challenge, register) = HostRegistration::start(key, token);
+    let (expect_challenge, register) = HostRegistration::start_redirected(key, token, redirects);
     send.write_all(&register.to_frame())
         .await
         .map_err(RegisterError::Write)?;
-    let challenge = read_control(recv).await?;
+    let challenge = match read_control(recv).await? {
+        ControlMessage::Redirect { members } => return Err(RegisterError::Redirected { members }),
+        challenge => challenge,
+    };
     let (expect_registered, proof) = expect_challenge.handle(challenge, exporter)?;
     send.write_all(&proof.to_frame())
         .await
@@ -765,6 +911,17 @@ async fn serve_framed(
             Ok(ControlMessage::GoingAway { retry_after_ms }) => {
                 return RegistrationEnd::GoingAway(Duration::from_millis(retry_after_ms.into()));
             }
+            Ok(ControlMessage::Move { members }) => {
+                // Registered until the host is registered at the new member. Dials
+                // that come meanwhile are not answered: the relay gives the player
+                // up after its dial deadline, and the player tries again.
+                let held = (send, recv);
+                let leaving = Leaving(tokio::spawn(async move {
+                    let _held = held;
+                    std::future::pending::<()>().await;
+                }));
+                return RegistrationEnd::Move(members, leaving);
+            }
             Ok(ControlMessage::Error { code, reason }) if code.is_token_refusal() => {
                 return RegistrationEnd::TokenRefused { code, reason };
             }
@@ -803,8 +960,7 @@ async fn serve_registered(
     let (mut registration_send, mut registration_recv) = registration;
     // One read for the life of the registration, polled from the loop: a partly read
     // frame is never dropped when another branch wins.
-    let registration_ended = read_control(&mut registration_recv);
-    tokio::pin!(registration_ended);
+    let mut registration_ended = Box::pin(read_control(&mut registration_recv));
     let mut handshakes = JoinSet::new();
     let mut watchdog = SilenceWatchdog::new(connection, silence);
     loop {
@@ -832,6 +988,21 @@ async fn serve_registered(
                 match message {
                     Ok(ControlMessage::GoingAway { retry_after_ms }) => {
                         return RegistrationEnd::GoingAway(Duration::from_millis(retry_after_ms.into()));
+                    }
+                    Ok(ControlMessage::Move { members }) => {
+                        // Still registered here until registered at the new member,
+                        // and the sessions this relay opens meanwhile are answered.
+                        let (connection, acceptor) = (connection.clone(), control.acceptor.clone());
+                        let leaving = Leaving(tokio::spawn(async move {
+                            let _registration = registration_send;
+                            while let Ok((send, recv)) = connection.accept_bi().await {
+                                let acceptor = acceptor.clone();
+                                tokio::spawn(async move {
+                                    acceptor.accept(send, recv, SessionPath::Relayed).await;
+                                });
+                            }
+                        }));
+                        return RegistrationEnd::Move(members, leaving);
                     }
                     Ok(ControlMessage::Error { code, reason }) if code.is_token_refusal() => {
                         // The token expired under a running registration: only the

@@ -288,7 +288,7 @@ async fn garbage_instead_of_a_noise_hello_is_refused_by_the_host_and_nothing_els
     let attacker = raw_connection(&relay).await;
     for garbage in [vec![0x42u8; 96], vec![0u8; 3], vec![0xff; 200]] {
         let (mut send, mut recv) = attacker.open_bi().await.unwrap();
-        let mut bytes = ControlMessage::Connect { host_id }.to_frame().to_vec();
+        let mut bytes = ControlMessage::connect(host_id).to_frame().to_vec();
         bytes.extend_from_slice(&(garbage.len() as u16).to_be_bytes());
         bytes.extend_from_slice(&garbage);
         send.write_all(&bytes).await.unwrap();
@@ -410,9 +410,7 @@ async fn players_cannot_tell_a_never_registered_id_from_a_malformed_one() {
         for (i, (_, host_id)) in kinds.iter().enumerate() {
             // With a hello behind it, as every player sends: the relay asks for it
             // before it looks the host up.
-            let mut frame = ControlMessage::Connect { host_id: *host_id }
-                .to_frame()
-                .to_vec();
+            let mut frame = ControlMessage::connect(*host_id).to_frame().to_vec();
             frame.extend_from_slice(&ANY_HELLO);
             let started = Instant::now();
             let answer = raw_exchange(&connection, &frame, false).await;
@@ -569,11 +567,7 @@ async fn refusals_a_player_never_takes_pin_neither_the_budget_nor_the_host() {
     let player = blindrelay_client::connect_relay_raw_with(relay.url(), localhost, no_credit())
         .await
         .unwrap();
-    let mut request = ControlMessage::Connect {
-        host_id: key.host_id(),
-    }
-    .to_frame()
-    .to_vec();
+    let mut request = ControlMessage::connect(key.host_id()).to_frame().to_vec();
     request.extend_from_slice(&hello_for(&key.host_id()));
     let mut streams = Vec::new();
     for _ in 0..CONNECTS {
@@ -658,10 +652,7 @@ async fn connects_without_a_hello_never_reach_the_host() {
     // relay asked for the hello, each took one of the host's four slots while the
     // host waited for a hello that never came.
     let attacker = raw_connection(&relay).await;
-    let connect = ControlMessage::Connect {
-        host_id: *ticket.host_id(),
-    }
-    .to_frame();
+    let connect = ControlMessage::connect(*ticket.host_id()).to_frame();
     let mut held = Vec::new();
     for _ in 0..10 {
         let (mut send, recv) = attacker.open_bi().await.unwrap();
@@ -714,7 +705,7 @@ async fn one_address_holds_only_its_share_of_sessions() {
 
     let open = |connection: quinn::Connection, host_id: HostId| async move {
         let (mut send, mut recv) = connection.open_bi().await.unwrap();
-        let mut request = ControlMessage::Connect { host_id }.to_frame().to_vec();
+        let mut request = ControlMessage::connect(host_id).to_frame().to_vec();
         request.extend_from_slice(&hello_for(&host_id));
         send.write_all(&request).await.unwrap();
         let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv))
@@ -902,7 +893,7 @@ async fn what_peers_that_grant_no_credit_send_does_not_grow_the_relay() {
                 let mut first = if stream == 0 {
                     ControlMessage::register(host_id).to_frame().to_vec()
                 } else {
-                    let mut connect = ControlMessage::Connect { host_id }.to_frame().to_vec();
+                    let mut connect = ControlMessage::connect(host_id).to_frame().to_vec();
                     connect.extend_from_slice(&ANY_HELLO);
                     connect
                 };
@@ -1110,7 +1101,7 @@ async fn refusals_hello_less_connects_and_greedy_addresses_stay_within_the_budge
                 tasks.spawn(async move {
                     let (mut send, recv) = connection.open_bi().await.ok()?;
                     let host_id = SecretKey::generate().unwrap().host_id();
-                    let mut connect = ControlMessage::Connect { host_id }.to_frame().to_vec();
+                    let mut connect = ControlMessage::connect(host_id).to_frame().to_vec();
                     connect.extend_from_slice(&ANY_HELLO);
                     let _ = send.write_all(&connect).await;
                     Some((send, recv))
@@ -1128,7 +1119,7 @@ async fn refusals_hello_less_connects_and_greedy_addresses_stay_within_the_budge
         tasks.spawn(async move {
             let (mut send, recv) = connection.open_bi().await.ok()?;
             let _ = send
-                .write_all(&ControlMessage::Connect { host_id: victim_id }.to_frame())
+                .write_all(&ControlMessage::connect(victim_id).to_frame())
                 .await;
             Some((send, recv))
         });
@@ -1143,9 +1134,7 @@ async fn refusals_hello_less_connects_and_greedy_addresses_stay_within_the_budge
         let connection = greedy.clone();
         tasks.spawn(async move {
             let (mut send, recv) = connection.open_bi().await.ok()?;
-            let mut connect = ControlMessage::Connect { host_id: victim_id }
-                .to_frame()
-                .to_vec();
+            let mut connect = ControlMessage::connect(victim_id).to_frame().to_vec();
             connect.extend_from_slice(&hello_for(&victim_id));
             let _ = send.write_all(&connect).await;
             Some((send, recv))

@@ -257,7 +257,7 @@ async fn a_player_on_tcp_that_never_reads_costs_one_buffer_and_is_cut_at_the_sta
         ..Default::default()
     };
     let (mut send, _recv, _connection) = blindrelay_transport::framed(NeverReads(tls), config);
-    let mut request = ControlMessage::Connect { host_id }.to_frame().to_vec();
+    let mut request = ControlMessage::connect(host_id).to_frame().to_vec();
     request.extend_from_slice(&hello_for(&host_id));
     send.write_all(&request).await.unwrap();
 
@@ -314,7 +314,7 @@ async fn garbage_frames_inside_websocket_messages_end_that_connection_only() {
     let before = relay.stats();
 
     // A Connect and its hello in one DATA frame, then an unknown frame.
-    let mut request = ControlMessage::Connect { host_id }.to_frame().to_vec();
+    let mut request = ControlMessage::connect(host_id).to_frame().to_vec();
     request.extend_from_slice(&hello_for(&host_id));
     let mut after_connect = Vec::new();
     StreamFrame::Data(request.into()).encode(&mut after_connect);

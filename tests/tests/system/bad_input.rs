@@ -102,11 +102,9 @@ async fn malformed_streams_are_refused_one_by_one_without_disturbing_others() {
     }
 
     // The attacker's connection itself is still usable: it can ask for a host.
-    let mut connect = ControlMessage::Connect {
-        host_id: HostId::from_bytes([5; 32]),
-    }
-    .to_frame()
-    .to_vec();
+    let mut connect = ControlMessage::connect(HostId::from_bytes([5; 32]))
+        .to_frame()
+        .to_vec();
     // Every Connect is followed at once by the player's hello (an empty Noise
     // message stands in for it: the relay never reads inside it).
     connect.extend_from_slice(&[0, 0]);

@@ -568,9 +568,7 @@ async fn a_host_connection_may_open_few_streams_and_a_player_connection_its_maxi
     let player = raw_connection(&relay).await;
     let (mut send, mut recv) = player.open_bi().await.unwrap();
     let nobody = SecretKey::generate().unwrap().host_id();
-    let mut connect = ControlMessage::Connect { host_id: nobody }
-        .to_frame()
-        .to_vec();
+    let mut connect = ControlMessage::connect(nobody).to_frame().to_vec();
     // The hello that follows every Connect (empty: the relay never reads inside it).
     connect.extend_from_slice(&[0, 0]);
     send.write_all(&connect).await.unwrap();
@@ -735,7 +733,7 @@ async fn the_byte_limit_counts_what_follows_the_control_messages_and_delivers_at
     let (verdict, _registration) = register_by_hand(&host, host_id, &host_key, &host).await;
     assert_eq!(verdict, ControlMessage::Registered);
     let player = raw_connection(&relay).await;
-    let connect = ControlMessage::Connect { host_id }.to_frame();
+    let connect = ControlMessage::connect(host_id).to_frame();
 
     // Under the limit: `Connect`, `Incoming` and `Connected` are not counted; every
     // byte after them is, the hello included, and all of it arrives.
@@ -912,11 +910,9 @@ async fn at_the_connection_cap_a_new_host_sheds_an_idle_one_and_a_bare_connectio
     // A connection beyond the cap that proves nothing sheds nobody: its session is
     // refused, and it is closed when its time to register is up.
     let bare = raw_connection(&relay).await;
-    let mut connect = ControlMessage::Connect {
-        host_id: *idle.ticket().host_id(),
-    }
-    .to_frame()
-    .to_vec();
+    let mut connect = ControlMessage::connect(*idle.ticket().host_id())
+        .to_frame()
+        .to_vec();
     connect.extend_from_slice(&[0, 0]);
     match raw_exchange(&bare, &connect, false).await {
         Some(ControlMessage::Error { code, .. }) => assert_eq!(code, ErrorCode::AtCapacity),

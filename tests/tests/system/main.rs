@@ -13,6 +13,7 @@ mod limits;
 mod networks;
 mod operations;
 mod panel;
+mod pool;
 mod privacy;
 mod raw_tls;
 mod recovery;

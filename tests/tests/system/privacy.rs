@@ -105,6 +105,7 @@ async fn a_trace_level_log_of_a_whole_session_names_no_one() {
     let again = ControlMessage::Register {
         host_id: key.host_id(),
         token: Some(token_bytes.clone()),
+        redirects: 0,
     };
     send.write_all(&again.to_frame()).await.unwrap();
     let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv))

@@ -196,7 +196,7 @@ async fn hand_made_player(
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     let mut handshake = PlayerHandshake::new(&key, &host_id).unwrap();
     let mut out = bytes::BytesMut::new();
-    ControlMessage::Connect { host_id }.encode(&mut out);
+    ControlMessage::connect(host_id).encode(&mut out);
     handshake.write_hello(&mut out).unwrap();
     send.write_all(&out).await.unwrap();
     let connected = read_message(&mut recv).await;

@@ -51,7 +51,11 @@ async fn register_with_token(
     token: Option<Vec<u8>>,
 ) -> (ControlMessage, quinn::SendStream, quinn::RecvStream) {
     let connection = raw_connection(relay).await;
-    let register = ControlMessage::Register { host_id, token };
+    let register = ControlMessage::Register {
+        host_id,
+        token,
+        redirects: 0,
+    };
     register_with(&connection, register, prover, &connection).await
 }
 

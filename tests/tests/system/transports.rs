@@ -592,9 +592,7 @@ async fn an_accept_nobody_dialed_is_refused() {
 async fn a_connect_over_tcp_for_an_unknown_host_is_refused_as_offline() {
     let relay = start_relay();
     let mut raw = raw_tcp(&relay).await;
-    let connect = ControlMessage::Connect {
-        host_id: SecretKey::generate().unwrap().host_id(),
-    };
+    let connect = ControlMessage::connect(SecretKey::generate().unwrap().host_id());
     let mut out = BytesMut::new();
     connect.encode(&mut out);
     // A hello of the right shape: the relay reads it before looking the host up.
