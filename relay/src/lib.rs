@@ -28,6 +28,7 @@ mod session;
 mod session_stream;
 mod splice;
 mod stream_listener;
+mod web;
 
 // Who is registered, who may come in, and how much each may use.
 mod admission;
@@ -54,7 +55,9 @@ mod stats;
 #[doc(hidden)]
 pub mod bench;
 
-pub use config::{ConfigError, ConfigFile, LogFormat, RelayConfig, TcpListen, DEFAULT_LISTEN};
+pub use config::{
+    ConfigError, ConfigFile, LogFormat, OnOff, RelayConfig, TcpListen, DEFAULT_LISTEN,
+};
 pub use limits::{Limits, LimitsError};
 pub use server::{Relay, RelayCloser, RelayError};
 #[cfg(feature = "splice-tap")]
@@ -64,3 +67,4 @@ pub use tiers::TiersError;
 pub use tls::{RelayCertificate, TlsError};
 pub use token_issuers::{load_issuer_keys, TokenConfigError};
 pub use transport::TransportError;
+pub use web::HttpOutcome;

@@ -18,6 +18,7 @@ use crate::stats::{self, StatsSnapshot};
 use crate::stream_listener::{self, TlsSettings};
 use crate::tls::{self, RelayCertificate, TlsError};
 use crate::transport::{self, TransportError};
+use crate::web::WebFront;
 use crate::{admin, admission, connection, privacy};
 
 /// Why the relay could not start.
@@ -132,10 +133,16 @@ impl Relay {
             &shared.config.certificate,
         )?)));
         let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let web = Arc::new(WebFront::new(
+            shared.config.web,
+            shared.config.web_names(),
+            Default::default(),
+        ));
         let tcp_task = tcp_listener.map(|listener| {
             tokio::spawn(stream_listener::accept_loop(
                 listener,
                 tcp_tls.clone(),
+                web,
                 shared.clone(),
                 shutdown_rx.clone(),
             ))

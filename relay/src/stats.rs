@@ -10,6 +10,7 @@ use std::time::Duration;
 use blindrelay_protocol::{codes, StreamCode};
 
 use crate::admission::{Admission, Refusal};
+use crate::web::HttpOutcome;
 
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -18,8 +19,10 @@ pub(crate) struct Stats {
     pub connections_accepted_tcp: AtomicU64,
     /// Of those, over WebSocket.
     pub connections_accepted_ws: AtomicU64,
-    /// WebSocket upgrades refused or not completed in time.
+    /// WebSocket upgrades refused, or not written in time.
     pub websocket_upgrades_failed: AtomicU64,
+    /// HTTP requests on the TLS listener, one counter per [`HttpOutcome::ALL`].
+    pub http_requests: [AtomicU64; HttpOutcome::ALL.len()],
     pub connections_rate_limited: AtomicU64,
     pub connections_over_address_cap: AtomicU64,
     pub connections_at_capacity: AtomicU64,
@@ -132,6 +135,10 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn http_request(&self, outcome: HttpOutcome) {
+        Self::bump(&self.http_requests[outcome.index()]);
+    }
+
     pub(crate) fn connection_refused(&self, refusal: Refusal) {
         Self::bump(match refusal {
             Refusal::RateLimited => &self.connections_rate_limited,
@@ -185,8 +192,11 @@ pub struct StatsSnapshot {
     pub connections_accepted_tcp: u64,
     /// Of those, over WebSocket.
     pub connections_accepted_ws: u64,
-    /// WebSocket upgrades refused or not completed in time.
+    /// WebSocket upgrades refused, or not written in time.
     pub websocket_upgrades_failed: u64,
+    /// HTTP requests on the TLS listener, by outcome, in the order of
+    /// [`HttpOutcome::ALL`] (see [`StatsSnapshot::http_requests`]).
+    pub http_requests_by_outcome: [u64; HttpOutcome::ALL.len()],
     /// Connections open now (holding a place in the connection cap).
     pub connections_open: u64,
     /// TLS handshakes in progress now (counted against `connections.max_handshakes`,
@@ -279,6 +289,13 @@ pub struct StatsSnapshot {
     pub pairing: HistogramSnapshot,
 }
 
+impl StatsSnapshot {
+    /// HTTP requests on the TLS listener that ended with `outcome`.
+    pub fn http_requests(&self, outcome: HttpOutcome) -> u64 {
+        self.http_requests_by_outcome[outcome.index()]
+    }
+}
+
 impl Stats {
     pub(crate) fn snapshot(
         &self,
@@ -300,6 +317,7 @@ impl Stats {
             connections_accepted_tcp: get(&self.connections_accepted_tcp),
             connections_accepted_ws: get(&self.connections_accepted_ws),
             websocket_upgrades_failed: get(&self.websocket_upgrades_failed),
+            http_requests_by_outcome: std::array::from_fn(|index| get(&self.http_requests[index])),
             connections_open: u64::from(admission.open_connections()),
             handshakes_in_progress: u64::from(admission.handshakes_in_flight()),
             connections_rate_limited: get(&self.connections_rate_limited),

@@ -70,9 +70,10 @@ impl std::fmt::Debug for RelayCertificate {
 
 impl RelayCertificate {
     /// A fresh self-signed certificate (ECDSA P-256) for `names`, made in memory.
+    /// Each DNS name is also covered as `*.<name>`: a host's web origin is
+    /// `<host id>.<name>` (see [`with_wildcards`]).
     pub fn self_signed(names: &[&str]) -> Result<Self, TlsError> {
-        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-        let certified = rcgen::generate_simple_self_signed(names)
+        let certified = rcgen::generate_simple_self_signed(with_wildcards(names))
             .map_err(|err| TlsError::SelfSigned(err.to_string()))?;
         Ok(Self {
             chain: vec![certified.cert.der().clone()],
@@ -103,8 +104,7 @@ impl RelayCertificate {
 
     /// The certificate and key in PEM, for writing files in tests and tooling.
     pub fn self_signed_pem(names: &[&str]) -> Result<(String, String), TlsError> {
-        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-        let certified = rcgen::generate_simple_self_signed(names)
+        let certified = rcgen::generate_simple_self_signed(with_wildcards(names))
             .map_err(|err| TlsError::SelfSigned(err.to_string()))?;
         Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
     }
@@ -130,6 +130,26 @@ impl RelayCertificate {
         // `chain` is never empty: both constructors guarantee a leaf.
         CertPin::of_certificate(&self.chain[0])
     }
+}
+
+/// `names`, each DNS name followed by its wildcard `*.<name>`, which covers every
+/// host's web origin `<host id>.<name>` (the web player is served there, one origin
+/// per host). IP addresses have no subdomains and stay as they are.
+fn with_wildcards(names: &[&str]) -> Vec<String> {
+    let mut all = Vec::with_capacity(names.len() * 2);
+    for name in names {
+        if !all.iter().any(|known| known == name) {
+            all.push(name.to_string());
+        }
+        let wildcard = format!("*.{name}");
+        if name.parse::<std::net::IpAddr>().is_err()
+            && !name.starts_with("*.")
+            && !all.contains(&wildcard)
+        {
+            all.push(wildcard);
+        }
+    }
+    all
 }
 
 /// The TLS side of the relay's QUIC server configuration: TLS 1.3 only, our ALPN

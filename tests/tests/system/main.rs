@@ -21,3 +21,4 @@ mod sessions;
 mod tap;
 mod tokens;
 mod transports;
+mod web;
