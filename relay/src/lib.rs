@@ -29,6 +29,8 @@ mod session_stream;
 mod splice;
 mod stream_listener;
 mod web;
+mod webtransport;
+mod webtransport_cert;
 
 // Who is registered, who may come in, and how much each may use.
 mod admission;

@@ -28,10 +28,14 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         &[
             (
                 "transport=\"quic\"",
-                s.connections_accepted - s.connections_accepted_tcp - s.connections_accepted_ws,
+                s.connections_accepted
+                    - s.connections_accepted_tcp
+                    - s.connections_accepted_ws
+                    - s.connections_accepted_wt,
             ),
             ("transport=\"tcp\"", s.connections_accepted_tcp),
             ("transport=\"websocket\"", s.connections_accepted_ws),
+            ("transport=\"webtransport\"", s.connections_accepted_wt),
         ],
     );
     out.counter(
@@ -130,12 +134,19 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         &[
             (
                 "side=\"player\",transport=\"quic\"",
-                s.sessions_opened - s.sessions_player_tcp - s.sessions_player_ws,
+                s.sessions_opened
+                    - s.sessions_player_tcp
+                    - s.sessions_player_ws
+                    - s.sessions_player_wt,
             ),
             ("side=\"player\",transport=\"tcp\"", s.sessions_player_tcp),
             (
                 "side=\"player\",transport=\"websocket\"",
                 s.sessions_player_ws,
+            ),
+            (
+                "side=\"player\",transport=\"webtransport\"",
+                s.sessions_player_wt,
             ),
             (
                 "side=\"host\",transport=\"quic\"",

@@ -19,6 +19,8 @@ pub(crate) struct Stats {
     pub connections_accepted_tcp: AtomicU64,
     /// Of those, over WebSocket.
     pub connections_accepted_ws: AtomicU64,
+    /// Of those, WebTransport sessions (counted once the session is accepted).
+    pub connections_accepted_wt: AtomicU64,
     /// WebSocket upgrades refused, or not written in time.
     pub websocket_upgrades_failed: AtomicU64,
     /// HTTP requests on the TLS listener, one counter per [`HttpOutcome::ALL`].
@@ -42,6 +44,8 @@ pub(crate) struct Stats {
     pub sessions_host_tcp: AtomicU64,
     /// Sessions opened whose player came over WebSocket.
     pub sessions_player_ws: AtomicU64,
+    /// Sessions opened whose player came over WebTransport.
+    pub sessions_player_wt: AtomicU64,
     /// Sessions opened whose host side came over WebSocket.
     pub sessions_host_ws: AtomicU64,
     pub sessions_active: AtomicU64,
@@ -192,6 +196,8 @@ pub struct StatsSnapshot {
     pub connections_accepted_tcp: u64,
     /// Of those, over WebSocket.
     pub connections_accepted_ws: u64,
+    /// Of those, WebTransport sessions.
+    pub connections_accepted_wt: u64,
     /// WebSocket upgrades refused, or not written in time.
     pub websocket_upgrades_failed: u64,
     /// HTTP requests on the TLS listener, by outcome, in the order of
@@ -237,6 +243,8 @@ pub struct StatsSnapshot {
     pub sessions_host_tcp: u64,
     /// Of those, sessions whose player came over WebSocket.
     pub sessions_player_ws: u64,
+    /// Of those, sessions whose player came over WebTransport.
+    pub sessions_player_wt: u64,
     /// Of those, sessions whose host side came over WebSocket.
     pub sessions_host_ws: u64,
     /// Sessions refused after a valid `Connect`, all reasons together.
@@ -316,6 +324,7 @@ impl Stats {
             connections_accepted: get(&self.connections_accepted),
             connections_accepted_tcp: get(&self.connections_accepted_tcp),
             connections_accepted_ws: get(&self.connections_accepted_ws),
+            connections_accepted_wt: get(&self.connections_accepted_wt),
             websocket_upgrades_failed: get(&self.websocket_upgrades_failed),
             http_requests_by_outcome: std::array::from_fn(|index| get(&self.http_requests[index])),
             connections_open: u64::from(admission.open_connections()),
@@ -337,6 +346,7 @@ impl Stats {
             sessions_player_tcp: get(&self.sessions_player_tcp),
             sessions_host_tcp: get(&self.sessions_host_tcp),
             sessions_player_ws: get(&self.sessions_player_ws),
+            sessions_player_wt: get(&self.sessions_player_wt),
             sessions_host_ws: get(&self.sessions_host_ws),
             sessions_refused: refused.into_iter().map(get).sum(),
             sessions_refused_offline: get(&self.sessions_refused_offline),

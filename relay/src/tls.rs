@@ -10,6 +10,10 @@ use std::sync::Arc;
 use blindrelay_protocol::{CertPin, ALPN};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::webtransport_cert::SharedShortLived;
 
 /// Why the relay's TLS setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -153,14 +157,54 @@ fn with_wildcards(names: &[&str]) -> Vec<String> {
 }
 
 /// The TLS side of the relay's QUIC server configuration: TLS 1.3 only, our ALPN
-/// only, no 0-RTT (early data is replayable, and nothing here is worth the risk).
+/// and HTTP/3's only, no 0-RTT (early data is replayable, and nothing here is worth
+/// the risk). With `short_lived`, a browser (a client that offers `h3` and not our
+/// ALPN) gets the short-lived certificate its page accepts by hash.
 pub(crate) fn server_crypto(
     certificate: &RelayCertificate,
+    short_lived: Option<SharedShortLived>,
 ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, TlsError> {
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(certificate, &[ALPN])?)
+    // `h3`: WebTransport for browsers' players (see `crate::webtransport`).
+    let alpn = [ALPN, crate::webtransport::H3_ALPN];
+    let mut tls = server_tls(certificate, &alpn)?;
+    if let Some(short_lived) = short_lived {
+        let main = rustls::crypto::ring::sign::any_supported_type(&certificate.key)
             .map_err(|err| TlsError::Config(err.to_string()))?;
+        tls.cert_resolver = Arc::new(AlpnResolver {
+            main: Arc::new(CertifiedKey::new(certificate.chain.clone(), main)),
+            short_lived,
+        });
+    }
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|err| TlsError::Config(err.to_string()))?;
     Ok(Arc::new(crypto))
+}
+
+/// Chooses the certificate by the client's ALPN (see [`server_crypto`]).
+struct AlpnResolver {
+    main: Arc<CertifiedKey>,
+    short_lived: SharedShortLived,
+}
+
+impl std::fmt::Debug for AlpnResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlpnResolver").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for AlpnResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let offers = |wanted: &[u8]| {
+            hello
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|alpn| alpn == wanted))
+        };
+        if offers(crate::webtransport::H3_ALPN) && !offers(ALPN) {
+            let short_lived = self.short_lived.read().unwrap_or_else(|p| p.into_inner());
+            return Some(short_lived.current());
+        }
+        Some(self.main.clone())
+    }
 }
 
 /// The TLS settings of every transport: TLS 1.3 only, the given ALPNs only (QUIC:

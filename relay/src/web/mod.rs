@@ -18,7 +18,6 @@ mod head;
 mod origin;
 
 use std::borrow::Cow;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use blindrelay_transport::websocket;
@@ -28,6 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 use crate::stats::Stats;
+use crate::webtransport_cert::SharedShortLived;
 use head::{HeadError, RequestHead};
 use origin::Origin;
 
@@ -39,10 +39,10 @@ pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// files within this is cut.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The SHA-256 digests of the certificates a browser may accept for the relay's
-/// WebTransport endpoint (`serverCertificateHashes`); empty when the relay's
-/// certificate is one browsers trust by themselves.
-pub(crate) type CertificateHashes = Arc<RwLock<Vec<[u8; 32]>>>;
+/// The certificates whose SHA-256 digests a browser may accept for the relay's
+/// WebTransport endpoint (`serverCertificateHashes`); none when the relay's
+/// certificate is one browsers trust by themselves (a CA's, for its public name).
+pub(crate) type CertificateHashes = Option<SharedShortLived>;
 
 /// What the HTTPS side serves, fixed when the relay starts.
 pub(crate) struct WebFront {
@@ -319,11 +319,13 @@ fn route(head: &RequestHead, front: &WebFront) -> Route {
         return Route::Answer(answer);
     }
     if head.path == bundle::WEBTRANSPORT_INFO {
-        let hashes = front
-            .hashes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let hashes = match &front.hashes {
+            Some(short_lived) => short_lived
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .hashes(),
+            None => Vec::new(),
+        };
         return Route::Answer(webtransport_info(&authority, &hashes));
     }
     let Some(asset) = bundle::find(&head.path) else {
@@ -417,8 +419,7 @@ mod tests {
     const ID: &str = "z2gtvuomwyz6y63qyf4bjjohn3gqffufaugtir2fxicyodsypvmq";
 
     fn front(player: bool) -> WebFront {
-        let hashes = Arc::new(RwLock::new(vec![[7u8; 32]]));
-        WebFront::new(player, vec!["relay.example".to_owned()], hashes)
+        WebFront::new(player, vec!["relay.example".to_owned()], None)
     }
 
     fn answer(request: &str, front: &WebFront) -> Answer {
@@ -511,14 +512,28 @@ mod tests {
         let request = format!(
             "GET /.blindrelay/webtransport.json HTTP/1.1\r\nHost: {ID}.relay.example:4433\r\n\r\n"
         );
-        let answer = answer(&request, &front(true));
+        let body =
+            |front: &WebFront| String::from_utf8(answer(&request, front).body.to_vec()).unwrap();
         assert_eq!(
-            std::str::from_utf8(&answer.body).unwrap(),
+            body(&front(true)),
             format!(
                 "{{\"url\":\"https://{ID}.relay.example:4433/blindrelay/1\",\
-                 \"serverCertificateHashes\":[{{\"algorithm\":\"sha-256\",\
-                 \"value\":\"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\"}}]}}\n"
+                 \"serverCertificateHashes\":[]}}\n"
             )
         );
+        let short_lived = crate::webtransport_cert::ShortLived::new(
+            vec!["localhost".to_owned()],
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let hash = data_encoding::BASE64.encode(&short_lived.hashes()[0]);
+        let with_hashes = WebFront::new(
+            true,
+            vec!["relay.example".to_owned()],
+            Some(std::sync::Arc::new(std::sync::RwLock::new(short_lived))),
+        );
+        assert!(body(&with_hashes).ends_with(&format!(
+            "\"serverCertificateHashes\":[{{\"algorithm\":\"sha-256\",\"value\":\"{hash}\"}}]}}\n"
+        )));
     }
 }

@@ -22,3 +22,4 @@ mod tap;
 mod tokens;
 mod transports;
 mod web;
+mod webtransport;
