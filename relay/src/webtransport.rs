@@ -141,6 +141,13 @@ async fn serve_session(
     let draining = shared.draining();
     tokio::pin!(draining);
     let mut drained = false;
+    // A session with no stream open is closed after this long, as a QUIC
+    // connection with neither registration nor session: an idle session would hold
+    // a place in the connection counts for free.
+    let idle_limit = Some(shared.config.limits.connections.unregistered_idle_timeout.0)
+        .filter(|limit| !limit.is_zero());
+    let idle = tokio::time::sleep(idle_limit.unwrap_or_default());
+    tokio::pin!(idle);
     loop {
         if drained && streams.is_empty() {
             // As for QUIC players: gone as soon as their sessions end.
@@ -152,6 +159,15 @@ async fn serve_session(
         }
         tokio::select! {
             () = &mut draining, if !drained => drained = true,
+            () = &mut idle, if idle_limit.is_some() && streams.is_empty() => {
+                Stats::bump(&shared.stats.connections_idle_closed);
+                debug!("closing a WebTransport session without streams");
+                session.close(
+                    blindrelay_protocol::codes::close::IDLE.to_u32(),
+                    b"no session: idle connection closed",
+                );
+                break;
+            }
             accepted = connection.accept_bi() => {
                 let Ok((send, recv)) = accepted else { break };
                 if !had_session {
@@ -170,7 +186,11 @@ async fn serve_session(
                     shared.clone(),
                 ));
             }
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            Some(_) = streams.join_next(), if !streams.is_empty() => {
+                if let (true, Some(limit)) = (streams.is_empty(), idle_limit) {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+            }
         }
     }
     streams.shutdown().await;

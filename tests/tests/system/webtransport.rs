@@ -271,3 +271,86 @@ async fn a_relay_with_a_public_name_lists_no_hashes() {
     let info = webtransport_info(&relay, &host_id).await;
     assert_eq!(info["serverCertificateHashes"], serde_json::json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_codes_cross_between_webtransport_and_quic_as_the_protocols_codes() {
+    use blindrelay_protocol::codes;
+
+    let relay = start_relay();
+    let mut agent = start_host(relay.url()).await;
+    let host_id = *agent.host_id();
+    let session = webtransport_to(&relay, &host_id, "/blindrelay/1")
+        .await
+        .expect("the relay accepts the session");
+
+    // Browser to host: a reset the page sends with PROTOCOL_VIOLATION reaches the
+    // host (on QUIC) as that code, not as HTTP/3's number for it.
+    let (player_side, host_side) =
+        tokio::join!(webtransport_player(&session, host_id), agent.accept());
+    let (_, mut player_send) = player_side.expect("connected").into_inner();
+    let mut host_side = host_side.expect("accepted");
+    player_send
+        .0
+        .reset(codes::stream::PROTOCOL_VIOLATION.to_u32())
+        .unwrap();
+    let err = tokio::time::timeout(PATIENCE, host_side.read_to_end(&mut Vec::new()))
+        .await
+        .expect("the host reads in time")
+        .unwrap_err();
+    let ended = err
+        .into_inner()
+        .unwrap()
+        .downcast::<blindrelay_client::SessionEnded>();
+    assert_eq!(
+        *ended.unwrap(),
+        blindrelay_client::SessionEnded::ProtocolViolation
+    );
+
+    // Host to browser: the host resets its side with SERVICE_UNAVAILABLE; the page
+    // reads that code.
+    let (player_side, host_side) =
+        tokio::join!(webtransport_player(&session, host_id), agent.accept());
+    let (mut player_recv, _player_send) = player_side.expect("connected").into_inner();
+    let (_host_recv, host_send) = host_side.expect("accepted").into_inner();
+    host_send.reset(codes::stream::SERVICE_UNAVAILABLE);
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match player_recv.0.read(&mut buf).await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the end in time");
+    match read {
+        Err(web_transport_quinn::ReadError::Reset(code)) => {
+            assert_eq!(code, codes::stream::SERVICE_UNAVAILABLE.to_u32())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webtransport_session_without_streams_is_closed_as_idle() {
+    init_tracing();
+    let mut config = relay_config();
+    config.limits.connections.unregistered_idle_timeout =
+        blindrelay_relay::units::Span(std::time::Duration::from_secs(1));
+    let relay = Relay::spawn(config).expect("relay starts");
+    let host_id = HostId::from_public_key(SecretKey::generate().unwrap().public_key());
+    let session = webtransport_to(&relay, &host_id, "/blindrelay/1")
+        .await
+        .expect("the relay accepts the session");
+    let closed = tokio::time::timeout(PATIENCE, session.closed())
+        .await
+        .expect("closed in time");
+    match closed {
+        web_transport_quinn::SessionError::WebTransportError(
+            web_transport_quinn::WebTransportError::Closed(code, _),
+        ) => assert_eq!(code, blindrelay_protocol::codes::close::IDLE.to_u32()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(relay.stats().connections_idle_closed, 1);
+}
