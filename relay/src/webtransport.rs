@@ -61,6 +61,9 @@ const SESSION_ID: u64 = 0;
 /// closes the connection.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
+/// How long the relay waits for the `200` that opens a session to be written.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Whether `connection`'s client chose HTTP/3.
 pub(crate) fn is_h3(connection: &quinn::Connection) -> bool {
     connection
@@ -108,18 +111,25 @@ pub(crate) async fn serve(
     } else {
         None
     };
+    // The answers are small, but a peer that grants no flow-control credit could
+    // hold them (and this task) forever: each has a deadline.
     if let Some(status) = refusal {
         debug!(%status, "WebTransport session refused");
-        if request.reject(status).await.is_ok() {
+        let rejected = tokio::time::timeout(REFUSAL_LINGER, request.reject(status)).await;
+        if matches!(rejected, Ok(Ok(()))) {
             let _ = tokio::time::timeout(REFUSAL_LINGER, connection.closed()).await;
         }
         connection.close(0u32.into(), b"");
         return;
     }
-    let session = match request.ok().await {
-        Ok(session) => session,
-        Err(err) => {
+    let session = match tokio::time::timeout(ANSWER_TIMEOUT, request.ok()).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(err)) => {
             debug!(%err, "WebTransport session not accepted");
+            return;
+        }
+        Err(_) => {
+            debug!("WebTransport session's answer not taken in time");
             return;
         }
     };
