@@ -16,7 +16,7 @@ use blindrelay_protocol::{HostId, RelayUrl};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::endpoint::{client_tls, relay_check, resolve, ConnectRelayError};
+use crate::endpoint::{client_tls, relay_check, resolve, ConnectRelayError, TlsSetupError};
 
 /// The player's path on a host's origin.
 const PLAYER_PATH: &str = "/.blindrelay/";
@@ -70,8 +70,11 @@ pub async fn web_link(url: &RelayUrl, host_id: &HostId) -> Result<String, WebLin
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(ConnectRelayError::TlsHandshake)?;
-        let name = ServerName::try_from(origin.clone())
-            .map_err(|_| WebLinkError::IpLiteral(url.host().to_owned()))?;
+        let name = ServerName::try_from(origin.clone()).map_err(|_| {
+            ConnectRelayError::Tls(TlsSetupError::Rustls(rustls::Error::General(
+                "the host's origin is not a valid TLS server name".into(),
+            )))
+        })?;
         let mut stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
