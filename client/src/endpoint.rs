@@ -358,7 +358,7 @@ pub(crate) fn direct_client_config(
     client_config(ServerCheck::NoiseAuthenticates, DIRECT_ALPN, profile)
 }
 
-async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ConnectRelayError> {
+pub(crate) async fn resolve(url: &RelayUrl) -> Result<SocketAddr, ConnectRelayError> {
     let host = || url.host().to_owned();
     let mut addrs = tokio::net::lookup_host((url.host(), url.port()))
         .await
@@ -417,7 +417,7 @@ const UDP_BUFFER_BYTES: usize = 8 << 20;
 
 /// How a client checks the certificate of the QUIC endpoint it connects to.
 #[derive(Debug, Clone, Copy)]
-enum ServerCheck {
+pub(crate) enum ServerCheck {
     /// A relay whose URL pins its certificate: exactly that certificate.
     Pinned(CertPin),
     /// A relay with a certificate a public CA issued for its URL's host name.
@@ -449,7 +449,10 @@ fn client_config(
 
 /// The TLS settings of every client connection, QUIC or TCP: TLS 1.3 only, one
 /// ALPN, the given certificate check.
-fn client_tls(check: ServerCheck, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsSetupError> {
+pub(crate) fn client_tls(
+    check: ServerCheck,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -475,7 +478,7 @@ fn client_tls(check: ServerCheck, alpn: &[u8]) -> Result<rustls::ClientConfig, T
 }
 
 /// How a client checks the relay at `url`.
-fn relay_check(url: &RelayUrl) -> ServerCheck {
+pub(crate) fn relay_check(url: &RelayUrl) -> ServerCheck {
     match url.pin() {
         Some(pin) => ServerCheck::Pinned(*pin),
         None => ServerCheck::WebPki,

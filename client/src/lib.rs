@@ -23,6 +23,7 @@ mod linger;
 mod player;
 mod stream;
 mod transports;
+mod web_link;
 mod wire;
 
 pub use authorized::{
@@ -48,4 +49,5 @@ pub use player::{
 };
 pub use stream::{Abandon, RelayTransport, SecureStream, SessionEnded, SessionPath};
 pub use transports::{TransportPreference, UnknownTransport, DEFAULT_TCP_DELAY, UDP_BROKEN_MEMORY};
+pub use web_link::{web_link, WebLinkError};
 pub use wire::{read_control, WireError};

@@ -553,6 +553,15 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
     let mut agent = HostAgent::start(config)?;
     println!("host id: {}", agent.host_id());
     println!("ticket: {}", agent.ticket());
+    if let Some(relay) = &relay {
+        // Once, at start: a link is printed only where the relay was seen to serve
+        // the player on this host's origin. The ticket goes in the fragment, which
+        // browsers never send to the relay.
+        match blindrelay_client::web_link(relay, agent.host_id()).await {
+            Ok(link) => println!("web: {link}#{}", agent.ticket()),
+            Err(err) => info!("no link for browsers: {err}"),
+        }
+    }
     if let Some(direct) = agent.direct_addr() {
         println!("direct: {direct}");
     }

@@ -105,7 +105,7 @@ fn sections_are_numbered_in_order() {
             }
         }
     }
-    assert_eq!(expected_top, 18, "the eighteen sections of the contents");
+    assert_eq!(expected_top, 19, "the nineteen sections of the contents");
 }
 
 #[test]

@@ -43,6 +43,10 @@ pub struct RelayConfig {
     pub token_issuers: Option<IssuerKeys>,
     /// This relay's place in a pool of relays; `None` for a relay on its own.
     pub pool: Option<crate::pool::PoolConfig>,
+    /// Whether the TLS listener serves the web player to browsers (at
+    /// `https://<host id>.<relay name>/`); the WebSocket transport is served either
+    /// way.
+    pub web: bool,
 }
 
 impl RelayConfig {
@@ -57,6 +61,17 @@ impl RelayConfig {
             admin: None,
             token_issuers: None,
             pool: None,
+            web: true,
+        }
+    }
+
+    /// The relay's DNS names, under which each host has its web origin
+    /// `<host id>.<name>`: the public name, or `localhost` for a relay without one
+    /// (browsers resolve every `*.localhost` to loopback).
+    pub(crate) fn web_names(&self) -> Vec<String> {
+        match &self.public_name {
+            Some(name) => vec![name.to_ascii_lowercase()],
+            None => vec!["localhost".to_owned()],
         }
     }
 
@@ -118,6 +133,41 @@ impl<'de> Deserialize<'de> for TcpListen {
     }
 }
 
+/// A switch in the config file and on the command line: `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOff {
+    /// Switched on.
+    On,
+    /// Switched off.
+    Off,
+}
+
+impl OnOff {
+    /// Whether it is on.
+    pub fn is_on(self) -> bool {
+        self == Self::On
+    }
+}
+
+impl std::str::FromStr for OnOff {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!("{other:?} is not `on` or `off`")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OnOff {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The config file (see `docs/configuration.md` for every key and its default).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +193,8 @@ pub struct ConfigFile {
     pub log_full_ip: Option<bool>,
     /// Issuer public key file: when set, hosts need a registration token.
     pub token_issuer_pub: Option<PathBuf>,
+    /// Whether the web player is served: `on` (default) or `off`.
+    pub web: Option<OnOff>,
     /// `[connections]`.
     #[serde(default)]
     pub connections: ConnectionLimits,
@@ -327,6 +379,14 @@ mod tests {
         let block = documented_block("## Every key, with its default");
         let file = ConfigFile::parse(block).expect("the documented file parses");
         assert_eq!(file.listen, Some(DEFAULT_LISTEN));
+        assert_eq!(file.web, Some(OnOff::On));
+        assert!(
+            RelayConfig::new(
+                DEFAULT_LISTEN,
+                RelayCertificate::self_signed(&["localhost"]).expect("certificate")
+            )
+            .web
+        );
         assert_eq!(file.limits(), Limits::default());
     }
 

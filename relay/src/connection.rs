@@ -22,7 +22,7 @@ use crate::session_stream::{StreamRecv, StreamSend};
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
 use crate::transport::ReceiveWindow;
-use crate::{pool, registration, session};
+use crate::{pool, registration, session, webtransport};
 
 /// Serves one connection until it closes. `permit` holds the connection's place in
 /// the relay's counts for as long as it lives.
@@ -66,6 +66,13 @@ pub(crate) fn handle(
             return;
         }
         debug!(on_probation, "connected");
+        if webtransport::is_h3(&connection) {
+            // A browser: its WebTransport handshake gets what is left of the
+            // handshake deadline.
+            let left = limits.handshake_timeout.0.saturating_sub(started.elapsed());
+            let permit = Arc::new(permit);
+            return webtransport::serve(connection, permit, on_probation, left, shared).await;
+        }
         serve_connection(connection, Arc::new(permit), on_probation, shared).await;
     }
     .instrument(span)

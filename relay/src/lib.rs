@@ -28,6 +28,9 @@ mod session;
 mod session_stream;
 mod splice;
 mod stream_listener;
+mod web;
+mod webtransport;
+mod webtransport_cert;
 
 // Who is registered, who may come in, and how much each may use.
 mod admission;
@@ -56,7 +59,7 @@ mod stats;
 pub mod bench;
 
 pub use config::{
-    ConfigError, ConfigFile, LogFormat, PoolFile, RelayConfig, TcpListen, DEFAULT_LISTEN,
+    ConfigError, ConfigFile, LogFormat, OnOff, PoolFile, RelayConfig, TcpListen, DEFAULT_LISTEN,
 };
 pub use limits::{Limits, LimitsError};
 pub use pool::{
@@ -70,3 +73,4 @@ pub use tiers::TiersError;
 pub use tls::{RelayCertificate, TlsError};
 pub use token_issuers::{load_issuer_keys, TokenConfigError};
 pub use transport::TransportError;
+pub use web::HttpOutcome;

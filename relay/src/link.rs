@@ -1,5 +1,6 @@
-//! The connection a stream came on, whatever carries it: QUIC, or one of the stream
-//! transports (TLS over TCP), where a connection carries one stream.
+//! The connection a stream came on, whatever carries it: QUIC, one of the stream
+//! transports (TLS over TCP), where a connection carries one stream, or a browser's
+//! WebTransport session.
 //!
 //! Registration and sessions need a few things of a connection: the peer's address
 //! (for per-address limits), the TLS exporter (the registration proof binds to it),
@@ -21,6 +22,8 @@ pub(crate) enum TransportKind {
     Tcp,
     /// WebSocket over TLS over TCP, one stream per connection.
     WebSocket,
+    /// WebTransport (HTTP/3) on the QUIC endpoint: browsers' players.
+    WebTransport,
 }
 
 impl TransportKind {
@@ -30,6 +33,7 @@ impl TransportKind {
             Self::Quic => "quic",
             Self::Tcp => "tcp",
             Self::WebSocket => "websocket",
+            Self::WebTransport => "webtransport",
         }
     }
 }
@@ -42,6 +46,10 @@ pub(crate) enum Link {
     /// A stream-transport connection: one stream; a host's sessions come on new
     /// connections it opens when told to (`Dial`).
     Framed(Arc<FramedLink>),
+    /// A WebTransport session: a browser's player connection, whose streams are
+    /// sessions only (a browser cannot prove a registration: it has no TLS
+    /// exporter to bind it to).
+    WebTransport(Arc<web_transport_quinn::Session>),
 }
 
 /// What the relay keeps of a stream-transport connection beside its stream.
@@ -62,6 +70,7 @@ impl Link {
         match self {
             Self::Quic(connection) => connection.remote_address(),
             Self::Framed(link) => link.remote,
+            Self::WebTransport(session) => session.remote_address(),
         }
     }
 
@@ -69,6 +78,7 @@ impl Link {
         match self {
             Self::Quic(_) => TransportKind::Quic,
             Self::Framed(link) => link.kind,
+            Self::WebTransport(_) => TransportKind::WebTransport,
         }
     }
 
@@ -83,6 +93,7 @@ impl Link {
                 Ok(exporter)
             }
             Self::Framed(link) => Ok(link.exporter),
+            Self::WebTransport(_) => Err(NoKeyingMaterial),
         }
     }
 
@@ -91,6 +102,7 @@ impl Link {
         match self {
             Self::Quic(connection) => connection.close(code.into(), reason.as_bytes()),
             Self::Framed(link) => link.connection.close(code, reason),
+            Self::WebTransport(session) => session.close(code.to_u32(), reason.as_bytes()),
         }
     }
 
@@ -99,6 +111,7 @@ impl Link {
         match self {
             Self::Quic(connection) => connection.close_reason().is_some(),
             Self::Framed(link) => link.connection.close_reason().is_some(),
+            Self::WebTransport(session) => session.close_reason().is_some(),
         }
     }
 }

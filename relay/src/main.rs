@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use blindrelay_relay::units::{ByteSize, Rate, Span};
 use blindrelay_relay::{
-    privacy, ConfigFile, Limits, LogFormat, MemberSource, PoolConfig, PoolFile, Relay,
+    privacy, ConfigFile, Limits, LogFormat, MemberSource, OnOff, PoolConfig, PoolFile, Relay,
     RelayCertificate, RelayConfig, TcpListen, DEFAULT_LISTEN,
 };
 use clap::Parser;
@@ -87,6 +87,13 @@ struct Args {
     /// key per line, from `blindrelay token keygen`). Without it any host may register.
     #[arg(long, value_name = "FILE", env = "BLINDRELAY_TOKEN_ISSUER_PUB")]
     token_issuer_pub: Option<PathBuf>,
+
+    /// Serve the web player to browsers at https://<host id>.<relay name>/ on the TCP
+    /// listener [default: on]. The certificate must cover *.<relay name> (a
+    /// self-signed one does; with --public-name and a CA certificate, ask for the
+    /// wildcard).
+    #[arg(long, value_name = "on|off", env = "BLINDRELAY_WEB")]
+    web: Option<OnOff>,
 
     #[command(flatten)]
     pool: PoolFlags,
@@ -284,6 +291,7 @@ async fn main() -> Result<()> {
         log_full_ip,
         cert_files,
         token_issuer_pub,
+        web,
         limits,
         pool,
     } = Settings::merge(&args, file)?;
@@ -308,6 +316,7 @@ async fn main() -> Result<()> {
         }
         println!("drain_timeout = \"{}\"", Span(drain_timeout));
         println!("log_full_ip = {log_full_ip}");
+        println!("web = \"{}\"", if web { "on" } else { "off" });
         match &token_issuers {
             Some(keys) => println!(
                 "# registration tokens required ({} issuer keys)",
@@ -349,6 +358,7 @@ async fn main() -> Result<()> {
     config.limits = limits;
     config.admin = admin;
     config.pool = pool;
+    config.web = web;
 
     match &token_issuers {
         Some(keys) => info!(
@@ -477,6 +487,7 @@ struct Settings {
     log_full_ip: bool,
     cert_files: Option<(PathBuf, PathBuf)>,
     token_issuer_pub: Option<PathBuf>,
+    web: bool,
     limits: Limits,
     pool: Option<PoolConfig>,
 }
@@ -511,6 +522,7 @@ impl Settings {
             log_full_ip: args.log_full_ip.or(file.log_full_ip).unwrap_or(false),
             cert_files,
             token_issuer_pub: args.token_issuer_pub.clone().or(file.token_issuer_pub),
+            web: args.web.or(file.web).is_none_or(OnOff::is_on),
             limits,
             pool: args.pool.merge(file.pool)?,
         })

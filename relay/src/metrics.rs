@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use crate::stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
+use crate::web::HttpOutcome;
 
 /// Renders `stats` in the Prometheus text format (version 0.0.4).
 pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
@@ -27,16 +28,35 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         &[
             (
                 "transport=\"quic\"",
-                s.connections_accepted - s.connections_accepted_tcp - s.connections_accepted_ws,
+                s.connections_accepted
+                    - s.connections_accepted_tcp
+                    - s.connections_accepted_ws
+                    - s.connections_accepted_wt,
             ),
             ("transport=\"tcp\"", s.connections_accepted_tcp),
             ("transport=\"websocket\"", s.connections_accepted_ws),
+            ("transport=\"webtransport\"", s.connections_accepted_wt),
         ],
     );
     out.counter(
         "websocket_upgrades_failed_total",
-        "HTTP requests on the TCP listener that did not become a WebSocket in time.",
+        "WebSocket upgrade requests on the TCP listener that did not become the relay's WebSocket.",
         &[("", s.websocket_upgrades_failed)],
+    );
+    let http: Vec<(String, u64)> = HttpOutcome::ALL
+        .iter()
+        .map(|&outcome| {
+            (
+                format!("outcome=\"{}\"", outcome.name()),
+                s.http_requests(outcome),
+            )
+        })
+        .collect();
+    let http: Vec<(&str, u64)> = http.iter().map(|(l, c)| (l.as_str(), *c)).collect();
+    out.counter(
+        "http_requests_total",
+        "HTTP requests on the TLS listener (web player, WebSocket upgrades), by outcome.",
+        &http,
     );
     out.counter(
         "connections_refused_total",
@@ -135,12 +155,19 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         &[
             (
                 "side=\"player\",transport=\"quic\"",
-                s.sessions_opened - s.sessions_player_tcp - s.sessions_player_ws,
+                s.sessions_opened
+                    - s.sessions_player_tcp
+                    - s.sessions_player_ws
+                    - s.sessions_player_wt,
             ),
             ("side=\"player\",transport=\"tcp\"", s.sessions_player_tcp),
             (
                 "side=\"player\",transport=\"websocket\"",
                 s.sessions_player_ws,
+            ),
+            (
+                "side=\"player\",transport=\"webtransport\"",
+                s.sessions_player_wt,
             ),
             (
                 "side=\"host\",transport=\"quic\"",

@@ -399,7 +399,7 @@ async fn confirm(
     // registration's task writes; a few may wait at once, each within its own
     // host-stream deadline.
     let dials = match stream.link {
-        Link::Quic(_) => None,
+        Link::Quic(_) | Link::WebTransport(_) => None,
         Link::Framed(_) => {
             let (ask, dials) = mpsc::channel(DIALS_QUEUED);
             host.dial = Some(ask);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use blindrelay_protocol::codes;
 use blindrelay_protocol::RelayUrl;
@@ -18,6 +18,8 @@ use crate::stats::{self, StatsSnapshot};
 use crate::stream_listener::{self, TlsSettings};
 use crate::tls::{self, RelayCertificate, TlsError};
 use crate::transport::{self, TransportError};
+use crate::web::WebFront;
+use crate::webtransport_cert::{self, SharedShortLived, ShortLived};
 use crate::{admin, admission, connection, pool, privacy};
 
 /// Why the relay could not start.
@@ -67,6 +69,10 @@ pub struct Relay {
     /// The TLS settings new TCP connections get.
     tcp_tls: TlsSettings,
     tcp_task: Option<tokio::task::JoinHandle<()>>,
+    /// The WebTransport endpoint's short-lived certificates, when browsers accept
+    /// the relay by hash, and the task that rotates them.
+    short_lived: Option<SharedShortLived>,
+    rotation: Option<tokio::task::JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
     admin: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the pool's view, when the relay is a member of one.
@@ -82,8 +88,20 @@ impl Relay {
     pub fn spawn(config: RelayConfig) -> Result<Self, RelayError> {
         config.limits.validate()?;
         let transport = transport::transport_config(&config.limits)?;
-        let server_config =
-            transport::server_config(tls::server_crypto(&config.certificate)?, transport.clone());
+        // A relay trusted by pin (no public name) is one browsers do not trust: its
+        // WebTransport endpoint presents a short-lived certificate pages accept by
+        // hash. One with a public name has a CA's certificate, which they trust.
+        let short_lived = match config.public_name {
+            Some(_) => None,
+            None => Some(Arc::new(RwLock::new(ShortLived::new(
+                config.web_names(),
+                SystemTime::now(),
+            )?))),
+        };
+        let server_config = transport::server_config(
+            tls::server_crypto(&config.certificate, short_lived.clone())?,
+            transport.clone(),
+        );
         let (socket, tcp_listener) = bind_sockets(&config)?;
         let mut endpoint_config =
             quinn::EndpointConfig::new(Arc::new(config.certificate.stateless_reset_key()));
@@ -134,10 +152,19 @@ impl Relay {
             &shared.config.certificate,
         )?)));
         let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let web = Arc::new(WebFront::new(
+            shared.config.web,
+            shared.config.web_names(),
+            short_lived.clone(),
+        ));
+        let rotation = short_lived
+            .clone()
+            .map(|short_lived| tokio::spawn(rotate_short_lived(short_lived, shutdown_rx.clone())));
         let tcp_task = tcp_listener.map(|listener| {
             tokio::spawn(stream_listener::accept_loop(
                 listener,
                 tcp_tls.clone(),
+                web,
                 shared.clone(),
                 shutdown_rx.clone(),
             ))
@@ -156,6 +183,8 @@ impl Relay {
             tcp_addr,
             tcp_tls,
             tcp_task,
+            short_lived,
+            rotation,
             admin_addr,
             admin,
             pool_task,
@@ -188,8 +217,10 @@ impl Relay {
         &mut self,
         certificate: RelayCertificate,
     ) -> Result<&RelayUrl, TlsError> {
-        let server_config =
-            transport::server_config(tls::server_crypto(&certificate)?, self.transport.clone());
+        let server_config = transport::server_config(
+            tls::server_crypto(&certificate, self.short_lived.clone())?,
+            self.transport.clone(),
+        );
         let certificate_for_tcp = certificate.clone();
         let mut config = self.shared.config.clone();
         config.certificate = certificate;
@@ -306,6 +337,9 @@ impl Drop for Relay {
         if let Some(pool) = &self.pool_task {
             pool.abort();
         }
+        if let Some(rotation) = &self.rotation {
+            rotation.abort();
+        }
     }
 }
 
@@ -372,6 +406,26 @@ async fn accept_loop(
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
     connections.shutdown().await;
     info!("relay stopped");
+}
+
+/// Rotates the WebTransport certificates until shutdown (see
+/// [`crate::webtransport_cert`]); the TLS resolver and `webtransport.json` read
+/// the same store, so both change together.
+async fn rotate_short_lived(short_lived: SharedShortLived, mut shutdown: watch::Receiver<bool>) {
+    let mut check = tokio::time::interval(webtransport_cert::CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = check.tick() => {
+                let mut certs = short_lived.write().unwrap_or_else(|p| p.into_inner());
+                match certs.rotate(SystemTime::now()) {
+                    Ok(true) => info!("WebTransport certificate rotated"),
+                    Ok(false) => {}
+                    Err(err) => warn!(%err, "cannot make the next WebTransport certificate"),
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
 }
 
 /// Closes a relay's connections at once (see [`Relay::closer`]).

@@ -102,11 +102,14 @@ pub(crate) async fn pair_and_splice(
             TransportKind::Quic => {}
             TransportKind::Tcp => Stats::bump(&shared.stats.sessions_player_tcp),
             TransportKind::WebSocket => Stats::bump(&shared.stats.sessions_player_ws),
+            TransportKind::WebTransport => Stats::bump(&shared.stats.sessions_player_wt),
         }
         match host_session.host().link.kind() {
             TransportKind::Quic => {}
             TransportKind::Tcp => Stats::bump(&shared.stats.sessions_host_tcp),
             TransportKind::WebSocket => Stats::bump(&shared.stats.sessions_host_ws),
+            // A WebTransport link never registers (it has no exporter to prove with).
+            TransportKind::WebTransport => {}
         }
         shared.stats.pairing.record(started.elapsed());
         let _active = Active::start(&shared);
@@ -280,6 +283,8 @@ async fn open_host_stream(host: &Host, session_id: u64, shared: &RelayState) -> 
             ask.send(dial).await.ok()?;
             waiting.arrival().await
         }
+        // Never a host's link: a browser cannot register.
+        Link::WebTransport(_) => None,
     }
 }
 

@@ -111,12 +111,17 @@ impl SessionSend for quinn::SendStream {
 pub(crate) enum StreamRecv {
     Quic(quinn::RecvStream),
     Framed(blindrelay_transport::FramedRecv),
+    /// A WebTransport stream: a QUIC stream whose codes are carried in HTTP/3's
+    /// code space ([`crate::webtransport`]).
+    WebTransport(quinn::RecvStream),
 }
 
 /// A session or control stream's sending half, on any transport.
 pub(crate) enum StreamSend {
     Quic(quinn::SendStream),
     Framed(blindrelay_transport::FramedSend),
+    /// A WebTransport stream (see [`StreamRecv::WebTransport`]).
+    WebTransport(quinn::SendStream),
 }
 
 impl StreamRecv {
@@ -130,6 +135,12 @@ impl StreamRecv {
                 _ => RecvEnd::Gone,
             }),
             Self::Framed(recv) => recv.read_exact(out).await.map_err(framed_recv_end),
+            Self::WebTransport(recv) => recv.read_exact(out).await.map_err(|err| match err {
+                quinn::ReadExactError::ReadError(ReadError::Reset(code)) => {
+                    RecvEnd::Reset(webtransport_code(code))
+                }
+                _ => RecvEnd::Gone,
+            }),
         }
     }
 }
@@ -144,6 +155,10 @@ impl StreamSend {
                 _ => SendEnd::Gone,
             }),
             Self::Framed(send) => send.write_all(bytes).await.map_err(framed_send_end),
+            Self::WebTransport(send) => send.write_all(bytes).await.map_err(|err| match err {
+                WriteError::Stopped(code) => SendEnd::Stopped(webtransport_code(code)),
+                _ => SendEnd::Gone,
+            }),
         }
     }
 }
@@ -167,6 +182,13 @@ impl SessionRecv for StreamRecv {
         match self {
             Self::Quic(recv) => SessionRecv::read_chunk(recv, max).await,
             Self::Framed(recv) => recv.read_chunk(max).await.map_err(framed_recv_end),
+            Self::WebTransport(recv) => {
+                match quinn::RecvStream::read_chunk(recv, max, true).await {
+                    Ok(chunk) => Ok(chunk.map(|chunk| chunk.bytes)),
+                    Err(ReadError::Reset(code)) => Err(RecvEnd::Reset(webtransport_code(code))),
+                    Err(_) => Err(RecvEnd::Gone),
+                }
+            }
         }
     }
 
@@ -174,6 +196,9 @@ impl SessionRecv for StreamRecv {
         match self {
             Self::Quic(recv) => SessionRecv::stop(recv, code),
             Self::Framed(recv) => recv.stop(code),
+            Self::WebTransport(recv) => {
+                let _ = recv.stop(http3_code(code));
+            }
         }
     }
 }
@@ -183,6 +208,15 @@ impl SessionSend for StreamSend {
         match self {
             Self::Quic(send) => SessionSend::write_some(send, bytes).await,
             Self::Framed(send) => send.write_some(bytes).await.map_err(framed_send_end),
+            Self::WebTransport(send) => {
+                match send.write_chunks(std::slice::from_mut(bytes)).await {
+                    Ok(written) => Ok(written.bytes),
+                    Err(WriteError::Stopped(code)) => {
+                        Err(SendEnd::Stopped(webtransport_code(code)))
+                    }
+                    Err(_) => Err(SendEnd::Gone),
+                }
+            }
         }
     }
 
@@ -191,6 +225,10 @@ impl SessionSend for StreamSend {
         {
             Self::Quic(send) => Box::pin(SessionSend::stopped(send)),
             Self::Framed(send) => Box::pin(send.stopped()),
+            Self::WebTransport(send) => {
+                let stopped = quinn::SendStream::stopped(send);
+                Box::pin(async move { stopped.await.ok().flatten().map(webtransport_code) })
+            }
         };
         stopped
     }
@@ -199,6 +237,9 @@ impl SessionSend for StreamSend {
         match self {
             Self::Quic(send) => SessionSend::finish(send),
             Self::Framed(send) => send.finish(),
+            Self::WebTransport(send) => {
+                let _ = send.finish();
+            }
         }
     }
 
@@ -206,6 +247,9 @@ impl SessionSend for StreamSend {
         match self {
             Self::Quic(send) => SessionSend::reset(send, code),
             Self::Framed(send) => send.reset(code),
+            Self::WebTransport(send) => {
+                let _ = send.reset(http3_code(code));
+            }
         }
     }
 }
@@ -249,6 +293,22 @@ impl<R: SessionRecv> SessionRecv for Prefixed<R> {
 /// travel on as the largest `u32`, still a reset, never a clean end.
 fn varint_code(code: VarInt) -> StreamCode {
     StreamCode::try_from(code).unwrap_or(StreamCode::from_u32(u32::MAX))
+}
+
+/// A WebTransport peer's stream code: WebTransport carries an application's 32-bit
+/// codes in a range of HTTP/3's code space (RFC 9297's mapping, as the browser's
+/// `WebTransportError.streamErrorCode` reads them). A code outside that range is
+/// not one a WebTransport peer can mean; it travels on as the largest `u32`.
+fn webtransport_code(code: VarInt) -> StreamCode {
+    let code = web_transport_quinn::proto::error_from_http3(code.into_inner());
+    StreamCode::from_u32(code.unwrap_or(u32::MAX))
+}
+
+/// `code` in HTTP/3's code space, as a WebTransport peer reads it.
+fn http3_code(code: StreamCode) -> VarInt {
+    let code = web_transport_quinn::proto::error_to_http3(code.to_u32());
+    // The mapping of any `u32` stays far below QUIC's largest code (2^62 - 1).
+    VarInt::from_u64(code).unwrap_or(VarInt::MAX)
 }
 
 /// An in-memory session stream with QUIC's semantics (a flow-control window, finish,

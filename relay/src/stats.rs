@@ -10,6 +10,7 @@ use std::time::Duration;
 use blindrelay_protocol::{codes, StreamCode};
 
 use crate::admission::{Admission, Refusal};
+use crate::web::HttpOutcome;
 
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -18,8 +19,12 @@ pub(crate) struct Stats {
     pub connections_accepted_tcp: AtomicU64,
     /// Of those, over WebSocket.
     pub connections_accepted_ws: AtomicU64,
-    /// WebSocket upgrades refused or not completed in time.
+    /// Of those, WebTransport sessions (counted once the session is accepted).
+    pub connections_accepted_wt: AtomicU64,
+    /// WebSocket upgrades refused, or not written in time.
     pub websocket_upgrades_failed: AtomicU64,
+    /// HTTP requests on the TLS listener, one counter per [`HttpOutcome::ALL`].
+    pub http_requests: [AtomicU64; HttpOutcome::ALL.len()],
     pub connections_rate_limited: AtomicU64,
     pub connections_over_address_cap: AtomicU64,
     pub connections_at_capacity: AtomicU64,
@@ -39,6 +44,8 @@ pub(crate) struct Stats {
     pub sessions_host_tcp: AtomicU64,
     /// Sessions opened whose player came over WebSocket.
     pub sessions_player_ws: AtomicU64,
+    /// Sessions opened whose player came over WebTransport.
+    pub sessions_player_wt: AtomicU64,
     /// Sessions opened whose host side came over WebSocket.
     pub sessions_host_ws: AtomicU64,
     pub sessions_active: AtomicU64,
@@ -142,6 +149,10 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn http_request(&self, outcome: HttpOutcome) {
+        Self::bump(&self.http_requests[outcome.index()]);
+    }
+
     pub(crate) fn connection_refused(&self, refusal: Refusal) {
         Self::bump(match refusal {
             Refusal::RateLimited => &self.connections_rate_limited,
@@ -195,8 +206,13 @@ pub struct StatsSnapshot {
     pub connections_accepted_tcp: u64,
     /// Of those, over WebSocket.
     pub connections_accepted_ws: u64,
-    /// WebSocket upgrades refused or not completed in time.
+    /// Of those, WebTransport sessions.
+    pub connections_accepted_wt: u64,
+    /// WebSocket upgrades refused, or not written in time.
     pub websocket_upgrades_failed: u64,
+    /// HTTP requests on the TLS listener, by outcome, in the order of
+    /// [`HttpOutcome::ALL`] (see [`StatsSnapshot::http_requests`]).
+    pub http_requests_by_outcome: [u64; HttpOutcome::ALL.len()],
     /// Connections open now (holding a place in the connection cap).
     pub connections_open: u64,
     /// TLS handshakes in progress now (counted against `connections.max_handshakes`,
@@ -237,6 +253,8 @@ pub struct StatsSnapshot {
     pub sessions_host_tcp: u64,
     /// Of those, sessions whose player came over WebSocket.
     pub sessions_player_ws: u64,
+    /// Of those, sessions whose player came over WebTransport.
+    pub sessions_player_wt: u64,
     /// Of those, sessions whose host side came over WebSocket.
     pub sessions_host_ws: u64,
     /// Sessions refused after a valid `Connect`, all reasons together.
@@ -300,6 +318,13 @@ pub struct StatsSnapshot {
     pub pairing: HistogramSnapshot,
 }
 
+impl StatsSnapshot {
+    /// HTTP requests on the TLS listener that ended with `outcome`.
+    pub fn http_requests(&self, outcome: HttpOutcome) -> u64 {
+        self.http_requests_by_outcome[outcome.index()]
+    }
+}
+
 impl Stats {
     pub(crate) fn snapshot(
         &self,
@@ -320,7 +345,9 @@ impl Stats {
             connections_accepted: get(&self.connections_accepted),
             connections_accepted_tcp: get(&self.connections_accepted_tcp),
             connections_accepted_ws: get(&self.connections_accepted_ws),
+            connections_accepted_wt: get(&self.connections_accepted_wt),
             websocket_upgrades_failed: get(&self.websocket_upgrades_failed),
+            http_requests_by_outcome: std::array::from_fn(|index| get(&self.http_requests[index])),
             connections_open: u64::from(admission.open_connections()),
             handshakes_in_progress: u64::from(admission.handshakes_in_flight()),
             connections_rate_limited: get(&self.connections_rate_limited),
@@ -340,6 +367,7 @@ impl Stats {
             sessions_player_tcp: get(&self.sessions_player_tcp),
             sessions_host_tcp: get(&self.sessions_host_tcp),
             sessions_player_ws: get(&self.sessions_player_ws),
+            sessions_player_wt: get(&self.sessions_player_wt),
             sessions_host_ws: get(&self.sessions_host_ws),
             sessions_refused: refused.into_iter().map(get).sum(),
             sessions_refused_offline: get(&self.sessions_refused_offline),

@@ -1,7 +1,7 @@
 //! The relay over TCP: TLS 1.3 with ALPN `blindrelay/1`, for hosts and players on
-//! networks that block or break UDP; and, chosen by the ALPN `http/1.1`, a WebSocket
-//! at [`websocket::PATH`] over the same TLS, for networks that pass only HTTPS and
-//! for browsers.
+//! networks that block or break UDP; and, chosen by the ALPN `http/1.1`, HTTPS
+//! ([`crate::web`]): a WebSocket at [`websocket::PATH`] over the same TLS, for
+//! networks that pass only HTTPS and for browsers, and the web player's files.
 //!
 //! A TCP connection carries one stream, framed as `blindrelay_transport` does it,
 //! and that stream is what a QUIC stream would be: its first message routes it to a
@@ -35,6 +35,7 @@ use crate::session_stream::{StreamRecv, StreamSend};
 use crate::state::RelayState;
 use crate::stats::{SessionRefused, Stats};
 use crate::tls::{self, RelayCertificate, TlsError};
+use crate::web::WebFront;
 use crate::{pool, registration, session};
 use blindrelay_transport::websocket;
 
@@ -58,6 +59,7 @@ const WRITE_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: TlsSettings,
+    web: Arc<WebFront>,
     shared: Arc<RelayState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -82,7 +84,7 @@ pub(crate) async fn accept_loop(
                     Ok(permit) => {
                         let tls = tls.read().unwrap_or_else(|p| p.into_inner()).clone();
                         let shutdown = shutdown.clone();
-                        connections.spawn(handle(socket, peer, tls, permit, shared.clone(), shutdown));
+                        connections.spawn(handle(socket, peer, tls, web.clone(), permit, shared.clone(), shutdown));
                     }
                     Err(refusal) => {
                         // Closed before the TLS handshake: a flood costs no crypto.
@@ -115,6 +117,7 @@ async fn handle(
     socket: TcpStream,
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
+    web: Arc<WebFront>,
     permit: ConnectionPermit,
     shared: Arc<RelayState>,
     mut shutdown: watch::Receiver<bool>,
@@ -158,27 +161,21 @@ async fn handle(
             return;
         }
         let framing = if kind == TransportKind::WebSocket {
-            // The upgrade is part of the handshake: its request, however slowly it
-            // trickles in, gets what is left of the handshake deadline.
+            // The request is part of the handshake: its head, however slowly it
+            // trickles in, gets what is left of the handshake deadline (and at most
+            // a few seconds). A request for anything but the relay's WebSocket is
+            // answered there, and the connection ends with it.
             let left = limits.handshake_timeout.0.saturating_sub(started.elapsed());
-            let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+            match crate::web::serve(
                 stream,
-                only_the_relay_path,
-                Some(websocket::config()),
-            );
-            match tokio::time::timeout(left, upgrade).await {
-                Ok(Ok(ws)) => Framing::WebSocket(Box::new(websocket::WsBytes::new(ws))),
-                Ok(Err(err)) => {
-                    Stats::bump(&shared.stats.websocket_upgrades_failed);
-                    debug!(%err, "WebSocket upgrade refused");
-                    return;
-                }
-                Err(_) => {
-                    Stats::bump(&shared.stats.websocket_upgrades_failed);
-                    Stats::bump(&shared.stats.connections_handshake_timed_out);
-                    debug!("WebSocket upgrade timed out");
-                    return;
-                }
+                &web,
+                left.min(crate::web::HEAD_TIMEOUT),
+                &shared.stats,
+            )
+            .await
+            {
+                Some(ws) => Framing::WebSocket(Box::new(websocket::WsBytes::new(ws))),
+                None => return,
             }
         } else {
             Framing::Tls(Box::new(stream))
@@ -256,25 +253,6 @@ pub(crate) fn tls(certificate: &RelayCertificate) -> Result<rustls::ServerConfig
 enum Framing {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     WebSocket(Box<websocket::WsBytes<tokio_rustls::server::TlsStream<TcpStream>>>),
-}
-
-/// Accepts the upgrade for the relay's WebSocket path only.
-#[allow(clippy::result_large_err)] // the callback's type is the WebSocket library's
-fn only_the_relay_path(
-    request: &tokio_tungstenite::tungstenite::handshake::server::Request,
-    response: tokio_tungstenite::tungstenite::handshake::server::Response,
-) -> Result<
-    tokio_tungstenite::tungstenite::handshake::server::Response,
-    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
-> {
-    if request.uri().path() == websocket::PATH {
-        return Ok(response);
-    }
-    let mut refused = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(Some(
-        "not found: the relay's WebSocket is at /blindrelay/1".to_owned(),
-    ));
-    *refused.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
-    Err(refused)
 }
 
 /// Routes the connection's one stream by its first message and serves it.

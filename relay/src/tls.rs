@@ -10,6 +10,10 @@ use std::sync::Arc;
 use blindrelay_protocol::{CertPin, ALPN};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::webtransport_cert::SharedShortLived;
 
 /// Why the relay's TLS setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +74,10 @@ impl std::fmt::Debug for RelayCertificate {
 
 impl RelayCertificate {
     /// A fresh self-signed certificate (ECDSA P-256) for `names`, made in memory.
+    /// Each DNS name is also covered as `*.<name>`: a host's web origin is
+    /// `<host id>.<name>` (see [`with_wildcards`]).
     pub fn self_signed(names: &[&str]) -> Result<Self, TlsError> {
-        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-        let certified = rcgen::generate_simple_self_signed(names)
+        let certified = rcgen::generate_simple_self_signed(with_wildcards(names))
             .map_err(|err| TlsError::SelfSigned(err.to_string()))?;
         Ok(Self {
             chain: vec![certified.cert.der().clone()],
@@ -103,8 +108,7 @@ impl RelayCertificate {
 
     /// The certificate and key in PEM, for writing files in tests and tooling.
     pub fn self_signed_pem(names: &[&str]) -> Result<(String, String), TlsError> {
-        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-        let certified = rcgen::generate_simple_self_signed(names)
+        let certified = rcgen::generate_simple_self_signed(with_wildcards(names))
             .map_err(|err| TlsError::SelfSigned(err.to_string()))?;
         Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
     }
@@ -132,15 +136,75 @@ impl RelayCertificate {
     }
 }
 
+/// `names`, each DNS name followed by its wildcard `*.<name>`, which covers every
+/// host's web origin `<host id>.<name>` (the web player is served there, one origin
+/// per host). IP addresses have no subdomains and stay as they are.
+fn with_wildcards(names: &[&str]) -> Vec<String> {
+    let mut all = Vec::with_capacity(names.len() * 2);
+    for name in names {
+        if !all.iter().any(|known| known == name) {
+            all.push(name.to_string());
+        }
+        let wildcard = format!("*.{name}");
+        if name.parse::<std::net::IpAddr>().is_err()
+            && !name.starts_with("*.")
+            && !all.contains(&wildcard)
+        {
+            all.push(wildcard);
+        }
+    }
+    all
+}
+
 /// The TLS side of the relay's QUIC server configuration: TLS 1.3 only, our ALPN
-/// only, no 0-RTT (early data is replayable, and nothing here is worth the risk).
+/// and HTTP/3's only, no 0-RTT (early data is replayable, and nothing here is worth
+/// the risk). With `short_lived`, a browser (a client that offers `h3` and not our
+/// ALPN) gets the short-lived certificate its page accepts by hash.
 pub(crate) fn server_crypto(
     certificate: &RelayCertificate,
+    short_lived: Option<SharedShortLived>,
 ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, TlsError> {
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(certificate, &[ALPN])?)
+    // `h3`: WebTransport for browsers' players (see `crate::webtransport`).
+    let alpn = [ALPN, crate::webtransport::H3_ALPN];
+    let mut tls = server_tls(certificate, &alpn)?;
+    if let Some(short_lived) = short_lived {
+        let main = rustls::crypto::ring::sign::any_supported_type(&certificate.key)
             .map_err(|err| TlsError::Config(err.to_string()))?;
+        tls.cert_resolver = Arc::new(AlpnResolver {
+            main: Arc::new(CertifiedKey::new(certificate.chain.clone(), main)),
+            short_lived,
+        });
+    }
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|err| TlsError::Config(err.to_string()))?;
     Ok(Arc::new(crypto))
+}
+
+/// Chooses the certificate by the client's ALPN (see [`server_crypto`]).
+struct AlpnResolver {
+    main: Arc<CertifiedKey>,
+    short_lived: SharedShortLived,
+}
+
+impl std::fmt::Debug for AlpnResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlpnResolver").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for AlpnResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let offers = |wanted: &[u8]| {
+            hello
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|alpn| alpn == wanted))
+        };
+        if offers(crate::webtransport::H3_ALPN) && !offers(ALPN) {
+            let short_lived = self.short_lived.read().unwrap_or_else(|p| p.into_inner());
+            return Some(short_lived.current());
+        }
+        Some(self.main.clone())
+    }
 }
 
 /// The TLS settings of every transport: TLS 1.3 only, the given ALPNs only (QUIC:

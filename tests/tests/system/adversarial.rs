@@ -494,9 +494,10 @@ async fn only_tls_1_3_with_our_alpn_gets_in() {
     // Our ALPN: in.
     let ok = connect(client_trusting(&cert_pem, blindrelay_protocol::ALPN)).await;
     assert!(ok.is_ok(), "{ok:?}");
-    // Another ALPN (HTTP/3, or the direct path's): refused in the TLS handshake with
+    // Another ALPN (the TCP listener's `http/1.1`, or the direct path's; HTTP/3 is
+    // the browsers' way in, PROTOCOL.md 19.1): refused in the TLS handshake with
     // no_application_protocol (TLS alert 120, QUIC crypto error 0x178).
-    for alpn in [&b"h3"[..], blindrelay_protocol::DIRECT_ALPN] {
+    for alpn in [&b"http/1.1"[..], blindrelay_protocol::DIRECT_ALPN] {
         let err = connect(client_trusting(&cert_pem, alpn)).await.unwrap_err();
         let text = err.to_string();
         assert!(

@@ -22,3 +22,5 @@ mod sessions;
 mod tap;
 mod tokens;
 mod transports;
+mod web;
+mod webtransport;

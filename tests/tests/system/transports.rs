@@ -491,7 +491,15 @@ async fn an_http_request_that_never_finishes_is_cut_at_the_handshake_deadline() 
         .await
         .expect("the relay closes it");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(relay.stats().websocket_upgrades_failed, 1);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 408"), "{rest}");
+    assert_eq!(
+        relay
+            .stats()
+            .http_requests(blindrelay_relay::HttpOutcome::Timeout),
+        1
+    );
+    assert_eq!(relay.stats().connections_handshake_timed_out, 1);
     assert_eq!(relay.stats().connections_open, 0);
 }
 

@@ -1,0 +1,2 @@
+// Placeholder: the real Service Worker is built from web/src.
+self.addEventListener("fetch", () => {});
