@@ -121,7 +121,11 @@ async function probe(hostId: Uint8Array, key: Awaited<ReturnType<typeof loadOrCr
         "The host does not serve this browser yet.",
         "Ask the host's owner to add the player key below to the host's authorized players, then try again.",
       );
-    } else if (error.kind === "relay-refused" && (error.code === ErrorCode.HostOffline || error.code === ErrorCode.HostUnreachable)) {
+    } else if (
+      (error.kind === "relay-refused" && (error.code === ErrorCode.HostOffline || error.code === ErrorCode.HostUnreachable)) ||
+      // The relay paired the session with a host connection that was just then going away.
+      error.kind === "host-left"
+    ) {
       show("host-offline", "The host is offline.", "The relay has no connection from this host now. Try again when its owner has it running.");
     } else if (error.kind === "connection" || error.kind === "timeout") {
       show("relay-unreachable", "The relay cannot be reached.", error.message);
