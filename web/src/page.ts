@@ -157,7 +157,9 @@ async function start(): Promise<void> {
   location.replace("/");
 }
 
-if (typeof document !== "undefined") {
+// Only as the player page: a module imported elsewhere (a test, a benchmark, a
+// host's page) gets the exports and nothing runs.
+if (typeof document !== "undefined" && location.pathname.startsWith("/.blindrelay/")) {
   main().catch((err: unknown) => {
     show("failed", "The player stopped.", err instanceof Error ? err.message : String(err));
   });
