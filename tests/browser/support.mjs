@@ -81,6 +81,21 @@ export class Processes {
     return proc;
   }
 
+  /**
+   * Starts a program that is not one of ours (`nginx`), found on PATH or at its
+   * full path, kept and ended like the others.
+   */
+  startCommand(name, command, args, options = {}) {
+    const child = spawn(command, args, {
+      cwd: options.cwd,
+      env: process.env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const proc = new Proc(name, child, this.logDir);
+    this.children.push(proc);
+    return proc;
+  }
+
   /** Keeps `server` to close at the end. */
   track(server) {
     this.servers.push(server);

@@ -17,3 +17,7 @@ export {
   connectPlayer,
   relayWebSocketUrl,
 } from "./session.js";
+export { type StaticKey, generateWebCryptoKeyPair, rawStaticKey, webCryptoStaticKey } from "./statickey.js";
+export { type Ticket, TicketError, parseTicket } from "./ticket.js";
+export { HttpError, type HttpRequest, type HttpResponseHead, ResponseReader, encodeRequest } from "./http1.js";
+export { Tunnel, type TunnelOptions, type TunnelResponse } from "./tunnel.js";

@@ -33,6 +33,7 @@ import { hmac } from "@noble/hashes/hmac.js";
 
 import { type Aead, AeadError, type AeadKey, TAG_LEN, defaultAead } from "./aead.js";
 import { concat, writeU16 } from "./bytes.js";
+import { type StaticKey, rawStaticKey } from "./statickey.js";
 
 /** The Noise protocol name; part of protocol version 1. */
 export const NOISE_PARAMS = "Noise_IK_25519_AESGCM_BLAKE2s";
@@ -307,7 +308,7 @@ export class PlayerHandshake {
 
   private constructor(
     private readonly symmetric: SymmetricState,
-    private readonly staticSecret: Uint8Array,
+    private readonly staticKey: StaticKey,
     private readonly ephemeralSecret: Uint8Array,
     private readonly hostId: Uint8Array,
     /** The hello, framed (`0060` and 96 bytes): write it right after `Connect`. */
@@ -316,19 +317,21 @@ export class PlayerHandshake {
 
   /**
    * Builds the hello to the host `hostId` (its 32-byte static public key) as the
-   * player with secret key `playerSecret`.
+   * player with static key `player`: its 32 secret bytes, or a {@link StaticKey}
+   * (a WebCrypto key the page cannot read out).
    */
   static async start(
-    playerSecret: Uint8Array,
+    player: Uint8Array | StaticKey,
     hostId: Uint8Array,
     options: HandshakeOptions = {},
   ): Promise<PlayerHandshake> {
-    if (playerSecret.length !== 32 || hostId.length !== 32) {
+    if ((player instanceof Uint8Array && player.length !== 32) || hostId.length !== 32) {
       throw new NoiseError("handshake", "keys are 32 bytes");
     }
+    const staticKey = player instanceof Uint8Array ? rawStaticKey(player) : player;
     // A low-order host key would make `es` and `ss` public, exposing the player's
     // static key to whoever relays the hello. No real host id is low-order.
-    const ss = dh(playerSecret, hostId);
+    const ss = await staticKey.dh(hostId);
     if (ss === undefined) throw new NoiseError("handshake", "host id is not a usable X25519 key");
     const aead = options.aead ?? defaultAead();
     const ephemeralSecret = options.ephemeralSecretForTesting?.slice() ?? generateSecretKey();
@@ -340,11 +343,11 @@ export class PlayerHandshake {
     const es = dh(ephemeralSecret, hostId);
     if (es === undefined) throw new NoiseError("handshake", "key agreement failed");
     symmetric.mixKey(es); // es
-    const encryptedStatic = await symmetric.encryptAndHash(publicKey(playerSecret)); // s
+    const encryptedStatic = await symmetric.encryptAndHash(staticKey.publicKey); // s
     symmetric.mixKey(ss); // ss
     const payload = await symmetric.encryptAndHash(EMPTY); // empty payload: the hello can be replayed
     const hello = frameMessage(concat(ephemeral, encryptedStatic, payload));
-    return new PlayerHandshake(symmetric, playerSecret.slice(), ephemeralSecret, hostId.slice(), hello);
+    return new PlayerHandshake(symmetric, staticKey, ephemeralSecret, hostId.slice(), hello);
   }
 
   /**
@@ -361,7 +364,7 @@ export class PlayerHandshake {
     const remoteEphemeral = reply.subarray(0, 32);
     s.mixHash(remoteEphemeral); // <- e
     const ee = dh(this.ephemeralSecret, remoteEphemeral);
-    const se = dh(this.staticSecret, remoteEphemeral);
+    const se = await this.staticKey.dh(remoteEphemeral);
     if (ee === undefined || se === undefined) throw new NoiseError("handshake", "key agreement failed");
     s.mixKey(ee); // ee
     s.mixKey(se); // se

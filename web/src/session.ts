@@ -29,6 +29,7 @@ import { CLOSE_CODES, STREAM_CODES, StreamCode, describeCode } from "./codes.js"
 import { ControlError, type SessionLimits, describeErrorCode, encodeConnect, takePlayerControl } from "./control.js";
 import { FrameDecoder, FrameError, encodeData, encodeFrame, type StreamFrame } from "./frames.js";
 import { MAX_PLAINTEXT_LEN, NoiseError, PlayerHandshake, type Transport } from "./noise.js";
+import type { StaticKey } from "./statickey.js";
 
 /** The part of a WebSocket this module uses: the browser's, or a test's stand-in. */
 export interface WebSocketLike {
@@ -46,8 +47,8 @@ export interface ConnectOptions {
   readonly url: string;
   /** The host id: the host's 32-byte static public key, from its ticket. */
   readonly hostId: Uint8Array;
-  /** This player's 32-byte static secret key. */
-  readonly playerSecret: Uint8Array;
+  /** This player's static key: 32 secret bytes, or a {@link StaticKey} (a WebCrypto key the page cannot read out). */
+  readonly playerSecret: Uint8Array | StaticKey;
   /** Opens the WebSocket; the global `WebSocket` by default. */
   readonly openWebSocket?: (url: string) => WebSocketLike;
   /** Time for everything up to the verdict, in ms (the reference player allows 15 s). */

@@ -1,0 +1,166 @@
+/**
+ * The player page, `/.blindrelay/` on a host's origin: takes the ticket from the
+ * link's fragment (which never reaches the relay's HTTP server) and removes it from
+ * the address bar, keeps it and the player's static key in IndexedDB, shows the
+ * player key, checks once that the host serves this player, installs the service
+ * worker that tunnels the origin's requests, and hands the tab to the host's web
+ * app at `/`.
+ *
+ * Loaded as a module script from the page's own origin: no inline script or
+ * style, so the relay can serve it under a Content-Security-Policy of 'self'.
+ */
+
+import { ErrorCode } from "./codes.js";
+import { keyText } from "./keys.js";
+import { hostIdOfHostname, hostnameFor, webSocketUrl } from "./origin.js";
+import { SessionError, connectPlayer } from "./session.js";
+import { loadOrCreateStaticKey, loadTicket, loadTransport, saveTicket, saveTransport } from "./store.js";
+import { TicketError, parseTicket } from "./ticket.js";
+
+export * from "./index.js";
+
+/** What the page is showing; `data-state` on `<body>`, for people's stylesheets and for tests. */
+type PageState =
+  | "loading"
+  | "no-ticket"
+  | "bad-ticket"
+  | "connecting"
+  | "not-authorized"
+  | "host-offline"
+  | "relay-unreachable"
+  | "failed"
+  | "no-service-worker"
+  | "starting";
+
+function show(state: PageState, status: string, detail = ""): void {
+  document.body.dataset["state"] = state;
+  text("status", status);
+  text("detail", detail);
+}
+
+function text(id: string, value: string): void {
+  const el = document.getElementById(id);
+  if (el !== null) el.textContent = value;
+}
+
+function reveal(id: string, visible: boolean): void {
+  const el = document.getElementById(id);
+  if (el !== null) el.hidden = !visible;
+}
+
+async function main(): Promise<void> {
+  const params = new URLSearchParams(location.search);
+  const wanted = params.get("transport");
+  if (wanted === "websocket" || wanted === "auto") await saveTransport(wanted);
+
+  // The ticket rides in the fragment so that no HTTP server sees it; once read it
+  // leaves the address bar, the history entry and anything a person copies from it.
+  const fromLink = decodeURIComponent(location.hash.slice(1)).trim();
+  if (fromLink !== "") history.replaceState(null, "", location.pathname + location.search);
+  const ticketText = fromLink !== "" ? fromLink : await loadTicket();
+  if (ticketText === undefined) {
+    show("no-ticket", "No ticket.", "Open the link the host's owner shared: it ends with #brt… and carries the ticket.");
+    return;
+  }
+  let hostId: Uint8Array;
+  try {
+    hostId = parseTicket(ticketText).hostId;
+  } catch (err) {
+    show("bad-ticket", "This link's ticket cannot be read.", err instanceof TicketError ? err.message : String(err));
+    return;
+  }
+  const here = hostIdOfHostname(location.hostname);
+  if (here === undefined || keyText(here) !== keyText(hostId)) {
+    // Every host has its own origin; a ticket opened on another one moves there.
+    const target = new URL(location.href);
+    target.hostname = hostnameFor(hostId, location.hostname);
+    target.hash = ticketText;
+    location.replace(target.href);
+    return;
+  }
+  await saveTicket(ticketText);
+
+  const key = await loadOrCreateStaticKey();
+  text("player-key", keyText(key.publicKey));
+  reveal("key-section", true);
+  const transport = await loadTransport();
+  text(
+    "transport",
+    `Transport: ${transport === "websocket" ? "WebSocket (set by the link)" : "WebSocket"}; key kept ${key.kind === "webcrypto" ? "by WebCrypto, not readable by scripts" : "as bytes (this browser has no X25519 in WebCrypto)"}.`,
+  );
+
+  const retry = document.getElementById("retry");
+  let running = false;
+  const attempt = async () => {
+    if (running) return;
+    running = true;
+    reveal("retry", false);
+    try {
+      if (await probe(hostId, key)) await start();
+    } finally {
+      running = false;
+    }
+  };
+  retry?.addEventListener("click", () => void attempt());
+  await attempt();
+}
+
+/** Opens one session to see that the host serves this player; says why not where it does not. */
+async function probe(hostId: Uint8Array, key: Awaited<ReturnType<typeof loadOrCreateStaticKey>>): Promise<boolean> {
+  show("connecting", "Connecting to the host through the relay…");
+  try {
+    const session = await connectPlayer({ url: webSocketUrl(location.host), hostId, playerSecret: key });
+    await session.writable.close().catch(() => {});
+    session.abort();
+    return true;
+  } catch (err) {
+    const error = err instanceof SessionError ? err : new SessionError("connection", String(err));
+    if (error.kind === "not-authorized") {
+      show(
+        "not-authorized",
+        "The host does not serve this browser yet.",
+        "Ask the host's owner to add the player key below to the host's authorized players, then try again.",
+      );
+    } else if (
+      (error.kind === "relay-refused" && (error.code === ErrorCode.HostOffline || error.code === ErrorCode.HostUnreachable)) ||
+      // The relay paired the session with a host connection that was just then going away.
+      error.kind === "host-left"
+    ) {
+      show("host-offline", "The host is offline.", "The relay has no connection from this host now. Try again when its owner has it running.");
+    } else if (error.kind === "connection" || error.kind === "timeout") {
+      show("relay-unreachable", "The relay cannot be reached.", error.message);
+    } else {
+      show("failed", "The host could not be reached.", error.message);
+    }
+    reveal("retry", true);
+    return false;
+  }
+}
+
+/** Installs the service worker for the whole origin and hands over to the host's web app. */
+async function start(): Promise<void> {
+  const container = navigator.serviceWorker as ServiceWorkerContainer | undefined;
+  if (container === undefined) {
+    show("no-service-worker", "This browser cannot run the player here.", "It gives this page no service worker (a private window may not).");
+    return;
+  }
+  show("starting", "Starting the player…");
+  const controlled = new Promise<void>((resolve) => {
+    if (container.controller !== null) resolve();
+    else container.addEventListener("controllerchange", () => resolve(), { once: true });
+  });
+  const registration = await container.register("/.blindrelay/sw.js", { scope: "/", updateViaCache: "none" });
+  await container.ready;
+  // A worker already in control may hold a previous ticket's sessions.
+  (container.controller ?? registration.active)?.postMessage({ type: "reload" });
+  await controlled;
+  location.replace("/");
+}
+
+// Only as the player page: a module imported elsewhere (a test, a benchmark, a
+// host's page) gets the exports and nothing runs.
+if (typeof document !== "undefined" && location.pathname.startsWith("/.blindrelay/")) {
+  main().catch((err: unknown) => {
+    show("failed", "The player stopped.", err instanceof Error ? err.message : String(err));
+  });
+}
