@@ -546,6 +546,10 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
         relay_state,
         players,
     } = run;
+    // Listened for before anything is printed: a script that acts on our first
+    // lines may send either at once.
+    let mut interrupt = Interrupt::new()?;
+    let mut switch = RelaySwitch::new()?;
     let forward: std::sync::Arc<str> = forward.into();
     check_service(&forward).await;
     let token = config.token.clone();
@@ -593,15 +597,9 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
     if let Some(token) = &token {
         token_watch.announce(token);
     }
-    let mut switch = RelaySwitch::new()?;
-
     let mut state = agent.watch_state();
     let mut sessions = JoinSet::new();
     let mut shown = None;
-    // One listener for the whole loop: a signal that arrives between two iterations
-    // is not lost, as it would be with a new `ctrl_c()` per iteration.
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     // Not at once: the first lines a script reads are the host's and its state's.
     let mut token_poll =
         tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_POLL, TOKEN_POLL);
@@ -658,7 +656,7 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
                     agent.set_token(token);
                 }
             }
-            _ = &mut ctrl_c => {
+            () = interrupt.recv() => {
                 info!("shutting down");
                 agent.shutdown().await;
                 return Ok(());
@@ -894,6 +892,41 @@ impl Drop for PidFile {
     }
 }
 
+/// Ctrl-C (SIGINT), listened for from the moment this is made, for the whole run:
+/// made before the first line a script acts on is printed, so an interrupt sent
+/// right after that line ends the program cleanly rather than by the signal's
+/// default action, and one between two turns of a loop is not lost.
+struct Interrupt {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                signal: signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next interrupt.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            self.signal.recv().await;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Enable Relay switched by signals: SIGUSR1 off, SIGUSR2 on (Unix only).
 struct RelaySwitch {
     #[cfg(unix)]
@@ -932,6 +965,7 @@ impl RelaySwitch {
 
 async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Result<()> {
     let player = std::sync::Arc::new(Player::new(config));
+    let mut interrupt = Interrupt::new()?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -942,9 +976,6 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
 
     let ticket = std::sync::Arc::new(ticket);
     let mut sessions = JoinSet::new();
-    // One listener for the whole loop, so a Ctrl-C between iterations is not lost.
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -980,7 +1011,7 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
                 });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            _ = &mut ctrl_c => {
+            () = interrupt.recv() => {
                 info!("shutting down");
                 sessions.shutdown().await;
                 player.close().await;

@@ -174,6 +174,10 @@ pub(super) async fn run_relay(
     let mut leaving: Option<Leaving> = None;
     // The relay the host is registered with now.
     let mut current = relay.clone();
+    // Pool members this host has been sent to, newest first: where it registers
+    // again when the ticket's relay cannot be reached (a pool member that is gone
+    // for good, named in the ticket).
+    let mut known: Vec<RelayUrl> = Vec::new();
     loop {
         while departing.try_join_next().is_some() {}
         if !*control.enabled.borrow_and_update() {
@@ -208,13 +212,18 @@ pub(super) async fn run_relay(
                     }
                     None => {
                         let token = control.token.borrow().clone();
-                        let (targets, redirects) = move_to
-                            .take()
-                            .unwrap_or_else(|| (vec![relay.clone()], 0));
+                        let (targets, redirects) = move_to.take().unwrap_or_else(|| {
+                            let mut targets = vec![relay.clone()];
+                            targets.extend(known.iter().filter(|url| *url != relay).cloned());
+                            (targets, 0)
+                        });
                         let place = Place { config, endpoints, udp: &udp, counters: &control.counters };
-                        register_following(place, token, targets, redirects)
+                        register_following(place, token, targets, redirects, &mut known)
                             .await
                             .map(|(registration, held, at)| {
+                                if at != *relay {
+                                    remember(&mut known, &at);
+                                }
                                 current = at;
                                 (registration, held)
                             })
@@ -315,6 +324,9 @@ pub(super) async fn run_relay(
                         if targets.is_empty() {
                             continue;
                         }
+                        for target in targets.iter().rev() {
+                            remember(&mut known, target);
+                        }
                         move_to = Some((targets, 1));
                         leaving = Some(left);
                         backoff.reset();
@@ -385,6 +397,16 @@ pub(crate) fn member_urls(like: &RelayUrl, members: &[String]) -> Vec<RelayUrl> 
         .collect()
 }
 
+/// How many pool members a host remembers as places to register again.
+const KNOWN_MEMBERS: usize = 8;
+
+/// Puts `url` first in `known`, once, keeping the newest [`KNOWN_MEMBERS`].
+fn remember(known: &mut Vec<RelayUrl>, url: &RelayUrl) {
+    known.retain(|seen| seen != url);
+    known.insert(0, url.clone());
+    known.truncate(KNOWN_MEMBERS);
+}
+
 /// What registering anywhere needs of the agent.
 #[derive(Clone, Copy)]
 struct Place<'a> {
@@ -397,12 +419,14 @@ struct Place<'a> {
 /// Registers with the first of `targets` that takes the host, following pool
 /// redirects (PROTOCOL.md section 18.4): up to [`MAX_REDIRECTS`] of them, after
 /// which the relay asked registers the host where it is. A target that cannot be
-/// reached gives way to the next one. Returns the registration and where it is.
+/// reached gives way to the next one. The members redirects name are remembered in
+/// `known`. Returns the registration and where it is.
 async fn register_following(
     place: Place<'_>,
     token: Option<Token>,
     targets: Vec<RelayUrl>,
     mut redirects: u8,
+    known: &mut Vec<RelayUrl>,
 ) -> Result<(Registration, CountedRelayConnection, RelayUrl), RegisterError> {
     let mut queue: std::collections::VecDeque<RelayUrl> = targets.into();
     let mut last = None;
@@ -413,7 +437,11 @@ async fn register_following(
             Err(RegisterError::Redirected { members }) if redirects < MAX_REDIRECTS => {
                 debug!(from = %url, to = ?members, "redirected within the relay pool");
                 redirects += 1;
-                queue = member_urls(&url, &members).into();
+                let urls = member_urls(&url, &members);
+                for member in urls.iter().rev() {
+                    remember(known, member);
+                }
+                queue = urls.into();
                 last = Some(RegisterError::Redirected { members });
             }
             Err(err)

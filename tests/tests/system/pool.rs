@@ -691,3 +691,23 @@ async fn members_read_from_dns_place_hosts_and_follow_a_removal() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_ticket_names_a_member_gone_for_good_registers_with_the_others() {
+    let mut pool = Pool::start(3).await;
+    let names = pool.names();
+    // A host that enters by member 0 and is owned by member 1.
+    let i = (0..=255u8)
+        .find(|&i| pool.owner_among(&host_key(i).host_id(), &names) == 1)
+        .expect("a host member 1 owns");
+    let (_, ticket, _echo) = start_pool_host(i, &pool.url(0)).await;
+    wait_until("the host is at its owner", || pool.held()[1] == 1).await;
+    // Its entry member goes away for good; then its owner stops abruptly.
+    drop(pool.members[0].relay.take());
+    drop(pool.members[1].relay.take());
+    wait_until("the host registers with the last member", || {
+        pool.held()[2] == 1
+    })
+    .await;
+    echo_session(&player(), &entering_at(&ticket, &pool.url(2)), 9, 4096).await;
+}
