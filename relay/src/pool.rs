@@ -210,12 +210,17 @@ impl Pool {
             if self.redirect(&host_id, 0).is_none() {
                 continue;
             }
-            let jitter = self.config.move_jitter.mul_f64(fastrand::f64());
-            tokio::time::sleep(jitter).await;
+            tokio::time::sleep(self.jitter()).await;
             if let Some(members) = self.redirect(&host_id, 0) {
                 return members;
             }
         }
+    }
+
+    /// A random wait of up to the move jitter: what spreads the hosts of one change
+    /// (or one drain) over time, so the members taking them in are not swamped.
+    pub(crate) fn jitter(&self) -> std::time::Duration {
+        self.config.move_jitter.mul_f64(fastrand::f64())
     }
 
     /// Replaces the view; true when it changed.

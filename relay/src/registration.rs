@@ -141,11 +141,17 @@ pub(crate) async fn register_and_hold(
                 Box::pin(tell_to_move(send, recv, members)).await;
             }
             End::Draining if draining_successors(&shared, &host_id).is_some() => {
-                // In a pool: the host moves to its next owner at once, and its
-                // registration here lasts until it is registered there.
+                // In a pool: the host moves to its next owner, the hosts of this
+                // relay spread over the move jitter, and its registration here lasts
+                // until it is registered there.
                 let members = draining_successors(&shared, &host_id).unwrap_or_default();
+                let jitter = shared.pool.as_ref().map(|pool| pool.jitter());
                 Stats::bump(&shared.stats.pool_moved_drain);
-                Box::pin(tell_to_move(send, recv, members)).await;
+                Box::pin(async {
+                    tokio::time::sleep(jitter.unwrap_or_default()).await;
+                    tell_to_move(send, recv, members).await;
+                })
+                .await;
                 info!("the relay drains: told the host to move to its next owner");
             }
             End::Draining => {
