@@ -350,3 +350,41 @@ async fn a_webtransport_session_without_streams_is_closed_as_idle() {
     }
     assert_eq!(relay.stats().connections_idle_closed, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_sees_only_ciphertext_of_a_browser_transport_session() {
+    // What a page sends, through the relay's splice tap: the same Noise frames as a
+    // native player's, so a plaintext marker written either way never shows.
+    const MARKER: &[u8] = b"browser-plaintext-marker:0123456789abcdef";
+    let (relay, tap) = crate::tap::start_relay_with_tap();
+    let mut agent = start_host(relay.url()).await;
+    let host_id = *agent.host_id();
+    let session = webtransport_to(&relay, &host_id, "/blindrelay/1")
+        .await
+        .expect("the relay accepts the session");
+    let (player_side, host_side) =
+        tokio::join!(webtransport_player(&session, host_id), agent.accept());
+    let (mut player_side, mut host_side) = (player_side.expect("connected"), host_side.unwrap());
+
+    let message = MARKER.repeat(1000);
+    player_side.write_all(&message).await.unwrap();
+    player_side.shutdown().await.unwrap();
+    let mut received = Vec::new();
+    host_side.read_to_end(&mut received).await.unwrap();
+    assert_eq!(received, message, "the host gets the plaintext");
+    host_side.write_all(&message).await.unwrap();
+    host_side.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    player_side.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, message);
+
+    let up = tap.player_to_host.lock().unwrap().clone();
+    let down = tap.host_to_player.lock().unwrap().clone();
+    assert!(up.len() >= message.len() && down.len() >= message.len());
+    for (seen, way) in [(&up, "player to host"), (&down, "host to player")] {
+        assert!(
+            !seen.windows(16).any(|window| window == &MARKER[..16]),
+            "plaintext visible to the relay, {way}"
+        );
+    }
+}
