@@ -108,6 +108,9 @@ async fn serve_connection(
     let draining = shared.draining();
     tokio::pin!(draining);
     let mut drained = false;
+    // Unidirectional streams are for browsers' HTTP/3 only (see `transport`): none
+    // beyond those the transport parameters allowed, and those are stopped unread.
+    connection.set_max_concurrent_uni_streams(0u32.into());
     loop {
         let idle_player = streams.is_empty() && !is_host.load(Ordering::Acquire);
         if drained && idle_player {
@@ -136,6 +139,9 @@ async fn serve_connection(
                     b"no registration and no session: idle connection closed",
                 );
                 break;
+            }
+            Ok(mut stray) = connection.accept_uni() => {
+                let _ = stray.stop(codes::stream::PROTOCOL_VIOLATION.into());
             }
             accepted = connection.accept_bi() => {
                 let (send, recv) = match accepted {

@@ -141,7 +141,12 @@ pub(crate) fn transport_config(
     transport
         .max_idle_timeout(Some(idle_timeout))
         .max_concurrent_bidi_streams(limits.connections.max_streams.min(INITIAL_STREAMS).into())
-        .max_concurrent_uni_streams(0u32.into())
+        // None for QUIC players and hosts (a connection on `blindrelay/1` takes the
+        // credit back and stops any it gets); browsers' HTTP/3 needs a few, and
+        // must find them in the transport parameters from the first packet: a
+        // browser that resumes a connection refuses a lower limit than it was
+        // given before.
+        .max_concurrent_uni_streams(crate::webtransport::H3_UNI_STREAMS.into())
         // The relay's buffer per session and direction: what a sender may have in
         // flight to the relay before the relay has passed it on.
         .stream_receive_window(varint(window, "sessions.window")?)

@@ -47,7 +47,7 @@ pub(crate) const PATH: &str = "/blindrelay/1";
 /// Unidirectional streams a browser may open: HTTP/3's control stream and QPACK's
 /// encoder and decoder streams. The relay opens none but its own control stream,
 /// and reads only the peer's control stream (its settings).
-const H3_UNI_STREAMS: u32 = 3;
+pub(crate) const H3_UNI_STREAMS: u32 = 3;
 
 /// WebTransport's frame type at the start of a bidirectional stream.
 const WEBTRANSPORT_STREAM: u64 = 0x41;
@@ -83,9 +83,6 @@ pub(crate) async fn serve(
     handshake_left: Duration,
     shared: Arc<RelayState>,
 ) {
-    // The transport settings allow no unidirectional stream (QUIC players need
-    // none); HTTP/3 needs a few.
-    connection.set_max_concurrent_uni_streams(H3_UNI_STREAMS.into());
     let request = match tokio::time::timeout(
         handshake_left,
         web_transport_quinn::Request::accept(connection.clone()),

@@ -1223,3 +1223,43 @@ async fn a_flood_of_abandoned_handshakes_costs_the_relay_a_fixed_overhead() {
     );
     drop(host);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unidirectional_streams_from_a_quic_client_are_stopped_unread() {
+    // The transport parameters allow browsers' HTTP/3 a few unidirectional streams;
+    // on the relay's own protocol each is stopped at once and no more are granted.
+    let relay = start_relay();
+    let connection = raw_connection(&relay).await;
+    let mut stray = connection
+        .open_uni()
+        .await
+        .expect("the first few are allowed");
+    stray.write_all(b"not HTTP/3").await.unwrap();
+    let stopped = tokio::time::timeout(PATIENCE, stray.stopped())
+        .await
+        .expect("stopped in time");
+    assert_eq!(
+        stopped.expect("stopped, not lost"),
+        Some(blindrelay_protocol::codes::stream::PROTOCOL_VIOLATION.into())
+    );
+    // Beyond the initial credit, none is granted: opening waits forever.
+    for _ in 0..2 {
+        let mut more = connection.open_uni().await.unwrap();
+        let _ = more.write_all(b"x").await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), connection.open_uni())
+            .await
+            .is_err(),
+        "no further unidirectional stream is granted"
+    );
+    // The connection still serves its purpose.
+    let host = start_host(relay.url()).await;
+    let answer = raw_exchange(
+        &connection,
+        &ControlMessage::connect(*host.host_id()).to_frame(),
+        true,
+    )
+    .await;
+    assert!(answer.is_some(), "the connection still answers");
+}
