@@ -27,6 +27,7 @@ type PageState =
   | "connecting"
   | "not-authorized"
   | "host-offline"
+  | "redirected"
   | "relay-unreachable"
   | "failed"
   | "no-service-worker"
@@ -127,6 +128,12 @@ async function probe(hostId: Uint8Array, key: Awaited<ReturnType<typeof loadOrCr
       error.kind === "host-left"
     ) {
       show("host-offline", "The host is offline.", "The relay has no connection from this host now. Try again when its owner has it running.");
+    } else if (error.kind === "redirected") {
+      show(
+        "redirected",
+        "This relay is part of a pool and does not hold this host.",
+        `${error.message}. This page cannot follow the relay there yet: ask the host's owner for a link to that relay.`,
+      );
     } else if (error.kind === "connection" || error.kind === "timeout") {
       show("relay-unreachable", "The relay cannot be reached.", error.message);
     } else {

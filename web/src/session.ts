@@ -65,6 +65,8 @@ export interface ConnectOptions {
 export type SessionErrorKind =
   /** The relay answered `Error` instead of `Connected` (code and reason attached). */
   | "relay-refused"
+  /** The relay is a pool member that does not hold the host and named the members that may (section 18.4). */
+  | "redirected"
   /** The host does not serve this player's key. */
   | "not-authorized"
   /** The host's side went away without ending the session (`PEER_GONE`). */
@@ -106,6 +108,8 @@ export class SessionError extends Error {
     message: string,
     /** The stream, close or relay error code that said so, where one did. */
     readonly code?: number,
+    /** For `redirected`: the pool members the relay named, the host's owner first. */
+    readonly members?: readonly string[],
   ) {
     super(message);
   }
@@ -183,6 +187,17 @@ export async function connectPlayer(options: ConnectOptions): Promise<PlayerSess
         "relay-refused",
         `the relay refused the session: ${describeErrorCode(answer.code)}${answer.reason ? ` (${answer.reason})` : ""}`,
         answer.code,
+      );
+    }
+    if (answer.kind === "redirect") {
+      // Following it would mean opening sessions to another origin, which the
+      // page's Content-Security-Policy does not allow (web/README.md says what it
+      // would take). Said plainly instead of as a failure with no reason.
+      throw new SessionError(
+        "redirected",
+        `this relay is part of a pool; the host is at ${answer.members[0] ?? "another member"}`,
+        undefined,
+        answer.members,
       );
     }
     const reply = await link.read(takeNoiseMessage, deadline);

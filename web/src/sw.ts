@@ -112,6 +112,8 @@ function failure(request: Request, err: unknown): Response {
       ? "The host does not serve this browser's player key."
       : err instanceof SessionError && err.kind === "relay-refused"
         ? `The relay refused the session: ${err.message}.`
+        : err instanceof SessionError && err.kind === "redirected"
+          ? `The relay does not hold this host: ${err.message}.`
         : `The host could not be reached: ${err instanceof Error ? err.message : String(err)}.`;
   if (request.mode !== "navigate") return new Response(`${why}\n`, { status: 502, headers: { "Content-Type": "text/plain; charset=utf-8" } });
   const page =
