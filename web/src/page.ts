@@ -195,6 +195,9 @@ async function start(): Promise<void> {
 // Only as the player page: a module imported elsewhere (a test, a benchmark, a
 // host's page) gets the exports and nothing runs.
 if (typeof document !== "undefined" && location.pathname.startsWith("/.blindrelay/")) {
+  // A share link opened in a tab already on this page changes only the fragment,
+  // which loads nothing: start again with the link's ticket.
+  window.addEventListener("hashchange", () => location.reload());
   main().catch((err: unknown) => {
     show("failed", "The player stopped.", err instanceof Error ? err.message : String(err));
   });
