@@ -36,9 +36,9 @@ export interface RelayTransportsOptions {
   /** Makes a WebTransport session; by default the browser's `WebTransport`, where it has one. */
   readonly openWebTransport?: (url: string, options: WebTransportOptions) => WebTransportLike;
   /** Time for the WebTransport session to become ready, in ms. */
-  readyTimeoutMs?: number;
+  readonly readyTimeoutMs?: number;
   /** How long WebSocket is used after WebTransport failed, in ms. */
-  retryAfterMs?: number;
+  readonly retryAfterMs?: number;
 }
 
 /** A session and the way it reaches the relay. */
@@ -68,26 +68,32 @@ export class RelayTransports {
 
   /**
    * Opens a player session: on the WebTransport session where it can be had, else
-   * over a WebSocket. A WebTransport that cannot be opened, or one whose stream
-   * cannot be, sends this session and the next minute's to WebSocket; a refusal
-   * from the relay or the host is an answer, and is not retried.
+   * over a WebSocket. A WebTransport session that was open but cannot carry a new
+   * stream (the relay closed it while idle, the network changed) is opened again
+   * once; one that cannot be opened, or whose new stream fails too, sends this
+   * session and the next minute's to WebSocket. A refusal from the relay or the
+   * host is an answer, and is not retried.
    */
   async connect(base: ConnectBase): Promise<PlayerSession> {
-    if (this.options.setting !== "websocket" && Date.now() >= this.downUntil) {
-      let webTransport: WebTransportLike | undefined;
+    for (let attempt = 0; attempt < 2 && this.preferred() === "webtransport"; attempt++) {
+      const reused = this.current !== undefined;
+      let webTransport: WebTransportLike;
       try {
         webTransport = await this.webTransport();
       } catch (err) {
         this.markDown(err);
+        break;
       }
-      if (webTransport !== undefined) {
-        this.lastUsed = "webtransport";
-        try {
-          return await connectPlayer({ ...base, webTransport });
-        } catch (err) {
-          if (!(err instanceof SessionError) || err.kind !== "connection") throw err;
-          this.markDown(err);
+      this.lastUsed = "webtransport";
+      try {
+        return await connectPlayer({ ...base, webTransport });
+      } catch (err) {
+        if (!(err instanceof SessionError) || err.kind !== "connection") throw err;
+        if (reused && attempt === 0) {
+          this.close();
+          continue;
         }
+        this.markDown(err);
       }
     }
     this.lastUsed = "websocket";

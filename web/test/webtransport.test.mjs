@@ -214,6 +214,33 @@ test("WebTransport is used first, on one connection for every session, with the 
   assert.equal(transports.lastUsed, "webtransport");
 });
 
+test("a WebTransport session that closed is opened again for the next session, not given up", async () => {
+  const sessions = [];
+  const transports = new RelayTransports({
+    origin: ORIGIN,
+    setting: "auto",
+    fetchInfo: async () => INFO,
+    openWebTransport: () => {
+      const wt = new FakeWebTransport();
+      sessions.push(wt);
+      return wt;
+    },
+  });
+  const first = transports.connect({ hostId: publicKey(HOST), playerSecret: PLAYER, aead });
+  while (sessions.length < 1) await new Promise((r) => setTimeout(r, 5));
+  await relayAndHost(sessions[0]);
+  assert.equal((await first).transport, "webtransport");
+  // The relay went away under the page without the closed event having come yet: no stream any more.
+  sessions[0].createBidirectionalStream = async () => {
+    throw new Error("the session is closed");
+  };
+  const second = transports.connect({ hostId: publicKey(HOST), playerSecret: PLAYER, aead });
+  while (sessions.length < 2) await new Promise((r) => setTimeout(r, 5));
+  await relayAndHost(sessions[1]);
+  assert.equal((await second).transport, "webtransport");
+  assert.equal(transports.webTransportFailure, undefined);
+});
+
 test("WebSocket is used when WebTransport fails, is missing, or is not wanted", async () => {
   const cases = [
     {
