@@ -1,9 +1,12 @@
-// What a browser gets through the tunnel, in headless Chromium on this machine:
-// a 256 MiB fetch through the service worker (sustained throughput), time to the
-// response head of small new requests, the browser's CPU per GiB (every Chromium
-// process, from /proc), and AES-GCM in the page: WebCrypto against @noble/ciphers.
-// Same setup as player.test.mjs: relay, host forwarding to nginx, the page on the
-// host's origin. Bounded: one fetch, 20 small requests, a 120 s deadline each.
+// What a browser gets through the tunnel, in headless Chromium on this machine,
+// over WebTransport and over WebSocket in the same run: a 256 MiB fetch through the
+// service worker (sustained throughput), time to the response head of small new
+// requests, the browser's CPU per GiB (every Chromium process, from /proc), and
+// AES-GCM in the page: WebCrypto against @noble/ciphers. Same setup as
+// player.test.mjs: the relay serving the page, a host forwarding to nginx, the
+// host's share link. Bounded: per transport one fetch, 20 small requests, a 120 s
+// deadline each. The relay runs without its default session rate (100 Mbit/s),
+// which would otherwise be the figure measured.
 //
 //   BLINDRELAY_BIN_DIR=... node bench.mjs [--mib 256]
 
@@ -15,7 +18,7 @@ import path from "node:path";
 import { chromium } from "playwright-core";
 
 import { Processes, binDir } from "./support.mjs";
-import { freePort, spkiHash, startNginx, startStandIn } from "./web.mjs";
+import { freePort, relayMetrics, spkiHash, startNginx, startRelayAndHost } from "./web.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const WAIT_MS = 120_000;
@@ -38,38 +41,72 @@ try {
   const nginxPort = await freePort();
   startNginx(procs, work, site, nginxPort);
 
-  const relay = procs.start("relay", "blindrelayd", ["--listen", "127.0.0.1:0"], { rustLog: "warn" });
-  const relayUrl = await relay.waitForLine(/^relay url: (\S+)$/);
-  const relayPort = Number(/:(\d+)(?:\?|$)/.exec(relayUrl)[1]);
   execFileSync(path.join(binDir(), "blindrelay"), ["keygen", "--role", "host", "--out", path.join(work, "host.key")]);
-  const host = procs.start("host", "blindrelay", ["host", "--key", "host.key", "--relay", relayUrl, "--forward", `127.0.0.1:${nginxPort}`], {
-    cwd: work,
+  // The relay's default session rate (100 Mbit/s) would be what is measured: off,
+  // so that the figures are the browser's.
+  const config = path.join(work, "relay.toml");
+  fs.writeFileSync(config, '[sessions]\nrate = "0"\n');
+  const { admin, link, origin } = await startRelayAndHost(procs, work, nginxPort, {
+    relayArgs: ["--config", config],
     rustLog: "warn",
   });
-  const ticket = await host.waitForLine(/^ticket: (\S+)$/);
-  await host.waitForLine(/^relay: registered$/);
-  const printed = host.lines.find((line) => line.startsWith("web: "));
-  let origin;
-  if (printed !== undefined) {
-    origin = new URL(printed.slice(5)).origin;
-  } else {
-    const port = await startStandIn(procs, work, relayPort);
-    origin = `https://${hostIdOf(ticket)}.localhost:${port}`;
-  }
   const u = new URL(origin);
   const spki = await spkiHash("127.0.0.1", Number(u.port), u.hostname);
   context = await chromium.launchPersistentContext(path.join(work, "profile"), {
     executablePath: CHROMIUM,
     headless: true,
     chromiumSandbox: false,
-    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", `--ignore-certificate-errors-spki-list=${spki}`],
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", `--ignore-certificate-errors-spki-list=${spki}`,
+      // As in player.test.mjs: WebTransport's QUIC would take ::1 for *.localhost, where the relay does not listen.
+      `--host-resolver-rules=MAP ${u.hostname} 127.0.0.1`,
+    ],
   });
   context.setDefaultTimeout(WAIT_MS);
-  const page = context.pages()[0] ?? (await context.newPage());
-  await page.goto(`${origin}/.blindrelay/?transport=websocket#${ticket}`);
-  await page.waitForURL(`${origin}/`);
-  await page.locator("h1", { hasText: "bench" }).waitFor();
+  const results = [];
+  for (const transport of ["webtransport", "websocket"]) {
+    // A page of its own for each: a fresh service worker and its own sessions.
+    const page = await context.newPage();
+    const before = await relayMetrics(admin, "session_sides_total");
+    const wanted = transport === "websocket" ? link.replace("/.blindrelay/#", "/.blindrelay/?transport=websocket#") : link;
+    await page.goto(wanted);
+    await page.waitForURL(`${origin}/`);
+    await page.locator("h1", { hasText: "bench" }).waitFor();
+    // From here on (the service worker has read the setting), every session goes the one way.
+    const started = await relayMetrics(admin, "session_sides_total");
+    results.push(await measure(page, transport));
+    const after = await relayMetrics(admin, "session_sides_total");
+    const label = `side="player",transport="${transport}"`;
+    const other = transport === "websocket" ? `side="player",transport="webtransport"` : `side="player",transport="websocket"`;
+    assert.ok(after[label] > before[label], `the sessions of the ${transport} run went over ${transport}`);
+    assert.equal(after[other], started[other], `no session of the ${transport} run went another way`);
+    await page.close();
+  }
+  const [wt, ws] = results;
+  console.log(
+    JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        cores: os.cpus().length,
+        mib: MIB,
+        results,
+        webTransportOverWebSocket: {
+          throughput: Number((wt.throughputMbitPerS / ws.throughputMbitPerS).toFixed(2)),
+          firstByteMedian: Number((wt.firstByteMs.median / ws.firstByteMs.median).toFixed(2)),
+          cpuPerGiB: Number((wt.chromiumCpuSecondsPerGiB / ws.chromiumCpuSecondsPerGiB).toFixed(2)),
+        },
+      },
+      null,
+      2,
+    ),
+  );
+} finally {
+  await context?.close().catch(() => {});
+  await procs.closeAll();
+  fs.rmSync(work, { recursive: true, force: true });
+}
 
+/** The figures of one transport, measured in `page` (already on the host's page). */
+async function measure(page, transport) {
   // AES-GCM, 64 KiB frames, in the page: the two implementations the session can use.
   const aead = await page.evaluate(async () => {
     const mod = await import("/.blindrelay/player.js");
@@ -116,22 +153,14 @@ try {
   const cpu = chromiumCpuSeconds() - cpuBefore;
   assert.equal(big.bytes, MIB * 1024 * 1024);
   const mbits = (big.bytes * 8) / big.seconds / 1e6;
-  const result = {
-    date: new Date().toISOString(),
-    cores: os.cpus().length,
-    transport: "websocket",
-    mib: MIB,
+  return {
+    transport,
     throughputMbitPerS: Math.round(mbits),
     firstByteMs: { median: Number(ttfb.median.toFixed(1)), max: Number(ttfb.max.toFixed(1)) },
     bigFetchHeadMs: Number(big.head.toFixed(1)),
     chromiumCpuSecondsPerGiB: Number((cpu / (big.bytes / 2 ** 30)).toFixed(2)),
     aesGcmMbitPerS: { webcrypto: Math.round(aead.webcrypto), noble: Math.round(aead.noble) },
   };
-  console.log(JSON.stringify(result, null, 2));
-} finally {
-  await context?.close().catch(() => {});
-  await procs.closeAll();
-  fs.rmSync(work, { recursive: true, force: true });
 }
 
 /** User and system CPU seconds of every process whose executable is Chromium (browser, renderers, GPU, network, workers). */
@@ -149,14 +178,4 @@ function chromiumCpuSeconds() {
     }
   }
   return total;
-}
-
-function hostIdOf(ticket) {
-  const alphabet = "abcdefghijklmnopqrstuvwxyz234567";
-  let bits = "";
-  for (const ch of ticket.slice(3).toLowerCase()) bits += alphabet.indexOf(ch).toString(2).padStart(5, "0");
-  const idBits = bits.slice(8, 8 + 256) + "0000";
-  let out = "";
-  for (let i = 0; i < 260; i += 5) out += alphabet[parseInt(idBits.slice(i, i + 5), 2)];
-  return out;
 }

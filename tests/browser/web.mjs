@@ -1,17 +1,14 @@
-// What the browser player's test needs besides the relay and host: a film made
-// by ffmpeg, nginx serving it, and, until the relay serves the player itself, a
-// stand-in for the relay's HTTPS side that serves web/dist/ on a host's origin
-// the way the relay does and hands the WebSocket on to the relay.
+// What the browser player's tests and benchmark need besides the browser: a relay
+// that serves the player and a host that prints its share link, the relay's
+// metrics, a film made by ffmpeg, nginx serving it, and a TCP forwarder.
 
 import { execFileSync } from "node:child_process";
 import { X509Certificate, createHash } from "node:crypto";
 import fs from "node:fs";
-import https from "node:https";
+import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import tls from "node:tls";
-
-import { repoRoot } from "./support.mjs";
 
 /**
  * A real H.264/AAC MP4 of `seconds` seconds (test pattern and a tone), its index
@@ -96,94 +93,86 @@ export function spkiHash(host, port, servername) {
   });
 }
 
-const dist = path.join(repoRoot, "web", "dist");
+/**
+ * `blindrelayd` on 127.0.0.1 (a port of its choosing) with its admin listener, and
+ * `blindrelay host` (its key `host.key` in `work`) forwarding to 127.0.0.1:`port`,
+ * given the relay URL with `localhost` for the relay's address: a relay without a
+ * public name serves the player on `<host id>.localhost`, which browsers send to
+ * this machine, and the host prints a share link only for a relay named by a DNS
+ * name. Resolves once the host is registered and has printed its `web:` link.
+ */
+export async function startRelayAndHost(processes, work, port, { hostArgs = [], relayArgs = [], waitMs = 30_000, rustLog } = {}) {
+  const relay = processes.start("relay", "blindrelayd", ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", ...relayArgs], {
+    rustLog,
+  });
+  const relayUrl = await relay.waitForLine(/^relay url: (\S+)$/, waitMs);
+  const admin = await relay.waitForLine(/^admin: (\S+)$/, waitMs);
+  const byName = relayUrl.replace("://127.0.0.1:", "://localhost:");
+  const host = processes.start(
+    "host",
+    "blindrelay",
+    ["host", "--key", "host.key", "--relay", byName, "--forward", `127.0.0.1:${port}`, ...hostArgs],
+    { cwd: work, rustLog },
+  );
+  const hostId = await host.waitForLine(/^host id: (\S+)$/, waitMs);
+  await host.waitForLine(/^relay: registered$/, waitMs);
+  // Printed before the registration, or not at all (the host logs why).
+  const printed = host.lines.find((line) => line.startsWith("web: "));
+  if (printed === undefined) throw new Error(`the host printed no web: link: ${host.stderr}`);
+  const link = printed.slice(5);
+  return { relay, host, admin, link, origin: new URL(link).origin, hostId };
+}
+
+/** The samples of the relay's metric `name`, by their label text (`side="player",transport="quic"`). */
+export async function relayMetrics(admin, name) {
+  const text = await new Promise((resolve, reject) => {
+    http
+      .get(`http://${admin}/metrics`, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (chunk) => (body += chunk));
+        res.on("end", () => resolve(body));
+        res.on("error", reject);
+      })
+      .on("error", reject);
+  });
+  const out = {};
+  for (const line of text.split("\n")) {
+    const m = /^(\w+)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (m && (m[1] === name || m[1] === `blindrelay_${name}`)) out[m[2] ?? ""] = Number(m[3]);
+  }
+  if (Object.keys(out).length === 0) throw new Error(`the relay has no metric ${name}`);
+  return out;
+}
 
 /**
- * The stand-in for the relay's HTTPS side: on any `<host id>.localhost` origin it
- * serves `/.blindrelay/` (index.html), `player.js` and `sw.js` (with
- * `Service-Worker-Allowed: /`) under a Content-Security-Policy of 'self', sends
- * `/` to `/.blindrelay/`, and passes a WebSocket upgrade for `/blindrelay/1`
- * through, bytes unchanged, to the relay's TLS listener at `relayPort`.
- * Resolves with its port.
+ * Passes TCP connections on `listenHost:listenPort` to `toHost:toPort`, bytes
+ * unchanged (TLS stays end to end); counts them in `connections`. Nothing listens
+ * for UDP there.
  */
-export async function startStandIn(processes, work, relayPort) {
-  const key = path.join(work, "standin.key");
-  const cert = path.join(work, "standin.crt");
-  execFileSync("openssl", [
-    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
-    "-addext", "subjectAltName=DNS:localhost,DNS:*.localhost",
-  ], { stdio: ["ignore", "ignore", "pipe"] });
-  const csp =
-    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; " +
-    "media-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
-  const files = {
-    "/.blindrelay/": ["index.html", "text/html; charset=utf-8"],
-    "/.blindrelay/player.js": ["player.js", "text/javascript; charset=utf-8"],
-    "/.blindrelay/sw.js": ["sw.js", "text/javascript; charset=utf-8"],
+export async function forwardTcp(listenHost, listenPort, toHost, toPort) {
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    server.connections += 1;
+    const upstream = net.connect(toPort, toHost);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  server.connections = 0;
+  server.closeAllConnections = () => {
+    for (const s of sockets) s.destroy();
   };
-  const server = https.createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, (req, res) => {
-    const url = new URL(req.url, "https://x");
-    if (url.pathname === "/") {
-      res.writeHead(302, { Location: "/.blindrelay/" });
-      res.end();
-      return;
-    }
-    const file = files[url.pathname];
-    if (file === undefined) {
-      res.writeHead(404, { "Content-Type": "text/plain" });
-      res.end("not found\n");
-      return;
-    }
-    const headers = {
-      "Content-Type": file[1],
-      "Content-Security-Policy": csp,
-      "Cache-Control": "no-cache",
-      "X-Content-Type-Options": "nosniff",
-    };
-    if (file[0] === "sw.js") headers["Service-Worker-Allowed"] = "/";
-    res.writeHead(200, headers);
-    res.end(fs.readFileSync(path.join(dist, file[0])));
-  });
-  const upgraded = new Set();
-  server.on("upgrade", (req, socket, head) => {
-    upgraded.add(socket);
-    socket.on("close", () => upgraded.delete(socket));
-    if (req.url !== "/blindrelay/1") {
-      socket.end("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-      return;
-    }
-    const relay = tls.connect(
-      { host: "127.0.0.1", port: relayPort, rejectUnauthorized: false, ALPNProtocols: ["http/1.1"] },
-      () => {
-        let lines = `${req.method} ${req.url} HTTP/1.1\r\n`;
-        for (let i = 0; i < req.rawHeaders.length; i += 2) lines += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
-        relay.write(`${lines}\r\n`);
-        if (head.length > 0) relay.write(head);
-        relay.pipe(socket);
-        socket.pipe(relay);
-      },
-    );
-    const end = () => {
-      relay.destroy();
-      socket.destroy();
-    };
-    relay.on("error", end);
-    socket.on("error", end);
-    relay.on("close", end);
-    socket.on("close", end);
-  });
-  // An upgraded socket is no longer the server's: end those too, or close() waits on them.
-  processes.track({
-    closeAllConnections: () => {
-      server.closeAllConnections();
-      for (const socket of upgraded) socket.destroy();
-    },
-    close: (done) => server.close(done),
-  });
   await new Promise((resolve, reject) => {
     server.once("error", reject);
-    server.listen(0, "127.0.0.1", resolve);
+    server.listen(listenPort, listenHost, resolve);
   });
-  return server.address().port;
+  return server;
 }

@@ -36,6 +36,15 @@ export function fromHex(hex: string): Uint8Array {
   return out;
 }
 
+/** Bytes from standard base64 (with padding); a `RangeError` for anything else. */
+export function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
+  if (!/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(text)) throw new RangeError("not base64");
+  const binary = atob(text);
+  const out = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);
+  return out;
+}
+
 /** Whether two arrays hold the same bytes (not constant-time: for public data only). */
 export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;

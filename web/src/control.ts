@@ -1,6 +1,7 @@
 /**
  * The control messages a player exchanges with the relay (PROTOCOL.md section 7):
- * it writes `Connect` and reads `Connected` or `Error`.
+ * it writes `Connect` and reads `Connected`, `Error`, or, from a member of a relay
+ * pool that does not hold the host, `Redirect` (section 18.4).
  *
  * A frame is a 2-byte length (2 to 1024), the version byte 0x01, a kind byte and a
  * body of exactly the kind's size. The decoder applies the same rules as the
@@ -29,6 +30,8 @@ export const ControlKind = {
   Registered: 0x04,
   GoingAway: 0x05,
   Dial: 0x06,
+  Redirect: 0x07,
+  Move: 0x08,
   Connect: 0x10,
   Connected: 0x11,
   Incoming: 0x12,
@@ -57,7 +60,15 @@ export interface SessionLimits {
 /** A control message addressed to a player. */
 export type PlayerControl =
   | { readonly kind: "connected"; readonly sessionId: bigint; readonly limits: SessionLimits }
-  | { readonly kind: "error"; readonly code: number; readonly reason: string };
+  | { readonly kind: "error"; readonly code: number; readonly reason: string }
+  /** Ask these pool members instead, the first first (section 18.4). */
+  | { readonly kind: "redirect"; readonly members: readonly string[] };
+
+/** Most members a `Redirect` or `Move` names (section 18.3). */
+export const MAX_REDIRECT_MEMBERS = 3;
+
+/** Longest member name, in bytes (section 18.1). */
+export const MAX_MEMBER_NAME_LEN = 253;
 
 /** Why a control frame was refused. */
 export type ControlErrorKind =
@@ -78,7 +89,13 @@ export type ControlErrorKind =
   /** An `Error` reason that is not UTF-8. */
   | "invalid-utf8"
   /** A host id that is not 32 bytes, given to {@link encodeConnect}. */
-  | "bad-host-id";
+  | "bad-host-id"
+  /** A redirect count present as 0 (0 is written by leaving it out), or one over 255 given to {@link encodeConnect}. */
+  | "bad-redirect-count"
+  /** A member list that names no member, more than three, or one twice (section 18.3). */
+  | "bad-member-list"
+  /** A member name that is not a canonical `host:port` (section 18.1). */
+  | "bad-member-name";
 
 /** A control frame that breaks section 7.2. */
 export class ControlError extends Error {
@@ -93,14 +110,22 @@ export class ControlError extends Error {
   }
 }
 
-/** The `Connect { host id }` frame, length prefix included: 36 bytes. */
-export function encodeConnect(hostId: Uint8Array): Uint8Array {
+/**
+ * The `Connect { host id, redirects }` frame, length prefix included: 36 bytes, or
+ * 37 with a redirect count (how many `Redirect`s were followed to send it, section
+ * 18.4). A count of 0 is written by leaving it out, as section 7.2 requires.
+ */
+export function encodeConnect(hostId: Uint8Array, redirects = 0): Uint8Array {
   if (hostId.length !== 32) throw new ControlError("bad-host-id", "a host id is 32 bytes");
-  const out = new Uint8Array(36);
-  out[1] = 34;
+  if (!Number.isInteger(redirects) || redirects < 0 || redirects > 255) {
+    throw new ControlError("bad-redirect-count", `a redirect count is 0 to 255, not ${redirects}`);
+  }
+  const out = new Uint8Array(redirects === 0 ? 36 : 37);
+  out[1] = out.length - 2;
   out[2] = PROTOCOL_VERSION;
   out[3] = ControlKind.Connect;
   out.set(hostId, 4);
+  if (redirects !== 0) out[36] = redirects;
   return out;
 }
 
@@ -141,6 +166,9 @@ export function decodePlayerControl(content: Uint8Array): PlayerControl {
       message = { kind: "error", code, reason };
       break;
     }
+    case ControlKind.Redirect:
+      message = { kind: "redirect", members: decodeMembers(r) };
+      break;
     default: {
       const name = KIND_NAMES.get(kind);
       if (name === undefined) {
@@ -169,6 +197,61 @@ export function takePlayerControl(bytes: Uint8Array): { message: PlayerControl; 
   const len = controlFrameLength(bytes);
   if (bytes.length < 2 + len) return undefined;
   return { message: decodePlayerControl(bytes.subarray(2, 2 + len)), used: 2 + len };
+}
+
+/**
+ * Whether `name` is a member name in canonical form (section 18.1, by the rules of
+ * a relay URL's authority, sections 4.1 and 4.2): a lower-case DNS name or IPv4
+ * address, or an IPv6 address in brackets, then `:` and a port from 1 to 65535 in
+ * decimal without leading zeros; at most 253 bytes.
+ */
+export function isCanonicalMemberName(name: string): boolean {
+  if (name.length === 0 || name.length > MAX_MEMBER_NAME_LEN) return false;
+  let host: string;
+  let port: string;
+  if (name.startsWith("[")) {
+    const close = name.indexOf("]");
+    if (close < 0 || name[close + 1] !== ":") return false;
+    host = name.slice(1, close);
+    port = name.slice(close + 2);
+    if (!isIpv6(host) || host !== host.toLowerCase()) return false;
+  } else {
+    const colon = name.lastIndexOf(":");
+    if (colon < 0) return false;
+    host = name.slice(0, colon);
+    port = name.slice(colon + 1);
+    if (!/^[a-z0-9.-]{1,253}$/.test(host)) return false;
+  }
+  if (!/^[1-9][0-9]{0,4}$/.test(port)) return false;
+  return Number(port) <= 65535;
+}
+
+/** An IPv6 address as a relay URL may hold it (no zone), by the URL parser's rules. */
+function isIpv6(text: string): boolean {
+  if (!/^[0-9a-fA-F:.]+$/.test(text)) return false;
+  try {
+    return new URL(`http://[${text}]/`).hostname.length > 2;
+  } catch {
+    return false;
+  }
+}
+
+/** A member list (section 18.3): a count of 1 to 3, then each name with a one-byte length. */
+function decodeMembers(r: Reader): string[] {
+  const count = need(r.u8());
+  if (count === 0 || count > MAX_REDIRECT_MEMBERS) {
+    throw new ControlError("bad-member-list", `a member list names 1 to ${MAX_REDIRECT_MEMBERS} members, not ${count}`);
+  }
+  const members: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const bytes = need(r.take(need(r.u8())));
+    // Member names are ASCII; anything else is not canonical.
+    const name = bytes.every((b) => b < 0x80) ? String.fromCharCode(...bytes) : "";
+    if (!isCanonicalMemberName(name)) throw new ControlError("bad-member-name", "a member name is not host:port in canonical form");
+    if (members.includes(name)) throw new ControlError("bad-member-list", "a member list names a member twice");
+    members.push(name);
+  }
+  return members;
 }
 
 function decodeLimits(r: Reader): SessionLimits {

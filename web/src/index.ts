@@ -1,6 +1,6 @@
 /**
  * The browser player's protocol core: what a page needs to reach a host through the
- * relay over WebSocket, with the Noise session end to end.
+ * relay over WebTransport or WebSocket, with the Noise session end to end.
  */
 
 export { type Aead, defaultAead, nobleAead, webCryptoAead } from "./aead.js";
@@ -13,11 +13,15 @@ export {
   type ConnectOptions,
   type PlayerSession,
   SessionError,
+  type StreamLink,
+  type TransportName,
   type WebSocketLike,
   connectPlayer,
   relayWebSocketUrl,
 } from "./session.js";
 export { type StaticKey, generateWebCryptoKeyPair, rawStaticKey, webCryptoStaticKey } from "./statickey.js";
 export { type Ticket, TicketError, parseTicket } from "./ticket.js";
+export { type ConnectBase, RelayTransports, type RelayTransportsOptions, type WebTransportInfo, parseInfo } from "./transport.js";
+export { type WebTransportLike, type WebTransportStreamLike, WebTransportLink } from "./webtransport.js";
 export { HttpError, type HttpRequest, type HttpResponseHead, ResponseReader, encodeRequest } from "./http1.js";
 export { Tunnel, type TunnelOptions, type TunnelResponse } from "./tunnel.js";

@@ -23,8 +23,3 @@ export function hostnameFor(hostId: Uint8Array, hostname: string): string {
   const rest = hostIdOfHostname(hostname) !== undefined ? hostname.slice(hostname.indexOf(".") + 1) : hostname;
   return `${keyText(hostId)}.${rest}`;
 }
-
-/** The relay's WebSocket for players on this origin. */
-export function webSocketUrl(host: string): string {
-  return `wss://${host}/blindrelay/1`;
-}

@@ -12,10 +12,11 @@
 
 import { ErrorCode } from "./codes.js";
 import { keyText } from "./keys.js";
-import { hostIdOfHostname, hostnameFor, webSocketUrl } from "./origin.js";
-import { SessionError, connectPlayer } from "./session.js";
+import { hostIdOfHostname, hostnameFor } from "./origin.js";
+import { SessionError } from "./session.js";
 import { loadOrCreateStaticKey, loadTicket, loadTransport, saveTicket, saveTransport } from "./store.js";
 import { TicketError, parseTicket } from "./ticket.js";
+import { RelayTransports, type TransportSetting } from "./transport.js";
 
 export * from "./index.js";
 
@@ -27,6 +28,7 @@ type PageState =
   | "connecting"
   | "not-authorized"
   | "host-offline"
+  | "redirected"
   | "relay-unreachable"
   | "failed"
   | "no-service-worker"
@@ -83,11 +85,16 @@ async function main(): Promise<void> {
   const key = await loadOrCreateStaticKey();
   text("player-key", keyText(key.publicKey));
   reveal("key-section", true);
-  const transport = await loadTransport();
-  text(
-    "transport",
-    `Transport: ${transport === "websocket" ? "WebSocket (set by the link)" : "WebSocket"}; key kept ${key.kind === "webcrypto" ? "by WebCrypto, not readable by scripts" : "as bytes (this browser has no X25519 in WebCrypto)"}.`,
-  );
+  const setting = await loadTransport();
+  const keptHow =
+    key.kind === "webcrypto" ? "by WebCrypto, not readable by scripts" : "as bytes (this browser has no X25519 in WebCrypto)";
+  const transports = new RelayTransports({ origin: location.origin, setting });
+  const sayTransport = () => {
+    const used = transports.lastUsed;
+    if (used !== undefined) document.body.dataset["transport"] = used;
+    text("transport", `Transport: ${transportWords(setting, transports)}; key kept ${keptHow}.`);
+  };
+  sayTransport();
 
   const retry = document.getElementById("retry");
   let running = false;
@@ -96,7 +103,11 @@ async function main(): Promise<void> {
     running = true;
     reveal("retry", false);
     try {
-      if (await probe(hostId, key)) await start();
+      const served = await probe(transports, hostId, key);
+      sayTransport();
+      // The service worker opens its own sessions; this page's WebTransport session is done.
+      transports.close();
+      if (served) await start();
     } finally {
       running = false;
     }
@@ -106,10 +117,14 @@ async function main(): Promise<void> {
 }
 
 /** Opens one session to see that the host serves this player; says why not where it does not. */
-async function probe(hostId: Uint8Array, key: Awaited<ReturnType<typeof loadOrCreateStaticKey>>): Promise<boolean> {
+async function probe(
+  transports: RelayTransports,
+  hostId: Uint8Array,
+  key: Awaited<ReturnType<typeof loadOrCreateStaticKey>>,
+): Promise<boolean> {
   show("connecting", "Connecting to the host through the relay…");
   try {
-    const session = await connectPlayer({ url: webSocketUrl(location.host), hostId, playerSecret: key });
+    const session = await transports.connect({ hostId, playerSecret: key });
     await session.writable.close().catch(() => {});
     session.abort();
     return true;
@@ -127,6 +142,12 @@ async function probe(hostId: Uint8Array, key: Awaited<ReturnType<typeof loadOrCr
       error.kind === "host-left"
     ) {
       show("host-offline", "The host is offline.", "The relay has no connection from this host now. Try again when its owner has it running.");
+    } else if (error.kind === "redirected") {
+      show(
+        "redirected",
+        "This relay is part of a pool and does not hold this host.",
+        `${error.message}. This page cannot follow the relay there yet: ask the host's owner for a link to that relay.`,
+      );
     } else if (error.kind === "connection" || error.kind === "timeout") {
       show("relay-unreachable", "The relay cannot be reached.", error.message);
     } else {
@@ -134,6 +155,20 @@ async function probe(hostId: Uint8Array, key: Awaited<ReturnType<typeof loadOrCr
     }
     reveal("retry", true);
     return false;
+  }
+}
+
+/** How the page reaches the relay, in words: what the link asked for and what the last session used. */
+function transportWords(setting: TransportSetting, transports: RelayTransports): string {
+  if (setting === "websocket") return "WebSocket (set by the link)";
+  const failed = transports.webTransportFailure;
+  switch (transports.lastUsed) {
+    case "webtransport":
+      return "WebTransport";
+    case "websocket":
+      return `WebSocket (WebTransport failed: ${failed ?? "unknown"})`;
+    default:
+      return "WebTransport, or WebSocket where it fails";
   }
 }
 
@@ -160,6 +195,9 @@ async function start(): Promise<void> {
 // Only as the player page: a module imported elsewhere (a test, a benchmark, a
 // host's page) gets the exports and nothing runs.
 if (typeof document !== "undefined" && location.pathname.startsWith("/.blindrelay/")) {
+  // A share link opened in a tab already on this page changes only the fragment,
+  // which loads nothing: start again with the link's ticket.
+  window.addEventListener("hashchange", () => location.reload());
   main().catch((err: unknown) => {
     show("failed", "The player stopped.", err instanceof Error ? err.message : String(err));
   });

@@ -1,26 +1,34 @@
 /**
- * A player session over a browser `WebSocket` (PROTOCOL.md sections 9.1, 17.6).
+ * A player session through the relay (PROTOCOL.md sections 9.1, 17.6 and 19.1), on
+ * one of the two ways a browser has in: a bidirectional stream of a WebTransport
+ * session, or a WebSocket.
  *
  * ```text
  * player                                  relay                       host
- *   WebSocket wss://relay:port/blindrelay/1 (TLS, ALPN http/1.1)
- *   DATA[ Connect(36) · hello(98) ]  ==>
- *                                    <==  DATA[ Connected(48) ]   (or Error, then FIN)
- *                                    <==  DATA[ reply(50) · verdict(20) ]  (from the host)
- *   DATA[ sealed frames ] …          <=>  DATA[ sealed frames ] …
- *   DATA[ end(19) ] · FIN            <=>  DATA[ end(19) ] · FIN
+ *   WebTransport stream, or WebSocket wss://relay:port/blindrelay/1 (TLS, ALPN http/1.1)
+ *   Connect(36) · hello(98)          ==>
+ *                                    <==  Connected(48)   (or Error / Redirect, then FIN)
+ *                                    <==  reply(50) · verdict(20)  (from the host)
+ *   sealed frames …                  <=>  sealed frames …
+ *   end(19) · FIN                    <=>  end(19) · FIN
  * ```
  *
- * The WebSocket's binary messages carry stream frames (section 17.2); their DATA
- * carries the control messages and the Noise session. The application gets a
- * `ReadableStream` and a `WritableStream` of plaintext. `PING` is answered with
- * `PONG`; `STOP`, `RESET` and `CLOSE` end the session with an error whose kind
- * names the code's meaning (the relay's limits, the host leaving, a refusal).
+ * A WebTransport stream is a control stream exactly as a native player's QUIC
+ * stream: its bytes are the control messages and the Noise session, and resets and
+ * stop-sendings carry the protocol's stream codes (src/webtransport.ts). Over a
+ * WebSocket, binary messages carry stream frames (section 17.2) whose DATA carries
+ * the same bytes; `PING` is answered with `PONG`; `STOP`, `RESET` and `CLOSE` stand
+ * for QUIC's frames. Either way the application gets a `ReadableStream` and a
+ * `WritableStream` of plaintext, and a session that ends early ends with an error
+ * whose kind names the code's meaning (the relay's limits, the host leaving, a
+ * refusal).
  *
  * A browser's `WebSocket` has no way to stop reading: what arrives is decrypted and
  * queued for the application whether it reads or not, so a page that never reads
  * holds what the host sends. The relay's stall timeout therefore never fires for a
- * browser player; its byte and rate limits do.
+ * browser player on WebSocket; its byte and rate limits do. A WebTransport stream
+ * is read only as the application reads, so QUIC's flow control holds the host back
+ * there, as for a native player.
  */
 
 import { type Aead, defaultAead } from "./aead.js";
@@ -30,6 +38,7 @@ import { ControlError, type SessionLimits, describeErrorCode, encodeConnect, tak
 import { FrameDecoder, FrameError, encodeData, encodeFrame, type StreamFrame } from "./frames.js";
 import { MAX_PLAINTEXT_LEN, NoiseError, PlayerHandshake, type Transport } from "./noise.js";
 import type { StaticKey } from "./statickey.js";
+import { type WebTransportLike, WebTransportLink } from "./webtransport.js";
 
 /** The part of a WebSocket this module uses: the browser's, or a test's stand-in. */
 export interface WebSocketLike {
@@ -41,10 +50,18 @@ export interface WebSocketLike {
   addEventListener(type: "open" | "message" | "close" | "error", listener: (event: { data?: unknown }) => void): void;
 }
 
+/** The way a session reaches the relay. */
+export type TransportName = "webtransport" | "websocket";
+
 /** Options of {@link connectPlayer}. */
 export interface ConnectOptions {
-  /** The relay's WebSocket address, `wss://HOST:PORT/blindrelay/1` ({@link relayWebSocketUrl}). */
-  readonly url: string;
+  /**
+   * A ready WebTransport session with the relay: the session runs on a new
+   * bidirectional stream of it. Without one, the session opens a WebSocket to `url`.
+   */
+  readonly webTransport?: WebTransportLike;
+  /** The relay's WebSocket address, `wss://HOST:PORT/blindrelay/1` ({@link relayWebSocketUrl}); needed without `webTransport`. */
+  readonly url?: string;
   /** The host id: the host's 32-byte static public key, from its ticket. */
   readonly hostId: Uint8Array;
   /** This player's static key: 32 secret bytes, or a {@link StaticKey} (a WebCrypto key the page cannot read out). */
@@ -53,7 +70,7 @@ export interface ConnectOptions {
   readonly openWebSocket?: (url: string) => WebSocketLike;
   /** Time for everything up to the verdict, in ms (the reference player allows 15 s). */
   readonly timeoutMs?: number;
-  /** Send a `PING` after this long without sending anything, in ms (reference: 10 s); 0 turns it off. */
+  /** Over WebSocket: send a `PING` after this long without sending anything, in ms (reference: 10 s); 0 turns it off. QUIC keeps a WebTransport session alive itself. */
   readonly keepAliveMs?: number;
   /** AES-GCM implementation; WebCrypto's where available. */
   readonly aead?: Aead;
@@ -65,6 +82,8 @@ export interface ConnectOptions {
 export type SessionErrorKind =
   /** The relay answered `Error` instead of `Connected` (code and reason attached). */
   | "relay-refused"
+  /** The relay is a pool member that does not hold the host and named the members that may (section 18.4). */
+  | "redirected"
   /** The host does not serve this player's key. */
   | "not-authorized"
   /** The host's side went away without ending the session (`PEER_GONE`). */
@@ -91,7 +110,7 @@ export type SessionErrorKind =
   | "truncated"
   /** What arrived broke the protocol (frames, control messages or the Noise session). */
   | "protocol"
-  /** The WebSocket failed or closed. */
+  /** The WebSocket or WebTransport session failed or closed. */
   | "connection"
   /** Set-up did not finish in time. */
   | "timeout";
@@ -106,6 +125,8 @@ export class SessionError extends Error {
     message: string,
     /** The stream, close or relay error code that said so, where one did. */
     readonly code?: number,
+    /** For `redirected`: the pool members the relay named, the host's owner first. */
+    readonly members?: readonly string[],
   ) {
     super(message);
   }
@@ -137,6 +158,8 @@ export function streamCodeError(code: number): SessionError {
 
 /** An established session: plaintext both ways. */
 export interface PlayerSession {
+  /** How it reaches the relay. */
+  readonly transport: TransportName;
   /** The relay's session id (for logs; it carries no authority). */
   readonly sessionId: bigint;
   /** What the relay allows this session. */
@@ -147,8 +170,39 @@ export interface PlayerSession {
   readonly readable: ReadableStream<Uint8Array>;
   /** Bytes for the host; `close()` sends the authenticated end. */
   readonly writable: WritableStream<Uint8Array>;
-  /** Ends the session at once without an end frame (the host sees a truncation) and closes the WebSocket. */
+  /** Ends the session at once without an end frame (the host sees a truncation) and closes its stream or WebSocket. */
   abort(): void;
+}
+
+/**
+ * One stream to the relay, whatever carries it: bytes out, bytes in (kept until
+ * parsed), the stream's ends, and the codes it may end with (section 11).
+ */
+export interface StreamLink {
+  /** Waits until bytes can be sent. */
+  opened(deadline: number): Promise<void>;
+  /** Sends stream bytes. */
+  sendStream(bytes: Uint8Array): void;
+  /** Ends this side's direction cleanly (FIN). */
+  finish(): void;
+  /** Resets this side's direction and stops the other's, both with `code`. */
+  abandon(code: number): void;
+  /** Takes what `parse` finds in the received bytes, waiting for more as needed; a stream that ends first is a truncation. */
+  read<T>(parse: (buf: Uint8Array) => { message: T; used: number } | undefined, deadline: number): Promise<T>;
+  /** Reads and discards until the other side's direction ends, or `deadline`. */
+  drainToEnd(deadline: number): Promise<void>;
+  /** From now on, bytes that arrive are dropped unread. */
+  discardData(): void;
+  /** Whether the other side's direction ended cleanly (FIN). */
+  finReceived(): boolean;
+  /** Throws if the other side asked this one to stop sending, or the link is gone. */
+  throwIfStopped(): void;
+  /** Waits while too much is queued to send. */
+  drained(): Promise<void>;
+  /** Records why the link ended, if nothing did before. */
+  fail(error: SessionError): void;
+  /** Lets go of the stream (and its WebSocket, where it has one). */
+  shutdown(): void;
 }
 
 /** Above this many bytes queued in the WebSocket, writes wait. */
@@ -165,12 +219,19 @@ const LINGER_MS = 5000;
  */
 export async function connectPlayer(options: ConnectOptions): Promise<PlayerSession> {
   const timeoutMs = options.timeoutMs ?? 15000;
-  const openWebSocket = options.openWebSocket ?? defaultWebSocket;
   const handshake = await PlayerHandshake.start(options.playerSecret, options.hostId, {
     aead: options.aead ?? defaultAead(),
     ...(options.ephemeralSecretForTesting ? { ephemeralSecretForTesting: options.ephemeralSecretForTesting } : {}),
   });
-  const link = new Link(openWebSocket(options.url), options.keepAliveMs ?? 10000);
+  const transport: TransportName = options.webTransport !== undefined ? "webtransport" : "websocket";
+  let link: StreamLink;
+  if (options.webTransport !== undefined) {
+    link = new WebTransportLink(options.webTransport);
+  } else {
+    if (options.url === undefined) throw new SessionError("connection", "no way to the relay: neither a WebTransport session nor a WebSocket URL");
+    const openWebSocket = options.openWebSocket ?? defaultWebSocket;
+    link = new WebSocketLink(openWebSocket(options.url), options.keepAliveMs ?? 10000);
+  }
   const deadline = Date.now() + timeoutMs;
   try {
     await link.opened(deadline);
@@ -185,6 +246,17 @@ export async function connectPlayer(options: ConnectOptions): Promise<PlayerSess
         answer.code,
       );
     }
+    if (answer.kind === "redirect") {
+      // Following it would mean opening sessions to another origin, which the
+      // page's Content-Security-Policy does not allow (web/README.md says what it
+      // would take). Said plainly instead of as a failure with no reason.
+      throw new SessionError(
+        "redirected",
+        `this relay is part of a pool; the host is at ${answer.members[0] ?? "another member"}`,
+        undefined,
+        answer.members,
+      );
+    }
     const reply = await link.read(takeNoiseMessage, deadline);
     const expect = await handshake.readReply(reply);
     const verdictFrame = await link.read(takeNoiseMessage, deadline);
@@ -194,12 +266,12 @@ export async function connectPlayer(options: ConnectOptions): Promise<PlayerSess
       // FIN, then read to the host's FIN. No reset: a code would tell the relay
       // which players were refused.
       link.sendStream(await opened.refused.sealEnd());
-      link.sendFrame({ type: "fin" });
+      link.finish();
       await link.drainToEnd(Date.now() + LINGER_MS);
       link.shutdown();
       throw new SessionError("not-authorized", "the host does not serve this player's key");
     }
-    return new Session(link, opened.transport, answer.sessionId, answer.limits, options.hostId.slice());
+    return new Session(link, transport, opened.transport, answer.sessionId, answer.limits, options.hostId.slice());
   } catch (err) {
     const error = toSessionError(err);
     if (error.kind === "protocol" || error.kind === "truncated") {
@@ -219,7 +291,8 @@ function defaultWebSocket(url: string): WebSocketLike {
   return new Ctor(url);
 }
 
-function toSessionError(err: unknown): SessionError {
+/** `err` as a {@link SessionError}: kept where it is one, else named for what failed. */
+export function toSessionError(err: unknown): SessionError {
   if (err instanceof SessionError) return err;
   if (err instanceof NoiseError) {
     return new SessionError(err.kind === "truncated" ? "truncated" : "protocol", err.message);
@@ -228,7 +301,8 @@ function toSessionError(err: unknown): SessionError {
   return new SessionError("connection", err instanceof Error ? err.message : String(err));
 }
 
-function takeNoiseMessage(buf: Uint8Array): { message: Uint8Array; used: number } | undefined {
+/** Takes one Noise message (2-byte length, then the message) off the front of `buf` if it has all arrived. */
+export function takeNoiseMessage(buf: Uint8Array): { message: Uint8Array; used: number } | undefined {
   if (buf.length < 2) return undefined;
   const len = ((buf[0] ?? 0) << 8) | (buf[1] ?? 0);
   if (buf.length < 2 + len) return undefined;
@@ -243,8 +317,9 @@ class Session implements PlayerSession {
   private receiveDone = false;
 
   constructor(
-    private readonly link: Link,
-    private readonly transport: Transport,
+    private readonly link: StreamLink,
+    readonly transport: TransportName,
+    private readonly noise: Transport,
     readonly sessionId: bigint,
     readonly limits: SessionLimits,
     readonly hostId: Uint8Array,
@@ -266,7 +341,7 @@ class Session implements PlayerSession {
     // As a dropped reference SecureStream: FIN without end, which the host reads as truncation.
     if (!this.sentFin) {
       this.sentFin = true;
-      this.link.sendFrame({ type: "fin" });
+      this.link.finish();
     }
     this.link.shutdown();
   }
@@ -274,7 +349,7 @@ class Session implements PlayerSession {
   private async write(chunk: Uint8Array): Promise<void> {
     this.link.throwIfStopped();
     for (let at = 0; at < chunk.length; at += MAX_PLAINTEXT_LEN) {
-      const sealed = await this.guard(this.transport.seal(chunk.subarray(at, at + MAX_PLAINTEXT_LEN)));
+      const sealed = await this.guard(this.noise.seal(chunk.subarray(at, at + MAX_PLAINTEXT_LEN)));
       this.link.throwIfStopped();
       this.link.sendStream(sealed);
       await this.link.drained();
@@ -283,8 +358,8 @@ class Session implements PlayerSession {
 
   private async finish(): Promise<void> {
     this.link.throwIfStopped();
-    this.link.sendStream(await this.guard(this.transport.sealEnd()));
-    this.link.sendFrame({ type: "fin" });
+    this.link.sendStream(await this.guard(this.noise.sealEnd()));
+    this.link.finish();
     this.sentFin = true;
     this.closeWhenDone();
   }
@@ -293,7 +368,7 @@ class Session implements PlayerSession {
     try {
       for (;;) {
         const message = await this.link.read(takeNoiseMessage, Infinity);
-        const opened = await this.transport.open(message);
+        const opened = await this.noise.open(message);
         if (opened.type === "data") controller.enqueue(opened.data);
         if (opened.type === "end") break;
       }
@@ -333,7 +408,7 @@ class Session implements PlayerSession {
 }
 
 /** One WebSocket carrying one stream: frames in and out, DATA bytes buffered for readers. */
-class Link {
+class WebSocketLink implements StreamLink {
   private readonly decoder = new FrameDecoder();
   /** Stream bytes not read yet. A queue, not a concatenation per frame: a page busy
    * decrypting falls behind the socket, and its backlog can reach megabytes. */
@@ -390,6 +465,10 @@ class Link {
 
   sendFrame(frame: StreamFrame): void {
     this.send(encodeFrame(frame));
+  }
+
+  finish(): void {
+    this.sendFrame({ type: "fin" });
   }
 
   /** Resets this side's direction and stops the other's, both with `code`. */

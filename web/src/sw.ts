@@ -10,10 +10,10 @@
  * links back to the player page.
  */
 
-import { webSocketUrl } from "./origin.js";
-import { SessionError, connectPlayer } from "./session.js";
-import { loadStaticKey, loadTicket } from "./store.js";
+import { SessionError } from "./session.js";
+import { loadStaticKey, loadTicket, loadTransport } from "./store.js";
 import { parseTicket } from "./ticket.js";
+import { RelayTransports } from "./transport.js";
 import { Tunnel } from "./tunnel.js";
 
 /** The parts of the service worker's global scope used here. */
@@ -38,14 +38,20 @@ const scope = self as unknown as WorkerScope;
 /** The most of a request body the worker holds to send it (an upload to a media server's API). */
 const MAX_REQUEST_BODY = 64 * 1024 * 1024;
 
-let tunnel: Promise<Tunnel> | undefined;
+let tunnel: Promise<{ tunnel: Tunnel; transports: RelayTransports }> | undefined;
 
 scope.addEventListener("install", (event) => event.waitUntil(scope.skipWaiting()));
 scope.addEventListener("activate", (event) => event.waitUntil(scope.clients.claim()));
 scope.addEventListener("message", (event) => {
   if ((event.data as { type?: unknown } | null)?.type === "reload") {
     // The page stored a ticket: sessions opened with the old one must not serve the next request.
-    void tunnel?.then((t) => t.closeIdle()).catch(() => {});
+    void tunnel
+      ?.then((t) => {
+        t.tunnel.closeIdle();
+        // The link may have changed the transport setting too.
+        t.transports.close();
+      })
+      .catch(() => {});
     tunnel = undefined;
   }
 });
@@ -53,21 +59,22 @@ scope.addEventListener("message", (event) => {
 scope.addEventListener("fetch", (event) => {
   const url = new URL(event.request.url);
   if (url.origin !== scope.location.origin) return;
-  // The player's own files and the relay's WebSocket come from the relay itself.
+  // The player's own files (and webtransport.json) and the relay's WebSocket come from the relay itself.
   if (url.pathname.startsWith("/.blindrelay/") || url.pathname === "/.blindrelay" || url.pathname === "/blindrelay/1") return;
   event.respondWith(tunnelled(event.request, url));
 });
 
 async function currentTunnel(): Promise<Tunnel> {
   tunnel ??= (async () => {
-    const [ticketText, key] = await Promise.all([loadTicket(), loadStaticKey()]);
+    const [ticketText, key, setting] = await Promise.all([loadTicket(), loadStaticKey(), loadTransport()]);
     if (ticketText === undefined || key === undefined) throw new SessionError("refused", "this browser has no ticket for the host yet");
     const { hostId } = parseTicket(ticketText);
-    const url = webSocketUrl(scope.location.host);
-    return new Tunnel({ open: () => connectPlayer({ url, hostId, playerSecret: key }) });
+    // WebTransport first, as the page: its sessions are streams of one connection.
+    const transports = new RelayTransports({ origin: scope.location.origin, setting });
+    return { tunnel: new Tunnel({ open: () => transports.connect({ hostId, playerSecret: key }) }), transports };
   })();
   try {
-    return await tunnel;
+    return (await tunnel).tunnel;
   } catch (err) {
     tunnel = undefined;
     throw err;
@@ -112,6 +119,8 @@ function failure(request: Request, err: unknown): Response {
       ? "The host does not serve this browser's player key."
       : err instanceof SessionError && err.kind === "relay-refused"
         ? `The relay refused the session: ${err.message}.`
+        : err instanceof SessionError && err.kind === "redirected"
+          ? `The relay does not hold this host: ${err.message}.`
         : `The host could not be reached: ${err instanceof Error ? err.message : String(err)}.`;
   if (request.mode !== "navigate") return new Response(`${why}\n`, { status: 502, headers: { "Content-Type": "text/plain; charset=utf-8" } });
   const page =

@@ -9,6 +9,7 @@ import {
   decodePlayerControl,
   describeErrorCode,
   encodeConnect,
+  isCanonicalMemberName,
   takePlayerControl,
 } from "../build/control.js";
 import { FrameDecoder, encodeData, encodeFrame } from "../build/frames.js";
@@ -20,6 +21,55 @@ test("Connect is the frame of PROTOCOL.md 7.4", () => {
   assert.equal(toHex(frame), "00220110" + rep("44", 32));
   assert.equal(frame.length, 36);
   assert.throws(() => encodeConnect(new Uint8Array(31)), { kind: "bad-host-id" });
+});
+
+test("Connect carries a redirect count only when it is not 0 (PROTOCOL.md 7.4, 18.4)", () => {
+  const id = new Uint8Array(32).fill(0x44);
+  assert.equal(toHex(encodeConnect(id, 2)), "00230110" + rep("44", 32) + "02");
+  assert.equal(toHex(encodeConnect(id, 0)), toHex(encodeConnect(id)));
+  assert.equal(encodeConnect(id, 255).length, 37);
+  for (const bad of [-1, 256, 1.5]) assert.throws(() => encodeConnect(id, bad), { kind: "bad-redirect-count" });
+});
+
+test("Redirect decodes from the frame of PROTOCOL.md 7.4; Move is not a player's", () => {
+  const redirect = takePlayerControl(fromHex("001d010702" + "0e72302e6578616d706c653a343433" + "0a5b3a3a315d3a34343333"));
+  assert.deepEqual(redirect, { used: 31, message: { kind: "redirect", members: ["r0.example:443", "[::1]:4433"] } });
+  assert.deepEqual(decodePlayerControl(fromHex("010703" + "0361" + "3a31" + "0362" + "3a32" + "0363" + "3a33")), {
+    kind: "redirect",
+    members: ["a:1", "b:2", "c:3"],
+  });
+  assert.throws(() => decodePlayerControl(fromHex("0108010c31302e302e302e373a343433")), { kind: "unexpected-kind" });
+});
+
+test("member lists that break section 18.3 are refused", () => {
+  const name = (text) => toHex(new Uint8Array([text.length])) + toHex(new TextEncoder().encode(text));
+  const cases = [
+    ["010700", "bad-member-list"],
+    ["010704" + name("a:1") + name("b:1") + name("c:1") + name("d:1"), "bad-member-list"],
+    ["010702" + name("a:1") + name("a:1"), "bad-member-list"],
+    ["010701" + name("A:1"), "bad-member-name"],
+    ["010701" + name("a:01"), "bad-member-name"],
+    ["010701" + name("a:0"), "bad-member-name"],
+    ["010701" + name("a:65536"), "bad-member-name"],
+    ["010701" + name("a"), "bad-member-name"],
+    ["010701" + name("::1:443"), "bad-member-name"],
+    ["010701" + name("[::G]:443"), "bad-member-name"],
+    ["010701" + name("a_b:443"), "bad-member-name"],
+    ["01070100", "bad-member-name"],
+    ["01070101c3", "bad-member-name"],
+    ["010702" + name("a:1"), "truncated"],
+    ["010701" + name("a:1") + "00", "trailing-bytes"],
+  ];
+  for (const [hex, kind] of cases) {
+    assert.throws(() => decodePlayerControl(fromHex(hex)), { name: "ControlError", kind }, hex);
+  }
+  for (const ok of ["relay-0.relay.example.net:443", "10.0.0.7:443", "[::1]:4433", "[2001:db8::1]:65535", "x:1"]) {
+    assert.ok(isCanonicalMemberName(ok), ok);
+  }
+  assert.ok(!isCanonicalMemberName("a".repeat(250) + ":443"), "254 bytes");
+  assert.ok(isCanonicalMemberName("a".repeat(249) + ":443"), "253 bytes");
+  assert.ok(!isCanonicalMemberName("[::1]"), "no port");
+  assert.ok(!isCanonicalMemberName("[::1]:443x"), "a port that is not a number");
 });
 
 test("Connected and Error decode from the frames of PROTOCOL.md 7.4 and 7.5", () => {

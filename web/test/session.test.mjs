@@ -154,6 +154,20 @@ test("a relay Error is reported with its code and reason", async () => {
   });
 });
 
+test("a pool member's Redirect is reported as where the host is", async () => {
+  const { far, connecting } = start();
+  await far.takeStream(36 + 98);
+  // Redirect { r0.example:443, [::1]:4433 } (PROTOCOL.md 7.4), then the relay's FIN.
+  far.sendStream(fromHex("001d010702" + "0e72302e6578616d706c653a343433" + "0a5b3a3a315d3a34343333"));
+  far.sendFrame({ type: "fin" });
+  await assert.rejects(connecting, {
+    name: "SessionError",
+    kind: "redirected",
+    members: ["r0.example:443", "[::1]:4433"],
+    message: "this relay is part of a pool; the host is at r0.example:443",
+  });
+});
+
 test("a player the host does not serve leaves as a served player leaving at once", async () => {
   const { far, host, connecting } = start();
   await far.takeStream(36);

@@ -1,0 +1,247 @@
+/**
+ * A player session's stream on WebTransport (PROTOCOL.md section 19.1): one
+ * bidirectional stream of the page's WebTransport session with the relay is one
+ * control stream, exactly as a native player's QUIC stream. The bytes are the
+ * control messages and the Noise session with no framing of ours (WebTransport's
+ * stream header is the browser's business); a reset or a stop-sending carries the
+ * protocol's stream code as `WebTransportError.streamErrorCode`, which the browser
+ * and the relay map to and from HTTP/3's code space.
+ *
+ * The stream is read only when the session needs bytes, so a page that stops
+ * reading stops QUIC's flow-control credit, and the relay and the host slow down,
+ * as with a native player.
+ */
+
+import { ByteQueue } from "./bytes.js";
+import { CLOSE_CODES, describeCode } from "./codes.js";
+import { NoiseError } from "./noise.js";
+import { SessionError, type StreamLink, streamCodeError } from "./session.js";
+
+/** A bidirectional WebTransport stream, as the browser gives it. */
+export interface WebTransportStreamLike {
+  readonly readable: ReadableStream<Uint8Array>;
+  readonly writable: WritableStream<Uint8Array>;
+}
+
+/** The part of a browser's `WebTransport` this module uses (or a test's stand-in). */
+export interface WebTransportLike {
+  readonly ready: Promise<unknown>;
+  readonly closed: Promise<{ closeCode?: number; reason?: string }>;
+  createBidirectionalStream(): Promise<WebTransportStreamLike>;
+  close(info?: { closeCode?: number; reason?: string }): void;
+}
+
+/** The error a stream is abandoned with: a `WebTransportError` carrying `code` where the environment has one. */
+export function streamAbortReason(code: number): Error {
+  const Ctor = (globalThis as { WebTransportError?: new (message?: string, init?: { streamErrorCode?: number }) => Error })
+    .WebTransportError;
+  if (Ctor !== undefined) return new Ctor(`stream code 0x${code.toString(16)}`, { streamErrorCode: code });
+  return Object.assign(new Error(`stream code 0x${code.toString(16)}`), { name: "WebTransportError", streamErrorCode: code });
+}
+
+/**
+ * The stream code a `WebTransportError` carries, `undefined` for an error that is
+ * not a stream's (the whole session closed, the network went away).
+ */
+export function streamCodeOf(err: unknown): number | undefined {
+  if (typeof err !== "object" || err === null || (err as { name?: unknown }).name !== "WebTransportError") return undefined;
+  const code = (err as { streamErrorCode?: unknown }).streamErrorCode;
+  return typeof code === "number" ? code : undefined;
+}
+
+/** Above this many bytes handed to the stream and not yet taken by it, writes wait. */
+const SEND_HIGH_WATER = 1 << 20;
+
+/** One WebTransport stream carrying one session. */
+export class WebTransportLink implements StreamLink {
+  private readonly received = new ByteQueue();
+  private reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  private writer: WritableStreamDefaultWriter<Uint8Array> | undefined;
+  private opening: Promise<void> | undefined;
+  /** The read in progress: a read that outlived its caller's deadline is kept for the next caller. */
+  private pending: Promise<void> | undefined;
+  private fin = false;
+  private finSent = false;
+  private discarding = false;
+  private ended: SessionError | undefined;
+  private stopped: SessionError | undefined;
+  private unsent = 0;
+  private closeInfo: { closeCode?: number; reason?: string } | undefined;
+
+  constructor(private readonly transport: WebTransportLike) {
+    transport.closed.then(
+      (info) => {
+        this.closeInfo = info;
+      },
+      () => {},
+    );
+  }
+
+  /** Opens the stream (once). */
+  async opened(deadline: number): Promise<void> {
+    this.opening ??= (async () => {
+      try {
+        const stream = await this.transport.createBidirectionalStream();
+        this.reader = stream.readable.getReader();
+        this.writer = stream.writable.getWriter();
+        // A stop-sending from the relay shows up here, whether or not a write is waiting.
+        this.writer.closed.catch((err: unknown) => this.onWriteError(err));
+      } catch (err) {
+        this.fail(new SessionError("connection", `no stream on the WebTransport session: ${messageOf(err)}`));
+      }
+    })();
+    await withDeadline(this.opening, deadline);
+    if (this.ended) throw this.ended;
+  }
+
+  sendStream(bytes: Uint8Array): void {
+    if (bytes.length === 0 || this.writer === undefined || this.finSent || this.stopped) return;
+    this.unsent += bytes.length;
+    this.writer.write(bytes).then(
+      () => {
+        this.unsent -= bytes.length;
+      },
+      (err: unknown) => this.onWriteError(err),
+    );
+  }
+
+  finish(): void {
+    if (this.writer === undefined || this.finSent) return;
+    this.finSent = true;
+    this.writer.close().catch((err: unknown) => this.onWriteError(err));
+  }
+
+  abandon(code: number): void {
+    this.finSent = true;
+    this.writer?.abort(streamAbortReason(code)).catch(() => {});
+    this.reader?.cancel(streamAbortReason(code)).catch(() => {});
+    this.discarding = true;
+  }
+
+  async read<T>(parse: (buf: Uint8Array) => { message: T; used: number } | undefined, deadline: number): Promise<T> {
+    for (;;) {
+      const taken = parse(this.received.view());
+      if (taken !== undefined) {
+        this.received.consume(taken.used);
+        return taken.message;
+      }
+      if (this.fin) {
+        throw new NoiseError("truncated", "session truncated: the stream ended without an authenticated end of stream");
+      }
+      if (this.ended) throw this.ended;
+      await this.pull(deadline);
+    }
+  }
+
+  async drainToEnd(deadline: number): Promise<void> {
+    this.discardData();
+    while (!this.fin && this.ended === undefined && Date.now() < deadline) {
+      try {
+        await this.pull(deadline);
+      } catch {
+        return;
+      }
+    }
+  }
+
+  discardData(): void {
+    this.discarding = true;
+    this.received.clear();
+  }
+
+  finReceived(): boolean {
+    return this.fin;
+  }
+
+  throwIfStopped(): void {
+    if (this.stopped) throw this.stopped;
+    if (this.ended && !this.fin) throw this.ended;
+  }
+
+  async drained(): Promise<void> {
+    // `ready` alone lets a queue of one chunk of any size through: the count bounds it in bytes.
+    while (this.writer !== undefined && this.unsent > SEND_HIGH_WATER && !this.stopped && !this.ended) {
+      await Promise.race([this.writer.ready, new Promise((resolve) => setTimeout(resolve, 5))]);
+    }
+    this.throwIfStopped();
+  }
+
+  fail(error: SessionError): void {
+    this.ended ??= error;
+  }
+
+  shutdown(): void {
+    this.fail(new SessionError("connection", "the session is closed"));
+    // A direction not ended yet is abandoned as a QUIC stack abandons one: code 0.
+    if (!this.fin) this.reader?.cancel().catch(() => {});
+    if (!this.finSent) {
+      this.finSent = true;
+      this.writer?.abort().catch(() => {});
+    }
+  }
+
+  /** Reads one chunk into the queue, or waits at most until `deadline` for it. */
+  private async pull(deadline: number): Promise<void> {
+    const reader = this.reader;
+    if (reader === undefined) throw this.ended ?? new SessionError("connection", "the stream is not open");
+    this.pending ??= reader.read().then(
+      ({ value, done }) => {
+        this.pending = undefined;
+        if (done) this.fin = true;
+        else if (value !== undefined && !this.discarding) this.received.push(value);
+      },
+      (err: unknown) => {
+        this.pending = undefined;
+        this.fail(this.readError(err));
+      },
+    );
+    await withDeadline(this.pending, deadline);
+  }
+
+  private readError(err: unknown): SessionError {
+    const code = streamCodeOf(err);
+    if (code !== undefined) return streamCodeError(code);
+    if (this.closeInfo?.closeCode !== undefined) {
+      const { closeCode, reason } = this.closeInfo;
+      return new SessionError(
+        "closed",
+        `the relay closed the connection: ${describeCode(CLOSE_CODES, "close code", closeCode)}${reason ? ` (${reason})` : ""}`,
+        closeCode,
+      );
+    }
+    return new SessionError("connection", `the WebTransport session to the relay failed: ${messageOf(err)}`);
+  }
+
+  private onWriteError(err: unknown): void {
+    // Once this side has ended or abandoned its direction, what becomes of its writes no longer matters.
+    if (this.finSent) return;
+    const code = streamCodeOf(err);
+    if (code !== undefined) {
+      // STOP_SENDING: writing is over; reading goes on.
+      this.stopped ??= streamCodeError(code);
+    } else {
+      this.stopped ??= new SessionError("connection", `the WebTransport stream failed: ${messageOf(err)}`);
+    }
+  }
+}
+
+/** `work`, or a timeout error at `deadline` (the work goes on, for whoever waits next). */
+export async function withDeadline<T>(work: Promise<T>, deadline: number): Promise<T> {
+  if (!Number.isFinite(deadline)) return work;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new SessionError("timeout", "the session was not set up in time")),
+      Math.max(0, deadline - Date.now()),
+    );
+  });
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
