@@ -28,20 +28,10 @@ const WAIT_MS = 30_000;
 const FILM_SECONDS = 62;
 const BLOB_LEN = 17 * 1024 * 1024 + 12345;
 
-// Chromium refuses the relay's WebTransport handshake as the relay stands: it
-// announces no unidirectional stream in its QUIC transport parameters and allows
-// HTTP/3's three only after the handshake (relay/src/transport.rs,
-// relay/src/webtransport.rs); Chromium closes with
-// QUIC_ZERO_RTT_RESUMPTION_LIMIT_REDUCED and the page falls back to WebSocket.
-// With the relay announcing 3 from the start, this run passes; until then it is
-// reported as a todo, not hidden.
-const WEBTRANSPORT_TODO =
-  "the relay must announce 3 unidirectional streams in its transport parameters for Chromium's WebTransport";
-
 for (const transport of ["webtransport", "websocket"]) {
   test(
     `the share link in Chromium over ${transport}: refused until the host lists the browser's key, then the film plays, seeks and a 17 MiB file arrives intact`,
-    { timeout: 300_000, ...(transport === "webtransport" ? { todo: WEBTRANSPORT_TODO } : {}) },
+    { timeout: 300_000 },
     () => watchTheFilm(transport),
   );
 }
