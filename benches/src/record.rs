@@ -249,13 +249,20 @@ fn pool_row(report: &Report, prefix: &str, words: &str) -> Option<(String, Strin
             members.map_or_else(|| "?".to_owned(), |n| n.to_string())
         ),
         format!(
-            "{} vs {} sessions/s at the owner ({}%); p50 +{} ms = {} round trips of {} ms \
-             (one Connect–Redirect alone); {} redirects each; relay CPU per set-up: \
-             redirecting member {} ms, owner {} ms ({} ms entered directly)",
+            "{} vs {} sessions/s at the owner ({}%); p50 +{} ms with {} workers = {} round \
+             trips of {} ms (one Connect–Redirect alone); {} redirects each; relay CPU per \
+             set-up: redirecting member {} ms, owner {} ms ({} ms entered directly)",
             cell(Some(redirected), 0),
             cell(report.number(&format!("{prefix}_sessions_per_s")), 0),
             cell(number("vs_owner_sessions").map(|v| v * 100.0), 0),
             cell(number("added_p50_ms"), 3),
+            cell(
+                report
+                    .params
+                    .get("sessions")
+                    .and_then(serde_json::Value::as_f64),
+                0
+            ),
             cell(number("added_round_trips"), 1),
             cell(report.number("redirect_exchange_p50_ms"), 3),
             cell(redirects, 2),
@@ -296,7 +303,10 @@ $B throughput --sessions 8 --hosts 2 --players 2 --transport quic,tcp --mixed --
 $B latency --transport quic,tcp --json r.json                        # each transport, same run
 $B latency --rate 1000 --size 64 --duration 10s --json r.json        # HDR p50..max
 $B setup --sessions 16 --duration 5s --rounds 3 --json r.json        # sessions/s, registrations/s
-$B setup --pool 3 --paths relay --transport quic,tcp --rounds 3 --json r.json  # a redirect's cost
+$B setup --pool 3 --paths relay --transport quic,tcp --sessions 16 --duration 5s --rounds 3 \
+   --json r.json                                     # a redirect's cost: set-up rate, relay CPU
+$B setup --pool 3 --paths relay --transport quic,tcp --sessions 1 --hosts 1 --players 1 \
+   --duration 5s --rounds 3 --no-registrations --json r.json   # its latency, one at a time
 $B idle --registrations 100000 --duration 10s --json r.json          # memory per registration
 $B soak --duration 60s --json r.json                                 # errors must be 0
 $B report --out BENCHMARKS.md r1.json r2.json ...                    # this file
@@ -309,7 +319,8 @@ run: entering at the owner, and entering at member 1, which answers `Redirect`
 (`*_redirected` keys). The members' own counters give the redirects per set-up, each
 member's CPU is read apart (the redirecting member's and the owner's), and one
 `Connect`–`Redirect` exchange is timed alone over an open QUIC connection, the unit
-of the added round trips. `--relay URL` with any member of a running pool works
+of the added round trips (read them from the one-worker run: with more workers the
+added latency is mostly queueing for this machine's cores). `--relay URL` with any member of a running pool works
 too: the client follows redirects, and so do the raw registrations.
 
 Common options: `--duration` (each measured phase), `--warmup` (not counted),
@@ -368,7 +379,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no pool row in\n{text}"));
         for expected in [
             "1500 vs 2000 sessions/s at the owner (75%)",
-            "p50 +0.400 ms = 2.0 round trips of 0.200 ms",
+            "p50 +0.400 ms with 16 workers = 2.0 round trips of 0.200 ms",
             "1.00 redirects each",
             "redirecting member 0.050 ms, owner 0.200 ms (0.190 ms entered directly)",
             "| yes |",
