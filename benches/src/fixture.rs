@@ -10,6 +10,11 @@
 //! [`Fixture::open`] returns both ends of a session: the player opens it, writes an
 //! 8-byte tag, and the host's accept loop hands the stream with that tag back to the
 //! caller. Tag 0 asks the host to echo instead ([`Fixture::open_echo`]).
+//!
+//! Against a pool of relays, [`Fixture::start_with`] keeps only host keys that a
+//! given member owns, and [`Fixture::enter_pool_at`] gives every host a second
+//! ticket naming another member: sessions on [`Path::Redirected`] enter there and
+//! are redirected to the owner, the same hosts and players as on [`Path::Relay`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,8 +24,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use blindrelay_client::{
-    HostAgent, HostConfig, HostState, PathPreference, Player, PlayerConfig, RelayUrl, SecretKey,
-    SecureStream, Ticket,
+    HostAgent, HostConfig, HostId, HostState, PathPreference, Player, PlayerConfig, RelayUrl,
+    SecretKey, SecureStream, Ticket,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
@@ -79,6 +84,9 @@ pub enum Path {
     /// Through the relay under test, the host and the player each on its transport,
     /// Noise end to end.
     Relay(Legs),
+    /// As [`Path::Relay`], but the player enters at a pool member that does not own
+    /// the host and follows its redirect to the owner (the relay under test).
+    Redirected(Legs),
 }
 
 impl Path {
@@ -94,6 +102,7 @@ impl Path {
             Self::Direct => "direct".to_owned(),
             Self::Splice => "splice".to_owned(),
             Self::Relay(legs) => legs.key(),
+            Self::Redirected(legs) => format!("{}_redirected", legs.key()),
         }
     }
 
@@ -103,12 +112,21 @@ impl Path {
             Self::Direct => "direct (no relay)".to_owned(),
             Self::Splice => "TCP splice".to_owned(),
             Self::Relay(legs) => legs.label(),
+            Self::Redirected(legs) => format!("{}, redirected once", legs.label()),
         }
     }
 
     /// Whether sessions on this path go through the relay under test.
     pub fn is_relay(self) -> bool {
-        matches!(self, Self::Relay(_))
+        matches!(self, Self::Relay(_) | Self::Redirected(_))
+    }
+
+    /// The legs of a relayed path.
+    pub fn legs(self) -> Option<Legs> {
+        match self {
+            Self::Relay(legs) | Self::Redirected(legs) => Some(legs),
+            Self::Direct | Self::Splice => None,
+        }
     }
 }
 
@@ -128,6 +146,8 @@ pub struct Fixture {
     /// Host tickets by the transport their hosts registered on; the first group's
     /// hosts also serve the direct path.
     tickets: Vec<(Transport, Vec<Ticket>)>,
+    /// The same hosts' tickets naming a pool member that redirects to their owner.
+    redirected: Vec<(Transport, Vec<Ticket>)>,
     /// Players by the transport they reach the relay on.
     players: Vec<(Transport, Vec<Player>)>,
     splice: SocketAddr,
@@ -148,6 +168,19 @@ impl Fixture {
         players: usize,
         transports: &[Transport],
     ) -> Result<Self> {
+        Self::start_with(relay, splice, hosts, players, transports, |_| true).await
+    }
+
+    /// As [`Fixture::start`], with host keys drawn until `keep` takes their host
+    /// id (a pool member's share of host ids, say).
+    pub async fn start_with(
+        relay: Option<&RelayUrl>,
+        splice: SocketAddr,
+        hosts: usize,
+        players: usize,
+        transports: &[Transport],
+        keep: impl Fn(&HostId) -> bool,
+    ) -> Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
         let pending: Pending = Arc::default();
         let mut tickets = Vec::new();
@@ -162,7 +195,7 @@ impl Fixture {
         for &transport in transports {
             let mut group = Vec::new();
             for _ in 0..hosts.max(1) {
-                let key = SecretKey::generate()?;
+                let key = keep_drawing(&keep)?;
                 let mut config = match relay {
                     Some(url) => HostConfig::new(key, url.clone()).with_direct(direct),
                     None => HostConfig::direct_only(key, direct),
@@ -200,6 +233,7 @@ impl Fixture {
         }
         Ok(Self {
             tickets,
+            redirected: Vec::new(),
             players: player_groups,
             splice,
             pending,
@@ -268,6 +302,30 @@ impl Fixture {
         Ok(player)
     }
 
+    /// Gives every host a ticket naming `entry`, a member of the pool the hosts
+    /// registered with that does not own them: [`Path::Redirected`] uses those.
+    pub fn enter_pool_at(&mut self, entry: &RelayUrl) -> Result<()> {
+        self.redirected = self
+            .tickets
+            .iter()
+            .map(|(transport, group)| {
+                let group = group
+                    .iter()
+                    .map(|ticket| Ticket::new(*ticket.host_id(), entry.clone(), Vec::new()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((*transport, group))
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
+    /// The host ids of the hosts on `transport`.
+    pub fn host_ids(&self, transport: Transport) -> Vec<HostId> {
+        group(&self.tickets, Some(transport))
+            .map(|tickets| tickets.iter().map(|t| *t.host_id()).collect())
+            .unwrap_or_default()
+    }
+
     /// Number of hosts on each transport.
     pub fn hosts(&self) -> usize {
         self.tickets.first().map_or(0, |(_, group)| group.len())
@@ -288,13 +346,17 @@ impl Fixture {
     async fn connect(&self, path: Path, index: usize) -> Result<SecureStream> {
         let (preference, legs) = match path {
             Path::Direct => (PathPreference::DirectOnly, None),
-            Path::Relay(legs) => (PathPreference::RelayOnly, Some(legs)),
+            Path::Relay(legs) | Path::Redirected(legs) => (PathPreference::RelayOnly, Some(legs)),
             Path::Splice => bail!("the TCP splice has no player"),
         };
         // The direct path uses the first group: its hosts listen directly too.
         let first = self.tickets.first().map(|(t, _)| *t);
         let players = group(&self.players, legs.map(|l| l.player).or(first))?;
-        let tickets = group(&self.tickets, legs.map(|l| l.host).or(first))?;
+        let tickets = match path {
+            Path::Redirected(_) => &self.redirected,
+            _ => &self.tickets,
+        };
+        let tickets = group(tickets, legs.map(|l| l.host).or(first))?;
         let player = &players[index % players.len()];
         let ticket = &tickets[index % tickets.len()];
         let stream = player.connect_via(ticket, preference).await?;
@@ -311,6 +373,18 @@ impl Fixture {
         }
         Ok(stream)
     }
+}
+
+/// A fresh host key whose host id `keep` takes. Bounded: a filter that takes
+/// almost nothing is a harness bug, not something to wait out.
+fn keep_drawing(keep: &impl Fn(&HostId) -> bool) -> Result<SecretKey> {
+    for _ in 0..10_000 {
+        let key = SecretKey::generate()?;
+        if keep(&key.host_id()) {
+            return Ok(key);
+        }
+    }
+    bail!("no host key in 10,000 draws fits the relay pool's placement")
 }
 
 /// The members of `groups` for `transport`.

@@ -105,9 +105,13 @@ async fn main() -> Result<()> {
         Scenario::Idle(args) => idle::planned(args, common),
         Scenario::Soak(args) => soak::planned(args, common),
     };
+    let pool = match scenario {
+        Scenario::Setup(args) => args.pool,
+        _ => 0,
+    };
     let run = Run {
         machine: Machine::detect(),
-        target: Target::start(common)?,
+        target: Target::start(common, pool)?,
         common: common.clone(),
         progress: Progress::new(planned),
     };

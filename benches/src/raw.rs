@@ -7,11 +7,17 @@
 //! section 8) on each with the client's own [`blindrelay_client::register_on`]:
 //! `Register`, the relay's `Challenge`, the `Proof` over the connection's exported
 //! keying material, `Registered`.
+//!
+//! The relay named may be one member of a pool (PROTOCOL.md section 18) that owns
+//! only some of the host ids: a `Redirect` is followed to the owner it names, with
+//! the redirect count raised as a host agent would, and counted, so a run through a
+//! pool's entry member measures registrations as hosts make them there.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use blindrelay_client::{RelayUrl, SecretKey};
+use blindrelay_protocol::placement::MAX_REDIRECTS;
 use blindrelay_protocol::KeyError;
 
 /// Why a registration failed.
@@ -36,6 +42,13 @@ pub enum RegisterError {
     /// The pool was asked for no endpoint at all.
     #[error("a registration pool needs at least one endpoint")]
     NoEndpoint,
+    /// A pool member redirected the registration to members none of which
+    /// resolves to an address.
+    #[error("redirected to pool members that do not resolve: {}", members.join(", "))]
+    NoMember {
+        /// The member names the redirect gave.
+        members: Vec<String>,
+    },
 }
 
 /// A held registration: it lasts while this value lives.
@@ -71,9 +84,11 @@ impl Registration {
 /// Client endpoints shared by many registrations.
 pub struct RegistrationPool {
     endpoints: Vec<quinn::Endpoint>,
+    url: RelayUrl,
     relay: SocketAddr,
     server_name: String,
     next: AtomicUsize,
+    redirects: AtomicU64,
 }
 
 impl RegistrationPool {
@@ -89,26 +104,68 @@ impl RegistrationPool {
         }
         Ok(Self {
             endpoints: list,
+            url: url.clone(),
             relay: relay.ok_or(RegisterError::NoEndpoint)?,
             server_name: url.host().to_owned(),
             next: AtomicUsize::new(0),
+            redirects: AtomicU64::new(0),
         })
     }
 
-    /// Registers a fresh host id on a new connection.
+    /// Registers a fresh host id on a new connection, following pool redirects
+    /// (each on a new connection to the member named first that resolves).
     pub async fn register(&self) -> Result<Registration, RegisterError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        let connection = self.endpoints[index]
-            .connect(self.relay, &self.server_name)?
-            .await?;
+        let endpoint = &self.endpoints[index];
         let key = SecretKey::generate()?;
-        let (send, recv) = blindrelay_client::register_on(&connection, &key, None).await?;
-        Ok(Registration {
-            host_id: key.host_id(),
-            connection,
-            _send: send,
-            _recv: recv,
-        })
+        let (mut addr, mut server_name) = (self.relay, self.server_name.clone());
+        let mut redirects = 0;
+        loop {
+            let connection = endpoint.connect(addr, &server_name)?.await?;
+            match blindrelay_client::register_on_redirected(&connection, &key, None, redirects)
+                .await
+            {
+                Ok((send, recv)) => {
+                    return Ok(Registration {
+                        host_id: key.host_id(),
+                        connection,
+                        _send: send,
+                        _recv: recv,
+                    })
+                }
+                Err(blindrelay_client::RegisterError::Redirected { members })
+                    if redirects < MAX_REDIRECTS =>
+                {
+                    connection.close(0u32.into(), b"redirected");
+                    self.redirects.fetch_add(1, Ordering::Relaxed);
+                    redirects += 1;
+                    (addr, server_name) = self.member(members).await?;
+                }
+                Err(err) => {
+                    connection.close(0u32.into(), b"failed");
+                    return Err(err.into());
+                }
+            }
+        }
+    }
+
+    /// Redirects followed so far, by every registration of this pool.
+    pub fn redirects(&self) -> u64 {
+        self.redirects.load(Ordering::Relaxed)
+    }
+
+    /// The address and TLS server name of the first of `members` that resolves.
+    async fn member(&self, members: Vec<String>) -> Result<(SocketAddr, String), RegisterError> {
+        for member in &members {
+            let Ok(url) = self.url.with_authority(member) else {
+                continue;
+            };
+            let resolved = tokio::net::lookup_host((url.host(), url.port())).await;
+            if let Some(addr) = resolved.ok().and_then(|mut addrs| addrs.next()) {
+                return Ok((addr, url.host().to_owned()));
+            }
+        }
+        Err(RegisterError::NoMember { members })
     }
 
     /// Closes every endpoint (and so every connection on them) and waits briefly

@@ -196,6 +196,9 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
                     ),
                     per_cpu.map(|v| v >= 5000.0),
                 ));
+                if let Some(row) = pool_row(report, &prefix, &words) {
+                    rows.push(row);
+                }
             }
         }
         "idle" => {
@@ -229,6 +232,48 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
     rows
 }
 
+/// The redirect's cost in a `setup --pool` run, for the relayed path `prefix`:
+/// none when the run had no pool.
+fn pool_row(report: &Report, prefix: &str, words: &str) -> Option<(String, String, Option<bool>)> {
+    let key = format!("{prefix}_redirected");
+    let number = |rest: &str| report.number(&format!("{key}_{rest}"));
+    let redirected = number("sessions_per_s")?;
+    let redirects = number("sessions_redirects_each");
+    let members = report
+        .params
+        .get("pool")
+        .and_then(serde_json::Value::as_u64);
+    Some((
+        format!(
+            "pool of {}{words}: entering at a member that redirects costs one redirect",
+            members.map_or_else(|| "?".to_owned(), |n| n.to_string())
+        ),
+        format!(
+            "{} vs {} sessions/s at the owner ({}%); p50 +{} ms with {} workers = {} round \
+             trips of {} ms (one Connect–Redirect alone); {} redirects each; relay CPU per \
+             set-up: redirecting member {} ms, owner {} ms ({} ms entered directly)",
+            cell(Some(redirected), 0),
+            cell(report.number(&format!("{prefix}_sessions_per_s")), 0),
+            cell(number("vs_owner_sessions").map(|v| v * 100.0), 0),
+            cell(number("added_p50_ms"), 3),
+            cell(
+                report
+                    .params
+                    .get("sessions")
+                    .and_then(serde_json::Value::as_f64),
+                0
+            ),
+            cell(number("added_round_trips"), 1),
+            cell(report.number("redirect_exchange_p50_ms"), 3),
+            cell(redirects, 2),
+            cell(number("entry_cpu_ms_each"), 3),
+            cell(number("owner_cpu_ms_each"), 3),
+            cell(number("owner_cpu_ms_each_without_redirect"), 3),
+        ),
+        redirects.map(|v| (v - 1.0).abs() <= 0.01),
+    ))
+}
+
 const HOW_TO_RUN: &str = r#"All figures come from the load generator in `benches/` (`blindrelay-bench`). It
 starts the relay under test as a child process (itself, as `blindrelay-bench
 serve-relay`: the same `Relay` that `blindrelayd` runs, every limit off unless
@@ -258,10 +303,25 @@ $B throughput --sessions 8 --hosts 2 --players 2 --transport quic,tcp --mixed --
 $B latency --transport quic,tcp --json r.json                        # each transport, same run
 $B latency --rate 1000 --size 64 --duration 10s --json r.json        # HDR p50..max
 $B setup --sessions 16 --duration 5s --rounds 3 --json r.json        # sessions/s, registrations/s
+$B setup --pool 3 --paths relay --transport quic,tcp --sessions 16 --duration 5s --rounds 3 \
+   --json r.json                                     # a redirect's cost: set-up rate, relay CPU
+$B setup --pool 3 --paths relay --transport quic,tcp --sessions 1 --hosts 1 --players 1 \
+   --duration 5s --rounds 3 --no-registrations --json r.json   # its latency, one at a time
 $B idle --registrations 100000 --duration 10s --json r.json          # memory per registration
 $B soak --duration 60s --json r.json                                 # errors must be 0
 $B report --out BENCHMARKS.md r1.json r2.json ...                    # this file
 ```
+
+With `setup --pool N` the harness starts N relays as one pool on loopback (one
+certificate, one member file, PROTOCOL.md section 18), every host one that the
+relay under test (member 0) owns, and measures each relayed path twice in the same
+run: entering at the owner, and entering at member 1, which answers `Redirect`
+(`*_redirected` keys). The members' own counters give the redirects per set-up, each
+member's CPU is read apart (the redirecting member's and the owner's), and one
+`Connect`–`Redirect` exchange is timed alone over an open QUIC connection, the unit
+of the added round trips (read them from the one-worker run: with more workers the
+added latency is mostly queueing for this machine's cores). `--relay URL` with any member of a running pool works
+too: the client follows redirects, and so do the raw registrations.
 
 Common options: `--duration` (each measured phase), `--warmup` (not counted),
 `--relay URL`, `--relay-config FILE`, `--json FILE`, `--plot FILE.svg`; each
@@ -269,7 +329,9 @@ scenario's own knobs are in `blindrelay-bench SCENARIO --help`. Stable JSON keys
 `scenario`; `relay_gbps`, `direct_gbps`, `splice_gbps`, `relay_cpu_s_per_gib`,
 `relay_tcp_cpu_s_per_gib`, `relay_tcp_cpu_vs_splice` (throughput); `relay_p99_us`,
 `direct_p99_us`, `relay_tcp_added_p99_us` (latency); `sessions_per_s`,
-`relay_tcp_sessions_per_relay_cpu_s` (setup); `bytes_per_registration` (idle).
+`relay_tcp_sessions_per_relay_cpu_s`, `relay_quic_redirected_vs_owner_sessions`,
+`relay_quic_redirected_added_round_trips`, `relay_quic_redirected_entry_cpu_ms_each`
+(setup); `bytes_per_registration` (idle).
 
 Where the relay's time and memory go, from profiles, and what was tried: see
 [docs/performance.md](docs/performance.md).
@@ -279,3 +341,61 @@ Micro-benchmarks (criterion): `cargo bench -p blindrelay-bench` runs `noise`
 transport per 64 KiB frame, full IK handshake), `registry` (a host-id map under
 contention) and `splice` (one session through an in-process relay).
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Machine;
+
+    fn setup_report(pool: Option<u64>) -> Report {
+        let params = serde_json::json!({ "transports": ["quic"], "pool": pool, "sessions": 16 });
+        let mut report = Report::new("setup", Machine::detect(), "child".to_owned(), params);
+        report.figure("relay_quic_sessions_per_s", Some(2000.0));
+        report.figure("relay_quic_sessions_per_relay_cpu_s", Some(6000.0));
+        if pool.is_some() {
+            for (key, value) in [
+                ("sessions_per_s", 1500.0),
+                ("vs_owner_sessions", 0.75),
+                ("added_p50_ms", 0.4),
+                ("added_round_trips", 2.0),
+                ("sessions_redirects_each", 1.0),
+                ("entry_cpu_ms_each", 0.05),
+                ("owner_cpu_ms_each", 0.2),
+                ("owner_cpu_ms_each_without_redirect", 0.19),
+            ] {
+                report.figure(&format!("relay_quic_redirected_{key}"), Some(value));
+            }
+            report.figure("redirect_exchange_p50_ms", Some(0.2));
+        }
+        report
+    }
+
+    #[test]
+    fn a_pool_run_renders_the_cost_of_a_redirect() {
+        let text = markdown(&[setup_report(Some(3))], &["pool.json".to_owned()]);
+        let row = text
+            .lines()
+            .find(|line| line.contains("pool of 3 (QUIC)"))
+            .unwrap_or_else(|| panic!("no pool row in\n{text}"));
+        for expected in [
+            "1500 vs 2000 sessions/s at the owner (75%)",
+            "p50 +0.400 ms with 16 workers = 2.0 round trips of 0.200 ms",
+            "1.00 redirects each",
+            "redirecting member 0.050 ms, owner 0.200 ms (0.190 ms entered directly)",
+            "| yes |",
+        ] {
+            assert!(row.contains(expected), "{expected:?} not in {row}");
+        }
+        assert!(
+            text.contains("setup --pool 3"),
+            "the command to re-run is listed"
+        );
+    }
+
+    #[test]
+    fn a_run_without_a_pool_has_no_pool_row() {
+        let text = markdown(&[setup_report(None)], &["setup.json".to_owned()]);
+        assert!(!text.contains("redirects costs"), "{text}");
+        assert!(text.contains("session setup (QUIC)"));
+    }
+}

@@ -186,3 +186,189 @@ fn an_unknown_transport_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("udp"), "{stderr}");
 }
+
+#[test]
+fn a_pool_measures_sessions_at_the_owner_and_redirected_once() {
+    let (json, value) = run(
+        "setup",
+        &[
+            "--pool",
+            "3",
+            "--sessions",
+            "2",
+            "--hosts",
+            "1",
+            "--players",
+            "1",
+            "--paths",
+            "relay",
+            "--transport",
+            "quic,tcp",
+        ],
+    );
+    for key in [
+        "relay_quic_sessions_per_s",
+        "relay_quic_redirected_sessions_per_s",
+        "relay_tcp_redirected_sessions_per_s",
+        "relay_quic_redirected_vs_owner_sessions",
+        "relay_quic_redirected_entry_cpu_ms_each",
+        "relay_quic_redirected_owner_cpu_ms_each",
+        "redirect_exchange_p50_ms",
+    ] {
+        positive(&value, key);
+    }
+    // Entering at the owner takes no redirect; entering elsewhere exactly one, as
+    // the members themselves counted.
+    for transport in ["quic", "tcp"] {
+        assert_eq!(
+            value[format!("relay_{transport}_sessions_redirects_each")].as_f64(),
+            Some(0.0),
+            "{value:#}"
+        );
+        assert_eq!(
+            value[format!("relay_{transport}_redirected_sessions_redirects_each")].as_f64(),
+            Some(1.0),
+            "{value:#}"
+        );
+    }
+    assert!(value["relay_quic_redirected_added_round_trips"].is_number());
+    let markdown = bench().arg("report").arg(&json).output().unwrap();
+    assert!(markdown.status.success());
+    let text = String::from_utf8(markdown.stdout).unwrap();
+    assert!(text.contains("pool of 3 (QUIC)"), "{text}");
+    assert!(text.contains("pool of 3 (TLS/TCP)"), "{text}");
+}
+
+#[test]
+fn a_pool_is_started_by_the_harness_only_when_no_relay_is_named() {
+    let output = bench()
+        .args([
+            "setup",
+            "--pool",
+            "3",
+            "--relay",
+            "blindrelay://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--pool"), "{stderr}");
+    let output = bench().args(["setup", "--pool", "1"]).output().unwrap();
+    assert!(!output.status.success());
+}
+
+/// Three `serve-relay` children as one pool, as an operator's pool would be: the
+/// harness pointed at one member by `--relay` must not assume that member holds
+/// the hosts.
+#[test]
+fn a_remote_pool_entered_at_one_member_works() {
+    let dir = scratch("remote-pool");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = blindrelay_relay::RelayCertificate::self_signed_pem(&["localhost"]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    let members_file = dir.join("members");
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(PoolChild::start(&dir, &members_file));
+    }
+    let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    std::fs::write(dir.join("members.partial"), names.join("\n") + "\n").unwrap();
+    std::fs::rename(dir.join("members.partial"), &members_file).unwrap();
+    for member in &mut members {
+        assert_eq!(member.ask("members 3"), "members 3");
+    }
+    let url = members[0].url.clone();
+    let (_, value) = run(
+        "setup",
+        &[
+            "--relay",
+            &url,
+            "--sessions",
+            "2",
+            "--hosts",
+            "3",
+            "--players",
+            "1",
+            "--paths",
+            "relay",
+        ],
+    );
+    positive(&value, "relay_quic_sessions_per_s");
+    positive(&value, "registrations_per_s");
+    // Two thirds of fresh host ids belong to another member: their registrations
+    // were redirected and followed, not counted as errors (checked by `run`).
+    positive(&value, "registrations_redirects_each");
+    let redirected: u64 = members
+        .iter_mut()
+        .map(|m| {
+            let stats = m.ask("stats");
+            blindrelay_bench::relay_process::PoolStats::parse(&stats)
+                .unwrap_or_else(|| panic!("{stats}"))
+                .redirects_register
+        })
+        .sum();
+    assert!(redirected > 0, "no member redirected a registration");
+}
+
+/// A `serve-relay` pool member, stopped (stdin closed, then killed) on drop.
+struct PoolChild {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    name: String,
+    url: String,
+}
+
+impl PoolChild {
+    fn start(dir: &std::path::Path, members_file: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = bench()
+            .arg("serve-relay")
+            .arg("--certificate")
+            .arg(dir.join("cert.pem"))
+            .arg("--private-key")
+            .arg(dir.join("key.pem"))
+            .arg("--pool-members-file")
+            .arg(members_file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut name, mut url) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("pool member: ") {
+                name = Some(rest.to_owned());
+            } else if let Some(rest) = line.strip_prefix("relay url: ") {
+                url = Some(rest.to_owned());
+            } else if line == "ready" {
+                break;
+            }
+        }
+        Self {
+            child,
+            lines,
+            name: name.expect("a member name"),
+            url: url.expect("a relay url"),
+        }
+    }
+
+    /// One command and its reply (the child bounds its own waits).
+    fn ask(&mut self, command: &str) -> String {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        self.lines.next().unwrap().unwrap()
+    }
+}
+
+impl Drop for PoolChild {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

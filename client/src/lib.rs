@@ -39,8 +39,8 @@ pub use endpoint::{
     TlsSetupError,
 };
 pub use host::{
-    register_on, DirectListenError, HostAgent, HostConfig, HostState, HostStats, RegisterError,
-    RegistrationStream, StartError,
+    register_on, register_on_redirected, DirectListenError, HostAgent, HostConfig, HostState,
+    HostStats, RegisterError, RegistrationStream, StartError,
 };
 pub use linger::{framed_halves, halves as quic_halves, StreamRecv, StreamSend, LINGER};
 pub use player::{

@@ -55,16 +55,52 @@ pub struct Target {
     relay_url: RelayUrl,
     /// Whether the relay runs in `process` (so its CPU and memory are ours to read).
     local_relay: bool,
+    /// With `pool` members: the pool the relay under test (member 0) belongs to.
+    pool: Option<Pool>,
 }
+
+/// The other members of a pool the harness started on loopback, and the folder
+/// holding their shared certificate and member file.
+pub struct Pool {
+    /// Member names, the relay under test's first.
+    names: Vec<String>,
+    /// Relay URLs, in the same order.
+    urls: Vec<RelayUrl>,
+    /// Members 1.., each its own child process (member 0 is the target's).
+    others: Vec<RelayProcess>,
+    dir: PathBuf,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // The children go first: they read the member file until they stop.
+        self.others.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How often the members of a harness pool read their member file.
+const POOL_REFRESH: Duration = Duration::from_millis(200);
 
 impl Target {
     /// Starts the child process: relay and splice, or the splice alone when the
-    /// relay is remote.
-    pub fn start(common: &Common) -> Result<Self> {
+    /// relay is remote. With `pool` of 2 or more, the relay under test is the first
+    /// of that many relay processes serving as one pool.
+    pub fn start(common: &Common, pool: usize) -> Result<Self> {
+        if pool >= 2 {
+            if common.relay.is_some() {
+                anyhow::bail!(
+                    "--pool starts a pool of its own; a remote pool is tested by --relay \
+                     with any member's URL"
+                );
+            }
+            return Self::start_pool(common, pool);
+        }
         let process = RelayProcess::start(&ServeArgs {
             config: common.relay_config.clone(),
             no_relay: common.relay.is_some(),
             splice_buffer: common.splice_buffer,
+            ..ServeArgs::default()
         })?;
         let relay_url = match &common.relay {
             Some(url) => url.clone(),
@@ -77,7 +113,80 @@ impl Target {
             local_relay: common.relay.is_none(),
             process,
             relay_url,
+            pool: None,
         })
+    }
+
+    /// `n` relay processes as one pool on loopback: one certificate (PEM files in a
+    /// fresh folder), one member file listing them all, read every
+    /// [`POOL_REFRESH`]; returns once every member sees all `n`.
+    fn start_pool(common: &Common, n: usize) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "blindrelay-bench-pool-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut pool = Pool {
+            names: Vec::new(),
+            urls: Vec::new(),
+            others: Vec::new(),
+            dir,
+        };
+        let (cert, key) = blindrelay_relay::RelayCertificate::self_signed_pem(&["localhost"])?;
+        let (cert_file, key_file) = (pool.dir.join("cert.pem"), pool.dir.join("key.pem"));
+        std::fs::write(&cert_file, cert)?;
+        std::fs::write(&key_file, key)?;
+        let members_file = pool.dir.join("members");
+        let args = ServeArgs {
+            config: common.relay_config.clone(),
+            no_relay: false,
+            splice_buffer: common.splice_buffer,
+            certificate: Some(cert_file),
+            private_key: Some(key_file),
+            pool_members_file: Some(members_file.clone()),
+            pool_refresh: POOL_REFRESH,
+        };
+        let mut processes = Vec::new();
+        for _ in 0..n {
+            let process = RelayProcess::start(&args)?;
+            pool.names.push(
+                process
+                    .pool_member()
+                    .context("a pool member without a name")?
+                    .to_owned(),
+            );
+            pool.urls.push(
+                process
+                    .relay_url()
+                    .cloned()
+                    .context("the relay process gave no URL")?,
+            );
+            processes.push(process);
+        }
+        // Written whole and renamed, so no member reads half a list.
+        let partial = pool.dir.join("members.partial");
+        std::fs::write(&partial, pool.names.join("\n") + "\n")?;
+        std::fs::rename(&partial, &members_file)?;
+        for process in &processes {
+            process.wait_pool_members(n)?;
+        }
+        let mut processes = processes.into_iter();
+        let process = processes.next().context("a pool of no member")?;
+        pool.others = processes.collect();
+        Ok(Self {
+            local_relay: true,
+            relay_url: pool.urls[0].clone(),
+            process,
+            pool: Some(pool),
+        })
+    }
+
+    /// The pool the harness started, if it did.
+    pub fn pool(&self) -> Option<&Pool> {
+        self.pool.as_ref()
     }
 
     /// The relay's URL.
@@ -102,7 +211,17 @@ impl Target {
 
     /// Says where the relay runs, for reports.
     pub fn describe(&self) -> String {
-        if self.local_relay {
+        if let Some(pool) = &self.pool {
+            let mut pids = vec![self.process.probe().pid().to_string()];
+            pids.extend(pool.others.iter().map(|p| p.probe().pid().to_string()));
+            format!(
+                "pool of {} child processes (blindrelay-bench serve-relay, pids {}) on loopback, \
+                 one certificate, member file read every {} ms; limits off unless --relay-config",
+                pool.names.len(),
+                pids.join(", "),
+                POOL_REFRESH.as_millis()
+            )
+        } else if self.local_relay {
             format!(
                 "child process (blindrelay-bench serve-relay, pid {}), {}",
                 self.process.probe().pid(),
@@ -118,6 +237,36 @@ impl Target {
                 self.relay_url
             )
         }
+    }
+}
+
+impl Pool {
+    /// Member names, the relay under test's first.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Member `i`'s relay URL.
+    pub fn url(&self, i: usize) -> Option<&RelayUrl> {
+        self.urls.get(i)
+    }
+
+    /// Member `i`'s process (1..; member 0 is [`Target::relay_probe`]).
+    fn other(&self, i: usize) -> Option<&RelayProcess> {
+        i.checked_sub(1).and_then(|i| self.others.get(i))
+    }
+
+    /// Member `i`'s CPU time and memory, for `i` of 1 or more.
+    pub fn probe(&self, i: usize) -> Option<&ProcessProbe> {
+        self.other(i).map(RelayProcess::probe)
+    }
+
+    /// Every member's pool counters now, in member order (`target` is member 0).
+    pub fn stats(&self, target: &Target) -> Result<Vec<crate::relay_process::PoolStats>> {
+        std::iter::once(&target.process)
+            .chain(&self.others)
+            .map(RelayProcess::pool_stats)
+            .collect()
     }
 }
 

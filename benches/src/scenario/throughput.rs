@@ -109,7 +109,7 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
             run.progress
                 .message(format!("{} round {}", path.label(), round + 1));
             let probe = match path {
-                Path::Relay(_) => run.target.relay_probe(),
+                Path::Relay(_) | Path::Redirected(_) => run.target.relay_probe(),
                 Path::Splice => Some(run.target.splice_probe()),
                 Path::Direct => None,
             };

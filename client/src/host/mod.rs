@@ -40,7 +40,7 @@ use accept::SessionAcceptor;
 pub use direct::DirectListenError;
 pub(crate) use relay::member_urls;
 use relay::RelaySideEnd;
-pub use relay::{register_on, RegisterError, RegistrationStream};
+pub use relay::{register_on, register_on_redirected, RegisterError, RegistrationStream};
 
 /// How a host agent behaves.
 #[derive(Debug, Clone)]

@@ -598,7 +598,7 @@ async fn register(
     let deadline = config.handshake_timeout;
     let (result, connection) = match connected {
         Connected::Quic(connection) => {
-            let registered = register_redirected(&connection, &config.key, token, redirects);
+            let registered = register_on_redirected(&connection, &config.key, token, redirects);
             let proved = tokio::time::timeout(deadline, registered).await;
             let result = proved.map(|proved| {
                 proved.map(|stream| Registration::Quic {
@@ -751,11 +751,13 @@ pub async fn register_on(
     key: &SecretKey,
     token: Option<Vec<u8>>,
 ) -> Result<RegistrationStream, RegisterError> {
-    register_redirected(connection, key, token, 0).await
+    register_on_redirected(connection, key, token, 0).await
 }
 
-/// [`register_on`] at a pool member reached by `redirects` redirects.
-async fn register_redirected(
+/// [`register_on`] at a pool member reached by `redirects` redirects (PROTOCOL.md
+/// section 18.4): the member then answers for itself once the count reaches the
+/// limit, so a caller following [`RegisterError::Redirected`] raises it by one.
+pub async fn register_on_redirected(
     connection: &quinn::Connection,
     key: &SecretKey,
     token: Option<Vec<u8>>,
