@@ -231,14 +231,15 @@ async fn route(
             ControlMessage::error(refusal.code(), refusal.reason())
         }
         ControlMessage::Connect { host_id, redirects } => {
-            if let Some(redirect) = pool::redirect_for(&shared, &host_id, redirects, false) {
-                return Box::pin(refuse(&mut stream.send, &mut stream.recv, &redirect)).await;
-            }
             if let (true, Link::Quic(connection)) = (first_stream, &stream.link) {
                 // The first stream asks for a session: a player, which may now open
-                // as many streams as the configuration allows.
+                // as many streams as the configuration allows (one that a pool
+                // member only redirects is a player too).
                 let streams = shared.config.limits.connections.max_streams;
                 connection.set_max_concurrent_bi_streams(streams.into());
+            }
+            if let Some(redirect) = pool::redirect_for(&shared, &host_id, redirects, false) {
+                return Box::pin(refuse(&mut stream.send, &mut stream.recv, &redirect)).await;
             }
             return Box::pin(session::pair_and_splice(host_id, stream, shared)).await;
         }

@@ -464,10 +464,13 @@ async fn wait_for_new_token(
     control: &mut AgentChannels,
 ) -> Result<(), ()> {
     warn!(%code, %reason, "the relay refused the registration token: waiting for a new one");
+    // The token in hand is seen before the state says a new one is wanted: whoever
+    // reacts to that state at once may set the next token right away, and that
+    // change must not be taken for the old one.
+    control.token.borrow_and_update();
     control
         .state
         .send_replace(HostState::TokenRefused { code, reason });
-    control.token.borrow_and_update();
     tokio::select! {
         changed = control.token.changed() => changed.map_err(|_| ()),
         _ = control.enabled.wait_for(|on| !*on) => Ok(()),
