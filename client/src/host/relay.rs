@@ -857,6 +857,10 @@ async fn serve_framed(
     // falls between the two.
     let probing = config.transport == TransportPreference::Auto;
     let token = control.token.borrow().clone();
+    // Set while the probe registers over QUIC: the relay replaces this registration
+    // the moment that one is confirmed, and may close this connection before the
+    // probe has read its confirmation.
+    let registering = std::sync::atomic::AtomicBool::new(false);
     let quic_probe = async {
         if !probing {
             return std::future::pending().await;
@@ -877,9 +881,12 @@ async fn serve_framed(
                 }
             };
             let registered = register_on(&connection, &config.key, token.clone());
-            match tokio::time::timeout(config.handshake_timeout, registered).await {
+            registering.store(true, Ordering::Release);
+            let registered = tokio::time::timeout(config.handshake_timeout, registered).await;
+            match registered {
                 Ok(Ok(stream)) => return (connection, stream),
                 _ => {
+                    registering.store(false, Ordering::Release);
                     debug!("QUIC got through, but not a registration on it");
                     connection.close(codes::close::NORMAL.into(), b"registration failed");
                 }
@@ -962,7 +969,18 @@ async fn serve_framed(
                 debug!(?message, "relay ended the registration");
                 return framed_ended(connection);
             }
-            Err(_) => return framed_ended(connection),
+            Err(_) => {
+                let end = framed_ended(connection);
+                if matches!(end, RegistrationEnd::Replaced) && registering.load(Ordering::Acquire) {
+                    // Replaced by this host's own registration over QUIC, whose
+                    // confirmation is on its way: not another host's.
+                    let confirmed = tokio::time::timeout(config.handshake_timeout, &mut quic_probe);
+                    if let Ok((quic, stream)) = confirmed.await {
+                        return RegistrationEnd::QuicAgain(quic, stream);
+                    }
+                }
+                return end;
+            }
         }
     }
 }
