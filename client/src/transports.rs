@@ -91,9 +91,15 @@ pub(crate) async fn race<T, E>(
     let count = attempts.len();
     let mut running = vec![false; count];
     let mut errors: Vec<Option<E>> = (0..count).map(|_| None).collect();
-    let mut started = 0;
     let delay_after = |started: usize| delays.get(started).copied().unwrap_or_default();
-    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+    // The first attempt starts at once, not when a timer already due fires: tokio's
+    // timers fire on a millisecond tick, which every session set-up would pay.
+    let mut started = count.min(1);
+    if started == 1 {
+        running[0] = true;
+    }
+    let mut timer = Box::pin(tokio::time::sleep(delay_after(started)));
+    let mut start_next = false;
     std::future::poll_fn(|cx| loop {
         let mut moved = false;
         if started < count && timer.as_mut().poll(cx).is_ready() {
@@ -117,13 +123,17 @@ pub(crate) async fn race<T, E>(
                 }
                 Err(err) => {
                     errors[index] = Some(err);
-                    // The last one started failed: the next starts now.
-                    if index + 1 == started && started < count {
-                        timer.as_mut().reset(Instant::now());
-                    }
+                    // The last one started failed: the next starts now (not at the
+                    // timer's next tick), once this pass over the others is done.
+                    start_next |= index + 1 == started && started < count;
                     moved = true;
                 }
             }
+        }
+        if std::mem::take(&mut start_next) {
+            running[started] = true;
+            started += 1;
+            timer.as_mut().reset(Instant::now() + delay_after(started));
         }
         if started == count && !running.contains(&true) {
             return Poll::Ready(Err(errors.iter_mut().filter_map(Option::take).collect()));
@@ -205,6 +215,28 @@ mod tests {
         Duration::from_millis(250),
         Duration::from_millis(250),
     ];
+
+    #[tokio::test]
+    async fn an_answer_ready_at_once_needs_no_timer_tick() {
+        // One poll of the race: the first attempt is started and its answer taken
+        // in that poll, not after a timer (which fires a millisecond tick later),
+        // and so is the next one when the first fails at once.
+        let ready = |result| -> Attempt<'static, &'static str, &'static str> {
+            Box::pin(std::future::ready(result))
+        };
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut one = Box::pin(race(vec![ready(Ok("quic"))], &STEP, |_| false));
+        assert_eq!(
+            one.as_mut().poll(&mut context),
+            Poll::Ready(Ok((0, "quic")))
+        );
+        let mut two = Box::pin(race(
+            vec![ready(Err("no udp")), ready(Ok("tcp"))],
+            &STEP,
+            |_| false,
+        ));
+        assert_eq!(two.as_mut().poll(&mut context), Poll::Ready(Ok((1, "tcp"))));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_first_transport_wins_when_it_is_quick() {
