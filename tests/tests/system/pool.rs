@@ -153,6 +153,20 @@ impl Pool {
         self.members.iter().position(|m| m.name == owner).unwrap()
     }
 
+    /// How many of `hosts` each member (running or not) should hold when the
+    /// members are `names`.
+    fn placed(
+        &self,
+        hosts: &[(HostId, Ticket, tokio::task::JoinHandle<()>)],
+        names: &[String],
+    ) -> Vec<u64> {
+        let mut counts = vec![0u64; self.members.len()];
+        for (host_id, _, _) in hosts {
+            counts[self.owner_among(host_id, names)] += 1;
+        }
+        counts
+    }
+
     /// How many hosts each member holds now.
     fn held(&self) -> Vec<u64> {
         self.members
@@ -224,10 +238,7 @@ async fn every_host_ends_at_its_owner_and_every_player_reaches_it() {
         let entry = pool.url(fastrand::usize(0..3));
         hosts.push(start_pool_host(i, &entry).await);
     }
-    let mut expected = vec![0u64; 3];
-    for (host_id, _, _) in &hosts {
-        expected[pool.owner_among(host_id, &names)] += 1;
-    }
+    let expected = pool.placed(&hosts, &names);
     wait_until("every host is held by its owner", || {
         pool.held() == expected
     })
@@ -381,10 +392,7 @@ async fn a_draining_member_hands_its_hosts_over_and_others_are_untouched() {
         .filter(|n| **n != names[drained])
         .cloned()
         .collect();
-    let mut after = vec![0u64; 3];
-    for (host_id, _, _) in &hosts {
-        after[pool.owner_among(host_id, &survivors)] += 1;
-    }
+    let after = pool.placed(&hosts, &survivors);
     wait_until("the drained member's hosts are at their next owner", || {
         pool.held() == after
     })
@@ -436,10 +444,7 @@ async fn a_joining_member_takes_its_share_and_nothing_else_moves() {
     for i in 0..HOSTS {
         hosts.push(start_pool_host(i, &pool.url(usize::from(i) % 3)).await);
     }
-    let mut expected = vec![0u64; 3];
-    for (host_id, _, _) in &hosts {
-        expected[pool.owner_among(host_id, &names)] += 1;
-    }
+    let expected = pool.placed(&hosts, &names);
     wait_until("placement settles", || pool.held() == expected).await;
 
     let fourth = pool.add_member(None);
@@ -479,10 +484,7 @@ async fn a_joining_member_takes_its_share_and_nothing_else_moves() {
     }
     pool.write_members(&names4);
     pool.wait_views(4).await;
-    let mut after = vec![0u64; 4];
-    for (host_id, _, _) in &hosts {
-        after[pool.owner_among(host_id, &names4)] += 1;
-    }
+    let after = pool.placed(&hosts, &names4);
     wait_until("the moved hosts are at the new member", || {
         pool.held() == after
     })
@@ -555,10 +557,7 @@ async fn a_member_with_a_stale_list_still_gets_players_through_and_converges() {
     }
     // Once the stale member reads the full list, every host ends at its owner.
     write_list(&stale_file, &all);
-    let mut expected = vec![0u64; 3];
-    for (host_id, _, _) in &hosts {
-        expected[pool.owner_among(host_id, &all)] += 1;
-    }
+    let expected = pool.placed(&hosts, &all);
     wait_until("placement converges", || pool.held() == expected).await;
 }
 
@@ -651,10 +650,7 @@ async fn members_read_from_dns_place_hosts_and_follow_a_removal() {
     for i in 0..HOSTS {
         hosts.push(start_pool_host(i, &pool.url(usize::from(i) % 3)).await);
     }
-    let mut expected = vec![0u64; 3];
-    for (host_id, _, _) in &hosts {
-        expected[pool.owner_among(host_id, &names)] += 1;
-    }
+    let expected = pool.placed(&hosts, &names);
     wait_until("every host is held by its owner", || {
         pool.held() == expected
     })
@@ -667,10 +663,7 @@ async fn members_read_from_dns_place_hosts_and_follow_a_removal() {
     let _dns = Dns::start(dns_port, &remaining).expect("dnsmasq restarts");
     pool.wait_views(2).await;
     let left: Vec<String> = names[..2].to_vec();
-    let mut after = vec![0u64; 3];
-    for (host_id, _, _) in &hosts {
-        after[pool.owner_among(host_id, &left)] += 1;
-    }
+    let after = pool.placed(&hosts, &left);
     wait_until(
         "the hosts of the removed member are at their next owner",
         || {
@@ -710,4 +703,45 @@ async fn a_host_whose_ticket_names_a_member_gone_for_good_registers_with_the_oth
     })
     .await;
     echo_session(&player(), &entering_at(&ticket, &pool.url(2)), 9, 4096).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_ignores_its_move_holds_the_draining_member_ten_seconds_at_most() {
+    let mut pool = Pool::start(2).await;
+    let names = pool.names();
+    // A host member 0 owns, registered by hand, that never answers a Move.
+    let key = (0..=255u8)
+        .map(host_key)
+        .find(|key| pool.owner_among(&key.host_id(), &names) == 0)
+        .expect("a host member 0 owns");
+    let connection = raw_connection(pool.relay(0)).await;
+    let (verdict, _send, mut recv) = register_with(
+        &connection,
+        ControlMessage::register(key.host_id()),
+        &key,
+        &connection,
+    )
+    .await;
+    assert_eq!(verdict, ControlMessage::Registered);
+
+    let relay = pool.members[0].relay.take().unwrap();
+    let stats = relay.stats();
+    assert_eq!(stats.registered_hosts, 1);
+    let started = Instant::now();
+    let drain = tokio::spawn(relay.drain(Duration::from_secs(120)));
+    let told = tokio::time::timeout(PATIENCE, read_message(&mut recv))
+        .await
+        .expect("told in time");
+    let Some(ControlMessage::Move { members }) = told else {
+        panic!("a draining pool member tells its host to move, got {told:?}");
+    };
+    assert_eq!(members, vec![names[1].clone()], "to its next owner");
+    // The host keeps its stream open and says nothing: the member ends the
+    // registration at its deadline, and its drain finishes long before its own.
+    tokio::time::timeout(PATIENCE, drain)
+        .await
+        .expect("the drain is not held by a silent host")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "held {took:?}");
 }
