@@ -442,7 +442,9 @@ fn client_config(
         .keep_alive_interval(Some(profile.keep_alive))
         .max_idle_timeout(profile.idle_timeout.try_into().ok())
         .max_concurrent_bidi_streams(profile.incoming_streams.into())
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_uni_streams(0u32.into())
+        // Nothing travels in QUIC datagrams: none announced, none parked.
+        .datagram_receive_buffer_size(None);
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

@@ -44,6 +44,17 @@ impl IpKey {
     }
 }
 
+/// Which listener a connection came in through. Each door counts its handshakes in
+/// progress apart, so that a flood at one cannot close the other: QUIC's are what
+/// its Retry threshold reads, and silent TCP sockets never reach them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Door {
+    /// The QUIC endpoint (players, hosts, browsers' WebTransport).
+    Quic,
+    /// The TCP listener (TLS over TCP, WebSocket, the web player's files).
+    Tcp,
+}
+
 /// Why the relay turned something away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refusal {
@@ -100,9 +111,14 @@ pub(crate) struct Admission {
     connections: AtomicU32,
     /// Connections whose handshake has completed: what `connections.max` caps.
     established: AtomicU32,
-    /// Handshakes in progress, capped by `connections.max_handshakes`.
+    /// QUIC handshakes in progress, capped by `connections.max_handshakes`.
     handshakes: AtomicU32,
     max_handshakes: Option<NonZeroU32>,
+    /// TCP handshakes in progress, capped by `connections.max_tcp_handshakes`...
+    tcp_handshakes: AtomicU32,
+    max_tcp_handshakes: Option<NonZeroU32>,
+    /// ... and per address by `connections.tcp_handshakes_per_ip`.
+    tcp_handshakes_per_ip: Arc<HeldPerKey<IpKey>>,
     /// `connections.max`, counted once a handshake completes.
     max_connections: Option<NonZeroU32>,
     sessions: AtomicU32,
@@ -133,6 +149,9 @@ impl Admission {
             established: AtomicU32::new(0),
             handshakes: AtomicU32::new(0),
             max_handshakes: NonZeroU32::new(c.max_handshakes),
+            tcp_handshakes: AtomicU32::new(0),
+            max_tcp_handshakes: NonZeroU32::new(c.max_tcp_handshakes),
+            tcp_handshakes_per_ip: HeldPerKey::new(c.tcp_handshakes_per_ip),
             max_connections: NonZeroU32::new(c.max),
             sessions: AtomicU32::new(0),
             max_sessions: NonZeroU32::new(s.max),
@@ -148,25 +167,34 @@ impl Admission {
         }
     }
 
-    /// Checks a new connection attempt from `addr` against the per-address limits and
-    /// the handshakes in progress, and counts it as a handshake. The relay-wide cap
-    /// counts it only once its handshake completes ([`ConnectionPermit::establish`]):
-    /// a flood of handshakes that never finish cannot fill it.
+    /// Checks a new connection attempt from `addr` at `door` against the per-address
+    /// limits and the door's handshakes in progress, and counts it as a handshake.
+    /// The relay-wide cap counts it only once its handshake completes
+    /// ([`ConnectionPermit::establish`]): a flood of handshakes that never finish
+    /// cannot fill it.
     pub(crate) fn admit_connection(
         self: &Arc<Self>,
         addr: SocketAddr,
+        door: Door,
     ) -> Result<ConnectionPermit, Refusal> {
         let key = IpKey::of(addr);
-        let handshakes =
-            self.handshakes
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                    under(self.max_handshakes, open).then_some(open + 1)
-                });
+        let (counter, max) = self.handshake_count(door);
+        let handshakes = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+            under(max, open).then_some(open + 1)
+        });
         if handshakes.is_err() {
             return Err(Refusal::TooManyHandshakes);
         }
         // From here on the permit (or this guard) gives the handshake back.
-        let handshake = HandshakeGuard(self);
+        let handshake = HandshakeGuard(counter);
+        let handshake_of_address = match door {
+            Door::Quic => None,
+            Door::Tcp => Some(
+                self.tcp_handshakes_per_ip
+                    .try_hold(key)
+                    .ok_or(Refusal::TooManyFromAddress)?,
+            ),
+        };
         if let Some(limiter) = &self.new_connections {
             limiter.check_key(&key).map_err(|_| Refusal::RateLimited)?;
         }
@@ -184,16 +212,26 @@ impl Admission {
         Ok(ConnectionPermit {
             admission: self.clone(),
             key,
+            door,
             network: std::sync::Mutex::new(network),
+            handshake_of_address: std::sync::Mutex::new(handshake_of_address),
             handshaking: AtomicBool::new(true),
             established: AtomicBool::new(false),
             released: AtomicBool::new(false),
         })
     }
 
-    /// Handshakes in progress now.
-    pub(crate) fn handshakes_in_flight(&self) -> u32 {
-        self.handshakes.load(Ordering::Relaxed)
+    /// Handshakes in progress now at `door`.
+    pub(crate) fn handshakes_in_flight(&self, door: Door) -> u32 {
+        self.handshake_count(door).0.load(Ordering::Relaxed)
+    }
+
+    /// The count of `door`'s handshakes in progress, and its cap.
+    fn handshake_count(&self, door: Door) -> (&AtomicU32, Option<NonZeroU32>) {
+        match door {
+            Door::Quic => (&self.handshakes, self.max_handshakes),
+            Door::Tcp => (&self.tcp_handshakes, self.max_tcp_handshakes),
+        }
     }
 
     /// Counts one more session from the player at `addr` to `host_id` against the
@@ -388,11 +426,11 @@ fn hold_network(cap: &Arc<HeldPerKey<IpKey>>, addr: SocketAddr) -> Option<Option
 }
 
 /// Gives a counted handshake back unless forgotten.
-struct HandshakeGuard<'a>(&'a Admission);
+struct HandshakeGuard<'a>(&'a AtomicU32);
 
 impl Drop for HandshakeGuard<'_> {
     fn drop(&mut self) {
-        self.0.handshakes.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -411,8 +449,11 @@ pub(crate) enum Place {
 pub(crate) struct ConnectionPermit {
     admission: Arc<Admission>,
     key: IpKey,
+    door: Door,
     /// Its place under its IPv6 /48's cap; taken when released.
     network: std::sync::Mutex<Option<Held<IpKey>>>,
+    /// Its place among its address's TCP handshakes; taken when the handshake ends.
+    handshake_of_address: std::sync::Mutex<Option<Held<IpKey>>>,
     handshaking: AtomicBool,
     established: AtomicBool,
     released: AtomicBool,
@@ -423,9 +464,7 @@ impl ConnectionPermit {
     /// instead of the handshakes in progress. Says where that puts it.
     pub(crate) fn establish(&self) -> Place {
         let admission = &self.admission;
-        if self.handshaking.swap(false, Ordering::AcqRel) {
-            admission.handshakes.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.end_handshake();
         let established = if self.established.swap(true, Ordering::AcqRel) {
             admission.established.load(Ordering::Acquire)
         } else {
@@ -450,9 +489,7 @@ impl ConnectionPermit {
             return;
         }
         let admission = &self.admission;
-        if self.handshaking.swap(false, Ordering::AcqRel) {
-            admission.handshakes.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.end_handshake();
         if self.established.swap(false, Ordering::AcqRel) {
             admission.established.fetch_sub(1, Ordering::AcqRel);
         }
@@ -467,6 +504,22 @@ impl ConnectionPermit {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take(),
         );
+    }
+}
+
+impl ConnectionPermit {
+    /// Gives the handshake's places back, once.
+    fn end_handshake(&self) {
+        if self.handshaking.swap(false, Ordering::AcqRel) {
+            let (counter, _) = self.admission.handshake_count(self.door);
+            counter.fetch_sub(1, Ordering::AcqRel);
+            drop(
+                self.handshake_of_address
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .take(),
+            );
+        }
     }
 }
 
@@ -585,20 +638,20 @@ mod tests {
         for i in 0..5 {
             held.push(
                 admission
-                    .admit_connection(in_48(i / 2))
+                    .admit_connection(in_48(i / 2), Door::Quic)
                     .expect("within both caps"),
             );
         }
         assert!(matches!(
-            admission.admit_connection(in_48(2)),
+            admission.admit_connection(in_48(2), Door::Quic),
             Err(Refusal::TooManyFromAddress)
         ));
         // Another /48 is not affected, and a place given back is free again.
         assert!(admission
-            .admit_connection(addr("[2001:db8:2::1]:1"))
+            .admit_connection(addr("[2001:db8:2::1]:1"), Door::Quic)
             .is_ok());
         drop(held.pop());
-        assert!(admission.admit_connection(in_48(2)).is_ok());
+        assert!(admission.admit_connection(in_48(2), Door::Quic).is_ok());
 
         let host = HostId::from_bytes([7; 32]);
         let mut sessions = Vec::new();
@@ -627,7 +680,7 @@ mod tests {
         let held: Vec<_> = (1..=4)
             .map(|i| {
                 admission
-                    .admit_connection(addr(&format!("192.0.2.{i}:1")))
+                    .admit_connection(addr(&format!("192.0.2.{i}:1")), Door::Quic)
                     .expect("one each")
             })
             .collect();
@@ -641,21 +694,27 @@ mod tests {
         let admission = Arc::new(Admission::new(&limits));
         let a = addr("192.0.2.1:1");
         let permits: Vec<_> = (0..3)
-            .map(|_| admission.admit_connection(a).expect("within the limit"))
+            .map(|_| {
+                admission
+                    .admit_connection(a, Door::Quic)
+                    .expect("within the limit")
+            })
             .collect();
         assert_eq!(
-            admission.admit_connection(a).err(),
+            admission.admit_connection(a, Door::Quic).err(),
             Some(Refusal::TooManyFromAddress)
         );
         // Another address is not affected.
-        let other = admission.admit_connection(addr("192.0.2.2:1"));
+        let other = admission.admit_connection(addr("192.0.2.2:1"), Door::Quic);
         assert!(other.is_ok());
         // Releasing twice gives back one place, not two.
         permits[0].release();
         permits[0].release();
-        let again = admission.admit_connection(a).expect("a place was freed");
+        let again = admission
+            .admit_connection(a, Door::Quic)
+            .expect("a place was freed");
         assert_eq!(
-            admission.admit_connection(a).err(),
+            admission.admit_connection(a, Door::Quic).err(),
             Some(Refusal::TooManyFromAddress)
         );
         drop(again);
@@ -663,6 +722,58 @@ mod tests {
         drop(other);
         assert_eq!(admission.open_connections(), 0);
         assert!(admission.per_ip.is_empty(), "no address kept once unused");
+    }
+
+    #[test]
+    fn each_door_counts_its_own_handshakes() {
+        let mut limits = Limits::unlimited();
+        limits.connections.max_handshakes = 2;
+        limits.connections.max_tcp_handshakes = 3;
+        limits.connections.tcp_handshakes_per_ip = 2;
+        let admission = Arc::new(Admission::new(&limits));
+        let a = addr("192.0.2.1:1");
+        // One address holds its two TCP handshakes, not three ...
+        let tcp: Vec<_> = (0..2)
+            .map(|_| admission.admit_connection(a, Door::Tcp).expect("fits"))
+            .collect();
+        assert_eq!(
+            admission.admit_connection(a, Door::Tcp).err(),
+            Some(Refusal::TooManyFromAddress)
+        );
+        // ... another takes the door's last place ...
+        let other = admission
+            .admit_connection(addr("192.0.2.2:1"), Door::Tcp)
+            .expect("the door's third");
+        assert_eq!(
+            admission
+                .admit_connection(addr("192.0.2.3:1"), Door::Tcp)
+                .err(),
+            Some(Refusal::TooManyHandshakes)
+        );
+        // ... and QUIC's door is untouched by all of it.
+        let quic: Vec<_> = (0..2)
+            .map(|_| {
+                admission
+                    .admit_connection(a, Door::Quic)
+                    .expect("QUIC's own")
+            })
+            .collect();
+        assert_eq!(
+            admission.admit_connection(a, Door::Quic).err(),
+            Some(Refusal::TooManyHandshakes)
+        );
+        assert_eq!(admission.handshakes_in_flight(Door::Quic), 2);
+        assert_eq!(admission.handshakes_in_flight(Door::Tcp), 3);
+        // A completed handshake gives its places back, the address's included.
+        assert_eq!(tcp[0].establish(), Place::Within);
+        assert_eq!(admission.handshakes_in_flight(Door::Tcp), 2);
+        let again = admission
+            .admit_connection(a, Door::Tcp)
+            .expect("the address's place is free again");
+        drop((tcp, other, quic, again));
+        assert_eq!(admission.handshakes_in_flight(Door::Tcp), 0);
+        assert_eq!(admission.handshakes_in_flight(Door::Quic), 0);
+        assert!(admission.tcp_handshakes_per_ip.held.is_empty());
     }
 
     #[test]
@@ -674,7 +785,7 @@ mod tests {
         let mut admitted = Vec::new();
         let mut refused = 0;
         for _ in 0..20 {
-            match admission.admit_connection(addr("192.0.2.1:1")) {
+            match admission.admit_connection(addr("192.0.2.1:1"), Door::Quic) {
                 Ok(permit) => admitted.push(permit),
                 Err(refusal) => {
                     assert_eq!(refusal, Refusal::RateLimited);
@@ -685,7 +796,9 @@ mod tests {
         // The burst, perhaps one more if a second ticked by.
         assert!((5..=6).contains(&admitted.len()), "{}", admitted.len());
         assert_eq!(refused, 20 - admitted.len());
-        assert!(admission.admit_connection(addr("192.0.2.9:1")).is_ok());
+        assert!(admission
+            .admit_connection(addr("192.0.2.9:1"), Door::Quic)
+            .is_ok());
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl LoopbackRegistry {
         let connection = &self.connections[turn % self.connections.len()];
         let permit = self
             .admission
-            .admit_connection(connection.remote_address())
+            .admit_connection(connection.remote_address(), crate::admission::Door::Quic)
             .map_err(|refusal| anyhow::anyhow!("admission refused: {refusal:?}"))?;
         // Registered hosts have completed their handshake.
         permit.establish();

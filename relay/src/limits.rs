@@ -92,6 +92,16 @@ pub struct ConnectionLimits {
     pub max_handshakes: u32,
     /// A handshake not complete after this long is abandoned.
     pub handshake_timeout: Span,
+    /// TLS handshakes (and, for WebSocket, the HTTP requests after them) in progress
+    /// at once on the TCP listener. Apart from `max_handshakes`, which is QUIC's, so
+    /// that sockets that stay silent cannot close the QUIC door, nor QUIC's flood the
+    /// TCP one; connections beyond it are closed before any TLS.
+    pub max_tcp_handshakes: u32,
+    /// TLS handshakes in progress at once on the TCP listener from one IPv4 address
+    /// or IPv6 /64: a few addresses must not hold `max_tcp_handshakes`.
+    pub tcp_handshakes_per_ip: u32,
+    /// A TCP connection must have sent its whole TLS ClientHello within this long.
+    pub hello_timeout: Span,
     /// Handshakes in progress above which a client must first prove its address
     /// (QUIC Retry: one more round trip, no state on the relay). 0: always.
     pub retry_threshold: u32,
@@ -181,6 +191,11 @@ impl Default for ConnectionLimits {
             send_window: ByteSize(1 << 20),
             max_handshakes: 1024,
             handshake_timeout: Span(Duration::from_secs(10)),
+            max_tcp_handshakes: 1024,
+            tcp_handshakes_per_ip: 16,
+            // A ClientHello is one or two packets: a client that has not sent it
+            // within this has nothing to say.
+            hello_timeout: Span(Duration::from_secs(2)),
             retry_threshold: 64,
         }
     }
@@ -248,6 +263,8 @@ impl Limits {
         c.new_per_ip_per_s = 0;
         c.unregistered_idle_timeout = Span(Duration::ZERO);
         c.max_handshakes = 0;
+        c.max_tcp_handshakes = 0;
+        c.tcp_handshakes_per_ip = 0;
         // No Retry round trip: tests and benchmarks measure the relay, not it.
         c.retry_threshold = u32::MAX;
         limits.registrations.per_ip_per_s = 0;
@@ -290,6 +307,7 @@ impl Limits {
                 "connections.handshake_timeout",
                 self.connections.handshake_timeout,
             ),
+            ("connections.hello_timeout", self.connections.hello_timeout),
             (
                 "connections.first_message_timeout",
                 self.connections.first_message_timeout,

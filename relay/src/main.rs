@@ -226,6 +226,12 @@ limit_flags! {
     connections_max_handshakes: u32 => connections.max_handshakes, "BLINDRELAY_CONNECTIONS_MAX_HANDSHAKES";
     /// [connections] handshake_timeout: abandon a handshake not complete this long.
     connections_handshake_timeout: Span => connections.handshake_timeout, "BLINDRELAY_CONNECTIONS_HANDSHAKE_TIMEOUT";
+    /// [connections] max_tcp_handshakes: TLS handshakes in progress at once on the TCP listener.
+    connections_max_tcp_handshakes: u32 => connections.max_tcp_handshakes, "BLINDRELAY_CONNECTIONS_MAX_TCP_HANDSHAKES";
+    /// [connections] tcp_handshakes_per_ip: TLS handshakes in progress on the TCP listener per address.
+    connections_tcp_handshakes_per_ip: u32 => connections.tcp_handshakes_per_ip, "BLINDRELAY_CONNECTIONS_TCP_HANDSHAKES_PER_IP";
+    /// [connections] hello_timeout: a TCP connection must send its TLS ClientHello within this.
+    connections_hello_timeout: Span => connections.hello_timeout, "BLINDRELAY_CONNECTIONS_HELLO_TIMEOUT";
     /// [connections] retry_threshold: handshakes in progress above which clients must prove their address (0: always).
     connections_retry_threshold: u32 => connections.retry_threshold, "BLINDRELAY_CONNECTIONS_RETRY_THRESHOLD";
     /// [registrations] per_ip_per_s: attempts per second per address (a failed proof costs two).

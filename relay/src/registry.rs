@@ -335,7 +335,7 @@ mod tests {
         let admission = Arc::new(Admission::new(&limits));
         let permit = Arc::new(
             admission
-                .admit_connection(connection.remote_address())
+                .admit_connection(connection.remote_address(), crate::admission::Door::Quic)
                 .unwrap(),
         );
         let tier = Tiers::new(&limits)

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::admission::Door;
 use crate::config::{RelayConfig, TcpListen};
 use crate::limits::LimitsError;
 use crate::state::RelayState;
@@ -364,14 +365,14 @@ async fn accept_loop(
                 // flood from spoofed addresses never gets past it.
                 let validate = shared.config.limits.connections.retry_threshold;
                 if !incoming.remote_address_validated()
-                    && shared.admission.handshakes_in_flight() >= validate
+                    && shared.admission.handshakes_in_flight(Door::Quic) >= validate
                     && incoming.may_retry()
                 {
                     stats::Stats::bump(&shared.stats.connections_retried);
                     let _ = incoming.retry();
                     continue;
                 }
-                match shared.admission.admit_connection(incoming.remote_address()) {
+                match shared.admission.admit_connection(incoming.remote_address(), Door::Quic) {
                     Ok(permit) => {
                         connections.spawn(connection::handle(incoming, permit, shared.clone()));
                     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use blindrelay_protocol::{codes, StreamCode};
 
-use crate::admission::{Admission, Refusal};
+use crate::admission::{Admission, Door, Refusal};
 use crate::web::HttpOutcome;
 
 #[derive(Debug, Default)]
@@ -215,8 +215,9 @@ pub struct StatsSnapshot {
     pub http_requests_by_outcome: [u64; HttpOutcome::ALL.len()],
     /// Connections open now (holding a place in the connection cap).
     pub connections_open: u64,
-    /// TLS handshakes in progress now (counted against `connections.max_handshakes`,
-    /// not yet against `connections.max`).
+    /// TLS handshakes in progress now, on both doors (counted against
+    /// `connections.max_handshakes` on QUIC and `connections.max_tcp_handshakes` on
+    /// TCP, not yet against `connections.max`).
     pub handshakes_in_progress: u64,
     /// New connections refused: too many per second from one address.
     pub connections_rate_limited: u64,
@@ -349,7 +350,8 @@ impl Stats {
             websocket_upgrades_failed: get(&self.websocket_upgrades_failed),
             http_requests_by_outcome: std::array::from_fn(|index| get(&self.http_requests[index])),
             connections_open: u64::from(admission.open_connections()),
-            handshakes_in_progress: u64::from(admission.handshakes_in_flight()),
+            handshakes_in_progress: u64::from(admission.handshakes_in_flight(Door::Quic))
+                + u64::from(admission.handshakes_in_flight(Door::Tcp)),
             connections_rate_limited: get(&self.connections_rate_limited),
             connections_over_address_cap: get(&self.connections_over_address_cap),
             connections_at_capacity: get(&self.connections_at_capacity),

@@ -9,10 +9,13 @@
 //! a session it was told to dial (`Accept`, see [`crate::dial`]). From there the
 //! registration, the session and the splice are the QUIC ones.
 //!
-//! Admission is the QUIC one too: per-address rate and count and the cap on
+//! Admission is the QUIC one too: per-address rate and count and a cap on
 //! handshakes in progress before the TLS handshake (a refused connection costs no
 //! crypto), the connection cap once it completes, and a deadline on each step: the
-//! TLS handshake, the first message, and every read and write after that.
+//! ClientHello, the TLS handshake, the first message, and every read and write after
+//! that. The handshakes in progress are this door's own (`max_tcp_handshakes`, and
+//! `tcp_handshakes_per_ip` per address), apart from QUIC's: silent sockets cannot
+//! lock QUIC clients out, nor a QUIC flood TCP ones.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -26,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::admission::{self, ConnectionPermit, Place};
+use crate::admission::{self, ConnectionPermit, Door, Place};
 use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
 use crate::link::{FramedLink, Link, TransportKind};
 use crate::privacy::redact;
@@ -80,7 +83,7 @@ pub(crate) async fn accept_loop(
                     Stats::bump(&shared.stats.connections_refused_draining);
                     continue;
                 }
-                match shared.admission.admit_connection(peer) {
+                match shared.admission.admit_connection(peer, Door::Tcp) {
                     Ok(permit) => {
                         let tls = tls.read().unwrap_or_else(|p| p.into_inner()).clone();
                         let shutdown = shutdown.clone();
@@ -127,20 +130,29 @@ async fn handle(
         let started = tokio::time::Instant::now();
         let _ = socket.set_nodelay(true);
         let limits = &shared.config.limits.connections;
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let stream =
-            match tokio::time::timeout(limits.handshake_timeout.0, acceptor.accept(socket)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    debug!(%err, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    Stats::bump(&shared.stats.connections_handshake_timed_out);
-                    debug!("TLS handshake timed out");
-                    return;
-                }
+        // The ClientHello first, within its own short deadline: a socket that says
+        // nothing (or half a hello) holds its handshake place for that long only.
+        let hello = rustls::server::Acceptor::default();
+        let hello = tokio_rustls::LazyConfigAcceptor::new(hello, socket);
+        let handshake = async {
+            let start = match tokio::time::timeout(limits.hello_timeout.0, hello).await {
+                Ok(start) => start?,
+                Err(_) => return Ok(None),
             };
+            start.into_stream(tls).await.map(Some)
+        };
+        let stream = match tokio::time::timeout(limits.handshake_timeout.0, handshake).await {
+            Ok(Ok(Some(stream))) => stream,
+            Ok(Ok(None)) | Err(_) => {
+                Stats::bump(&shared.stats.connections_handshake_timed_out);
+                debug!("TLS handshake timed out");
+                return;
+            }
+            Ok(Err(err)) => {
+                debug!(%err, "TLS handshake failed");
+                return;
+            }
+        };
         let (_, tls_state) = stream.get_ref();
         let kind = match tls_state.alpn_protocol() {
             Some(ALPN) => TransportKind::Tcp,

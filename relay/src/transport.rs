@@ -38,6 +38,18 @@ pub(crate) const INITIAL_STREAMS: u32 = 8;
 /// for, or grants no credit for the answer, parks at most this much.
 pub(crate) const INITIAL_CONNECTION_WINDOW: u32 = 16 * 1024;
 
+/// What a connection may park in the relay as QUIC DATAGRAM frames: the protocol
+/// carries nothing in them, and the relay never reads them. Support has to be
+/// announced all the same (a browser's WebTransport requires HTTP/3 datagrams, and
+/// the transport parameters go out before the ALPN tells a browser from a player),
+/// so the window is one tiny datagram: a newer one replaces it, and one larger than
+/// the window is a protocol violation that closes the connection. quinn counts a
+/// datagram's payload and a fixed overhead (32 bytes) against this; what one parked
+/// datagram really keeps is the packet buffer it arrived in, so at most one such
+/// buffer per connection, instead of quinn's default of 1.25 MB of datagrams, each
+/// keeping its packet.
+pub(crate) const DATAGRAM_WINDOW: usize = 64;
+
 /// A connection's receive window: [`INITIAL_CONNECTION_WINDOW`] while it carries no
 /// session, the full window (its share of the sessions' budget reservations) while
 /// it carries at least one.
@@ -155,7 +167,9 @@ pub(crate) fn transport_config(
         // in streams that have not yet named their purpose or wait for an answer.
         .receive_window(INITIAL_CONNECTION_WINDOW.into())
         // What the relay has written but the peer has not acknowledged, per connection.
-        .send_window(limits.connections.send_window.0);
+        .send_window(limits.connections.send_window.0)
+        .datagram_receive_buffer_size(Some(DATAGRAM_WINDOW))
+        .datagram_send_buffer_size(0);
     Ok(Arc::new(transport))
 }
 

@@ -9,14 +9,23 @@
 //! WebSocket's own pings and pongs are answered by the WebSocket layer and carry
 //! nothing for the stream; a close ends the stream like the end of a TCP connection.
 //! [`WsBytes`] turns a WebSocket into the byte stream [`crate::framed()`] takes.
+//!
+//! What a peer can make this end hold is bounded whether or not it reads: the
+//! write buffer has a ceiling ([`MAX_WRITE_BUFFER`]), so the pongs owed to a peer
+//! that never reads wait in one slot (a newer ping replaces the older pong) instead
+//! of piling up, and a peer that pings faster than [`CONTROL_PER_S`] a second, beyond
+//! a burst of [`CONTROL_BURST`], is cut off: answering pings is not a service the
+//! stream offers, and nothing a real client does needs more.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -32,11 +41,67 @@ pub const HTTP_ALPN: &[u8] = b"http/1.1";
 /// that sends more is cut off before the relay buffers it.
 pub const MAX_MESSAGE: usize = 128 * 1024;
 
-/// The WebSocket settings of both ends: bounded messages and frames.
+/// What the WebSocket layer buffers before it writes to the socket (tungstenite's
+/// default).
+const WRITE_BUFFER: usize = 128 * 1024;
+
+/// The most the WebSocket layer may hold for a peer that does not read: its write
+/// buffer, one message of ours and a pong or a close. Our own messages are only
+/// started once the buffer has been flushed, so they never meet this ceiling; the
+/// answers the reading side owes do, and then wait in their one slot.
+pub const MAX_WRITE_BUFFER: usize = WRITE_BUFFER + MAX_MESSAGE + 1024;
+
+/// Control frames (pings, unasked pongs) a peer may send at once.
+pub const CONTROL_BURST: u32 = 16;
+
+/// Control frames a peer may send per second after its burst.
+pub const CONTROL_PER_S: u32 = 4;
+
+/// The WebSocket settings of both ends: bounded messages, frames and write buffer.
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+}
+
+/// The peer's allowance of control frames: a token bucket of [`CONTROL_BURST`]
+/// refilled at [`CONTROL_PER_S`].
+#[derive(Debug)]
+struct ControlAllowance {
+    tokens: u32,
+    refilled: Instant,
+}
+
+impl ControlAllowance {
+    fn new() -> Self {
+        Self {
+            tokens: CONTROL_BURST,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes one token; `false` when the peer has none left.
+    fn take(&mut self) -> bool {
+        let every = Duration::from_secs(1) / CONTROL_PER_S;
+        let now = Instant::now();
+        let earned = (now - self.refilled).as_nanos() / every.as_nanos();
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(earned).min(CONTROL_BURST);
+            self.refilled = if self.tokens == CONTROL_BURST {
+                now
+            } else {
+                self.refilled + every * earned
+            };
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 /// A WebSocket's binary messages as one byte stream in each direction.
@@ -44,6 +109,8 @@ pub struct WsBytes<S> {
     ws: WebSocketStream<S>,
     /// What is left of the message being read.
     message: Bytes,
+    /// What is left of the peer's allowance of pings and pongs.
+    control: ControlAllowance,
 }
 
 impl<S> WsBytes<S> {
@@ -52,6 +119,7 @@ impl<S> WsBytes<S> {
         Self {
             ws,
             message: Bytes::new(),
+            control: ControlAllowance::new(),
         }
     }
 }
@@ -92,8 +160,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
                         "a text message where the stream's binary frames belong",
                     )))
                 }
-                // Answered (pings) or ignored (pongs) by the WebSocket layer.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // Answered (pings) or ignored (pongs) by the WebSocket layer, within
+                // the peer's allowance.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    if !self.control.take() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "WebSocket pings faster than the stream allows",
+                        )));
+                    }
+                }
+                Some(Ok(Message::Frame(_))) => {}
                 // The end of the byte stream, as a TCP FIN is.
                 Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
                 Some(Err(err)) => return Poll::Ready(Err(ws_error(err))),
@@ -161,6 +238,44 @@ mod tests {
             got.extend_from_slice(&chunk);
         }
         assert_eq!(got, data);
+    }
+
+    /// A peer that pings and never reads: the owed pongs cannot leave, and after
+    /// its burst (and what the rate adds meanwhile) the stream fails.
+    #[tokio::test(start_paused = true)]
+    async fn pings_beyond_the_allowance_end_the_stream() {
+        use futures_util::SinkExt;
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut a = WebSocketStream::from_raw_socket(a, Role::Client, Some(config())).await;
+        let b = WebSocketStream::from_raw_socket(b, Role::Server, Some(config())).await;
+        let mut b = WsBytes::new(b);
+        // The burst, then one a refill period for a while: all taken.
+        for i in 0..CONTROL_BURST + 8 {
+            if i >= CONTROL_BURST {
+                tokio::time::advance(Duration::from_secs(1) / CONTROL_PER_S).await;
+            }
+            a.send(Message::Ping(vec![1; 125].into()))
+                .await
+                .expect("ping");
+            a.send(Message::binary(vec![i as u8])).await.expect("data");
+            let mut byte = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(&mut b, &mut byte)
+                .await
+                .expect("within the allowance");
+            assert_eq!(byte[0], i as u8);
+        }
+        // Two at once with no time between: the second is one too many.
+        a.send(Message::Ping(vec![1; 125].into()))
+            .await
+            .expect("ping");
+        a.send(Message::Ping(vec![1; 125].into()))
+            .await
+            .expect("ping");
+        let mut byte = [0u8; 1];
+        let err = tokio::io::AsyncReadExt::read_exact(&mut b, &mut byte)
+            .await
+            .expect_err("cut off");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 
     #[tokio::test]

@@ -219,7 +219,11 @@ fn server_config(config: &HostConfig) -> Result<quinn::ServerConfig, DirectListe
     transport
         .max_idle_timeout(config.idle_timeout.try_into().ok())
         .max_concurrent_bidi_streams(config.max_concurrent_sessions.into())
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_uni_streams(0u32.into())
+        // The protocol carries nothing in QUIC datagrams: none announced, so a
+        // player that sends one anyway breaks QUIC and is closed, instead of
+        // parking up to quinn's default 1.25 MB of them in the host.
+        .datagram_receive_buffer_size(None);
     server.transport_config(Arc::new(transport));
     Ok(server)
 }

@@ -47,7 +47,17 @@ pub(crate) async fn honest_session_over(
     player: TransportPreference,
     len: u64,
 ) -> Honest {
-    let host = host_over(relay.url(), host).await;
+    honest_session_at(relay.url(), host, player, len).await
+}
+
+/// Like [`honest_session_over`], through the relay at `url` (a relay process).
+pub(crate) async fn honest_session_at(
+    url: &blindrelay_client::RelayUrl,
+    host: TransportPreference,
+    player: TransportPreference,
+    len: u64,
+) -> Honest {
+    let host = host_over(url, host).await;
     let ticket = host.ticket().clone();
     let echo_host = spawn_echo_host(host);
     let session = player_over(player).connect(&ticket).await.unwrap();
@@ -1262,4 +1272,111 @@ async fn unidirectional_streams_from_a_quic_client_are_stopped_unread() {
     )
     .await;
     assert!(answer.is_some(), "the connection still answers");
+}
+
+/// QUIC clients that send DATAGRAM frames as fast as the relay lets them, which the
+/// protocol never reads: the relay announces a window of one tiny datagram, so each
+/// connection parks at most one (and the packet buffer it came in) instead of
+/// quinn's default 1.25 MB, while an honest session moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_datagrams_nobody_reads_do_not_grow_the_relay() {
+    const ADDRESSES: u8 = 4;
+    const PER_ADDRESS: usize = 16;
+    // One of them is closed first, for a datagram larger than the relay parks.
+    const CONNECTIONS: u64 = ADDRESSES as u64 * PER_ADDRESS as u64 - 1;
+    let bin = blindrelay_tests::process::binaries();
+    let relay = blindrelay_tests::process::Proc::start(
+        &bin.join("blindrelayd"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
+    let honest = honest_session_at(
+        &url,
+        TransportPreference::Quic,
+        TransportPreference::Quic,
+        8 << 20,
+    )
+    .await;
+    let mut connections = Vec::new();
+    for address in 0..ADDRESSES {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 6, 1 + address));
+        for _ in 0..PER_ADDRESS {
+            let connection = blindrelay_client::connect_relay_raw_with(
+                &url,
+                ip,
+                quinn::TransportConfig::default(),
+            )
+            .await
+            .unwrap();
+            connections.push(connection);
+        }
+    }
+    // The relay announces datagrams of a few bytes (quinn's default would be the
+    // largest the path carries), and closes a connection that sends one larger than
+    // it parks.
+    let largest = connections[0].max_datagram_size().expect("announced");
+    assert!(
+        largest <= 64,
+        "the relay announces datagrams of {largest} bytes"
+    );
+    let oversize = connections.pop().unwrap();
+    oversize.send_datagram(vec![0x44; largest].into()).unwrap();
+    let closed = tokio::time::timeout(PATIENCE, oversize.closed()).await;
+    assert!(
+        matches!(closed, Ok(quinn::ConnectionError::ConnectionClosed(ref close))
+            if close.error_code == quinn::TransportErrorCode::PROTOCOL_VIOLATION),
+        "{closed:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = process::rss_bytes(relay.pid());
+
+    let mut senders = tokio::task::JoinSet::new();
+    for connection in &connections {
+        let connection = connection.clone();
+        senders.spawn(async move {
+            // Small enough to be parked (quinn counts 32 bytes more for each).
+            let datagram = bytes::Bytes::from(vec![0x44; 16]);
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while started.elapsed() < Duration::from_secs(3) {
+                if connection
+                    .send_datagram_wait(datagram.clone())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let mut peak = before;
+    let mut sent = 0;
+    loop {
+        tokio::select! {
+            done = senders.join_next() => match done {
+                Some(count) => sent += count.unwrap(),
+                None => break,
+            },
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                peak = peak.max(process::rss_bytes(relay.pid()));
+            }
+        }
+    }
+    peak = peak.max(process::rss_bytes(relay.pid()));
+    let growth = peak.saturating_sub(before);
+    eprintln!("relay grew by {growth} bytes while {CONNECTIONS} connections sent {sent} datagrams");
+    // At most one parked datagram per connection, and the packet buffer (at most
+    // one receive batch, 64 KiB) it keeps; plus a fixed overhead.
+    let bound = CONNECTIONS * (64 << 10);
+    let overhead = 8 << 20;
+    assert!(
+        growth <= bound + overhead,
+        "relay grew by {growth} bytes, bound {bound} + overhead {overhead}"
+    );
+    // The attack went through the connections the whole time: none was closed.
+    assert!(connections.iter().all(|c| c.close_reason().is_none()));
+    finishes(honest, 8 << 20).await;
+    drop(connections);
 }

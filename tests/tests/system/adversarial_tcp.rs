@@ -89,7 +89,7 @@ async fn half_open_tcp_floods_hit_the_address_and_handshake_caps_and_are_cut_at_
     let deadline = Duration::from_secs(2);
     let relay = relay_with(|limits| {
         limits.connections.per_ip = PER_IP;
-        limits.connections.max_handshakes = HANDSHAKES;
+        limits.connections.max_tcp_handshakes = HANDSHAKES;
         limits.connections.handshake_timeout = Span(deadline);
     });
     let quic = honest_session_over(
@@ -360,4 +360,211 @@ async fn garbage_frames_inside_websocket_messages_end_that_connection_only() {
     finishes(quic, HONEST).await;
     finishes(ws, HONEST).await;
     assert_eq!(relay.stats().registered_hosts, 3);
+}
+
+/// A relay process on loopback, for the tests that measure its resident memory.
+fn relay_process(args: &[&str]) -> (process::Proc, blindrelay_client::RelayUrl) {
+    let bin = process::binaries();
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let relay = process::Proc::start(&bin.join("blindrelayd"), &all);
+    let url = relay.value("relay url").parse().unwrap();
+    (relay, url)
+}
+
+/// The relay's resident memory at its highest while `work` runs, sampled every
+/// 50 ms, and what `work` returned.
+async fn peak_rss_during<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (u64, T) {
+    let mut peak = process::rss_bytes(pid);
+    tokio::pin!(work);
+    let mut every = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            done = &mut work => return (peak.max(process::rss_bytes(pid)), done),
+            _ = every.tick() => peak = peak.max(process::rss_bytes(pid)),
+        }
+    }
+}
+
+/// WebSocket clients that never read their socket and send nothing but pings: each
+/// ping the relay reads owes a pong that cannot leave. The owed pongs wait in one
+/// slot and the pinger is cut off after its allowance, so the relay stays flat
+/// (before, one such client grew it by gigabytes) while an honest session moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_pings_whose_pongs_are_never_read_do_not_grow_the_relay() {
+    const PINGERS: usize = 8;
+    let (relay, url) = relay_process(&[]);
+    let honest = crate::adversarial::honest_session_at(
+        &url,
+        TransportPreference::WebSocket,
+        TransportPreference::WebSocket,
+        HONEST,
+    )
+    .await;
+    let relay_addr = std::net::SocketAddr::new(url.host().parse().unwrap(), url.port());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = process::rss_bytes(relay.pid());
+
+    let mut pingers = tokio::task::JoinSet::new();
+    for i in 0..PINGERS {
+        let local = IpAddr::V4(Ipv4Addr::new(127, 0, 5, 1 + i as u8));
+        let tcp = tcp_from(relay_addr, local).await.unwrap();
+        let tls = tls_to(tcp, blindrelay_transport::websocket::HTTP_ALPN).await;
+        let socket = upgrade(tls).await.expect("upgraded");
+        pingers.spawn(async move {
+            // Never read: only the writing half is used, and the reading half is
+            // kept so that the socket stays open.
+            let (mut write, _read) = socket.split();
+            let started = Instant::now();
+            let mut sent = 0u64;
+            let ping = Message::Ping(vec![0x77; 125].into());
+            // Batches of pings, for at most 4 s or until the relay cuts it off.
+            while started.elapsed() < Duration::from_secs(4) {
+                let mut batch =
+                    futures_util::stream::iter(std::iter::repeat_n(ping.clone(), 256).map(Ok));
+                if write.send_all(&mut batch).await.is_err() {
+                    return (sent, Some(started.elapsed()));
+                }
+                sent += 256 * 125;
+            }
+            (sent, None)
+        });
+    }
+    let (peak, ends) = peak_rss_during(relay.pid(), async {
+        let mut ends = Vec::new();
+        while let Some(end) = pingers.join_next().await {
+            ends.push(end.unwrap());
+        }
+        ends
+    })
+    .await;
+    let growth = peak.saturating_sub(before);
+    let pinged: u64 = ends.iter().map(|(sent, _)| sent).sum();
+    eprintln!("relay grew by {growth} bytes while {PINGERS} clients pinged {pinged} bytes");
+    // Each pinger may make the relay hold its WebSocket buffers (a write buffer of
+    // at most MAX_WRITE_BUFFER and a read buffer) until it is cut; plus a fixed
+    // overhead for allocator slack.
+    let bound =
+        PINGERS as u64 * (blindrelay_transport::websocket::MAX_WRITE_BUFFER as u64 + (256 << 10));
+    let overhead = 8 << 20;
+    assert!(
+        growth <= bound + overhead,
+        "relay grew by {growth} bytes, bound {bound} + overhead {overhead}"
+    );
+    for (sent, cut) in &ends {
+        let cut = cut.unwrap_or_else(|| panic!("a pinger sent {sent} bytes and was never cut"));
+        assert!(
+            cut < Duration::from_secs(3),
+            "a pinger was cut after {cut:?}"
+        );
+    }
+    finishes(honest, HONEST).await;
+}
+
+/// Silent TCP sockets from many addresses, kept open and opened again as the relay
+/// cuts them: they hold the TCP door's handshakes at most per address
+/// (`tcp_handshakes_per_ip`) and each for the ClientHello deadline only, and never
+/// QUIC's, so that fresh QUIC and TLS clients from other addresses all get in
+/// while honest sessions on both move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tcp_sockets_lock_out_neither_quic_nor_tls_clients() {
+    const ATTACKERS: u8 = 12;
+    const SOCKETS_PER_ATTACKER: usize = 24;
+    const PER_IP: u32 = 4;
+    const FRESH: usize = 12;
+    let hello = Duration::from_secs(2);
+    let relay = relay_with(|limits| {
+        // The attackers' silent sockets alone would fill a shared cap many times:
+        // ATTACKERS x SOCKETS_PER_ATTACKER = 288 against 32 QUIC handshakes.
+        limits.connections.max_handshakes = 32;
+        limits.connections.max_tcp_handshakes = 64;
+        limits.connections.tcp_handshakes_per_ip = PER_IP;
+        limits.connections.hello_timeout = Span(hello);
+        // Far longer than the test: only the ClientHello deadline cuts the silent.
+        limits.connections.handshake_timeout = Span(Duration::from_secs(60));
+    });
+    let quic = honest_session_over(
+        &relay,
+        TransportPreference::Quic,
+        TransportPreference::Quic,
+        HONEST,
+    )
+    .await;
+    let tcp = honest_session_over(
+        &relay,
+        TransportPreference::Tcp,
+        TransportPreference::Tcp,
+        HONEST,
+    )
+    .await;
+    let to = relay.tcp_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = tokio::task::JoinSet::new();
+    for a in 0..ATTACKERS {
+        let local = IpAddr::V4(Ipv4Addr::new(127, 0, 7, 1 + a));
+        for _ in 0..SOCKETS_PER_ATTACKER {
+            let stop = stop.clone();
+            // Each keeps one silent socket open, and opens another when the relay
+            // ends it; returns the longest the relay let one stay.
+            attackers.spawn(async move {
+                let mut longest = Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut socket) = tcp_from(to, local).await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let opened = Instant::now();
+                    let mut buf = [0u8; 64];
+                    let ended = tokio::time::timeout(PATIENCE, socket.read(&mut buf)).await;
+                    assert!(
+                        matches!(ended, Ok(Ok(0) | Err(_))),
+                        "a silent socket got {ended:?}"
+                    );
+                    longest = longest.max(opened.elapsed());
+                    // A refused one ends at once: do not spin on it.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                longest
+            });
+        }
+    }
+    // Let the silent sockets pile up to every cap they can reach.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = relay.stats();
+    assert!(
+        during.handshakes_in_progress <= u64::from(ATTACKERS as u32 * PER_IP),
+        "silent sockets hold {} handshakes",
+        during.handshakes_in_progress
+    );
+
+    // Fresh clients from addresses of their own, one after another, while the
+    // attack goes on.
+    let (mut quic_in, mut tls_in) = (0, 0);
+    for i in 0..FRESH {
+        let local = IpAddr::V4(Ipv4Addr::new(127, 0, 8, 1 + i as u8));
+        if crate::raw_tls::RawConnection::open_from(&relay, TransportPreference::Quic, local)
+            .await
+            .is_ok()
+        {
+            quic_in += 1;
+        }
+        if crate::raw_tls::RawConnection::open_from(&relay, TransportPreference::Tcp, local)
+            .await
+            .is_ok()
+        {
+            tls_in += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut longest = Duration::ZERO;
+    while let Some(one) = attackers.join_next().await {
+        longest = longest.max(one.unwrap());
+    }
+    assert_eq!((quic_in, tls_in), (FRESH, FRESH), "fresh clients got in");
+    assert!(
+        longest >= hello - Duration::from_millis(200) && longest < hello * 3,
+        "a silent socket stayed {longest:?}, ClientHello deadline {hello:?}"
+    );
+    finishes(quic, HONEST).await;
+    finishes(tcp, HONEST).await;
 }
