@@ -6,11 +6,14 @@
 //! [`framed`] turns such a byte stream into the halves the relay and the client use
 //! as they use a QUIC stream's: the same ends, the same codes, the same deadlines.
 //! Relay and client share this crate so both ends of a connection follow the same
-//! rules.
+//! rules. So do the small HTTP listeners beside the protocol (the relay's admin
+//! port, the host's panel): [`listener`] is the accept loop that keeps one client
+//! from locking the others out of them.
 
 #![deny(missing_docs)]
 
 pub mod framed;
+pub mod listener;
 pub mod websocket;
 
 pub use framed::{

@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use blindrelay_client::{AuthorizedPlayers, HostState, RelayTransport, RelayUrl};
+use blindrelay_transport::listener::{self, Caps};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
@@ -93,6 +94,33 @@ pub(crate) enum PanelStartError {
     Qr(#[from] qrcode::types::QrError),
 }
 
+/// Connections the panel holds at once. Its clients are one owner's browser tabs
+/// on this machine, which need a handful; beyond the cap a new connection ends the
+/// oldest, so that whoever opens hundreds of idle connections to the panel cannot
+/// take the host to its file limit (and its sessions with it).
+const CAPS: Caps = Caps {
+    max: 64,
+    per_address: 64,
+};
+
+/// How long a connection may take to send a request head, and may sit idle
+/// between requests.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves one panel connection with hyper: keep-alive, within [`HEAD_TIMEOUT`].
+async fn serve_connection(stream: tokio::net::TcpStream, app: Router) {
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(app),
+        );
+    if let Err(err) = connection.await {
+        tracing::debug!(%err, "panel connection ended");
+    }
+}
+
 /// A running panel; it stops when dropped.
 pub(crate) struct Panel {
     url: String,
@@ -121,11 +149,13 @@ impl Panel {
             edit: tokio::sync::Mutex::new(()),
         });
         let app = router(state);
-        let task = tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, app).await {
-                tracing::warn!(%err, "the panel stopped");
-            }
-        });
+        let task = tokio::spawn(listener::serve_within(
+            listener,
+            CAPS,
+            std::future::pending(),
+            move |stream, _| serve_connection(stream, app.clone()),
+            || tracing::debug!("a panel connection made room for a newer one"),
+        ));
         info!(%bound, "panel listening");
         Ok(Self { url, task })
     }

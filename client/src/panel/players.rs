@@ -45,15 +45,14 @@ pub(crate) enum EntryError {
 /// first bad line number (1-based), as the host's own reader would report it.
 pub(crate) fn list(text: &str) -> Result<Vec<ListedPlayer>, usize> {
     let mut players = Vec::new();
+    // Keys seen so far: a list of hundreds is checked in one pass, not one per key.
+    let mut seen = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {
         match line_key(line) {
             LineKey::None => {}
             LineKey::Bad => return Err(i + 1),
             LineKey::Key(key, note) => {
-                if !players
-                    .iter()
-                    .any(|p: &ListedPlayer| p.key == key.to_string())
-                {
+                if seen.insert(key) {
                     players.push(ListedPlayer {
                         key: key.to_string(),
                         note: note.to_owned(),

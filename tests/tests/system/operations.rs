@@ -336,3 +336,84 @@ async fn a_new_certificate_serves_new_connections_and_leaves_open_ones_alone() {
         .is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// What kubelet does while someone floods the admin port from other addresses: 200
+/// idle connections, then new ones as fast as the flooders can open them, each left
+/// silent. Every probe, with the one-second timeout a liveness probe has, is
+/// answered, even one whose request head comes 200 ms after its connection (a
+/// loaded node, a slow network): a listener that made room by ending its oldest
+/// connection, whoever held it, ended such probes too, since the flood opens
+/// hundreds of connections in that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_probes_are_answered_through_a_connection_flood_from_other_addresses() {
+    use std::net::{IpAddr, Ipv4Addr};
+    const FLOODERS: u8 = 4;
+    const IDLE: usize = 200;
+    const PROBES: usize = 20;
+    init_tracing();
+    let relay = Relay::spawn(admin_config()).unwrap();
+    let admin = relay.admin_addr().unwrap();
+    let connect_from = move |from: IpAddr| async move {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind((from, 0).into()).ok()?;
+        socket.connect(admin).await.ok()
+    };
+    let flooder =
+        |i: usize| IpAddr::V4(Ipv4Addr::new(127, 0, 10, 1 + (i % FLOODERS as usize) as u8));
+    let mut idle = Vec::new();
+    for i in 0..IDLE {
+        idle.extend(connect_from(flooder(i)).await);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = tokio::task::JoinSet::new();
+    for f in 0..FLOODERS as usize * 2 {
+        let stop = stop.clone();
+        flood.spawn(async move {
+            let mut opened = 0u64;
+            let mut held = std::collections::VecDeque::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(stream) = connect_from(flooder(f)).await {
+                    opened += 1;
+                    held.push_back(stream);
+                    // Keep a few hundred open; the relay closes the rest anyway.
+                    if held.len() > 256 {
+                        held.pop_front();
+                    }
+                }
+            }
+            opened
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut answered = 0;
+    for i in 0..PROBES {
+        let probe = tokio::time::timeout(Duration::from_secs(1), async {
+            if i % 2 == 1 {
+                return Some(get(admin, "/healthz").await.0 == 200);
+            }
+            let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: relay\r\n\r\n")
+                .await
+                .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.ok()?;
+            Some(response.starts_with("HTTP/1.1 200"))
+        })
+        .await;
+        if matches!(probe, Ok(Some(true))) {
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut opened = 0;
+    while let Some(count) = flood.join_next().await {
+        opened += count.unwrap();
+    }
+    eprintln!("{answered} of {PROBES} probes answered while the flood opened {opened} connections");
+    assert!(opened > 1000, "the flood opened only {opened} connections");
+    assert_eq!(answered, PROBES, "probes answered during the flood");
+    drop(idle);
+}

@@ -763,3 +763,58 @@ async fn a_relay_that_is_gone_reads_as_unreachable_with_the_time_to_the_next_try
     host.proc.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Open file descriptors of process `pid`.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Someone on the host's machine opens 1,100 idle connections to its panel (more
+/// than a host under `ulimit -n 1024` has descriptors): the panel holds at most 64,
+/// ending the oldest for each new one, so the host's descriptors stay bounded,
+/// sessions go on being served and the panel answers its owner; the idle ones it
+/// holds are closed at the head timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_the_panel_cannot_take_the_host_to_its_file_limit() {
+    const IDLE: usize = 1_100;
+    let bin = binaries();
+    let relay = start_relay();
+    let dir = temp_dir("idle");
+    let key = dir.join("host.key");
+    keygen(&bin, &key, "host");
+    let service = echo_service().await;
+    let url = relay.url().to_string();
+    let host = PanelHost::start(&bin, &key, service, &["--relay", &url]);
+    host.wait_status("registered", |s| s["state"] == "registered")
+        .await;
+    let before = open_files(host.proc.pid());
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect(host.panel).await.unwrap());
+    }
+    let (code, _) = host.call("GET", "/api/status", None).await;
+    assert_eq!(code, 200, "the panel answers its owner");
+    let held = open_files(host.proc.pid());
+    assert!(
+        held <= before + 64 + 8,
+        "the host holds {held} descriptors, {before} before {IDLE} idle panel connections"
+    );
+    let player = Player::new(PlayerConfig::new(SecretKey::generate().unwrap()));
+    round_trip(player.connect(&host.ticket).await.expect("a session")).await;
+    // The newest idle connection is still held, until the head timeout ends it.
+    let started = std::time::Instant::now();
+    let mut newest = idle.pop().unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(PATIENCE, newest.read(&mut byte))
+        .await
+        .expect("the panel closes an idle connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(15),
+        "an idle panel connection was held {waited:?}"
+    );
+    drop(idle);
+}
