@@ -148,6 +148,18 @@ impl StreamFrame {
         }
     }
 
+    /// The payload length of the `DATA` frame at the front of `buf`, when one is
+    /// there whole and valid: for a reader that takes small payloads straight from
+    /// its buffer (then advances past [`DATA_HEADER_LEN`] and the payload) instead
+    /// of splitting each off with [`StreamFrame::decode`].
+    pub fn complete_data_len(buf: &[u8]) -> Option<usize> {
+        let [kind::DATA, high, low, ..] = *buf else {
+            return None;
+        };
+        let len = usize::from(u16::from_be_bytes([high, low]));
+        ((1..=MAX_DATA_LEN).contains(&len) && buf.len() >= DATA_HEADER_LEN + len).then_some(len)
+    }
+
     /// Decodes one frame from the front of `buf` if it is complete, consuming it;
     /// `Ok(None)` when more bytes are needed. A `DATA` frame's payload is split off
     /// `buf` without a copy. An invalid frame is refused as soon as its first bytes

@@ -31,9 +31,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use blindrelay_protocol::stream_frame::{StreamFrame, MAX_DATA_LEN, MAX_FRAME_LEN};
+use blindrelay_protocol::stream_frame::{
+    StreamFrame, DATA_HEADER_LEN, MAX_DATA_LEN, MAX_FRAME_LEN,
+};
 use blindrelay_protocol::{CloseCode, DecodeError, StreamCode};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -44,6 +46,16 @@ pub const LINGER: Duration = Duration::from_secs(5);
 
 /// How many bytes the writer joins into one write: a few TLS records.
 const WRITE_BATCH: usize = 64 * 1024;
+
+/// `DATA` frames shorter than this are copied together into blocks of
+/// [`MAX_DATA_LEN`] as they arrive; longer ones are kept as slices of the buffer
+/// they were read into. What read-ahead holds is then bounded by what it counts: a
+/// slice keeps its whole read buffer (at most two frames' size) alive, so a kept
+/// frame holds at most 4 times its length, and a queue entry of a few bytes, which
+/// would keep a read buffer and an entry's overhead for each byte of a peer's tiny
+/// frames, never exists. Writers send full frames when they have the bytes; the
+/// copying is for the few that do not (and costs them one copy).
+const JOIN_BELOW: usize = MAX_DATA_LEN / 2;
 
 /// A framed connection's timers and buffer.
 #[derive(Debug, Clone, Copy)]
@@ -159,9 +171,13 @@ struct State {
     send_done: bool,
     /// The peer's `STOP`, if it sent one.
     peer_stop: Option<StreamCode>,
-    /// `DATA` received and not yet read, and its bytes.
+    /// `DATA` received and not yet read, and its bytes (those of `joining`
+    /// included).
     incoming: VecDeque<Bytes>,
     incoming_len: usize,
+    /// Small `DATA` frames copied together, read after `incoming` (see
+    /// [`JOIN_BELOW`]).
+    joining: BytesMut,
     /// How the peer's direction ended, once it did: `FIN` (`None`) or `RESET`.
     peer_end: Option<Option<StreamCode>>,
     /// The receiving half has taken the end, or stopped the direction: what
@@ -537,7 +553,7 @@ impl FramedRecv {
             return Poll::Ready(Ok(Some(chunk)));
         }
         let mut state = self.shared.lock();
-        if let Some(mut data) = state.incoming.pop_front() {
+        if let Some(mut data) = state.next_data() {
             state.incoming_len -= data.len();
             drop(state);
             self.shared.room.notify_one();
@@ -593,8 +609,7 @@ impl FramedRecv {
         self.shared.update(|state| {
             if !state.recv_done {
                 state.recv_done = true;
-                state.incoming.clear();
-                state.incoming_len = 0;
+                state.clear_incoming();
                 if state.peer_end.is_none() {
                     state.stop = Some(code);
                 }
@@ -647,18 +662,8 @@ async fn read_loop<R: AsyncRead + Send>(read: R, shared: Arc<Shared>) {
     let config = shared.config;
     loop {
         // Frames already read first; then, if the queue has room, the connection.
-        loop {
-            let frame = match StreamFrame::decode(&mut buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => {
-                    shared.fail(ConnectionError::Protocol(err));
-                    return;
-                }
-            };
-            if !on_frame(&shared, frame) {
-                return;
-            }
+        if !on_frames(&shared, &mut buf) {
+            return;
         }
         let room = shared.room.notified();
         tokio::pin!(room);
@@ -745,61 +750,164 @@ async fn drain<R: AsyncRead>(read: &mut Pin<Box<R>>, buf: &mut BytesMut) {
     .await;
 }
 
-/// Acts on one frame the peer sent; `false` once the connection is over.
-fn on_frame(shared: &Shared, frame: StreamFrame) -> bool {
+/// Acts on every complete frame at the front of `buf`, under one lock of the
+/// state; `false` once the connection is over.
+fn on_frames(shared: &Shared, buf: &mut BytesMut) -> bool {
+    let mut wake = Wake::default();
     let mut state = shared.lock();
+    let over = loop {
+        // Small DATA frames go straight from the read buffer into a joined block:
+        // no slice, no queue entry, for each of a peer's tiny frames.
+        if let Some(len) = small_data(buf) {
+            if state.takes_data() {
+                state.incoming_len += len;
+                state.join(&buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len]);
+                wake.reader = true;
+            }
+            buf.advance(DATA_HEADER_LEN + len);
+            continue;
+        }
+        match StreamFrame::decode(buf) {
+            Ok(Some(frame)) => {
+                if let Some(error) = on_frame(&mut state, frame, &mut wake) {
+                    break Some(error);
+                }
+            }
+            Ok(None) => break None,
+            Err(err) => break Some(ConnectionError::Protocol(err)),
+        }
+    };
+    let wakers = [
+        wake.reader.then(|| state.recv_waker.take()).flatten(),
+        wake.sender.then(|| state.send_waker.take()).flatten(),
+    ];
+    drop(state);
+    for waker in wakers.into_iter().flatten() {
+        waker.wake();
+    }
+    if wake.writer {
+        shared.writer.notify_one();
+    }
+    if wake.changed {
+        shared.changed.notify_waiters();
+    }
+    match over {
+        Some(error) => {
+            shared.fail(error);
+            false
+        }
+        None => true,
+    }
+}
+
+/// The length of the `DATA` frame complete at the front of `buf` when it is one
+/// to be joined (shorter than [`JOIN_BELOW`]); what else is there is left to
+/// [`StreamFrame::decode`].
+fn small_data(buf: &[u8]) -> Option<usize> {
+    StreamFrame::complete_data_len(buf).filter(|len| *len < JOIN_BELOW)
+}
+
+/// Who to wake once the state's lock is given back.
+#[derive(Default)]
+struct Wake {
+    reader: bool,
+    sender: bool,
+    writer: bool,
+    changed: bool,
+}
+
+/// Acts on one frame the peer sent; the error that ends the connection, if it does.
+fn on_frame(state: &mut State, frame: StreamFrame, wake: &mut Wake) -> Option<ConnectionError> {
     match frame {
         StreamFrame::Data(data) => {
             // After the end, or once this end stopped the direction: dropped, as
             // QUIC drops what arrives on a stopped stream.
-            if !state.recv_done && state.peer_end.is_none() {
+            if state.takes_data() {
                 state.incoming_len += data.len();
-                state.incoming.push_back(data);
-                if let Some(waker) = state.recv_waker.take() {
-                    waker.wake();
-                }
+                state.queue(data);
+                wake.reader = true;
             }
         }
         StreamFrame::Fin | StreamFrame::Reset(_) => {
             let end = match frame {
                 StreamFrame::Reset(code) => {
                     // A reset drops what was not read yet, as QUIC's does.
-                    state.incoming.clear();
-                    state.incoming_len = 0;
+                    state.clear_incoming();
                     Some(code)
                 }
                 _ => None,
             };
             state.peer_end.get_or_insert(end);
-            if let Some(waker) = state.recv_waker.take() {
-                waker.wake();
-            }
-            drop(state);
+            wake.reader = true;
             // The writer may be done too now.
-            shared.writer.notify_one();
+            wake.writer = true;
         }
         StreamFrame::Stop(code) => {
             state.peer_stop.get_or_insert(code);
-            if let Some(waker) = state.send_waker.take() {
-                waker.wake();
-            }
-            drop(state);
-            shared.writer.notify_one();
-            shared.changed.notify_waiters();
+            wake.sender = true;
+            wake.writer = true;
+            wake.changed = true;
         }
         StreamFrame::Ping(opaque) => {
             state.pong = Some(opaque);
-            drop(state);
-            shared.writer.notify_one();
+            wake.writer = true;
         }
         StreamFrame::Pong(_) => {}
         StreamFrame::Close { code, reason } => {
-            drop(state);
-            shared.fail(ConnectionError::ClosedByPeer { code, reason });
-            return false;
+            return Some(ConnectionError::ClosedByPeer { code, reason });
         }
     }
-    true
+    None
+}
+
+impl State {
+    /// Whether `DATA` that arrives now is kept for the reader.
+    fn takes_data(&self) -> bool {
+        !self.recv_done && self.peer_end.is_none()
+    }
+
+    /// Queues a `DATA` frame's payload: joined with its neighbours if it is
+    /// small, as it is otherwise.
+    fn queue(&mut self, data: Bytes) {
+        if data.len() < JOIN_BELOW {
+            self.join(&data);
+        } else {
+            self.end_joined();
+            self.incoming.push_back(data);
+        }
+    }
+
+    /// Appends a small frame's payload to the block being joined, starting a new
+    /// block when it does not fit.
+    fn join(&mut self, data: &[u8]) {
+        if self.joining.capacity() - self.joining.len() < data.len() {
+            self.end_joined();
+            self.joining = BytesMut::with_capacity(MAX_DATA_LEN);
+        }
+        self.joining.extend_from_slice(data);
+    }
+
+    /// Queues the block being joined, so that what arrives next comes after it.
+    fn end_joined(&mut self) {
+        if !self.joining.is_empty() {
+            let joined = self.joining.split().freeze();
+            self.incoming.push_back(joined);
+        }
+    }
+
+    /// The next data for the reader, oldest first.
+    fn next_data(&mut self) -> Option<Bytes> {
+        self.incoming
+            .pop_front()
+            .or_else(|| (!self.joining.is_empty()).then(|| self.joining.split().freeze()))
+    }
+
+    /// Drops every byte received and not read.
+    fn clear_incoming(&mut self) {
+        self.incoming.clear();
+        self.joining.clear();
+        self.incoming_len = 0;
+    }
 }
 
 /// What the writer does next.
@@ -970,6 +1078,60 @@ mod tests {
             all.extend_from_slice(&chunk);
         }
         Ok(all)
+    }
+
+    /// A peer that sends its bytes one per `DATA` frame, to a reader that reads
+    /// nothing: the read-ahead stops at its buffer, held in a few joined blocks
+    /// rather than one entry (and one pinned read buffer) per byte; then every byte
+    /// arrives, in order, with larger frames between the tiny ones.
+    #[tokio::test]
+    async fn tiny_frames_are_joined_and_their_read_ahead_stays_bounded() {
+        let config = Config::default();
+        let (raw, io) = tokio::io::duplex(1 << 20);
+        let (_send, mut recv, _connection) = framed(io, config);
+        let (_raw_read, mut raw_write) = tokio::io::split(raw);
+        let mut wire = BytesMut::new();
+        let mut expected = Vec::new();
+        for i in 0..200_000u32 {
+            let byte = (i % 253) as u8;
+            expected.push(byte);
+            StreamFrame::Data(Bytes::from(vec![byte])).encode(&mut wire);
+            if i % 50_000 == 0 {
+                // A frame long enough to be kept as it is, between tiny ones.
+                let long: Vec<u8> = (0..JOIN_BELOW as u32).map(|j| (j % 7) as u8).collect();
+                expected.extend_from_slice(&long);
+                StreamFrame::Data(Bytes::from(long)).encode(&mut wire);
+            }
+        }
+        StreamFrame::Fin.encode(&mut wire);
+        let writing = tokio::spawn(async move {
+            raw_write.write_all(&wire).await.expect("raw write");
+            raw_write
+        });
+        // Read-ahead fills to its buffer (and at most one read beyond) and stops.
+        let held = |recv: &FramedRecv| {
+            let state = recv.shared.lock();
+            (state.incoming_len, state.incoming.len())
+        };
+        let filled = tokio::time::timeout(Duration::from_secs(5), async {
+            while held(&recv).0 < config.recv_buffer {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(filled.is_ok(), "read-ahead reached {:?}", held(&recv));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (bytes, entries) = held(&recv);
+        assert!(
+            bytes <= config.recv_buffer + MAX_FRAME_LEN,
+            "read ahead {bytes} bytes"
+        );
+        assert!(
+            entries <= bytes / (MAX_DATA_LEN / 4) + 2,
+            "{bytes} bytes held in {entries} entries"
+        );
+        assert_eq!(read_to_end(&mut recv).await.expect("read"), expected);
+        drop(writing.await);
     }
 
     #[tokio::test]

@@ -568,3 +568,97 @@ async fn silent_tcp_sockets_lock_out_neither_quic_nor_tls_clients() {
     finishes(quic, HONEST).await;
     finishes(tcp, HONEST).await;
 }
+
+/// Players on TLS over TCP that send their session's bytes one per DATA frame to a
+/// host that reads nothing: the relay's read-ahead from each is joined into a few
+/// blocks, so what each session makes the relay hold stays within the buffer it
+/// reserves (before, one-byte frames held about five times that: a queue entry and
+/// a pinned read buffer per byte), while an honest session moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_data_frames_on_tcp_hold_no_more_than_their_sessions_reserve() {
+    const ADDRESSES: u8 = 4;
+    const PER_ADDRESS: usize = 8;
+    const SESSIONS: u64 = ADDRESSES as u64 * PER_ADDRESS as u64;
+    init_tracing();
+    let (relay, url) = relay_process(&[]);
+    let relay_addr = std::net::SocketAddr::new(url.host().parse().unwrap(), url.port());
+    let honest = crate::adversarial::honest_session_at(
+        &url,
+        TransportPreference::Tcp,
+        TransportPreference::Tcp,
+        HONEST,
+    )
+    .await;
+    // A host, registered by hand, that takes every session stream and never reads a
+    // byte of it (a host agent would read, and end a session that is not Noise).
+    let key = SecretKey::generate().unwrap();
+    let host_id = key.host_id();
+    let mut small_windows = quinn::TransportConfig::default();
+    small_windows.stream_receive_window((64u32 << 10).into());
+    let host = blindrelay_client::connect_relay_raw_with(
+        &url,
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        small_windows,
+    )
+    .await
+    .unwrap();
+    let (verdict, _registration) = register_by_hand(&host, host_id, &key, &host).await;
+    assert!(
+        matches!(verdict, ControlMessage::Registered { .. }),
+        "{verdict:?}"
+    );
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok(stream) = host.accept_bi().await {
+            held.push(stream);
+        }
+        held.len()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = process::rss_bytes(relay.pid());
+
+    let mut players = tokio::task::JoinSet::new();
+    for i in 0..SESSIONS {
+        let local = IpAddr::V4(Ipv4Addr::new(127, 0, 11, 1 + (i % ADDRESSES as u64) as u8));
+        let tcp = tcp_from(relay_addr, local).await.unwrap();
+        let mut tls = tls_to(tcp, blindrelay_protocol::ALPN).await;
+        players.spawn(async move {
+            let mut request = ControlMessage::connect(host_id).to_frame().to_vec();
+            request.extend_from_slice(&hello_for(&host_id));
+            let mut wire = Vec::new();
+            StreamFrame::Data(request.into()).encode(&mut wire);
+            // Then bytes one per frame, more than every buffer on the way holds
+            // (the relay's, the host's window, the sockets'), until the relay stops
+            // taking them.
+            wire.extend(std::iter::repeat_n([0x00, 0x00, 0x01, 0x5a], 2 << 20).flatten());
+            let sent = tokio::time::timeout(Duration::from_secs(3), tls.write_all(&wire)).await;
+            (sent.is_err(), tls)
+        });
+    }
+    let (peak, ends) = peak_rss_during(relay.pid(), async {
+        let mut ends = Vec::new();
+        while let Some(end) = players.join_next().await {
+            ends.push(end.unwrap());
+        }
+        // Whatever was still arriving has landed.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ends
+    })
+    .await;
+    let stalled = ends.iter().filter(|(stalled, _)| *stalled).count();
+    let growth = peak.saturating_sub(before);
+    eprintln!("relay grew by {growth} bytes under {SESSIONS} sessions of one-byte frames ({stalled} stalled)");
+    assert!(
+        stalled > 0,
+        "the relay took every byte: nothing was held up"
+    );
+    let bound = SESSIONS * Limits::default().session_buffer();
+    let overhead = 8 << 20;
+    assert!(
+        growth <= bound + overhead,
+        "relay grew by {growth} bytes, bound {bound} + overhead {overhead}"
+    );
+    drop(ends);
+    holder.abort();
+    finishes(honest, HONEST).await;
+}
