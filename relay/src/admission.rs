@@ -119,6 +119,9 @@ pub(crate) struct Admission {
     max_tcp_handshakes: Option<NonZeroU32>,
     /// ... and per address by `connections.tcp_handshakes_per_ip`.
     tcp_handshakes_per_ip: Arc<HeldPerKey<IpKey>>,
+    /// Connections hosts on a stream transport were asked to open (`Dial`), by
+    /// the hosts' addresses: see [`Admission::expect_dial_back`].
+    dial_backs: Arc<DashMap<IpKey, DialBacks>>,
     /// `connections.max`, counted once a handshake completes.
     max_connections: Option<NonZeroU32>,
     sessions: AtomicU32,
@@ -152,6 +155,7 @@ impl Admission {
             tcp_handshakes: AtomicU32::new(0),
             max_tcp_handshakes: NonZeroU32::new(c.max_tcp_handshakes),
             tcp_handshakes_per_ip: HeldPerKey::new(c.tcp_handshakes_per_ip),
+            dial_backs: Arc::new(DashMap::new()),
             max_connections: NonZeroU32::new(c.max),
             sessions: AtomicU32::new(0),
             max_sessions: NonZeroU32::new(s.max),
@@ -187,22 +191,34 @@ impl Admission {
         }
         // From here on the permit (or this guard) gives the handshake back.
         let handshake = HandshakeGuard(counter);
-        let handshake_of_address = match door {
+        // A host answering a `Dial` the relay sent it is let in past its address's
+        // rate and caps, as many times as it has `Dial`s outstanding: a player
+        // asking for sessions must not spend the host's own allowance.
+        let dial_back = match door {
             Door::Quic => None,
-            Door::Tcp => Some(
-                self.tcp_handshakes_per_ip
-                    .try_hold(key)
-                    .ok_or(Refusal::TooManyFromAddress)?,
-            ),
+            Door::Tcp => self.arriving_dial_back(key),
         };
-        if let Some(limiter) = &self.new_connections {
-            limiter.check_key(&key).map_err(|_| Refusal::RateLimited)?;
-        }
-        let network =
-            hold_network(&self.connections_per_48, addr).ok_or(Refusal::TooManyFromAddress)?;
+        let (handshake_of_address, network) = if dial_back.is_some() {
+            (None, hold_network(&self.connections_per_48, addr).flatten())
+        } else {
+            let handshake_of_address = match door {
+                Door::Quic => None,
+                Door::Tcp => Some(
+                    self.tcp_handshakes_per_ip
+                        .try_hold(key)
+                        .ok_or(Refusal::TooManyFromAddress)?,
+                ),
+            };
+            if let Some(limiter) = &self.new_connections {
+                limiter.check_key(&key).map_err(|_| Refusal::RateLimited)?;
+            }
+            let network =
+                hold_network(&self.connections_per_48, addr).ok_or(Refusal::TooManyFromAddress)?;
+            (handshake_of_address, network)
+        };
         {
             let mut count = self.per_ip.entry(key).or_insert(0);
-            if !under(self.max_per_ip, *count) {
+            if dial_back.is_none() && !under(self.max_per_ip, *count) {
                 return Err(Refusal::TooManyFromAddress);
             }
             *count += 1;
@@ -215,9 +231,51 @@ impl Admission {
             door,
             network: std::sync::Mutex::new(network),
             handshake_of_address: std::sync::Mutex::new(handshake_of_address),
+            dial_back: std::sync::Mutex::new(dial_back),
             handshaking: AtomicBool::new(true),
             established: AtomicBool::new(false),
             released: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts a connection the host at `host` is asked to open for a session (a
+    /// `Dial`), until the returned value is dropped: while it lives, one connection
+    /// from that address in progress may come in past the address's rate and caps.
+    pub(crate) fn expect_dial_back(self: &Arc<Self>, host: SocketAddr) -> ExpectedDialBack {
+        let key = IpKey::of(host);
+        let refused = {
+            let mut entry = self.dial_backs.entry(key).or_default();
+            entry.expected += 1;
+            entry.refused.clone()
+        };
+        ExpectedDialBack {
+            dial_backs: self.dial_backs.clone(),
+            key,
+            refused,
+        }
+    }
+
+    /// A connection from `addr` was refused at the door: if a host there was
+    /// asked to open one, one of its waiting sessions learns it now rather than at
+    /// its deadline.
+    pub(crate) fn refused_at_the_door(&self, addr: SocketAddr) {
+        if let Some(entry) = self.dial_backs.get(&IpKey::of(addr)) {
+            if entry.expected > 0 {
+                entry.refused.notify_one();
+            }
+        }
+    }
+
+    /// One place among the dial-backs expected from `key`, if one is free.
+    fn arriving_dial_back(&self, key: IpKey) -> Option<ArrivingDialBack> {
+        let mut entry = self.dial_backs.get_mut(&key)?;
+        if entry.arriving >= entry.expected {
+            return None;
+        }
+        entry.arriving += 1;
+        Some(ArrivingDialBack {
+            dial_backs: self.dial_backs.clone(),
+            key,
         })
     }
 
@@ -425,6 +483,61 @@ fn hold_network(cap: &Arc<HeldPerKey<IpKey>>, addr: SocketAddr) -> Option<Option
     }
 }
 
+/// The dial-backs of one address: connections its hosts were asked to open, and
+/// those let in for them and not yet past their first message.
+#[derive(Default)]
+struct DialBacks {
+    expected: u32,
+    arriving: u32,
+    /// Told when a connection from the address is refused at the door.
+    refused: Arc<tokio::sync::Notify>,
+}
+
+/// Removes `key`'s entry once it counts nothing.
+fn forget_if_unused(dial_backs: &DashMap<IpKey, DialBacks>, key: &IpKey) {
+    dial_backs.remove_if(key, |_, entry| entry.expected == 0 && entry.arriving == 0);
+}
+
+/// A connection a host is expected to open for a session; see
+/// [`Admission::expect_dial_back`].
+pub(crate) struct ExpectedDialBack {
+    dial_backs: Arc<DashMap<IpKey, DialBacks>>,
+    key: IpKey,
+    refused: Arc<tokio::sync::Notify>,
+}
+
+impl ExpectedDialBack {
+    /// Resolves when a connection from the host's address is refused at the door
+    /// while this one is expected.
+    pub(crate) async fn refused(&self) {
+        self.refused.notified().await;
+    }
+}
+
+impl Drop for ExpectedDialBack {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.dial_backs.get_mut(&self.key) {
+            entry.expected = entry.expected.saturating_sub(1);
+        }
+        forget_if_unused(&self.dial_backs, &self.key);
+    }
+}
+
+/// A connection let in as a dial-back, until its first message is read.
+pub(crate) struct ArrivingDialBack {
+    dial_backs: Arc<DashMap<IpKey, DialBacks>>,
+    key: IpKey,
+}
+
+impl Drop for ArrivingDialBack {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.dial_backs.get_mut(&self.key) {
+            entry.arriving = entry.arriving.saturating_sub(1);
+        }
+        forget_if_unused(&self.dial_backs, &self.key);
+    }
+}
+
 /// Gives a counted handshake back unless forgotten.
 struct HandshakeGuard<'a>(&'a AtomicU32);
 
@@ -454,6 +567,9 @@ pub(crate) struct ConnectionPermit {
     network: std::sync::Mutex<Option<Held<IpKey>>>,
     /// Its place among its address's TCP handshakes; taken when the handshake ends.
     handshake_of_address: std::sync::Mutex<Option<Held<IpKey>>>,
+    /// Its place among the dial-backs expected from its address, if it came in as
+    /// one; taken once its first message is read.
+    dial_back: std::sync::Mutex<Option<ArrivingDialBack>>,
     handshaking: AtomicBool,
     established: AtomicBool,
     released: AtomicBool,
@@ -490,6 +606,7 @@ impl ConnectionPermit {
         }
         let admission = &self.admission;
         self.end_handshake();
+        self.end_dial_back();
         if self.established.swap(false, Ordering::AcqRel) {
             admission.established.fetch_sub(1, Ordering::AcqRel);
         }
@@ -508,6 +625,17 @@ impl ConnectionPermit {
 }
 
 impl ConnectionPermit {
+    /// The connection's first message is read: if it came in as a dial-back, its
+    /// place among them is free for the next.
+    pub(crate) fn end_dial_back(&self) {
+        drop(
+            self.dial_back
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
+    }
+
     /// Gives the handshake's places back, once.
     fn end_handshake(&self) {
         if self.handshaking.swap(false, Ordering::AcqRel) {
@@ -571,6 +699,7 @@ fn check_rate(
 mod tests {
     use super::*;
     use crate::units::ByteSize;
+    use std::time::Duration;
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().expect("address")
@@ -774,6 +903,50 @@ mod tests {
         assert_eq!(admission.handshakes_in_flight(Door::Tcp), 0);
         assert_eq!(admission.handshakes_in_flight(Door::Quic), 0);
         assert!(admission.tcp_handshakes_per_ip.held.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_host_answering_its_dials_comes_in_past_its_addresss_limits() {
+        let mut limits = Limits::unlimited();
+        limits.connections.per_ip = 1;
+        limits.connections.new_per_ip_per_s = 1;
+        limits.connections.new_per_ip_burst = 1;
+        limits.connections.tcp_handshakes_per_ip = 1;
+        let admission = Arc::new(Admission::new(&limits));
+        let host = addr("192.0.2.7:1");
+        let registration = admission.admit_connection(host, Door::Tcp).expect("first");
+        assert!(admission.admit_connection(host, Door::Tcp).is_err());
+        // Two dials outstanding: two connections past every per-address limit.
+        let dials = [
+            admission.expect_dial_back(host),
+            admission.expect_dial_back(host),
+        ];
+        let first = admission.admit_connection(host, Door::Tcp).expect("dial 1");
+        let second = admission.admit_connection(host, Door::Tcp).expect("dial 2");
+        assert!(
+            admission.admit_connection(host, Door::Tcp).is_err(),
+            "a third"
+        );
+        // Another address gets nothing from the host's dials, nor does QUIC.
+        assert!(admission
+            .admit_connection(addr("192.0.2.8:1"), Door::Tcp)
+            .is_ok());
+        assert!(admission.admit_connection(host, Door::Quic).is_err());
+        // A dial-back past its first message frees its place for the next.
+        first.end_dial_back();
+        let third = admission.admit_connection(host, Door::Tcp).expect("dial 3");
+        // A refusal at the door wakes a session that waits for its dial-back.
+        let refused = dials[0].refused();
+        admission.refused_at_the_door(host);
+        tokio::time::timeout(Duration::from_secs(1), refused)
+            .await
+            .expect("told at once");
+        drop((dials, first, second, third, registration));
+        assert!(admission.dial_backs.is_empty(), "nothing kept once unused");
+        assert!(
+            admission.admit_connection(host, Door::Tcp).is_err(),
+            "back to its limits"
+        );
     }
 
     #[test]

@@ -277,11 +277,17 @@ async fn open_host_stream(host: &Host, session_id: u64, shared: &RelayState) -> 
             let (send, recv) = connection.open_bi().await.ok()?;
             Some((StreamSend::Quic(send), StreamRecv::Quic(recv)))
         }
-        Link::Framed(_) => {
+        Link::Framed(link) => {
             let ask = host.dial.as_ref()?;
             let (dial, mut waiting) = shared.dials.expect(session_id);
+            // The host's connection for it comes in on its own allowance, and a
+            // refusal at the door ends the wait at once.
+            let expected = shared.admission.expect_dial_back(link.remote);
             ask.send(dial).await.ok()?;
-            waiting.arrival().await
+            tokio::select! {
+                arrived = waiting.arrival() => arrived,
+                () = expected.refused() => None,
+            }
         }
         // Never a host's link: a browser cannot register.
         Link::WebTransport(_) => None,

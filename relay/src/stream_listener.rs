@@ -92,6 +92,7 @@ pub(crate) async fn accept_loop(
                     Err(refusal) => {
                         // Closed before the TLS handshake: a flood costs no crypto.
                         shared.stats.connection_refused(refusal);
+                        shared.admission.refused_at_the_door(peer);
                         debug!(peer = %redact(peer), ?refusal, "TCP connection refused");
                     }
                 }
@@ -280,7 +281,10 @@ async fn serve_stream(
         shared.config.limits.connections.first_message_timeout.0,
         read_message(&mut recv),
     );
-    let message = match first.await {
+    let first = first.await;
+    // Whatever it said, a dial-back's place is free for the host's next.
+    permit.end_dial_back();
+    let message = match first {
         Ok(Ok(message)) => message,
         Ok(Err(err)) => return Box::pin(refuse_stream(&shared, send, recv, err)).await,
         Err(_) => {

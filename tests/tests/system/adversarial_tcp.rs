@@ -659,3 +659,74 @@ async fn tiny_data_frames_on_tcp_hold_no_more_than_their_sessions_reserve() {
     holder.abort();
     finishes(honest, HONEST).await;
 }
+
+/// A ticket holder on ten addresses asks a host on TCP for sessions with garbage
+/// hellos, each within its own addresses' limits: every one makes the host open an
+/// `Accept` connection from its address. Those come in on the host's own allowance
+/// (one per `Dial` outstanding), not on its address's connection rate, so an
+/// authorized player beside the attack gets every session it asks for (before, 2 of
+/// 12: the host's connections were refused at its rate, and its session slots held
+/// until their deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_connects_cannot_spend_a_tcp_hosts_own_connection_allowance() {
+    const ATTACKERS: u8 = 10;
+    const HONEST_SESSIONS: usize = 12;
+    // A public relay's limits: every address, the host's included, at its rates.
+    let relay = relay_with(|limits| *limits = Limits::default());
+    let host = host_over(relay.url(), TransportPreference::Tcp).await;
+    let ticket = host.ticket().clone();
+    let host_id = *host.host_id();
+    let _echo = spawn_echo_host(host);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = tokio::task::JoinSet::new();
+    for a in 0..ATTACKERS {
+        let local = IpAddr::V4(Ipv4Addr::new(127, 0, 12, 1 + a));
+        let connection = blindrelay_client::connect_relay_raw_from(relay.url(), local)
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            let (connection, stop) = (connection.clone(), stop.clone());
+            attackers.spawn(async move {
+                let mut asked = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok((mut send, mut recv)) = connection.open_bi().await else {
+                        break;
+                    };
+                    let mut bytes = ControlMessage::connect(host_id).to_frame().to_vec();
+                    bytes.extend_from_slice(&96u16.to_be_bytes());
+                    bytes.extend_from_slice(&[0x42; 96]);
+                    let _ = send.write_all(&bytes).await;
+                    asked += 1;
+                    // Until the relay or the host ends it.
+                    let _ = tokio::time::timeout(PATIENCE, recv.read_to_end(1 << 16)).await;
+                }
+                asked
+            });
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut served = 0;
+    let player = player_over(TransportPreference::Quic);
+    for _ in 0..HONEST_SESSIONS {
+        if let Ok(Ok(mut session)) = tokio::time::timeout(PATIENCE, player.connect(&ticket)).await {
+            session.write_all(b"honest").await.unwrap();
+            let mut back = [0u8; 6];
+            if session.read_exact(&mut back).await.is_ok() && &back == b"honest" {
+                served += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut asked = 0;
+    while let Some(count) = attackers.join_next().await {
+        asked += count.unwrap();
+    }
+    let stats = relay.stats();
+    eprintln!(
+        "{served} of {HONEST_SESSIONS} honest sessions beside {asked} garbage Connects; \
+         host connections rate limited: {}",
+        stats.connections_rate_limited
+    );
+    assert!(asked > 200, "the attack asked for only {asked} sessions");
+    assert_eq!(served, HONEST_SESSIONS, "the authorized player's sessions");
+}
