@@ -19,7 +19,7 @@ use blindrelay_protocol::{ErrorCode, HostId};
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::limits::Limits;
+use crate::limits::{Limits, SharedAddresses};
 
 /// The part of an address limits are keyed by: a whole IPv4 address or an IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +76,9 @@ pub(crate) enum Refusal {
     /// Too many TLS handshakes in progress on the relay.
     #[error("too many handshakes in progress")]
     TooManyHandshakes,
+    /// Too many sessions open on one player connection.
+    #[error("too many sessions on this connection")]
+    TooManySessionsOnConnection,
 }
 
 impl Refusal {
@@ -84,7 +87,8 @@ impl Refusal {
             Self::RateLimited
             | Self::TooManyFromAddress
             | Self::TooManySessionsFromAddress
-            | Self::TooManyRegistrationsFromAddress => ErrorCode::RateLimited,
+            | Self::TooManyRegistrationsFromAddress
+            | Self::TooManySessionsOnConnection => ErrorCode::RateLimited,
             Self::AtCapacity | Self::TooManyHandshakes => ErrorCode::AtCapacity,
         }
     }
@@ -97,15 +101,20 @@ impl Refusal {
             Self::TooManySessionsFromAddress => "too many sessions from your address",
             Self::TooManyRegistrationsFromAddress => "too many registrations from your address",
             Self::TooManyHandshakes => "too many handshakes in progress",
+            Self::TooManySessionsOnConnection => "too many sessions on this connection",
         }
     }
 }
 
 /// The relay's admission state, shared by every connection.
 pub(crate) struct Admission {
-    new_connections: Option<DefaultKeyedRateLimiter<IpKey>>,
-    new_sessions: Option<DefaultKeyedRateLimiter<IpKey>>,
-    registrations: Option<DefaultKeyedRateLimiter<IpKey>>,
+    new_connections: AddressRate,
+    new_sessions: AddressRate,
+    registrations: AddressRate,
+    /// Ranges many people share, and how much more each of their addresses gets.
+    shared_addresses: SharedAddresses,
+    /// `sessions.per_connection`.
+    max_sessions_per_connection: Option<NonZeroU32>,
     per_ip: DashMap<IpKey, u32>,
     max_per_ip: Option<NonZeroU32>,
     connections: AtomicU32,
@@ -142,10 +151,14 @@ impl Admission {
         let c = &limits.connections;
         let s = &limits.sessions;
         let r = &limits.registrations;
+        let shared = &limits.shared_addresses;
+        let rate = |per_s, burst| AddressRate::new(per_s, burst, shared);
         Self {
-            new_connections: keyed(c.new_per_ip_per_s, c.new_per_ip_burst),
-            new_sessions: keyed(s.new_per_ip_per_s, s.new_per_ip_burst),
-            registrations: keyed(r.per_ip_per_s, r.per_ip_burst),
+            new_connections: rate(c.new_per_ip_per_s, c.new_per_ip_burst),
+            new_sessions: rate(s.new_per_ip_per_s, s.new_per_ip_burst),
+            registrations: rate(r.per_ip_per_s, r.per_ip_burst),
+            shared_addresses: shared.clone(),
+            max_sessions_per_connection: NonZeroU32::new(s.per_connection),
             per_ip: DashMap::new(),
             max_per_ip: NonZeroU32::new(c.per_ip),
             connections: AtomicU32::new(0),
@@ -182,6 +195,7 @@ impl Admission {
         door: Door,
     ) -> Result<ConnectionPermit, Refusal> {
         let key = IpKey::of(addr);
+        let factor = self.shared_addresses.factor_for(addr.ip());
         let (counter, max) = self.handshake_count(door);
         let handshakes = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
             under(max, open).then_some(open + 1)
@@ -205,20 +219,18 @@ impl Admission {
                 Door::Quic => None,
                 Door::Tcp => Some(
                     self.tcp_handshakes_per_ip
-                        .try_hold(key)
+                        .try_hold(key, factor)
                         .ok_or(Refusal::TooManyFromAddress)?,
                 ),
             };
-            if let Some(limiter) = &self.new_connections {
-                limiter.check_key(&key).map_err(|_| Refusal::RateLimited)?;
-            }
+            self.new_connections.check(key, factor, 1)?;
             let network =
                 hold_network(&self.connections_per_48, addr).ok_or(Refusal::TooManyFromAddress)?;
             (handshake_of_address, network)
         };
         {
             let mut count = self.per_ip.entry(key).or_insert(0);
-            if dial_back.is_none() && !under(self.max_per_ip, *count) {
+            if dial_back.is_none() && !under(scaled(self.max_per_ip, factor), *count) {
                 return Err(Refusal::TooManyFromAddress);
             }
             *count += 1;
@@ -232,6 +244,7 @@ impl Admission {
             network: std::sync::Mutex::new(network),
             handshake_of_address: std::sync::Mutex::new(handshake_of_address),
             dial_back: std::sync::Mutex::new(dial_back),
+            sessions: Arc::new(AtomicU32::new(0)),
             handshaking: AtomicBool::new(true),
             established: AtomicBool::new(false),
             released: AtomicBool::new(false),
@@ -300,13 +313,14 @@ impl Admission {
         host_id: &HostId,
     ) -> Result<SessionPlaces, Refusal> {
         let key = IpKey::of(addr);
+        let factor = self.shared_addresses.factor_for(addr.ip());
         let per_address = self
             .sessions_per_ip
-            .try_hold(key)
+            .try_hold(key, factor)
             .ok_or(Refusal::TooManySessionsFromAddress)?;
         let per_host = self
             .sessions_per_ip_and_host
-            .try_hold((key, *host_id))
+            .try_hold((key, *host_id), factor)
             .ok_or(Refusal::TooManySessionsFromAddress)?;
         let per_network =
             hold_network(&self.sessions_per_48, addr).ok_or(Refusal::TooManySessionsFromAddress)?;
@@ -323,9 +337,10 @@ impl Admission {
         &self,
         addr: SocketAddr,
     ) -> Result<RegistrationPlaces, Refusal> {
+        let factor = self.shared_addresses.factor_for(addr.ip());
         let per_address = self
             .registrations_per_ip
-            .try_hold(IpKey::of(addr))
+            .try_hold(IpKey::of(addr), factor)
             .ok_or(Refusal::TooManyRegistrationsFromAddress)?;
         let per_network = hold_network(&self.registrations_per_48, addr)
             .ok_or(Refusal::TooManyRegistrationsFromAddress)?;
@@ -337,7 +352,8 @@ impl Admission {
 
     /// Checks one more session request from `addr` against its rate.
     pub(crate) fn check_session_rate(&self, addr: SocketAddr) -> Result<(), Refusal> {
-        check_rate(&self.new_sessions, addr, 1)
+        let factor = self.shared_addresses.factor_for(addr.ip());
+        self.new_sessions.check(IpKey::of(addr), factor, 1)
     }
 
     /// Checks one more registration attempt from `addr`; `cost` is 2 for an attempt
@@ -347,7 +363,8 @@ impl Admission {
         addr: SocketAddr,
         cost: u32,
     ) -> Result<(), Refusal> {
-        check_rate(&self.registrations, addr, cost)
+        let factor = self.shared_addresses.factor_for(addr.ip());
+        self.registrations.check(IpKey::of(addr), factor, cost)
     }
 
     /// Reserves one session's buffers from the budget and one slot of the session cap.
@@ -397,10 +414,52 @@ impl Admission {
             &self.registrations,
         ]
         .into_iter()
+        .flat_map(|rate| [&rate.plain, &rate.shared])
         .flatten()
         {
             limiter.retain_recent();
             limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// `max` times `factor` (no cap stays none).
+fn scaled(max: Option<NonZeroU32>, factor: u32) -> Option<NonZeroU32> {
+    max.map(|max| max.saturating_mul(NonZeroU32::new(factor).unwrap_or(NonZeroU32::MIN)))
+}
+
+/// A per-address rate: one token bucket per address, and one `factor` times as
+/// large and fast for addresses in shared ranges.
+struct AddressRate {
+    plain: Option<DefaultKeyedRateLimiter<IpKey>>,
+    shared: Option<DefaultKeyedRateLimiter<IpKey>>,
+}
+
+impl AddressRate {
+    fn new(per_s: u32, burst: u32, shared: &SharedAddresses) -> Self {
+        let factor = shared.factor.max(1);
+        Self {
+            plain: keyed(per_s, burst),
+            shared: (!shared.ranges.is_empty())
+                .then(|| keyed(per_s.saturating_mul(factor), burst.saturating_mul(factor)))
+                .flatten(),
+        }
+    }
+
+    /// Takes `cost` tokens for `key`, from the shared buckets when `factor` > 1.
+    fn check(&self, key: IpKey, factor: u32, cost: u32) -> Result<(), Refusal> {
+        let limiter = if factor > 1 {
+            &self.shared
+        } else {
+            &self.plain
+        };
+        let (Some(limiter), Some(cost)) = (limiter, NonZeroU32::new(cost)) else {
+            return Ok(());
+        };
+        match limiter.check_key_n(&key, cost) {
+            Ok(Ok(())) => Ok(()),
+            // Over the burst size counts as limited too.
+            Ok(Err(_)) | Err(_) => Err(Refusal::RateLimited),
         }
     }
 }
@@ -427,13 +486,14 @@ impl<K: Eq + Hash + Clone> HeldPerKey<K> {
         })
     }
 
-    /// One more for `key`, unless it holds the most it may.
-    fn try_hold(self: &Arc<Self>, key: K) -> Option<Held<K>> {
+    /// One more for `key`, unless it holds the most it may: the cap times `factor`
+    /// (see [`SharedAddresses`]).
+    fn try_hold(self: &Arc<Self>, key: K, factor: u32) -> Option<Held<K>> {
         if self.max.is_none() {
             return Some(Held { from: None, key });
         }
         let mut count = self.held.entry(key.clone()).or_insert(0);
-        if !under(self.max, *count) {
+        if !under(scaled(self.max, factor), *count) {
             return None;
         }
         *count += 1;
@@ -479,7 +539,7 @@ pub(crate) struct RegistrationPlaces {
 fn hold_network(cap: &Arc<HeldPerKey<IpKey>>, addr: SocketAddr) -> Option<Option<Held<IpKey>>> {
     match IpKey::network48(addr) {
         None => Some(None),
-        Some(network) => cap.try_hold(network).map(Some),
+        Some(network) => cap.try_hold(network, 1).map(Some),
     }
 }
 
@@ -570,6 +630,8 @@ pub(crate) struct ConnectionPermit {
     /// Its place among the dial-backs expected from its address, if it came in as
     /// one; taken once its first message is read.
     dial_back: std::sync::Mutex<Option<ArrivingDialBack>>,
+    /// Player sessions open on the connection, capped by `sessions.per_connection`.
+    sessions: Arc<AtomicU32>,
     handshaking: AtomicBool,
     established: AtomicBool,
     released: AtomicBool,
@@ -625,6 +687,18 @@ impl ConnectionPermit {
 }
 
 impl ConnectionPermit {
+    /// Counts one more player session on this connection, until the returned value
+    /// is dropped, unless it holds `sessions.per_connection` already.
+    pub(crate) fn hold_session(&self) -> Result<ConnectionSession, Refusal> {
+        let max = self.admission.max_sessions_per_connection;
+        self.sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                under(max, open).then_some(open + 1)
+            })
+            .map_err(|_| Refusal::TooManySessionsOnConnection)?;
+        Ok(ConnectionSession(self.sessions.clone()))
+    }
+
     /// The connection's first message is read: if it came in as a dial-back, its
     /// place among them is free for the next.
     pub(crate) fn end_dial_back(&self) {
@@ -657,6 +731,15 @@ impl Drop for ConnectionPermit {
     }
 }
 
+/// One session's place on its player connection, given back when dropped.
+pub(crate) struct ConnectionSession(Arc<AtomicU32>);
+
+impl Drop for ConnectionSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Holds one session's buffer reservation until dropped.
 pub(crate) struct SessionPermit {
     admission: Arc<Admission>,
@@ -678,21 +761,6 @@ fn keyed(per_s: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<IpKey>> {
     Some(RateLimiter::keyed(
         Quota::per_second(per_s).allow_burst(burst),
     ))
-}
-
-fn check_rate(
-    limiter: &Option<DefaultKeyedRateLimiter<IpKey>>,
-    addr: SocketAddr,
-    cost: u32,
-) -> Result<(), Refusal> {
-    let (Some(limiter), Some(cost)) = (limiter, NonZeroU32::new(cost)) else {
-        return Ok(());
-    };
-    match limiter.check_key_n(&IpKey::of(addr), cost) {
-        Ok(Ok(())) => Ok(()),
-        // Over the burst size counts as limited too.
-        Ok(Err(_)) | Err(_) => Err(Refusal::RateLimited),
-    }
 }
 
 #[cfg(test)]
@@ -947,6 +1015,54 @@ mod tests {
             admission.admit_connection(host, Door::Tcp).is_err(),
             "back to its limits"
         );
+    }
+
+    #[test]
+    fn shared_ranges_scale_the_address_caps_but_not_the_connections() {
+        let mut limits = Limits::unlimited();
+        limits.connections.per_ip = 2;
+        limits.sessions.per_ip_per_host = 1;
+        limits.sessions.per_connection = 2;
+        limits.shared_addresses.ranges = vec!["198.51.100.0/24".parse().expect("range")];
+        limits.shared_addresses.factor = 3;
+        let admission = Arc::new(Admission::new(&limits));
+        let carrier = addr("198.51.100.9:1");
+        let home = addr("192.0.2.9:1");
+        let at_carrier: Vec<_> = (0..6)
+            .map(|_| {
+                admission
+                    .admit_connection(carrier, Door::Quic)
+                    .expect("scaled")
+            })
+            .collect();
+        assert!(
+            admission.admit_connection(carrier, Door::Quic).is_err(),
+            "a 7th"
+        );
+        let at_home: Vec<_> = (0..2)
+            .map(|_| admission.admit_connection(home, Door::Quic).expect("plain"))
+            .collect();
+        assert!(
+            admission.admit_connection(home, Door::Quic).is_err(),
+            "a 3rd"
+        );
+        let host = HostId::from_bytes([3; 32]);
+        let sessions: Vec<_> = (0..3)
+            .map(|_| admission.hold_session(carrier, &host).expect("scaled"))
+            .collect();
+        assert!(admission.hold_session(carrier, &host).is_err());
+        assert!(admission.hold_session(home, &host).is_ok());
+        // One connection, wherever it is: two sessions, not six.
+        let on_one: Vec<_> = (0..2)
+            .map(|_| at_carrier[0].hold_session().expect("within"))
+            .collect();
+        assert_eq!(
+            at_carrier[0].hold_session().err(),
+            Some(Refusal::TooManySessionsOnConnection)
+        );
+        drop(on_one);
+        assert!(at_carrier[0].hold_session().is_ok());
+        drop((at_carrier, at_home, sessions));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use blindrelay_protocol::{IssuerKeys, RelayUrl};
 use serde::Deserialize;
 
 use crate::limits::{
-    ConnectionLimits, HostLimits, Limits, RegistrationLimits, SessionLimitsConfig, TierConfig,
+    ConnectionLimits, HostLimits, Limits, RegistrationLimits, SessionLimitsConfig, SharedAddresses,
+    TierConfig,
 };
 use crate::tls::{RelayCertificate, TlsError};
 
@@ -207,6 +208,9 @@ pub struct ConfigFile {
     /// `[hosts]`.
     #[serde(default)]
     pub hosts: HostLimits,
+    /// `[shared_addresses]`.
+    #[serde(default)]
+    pub shared_addresses: SharedAddresses,
     /// `[tiers.NAME]`.
     #[serde(default)]
     pub tiers: BTreeMap<String, TierConfig>,
@@ -316,6 +320,7 @@ impl ConfigFile {
             registrations: self.registrations.clone(),
             sessions: self.sessions.clone(),
             hosts: self.hosts.clone(),
+            shared_addresses: self.shared_addresses.clone(),
             tiers: self.tiers.clone(),
             host_tiers: self.host_tiers.clone(),
         }

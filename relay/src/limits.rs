@@ -49,6 +49,9 @@ pub struct Limits {
     pub sessions: SessionLimitsConfig,
     /// Limits per registered host, over all of its sessions.
     pub hosts: HostLimits,
+    /// `[shared_addresses]`: address ranges many people share (carrier-grade NAT),
+    /// whose per-address caps and rates are scaled up.
+    pub shared_addresses: SharedAddresses,
     /// `[tiers.NAME]`: named sets of per-session and per-host limits that differ
     /// from `[sessions]` and `[hosts]`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -107,6 +110,43 @@ pub struct ConnectionLimits {
     pub retry_threshold: u32,
 }
 
+/// `[shared_addresses]`: ranges the operator knows to be carrier-grade NAT, where a
+/// whole mobile network may share one IPv4 address. Their per-address caps and
+/// rates (connections, handshakes, sessions, registrations) are `factor` times the
+/// others'; the per-connection cap on sessions (`sessions.per_connection`) is not,
+/// so one client behind such an address still gets no more than anyone else, and
+/// an attacker there pays per connection. See docs/operations.md.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SharedAddresses {
+    /// The ranges, as CIDR prefixes (`"100.64.0.0/10"`, `"2001:db8::/32"`).
+    pub ranges: Vec<ipnet::IpNet>,
+    /// How many times the per-address caps and rates an address in them gets.
+    pub factor: u32,
+}
+
+impl Default for SharedAddresses {
+    fn default() -> Self {
+        Self {
+            ranges: Vec::new(),
+            factor: 16,
+        }
+    }
+}
+
+impl SharedAddresses {
+    /// The factor `ip`'s per-address limits are scaled by: 1 outside the ranges.
+    pub(crate) fn factor_for(&self, ip: std::net::IpAddr) -> u32 {
+        let ip = ip.to_canonical();
+        if self.ranges.iter().any(|range| range.contains(&ip)) {
+            self.factor.max(1)
+        } else {
+            1
+        }
+    }
+}
+
 /// `[registrations]`: limits on host registrations.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -146,6 +186,10 @@ pub struct SessionLimitsConfig {
     pub per_ip_per_host: u32,
     /// Sessions one IPv6 /48 may hold open at once, to all hosts together.
     pub per_48: u32,
+    /// Sessions one player connection (QUIC, or a WebTransport session) may hold
+    /// open at once: what an address behind carrier-grade NAT, whose per-address
+    /// caps are scaled up, still pays per client.
+    pub per_connection: u32,
     /// Bandwidth of one session, each direction.
     pub rate: Rate,
     /// Bytes a session may send at once beyond its rate.
@@ -228,6 +272,7 @@ impl Default for SessionLimitsConfig {
             per_ip: 64,
             per_ip_per_host: 16,
             per_48: 256,
+            per_connection: 32,
             // Above Blu-ray remux bitrates; a free-tier cap would be "2Mbit".
             rate: Rate(100_000_000 / 8),
             burst: ByteSize(16 << 20),
@@ -277,6 +322,7 @@ impl Limits {
         s.per_ip = 0;
         s.per_ip_per_host = 0;
         s.per_48 = 0;
+        s.per_connection = 0;
         s.rate = Rate(0);
         s.idle_timeout = Span(Duration::ZERO);
         s.stall_timeout = Span(Duration::ZERO);

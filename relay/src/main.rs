@@ -256,6 +256,8 @@ limit_flags! {
     sessions_per_ip: u32 => sessions.per_ip, "BLINDRELAY_SESSIONS_PER_IP";
     /// [sessions] per_ip_per_host: sessions open at once per player address and host.
     sessions_per_ip_per_host: u32 => sessions.per_ip_per_host, "BLINDRELAY_SESSIONS_PER_IP_PER_HOST";
+    /// [sessions] per_connection: sessions open at once per player connection.
+    sessions_per_connection: u32 => sessions.per_connection, "BLINDRELAY_SESSIONS_PER_CONNECTION";
     /// [sessions] per_48: sessions open at once per IPv6 /48.
     sessions_per_48: u32 => sessions.per_48, "BLINDRELAY_SESSIONS_PER_48";
     /// [sessions] rate: bandwidth per session and direction, e.g. 40Mbit.

@@ -24,7 +24,7 @@ use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use bytes::Bytes;
 use tracing::{debug, info_span, Instrument};
 
-use crate::admission::{self, SessionPermit, SessionPlaces};
+use crate::admission::{self, ConnectionPermit, ConnectionSession, SessionPermit, SessionPlaces};
 use crate::bucket::TokenBucket;
 use crate::control_stream::{refuse, write_control};
 use crate::dial::HostStream;
@@ -61,10 +61,11 @@ pub(crate) async fn pair_and_splice(
             mut recv,
             link,
             window,
+            permit,
             ..
         } = stream;
         let player = link.remote_address();
-        let paired = pair(host_id, session_id, player, &mut recv, &shared).await;
+        let paired = pair(host_id, session_id, player, &permit, &mut recv, &shared).await;
         let paired = match paired {
             Ok(paired) => paired,
             Err(refused) => {
@@ -81,6 +82,7 @@ pub(crate) async fn pair_and_splice(
             host_recv,
             hello,
             _places,
+            _on_connection,
             _buffers,
             host_window,
         } = paired;
@@ -161,6 +163,7 @@ struct Paired {
     /// The player's Noise hello, with its length prefix, for the host.
     hello: Bytes,
     _places: SessionPlaces,
+    _on_connection: ConnectionSession,
     _buffers: SessionPermit,
     host_window: Option<WindowGrant>,
 }
@@ -198,6 +201,7 @@ async fn pair(
     host_id: HostId,
     session_id: u64,
     player: SocketAddr,
+    connection: &ConnectionPermit,
     recv: &mut StreamRecv,
     shared: &RelayState,
 ) -> Result<Paired, Refused> {
@@ -206,6 +210,7 @@ async fn pair(
         .admission
         .check_session_rate(player)
         .map_err(rate_limited)?;
+    let on_connection = connection.hold_session().map_err(rate_limited)?;
     let places = shared
         .admission
         .hold_session(player, &host_id)
@@ -263,6 +268,7 @@ async fn pair(
         host_recv,
         hello,
         _places: places,
+        _on_connection: on_connection,
         _buffers: buffers,
         host_window,
     })

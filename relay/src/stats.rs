@@ -159,7 +159,9 @@ impl Stats {
             Refusal::TooManyFromAddress => &self.connections_over_address_cap,
             Refusal::AtCapacity | Refusal::TooManyHandshakes => &self.connections_at_capacity,
             // Not connection refusals; counted where sessions and registrations are.
-            Refusal::TooManySessionsFromAddress => &self.sessions_refused_rate,
+            Refusal::TooManySessionsFromAddress | Refusal::TooManySessionsOnConnection => {
+                &self.sessions_refused_rate
+            }
             Refusal::TooManyRegistrationsFromAddress => &self.registrations_rate_limited,
         });
     }

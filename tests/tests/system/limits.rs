@@ -1126,3 +1126,92 @@ async fn the_config_file_and_flags_set_the_limits_and_unknown_keys_are_named() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A phone network's carrier-grade NAT: 80 people behind one address, each with a
+/// session to the same host, which the per-address caps alone would refuse (16 per
+/// address and host, 64 new connections in a burst). With the address's range in
+/// `[shared_addresses]` they are all served, while one connection from the same
+/// address still gets no more than `sessions.per_connection`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_nat_range_serves_a_crowd_on_one_address_and_still_caps_each_connection() {
+    const PEOPLE: usize = 80;
+    const PER_CONNECTION: u32 = 8;
+    init_tracing();
+    let mut config = relay_config();
+    config.limits = Limits::default();
+    config.limits.sessions.per_connection = PER_CONNECTION;
+    // A family's media server for the whole crowd.
+    config.limits.hosts.max_sessions = 256;
+    config.limits.shared_addresses.ranges = vec!["127.0.13.0/24".parse().unwrap()];
+    let relay = Relay::spawn(config).unwrap();
+    let host = start_host(relay.url()).await;
+    let host_id = *host.host_id();
+    let _echo = spawn_echo_host(host);
+    let carrier = IpAddr::V4(Ipv4Addr::new(127, 0, 13, 1));
+    let connect = |connection: quinn::Connection| async move {
+        let (mut send, mut recv) = connection.open_bi().await.ok()?;
+        let mut request = ControlMessage::connect(host_id).to_frame().to_vec();
+        request.extend_from_slice(&crate::adversarial::hello_for(&host_id));
+        send.write_all(&request).await.ok()?;
+        let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv))
+            .await
+            .ok()??;
+        Some((answer, send, recv))
+    };
+    let mut people = Vec::new();
+    for _ in 0..PEOPLE {
+        let connection = blindrelay_client::connect_relay_raw_from(relay.url(), carrier)
+            .await
+            .expect("a connection from the carrier's address");
+        let (answer, send, recv) = connect(connection.clone()).await.expect("an answer");
+        assert!(
+            matches!(answer, ControlMessage::Connected { .. }),
+            "person {} was refused: {answer:?}",
+            people.len()
+        );
+        people.push((connection, send, recv));
+    }
+    // One connection from the same address: its sessions stop at its own cap.
+    let greedy = blindrelay_client::connect_relay_raw_from(relay.url(), carrier)
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..PER_CONNECTION + 1 {
+        let (answer, send, recv) = connect(greedy.clone()).await.expect("an answer");
+        match answer {
+            ControlMessage::Connected { .. } => held.push((send, recv)),
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    assert_eq!(held.len(), PER_CONNECTION as usize);
+    assert!(
+        matches!(
+            refused,
+            Some(ControlMessage::Error { code: ErrorCode::RateLimited, ref reason })
+                if reason.contains("this connection")
+        ),
+        "{refused:?}"
+    );
+    // Outside the range the address caps hold as ever: the 17th session of one
+    // address to one host is refused.
+    let outside = IpAddr::V4(Ipv4Addr::new(127, 0, 14, 1));
+    let mut outside_held = Vec::new();
+    let mut outside_refused = false;
+    for _ in 0..17 {
+        let connection = blindrelay_client::connect_relay_raw_from(relay.url(), outside)
+            .await
+            .unwrap();
+        match connect(connection.clone()).await.expect("an answer") {
+            (ControlMessage::Connected { .. }, send, recv) => {
+                outside_held.push((connection, send, recv))
+            }
+            _ => outside_refused = true,
+        }
+    }
+    assert_eq!(outside_held.len(), 16);
+    assert!(outside_refused);
+}
