@@ -12,7 +12,9 @@ use blindrelay_bench::machine::Machine;
 use blindrelay_bench::progress::Progress;
 use blindrelay_bench::relay_process::{self, ServeArgs};
 use blindrelay_bench::report::Report;
-use blindrelay_bench::scenario::{idle, latency, setup, soak, throughput, Common, Run, Target};
+use blindrelay_bench::scenario::{
+    idle, latency, setup, soak, throughput, tiny, Common, Run, Target,
+};
 use clap::{Parser, Subcommand};
 
 /// Load generator for a blindrelay relay: throughput, latency, setup rate, idle
@@ -62,6 +64,13 @@ enum Command {
         #[command(flatten)]
         args: soak::SoakArgs,
     },
+    /// Tiny frames against bulk on each transport: relay CPU per attacker wire byte.
+    Tiny {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: tiny::TinyArgs,
+    },
     /// Renders JSON results into BENCHMARKS.md.
     Report {
         /// JSON files written with --json, in the order to show them.
@@ -84,6 +93,7 @@ enum Scenario<'a> {
     Setup(&'a setup::SetupArgs),
     Idle(&'a idle::IdleArgs),
     Soak(&'a soak::SoakArgs),
+    Tiny(&'a tiny::TinyArgs),
 }
 
 #[tokio::main]
@@ -95,6 +105,7 @@ async fn main() -> Result<()> {
         Command::Setup { common, args } => (common, Scenario::Setup(args)),
         Command::Idle { common, args } => (common, Scenario::Idle(args)),
         Command::Soak { common, args } => (common, Scenario::Soak(args)),
+        Command::Tiny { common, args } => (common, Scenario::Tiny(args)),
         Command::Report { files, out } => return report(files, out.as_ref()),
         Command::ServeRelay(args) => return relay_process::run_child_relay(args.clone()).await,
     };
@@ -104,6 +115,7 @@ async fn main() -> Result<()> {
         Scenario::Setup(args) => setup::planned(args, common),
         Scenario::Idle(args) => idle::planned(args, common),
         Scenario::Soak(args) => soak::planned(args, common),
+        Scenario::Tiny(args) => tiny::planned(args, common),
     };
     let pool = match scenario {
         Scenario::Setup(args) => args.pool,
@@ -121,6 +133,7 @@ async fn main() -> Result<()> {
         Scenario::Setup(args) => setup::run(&run, args).await,
         Scenario::Idle(args) => idle::run(&run, args).await,
         Scenario::Soak(args) => soak::run(&run, args).await,
+        Scenario::Tiny(args) => tiny::run(&run, args).await,
     };
     run.progress.finish();
     let report = report?;

@@ -266,6 +266,16 @@ pub async fn connect_relay_tcp(
     connect_relay_stream(url, config, false).await
 }
 
+/// The TLS settings of a connection to the relay at `url` offering `alpn`, checked
+/// as every relay connection is: for tools that speak the TCP transport's bytes
+/// themselves (a load generator writing frames by hand).
+pub fn relay_client_tls(
+    url: &RelayUrl,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsSetupError> {
+    client_tls(relay_check(url), alpn)
+}
+
 /// Like [`connect_relay_tcp`], with the frames inside a WebSocket at the relay's
 /// WebSocket path (ALPN `http/1.1`): for networks that pass HTTPS and nothing else.
 pub async fn connect_relay_websocket(

@@ -35,8 +35,8 @@ pub use blindrelay_protocol::{
 };
 pub use endpoint::{
     connect_relay_raw, connect_relay_raw_from, connect_relay_raw_with, connect_relay_tcp,
-    connect_relay_websocket, relay_endpoint_raw, ConnectRelayError, FramedRelayConnection,
-    TlsSetupError,
+    connect_relay_websocket, relay_client_tls, relay_endpoint_raw, ConnectRelayError,
+    FramedRelayConnection, TlsSetupError,
 };
 pub use host::{
     register_on, register_on_redirected, DirectListenError, HostAgent, HostConfig, HostState,

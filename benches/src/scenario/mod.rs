@@ -6,6 +6,7 @@ pub mod latency;
 pub mod setup;
 pub mod soak;
 pub mod throughput;
+pub mod tiny;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
