@@ -127,12 +127,17 @@ where
 {
     let (end, _) = watch::channel(None);
     let activity = Activity::new();
+    let forwards = [AtomicU64::new(0), AtomicU64::new(0)];
     let pump = |direction, counter, buckets| Pump {
         direction,
         counter,
         buckets,
         limits: &limits,
         activity: &activity,
+        forwards: match direction {
+            Direction::PlayerToHost => [&forwards[0], &forwards[1]],
+            Direction::HostToPlayer => [&forwards[1], &forwards[0]],
+        },
         end: &end,
         #[cfg(feature = "splice-tap")]
         tap: meters.tap,
@@ -177,6 +182,10 @@ struct Pump<'a> {
     buckets: [Option<&'a TokenBucket>; 2],
     limits: &'a SpliceLimits<'a>,
     activity: &'a Activity,
+    /// Chunks forwarded by this pump and by the other one: a run of tiny chunks
+    /// with no answer the other way is a flood, not a conversation (see
+    /// [`TINY_STREAK`]).
+    forwards: [&'a AtomicU64; 2],
     /// Carries the code of the limit that ended the session, to both pumps.
     end: &'a watch::Sender<Option<StreamCode>>,
     #[cfg(feature = "splice-tap")]
@@ -205,7 +214,11 @@ impl Pump<'_> {
         // How the stream ended, met while coalescing small chunks: handled once the
         // bytes before it are forwarded.
         let mut deferred = None;
+        // Tiny chunks forwarded since the other direction last forwarded anything.
+        let mut streak = 0u32;
+        let mut answers = self.forwards[1].load(Ordering::Relaxed);
         let step = loop {
+            let batching = streak >= TINY_STREAK;
             // Biased: once a limit has ended the session, what arrives after (a side
             // finishing because it was told) must not be passed on as a clean end.
             let read = tokio::select! {
@@ -221,18 +234,45 @@ impl Pump<'_> {
                 read = async {
                     match deferred.take() {
                         Some(end) => end,
-                        None => from.read_chunk(MAX_CHUNK).await,
+                        None => {
+                            if batching {
+                                // A flood of tiny chunks: let what follows gather
+                                // in the stream's window, and take it at once.
+                                tokio::time::sleep_until(next_batch()).await;
+                            }
+                            from.read_chunk(MAX_CHUNK).await
+                        }
                     }
                 } => read,
             };
+            let first = match &read {
+                Ok(Some(bytes)) => bytes.len(),
+                _ => 0,
+            };
+            let tiny = first > 0 && first < TINY_CHUNK;
             let read = match read {
-                Ok(Some(bytes)) if bytes.len() < TINY_CHUNK => {
+                Ok(Some(bytes)) if tiny => {
                     let (bytes, end) = coalesce(bytes, &mut from).await;
                     deferred = end;
                     Ok(Some(bytes))
                 }
                 other => other,
             };
+            if read.as_ref().is_ok_and(Option::is_some) {
+                // A run of tiny chunks with no answer the other way. Once batching,
+                // what gathered meanwhile comes as larger chunks (quinn joins the
+                // fragments it holds): only a chunk the size bulk data arrives in
+                // ends the run.
+                let now = self.forwards[1].load(Ordering::Relaxed);
+                let small = tiny || (batching && first < MAX_CHUNK / 2);
+                if small && now == answers {
+                    streak = streak.saturating_add(1);
+                } else {
+                    streak = 0;
+                    answers = now;
+                }
+                self.forwards[0].fetch_add(1, Ordering::Relaxed);
+            }
             let mut bytes = match read {
                 Ok(Some(bytes)) => bytes,
                 Ok(None) => {
@@ -349,6 +389,29 @@ impl Pump<'_> {
 /// before they are forwarded (see [`coalesce`]). Bulk data arrives in chunks of
 /// about one packet's payload (over a kilobyte), which go on untouched and uncopied.
 const TINY_CHUNK: usize = 512;
+
+/// Tiny chunks a pump forwards in a row, with nothing forwarded the other way,
+/// before it takes them in batches: one read every [`TINY_BATCH_WAIT`]. A
+/// conversation (requests and answers, however small and fast) never gets there; a
+/// peer that sends its bytes in tiny frames one way does, and then costs the relay
+/// one wake-up, one chunk and a few packets per batch instead of per frame.
+const TINY_STREAK: u32 = 64;
+
+/// How long a pump that takes tiny chunks in batches waits before each read.
+const TINY_BATCH_WAIT: Duration = Duration::from_millis(5);
+
+/// The next instant on the relay's batch clock ([`TINY_BATCH_WAIT`] ticks since the
+/// process started): every pump that batches wakes on the same ticks, so that what
+/// they forward to one connection leaves in full packets, not one each.
+fn next_batch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let tick = TINY_BATCH_WAIT.as_micros().max(1);
+    let since = epoch.elapsed().as_micros();
+    let ticks = u64::try_from(since / tick + 1).unwrap_or(u64::MAX);
+    let next = TINY_BATCH_WAIT.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX));
+    epoch + next
+}
 
 /// How much [`coalesce`] joins at most.
 const COALESCE_BELOW: usize = 4096;
@@ -772,6 +835,69 @@ mod tests {
         player.recv.stop(StreamCode::from_u32(0));
         drop(player);
         splice.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_way_flood_of_tiny_chunks_is_taken_in_batches() {
+        let (mut player, mut host, splice, _) = start(no_limits());
+        // Ten one-byte writes every millisecond for a second of the paused clock,
+        // nothing back.
+        let writer = tokio::spawn(async move {
+            for i in 0..10_000u32 {
+                player
+                    .send
+                    .write_all(pattern(1, i as u8))
+                    .await
+                    .expect("sent");
+                if i % 10 == 9 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            player.send.finish();
+            player
+        });
+        let mut chunks = 0;
+        let mut received = Vec::new();
+        while let Some(chunk) = host.recv.read_chunk(usize::MAX).await.expect("read") {
+            chunks += 1;
+            received.extend_from_slice(&chunk);
+        }
+        let expected: Vec<u8> = (0..10_000u32).map(|i| pattern(1, i as u8)[0]).collect();
+        assert_eq!(received, expected, "every byte, in order");
+        // The streak one by one, then one chunk per batch wait.
+        let most = TINY_STREAK as usize + (1000 / TINY_BATCH_WAIT.as_millis() as usize) + 2;
+        assert!(chunks <= most, "{chunks} chunks, at most {most}");
+        let _player = writer.await.expect("writer");
+        host.send.finish();
+        splice.await.expect("splice");
+    }
+
+    /// Requests and answers, however small and close together, never wait for a
+    /// batch: the streak starts again whenever the other direction forwards.
+    #[tokio::test(start_paused = true)]
+    async fn a_conversation_of_tiny_chunks_never_waits() {
+        let (mut player, mut host, splice, _) = start(no_limits());
+        let started = Instant::now();
+        for i in 0..500u32 {
+            player
+                .send
+                .write_all(pattern(1, i as u8))
+                .await
+                .expect("ask");
+            let asked = host.recv.read_chunk(usize::MAX).await.expect("read");
+            assert_eq!(asked.map(|b| b.len()), Some(1));
+            host.send
+                .write_all(pattern(1, i as u8))
+                .await
+                .expect("answer");
+            let answered = player.recv.read_chunk(usize::MAX).await.expect("read");
+            assert_eq!(answered.map(|b| b.len()), Some(1));
+        }
+        // On the paused clock, any wait for a batch would have moved time on.
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        player.send.finish();
+        host.send.finish();
+        splice.await.expect("splice");
     }
 
     #[tokio::test(start_paused = true)]
