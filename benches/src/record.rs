@@ -219,6 +219,28 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
                 held.map(|v| v >= 100_000.0 && report.number("errors") == Some(0.0)),
             ));
         }
+        "tiny" => {
+            for (key, label) in [
+                ("quic", "QUIC"),
+                ("tcp", "TLS/TCP"),
+                ("websocket", "WebSocket"),
+            ] {
+                let times = report.number(&format!("{key}_tiny_over_bulk"));
+                if times.is_none() {
+                    continue;
+                }
+                rows.push((
+                    format!("tiny frames ({label}): ≤ 5× bulk's relay CPU per wire byte"),
+                    format!(
+                        "{}× ({} vs {} ns per wire byte)",
+                        cell(times, 1),
+                        cell(report.number(&format!("{key}_tiny_ns_per_byte")), 2),
+                        cell(report.number(&format!("{key}_bulk_ns_per_byte")), 2)
+                    ),
+                    times.map(|v| v <= 5.0),
+                ));
+            }
+        }
         "soak" => {
             let errors = report.number("errors");
             rows.push((
@@ -309,6 +331,7 @@ $B setup --pool 3 --paths relay --transport quic,tcp --sessions 1 --hosts 1 --pl
    --duration 5s --rounds 3 --no-registrations --json r.json   # its latency, one at a time
 $B idle --registrations 100000 --duration 10s --json r.json          # memory per registration
 $B soak --duration 60s --json r.json                                 # errors must be 0
+$B tiny --duration 5s --json r.json                                  # one-byte frames vs bulk, CPU per wire byte
 $B report --out BENCHMARKS.md r1.json r2.json ...                    # this file
 ```
 
