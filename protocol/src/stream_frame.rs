@@ -376,6 +376,28 @@ mod tests {
             prop_assert_eq!(decoded, frames);
         }
 
+        /// `complete_data_len` says a DATA frame is there whole exactly when
+        /// `decode` would return it, with that many bytes.
+        #[test]
+        fn complete_data_len_agrees_with_decode(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            frame in any_frame(),
+        ) {
+            for candidate in [bytes.clone(), {
+                let mut wire = Vec::new();
+                frame.encode(&mut wire);
+                wire.extend_from_slice(&bytes);
+                wire
+            }] {
+                let peeked = StreamFrame::complete_data_len(&candidate);
+                let decoded = StreamFrame::decode(&mut BytesMut::from(&candidate[..]));
+                match decoded {
+                    Ok(Some(StreamFrame::Data(data))) => prop_assert_eq!(peeked, Some(data.len())),
+                    _ => prop_assert_eq!(peeked, None),
+                }
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let mut buf = BytesMut::from(&bytes[..]);
