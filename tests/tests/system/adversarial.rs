@@ -1398,3 +1398,76 @@ async fn quic_datagrams_nobody_reads_do_not_grow_the_relay() {
     finishes(honest, 8 << 20).await;
     drop(connections);
 }
+
+/// The QUIC door's cap on handshakes in progress, reached for real: Initials that
+/// are answered and never followed up hold `max_handshakes`; beyond it, a flood of
+/// Initials from another socket gets nothing back at all (an answer would be
+/// reflected at whoever's address they carry), each counted, while a client that
+/// completes its handshake once the cap has room again gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initials_beyond_the_handshake_cap_are_dropped_unanswered() {
+    const CAP: u32 = 12;
+    const FLOOD: usize = 30;
+    init_tracing();
+    let mut config = relay_config();
+    config.limits.connections.max_handshakes = CAP;
+    // No Retry: the cap itself is what this test reaches.
+    config.limits.connections.retry_threshold = u32::MAX;
+    config.limits.connections.handshake_timeout = Span(Duration::from_secs(4));
+    let relay = Relay::spawn(config).unwrap();
+
+    // Real Initials, captured from real clients by a socket standing in for the relay.
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (endpoint, _) =
+        blindrelay_client::relay_endpoint_raw(relay.url(), IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .await
+            .unwrap();
+    let mut pending = Vec::new();
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..CAP as usize + FLOOD {
+        pending.push(
+            endpoint
+                .connect(capture.local_addr().unwrap(), relay.url().host())
+                .unwrap(),
+        );
+        let (len, _) = tokio::time::timeout(PATIENCE, capture.recv_from(&mut buf))
+            .await
+            .expect("a client's Initial")
+            .unwrap();
+        initials.push(buf[..len].to_vec());
+    }
+    // The first CAP from one socket: answered, never followed up.
+    let filler = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for initial in &initials[..CAP as usize] {
+        filler.send_to(initial, relay.local_addr()).await.unwrap();
+    }
+    settle(&relay, "the cap filled", |stats| {
+        stats.handshakes_in_progress == u64::from(CAP)
+    })
+    .await;
+    let before = relay.stats();
+    // The rest from another socket: not one datagram comes back to it.
+    let flooder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for initial in &initials[CAP as usize..] {
+        flooder.send_to(initial, relay.local_addr()).await.unwrap();
+    }
+    settle(&relay, "the flood counted", |stats| {
+        stats.connections_at_capacity - before.connections_at_capacity >= FLOOD as u64
+    })
+    .await;
+    let answer =
+        tokio::time::timeout(Duration::from_millis(500), flooder.recv_from(&mut buf)).await;
+    assert!(answer.is_err(), "the relay answered the flood: {answer:?}");
+    let stats = relay.stats();
+    assert_eq!(stats.handshakes_in_progress, u64::from(CAP));
+    assert_eq!(stats.connections_accepted, before.connections_accepted);
+    // The held handshakes are abandoned at their deadline, and a real client gets in.
+    settle(&relay, "abandoned handshakes dropped", |stats| {
+        stats.handshakes_in_progress == 0
+    })
+    .await;
+    let host = start_host(relay.url()).await;
+    assert_eq!(host.state(), HostState::Registered);
+    drop(pending);
+}
