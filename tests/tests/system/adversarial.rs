@@ -1471,3 +1471,94 @@ async fn initials_beyond_the_handshake_cap_are_dropped_unanswered() {
     assert_eq!(host.state(), HostState::Registered);
     drop(pending);
 }
+
+/// A player that sends its bytes one per Noise frame, one way, with no rate cap to
+/// slow it: the relay forwards them whole, but in few chunks, since what a one-way
+/// run of tiny frames leaves in the stream is taken together (every 5 ms once the
+/// run is long), and every byte reaches the host in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_run_of_tiny_frames_reaches_the_host_whole_in_few_chunks() {
+    use blindrelay_relay::{Direction, SpliceTap};
+    #[derive(Default)]
+    struct Chunks {
+        count: std::sync::atomic::AtomicU64,
+        bytes: std::sync::atomic::AtomicU64,
+    }
+    impl SpliceTap for Chunks {
+        fn observe(&self, direction: Direction, chunk: &[u8]) {
+            if direction == Direction::PlayerToHost {
+                self.count
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.bytes
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    init_tracing();
+    let relay = Relay::spawn(relay_config()).unwrap();
+    let chunks = Arc::new(Chunks::default());
+    assert!(relay.install_splice_tap(chunks.clone()).is_ok());
+    let mut host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let sender = player();
+    let (tiny, host_side) = tokio::join!(sender.connect(&ticket), host.accept());
+    let (mut tiny, host_side) = (tiny.unwrap(), host_side.unwrap());
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = received.clone();
+    let reader = tokio::spawn(async move {
+        let (mut read, _write) = tokio::io::split(host_side);
+        let mut buf = [0u8; 4096];
+        let mut next = 0u8;
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut read, &mut buf).await {
+            if n == 0 {
+                break;
+            }
+            for byte in &buf[..n] {
+                assert_eq!(*byte, next, "the bytes arrive in order");
+                next = next.wrapping_add(1);
+            }
+            counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < window {
+        if tiny.write_all(&[sent as u8]).await.is_err() || tiny.flush().await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Every byte arrives: a batch waits 5 ms, not more.
+    let arrived = tokio::time::timeout(Duration::from_secs(2), async {
+        while received.load(std::sync::atomic::Ordering::Relaxed) < sent {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let got = received.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(arrived.is_ok(), "{got} of {sent} bytes reached the host");
+    let forwarded = chunks.count.load(std::sync::atomic::Ordering::Relaxed);
+    let bytes = chunks.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{sent} one-byte frames ({bytes} bytes of ciphertext) in {forwarded} chunks");
+    // Each frame is its byte, a 16-byte tag and a 2-byte length on the wire.
+    assert!(
+        bytes >= sent * 19,
+        "{bytes} bytes forwarded for {sent} frames"
+    );
+    // The run's first 64 one at a time, then a batch per 5 ms of the run (and a
+    // few the timings of a loaded machine may add).
+    let elapsed = started.elapsed().as_millis() as u64;
+    let bound = 64 + elapsed / 5 + 32;
+    assert!(
+        sent > bound * 3 / 2,
+        "the sender wrote many more frames ({sent}) than the bound"
+    );
+    assert!(
+        forwarded <= bound,
+        "{forwarded} chunks forwarded, bound {bound}"
+    );
+    drop(tiny);
+    reader.abort();
+}

@@ -371,6 +371,32 @@ async fn where_the_hosts_udp_is_dropped_it_registers_over_tcp_and_quic_and_webso
 /// then QUIC gets a 250 ms head start before TCP.
 const CUT_NOTICED: Duration = Duration::from_secs(5);
 
+/// A host with no session at all: nothing but its keep-alives and the relay's
+/// answers cross its connection, so QUIC's own timers (its idle timeout, far
+/// longer) would notice a cut only late. Its silence watchdog notices it at
+/// 3.5 s, and it is registered over TCP within the same bound as a busy host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_an_idle_hosts_udp_is_cut_its_watchdog_moves_it_to_tcp_in_seconds() {
+    let Some(mut world) = World::build().await else {
+        return;
+    };
+    let (mut host, _ticket, registered) = world.start_host("auto");
+    assert!(logs(&registered, "transport", "quic"), "{registered}");
+    // Idle a while, so the cut falls between keep-alives of a settled connection.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    world.net.nft(&world.host_ns, &host_udp_cut());
+    let cut = Instant::now();
+    let again = host.wait_log("relay state: registered");
+    let took = cut.elapsed();
+    println!("the idle host registered again {took:?} after the cut");
+    assert!(logs(&again, "transport", "tcp"), "{again}");
+    assert!(
+        took < CUT_NOTICED,
+        "registered again {took:?} after the cut"
+    );
+    assert!(world.relay.running() && host.running());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_udp_is_cut_mid_session_the_host_registers_again_over_tcp_and_new_sessions_work() {
     let Some(mut world) = World::build().await else {

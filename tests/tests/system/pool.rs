@@ -243,9 +243,13 @@ async fn every_host_ends_at_its_owner_and_every_player_reaches_it() {
         pool.held() == expected
     })
     .await;
+    // Each member's share is binomial (60 hosts, 1/3 each, members named by
+    // ports that change every run): 10 to 30 missed about one run in a few
+    // hundred; below 5 or above 40 is a one-in-a-million draw, which a placement
+    // that favours a member does every time.
     for &count in &expected {
         assert!(
-            (10..=30).contains(&count),
+            (5..=40).contains(&count),
             "placement is balanced: {expected:?}"
         );
     }

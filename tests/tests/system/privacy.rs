@@ -16,6 +16,27 @@ use crate::tap::start_relay_with_tap;
 
 const MARKER: &[u8] = b"PLAINTEXT-MARKER-the-relay-must-never-see-this";
 
+/// `bytes` in every text encoding a log line could show them in: base32 (how
+/// host ids are written), hex, base64 and a debug print of the bytes.
+fn encodings(bytes: &[u8]) -> Vec<(&'static str, String)> {
+    use data_encoding::{BASE32_NOPAD, BASE64, BASE64URL_NOPAD, HEXLOWER, HEXUPPER};
+    vec![
+        ("base32", BASE32_NOPAD.encode(bytes)),
+        (
+            "lower-case base32",
+            BASE32_NOPAD.encode(bytes).to_lowercase(),
+        ),
+        ("hex", HEXLOWER.encode(bytes)),
+        ("upper-case hex", HEXUPPER.encode(bytes)),
+        ("base64", BASE64.encode(bytes)),
+        ("base64url", BASE64URL_NOPAD.encode(bytes)),
+        (
+            "a debug print",
+            format!("{bytes:?}").trim_start_matches('[').to_owned(),
+        ),
+    ]
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
@@ -75,7 +96,7 @@ async fn a_trace_level_log_of_a_whole_session_names_no_one() {
     let url: blindrelay_client::RelayUrl = relay.value("relay url").parse().unwrap();
     let mut host = start_host(&url).await;
     let ticket = host.ticket().clone();
-    let host_id = ticket.host_id().to_string();
+    let host_id = *ticket.host_id();
     let player = player();
     let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
     let (mut player_side, mut host_side) = (player_side.unwrap(), host_side.unwrap());
@@ -91,7 +112,7 @@ async fn a_trace_level_log_of_a_whole_session_names_no_one() {
     // stream: the relay refuses it and says so in its log, without the message.
     let raw = blindrelay_client::connect_relay_raw(&url).await.unwrap();
     let key = SecretKey::generate().unwrap();
-    let raw_id = key.host_id().to_string();
+    let raw_id = key.host_id();
     let register = ControlMessage::register(key.host_id());
     let (verdict, mut send, mut recv) = register_with(&raw, register, &key, &raw).await;
     assert_eq!(verdict, ControlMessage::Registered);
@@ -132,8 +153,17 @@ async fn a_trace_level_log_of_a_whole_session_names_no_one() {
     let marker = String::from_utf8_lossy(MARKER);
     assert!(!log.contains(marker.as_ref()), "payload in the log");
     for id in [&host_id, &raw_id] {
-        assert!(!log.contains(id.as_str()), "full host id in the log");
-        assert!(!log.contains(&id[..10]), "a host id's prefix in the log");
+        for (encoding, shown) in encodings(id.as_bytes()) {
+            assert!(!log.contains(&shown), "a host id in {encoding} in the log");
+            assert!(
+                !log.contains(&shown[..12]),
+                "a host id's prefix in {encoding} in the log"
+            );
+        }
+        assert!(
+            !contains(log.as_bytes(), &id.as_bytes()[..12]),
+            "a host id's raw bytes in the log"
+        );
     }
     // The relay logs (to stderr, as it goes) before it answers.
     assert!(
