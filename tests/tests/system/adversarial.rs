@@ -1000,6 +1000,24 @@ async fn a_host_that_cannot_be_told_does_not_hold_a_drain() {
     drop(connection);
 }
 
+/// Counts the chunks the relay forwards towards hosts, and their bytes.
+#[derive(Default)]
+struct Chunks {
+    count: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl blindrelay_relay::SpliceTap for Chunks {
+    fn observe(&self, direction: blindrelay_relay::Direction, chunk: &[u8]) {
+        if direction == blindrelay_relay::Direction::PlayerToHost {
+            self.count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.bytes
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Tiny writes, one Noise frame of a few bytes each, cost the relay a chunk of work
 /// each unless they are joined: under a rate cap, tiny frames that arrive while the
 /// bucket refills are forwarded together, and each chunk is charged at least 1 KiB,
@@ -1007,24 +1025,6 @@ async fn a_host_that_cannot_be_told_does_not_hold_a_drain() {
 /// the frames, while a session beside moves its bytes exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_frames_cost_the_relay_a_bounded_number_of_chunks_while_a_session_moves() {
-    use blindrelay_relay::{Direction, SpliceTap};
-    /// Counts the chunks the relay forwards towards hosts, and their bytes.
-    #[derive(Default)]
-    struct Chunks {
-        count: std::sync::atomic::AtomicU64,
-        bytes: std::sync::atomic::AtomicU64,
-    }
-    impl SpliceTap for Chunks {
-        fn observe(&self, direction: Direction, chunk: &[u8]) {
-            if direction == Direction::PlayerToHost {
-                self.count
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.bytes
-                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-
     init_tracing();
     const RATE: u64 = 64 * 1024;
     let mut config = relay_config();
@@ -1478,22 +1478,6 @@ async fn initials_beyond_the_handshake_cap_are_dropped_unanswered() {
 /// run is long), and every byte reaches the host in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_way_run_of_tiny_frames_reaches_the_host_whole_in_few_chunks() {
-    use blindrelay_relay::{Direction, SpliceTap};
-    #[derive(Default)]
-    struct Chunks {
-        count: std::sync::atomic::AtomicU64,
-        bytes: std::sync::atomic::AtomicU64,
-    }
-    impl SpliceTap for Chunks {
-        fn observe(&self, direction: Direction, chunk: &[u8]) {
-            if direction == Direction::PlayerToHost {
-                self.count
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.bytes
-                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
     init_tracing();
     let relay = Relay::spawn(relay_config()).unwrap();
     let chunks = Arc::new(Chunks::default());
