@@ -1009,7 +1009,19 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), refused)
             .await
             .expect("told at once");
-        drop((dials, first, second, third, registration));
+        // A dial-back still on its way keeps its place after the session that
+        // expected it gave up: the host's next Dial gets no second one meanwhile.
+        drop(dials);
+        let next = admission.expect_dial_back(host);
+        assert!(
+            admission.admit_connection(host, Door::Tcp).is_err(),
+            "two on their way for one Dial"
+        );
+        drop((second, third));
+        let fourth = admission
+            .admit_connection(host, Door::Tcp)
+            .expect("its place");
+        drop((next, first, fourth, registration));
         assert!(admission.dial_backs.is_empty(), "nothing kept once unused");
         assert!(
             admission.admit_connection(host, Door::Tcp).is_err(),
@@ -1021,6 +1033,8 @@ mod tests {
     fn shared_ranges_scale_the_address_caps_but_not_the_connections() {
         let mut limits = Limits::unlimited();
         limits.connections.per_ip = 2;
+        limits.connections.new_per_ip_per_s = 1;
+        limits.connections.new_per_ip_burst = 2;
         limits.sessions.per_ip_per_host = 1;
         limits.sessions.per_connection = 2;
         limits.shared_addresses.ranges = vec!["198.51.100.0/24".parse().expect("range")];

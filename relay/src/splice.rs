@@ -406,11 +406,16 @@ const TINY_BATCH_WAIT: Duration = Duration::from_millis(5);
 fn next_batch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
+    next_tick(epoch, Instant::now())
+}
+
+/// The first tick of a clock started at `epoch` and ticking every
+/// [`TINY_BATCH_WAIT`] that comes after `now`.
+fn next_tick(epoch: Instant, now: Instant) -> Instant {
     let tick = TINY_BATCH_WAIT.as_micros().max(1);
-    let since = epoch.elapsed().as_micros();
-    let ticks = u64::try_from(since / tick + 1).unwrap_or(u64::MAX);
-    let next = TINY_BATCH_WAIT.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX));
-    epoch + next
+    let since = now.saturating_duration_since(epoch).as_micros();
+    let ticks = u32::try_from(since / tick + 1).unwrap_or(u32::MAX);
+    epoch + TINY_BATCH_WAIT.saturating_mul(ticks)
 }
 
 /// How much [`coalesce`] joins at most.
@@ -835,6 +840,19 @@ mod tests {
         player.recv.stop(StreamCode::from_u32(0));
         drop(player);
         splice.abort();
+    }
+
+    #[test]
+    fn the_batch_clock_ticks_within_one_wait() {
+        let epoch = Instant::now();
+        for (after_ms, tick_ms) in [(0, 5), (1, 5), (4, 5), (5, 10), (7, 10), (12_345, 12_350)] {
+            let next = next_tick(epoch, epoch + Duration::from_millis(after_ms));
+            assert_eq!(
+                next - epoch,
+                Duration::from_millis(tick_ms),
+                "after {after_ms} ms"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -866,15 +866,11 @@ impl State {
         !self.recv_done && self.peer_end.is_none()
     }
 
-    /// Queues a `DATA` frame's payload: joined with its neighbours if it is
-    /// small, as it is otherwise.
+    /// Queues a `DATA` frame's payload that [`on_frames`] did not join (one of
+    /// [`JOIN_BELOW`] bytes or more), after the block being joined.
     fn queue(&mut self, data: Bytes) {
-        if data.len() < JOIN_BELOW {
-            self.join(&data);
-        } else {
-            self.end_joined();
-            self.incoming.push_back(data);
-        }
+        self.end_joined();
+        self.incoming.push_back(data);
     }
 
     /// Appends a small frame's payload to the block being joined, starting a new
@@ -1132,6 +1128,129 @@ mod tests {
         );
         assert_eq!(read_to_end(&mut recv).await.expect("read"), expected);
         drop(writing.await);
+    }
+
+    /// The bytes the read-ahead really holds (its entries and the block being
+    /// joined, counted from themselves), and what it counts.
+    fn held(recv: &FramedRecv) -> (usize, usize) {
+        let state = recv.shared.lock();
+        let held = state.incoming.iter().map(Bytes::len).sum::<usize>() + state.joining.len();
+        (held, state.incoming_len)
+    }
+
+    /// Waits (at most 5 s) until `what` holds of `recv`.
+    async fn until(recv: &FramedRecv, what: impl Fn((usize, usize)) -> bool) {
+        let reached = tokio::time::timeout(Duration::from_secs(5), async {
+            while !what(held(recv)) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "read-ahead at {:?}", held(recv));
+    }
+
+    /// `count` one-byte DATA frames.
+    fn tiny_frames(count: usize) -> Vec<u8> {
+        let mut wire = BytesMut::new();
+        for _ in 0..count {
+            StreamFrame::Data(Bytes::from_static(&[7])).encode(&mut wire);
+        }
+        wire.to_vec()
+    }
+
+    /// What the reader takes leaves the count, and the read-ahead fills up to its
+    /// bound again, no further: the count stays what is really held.
+    #[tokio::test]
+    async fn the_read_ahead_counts_what_it_holds_as_it_is_read() {
+        let config = Config::default();
+        let (raw, io) = tokio::io::duplex(1 << 20);
+        let (_send, mut recv, _connection) = framed(io, config);
+        let (_raw_read, mut raw_write) = tokio::io::split(raw);
+        let writing = tokio::spawn(async move {
+            let _ = raw_write.write_all(&tiny_frames(200_000)).await;
+            raw_write
+        });
+        until(&recv, |(held, _)| held >= config.recv_buffer).await;
+        for _ in 0..3 {
+            let mut taken = 0;
+            while taken < config.recv_buffer / 2 {
+                taken += recv
+                    .read_chunk(4096)
+                    .await
+                    .expect("read")
+                    .expect("bytes")
+                    .len();
+            }
+            until(&recv, |(held, _)| held >= config.recv_buffer).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let (held, counted) = held(&recv);
+            assert_eq!(held, counted, "the count is what is held");
+            assert!(
+                held <= config.recv_buffer + MAX_FRAME_LEN,
+                "read ahead {held}"
+            );
+        }
+        writing.abort();
+    }
+
+    /// Stopping the direction drops what was read ahead, and what arrives after
+    /// is not kept either.
+    #[tokio::test]
+    async fn a_stopped_direction_holds_nothing() {
+        let (raw, io) = tokio::io::duplex(1 << 20);
+        let (_send, mut recv, _connection) = framed(io, Config::default());
+        let (mut raw_read, mut raw_write) = tokio::io::split(raw);
+        raw_write.write_all(&tiny_frames(1000)).await.expect("raw");
+        until(&recv, |(held, _)| held == 1000).await;
+        recv.stop(StreamCode::from_u32(9));
+        assert_eq!(held(&recv), (0, 0), "dropped at the stop");
+        raw_write.write_all(&tiny_frames(1000)).await.expect("raw");
+        // A PING behind them: once its PONG is back, they were all read.
+        let mut ping = BytesMut::new();
+        StreamFrame::Ping([5; 8]).encode(&mut ping);
+        raw_write.write_all(&ping).await.expect("raw");
+        let mut back = BytesMut::new();
+        let pong = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match StreamFrame::decode(&mut back).expect("frames") {
+                    Some(StreamFrame::Pong(opaque)) => break opaque,
+                    Some(_) => {}
+                    None => {
+                        let mut buf = [0u8; 256];
+                        let n = tokio::io::AsyncReadExt::read(&mut raw_read, &mut buf)
+                            .await
+                            .expect("raw read");
+                        assert!(n > 0, "the connection stays up");
+                        back.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the PONG");
+        assert_eq!(pong, [5; 8]);
+        assert_eq!(held(&recv), (0, 0), "nothing kept after the stop");
+    }
+
+    /// A stream read to its end says so again, and reads as an `AsyncRead` too.
+    #[tokio::test]
+    async fn an_ended_stream_reads_as_ended_and_as_an_async_read() {
+        let ((mut a_send, _a_recv, _a), (_b_send, mut b_recv, _b)) = pair(Config::default());
+        a_send.write_all(b"every byte").await.expect("write");
+        a_send.finish();
+        let mut all = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut b_recv, &mut all)
+            .await
+            .expect("read");
+        assert_eq!(all, b"every byte");
+        assert_eq!(b_recv.read_chunk(10).await.expect("again"), None);
+        let mut none = [0u8; 0];
+        assert_eq!(
+            tokio::io::AsyncReadExt::read(&mut b_recv, &mut none)
+                .await
+                .expect("empty"),
+            0
+        );
     }
 
     #[tokio::test]

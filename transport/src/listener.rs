@@ -237,6 +237,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_that_end_give_their_place_back() {
+        let caps = Caps {
+            max: 4,
+            per_address: 4,
+        };
+        let (addr, displaced) = echo_listener(caps).await;
+        for round in 0..3 {
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                let mut stream = connect_from(addr, [127, 0, 9, 6]).await;
+                assert!(served(&mut stream).await, "round {round}");
+                held.push(stream);
+            }
+            // Closed by their clients: the handlers end, and their places with them.
+            drop(held);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(displaced.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
     async fn at_the_cap_the_address_holding_most_makes_room() {
         let caps = Caps {
             max: 4,

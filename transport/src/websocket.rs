@@ -293,6 +293,25 @@ mod tests {
 
     /// Messages that have arrived are read together: a peer's tiny messages cost
     /// one read of the frame stream per batch, not one each.
+    /// The allowance earns whole periods, and keeps the part of a period that has
+    /// passed towards the next one.
+    #[tokio::test(start_paused = true)]
+    async fn the_ping_allowance_refills_at_its_rate_and_no_faster() {
+        let period = Duration::from_secs(1) / CONTROL_PER_S;
+        let mut allowance = ControlAllowance::new();
+        for _ in 0..CONTROL_BURST {
+            assert!(allowance.take());
+        }
+        assert!(!allowance.take(), "the burst is spent");
+        tokio::time::advance(period * 5 / 2).await;
+        tokio::time::advance(period / 2).await;
+        // Three periods in all: three more, not four.
+        for _ in 0..3 {
+            assert!(allowance.take());
+        }
+        assert!(!allowance.take(), "one more than the time allows");
+    }
+
     #[tokio::test]
     async fn one_read_takes_every_message_that_has_arrived() {
         use futures_util::SinkExt;
