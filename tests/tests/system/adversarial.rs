@@ -1153,6 +1153,24 @@ async fn refusals_hello_less_connects_and_greedy_addresses_stay_within_the_budge
             Some((send, recv))
         });
     }
+    // The refusals and the hello-less Connects alone, before any session is
+    // admitted: nothing but their connections' first windows (16 KiB each, 41
+    // connections) and a fixed overhead, so that the budget the admitted sessions
+    // reserve below cannot hide what these hold.
+    let mut alone = before;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        alone = alone.max(process::rss_bytes(relay.pid()));
+    }
+    let growth = alone.saturating_sub(before);
+    let (bound, overhead) = (41 * (16 << 10), 8 << 20);
+    eprintln!("refusals and hello-less Connects grew the relay by {growth} bytes");
+    assert!(
+        growth <= bound + overhead,
+        "refusals and hello-less Connects grew the relay by {growth} bytes, \
+         bound {bound} + overhead {overhead}"
+    );
     // One address asking for twice the sessions it may hold, each with a hello, and
     // reading nothing: the first 64 are admitted (and reserve their buffers), the
     // rest refused.
