@@ -807,6 +807,36 @@ async fn one_address_holds_only_its_share_of_sessions() {
     assert!(again.is_ok(), "the place came back");
 }
 
+/// `count` real QUIC Initials for `relay`, captured from real clients by a socket
+/// that stands in for the relay: the socket (which reads nothing the relay answers
+/// when they are sent from it), the Initials, and the clients, kept waiting.
+async fn capture_initials(
+    relay: &Relay,
+    count: usize,
+) -> (tokio::net::UdpSocket, Vec<Vec<u8>>, Vec<quinn::Connecting>) {
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (endpoint, _) =
+        blindrelay_client::relay_endpoint_raw(relay.url(), IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .await
+            .unwrap();
+    let mut pending = Vec::new();
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..count {
+        pending.push(
+            endpoint
+                .connect(capture.local_addr().unwrap(), relay.url().host())
+                .unwrap(),
+        );
+        let (len, _) = tokio::time::timeout(PATIENCE, capture.recv_from(&mut buf))
+            .await
+            .expect("a client's Initial")
+            .unwrap();
+        initials.push(buf[..len].to_vec());
+    }
+    (capture, initials, pending)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_handshakes_never_finished_sheds_no_host_and_locks_nobody_out() {
     const CAP: u32 = 20;
@@ -830,26 +860,7 @@ async fn a_flood_of_handshakes_never_finished_sheds_no_host_and_locks_nobody_out
     // Real Initials that are never followed up: captured from real clients by a
     // socket that stands in for the relay, then sent to the relay from that socket,
     // which reads nothing the relay answers.
-    let trap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (endpoint, _) =
-        blindrelay_client::relay_endpoint_raw(relay.url(), IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .await
-            .unwrap();
-    let mut pending = Vec::new();
-    let mut initials = Vec::new();
-    let mut buf = vec![0u8; 2048];
-    for _ in 0..HALF_OPEN {
-        pending.push(
-            endpoint
-                .connect(trap.local_addr().unwrap(), relay.url().host())
-                .unwrap(),
-        );
-        let (len, _) = tokio::time::timeout(PATIENCE, trap.recv_from(&mut buf))
-            .await
-            .expect("a client's Initial")
-            .unwrap();
-        initials.push(buf[..len].to_vec());
-    }
+    let (trap, initials, pending) = capture_initials(&relay, HALF_OPEN).await;
     for initial in &initials {
         trap.send_to(initial, relay.local_addr()).await.unwrap();
     }
@@ -1435,26 +1446,8 @@ async fn initials_beyond_the_handshake_cap_are_dropped_unanswered() {
     let relay = Relay::spawn(config).unwrap();
 
     // Real Initials, captured from real clients by a socket standing in for the relay.
-    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (endpoint, _) =
-        blindrelay_client::relay_endpoint_raw(relay.url(), IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .await
-            .unwrap();
-    let mut pending = Vec::new();
-    let mut initials = Vec::new();
+    let (_capture, initials, pending) = capture_initials(&relay, CAP as usize + FLOOD).await;
     let mut buf = vec![0u8; 2048];
-    for _ in 0..CAP as usize + FLOOD {
-        pending.push(
-            endpoint
-                .connect(capture.local_addr().unwrap(), relay.url().host())
-                .unwrap(),
-        );
-        let (len, _) = tokio::time::timeout(PATIENCE, capture.recv_from(&mut buf))
-            .await
-            .expect("a client's Initial")
-            .unwrap();
-        initials.push(buf[..len].to_vec());
-    }
     // The first CAP from one socket: answered, never followed up.
     let filler = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for initial in &initials[..CAP as usize] {
