@@ -660,70 +660,79 @@ async fn read_loop<R: AsyncRead + Send>(read: R, shared: Arc<Shared>) {
     let mut read = Box::pin(read);
     let mut buf = BytesMut::new();
     let config = shared.config;
+    // One idle timer and one room waiter for the whole connection, moved on only
+    // when they fire: making them anew for each read cost a peer's tiny reads (one
+    // WebSocket message each) more than everything else the read does.
+    let idle = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(idle);
+    let mut heard = Instant::now();
+    let mut room = Box::pin(shared.room.notified());
+    room.as_mut().enable();
+    let mut read_at = None;
     loop {
         // Frames already read first; then, if the queue has room, the connection.
-        if !on_frames(&shared, &mut buf) {
+        let Some(next) = on_frames(&shared, &mut buf, read_at.take()) else {
             return;
-        }
-        let room = shared.room.notified();
-        tokio::pin!(room);
-        room.as_mut().enable();
-        let (over, closing, full) = {
-            let state = shared.lock();
-            let closed_here = matches!(state.error, Some(ConnectionError::Closed(_)));
-            (
-                state.error.is_some() || state.handles == 0,
-                state.handles == 0 || closed_here,
-                state.incoming_len >= config.recv_buffer,
-            )
         };
-        if closing {
+        if next.closing {
             drain(&mut read, &mut buf).await;
         }
-        if over {
+        if next.over {
             return;
         }
-        if full {
-            room.await;
+        if next.full {
+            room.as_mut().await;
+            room.set(shared.room.notified());
+            room.as_mut().enable();
+            // Waiting for the receiving half to take its bytes is not the peer's
+            // silence.
+            heard = Instant::now();
             continue;
         }
         buf.reserve(MAX_FRAME_LEN);
         let read_some = tokio_util::io::read_buf(&mut read, &mut buf);
         tokio::pin!(read_some);
-        let idle = tokio::time::sleep(config.idle_timeout);
-        tokio::pin!(idle);
         let result = loop {
             tokio::select! {
                 result = &mut read_some => break Ok(result),
                 // Every handle gone: nobody will read what comes.
-                () = &mut room => break Err(None),
+                () = room.as_mut() => {
+                    room.set(shared.room.notified());
+                    room.as_mut().enable();
+                    break Err(None);
+                }
                 () = &mut idle => {
+                    let due = heard + config.idle_timeout;
+                    let now = Instant::now();
+                    if due > now {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
                     // Silent for the idle timeout, unless this end's own bytes are
                     // stuck on their way to it meanwhile: then the write timeout
                     // judges.
                     if !shared.lock().writing {
                         break Err(Some(()));
                     }
-                    idle.as_mut().reset(Instant::now() + config.idle_timeout);
+                    idle.as_mut().reset(now + config.idle_timeout);
                 }
             }
         };
-        let result = match result {
-            Ok(result) => Ok(result),
-            Err(None) => continue,
-            Err(Some(())) => Err(()),
-        };
         match result {
+            Err(None) => {}
             Ok(Ok(0)) => {
                 shared.fail(ConnectionError::Ended);
                 return;
             }
-            Ok(Ok(_)) => shared.lock().last_heard = Some(Instant::now()),
+            Ok(Ok(_)) => {
+                heard = Instant::now();
+                read_at = Some(heard);
+            }
             Ok(Err(err)) => {
                 shared.fail(ConnectionError::Io(err.kind()));
                 return;
             }
-            Err(_) => {
+            Err(Some(())) => {
                 shared.fail(ConnectionError::TimedOut);
                 return;
             }
@@ -752,9 +761,12 @@ async fn drain<R: AsyncRead>(read: &mut Pin<Box<R>>, buf: &mut BytesMut) {
 
 /// Acts on every complete frame at the front of `buf`, under one lock of the
 /// state; `false` once the connection is over.
-fn on_frames(shared: &Shared, buf: &mut BytesMut) -> bool {
+fn on_frames(shared: &Shared, buf: &mut BytesMut, read_at: Option<Instant>) -> Option<ReaderNext> {
     let mut wake = Wake::default();
     let mut state = shared.lock();
+    if read_at.is_some() {
+        state.last_heard = read_at;
+    }
     let over = loop {
         // Small DATA frames go straight from the read buffer into a joined block:
         // no slice, no queue entry, for each of a peer's tiny frames.
@@ -781,6 +793,12 @@ fn on_frames(shared: &Shared, buf: &mut BytesMut) -> bool {
         wake.reader.then(|| state.recv_waker.take()).flatten(),
         wake.sender.then(|| state.send_waker.take()).flatten(),
     ];
+    let closed_here = matches!(state.error, Some(ConnectionError::Closed(_)));
+    let next = ReaderNext {
+        over: state.error.is_some() || state.handles == 0,
+        closing: state.handles == 0 || closed_here,
+        full: state.incoming_len >= shared.config.recv_buffer,
+    };
     drop(state);
     for waker in wakers.into_iter().flatten() {
         waker.wake();
@@ -794,10 +812,20 @@ fn on_frames(shared: &Shared, buf: &mut BytesMut) -> bool {
     match over {
         Some(error) => {
             shared.fail(error);
-            false
+            None
         }
-        None => true,
+        None => Some(next),
     }
+}
+
+/// What the reader task does after the frames it has read, as the state says.
+struct ReaderNext {
+    /// The connection is over, or nobody holds it any more: stop reading.
+    over: bool,
+    /// Read and discard until the peer stops sending, first (see [`drain`]).
+    closing: bool,
+    /// The queue holds all it may: wait for room before reading on.
+    full: bool,
 }
 
 /// The length of the `DATA` frame complete at the front of `buf` when it is one
