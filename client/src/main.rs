@@ -780,6 +780,9 @@ struct TokenWatch {
     path: Option<PathBuf>,
     text: String,
     token: Option<Token>,
+    /// When the token in use was read (Unix seconds): its lifetime as this host
+    /// knows it, for the warning.
+    read_at: u64,
     warned: bool,
 }
 
@@ -790,6 +793,7 @@ impl TokenWatch {
             path,
             text: String::new(),
             token: None,
+            read_at: unix_now(),
             warned: false,
         };
         if let Some(path) = &watch.path {
@@ -826,9 +830,22 @@ impl TokenWatch {
                     self.text = text;
                     match self.text.trim().parse::<Token>() {
                         Ok(token) => {
-                            println!("token: renewed");
+                            let expires = token.claims_unverified().expires;
+                            let before = self
+                                .token
+                                .as_ref()
+                                .map(|old| old.claims_unverified().expires);
+                            if before.is_some_and(|before| expires < before) {
+                                println!(
+                                    "token: replaced by one that expires sooner, in {}",
+                                    until(expires)
+                                );
+                            } else {
+                                println!("token: renewed, expires in {}", until(expires));
+                            }
                             self.announce(&token);
                             self.token = Some(token.clone());
+                            self.read_at = unix_now();
                             self.warned = false;
                             renewed = Some(token);
                         }
@@ -842,7 +859,11 @@ impl TokenWatch {
         if let Some(token) = &self.token {
             let expires = token.claims_unverified().expires;
             let left = expires.saturating_sub(unix_now());
-            if !self.warned && left > 0 && left < TOKEN_WARNING.as_secs() {
+            // A week ahead, or at the last fifth of a shorter token's life: a token
+            // made for an hour is not "expiring" the moment it arrives.
+            let lifetime = expires.saturating_sub(self.read_at);
+            let warn_at = TOKEN_WARNING.as_secs().min(lifetime / 5);
+            if !self.warned && left > 0 && left < warn_at {
                 self.warned = true;
                 println!(
                     "token: expires in {}: ask the relay's operator for a new one",

@@ -17,6 +17,7 @@
 //! | 0x04 | `Registered` | relay → host     | (empty)                                |
 //! | 0x05 | `GoingAway`  | relay → host     | retry after (ms) `u32`                 |
 //! | 0x06 | `Dial`       | relay → host     | session id `u64`, secret `[u8; 16]`    |
+//! | 0x09 | `Renew`      | host → relay     | registration token: `u16` length (1 ..= 256) + bytes |
 //! | 0x10 | `Connect`    | player → relay   | host id `[u8; 32]`                     |
 //! | 0x11 | `Connected`  | relay → player   | session id `u64`, [`SessionLimits`] (36 B) |
 //! | 0x12 | `Incoming`   | relay → host     | session id `u64`, [`SessionLimits`] (36 B) |
@@ -112,6 +113,15 @@ pub enum ControlMessage {
         /// host: random, made for this session only.
         secret: [u8; DIAL_SECRET_LEN],
     },
+    /// On the registration stream, after `Registered`: the host's registration token,
+    /// renewed. The relay checks it as it checks a `Register`'s and answers
+    /// `Registered`, after which the registration lasts until the new token expires;
+    /// a token it refuses ends the registration with that `Error` (PROTOCOL.md
+    /// section 8.4).
+    Renew {
+        /// The new token in binary form (see [`crate::token`]).
+        token: Vec<u8>,
+    },
     /// A player asks for a session with `host_id`.
     Connect {
         /// The host the player wants.
@@ -192,6 +202,9 @@ impl fmt::Debug for ControlMessage {
                 out.field("mac", &Redacted(mac.len()));
             }
             Self::Registered => {}
+            Self::Renew { token } => {
+                out.field("token", &Redacted(token.len()));
+            }
             Self::GoingAway { retry_after_ms } => {
                 out.field("retry_after_ms", retry_after_ms);
             }
@@ -239,6 +252,7 @@ mod kind {
     pub const DIAL: u8 = 0x06;
     pub const REDIRECT: u8 = 0x07;
     pub const MOVE: u8 = 0x08;
+    pub const RENEW: u8 = 0x09;
     pub const CONNECT: u8 = 0x10;
     pub const CONNECTED: u8 = 0x11;
     pub const INCOMING: u8 = 0x12;
@@ -272,6 +286,7 @@ impl ControlMessage {
             Self::Challenge { .. } => "Challenge",
             Self::Proof { .. } => "Proof",
             Self::Registered => "Registered",
+            Self::Renew { .. } => "Renew",
             Self::GoingAway { .. } => "GoingAway",
             Self::Dial { .. } => "Dial",
             Self::Redirect { .. } => "Redirect",
@@ -325,6 +340,13 @@ impl ControlMessage {
                 body.put_slice(mac);
             }
             Self::Registered => body.put_u8(kind::REGISTERED),
+            Self::Renew { token } => {
+                body.put_u8(kind::RENEW);
+                // Cut like a `Register`'s token: the relay refuses it as malformed.
+                let token = &token[..token.len().min(MAX_REGISTER_TOKEN_LEN)];
+                body.put_u16(token.len() as u16);
+                body.put_slice(token);
+            }
             Self::GoingAway { retry_after_ms } => {
                 body.put_u8(kind::GOING_AWAY);
                 body.put_u32(*retry_after_ms);
@@ -429,6 +451,18 @@ impl ControlMessage {
             },
             kind::PROOF => Self::Proof { mac: r.array()? },
             kind::REGISTERED => Self::Registered,
+            kind::RENEW => {
+                let token = r.bytes16("registration token", MAX_REGISTER_TOKEN_LEN)?;
+                if token.is_empty() {
+                    return Err(DecodeError::InvalidField {
+                        field: "registration token",
+                        reason: "empty",
+                    });
+                }
+                Self::Renew {
+                    token: token.to_vec(),
+                }
+            }
             kind::GOING_AWAY => Self::GoingAway {
                 retry_after_ms: r.u32()?,
             },
@@ -640,6 +674,9 @@ mod tests {
             ControlMessage::Move {
                 members: vec!["10.0.0.7:443".to_owned()],
             },
+            ControlMessage::Renew {
+                token: vec![0xaa, 0xbb, 0xcc],
+            },
         ]
     }
 
@@ -666,6 +703,7 @@ mod tests {
             format!("00280101{}0003aabbcc01", "11".repeat(32)),
             "001d0107020e72302e6578616d706c653a3434330a5b3a3a315d3a34343333".to_owned(),
             "00100108010c31302e302e302e373a343433".to_owned(),
+            "000701090003aabbcc".to_owned(),
         ];
         for (message, expected) in all_messages().iter().zip(expected) {
             assert_eq!(hex(&message.to_frame()), expected, "{message:?}");

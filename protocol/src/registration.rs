@@ -360,6 +360,25 @@ impl Refusal {
     }
 }
 
+/// The relay's check of a `Renew` on a running registration of `host_id`
+/// (PROTOCOL.md section 8.9): the new token's claims, whose expiry the registration
+/// takes; `None` on a relay without issuer keys, where a renewal changes nothing; or
+/// the refusal, which ends the registration. No proof is asked again: the stream is
+/// the proved registration's.
+pub fn check_renewal(
+    token: &[u8],
+    issuers: Option<&IssuerKeys>,
+    host_id: &HostId,
+    now: u64,
+) -> Result<Option<Claims>, Refusal> {
+    let Some(issuers) = issuers else {
+        return Ok(None);
+    };
+    token::verify(token, issuers, host_id, now)
+        .map(Some)
+        .map_err(Refusal::Token)
+}
+
 fn proof_message(
     exporter: &[u8; EXPORTER_LEN],
     host_id: &HostId,
@@ -481,6 +500,45 @@ mod tests {
             tier: tier.to_owned(),
         };
         issuer.secret.issue(claims).unwrap().to_bytes()
+    }
+
+    #[test]
+    fn a_renewal_takes_a_token_for_the_same_host_and_refuses_others_with_their_code() {
+        let issuer = issuer();
+        let host = HostId::from_bytes([1; 32]);
+        let now = 1_000;
+        let renewed = token_for(&issuer, host, now + 60, "gold");
+        let claims = check_renewal(&renewed, Some(&issuer.keys), &host, now)
+            .unwrap()
+            .expect("claims on a relay with issuers");
+        assert_eq!((claims.expires, claims.tier.as_str()), (now + 60, "gold"));
+        // A relay without issuers has nothing to check and nothing to change.
+        assert_eq!(check_renewal(&renewed, None, &host, now), Ok(None));
+        let other = HostId::from_bytes([2; 32]);
+        let cases = [
+            (renewed.clone(), other, now, ErrorCode::TokenWrongHost),
+            (renewed.clone(), host, now + 60, ErrorCode::TokenExpired),
+            (renewed[..20].to_vec(), host, now, ErrorCode::TokenMalformed),
+            (
+                token_for(&Issuer::other(), host, now + 60, "gold"),
+                host,
+                now,
+                ErrorCode::TokenInvalid,
+            ),
+        ];
+        for (token, host_id, at, code) in cases {
+            let refusal = check_renewal(&token, Some(&issuer.keys), &host_id, at).unwrap_err();
+            assert_eq!(refusal.code(), code, "{refusal}");
+        }
+    }
+
+    impl Issuer {
+        /// An issuer the relay does not know.
+        fn other() -> Self {
+            let secret = crate::token::IssuerSecretKey::from_seed([10; 32]).unwrap();
+            let keys = IssuerKeys::new(vec![secret.public_key()]);
+            Self { secret, keys }
+        }
     }
 
     /// Runs a whole registration: the host's messages go to the relay's machine and

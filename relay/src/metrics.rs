@@ -114,6 +114,11 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         &[("", s.registrations_replaced)],
     );
     out.counter(
+        "tokens_renewed_total",
+        "Renewed registration tokens taken on running registrations.",
+        &[("", s.tokens_renewed)],
+    );
+    out.counter(
         "hosts_told_going_away_total",
         "Registered hosts told the relay is going away.",
         &[("", s.hosts_told_going_away)],

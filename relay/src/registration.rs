@@ -60,27 +60,19 @@ pub(crate) async fn register_and_hold(
             host_id,
             registration,
         };
-        let RoutedStream { send, recv, .. } = &mut stream;
-        let token_expired = async {
-            match expires {
-                Some(expires) => {
-                    let left =
-                        Duration::from_secs(expires.saturating_sub(token_issuers::unix_now()));
-                    tokio::time::sleep(left).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
+        let RoutedStream {
+            send, recv, link, ..
+        } = &mut stream;
+        // Only on a relay that requires tokens: moved on by each renewal.
+        let mut token_expired = expires.map(|expires| Box::pin(tokio::time::sleep_until(until(expires))));
         enum End {
             Host(Option<ControlMessage>),
             TokenExpired,
+            Renewal(ControlMessage),
             Draining,
             Moved(Vec<String>),
         }
         let end = {
-            // Nothing is expected from the host after `Registered`: a message ends
-            // the registration, and so does the end of the stream.
-            let host_ended = async { read_message(recv).await.ok() };
             let draining = shared.draining();
             // In a pool: another member became this host's owner. Boxed, and only
             // in a pool: every idle host holds this future for hours.
@@ -90,23 +82,50 @@ pub(crate) async fn register_and_hold(
                     None => std::future::pending().await,
                 }
             };
-            tokio::pin!(host_ended, token_expired, draining, moved);
-            loop {
-                tokio::select! {
-                    message = &mut host_ended => break End::Host(message),
-                    () = &mut token_expired => break End::TokenExpired,
-                    () = &mut draining => break End::Draining,
-                    members = &mut moved => break End::Moved(members),
-                    Some(dial) = async { match dials.as_mut() {
-                        Some(dials) => dials.recv().await,
-                        None => std::future::pending().await,
-                    } } => {
-                        let message = ControlMessage::Dial {
-                            session_id: dial.session_id,
-                            secret: dial.secret,
-                        };
-                        if write_control(send, &message).await.is_err() {
-                            break End::Host(None);
+            tokio::pin!(draining, moved);
+            'registration: loop {
+                // Nothing is expected from the host after `Registered` but renewed
+                // tokens: another message ends the registration, and so does the end
+                // of the stream. One read at a time, never dropped half done.
+                let host_said = read_message(recv);
+                tokio::pin!(host_said);
+                loop {
+                    tokio::select! {
+                        message = &mut host_said => match message.ok() {
+                            Some(ControlMessage::Renew { token }) => {
+                                let renewal = Renewal { host_id, from: link.remote_address(), shared: &shared };
+                                match Box::pin(renewal.take(&token, send)).await {
+                                    Ok(Taken::Renewed(expires)) => {
+                                        if let (Some(timer), Some(expires)) = (token_expired.as_mut(), expires) {
+                                            timer.as_mut().reset(until(expires));
+                                        }
+                                        continue 'registration;
+                                    }
+                                    Ok(Taken::HostLeft) => break 'registration End::Host(None),
+                                    Err(refusal) => break 'registration End::Renewal(refusal),
+                                }
+                            }
+                            other => break 'registration End::Host(other),
+                        },
+                        () = async {
+                            match token_expired.as_mut() {
+                                Some(timer) => timer.await,
+                                None => std::future::pending().await,
+                            }
+                        } => break 'registration End::TokenExpired,
+                        () = &mut draining => break 'registration End::Draining,
+                        members = &mut moved => break 'registration End::Moved(members),
+                        Some(dial) = async { match dials.as_mut() {
+                            Some(dials) => dials.recv().await,
+                            None => std::future::pending().await,
+                        } } => {
+                            let message = ControlMessage::Dial {
+                                session_id: dial.session_id,
+                                secret: dial.secret,
+                            };
+                            if write_control(send, &message).await.is_err() {
+                                break 'registration End::Host(None);
+                            }
                         }
                     }
                 }
@@ -123,6 +142,10 @@ pub(crate) async fn register_and_hold(
                     ErrorCode::BadRequest,
                     "nothing is expected after registration",
                 );
+                Box::pin(refuse(send, recv, &error)).await;
+            }
+            End::Renewal(error) => {
+                info!("renewed token refused; ending the registration");
                 Box::pin(refuse(send, recv, &error)).await;
             }
             End::TokenExpired => {
@@ -207,6 +230,57 @@ async fn tell_to_move(
         }
     };
     let _ = tokio::time::timeout(MOVE_GRACE, told).await;
+}
+
+/// The tokio instant of `expires`, Unix seconds.
+fn until(expires: u64) -> tokio::time::Instant {
+    let left = Duration::from_secs(expires.saturating_sub(token_issuers::unix_now()));
+    tokio::time::Instant::now() + left
+}
+
+/// A `Renew` on a running registration (PROTOCOL.md section 8.9).
+struct Renewal<'a> {
+    host_id: HostId,
+    from: std::net::SocketAddr,
+    shared: &'a RelayState,
+}
+
+impl Renewal<'_> {
+    /// Checks `token` and answers `Registered` when it holds; `Err` is the refusal
+    /// that ends the registration.
+    async fn take(
+        self,
+        token: &[u8],
+        send: &mut crate::session_stream::StreamSend,
+    ) -> Result<Taken, ControlMessage> {
+        // Each renewal costs a signature check: it counts as a registration attempt.
+        if let Err(refusal) = self.shared.admission.check_registration_rate(self.from, 1) {
+            return Err(ControlMessage::error(refusal.code(), refusal.reason()));
+        }
+        let issuers = self.shared.config.token_issuers.as_ref();
+        let claims =
+            registration::check_renewal(token, issuers, &self.host_id, token_issuers::unix_now())
+                .map_err(|refusal| refusal.to_message())?;
+        if write_control(send, &ControlMessage::Registered)
+            .await
+            .is_err()
+        {
+            return Ok(Taken::HostLeft);
+        }
+        Stats::bump(&self.shared.stats.tokens_renewed);
+        let expires = claims.map(|claims| claims.expires);
+        info!(?expires, "registration token renewed");
+        Ok(Taken::Renewed(expires))
+    }
+}
+
+/// A renewal the relay took.
+enum Taken {
+    /// Answered; the registration now lasts until this (Unix seconds), or as long
+    /// as before on a relay that requires no tokens.
+    Renewed(Option<u64>),
+    /// The host went away before the answer.
+    HostLeft,
 }
 
 /// How long a registration told to move lasts at most: time for the host to

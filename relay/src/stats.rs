@@ -37,6 +37,7 @@ pub(crate) struct Stats {
     pub registrations_refused: AtomicU64,
     pub registrations_rate_limited: AtomicU64,
     pub registrations_replaced: AtomicU64,
+    pub tokens_renewed: AtomicU64,
     pub sessions_opened: AtomicU64,
     /// Sessions opened whose player side came over TLS/TCP.
     pub sessions_player_tcp: AtomicU64,
@@ -248,6 +249,8 @@ pub struct StatsSnapshot {
     pub registrations_rate_limited: u64,
     /// Registrations closed because a newer one took their host id.
     pub registrations_replaced: u64,
+    /// Renewed tokens taken on running registrations (PROTOCOL.md section 8.9).
+    pub tokens_renewed: u64,
     /// Sessions spliced.
     pub sessions_opened: u64,
     /// Of those, sessions whose player came over TLS/TCP.
@@ -367,6 +370,7 @@ impl Stats {
             registrations_refused: get(&self.registrations_refused),
             registrations_rate_limited: get(&self.registrations_rate_limited),
             registrations_replaced: get(&self.registrations_replaced),
+            tokens_renewed: get(&self.tokens_renewed),
             sessions_opened: get(&self.sessions_opened),
             sessions_player_tcp: get(&self.sessions_player_tcp),
             sessions_host_tcp: get(&self.sessions_host_tcp),

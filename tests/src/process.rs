@@ -130,6 +130,22 @@ impl Proc {
         }
     }
 
+    /// Waits for a stdout line that starts with `prefix`, skipping others, and
+    /// returns it whole.
+    pub fn wait_line_starting(&self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let got = self
+                .stdout
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no stdout line starting {prefix:?}"));
+            if got.starts_with(prefix) {
+                return got;
+            }
+        }
+    }
+
     /// Waits for the stdout line `line`, skipping others.
     pub fn wait_line(&self, line: &str) {
         let deadline = std::time::Instant::now() + PATIENCE;

@@ -211,7 +211,8 @@ pub(super) async fn run_relay(
                         Ok((registration, CountedRelayConnection::new(&control.counters)))
                     }
                     None => {
-                        let token = control.token.borrow().clone();
+                        // Seen: only a token set from now on is a renewal.
+                        let token = control.token.borrow_and_update().clone();
                         let (targets, redirects) = move_to.take().unwrap_or_else(|| {
                             let mut targets = vec![relay.clone()];
                             targets.extend(known.iter().filter(|url| *url != relay).cloned());
@@ -464,10 +465,9 @@ async fn wait_for_new_token(
     control: &mut AgentChannels,
 ) -> Result<(), ()> {
     warn!(%code, %reason, "the relay refused the registration token: waiting for a new one");
-    // The token in hand is seen before the state says a new one is wanted: whoever
-    // reacts to that state at once may set the next token right away, and that
-    // change must not be taken for the old one.
-    control.token.borrow_and_update();
+    // The token last seen is the one the relay refused (marked seen when it was
+    // registered or renewed with): one set since, even before the state below says
+    // a new one is wanted, is taken at once.
     control
         .state
         .send_replace(HostState::TokenRefused { code, reason });
@@ -856,7 +856,8 @@ async fn serve_framed(
     // sessions come over QUIC. This one serves `Dial`s until then, so no session
     // falls between the two.
     let probing = config.transport == TransportPreference::Auto;
-    let token = control.token.borrow().clone();
+    // The token in use when the probe registers, renewed or not.
+    let tokens = control.token.clone();
     // Set while the probe registers over QUIC: the relay replaces this registration
     // the moment that one is confirmed, and may close this connection before the
     // probe has read its confirmation.
@@ -870,9 +871,9 @@ async fn serve_framed(
             keep_alive: config.keep_alive,
             idle_timeout: config.relay_idle_timeout,
         };
-        let token = token.as_ref().map(Token::to_bytes);
         loop {
             tokio::time::sleep(config.quic_probe_interval).await;
+            let token = tokens.borrow().as_ref().map(Token::to_bytes);
             let connection = match connect_relay(endpoints, relay, profile).await {
                 Ok(connection) => connection,
                 Err(err) => {
@@ -880,7 +881,7 @@ async fn serve_framed(
                     continue;
                 }
             };
-            let registered = register_on(&connection, &config.key, token.clone());
+            let registered = register_on(&connection, &config.key, token);
             registering.store(true, Ordering::Release);
             let registered = tokio::time::timeout(config.handshake_timeout, registered).await;
             match registered {
@@ -897,19 +898,35 @@ async fn serve_framed(
     let FramedRegistration {
         connection,
         mut send,
-        mut recv,
+        recv,
         transport,
     } = registration;
     let mut dials = JoinSet::new();
+    // One read at a time, polled from the loop: a partly read frame is never dropped
+    // when another branch wins.
+    let mut reading = Box::pin(next_control(recv));
+    let mut renewal = None;
     loop {
         while dials.try_join_next().is_some() {}
-        // Only branches that end the registration may interrupt a read, so no frame
-        // is ever dropped half read.
+        if let Some(renew) = renewal.take() {
+            if send
+                .write_all(&ControlMessage::to_frame(&renew))
+                .await
+                .is_err()
+            {
+                return framed_ended(connection);
+            }
+        }
         let message = {
-            let read = read_control(&mut recv);
-            tokio::pin!(read);
-            tokio::select! {
-                message = &mut read => message,
+            let (recv, message) = tokio::select! {
+                read = &mut reading => read,
+                Ok(()) = control.token.changed() => {
+                    // A renewed token goes to the relay on this registration
+                    // (PROTOCOL.md section 8.9), written at the top of the loop.
+                    let token = control.token.borrow_and_update().clone();
+                    renewal = token.map(|token| ControlMessage::Renew { token: token.to_bytes() });
+                    continue;
+                }
                 _ = control.enabled.wait_for(|on| !*on) => {
                     // Unregister first; the caller closes the connection right after.
                     send.finish();
@@ -917,9 +934,15 @@ async fn serve_framed(
                 }
                 _ = control.shutdown.changed() => return RegistrationEnd::Shutdown,
                 (quic, stream) = &mut quic_probe => return RegistrationEnd::QuicAgain(quic, stream),
-            }
+            };
+            reading = Box::pin(next_control(recv));
+            message
         };
         match message {
+            Ok(ControlMessage::Registered) => {
+                // The answer to a `Renew`: registered until the new token expires.
+                info!("the relay took the renewed token");
+            }
             Ok(ControlMessage::Dial { session_id, secret }) => {
                 let (acceptor, relay) = (control.acceptor.clone(), relay.clone());
                 let (framed, sessions) = (framed_config(config), tcp_sessions.0.clone());
@@ -955,7 +978,7 @@ async fn serve_framed(
                 // Registered until the host is registered at the new member. Dials
                 // that come meanwhile are not answered: the relay gives the player
                 // up after its dial deadline, and the player tries again.
-                let held = (send, recv);
+                let held = (send, reading);
                 let leaving = Leaving(tokio::spawn(async move {
                     let _held = held;
                     std::future::pending::<()>().await;
@@ -1008,13 +1031,23 @@ async fn serve_registered(
     control: &mut AgentChannels,
 ) -> RegistrationEnd {
     // Keep the send half: finishing it would end the registration.
-    let (mut registration_send, mut registration_recv) = registration;
-    // One read for the life of the registration, polled from the loop: a partly read
-    // frame is never dropped when another branch wins.
-    let mut registration_ended = Box::pin(read_control(&mut registration_recv));
+    let (mut registration_send, registration_recv) = registration;
+    // One read at a time, polled from the loop: a partly read frame is never dropped
+    // when another branch wins.
+    let mut registration_ended = Box::pin(next_control(registration_recv));
     let mut handshakes = JoinSet::new();
     let mut watchdog = SilenceWatchdog::new(connection, silence);
+    let mut renewal = None;
     loop {
+        if let Some(renew) = renewal.take() {
+            if registration_send
+                .write_all(&ControlMessage::to_frame(&renew))
+                .await
+                .is_err()
+            {
+                return ended(connection);
+            }
+        }
         tokio::select! {
             () = watchdog.silent() => {
                 // The relay answers every keep-alive: this long without a packet
@@ -1035,8 +1068,15 @@ async fn serve_registered(
                 }
                 Err(_) => return ended(connection),
             },
-            message = &mut registration_ended => {
+            (recv, message) = &mut registration_ended => {
                 match message {
+                    Ok(ControlMessage::Registered) => {
+                        // The answer to a `Renew`: registered until the new token
+                        // expires.
+                        info!("the relay took the renewed token");
+                        registration_ended = Box::pin(next_control(recv));
+                        continue;
+                    }
                     Ok(ControlMessage::GoingAway { retry_after_ms }) => {
                         return RegistrationEnd::GoingAway(Duration::from_millis(retry_after_ms.into()));
                     }
@@ -1066,6 +1106,12 @@ async fn serve_registered(
                 return ended(connection);
             }
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+            Ok(()) = control.token.changed() => {
+                // A renewed token goes to the relay on this registration
+                // (PROTOCOL.md section 8.9), written at the top of the loop.
+                let token = control.token.borrow_and_update().clone();
+                renewal = token.map(|token| ControlMessage::Renew { token: token.to_bytes() });
+            }
             _ = control.enabled.wait_for(|on| !*on) => {
                 // Unregister first; the caller closes the connection right after.
                 let _ = registration_send.finish();
@@ -1074,6 +1120,15 @@ async fn serve_registered(
             _ = control.shutdown.changed() => return RegistrationEnd::Shutdown,
         }
     }
+}
+
+/// Reads the next control message of a registration stream, and gives the stream
+/// back for the one after.
+async fn next_control<R: tokio::io::AsyncRead + Unpin>(
+    mut recv: R,
+) -> (R, Result<ControlMessage, crate::wire::WireError>) {
+    let message = read_control(&mut recv).await;
+    (recv, message)
 }
 
 /// Watches a QUIC connection for silence: the datagrams received from the relay,

@@ -644,8 +644,12 @@ async fn a_relay_that_requires_tokens_admits_only_hosts_with_one() {
     renewing.wait_line("relay: registered");
     renewing.wait_line("relay: token expired");
     std::fs::write(&token_file, issue_for("1h").trim()).unwrap();
-    renewing.wait_line("token: renewed");
+    let renewed = renewing.wait_line_starting("token: renewed, expires in ");
+    assert!(renewed.ends_with(" min"), "{renewed}");
     renewing.wait_line("relay: registered");
+    // A token that expires sooner than the one in use is said to.
+    std::fs::write(&token_file, issue_for("30m").trim()).unwrap();
+    renewing.wait_line_starting("token: replaced by one that expires sooner, in ");
     renewing.interrupt();
 
     relay.interrupt();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use blindrelay_client::{HostAgent, HostState};
+use blindrelay_client::{HostAgent, HostState, TransportPreference};
 use blindrelay_protocol::control::ControlMessage;
 use blindrelay_protocol::token::{Claims, IssuerKeys, IssuerSecretKey};
 use blindrelay_protocol::{ErrorCode, HostId, SecretKey};
@@ -263,4 +263,150 @@ async fn a_registration_ends_when_its_token_expires() {
     })
     .await
     .expect("the host id is no longer registered");
+}
+
+/// Sends 1000 bytes of `byte` through an echo host and reads them back.
+async fn round(session: &mut blindrelay_client::SecureStream, byte: u8) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    session.write_all(&[byte; 1000]).await.unwrap();
+    let mut back = [0u8; 1000];
+    session.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, [byte; 1000]);
+}
+
+/// Waits until the Unix clock has passed `expires` by a second: the relay's
+/// expiry timer for it has fired by then, had nothing moved it.
+async fn outlive(expires: u64) {
+    while now() <= expires + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_on_the_registration_stream_moves_its_expiry_and_a_bad_one_ends_it() {
+    let issuer = IssuerSecretKey::generate().unwrap();
+    let relay = token_relay(&issuer);
+    let key = SecretKey::generate().unwrap();
+    let old = now() + 3;
+    let (verdict, mut send, mut recv) = register_with_token(
+        &relay,
+        key.host_id(),
+        &key,
+        Some(issue(&issuer, key.host_id(), old, "default")),
+    )
+    .await;
+    assert_eq!(verdict, ControlMessage::Registered);
+    // Renewed: answered `Registered`, and the old expiry passes without a word.
+    let renew = ControlMessage::Renew {
+        token: issue(&issuer, key.host_id(), now() + 3600, "default"),
+    };
+    send.write_all(&renew.to_frame()).await.unwrap();
+    let answer = tokio::time::timeout(PATIENCE, read_message(&mut recv))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(answer, ControlMessage::Registered);
+    assert_eq!(relay.stats().tokens_renewed, 1);
+    outlive(old).await;
+    let said = tokio::time::timeout(Duration::from_millis(500), read_message(&mut recv)).await;
+    assert!(said.is_err(), "at the old expiry the relay said {said:?}");
+    assert_eq!(
+        relay.stats().registered_hosts,
+        1,
+        "still registered after the old expiry"
+    );
+    // A token for another host ends the registration with its code.
+    let other = SecretKey::generate().unwrap().host_id();
+    let wrong = ControlMessage::Renew {
+        token: issue(&issuer, other, now() + 3600, "default"),
+    };
+    send.write_all(&wrong.to_frame()).await.unwrap();
+    let ended = tokio::time::timeout(PATIENCE, read_message(&mut recv))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(
+        code_of(&ended),
+        Some(ErrorCode::TokenWrongHost),
+        "{ended:?}"
+    );
+    tokio::time::timeout(PATIENCE, async {
+        while relay.stats().registered_hosts != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the host id is no longer registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_renewed_before_expiry_stays_registered_and_its_session_runs_across_it() {
+    let issuer = IssuerSecretKey::generate().unwrap();
+    let relay = token_relay(&issuer);
+    for transport in [TransportPreference::Quic, TransportPreference::Tcp] {
+        let key = SecretKey::generate().unwrap();
+        let token_for = |expires| {
+            blindrelay_protocol::Token::from_bytes(&issue(
+                &issuer,
+                key.host_id(),
+                expires,
+                "default",
+            ))
+            .unwrap()
+        };
+        let old = now() + 4;
+        let mut config = host_config(key.clone(), relay.url());
+        config.transport = transport;
+        config.token = Some(token_for(old));
+        let agent = HostAgent::start(config).expect("starts");
+        wait_for_state(&agent, |s| *s == HostState::Registered).await;
+        let ticket = agent.ticket().clone();
+        let mut states = agent.watch_state();
+        states.borrow_and_update();
+        let (renew, mut renewed) = tokio::sync::mpsc::channel(1);
+        let host = tokio::spawn(async move {
+            let mut agent = agent;
+            let mut sessions = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    session = agent.accept() => match session {
+                        Some(session) => { sessions.spawn(echo(session)); }
+                        None => break,
+                    },
+                    Some(token) = renewed.recv() => agent.set_token(token),
+                }
+            }
+        });
+        let mut session = player_over(transport)
+            .connect_via(&ticket, blindrelay_client::PathPreference::RelayOnly)
+            .await
+            .expect("relayed");
+        round(&mut session, 1).await;
+        let renewals = relay.stats().tokens_renewed;
+        renew.send(token_for(now() + 3600)).await.unwrap();
+        tokio::time::timeout(PATIENCE, async {
+            while relay.stats().tokens_renewed == renewals {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the relay takes the renewed token");
+        outlive(old).await;
+        // The same session, past the old expiry, and a new one: nothing was cut.
+        round(&mut session, 2).await;
+        assert!(
+            !states.has_changed().unwrap(),
+            "{transport:?}: the state never left Registered"
+        );
+        assert_eq!(*states.borrow(), HostState::Registered, "{transport:?}");
+        assert_eq!(relay.stats().registered_hosts, 1);
+        let fresh = player_over(transport)
+            .connect_via(&ticket, blindrelay_client::PathPreference::RelayOnly)
+            .await
+            .expect("relayed after the old expiry");
+        echo_exactly(fresh, 1 << 16).await;
+        round(&mut session, 3).await;
+        host.abort();
+        let _ = host.await;
+    }
 }
