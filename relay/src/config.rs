@@ -182,6 +182,8 @@ pub struct ConfigFile {
     pub cert: Option<PathBuf>,
     /// PEM private key of `cert`.
     pub key: Option<PathBuf>,
+    /// Folder that keeps the self-signed certificate across restarts.
+    pub state_dir: Option<PathBuf>,
     /// DNS name in the relay URL.
     pub public_name: Option<String>,
     /// TCP address of the admin listener.
@@ -279,7 +281,7 @@ pub enum ConfigError {
 
 impl ConfigFile {
     /// Reads and parses `path`. Relative file names in it (`cert`, `key`,
-    /// `token_issuer_pub`) are taken from the file's own folder, as a person who
+    /// `state_dir`, `token_issuer_pub`) are taken from the file's own folder, as a person who
     /// writes `cert = "relay.crt"` next to the certificate means, not from whatever
     /// directory the relay happens to be started in.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -295,6 +297,7 @@ impl ConfigFile {
         for file_name in [
             &mut file.cert,
             &mut file.key,
+            &mut file.state_dir,
             &mut file.token_issuer_pub,
             &mut file.pool.members_file,
         ]

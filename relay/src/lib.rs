@@ -70,7 +70,7 @@ pub use server::{Relay, RelayCloser, RelayError};
 pub use splice::{Direction, SpliceTap, StreamEnd};
 pub use stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
 pub use tiers::TiersError;
-pub use tls::{RelayCertificate, TlsError};
+pub use tls::{KeptCertificate, RelayCertificate, TlsError, KEPT_CERT_FILE, KEPT_KEY_FILE};
 pub use token_issuers::{load_issuer_keys, TokenConfigError};
 pub use transport::TransportError;
 pub use web::HttpOutcome;

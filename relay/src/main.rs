@@ -42,13 +42,20 @@ struct Args {
     listen_tcp: Option<TcpListen>,
 
     /// PEM certificate chain (leaf first). Without it, a self-signed certificate is
-    /// made in memory at start.
+    /// kept in --state-dir, or made in memory at start.
     #[arg(long, env = "BLINDRELAY_CERT")]
     cert: Option<PathBuf>,
 
     /// PEM private key of --cert.
     #[arg(long, env = "BLINDRELAY_KEY")]
     key: Option<PathBuf>,
+
+    /// Folder for the relay's self-signed certificate, made on the first start and
+    /// reused after, so its pin and URL survive restarts (the only thing the relay
+    /// writes). Without it, and without --cert, the certificate is made in memory
+    /// and changes at every start.
+    #[arg(long, value_name = "DIR", env = "BLINDRELAY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 
     /// DNS name in the relay URL, for a certificate a public CA issued for that name.
     /// Without it the URL names the listen address and pins the certificate.
@@ -298,6 +305,7 @@ async fn main() -> Result<()> {
         log_format,
         log_full_ip,
         cert_files,
+        state_dir,
         token_issuer_pub,
         web,
         limits,
@@ -324,6 +332,13 @@ async fn main() -> Result<()> {
         }
         println!("drain_timeout = \"{}\"", Span(drain_timeout));
         println!("log_full_ip = {log_full_ip}");
+        match &state_dir {
+            Some(dir) => println!("state_dir = \"{}\"", dir.display()),
+            None if cert_files.is_none() => {
+                println!("# no state_dir: the self-signed certificate changes at every start")
+            }
+            None => {}
+        }
         println!("web = \"{}\"", if web { "on" } else { "off" });
         match &token_issuers {
             Some(keys) => println!(
@@ -346,7 +361,6 @@ async fn main() -> Result<()> {
             let name = public_name
                 .clone()
                 .unwrap_or_else(|| "localhost".to_owned());
-            info!("no certificate given: using a self-signed certificate made in memory");
             if let Some(name) = &public_name {
                 // A URL without a pin is checked against the web's CAs, which never
                 // issued this certificate: every client would refuse the relay.
@@ -357,7 +371,25 @@ async fn main() -> Result<()> {
                      --public-name so the URL pins this certificate"
                 );
             }
-            RelayCertificate::self_signed(&[name.as_str(), "localhost"])?
+            let names = [name.as_str(), "localhost"];
+            match &state_dir {
+                Some(dir) => {
+                    let kept = RelayCertificate::kept_in(dir, &names)?;
+                    let dir = dir.display();
+                    if kept.made {
+                        info!(%dir, "made a self-signed certificate and kept it: the relay's URL stays the same across restarts");
+                    } else {
+                        info!(%dir, "using the self-signed certificate kept from an earlier start");
+                    }
+                    kept.certificate
+                }
+                None => {
+                    warn!(
+                        "no certificate given: using a self-signed certificate made in                          memory, so the relay's pin and URL change at every start; give                          --state-dir DIR to keep one"
+                    );
+                    RelayCertificate::self_signed(&names)?
+                }
+            }
         }
     };
     let mut config = RelayConfig::new(listen, certificate);
@@ -494,6 +526,7 @@ struct Settings {
     log_format: LogFormat,
     log_full_ip: bool,
     cert_files: Option<(PathBuf, PathBuf)>,
+    state_dir: Option<PathBuf>,
     token_issuer_pub: Option<PathBuf>,
     web: bool,
     limits: Limits,
@@ -529,6 +562,7 @@ impl Settings {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             log_full_ip: args.log_full_ip.or(file.log_full_ip).unwrap_or(false),
             cert_files,
+            state_dir: args.state_dir.clone().or(file.state_dir),
             token_issuer_pub: args.token_issuer_pub.clone().or(file.token_issuer_pub),
             web: args.web.or(file.web).is_none_or(OnOff::is_on),
             limits,

@@ -44,7 +44,30 @@ pub enum TlsError {
     /// The public name cannot go in a relay URL.
     #[error("invalid public name: {0}")]
     PublicName(String),
+    /// The state folder cannot hold the relay's certificate.
+    #[error("cannot keep the certificate in {path}: {reason}")]
+    StateDir {
+        /// The folder.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
 }
+
+/// The certificate a relay keeps in its state folder (`--state-dir`), and whether
+/// this start made it.
+pub struct KeptCertificate {
+    /// The certificate, the same at every start.
+    pub certificate: RelayCertificate,
+    /// Made and written now (the folder held none).
+    pub made: bool,
+}
+
+/// File name of the kept certificate chain in a state folder.
+pub const KEPT_CERT_FILE: &str = "relay-cert.pem";
+
+/// File name of the kept private key in a state folder.
+pub const KEPT_KEY_FILE: &str = "relay-key.pem";
 
 /// Domain separation for the stateless-reset key derived from the TLS key.
 const STATELESS_RESET_LABEL: &[u8] = b"blindrelay/1 QUIC stateless reset key";
@@ -104,6 +127,35 @@ impl RelayCertificate {
         let key =
             PrivateKeyDer::from_pem_file(key).map_err(|err| pem_error("private key", key, err))?;
         Ok(Self { chain, key })
+    }
+
+    /// The self-signed certificate kept in `dir`: loaded when the folder holds one,
+    /// made for `names` and written there otherwise (the folder with mode 0700, the
+    /// key 0600, each file written whole before it takes its name), so that the
+    /// relay's pin, and with it its URL, stays the same across restarts. It is the
+    /// only thing the relay writes.
+    pub fn kept_in(dir: &Path, names: &[&str]) -> Result<KeptCertificate, TlsError> {
+        let (cert, key) = (dir.join(KEPT_CERT_FILE), dir.join(KEPT_KEY_FILE));
+        if cert.exists() || key.exists() {
+            let certificate = Self::from_pem_files(&cert, &key)?;
+            return Ok(KeptCertificate {
+                certificate,
+                made: false,
+            });
+        }
+        let failed = |err: std::io::Error| TlsError::StateDir {
+            path: dir.display().to_string(),
+            reason: err.to_string(),
+        };
+        create_private_dir(dir).map_err(failed)?;
+        let (cert_pem, key_pem) = Self::self_signed_pem(names)?;
+        write_whole(&key, key_pem.as_bytes(), 0o600).map_err(failed)?;
+        write_whole(&cert, cert_pem.as_bytes(), 0o644).map_err(failed)?;
+        let certificate = Self::from_pem_files(&cert, &key)?;
+        Ok(KeptCertificate {
+            certificate,
+            made: true,
+        })
     }
 
     /// The certificate and key in PEM, for writing files in tests and tooling.
@@ -224,4 +276,63 @@ pub(crate) fn server_tls(
     tls.alpn_protocols = alpn.iter().map(|alpn| alpn.to_vec()).collect();
     tls.max_early_data_size = 0;
     Ok(tls)
+}
+
+/// Creates `dir` (and its parents) if missing, the last one readable by its owner
+/// only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Writes `bytes` to a temporary file beside `path` with `mode`, then renames it to
+/// `path`: a relay stopped halfway leaves no half-written file under the name.
+fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("pem.new");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_certificate_is_made_once_and_the_same_at_every_start() {
+        let dir = std::env::temp_dir().join(format!("blindrelay-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = dir.join("state");
+        let first = RelayCertificate::kept_in(&state, &["localhost"]).unwrap();
+        assert!(first.made);
+        let again = RelayCertificate::kept_in(&state, &["other.example"]).unwrap();
+        assert!(
+            !again.made,
+            "the folder's certificate is reused, whatever the names"
+        );
+        assert_eq!(first.certificate.leaf(), again.certificate.leaf());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&state.join(KEPT_KEY_FILE)), 0o600);
+            assert_eq!(mode(&state), 0o700);
+        }
+        // Half a pair is an error to fix, not a reason to make a new identity.
+        std::fs::remove_file(state.join(KEPT_KEY_FILE)).unwrap();
+        assert!(RelayCertificate::kept_in(&state, &["localhost"]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

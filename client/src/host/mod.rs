@@ -183,6 +183,12 @@ impl std::fmt::Display for HostState {
             Self::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),
             Self::Registered => f.write_str("registered"),
             Self::Disabled => f.write_str("disabled"),
+            Self::RelayUntrusted { reason } if reason.contains(relay::PIN_MISMATCH) => write!(
+                f,
+                "relay certificate does not match the pin in the relay URL: the relay has \
+                 another certificate now (restarted without --state-dir or its certificate \
+                 files?); use the URL it prints now, or start it with the certificate it had"
+            ),
             Self::RelayUntrusted { reason } => write!(
                 f,
                 "relay certificate not trusted ({reason}): use the relay URL with ?pin=... \

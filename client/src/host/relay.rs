@@ -488,10 +488,11 @@ fn untrusted_certificate(err: &RegisterError) -> Option<String> {
         RegisterError::Relay(ConnectRelayError::TlsHandshake(error)) => error.to_string(),
         _ => return None,
     };
-    reason
-        .contains("invalid peer certificate")
-        .then_some(reason)
+    (reason.contains("invalid peer certificate") || reason.contains(PIN_MISMATCH)).then_some(reason)
 }
+
+/// What the relay URL's pin check says when the relay's certificate is another one.
+pub(crate) const PIN_MISMATCH: &str = "does not match the pin";
 
 /// `delay` give or take a fifth, so hosts told to come back at the same moment do not.
 fn jittered(delay: Duration) -> Duration {

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use blindrelay_relay::RelayCertificate;
 use blindrelay_tests::process::{binaries, Proc};
 use blindrelay_tests::Pattern;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,10 +121,8 @@ async fn quick_start_works_as_documented() {
     // Keys in a folder of their own, apart from the folder the service serves.
     let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).unwrap();
-    let (cert_pem, key_pem) = RelayCertificate::self_signed_pem(&["localhost"]).unwrap();
-    let (cert, relay_key) = (keys.join("relay.crt"), keys.join("relay.key"));
-    std::fs::write(&cert, cert_pem).unwrap();
-    std::fs::write(&relay_key, key_pem).unwrap();
+    // The relay keeps its certificate in a state folder from the first start on.
+    let state = dir.join("relay-state");
 
     let mut movie = vec![0u8; 24 << 20];
     Pattern::new(42).fill(&mut movie);
@@ -136,10 +133,8 @@ async fn quick_start_works_as_documented() {
         vec![
             "--listen".to_owned(),
             listen.to_owned(),
-            "--cert".to_owned(),
-            cert.display().to_string(),
-            "--key".to_owned(),
-            relay_key.display().to_string(),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
         ]
     };
     let args = relay_args("127.0.0.1:0");
@@ -239,7 +234,7 @@ async fn quick_start_works_as_documented() {
         assert_eq!(body, movie[a..=b]);
     }
 
-    // 5. The relay restarts with the same certificate files and address: the host
+    // 5. The relay restarts with the same state folder and address: the host
     //    registers again by itself and the same player keeps working.
     let port = url
         .trim_start_matches("blindrelay://127.0.0.1:")
@@ -253,7 +248,11 @@ async fn quick_start_works_as_documented() {
     let args = relay_args(&format!("127.0.0.1:{port}"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let relay = Proc::start(&bin.join("blindrelayd"), &args);
-    assert_eq!(relay.value("relay url"), url, "same certificate, same URL");
+    assert_eq!(
+        relay.value("relay url"),
+        url,
+        "the kept certificate, the same URL"
+    );
     host.wait_log("reachable through the relay");
     let (status, body) = get(listen, Some((5, 104))).await;
     assert!(status.contains("206"), "{status}");
@@ -1100,6 +1099,43 @@ fn a_relay_url_without_its_pin_and_a_silent_service_are_explained_at_start() {
     };
     assert!(
         state.starts_with("relay certificate not trusted") && state.contains("?pin="),
+        "{state}"
+    );
+    host.interrupt();
+    // The pin of another certificate (the relay restarted without its state folder,
+    // say): said as such, with what to do, not retried in silence.
+    let other = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let other_pin = other
+        .value("relay url")
+        .split_once('?')
+        .unwrap()
+        .1
+        .to_owned();
+    other.interrupt();
+    let repinned = format!("{unpinned}?{other_pin}");
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            key.to_str().unwrap(),
+            "--relay",
+            &repinned,
+            "--forward",
+            "127.0.0.1:9",
+        ],
+    );
+    host.value("host id");
+    host.value("ticket");
+    let state = loop {
+        let state = host.value("relay");
+        if !state.starts_with("connecting") {
+            break state;
+        }
+    };
+    assert!(
+        state.starts_with("relay certificate does not match the pin")
+            && state.contains("--state-dir"),
         "{state}"
     );
     host.interrupt();
