@@ -1183,3 +1183,44 @@ fn ended(connection: &quinn::Connection) -> RegistrationEnd {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake_failed(words: &str) -> RegisterError {
+        RegisterError::Relay(ConnectRelayError::TlsHandshake(std::io::Error::other(
+            words.to_owned(),
+        )))
+    }
+
+    #[test]
+    fn a_certificate_the_host_does_not_trust_is_told_apart_from_other_failures() {
+        for words in [
+            "invalid peer certificate: UnknownIssuer",
+            "unexpected error: relay certificate does not match the pin in the relay URL",
+        ] {
+            assert_eq!(
+                untrusted_certificate(&handshake_failed(words)).as_deref(),
+                Some(words),
+                "{words}"
+            );
+        }
+        for words in ["connection refused", "handshake timed out"] {
+            assert_eq!(
+                untrusted_certificate(&handshake_failed(words)),
+                None,
+                "{words}"
+            );
+        }
+        let refused = RegisterError::Refused {
+            code: ErrorCode::ProofFailed,
+            reason: "invalid peer certificate".to_owned(),
+        };
+        assert_eq!(
+            untrusted_certificate(&refused),
+            None,
+            "a refusal is no TLS failure"
+        );
+    }
+}

@@ -332,6 +332,62 @@ async fn a_redirect_says_nothing_about_whether_the_host_exists() {
     echo_session(&player(), &entering_at(&ticket, &pool.url(other)), 1, 4096).await;
 }
 
+/// A member that holds a host it does not own (registered there past the redirect
+/// limit, as while members' views disagree) serves it where it is, and still
+/// redirects a host it does not hold whether that host exists elsewhere or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_serves_a_host_it_holds_but_does_not_own() {
+    let pool = Pool::start(3).await;
+    let names = pool.names();
+    let key = host_key(8);
+    let host_id = key.host_id();
+    let owner = pool.owner_among(&host_id, &names);
+    let other = (owner + 1) % 3;
+    let connection = raw_connection(pool.relay(other)).await;
+    let ask = ControlMessage::connect(host_id).to_frame();
+    let before = raw_exchange(&connection, &ask, true)
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(before, ControlMessage::Redirect { .. }),
+        "{before:?}"
+    );
+
+    let held = raw_connection(pool.relay(other)).await;
+    let register = ControlMessage::Register {
+        host_id,
+        token: None,
+        redirects: placement::MAX_REDIRECTS,
+    };
+    let (verdict, _registration, _) = register_with(&held, register, &key, &held).await;
+    assert_eq!(verdict, ControlMessage::Registered, "served past the limit");
+    // Held here: the Connect is this member's to answer (a bare one, without its
+    // Noise hello, is refused for that), not redirected to the owner.
+    let after = raw_exchange(&connection, &ask, true)
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(
+            after,
+            ControlMessage::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "a held host is served where it is, got {after:?}"
+    );
+    // A host this member does not hold is sent on as before (to its owner, or, owned
+    // here, to the members ranked after this one).
+    let stranger = ControlMessage::connect(host_key(9).host_id()).to_frame();
+    let answer = raw_exchange(&connection, &stranger, true)
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(answer, ControlMessage::Redirect { .. }),
+        "{answer:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_member_hands_its_hosts_over_and_others_are_untouched() {
     const HOSTS: u8 = 30;
