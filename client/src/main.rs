@@ -1,9 +1,11 @@
 //! `blindrelay`: make a host or player identity, run a host, connect to one as a
-//! player, or, for a relay operator, make an issuer key and registration tokens.
+//! player, for a relay operator make an issuer key and registration tokens, or see
+//! it all work on one machine (`demo`).
 //!
 //! Results that scripts read go to stdout as `name: value` lines; logs go to stderr
 //! (`RUST_LOG` filters them).
 
+mod demo;
 mod panel;
 
 use std::net::SocketAddr;
@@ -151,6 +153,27 @@ enum Command {
         #[arg(long, default_value = "auto")]
         transport: TransportPreference,
     },
+    /// See it work: a relay, a host, a file server and a player on this machine, in
+    /// one process; fetches a film through them, prints the links (the player's, a
+    /// browser's, the host's panel), and runs until Ctrl-C.
+    Demo {
+        /// Where the relay's certificate, the host's key and the served film are
+        /// kept from one run to the next [default: $XDG_STATE_HOME/blindrelay/demo
+        /// or ~/.local/state/blindrelay/demo].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Serve this folder instead of the built-in film.
+        #[arg(long, value_name = "DIR", conflicts_with = "forward")]
+        serve: Option<PathBuf>,
+        /// Forward sessions to this service instead, such as a media server's HTTP
+        /// port (`127.0.0.1:8096` for Jellyfin).
+        #[arg(long, value_name = "ADDR", value_parser = parse_service)]
+        forward: Option<String>,
+        /// Fetch, check that it arrived byte-exact, and exit: 0 when it did, non-zero
+        /// with the reason otherwise.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -261,6 +284,9 @@ async fn main() -> Result<()> {
                 config.players = PlayerAuthorization::File(list);
             }
             let _pid_file = pid_file.map(PidFile::create).transpose()?;
+            // Listened for before anything is printed: a script that acts on our
+            // first lines may send it at once.
+            let stop = Stop::interrupt()?;
             host(
                 config,
                 HostRun {
@@ -270,7 +296,9 @@ async fn main() -> Result<()> {
                     panel,
                     relay_state,
                     players,
+                    registered: None,
                 },
+                stop,
             )
             .await
         }
@@ -315,7 +343,25 @@ async fn main() -> Result<()> {
             config.path = path;
             config.transport = transport;
             config.relay_delay = relay_delay;
-            connect(ticket, listen, config).await
+            let stop = Stop::interrupt()?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            connect(ticket, listener, config, stop).await
+        }
+        Command::Demo {
+            state_dir,
+            serve,
+            forward,
+            check,
+        } => {
+            let args = demo::DemoArgs {
+                state_dir,
+                serve,
+                forward,
+                check,
+            };
+            demo::demo(args, Stop::interrupt()?).await
         }
     }
 }
@@ -535,9 +581,11 @@ struct HostRun {
     relay_state: Option<PathBuf>,
     /// The authorized players file, if the host has one.
     players: Option<AuthorizedPlayers>,
+    /// Told the ticket once the host is first registered with its relay.
+    registered: Option<tokio::sync::oneshot::Sender<Ticket>>,
 }
 
-async fn host(config: HostConfig, run: HostRun) -> Result<()> {
+async fn host(config: HostConfig, run: HostRun, mut stop: Stop) -> Result<()> {
     let HostRun {
         forward,
         has_relay,
@@ -545,10 +593,10 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
         panel: panel_addr,
         relay_state,
         players,
+        mut registered,
     } = run;
     // Listened for before anything is printed: a script that acts on our first
-    // lines may send either at once.
-    let mut interrupt = Interrupt::new()?;
+    // lines may send it at once.
     let mut switch = RelaySwitch::new()?;
     let forward: std::sync::Arc<str> = forward.into();
     check_service(&forward).await;
@@ -612,6 +660,9 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
             shown = Some(now.clone());
             match &now {
                 HostState::Registered => {
+                    if let Some(registered) = registered.take() {
+                        let _ = registered.send(agent.ticket().clone());
+                    }
                     let transport = agent.relay_transport().map(|t| t.to_string());
                     info!(
                         transport,
@@ -656,7 +707,7 @@ async fn host(config: HostConfig, run: HostRun) -> Result<()> {
                     agent.set_token(token);
                 }
             }
-            () = interrupt.recv() => {
+            () = &mut stop => {
                 info!("shutting down");
                 agent.shutdown().await;
                 return Ok(());
@@ -948,6 +999,36 @@ impl Interrupt {
     }
 }
 
+/// When a command stops: at Ctrl-C, or, inside `blindrelay demo`, when the demo
+/// says so.
+struct Stop(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+impl Stop {
+    /// At the next Ctrl-C (SIGINT), listened for from now on.
+    fn interrupt() -> Result<Self> {
+        let mut interrupt = Interrupt::new()?;
+        Ok(Self(Box::pin(async move { interrupt.recv().await })))
+    }
+
+    /// Once `stopped` reads `true` (or its sender is gone).
+    fn when(mut stopped: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self(Box::pin(async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        }))
+    }
+}
+
+impl std::future::Future for Stop {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
 /// Enable Relay switched by signals: SIGUSR1 off, SIGUSR2 on (Unix only).
 struct RelaySwitch {
     #[cfg(unix)]
@@ -984,12 +1065,13 @@ impl RelaySwitch {
     }
 }
 
-async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Result<()> {
+async fn connect(
+    ticket: Ticket,
+    listener: TcpListener,
+    config: PlayerConfig,
+    mut stop: Stop,
+) -> Result<()> {
     let player = std::sync::Arc::new(Player::new(config));
-    let mut interrupt = Interrupt::new()?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
     println!("listening on: {}", listener.local_addr()?);
     // The host's owner lists this key to let the player in.
     println!("player key: {}", player.public_key());
@@ -1032,7 +1114,7 @@ async fn connect(ticket: Ticket, listen: SocketAddr, config: PlayerConfig) -> Re
                 });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            () = interrupt.recv() => {
+            () = &mut stop => {
                 info!("shutting down");
                 sessions.shutdown().await;
                 player.close().await;

@@ -1275,3 +1275,69 @@ fn a_public_name_on_a_self_signed_certificate_is_warned_about() {
     assert!(!url.contains("pin="), "{url}");
     relay.interrupt();
 }
+
+/// `blindrelay demo --check`: relay, host, file server and player in one process; the
+/// film arrives byte-exact through the relay, every link is printed, and a second run
+/// keeps the relay's identity (its pin) from the state folder. A service that does
+/// not answer fails the check with the reason and a non-zero exit.
+#[test]
+fn the_demo_fetches_its_film_through_the_relay_and_says_so() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.join("state");
+    let demo = |extra: &[&str]| {
+        let output = Command::new(bin.join("blindrelay"))
+            .args(["demo", "--check", "--state-dir", state.to_str().unwrap()])
+            .args(extra)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status, stdout, stderr)
+    };
+    let value = |stdout: &str, name: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name}: line in\n{stdout}"))
+            .to_owned()
+    };
+    let (status, stdout, stderr) = demo(&[]);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let check = value(&stdout, "check");
+    assert!(
+        check.starts_with("/blindrelay-demo.webm arrived byte-exact through the relay"),
+        "{check}"
+    );
+    assert!(value(&stdout, "player").starts_with("http://127.0.0.1:"));
+    assert!(value(&stdout, "panel").starts_with("http://127.0.0.1:"));
+    let web = value(&stdout, "web");
+    assert!(
+        web.starts_with("https://") && web.contains(".localhost:"),
+        "{web}"
+    );
+    let browser = value(&stdout, "browser");
+    assert!(
+        browser.starts_with("chromium --ignore-certificate-errors-spki-list=")
+            && browser.contains(&web),
+        "{browser}"
+    );
+    let pin = |stdout: &str| {
+        value(stdout, "relay url")
+            .split_once('?')
+            .unwrap()
+            .1
+            .to_owned()
+    };
+    let first_pin = pin(&stdout);
+
+    // The same relay identity the next time; a dead service is a failed check.
+    let (status, stdout, _) = demo(&["--forward", "127.0.0.1:9"]);
+    assert!(!status.success(), "{stdout}");
+    assert_eq!(pin(&stdout), first_pin, "the kept certificate");
+    let check = value(&stdout, "check");
+    assert!(check.starts_with("failed: "), "{check}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

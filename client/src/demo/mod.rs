@@ -1,0 +1,317 @@
+//! `blindrelay demo`: a relay, a host, a service and a player on this machine, in one
+//! process, and a file fetched through them, to see blindrelay work before reading
+//! how.
+//!
+//! Each part is the real one: the relay is the `Relay` that `blindrelayd` runs (its
+//! certificate kept in the demo's state folder, so its URL and links stay the same
+//! from one run to the next), the host and the player are `blindrelay host` and
+//! `blindrelay connect` (the same functions), and the service is a small file
+//! server on loopback, or the one given with `--forward`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use blindrelay_client::{HostConfig, PlayerConfig, RelayUrl, SecretKey, Ticket};
+use blindrelay_relay::{Relay, RelayCertificate, RelayConfig, KEPT_KEY_FILE};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tracing::info;
+
+use crate::Stop;
+
+mod files;
+
+/// The film the built-in service serves: twelve seconds of a test picture and a
+/// tone (VP9 and Opus in WebM, which every browser plays), made with ffmpeg's
+/// `testsrc2` and `sine` sources.
+const FILM: &[u8] = include_bytes!("../../assets/demo.webm");
+
+/// Its name on the built-in service.
+const FILM_NAME: &str = "blindrelay-demo.webm";
+
+/// The built-in service's page: the film, playing.
+const PAGE: &str = include_str!("../../assets/demo.html");
+
+/// How long the check waits for the host to be reachable and the file to arrive.
+const CHECK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a first fetch that fails is tried again: the host is registered by
+/// then, so this is only for a session set up while its relay connection settles.
+const RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// What `blindrelay demo` was asked.
+pub(crate) struct DemoArgs {
+    /// Where the relay's certificate, the host's key and the served files are kept.
+    pub state_dir: Option<PathBuf>,
+    /// Serve this folder instead of the built-in film.
+    pub serve: Option<PathBuf>,
+    /// Forward sessions to this service instead (a media server's port).
+    pub forward: Option<String>,
+    /// Fetch, check and exit instead of staying up.
+    pub check: bool,
+}
+
+/// What the check fetches, and what it must get.
+enum Sample {
+    /// A file of the served folder: its path on the service and its bytes.
+    File { path: String, bytes: Bytes },
+    /// A service of the user's own: its front page, whatever it holds.
+    FrontPage,
+}
+
+pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
+    let state = state_dir(args.state_dir)?;
+    // The relay, on loopback, with the certificate kept in the state folder.
+    let kept = RelayCertificate::kept_in(&state.join("relay"), &["localhost"])?;
+    let relay = Relay::spawn(RelayConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        kept.certificate,
+    ))
+    .context("starting the relay")?;
+    // Named `localhost`, not by its address: browsers reach each host's web origin
+    // as `<host id>.localhost`, which resolves to this machine.
+    let url = RelayUrl::new("localhost", relay.url().port(), relay.url().pin().cloned())
+        .context("the relay's URL")?;
+    println!("relay url: {url}");
+
+    // The service: the built-in file server, a folder of the user's, or theirs.
+    let (service, sample, _files) = match (&args.forward, &args.serve) {
+        (Some(_), Some(_)) => bail!("give --serve DIR or --forward ADDR, not both"),
+        (Some(forward), None) => (forward.clone(), Sample::FrontPage, None),
+        (None, serve) => {
+            let folder = match serve {
+                Some(folder) => folder.clone(),
+                None => write_film(&state.join("media"))?,
+            };
+            let sample = sample_file(&folder)?;
+            let files = files::FileServer::start(folder.clone()).await?;
+            println!(
+                "service: http://{} (the folder {})",
+                files.addr(),
+                folder.display()
+            );
+            (files.addr().to_string(), sample, Some(files))
+        }
+    };
+
+    // The host: `blindrelay host` with a key kept in the state folder and its panel.
+    let key = host_key(&state.join("host.key"))?;
+    let host_id = key.host_id();
+    let mut config = HostConfig::new(key, url.clone());
+    config.direct = None;
+    let (ticket_tx, ticket_rx) = oneshot::channel();
+    let run = crate::HostRun {
+        forward: service,
+        has_relay: true,
+        token_watch: crate::TokenWatch::open(None)?,
+        panel: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        relay_state: Some(state.join("host.relay-state")),
+        players: None,
+        registered: Some(ticket_tx),
+    };
+    let (stopping, stopped) = watch::channel(false);
+    let host = tokio::spawn(crate::host(config, run, Stop::when(stopped.clone())));
+    let ticket: Ticket = tokio::time::timeout(CHECK_PATIENCE, ticket_rx)
+        .await
+        .context("the host did not register with the relay in time")?
+        .context("the host stopped before it registered")?;
+
+    // The player: `blindrelay connect`, listening on loopback.
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let player_addr = listener.local_addr()?;
+    let player_key = SecretKey::generate()?;
+    let player = tokio::spawn(crate::connect(
+        ticket.clone(),
+        listener,
+        PlayerConfig::new(player_key),
+        Stop::when(stopped.clone()),
+    ));
+    let front = match &sample {
+        Sample::File { path, .. } if args.serve.is_none() => "/".to_owned(),
+        Sample::File { path, .. } => path.clone(),
+        Sample::FrontPage => "/".to_owned(),
+    };
+    println!("player: http://{player_addr}{front}");
+    if let Ok(link) = blindrelay_client::web_link(&url, &host_id).await {
+        // (The host printed it as `web:`.)
+        let link = format!("{link}#{ticket}");
+        if let Some(spki) = spki_hash(&state.join("relay").join(KEPT_KEY_FILE)) {
+            // A development relay's certificate is its own: this browser trusts it
+            // by its key's hash, and reaches `*.localhost` at the relay's address
+            // (it would try ::1 for WebTransport otherwise).
+            println!(
+                "browser: chromium --ignore-certificate-errors-spki-list={spki} \
+                 --host-resolver-rules='MAP *.localhost 127.0.0.1' '{link}'"
+            );
+        }
+    }
+
+    let checked = check(player_addr, &sample).await;
+    match &checked {
+        Ok(line) => println!("check: {line}"),
+        Err(err) => println!("check: failed: {err:#}"),
+    }
+    if !args.check {
+        if checked.is_ok() {
+            println!("demo: running; Ctrl-C stops it");
+        }
+        stop.await;
+    }
+    let _ = stopping.send(true);
+    let (hosted, played) = tokio::join!(host, player);
+    hosted.context("the host's task")??;
+    played.context("the player's task")??;
+    drop(relay);
+    checked.map(|_| ())
+}
+
+/// The state folder: the one given, else `$XDG_STATE_HOME/blindrelay/demo` or
+/// `~/.local/state/blindrelay/demo`.
+fn state_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = match given {
+        Some(dir) => dir,
+        None => {
+            let base = std::env::var_os("XDG_STATE_HOME")
+                .map(PathBuf::from)
+                .filter(|dir| dir.is_absolute())
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state"))
+                })
+                .context("no HOME to keep the demo's state in: give --state-dir DIR")?;
+            base.join("blindrelay").join("demo")
+        }
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot make the state folder {}", dir.display()))?;
+    println!("state: {}", dir.display());
+    Ok(dir)
+}
+
+/// The host's key in `path`, made there on the first run.
+fn host_key(path: &Path) -> Result<SecretKey> {
+    if !path.exists() {
+        let key = SecretKey::generate()?;
+        crate::write_private(path, key.to_key_file().as_bytes(), false)?;
+    }
+    crate::read_key(path)
+}
+
+/// Writes the built-in film and its page into `folder`; returns the folder.
+fn write_film(folder: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(folder).with_context(|| format!("cannot make {}", folder.display()))?;
+    std::fs::write(folder.join(FILM_NAME), FILM)?;
+    std::fs::write(folder.join("index.html"), PAGE)?;
+    Ok(folder.to_owned())
+}
+
+/// What the check fetches from `folder`: the built-in film, or the largest file
+/// directly in it.
+fn sample_file(folder: &Path) -> Result<Sample> {
+    let mut largest: Option<(u64, String)> = None;
+    let entries = std::fs::read_dir(folder)
+        .with_context(|| format!("cannot read the folder {}", folder.display()))?;
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        // Names a URL path carries as they are.
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        let larger = largest.as_ref().is_none_or(|(len, _)| meta.len() > *len);
+        if meta.is_file() && plain && !name.starts_with('.') && larger {
+            largest = Some((meta.len(), name));
+        }
+    }
+    let (_, name) =
+        largest.with_context(|| format!("{} holds no file to fetch", folder.display()))?;
+    let bytes = std::fs::read(folder.join(&name))?;
+    Ok(Sample::File {
+        path: format!("/{name}"),
+        bytes: bytes.into(),
+    })
+}
+
+/// Fetches the sample through the player and says how it went.
+async fn check(player: SocketAddr, sample: &Sample) -> Result<String> {
+    let path = match sample {
+        Sample::File { path, .. } => path.as_str(),
+        Sample::FrontPage => "/",
+    };
+    let started = Instant::now();
+    // The host may still be finishing its first registration's round trips: a
+    // session refused meanwhile is tried again, within the patience.
+    let (status, body) = loop {
+        match fetch(player, path).await {
+            Ok(answer) => break answer,
+            Err(err) if started.elapsed() < RETRY_FOR => {
+                info!(%err, "the first fetch failed; trying again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    };
+    let took = started.elapsed();
+    match sample {
+        Sample::File { bytes, .. } => {
+            if !status.contains(" 200") {
+                bail!("{path}: the service answered {status:?}");
+            }
+            if body != *bytes {
+                bail!(
+                    "{path}: {} bytes arrived, not the {} bytes of the file",
+                    body.len(),
+                    bytes.len()
+                );
+            }
+            let mbit = body.len() as f64 * 8.0 / took.as_secs_f64().max(1e-6) / 1e6;
+            Ok(format!(
+                "{path} arrived byte-exact through the relay, end-to-end encrypted: {} bytes in {:.2} s ({mbit:.0} Mbit/s)",
+                body.len(),
+                took.as_secs_f64()
+            ))
+        }
+        Sample::FrontPage => Ok(format!(
+            "/ answered through the relay, end-to-end encrypted: {status} ({} bytes in {:.2} s)",
+            body.len(),
+            took.as_secs_f64()
+        )),
+    }
+}
+
+/// One HTTP/1.1 GET of `path` through the player at `player`: the status line and
+/// the body, read to the end of the connection.
+async fn fetch(player: SocketAddr, path: &str) -> Result<(String, Bytes)> {
+    let mut tcp = TcpStream::connect(player).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(CHECK_PATIENCE, tcp.read_to_end(&mut response))
+        .await
+        .context("the answer did not arrive in time")??;
+    let head_end = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .context("no HTTP answer came through the player")?;
+    let status = String::from_utf8_lossy(&response[..head_end])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, Bytes::copy_from_slice(&response[head_end + 4..])))
+}
+
+/// The base64 SHA-256 of the public key in the PEM key file at `path`, as Chromium's
+/// `--ignore-certificate-errors-spki-list` takes it.
+fn spki_hash(path: &Path) -> Option<String> {
+    let pem = std::fs::read_to_string(path).ok()?;
+    let key = rcgen::KeyPair::from_pem(&pem).ok()?;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &spki);
+    Some(data_encoding::BASE64.encode(digest.as_ref()))
+}
