@@ -73,6 +73,8 @@ async function watchTheFilm(transport) {
 
     context = await launch(work, originUrl);
     page = context.pages()[0] ?? (await context.newPage());
+    const pageErrors = [];
+    page.on("pageerror", (err) => pageErrors.push(err.message));
     const shot = (name) => page.screenshot({ path: path.join(shots, name), fullPage: true });
     const state = (name) => page.locator(`body[data-state="${name}"]`).waitFor();
 
@@ -117,6 +119,26 @@ async function watchTheFilm(transport) {
     );
     await shot("playing.png");
     console.log(`screenshot of the playing page: ${path.join(shots, "playing.png")}`);
+
+    // A seek storm, as a person dragging the bar: each seek abandons a request's
+    // stream with its code and opens another; nothing throws, and playback goes on.
+    await page.evaluate(async () => {
+      const v = document.getElementById("film");
+      for (let i = 0; i < 40; i++) {
+        v.currentTime = 5 + ((i * 7.3) % 50);
+        await new Promise((resolve) => setTimeout(resolve, 40));
+      }
+    });
+    const afterStorm = await page.evaluate(() => document.getElementById("film").currentTime);
+    await page.waitForFunction(
+      (from) => {
+        const v = document.getElementById("film");
+        return v.currentTime > from + 1 && !v.paused && !v.error;
+      },
+      afterStorm,
+      { timeout: WAIT_MS * 2 },
+    );
+    assert.deepEqual(pageErrors, [], "the page threw nothing while it played and seeked");
 
     // A Range request crosses as it is, and the answer is nginx's 206.
     const range = await page.evaluate(async () => {

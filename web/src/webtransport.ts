@@ -33,10 +33,22 @@ export interface WebTransportLike {
 
 /** The error a stream is abandoned with: a `WebTransportError` carrying `code` where the environment has one. */
 export function streamAbortReason(code: number): Error {
-  const Ctor = (globalThis as { WebTransportError?: new (message?: string, init?: { streamErrorCode?: number }) => Error })
-    .WebTransportError;
-  if (Ctor !== undefined) return new Ctor(`stream code 0x${code.toString(16)}`, { streamErrorCode: code });
-  return Object.assign(new Error(`stream code 0x${code.toString(16)}`), { name: "WebTransportError", streamErrorCode: code });
+  const message = `stream code 0x${code.toString(16)}`;
+  const Ctor = (globalThis as { WebTransportError?: new (...args: unknown[]) => Error }).WebTransportError;
+  if (Ctor !== undefined) {
+    // Chromium's constructor takes one dictionary, and throws a TypeError for the
+    // specification's (message, options): each shape is tried, and kept only if
+    // the error it makes carries the code.
+    for (const args of [[{ message, streamErrorCode: code }], [message, { streamErrorCode: code }]]) {
+      try {
+        const err = new Ctor(...args);
+        if ((err as { streamErrorCode?: unknown }).streamErrorCode === code) return err;
+      } catch {
+        // The other shape.
+      }
+    }
+  }
+  return Object.assign(new Error(message), { name: "WebTransportError", streamErrorCode: code });
 }
 
 /**

@@ -11,6 +11,7 @@ import { StreamCode } from "../build/codes.js";
 import { FrameType, publicKey } from "../build/noise.js";
 import { connectPlayer } from "../build/session.js";
 import { RelayTransports, parseInfo } from "../build/transport.js";
+import { streamAbortReason, streamCodeOf } from "../build/webtransport.js";
 import { SocketPair, TestHost } from "./support/host.mjs";
 
 const PLAYER = new Uint8Array(32).fill(0x11);
@@ -308,5 +309,36 @@ test("webtransport.json is checked before it is used", () => {
     { url: INFO.url, serverCertificateHashes: [null] },
   ]) {
     assert.throws(() => parseInfo(bad), { name: "SessionError", kind: "connection" }, JSON.stringify(bad));
+  }
+});
+
+test("a stream is abandoned with its code whichever WebTransportError constructor the browser has", () => {
+  const before = globalThis.WebTransportError;
+  // Chromium's: one dictionary; two arguments are a TypeError.
+  class Dictionary extends Error {
+    constructor(init, ...rest) {
+      if (rest.length > 0 || typeof init !== "object") throw new TypeError("not a WebTransportErrorInit");
+      super(init.message);
+      this.name = "WebTransportError";
+      this.streamErrorCode = init.streamErrorCode;
+    }
+  }
+  // The specification's: (message, options).
+  class Specification extends Error {
+    constructor(message, options = {}) {
+      super(message);
+      this.name = "WebTransportError";
+      this.streamErrorCode = options.streamErrorCode ?? null;
+    }
+  }
+  try {
+    for (const Ctor of [Dictionary, Specification, undefined]) {
+      globalThis.WebTransportError = Ctor;
+      const err = streamAbortReason(StreamCode.CANCELLED);
+      assert.equal(streamCodeOf(err), StreamCode.CANCELLED, Ctor?.name ?? "none");
+      if (Ctor !== undefined) assert.ok(err instanceof Ctor, Ctor.name);
+    }
+  } finally {
+    globalThis.WebTransportError = before;
   }
 });
