@@ -215,8 +215,27 @@ enum TokenCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Runs the command; an error is printed as its chain of causes, one line, without
+/// a backtrace even where `RUST_BACKTRACE` is set (a developer's machine often has
+/// it): what went wrong and what to do, not where in the code.
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("Error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour codes only where a person reads them, not in files or journals.
@@ -278,6 +297,15 @@ async fn main() -> Result<()> {
             config.token = token.or_else(|| token_watch.current().cloned());
             let mut players = None;
             if let Some(path) = authorized_players {
+                if !path.exists() {
+                    // A new host's list: made empty, to fill from the panel or by hand.
+                    write_private(&path, AUTHORIZED_PLAYERS_HEADER.as_bytes(), false)?;
+                    println!(
+                        "authorized players: made {} (empty: every player is refused until \
+                         its key is added, here or in the panel)",
+                        path.display()
+                    );
+                }
                 let list = AuthorizedPlayers::open(&path)?;
                 info!(path = %path.display(), players = list.len(), "serving only authorized players");
                 players = Some(list.clone());
@@ -567,6 +595,12 @@ fn check_panel_addr(addr: SocketAddr, allow_remote: bool) -> Result<()> {
     Ok(())
 }
 
+/// What a list of authorized players made by `blindrelay host` starts with.
+const AUTHORIZED_PLAYERS_HEADER: &str = "\
+# The players this host serves: one player key per line (as `blindrelay connect`
+# or the browser page prints it), then an optional `# note`. Re-read when it changes.
+";
+
 /// How `blindrelay host` runs, beside the agent's own config.
 struct HostRun {
     /// The local service sessions are forwarded to.
@@ -670,7 +704,13 @@ async fn host(config: HostConfig, run: HostRun, mut stop: Stop) -> Result<()> {
                     )
                 }
                 HostState::Connecting { attempt } => info!(attempt, "relay state: connecting"),
-                HostState::Disabled => info!("relay state: disabled; reachable only directly"),
+                HostState::Disabled if agent.direct_addr().is_some() => {
+                    info!("relay state: disabled; reachable only directly")
+                }
+                HostState::Disabled => warn!(
+                    "relay state: disabled, and no direct listener: unreachable until Enable \
+                     Relay is on again (the panel's switch, or SIGUSR2)"
+                ),
                 HostState::Stopped { .. } => break now,
                 _ => {}
             }

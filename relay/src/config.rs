@@ -313,7 +313,18 @@ impl ConfigFile {
 
     /// Parses the text of a config file.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|err| err.to_string())
+        toml::from_str(text).map_err(|err| {
+            let message = err.to_string();
+            // `listen = 127.0.0.1:4433` reads to TOML as a broken number.
+            if message.contains("invalid float") || message.contains("invalid number") {
+                format!(
+                    "{message}\naddresses, sizes, rates and durations are TOML strings: \
+                     put them in quotes (listen = \"127.0.0.1:4433\", drain_timeout = \"30s\")"
+                )
+            } else {
+                message
+            }
+        })
     }
 
     /// The limits the file sets (defaults for what it leaves out).
@@ -333,6 +344,15 @@ impl ConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_without_quotes_is_told_to_take_them() {
+        let err = ConfigFile::parse("listen = 127.0.0.1:4433\n").unwrap_err();
+        assert!(err.contains("put them in quotes"), "{err}");
+        let err = ConfigFile::parse("drain_timeout = 30 s\n").unwrap_err();
+        assert!(!err.is_empty());
+        assert!(ConfigFile::parse("listen = \"127.0.0.1:4433\"\n").is_ok());
+    }
 
     #[test]
     fn a_full_file_parses() {

@@ -289,8 +289,27 @@ limit_flags! {
     hosts_burst: ByteSize => hosts.burst, "BLINDRELAY_HOSTS_BURST";
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Runs the command; an error is printed as its chain of causes, one line, without
+/// a backtrace even where `RUST_BACKTRACE` is set (a developer's machine often has
+/// it): what went wrong and what to do, not where in the code.
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("Error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let args = parse_args();
     let file = match &args.config {
         Some(path) => ConfigFile::load(path)?,

@@ -28,12 +28,15 @@ use crate::{admin, admission, connection, pool, privacy};
 #[non_exhaustive]
 pub enum RelayError {
     /// The UDP socket or the TCP listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({protocol}): {error}{}", bind_hint(.protocol, error))]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
-        /// The operating system's reason.
-        source: std::io::Error,
+        /// `UDP` (QUIC) or `TCP` (TLS over TCP, WebSocket, the web side).
+        protocol: &'static str,
+        /// The operating system's reason (in the message: not a source, so that an
+        /// error chain says it once).
+        error: std::io::Error,
     },
     /// The TLS configuration was refused.
     #[error(transparent)]
@@ -121,13 +124,15 @@ impl Relay {
             socket,
             Arc::new(quinn::TokioRuntime),
         )
-        .map_err(|source| RelayError::Bind {
+        .map_err(|error| RelayError::Bind {
             addr: config.listen,
-            source,
+            protocol: "UDP",
+            error,
         })?;
-        let local_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
+        let local_addr = endpoint.local_addr().map_err(|error| RelayError::Bind {
             addr: config.listen,
-            source,
+            protocol: "UDP",
+            error,
         })?;
         let url = config.url(local_addr)?;
         let admin_listener = match config.admin {
@@ -443,6 +448,22 @@ impl RelayCloser {
     }
 }
 
+/// What to do when a port is taken: the TCP listener shares the QUIC port's number
+/// by default, and another program (a web server, say) may hold it for TCP only.
+fn bind_hint(protocol: &str, error: &std::io::Error) -> &'static str {
+    match (protocol, error.kind()) {
+        ("TCP", std::io::ErrorKind::AddrInUse) => {
+            "; another program holds that TCP port: give the TCP listener another \
+             one (--listen-tcp ADDR) or turn it off (--listen-tcp off)"
+        }
+        ("UDP", std::io::ErrorKind::AddrInUse) => {
+            "; another program (another relay?) holds that UDP port: give --listen \
+             another address"
+        }
+        _ => "",
+    }
+}
+
 /// Binds the admin listener's TCP socket.
 fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, RelayError> {
     let admin_error = |source| RelayError::Admin { addr, source };
@@ -470,9 +491,10 @@ fn bind_sockets(
         let udp = bind_udp(config.listen)?;
         let port = udp
             .local_addr()
-            .map_err(|source| RelayError::Bind {
+            .map_err(|error| RelayError::Bind {
                 addr: config.listen,
-                source,
+                protocol: "UDP",
+                error,
             })?
             .port();
         match bind_tcp(SocketAddr::new(tcp_addr.ip(), port)) {
@@ -488,7 +510,11 @@ fn bind_sockets(
 /// Binds the TLS-over-TCP listener.
 fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, RelayError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let bind_error = |source| RelayError::Bind { addr, source };
+    let bind_error = |error| RelayError::Bind {
+        addr,
+        protocol: "TCP",
+        error,
+    };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(bind_error)?;
     if addr.is_ipv6() {
@@ -510,7 +536,11 @@ const TCP_BACKLOG: i32 = 1024;
 /// the default ~208 KiB receive buffer, and every loss costs a congestion back-off.
 fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, RelayError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let bind_error = |source| RelayError::Bind { addr, source };
+    let bind_error = |error| RelayError::Bind {
+        addr,
+        protocol: "UDP",
+        error,
+    };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_error)?;
     if addr.is_ipv6() {

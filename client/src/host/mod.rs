@@ -199,6 +199,15 @@ impl std::fmt::Display for HostState {
             {
                 f.write_str("token expired")
             }
+            Self::TokenRefused { code, .. }
+                if *code == blindrelay_protocol::ErrorCode::TokenRequired =>
+            {
+                f.write_str(
+                    "token required: this relay admits only hosts with a registration \
+                     token; ask its operator for one and give it with --token-file FILE \
+                     (or --token)",
+                )
+            }
             Self::TokenRefused { code, reason } => write!(f, "token refused: {code} ({reason})"),
             Self::Stopped { reason } => write!(f, "stopped ({reason})"),
         }

@@ -183,7 +183,11 @@ pub(super) async fn run_relay(
         if !*control.enabled.borrow_and_update() {
             backoff.reset();
             control.state.send_replace(HostState::Disabled);
-            info!("relay disabled: reachable only directly");
+            if config.direct.is_some() {
+                info!("relay disabled: reachable only directly");
+            } else {
+                warn!("relay disabled, and no direct listener: unreachable until Enable Relay is on again");
+            }
             tokio::select! {
                 on = control.enabled.wait_for(|on| *on) => if on.is_err() {
                     return RelaySideEnd::Shutdown;

@@ -574,7 +574,7 @@ async fn a_relay_that_requires_tokens_admits_only_hosts_with_one() {
     refused.value("ticket");
     let state = relay_states(&refused);
     assert!(
-        state.starts_with("token refused") && state.contains("token required"),
+        state.starts_with("token required") && state.contains("--token-file FILE"),
         "{state}"
     );
 
@@ -1339,5 +1339,79 @@ fn the_demo_fetches_its_film_through_the_relay_and_says_so() {
     assert_eq!(pin(&stdout), first_pin, "the kept certificate");
     let check = value(&stdout, "check");
     assert!(check.starts_with("failed: "), "{check}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The dead ends a new user met, each with what to do: an error is one line without a
+/// backtrace even under `RUST_BACKTRACE=1`; a relay whose port another program holds
+/// for TCP says which protocol and how to move it, once; a host given a list of
+/// authorized players that does not exist yet makes it, and says so.
+#[test]
+fn dead_ends_say_what_to_do() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-dead-ends-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let missing = Command::new(bin.join("blindrelay"))
+        .args([
+            "host",
+            "--key",
+            dir.join("no.key").to_str().unwrap(),
+            "--direct",
+            "127.0.0.1:0",
+            "--forward",
+            "127.0.0.1:9",
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.matches("Error: ").count(), 1, "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+
+    // A TCP port taken by something else, its UDP port free.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let relay = Command::new(bin.join("blindrelayd"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!relay.status.success());
+    let stderr = String::from_utf8_lossy(&relay.stderr);
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port} (TCP)")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--listen-tcp"), "{stderr}");
+    assert_eq!(stderr.matches("in use").count(), 1, "said once: {stderr}");
+    drop(taken);
+
+    let key = keygen(&bin, &dir);
+    let list = dir.join("authorized_players");
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            key.to_str().unwrap(),
+            "--direct",
+            "127.0.0.1:0",
+            "--forward",
+            "127.0.0.1:9",
+            "--authorized-players",
+            list.to_str().unwrap(),
+        ],
+    );
+    let made = host.value("authorized players");
+    assert!(
+        made.starts_with(&format!("made {}", list.display())),
+        "{made}"
+    );
+    host.value("host id");
+    let text = std::fs::read_to_string(&list).unwrap();
+    assert!(text.lines().all(|line| line.starts_with('#')), "{text}");
+    host.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
