@@ -172,6 +172,53 @@ function transportWords(setting: TransportSetting, transports: RelayTransports):
   }
 }
 
+/** How long the browser gets to start the service worker before the page says it did not. */
+export const SERVICE_WORKER_PATIENCE_MS = 10_000;
+
+/**
+ * Installs the service worker for the whole origin and waits until it controls the
+ * page: `"started"`, or why not (the browser's error, or `"timeout"` when it never
+ * started, which is what Chromium does on a site whose certificate it does not
+ * trust: no error reaches the page, only the console).
+ */
+export async function startServiceWorker(
+  container: ServiceWorkerContainer,
+  patienceMs = SERVICE_WORKER_PATIENCE_MS,
+): Promise<"started" | "timeout" | Error> {
+  const controlled = new Promise<void>((resolve) => {
+    if (container.controller !== null) resolve();
+    else container.addEventListener("controllerchange", () => resolve(), { once: true });
+  });
+  const starting = (async (): Promise<"started"> => {
+    const registration = await container.register("/.blindrelay/sw.js", { scope: "/", updateViaCache: "none" });
+    await container.ready;
+    // A worker already in control may hold a previous ticket's sessions.
+    (container.controller ?? registration.active)?.postMessage({ type: "reload" });
+    await controlled;
+    return "started";
+  })().catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"timeout">((resolve) => {
+    timer = setTimeout(() => resolve("timeout"), patienceMs);
+  });
+  try {
+    return await Promise.race([starting, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** What to do when the browser would not start the player's service worker. */
+export function serviceWorkerRefusedWords(outcome: "timeout" | Error): string {
+  const why = outcome === "timeout" ? "It gave no reason in " + SERVICE_WORKER_PATIENCE_MS / 1000 + " s." : `It said: ${outcome.message}`;
+  return (
+    `${why} Browsers run the player only on a site whose certificate they trust, and a development ` +
+    "relay's own certificate is not: use a relay with a certificate from a CA, or start Chromium with " +
+    "--ignore-certificate-errors-spki-list=<the hash of the relay's key> (blindrelay demo prints the whole command), " +
+    "not by clicking past the browser's warning."
+  );
+}
+
 /** Installs the service worker for the whole origin and hands over to the host's web app. */
 async function start(): Promise<void> {
   const container = navigator.serviceWorker as ServiceWorkerContainer | undefined;
@@ -180,16 +227,12 @@ async function start(): Promise<void> {
     return;
   }
   show("starting", "Starting the player…");
-  const controlled = new Promise<void>((resolve) => {
-    if (container.controller !== null) resolve();
-    else container.addEventListener("controllerchange", () => resolve(), { once: true });
-  });
-  const registration = await container.register("/.blindrelay/sw.js", { scope: "/", updateViaCache: "none" });
-  await container.ready;
-  // A worker already in control may hold a previous ticket's sessions.
-  (container.controller ?? registration.active)?.postMessage({ type: "reload" });
-  await controlled;
-  location.replace("/");
+  const outcome = await startServiceWorker(container);
+  if (outcome === "started") {
+    location.replace("/");
+    return;
+  }
+  show("no-service-worker", "The browser did not start the player.", serviceWorkerRefusedWords(outcome));
 }
 
 // Only as the player page: a module imported elsewhere (a test, a benchmark, a

@@ -1,0 +1,49 @@
+// The player page's hand-over to its service worker (src/page.ts): a browser that
+// never starts it, or refuses it, leaves the page saying what to do, not "Starting
+// the player…" for ever.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { serviceWorkerRefusedWords, startServiceWorker } from "../build/page.js";
+
+/** A stand-in for `navigator.serviceWorker`: `register` does what `behaviour` says. */
+function container(behaviour) {
+  const listeners = [];
+  const self = {
+    controller: null,
+    ready: new Promise(() => {}),
+    addEventListener: (_type, listener) => listeners.push(listener),
+    register: async () => {
+      if (behaviour === "refuse") {
+        throw Object.assign(new Error("An SSL certificate error occurred when fetching the script."), { name: "SecurityError" });
+      }
+      if (behaviour === "start") {
+        const active = { postMessage: () => {} };
+        self.ready = Promise.resolve({ active });
+        setTimeout(() => {
+          self.controller = active;
+          for (const listener of listeners) listener();
+        }, 5);
+        return { active };
+      }
+      return { active: null };
+    },
+  };
+  return self;
+}
+
+test("a service worker the browser starts hands over", async () => {
+  assert.equal(await startServiceWorker(container("start"), 2000), "started");
+});
+
+test("one the browser never starts, or refuses, is said with what to do", async () => {
+  const silent = await startServiceWorker(container("hang"), 50);
+  assert.equal(silent, "timeout");
+  const refused = await startServiceWorker(container("refuse"), 2000);
+  assert.ok(refused instanceof Error && refused.message.includes("SSL certificate"), String(refused));
+  for (const outcome of [silent, refused]) {
+    const words = serviceWorkerRefusedWords(outcome);
+    assert.match(words, /--ignore-certificate-errors-spki-list/);
+    assert.match(words, /certificate from a CA/);
+  }
+});
