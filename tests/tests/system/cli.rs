@@ -1339,6 +1339,20 @@ fn the_demo_fetches_its_film_through_the_relay_and_says_so() {
     assert_eq!(pin(&stdout), first_pin, "the kept certificate");
     let check = value(&stdout, "check");
     assert!(check.starts_with("failed: "), "{check}");
+
+    // Without --check it stays up, and Ctrl-C stops relay, host and player at once.
+    let running = Proc::start(
+        &bin.join("blindrelay"),
+        &["demo", "--state-dir", state.to_str().unwrap()],
+    );
+    running.wait_line("demo: running; Ctrl-C stops it");
+    let interrupted = std::time::Instant::now();
+    running.interrupt();
+    assert!(
+        interrupted.elapsed() < std::time::Duration::from_secs(5),
+        "stopped in {:?}",
+        interrupted.elapsed()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
