@@ -1396,6 +1396,83 @@ mod tests {
             connection.closed().await,
             ConnectionError::Protocol(_)
         ));
+        // Over: this end lets go of the socket, though every handle is still held.
+        use tokio::io::AsyncReadExt as _;
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
+            .await
+            .expect("the connection is let go")
+            .expect("read to its end");
+    }
+
+    /// A connection that failed on this end's side (here: its writes timed out) stops
+    /// reading at once, though every handle is still held: what the peer sends then
+    /// finds nobody, instead of filling a queue nobody will read.
+    #[tokio::test]
+    async fn a_connection_whose_writes_failed_stops_reading() {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut raw, other) = tokio::io::duplex(1024);
+        let config = Config {
+            write_timeout: Duration::from_millis(100),
+            ..Config::default()
+        };
+        let (mut send, _recv, connection) = framed(other, config);
+        // The peer reads nothing: the write times out and fails the connection.
+        let _ = send.write_all(&[0x55; 64 << 10]).await;
+        assert!(
+            matches!(connection.closed().await, ConnectionError::WriteStalled),
+            "{:?}",
+            connection.close_reason()
+        );
+        let mut data = BytesMut::new();
+        for _ in 0..64 {
+            StreamFrame::Data(Bytes::from_static(&[0x42; 1024])).encode(&mut data);
+        }
+        let sent = tokio::time::timeout(Duration::from_secs(5), raw.write_all(&data)).await;
+        assert!(
+            matches!(sent, Ok(Err(_))),
+            "the peer's bytes should find the connection let go, got {sent:?}"
+        );
+    }
+
+    /// What the peer still sends once this end is done is read and discarded until
+    /// the peer stops (a TCP socket closed with unread bytes resets, and the peer
+    /// loses this end's last frames): after every handle is dropped, and after a
+    /// close of this end's own while handles remain.
+    #[tokio::test]
+    async fn a_connection_this_end_is_done_with_reads_on_until_its_peer_stops() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for how in ["dropped", "closed"] {
+            let (mut raw, other) = tokio::io::duplex(1024);
+            let (send, recv, connection) = framed(other, Config::default());
+            let held = match how {
+                "dropped" => {
+                    drop((send, recv, connection));
+                    None
+                }
+                _ => {
+                    connection.close(CloseCode::from_u32(7), "done");
+                    Some((send, recv, connection))
+                }
+            };
+            // 64 KiB through a 1 KiB pipe: only a reader that drains takes it.
+            let flood = async {
+                for _ in 0..16 {
+                    raw.write_all(&[0u8; 4096]).await?;
+                }
+                raw.shutdown().await
+            };
+            tokio::time::timeout(Duration::from_secs(5), flood)
+                .await
+                .unwrap_or_else(|_| panic!("{how}: the reader stopped taking bytes"))
+                .unwrap_or_else(|err| panic!("{how}: the connection was let go early: {err}"));
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
+                .await
+                .unwrap_or_else(|_| panic!("{how}: let go once the peer stopped"))
+                .expect("read to its end");
+            drop(held);
+        }
     }
 
     #[tokio::test]

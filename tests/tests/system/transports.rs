@@ -357,6 +357,14 @@ async fn a_host_on_tcp_moves_back_to_quic_once_udp_gets_through_and_keeps_its_se
     let mut agent = HostAgent::start(config).expect("host agent starts");
     wait_for_state(&agent, |state| *state == HostState::Registered).await;
     assert_eq!(agent.relay_transport(), Some(RelayTransport::Tcp));
+    // Beside it, a host told to use TCP: it never probes for QUIC.
+    let mut config = host_config(SecretKey::generate().unwrap(), &network.url);
+    config.quic_probe_interval = Duration::from_millis(300);
+    config.transport = TransportPreference::Tcp;
+    let on_tcp = HostAgent::start(config).expect("host agent starts");
+    wait_for_state(&on_tcp, |state| *state == HostState::Registered).await;
+    let mut stays = on_tcp.watch_relay_transport();
+    stays.borrow_and_update();
     let player = player_over(TransportPreference::Quic);
     let direct_ticket =
         blindrelay_protocol::Ticket::new(*agent.host_id(), relay.url().clone(), vec![])
@@ -378,13 +386,20 @@ async fn a_host_on_tcp_moves_back_to_quic_once_udp_gets_through_and_keeps_its_se
     .expect("moved to QUIC in time")
     .expect("agent running");
     assert_eq!(agent.state(), HostState::Registered);
+    // Three more probe intervals: the host told to use TCP is still on it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        !stays.has_changed().unwrap(),
+        "the TCP host's transport changed"
+    );
+    assert_eq!(on_tcp.relay_transport(), Some(RelayTransport::Tcp));
     let (after, after_host) = tokio::join!(player.connect(&direct_ticket), agent.accept());
     let (after, after_host) = (after.expect("connects"), after_host.expect("accepts"));
     assert_eq!(after_host.relay_transport(), Some(RelayTransport::Quic));
     // The session from before the move goes on, byte-exact, on its own connection.
     both_ways(before, before_host, 4 << 20).await;
     both_ways(after, after_host, 1 << 20).await;
-    assert_eq!(relay.stats().registered_hosts, 1);
+    assert_eq!(relay.stats().registered_hosts, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
