@@ -6,6 +6,7 @@
 //! (`RUST_LOG` filters them).
 
 mod demo;
+mod host_file;
 mod panel;
 
 use std::net::SocketAddr;
@@ -69,65 +70,90 @@ enum Command {
     /// switches it on again. The relay state is printed on stdout (`relay: ...`) and
     /// logged at every change.
     Host {
-        /// The host's secret key (from `blindrelay keygen`).
+        /// A TOML file with any of the settings below, for a host run as a service
+        /// (docs/configuration.md, "The host's config file"). A flag beats its
+        /// environment variable (named beside it), which beats the file.
+        #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Check the settings from flags, environment and file, print them, and exit.
         #[arg(long)]
-        key: PathBuf,
+        check_config: bool,
+        /// The host's secret key (from `blindrelay keygen`).
+        #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_KEY")]
+        key: Option<PathBuf>,
+        /// Make the --key file when it does not exist yet, as a service's first start
+        /// needs (its host id is printed as always).
+        #[arg(long, env = "BLINDRELAY_HOST_MAKE_KEY", value_name = "BOOL", num_args = 0..=1,
+              require_equals = true, default_missing_value = "true",
+              value_parser = clap::builder::BoolishValueParser::new())]
+        make_key: Option<bool>,
         /// The relay URL (as `blindrelayd` prints it). Without it the host is
         /// reachable only directly.
-        #[arg(long)]
+        #[arg(long, env = "BLINDRELAY_HOST_RELAY")]
         relay: Option<RelayUrl>,
         /// Local TCP service that sessions are forwarded to, e.g. a media server:
         /// `HOST:PORT`, where HOST is an address or a name (resolved at each session,
         /// so `localhost:8096` follows whatever it resolves to).
-        #[arg(long, value_name = "HOST:PORT", value_parser = parse_service)]
-        forward: String,
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_service, env = "BLINDRELAY_HOST_FORWARD")]
+        forward: Option<String>,
         /// Also listen for players directly (QUIC on this UDP address; port 0 picks
         /// one). Its address goes into the ticket.
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", env = "BLINDRELAY_HOST_DIRECT")]
         direct: Option<SocketAddr>,
-        /// Direct address to put in the ticket instead of the bound one (repeatable;
-        /// for a forwarded port or a host bound to 0.0.0.0).
-        #[arg(long, value_name = "ADDR", requires = "direct")]
+        /// Direct address to put in the ticket instead of the bound one (repeatable,
+        /// or comma-separated; for a forwarded port or a host bound to 0.0.0.0).
+        #[arg(
+            long,
+            value_name = "ADDR",
+            value_delimiter = ',',
+            env = "BLINDRELAY_HOST_ADVERTISE"
+        )]
         advertise: Vec<SocketAddr>,
         /// Start with Enable Relay off: never contact the relay until switched on
-        /// (SIGUSR2).
-        #[arg(long)]
-        no_relay: bool,
+        /// (SIGUSR2, or the panel).
+        #[arg(long, env = "BLINDRELAY_HOST_NO_RELAY", value_name = "BOOL", num_args = 0..=1,
+              require_equals = true, default_missing_value = "true",
+              value_parser = clap::builder::BoolishValueParser::new())]
+        no_relay: Option<bool>,
         /// Registration token from the relay's operator (`brk...`), for a relay that
         /// requires one.
-        #[arg(long, conflicts_with = "token_file")]
+        #[arg(long, conflicts_with = "token_file", env = "BLINDRELAY_HOST_TOKEN")]
         token: Option<Token>,
         /// Read the registration token from FILE, and again whenever it changes: a
         /// renewed token takes effect without a restart. An expired one ends only
         /// the relay registration; direct sessions go on.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_TOKEN_FILE")]
         token_file: Option<PathBuf>,
         /// Serve only the players whose keys this file lists (one per line, `#`
-        /// comments; re-read when it changes). Without it every player is served.
-        #[arg(long, value_name = "FILE")]
+        /// comments; re-read when it changes; made empty if missing). Without it
+        /// every player is served.
+        #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_AUTHORIZED_PLAYERS")]
         authorized_players: Option<PathBuf>,
         /// Write the host's process id to FILE (removed on exit), for signals:
         /// `kill -USR1 "$(cat FILE)"`.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_PID_FILE")]
         pid_file: Option<PathBuf>,
         /// Serve the host owner's panel, a local web page and JSON API, on ADDR
         /// (`--panel` alone: a free port on 127.0.0.1). Its link, with the access
         /// token every call needs, is printed as `panel: http://.../#token=...`.
-        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0",
+              env = "BLINDRELAY_HOST_PANEL")]
         panel: Option<SocketAddr>,
         /// Let --panel listen on an address other than loopback. The panel speaks
         /// plain HTTP: anyone on that network who sees a request sees the token.
-        #[arg(long, requires = "panel")]
-        panel_allow_remote: bool,
+        #[arg(long, env = "BLINDRELAY_HOST_PANEL_ALLOW_REMOTE", value_name = "BOOL", num_args = 0..=1,
+              require_equals = true, default_missing_value = "true",
+              value_parser = clap::builder::BoolishValueParser::new())]
+        panel_allow_remote: Option<bool>,
         /// Keep Enable Relay, as last switched by the panel or a signal, in FILE and
         /// start with it (unless --no-relay). With --panel it defaults to the key
         /// file's name followed by `.relay-state`.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_RELAY_STATE")]
         relay_state: Option<PathBuf>,
         /// How to reach the relay: `auto` (QUIC, then TLS over TCP and WebSocket when
-        /// UDP does not get through), `quic`, `tcp` or `websocket`.
-        #[arg(long, default_value = "auto")]
-        transport: TransportPreference,
+        /// UDP does not get through), `quic`, `tcp` or `websocket` [default: auto].
+        #[arg(long, env = "BLINDRELAY_HOST_TRANSPORT")]
+        transport: Option<TransportPreference>,
     },
     /// Connect to a host as a player: every TCP connection to --listen becomes one
     /// end-to-end encrypted session to the host.
@@ -248,7 +274,10 @@ async fn run() -> Result<()> {
         Command::Keygen { out, force, role } => keygen(&out, force, role),
         Command::Token { command } => token(command),
         Command::Host {
+            config,
+            check_config,
             key,
+            make_key,
             relay,
             forward,
             direct,
@@ -263,72 +292,34 @@ async fn run() -> Result<()> {
             relay_state,
             transport,
         } => {
-            if let Some(addr) = panel {
-                check_panel_addr(addr, panel_allow_remote)?;
-            }
-            let relay_state = relay_state.or_else(|| {
-                panel.map(|_| {
-                    let mut path = key.clone().into_os_string();
-                    path.push(".relay-state");
-                    PathBuf::from(path)
-                })
-            });
-            let key = read_key(&key)?;
-            let has_relay = relay.is_some();
-            let mut config = match (relay, direct) {
-                (Some(relay), _) => HostConfig::new(key, relay),
-                (None, Some(direct)) => HostConfig::direct_only(key, direct),
-                (None, None) => {
-                    bail!("give --relay, --direct or both: nothing could reach this host")
-                }
+            let file = match &config {
+                Some(path) => host_file::HostFile::load(path)?,
+                None => host_file::HostFile::default(),
             };
-            config.direct = direct;
-            config.advertise = advertise;
-            config.transport = transport;
-            config.enable_relay = !no_relay;
-            if let Some(path) = &relay_state {
-                let kept = panel::load_relay_state(path)?;
-                if let (Some(enabled), false) = (kept, no_relay) {
-                    info!(enabled, file = %path.display(), "Enable Relay as last switched");
-                    config.enable_relay = enabled;
-                }
-            }
-            let token_watch = TokenWatch::open(token_file)?;
-            config.token = token.or_else(|| token_watch.current().cloned());
-            let mut players = None;
-            if let Some(path) = authorized_players {
-                if !path.exists() {
-                    // A new host's list: made empty, to fill from the panel or by hand.
-                    write_private(&path, AUTHORIZED_PLAYERS_HEADER.as_bytes(), false)?;
-                    println!(
-                        "authorized players: made {} (empty: every player is refused until \
-                         its key is added, here or in the panel)",
-                        path.display()
-                    );
-                }
-                let list = AuthorizedPlayers::open(&path)?;
-                info!(path = %path.display(), players = list.len(), "serving only authorized players");
-                players = Some(list.clone());
-                config.players = PlayerAuthorization::File(list);
-            }
-            let _pid_file = pid_file.map(PidFile::create).transpose()?;
-            // Listened for before anything is printed: a script that acts on our
-            // first lines may send it at once.
-            let stop = Stop::interrupt()?;
-            host(
-                config,
-                HostRun {
+            let settings = HostSettings::merge(
+                HostFlags {
+                    key,
+                    make_key,
+                    relay,
                     forward,
-                    has_relay,
-                    token_watch,
+                    direct,
+                    advertise,
+                    no_relay,
+                    token,
+                    token_file,
+                    authorized_players,
+                    pid_file,
                     panel,
+                    panel_allow_remote,
                     relay_state,
-                    players,
-                    registered: None,
+                    transport,
                 },
-                stop,
-            )
-            .await
+                file,
+            )?;
+            if check_config {
+                return settings.check();
+            }
+            run_host(settings).await
         }
         Command::Connect {
             ticket,
@@ -392,6 +383,296 @@ async fn run() -> Result<()> {
             demo::demo(args, Stop::interrupt()?).await
         }
     }
+}
+
+/// `blindrelay host`'s settings as flags and environment give them, before the file.
+struct HostFlags {
+    key: Option<PathBuf>,
+    make_key: Option<bool>,
+    relay: Option<RelayUrl>,
+    forward: Option<String>,
+    direct: Option<SocketAddr>,
+    advertise: Vec<SocketAddr>,
+    no_relay: Option<bool>,
+    token: Option<Token>,
+    token_file: Option<PathBuf>,
+    authorized_players: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+    panel: Option<SocketAddr>,
+    panel_allow_remote: Option<bool>,
+    relay_state: Option<PathBuf>,
+    transport: Option<TransportPreference>,
+}
+
+/// `blindrelay host`'s settings in effect: flags, then environment, then the file.
+struct HostSettings {
+    key: PathBuf,
+    make_key: bool,
+    relay: Option<RelayUrl>,
+    forward: String,
+    direct: Option<SocketAddr>,
+    advertise: Vec<SocketAddr>,
+    enable_relay: bool,
+    token: Option<Token>,
+    token_file: Option<PathBuf>,
+    authorized_players: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+    panel: Option<SocketAddr>,
+    panel_allow_remote: bool,
+    relay_state: Option<PathBuf>,
+    transport: TransportPreference,
+}
+
+impl HostSettings {
+    fn merge(flags: HostFlags, file: host_file::HostFile) -> Result<Self> {
+        let key = flags.key.or(file.key).context(
+            "give the host's key: --key FILE (or `key` in the config file); \
+             `blindrelay keygen --out FILE` makes one, or add --make-key",
+        )?;
+        let forward = match flags.forward {
+            Some(forward) => forward,
+            None => {
+                let text = file.forward.context(
+                    "give the local service: --forward HOST:PORT (or `forward` in the \
+                     config file), e.g. 127.0.0.1:8096 for Jellyfin",
+                )?;
+                parse_service(&text).map_err(|err| {
+                    anyhow::anyhow!("forward = {text:?} in the config file: {err}")
+                })?
+            }
+        };
+        let relay = match flags.relay {
+            Some(relay) => Some(relay),
+            None => file
+                .relay
+                .as_deref()
+                .map(|text| {
+                    text.parse::<RelayUrl>().map_err(|err| {
+                        anyhow::anyhow!("relay = {text:?} in the config file: {err}")
+                    })
+                })
+                .transpose()?,
+        };
+        let transport = match flags.transport {
+            Some(transport) => transport,
+            None => file
+                .transport
+                .as_deref()
+                .map(|text| {
+                    text.parse::<TransportPreference>().map_err(|err| {
+                        anyhow::anyhow!("transport = {text:?} in the config file: {err}")
+                    })
+                })
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        let direct = flags.direct.or(file.direct);
+        let advertise = if flags.advertise.is_empty() {
+            file.advertise.unwrap_or_default()
+        } else {
+            flags.advertise
+        };
+        if !advertise.is_empty() && direct.is_none() {
+            bail!("advertised direct addresses need a direct listener: give --direct ADDR (or `direct`)");
+        }
+        let panel = flags.panel.or(file.panel);
+        let panel_allow_remote = flags
+            .panel_allow_remote
+            .or(file.panel_allow_remote)
+            .unwrap_or(false);
+        if panel_allow_remote && panel.is_none() {
+            bail!("panel_allow_remote needs a panel: give --panel ADDR (or `panel`)");
+        }
+        // A token given as a flag or in the environment beats a token file named in
+        // the config file.
+        let token_file = match &flags.token {
+            Some(_) => None,
+            None => flags.token_file.or(file.token_file),
+        };
+        Ok(Self {
+            key,
+            make_key: flags.make_key.or(file.make_key).unwrap_or(false),
+            relay,
+            forward,
+            direct,
+            advertise,
+            enable_relay: !flags.no_relay.unwrap_or(false) && file.enable_relay.unwrap_or(true),
+            token: flags.token,
+            token_file,
+            authorized_players: flags.authorized_players.or(file.authorized_players),
+            pid_file: flags.pid_file.or(file.pid_file),
+            panel,
+            panel_allow_remote,
+            relay_state: flags.relay_state.or(file.relay_state),
+            transport,
+        })
+    }
+
+    /// `--check-config`: checks what can be checked without starting (the key, the
+    /// token file, the panel's address), prints the settings, and exits.
+    fn check(&self) -> Result<()> {
+        if self.key.exists() {
+            read_key(&self.key)?;
+        } else if !self.make_key {
+            bail!(
+                "no key at {}: make it with `blindrelay keygen --out {}`, or add --make-key",
+                self.key.display(),
+                self.key.display()
+            );
+        }
+        if self.token_file.is_some() {
+            TokenWatch::open(self.token_file.clone())?;
+        }
+        if let Some(addr) = self.panel {
+            check_panel_addr(addr, self.panel_allow_remote)?;
+        }
+        if self.relay.is_none() && self.direct.is_none() {
+            bail!("give --relay, --direct or both: nothing could reach this host");
+        }
+        println!("configuration is valid");
+        let path = |path: &Option<PathBuf>| {
+            path.as_ref()
+                .map(|p| format!("{:?}", p.display().to_string()))
+        };
+        println!("key = {:?}", self.key.display().to_string());
+        println!("make_key = {}", self.make_key);
+        let lines = [
+            (
+                "relay",
+                self.relay
+                    .as_ref()
+                    .map(|relay| format!("{:?}", relay.to_string())),
+            ),
+            ("forward", Some(format!("{:?}", self.forward))),
+            ("direct", self.direct.map(|addr| format!("\"{addr}\""))),
+            ("enable_relay", Some(self.enable_relay.to_string())),
+            (
+                "token",
+                self.token.as_ref().map(|_| "(given; not shown)".to_owned()),
+            ),
+            ("token_file", path(&self.token_file)),
+            ("authorized_players", path(&self.authorized_players)),
+            ("pid_file", path(&self.pid_file)),
+            ("panel", self.panel.map(|addr| format!("\"{addr}\""))),
+            (
+                "panel_allow_remote",
+                Some(self.panel_allow_remote.to_string()),
+            ),
+            ("relay_state", path(&self.relay_state)),
+            ("transport", Some(format!("\"{}\"", self.transport))),
+        ];
+        for (name, value) in lines {
+            match value {
+                Some(value) => println!("{name} = {value}"),
+                None => println!("# {name}: not set"),
+            }
+        }
+        if !self.advertise.is_empty() {
+            let list: Vec<String> = self
+                .advertise
+                .iter()
+                .map(|addr| format!("\"{addr}\""))
+                .collect();
+            println!("advertise = [{}]", list.join(", "));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `blindrelay host` with `settings`.
+async fn run_host(settings: HostSettings) -> Result<()> {
+    let HostSettings {
+        key,
+        make_key,
+        relay,
+        forward,
+        direct,
+        advertise,
+        enable_relay,
+        token,
+        token_file,
+        authorized_players,
+        pid_file,
+        panel,
+        panel_allow_remote,
+        relay_state,
+        transport,
+    } = settings;
+    if let Some(addr) = panel {
+        check_panel_addr(addr, panel_allow_remote)?;
+    }
+    if make_key && !key.exists() {
+        if let Some(folder) = key.parent().filter(|folder| !folder.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder)
+                .with_context(|| format!("cannot make the key's folder {}", folder.display()))?;
+        }
+        let made = SecretKey::generate()?;
+        write_private(&key, made.to_key_file().as_bytes(), false)?;
+        println!("key: made {}", key.display());
+    }
+    let relay_state = relay_state.or_else(|| {
+        panel.map(|_| {
+            let mut path = key.clone().into_os_string();
+            path.push(".relay-state");
+            PathBuf::from(path)
+        })
+    });
+    let key = read_key(&key)?;
+    let has_relay = relay.is_some();
+    let mut config = match (relay, direct) {
+        (Some(relay), _) => HostConfig::new(key, relay),
+        (None, Some(direct)) => HostConfig::direct_only(key, direct),
+        (None, None) => {
+            bail!("give --relay, --direct or both: nothing could reach this host")
+        }
+    };
+    config.direct = direct;
+    config.advertise = advertise;
+    config.transport = transport;
+    config.enable_relay = enable_relay;
+    if let Some(path) = &relay_state {
+        let kept = panel::load_relay_state(path)?;
+        if let (Some(enabled), true) = (kept, enable_relay) {
+            info!(enabled, file = %path.display(), "Enable Relay as last switched");
+            config.enable_relay = enabled;
+        }
+    }
+    let token_watch = TokenWatch::open(token_file)?;
+    config.token = token.or_else(|| token_watch.current().cloned());
+    let mut players = None;
+    if let Some(path) = authorized_players {
+        if !path.exists() {
+            // A new host's list: made empty, to fill from the panel or by hand.
+            write_private(&path, AUTHORIZED_PLAYERS_HEADER.as_bytes(), false)?;
+            println!(
+                "authorized players: made {} (empty: every player is refused until \
+                 its key is added, here or in the panel)",
+                path.display()
+            );
+        }
+        let list = AuthorizedPlayers::open(&path)?;
+        info!(path = %path.display(), players = list.len(), "serving only authorized players");
+        players = Some(list.clone());
+        config.players = PlayerAuthorization::File(list);
+    }
+    let _pid_file = pid_file.map(PidFile::create).transpose()?;
+    // Listened for before anything is printed: a script that acts on our first lines
+    // may send it at once.
+    let stop = Stop::interrupt()?;
+    host(
+        config,
+        HostRun {
+            forward,
+            has_relay,
+            token_watch,
+            panel,
+            relay_state,
+            players,
+            registered: None,
+        },
+        stop,
+    )
+    .await
 }
 
 fn keygen(out: &Path, force: bool, role: Role) -> Result<()> {
@@ -888,8 +1169,19 @@ impl TokenWatch {
             warned: false,
         };
         if let Some(path) = &watch.path {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                // A service started before its owner put the token there: it is
+                // read as soon as it appears.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    println!("token: none yet; waiting for {}", path.display());
+                    return Ok(watch);
+                }
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("cannot read the token file {}", path.display()))
+                }
+            };
             let token: Token = text
                 .trim()
                 .parse()

@@ -1429,3 +1429,85 @@ fn dead_ends_say_what_to_do() {
     host.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `blindrelay host --config FILE`, as a service runs it: a flag beats its
+/// environment variable, which beats the file; unknown keys are refused; file names
+/// are read from the file's folder; `--check-config` says what is in effect; on the
+/// first start the key is made (`make_key`) and the host registers, waiting for a
+/// token file that is not there yet.
+#[test]
+fn a_host_runs_from_its_config_file_with_flags_and_environment_over_it() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-host-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let url = relay.value("relay url");
+    let config = dir.join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "key = \"state/host.key\"\nmake_key = true\nrelay = \"{url}\"\n\
+             forward = \"127.0.0.1:8096\"\ntoken_file = \"state/host.token\"\n\
+             panel = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    let check = |flags: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(bin.join("blindrelay"));
+        command
+            .args([
+                "host",
+                "--config",
+                config.to_str().unwrap(),
+                "--check-config",
+            ])
+            .args(flags)
+            .env_remove("BLINDRELAY_HOST_FORWARD");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stdout, stderr)
+    };
+    let (ok, stdout, stderr) = check(&[], &[]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("forward = \"127.0.0.1:8096\""), "{stdout}");
+    let key = dir.join("state").join("host.key");
+    assert!(
+        stdout.contains(&format!("key = {:?}", key.display().to_string())),
+        "the file's folder: {stdout}"
+    );
+    let env = [("BLINDRELAY_HOST_FORWARD", "127.0.0.1:9000")];
+    let (_, stdout, _) = check(&[], &env);
+    assert!(stdout.contains("forward = \"127.0.0.1:9000\""), "{stdout}");
+    let (_, stdout, _) = check(&["--forward", "127.0.0.1:7000"], &env);
+    assert!(stdout.contains("forward = \"127.0.0.1:7000\""), "{stdout}");
+    assert!(!key.exists(), "--check-config makes nothing");
+
+    // A key the file does not know is refused, naming it.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}forwrad = \"x\"\n")).unwrap();
+    let (ok, _, stderr) = check(&[], &[]);
+    assert!(
+        !ok && stderr.contains("unknown field `forwrad`"),
+        "{stderr}"
+    );
+    std::fs::write(&config, text).unwrap();
+
+    // The first start: the key is made, the token is waited for, the host registers.
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &["host", "--config", config.to_str().unwrap()],
+    );
+    assert_eq!(host.value("key"), format!("made {}", key.display()));
+    assert!(host.value("token").starts_with("none yet; waiting for "));
+    host.value("host id");
+    host.wait_line("relay: registered");
+    assert!(key.exists());
+    host.interrupt();
+    relay.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}
