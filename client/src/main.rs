@@ -330,7 +330,7 @@ async fn run() -> Result<()> {
             transport,
         } => {
             let key = match key {
-                Some(path) => read_key(&path)?,
+                Some(path) => read_key_as(&path, Role::Player)?,
                 None => {
                     // Without a lasting key, no host can list this player: say so
                     // before someone pastes a key that is gone at the next run.
@@ -607,7 +607,7 @@ async fn run_host(settings: HostSettings) -> Result<()> {
                 .with_context(|| format!("cannot make the key's folder {}", folder.display()))?;
         }
         let made = SecretKey::generate()?;
-        write_private(&key, made.to_key_file().as_bytes(), false)?;
+        write_private(&key, key_file(&made, Role::Host).as_bytes(), false)?;
         println!("key: made {}", key.display());
     }
     let relay_state = relay_state.or_else(|| {
@@ -617,7 +617,7 @@ async fn run_host(settings: HostSettings) -> Result<()> {
             PathBuf::from(path)
         })
     });
-    let key = read_key(&key)?;
+    let key = read_key_as(&key, Role::Host)?;
     let has_relay = relay.is_some();
     let mut config = match (relay, direct) {
         (Some(relay), _) => HostConfig::new(key, relay),
@@ -677,7 +677,9 @@ async fn run_host(settings: HostSettings) -> Result<()> {
 
 fn keygen(out: &Path, force: bool, role: Role) -> Result<()> {
     let key = SecretKey::generate()?;
-    write_private(out, key.to_key_file().as_bytes(), force)?;
+    // A comment after the header says whose key it is (readers skip comments), so
+    // that `host` and `connect` can refuse the other's (PROTOCOL.md 3.3).
+    write_private(out, key_file(&key, role).as_bytes(), force)?;
     match role {
         Role::Host => println!("host id: {}", key.host_id()),
         Role::Player => println!("player key: {}", key.public_key()),
@@ -836,6 +838,50 @@ fn write_private(path: &Path, contents: &[u8], force: bool) -> Result<()> {
         file.write_all(contents)?;
     }
     Ok(())
+}
+
+/// `key`'s file, with a comment after its header that says whose key it is (readers
+/// skip comments), so that `host` and `connect` can refuse the other's (PROTOCOL.md
+/// 3.3).
+fn key_file(key: &SecretKey, role: Role) -> String {
+    key.to_key_file()
+        .replacen('\n', &format!("\n{ROLE_PREFIX}{}\n", role.word()), 1)
+}
+
+/// The comment line `keygen` writes after a key file's header: `# role: host`.
+const ROLE_PREFIX: &str = "# role: ";
+
+impl Role {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Player => "player",
+        }
+    }
+}
+
+/// Reads the key file at `path` for `role`: a file `keygen` marked as the other
+/// role's is refused with what to do (a file without the mark, from before it or
+/// written by hand, is taken as it is).
+fn read_key_as(path: &Path, role: Role) -> Result<SecretKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let marked = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(ROLE_PREFIX).map(str::trim));
+    match (role, marked) {
+        (Role::Host, Some("player")) => bail!(
+            "{} is a player's key (made with `keygen --role player`): a host needs its own, \
+             made with `blindrelay keygen --out host.key`",
+            path.display()
+        ),
+        (Role::Player, Some("host")) => bail!(
+            "{} is a host's key: a player needs its own (`blindrelay keygen --role player \
+             --out player.key`), and a host's key belongs on the host's machine only",
+            path.display()
+        ),
+        _ => read_key(path),
+    }
 }
 
 fn read_key(path: &Path) -> Result<SecretKey> {

@@ -197,8 +197,9 @@ pub enum ConnectError {
     /// stopped), and on the new one the host was not back in time: it may be
     /// offline, or still registering again.
     #[error(
-        "host not reachable: the relay restarted, and the host has not registered again \
-         within {waited:?} (it may be offline, or still reconnecting: try again in a moment)"
+        "host not reachable: the connection to the relay was lost, and on a new one the \
+         host was not back within {waited:?} (the relay may have restarted; the host may \
+         be offline, or still reconnecting: try again in a moment)"
     )]
     HostNotBack {
         /// How long the player waited for it.
@@ -261,7 +262,12 @@ const HOST_NOT_REACHABLE: &str = "host not reachable: relay disabled or host off
 
 fn refusal_text(code: ErrorCode, reason: &str) -> String {
     match code {
-        ErrorCode::HostOffline => HOST_NOT_REACHABLE.to_owned(),
+        // The plain refusal, or the relay's own words when it says more (a relay
+        // that is shutting down says so).
+        ErrorCode::HostOffline if reason.is_empty() || reason == "host offline" => {
+            HOST_NOT_REACHABLE.to_owned()
+        }
+        ErrorCode::HostOffline => format!("host not reachable: {reason}"),
         // The registration was still there but the host's connection was going away:
         // typically a host that has just switched its relay off.
         ErrorCode::HostUnreachable => format!("{HOST_NOT_REACHABLE} ({reason})"),

@@ -42,6 +42,12 @@ use crate::transport::WindowGrant;
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves a player's session stream whose first message was `Connect { host_id }`.
+/// Why a host is offline while the relay drains: its hosts were told to go and
+/// register again (elsewhere, or with this relay's successor).
+pub(crate) const DRAINING_REASON: &str =
+    "host offline here: this relay is shutting down, and its hosts register again \
+     elsewhere or when it is back";
+
 pub(crate) async fn pair_and_splice(
     host_id: HostId,
     stream: RoutedStream,
@@ -223,11 +229,14 @@ async fn pair(
         )
     })?;
     let host = shared.registry.lookup(&host_id).ok_or_else(|| {
-        Refused::new(
-            SessionRefused::HostOffline,
-            ErrorCode::HostOffline,
-            "host offline",
-        )
+        // The same words for every host id: they say what the relay is doing, not
+        // whether this host exists.
+        let reason = if shared.is_draining() {
+            DRAINING_REASON
+        } else {
+            "host offline"
+        };
+        Refused::new(SessionRefused::HostOffline, ErrorCode::HostOffline, reason)
     })?;
     let host_session = host.start_session().ok_or_else(|| {
         Refused::new(

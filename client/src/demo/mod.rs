@@ -195,9 +195,13 @@ fn state_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 fn host_key(path: &Path) -> Result<SecretKey> {
     if !path.exists() {
         let key = SecretKey::generate()?;
-        crate::write_private(path, key.to_key_file().as_bytes(), false)?;
+        crate::write_private(
+            path,
+            crate::key_file(&key, crate::Role::Host).as_bytes(),
+            false,
+        )?;
     }
-    crate::read_key(path)
+    crate::read_key_as(path, crate::Role::Host)
 }
 
 /// Writes the built-in film and its page into `folder`; returns the folder.

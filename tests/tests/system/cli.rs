@@ -1424,8 +1424,55 @@ fn dead_ends_say_what_to_do() {
         "{made}"
     );
     host.value("host id");
+    let ticket = host.value("ticket");
     let text = std::fs::read_to_string(&list).unwrap();
     assert!(text.lines().all(|line| line.starts_with('#')), "{text}");
+
+    // A player's key given to `host`, and a host's to `connect`, are refused.
+    let player_key = dir.join("player.key");
+    let made = Command::new(bin.join("blindrelay"))
+        .args([
+            "keygen",
+            "--role",
+            "player",
+            "--out",
+            player_key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let as_host = Command::new(bin.join("blindrelay"))
+        .args([
+            "host",
+            "--key",
+            player_key.to_str().unwrap(),
+            "--direct",
+            "127.0.0.1:0",
+        ])
+        .args(["--forward", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&as_host.stderr);
+    assert!(
+        !as_host.status.success() && stderr.contains("is a player's key"),
+        "{stderr}"
+    );
+    let as_player = Command::new(bin.join("blindrelay"))
+        .args([
+            "connect",
+            &ticket,
+            "--key",
+            key.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&as_player.stderr);
+    assert!(
+        !as_player.status.success() && stderr.contains("is a host's key"),
+        "{stderr}"
+    );
     host.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }

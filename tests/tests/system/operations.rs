@@ -236,8 +236,17 @@ async fn a_session_runs_across_a_drain_and_the_host_moves_to_the_next_relay() {
     .await
     .expect("the registration ends during the drain");
     assert_eq!(metric(&told, "blindrelay_hosts_told_going_away_total"), 1.0);
-    // New connections are turned away while the old session carries on.
+    // New connections are turned away while the old session carries on; a new
+    // session on the player's open connection is refused, saying why.
     assert!(blindrelay_client::connect_relay_raw(&url).await.is_err());
+    let refused = player
+        .connect(&ticket)
+        .await
+        .expect_err("the host has gone");
+    assert!(
+        refused.to_string().contains("this relay is shutting down"),
+        "{refused}"
+    );
 
     go_on.send(()).unwrap();
     writer.await.unwrap();
