@@ -1474,6 +1474,24 @@ fn dead_ends_say_what_to_do() {
         "{stderr}"
     );
     host.interrupt();
+
+    // Enable Relay off, and no direct listener: said to leave the host unreachable.
+    let unreachable = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            key.to_str().unwrap(),
+            "--relay",
+            "blindrelay://localhost:9?pin=aibaeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcaiba",
+            "--no-relay",
+            "--forward",
+            "127.0.0.1:9",
+        ],
+    );
+    unreachable.wait_line("relay: disabled");
+    unreachable.wait_log("no direct listener: unreachable until Enable Relay is on again");
+    unreachable.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
