@@ -68,9 +68,9 @@ pub use pool::{
 pub use server::{Relay, RelayCloser, RelayError};
 #[cfg(feature = "splice-tap")]
 pub use splice::{Direction, SpliceTap, StreamEnd};
+pub use stats::HttpOutcome;
 pub use stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
 pub use tiers::TiersError;
 pub use tls::{KeptCertificate, RelayCertificate, TlsError, KEPT_CERT_FILE, KEPT_KEY_FILE};
 pub use token_issuers::{load_issuer_keys, TokenConfigError};
 pub use transport::TransportError;
-pub use web::HttpOutcome;

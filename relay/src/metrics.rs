@@ -5,8 +5,8 @@
 
 use std::fmt::Write;
 
+use crate::stats::HttpOutcome;
 use crate::stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
-use crate::web::HttpOutcome;
 
 /// Renders `stats` in the Prometheus text format (version 0.0.4).
 pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {

@@ -97,10 +97,9 @@ impl Relay {
         // hash. One with a public name has a CA's certificate, which they trust.
         let short_lived = match config.public_name {
             Some(_) => None,
-            None => Some(Arc::new(RwLock::new(ShortLived::new(
-                config.web_names(),
-                SystemTime::now(),
-            )?))),
+            None => Some(Arc::new(RwLock::new(
+                ShortLived::new(config.web_names(), SystemTime::now()).map_err(TlsError::from)?,
+            ))),
         };
         let server_config = transport::server_config(
             tls::server_crypto(&config.certificate, short_lived.clone())?,

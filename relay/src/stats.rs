@@ -10,7 +10,6 @@ use std::time::Duration;
 use blindrelay_protocol::{codes, StreamCode};
 
 use crate::admission::{Admission, Door, Refusal};
-use crate::web::HttpOutcome;
 
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -456,5 +455,70 @@ mod tests {
             "60 s is over every bound"
         );
         assert!((snapshot.sum_secs - 60.0033).abs() < 1e-9);
+    }
+}
+
+/// What became of one HTTP request, for the relay's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HttpOutcome {
+    /// A file of the web player was served.
+    Player,
+    /// The page's WebTransport settings were served.
+    WebTransportInfo,
+    /// `/` on a host's origin, redirected to the player.
+    Redirect,
+    /// The request became a WebSocket (a relay connection).
+    WebSocket,
+    /// Nothing there, or a name that serves no player (404).
+    NotFound,
+    /// A `Host` that is not this relay's (421).
+    Misdirected,
+    /// A method other than GET and HEAD (405).
+    MethodNotAllowed,
+    /// A malformed head or a broken WebSocket upgrade (400, 426).
+    BadRequest,
+    /// A head over the size bound (431).
+    TooLarge,
+    /// A head not complete in time (408).
+    Timeout,
+}
+
+impl HttpOutcome {
+    /// Every outcome, in the order of the relay's counters.
+    pub const ALL: [Self; 10] = [
+        Self::Player,
+        Self::WebTransportInfo,
+        Self::Redirect,
+        Self::WebSocket,
+        Self::NotFound,
+        Self::Misdirected,
+        Self::MethodNotAllowed,
+        Self::BadRequest,
+        Self::TooLarge,
+        Self::Timeout,
+    ];
+
+    /// The value of the `outcome` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Player => "player",
+            Self::WebTransportInfo => "webtransport_info",
+            Self::Redirect => "redirect",
+            Self::WebSocket => "websocket",
+            Self::NotFound => "not_found",
+            Self::Misdirected => "misdirected",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BadRequest => "bad_request",
+            Self::TooLarge => "too_large",
+            Self::Timeout => "timeout",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|outcome| *outcome == self)
+            .unwrap_or_default()
     }
 }

@@ -44,6 +44,9 @@ pub enum TlsError {
     /// The public name cannot go in a relay URL.
     #[error("invalid public name: {0}")]
     PublicName(String),
+    /// WebTransport's short-lived certificate could not be made.
+    #[error(transparent)]
+    ShortLived(#[from] crate::webtransport_cert::ShortLivedError),
     /// The state folder cannot hold the relay's certificate.
     #[error("cannot keep the certificate in {path}: {reason}")]
     StateDir {
@@ -68,6 +71,9 @@ pub const KEPT_CERT_FILE: &str = "relay-cert.pem";
 
 /// File name of the kept private key in a state folder.
 pub const KEPT_KEY_FILE: &str = "relay-key.pem";
+
+/// The ALPN of HTTP/3, which WebTransport runs on.
+pub(crate) const H3_ALPN: &[u8] = b"h3";
 
 /// Domain separation for the stateless-reset key derived from the TLS key.
 const STATELESS_RESET_LABEL: &[u8] = b"blindrelay/1 QUIC stateless reset key";
@@ -216,8 +222,8 @@ pub(crate) fn server_crypto(
     certificate: &RelayCertificate,
     short_lived: Option<SharedShortLived>,
 ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, TlsError> {
-    // `h3`: WebTransport for browsers' players (see `crate::webtransport`).
-    let alpn = [ALPN, crate::webtransport::H3_ALPN];
+    // `h3`: WebTransport for browsers' players (see the `webtransport` module).
+    let alpn = [ALPN, H3_ALPN];
     let mut tls = server_tls(certificate, &alpn)?;
     if let Some(short_lived) = short_lived {
         let main = rustls::crypto::ring::sign::any_supported_type(&certificate.key)
@@ -251,7 +257,7 @@ impl ResolvesServerCert for AlpnResolver {
                 .alpn()
                 .is_some_and(|mut offered| offered.any(|alpn| alpn == wanted))
         };
-        if offers(crate::webtransport::H3_ALPN) && !offers(ALPN) {
+        if offers(H3_ALPN) && !offers(ALPN) {
             let short_lived = self.short_lived.read().unwrap_or_else(|p| p.into_inner());
             return Some(short_lived.current());
         }

@@ -133,6 +133,11 @@ impl quinn::ConnectionIdGenerator for RandomConnectionIds {
 const CONNECTION_ID_LEN: usize = 8;
 
 /// The transport settings every connection to the relay starts with.
+/// Unidirectional streams a browser may open: HTTP/3's control stream and QPACK's
+/// encoder and decoder streams. The relay opens none but its own control stream,
+/// and reads only the peer's control stream (its settings).
+pub(crate) const H3_UNI_STREAMS: u32 = 3;
+
 pub(crate) fn transport_config(
     limits: &Limits,
 ) -> Result<Arc<quinn::TransportConfig>, TransportError> {
@@ -158,7 +163,7 @@ pub(crate) fn transport_config(
         // must find them in the transport parameters from the first packet: a
         // browser that resumes a connection refuses a lower limit than it was
         // given before.
-        .max_concurrent_uni_streams(crate::webtransport::H3_UNI_STREAMS.into())
+        .max_concurrent_uni_streams(H3_UNI_STREAMS.into())
         // The relay's buffer per session and direction: what a sender may have in
         // flight to the relay before the relay has passed it on.
         .stream_receive_window(varint(window, "sessions.window")?)

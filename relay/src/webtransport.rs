@@ -38,16 +38,8 @@ use crate::state::RelayState;
 use crate::stats::Stats;
 use crate::transport::ReceiveWindow;
 
-/// The ALPN of HTTP/3, which WebTransport runs on.
-pub(crate) const H3_ALPN: &[u8] = b"h3";
-
 /// The path of the relay's WebTransport endpoint (the WebSocket's too).
 pub(crate) const PATH: &str = "/blindrelay/1";
-
-/// Unidirectional streams a browser may open: HTTP/3's control stream and QPACK's
-/// encoder and decoder streams. The relay opens none but its own control stream,
-/// and reads only the peer's control stream (its settings).
-pub(crate) const H3_UNI_STREAMS: u32 = 3;
 
 /// WebTransport's frame type at the start of a bidirectional stream.
 const WEBTRANSPORT_STREAM: u64 = 0x41;
@@ -70,7 +62,7 @@ pub(crate) fn is_h3(connection: &quinn::Connection) -> bool {
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol)
-        .is_some_and(|alpn| alpn == H3_ALPN)
+        .is_some_and(|alpn| alpn == crate::tls::H3_ALPN)
 }
 
 /// Serves a browser's connection until it closes: the WebTransport handshake

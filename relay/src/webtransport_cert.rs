@@ -23,8 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use crate::tls::TlsError;
-
 /// How long a certificate is valid: under the 14 days browsers allow, with room
 /// for clocks that are a little off.
 pub(crate) const VALIDITY: Duration = Duration::from_secs(10 * 24 * 3600);
@@ -62,7 +60,7 @@ pub(crate) struct ShortLived {
 
 impl ShortLived {
     /// A first certificate for `names`, issued at `now`.
-    pub(crate) fn new(names: Vec<String>, now: SystemTime) -> Result<Self, TlsError> {
+    pub(crate) fn new(names: Vec<String>, now: SystemTime) -> Result<Self, ShortLivedError> {
         let current = issue(&names, now)?;
         Ok(Self {
             names,
@@ -73,7 +71,7 @@ impl ShortLived {
     }
 
     /// Takes the steps due at `now`; returns whether anything changed.
-    pub(crate) fn rotate(&mut self, now: SystemTime) -> Result<bool, TlsError> {
+    pub(crate) fn rotate(&mut self, now: SystemTime) -> Result<bool, ShortLivedError> {
         let age = now
             .duration_since(self.current.issued)
             .unwrap_or(Duration::ZERO);
@@ -122,12 +120,24 @@ impl ShortLived {
     }
 }
 
+/// Why a short-lived certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShortLivedError {
+    /// The certificate generator failed.
+    #[error("cannot make a short-lived WebTransport certificate: {0}")]
+    Make(String),
+    /// rustls refused its key.
+    #[error("the short-lived WebTransport certificate's key was refused: {0}")]
+    Key(String),
+}
+
 /// A short-lived certificate the TLS resolver and `webtransport.json` share.
 pub(crate) type SharedShortLived = Arc<RwLock<ShortLived>>;
 
 /// A fresh ECDSA P-256 certificate for `names`, valid from `now` for [`VALIDITY`].
-fn issue(names: &[String], now: SystemTime) -> Result<Issued, TlsError> {
-    let failed = |err: rcgen::Error| TlsError::SelfSigned(err.to_string());
+fn issue(names: &[String], now: SystemTime) -> Result<Issued, ShortLivedError> {
+    let failed = |err: rcgen::Error| ShortLivedError::Make(err.to_string());
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let start = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
     let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(failed)?;
@@ -141,7 +151,7 @@ fn issue(names: &[String], now: SystemTime) -> Result<Issued, TlsError> {
     sha.copy_from_slice(hash.as_ref());
     let key = PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|err| TlsError::Config(err.to_string()))?;
+        .map_err(|err| ShortLivedError::Key(err.to_string()))?;
     Ok(Issued {
         key: Arc::new(CertifiedKey::new(vec![der], signing)),
         hash: sha,
