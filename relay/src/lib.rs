@@ -61,6 +61,7 @@ pub mod bench;
 pub use config::{
     ConfigError, ConfigFile, LogFormat, OnOff, PoolFile, RelayConfig, TcpListen, DEFAULT_LISTEN,
 };
+pub use limits::TiersError;
 pub use limits::{Limits, LimitsError};
 pub use pool::{
     MemberSource, PoolConfig, PoolConfigError, DEFAULT_MOVE_JITTER, DEFAULT_REFRESH, MAX_MEMBERS,
@@ -70,7 +71,6 @@ pub use server::{Relay, RelayCloser, RelayError};
 pub use splice::{Direction, SpliceTap, StreamEnd};
 pub use stats::HttpOutcome;
 pub use stats::{HistogramSnapshot, StatsSnapshot, LATENCY_BUCKETS};
-pub use tiers::TiersError;
 pub use tls::{KeptCertificate, RelayCertificate, TlsError, KEPT_CERT_FILE, KEPT_KEY_FILE};
 pub use token_issuers::{load_issuer_keys, TokenConfigError};
 pub use transport::TransportError;

@@ -25,11 +25,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-// `limits` and `tiers` import each other on purpose: a tier is a section of the
-// limits' file (`[tiers.NAME]`, here), and resolves from the limits it overrides
-// (there); validating the limits means resolving their tiers. One concern, kept in
-// two files so that each stays readable.
-pub use crate::tiers::{TierConfig, DEFAULT_TIER};
 use crate::units::{ByteSize, Rate, Span};
 
 /// Largest chunk the splice takes from quinn at once, and so the most a session
@@ -370,7 +365,7 @@ impl Limits {
         if self.connections.max_streams == 0 {
             return Err(LimitsError::ZeroMaxStreams);
         }
-        crate::tiers::Tiers::new(self)?;
+        self.host_tiers()?;
         let budget = self.sessions.buffer_budget;
         if budget.0 != 0 && budget.0 < self.session_buffer() {
             return Err(LimitsError::BudgetBelowOneSession {
@@ -409,7 +404,7 @@ pub enum LimitsError {
     ZeroMaxStreams,
     /// The tiers do not resolve.
     #[error(transparent)]
-    Tiers(#[from] crate::tiers::TiersError),
+    Tiers(#[from] TiersError),
     /// The buffer budget could not hold even one session.
     #[error("sessions.buffer_budget ({budget}) is smaller than one session's buffer ({session})")]
     BudgetBelowOneSession {
@@ -491,5 +486,79 @@ mod tests {
                 key: "connections.first_message_timeout"
             })
         );
+    }
+}
+
+/// Name of the tier the `[sessions]` and `[hosts]` sections define.
+pub const DEFAULT_TIER: &str = "default";
+
+/// `[tiers.NAME]`: what a tier changes from the default tier. Keys left out keep
+/// the default tier's value.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TierConfig {
+    /// `[sessions] rate` for this tier's hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_rate: Option<Rate>,
+    /// `[sessions] burst`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_burst: Option<ByteSize>,
+    /// `[sessions] max_duration`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<Span>,
+    /// `[sessions] max_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    /// `[hosts] rate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_rate: Option<Rate>,
+    /// `[hosts] burst`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_burst: Option<ByteSize>,
+    /// `[hosts] max_sessions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_max_sessions: Option<u32>,
+}
+
+/// Why the tiers of a configuration cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TiersError {
+    /// A `[host_tiers]` key is not a host id.
+    #[error("host_tiers: {host:?} is not a host id: {source}")]
+    NotAHostId {
+        /// The key as written.
+        host: String,
+        /// Why it does not parse.
+        source: blindrelay_protocol::KeyError,
+    },
+    /// A `[host_tiers]` entry names a tier that no `[tiers.NAME]` section defines.
+    #[error("host_tiers: no tier named {tier:?}")]
+    UnknownTier {
+        /// The tier named.
+        tier: String,
+    },
+}
+
+impl Limits {
+    /// `[host_tiers]`, checked: each key a host id, each tier one that `[tiers.NAME]`
+    /// defines or the default tier.
+    pub(crate) fn host_tiers(
+        &self,
+    ) -> Result<Vec<(blindrelay_protocol::HostId, &str)>, TiersError> {
+        self.host_tiers
+            .iter()
+            .map(|(host, tier)| {
+                let host_id = host.parse().map_err(|source| TiersError::NotAHostId {
+                    host: host.clone(),
+                    source,
+                })?;
+                if tier != DEFAULT_TIER && !self.tiers.contains_key(tier) {
+                    return Err(TiersError::UnknownTier { tier: tier.clone() });
+                }
+                Ok((host_id, tier.as_str()))
+            })
+            .collect()
     }
 }

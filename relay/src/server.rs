@@ -46,7 +46,7 @@ pub enum RelayError {
     Transport(#[from] TransportError),
     /// The tiers do not resolve.
     #[error("invalid limits: {0}")]
-    Tiers(#[from] crate::tiers::TiersError),
+    Tiers(#[from] crate::limits::TiersError),
     /// A limit has a value the relay cannot run with.
     #[error("invalid limits: {0}")]
     Limits(#[from] LimitsError),

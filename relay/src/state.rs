@@ -13,10 +13,11 @@ use tokio::sync::{watch, Notify};
 use crate::admission::Admission;
 use crate::config::RelayConfig;
 use crate::dial::PendingDials;
+use crate::limits::TiersError;
 use crate::pool::Pool;
 use crate::registry::Registry;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::tiers::{Tiers, TiersError};
+use crate::tiers::Tiers;
 
 /// State every connection task of one relay shares.
 pub(crate) struct RelayState {

@@ -12,43 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blindrelay_protocol::{HostId, SessionLimits};
-use serde::{Deserialize, Serialize};
 
-// Imports `limits`, which imports this module back: see the note there.
-use crate::limits::Limits;
-use crate::units::{ByteSize, Rate, Span};
-
-/// Name of the tier the `[sessions]` and `[hosts]` sections define.
-pub const DEFAULT_TIER: &str = "default";
-
-/// `[tiers.NAME]`: what a tier changes from the default tier. Keys left out keep
-/// the default tier's value.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct TierConfig {
-    /// `[sessions] rate` for this tier's hosts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_rate: Option<Rate>,
-    /// `[sessions] burst`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_burst: Option<ByteSize>,
-    /// `[sessions] max_duration`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_duration: Option<Span>,
-    /// `[sessions] max_bytes`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_bytes: Option<ByteSize>,
-    /// `[hosts] rate`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_rate: Option<Rate>,
-    /// `[hosts] burst`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_burst: Option<ByteSize>,
-    /// `[hosts] max_sessions`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_max_sessions: Option<u32>,
-}
+use crate::limits::{Limits, TierConfig, TiersError, DEFAULT_TIER};
 
 /// The limits one host and its sessions run under, resolved from the configuration:
 /// a limit that is off is `None` here, never a zero.
@@ -105,26 +70,6 @@ impl Tier {
     }
 }
 
-/// Why the tiers of a configuration cannot be resolved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TiersError {
-    /// A `[host_tiers]` key is not a host id.
-    #[error("host_tiers: {host:?} is not a host id: {source}")]
-    NotAHostId {
-        /// The key as written.
-        host: String,
-        /// Why it does not parse.
-        source: blindrelay_protocol::KeyError,
-    },
-    /// A `[host_tiers]` entry names a tier that no `[tiers.NAME]` section defines.
-    #[error("host_tiers: no tier named {tier:?}")]
-    UnknownTier {
-        /// The tier named.
-        tier: String,
-    },
-}
-
 /// A duration limit as the configuration writes it (zero is off), resolved.
 fn limit(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
@@ -148,16 +93,8 @@ impl Tiers {
             .map(|(name, config)| (name.as_str(), Arc::new(Tier::resolve(name, limits, config))))
             .collect();
         let mut by_host = HashMap::new();
-        for (host, tier) in &limits.host_tiers {
-            let host_id: HostId = host.parse().map_err(|source| TiersError::NotAHostId {
-                host: host.clone(),
-                source,
-            })?;
-            let tier = match named.get(tier.as_str()) {
-                Some(tier) => tier.clone(),
-                None if tier == DEFAULT_TIER => default.clone(),
-                None => return Err(TiersError::UnknownTier { tier: tier.clone() }),
-            };
+        for (host_id, tier) in limits.host_tiers()? {
+            let tier = named.get(tier).cloned().unwrap_or_else(|| default.clone());
             by_host.insert(host_id, tier);
         }
         let mut by_name: HashMap<String, Arc<Tier>> = named
