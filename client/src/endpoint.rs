@@ -45,6 +45,14 @@ pub enum ConnectRelayError {
     /// The local UDP socket could not be made.
     #[error("cannot open a UDP socket: {0}")]
     Socket(#[from] std::io::Error),
+    /// The TCP connection to the relay (TLS over TCP, WebSocket) could not be made.
+    #[error("cannot connect to the relay over TCP ({addr}): {error}")]
+    TcpConnect {
+        /// The relay's address.
+        addr: std::net::SocketAddr,
+        /// The operating system's reason.
+        error: std::io::Error,
+    },
     /// TLS configuration failed.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
@@ -298,7 +306,9 @@ async fn connect_relay_stream(
     let tls = Arc::new(client_tls(relay_check(url), alpn)?);
     let connect = async {
         let addr = resolve(url).await?;
-        let socket = tokio::net::TcpStream::connect(addr).await?;
+        let socket = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|error| ConnectRelayError::TcpConnect { addr, error })?;
         // Control messages and Noise handshakes are small: send them at once.
         let _ = socket.set_nodelay(true);
         let name = ServerName::try_from(url.host().to_owned()).map_err(|_| {

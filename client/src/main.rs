@@ -638,6 +638,13 @@ async fn run_host(settings: HostSettings) -> Result<()> {
         }
     }
     let token_watch = TokenWatch::open(token_file)?;
+    if let (Some(path), None) = (&token_watch.path, token_watch.current()) {
+        println!(
+            "token: none in {} yet; read as soon as it is there (a relay that requires \
+             one refuses this host until then)",
+            path.display()
+        );
+    }
     config.token = token.or_else(|| token_watch.current().cloned());
     let mut players = None;
     if let Some(path) = authorized_players {
@@ -1219,10 +1226,7 @@ impl TokenWatch {
                 Ok(text) => text,
                 // A service started before its owner put the token there: it is
                 // read as soon as it appears.
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    println!("token: none yet; waiting for {}", path.display());
-                    return Ok(watch);
-                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(watch),
                 Err(err) => {
                     return Err(err)
                         .with_context(|| format!("cannot read the token file {}", path.display()))

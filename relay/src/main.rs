@@ -404,7 +404,9 @@ async fn run() -> Result<()> {
                 }
                 None => {
                     warn!(
-                        "no certificate given: using a self-signed certificate made in                          memory, so the relay's pin and URL change at every start; give                          --state-dir DIR to keep one"
+                        "no certificate given: using a self-signed certificate made in \
+                         memory, so the relay's pin and URL change at every start; give \
+                         --state-dir DIR to keep one"
                     );
                     RelayCertificate::self_signed(&names)?
                 }

@@ -67,11 +67,18 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
     let state = state_dir(args.state_dir)?;
     // The relay, on loopback, with the certificate kept in the state folder.
     let kept = RelayCertificate::kept_in(&state.join("relay"), &["localhost"])?;
-    let relay = Relay::spawn(RelayConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        kept.certificate,
-    ))
-    .context("starting the relay")?;
+    // The ports of the last run when they are free, so that the links stay the same.
+    let mut ports = Ports::load(&state);
+    let relay = match Relay::spawn(RelayConfig::new(
+        loopback(ports.relay),
+        kept.certificate.clone(),
+    )) {
+        Ok(relay) => relay,
+        Err(_) if ports.relay != 0 => Relay::spawn(RelayConfig::new(loopback(0), kept.certificate))
+            .context("starting the relay")?,
+        Err(err) => return Err(err).context("starting the relay"),
+    };
+    ports.relay = relay.local_addr().port();
     // Named `localhost`, not by its address: browsers reach each host's web origin
     // as `<host id>.localhost`, which resolves to this machine.
     let url = RelayUrl::new("localhost", relay.url().port(), relay.url().pin().cloned())
@@ -108,7 +115,7 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
         forward: service,
         has_relay: true,
         token_watch: crate::TokenWatch::open(None)?,
-        panel: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        panel: Some(loopback(ports.panel_port())),
         relay_state: Some(state.join("host.relay-state")),
         players: None,
         registered: Some(ticket_tx),
@@ -121,14 +128,22 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
         .context("the host stopped before it registered")?;
 
     // The player: `blindrelay connect`, listening on loopback.
-    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let listener = match TcpListener::bind(loopback(ports.player)).await {
+        Ok(listener) => listener,
+        Err(_) => TcpListener::bind(loopback(0)).await?,
+    };
     let player_addr = listener.local_addr()?;
+    ports.player = player_addr.port();
+    if let Err(err) = ports.save() {
+        info!(%err, "cannot keep the demo's ports; the next run picks new ones");
+    }
     let player_key = SecretKey::generate()?;
+    let (player_stop, player_stopped) = watch::channel(false);
     let player = tokio::spawn(crate::connect(
         ticket.clone(),
         listener,
         PlayerConfig::new(player_key),
-        Stop::when(stopped.clone()),
+        Stop::when(player_stopped),
     ));
     let front = match &sample {
         Sample::File { path, .. } if args.serve.is_none() => "/".to_owned(),
@@ -161,12 +176,75 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
         }
         stop.await;
     }
+    // The player first, then the host, then the relay: each side's sessions end
+    // before the side it talks to goes away.
+    let _ = player_stop.send(true);
+    player.await.context("the player's task")??;
     let _ = stopping.send(true);
-    let (hosted, played) = tokio::join!(host, player);
-    hosted.context("the host's task")??;
-    played.context("the player's task")??;
-    drop(relay);
+    host.await.context("the host's task")??;
+    relay.shutdown().await;
     checked.map(|_| ())
+}
+
+/// `127.0.0.1:port`.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The ports of the demo's relay, player and panel, kept in the state folder
+/// (`ports`, `name = port` lines) from one run to the next.
+struct Ports {
+    path: PathBuf,
+    relay: u16,
+    player: u16,
+    panel: u16,
+}
+
+impl Ports {
+    /// The ports of the last run; 0 (any) for those it did not keep.
+    fn load(state: &Path) -> Self {
+        let path = state.join("ports");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let port = |name: &str| {
+            text.lines()
+                .filter_map(|line| line.split_once('='))
+                .find(|(key, _)| key.trim() == name)
+                .and_then(|(_, value)| value.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            relay: port("relay"),
+            player: port("player"),
+            panel: port("panel"),
+            path,
+        }
+    }
+
+    /// The panel's port: the kept one while it is free, else a free one (taken now,
+    /// and kept for next time).
+    fn panel_port(&mut self) -> u16 {
+        let free = |port: u16| {
+            std::net::TcpListener::bind(loopback(port))
+                .and_then(|listener| listener.local_addr())
+                .map(|addr| addr.port())
+                .ok()
+        };
+        self.panel = (self.panel != 0)
+            .then(|| free(self.panel))
+            .flatten()
+            .or_else(|| free(0))
+            .unwrap_or(0);
+        self.panel
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let text = format!(
+            "# The ports of `blindrelay demo`'s last run, taken again while they are free.\n\
+             relay = {}\nplayer = {}\npanel = {}\n",
+            self.relay, self.player, self.panel
+        );
+        std::fs::write(&self.path, text)
+    }
 }
 
 /// The state folder: the one given, else `$XDG_STATE_HOME/blindrelay/demo` or

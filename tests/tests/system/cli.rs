@@ -1568,7 +1568,10 @@ fn a_host_runs_from_its_config_file_with_flags_and_environment_over_it() {
         &["host", "--config", config.to_str().unwrap()],
     );
     assert_eq!(host.value("key"), format!("made {}", key.display()));
-    assert!(host.value("token").starts_with("none yet; waiting for "));
+    assert!(host.value("token").starts_with(&format!(
+        "none in {} yet; read as soon as it is there",
+        dir.join("state").join("host.token").display()
+    )));
     host.value("host id");
     host.wait_line("relay: registered");
     assert!(key.exists());
