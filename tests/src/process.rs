@@ -146,6 +146,23 @@ impl Proc {
         }
     }
 
+    /// Waits for the stdout line `line`; returns the lines before it.
+    pub fn lines_until(&self, line: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let got = self
+                .stdout
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no stdout line {line:?} after {before:?}"));
+            if got == line {
+                return before;
+            }
+            before.push(got);
+        }
+    }
+
     /// Waits for the stdout line `line`, skipping others.
     pub fn wait_line(&self, line: &str) {
         let deadline = std::time::Instant::now() + PATIENCE;
