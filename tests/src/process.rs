@@ -130,24 +130,9 @@ impl Proc {
         }
     }
 
-    /// Waits for a stdout line that starts with `prefix`, skipping others, and
-    /// returns it whole.
-    pub fn wait_line_starting(&self, prefix: &str) -> String {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let got = self
-                .stdout
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no stdout line starting {prefix:?}"));
-            if got.starts_with(prefix) {
-                return got;
-            }
-        }
-    }
-
-    /// Waits for the stdout line `line`; returns the lines before it.
-    pub fn lines_until(&self, line: &str) -> Vec<String> {
+    /// Reads stdout lines until one `wanted`, within [`PATIENCE`]: that line, and
+    /// the lines before it. Fails naming `what` when none comes.
+    fn next_line_where(&self, what: &str, wanted: impl Fn(&str) -> bool) -> (String, Vec<String>) {
         let deadline = std::time::Instant::now() + PATIENCE;
         let mut before = Vec::new();
         loop {
@@ -155,27 +140,31 @@ impl Proc {
             let got = self
                 .stdout
                 .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no stdout line {line:?} after {before:?}"));
-            if got == line {
-                return before;
+                .unwrap_or_else(|_| panic!("no stdout line {what} after {before:?}"));
+            if wanted(&got) {
+                return (got, before);
             }
             before.push(got);
         }
     }
 
+    /// Waits for a stdout line that starts with `prefix`, skipping others, and
+    /// returns it whole.
+    pub fn wait_line_starting(&self, prefix: &str) -> String {
+        let what = format!("starting {prefix:?}");
+        self.next_line_where(&what, |line| line.starts_with(prefix))
+            .0
+    }
+
+    /// Waits for the stdout line `line`; returns the lines before it.
+    pub fn lines_until(&self, line: &str) -> Vec<String> {
+        self.next_line_where(&format!("{line:?}"), |got| got == line)
+            .1
+    }
+
     /// Waits for the stdout line `line`, skipping others.
     pub fn wait_line(&self, line: &str) {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let got = self
-                .stdout
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no stdout line {line:?}"));
-            if got == line {
-                return;
-            }
-        }
+        self.next_line_where(&format!("{line:?}"), |got| got == line);
     }
 
     /// Sends a signal by name (`USR1`, ...) with the shell's `kill`.

@@ -185,20 +185,7 @@ async fn a_host_whose_token_is_refused_or_expires_waits_for_a_new_one_and_stays_
     let ticket = agent.ticket().clone();
     let mut states = agent.watch_state();
     // The agent echoes its sessions and takes new tokens from the test meanwhile.
-    let (renew, mut renewed) = tokio::sync::mpsc::channel(1);
-    let host = tokio::spawn(async move {
-        let mut agent = agent;
-        let mut sessions = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                session = agent.accept() => match session {
-                    Some(session) => { sessions.spawn(echo(session)); }
-                    None => break,
-                },
-                Some(token) = renewed.recv() => agent.set_token(token),
-            }
-        }
-    });
+    let (renew, host) = echo_taking_tokens(agent);
     let state = tokio::time::timeout(
         PATIENCE,
         states.wait_for(|s| matches!(s, HostState::TokenRefused { .. })),
@@ -225,6 +212,30 @@ async fn a_host_whose_token_is_refused_or_expires_waits_for_a_new_one_and_stays_
         .expect("relayed again");
     echo_exactly(relayed, 1 << 16).await;
     host.abort();
+}
+
+/// Runs `agent` as an echo host that takes the tokens sent to it, as a host agent's
+/// owner renews them.
+fn echo_taking_tokens(
+    mut agent: HostAgent,
+) -> (
+    tokio::sync::mpsc::Sender<blindrelay_protocol::Token>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (renew, mut renewed) = tokio::sync::mpsc::channel(1);
+    let host = tokio::spawn(async move {
+        let mut sessions = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                session = agent.accept() => match session {
+                    Some(session) => { sessions.spawn(echo(session)); }
+                    None => break,
+                },
+                Some(token) = renewed.recv() => agent.set_token(token),
+            }
+        }
+    });
+    (renew, host)
 }
 
 /// Moves `len` bytes through an echo host and back, exactly.
@@ -363,20 +374,7 @@ async fn a_host_renewed_before_expiry_stays_registered_and_its_session_runs_acro
         let ticket = agent.ticket().clone();
         let mut states = agent.watch_state();
         states.borrow_and_update();
-        let (renew, mut renewed) = tokio::sync::mpsc::channel(1);
-        let host = tokio::spawn(async move {
-            let mut agent = agent;
-            let mut sessions = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    session = agent.accept() => match session {
-                        Some(session) => { sessions.spawn(echo(session)); }
-                        None => break,
-                    },
-                    Some(token) = renewed.recv() => agent.set_token(token),
-                }
-            }
-        });
+        let (renew, host) = echo_taking_tokens(agent);
         let mut session = player_over(transport)
             .connect_via(&ticket, blindrelay_client::PathPreference::RelayOnly)
             .await
