@@ -145,10 +145,10 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
         PlayerConfig::new(player_key),
         Stop::when(player_stopped),
     ));
+    // The built-in film's page, a folder's largest file, or a service's front page.
     let front = match &sample {
-        Sample::File { path, .. } if args.serve.is_none() => "/".to_owned(),
-        Sample::File { path, .. } => path.clone(),
-        Sample::FrontPage => "/".to_owned(),
+        Sample::File { path, .. } if args.serve.is_some() => path.as_str(),
+        _ => "/",
     };
     println!("player: http://{player_addr}{front}");
     if let Ok(link) = blindrelay_client::web_link(&url, &host_id).await {

@@ -1559,6 +1559,18 @@ fn a_host_runs_from_its_config_file_with_flags_and_environment_over_it() {
     assert!(stdout.contains("forward = \"127.0.0.1:7000\""), "{stdout}");
     assert!(!key.exists(), "--check-config makes nothing");
 
+    // A key file from before key files named their role (the header and the key,
+    // nothing else) is still taken.
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let old = blindrelay_client::SecretKey::generate()
+        .unwrap()
+        .to_key_file();
+    assert!(!old.contains("role"), "{old}");
+    std::fs::write(&key, old).unwrap();
+    let (ok, stdout, stderr) = check(&[], &[]);
+    assert!(ok, "an old key file: {stdout}{stderr}");
+    std::fs::remove_file(&key).unwrap();
+
     // A key the file does not know is refused, naming it.
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{text}forwrad = \"x\"\n")).unwrap();
