@@ -1,5 +1,5 @@
-//! One QUIC connection to the relay: accepts its streams and routes each by its first
-//! control message.
+//! One QUIC connection to the relay: accepts its streams and hands each to the
+//! [router](crate::route).
 //!
 //! Any connection may open session streams (`Connect`); the first stream that sends
 //! `Register` makes it a host connection too. Each stream is served by its own task,
@@ -8,21 +8,20 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use blindrelay_protocol::control::ControlMessage;
-use blindrelay_protocol::{codes, ErrorCode};
+use blindrelay_protocol::codes;
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, Instrument};
 
-use crate::admission::{self, ConnectionPermit, Place};
-use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
+use crate::admission::{ConnectionPermit, Place};
 use crate::link::Link;
 use crate::privacy::redact;
+use crate::route::{self, Arrival};
 use crate::routed_stream::RoutedStream;
 use crate::session_stream::{StreamRecv, StreamSend};
 use crate::state::RelayState;
-use crate::stats::{SessionRefused, Stats};
+use crate::stats::Stats;
 use crate::transport::ReceiveWindow;
-use crate::{pool, registration, session, webtransport};
+use crate::webtransport;
 
 /// Serves one connection until it closes. `permit` holds the connection's place in
 /// the relay's counts for as long as it lives.
@@ -153,40 +152,17 @@ async fn serve_connection(
                 };
                 // Reading the first message happens inside the stream's task, so a
                 // slow stream never holds up the next one.
-                let shared = shared.clone();
-                let connection = connection.clone();
-                let permit = permit.clone();
-                let window = window.clone();
-                let probation = probation.clone();
-                let is_host = is_host.clone();
-                let first_stream = !had_stream;
-                let (send, mut recv) = (StreamSend::Quic(send), StreamRecv::Quic(recv));
-                streams.spawn(async move {
-                    let first = tokio::time::timeout(
-                        shared.config.limits.connections.first_message_timeout.0,
-                        read_message(&mut recv),
-                    );
-                    let message = match first.await {
-                        Ok(Ok(message)) => message,
-                        // Refusals boxed: this task lives as long as a registration,
-                        // and a future is as large as its largest await.
-                        Ok(Err(err)) => return Box::pin(refuse_stream(&shared, send, recv, err)).await,
-                        Err(_) => {
-                            let timeout = ReadMessageError::Timeout;
-                            return Box::pin(refuse_stream(&shared, send, recv, timeout)).await
-                        }
-                    };
-                    let stream = RoutedStream {
-                        send,
-                        recv,
-                        link: Link::Quic(connection),
-                        permit,
-                        window: Some(window),
-                        probation,
-                        is_host,
-                    };
-                    route(message, first_stream, stream, shared).await
-                });
+                let stream = RoutedStream {
+                    send: StreamSend::Quic(send),
+                    recv: StreamRecv::Quic(recv),
+                    link: Link::Quic(connection.clone()),
+                    permit: permit.clone(),
+                    window: Some(window.clone()),
+                    probation: probation.clone(),
+                    is_host: is_host.clone(),
+                };
+                let arrival = Arrival::Quic { first_stream: !had_stream };
+                streams.spawn(route::serve(stream, arrival, shared.clone()));
                 // Only the first stream may register; later `Register`s are refused
                 // even if the first stream turned out to be a session.
                 had_stream = true;
@@ -199,66 +175,4 @@ async fn serve_connection(
         }
     }
     streams.shutdown().await;
-}
-
-async fn route(
-    message: ControlMessage,
-    first_stream: bool,
-    mut stream: RoutedStream,
-    shared: Arc<RelayState>,
-) {
-    let refusal = match message {
-        ControlMessage::Register {
-            host_id,
-            token,
-            redirects,
-        } if first_stream => {
-            if let Some(redirect) = pool::redirect_for(&shared, &host_id, redirects, true) {
-                return Box::pin(refuse(&mut stream.send, &mut stream.recv, &redirect)).await;
-            }
-            // Boxed, like a session below: a stream's task is as large as its
-            // largest path, and every host holds its registration task for hours.
-            // (Built in its box: a future made first and boxed after would still
-            // take its full size in this task.)
-            return Box::pin(registration::register_and_hold(
-                host_id, token, stream, shared,
-            ))
-            .await;
-        }
-        ControlMessage::Connect { .. } if stream.probation.load(Ordering::Acquire) => {
-            shared.stats.session_refused(SessionRefused::AtCapacity);
-            let refusal = admission::Refusal::AtCapacity;
-            ControlMessage::error(refusal.code(), refusal.reason())
-        }
-        ControlMessage::Connect { host_id, redirects } => {
-            if let (true, Link::Quic(connection)) = (first_stream, &stream.link) {
-                // The first stream asks for a session: a player, which may now open
-                // as many streams as the configuration allows (one that a pool
-                // member only redirects is a player too).
-                let streams = shared.config.limits.connections.max_streams;
-                connection.set_max_concurrent_bi_streams(streams.into());
-            }
-            if let Some(redirect) = pool::redirect_for(&shared, &host_id, redirects, false) {
-                return Box::pin(refuse(&mut stream.send, &mut stream.recv, &redirect)).await;
-            }
-            return Box::pin(session::pair_and_splice(host_id, stream, shared)).await;
-        }
-        ControlMessage::Register { .. } => {
-            Stats::bump(&shared.stats.registrations_refused);
-            ControlMessage::error(
-                ErrorCode::BadRequest,
-                "register only on the first stream of a connection",
-            )
-        }
-        other => {
-            Stats::bump(&shared.stats.bad_requests);
-            debug!(kind = other.name(), "unexpected first message");
-            ControlMessage::error(
-                ErrorCode::BadRequest,
-                "a stream must start with Register or Connect",
-            )
-        }
-    };
-    // Boxed: `route` is part of every registration's long-lived task.
-    Box::pin(refuse(&mut stream.send, &mut stream.recv, &refusal)).await;
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use tracing::debug;
 
 use crate::session_stream::{SessionRecv, SessionSend, StreamRecv, StreamSend};
-use crate::state::RelayState;
 use crate::stats::Stats;
 
 /// How long a peer has to take a control message the relay writes (a challenge, a
@@ -57,12 +56,12 @@ pub(crate) async fn refuse(send: &mut StreamSend, recv: &mut StreamRecv, error: 
 
 /// Answers a stream whose first message was unreadable, then closes that stream only.
 pub(crate) async fn refuse_stream(
-    shared: &RelayState,
+    stats: &Stats,
     mut send: StreamSend,
     mut recv: StreamRecv,
     err: ReadMessageError,
 ) {
-    Stats::bump(&shared.stats.bad_requests);
+    Stats::bump(&stats.bad_requests);
     debug!(%err, "refusing stream");
     let code = match &err {
         ReadMessageError::Decode(DecodeError::UnsupportedVersion { .. }) => {

@@ -23,6 +23,7 @@ mod control_stream;
 mod dial;
 mod link;
 mod registration;
+mod route;
 mod routed_stream;
 mod session;
 mod session_stream;

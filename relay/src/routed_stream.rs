@@ -1,5 +1,5 @@
-//! A stream the connection has routed by its first message, with what the
-//! registration or session it starts needs of its connection.
+//! A stream a door accepted, on its way to the [router](crate::route), with what
+//! the registration or session it starts needs of its connection.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use crate::link::Link;
 use crate::session_stream::{StreamRecv, StreamSend};
 use crate::transport::ReceiveWindow;
 
-/// A stream whose first message has been read, and the connection it came on.
+/// A stream a door accepted, and the connection it came on.
 pub(crate) struct RoutedStream {
     pub send: StreamSend,
     pub recv: StreamRecv,

@@ -23,23 +23,22 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use blindrelay_protocol::registration::{EXPORTER_LABEL, EXPORTER_LEN};
-use blindrelay_protocol::{codes, ControlMessage, ErrorCode, ALPN};
+use blindrelay_protocol::{codes, ALPN};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::admission::{self, ConnectionPermit, Door, Place};
-use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
+use crate::admission::{ConnectionPermit, Door, Place};
 use crate::link::{FramedLink, Link, TransportKind};
 use crate::privacy::redact;
+use crate::route::{self, Arrival};
 use crate::routed_stream::RoutedStream;
 use crate::session_stream::{StreamRecv, StreamSend};
 use crate::state::RelayState;
-use crate::stats::{SessionRefused, Stats};
+use crate::stats::Stats;
 use crate::tls::{self, RelayCertificate, TlsError};
 use crate::web::WebFront;
-use crate::{pool, registration, session};
 use blindrelay_transport::websocket;
 
 /// The TLS settings new TCP connections get; replaced when the certificate is.
@@ -237,14 +236,16 @@ async fn handle(
             exporter,
             kind,
         });
-        let serve = serve_stream(
-            StreamSend::Framed(send),
-            StreamRecv::Framed(recv),
-            link,
-            Arc::new(permit),
-            place == Place::Probation,
-            shared.clone(),
-        );
+        let stream = RoutedStream {
+            send: StreamSend::Framed(send),
+            recv: StreamRecv::Framed(recv),
+            link: Link::Framed(link),
+            permit: Arc::new(permit),
+            window: None,
+            probation: Arc::new(AtomicBool::new(place == Place::Probation)),
+            is_host: Arc::new(AtomicBool::new(false)),
+        };
+        let serve = route::serve(stream, Arrival::Framed, shared.clone());
         tokio::select! {
             () = serve => {}
             _ = shutdown.wait_for(|stop| *stop) => {
@@ -266,103 +267,4 @@ pub(crate) fn tls(certificate: &RelayCertificate) -> Result<rustls::ServerConfig
 enum Framing {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     WebSocket(Box<websocket::WsBytes<tokio_rustls::server::TlsStream<TcpStream>>>),
-}
-
-/// Routes the connection's one stream by its first message and serves it.
-async fn serve_stream(
-    send: StreamSend,
-    mut recv: StreamRecv,
-    link: Arc<FramedLink>,
-    permit: Arc<ConnectionPermit>,
-    on_probation: bool,
-    shared: Arc<RelayState>,
-) {
-    let first = tokio::time::timeout(
-        shared.config.limits.connections.first_message_timeout.0,
-        read_message(&mut recv),
-    );
-    let first = first.await;
-    // Whatever it said, a dial-back's place is free for the host's next.
-    permit.end_dial_back();
-    let message = match first {
-        Ok(Ok(message)) => message,
-        Ok(Err(err)) => return Box::pin(refuse_stream(&shared, send, recv, err)).await,
-        Err(_) => {
-            let timeout = ReadMessageError::Timeout;
-            return Box::pin(refuse_stream(&shared, send, recv, timeout)).await;
-        }
-    };
-    let connection = link.connection.clone();
-    let routed = |send, recv| RoutedStream {
-        send,
-        recv,
-        link: Link::Framed(link),
-        permit: permit.clone(),
-        window: None,
-        probation: Arc::new(AtomicBool::new(on_probation)),
-        is_host: Arc::new(AtomicBool::new(false)),
-    };
-    let (mut send, mut recv, refusal) = match message {
-        ControlMessage::Register {
-            host_id,
-            token,
-            redirects,
-        } => match pool::redirect_for(&shared, &host_id, redirects, true) {
-            Some(redirect) => (send, recv, redirect),
-            None => {
-                let stream = routed(send, recv);
-                return Box::pin(registration::register_and_hold(
-                    host_id, token, stream, shared,
-                ))
-                .await;
-            }
-        },
-        ControlMessage::Connect { .. } if on_probation => {
-            shared.stats.session_refused(SessionRefused::AtCapacity);
-            let refusal = admission::Refusal::AtCapacity;
-            (
-                send,
-                recv,
-                ControlMessage::error(refusal.code(), refusal.reason()),
-            )
-        }
-        ControlMessage::Connect { host_id, redirects } => {
-            match pool::redirect_for(&shared, &host_id, redirects, false) {
-                Some(redirect) => (send, recv, redirect),
-                None => {
-                    let stream = routed(send, recv);
-                    return Box::pin(session::pair_and_splice(host_id, stream, shared)).await;
-                }
-            }
-        }
-        ControlMessage::Accept { session_id, secret } => {
-            match shared.dials.accept(session_id, &secret, (send, recv)) {
-                Ok(()) => {
-                    // The session owns the stream now; the connection keeps its place
-                    // in the counts (the permit, held here) until it ends.
-                    connection.closed().await;
-                    return;
-                }
-                Err((send, recv)) => {
-                    Stats::bump(&shared.stats.bad_requests);
-                    debug!("an Accept that no session waits for");
-                    let refusal = ControlMessage::error(
-                        ErrorCode::BadRequest,
-                        "no session waits for this Accept",
-                    );
-                    (send, recv, refusal)
-                }
-            }
-        }
-        other => {
-            Stats::bump(&shared.stats.bad_requests);
-            debug!(kind = other.name(), "unexpected first message");
-            let refusal = ControlMessage::error(
-                ErrorCode::BadRequest,
-                "a stream must start with Register, Connect or Accept",
-            );
-            (send, recv, refusal)
-        }
-    };
-    Box::pin(refuse(&mut send, &mut recv, &refusal)).await;
 }

@@ -23,16 +23,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::control::ControlMessage;
-use blindrelay_protocol::ErrorCode;
 use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::admission::ConnectionPermit;
-use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
 use crate::link::Link;
+use crate::route::{self, Arrival};
 use crate::routed_stream::RoutedStream;
-use crate::session;
 use crate::session_stream::{StreamRecv, StreamSend};
 use crate::state::RelayState;
 use crate::stats::Stats;
@@ -216,52 +213,16 @@ async fn serve_stream(
         let _ = send.reset(H3_STREAM_CREATION_ERROR.into());
         return;
     }
-    let (mut send, mut recv) = (
-        StreamSend::WebTransport(send),
-        StreamRecv::WebTransport(recv),
-    );
-    let first = tokio::time::timeout(first_message_timeout, read_message(&mut recv));
-    let message = match first.await {
-        Ok(Ok(message)) => message,
-        Ok(Err(err)) => return Box::pin(refuse_stream(&shared, send, recv, err)).await,
-        Err(_) => {
-            let timeout = ReadMessageError::Timeout;
-            return Box::pin(refuse_stream(&shared, send, recv, timeout)).await;
-        }
+    let stream = RoutedStream {
+        send: StreamSend::WebTransport(send),
+        recv: StreamRecv::WebTransport(recv),
+        link: Link::WebTransport(session),
+        permit,
+        window: Some(window),
+        probation: Arc::new(AtomicBool::new(false)),
+        is_host: Arc::new(AtomicBool::new(false)),
     };
-    let refusal = match message {
-        ControlMessage::Connect { host_id, redirects } => {
-            if let Some(redirect) = crate::pool::redirect_for(&shared, &host_id, redirects, false) {
-                return Box::pin(refuse(&mut send, &mut recv, &redirect)).await;
-            }
-            let stream = RoutedStream {
-                send,
-                recv,
-                link: Link::WebTransport(session),
-                permit,
-                window: Some(window),
-                probation: Arc::new(AtomicBool::new(false)),
-                is_host: Arc::new(AtomicBool::new(false)),
-            };
-            return Box::pin(session::pair_and_splice(host_id, stream, shared)).await;
-        }
-        ControlMessage::Register { .. } => {
-            Stats::bump(&shared.stats.registrations_refused);
-            ControlMessage::error(
-                ErrorCode::BadRequest,
-                "a host registers over QUIC, TLS or WebSocket, not WebTransport",
-            )
-        }
-        other => {
-            Stats::bump(&shared.stats.bad_requests);
-            debug!(kind = other.name(), "unexpected first message");
-            ControlMessage::error(
-                ErrorCode::BadRequest,
-                "a WebTransport stream must start with Connect",
-            )
-        }
-    };
-    Box::pin(refuse(&mut send, &mut recv, &refusal)).await;
+    route::serve(stream, Arrival::WebTransport, shared).await;
 }
 
 /// HTTP/3's code for a stream that should not have been opened (RFC 9114 8.1).

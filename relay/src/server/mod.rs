@@ -21,7 +21,9 @@ use crate::tls::{self, RelayCertificate, TlsError};
 use crate::transport::{self, TransportError};
 use crate::web::WebFront;
 use crate::webtransport_cert::{self, SharedShortLived, ShortLived};
-use crate::{admin, admission, connection, pool, privacy};
+use crate::{admin, admission, connection, privacy};
+
+mod pool_view;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +178,7 @@ impl Relay {
         });
         let pool_task = shared.pool.clone().map(|pool| {
             info!(member = pool.me(), "pool member");
-            tokio::spawn(pool::keep_view(pool, endpoint.clone(), shared.clone()))
+            tokio::spawn(pool_view::keep_view(pool, endpoint.clone(), shared.clone()))
         });
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), shutdown_rx));
         info!(addr = %local_addr, tcp = ?tcp_addr, "relay listening");
