@@ -1,6 +1,6 @@
 //! The relay's host-id registry under contention.
 //!
-//! Measures the relay's own `Registry` (`relay/src/registry.rs`, through the relay's
+//! Measures the relay's own `Registry` (`relay/src/state/registry.rs`, through the relay's
 //! `bench` feature): lookups by many threads at once while one thread keeps
 //! registering and removing other hosts (registration churn), each lookup the one a
 //! new session does (the map read, the `Arc` clone and the connection's closed

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use blindrelay_protocol::HostId;
 
-use crate::admission::Admission;
-use crate::registry::{Host, HostSession, Registry};
-use crate::tiers::Tiers;
-use crate::transport::ReceiveWindow;
+use crate::policy::admission::Admission;
+use crate::policy::tiers::Tiers;
+use crate::state::registry::{Host, HostSession, Registry};
+use crate::stream::window::ReceiveWindow;
 use crate::{Limits, Relay, RelayCertificate, RelayConfig};
 
 /// The relay's registry with hosts registered on loopback connections.
@@ -84,13 +84,16 @@ impl LoopbackRegistry {
         let connection = &self.connections[turn % self.connections.len()];
         let permit = self
             .admission
-            .admit_connection(connection.remote_address(), crate::admission::Door::Quic)
+            .admit_connection(
+                connection.remote_address(),
+                crate::policy::admission::Door::Quic,
+            )
             .map_err(|refusal| anyhow::anyhow!("admission refused: {refusal:?}"))?;
         // Registered hosts have completed their handshake.
         permit.establish();
         let window = ReceiveWindow::new(connection.clone(), &self.limits);
         let host = Arc::new(Host::new(
-            crate::link::Link::Quic(connection.clone()),
+            crate::stream::link::Link::Quic(connection.clone()),
             Arc::new(permit),
             Some(window),
             self.tiers.of(&host_id),

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use blindrelay_protocol::{IssuerKeys, RelayUrl};
 use serde::Deserialize;
 
-use crate::limits::{
+use crate::endpoint::tls::{RelayCertificate, TlsError};
+use crate::policy::limits::{
     ConnectionLimits, HostLimits, Limits, RegistrationLimits, SessionLimitsConfig, SharedAddresses,
     TierConfig,
 };
-use crate::tls::{RelayCertificate, TlsError};
 
 /// Default address of a development relay.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4433);
@@ -189,7 +189,7 @@ pub struct ConfigFile {
     /// TCP address of the admin listener.
     pub admin: Option<SocketAddr>,
     /// How long a stopping relay lets running sessions finish.
-    pub drain_timeout: Option<crate::units::Span>,
+    pub drain_timeout: Option<crate::policy::units::Span>,
     /// Log line format.
     pub log_format: Option<LogFormat>,
     /// Log full client addresses instead of their network part.
@@ -241,9 +241,9 @@ pub struct PoolFile {
     /// With `members_dns`: the DNS server to ask instead of the system's.
     pub dns_server: Option<SocketAddr>,
     /// How often the list is read and the members probed.
-    pub refresh: Option<crate::units::Span>,
+    pub refresh: Option<crate::policy::units::Span>,
     /// Over how long hosts told to move are spread.
-    pub move_jitter: Option<crate::units::Span>,
+    pub move_jitter: Option<crate::policy::units::Span>,
 }
 
 /// How log lines are written.

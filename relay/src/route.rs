@@ -24,13 +24,13 @@ use blindrelay_protocol::control::DIAL_SECRET_LEN;
 use blindrelay_protocol::{ErrorCode, HostId};
 use tracing::debug;
 
-use crate::admission::Refusal;
-use crate::control_stream::{read_message, refuse, refuse_stream, ReadMessageError};
-use crate::link::Link;
-use crate::routed_stream::RoutedStream;
+use crate::ops::stats::{SessionRefused, Stats};
+use crate::policy::admission::Refusal;
 use crate::state::RelayState;
-use crate::stats::{SessionRefused, Stats};
-use crate::{registration, session};
+use crate::stream::control::{read_message, refuse, refuse_stream, ReadMessageError};
+use crate::stream::link::Link;
+use crate::stream::routed::RoutedStream;
+use crate::{flows::registration, flows::session};
 
 /// How a stream reached the router: what it may ask for depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +83,8 @@ pub(crate) enum Counted {
 /// Serves a stream a door accepted: reads its first message within
 /// `connections.first_message_timeout`, then routes it. Returns when whatever it
 /// was routed to ends.
-pub(crate) async fn serve(mut stream: RoutedStream, arrival: Arrival, shared: Arc<RelayState>) {
-    let deadline = shared.config.limits.connections.first_message_timeout.0;
+pub(crate) async fn serve(mut stream: RoutedStream, arrival: Arrival, state: Arc<RelayState>) {
+    let deadline = state.config.limits.connections.first_message_timeout.0;
     let first = tokio::time::timeout(deadline, read_message(&mut stream.recv)).await;
     if arrival == Arrival::Framed {
         // Whatever it said, a dial-back's place is free for the host's next.
@@ -95,12 +95,12 @@ pub(crate) async fn serve(mut stream: RoutedStream, arrival: Arrival, shared: Ar
         // Refusals boxed: a registration's task lives for hours, and a future is as
         // large as its largest await.
         Ok(Err(err)) => {
-            return Box::pin(refuse_stream(&shared.stats, stream.send, stream.recv, err)).await
+            return Box::pin(refuse_stream(&state.stats, stream.send, stream.recv, err)).await
         }
         Err(_) => {
             let timeout = ReadMessageError::Timeout;
             return Box::pin(refuse_stream(
-                &shared.stats,
+                &state.stats,
                 stream.send,
                 stream.recv,
                 timeout,
@@ -110,7 +110,7 @@ pub(crate) async fn serve(mut stream: RoutedStream, arrival: Arrival, shared: Ar
     };
     let on_probation = stream.probation.load(Ordering::Acquire);
     Route::from_first(message, arrival, on_probation)
-        .apply(stream, arrival, shared)
+        .apply(stream, arrival, state)
         .await;
 }
 
@@ -177,13 +177,13 @@ impl Route {
     }
 
     /// Serves the route on `stream`, which arrived as `arrival`.
-    async fn apply(self, mut stream: RoutedStream, arrival: Arrival, shared: Arc<RelayState>) {
+    async fn apply(self, mut stream: RoutedStream, arrival: Arrival, state: Arc<RelayState>) {
         let answer = match self {
             Self::Register {
                 host_id,
                 token,
                 redirects,
-            } => match redirect(&shared, &host_id, redirects, Asked::Register) {
+            } => match redirect(&state, &host_id, redirects, Asked::Register) {
                 Some(redirect) => redirect,
                 // Boxed, like a session below: a stream's task is as large as its
                 // largest path, and every host holds its registration task for
@@ -191,7 +191,7 @@ impl Route {
                 // would still take its full size in this task.)
                 None => {
                     return Box::pin(registration::register_and_hold(
-                        host_id, token, stream, shared,
+                        host_id, token, stream, state,
                     ))
                     .await
                 }
@@ -203,13 +203,13 @@ impl Route {
                     // The first stream asks for a session: a player, which may now
                     // open as many streams as the configuration allows (one that a
                     // pool member only redirects is a player too).
-                    let streams = shared.config.limits.connections.max_streams;
+                    let streams = state.config.limits.connections.max_streams;
                     connection.set_max_concurrent_bi_streams(streams.into());
                 }
-                match redirect(&shared, &host_id, redirects, Asked::Connect) {
+                match redirect(&state, &host_id, redirects, Asked::Connect) {
                     Some(redirect) => redirect,
                     None => {
-                        return Box::pin(session::pair_and_splice(host_id, stream, shared)).await
+                        return Box::pin(session::pair_and_splice(host_id, stream, state)).await
                     }
                 }
             }
@@ -221,7 +221,7 @@ impl Route {
                     permit,
                     ..
                 } = stream;
-                match shared.dials.accept(session_id, &secret, (send, recv)) {
+                match state.dials.accept(session_id, &secret, (send, recv)) {
                     Ok(()) => {
                         // The session owns the stream now; the connection keeps its
                         // place in the counts (the permit, held here) until it ends.
@@ -232,7 +232,7 @@ impl Route {
                         return;
                     }
                     Err((mut send, mut recv)) => {
-                        Stats::bump(&shared.stats.bad_requests);
+                        Stats::bump(&state.stats.bad_requests);
                         debug!("an Accept that no session waits for");
                         let answer = ControlMessage::error(
                             ErrorCode::BadRequest,
@@ -244,9 +244,9 @@ impl Route {
             }
             Self::Refuse { count, answer } => {
                 match count {
-                    Counted::Registration => Stats::bump(&shared.stats.registrations_refused),
-                    Counted::BadRequest => Stats::bump(&shared.stats.bad_requests),
-                    Counted::AtCapacity => shared.stats.session_refused(SessionRefused::AtCapacity),
+                    Counted::Registration => Stats::bump(&state.stats.registrations_refused),
+                    Counted::BadRequest => Stats::bump(&state.stats.bad_requests),
+                    Counted::AtCapacity => state.stats.session_refused(SessionRefused::AtCapacity),
                 }
                 answer
             }
@@ -268,22 +268,22 @@ enum Asked {
 /// A host is registered with its owner; a player is sent where its host is held
 /// ([`Pool::redirect_player`](crate::pool::Pool::redirect_player)).
 fn redirect(
-    shared: &RelayState,
+    state: &RelayState,
     host_id: &HostId,
     redirects: u8,
     asked: Asked,
 ) -> Option<ControlMessage> {
-    let pool = shared.pool.as_ref()?;
+    let pool = state.pool.as_ref()?;
     let (members, counter) = match asked {
         Asked::Register => (
             pool.redirect(host_id, redirects)?,
-            &shared.stats.pool_redirects_register,
+            &state.stats.pool_redirects_register,
         ),
         Asked::Connect => {
-            let held_here = shared.registry.lookup(host_id).is_some();
+            let held_here = state.registry.lookup(host_id).is_some();
             (
                 pool.redirect_player(host_id, redirects, held_here)?,
-                &shared.stats.pool_redirects_connect,
+                &state.stats.pool_redirects_connect,
             )
         }
     };

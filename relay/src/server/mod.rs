@@ -11,17 +11,20 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::admission::Door;
 use crate::config::{RelayConfig, TcpListen};
-use crate::limits::LimitsError;
+use crate::endpoint;
+use crate::endpoint::quic::TransportError;
+use crate::endpoint::short_lived::{self, SharedShortLived, ShortLived};
+use crate::endpoint::tls::{self, RelayCertificate, TlsError};
+use crate::listen::tcp::{self, TlsSettings};
+use crate::listen::web::WebFront;
+use crate::listen::{self, admin};
+use crate::ops::privacy;
+use crate::ops::stats::{self, StatsSnapshot};
+use crate::policy::admission;
+use crate::policy::admission::Door;
+use crate::policy::limits::LimitsError;
 use crate::state::RelayState;
-use crate::stats::{self, StatsSnapshot};
-use crate::stream_listener::{self, TlsSettings};
-use crate::tls::{self, RelayCertificate, TlsError};
-use crate::transport::{self, TransportError};
-use crate::web::WebFront;
-use crate::webtransport_cert::{self, SharedShortLived, ShortLived};
-use crate::{admin, admission, connection, privacy};
 
 mod pool_view;
 
@@ -48,7 +51,7 @@ pub enum RelayError {
     Transport(#[from] TransportError),
     /// The tiers do not resolve.
     #[error("invalid limits: {0}")]
-    Tiers(#[from] crate::limits::TiersError),
+    Tiers(#[from] crate::policy::limits::TiersError),
     /// A limit has a value the relay cannot run with.
     #[error("invalid limits: {0}")]
     Limits(#[from] LimitsError),
@@ -83,7 +86,7 @@ pub struct Relay {
     admin: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the pool's view, when the relay is a member of one.
     pool_task: Option<tokio::task::JoinHandle<()>>,
-    shared: Arc<RelayState>,
+    state: Arc<RelayState>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -93,7 +96,7 @@ impl Relay {
     /// tokio runtime.
     pub fn spawn(config: RelayConfig) -> Result<Self, RelayError> {
         config.limits.validate()?;
-        let transport = transport::transport_config(&config.limits)?;
+        let transport = endpoint::quic::transport_config(&config.limits)?;
         // A relay trusted by pin (no public name) is one browsers do not trust: its
         // WebTransport endpoint presents a short-lived certificate pages accept by
         // hash. One with a public name has a CA's certificate, which they trust.
@@ -103,7 +106,7 @@ impl Relay {
                 ShortLived::new(config.web_names(), SystemTime::now()).map_err(TlsError::from)?,
             ))),
         };
-        let server_config = transport::server_config(
+        let server_config = endpoint::quic::server_config(
             tls::server_crypto(&config.certificate, short_lived.clone())?,
             transport.clone(),
         );
@@ -118,7 +121,7 @@ impl Relay {
         // quinn's default connection ids carry a checksum under a key made at start,
         // and a packet whose id fails it is dropped before a reset is considered:
         // the relay's ids are plain random, so a restarted relay resets them too.
-        endpoint_config.cid_generator(|| Box::new(transport::RandomConnectionIds));
+        endpoint_config.cid_generator(|| Box::new(endpoint::quic::RandomConnectionIds));
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server_config),
@@ -140,14 +143,14 @@ impl Relay {
             Some(addr) => Some(bind_admin(addr)?),
             None => None,
         };
-        let shared = Arc::new(RelayState::new(config)?);
+        let state = Arc::new(RelayState::new(config)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (admin_addr, admin) = match admin_listener {
             Some(listener) => {
                 let addr = listener.local_addr().ok();
                 let task = tokio::spawn(admin::serve_admin_requests(
                     listener,
-                    shared.clone(),
+                    state.clone(),
                     shutdown_rx.clone(),
                 ));
                 info!(addr = ?addr, "admin listener (metrics, health) listening");
@@ -155,32 +158,31 @@ impl Relay {
             }
             None => (None, None),
         };
-        let tcp_tls: TlsSettings = Arc::new(RwLock::new(Arc::new(stream_listener::tls(
-            &shared.config.certificate,
-        )?)));
+        let tcp_tls: TlsSettings =
+            Arc::new(RwLock::new(Arc::new(tcp::tls(&state.config.certificate)?)));
         let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
         let web = Arc::new(WebFront::new(
-            shared.config.web,
-            shared.config.web_names(),
+            state.config.web,
+            state.config.web_names(),
             short_lived.clone(),
         ));
         let rotation = short_lived
             .clone()
             .map(|short_lived| tokio::spawn(rotate_short_lived(short_lived, shutdown_rx.clone())));
         let tcp_task = tcp_listener.map(|listener| {
-            tokio::spawn(stream_listener::accept_loop(
+            tokio::spawn(tcp::accept_loop(
                 listener,
                 tcp_tls.clone(),
                 web,
-                shared.clone(),
+                state.clone(),
                 shutdown_rx.clone(),
             ))
         });
-        let pool_task = shared.pool.clone().map(|pool| {
+        let pool_task = state.pool.clone().map(|pool| {
             info!(member = pool.me(), "pool member");
-            tokio::spawn(pool_view::keep_view(pool, endpoint.clone(), shared.clone()))
+            tokio::spawn(pool_view::keep_view(pool, endpoint.clone(), state.clone()))
         });
-        let task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), shutdown_rx));
+        let task = tokio::spawn(accept_loop(endpoint.clone(), state.clone(), shutdown_rx));
         info!(addr = %local_addr, tcp = ?tcp_addr, "relay listening");
         Ok(Self {
             url,
@@ -195,7 +197,7 @@ impl Relay {
             admin_addr,
             admin,
             pool_task,
-            shared,
+            state,
             shutdown,
             task,
         })
@@ -224,15 +226,15 @@ impl Relay {
         &mut self,
         certificate: RelayCertificate,
     ) -> Result<&RelayUrl, TlsError> {
-        let server_config = transport::server_config(
+        let server_config = endpoint::quic::server_config(
             tls::server_crypto(&certificate, self.short_lived.clone())?,
             self.transport.clone(),
         );
         let certificate_for_tcp = certificate.clone();
-        let mut config = self.shared.config.clone();
+        let mut config = self.state.config.clone();
         config.certificate = certificate;
         let url = config.url(self.local_addr)?;
-        let tcp_tls = Arc::new(stream_listener::tls(&certificate_for_tcp)?);
+        let tcp_tls = Arc::new(tcp::tls(&certificate_for_tcp)?);
         self.endpoint.set_server_config(Some(server_config));
         *self.tcp_tls.write().unwrap_or_else(|p| p.into_inner()) = tcp_tls;
         if url != self.url {
@@ -255,14 +257,14 @@ impl Relay {
     #[cfg(feature = "splice-tap")]
     pub fn install_splice_tap(
         &self,
-        tap: Arc<dyn crate::splice::SpliceTap>,
-    ) -> Result<(), Arc<dyn crate::splice::SpliceTap>> {
-        self.shared.splice_tap.set(tap)
+        tap: Arc<dyn crate::flows::splice::SpliceTap>,
+    ) -> Result<(), Arc<dyn crate::flows::splice::SpliceTap>> {
+        self.state.splice_tap.set(tap)
     }
 
     /// Counters and gauges of what the relay has done so far.
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.snapshot()
+        self.state.snapshot()
     }
 
     /// Stops the relay gracefully: refuses new connections at once (`/readyz` turns
@@ -270,22 +272,22 @@ impl Relay {
     /// (here after a restart, or elsewhere), lets players go as their sessions end,
     /// waits up to `timeout` for running sessions to finish, then shuts down.
     pub async fn drain(self, timeout: Duration) {
-        self.shared.start_draining();
+        self.state.start_draining();
         info!(
             ?timeout,
-            sessions = self.shared.active_sessions(),
+            sessions = self.state.active_sessions(),
             "draining"
         );
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let done = self.shared.drain_progress.notified();
+            let done = self.state.drain_progress.notified();
             tokio::pin!(done);
             // Registered before the check, so an end between the two is not missed.
             done.as_mut().enable();
             // Hosts hear `GoingAway` before anything closes: each registration ends
             // once its host has the message.
-            let registrations = self.shared.registry.len();
-            if self.shared.active_sessions() == 0 && registrations == 0 {
+            let registrations = self.state.registry.len();
+            if self.state.active_sessions() == 0 && registrations == 0 {
                 info!("drained: no session or registration left");
                 break;
             }
@@ -293,7 +295,7 @@ impl Relay {
                 () = done => {}
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(
-                        sessions = self.shared.active_sessions(),
+                        sessions = self.state.active_sessions(),
                         "drain timeout: closing running sessions"
                     );
                     break;
@@ -352,7 +354,7 @@ impl Drop for Relay {
 
 async fn accept_loop(
     endpoint: quinn::Endpoint,
-    shared: Arc<RelayState>,
+    state: Arc<RelayState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -361,29 +363,29 @@ async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if shared.is_draining() {
-                    stats::Stats::bump(&shared.stats.connections_refused_draining);
+                if state.is_draining() {
+                    stats::Stats::bump(&state.stats.connections_refused_draining);
                     incoming.refuse();
                     continue;
                 }
                 // Under load, a client must first prove it can receive at its
                 // address (QUIC Retry): a Retry keeps no state on the relay, and a
                 // flood from spoofed addresses never gets past it.
-                let validate = shared.config.limits.connections.retry_threshold;
+                let validate = state.config.limits.connections.retry_threshold;
                 if !incoming.remote_address_validated()
-                    && shared.admission.handshakes_in_flight(Door::Quic) >= validate
+                    && state.admission.handshakes_in_flight(Door::Quic) >= validate
                     && incoming.may_retry()
                 {
-                    stats::Stats::bump(&shared.stats.connections_retried);
+                    stats::Stats::bump(&state.stats.connections_retried);
                     let _ = incoming.retry();
                     continue;
                 }
-                match shared.admission.admit_connection(incoming.remote_address(), Door::Quic) {
+                match state.admission.admit_connection(incoming.remote_address(), Door::Quic) {
                     Ok(permit) => {
-                        connections.spawn(connection::handle(incoming, permit, shared.clone()));
+                        connections.spawn(listen::quic::handle(incoming, permit, state.clone()));
                     }
                     Err(refusal) => {
-                        shared.stats.connection_refused(refusal);
+                        state.stats.connection_refused(refusal);
                         debug!(peer = %privacy::redact(incoming.remote_address()), ?refusal, "connection refused");
                         if refusal == admission::Refusal::TooManyHandshakes {
                             // Dropped unanswered: an answer to a flood of Initials
@@ -397,7 +399,7 @@ async fn accept_loop(
                     }
                 }
             }
-            _ = forget.tick() => shared.admission.forget_idle_addresses(),
+            _ = forget.tick() => state.admission.forget_idle_addresses(),
             Some(result) = connections.join_next(), if !connections.is_empty() => {
                 if let Err(err) = result {
                     if err.is_panic() {
@@ -416,10 +418,10 @@ async fn accept_loop(
 }
 
 /// Rotates the WebTransport certificates until shutdown (see
-/// [`crate::webtransport_cert`]); the TLS resolver and `webtransport.json` read
+/// [`crate::endpoint::short_lived`]); the TLS resolver and `webtransport.json` read
 /// the same store, so both change together.
 async fn rotate_short_lived(short_lived: SharedShortLived, mut shutdown: watch::Receiver<bool>) {
-    let mut check = tokio::time::interval(webtransport_cert::CHECK_EVERY);
+    let mut check = tokio::time::interval(short_lived::CHECK_EVERY);
     loop {
         tokio::select! {
             _ = check.tick() => {

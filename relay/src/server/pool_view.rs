@@ -13,9 +13,9 @@ use crate::state::RelayState;
 /// Reads the member list every refresh, probes the members and updates the view,
 /// until the relay stops (the task is aborted with it). A draining relay takes
 /// itself out of its view at once.
-pub(crate) async fn keep_view(pool: Arc<Pool>, endpoint: quinn::Endpoint, shared: Arc<RelayState>) {
-    let mut draining = shared.draining_watch();
-    let stats = &shared.stats;
+pub(crate) async fn keep_view(pool: Arc<Pool>, endpoint: quinn::Endpoint, state: Arc<RelayState>) {
+    let mut draining = state.draining_watch();
+    let stats = &state.stats;
     let prober = Prober::new(endpoint);
     let source = Source::new(&pool.config().members);
     let mut listed: Option<Vec<String>> = None;
