@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use blindrelay_bench::raw::RegistrationPool;
-use blindrelay_client::read_control;
+use blindrelay_client::internal::read_control;
 use blindrelay_protocol::ControlMessage;
 use blindrelay_relay::{Limits, Relay, RelayCertificate, RelayConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -32,7 +32,7 @@ fn bench_splice(c: &mut Criterion) {
         let relay = Relay::spawn(config).expect("relay");
         let pool = RegistrationPool::new(relay.url(), 1).await.expect("pool");
         let host = pool.register().await.expect("registration");
-        let player = blindrelay_client::connect_relay_raw(relay.url())
+        let player = blindrelay_client::internal::connect_relay_raw(relay.url())
             .await
             .expect("player connection");
         let (mut player_send, mut player_recv) = player.open_bi().await.expect("stream");

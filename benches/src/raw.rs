@@ -4,7 +4,7 @@
 //! socket, a task tree and a file descriptor on each; for tens of thousands of idle
 //! registrations the harness instead shares a few client endpoints, opens one QUIC
 //! connection per host id on them, and runs the registration flow (PROTOCOL.md,
-//! section 8) on each with the client's own [`blindrelay_client::register_on`]:
+//! section 8) on each with the client's own [`blindrelay_client::internal::register_on`]:
 //! `Register`, the relay's `Challenge`, the `Proof` over the connection's exported
 //! keying material, `Registered`.
 //!
@@ -97,8 +97,11 @@ impl RegistrationPool {
         let mut list = Vec::new();
         let mut relay = None;
         for _ in 0..endpoints.max(1) {
-            let (endpoint, addr) =
-                blindrelay_client::relay_endpoint_raw(url, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
+            let (endpoint, addr) = blindrelay_client::internal::relay_endpoint_raw(
+                url,
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+            )
+            .await?;
             relay = Some(addr);
             list.push(endpoint);
         }
@@ -122,8 +125,13 @@ impl RegistrationPool {
         let mut redirects = 0;
         loop {
             let connection = endpoint.connect(addr, &server_name)?.await?;
-            match blindrelay_client::register_on_redirected(&connection, &key, None, redirects)
-                .await
+            match blindrelay_client::internal::register_on_redirected(
+                &connection,
+                &key,
+                None,
+                redirects,
+            )
+            .await
             {
                 Ok((send, recv)) => {
                     return Ok(Registration {

@@ -266,7 +266,7 @@ impl std::fmt::Debug for FramedRelayConnection {
 }
 
 /// Opens a TLS-over-TCP connection to the relay at `url` (the URL's host and port,
-/// TCP), verified exactly as the QUIC one is, within [`RELAY_HANDSHAKE_TIMEOUT`].
+/// TCP), verified exactly as the QUIC one is, within the relay handshake timeout (4 s).
 pub async fn connect_relay_tcp(
     url: &RelayUrl,
     config: blindrelay_transport::Config,

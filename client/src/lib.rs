@@ -9,7 +9,35 @@
 //!
 //! Both ends run Noise IK end to end (see [`blindrelay_protocol::noise`]); the relay
 //! forwards ciphertext only. The `blindrelay` binary (keygen, host, connect) is built
-//! on this library.
+//! on this library, and `examples/` holds a host and a player of a few dozen lines.
+//!
+//! ```no_run
+//! use blindrelay_client::{HostAgent, HostConfig, Player, PlayerConfig, SecretKey};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! // The host: registered with its relay while Enable Relay is on; its ticket is
+//! // what a player needs, and carries no secret.
+//! let relay = "blindrelay://relay.example.net:4433".parse()?;
+//! let mut host = HostAgent::start(HostConfig::new(SecretKey::generate()?, relay))?;
+//! let ticket = host.ticket().clone();
+//! tokio::spawn(async move {
+//!     while let Some(mut session) = host.accept().await {
+//!         // Plaintext here, ciphertext everywhere between the two ends.
+//!         let _ = session.write_all(b"hello from home").await;
+//!         let _ = session.shutdown().await;
+//!     }
+//! });
+//!
+//! // The player: directly when it can, through the relay otherwise.
+//! let player = Player::new(PlayerConfig::new(SecretKey::generate()?));
+//! let mut session = player.connect(&ticket).await?;
+//! let mut greeting = String::new();
+//! session.read_to_string(&mut greeting).await?;
+//! println!("{greeting} ({})", session.path());
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -21,6 +49,7 @@ mod endpoint;
 mod host;
 mod linger;
 mod player;
+mod session;
 mod stream;
 mod transports;
 mod web_link;
@@ -33,21 +62,32 @@ pub use backoff::BackoffConfig;
 pub use blindrelay_protocol::{
     HostId, PublicKey, RelayUrl, SecretKey, SessionLimits, Ticket, Token,
 };
-pub use endpoint::{
-    connect_relay_raw, connect_relay_raw_from, connect_relay_raw_with, connect_relay_tcp,
-    connect_relay_websocket, relay_client_tls, relay_endpoint_raw, ConnectRelayError,
-    FramedRelayConnection, TlsSetupError,
-};
+pub use endpoint::{ConnectRelayError, TlsSetupError};
 pub use host::{
-    register_on, register_on_redirected, DirectListenError, HostAgent, HostConfig, HostState,
-    HostStats, RegisterError, RegistrationStream, StartError,
+    DirectListenError, HostAgent, HostConfig, HostState, HostStats, RegisterError, StartError,
 };
-pub use linger::{framed_halves, halves as quic_halves, StreamRecv, StreamSend, LINGER};
+pub use linger::{StreamRecv, StreamSend};
 pub use player::{
     ConnectError, DirectConnectError, PathPreference, Player, PlayerConfig, SetupStreamError,
     UnknownPathPreference,
 };
-pub use stream::{Abandon, RelayTransport, SecureStream, SessionEnded, SessionPath};
+pub use session::{RelayTransport, SessionEnded, SessionPath};
+pub use stream::{Abandon, SecureStream};
 pub use transports::{TransportPreference, UnknownTransport, DEFAULT_TCP_DELAY, UDP_BROKEN_MEMORY};
 pub use web_link::{web_link, WebLinkError};
-pub use wire::{read_control, WireError};
+pub use wire::WireError;
+
+/// Plumbing for the load generator and the whole-system tests: raw connections to a
+/// relay, a registration made by hand, a control message read off a stream, a
+/// stream's halves. Nothing here is needed to host or to play, and none of it is a
+/// stable interface, so it is left out of the documentation (as rustls's).
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::endpoint::{
+        connect_relay_raw, connect_relay_raw_from, connect_relay_raw_with, connect_relay_tcp,
+        connect_relay_websocket, relay_client_tls, relay_endpoint_raw, FramedRelayConnection,
+    };
+    pub use crate::host::{register_on, register_on_redirected, RegistrationStream};
+    pub use crate::linger::{framed_halves, halves as quic_halves, LINGER};
+    pub use crate::wire::read_control;
+}

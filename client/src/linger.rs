@@ -29,7 +29,7 @@ use blindrelay_transport::{FramedRecv, FramedSend, RecvError, SendError};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::stream::SessionEnded;
+use crate::session::SessionEnded;
 
 /// The longest a dropped session keeps its connection for the peer to finish.
 pub const LINGER: Duration = Duration::from_secs(10);

@@ -41,7 +41,8 @@ use crate::endpoint::{
     ConnectRelayError, ConnectionProfile, LocalEndpoints, TlsSetupError, DIRECT_SERVER_NAME,
 };
 use crate::linger::{StreamRecv, StreamSend};
-use crate::stream::{RelayTransport, SecureStream, SessionEnded, SessionPath};
+use crate::session::{RelayTransport, SessionEnded, SessionPath};
+use crate::stream::SecureStream;
 use crate::transports::{race, TransportPreference, UdpHealth};
 use crate::wire::{read_control, read_noise_message, WireError};
 use tokio::io::AsyncWriteExt;

@@ -242,14 +242,14 @@ pub async fn read_pattern(
 
 /// Opens a bare QUIC connection to the relay for speaking raw protocol.
 pub async fn raw_connection(relay: &Relay) -> quinn::Connection {
-    blindrelay_client::connect_relay_raw(relay.url())
+    blindrelay_client::internal::connect_relay_raw(relay.url())
         .await
         .expect("raw connection to the relay")
 }
 
 /// Reads one control message from a raw stream.
 pub async fn read_message(recv: &mut quinn::RecvStream) -> Option<ControlMessage> {
-    blindrelay_client::read_control(recv).await.ok()
+    blindrelay_client::internal::read_control(recv).await.ok()
 }
 
 /// Sends `bytes` on a new stream (finishing it if `finish`) and returns the relay's

@@ -8,10 +8,12 @@
 //! Relay and client share this crate so both ends of a connection follow the same
 //! rules. So do the small HTTP listeners beside the protocol (the relay's admin
 //! port, the host's panel): [`listener`] is the accept loop that keeps one client
-//! from locking the others out of them.
+//! from locking the others out of them. [`danger`] is a TLS client that checks no
+//! identity, for liveness probes and tests.
 
 #![deny(missing_docs)]
 
+pub mod danger;
 pub mod framed;
 pub mod listener;
 pub mod websocket;

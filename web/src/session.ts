@@ -32,23 +32,17 @@
  */
 
 import { type Aead, defaultAead } from "./aead.js";
-import { ByteQueue, concat } from "./bytes.js";
-import { CLOSE_CODES, STREAM_CODES, StreamCode, describeCode } from "./codes.js";
-import { ControlError, type SessionLimits, describeErrorCode, encodeConnect, takePlayerControl } from "./control.js";
-import { FrameDecoder, FrameError, encodeData, encodeFrame, type StreamFrame } from "./frames.js";
+import { concat } from "./bytes.js";
+import { StreamCode } from "./codes.js";
+import { type SessionLimits, describeErrorCode, encodeConnect, takePlayerControl } from "./control.js";
+import { SessionError, type StreamLink, toSessionError } from "./link.js";
 import { MAX_PLAINTEXT_LEN, NoiseError, PlayerHandshake, type Transport } from "./noise.js";
 import type { StaticKey } from "./statickey.js";
+import { type WebSocketLike, WebSocketLink, defaultWebSocket } from "./websocket.js";
 import { type WebTransportLike, WebTransportLink } from "./webtransport.js";
 
-/** The part of a WebSocket this module uses: the browser's, or a test's stand-in. */
-export interface WebSocketLike {
-  binaryType: string;
-  readonly readyState: number;
-  readonly bufferedAmount: number;
-  send(data: Uint8Array): void;
-  close(code?: number, reason?: string): void;
-  addEventListener(type: "open" | "message" | "close" | "error", listener: (event: { data?: unknown }) => void): void;
-}
+export { SessionError, type SessionErrorKind, type StreamLink, streamCodeError, toSessionError } from "./link.js";
+export type { WebSocketLike } from "./websocket.js";
 
 /** The way a session reaches the relay. */
 export type TransportName = "webtransport" | "websocket";
@@ -78,82 +72,10 @@ export interface ConnectOptions {
   readonly ephemeralSecretForTesting?: Uint8Array;
 }
 
-/** Why a session failed or could not start. */
-export type SessionErrorKind =
-  /** The relay answered `Error` instead of `Connected` (code and reason attached). */
-  | "relay-refused"
-  /** The relay is a pool member that does not hold the host and named the members that may (section 18.4). */
-  | "redirected"
-  /** The host does not serve this player's key. */
-  | "not-authorized"
-  /** The host's side went away without ending the session (`PEER_GONE`). */
-  | "host-left"
-  /** The relay ended the session at its stall timeout (`STALLED`). */
-  | "stalled"
-  /** The relay ended the session at its idle timeout (`SESSION_IDLE`). */
-  | "idle"
-  /** The relay ended the session at its maximum duration (`DURATION_LIMIT`). */
-  | "duration-limit"
-  /** The relay ended the session at its byte limit (`BYTE_LIMIT`). */
-  | "byte-limit"
-  /** The session was refused (`REFUSED`): the hello was not made for this host. */
-  | "refused"
-  /** The other side cancelled (`CANCELLED`). */
-  | "cancelled"
-  /** The host rejected what this side sent (`PROTOCOL_VIOLATION`). */
-  | "rejected"
-  /** Reset or stopped with a code this version does not know. */
-  | "reset"
-  /** The relay closed the connection (`CLOSE`, code attached). */
-  | "closed"
-  /** The host's stream ended without its authenticated end: someone cut it short. */
-  | "truncated"
-  /** What arrived broke the protocol (frames, control messages or the Noise session). */
-  | "protocol"
-  /** The WebSocket or WebTransport session failed or closed. */
-  | "connection"
-  /** Set-up did not finish in time. */
-  | "timeout";
-
-/** A session that failed, with the kind that says why. */
-export class SessionError extends Error {
-  override readonly name = "SessionError";
-
-  constructor(
-    /** Why, for code that reacts to it. */
-    readonly kind: SessionErrorKind,
-    message: string,
-    /** The stream, close or relay error code that said so, where one did. */
-    readonly code?: number,
-    /** For `redirected`: the pool members the relay named, the host's owner first. */
-    readonly members?: readonly string[],
-  ) {
-    super(message);
-  }
-}
-
 /** `wss://HOST:PORT/blindrelay/1`, with an IPv6 address in brackets. */
 export function relayWebSocketUrl(host: string, port: number): string {
   const name = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
   return `wss://${name}:${port}/blindrelay/1`;
-}
-
-/** The error a stream code in a `RESET` or `STOP` stands for. */
-export function streamCodeError(code: number): SessionError {
-  const words = describeCode(STREAM_CODES, "stream code", code);
-  const kinds: Record<number, SessionErrorKind> = {
-    [StreamCode.PEER_GONE]: "host-left",
-    [StreamCode.REFUSED]: "refused",
-    [StreamCode.STALLED]: "stalled",
-    [StreamCode.SESSION_IDLE]: "idle",
-    [StreamCode.DURATION_LIMIT]: "duration-limit",
-    [StreamCode.BYTE_LIMIT]: "byte-limit",
-    [StreamCode.CANCELLED]: "cancelled",
-    [StreamCode.PROTOCOL_VIOLATION]: "rejected",
-  };
-  const kind = kinds[code] ?? "reset";
-  const lead = kind === "host-left" ? "host left" : kind === "reset" ? "session reset" : kind.replace("-", " ");
-  return new SessionError(kind, `${lead}: ${words}`, code);
 }
 
 /** An established session: plaintext both ways. */
@@ -174,41 +96,6 @@ export interface PlayerSession {
   abort(): void;
 }
 
-/**
- * One stream to the relay, whatever carries it: bytes out, bytes in (kept until
- * parsed), the stream's ends, and the codes it may end with (section 11).
- */
-export interface StreamLink {
-  /** Waits until bytes can be sent. */
-  opened(deadline: number): Promise<void>;
-  /** Sends stream bytes. */
-  sendStream(bytes: Uint8Array): void;
-  /** Ends this side's direction cleanly (FIN). */
-  finish(): void;
-  /** Resets this side's direction and stops the other's, both with `code`. */
-  abandon(code: number): void;
-  /** Takes what `parse` finds in the received bytes, waiting for more as needed; a stream that ends first is a truncation. */
-  read<T>(parse: (buf: Uint8Array) => { message: T; used: number } | undefined, deadline: number): Promise<T>;
-  /** Reads and discards until the other side's direction ends, or `deadline`. */
-  drainToEnd(deadline: number): Promise<void>;
-  /** From now on, bytes that arrive are dropped unread. */
-  discardData(): void;
-  /** Whether the other side's direction ended cleanly (FIN). */
-  finReceived(): boolean;
-  /** Throws if the other side asked this one to stop sending, or the link is gone. */
-  throwIfStopped(): void;
-  /** Waits while too much is queued to send. */
-  drained(): Promise<void>;
-  /** Records why the link ended, if nothing did before. */
-  fail(error: SessionError): void;
-  /** Lets go of the stream (and its WebSocket, where it has one). */
-  shutdown(): void;
-}
-
-/** Above this many bytes queued in the WebSocket, writes wait. */
-const SEND_HIGH_WATER = 1 << 20;
-/** How often a waiting write looks at the WebSocket's queue again; the browser gives no event for it. */
-const DRAIN_POLL_MS = 5;
 /** How long to wait for the host's FIN after both ends are done, before closing the WebSocket anyway. */
 const LINGER_MS = 5000;
 
@@ -283,22 +170,6 @@ export async function connectPlayer(options: ConnectOptions): Promise<PlayerSess
     link.shutdown();
     throw error;
   }
-}
-
-function defaultWebSocket(url: string): WebSocketLike {
-  const Ctor = (globalThis as { WebSocket?: new (url: string) => WebSocketLike }).WebSocket;
-  if (Ctor === undefined) throw new SessionError("connection", "this environment has no WebSocket");
-  return new Ctor(url);
-}
-
-/** `err` as a {@link SessionError}: kept where it is one, else named for what failed. */
-export function toSessionError(err: unknown): SessionError {
-  if (err instanceof SessionError) return err;
-  if (err instanceof NoiseError) {
-    return new SessionError(err.kind === "truncated" ? "truncated" : "protocol", err.message);
-  }
-  if (err instanceof ControlError || err instanceof FrameError) return new SessionError("protocol", err.message);
-  return new SessionError("connection", err instanceof Error ? err.message : String(err));
 }
 
 /** Takes one Noise message (2-byte length, then the message) off the front of `buf` if it has all arrived. */
@@ -404,232 +275,5 @@ class Session implements PlayerSession {
       this.link.fail(error);
       throw error;
     }
-  }
-}
-
-/** One WebSocket carrying one stream: frames in and out, DATA bytes buffered for readers. */
-class WebSocketLink implements StreamLink {
-  private readonly decoder = new FrameDecoder();
-  /** Stream bytes not read yet. A queue, not a concatenation per frame: a page busy
-   * decrypting falls behind the socket, and its backlog can reach megabytes. */
-  private readonly received = new ByteQueue();
-  private fin = false;
-  private discarding = false;
-  private ended: SessionError | undefined;
-  private stopped: SessionError | undefined;
-  private waiters: (() => void)[] = [];
-  private lastSend = Date.now();
-  private readonly keepAlive: ReturnType<typeof setInterval> | undefined;
-  private isOpen = false;
-
-  constructor(
-    private readonly ws: WebSocketLike,
-    keepAliveMs: number,
-  ) {
-    ws.binaryType = "arraybuffer";
-    // WebSocket.OPEN; a socket handed over already open sends no "open" event.
-    this.isOpen = ws.readyState === 1;
-    ws.addEventListener("open", () => {
-      this.isOpen = true;
-      this.wake();
-    });
-    ws.addEventListener("message", (event) => this.onMessage(event.data));
-    ws.addEventListener("error", () => this.fail(new SessionError("connection", "the WebSocket to the relay failed")));
-    ws.addEventListener("close", () => {
-      this.isOpen = false;
-      this.fail(new SessionError("connection", "the connection to the relay closed"));
-    });
-    if (keepAliveMs > 0) {
-      this.keepAlive = setInterval(() => {
-        if (this.isOpen && Date.now() - this.lastSend >= keepAliveMs) {
-          this.sendFrame({ type: "ping", opaque: crypto.getRandomValues(new Uint8Array(8)) });
-        }
-      }, keepAliveMs);
-      // In node, a pending keep-alive must not hold the process open.
-      (this.keepAlive as { unref?: () => void }).unref?.();
-    }
-  }
-
-  /** Waits for the WebSocket to open. */
-  async opened(deadline: number): Promise<void> {
-    while (!this.isOpen) {
-      if (this.ended) throw this.ended;
-      await this.wait(deadline);
-    }
-  }
-
-  /** Sends stream bytes as DATA frames, in one message. */
-  sendStream(bytes: Uint8Array): void {
-    if (bytes.length > 0) this.send(encodeData(bytes));
-  }
-
-  sendFrame(frame: StreamFrame): void {
-    this.send(encodeFrame(frame));
-  }
-
-  finish(): void {
-    this.sendFrame({ type: "fin" });
-  }
-
-  /** Resets this side's direction and stops the other's, both with `code`. */
-  abandon(code: number): void {
-    this.send(concat(encodeFrame({ type: "reset", code }), encodeFrame({ type: "stop", code })));
-  }
-
-  /** Takes what `parse` finds in the received bytes, waiting for more as needed. */
-  async read<T>(parse: (buf: Uint8Array) => { message: T; used: number } | undefined, deadline: number): Promise<T> {
-    for (;;) {
-      // `parse` copies what it keeps: the view is reused by the next push.
-      const taken = parse(this.received.view());
-      if (taken !== undefined) {
-        this.received.consume(taken.used);
-        return taken.message;
-      }
-      if (this.fin) {
-        throw new NoiseError("truncated", "session truncated: the stream ended without an authenticated end of stream");
-      }
-      if (this.ended) throw this.ended;
-      await this.wait(deadline);
-    }
-  }
-
-  /** Reads and discards until the other side's direction ends, or `deadline`. */
-  async drainToEnd(deadline: number): Promise<void> {
-    this.discardData();
-    while (!this.fin && this.ended === undefined && Date.now() < deadline) {
-      try {
-        await this.wait(deadline);
-      } catch {
-        return;
-      }
-    }
-  }
-
-  /** From now on, DATA that arrives is dropped unread. */
-  discardData(): void {
-    this.discarding = true;
-    this.received.clear();
-  }
-
-  finReceived(): boolean {
-    return this.fin;
-  }
-
-  /** Throws if the other side asked this one to stop sending, or the link is gone. */
-  throwIfStopped(): void {
-    if (this.stopped) throw this.stopped;
-    if (this.ended && !this.fin) throw this.ended;
-  }
-
-  /** Waits while the WebSocket holds more than {@link SEND_HIGH_WATER} bytes not yet sent. */
-  async drained(): Promise<void> {
-    while (this.isOpen && this.ws.bufferedAmount > SEND_HIGH_WATER) {
-      await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
-    }
-    this.throwIfStopped();
-  }
-
-  /** Records why the link ended, if nothing did before, and wakes every waiter. */
-  fail(error: SessionError): void {
-    this.ended ??= error;
-    this.wake();
-  }
-
-  /** Closes the WebSocket and stops the keep-alive. */
-  shutdown(): void {
-    if (this.keepAlive !== undefined) clearInterval(this.keepAlive);
-    this.fail(new SessionError("connection", "the session is closed"));
-    try {
-      this.ws.close(1000);
-    } catch {
-      // Already closing: nothing more to do.
-    }
-  }
-
-  private send(bytes: Uint8Array): void {
-    if (!this.isOpen) return;
-    this.lastSend = Date.now();
-    this.ws.send(bytes);
-  }
-
-  private onMessage(data: unknown): void {
-    if (!(data instanceof ArrayBuffer)) {
-      // Section 17.6: a text message is a protocol error that ends the connection.
-      this.protocolFailure(new SessionError("protocol", "the relay sent a text message"));
-      return;
-    }
-    this.decoder.push(new Uint8Array(data));
-    try {
-      for (let frame = this.decoder.next(); frame !== undefined; frame = this.decoder.next()) {
-        this.onFrame(frame);
-      }
-    } catch (err) {
-      this.protocolFailure(toSessionError(err));
-      return;
-    }
-    this.wake();
-  }
-
-  private onFrame(frame: StreamFrame): void {
-    switch (frame.type) {
-      case "data":
-        if (!this.fin && !this.discarding) this.received.push(frame.data);
-        break;
-      case "fin":
-        this.fin = true;
-        break;
-      case "reset":
-        this.fail(streamCodeError(frame.code));
-        break;
-      case "stop":
-        this.stopped ??= streamCodeError(frame.code);
-        break;
-      case "close":
-        this.fail(
-          new SessionError(
-            "closed",
-            `the relay closed the connection: ${describeCode(CLOSE_CODES, "close code", frame.code)}${frame.reason ? ` (${frame.reason})` : ""}`,
-            frame.code,
-          ),
-        );
-        break;
-      case "ping":
-        this.sendFrame({ type: "pong", opaque: frame.opaque });
-        break;
-      case "pong":
-        break;
-    }
-  }
-
-  private protocolFailure(error: SessionError): void {
-    this.fail(error);
-    try {
-      this.ws.close(1002);
-    } catch {
-      // Already closing.
-    }
-  }
-
-  private wake(): void {
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const wake of waiters) wake();
-  }
-
-  /** Resolves at the next event on the link; rejects with a timeout at `deadline`. */
-  private wait(deadline: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      if (Number.isFinite(deadline)) {
-        timer = setTimeout(
-          () => reject(new SessionError("timeout", "the session was not set up in time")),
-          Math.max(0, deadline - Date.now()),
-        );
-      }
-      this.waiters.push(() => {
-        if (timer !== undefined) clearTimeout(timer);
-        resolve();
-      });
-    });
   }
 }

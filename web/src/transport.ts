@@ -13,10 +13,10 @@
  */
 
 import { decodeBase64 } from "./bytes.js";
-import { type ConnectOptions, type PlayerSession, SessionError, type TransportName, connectPlayer } from "./session.js";
+import { SessionError, withDeadline } from "./link.js";
+import { type ConnectOptions, type PlayerSession, type TransportName, connectPlayer } from "./session.js";
 import type { TransportSetting } from "./store.js";
 import type { WebTransportLike } from "./webtransport.js";
-import { withDeadline } from "./webtransport.js";
 
 export type { TransportSetting };
 

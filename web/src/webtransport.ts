@@ -12,10 +12,10 @@
  * as with a native player.
  */
 
-import { ByteQueue } from "./bytes.js";
 import { CLOSE_CODES, describeCode } from "./codes.js";
-import { NoiseError } from "./noise.js";
-import { SessionError, type StreamLink, streamCodeError } from "./session.js";
+import { ReceivingLink, SessionError, type StreamLink, messageOf, streamCodeError, withDeadline } from "./link.js";
+
+export { withDeadline } from "./link.js";
 
 /** A bidirectional WebTransport stream, as the browser gives it. */
 export interface WebTransportStreamLike {
@@ -65,22 +65,18 @@ export function streamCodeOf(err: unknown): number | undefined {
 const SEND_HIGH_WATER = 1 << 20;
 
 /** One WebTransport stream carrying one session. */
-export class WebTransportLink implements StreamLink {
-  private readonly received = new ByteQueue();
+export class WebTransportLink extends ReceivingLink implements StreamLink {
   private reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
   private writer: WritableStreamDefaultWriter<Uint8Array> | undefined;
   private opening: Promise<void> | undefined;
   /** The read in progress: a read that outlived its caller's deadline is kept for the next caller. */
   private pending: Promise<void> | undefined;
-  private fin = false;
   private finSent = false;
-  private discarding = false;
-  private ended: SessionError | undefined;
-  private stopped: SessionError | undefined;
   private unsent = 0;
   private closeInfo: { closeCode?: number; reason?: string } | undefined;
 
   constructor(private readonly transport: WebTransportLike) {
+    super();
     transport.closed.then(
       (info) => {
         this.closeInfo = info;
@@ -130,56 +126,12 @@ export class WebTransportLink implements StreamLink {
     this.discarding = true;
   }
 
-  async read<T>(parse: (buf: Uint8Array) => { message: T; used: number } | undefined, deadline: number): Promise<T> {
-    for (;;) {
-      const taken = parse(this.received.view());
-      if (taken !== undefined) {
-        this.received.consume(taken.used);
-        return taken.message;
-      }
-      if (this.fin) {
-        throw new NoiseError("truncated", "session truncated: the stream ended without an authenticated end of stream");
-      }
-      if (this.ended) throw this.ended;
-      await this.pull(deadline);
-    }
-  }
-
-  async drainToEnd(deadline: number): Promise<void> {
-    this.discardData();
-    while (!this.fin && this.ended === undefined && Date.now() < deadline) {
-      try {
-        await this.pull(deadline);
-      } catch {
-        return;
-      }
-    }
-  }
-
-  discardData(): void {
-    this.discarding = true;
-    this.received.clear();
-  }
-
-  finReceived(): boolean {
-    return this.fin;
-  }
-
-  throwIfStopped(): void {
-    if (this.stopped) throw this.stopped;
-    if (this.ended && !this.fin) throw this.ended;
-  }
-
   async drained(): Promise<void> {
     // `ready` alone lets a queue of one chunk of any size through: the count bounds it in bytes.
     while (this.writer !== undefined && this.unsent > SEND_HIGH_WATER && !this.stopped && !this.ended) {
       await Promise.race([this.writer.ready, new Promise((resolve) => setTimeout(resolve, 5))]);
     }
     this.throwIfStopped();
-  }
-
-  fail(error: SessionError): void {
-    this.ended ??= error;
   }
 
   shutdown(): void {
@@ -193,14 +145,14 @@ export class WebTransportLink implements StreamLink {
   }
 
   /** Reads one chunk into the queue, or waits at most until `deadline` for it. */
-  private async pull(deadline: number): Promise<void> {
+  protected async pull(deadline: number): Promise<void> {
     const reader = this.reader;
     if (reader === undefined) throw this.ended ?? new SessionError("connection", "the stream is not open");
     this.pending ??= reader.read().then(
       ({ value, done }) => {
         this.pending = undefined;
         if (done) this.fin = true;
-        else if (value !== undefined && !this.discarding) this.received.push(value);
+        else if (value !== undefined) this.receive(value);
       },
       (err: unknown) => {
         this.pending = undefined;
@@ -235,25 +187,4 @@ export class WebTransportLink implements StreamLink {
       this.stopped ??= new SessionError("connection", `the WebTransport stream failed: ${messageOf(err)}`);
     }
   }
-}
-
-/** `work`, or a timeout error at `deadline` (the work goes on, for whoever waits next). */
-export async function withDeadline<T>(work: Promise<T>, deadline: number): Promise<T> {
-  if (!Number.isFinite(deadline)) return work;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new SessionError("timeout", "the session was not set up in time")),
-      Math.max(0, deadline - Date.now()),
-    );
-  });
-  try {
-    return await Promise.race([work, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

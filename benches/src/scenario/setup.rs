@@ -484,7 +484,7 @@ async fn redirect_exchange(
     host_id: &HostId,
     samples: usize,
 ) -> Result<Histogram<u64>> {
-    let connection = blindrelay_client::connect_relay_raw(entry).await?;
+    let connection = blindrelay_client::internal::connect_relay_raw(entry).await?;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let frame = ControlMessage::Connect {
         host_id: *host_id,
@@ -496,7 +496,7 @@ async fn redirect_exchange(
             let started = Instant::now();
             let (mut send, mut recv) = connection.open_bi().await?;
             send.write_all(&frame).await?;
-            let answer = blindrelay_client::read_control(&mut recv).await?;
+            let answer = blindrelay_client::internal::read_control(&mut recv).await?;
             let took = started.elapsed();
             if !matches!(answer, ControlMessage::Redirect { .. }) {
                 bail!("the pool member answered {answer:?}, not a Redirect");

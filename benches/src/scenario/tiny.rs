@@ -180,12 +180,12 @@ async fn quic_players(
     until: Instant,
     wire: &AtomicU64,
 ) -> Result<()> {
-    let connection = blindrelay_client::connect_relay_raw(url).await?;
+    let connection = blindrelay_client::internal::connect_relay_raw(url).await?;
     let mut streams = Vec::with_capacity(sessions);
     for _ in 0..sessions {
         let (mut send, mut recv) = connection.open_bi().await?;
         send.write_all(&connect_request(host_id)).await?;
-        let answer = blindrelay_client::read_control(&mut recv).await?;
+        let answer = blindrelay_client::internal::read_control(&mut recv).await?;
         anyhow::ensure!(
             matches!(answer, ControlMessage::Connected { .. }),
             "the relay answered {answer:?}"
@@ -247,7 +247,7 @@ async fn stream_players(
     } else {
         blindrelay_protocol::ALPN
     };
-    let tls = Arc::new(blindrelay_client::relay_client_tls(url, alpn)?);
+    let tls = Arc::new(blindrelay_client::internal::relay_client_tls(url, alpn)?);
     let addr = tokio::net::lookup_host((url.host(), url.port()))
         .await?
         .next()
@@ -375,14 +375,14 @@ impl AsyncWrite for Counted {
 struct Host {
     host_id: blindrelay_client::HostId,
     connection: quinn::Connection,
-    _registration: blindrelay_client::RegistrationStream,
+    _registration: blindrelay_client::internal::RegistrationStream,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Host {
     async fn start(url: &RelayUrl, key: &SecretKey) -> Result<Self> {
-        let connection = blindrelay_client::connect_relay_raw(url).await?;
-        let registration = blindrelay_client::register_on(&connection, key, None).await?;
+        let connection = blindrelay_client::internal::connect_relay_raw(url).await?;
+        let registration = blindrelay_client::internal::register_on(&connection, key, None).await?;
         let accepting = connection.clone();
         let task = tokio::spawn(async move {
             while let Ok((_send, mut recv)) = accepting.accept_bi().await {

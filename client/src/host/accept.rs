@@ -19,7 +19,8 @@ use tracing::{debug, info};
 
 use super::{HostConfig, HostCounters};
 use crate::linger::{StreamRecv, StreamSend};
-use crate::stream::{Abandon, RelayTransport, SecureStream, SessionPath};
+use crate::session::{RelayTransport, SessionPath};
+use crate::stream::{Abandon, SecureStream};
 use crate::wire::{read_control, read_noise_message, WireError};
 use blindrelay_transport::{FramedRecv, FramedSend};
 

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::accept::SessionAcceptor;
 use super::{HostConfig, HostCounters};
 use crate::endpoint::{bind_udp, TlsSetupError, DIRECT_SERVER_NAME};
-use crate::stream::SessionPath;
+use crate::session::SessionPath;
 
 /// Why the direct listener could not start.
 #[derive(Debug, thiserror::Error)]

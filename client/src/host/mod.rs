@@ -34,7 +34,8 @@ use tokio::task::JoinSet;
 use crate::authorized::PlayerAuthorization;
 use crate::backoff::BackoffConfig;
 use crate::endpoint::LocalEndpoints;
-use crate::stream::{RelayTransport, SecureStream};
+use crate::session::RelayTransport;
+use crate::stream::SecureStream;
 use crate::transports::TransportPreference;
 use accept::SessionAcceptor;
 pub use direct::DirectListenError;
@@ -390,7 +391,7 @@ impl HostAgent {
     }
 
     /// Switches Enable Relay. Off: the agent closes its relay connection (which ends
-    /// every relayed session, with [`codes::close::RELAY_DISABLED`]) and stays
+    /// every relayed session, with [`RELAY_DISABLED`](blindrelay_protocol::codes::close::RELAY_DISABLED)) and stays
     /// [`HostState::Disabled`]; direct sessions go on. On: it registers again. A host
     /// without a relay stays disabled either way.
     pub fn set_relay_enabled(&self, enabled: bool) {

@@ -33,7 +33,7 @@ use crate::endpoint::{
     connect_relay, connect_relay_tcp, connect_relay_websocket, ConnectRelayError,
     ConnectionProfile, FramedRelayConnection, LocalEndpoints,
 };
-use crate::stream::{RelayTransport, SessionPath};
+use crate::session::{RelayTransport, SessionPath};
 use crate::transports::{race, Attempt, TransportPreference, UdpHealth};
 use crate::wire::{read_control, WireError};
 use blindrelay_protocol::placement::MAX_REDIRECTS;

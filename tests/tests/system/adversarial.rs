@@ -203,7 +203,9 @@ async fn floods_of_initials_and_of_idle_connections_stay_within_the_caps() {
             1 + (i / 250) as u8,
             1 + (i % 250) as u8,
         ));
-        if let Ok(connection) = blindrelay_client::connect_relay_raw_from(relay.url(), ip).await {
+        if let Ok(connection) =
+            blindrelay_client::internal::connect_relay_raw_from(relay.url(), ip).await
+        {
             held.push(connection);
         }
         // Established ones only (a handshake in progress counts apart), plus at most
@@ -572,18 +574,23 @@ async fn refusals_a_player_never_takes_pin_neither_the_budget_nor_the_host() {
     // relay reserved its buffers and took a host slot.
     let mut takes_no_stream = quinn::TransportConfig::default();
     takes_no_stream.max_concurrent_bidi_streams(0u32.into());
-    let host = blindrelay_client::connect_relay_raw_with(relay.url(), localhost, takes_no_stream)
-        .await
-        .unwrap();
+    let host = blindrelay_client::internal::connect_relay_raw_with(
+        relay.url(),
+        localhost,
+        takes_no_stream,
+    )
+    .await
+    .unwrap();
     let key = SecretKey::generate().unwrap();
     let (verdict, _registration) = register_by_hand(&host, key.host_id(), &key, &host).await;
     assert_eq!(verdict, ControlMessage::Registered);
 
     // Its player grants the relay no credit: no refusal can be written to it.
     const CONNECTS: u64 = 20;
-    let player = blindrelay_client::connect_relay_raw_with(relay.url(), localhost, no_credit())
-        .await
-        .unwrap();
+    let player =
+        blindrelay_client::internal::connect_relay_raw_with(relay.url(), localhost, no_credit())
+            .await
+            .unwrap();
     let mut request = ControlMessage::connect(key.host_id()).to_frame().to_vec();
     request.extend_from_slice(&hello_for(&key.host_id()));
     let mut streams = Vec::new();
@@ -628,10 +635,13 @@ async fn a_registration_whose_challenge_is_never_taken_ends_with_its_connection(
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut attackers = Vec::new();
     for _ in 0..8 {
-        let connection =
-            blindrelay_client::connect_relay_raw_with(relay.url(), localhost, no_credit())
-                .await
-                .unwrap();
+        let connection = blindrelay_client::internal::connect_relay_raw_with(
+            relay.url(),
+            localhost,
+            no_credit(),
+        )
+        .await
+        .unwrap();
         let (mut send, recv) = connection.open_bi().await.unwrap();
         let key = SecretKey::generate().unwrap();
         send.write_all(&ControlMessage::register(key.host_id()).to_frame())
@@ -751,7 +761,7 @@ async fn one_address_holds_only_its_share_of_sessions() {
     let from = |ip: [u8; 4]| {
         let url = relay.url().clone();
         async move {
-            blindrelay_client::connect_relay_raw_from(&url, IpAddr::from(ip))
+            blindrelay_client::internal::connect_relay_raw_from(&url, IpAddr::from(ip))
                 .await
                 .unwrap()
         }
@@ -821,10 +831,12 @@ async fn capture_initials(
     count: usize,
 ) -> (tokio::net::UdpSocket, Vec<Vec<u8>>, Vec<quinn::Connecting>) {
     let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (endpoint, _) =
-        blindrelay_client::relay_endpoint_raw(relay.url(), IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .await
-            .unwrap();
+    let (endpoint, _) = blindrelay_client::internal::relay_endpoint_raw(
+        relay.url(),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    )
+    .await
+    .unwrap();
     let mut pending = Vec::new();
     let mut initials = Vec::new();
     let mut buf = vec![0u8; 2048];
@@ -917,9 +929,10 @@ async fn what_peers_that_grant_no_credit_send_does_not_grow_the_relay() {
     for address in 0..ADDRESSES {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1 + address));
         for _ in 0..PER_ADDRESS {
-            let connection = blindrelay_client::connect_relay_raw_with(&url, ip, no_credit())
-                .await
-                .unwrap();
+            let connection =
+                blindrelay_client::internal::connect_relay_raw_with(&url, ip, no_credit())
+                    .await
+                    .unwrap();
             connections.push(connection);
         }
     }
@@ -983,10 +996,13 @@ async fn a_host_that_cannot_be_told_does_not_hold_a_drain() {
     // `GoingAway` frame (8) fit.
     let mut tight = quinn::TransportConfig::default();
     tight.stream_receive_window(7u32.into());
-    let connection =
-        blindrelay_client::connect_relay_raw_with(relay.url(), IpAddr::from([127, 0, 0, 1]), tight)
-            .await
-            .expect("connects");
+    let connection = blindrelay_client::internal::connect_relay_raw_with(
+        relay.url(),
+        IpAddr::from([127, 0, 0, 1]),
+        tight,
+    )
+    .await
+    .expect("connects");
     let key = SecretKey::generate().unwrap();
     let (verdict, _send, _recv) = register_with(
         &connection,
@@ -1139,9 +1155,10 @@ async fn refusals_hello_less_connects_and_greedy_addresses_stay_within_the_budge
     for address in 0..4u8 {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 3, 1 + address));
         for _ in 0..10 {
-            let connection = blindrelay_client::connect_relay_raw_with(&url, ip, no_credit())
-                .await
-                .unwrap();
+            let connection =
+                blindrelay_client::internal::connect_relay_raw_with(&url, ip, no_credit())
+                    .await
+                    .unwrap();
             for _ in 0..3 {
                 let connection = connection.clone();
                 tasks.spawn(async move {
@@ -1157,9 +1174,10 @@ async fn refusals_hello_less_connects_and_greedy_addresses_stay_within_the_budge
         }
     }
     // Connects to the victim with no hello behind them, held open.
-    let silent = blindrelay_client::connect_relay_raw_from(&url, IpAddr::from([127, 0, 3, 9]))
-        .await
-        .unwrap();
+    let silent =
+        blindrelay_client::internal::connect_relay_raw_from(&url, IpAddr::from([127, 0, 3, 9]))
+            .await
+            .unwrap();
     for _ in 0..40 {
         let connection = silent.clone();
         tasks.spawn(async move {
@@ -1191,9 +1209,10 @@ async fn refusals_hello_less_connects_and_greedy_addresses_stay_within_the_budge
     // One address asking for twice the sessions it may hold, each with a hello, and
     // reading nothing: the first 64 are admitted (and reserve their buffers), the
     // rest refused.
-    let greedy = blindrelay_client::connect_relay_raw_from(&url, IpAddr::from([127, 0, 3, 10]))
-        .await
-        .unwrap();
+    let greedy =
+        blindrelay_client::internal::connect_relay_raw_from(&url, IpAddr::from([127, 0, 3, 10]))
+            .await
+            .unwrap();
     for _ in 0..2 * PER_ADDRESS_SESSIONS {
         let connection = greedy.clone();
         tasks.spawn(async move {
@@ -1258,7 +1277,7 @@ async fn a_flood_of_abandoned_handshakes_costs_the_relay_a_fixed_overhead() {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 4, 1 + (batch % 8) as u8));
         let mut abandoned = Vec::new();
         for _ in 0..50 {
-            let (endpoint, addr) = blindrelay_client::relay_endpoint_raw(&url, ip)
+            let (endpoint, addr) = blindrelay_client::internal::relay_endpoint_raw(&url, ip)
                 .await
                 .unwrap();
             let connecting = endpoint.connect(addr, url.host()).unwrap();
@@ -1354,7 +1373,7 @@ async fn quic_datagrams_nobody_reads_do_not_grow_the_relay() {
     for address in 0..ADDRESSES {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 6, 1 + address));
         for _ in 0..PER_ADDRESS {
-            let connection = blindrelay_client::connect_relay_raw_with(
+            let connection = blindrelay_client::internal::connect_relay_raw_with(
                 &url,
                 ip,
                 quinn::TransportConfig::default(),

@@ -595,7 +595,7 @@ async fn tiny_data_frames_on_tcp_hold_no_more_than_their_sessions_reserve() {
     let host_id = key.host_id();
     let mut small_windows = quinn::TransportConfig::default();
     small_windows.stream_receive_window((64u32 << 10).into());
-    let host = blindrelay_client::connect_relay_raw_with(
+    let host = blindrelay_client::internal::connect_relay_raw_with(
         &url,
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         small_windows,
@@ -681,7 +681,7 @@ async fn garbage_connects_cannot_spend_a_tcp_hosts_own_connection_allowance() {
     let mut attackers = tokio::task::JoinSet::new();
     for a in 0..ATTACKERS {
         let local = IpAddr::V4(Ipv4Addr::new(127, 0, 12, 1 + a));
-        let connection = blindrelay_client::connect_relay_raw_from(relay.url(), local)
+        let connection = blindrelay_client::internal::connect_relay_raw_from(relay.url(), local)
             .await
             .unwrap();
         for _ in 0..4 {

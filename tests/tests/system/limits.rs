@@ -1160,7 +1160,7 @@ async fn a_carrier_nat_range_serves_a_crowd_on_one_address_and_still_caps_each_c
     };
     let mut people = Vec::new();
     for _ in 0..PEOPLE {
-        let connection = blindrelay_client::connect_relay_raw_from(relay.url(), carrier)
+        let connection = blindrelay_client::internal::connect_relay_raw_from(relay.url(), carrier)
             .await
             .expect("a connection from the carrier's address");
         let (answer, send, recv) = connect(connection.clone()).await.expect("an answer");
@@ -1172,7 +1172,7 @@ async fn a_carrier_nat_range_serves_a_crowd_on_one_address_and_still_caps_each_c
         people.push((connection, send, recv));
     }
     // One connection from the same address: its sessions stop at its own cap.
-    let greedy = blindrelay_client::connect_relay_raw_from(relay.url(), carrier)
+    let greedy = blindrelay_client::internal::connect_relay_raw_from(relay.url(), carrier)
         .await
         .unwrap();
     let mut held = Vec::new();
@@ -1202,7 +1202,7 @@ async fn a_carrier_nat_range_serves_a_crowd_on_one_address_and_still_caps_each_c
     let mut outside_held = Vec::new();
     let mut outside_refused = false;
     for _ in 0..17 {
-        let connection = blindrelay_client::connect_relay_raw_from(relay.url(), outside)
+        let connection = blindrelay_client::internal::connect_relay_raw_from(relay.url(), outside)
             .await
             .unwrap();
         match connect(connection.clone()).await.expect("an answer") {

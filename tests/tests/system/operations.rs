@@ -238,7 +238,9 @@ async fn a_session_runs_across_a_drain_and_the_host_moves_to_the_next_relay() {
     assert_eq!(metric(&told, "blindrelay_hosts_told_going_away_total"), 1.0);
     // New connections are turned away while the old session carries on; a new
     // session on the player's open connection is refused, saying why.
-    assert!(blindrelay_client::connect_relay_raw(&url).await.is_err());
+    assert!(blindrelay_client::internal::connect_relay_raw(&url)
+        .await
+        .is_err());
     let refused = player
         .connect(&ticket)
         .await
@@ -339,8 +341,10 @@ async fn a_new_certificate_serves_new_connections_and_leaves_open_ones_alone() {
         "the player's open connection still pairs sessions"
     );
     // New connections get the new certificate: the new pin verifies, the old fails.
-    assert!(blindrelay_client::connect_relay_raw(&new_url).await.is_ok());
-    assert!(blindrelay_client::connect_relay_raw(&old_url)
+    assert!(blindrelay_client::internal::connect_relay_raw(&new_url)
+        .await
+        .is_ok());
+    assert!(blindrelay_client::internal::connect_relay_raw(&old_url)
         .await
         .is_err());
     std::fs::remove_dir_all(&dir).unwrap();

@@ -110,7 +110,9 @@ async fn a_trace_level_log_of_a_whole_session_names_no_one() {
 
     // A registered host sends a second Register, with a token, on its registration
     // stream: the relay refuses it and says so in its log, without the message.
-    let raw = blindrelay_client::connect_relay_raw(&url).await.unwrap();
+    let raw = blindrelay_client::internal::connect_relay_raw(&url)
+        .await
+        .unwrap();
     let key = SecretKey::generate().unwrap();
     let raw_id = key.host_id();
     let register = ControlMessage::register(key.host_id());

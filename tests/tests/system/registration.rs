@@ -217,7 +217,7 @@ async fn one_address_holds_only_its_share_of_registrations() {
     let register_from = |ip: [u8; 4]| {
         let url = relay.url().clone();
         async move {
-            let connection = blindrelay_client::connect_relay_raw_from(&url, ip.into())
+            let connection = blindrelay_client::internal::connect_relay_raw_from(&url, ip.into())
                 .await
                 .unwrap();
             let key = SecretKey::generate().unwrap();

@@ -174,7 +174,7 @@ async fn a_host_still_sending_to_a_dropped_session_is_stopped_at_once() {
         .unwrap();
     let after = stopped.duration_since(dropped);
     assert!(
-        after < blindrelay_client::LINGER / 2,
+        after < blindrelay_client::internal::LINGER / 2,
         "the host was stopped {after:?} after the player dropped the session"
     );
 }
@@ -266,7 +266,7 @@ async fn a_host_that_rejects_what_a_player_sent_says_so_instead_of_finishing() {
             assert_eq!(stopped, Ok(Some(violation)));
         }
         // Read through a SecureStream: the application is told what happened.
-        let (recv, send) = blindrelay_client::quic_halves(send, recv);
+        let (recv, send) = blindrelay_client::internal::quic_halves(send, recv);
         let mut player_side = blindrelay_client::SecureStream::new(
             recv,
             send,

@@ -587,14 +587,14 @@ async fn text_and_oversize_websocket_messages_end_that_connection_only() {
 
 /// A raw TLS-over-TCP connection to the relay, framed, for speaking the protocol by
 /// hand.
-async fn raw_tcp(relay: &Relay) -> blindrelay_client::FramedRelayConnection {
-    blindrelay_client::connect_relay_tcp(relay.url(), Default::default())
+async fn raw_tcp(relay: &Relay) -> blindrelay_client::internal::FramedRelayConnection {
+    blindrelay_client::internal::connect_relay_tcp(relay.url(), Default::default())
         .await
         .expect("TLS over TCP to the relay")
 }
 
 async fn read_answer(recv: &mut blindrelay_transport::FramedRecv) -> ControlMessage {
-    tokio::time::timeout(PATIENCE, blindrelay_client::read_control(recv))
+    tokio::time::timeout(PATIENCE, blindrelay_client::internal::read_control(recv))
         .await
         .expect("an answer in time")
         .expect("a control message")

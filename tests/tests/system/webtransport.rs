@@ -129,7 +129,9 @@ async fn webtransport_player(
     ControlMessage::connect(host_id).encode(&mut out);
     handshake.write_hello(&mut out).unwrap();
     send.write_all(&out).await.unwrap();
-    let answer = blindrelay_client::read_control(&mut recv).await.unwrap();
+    let answer = blindrelay_client::internal::read_control(&mut recv)
+        .await
+        .unwrap();
     if !matches!(answer, ControlMessage::Connected { .. }) {
         return Err(answer);
     }
@@ -241,7 +243,9 @@ async fn a_browser_cannot_register() {
     let mut out = bytes::BytesMut::new();
     ControlMessage::register(host_id).encode(&mut out);
     send.write_all(&out).await.unwrap();
-    let answer = blindrelay_client::read_control(&mut recv).await.unwrap();
+    let answer = blindrelay_client::internal::read_control(&mut recv)
+        .await
+        .unwrap();
     assert!(
         matches!(
             answer,

@@ -21,20 +21,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tracing::info;
 
-use crate::Stop;
+use crate::cli::DemoArgs;
+use crate::stop::Stop;
 
 mod files;
 
 /// The film the built-in service serves: twelve seconds of a test picture and a
 /// tone (VP9 and Opus in WebM, which every browser plays), made with ffmpeg's
 /// `testsrc2` and `sine` sources.
-const FILM: &[u8] = include_bytes!("../../assets/demo.webm");
+const FILM: &[u8] = include_bytes!("../../../../assets/demo.webm");
 
 /// Its name on the built-in service.
 const FILM_NAME: &str = "blindrelay-demo.webm";
 
 /// The built-in service's page: the film, playing.
-const PAGE: &str = include_str!("../../assets/demo.html");
+const PAGE: &str = include_str!("../../../../assets/demo.html");
 
 /// How long the check waits for the host to be reachable and the file to arrive.
 const CHECK_PATIENCE: Duration = Duration::from_secs(30);
@@ -42,18 +43,6 @@ const CHECK_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a first fetch that fails is tried again: the host is registered by
 /// then, so this is only for a session set up while its relay connection settles.
 const RETRY_FOR: Duration = Duration::from_secs(5);
-
-/// What `blindrelay demo` was asked.
-pub(crate) struct DemoArgs {
-    /// Where the relay's certificate, the host's key and the served files are kept.
-    pub state_dir: Option<PathBuf>,
-    /// Serve this folder instead of the built-in film.
-    pub serve: Option<PathBuf>,
-    /// Forward sessions to this service instead (a media server's port).
-    pub forward: Option<String>,
-    /// Fetch, check and exit instead of staying up.
-    pub check: bool,
-}
 
 /// What the check fetches, and what it must get.
 enum Sample {
@@ -111,17 +100,17 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
     let mut config = HostConfig::new(key, url.clone());
     config.direct = None;
     let (ticket_tx, ticket_rx) = oneshot::channel();
-    let run = crate::HostRun {
+    let run = crate::host::HostRun {
         forward: service,
         has_relay: true,
-        token_watch: crate::TokenWatch::open(None)?,
+        token_watch: crate::token::TokenWatch::open(None)?,
         panel: Some(loopback(ports.panel_port())),
         relay_state: Some(state.join("host.relay-state")),
         players: None,
         registered: Some(ticket_tx),
     };
     let (stopping, stopped) = watch::channel(false);
-    let host = tokio::spawn(crate::host(config, run, Stop::when(stopped.clone())));
+    let host = tokio::spawn(crate::host::host(config, run, Stop::when(stopped.clone())));
     let ticket: Ticket = tokio::time::timeout(CHECK_PATIENCE, ticket_rx)
         .await
         .context("the host did not register with the relay in time")?
@@ -139,7 +128,7 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
     }
     let player_key = SecretKey::generate()?;
     let (player_stop, player_stopped) = watch::channel(false);
-    let player = tokio::spawn(crate::connect(
+    let player = tokio::spawn(crate::connect::connect(
         ticket.clone(),
         listener,
         PlayerConfig::new(player_key),
@@ -273,13 +262,13 @@ fn state_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 fn host_key(path: &Path) -> Result<SecretKey> {
     if !path.exists() {
         let key = SecretKey::generate()?;
-        crate::write_private(
+        crate::keys::write_private(
             path,
-            crate::key_file(&key, crate::Role::Host).as_bytes(),
+            crate::keys::key_file(&key, crate::cli::Role::Host).as_bytes(),
             false,
         )?;
     }
-    crate::read_key_as(path, crate::Role::Host)
+    crate::keys::read_key_as(path, crate::cli::Role::Host)
 }
 
 /// Writes the built-in film and its page into `folder`; returns the folder.
