@@ -39,7 +39,8 @@ impl Backoff {
         Self::with_rng(config, fastrand::Rng::new())
     }
 
-    fn with_rng(config: BackoffConfig, rng: fastrand::Rng) -> Self {
+    /// A backoff drawing its jitter from `rng` (seeded, in tests).
+    pub(crate) fn with_rng(config: BackoffConfig, rng: fastrand::Rng) -> Self {
         Self {
             config,
             attempt: 0,

@@ -20,6 +20,7 @@
 
 mod accept;
 mod direct;
+mod plan;
 mod relay;
 
 use std::net::SocketAddr;
@@ -39,8 +40,8 @@ use crate::stream::SecureStream;
 use crate::transports::TransportPreference;
 use accept::SessionAcceptor;
 pub use direct::DirectListenError;
-pub(crate) use relay::member_urls;
-use relay::RelaySideEnd;
+pub(crate) use plan::member_urls;
+use plan::RelaySideEnd;
 pub use relay::{register_on, register_on_redirected, RegisterError, RegistrationStream};
 
 /// How a host agent behaves.

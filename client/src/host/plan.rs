@@ -100,7 +100,12 @@ impl RelayPlan {
     pub(super) fn targets(&mut self) -> (Vec<RelayUrl>, u8) {
         self.move_to.take().unwrap_or_else(|| {
             let mut targets = vec![self.ticket.clone()];
-            targets.extend(self.known.iter().filter(|url| **url != self.ticket).cloned());
+            targets.extend(
+                self.known
+                    .iter()
+                    .filter(|url| **url != self.ticket)
+                    .cloned(),
+            );
             (targets, 0)
         })
     }
@@ -264,7 +269,10 @@ mod tests {
         let Next::ComeBack(wait) = plan.after(Ended::GoingAway(asked)) else {
             panic!("not a come-back");
         };
-        assert!(wait >= asked.mul_f64(0.8) && wait <= asked.mul_f64(1.2), "{wait:?}");
+        assert!(
+            wait >= asked.mul_f64(0.8) && wait <= asked.mul_f64(1.2),
+            "{wait:?}"
+        );
         assert_eq!(plan.attempt(), 1, "going away is no failure");
         assert_eq!(jittered(asked, 0.0), asked.mul_f64(0.8));
         assert_eq!(jittered(asked, 1.0), asked.mul_f64(1.2));
@@ -323,6 +331,18 @@ mod tests {
     }
 
     #[test]
+    fn where_the_host_registered_is_remembered_unless_it_is_the_tickets_relay() {
+        let mut plan = plan();
+        plan.registered(url("d.pool.test:443"));
+        assert_eq!(plan.current(), &url("d.pool.test:443"));
+        let both = vec![url("pool.test:443"), url("d.pool.test:443")];
+        assert_eq!(plan.targets(), (both.clone(), 0));
+        plan.registered(url("pool.test:443"));
+        assert_eq!(plan.current(), &url("pool.test:443"));
+        assert_eq!(plan.targets(), (both, 0));
+    }
+
+    #[test]
     fn a_move_naming_nothing_usable_registers_where_the_ticket_says() {
         let mut plan = plan();
         assert_eq!(
@@ -336,7 +356,10 @@ mod tests {
     #[test]
     fn members_keep_the_pin_of_the_relay_that_named_them_and_few_are_remembered() {
         let like = url("a.pool.test:443");
-        let urls = member_urls(&like, &["b.pool.test:4433".to_owned(), "no port".to_owned()]);
+        let urls = member_urls(
+            &like,
+            &["b.pool.test:4433".to_owned(), "no port".to_owned()],
+        );
         assert_eq!(urls, vec![url("b.pool.test:4433")]);
         let mut plan = plan();
         let many: Vec<RelayUrl> = (0..20).map(|i| url(&format!("m{i}.test:1"))).collect();

@@ -27,8 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use super::plan::{member_urls, Ended, Next, RelayPlan, RelaySideEnd};
 use super::{AgentChannels, HostConfig, HostCounters, HostState};
-use crate::backoff::Backoff;
 use crate::endpoint::{
     connect_relay, connect_relay_tcp, connect_relay_websocket, ConnectRelayError,
     ConnectionProfile, FramedRelayConnection, LocalEndpoints,
@@ -142,20 +142,16 @@ impl Drop for Leaving {
     }
 }
 
-/// Why the relay side returned.
-pub(super) enum RelaySideEnd {
-    Replaced,
-    Shutdown,
-}
-
-/// Keeps the host registered with `relay` while Enable Relay is on.
+/// Keeps the host registered with `relay` while Enable Relay is on. What each
+/// registration's end leads to is [`RelayPlan`]'s to decide; this loop does what it
+/// decides.
 pub(super) async fn run_relay(
     config: &Arc<HostConfig>,
     relay: &RelayUrl,
     endpoints: &LocalEndpoints,
     control: &mut AgentChannels,
 ) -> RelaySideEnd {
-    let mut backoff = Backoff::new(config.backoff);
+    let mut plan = RelayPlan::new(relay.clone(), config.backoff);
     let udp = UdpHealth::default();
     // Relayed sessions over TCP, each on a connection of its own: what closing a
     // QUIC relay connection ends at once, these end one by one.
@@ -166,22 +162,12 @@ pub(super) async fn run_relay(
     // A registration over QUIC already made, by a registration over TCP that found
     // QUIC getting through again.
     let mut quic_again: Option<Registration> = None;
-    // Where the host registers next: the ticket's relay (a pool's name, or one
-    // relay), or the members a pool told it to move to, with the redirects that
-    // took it there.
-    let mut move_to: Option<(Vec<RelayUrl>, u8)> = None;
-    // The registration being left for the one `move_to` leads to.
+    // The registration being left for the members a pool told the host to move to.
     let mut leaving: Option<Leaving> = None;
-    // The relay the host is registered with now.
-    let mut current = relay.clone();
-    // Pool members this host has been sent to, newest first: where it registers
-    // again when the ticket's relay cannot be reached (a pool member that is gone
-    // for good, named in the ticket).
-    let mut known: Vec<RelayUrl> = Vec::new();
     loop {
         while departing.try_join_next().is_some() {}
         if !*control.enabled.borrow_and_update() {
-            backoff.reset();
+            plan.start_over();
             control.state.send_replace(HostState::Disabled);
             if config.direct.is_some() {
                 info!("relay disabled: reachable only directly");
@@ -205,7 +191,7 @@ pub(super) async fn run_relay(
         // through it.
         if !untrusted && ready.is_none() && leaving.is_none() {
             control.state.send_replace(HostState::Connecting {
-                attempt: backoff.attempts() + 1,
+                attempt: plan.attempt(),
             });
         }
         let attempt = tokio::select! {
@@ -217,21 +203,12 @@ pub(super) async fn run_relay(
                     None => {
                         // Seen: only a token set from now on is a renewal.
                         let token = control.token.borrow_and_update().clone();
-                        let (targets, redirects) = move_to.take().unwrap_or_else(|| {
-                            let mut targets = vec![relay.clone()];
-                            targets.extend(known.iter().filter(|url| *url != relay).cloned());
-                            (targets, 0)
-                        });
                         let place = Place { config, endpoints, udp: &udp, counters: &control.counters };
-                        register_following(place, token, targets, redirects, &mut known)
-                            .await
-                            .map(|(registration, held, at)| {
-                                if at != *relay {
-                                    remember(&mut known, &at);
-                                }
-                                current = at;
-                                (registration, held)
-                            })
+                        let registered = register_following(place, token, &mut plan).await;
+                        registered.map(|(registration, held, at)| {
+                            plan.registered(at);
+                            (registration, held)
+                        })
                     }
                 }
             } => attempt,
@@ -241,12 +218,12 @@ pub(super) async fn run_relay(
         // Registered at the new member, or not: either way the registration left
         // behind ends now.
         drop(leaving.take());
-        match attempt {
+        let next = match attempt {
             Ok((registration, _held)) => {
-                backoff.reset();
                 let transport = registration.transport();
                 control.transport.send_replace(Some(transport));
                 control.state.send_replace(HostState::Registered);
+                let current = plan.current().clone();
                 info!(relay = %current, %transport, "registered with the relay: reachable through the relay");
                 let connection = registration.connection();
                 let end = match registration {
@@ -275,16 +252,20 @@ pub(super) async fn run_relay(
                     }
                 };
                 control.transport.send_replace(None);
-                match end {
+                let mut left = None;
+                let ended = match end {
                     RegistrationEnd::Replaced => {
                         warn!(
                             "another host registered the same host id (the same key runs \
                              elsewhere): stopping; stop the other one, or give this host its \
                              own key"
                         );
-                        return RelaySideEnd::Replaced;
+                        Ended::Replaced
                     }
-                    RegistrationEnd::Lost(reason) => warn!(%reason, "lost the relay"),
+                    RegistrationEnd::Lost(reason) => {
+                        warn!(%reason, "lost the relay");
+                        Ended::Lost
+                    }
                     RegistrationEnd::GoingAway(retry_after) => {
                         // Not closed: its sessions run until the relay closes it. Dropping
                         // the last handle would close it too, so one is held until then.
@@ -292,50 +273,27 @@ pub(super) async fn run_relay(
                             connection.closed().await;
                         });
                         info!(?retry_after, "the relay is going away: registering again");
-                        backoff.reset();
-                        control
-                            .state
-                            .send_replace(HostState::Connecting { attempt: 1 });
-                        let wait = jittered(retry_after);
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = control.enabled.wait_for(|on| !*on) => {}
-                            _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
-                        }
-                        continue;
+                        Ended::GoingAway(retry_after)
                     }
                     RegistrationEnd::Disabled => {
                         let disabled = (codes::close::RELAY_DISABLED, "relay disabled by the host");
                         connection.close(disabled.0, disabled.1);
                         tcp_sessions.close_all(disabled.0, disabled.1);
                         info!("relay switched off: closed the relay connection and its sessions");
-                        continue;
+                        Ended::Disabled
                     }
                     RegistrationEnd::TokenRefused { code, reason } => {
                         connection.close(codes::close::NORMAL, "registration ended");
-                        if wait_for_new_token(code, reason, control).await.is_err() {
-                            return RelaySideEnd::Shutdown;
-                        }
-                        backoff.reset();
-                        continue;
+                        Ended::TokenRefused(code, reason)
                     }
-                    RegistrationEnd::Move(members, left) => {
+                    RegistrationEnd::Move(members, leave) => {
                         info!(to = %members[0], "the relay's pool has another owner for this host: moving");
                         // Its sessions go on until they end or the relay closes it.
                         departing.spawn(async move {
                             connection.closed().await;
                         });
-                        let targets = member_urls(&current, &members);
-                        if targets.is_empty() {
-                            continue;
-                        }
-                        for target in targets.iter().rev() {
-                            remember(&mut known, target);
-                        }
-                        move_to = Some((targets, 1));
-                        leaving = Some(left);
-                        backoff.reset();
-                        continue;
+                        left = Some(leave);
+                        Ended::Move(members)
                     }
                     RegistrationEnd::QuicAgain(quic, stream) => {
                         info!("QUIC gets through to the relay again: moved the registration to it");
@@ -346,70 +304,77 @@ pub(super) async fn run_relay(
                         });
                         // The relay replaced it with the new registration.
                         connection.close(codes::close::NORMAL, "registration moved to QUIC");
-                        continue;
+                        Ended::QuicAgain
                     }
                     RegistrationEnd::Shutdown => {
                         connection.close(codes::close::NORMAL, "host shutting down");
                         tcp_sessions.close_all(codes::close::NORMAL, "host shutting down");
-                        return RelaySideEnd::Shutdown;
+                        Ended::Shutdown
                     }
+                };
+                let next = plan.after(ended);
+                if plan.moving() {
+                    // Held until the host is registered at the new member.
+                    leaving = left;
                 }
+                next
             }
             Err(RegisterError::Refused { code, reason }) if code.is_token_refusal() => {
                 // The same token cannot succeed: wait for a new one, the direct
                 // listener and its sessions untouched.
+                plan.after_failure(Some((code, reason)))
+            }
+            Err(err) => {
+                match untrusted_certificate(&err) {
+                    Some(reason) => {
+                        warn!(
+                            %reason,
+                            "the relay's certificate is not trusted: use the relay URL with \
+                             ?pin=... that blindrelayd printed, or give the relay a certificate \
+                             from a CA; retrying"
+                        );
+                        control
+                            .state
+                            .send_replace(HostState::RelayUntrusted { reason });
+                    }
+                    None => warn!(%err, "cannot register with the relay"),
+                }
+                plan.after_failure(None)
+            }
+        };
+        match next {
+            Next::Stop(end) => return end,
+            Next::Register => {}
+            Next::WaitForToken(code, reason) => {
                 if wait_for_new_token(code, reason, control).await.is_err() {
                     return RelaySideEnd::Shutdown;
                 }
-                backoff.reset();
-                continue;
+                plan.start_over();
             }
-            Err(err) => match untrusted_certificate(&err) {
-                Some(reason) => {
-                    warn!(
-                        %reason,
-                        "the relay's certificate is not trusted: use the relay URL with \
-                         ?pin=... that blindrelayd printed, or give the relay a certificate \
-                         from a CA; retrying"
-                    );
-                    control
-                        .state
-                        .send_replace(HostState::RelayUntrusted { reason });
+            Next::ComeBack(wait) => {
+                control
+                    .state
+                    .send_replace(HostState::Connecting { attempt: 1 });
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = control.enabled.wait_for(|on| !*on) => {}
+                    _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
                 }
-                None => warn!(%err, "cannot register with the relay"),
-            },
+            }
+            Next::Retry(delay) => {
+                info!(?delay, "reconnecting to the relay");
+                control
+                    .retry_at
+                    .send_replace(Some(std::time::Instant::now() + delay));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = control.enabled.wait_for(|on| !*on) => {}
+                    _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
+                }
+                control.retry_at.send_replace(None);
+            }
         }
-        let delay = backoff.next_delay();
-        info!(?delay, "reconnecting to the relay");
-        control
-            .retry_at
-            .send_replace(Some(std::time::Instant::now() + delay));
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = control.enabled.wait_for(|on| !*on) => {}
-            _ = control.shutdown.changed() => return RelaySideEnd::Shutdown,
-        }
-        control.retry_at.send_replace(None);
     }
-}
-
-/// The relays `members` name (`host:port`), verified like `like`: members of the
-/// same pool share its pin or CA. Names that do not parse are left out.
-pub(crate) fn member_urls(like: &RelayUrl, members: &[String]) -> Vec<RelayUrl> {
-    members
-        .iter()
-        .filter_map(|member| like.with_authority(member).ok())
-        .collect()
-}
-
-/// How many pool members a host remembers as places to register again.
-const KNOWN_MEMBERS: usize = 8;
-
-/// Puts `url` first in `known`, once, keeping the newest [`KNOWN_MEMBERS`].
-fn remember(known: &mut Vec<RelayUrl>, url: &RelayUrl) {
-    known.retain(|seen| seen != url);
-    known.insert(0, url.clone());
-    known.truncate(KNOWN_MEMBERS);
 }
 
 /// What registering anywhere needs of the agent.
@@ -421,18 +386,17 @@ struct Place<'a> {
     counters: &'a Arc<HostCounters>,
 }
 
-/// Registers with the first of `targets` that takes the host, following pool
-/// redirects (PROTOCOL.md section 18.4): up to [`MAX_REDIRECTS`] of them, after
+/// Registers with the first of the plan's targets that takes the host, following
+/// pool redirects (PROTOCOL.md section 18.4): up to [`MAX_REDIRECTS`] of them, after
 /// which the relay asked registers the host where it is. A target that cannot be
 /// reached gives way to the next one. The members redirects name are remembered in
-/// `known`. Returns the registration and where it is.
+/// the plan. Returns the registration and where it is.
 async fn register_following(
     place: Place<'_>,
     token: Option<Token>,
-    targets: Vec<RelayUrl>,
-    mut redirects: u8,
-    known: &mut Vec<RelayUrl>,
+    plan: &mut RelayPlan,
 ) -> Result<(Registration, CountedRelayConnection, RelayUrl), RegisterError> {
+    let (targets, mut redirects) = plan.targets();
     let mut queue: std::collections::VecDeque<RelayUrl> = targets.into();
     let mut last = None;
     while let Some(url) = queue.pop_front() {
@@ -443,9 +407,7 @@ async fn register_following(
                 debug!(from = %url, to = ?members, "redirected within the relay pool");
                 redirects += 1;
                 let urls = member_urls(&url, &members);
-                for member in urls.iter().rev() {
-                    remember(known, member);
-                }
+                plan.remember(&urls);
                 queue = urls.into();
                 last = Some(RegisterError::Redirected { members });
             }
@@ -497,11 +459,6 @@ fn untrusted_certificate(err: &RegisterError) -> Option<String> {
 
 /// What the relay URL's pin check says when the relay's certificate is another one.
 pub(crate) const PIN_MISMATCH: &str = "does not match the pin";
-
-/// `delay` give or take a fifth, so hosts told to come back at the same moment do not.
-fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(0.8 + 0.4 * fastrand::f64())
-}
 
 /// Counts a relay connection for as long as the agent holds it.
 struct CountedRelayConnection(Arc<HostCounters>);
