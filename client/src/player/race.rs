@@ -1,0 +1,260 @@
+//! The race of a ticket's paths, happy-eyeballs style: a direct attempt to every
+//! address at once, the relay after the relay delay (or as soon as every direct
+//! attempt has failed); the first session set up wins and the others are cancelled.
+//! What a race runs and what it reports when nothing won are decided from the ticket
+//! and the preference alone ([`RacePlan`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use blindrelay_protocol::{codes, RelayUrl, Ticket};
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use super::{ConnectError, PathPreference, Player};
+use crate::stream::SecureStream;
+
+/// Which path an attempt in the race took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Direct,
+    Relay,
+}
+
+/// What a race runs: the direct addresses tried at once, the relay, and how long
+/// the direct attempts run alone before the relay joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RacePlan {
+    direct: Vec<SocketAddr>,
+    relay: Option<RelayUrl>,
+    relay_delay: Duration,
+}
+
+impl RacePlan {
+    /// The paths of `ticket` that `preference` allows; an error when it allows
+    /// none. The relay waits `relay_delay` only when there is a direct address to
+    /// give the head start to.
+    fn new(
+        ticket: &Ticket,
+        preference: PathPreference,
+        relay_delay: Duration,
+    ) -> Result<Self, ConnectError> {
+        let direct = match preference {
+            PathPreference::RelayOnly => Vec::new(),
+            _ => ticket.direct_addrs().to_vec(),
+        };
+        let relay = match preference {
+            PathPreference::DirectOnly => None,
+            _ => ticket.relay().cloned(),
+        };
+        if direct.is_empty() && relay.is_none() {
+            return Err(ConnectError::NoPath { preference });
+        }
+        let relay_delay = if direct.is_empty() {
+            Duration::ZERO
+        } else {
+            relay_delay
+        };
+        Ok(Self {
+            direct,
+            relay,
+            relay_delay,
+        })
+    }
+}
+
+/// Why a race that nothing won failed: the relay's answer, the clearer one ("relay
+/// disabled or host offline"), when it was tried; otherwise why the first direct
+/// address failed.
+fn race_error(
+    relay_error: Option<ConnectError>,
+    direct_error: Option<ConnectError>,
+    preference: PathPreference,
+) -> ConnectError {
+    relay_error
+        .or(direct_error)
+        .unwrap_or(ConnectError::NoPath { preference })
+}
+
+impl Player {
+    /// Races the paths `preference` allows; see the module documentation.
+    pub(super) async fn race(
+        &self,
+        ticket: &Ticket,
+        preference: PathPreference,
+    ) -> Result<SecureStream, ConnectError> {
+        let relay_delay = self.connector.config.relay_delay;
+        let RacePlan {
+            direct,
+            mut relay,
+            relay_delay,
+        } = RacePlan::new(ticket, preference, relay_delay)?;
+        let mut attempts = JoinSet::new();
+        for &addr in &direct {
+            let (connector, host_id) = (self.connector.clone(), *ticket.host_id());
+            attempts.spawn(async move {
+                let attempt = connector.connect_direct(addr, host_id).await;
+                (Attempt::Direct, attempt)
+            });
+        }
+        let relay_timer = tokio::time::sleep(relay_delay);
+        tokio::pin!(relay_timer);
+        let (mut direct_error, mut relay_error) = (None, None);
+        loop {
+            // Every direct attempt failed before the delay: the relay starts now.
+            if attempts.is_empty() {
+                match relay.take() {
+                    Some(url) => self.spawn_relay_attempt(&mut attempts, url, ticket),
+                    None => break,
+                }
+            }
+            tokio::select! {
+                joined = attempts.join_next() => match joined {
+                    Some(Ok((path, Ok(stream)))) => {
+                        debug!(?path, "path won the race");
+                        cancel_losers(attempts).await;
+                        return Ok(stream);
+                    }
+                    Some(Ok((Attempt::Direct, Err(err)))) => {
+                        debug!(%err, "direct attempt failed");
+                        direct_error.get_or_insert(err);
+                    }
+                    Some(Ok((Attempt::Relay, Err(err)))) => {
+                        debug!(%err, "relay attempt failed");
+                        relay_error = Some(err);
+                    }
+                    Some(Err(err)) => {
+                        direct_error.get_or_insert(ConnectError::Attempt(err));
+                    }
+                    None => {}
+                },
+                () = &mut relay_timer, if relay.is_some() => {
+                    if let Some(url) = relay.take() {
+                        self.spawn_relay_attempt(&mut attempts, url, ticket);
+                    }
+                }
+            }
+        }
+        Err(race_error(relay_error, direct_error, preference))
+    }
+
+    fn spawn_relay_attempt(
+        &self,
+        attempts: &mut JoinSet<(Attempt, Result<SecureStream, ConnectError>)>,
+        url: RelayUrl,
+        ticket: &Ticket,
+    ) {
+        let (connector, host_id) = (self.connector.clone(), *ticket.host_id());
+        attempts.spawn(async move {
+            let attempt = connector.connect_pooled(url, host_id).await;
+            (Attempt::Relay, attempt)
+        });
+    }
+}
+
+/// Stops the attempts that lost the race. One still running is aborted, and its
+/// [`PendingSession`] guard resets its stream; one that finished at the same moment as the
+/// winner is reset here, so the host never keeps a session nobody reads.
+async fn cancel_losers(mut attempts: JoinSet<(Attempt, Result<SecureStream, ConnectError>)>) {
+    attempts.abort_all();
+    while let Some(joined) = attempts.join_next().await {
+        if let Ok((_, Ok(stream))) = joined {
+            let (recv, send) = stream.into_inner();
+            send.reset(codes::stream::CANCELLED);
+            recv.stop(codes::stream::CANCELLED);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use blindrelay_protocol::HostId;
+
+    use super::*;
+
+    const DELAY: Duration = Duration::from_millis(250);
+
+    fn relay() -> RelayUrl {
+        "blindrelay://relay.test:443?pin=ptvye4qzy72zbh6tno75x77piefgktj6uc7zm6s55icsc6xm67oa"
+            .parse()
+            .expect("a relay URL")
+    }
+
+    fn ticket(relay: Option<RelayUrl>, direct: &[&str]) -> Ticket {
+        let direct = direct
+            .iter()
+            .map(|addr| addr.parse().expect("an address"))
+            .collect();
+        Ticket::with_routes(HostId::from_bytes([3; 32]), relay, direct).expect("a ticket")
+    }
+
+    fn plan(ticket: &Ticket, preference: PathPreference) -> Result<RacePlan, ConnectError> {
+        RacePlan::new(ticket, preference, DELAY)
+    }
+
+    #[test]
+    fn on_auto_every_direct_address_races_and_the_relay_joins_after_the_delay() {
+        let both = ticket(Some(relay()), &["192.0.2.1:5000", "[2001:db8::1]:5000"]);
+        let race = plan(&both, PathPreference::Auto).unwrap();
+        assert_eq!(race.direct, both.direct_addrs());
+        assert_eq!(race.relay, Some(relay()));
+        assert_eq!(race.relay_delay, DELAY);
+    }
+
+    #[test]
+    fn without_a_direct_address_the_relay_starts_at_once() {
+        let relay_only = ticket(Some(relay()), &[]);
+        let race = plan(&relay_only, PathPreference::Auto).unwrap();
+        assert!(race.direct.is_empty());
+        assert_eq!(race.relay_delay, Duration::ZERO);
+        let both = ticket(Some(relay()), &["192.0.2.1:5000"]);
+        let forced = plan(&both, PathPreference::RelayOnly).unwrap();
+        assert!(
+            forced.direct.is_empty(),
+            "relay only leaves the addresses out"
+        );
+        assert_eq!(
+            (forced.relay, forced.relay_delay),
+            (Some(relay()), Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn direct_only_leaves_the_relay_out() {
+        let both = ticket(Some(relay()), &["192.0.2.1:5000"]);
+        let race = plan(&both, PathPreference::DirectOnly).unwrap();
+        assert_eq!(race.relay, None);
+        assert_eq!(race.direct.len(), 1);
+    }
+
+    #[test]
+    fn a_preference_the_ticket_has_no_path_for_is_refused_before_any_attempt() {
+        let relay_only = ticket(Some(relay()), &[]);
+        let direct_only = ticket(None, &["192.0.2.1:5000"]);
+        for (ticket, preference) in [
+            (&relay_only, PathPreference::DirectOnly),
+            (&direct_only, PathPreference::RelayOnly),
+        ] {
+            match plan(ticket, preference) {
+                Err(ConnectError::NoPath { preference: said }) => assert_eq!(said, preference),
+                other => panic!("{preference}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn when_nothing_won_the_relays_answer_is_told_before_a_direct_failure() {
+        let timeout = |secs| ConnectError::Timeout(Duration::from_secs(secs));
+        let told = race_error(Some(timeout(1)), Some(timeout(2)), PathPreference::Auto);
+        assert!(matches!(told, ConnectError::Timeout(t) if t == Duration::from_secs(1)));
+        let told = race_error(None, Some(timeout(2)), PathPreference::Auto);
+        assert!(matches!(told, ConnectError::Timeout(t) if t == Duration::from_secs(2)));
+        let told = race_error(None, None, PathPreference::DirectOnly);
+        assert!(matches!(
+            told,
+            ConnectError::NoPath {
+                preference: PathPreference::DirectOnly
+            }
+        ));
+    }
+}
