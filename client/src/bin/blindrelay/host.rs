@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::cli::{HostArgs, Role};
 use crate::host_file;
-use crate::host_settings::HostSettings;
+use crate::host_settings::{check_panel_addr, HostSettings};
 use crate::keys::{key_file, read_key_as, write_private};
 use crate::panel;
 use crate::splice::{splice_tcp, Ended};
@@ -140,26 +140,6 @@ pub(crate) async fn run_host(settings: HostSettings) -> Result<()> {
         stop,
     )
     .await
-}
-
-/// Refuses a panel address off loopback unless asked for, and warns when it is.
-pub(crate) fn check_panel_addr(addr: SocketAddr, allow_remote: bool) -> Result<()> {
-    if addr.ip().is_loopback() {
-        return Ok(());
-    }
-    if !allow_remote {
-        bail!(
-            "--panel {addr} is not a loopback address: the panel would be reachable from \
-             the network, over plain HTTP; use 127.0.0.1:PORT, or add --panel-allow-remote \
-             if you mean it"
-        );
-    }
-    warn!(
-        %addr,
-        "the panel listens beyond this machine, over plain HTTP: anyone who can watch \
-         that network can read its access token; prefer 127.0.0.1 and an SSH tunnel"
-    );
-    Ok(())
 }
 
 /// What a list of authorized players made by `blindrelay host` starts with.

@@ -5,93 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use blindrelay_client::{RelayUrl, Token, TransportPreference};
+use tracing::warn;
 
-use crate::cli::parse_service;
-use crate::host::check_panel_addr;
+use crate::cli::{parse_service, HostFlags};
 use crate::host_file;
 use crate::keys::read_key;
 use crate::token::TokenWatch;
-
-/// `blindrelay host`'s settings as flags and environment give them, before the file.
-#[derive(Debug, clap::Args)]
-pub(crate) struct HostFlags {
-    /// The host's secret key (from `blindrelay keygen`).
-    #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_KEY")]
-    pub(crate) key: Option<PathBuf>,
-    /// Make the --key file when it does not exist yet, as a service's first start
-    /// needs (its host id is printed as always).
-    #[arg(long, env = "BLINDRELAY_HOST_MAKE_KEY", value_name = "BOOL", num_args = 0..=1,
-          require_equals = true, default_missing_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub(crate) make_key: Option<bool>,
-    /// The relay URL (as `blindrelayd` prints it). Without it the host is
-    /// reachable only directly.
-    #[arg(long, env = "BLINDRELAY_HOST_RELAY")]
-    pub(crate) relay: Option<RelayUrl>,
-    /// Local TCP service that sessions are forwarded to, e.g. a media server:
-    /// `HOST:PORT`, where HOST is an address or a name (resolved at each session,
-    /// so `localhost:8096` follows whatever it resolves to).
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_service, env = "BLINDRELAY_HOST_FORWARD")]
-    pub(crate) forward: Option<String>,
-    /// Also listen for players directly (QUIC on this UDP address; port 0 picks
-    /// one). Its address goes into the ticket.
-    #[arg(long, value_name = "ADDR", env = "BLINDRELAY_HOST_DIRECT")]
-    pub(crate) direct: Option<SocketAddr>,
-    /// Direct address to put in the ticket instead of the bound one (repeatable,
-    /// or comma-separated; for a forwarded port or a host bound to 0.0.0.0).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        value_delimiter = ',',
-        env = "BLINDRELAY_HOST_ADVERTISE"
-    )]
-    pub(crate) advertise: Vec<SocketAddr>,
-    /// Start with Enable Relay off: never contact the relay until switched on
-    /// (SIGUSR2, or the panel).
-    #[arg(long, env = "BLINDRELAY_HOST_NO_RELAY", value_name = "BOOL", num_args = 0..=1,
-          require_equals = true, default_missing_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub(crate) no_relay: Option<bool>,
-    /// Registration token from the relay's operator (`brk...`), for a relay that
-    /// requires one.
-    #[arg(long, conflicts_with = "token_file", env = "BLINDRELAY_HOST_TOKEN")]
-    pub(crate) token: Option<Token>,
-    /// Read the registration token from FILE, and again whenever it changes: a
-    /// renewed token takes effect without a restart. An expired one ends only
-    /// the relay registration; direct sessions go on.
-    #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_TOKEN_FILE")]
-    pub(crate) token_file: Option<PathBuf>,
-    /// Serve only the players whose keys this file lists (one per line, `#`
-    /// comments; re-read when it changes; made empty if missing). Without it
-    /// every player is served.
-    #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_AUTHORIZED_PLAYERS")]
-    pub(crate) authorized_players: Option<PathBuf>,
-    /// Write the host's process id to FILE (removed on exit), for signals:
-    /// `kill -USR1 "$(cat FILE)"`.
-    #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_PID_FILE")]
-    pub(crate) pid_file: Option<PathBuf>,
-    /// Serve the host owner's panel, a local web page and JSON API, on ADDR
-    /// (`--panel` alone: a free port on 127.0.0.1). Its link, with the access
-    /// token every call needs, is printed as `panel: http://.../#token=...`.
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0",
-          env = "BLINDRELAY_HOST_PANEL")]
-    pub(crate) panel: Option<SocketAddr>,
-    /// Let --panel listen on an address other than loopback. The panel speaks
-    /// plain HTTP: anyone on that network who sees a request sees the token.
-    #[arg(long, env = "BLINDRELAY_HOST_PANEL_ALLOW_REMOTE", value_name = "BOOL", num_args = 0..=1,
-          require_equals = true, default_missing_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub(crate) panel_allow_remote: Option<bool>,
-    /// Keep Enable Relay, as last switched by the panel or a signal, in FILE and
-    /// start with it (unless --no-relay). With --panel it defaults to the key
-    /// file's name followed by `.relay-state`.
-    #[arg(long, value_name = "FILE", env = "BLINDRELAY_HOST_RELAY_STATE")]
-    pub(crate) relay_state: Option<PathBuf>,
-    /// How to reach the relay: `auto` (QUIC, then TLS over TCP and WebSocket when
-    /// UDP does not get through), `quic`, `tcp` or `websocket` [default: auto].
-    #[arg(long, env = "BLINDRELAY_HOST_TRANSPORT")]
-    pub(crate) transport: Option<TransportPreference>,
-}
 
 /// `blindrelay host`'s settings in effect: flags, then environment, then the file.
 pub(crate) struct HostSettings {
@@ -266,4 +185,24 @@ impl HostSettings {
         }
         Ok(())
     }
+}
+
+/// Refuses a panel address off loopback unless asked for, and warns when it is.
+pub(crate) fn check_panel_addr(addr: SocketAddr, allow_remote: bool) -> Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !allow_remote {
+        bail!(
+            "--panel {addr} is not a loopback address: the panel would be reachable from \
+             the network, over plain HTTP; use 127.0.0.1:PORT, or add --panel-allow-remote \
+             if you mean it"
+        );
+    }
+    warn!(
+        %addr,
+        "the panel listens beyond this machine, over plain HTTP: anyone who can watch \
+         that network can read its access token; prefer 127.0.0.1 and an SSH tunnel"
+    );
+    Ok(())
 }
