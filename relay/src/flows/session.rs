@@ -343,3 +343,239 @@ impl Drop for Active<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Session pairing over in-memory stream transports: a player's stream and a
+    //! registered host's connection are framed pipes, so every refusal and the
+    //! dial-back are exercised without a socket.
+
+    use blindrelay_protocol::control;
+    use blindrelay_protocol::registration::EXPORTER_LEN;
+    use blindrelay_transport::{framed, Config, Connection, FramedRecv, FramedSend};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::config::RelayConfig;
+    use crate::endpoint::tls::RelayCertificate;
+    use crate::policy::admission::{ConnectionPermit, Door};
+    use crate::policy::limits::Limits;
+    use crate::state::dials::DialRequest;
+    use crate::stream::link::FramedLink;
+
+    const PLAYER: &str = "192.0.2.10:5000";
+    const HOST: &str = "198.51.100.7:6000";
+
+    /// The far end of an in-memory stream transport, kept so the relay's end stays
+    /// open.
+    type Peer = (FramedSend, FramedRecv, Connection);
+
+    fn state(limits: Limits) -> Arc<RelayState> {
+        let certificate = RelayCertificate::self_signed(&["localhost"]).expect("a certificate");
+        let mut config = RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), certificate);
+        config.limits = limits;
+        Arc::new(RelayState::new(config).expect("valid limits"))
+    }
+
+    fn host_id() -> HostId {
+        HostId::from_bytes([9; 32])
+    }
+
+    /// The relay's halves of an in-memory stream transport, its connection, and
+    /// the peer's end.
+    fn pipe() -> (StreamSend, StreamRecv, Connection, Peer) {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let (send, recv, connection) = framed(near, Config::default());
+        let peer = framed(far, Config::default());
+        (
+            StreamSend::Framed(send),
+            StreamRecv::Framed(recv),
+            connection,
+            peer,
+        )
+    }
+
+    fn admitted(state: &RelayState, addr: &str) -> Arc<ConnectionPermit> {
+        let permit = state
+            .admission
+            .admit_connection(addr.parse().expect("an address"), Door::Tcp)
+            .expect("admitted");
+        permit.establish();
+        Arc::new(permit)
+    }
+
+    /// The relay's halves of a host's registration stream and its far end, kept
+    /// while the host is registered.
+    type Registered = (StreamSend, StreamRecv, Peer);
+
+    /// Registers a host on a stream transport; returns the `Dial`s the relay sends
+    /// it, and its registration stream.
+    fn register_host(state: &RelayState) -> (mpsc::Receiver<DialRequest>, Registered) {
+        let (send, recv, connection, peer) = pipe();
+        let link = Link::Framed(Arc::new(FramedLink {
+            connection,
+            remote: HOST.parse().expect("an address"),
+            exporter: [0; EXPORTER_LEN],
+            kind: TransportKind::Tcp,
+        }));
+        let mut host = Host::new(
+            link,
+            admitted(state, HOST),
+            None,
+            state.tiers.of(&host_id()),
+        );
+        let (dials, dialled) = mpsc::channel(4);
+        host.dial = Some(dials);
+        state.registry.insert(host_id(), Arc::new(host));
+        (dialled, (send, recv, peer))
+    }
+
+    /// A Noise hello as the relay sees it: a length prefix and that many bytes.
+    fn hello() -> Vec<u8> {
+        let mut hello = vec![0, 96];
+        hello.extend([7u8; 96]);
+        hello
+    }
+
+    /// A player's stream that has sent its hello (or not), as `pair` reads it.
+    async fn player(with_hello: bool) -> (StreamRecv, Peer) {
+        let (_, recv, _, mut peer) = pipe();
+        if with_hello {
+            peer.0.write_all(&hello()).await.expect("written");
+        }
+        (recv, peer)
+    }
+
+    async fn pair_as_player(
+        state: &RelayState,
+        permit: &ConnectionPermit,
+        recv: &mut StreamRecv,
+    ) -> Result<Paired, Refused> {
+        let player = PLAYER.parse().expect("an address");
+        pair(host_id(), 42, player, permit, recv, state).await
+    }
+
+    /// Reads one control message off the far end of a pipe.
+    async fn read_control(recv: &mut FramedRecv) -> ControlMessage {
+        let mut got = Vec::new();
+        loop {
+            if got.len() >= 2 {
+                let len = control::frame_len([got[0], got[1]]).expect("a frame length");
+                if got.len() >= 2 + len {
+                    return ControlMessage::decode(&got[2..2 + len]).expect("a message");
+                }
+            }
+            let chunk = recv.read_chunk(4096).await.expect("readable");
+            got.extend_from_slice(&chunk.expect("more bytes"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_for_a_host_not_here_is_refused_and_gives_its_places_back() {
+        let mut limits = Limits::default();
+        limits.sessions.per_ip = 1;
+        let state = state(limits);
+        let permit = admitted(&state, PLAYER);
+        // One session per address: a place not given back would make the second
+        // and third rate-limited instead.
+        for _ in 0..3 {
+            let (mut recv, _peer) = player(true).await;
+            let refused = pair_as_player(&state, &permit, &mut recv).await.err();
+            let refused = refused.expect("refused");
+            assert!(
+                matches!(refused.why, SessionRefused::HostOffline),
+                "{:?}",
+                refused.why
+            );
+            assert_eq!(refused.message_code(), ErrorCode::HostOffline);
+        }
+        assert_eq!(state.admission.buffer_in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_whose_hello_does_not_follow_is_refused_at_the_hello_deadline() {
+        let state = state(Limits::default());
+        let (_dials, _host) = register_host(&state);
+        let permit = admitted(&state, PLAYER);
+        let (mut recv, _peer) = player(false).await;
+        let started = tokio::time::Instant::now();
+        let refused = pair_as_player(&state, &permit, &mut recv).await.err();
+        assert!(matches!(
+            refused.expect("refused").why,
+            SessionRefused::NoHello
+        ));
+        let waited = started.elapsed();
+        assert!(
+            waited >= HELLO_TIMEOUT && waited < HELLO_TIMEOUT * 2,
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_host_at_its_session_cap_is_busy_and_the_refusal_holds_no_budget() {
+        let mut limits = Limits::default();
+        limits.hosts.max_sessions = 1;
+        let state = state(limits);
+        let (_dials, _host) = register_host(&state);
+        let running = state.registry.lookup(&host_id()).expect("registered");
+        let _running = running.start_session().expect("the host's one session");
+        let permit = admitted(&state, PLAYER);
+        let (mut recv, _peer) = player(true).await;
+        let refused = pair_as_player(&state, &permit, &mut recv).await.err();
+        let why = refused.expect("refused").why;
+        assert!(matches!(why, SessionRefused::HostBusy), "{why:?}");
+        assert_eq!(state.admission.buffer_in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_that_never_answers_its_dial_is_unreachable_and_leaves_no_wait_behind() {
+        let state = state(Limits::default());
+        let (mut dials, _host) = register_host(&state);
+        let permit = admitted(&state, PLAYER);
+        let (mut recv, _peer) = player(true).await;
+        let started = tokio::time::Instant::now();
+        let refused = pair_as_player(&state, &permit, &mut recv).await.err();
+        let refused = refused.expect("refused");
+        assert!(matches!(refused.why, SessionRefused::HostUnreachable));
+        let deadline = state.config.limits.sessions.open_host_stream_timeout.0;
+        assert!(started.elapsed() >= deadline, "{:?}", started.elapsed());
+        assert!(dials.try_recv().is_ok(), "the host was asked to dial");
+        assert_eq!(state.dials.len(), 0);
+        assert_eq!(state.admission.buffer_in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_host_that_dials_back_gets_incoming_and_the_session_holds_its_budget_until_it_ends() {
+        let state = state(Limits::default());
+        let (mut dials, _host) = register_host(&state);
+        let permit = admitted(&state, PLAYER);
+        let (mut recv, _peer) = player(true).await;
+        // The host answers its `Dial` on a new connection, as `Accept` does.
+        let host = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let dial = dials.recv().await.expect("a Dial");
+                let (send, recv, _connection, mut far) = pipe();
+                assert!(state
+                    .dials
+                    .accept(dial.session_id, &dial.secret, (send, recv))
+                    .is_ok());
+                let incoming = read_control(&mut far.1).await;
+                (dial.session_id, incoming, far, _connection)
+            }
+        });
+        let paired = pair_as_player(&state, &permit, &mut recv).await;
+        let paired = paired.ok().expect("paired with the host");
+        assert_eq!(paired.hello, Bytes::from(hello()));
+        let (session_id, incoming, _far, _connection) = host.await.expect("the host's side");
+        assert_eq!(session_id, 42);
+        assert!(
+            matches!(incoming, ControlMessage::Incoming { session_id: 42, .. }),
+            "{incoming:?}"
+        );
+        let reserved = state.config.limits.session_buffer();
+        assert_eq!(state.admission.buffer_in_use(), reserved);
+        drop(paired);
+        assert_eq!(state.admission.buffer_in_use(), 0);
+    }
+}
