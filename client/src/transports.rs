@@ -21,6 +21,8 @@ use std::time::Duration;
 use blindrelay_protocol::RelayUrl;
 use tokio::time::Instant;
 
+use crate::session::RelayTransport;
+
 /// How long QUIC runs alone before TLS over TCP joins the race: several round
 /// trips to any relay, short enough that a blocked UDP costs a person nothing they
 /// would notice.
@@ -42,6 +44,22 @@ pub enum TransportPreference {
     Tcp,
     /// WebSocket (over TLS over TCP) only.
     WebSocket,
+}
+
+impl TransportPreference {
+    /// The transports this preference allows, in the order they are tried.
+    pub(crate) fn transports(self) -> &'static [RelayTransport] {
+        match self {
+            Self::Quic => &[RelayTransport::Quic],
+            Self::Tcp => &[RelayTransport::Tcp],
+            Self::WebSocket => &[RelayTransport::WebSocket],
+            Self::Auto => &[
+                RelayTransport::Quic,
+                RelayTransport::Tcp,
+                RelayTransport::WebSocket,
+            ],
+        }
+    }
 }
 
 impl std::fmt::Display for TransportPreference {
@@ -186,6 +204,18 @@ impl UdpHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_tries_quic_then_tcp_then_websocket_and_a_choice_only_itself() {
+        use RelayTransport::{Quic, Tcp, WebSocket};
+        assert_eq!(
+            TransportPreference::Auto.transports(),
+            [Quic, Tcp, WebSocket]
+        );
+        assert_eq!(TransportPreference::Quic.transports(), [Quic]);
+        assert_eq!(TransportPreference::Tcp.transports(), [Tcp]);
+        assert_eq!(TransportPreference::WebSocket.transports(), [WebSocket]);
+    }
 
     #[test]
     fn preferences_parse_and_print_the_same_words() {

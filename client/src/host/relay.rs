@@ -629,16 +629,7 @@ async fn connect(
         idle_timeout: config.relay_idle_timeout,
     };
     let framed = framed_config(config);
-    let transports: &[RelayTransport] = match config.transport {
-        TransportPreference::Quic => &[RelayTransport::Quic],
-        TransportPreference::Tcp => &[RelayTransport::Tcp],
-        TransportPreference::WebSocket => &[RelayTransport::WebSocket],
-        _ => &[
-            RelayTransport::Quic,
-            RelayTransport::Tcp,
-            RelayTransport::WebSocket,
-        ],
-    };
+    let transports = config.transport.transports();
     let attempts = transports
         .iter()
         .map(|transport| -> Attempt<'_, Connected, ConnectRelayError> {

@@ -79,16 +79,7 @@ impl Connector {
         }
         // A connection that was there and closed: the relay went away under us.
         let relay_went_away = self.relays.went_away(&url);
-        let transports: &[RelayTransport] = match self.config.transport {
-            TransportPreference::Quic => &[RelayTransport::Quic],
-            TransportPreference::Tcp => &[RelayTransport::Tcp],
-            TransportPreference::WebSocket => &[RelayTransport::WebSocket],
-            _ => &[
-                RelayTransport::Quic,
-                RelayTransport::Tcp,
-                RelayTransport::WebSocket,
-            ],
-        };
+        let transports = self.config.transport.transports();
         let step = self.config.tcp_delay;
         let first_step = if self.udp.is_broken(&url) {
             Duration::ZERO
