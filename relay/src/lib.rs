@@ -40,6 +40,10 @@ mod server;
 mod state;
 mod stream;
 
+// In-memory streams and state for the unit tests.
+#[cfg(test)]
+mod testing;
+
 // The real registry for the criterion benchmarks; not part of the API.
 #[cfg(feature = "bench")]
 #[doc(hidden)]

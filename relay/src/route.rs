@@ -438,3 +438,177 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod served {
+    //! The router's I/O over in-memory stream transports: what a peer reads back
+    //! for each refusal, and what is counted.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use blindrelay_protocol::registration::EXPORTER_LEN;
+    use blindrelay_protocol::PROTOCOL_VERSION;
+
+    use super::*;
+    use crate::policy::limits::Limits;
+    use crate::pool::{MemberSource, PoolConfig};
+    use crate::stream::link::{FramedLink, TransportKind};
+    use crate::testing::{admitted, pipe, read_control, state, state_with, Peer, PLAYER};
+
+    /// A stream from `PLAYER` on a stream transport, as its door hands it over.
+    fn routed(state: &RelayState, on_probation: bool) -> (RoutedStream, Peer) {
+        let (send, recv, connection, peer) = pipe();
+        let link = Link::Framed(Arc::new(FramedLink {
+            connection,
+            remote: PLAYER.parse().expect("an address"),
+            exporter: [0; EXPORTER_LEN],
+            kind: TransportKind::Tcp,
+        }));
+        let stream = RoutedStream {
+            send,
+            recv,
+            link,
+            permit: admitted(state, PLAYER),
+            window: None,
+            probation: Arc::new(AtomicBool::new(on_probation)),
+            is_host: Arc::new(AtomicBool::new(false)),
+        };
+        (stream, peer)
+    }
+
+    /// Serves a stream whose peer sent `first`, and returns what the peer reads.
+    async fn answer_to(
+        state: &Arc<RelayState>,
+        first: &[u8],
+        on_probation: bool,
+    ) -> ControlMessage {
+        let (stream, mut peer) = routed(state, on_probation);
+        peer.0.write_all(first).await.expect("written");
+        serve(stream, Arrival::Framed, state.clone()).await;
+        read_control(&mut peer.1).await
+    }
+
+    fn error_of(message: ControlMessage) -> (ErrorCode, String) {
+        match message {
+            ControlMessage::Error { code, reason } => (code, reason),
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_first_message_is_answered_bad_request_and_counted() {
+        let state = state(Limits::default());
+        // A frame of three bytes that are no message.
+        let (code, _) =
+            error_of(answer_to(&state, &[0, 3, PROTOCOL_VERSION, 0xee, 0], false).await);
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert_eq!(state.stats.bad_requests.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_of_another_protocol_version_is_answered_with_that_code() {
+        let state = state(Limits::default());
+        let (code, reason) = error_of(answer_to(&state, &[0, 2, 9, 1], false).await);
+        assert_eq!(code, ErrorCode::UnsupportedVersion, "{reason}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_says_nothing_is_refused_at_the_first_message_deadline() {
+        let state = state(Limits::default());
+        let started = tokio::time::Instant::now();
+        let (code, reason) = error_of(answer_to(&state, &[], false).await);
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert!(reason.contains("deadline"), "{reason}");
+        let deadline = state.config.limits.connections.first_message_timeout.0;
+        assert!(started.elapsed() >= deadline, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn an_accept_that_no_session_waits_for_is_refused() {
+        let state = state(Limits::default());
+        let accept = ControlMessage::Accept {
+            session_id: 7,
+            secret: [1; DIAL_SECRET_LEN],
+        };
+        let (code, reason) = error_of(answer_to(&state, &accept.to_frame(), false).await);
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert!(reason.contains("no session waits"), "{reason}");
+        assert_eq!(state.stats.bad_requests.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connect_on_probation_is_refused_at_capacity_and_counted() {
+        let state = state(Limits::default());
+        let connect = ControlMessage::Connect {
+            host_id: HostId::from_bytes([2; 32]),
+            redirects: 0,
+        };
+        let (code, _) = error_of(answer_to(&state, &connect.to_frame(), true).await);
+        assert_eq!(code, ErrorCode::AtCapacity);
+        assert_eq!(
+            state
+                .stats
+                .sessions_refused_capacity
+                .load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pool_member_sends_a_registration_to_the_hosts_owner() {
+        let state = state_with(Limits::default(), |config| {
+            let members = MemberSource::File("members".into());
+            config.pool = Some(PoolConfig::new("a.test:1", members).expect("a member name"));
+        });
+        let pool = state.pool.as_ref().expect("a pool");
+        pool.set_view(vec!["a.test:1".to_owned(), "b.test:1".to_owned()]);
+        let host_id = (0u8..)
+            .map(|i| HostId::from_bytes([i; 32]))
+            .find(|id| pool.redirect(id, 0).is_some())
+            .expect("a host b owns");
+        let register = ControlMessage::Register {
+            host_id,
+            token: None,
+            redirects: 0,
+        };
+        match answer_to(&state, &register.to_frame(), false).await {
+            ControlMessage::Redirect { members } => assert_eq!(members[0], "b.test:1"),
+            other => panic!("not redirected: {other:?}"),
+        }
+        assert_eq!(
+            state.stats.pool_redirects_register.load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dial_back_gives_its_place_back_as_soon_as_its_first_message_is_read() {
+        let mut limits = Limits::default();
+        limits.connections.per_ip = 1;
+        let state = state(limits);
+        // A host at PLAYER's address is asked to dial back for one session.
+        let (dial, mut waiting) = state.dials.expect(7);
+        let _expected = state
+            .admission
+            .expect_dial_back(PLAYER.parse().expect("an address"));
+        // Its connection comes in on the dial-back's place, past the address's cap.
+        let (stream, mut peer) = routed(&state, false);
+        let accept = ControlMessage::Accept {
+            session_id: dial.session_id,
+            secret: dial.secret,
+        };
+        peer.0.write_all(&accept.to_frame()).await.expect("written");
+        let served = tokio::spawn(serve(stream, Arrival::Framed, state.clone()));
+        // The session has the host's stream: the router read the Accept, and holds
+        // the connection's permit until it ends.
+        assert!(waiting.arrival().await.is_some());
+        // The place is free for the host's next dial-back already: one more
+        // connection from the address comes in past its cap of one.
+        let next = state.admission.admit_connection(
+            PLAYER.parse().expect("an address"),
+            crate::policy::admission::Door::Tcp,
+        );
+        assert!(next.is_ok(), "{:?}", next.err());
+        served.abort();
+    }
+}

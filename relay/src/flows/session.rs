@@ -350,58 +350,18 @@ mod tests {
     //! registered host's connection are framed pipes, so every refusal and the
     //! dial-back are exercised without a socket.
 
-    use blindrelay_protocol::control;
     use blindrelay_protocol::registration::EXPORTER_LEN;
-    use blindrelay_transport::{framed, Config, Connection, FramedRecv, FramedSend};
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::config::RelayConfig;
-    use crate::endpoint::tls::RelayCertificate;
-    use crate::policy::admission::{ConnectionPermit, Door};
+    use crate::policy::admission::ConnectionPermit;
     use crate::policy::limits::Limits;
     use crate::state::dials::DialRequest;
     use crate::stream::link::FramedLink;
-
-    const PLAYER: &str = "192.0.2.10:5000";
-    const HOST: &str = "198.51.100.7:6000";
-
-    /// The far end of an in-memory stream transport, kept so the relay's end stays
-    /// open.
-    type Peer = (FramedSend, FramedRecv, Connection);
-
-    fn state(limits: Limits) -> Arc<RelayState> {
-        let certificate = RelayCertificate::self_signed(&["localhost"]).expect("a certificate");
-        let mut config = RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), certificate);
-        config.limits = limits;
-        Arc::new(RelayState::new(config).expect("valid limits"))
-    }
+    use crate::testing::{admitted, pipe, read_control, state, Peer, HOST, PLAYER};
 
     fn host_id() -> HostId {
         HostId::from_bytes([9; 32])
-    }
-
-    /// The relay's halves of an in-memory stream transport, its connection, and
-    /// the peer's end.
-    fn pipe() -> (StreamSend, StreamRecv, Connection, Peer) {
-        let (near, far) = tokio::io::duplex(64 * 1024);
-        let (send, recv, connection) = framed(near, Config::default());
-        let peer = framed(far, Config::default());
-        (
-            StreamSend::Framed(send),
-            StreamRecv::Framed(recv),
-            connection,
-            peer,
-        )
-    }
-
-    fn admitted(state: &RelayState, addr: &str) -> Arc<ConnectionPermit> {
-        let permit = state
-            .admission
-            .admit_connection(addr.parse().expect("an address"), Door::Tcp)
-            .expect("admitted");
-        permit.establish();
-        Arc::new(permit)
     }
 
     /// The relay's halves of a host's registration stream and its far end, kept
@@ -453,21 +413,6 @@ mod tests {
     ) -> Result<Paired, Refused> {
         let player = PLAYER.parse().expect("an address");
         pair(host_id(), 42, player, permit, recv, state).await
-    }
-
-    /// Reads one control message off the far end of a pipe.
-    async fn read_control(recv: &mut FramedRecv) -> ControlMessage {
-        let mut got = Vec::new();
-        loop {
-            if got.len() >= 2 {
-                let len = control::frame_len([got[0], got[1]]).expect("a frame length");
-                if got.len() >= 2 + len {
-                    return ControlMessage::decode(&got[2..2 + len]).expect("a message");
-                }
-            }
-            let chunk = recv.read_chunk(4096).await.expect("readable");
-            got.extend_from_slice(&chunk.expect("more bytes"));
-        }
     }
 
     #[tokio::test]
