@@ -16,15 +16,16 @@
 //! counters ([`PoolStats`]), which is how the harness counts the redirects of a
 //! phase without a metrics listener.
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use blindrelay_client::RelayUrl;
+use blindrelay_harness::{Process, Stderr};
 use blindrelay_relay::{
     ConfigFile, Limits, MemberSource, PoolConfig, Relay, RelayCertificate, RelayConfig,
 };
@@ -122,15 +123,15 @@ impl PoolStats {
 
 /// A running child: relay (unless remote) and TCP splice.
 pub struct RelayProcess {
-    child: Child,
+    /// The child; behind a lock because its output arrives on a channel, which is
+    /// not `Sync`.
+    process: Mutex<Process>,
     relay_url: Option<RelayUrl>,
     pool_member: Option<String>,
     splice_addr: SocketAddr,
     probe: ProcessProbe,
     /// Where commands go; `None` once closed, which stops the child.
     stdin: Mutex<Option<ChildStdin>>,
-    /// The child's stdout after `ready`: the replies to commands.
-    replies: Mutex<mpsc::Receiver<String>>,
 }
 
 impl RelayProcess {
@@ -162,24 +163,15 @@ impl RelayProcess {
                 .arg("--pool-refresh")
                 .arg(format!("{}ms", args.pool_refresh.as_millis().max(1)));
         }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the relay process")?;
-        let stdout = child.stdout.take().context("relay process stdout")?;
-        let lines = read_lines(stdout);
+        command.stdin(Stdio::piped());
+        let mut process =
+            Process::spawn(&mut command, Stderr::Inherit).context("starting the relay process")?;
         let mut relay_url = None;
         let mut pool_member = None;
         let mut splice_addr = None;
         loop {
-            let line = match lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) => line,
-                Err(_) => {
-                    let _ = child.kill();
-                    bail!("the relay process did not start within 30 s");
-                }
+            let Some(line) = process.stdout_line(Duration::from_secs(30)) else {
+                bail!("the relay process did not start within 30 s");
             };
             if let Some(url) = line.strip_prefix("relay url: ") {
                 relay_url = Some(url.parse().context("relay url from the relay process")?);
@@ -198,16 +190,15 @@ impl RelayProcess {
         if pool_member.is_none() && args.pool_members_file.is_some() {
             bail!("the relay process named no pool member");
         }
-        let probe = ProcessProbe::new(child.id());
-        let stdin = child.stdin.take();
+        let probe = ProcessProbe::new(process.id());
+        let stdin = process.take_stdin();
         Ok(Self {
-            child,
+            process: Mutex::new(process),
             relay_url,
             pool_member,
             splice_addr,
             probe,
             stdin: Mutex::new(stdin),
-            replies: Mutex::new(lines),
         })
     }
 
@@ -238,10 +229,10 @@ impl RelayProcess {
     /// Sends one command line and waits up to `patience` for the reply line. Blocks
     /// the calling thread briefly, outside any measured window.
     fn command(&self, line: &str, patience: Duration) -> Result<String> {
-        let replies = self
-            .replies
+        let process = self
+            .process
             .lock()
-            .map_err(|_| anyhow!("relay process replies lock poisoned"))?;
+            .map_err(|_| anyhow!("relay process lock poisoned"))?;
         {
             let mut stdin = self
                 .stdin
@@ -251,8 +242,8 @@ impl RelayProcess {
             writeln!(stdin, "{line}").context("writing to the relay process")?;
             stdin.flush().context("writing to the relay process")?;
         }
-        replies
-            .recv_timeout(patience)
+        process
+            .stdout_line(patience)
             .with_context(|| format!("no reply to {line:?} from the relay process"))
     }
 
@@ -278,28 +269,11 @@ impl Drop for RelayProcess {
         if let Ok(mut stdin) = self.stdin.lock() {
             drop(stdin.take());
         }
-        for _ in 0..50 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Ok(process) = self.process.get_mut() {
+            // Dropped with `self` after this: killed if it still runs.
+            let _ = process.wait_within(Duration::from_secs(1));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
-}
-
-fn read_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// The child's side: runs the relay and the splice until stdin closes.

@@ -1,11 +1,11 @@
 //! Real processes: builds the binaries and runs them as a user would, reading their
 //! output line by line.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
+
+use blindrelay_harness::{Process, Stderr};
 
 use crate::PATIENCE;
 
@@ -43,9 +43,7 @@ pub fn binaries() -> PathBuf {
 
 /// A child process that is killed if the test fails before it ends it.
 pub struct Proc {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
+    process: Process,
 }
 
 impl Proc {
@@ -74,37 +72,29 @@ impl Proc {
 
     /// Whether the process is still running (it has not exited, whatever way).
     pub fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.process.try_wait().unwrap().is_none()
     }
 
     fn spawn(mut command: Command, env: &[(&str, &str)]) -> Self {
-        let mut child = command
+        command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
+            .envs(env.iter().copied());
         Self {
-            child,
-            stdout,
-            stderr,
+            process: Process::spawn(&mut command, Stderr::Lines).unwrap(),
         }
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.id()
     }
 
     /// The value of the next stdout line `name: value`.
     pub fn value(&self, name: &str) -> String {
         let line = self
-            .stdout
-            .recv_timeout(PATIENCE)
+            .process
+            .stdout_line(PATIENCE)
             .expect("a line on stdout");
         line.strip_prefix(&format!("{name}: "))
             .unwrap_or_else(|| panic!("expected `{name}: ...`, got {line:?}"))
@@ -123,7 +113,7 @@ impl Proc {
         let deadline = std::time::Instant::now() + patience;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self.stderr.recv_timeout(left).ok()?;
+            let line = self.process.stderr_line(left)?;
             if line.contains(text) {
                 return Some(line);
             }
@@ -138,9 +128,9 @@ impl Proc {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let got = self
-                .stdout
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no stdout line {what} after {before:?}"));
+                .process
+                .stdout_line(left)
+                .unwrap_or_else(|| panic!("no stdout line {what} after {before:?}"));
             if wanted(&got) {
                 return (got, before);
             }
@@ -170,7 +160,7 @@ impl Proc {
     /// Sends a signal by name (`USR1`, ...) with the shell's `kill`.
     pub fn signal(&self, name: &str) {
         let status = Command::new("sh")
-            .args(["-c", &format!("kill -{name} {}", self.child.id())])
+            .args(["-c", &format!("kill -{name} {}", self.process.id())])
             .status()
             .unwrap();
         assert!(status.success());
@@ -178,14 +168,8 @@ impl Proc {
 
     /// Waits for the process to exit, however it ends.
     pub fn wait_exit(mut self) {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "process did not exit in time"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let exited = self.process.wait_within(PATIENCE).unwrap();
+        assert!(exited.is_some(), "process did not exit in time");
     }
 
     /// Sends Ctrl-C (SIGINT) and waits for a clean exit.
@@ -193,44 +177,16 @@ impl Proc {
     pub fn interrupt(mut self) -> Vec<String> {
         // The shell's own `kill`, so the test needs no extra package.
         let status = Command::new("sh")
-            .args(["-c", &format!("kill -INT {}", self.child.id())])
+            .args(["-c", &format!("kill -INT {}", self.process.id())])
             .status()
             .unwrap();
         assert!(status.success());
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "clean exit after Ctrl-C, got {status}");
-                // The reader thread sends every line before it sees the end of the pipe.
-                return self.stderr.iter().collect();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "process did not exit after Ctrl-C"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = self.process.wait_within(PATIENCE).unwrap();
+        let status = status.expect("process did not exit after Ctrl-C");
+        assert!(status.success(), "clean exit after Ctrl-C, got {status}");
+        // The reader thread sends every line before it sees the end of the pipe.
+        self.process.rest_of_stderr()
     }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// A process's resident memory, from /proc.
