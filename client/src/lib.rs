@@ -74,7 +74,7 @@ pub use player::{
 pub use session::{RelayTransport, SessionEnded, SessionPath};
 pub use stream::{Abandon, SecureStream};
 pub use transports::{TransportPreference, UnknownTransport, DEFAULT_TCP_DELAY, UDP_BROKEN_MEMORY};
-pub use web_link::{web_link, WebLinkError};
+pub use web_link::{web_link, WebLink, WebLinkError};
 pub use wire::WireError;
 
 /// Plumbing for the load generator and the whole-system tests: raw connections to a

@@ -6,13 +6,16 @@
 //! [`web_link`] checks that the relay really serves the player there before anyone
 //! is told the link: one HTTPS request, with the relay's certificate checked as on
 //! every other connection to it (its pin, or the web's CAs for the per-host name,
-//! which a CA certificate must then cover as `*.<relay name>`).
+//! which a CA certificate must then cover as `*.<relay name>`). A relay trusted by
+//! pin has a certificate of its own that no browser trusts: for it, the link comes
+//! with the Chromium command that trusts that certificate's key
+//! ([`WebLink::chromium_command`]).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::{HostId, RelayUrl};
+use blindrelay_protocol::{HostId, RelayUrl, Ticket};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -53,9 +56,59 @@ pub enum WebLinkError {
     Timeout(Duration),
 }
 
-/// The web player's URL for `host_id` at the relay `url` (without the ticket),
-/// once a request to it shows that the relay serves the player there.
-pub async fn web_link(url: &RelayUrl, host_id: &HostId) -> Result<String, WebLinkError> {
+/// A share link for browsers, checked: the relay serves the player there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebLink {
+    url: String,
+    /// Where the relay's name led, for Chromium's resolver when it is `localhost`.
+    relay_addr: SocketAddr,
+    /// The base64 SHA-256 of the relay certificate's public key, when the relay is
+    /// trusted by pin.
+    pinned_key: Option<String>,
+}
+
+impl WebLink {
+    /// The player's URL on the host's origin, without the ticket.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The link with `ticket` in its fragment, which browsers never send anywhere.
+    pub fn with_ticket(&self, ticket: &Ticket) -> String {
+        format!("{}#{ticket}", self.url)
+    }
+
+    /// The base64 SHA-256 of the pinned relay certificate's public key, as
+    /// Chromium's `--ignore-certificate-errors-spki-list` takes it; `None` for a
+    /// relay with a CA's certificate, which browsers trust as it is.
+    pub fn pinned_key(&self) -> Option<&str> {
+        self.pinned_key.as_deref()
+    }
+
+    /// For a relay trusted by pin, the Chromium command that opens the link
+    /// trusting the relay's key (and, on `localhost`, reaching every host origin
+    /// at the relay's address, where Chromium would try ::1 for WebTransport).
+    /// `None` for a relay with a CA's certificate.
+    pub fn chromium_command(&self, ticket: &Ticket) -> Option<String> {
+        let key = self.pinned_key.as_deref()?;
+        let mut command = format!("chromium --ignore-certificate-errors-spki-list={key}");
+        let origin = self.url.strip_prefix("https://").unwrap_or(&self.url);
+        let host = origin.split([':', '/']).next().unwrap_or_default();
+        if host.ends_with(".localhost") {
+            let ip = match self.relay_addr.ip() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            command.push_str(&format!(" --host-resolver-rules='MAP *.localhost {ip}'"));
+        }
+        command.push_str(&format!(" '{}'", self.with_ticket(ticket)));
+        Some(command)
+    }
+}
+
+/// The web player's link for `host_id` at the relay `url`, once a request to it
+/// shows that the relay serves the player there.
+pub async fn web_link(url: &RelayUrl, host_id: &HostId) -> Result<WebLink, WebLinkError> {
     if url.host().parse::<IpAddr>().is_ok() {
         return Err(WebLinkError::IpLiteral(url.host().to_owned()));
     }
@@ -86,16 +139,33 @@ pub async fn web_link(url: &RelayUrl, host_id: &HostId) -> Result<String, WebLin
             .write_all(request.as_bytes())
             .await
             .map_err(ConnectRelayError::TlsHandshake)?;
+        // Verified by its pin: the key it holds is what a browser must be told.
+        let pinned_key = url
+            .pin()
+            .and_then(|_| stream.get_ref().1.peer_certificates()?.first().cloned())
+            .and_then(|certificate| key_hash(&certificate));
         let status = read_status(&mut stream).await?;
         if status != 200 {
             return Err(WebLinkError::NotServed(status));
         }
-        Ok(format!("https://{authority}{PLAYER_PATH}"))
+        Ok(WebLink {
+            url: format!("https://{authority}{PLAYER_PATH}"),
+            relay_addr: addr,
+            pinned_key,
+        })
     };
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
         Ok(result) => result,
         Err(_) => Err(WebLinkError::Timeout(CHECK_TIMEOUT)),
     }
+}
+
+/// The base64 SHA-256 of `certificate`'s public key (its DER SubjectPublicKeyInfo).
+fn key_hash(certificate: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
+    let spki = parsed.subject_public_key_info();
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki.as_ref());
+    Some(data_encoding::BASE64.encode(digest.as_ref()))
 }
 
 /// The status code of the answer's first line.
@@ -142,6 +212,62 @@ mod tests {
         );
         assert_eq!(parse_status(b"SSH-2.0-x\r\n"), None);
         assert_eq!(parse_status(b"HTTP/1.1 abc\r\n"), None);
+    }
+
+    fn ticket() -> Ticket {
+        let relay: RelayUrl = "blindrelay://localhost:4433".parse().unwrap();
+        Ticket::new(HostId::from_bytes([4; 32]), relay, Vec::new()).unwrap()
+    }
+
+    fn link(host: &str, addr: &str, pinned_key: Option<&str>) -> WebLink {
+        WebLink {
+            url: format!("https://{host}:4433/.blindrelay/"),
+            relay_addr: addr.parse().unwrap(),
+            pinned_key: pinned_key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_pinned_relay_on_localhost_gets_the_whole_chromium_command() {
+        let local = link("abc.localhost", "127.0.0.1:4433", Some("S2V5"));
+        assert_eq!(
+            local.chromium_command(&ticket()).unwrap(),
+            format!(
+                "chromium --ignore-certificate-errors-spki-list=S2V5 \
+                 --host-resolver-rules='MAP *.localhost 127.0.0.1' \
+                 'https://abc.localhost:4433/.blindrelay/#{}'",
+                ticket()
+            )
+        );
+        let six = link("abc.localhost", "[::1]:4433", Some("S2V5"));
+        assert!(six
+            .chromium_command(&ticket())
+            .unwrap()
+            .contains("'MAP *.localhost [::1]'"));
+        // A relay elsewhere is reached by its name, as any site.
+        let named = link("abc.relay.example.net", "192.0.2.1:4433", Some("S2V5"));
+        let command = named.chromium_command(&ticket()).unwrap();
+        assert!(!command.contains("host-resolver-rules"), "{command}");
+        // A CA's certificate needs no command at all.
+        assert_eq!(
+            link("abc.relay.example.net", "192.0.2.1:4433", None).chromium_command(&ticket()),
+            None
+        );
+    }
+
+    #[test]
+    fn the_key_hash_is_that_of_the_certificates_public_key() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let certificate = params.self_signed(&key).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let expected = ring::digest::digest(&ring::digest::SHA256, &spki);
+        assert_eq!(
+            key_hash(certificate.der()),
+            Some(data_encoding::BASE64.encode(expected.as_ref()))
+        );
+        let garbage = rustls::pki_types::CertificateDer::from(vec![1, 2, 3]);
+        assert_eq!(key_hash(&garbage), None);
     }
 
     #[tokio::test]

@@ -353,7 +353,7 @@ async fn the_share_link_is_checked_against_the_relay() {
         .await
         .expect("a link");
     assert_eq!(
-        link,
+        link.url(),
         format!(
             "https://{host_id}.localhost:{}/.blindrelay/",
             relay.url().port()
@@ -422,7 +422,25 @@ async fn blindrelay_host_prints_a_share_link_whose_page_the_relay_serves() {
     let host_id = host.value("host id");
     let ticket = host.value("ticket");
     let link = host.value("web");
+    // The relay is trusted by pin: its certificate is one no browser trusts, so the
+    // host says how to open the link in Chromium trusting that certificate's key.
+    let browser = host.value("browser");
     let _ = std::fs::remove_dir_all(&dir);
+    let tcp = TcpStream::connect(("127.0.0.1", url.port())).await.unwrap();
+    let tls = tls_to(tcp, b"http/1.1").await;
+    let certificate = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let spki = webpki::EndEntityCert::try_from(&certificate)
+        .unwrap()
+        .subject_public_key_info();
+    let key = data_encoding::BASE64
+        .encode(ring::digest::digest(&ring::digest::SHA256, spki.as_ref()).as_ref());
+    assert_eq!(
+        browser,
+        format!(
+            "chromium --ignore-certificate-errors-spki-list={key} \
+             --host-resolver-rules='MAP *.localhost 127.0.0.1' '{link}'"
+        )
+    );
     let expected = format!(
         "https://{host_id}.localhost:{}/.blindrelay/#{ticket}",
         url.port()

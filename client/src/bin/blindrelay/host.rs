@@ -191,7 +191,13 @@ pub(crate) async fn host(config: HostConfig, run: HostRun, mut stop: Stop) -> Re
         // the player on this host's origin. The ticket goes in the fragment, which
         // browsers never send to the relay.
         match blindrelay_client::web_link(relay, agent.host_id()).await {
-            Ok(link) => println!("web: {link}#{}", agent.ticket()),
+            Ok(link) => {
+                println!("web: {}", link.with_ticket(agent.ticket()));
+                // A relay trusted by pin has a certificate no browser trusts.
+                if let Some(command) = link.chromium_command(agent.ticket()) {
+                    println!("browser: {command}");
+                }
+            }
             Err(err) => info!("no link for browsers: {err}"),
         }
     }

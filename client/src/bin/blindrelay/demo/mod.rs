@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use blindrelay_client::{HostConfig, PlayerConfig, RelayUrl, SecretKey, Ticket};
-use blindrelay_relay::{Relay, RelayCertificate, RelayConfig, KEPT_KEY_FILE};
+use blindrelay_relay::{Relay, RelayCertificate, RelayConfig};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -96,7 +96,6 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
 
     // The host: `blindrelay host` with a key kept in the state folder and its panel.
     let key = host_key(&state.join("host.key"))?;
-    let host_id = key.host_id();
     let mut config = HostConfig::new(key, url.clone());
     config.direct = None;
     let (ticket_tx, ticket_rx) = oneshot::channel();
@@ -140,20 +139,6 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
         _ => "/",
     };
     println!("player: http://{player_addr}{front}");
-    if let Ok(link) = blindrelay_client::web_link(&url, &host_id).await {
-        // (The host printed it as `web:`.)
-        let link = format!("{link}#{ticket}");
-        if let Some(spki) = spki_hash(&state.join("relay").join(KEPT_KEY_FILE)) {
-            // A development relay's certificate is its own: this browser trusts it
-            // by its key's hash, and reaches `*.localhost` at the relay's address
-            // (it would try ::1 for WebTransport otherwise).
-            println!(
-                "browser: chromium --ignore-certificate-errors-spki-list={spki} \
-                 --host-resolver-rules='MAP *.localhost 127.0.0.1' '{link}'"
-            );
-        }
-    }
-
     let checked = check(player_addr, &sample).await;
     match &checked {
         Ok(line) => println!("check: {line}"),
@@ -375,14 +360,4 @@ async fn fetch(player: SocketAddr, path: &str) -> Result<(String, Bytes)> {
         .unwrap_or_default()
         .to_owned();
     Ok((status, Bytes::copy_from_slice(&response[head_end + 4..])))
-}
-
-/// The base64 SHA-256 of the public key in the PEM key file at `path`, as Chromium's
-/// `--ignore-certificate-errors-spki-list` takes it.
-fn spki_hash(path: &Path) -> Option<String> {
-    let pem = std::fs::read_to_string(path).ok()?;
-    let key = rcgen::KeyPair::from_pem(&pem).ok()?;
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let digest = ring::digest::digest(&ring::digest::SHA256, &spki);
-    Some(data_encoding::BASE64.encode(digest.as_ref()))
 }
