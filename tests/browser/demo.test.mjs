@@ -51,6 +51,14 @@ test("blindrelay demo's browser line plays its film, and a link opened past the 
     });
     await page.screenshot({ path: path.join(work, "playing.png") });
 
+    // The host's panel shows the same link for browsers, with its QR code: what a
+    // person hands to someone on a phone.
+    await page.goto(await line("panel"));
+    await page.locator("#web-link", { hasText: link }).waitFor();
+    assert.equal(await page.locator("#web-link").getAttribute("href"), link);
+    await page.waitForFunction(() => document.querySelector("#web-qr").naturalWidth > 0);
+    await page.screenshot({ path: path.join(work, "panel.png") });
+
     // Past the warning (the browser told to ignore certificate errors, as a person
     // clicking "proceed" does): no service worker, and the page says why.
     const past = await launch("past-warning", [`--host-resolver-rules=${rules}`], { ignoreHTTPSErrors: true });

@@ -122,6 +122,8 @@ test(
         .waitFor();
       assert.equal(await relaySwitch.isChecked(), true);
       await page.locator("#ticket", { hasText: ticket }).waitFor();
+      // A relay named by its address serves no player on a host origin: no link to share.
+      assert.equal(await page.locator("#web-share").isHidden(), true);
       await shot("1-reachable.png");
       assertServed(await fetchThrough(allowed.listen), "the listed player, relay on");
       assertRefused(await fetchThrough(newcomer.listen), "the unlisted player");

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use blindrelay_client::{
-    ConnectError, PathPreference, Player, PlayerConfig, SecretKey, SecureStream, Ticket,
+    ConnectError, PathPreference, Player, PlayerConfig, RelayUrl, SecretKey, SecureStream, Ticket,
 };
 use blindrelay_tests::process::{binaries, Proc};
 use blindrelay_tests::{start_relay, PATIENCE};
@@ -47,7 +47,9 @@ impl PanelHost {
         if args.contains(&"--direct") {
             proc.value("direct");
         }
-        let link = proc.value("panel");
+        // (A relay that serves browsers adds `web:` and `browser:` lines before it.)
+        let link = proc.wait_line_starting("panel: ");
+        let link = link.strip_prefix("panel: ").unwrap();
         let (base, token) = link.split_once("/#token=").expect("a link with the token");
         let panel = base.strip_prefix("http://").unwrap().parse().unwrap();
         Self {
@@ -237,13 +239,15 @@ async fn every_call_needs_the_token_and_the_panels_own_host_and_origin() {
     let player_key = SecretKey::generate().unwrap().public_key().to_string();
     let add = json!({ "key": player_key });
     let remove = json!({ "key": player_key });
-    let endpoints: [(&str, &str, Option<Value>, u16); 6] = [
+    let endpoints: [(&str, &str, Option<Value>, u16); 7] = [
         ("GET", "/api/status", None, 200),
         ("POST", "/api/relay", Some(json!({ "enabled": false })), 200),
         ("GET", "/api/players", None, 200),
         ("POST", "/api/players", Some(add), 201),
         ("DELETE", "/api/players", Some(remove), 200),
         ("GET", "/api/ticket.svg", None, 200),
+        // A host without a share link for browsers (direct only): none to draw.
+        ("GET", "/api/web.svg", None, 404),
     ];
     let right = format!("Bearer {}", host.token);
     let wrong = format!("Bearer {}", "0".repeat(64));
@@ -827,4 +831,58 @@ async fn idle_connections_to_the_panel_cannot_take_the_host_to_its_file_limit() 
         "an idle panel connection was held {waited:?}"
     );
     drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panel_shows_the_share_link_for_browsers_with_its_qr_code() {
+    let bin = binaries();
+    let dir = std::env::temp_dir().join(format!("br-panel-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("host.key");
+    let keygen = std::process::Command::new(bin.join("blindrelay"))
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let url: RelayUrl = relay.value("relay url").parse().unwrap();
+    // By name: a share link needs the per-host origin `<host id>.localhost`.
+    let by_name = RelayUrl::new("localhost", url.port(), url.pin().copied()).unwrap();
+    let service = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = PanelHost::start(
+        &bin,
+        &key,
+        service.local_addr().unwrap(),
+        &["--relay", &by_name.to_string()],
+    );
+    let status = host
+        .wait_status("registered", |s| s["state"] == "registered")
+        .await;
+    let expected = format!(
+        "https://{}.localhost:{}/.blindrelay/#{}",
+        host.ticket.host_id(),
+        url.port(),
+        host.ticket
+    );
+    assert_eq!(status["web"], expected);
+    let auth = format!("Bearer {}", host.token);
+    let (code, head, svg) = host
+        .raw("GET", "/api/web.svg", &[("Authorization", &auth)], None)
+        .await;
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: image/svg+xml"),
+        "{head}"
+    );
+    assert!(
+        svg.starts_with("<?xml") && svg.contains("<svg"),
+        "{svg:.80}"
+    );
+    // Not without the token, as every other call.
+    let (code, _, _) = host.raw("GET", "/api/web.svg", &[], None).await;
+    assert_eq!(code, 401);
+    host.proc.interrupt();
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
 }

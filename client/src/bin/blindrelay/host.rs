@@ -186,13 +186,16 @@ pub(crate) async fn host(config: HostConfig, run: HostRun, mut stop: Stop) -> Re
     let mut agent = HostAgent::start(config)?;
     println!("host id: {}", agent.host_id());
     println!("ticket: {}", agent.ticket());
+    let mut web = None;
     if let Some(relay) = &relay {
         // Once, at start: a link is printed only where the relay was seen to serve
         // the player on this host's origin. The ticket goes in the fragment, which
         // browsers never send to the relay.
         match blindrelay_client::web_link(relay, agent.host_id()).await {
             Ok(link) => {
-                println!("web: {}", link.with_ticket(agent.ticket()));
+                let shared = link.with_ticket(agent.ticket());
+                println!("web: {shared}");
+                web = Some(shared);
                 // A relay trusted by pin has a certificate no browser trusts.
                 if let Some(command) = link.chromium_command(agent.ticket()) {
                     println!("browser: {command}");
@@ -213,6 +216,7 @@ pub(crate) async fn host(config: HostConfig, run: HostRun, mut stop: Stop) -> Re
             let view = panel::HostView {
                 host_id: agent.host_id().to_string(),
                 ticket: agent.ticket().to_string(),
+                web,
                 relay,
                 direct: agent.ticket().direct_addrs().to_vec(),
                 state: agent.watch_state(),

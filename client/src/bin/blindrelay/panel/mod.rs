@@ -9,6 +9,8 @@
 //! - `GET/POST/DELETE /api/players`: the authorized players, edited in the host's
 //!   own file and in force for the next session;
 //! - `GET /api/ticket.svg`: the ticket as a QR code;
+//! - `GET /api/web.svg`: the share link for browsers as a QR code, a phone's way in
+//!   (404 where the relay serves no player to browsers);
 //! - `/`, `/panel.js`, `/panel.css`: the page, compiled into the binary.
 //!
 //! What keeps it safe is in [`guard`]; every response carries a strict
@@ -55,6 +57,9 @@ pub(crate) struct HostView {
     pub(crate) host_id: String,
     /// The ticket players use.
     pub(crate) ticket: String,
+    /// The share link for browsers, the ticket in its fragment, where the relay
+    /// serves the web player on the host's origin.
+    pub(crate) web: Option<String>,
     /// The home relay, if any.
     pub(crate) relay: Option<RelayUrl>,
     /// The direct addresses in the ticket.
@@ -89,8 +94,8 @@ pub(crate) enum PanelStartError {
     /// The system's random number generator failed.
     #[error("cannot make the panel's access token: no system randomness")]
     Random,
-    /// The ticket does not fit in a QR code.
-    #[error("cannot draw the ticket as a QR code: {0}")]
+    /// The ticket or the share link does not fit in a QR code.
+    #[error("cannot draw the ticket or the share link as a QR code: {0}")]
     Qr(#[from] qrcode::types::QrError),
 }
 
@@ -138,14 +143,13 @@ impl Panel {
             .map_err(|source| PanelStartError::Bind { addr, source })?;
         let guard = guard::Guard::new(bound).map_err(|_| PanelStartError::Random)?;
         let url = format!("http://{bound}/#token={}", guard.token());
-        let qr_svg = qrcode::QrCode::new(view.ticket.as_bytes())?
-            .render::<qrcode::render::svg::Color<'_>>()
-            .min_dimensions(240, 240)
-            .build();
+        let qr_svg = qr_code(&view.ticket)?;
+        let web_qr_svg = view.web.as_deref().map(qr_code).transpose()?;
         let state = Arc::new(PanelState {
             guard,
             view,
             qr_svg,
+            web_qr_svg,
             edit: tokio::sync::Mutex::new(()),
         });
         let app = router(state);
@@ -243,6 +247,8 @@ struct PanelState {
     view: HostView,
     /// The ticket's QR code; the ticket does not change while the host runs.
     qr_svg: String,
+    /// The share link's QR code, where there is a link.
+    web_qr_svg: Option<String>,
     /// One edit of the players file at a time.
     edit: tokio::sync::Mutex<()>,
 }
@@ -267,6 +273,7 @@ fn router(state: Arc<PanelState>) -> Router {
             get(players_list).post(player_add).delete(player_remove),
         )
         .route("/api/ticket.svg", get(ticket_qr))
+        .route("/api/web.svg", get(web_qr))
         .fallback(|| async { PanelError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guarded))
@@ -343,6 +350,19 @@ async fn ticket_qr(State(state): State<Arc<PanelState>>) -> impl IntoResponse {
     )
 }
 
+async fn web_qr(State(state): State<Arc<PanelState>>) -> Result<impl IntoResponse, PanelError> {
+    let svg = state.web_qr_svg.clone().ok_or(PanelError::NotFound)?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg))
+}
+
+/// `text` as a QR code, in SVG.
+fn qr_code(text: &str) -> Result<String, qrcode::types::QrError> {
+    Ok(qrcode::QrCode::new(text.as_bytes())?
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(240, 240)
+        .build())
+}
+
 async fn status(State(state): State<Arc<PanelState>>) -> Json<Value> {
     Json(status_json(&state.view))
 }
@@ -369,6 +389,7 @@ fn status_json(view: &HostView) -> Value {
         "direct": view.direct.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "direct_status": direct,
         "ticket": view.ticket,
+        "web": view.web,
         "players": match &view.players {
             Some(list) => json!({ "mode": "list", "count": list.len() }),
             None => json!({ "mode": "open" }),

@@ -64,6 +64,12 @@ function renderStatus(status) {
   }`;
   $("direct").textContent = status.direct_status ?? "no direct listener";
   $("ticket").textContent = status.ticket;
+  if (status.web && $("web-link").textContent !== status.web) {
+    $("web-link").textContent = status.web;
+    $("web-link").href = status.web;
+    $("web-share").hidden = false;
+    loadWebQr();
+  }
 
   const body = $("sessions").tBodies[0];
   body.replaceChildren(
@@ -138,6 +144,15 @@ async function refresh() {
 async function loadPlayers() {
   try {
     renderPlayers(await (await api("GET", "/api/players")).json());
+  } catch (err) {
+    showError(err);
+  }
+}
+
+async function loadWebQr() {
+  try {
+    const svg = await (await api("GET", "/api/web.svg")).blob();
+    $("web-qr").src = URL.createObjectURL(svg);
   } catch (err) {
     showError(err);
   }
