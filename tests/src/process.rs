@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use blindrelay_client::RelayUrl;
 use blindrelay_harness::{Process, Stderr};
 
 use crate::PATIENCE;
@@ -187,6 +188,27 @@ impl Proc {
         // The reader thread sends every line before it sees the end of the pipe.
         self.process.rest_of_stderr()
     }
+}
+
+/// Makes a key for `role` (`host` or `player`) at `out` with `blindrelay keygen`, as
+/// a user would; returns what it printed.
+pub fn keygen(bin: &Path, out: &Path, role: &str) -> String {
+    let made = Command::new(bin.join("blindrelay"))
+        .args(["keygen", "--role", role, "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "keygen: {made:?}");
+    String::from_utf8(made.stdout).unwrap()
+}
+
+/// `blindrelayd` on a free loopback port, and its URL with `localhost` for the
+/// address: the name a share link for browsers needs, whose per-host origins are
+/// `<host id>.localhost`.
+pub fn relay_by_name(bin: &Path) -> (Proc, RelayUrl) {
+    let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
+    let url: RelayUrl = relay.value("relay url").parse().unwrap();
+    let by_name = RelayUrl::new("localhost", url.port(), url.pin().copied()).unwrap();
+    (relay, by_name)
 }
 
 /// A process's resident memory, from /proc.

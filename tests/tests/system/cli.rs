@@ -269,11 +269,7 @@ async fn quick_start_works_as_documented() {
 /// A fresh host key file in `dir`, made by `blindrelay keygen`.
 fn keygen(bin: &Path, dir: &Path) -> PathBuf {
     let key = dir.join("host.key");
-    let out = Command::new(bin.join("blindrelay"))
-        .args(["keygen", "--out", key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    blindrelay_tests::process::keygen(bin, &key, "host");
     key
 }
 

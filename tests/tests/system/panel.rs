@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use blindrelay_client::{
-    ConnectError, PathPreference, Player, PlayerConfig, RelayUrl, SecretKey, SecureStream, Ticket,
+    ConnectError, PathPreference, Player, PlayerConfig, SecretKey, SecureStream, Ticket,
 };
-use blindrelay_tests::process::{binaries, Proc};
+use blindrelay_tests::process::{binaries, keygen, relay_by_name, Proc};
 use blindrelay_tests::{start_relay, PATIENCE};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,15 +198,6 @@ async fn round_trip(mut session: SecureStream) {
         .expect("echoed in time")
         .unwrap();
     assert_eq!(&back, b"ping through the host");
-}
-
-fn keygen(bin: &Path, out: &Path, role: &str) -> String {
-    let done = Command::new(bin.join("blindrelay"))
-        .args(["keygen", "--role", role, "--out", out.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(done.status.success());
-    String::from_utf8(done.stdout).unwrap()
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -839,15 +830,9 @@ async fn the_panel_shows_the_share_link_for_browsers_with_its_qr_code() {
     let dir = std::env::temp_dir().join(format!("br-panel-web-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("host.key");
-    let keygen = std::process::Command::new(bin.join("blindrelay"))
-        .args(["keygen", "--out", key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(keygen.status.success());
-    let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
-    let url: RelayUrl = relay.value("relay url").parse().unwrap();
+    keygen(&bin, &key, "host");
     // By name: a share link needs the per-host origin `<host id>.localhost`.
-    let by_name = RelayUrl::new("localhost", url.port(), url.pin().copied()).unwrap();
+    let (relay, by_name) = relay_by_name(&bin);
     let service = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = PanelHost::start(
         &bin,
@@ -861,7 +846,7 @@ async fn the_panel_shows_the_share_link_for_browsers_with_its_qr_code() {
     let expected = format!(
         "https://{}.localhost:{}/.blindrelay/#{}",
         host.ticket.host_id(),
-        url.port(),
+        by_name.port(),
         host.ticket
     );
     assert_eq!(status["web"], expected);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use blindrelay_protocol::{HostId, RelayUrl, SecretKey};
 use blindrelay_relay::{HttpOutcome, Relay, RelayCertificate};
-use blindrelay_tests::process::{binaries, Proc};
+use blindrelay_tests::process::{binaries, keygen, relay_by_name, Proc};
 use blindrelay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -397,14 +397,9 @@ async fn blindrelay_host_prints_a_share_link_whose_page_the_relay_serves() {
     let dir = std::env::temp_dir().join(format!("br-web-link-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("host.key");
-    let keygen = std::process::Command::new(bin.join("blindrelay"))
-        .args(["keygen", "--out", key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(keygen.status.success());
-    let relay = Proc::start(&bin.join("blindrelayd"), &["--listen", "127.0.0.1:0"]);
-    let url: RelayUrl = relay.value("relay url").parse().unwrap();
-    let by_name = RelayUrl::new("localhost", url.port(), url.pin().copied()).unwrap();
+    keygen(&bin, &key, "host");
+    let (_relay, by_name) = relay_by_name(&bin);
+    let url = &by_name;
     let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let forward = service.local_addr().unwrap().to_string();
     let host = Proc::start(
