@@ -85,27 +85,19 @@ pub(crate) enum Counted {
 /// was routed to ends.
 pub(crate) async fn serve(mut stream: RoutedStream, arrival: Arrival, state: Arc<RelayState>) {
     let deadline = state.config.limits.connections.first_message_timeout.0;
-    let first = tokio::time::timeout(deadline, read_message(&mut stream.recv)).await;
+    let first = tokio::time::timeout(deadline, read_message(&mut stream.recv))
+        .await
+        .unwrap_or(Err(ReadMessageError::Timeout));
     if arrival == Arrival::Framed {
         // Whatever it said, a dial-back's place is free for the host's next.
         stream.permit.end_dial_back();
     }
     let message = match first {
-        Ok(Ok(message)) => message,
-        // Refusals boxed: a registration's task lives for hours, and a future is as
-        // large as its largest await.
-        Ok(Err(err)) => {
+        Ok(message) => message,
+        // Boxed: a registration's task lives for hours, and a future is as large as
+        // its largest await.
+        Err(err) => {
             return Box::pin(refuse_stream(&state.stats, stream.send, stream.recv, err)).await
-        }
-        Err(_) => {
-            let timeout = ReadMessageError::Timeout;
-            return Box::pin(refuse_stream(
-                &state.stats,
-                stream.send,
-                stream.recv,
-                timeout,
-            ))
-            .await;
         }
     };
     let on_probation = stream.probation.load(Ordering::Acquire);
