@@ -15,8 +15,6 @@
 import { CLOSE_CODES, describeCode } from "./codes.js";
 import { ReceivingLink, SessionError, type StreamLink, messageOf, streamCodeError, withDeadline } from "./link.js";
 
-export { withDeadline } from "./link.js";
-
 /** A bidirectional WebTransport stream, as the browser gives it. */
 export interface WebTransportStreamLike {
   readonly readable: ReadableStream<Uint8Array>;
