@@ -259,18 +259,18 @@ impl Pump<'_> {
                 other => other,
             };
             if read.as_ref().is_ok_and(Option::is_some) {
-                // A run of tiny chunks with no answer the other way. Once batching,
-                // what gathered meanwhile comes as larger chunks (quinn joins the
-                // fragments it holds): only a chunk the size bulk data arrives in
-                // ends the run.
+                // A run of tiny chunks with few answers the other way. Once
+                // batching, what gathered meanwhile comes as larger chunks (quinn
+                // joins the fragments it holds): only a chunk the size bulk data
+                // arrives in ends the run.
                 let now = self.forwards[1].load(Ordering::Relaxed);
                 let small = tiny || (batching && first < MAX_CHUNK / 2);
-                if small && now == answers {
-                    streak = streak.saturating_add(1);
+                if small {
+                    streak = next_streak(streak, now - answers);
                 } else {
                     streak = 0;
-                    answers = now;
                 }
+                answers = now;
                 self.forwards[0].fetch_add(1, Ordering::Relaxed);
             }
             let mut bytes = match read {
@@ -396,6 +396,26 @@ const TINY_CHUNK: usize = 512;
 /// peer that sends its bytes in tiny frames one way does, and then costs the relay
 /// one wake-up, one chunk and a few packets per batch instead of per frame.
 const TINY_STREAK: u32 = 64;
+
+/// What each chunk forwarded the other way takes off a streak: a conversation (an
+/// answer every few asks) never builds one, while the rare acknowledgements of a
+/// resumable session's receiver (PROTOCOL.md 10.8) do not end a one-way run.
+const ANSWER_WEIGHT: u32 = 16;
+
+/// The longest a streak counts: room for a few answers before batching stops.
+const STREAK_CAP: u32 = 2 * TINY_STREAK;
+
+/// The streak after one more small chunk, `answers` chunks having gone the other way
+/// since the last one.
+fn next_streak(streak: u32, answers: u64) -> u32 {
+    let taken = u32::try_from(answers)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(ANSWER_WEIGHT);
+    streak
+        .saturating_sub(taken)
+        .saturating_add(1)
+        .min(STREAK_CAP)
+}
 
 /// How long a pump that takes tiny chunks in batches waits before each read.
 const TINY_BATCH_WAIT: Duration = Duration::from_millis(5);
@@ -890,8 +910,34 @@ mod tests {
         splice.await.expect("splice");
     }
 
+    #[test]
+    fn answers_wear_a_streak_down_and_rare_ones_do_not_end_it() {
+        // One-way: up to the cap.
+        let mut streak = 0;
+        for _ in 0..1000 {
+            streak = next_streak(streak, 0);
+        }
+        assert_eq!(streak, STREAK_CAP);
+        // An acknowledgement every 20 chunks keeps it batching...
+        for i in 1..=1000 {
+            streak = next_streak(streak, u64::from(i % 20 == 0));
+            assert!(streak >= TINY_STREAK, "chunk {i}: {streak}");
+        }
+        // ...an answer for every ask, or every other, never lets one start.
+        for every in [1, 2] {
+            let mut streak = 0;
+            for i in 1..=1000 {
+                streak = next_streak(streak, u64::from(i % every == 0));
+                assert!(streak < 4, "one answer per {every}: {streak}");
+            }
+        }
+        // Many answers at once end it.
+        assert_eq!(next_streak(STREAK_CAP, 8), 1);
+        assert_eq!(next_streak(STREAK_CAP, u64::MAX), 1);
+    }
+
     /// Requests and answers, however small and close together, never wait for a
-    /// batch: the streak starts again whenever the other direction forwards.
+    /// batch: the streak is worn down whenever the other direction forwards.
     #[tokio::test(start_paused = true)]
     async fn a_conversation_of_tiny_chunks_never_waits() {
         let (mut player, mut host, splice, _) = start(no_limits());
