@@ -78,7 +78,9 @@ fn bench_transport(c: &mut Criterion) {
                             black_box(body);
                         }
                         Opened::Rekeyed => {}
-                        Opened::End => unreachable!("no end frame is sealed"),
+                        Opened::End | Opened::Ack(_) => {
+                            unreachable!("no end or acknowledgement is sealed")
+                        }
                     }
                 }
                 spent += started.elapsed();

@@ -72,7 +72,7 @@ pub use player::{
     UnknownPathPreference,
 };
 pub use session::{RelayTransport, SessionEnded, SessionPath};
-pub use stream::{Abandon, SecureStream};
+pub use stream::{Abandon, ResumeError, SecureStream};
 pub use transports::{TransportPreference, UnknownTransport, DEFAULT_TCP_DELAY, UDP_BROKEN_MEMORY};
 pub use web_link::{web_link, WebLink, WebLinkError};
 pub use wire::WireError;

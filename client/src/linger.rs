@@ -35,8 +35,10 @@ use crate::session::SessionEnded;
 pub const LINGER: Duration = Duration::from_secs(10);
 
 /// Bytes a lingering session takes from the peer before deciding it is still
-/// sending: room for its Noise end frame and a little more.
-const TAIL: usize = 256;
+/// sending: room for its Noise end frame, and for the acknowledgements of a
+/// resumable session's last window read (PROTOCOL.md 10.8: one 27-byte frame per
+/// 256 KiB of a window of at most 16 MiB).
+const TAIL: usize = 2048;
 
 /// A sending half on one of the transports.
 #[derive(Debug)]
@@ -107,9 +109,10 @@ impl Recv {
     }
 }
 
-/// Where the first of a pair's halves to be dropped waits for the other.
+/// Where the first of a pair's halves to be dropped waits for the other, and the
+/// code a lingering pair stops a peer still sending with.
 #[derive(Debug, Default)]
-struct Rendezvous(Mutex<Option<Parked>>);
+struct Rendezvous(Mutex<Option<Parked>>, std::sync::atomic::AtomicU32);
 
 #[derive(Debug)]
 enum Parked {
@@ -127,7 +130,10 @@ impl Rendezvous {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match (parked.take(), half) {
             (Some(Parked::Send(send)), Parked::Recv(recv))
-            | (Some(Parked::Recv(recv)), Parked::Send(send)) => linger(send, recv),
+            | (Some(Parked::Recv(recv)), Parked::Send(send)) => {
+                let code = self.1.load(std::sync::atomic::Ordering::Relaxed);
+                linger(send, recv, StreamCode::from_u32(code));
+            }
             (_, half) => *parked = Some(half),
         }
     }
@@ -162,7 +168,7 @@ fn pair(send: Send, recv: Recv) -> (StreamRecv, StreamSend) {
 /// acknowledge everything sent, for at most [`LINGER`]. If the peer sends more than
 /// a short tail instead (nobody is left to read it), it is told to stop at once, as a
 /// dropped stream would tell it, rather than sending on for nothing.
-fn linger(mut send: Send, mut recv: Recv) {
+fn linger(mut send: Send, mut recv: Recv, stop: StreamCode) {
     // Outside a runtime nothing could drive the wait: the transport's own drop
     // finishes the stream, as it always did.
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -178,7 +184,7 @@ fn linger(mut send: Send, mut recv: Recv) {
             while let Some(n) = recv.read_tail(TAIL - read).await {
                 read += n;
                 if read >= TAIL {
-                    recv.stop(StreamCode::from_u32(0));
+                    recv.stop(stop);
                     break;
                 }
             }
@@ -281,6 +287,15 @@ pub struct StreamRecv {
 }
 
 impl StreamRecv {
+    /// Makes a peer that still sends once this half and its other are dropped
+    /// stopped with `code` rather than 0: a resumable session says it is closed, so
+    /// the other side does not wait to resume it.
+    pub(crate) fn stop_lingering_with(&mut self, code: StreamCode) {
+        self.rendezvous
+            .1
+            .store(code.to_u32(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Abandons the stream: the peer's writes fail with `code`, and nothing lingers.
     pub fn stop(mut self, code: StreamCode) {
         self.abandon_with(code);

@@ -81,10 +81,13 @@ pub enum SessionEnded {
     /// sessions to.
     #[error("session ended: {}", Self::ServiceUnavailable.words())]
     ServiceUnavailable,
+    /// The other side's application dropped the (resumable) session.
+    #[error("session ended: {}", Self::Closed.words())]
+    Closed,
 }
 
 impl SessionEnded {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::PeerGone,
         Self::Cancelled,
         Self::Stalled,
@@ -93,6 +96,7 @@ impl SessionEnded {
         Self::ByteLimit,
         Self::ProtocolViolation,
         Self::ServiceUnavailable,
+        Self::Closed,
     ];
 
     /// The stream code that carries this end.
@@ -106,6 +110,7 @@ impl SessionEnded {
             Self::ByteLimit => codes::stream::BYTE_LIMIT,
             Self::ProtocolViolation => codes::stream::PROTOCOL_VIOLATION,
             Self::ServiceUnavailable => codes::stream::SERVICE_UNAVAILABLE,
+            Self::Closed => codes::stream::CLOSED,
         }
     }
 

@@ -29,6 +29,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::linger::{StreamRecv, StreamSend};
 use crate::session::{RelayTransport, SessionPath};
 
+mod resume;
+
+pub use resume::ResumeError;
+pub(crate) use resume::{Rejoin, RejoinRefused, Rejoined, Resumption};
+
 /// A half of a session's underlying stream that can be abandoned with an application
 /// code the other side reads (a QUIC stream's reset or stop-sending code).
 pub trait Abandon {
@@ -36,6 +41,10 @@ pub trait Abandon {
     /// to stop. Nothing can be written or read on it afterwards. Streams that carry no
     /// codes (in-memory pipes) do nothing.
     fn abandon(&mut self, code: StreamCode);
+
+    /// The code this half, dropped, stops a peer that still sends with (0 unless
+    /// said otherwise). Streams that carry no codes do nothing.
+    fn stop_dropped_with(&mut self, _code: StreamCode) {}
 }
 
 impl Abandon for StreamSend {
@@ -47,6 +56,10 @@ impl Abandon for StreamSend {
 impl Abandon for StreamRecv {
     fn abandon(&mut self, code: StreamCode) {
         self.abandon_with(code);
+    }
+
+    fn stop_dropped_with(&mut self, code: StreamCode) {
+        self.stop_lingering_with(code);
     }
 }
 
@@ -118,6 +131,8 @@ pub struct SecureStream<R = StreamRecv, W = StreamSend> {
     write_buf: BytesMut,
     /// The underlying writer has been shut down.
     writer_closed: bool,
+    /// What a resumable session keeps and does besides (PROTOCOL.md 10.8).
+    resume: Option<Box<Resumption<R, W>>>,
 }
 
 impl<R, W> std::fmt::Debug for SecureStream<R, W> {
@@ -153,6 +168,48 @@ impl<R, W> SecureStream<R, W> {
             plain: BytesMut::new(),
             write_buf: BytesMut::new(),
             writer_closed: false,
+            resume: None,
+        }
+    }
+
+    /// Makes the session resumable (its transport must be): it keeps what the peer
+    /// has not acknowledged and finds a new stream by `resumption` when this one fails.
+    pub(crate) fn with_resumption(mut self, resumption: Resumption<R, W>) -> Self
+    where
+        R: Abandon,
+    {
+        debug_assert!(self.transport.resumable());
+        self.reader.stop_dropped_with(codes::stream::CLOSED);
+        self.resume = Some(Box::new(resumption));
+        self
+    }
+
+    /// Whether the session survives the loss of its stream (both ends agreed).
+    pub fn resumable(&self) -> bool {
+        self.resume.is_some()
+    }
+
+    /// How many times the session moved to a new stream.
+    pub fn resumes(&self) -> u32 {
+        self.resume.as_ref().map_or(0, |r| r.resumes())
+    }
+
+    /// The Noise transport, for a driver that makes the session resumable.
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Takes the stream apart into what a resumed session takes over.
+    pub(crate) fn into_rejoined(self) -> Rejoined<R, W> {
+        Rejoined {
+            reader: self.reader,
+            writer: self.writer,
+            transport: self.transport,
+            path: self.path,
+            relay_transport: self.relay_transport,
+            session_id: self.session_id,
+            limits: self.limits,
+            first_write: self.write_buf,
         }
     }
 
@@ -208,7 +265,7 @@ impl<R, W> SecureStream<R, W> {
         self.transport.set_rekey_interval(messages);
     }
 
-    /// The underlying reader and writer.
+    /// The underlying reader and writer (of the stream now carrying the session).
     pub fn into_inner(self) -> (R, W) {
         (self.reader, self.writer)
     }
@@ -233,13 +290,20 @@ impl<R: Abandon, W: Abandon> SecureStream<R, W> {
     }
 }
 
-impl<R: AsyncRead + Abandon + Unpin, W: Abandon + Unpin> AsyncRead for SecureStream<R, W> {
+impl<R, W> AsyncRead for SecureStream<R, W>
+where
+    R: AsyncRead + Abandon + Unpin,
+    W: AsyncWrite + Abandon + Unpin,
+{
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.resume.is_some() {
+            return this.poll_read_resumable(cx, buf);
+        }
         loop {
             if !this.plain.is_empty() {
                 let n = this.plain.len().min(buf.remaining());
@@ -265,6 +329,8 @@ impl<R: AsyncRead + Abandon + Unpin, W: Abandon + Unpin> AsyncRead for SecureStr
                     }
                     Opened::Rekeyed => continue,
                     Opened::End => return Poll::Ready(Ok(())),
+                    // Only a resumable transport opens one, and those come above.
+                    Opened::Ack(_) => continue,
                 }
             }
             // Need more ciphertext: read into the buffer's free end.
@@ -394,13 +460,20 @@ impl<R: Unpin, W: AsyncWrite + Unpin> SecureStream<R, W> {
     }
 }
 
-impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for SecureStream<R, W> {
+impl<R, W> AsyncWrite for SecureStream<R, W>
+where
+    R: AsyncRead + Abandon + Unpin,
+    W: AsyncWrite + Abandon + Unpin,
+{
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.resume.is_some() {
+            return this.poll_write_resumable(cx, data);
+        }
         // At most one sealed frame waits here: drain it before taking more.
         ready!(this.poll_drain(cx))?;
         let n = data.len().min(noise::MAX_PLAINTEXT_LEN);
@@ -416,12 +489,18 @@ impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for SecureStream<R, W> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.resume.is_some() {
+            return this.poll_flush_resumable(cx);
+        }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.writer).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.resume.is_some() {
+            return this.poll_shutdown_resumable(cx);
+        }
         if !this.transport.sent_end() {
             ready!(this.poll_drain(cx))?;
             this.transport
@@ -462,7 +541,7 @@ mod tests {
         let verdict = noise::split_frame(&mut wire).unwrap();
         match player.open_verdict(&verdict).unwrap() {
             noise::VerdictOpened::Welcome(player) => (player, host),
-            noise::VerdictOpened::NotAuthorized(_) => panic!("the host welcomed the player"),
+            other => panic!("the host welcomed the player, not {:?}", other.verdict()),
         }
     }
 

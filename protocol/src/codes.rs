@@ -279,6 +279,10 @@ code_space! {
         /// (the media server) does not answer. Tells the player why, instead of a
         /// session that ends with nothing in it.
         SERVICE_UNAVAILABLE = 0x108, "the host could not reach the service it forwards to (is the media server running?)";
+        /// Sent by a player or host (STOP_SENDING) when its application dropped a
+        /// resumable session while the other side still sent: the session is over
+        /// and will not be resumed (PROTOCOL.md 10.8).
+        CLOSED = 0x109, "the other side closed the session";
     }
 }
 
@@ -381,7 +385,7 @@ mod tests {
         let stream: Vec<u32> = StreamCode::ALL.iter().map(|c| c.to_u32()).collect();
         assert_eq!(
             stream,
-            [0x100, 0x101, 0x102, 0x103, 0x104, 0x105, 0x106, 0x107, 0x108]
+            [0x100, 0x101, 0x102, 0x103, 0x104, 0x105, 0x106, 0x107, 0x108, 0x109]
         );
         let error: Vec<u16> = ErrorCode::ALL.iter().map(|c| c.to_u16()).collect();
         assert_eq!(error, (1..=14).collect::<Vec<u16>>());

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 
 use crate::control::ControlMessage;
 use crate::keys::{HostId, SecretKey};
-use crate::noise::{split_frame, HostHandshake, PlayerHandshake, VerdictOpened};
+use crate::noise::{split_frame, Hello, HostHandshake, PlayerHandshake, VerdictOpened};
 use crate::registration::{HostRegistration, RelayRegistration, EXPORTER_LEN};
 use crate::stream_frame::{StreamFrame, MAX_FRAME_LEN};
 use crate::ticket::Ticket;
@@ -103,7 +103,10 @@ pub fn noise_frames(data: &[u8]) {
         SecretKey::from_bytes([1; 32]),
         SecretKey::from_bytes([2; 32]),
     );
-    let Ok(mut player) = PlayerHandshake::new(&player_key, &host_key.host_id()) else {
+    // A resumable session, so acknowledgements are opened too.
+    let Ok(mut player) =
+        PlayerHandshake::with_hello(&player_key, &host_key.host_id(), Hello::Resumable)
+    else {
         return;
     };
     let mut wire = BytesMut::new();
@@ -116,7 +119,7 @@ pub fn noise_frames(data: &[u8]) {
     let Ok(host) = HostHandshake::respond(&host_key, &hello, &mut wire) else {
         return;
     };
-    let Ok(mut host) = host.welcome(&mut wire) else {
+    let Ok(mut host) = host.welcome_resumable(&mut wire) else {
         return;
     };
     let Some(reply) = split_frame(&mut wire) else {
@@ -134,8 +137,12 @@ pub fn noise_frames(data: &[u8]) {
         let _ = host.open(&frame);
         if let Some(player) = player.take() {
             match player.open_verdict(&frame) {
-                Ok(VerdictOpened::Welcome(transport)) => welcomed = Some(transport),
-                Ok(VerdictOpened::NotAuthorized(refused)) => {
+                Ok(VerdictOpened::Welcome(transport) | VerdictOpened::Resumed(transport)) => {
+                    welcomed = Some(transport);
+                }
+                Ok(
+                    VerdictOpened::NotAuthorized(refused) | VerdictOpened::UnknownSession(refused),
+                ) => {
                     assert!(refused.seal_end(&mut BytesMut::new()).is_ok());
                 }
                 Err(_) => {}

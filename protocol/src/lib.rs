@@ -30,6 +30,7 @@ pub mod noise;
 pub mod placement;
 pub mod registration;
 pub mod relay_url;
+pub mod resume;
 pub mod stream_frame;
 pub mod ticket;
 pub mod token;

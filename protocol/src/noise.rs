@@ -98,16 +98,28 @@ mod frame_type {
     pub const END: u8 = 0x01;
     pub const REKEY: u8 = 0x02;
     pub const VERDICT: u8 = 0x03;
+    pub const ACK: u8 = 0x04;
 }
+
+/// Bytes of a hello's payload when the player can resume (PROTOCOL.md 10.8): zero
+/// for a new session, or the resume id of the session to continue.
+pub const RESUME_ID_LEN: usize = 32;
 
 /// The host's decision about a player, sent as its first transport frame: what
 /// [`ExpectVerdict::open_verdict`] found in it, as a plain value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// The host serves this player: the session is open.
+    /// The host serves this player: the session is open, without resumption.
     Welcome,
     /// The host does not serve this player's static key; nothing more follows.
     NotAuthorized,
+    /// The host serves this player, and both ends acknowledge what they receive and
+    /// keep what the other has not acknowledged, so the session can be resumed.
+    WelcomeResumable,
+    /// The host holds the session the player asked to resume: it goes on here.
+    Resumed,
+    /// The host holds no such session (or not for this player); nothing follows.
+    UnknownSession,
 }
 
 impl Verdict {
@@ -115,7 +127,97 @@ impl Verdict {
         match self {
             Self::Welcome => 0x00,
             Self::NotAuthorized => 0x01,
+            Self::WelcomeResumable => 0x02,
+            Self::Resumed => 0x03,
+            Self::UnknownSession => 0x04,
         }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        [
+            Self::Welcome,
+            Self::NotAuthorized,
+            Self::WelcomeResumable,
+            Self::Resumed,
+            Self::UnknownSession,
+        ]
+        .into_iter()
+        .find(|verdict| verdict.to_byte() == byte)
+    }
+}
+
+/// What a session's hello asks for, carried in its (encrypted) payload.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hello {
+    /// A new session without resumption: an empty payload, as players before
+    /// resumption send.
+    Plain,
+    /// A new session the player can resume: 32 zero bytes.
+    Resumable,
+    /// Continue the session with this resume id: its 32 bytes.
+    Resume(ResumeId),
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Plain => "Plain",
+            Self::Resumable => "Resumable",
+            Self::Resume(_) => "Resume(..)",
+        })
+    }
+}
+
+impl Hello {
+    fn payload(&self) -> &[u8] {
+        const ZERO: [u8; RESUME_ID_LEN] = [0; RESUME_ID_LEN];
+        match self {
+            Self::Plain => &[],
+            Self::Resumable => &ZERO,
+            Self::Resume(id) => &id.0,
+        }
+    }
+
+    /// Reads a received payload. Payloads of other lengths are ignored, as a later
+    /// version's may be.
+    fn from_payload(payload: &[u8]) -> Self {
+        match <[u8; RESUME_ID_LEN]>::try_from(payload) {
+            Ok(bytes) if bytes == [0; RESUME_ID_LEN] => Self::Resumable,
+            Ok(bytes) => Self::Resume(ResumeId(bytes)),
+            Err(_) => Self::Plain,
+        }
+    }
+}
+
+/// The secret name of a resumable session, known to its two ends only: derived from
+/// the keys of the handshake that opened (or last resumed) it, never sent but inside
+/// a resume hello's encrypted payload. Each resume gives the session a new one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResumeId([u8; RESUME_ID_LEN]);
+
+impl ResumeId {
+    /// Label mixed into the derivation (PROTOCOL.md 10.8).
+    const LABEL: &'static [u8] = b"blindrelay/1 resume id";
+
+    /// `BLAKE2s-256(LABEL || k1 || k2)` of a handshake's two transport keys.
+    fn derive(keys: &([u8; 32], [u8; 32])) -> Self {
+        use blake2::Digest;
+        let mut hash = blake2::Blake2s256::new();
+        hash.update(Self::LABEL);
+        hash.update(keys.0);
+        hash.update(keys.1);
+        Self(hash.finalize().into())
+    }
+
+    /// The id's bytes, for the test vectors.
+    pub fn to_bytes(self) -> [u8; RESUME_ID_LEN] {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for ResumeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeId(..)")
     }
 }
 
@@ -163,6 +265,13 @@ pub enum NoiseError {
     #[error("frame out of order: {reason}")]
     OutOfOrder {
         /// What the order required.
+        reason: &'static str,
+    },
+    /// An acknowledgement was malformed, went backwards, or acknowledged bytes that
+    /// were never sent.
+    #[error("bad acknowledgement: {reason}")]
+    BadAck {
+        /// What was wrong with it.
         reason: &'static str,
     },
     /// More application bytes than one frame holds were given to seal at once.
@@ -247,17 +356,30 @@ pub fn split_frame(buf: &mut BytesMut) -> Option<BytesMut> {
 /// The player's side of the handshake (Noise initiator).
 pub struct PlayerHandshake {
     state: snow::HandshakeState,
+    hello: Hello,
 }
 
 impl PlayerHandshake {
-    /// Starts a handshake with the host `host_id` as player `player_key`.
+    /// Starts a handshake with the host `host_id` as player `player_key`, for a
+    /// session without resumption.
     pub fn new(player_key: &SecretKey, host_id: &HostId) -> Result<Self, NoiseError> {
-        Self::with_ephemeral(player_key, host_id, None)
+        Self::with_hello(player_key, host_id, Hello::Plain)
+    }
+
+    /// Starts a handshake whose hello asks for `hello`: a new session, resumable or
+    /// not, or the resumption of one.
+    pub fn with_hello(
+        player_key: &SecretKey,
+        host_id: &HostId,
+        hello: Hello,
+    ) -> Result<Self, NoiseError> {
+        Self::with_ephemeral(player_key, host_id, hello, None)
     }
 
     fn with_ephemeral(
         player_key: &SecretKey,
         host_id: &HostId,
+        hello: Hello,
         ephemeral: Option<&[u8; 32]>,
     ) -> Result<Self, NoiseError> {
         // A low-order host key would make `es` and `ss` public, exposing the player's
@@ -275,13 +397,13 @@ impl PlayerHandshake {
             builder = builder.fixed_ephemeral_key_for_testing_only(ephemeral);
         }
         let state = builder.build_initiator().map_err(handshake_error)?;
-        Ok(Self { state })
+        Ok(Self { state, hello })
     }
 
     /// Appends the hello (first handshake message) to `out`, length-prefixed.
     pub fn write_hello(&mut self, out: &mut BytesMut) -> Result<(), NoiseError> {
-        let state = &mut self.state;
-        write_framed(out, 256, |buf| state.write_message(&[], buf)).map_err(handshake_error)
+        let (state, payload) = (&mut self.state, self.hello.payload());
+        write_framed(out, 256, |buf| state.write_message(payload, buf)).map_err(handshake_error)
     }
 
     /// Reads the host's reply (without its length prefix) and finishes the handshake.
@@ -295,6 +417,7 @@ impl PlayerHandshake {
             .map_err(handshake_error)?;
         Ok(ExpectVerdict {
             transport: Transport::from_handshake(self.state)?,
+            hello: self.hello,
         })
     }
 }
@@ -303,24 +426,34 @@ impl PlayerHandshake {
 #[derive(Debug)]
 pub struct ExpectVerdict {
     transport: Transport,
+    hello: Hello,
 }
 
 /// What the host's verdict let the player do next.
 #[derive(Debug)]
 pub enum VerdictOpened {
-    /// The host serves this player: the session is open.
+    /// The host serves this player: the session is open ([`Transport::resumable`]
+    /// says whether it can be resumed).
     Welcome(Transport),
+    /// The host holds the session the player asked to resume: it goes on here.
+    Resumed(Transport),
     /// The host does not serve this player's key. Its direction has ended; the player
     /// may only seal its own `end`, as a served player that leaves at once does.
     NotAuthorized(Refused),
+    /// The host holds no session by the resume id the player gave. It ends as
+    /// [`VerdictOpened::NotAuthorized`] does.
+    UnknownSession(Refused),
 }
 
 impl VerdictOpened {
     /// The verdict as a plain value.
     pub fn verdict(&self) -> Verdict {
         match self {
+            Self::Welcome(transport) if transport.resumable => Verdict::WelcomeResumable,
             Self::Welcome(_) => Verdict::Welcome,
+            Self::Resumed(_) => Verdict::Resumed,
             Self::NotAuthorized(_) => Verdict::NotAuthorized,
+            Self::UnknownSession(_) => Verdict::UnknownSession,
         }
     }
 }
@@ -342,18 +475,49 @@ impl ExpectVerdict {
             .state
             .read_message(frame, &mut transport.open_buf)
             .map_err(transport_error)?;
-        match &transport.open_buf[..len] {
-            [0x00, frame_type::VERDICT] => Ok(VerdictOpened::Welcome(self.transport)),
-            [0x01, frame_type::VERDICT] => {
-                // "Not authorized" ends the host's direction: nothing may follow it.
-                self.transport.received_end = true;
-                Ok(VerdictOpened::NotAuthorized(Refused {
-                    transport: self.transport,
-                }))
+        let verdict = match &transport.open_buf[..len] {
+            [byte, frame_type::VERDICT] => {
+                Verdict::from_byte(*byte).ok_or(NoiseError::MalformedFrame { kind: "verdict" })?
             }
-            [.., frame_type::VERDICT] => Err(NoiseError::MalformedFrame { kind: "verdict" }),
+            [.., frame_type::VERDICT] => {
+                return Err(NoiseError::MalformedFrame { kind: "verdict" })
+            }
+            _ => {
+                return Err(NoiseError::OutOfOrder {
+                    reason: "the host's first frame must be its verdict",
+                })
+            }
+        };
+        let resuming = matches!(self.hello, Hello::Resume(_));
+        match verdict {
+            Verdict::Welcome if !resuming => Ok(VerdictOpened::Welcome(self.transport)),
+            Verdict::WelcomeResumable if self.hello == Hello::Resumable => {
+                self.transport.resumable = true;
+                Ok(VerdictOpened::Welcome(self.transport))
+            }
+            Verdict::Resumed if resuming => {
+                self.transport.resumable = true;
+                Ok(VerdictOpened::Resumed(self.transport))
+            }
+            Verdict::NotAuthorized | Verdict::UnknownSession => {
+                if verdict == Verdict::UnknownSession && !resuming {
+                    return Err(NoiseError::OutOfOrder {
+                        reason: "an unknown session answers a resume only",
+                    });
+                }
+                // A refusal ends the host's direction: nothing may follow it.
+                self.transport.received_end = true;
+                let refused = Refused {
+                    transport: self.transport,
+                };
+                Ok(if verdict == Verdict::NotAuthorized {
+                    VerdictOpened::NotAuthorized(refused)
+                } else {
+                    VerdictOpened::UnknownSession(refused)
+                })
+            }
             _ => Err(NoiseError::OutOfOrder {
-                reason: "the host's first frame must be its verdict",
+                reason: "the verdict does not answer the hello",
             }),
         }
     }
@@ -390,9 +554,10 @@ impl HostHandshake {
         }
         let mut state = builder.build_responder().map_err(handshake_error)?;
         let mut payload = [0u8; MAX_MESSAGE_LEN];
-        state
+        let payload_len = state
             .read_message(hello, &mut payload)
             .map_err(handshake_error)?;
+        let asked = Hello::from_payload(&payload[..payload_len]);
         let player = remote_static(&state)?;
         // A low-order player key makes `ss`/`se` public: the player would have no
         // identity worth checking. Refuse rather than serve an anonymous-by-accident
@@ -405,6 +570,7 @@ impl HostHandshake {
         write_framed(out, 256, |buf| state.write_message(&[], buf)).map_err(handshake_error)?;
         Ok(PendingVerdict {
             transport: Transport::from_handshake(state)?,
+            hello: asked,
         })
     }
 }
@@ -417,6 +583,7 @@ impl HostHandshake {
 #[derive(Debug)]
 pub struct PendingVerdict {
     transport: Transport,
+    hello: Hello,
 }
 
 impl PendingVerdict {
@@ -425,10 +592,57 @@ impl PendingVerdict {
         &self.transport.remote
     }
 
-    /// Seals the welcome: the session is open.
+    /// What the player's hello asked for. A replayed hello asks the same, so nothing
+    /// may be done on it but answer (PROTOCOL.md 10.8).
+    pub fn hello(&self) -> Hello {
+        self.hello
+    }
+
+    /// Seals the welcome: the session is open, without resumption.
     pub fn welcome(mut self, out: &mut BytesMut) -> Result<Transport, NoiseError> {
         self.transport.seal_verdict(Verdict::Welcome, out)?;
         Ok(self.transport)
+    }
+
+    /// Seals the welcome of a resumable session, for a player whose hello offered
+    /// it ([`Hello::Resumable`]).
+    pub fn welcome_resumable(mut self, out: &mut BytesMut) -> Result<Transport, NoiseError> {
+        if self.hello != Hello::Resumable {
+            return Err(NoiseError::OutOfOrder {
+                reason: "a resumable welcome answers a resumable hello only",
+            });
+        }
+        self.transport
+            .seal_verdict(Verdict::WelcomeResumable, out)?;
+        self.transport.resumable = true;
+        Ok(self.transport)
+    }
+
+    /// Seals "resumed", for a player that asked to resume a session the host holds
+    /// for its key: the session goes on over this stream.
+    pub fn resumed(mut self, out: &mut BytesMut) -> Result<Transport, NoiseError> {
+        if !matches!(self.hello, Hello::Resume(_)) {
+            return Err(NoiseError::OutOfOrder {
+                reason: "\"resumed\" answers a resume only",
+            });
+        }
+        self.transport.seal_verdict(Verdict::Resumed, out)?;
+        self.transport.resumable = true;
+        Ok(self.transport)
+    }
+
+    /// Seals "unknown session", for a resume the host cannot honour. It ends as a
+    /// refusal does, the same size on the wire.
+    pub fn unknown_session(mut self, out: &mut BytesMut) -> Result<Refused, NoiseError> {
+        if !matches!(self.hello, Hello::Resume(_)) {
+            return Err(NoiseError::OutOfOrder {
+                reason: "\"unknown session\" answers a resume only",
+            });
+        }
+        self.transport.seal_verdict(Verdict::UnknownSession, out)?;
+        Ok(Refused {
+            transport: self.transport,
+        })
     }
 
     /// Seals "not authorized". No data can follow, only the host's one `end` frame
@@ -481,6 +695,8 @@ pub enum Opened<'a> {
     Rekeyed,
     /// The peer's authenticated end of stream: no more data will come.
     End,
+    /// The peer has every byte this side sent up to this count (resumable sessions).
+    Ack(u64),
 }
 
 /// An established session: seals outgoing frames and opens incoming ones.
@@ -493,6 +709,10 @@ pub struct Transport {
     sent_under_key: u64,
     sent_end: bool,
     received_end: bool,
+    /// Both ends acknowledge and keep what is not acknowledged (a resumable session).
+    resumable: bool,
+    /// The id under which this session can be resumed next.
+    resume_id: ResumeId,
 }
 
 impl std::fmt::Debug for Transport {
@@ -506,8 +726,9 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    fn from_handshake(state: snow::HandshakeState) -> Result<Self, NoiseError> {
+    fn from_handshake(mut state: snow::HandshakeState) -> Result<Self, NoiseError> {
         let remote = remote_static(&state)?;
+        let resume_id = ResumeId::derive(&state.dangerously_get_raw_split());
         let state = state.into_transport_mode().map_err(handshake_error)?;
         Ok(Self {
             state,
@@ -518,6 +739,8 @@ impl Transport {
             sent_under_key: 0,
             sent_end: false,
             received_end: false,
+            resumable: false,
+            resume_id,
         })
     }
 
@@ -538,6 +761,29 @@ impl Transport {
     /// Sets how many messages this side sends under one key (at least 1).
     pub fn set_rekey_interval(&mut self, messages: u64) {
         self.rekey_interval = messages.max(1);
+    }
+
+    /// Whether both ends acknowledge what they receive, so that the session can be
+    /// resumed on another stream.
+    pub fn resumable(&self) -> bool {
+        self.resumable
+    }
+
+    /// The id a resume hello gives to continue this session on another stream. Only
+    /// the two ends know it; it is new for every handshake.
+    pub fn resume_id(&self) -> ResumeId {
+        self.resume_id
+    }
+
+    /// Seals an acknowledgement: this side has every byte the peer sent, up to
+    /// `received` (a resumable session only).
+    pub fn seal_ack(&mut self, received: u64, out: &mut BytesMut) -> Result<(), NoiseError> {
+        if !self.resumable {
+            return Err(NoiseError::OutOfOrder {
+                reason: "acknowledgements belong to resumable sessions",
+            });
+        }
+        self.seal_frame(frame_type::ACK, &received.to_be_bytes(), out)
     }
 
     /// Whether the peer's end of stream has arrived.
@@ -573,8 +819,12 @@ impl Transport {
     }
 
     /// Opens one received frame (without its length prefix).
+    ///
+    /// After the peer's `end` nothing may follow, but in a resumable session its
+    /// acknowledgements (and rekeys) go on until the stream ends: `end` closes the
+    /// peer's data, not what it says about ours.
     pub fn open(&mut self, frame: &[u8]) -> Result<Opened<'_>, NoiseError> {
-        if self.received_end {
+        if self.received_end && !self.resumable {
             return Err(NoiseError::DataAfterEnd);
         }
         if self.open_buf.len() < frame.len() {
@@ -587,6 +837,9 @@ impl Transport {
         let Some((&kind, body)) = self.open_buf[..len].split_last() else {
             return Err(NoiseError::MalformedFrame { kind: "empty" });
         };
+        if self.received_end && kind != frame_type::ACK && kind != frame_type::REKEY {
+            return Err(NoiseError::DataAfterEnd);
+        }
         match kind {
             frame_type::VERDICT => Err(NoiseError::OutOfOrder {
                 reason: "a verdict comes only from the host, once, first",
@@ -605,6 +858,13 @@ impl Transport {
                 self.state.rekey_incoming();
                 Ok(Opened::Rekeyed)
             }
+            frame_type::ACK if !self.resumable => Err(NoiseError::OutOfOrder {
+                reason: "acknowledgements belong to resumable sessions",
+            }),
+            frame_type::ACK => match <[u8; 8]>::try_from(body) {
+                Ok(count) => Ok(Opened::Ack(u64::from_be_bytes(count))),
+                Err(_) => Err(NoiseError::MalformedFrame { kind: "ack" }),
+            },
             kind => Err(NoiseError::UnknownFrameType { kind }),
         }
     }
@@ -620,7 +880,7 @@ impl Transport {
     }
 
     fn seal_frame(&mut self, kind: u8, body: &[u8], out: &mut BytesMut) -> Result<(), NoiseError> {
-        if self.sent_end {
+        if self.sent_end && kind != frame_type::ACK {
             return Err(NoiseError::WriteAfterEnd);
         }
         if self.sent_under_key + 1 >= self.rekey_interval {
@@ -673,7 +933,17 @@ pub mod testing {
         host_id: &HostId,
         ephemeral: &[u8; 32],
     ) -> Result<PlayerHandshake, NoiseError> {
-        PlayerHandshake::with_ephemeral(player_key, host_id, Some(ephemeral))
+        PlayerHandshake::with_ephemeral(player_key, host_id, Hello::Plain, Some(ephemeral))
+    }
+
+    /// [`PlayerHandshake::with_hello`] with a fixed ephemeral key.
+    pub fn player_hello_with_ephemeral(
+        player_key: &SecretKey,
+        host_id: &HostId,
+        hello: Hello,
+        ephemeral: &[u8; 32],
+    ) -> Result<PlayerHandshake, NoiseError> {
+        PlayerHandshake::with_ephemeral(player_key, host_id, hello, Some(ephemeral))
     }
 
     /// [`HostHandshake::respond`] with a fixed ephemeral key.
@@ -731,7 +1001,7 @@ mod tests {
         while let Some(frame) = split_frame(wire) {
             match transport.open(&frame)? {
                 Opened::Data(data) => out.extend_from_slice(data),
-                Opened::Rekeyed | Opened::End => {}
+                Opened::Rekeyed | Opened::End | Opened::Ack(_) => {}
             }
         }
         Ok(out)
@@ -791,46 +1061,272 @@ mod tests {
         );
     }
 
+    /// A handshake with fixed ephemeral keys asking `hello`, answered by `answer`:
+    /// the player's and the host's transports, and the wire bytes.
+    fn fixed_handshake(
+        hello: Hello,
+        ephemerals: ([u8; 32], [u8; 32]),
+        answer: fn(PendingVerdict, &mut BytesMut) -> Result<Transport, NoiseError>,
+    ) -> (Transport, Transport, Vec<u8>) {
+        let (player_key, host_key) = keys();
+        let mut player = testing::player_hello_with_ephemeral(
+            &player_key,
+            &host_key.host_id(),
+            hello,
+            &ephemerals.0,
+        )
+        .unwrap();
+        let mut wire = BytesMut::new();
+        player.write_hello(&mut wire).unwrap();
+        let frame = split_frame(&mut wire.clone()).unwrap();
+        let mut transcript = wire.to_vec();
+        let mut wire = BytesMut::new();
+        let host =
+            testing::host_respond_with_ephemeral(&host_key, &frame, &mut wire, &ephemerals.1)
+                .unwrap();
+        let host = answer(host, &mut wire).unwrap();
+        transcript.extend_from_slice(&wire);
+        let reply = split_frame(&mut wire).unwrap();
+        let verdict = split_frame(&mut wire).unwrap();
+        let player = match player.read_reply(&reply).unwrap().open_verdict(&verdict) {
+            Ok(VerdictOpened::Welcome(player) | VerdictOpened::Resumed(player)) => player,
+            other => panic!("not served: {other:?}"),
+        };
+        (player, host, transcript)
+    }
+
+    #[test]
+    fn the_resume_id_and_a_resume_handshake_are_pinned() {
+        // PROTOCOL.md 10.8: the session of 10.7 made resumable, and a resume of it.
+        let (player, host, transcript) = fixed_handshake(
+            Hello::Resumable,
+            ([3; 32], [4; 32]),
+            PendingVerdict::welcome_resumable,
+        );
+        assert_eq!(transcript.len(), 2 + 128 + 2 + 48 + 2 + 18);
+        let id = player.resume_id();
+        assert_eq!(id, host.resume_id());
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(&id.to_bytes()),
+            "10d23e8385e35510253b6e1f730584f260ba682b6ff050fa42c24fe97a24800a"
+        );
+
+        let (mut player, mut host, mut transcript) = fixed_handshake(
+            Hello::Resume(id),
+            ([5; 32], [6; 32]),
+            PendingVerdict::resumed,
+        );
+        assert_eq!(
+            transcript.len(),
+            2 + 128 + 2 + 48 + 2 + 18,
+            "the sizes of a new session"
+        );
+        let mut wire = BytesMut::new();
+        host.seal_ack(14, &mut wire).unwrap();
+        player.seal_ack(6, &mut wire).unwrap();
+        transcript.extend_from_slice(&wire);
+        assert_eq!(
+            sha256_hex(&transcript),
+            "435d59853782a444a0661d33bba32fb023899434556091141c7d86b764dd5391"
+        );
+        assert_ne!(player.resume_id(), id, "each resume makes a new id");
+    }
+
+    /// A hello asking `hello` and the host's reply, in memory: (player, host, wire
+    /// bytes of the hello with its prefix).
+    fn hello_and_reply(hello: Hello) -> (ExpectVerdict, PendingVerdict, usize, BytesMut) {
+        let (player_key, host_key) = keys();
+        let mut player =
+            PlayerHandshake::with_hello(&player_key, &host_key.host_id(), hello).unwrap();
+        let mut wire = BytesMut::new();
+        player.write_hello(&mut wire).unwrap();
+        let hello_len = wire.len();
+        let hello = split_frame(&mut wire).unwrap();
+        let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
+        assert_eq!(host.remote_static(), &player_key.public_key());
+        let reply = split_frame(&mut wire).unwrap();
+        let player = player.read_reply(&reply).unwrap();
+        assert_eq!(player.remote_static(), host_key.host_id().public_key());
+        (player, host, hello_len, wire)
+    }
+
     #[test]
     fn a_refused_player_learns_it_from_a_frame_the_size_of_a_welcome() {
         // What a refused host or player may not do (seal data, a second verdict, a
         // second end) does not compile: `Refused` has `seal_end(self)` and nothing
-        // else, and `PendingVerdict` only `welcome(self)` and `refuse(self)`.
-        let (player_key, host_key) = keys();
-        let mut sizes = Vec::new();
-        for verdict in [Verdict::Welcome, Verdict::NotAuthorized] {
-            let mut player = PlayerHandshake::new(&player_key, &host_key.host_id()).unwrap();
-            let mut wire = BytesMut::new();
-            player.write_hello(&mut wire).unwrap();
-            let hello = split_frame(&mut wire).unwrap();
-            let host = HostHandshake::respond(&host_key, &hello, &mut wire).unwrap();
-            assert_eq!(host.remote_static(), &player_key.public_key());
-            let refused_host = match verdict {
-                Verdict::Welcome => {
-                    host.welcome(&mut wire).unwrap();
-                    None
-                }
-                Verdict::NotAuthorized => Some(host.refuse(&mut wire).unwrap()),
+        // else, and `PendingVerdict` only its verdicts.
+        let resume = Hello::Resume(ResumeId([9; 32]));
+        let answers = [
+            (Hello::Plain, Verdict::Welcome),
+            (Hello::Plain, Verdict::NotAuthorized),
+            (Hello::Resumable, Verdict::Welcome),
+            (Hello::Resumable, Verdict::WelcomeResumable),
+            (Hello::Resumable, Verdict::NotAuthorized),
+            (resume, Verdict::Resumed),
+            (resume, Verdict::UnknownSession),
+            (resume, Verdict::NotAuthorized),
+        ];
+        for (hello, verdict) in answers {
+            let (player, host, hello_len, _) = hello_and_reply(hello);
+            let expected_hello = if hello == Hello::Plain {
+                2 + 96
+            } else {
+                2 + 96 + 32
             };
-            sizes.push(wire.len());
-            let reply = split_frame(&mut wire).unwrap();
-            let player = player.read_reply(&reply).unwrap();
-            assert_eq!(player.remote_static(), host_key.host_id().public_key());
+            assert_eq!(hello_len, expected_hello, "{hello:?}");
+            assert_eq!(host.hello(), hello);
+            let mut wire = BytesMut::new();
+            // The reply again, for its size: it is 48 bytes whatever the hello.
+            wire.extend_from_slice(&[0; 2 + 48]);
+            let refused_host = match verdict {
+                Verdict::Welcome => host.welcome(&mut wire).map(|_| None),
+                Verdict::WelcomeResumable => host.welcome_resumable(&mut wire).map(|_| None),
+                Verdict::Resumed => host.resumed(&mut wire).map(|_| None),
+                Verdict::NotAuthorized => host.refuse(&mut wire).map(Some),
+                Verdict::UnknownSession => host.unknown_session(&mut wire).map(Some),
+            }
+            .unwrap();
+            assert_eq!(
+                wire.len(),
+                2 + 48 + 2 + 18,
+                "reply + verdict: the same bytes"
+            );
+            let _ = wire.split_to(2 + 48);
             let frame = split_frame(&mut wire).unwrap();
             let opened = player.open_verdict(&frame).unwrap();
             assert_eq!(opened.verdict(), verdict);
-            if let (VerdictOpened::NotAuthorized(player), Some(host)) = (opened, refused_host) {
-                // Each side seals exactly one end, the same frame the ends of a
-                // served session send when its player leaves at once.
-                let mut end = BytesMut::new();
-                player.seal_end(&mut end).unwrap();
-                assert_eq!(end.len(), 2 + 17);
-                host.seal_end(&mut end).unwrap();
-                assert_eq!(end.len(), 2 * (2 + 17));
+            match (opened, refused_host) {
+                (
+                    VerdictOpened::NotAuthorized(player) | VerdictOpened::UnknownSession(player),
+                    Some(host),
+                ) => {
+                    // Each side seals exactly one end, the same frame the ends of a
+                    // served session send when its player leaves at once.
+                    let mut end = BytesMut::new();
+                    player.seal_end(&mut end).unwrap();
+                    assert_eq!(end.len(), 2 + 17);
+                    host.seal_end(&mut end).unwrap();
+                    assert_eq!(end.len(), 2 * (2 + 17));
+                }
+                (VerdictOpened::Welcome(transport) | VerdictOpened::Resumed(transport), None) => {
+                    let resumable = verdict != Verdict::Welcome;
+                    assert_eq!(transport.resumable(), resumable, "{verdict:?}");
+                }
+                (opened, _) => panic!("{verdict:?} opened as {:?}", opened.verdict()),
             }
         }
-        assert_eq!(sizes[0], sizes[1], "reply + verdict: same bytes either way");
-        assert_eq!(sizes[0], 2 + 48 + 2 + 18);
+    }
+
+    #[test]
+    fn a_verdict_must_answer_the_hello_it_follows() {
+        let resume = Hello::Resume(ResumeId([9; 32]));
+        // Verdicts the host's API refuses to seal for the hello it got...
+        let (_, host, _, _) = hello_and_reply(Hello::Plain);
+        assert!(host.welcome_resumable(&mut BytesMut::new()).is_err());
+        let (_, host, _, _) = hello_and_reply(Hello::Resumable);
+        assert!(host.resumed(&mut BytesMut::new()).is_err());
+        let (_, host, _, _) = hello_and_reply(Hello::Resumable);
+        assert!(host.unknown_session(&mut BytesMut::new()).is_err());
+        let (_, host, _, _) = hello_and_reply(resume);
+        assert!(host.welcome_resumable(&mut BytesMut::new()).is_err());
+        // ...and that a player refuses when a host sends them anyway.
+        for (hello, verdict) in [
+            (Hello::Plain, Verdict::WelcomeResumable),
+            (Hello::Plain, Verdict::Resumed),
+            (Hello::Resumable, Verdict::Resumed),
+            (Hello::Resumable, Verdict::UnknownSession),
+            (resume, Verdict::Welcome),
+            (resume, Verdict::WelcomeResumable),
+        ] {
+            let (player, host, _, _) = hello_and_reply(hello);
+            let mut wire = BytesMut::new();
+            let mut host = host.transport;
+            host.seal_verdict(verdict, &mut wire).unwrap();
+            let frame = split_frame(&mut wire).unwrap();
+            assert!(
+                matches!(
+                    player.open_verdict(&frame),
+                    Err(NoiseError::OutOfOrder { .. })
+                ),
+                "{hello:?} then {verdict:?}"
+            );
+        }
+    }
+
+    /// A resumable session in memory, and the host's view of the hello.
+    fn resumable_pair() -> (Transport, Transport) {
+        let (player, host, _, _) = hello_and_reply(Hello::Resumable);
+        let mut wire = BytesMut::new();
+        let host = host.welcome_resumable(&mut wire).unwrap();
+        let frame = split_frame(&mut wire).unwrap();
+        (welcomed(player.open_verdict(&frame)), host)
+    }
+
+    #[test]
+    fn both_ends_know_the_resume_id_and_each_handshake_has_its_own() {
+        let (player, host) = resumable_pair();
+        assert_eq!(player.resume_id(), host.resume_id());
+        let (again, _) = resumable_pair();
+        assert_ne!(player.resume_id(), again.resume_id());
+        // The host reads the id from a resume hello, and answers on.
+        let (player_view, host_view, _, _) = hello_and_reply(Hello::Resume(player.resume_id()));
+        assert_eq!(host_view.hello(), Hello::Resume(host.resume_id()));
+        let mut wire = BytesMut::new();
+        let resumed = host_view.resumed(&mut wire).unwrap();
+        let frame = split_frame(&mut wire).unwrap();
+        match player_view.open_verdict(&frame).unwrap() {
+            VerdictOpened::Resumed(transport) => {
+                assert_eq!(transport.resume_id(), resumed.resume_id());
+                assert_ne!(transport.resume_id(), player.resume_id(), "a new id");
+            }
+            other => panic!("expected resumed, got {:?}", other.verdict()),
+        }
+        assert_eq!(
+            format!("{:?}", player.resume_id()),
+            "ResumeId(..)",
+            "never printed"
+        );
+    }
+
+    #[test]
+    fn acknowledgements_cross_in_resumable_sessions_only() {
+        let (mut player, mut host) = resumable_pair();
+        let mut wire = BytesMut::new();
+        host.seal_ack(1 << 40, &mut wire).unwrap();
+        assert_eq!(wire.len(), 2 + 8 + 1 + TAG_LEN);
+        let frame = split_frame(&mut wire).unwrap();
+        assert_eq!(player.open(&frame), Ok(Opened::Ack(1 << 40)));
+        // A short body is malformed.
+        host.seal_raw(frame_type::ACK, &[0; 7], &mut wire).unwrap();
+        let frame = split_frame(&mut wire).unwrap();
+        assert_eq!(
+            player.open(&frame),
+            Err(NoiseError::MalformedFrame { kind: "ack" })
+        );
+
+        // After `end`, acknowledgements go on; nothing else does.
+        host.seal_end(&mut wire).unwrap();
+        host.seal_ack(7, &mut wire).unwrap();
+        assert_eq!(host.seal(b"x", &mut wire), Err(NoiseError::WriteAfterEnd));
+        host.seal_raw(frame_type::DATA, b"x", &mut wire).unwrap();
+        let frames: Vec<_> = std::iter::from_fn(|| split_frame(&mut wire)).collect();
+        assert_eq!(player.open(&frames[0]), Ok(Opened::End));
+        assert_eq!(player.open(&frames[1]), Ok(Opened::Ack(7)));
+        assert_eq!(player.open(&frames[2]), Err(NoiseError::DataAfterEnd));
+
+        let (mut player, mut host) = pair();
+        assert!(matches!(
+            host.seal_ack(1, &mut wire),
+            Err(NoiseError::OutOfOrder { .. })
+        ));
+        host.seal_raw(frame_type::ACK, &1u64.to_be_bytes(), &mut wire)
+            .unwrap();
+        let frame = split_frame(&mut wire).unwrap();
+        assert!(matches!(
+            player.open(&frame),
+            Err(NoiseError::OutOfOrder { .. })
+        ));
     }
 
     #[test]
@@ -951,7 +1447,7 @@ mod tests {
                 match host.open(&frame).unwrap() {
                     Opened::Data(data) => received.extend_from_slice(data),
                     Opened::Rekeyed => rekeys += 1,
-                    Opened::End => unreachable!(),
+                    Opened::End | Opened::Ack(_) => unreachable!(),
                 }
             }
         }

@@ -10,17 +10,20 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use blindrelay_protocol::noise::{HostHandshake, PendingVerdict, Transport};
+use blindrelay_protocol::noise::{
+    Hello, HostHandshake, PendingVerdict, Refused, ResumeId, Transport,
+};
 use blindrelay_protocol::{codes, ControlMessage, SessionLimits};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use super::resume::ResumeTable;
 use super::{HostConfig, HostCounters};
 use crate::linger::{StreamRecv, StreamSend};
 use crate::session::{RelayTransport, SessionPath};
-use crate::stream::{Abandon, SecureStream};
+use crate::stream::{Abandon, Rejoined, Resumption, SecureStream};
 use crate::wire::{read_control, read_noise_message, WireError};
 use blindrelay_transport::{FramedRecv, FramedSend};
 
@@ -30,6 +33,7 @@ pub(super) struct SessionAcceptor {
     config: Arc<HostConfig>,
     sessions: mpsc::Sender<SecureStream>,
     counters: Arc<HostCounters>,
+    resumes: Arc<ResumeTable>,
 }
 
 /// Why a session stream never reached the handshake.
@@ -54,6 +58,7 @@ impl SessionAcceptor {
             config,
             sessions,
             counters,
+            resumes: Arc::default(),
         }
     }
 
@@ -106,6 +111,24 @@ impl SessionAcceptor {
         // Wrapped only once served: a dropped session lingers until its peer has
         // read it (see `crate::linger`).
         let (reader, writer) = halves(served.send, served.recv);
+        if let Some(id) = served.resuming {
+            let offer = Rejoined {
+                reader,
+                writer,
+                transport: served.transport,
+                path,
+                relay_transport: carried_by,
+                session_id: served.session_id,
+                limits: served.limits,
+                first_write: BytesMut::new(),
+            };
+            // Gone since the hello was answered: the new stream is dropped, which
+            // the player reads as cut short, and its next resume is refused.
+            if !self.resumes.offer(id, offer) {
+                debug!(%path, "a resumed session ended before it took its new stream");
+            }
+            return;
+        }
         let mut stream = SecureStream::new(
             reader,
             writer,
@@ -123,6 +146,15 @@ impl SessionAcceptor {
             SessionPath::Direct => &self.counters.sessions_direct,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if stream.transport().resumable() {
+            let rejoin = self
+                .resumes
+                .register(stream.transport().resume_id(), *stream.peer());
+            let config = &self.config;
+            let resumption =
+                Resumption::new(config.replay_window, config.resume_window, Box::new(rejoin));
+            stream = stream.with_resumption(resumption);
+        }
         debug!(session_id = relay_session_id(path, served.session_id), route = %stream.route(), player = %stream.peer().short(), limits = %served.limits, "session accepted");
         let _ = self.sessions.send(stream).await;
     }
@@ -173,8 +205,30 @@ impl SessionAcceptor {
                 .await;
             return None;
         }
+        let resuming = match pending.hello() {
+            Hello::Resume(id) => Some(id),
+            Hello::Plain | Hello::Resumable => None,
+        };
+        let sealed = match pending.hello() {
+            Hello::Resume(id) if self.resumes.holds(id, pending.remote_static()) => {
+                pending.resumed(&mut reply)
+            }
+            Hello::Resume(_) => {
+                debug!(session_id = relay_session_id(path, session_id), %path, "no such session to resume");
+                let Ok(refused) = pending.unknown_session(&mut reply) else {
+                    send.abandon(codes::stream::REFUSED);
+                    return None;
+                };
+                leave_refused(refused, reply, send, recv, self.config.handshake_timeout).await;
+                return None;
+            }
+            Hello::Resumable if !self.config.resume_window.is_zero() => {
+                pending.welcome_resumable(&mut reply)
+            }
+            Hello::Plain | Hello::Resumable => pending.welcome(&mut reply),
+        };
         // Reply and verdict go out in one write, the same bytes either way.
-        let Ok(transport) = pending.welcome(&mut reply) else {
+        let Ok(transport) = sealed else {
             send.abandon(codes::stream::REFUSED);
             return None;
         };
@@ -185,6 +239,7 @@ impl SessionAcceptor {
             recv,
             session_id,
             limits,
+            resuming,
         })
     }
 
@@ -195,7 +250,7 @@ impl SessionAcceptor {
         pending: PendingVerdict,
         mut reply: BytesMut,
         mut send: W,
-        mut recv: R,
+        recv: R,
         path: SessionPath,
         session_id: u64,
     ) where
@@ -216,31 +271,54 @@ impl SessionAcceptor {
         // The whole key, at info: this is the host's own log, and its owner needs the
         // key to add the player to authorized_players.
         info!(session_id = relay_session_id(path, session_id), %path, player = %player, "player not authorized (not in authorized_players)");
-        // Let the player end the session, as a served player that leaves at once
-        // would, then end this direction as a served session's host does when its
-        // player leaves (`end`, then the stream's end), rather than closing first or
-        // differently in a way the relay could single out. A player that lingers is
-        // cut off after the handshake timeout. What it sent is not read: nothing a
-        // refused player says is of use.
-        let drained = async {
-            let mut sink = [0u8; 1024];
-            loop {
-                match recv.read(&mut sink).await {
-                    Ok(0) => return true,
-                    Ok(_) => {}
-                    Err(_) => return false,
-                }
-            }
-        };
-        let left_cleanly = tokio::time::timeout(self.config.handshake_timeout, drained)
-            .await
-            .unwrap_or(false);
-        let mut end = BytesMut::new();
-        if left_cleanly && refused.seal_end(&mut end).is_ok() {
-            let _ = send.write_all(&end).await;
-        }
-        let _ = send.shutdown().await;
+        leave_refused(
+            refused,
+            BytesMut::new(),
+            send,
+            recv,
+            self.config.handshake_timeout,
+        )
+        .await;
     }
+}
+
+/// Sends `reply` (the handshake reply and a refusing verdict, if not sent yet),
+/// lets the player end the session, as a served player that leaves at once would,
+/// then ends this direction as a served session's host does when its player leaves
+/// (`end`, then the stream's end), rather than closing first or differently in a way
+/// the relay could single out. A player that lingers is cut off after `timeout`.
+/// What it sent is not read: nothing a refused player says is of use.
+async fn leave_refused<R, W>(
+    refused: Refused,
+    reply: BytesMut,
+    mut send: W,
+    mut recv: R,
+    timeout: std::time::Duration,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if !reply.is_empty() && send.write_all(&reply).await.is_err() {
+        return;
+    }
+    let drained = async {
+        let mut sink = [0u8; 1024];
+        loop {
+            match recv.read(&mut sink).await {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    };
+    let left_cleanly = tokio::time::timeout(timeout, drained)
+        .await
+        .unwrap_or(false);
+    let mut end = BytesMut::new();
+    if left_cleanly && refused.seal_end(&mut end).is_ok() {
+        let _ = send.write_all(&end).await;
+    }
+    let _ = send.shutdown().await;
 }
 
 /// The relay's session id, for log lines: only relayed sessions have one, and a
@@ -256,6 +334,8 @@ struct Served<R, W> {
     recv: R,
     session_id: u64,
     limits: SessionLimits,
+    /// The session a resume hello named, which takes this stream.
+    resuming: Option<ResumeId>,
 }
 
 /// Reads what comes before the handshake on a session stream of `path`: the relay's

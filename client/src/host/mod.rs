@@ -22,6 +22,7 @@ mod accept;
 mod direct;
 mod plan;
 mod relay;
+mod resume;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,6 +97,12 @@ pub struct HostConfig {
     pub token: Option<Token>,
     /// Which players the host serves (every player by default).
     pub players: PlayerAuthorization,
+    /// How long a session whose stream failed is kept for its player to resume it
+    /// (PROTOCOL.md 10.8); zero serves sessions that cannot be resumed.
+    pub resume_window: Duration,
+    /// The most a resumable session sends before the player acknowledges it: what
+    /// it keeps to send again after a resume.
+    pub replay_window: usize,
 }
 
 impl HostConfig {
@@ -132,6 +139,8 @@ impl HostConfig {
             max_direct_connections: 256,
             token: None,
             players: PlayerAuthorization::Open,
+            resume_window: blindrelay_protocol::resume::DEFAULT_RESUME_WINDOW,
+            replay_window: blindrelay_protocol::resume::DEFAULT_REPLAY_WINDOW,
         }
     }
 

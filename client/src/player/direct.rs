@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use blindrelay_protocol::noise::PlayerHandshake;
+use blindrelay_protocol::noise::{Hello, PlayerHandshake};
 use blindrelay_protocol::HostId;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -22,6 +22,7 @@ impl Connector {
         self: Arc<Self>,
         addr: SocketAddr,
         host_id: HostId,
+        hello: Hello,
     ) -> Result<SecureStream, ConnectError> {
         let timeout = self.config.direct_timeout;
         let direct_error = |source: DirectConnectError| ConnectError::Direct { addr, source };
@@ -37,7 +38,7 @@ impl Connector {
                 .map_err(|err| direct_error(err.into()))?;
             let mut pending = PendingSession::new(crate::linger::halves(send, recv));
             let (send, recv) = pending.streams();
-            let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
+            let mut handshake = PlayerHandshake::with_hello(&self.config.key, &host_id, hello)?;
             let mut out = BytesMut::new();
             handshake.write_hello(&mut out)?;
             send.write_all(&out)

@@ -24,20 +24,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::noise::{ExpectVerdict, NoiseError, Transport, VerdictOpened};
+use blindrelay_protocol::noise::{ExpectVerdict, Hello, NoiseError, Transport, VerdictOpened};
+use blindrelay_protocol::resume::{DEFAULT_REPLAY_WINDOW, DEFAULT_RESUME_WINDOW};
 use blindrelay_protocol::{codes, ErrorCode, RelayUrl, SecretKey, StreamCode, Ticket};
 use bytes::BytesMut;
 
 use crate::connections::ConnectionCache;
 use crate::endpoint::{ConnectRelayError, ConnectionProfile, LocalEndpoints, TlsSetupError};
 use crate::linger::{StreamRecv, StreamSend};
-use crate::stream::SecureStream;
+use crate::stream::{Resumption, SecureStream};
 use crate::transports::{TransportPreference, UdpHealth};
 use crate::wire::{read_noise_message, WireError};
 use tokio::io::AsyncWriteExt;
 
 mod direct;
 mod race;
+mod rejoin;
 mod relayed;
 mod walk;
 
@@ -112,6 +114,12 @@ pub struct PlayerConfig {
     /// In [`TransportPreference::Auto`], how long QUIC runs alone before TLS over
     /// TCP joins the race.
     pub tcp_delay: Duration,
+    /// How long a session whose stream failed is kept while the player looks for a
+    /// new one (PROTOCOL.md 10.8); zero opens sessions that cannot be resumed.
+    pub resume_window: Duration,
+    /// The most a resumable session sends before the host acknowledges it: what it
+    /// keeps to send again after a resume.
+    pub replay_window: usize,
 }
 
 impl PlayerConfig {
@@ -127,6 +135,8 @@ impl PlayerConfig {
             idle_timeout: Duration::from_secs(30),
             transport: TransportPreference::Auto,
             tcp_delay: crate::transports::DEFAULT_TCP_DELAY,
+            resume_window: DEFAULT_RESUME_WINDOW,
+            replay_window: DEFAULT_REPLAY_WINDOW,
         }
     }
 }
@@ -194,6 +204,9 @@ pub enum ConnectError {
         /// How long the player waited for it.
         waited: Duration,
     },
+    /// The player asked to resume a session the host does not hold (any more).
+    #[error("the host holds no such session to resume")]
+    UnknownSession,
     /// The host completed the handshake but does not serve this player's key. The
     /// host's owner can add it to their authorized players.
     #[error("not authorized: the host does not serve player key {player}")]
@@ -306,8 +319,37 @@ impl Player {
         ticket: &Ticket,
         preference: PathPreference,
     ) -> Result<SecureStream, ConnectError> {
+        let config = &self.connector.config;
+        let hello = if config.resume_window.is_zero() {
+            Hello::Plain
+        } else {
+            Hello::Resumable
+        };
+        let stream = self.connect_with(ticket, preference, hello).await?;
+        if !stream.transport().resumable() {
+            return Ok(stream);
+        }
+        let rejoin = rejoin::PlayerRejoin::new(
+            Player {
+                connector: self.connector.clone(),
+            },
+            ticket.clone(),
+            preference,
+        );
+        let resumption =
+            Resumption::new(config.replay_window, config.resume_window, Box::new(rejoin));
+        Ok(stream.with_resumption(resumption))
+    }
+
+    /// One session set-up whose hello asks `hello`, within the connect timeout.
+    async fn connect_with(
+        &self,
+        ticket: &Ticket,
+        preference: PathPreference,
+        hello: Hello,
+    ) -> Result<SecureStream, ConnectError> {
         let timeout = self.connector.config.connect_timeout;
-        tokio::time::timeout(timeout, self.race(ticket, preference))
+        tokio::time::timeout(timeout, self.race(ticket, preference, hello))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }
@@ -396,12 +438,13 @@ impl Connector {
         let frame = read_noise_message(recv)
             .await
             .map_err(SetupStreamError::Read)?;
-        let refused = match expect_verdict.open_verdict(&frame) {
-            Ok(VerdictOpened::Welcome(transport)) => {
+        let (refused, unknown) = match expect_verdict.open_verdict(&frame) {
+            Ok(VerdictOpened::Welcome(transport) | VerdictOpened::Resumed(transport)) => {
                 let (send, recv) = pending.finish();
                 return Ok((transport, send, recv));
             }
-            Ok(VerdictOpened::NotAuthorized(refused)) => refused,
+            Ok(VerdictOpened::NotAuthorized(refused)) => (refused, false),
+            Ok(VerdictOpened::UnknownSession(refused)) => (refused, true),
             Err(err) => {
                 // The host broke the session protocol: say so as the guard resets.
                 pending.code = codes::stream::PROTOCOL_VIOLATION;
@@ -418,6 +461,9 @@ impl Connector {
             .map_err(SetupStreamError::Write)?;
         // Dropping both halves lets them linger as a dropped session's do.
         drop(pending.finish());
+        if unknown {
+            return Err(ConnectError::UnknownSession);
+        }
         Err(ConnectError::NotAuthorized {
             player: self.config.key.public_key(),
         })

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use blindrelay_protocol::noise::Hello;
 use blindrelay_protocol::{codes, RelayUrl, Ticket};
 use tokio::task::JoinSet;
 use tracing::debug;
@@ -82,6 +83,7 @@ impl Player {
         &self,
         ticket: &Ticket,
         preference: PathPreference,
+        hello: Hello,
     ) -> Result<SecureStream, ConnectError> {
         let relay_delay = self.connector.config.relay_delay;
         let RacePlan {
@@ -93,7 +95,7 @@ impl Player {
         for &addr in &direct {
             let (connector, host_id) = (self.connector.clone(), *ticket.host_id());
             attempts.spawn(async move {
-                let attempt = connector.connect_direct(addr, host_id).await;
+                let attempt = connector.connect_direct(addr, host_id, hello).await;
                 (Attempt::Direct, attempt)
             });
         }
@@ -104,7 +106,7 @@ impl Player {
             // Every direct attempt failed before the delay: the relay starts now.
             if attempts.is_empty() {
                 match relay.take() {
-                    Some(url) => self.spawn_relay_attempt(&mut attempts, url, ticket),
+                    Some(url) => self.spawn_relay_attempt(&mut attempts, url, ticket, hello),
                     None => break,
                 }
             }
@@ -130,7 +132,7 @@ impl Player {
                 },
                 () = &mut relay_timer, if relay.is_some() => {
                     if let Some(url) = relay.take() {
-                        self.spawn_relay_attempt(&mut attempts, url, ticket);
+                        self.spawn_relay_attempt(&mut attempts, url, ticket, hello);
                     }
                 }
             }
@@ -143,10 +145,11 @@ impl Player {
         attempts: &mut JoinSet<(Attempt, Result<SecureStream, ConnectError>)>,
         url: RelayUrl,
         ticket: &Ticket,
+        hello: Hello,
     ) {
         let (connector, host_id) = (self.connector.clone(), *ticket.host_id());
         attempts.spawn(async move {
-            let attempt = connector.connect_pooled(url, host_id).await;
+            let attempt = connector.connect_pooled(url, host_id, hello).await;
             (Attempt::Relay, attempt)
         });
     }

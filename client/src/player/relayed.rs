@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use blindrelay_protocol::noise::PlayerHandshake;
+use blindrelay_protocol::noise::{Hello, PlayerHandshake};
 use blindrelay_protocol::{ControlMessage, ErrorCode, HostId, RelayUrl};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -30,11 +30,12 @@ const HOST_RETURN_WAIT: Duration = Duration::from_secs(5);
 /// How often it asks in the meantime.
 const HOST_RETURN_POLL: Duration = Duration::from_millis(250);
 
-/// What a player asks a relay for: a session with `host_id`, after following
-/// `redirects` pool redirects.
+/// What a player asks a relay for: a session with `host_id`, opened by `hello`,
+/// after following `redirects` pool redirects.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SessionAsk {
     pub(super) host_id: HostId,
+    pub(super) hello: Hello,
     pub(super) redirects: u8,
 }
 
@@ -47,9 +48,10 @@ impl Connector {
         self: Arc<Self>,
         url: RelayUrl,
         host_id: HostId,
+        hello: Hello,
     ) -> Result<SecureStream, ConnectError> {
         let mut walk = PoolWalk::new(url);
-        while let Some((url, ask)) = walk.next(host_id) {
+        while let Some((url, ask)) = walk.next(host_id, hello) {
             match self.clone().connect_relayed(url.clone(), ask).await {
                 Ok(stream) => return Ok(stream),
                 Err(err) => {
@@ -261,8 +263,12 @@ impl Connector {
         carried_by: RelayTransport,
     ) -> Result<SecureStream, ConnectError> {
         let (send, recv) = pending.streams();
-        let SessionAsk { host_id, redirects } = host_id;
-        let mut handshake = PlayerHandshake::new(&self.config.key, &host_id)?;
+        let SessionAsk {
+            host_id,
+            hello,
+            redirects,
+        } = host_id;
+        let mut handshake = PlayerHandshake::with_hello(&self.config.key, &host_id, hello)?;
         let mut out = BytesMut::new();
         ControlMessage::Connect { host_id, redirects }.encode(&mut out);
         handshake.write_hello(&mut out)?;

@@ -13,6 +13,7 @@ use tracing::debug;
 
 use super::{ConnectError, SessionAsk};
 use crate::host::member_urls;
+use blindrelay_protocol::noise::Hello;
 
 /// Where a player asks for a session next, and what it learned so far.
 #[derive(Debug)]
@@ -41,11 +42,16 @@ impl PoolWalk {
 
     /// The next member to ask for a session with `host_id`, and what to ask it;
     /// `None` once every member named has been asked.
-    pub(super) fn next(&mut self, host_id: HostId) -> Option<(RelayUrl, SessionAsk)> {
+    pub(super) fn next(&mut self, host_id: HostId, hello: Hello) -> Option<(RelayUrl, SessionAsk)> {
         while let Some(url) = self.queue.pop_front() {
             if self.asked.insert(url.authority()) {
                 let redirects = self.redirects;
-                return Some((url, SessionAsk { host_id, redirects }));
+                let ask = SessionAsk {
+                    host_id,
+                    hello,
+                    redirects,
+                };
+                return Some((url, ask));
             }
         }
         None
@@ -130,7 +136,7 @@ mod tests {
 
     /// The next member's authority and redirects.
     fn next(walk: &mut PoolWalk) -> Option<(String, u8)> {
-        walk.next(host())
+        walk.next(host(), Hello::Plain)
             .map(|(url, ask)| (url.authority(), ask.redirects))
     }
 

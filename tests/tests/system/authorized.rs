@@ -129,9 +129,10 @@ async fn the_relay_forwards_the_same_bytes_and_ends_for_a_refused_player_as_for_
         seen[0], seen[1],
         "served vs refused: (player→host, host→player) bytes, and how each direction ended"
     );
-    // Hello (2 + 96) and the player's end (2 + 17) one way; reply (2 + 48), verdict
-    // (2 + 18) and the host's end (2 + 17) the other; both streams finished.
-    assert_eq!(seen[0].0, (98 + 19, 70 + 19));
+    // Hello (2 + 128: the reference player offers to resume, PROTOCOL.md 10.8) and
+    // the player's end (2 + 17) one way; reply (2 + 48), verdict (2 + 18) and the
+    // host's end (2 + 17) the other; both streams finished.
+    assert_eq!(seen[0].0, (130 + 19, 70 + 19));
     assert_eq!(
         seen[0].1,
         [

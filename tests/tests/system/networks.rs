@@ -427,19 +427,24 @@ async fn when_udp_is_cut_mid_session_the_host_registers_again_over_tcp_and_new_s
         "registered again {took:?} after the cut"
     );
 
-    // The session that ran over the lost connection ends; it does not hang, and the
-    // application reading it is told it was cut (a reset), not handed a clean end
-    // it would take for the whole download.
+    // The session that ran over the lost connection goes on: the player resumes it
+    // through the relay, which now reaches the host over TCP, and the application
+    // reads every byte, in order, to a clean end (PROTOCOL.md 10.8).
     let mut rest = Vec::new();
-    let ended = tokio::time::timeout(TRANSFER_DEADLINE, running.read_to_end(&mut rest))
+    tokio::time::timeout(TRANSFER_DEADLINE, running.read_to_end(&mut rest))
         .await
-        .expect("the cut session ends in time");
-    let got = (head.len() - 1 + rest.len()) as u64;
-    assert!(got < BULK, "{got} bytes arrived over a cut path");
+        .expect("the resumed session ends in time")
+        .expect("a clean end, not an error");
+    let mut expected = vec![0u8; BULK as usize];
+    blindrelay_tests::Pattern::new(3).fill(&mut expected);
+    let got = [&head[1..], &rest[..]].concat();
     assert!(
-        ended.is_err(),
-        "a cut session reads as an error, not an end: {ended:?}"
+        got == expected,
+        "{} of {BULK} bytes, byte-exact, across the cut",
+        got.len()
     );
+    let resumed = host.wait_log("session resumed");
+    assert!(logs(&resumed, "route", "relayed/tcp"), "{resumed}");
 
     // New sessions work: the player, on an open network, over QUIC; the host over
     // TCP.

@@ -106,6 +106,9 @@ async fn a_trace_level_log_of_a_whole_session_names_no_one() {
     host_side.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, MARKER);
     host_side.shutdown().await.unwrap();
+    // The session is over for both: a resumable session's streams finish once each
+    // side has both ends, or its application lets it go (PROTOCOL.md 10.8).
+    drop((player_side, host_side));
     drop(host);
 
     // A registered host sends a second Register, with a token, on its registration
@@ -191,4 +194,69 @@ async fn a_trace_level_log_of_a_whole_session_names_no_one() {
         log.contains("127.0.0.x"),
         "addresses appear, cut to their network"
     );
+}
+
+/// The lengths of the Noise messages in what the relay forwarded one way (each a
+/// 2-byte length and that many bytes, PROTOCOL.md 10.3).
+fn message_lengths(mut forwarded: &[u8]) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    while let [high, low, rest @ ..] = forwarded {
+        let len = usize::from(u16::from_be_bytes([*high, *low]));
+        lengths.push(len);
+        forwarded = &rest[len.min(rest.len())..];
+    }
+    lengths
+}
+
+/// A resumed session's new stream is, to the relay, a new session: the same hello,
+/// reply and verdict sizes, counted as one more session, and nothing it could link
+/// to the old one but timing (PROTOCOL.md 10.8, SECURITY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_looks_to_the_relay_like_a_new_session() {
+    let (relay, tap) = start_relay_with_tap();
+    let mut host = start_host(relay.url()).await;
+    let ticket = host.ticket().clone();
+    let player = player();
+    let (player_side, host_side) = tokio::join!(player.connect(&ticket), host.accept());
+    let (mut session, host_side) = (player_side.unwrap(), host_side.unwrap());
+    assert!(session.resumable());
+    let _echo = tokio::spawn(echo(host_side));
+    let mut back = vec![0u8; MARKER.len()];
+    session.write_all(MARKER).await.unwrap();
+    session.read_exact(&mut back).await.unwrap();
+    let opened = relay.stats().sessions_opened;
+
+    // The player's connection to the relay goes away under the session; the
+    // session resumes on a new one, and goes on.
+    player.close().await;
+    session.write_all(MARKER).await.unwrap();
+    session.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, MARKER);
+    assert_eq!(session.resumes(), 1);
+    assert_eq!(
+        relay.stats().sessions_opened,
+        opened + 1,
+        "one more session, no other count"
+    );
+
+    let up = message_lengths(&tap.player_to_host.lock().unwrap());
+    let down = message_lengths(&tap.host_to_player.lock().unwrap());
+    // Both streams open alike: a 128-byte hello one way, a 48-byte reply and an
+    // 18-byte verdict the other.
+    let hellos: Vec<usize> = (0..up.len()).filter(|&i| up[i] == 128).collect();
+    assert_eq!(hellos.len(), 2, "two hellos of one size: {up:?}");
+    let replies: Vec<usize> = (0..down.len().saturating_sub(1))
+        .filter(|&i| down[i] == 48 && down[i + 1] == 18)
+        .collect();
+    assert_eq!(
+        replies.len(),
+        2,
+        "two replies and verdicts of one size: {down:?}"
+    );
+    // What follows on the resumed stream is each side's count (a 25-byte ack),
+    // then data: what timing shows, and nothing names the old session.
+    assert_eq!(up.get(hellos[1] + 1), Some(&25), "{up:?}");
+    assert_eq!(down.get(replies[1] + 2), Some(&25), "{down:?}");
+    let forwarded = tap.player_to_host.lock().unwrap().clone();
+    assert!(!contains(&forwarded, MARKER));
 }

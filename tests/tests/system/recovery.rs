@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use blindrelay_client::{
     HostAgent, HostState, Player, PlayerConfig, SecretKey, SecureStream, Ticket,
 };
-use blindrelay_tests::process::{binaries, Proc};
+use blindrelay_tests::process::{binaries, keygen, Proc};
 use blindrelay_tests::*;
 use tokio::io::AsyncWriteExt;
 
@@ -161,4 +161,124 @@ async fn hosts_and_players_are_back_within_seconds_of_a_relay_restart() {
     // the 30 s idle timeout the ends used to wait for.
     assert!(after_kill < Duration::from_secs(8), "{after_kill:?}");
     assert!(after_term < Duration::from_secs(8), "{after_term:?}");
+}
+
+/// Bytes of the film the resume tests download.
+const FILM: u64 = 200 << 20;
+
+/// A media server in miniature: answers every request with `len` bytes of `seed`'s
+/// pattern, as one HTTP response.
+async fn serve_film(len: u64, seed: u64) -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                );
+                if tcp.write_all(answer.as_bytes()).await.is_ok() {
+                    let _ = write_pattern(&mut tcp, seed, len).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A film downloads with curl through `blindrelay connect` and `blindrelay host`,
+/// rate-limited so that it spans `event` (done to the relay once 16 MiB arrived):
+/// curl must exit 0 with every byte, and both ends say they resumed.
+async fn a_download_survives(event: impl FnOnce(&mut RelayProcess)) {
+    let bin = binaries();
+    let mut relay = RelayProcess::start();
+    let url = relay.url().to_string();
+    let host_key = relay.dir.join("host.key");
+    keygen(&bin, &host_key, "host");
+    let media = serve_film(FILM, 27).await.to_string();
+    let host = Proc::start(
+        &bin.join("blindrelay"),
+        &[
+            "host",
+            "--key",
+            host_key.to_str().unwrap(),
+            "--relay",
+            &url,
+            "--forward",
+            &media,
+        ],
+    );
+    host.value("host id");
+    let ticket = host.value("ticket");
+    host.wait_log("reachable through the relay");
+    let player = Proc::start(
+        &bin.join("blindrelay"),
+        &["connect", &ticket, "--listen", "127.0.0.1:0"],
+    );
+    let listen = player.value("listening on");
+    let out = relay.dir.join("film.bin");
+    let mut curl = std::process::Command::new("curl")
+        .args(["-sS", "--limit-rate", "25M", "-o"])
+        .arg(&out)
+        .arg(format!("http://{listen}/film"))
+        .spawn()
+        .expect("curl runs");
+    tokio::time::timeout(PATIENCE, async {
+        while std::fs::metadata(&out).map_or(0, |m| m.len()) < 16 << 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the download starts");
+
+    event(&mut relay);
+
+    let status = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::task::spawn_blocking(move || curl.wait()),
+    )
+    .await
+    .expect("curl ends")
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "curl: {status}");
+    let got = std::fs::read(&out).unwrap();
+    let mut expected = vec![0u8; FILM as usize];
+    Pattern::new(27).fill(&mut expected);
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "the film is byte-exact");
+    let resumed = player.wait_log("session resumed");
+    println!("player: {resumed}");
+    host.wait_log("session resumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_goes_on_when_the_relay_is_killed_and_started_again() {
+    init_tracing();
+    a_download_survives(|relay| {
+        relay.kill();
+        relay.spawn();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_goes_on_across_a_drain_shorter_than_it() {
+    init_tracing();
+    // The drain's deadline (5 s) ends the session mid-film; the relay that starts
+    // next takes it on.
+    a_download_survives(|relay| {
+        relay.terminate();
+        relay.spawn();
+    })
+    .await;
 }

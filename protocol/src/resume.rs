@@ -1,0 +1,345 @@
+//! What each end of a resumable session keeps so that the session outlives the
+//! stream that carries it (PROTOCOL.md 10.8): the bytes the peer has not yet
+//! acknowledged ([`ReplayBuffer`]), and when to acknowledge what it received
+//! ([`AckClock`]).
+//!
+//! Offsets count application bytes, one count per direction, from the session's
+//! first byte: they go on across resumes. Nothing here reads a clock; the driver
+//! passes the time in.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+
+use crate::noise::NoiseError;
+
+/// Bytes a sender keeps for the peer by default: the most it has in flight
+/// unacknowledged, as a flow-control window does.
+pub const DEFAULT_REPLAY_WINDOW: usize = 4 * 1024 * 1024;
+
+/// The largest replay window a sender may use. A receiver reads ahead up to twice
+/// this for acknowledgements queued behind data (PROTOCOL.md 10.8).
+pub const MAX_REPLAY_WINDOW: usize = 16 * 1024 * 1024;
+
+/// How long both ends keep a session whose stream died, by default.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(30);
+
+/// A receiver acknowledges at least every this many delivered bytes...
+pub const ACK_EVERY: u64 = 256 * 1024;
+
+/// ...and at most this long after a byte was delivered unacknowledged.
+pub const ACK_DELAY: Duration = Duration::from_millis(100);
+
+/// Bytes per chunk the buffer copies small writes into.
+const CHUNK: usize = 64 * 1024;
+
+/// The bytes this end sent that the peer has not acknowledged, oldest first.
+#[derive(Debug)]
+pub struct ReplayBuffer {
+    chunks: VecDeque<BytesMut>,
+    /// The offset of the first byte held: everything before it is acknowledged.
+    start: u64,
+    held: usize,
+    capacity: usize,
+}
+
+impl ReplayBuffer {
+    /// An empty buffer that holds at most `capacity` bytes (at least one frame's
+    /// worth, at most [`MAX_REPLAY_WINDOW`]).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            start: 0,
+            held: 0,
+            capacity: capacity.clamp(crate::noise::MAX_PLAINTEXT_LEN, MAX_REPLAY_WINDOW),
+        }
+    }
+
+    /// The most it holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes held, not yet acknowledged.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Bytes that can be sent before the peer acknowledges some.
+    pub fn room(&self) -> usize {
+        self.capacity - self.held
+    }
+
+    /// Every byte sent so far: the offset the next byte sent will have.
+    pub fn sent(&self) -> u64 {
+        self.start + self.held as u64
+    }
+
+    /// Keeps a copy of as much of `bytes` as there is room for, as sent; returns how
+    /// much.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let mut taken = 0;
+        while taken < bytes.len() && self.held < self.capacity {
+            if self.chunks.back().is_none_or(|chunk| chunk.len() == CHUNK) {
+                self.chunks.push_back(BytesMut::with_capacity(CHUNK));
+            }
+            let Some(chunk) = self.chunks.back_mut() else {
+                break;
+            };
+            let n = (CHUNK - chunk.len())
+                .min(bytes.len() - taken)
+                .min(self.capacity - self.held);
+            chunk.extend_from_slice(&bytes[taken..taken + n]);
+            taken += n;
+            self.held += n;
+        }
+        taken
+    }
+
+    /// The peer has every byte up to `count`: forget them. A count behind an
+    /// earlier one, or past what was sent, breaks the session.
+    pub fn acknowledge(&mut self, count: u64) -> Result<(), NoiseError> {
+        if count > self.sent() {
+            return Err(NoiseError::BadAck {
+                reason: "it acknowledges bytes never sent",
+            });
+        }
+        if count < self.start {
+            return Err(NoiseError::BadAck {
+                reason: "it goes back behind an earlier one",
+            });
+        }
+        // count - start <= held, a usize.
+        let mut release = (count - self.start) as usize;
+        self.start = count;
+        self.held -= release;
+        while release > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.len() <= release {
+                release -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(release);
+                release = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every byte held, in order: what to send again after a resume, once
+    /// [`ReplayBuffer::acknowledge`] took the peer's count.
+    pub fn unacknowledged(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().map(|chunk| &chunk[..])
+    }
+
+    /// The held bytes that start at offset `at`, as far as they lie together in
+    /// memory (empty when `at` is not held).
+    pub fn bytes_at(&self, at: u64) -> &[u8] {
+        let Some(mut skip) = at
+            .checked_sub(self.start)
+            .and_then(|skip| usize::try_from(skip).ok())
+        else {
+            return &[];
+        };
+        for chunk in &self.chunks {
+            if skip < chunk.len() {
+                return &chunk[skip..];
+            }
+            skip -= chunk.len();
+        }
+        &[]
+    }
+
+    /// The offset of the first byte held.
+    pub fn acknowledged(&self) -> u64 {
+        self.start
+    }
+}
+
+/// When a receiver acknowledges: every [`ACK_EVERY`] bytes delivered, or
+/// [`ACK_DELAY`] after the first byte delivered since the last acknowledgement,
+/// whichever comes first; never on an idle session.
+#[derive(Debug, Default)]
+pub struct AckClock {
+    delivered: u64,
+    acknowledged: u64,
+    due_at: Option<Instant>,
+}
+
+impl AckClock {
+    /// A clock that starts with `delivered` bytes already delivered and
+    /// acknowledged (a resumed session's count).
+    pub fn starting_at(delivered: u64) -> Self {
+        Self {
+            delivered,
+            acknowledged: delivered,
+            due_at: None,
+        }
+    }
+
+    /// Bytes delivered to the application so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Records `n` more bytes delivered at `now`.
+    pub fn deliver(&mut self, n: usize, now: Instant) {
+        if n == 0 {
+            return;
+        }
+        self.delivered += n as u64;
+        self.due_at.get_or_insert(now + ACK_DELAY);
+    }
+
+    /// The count to acknowledge now, if one is due.
+    pub fn due(&self, now: Instant) -> Option<u64> {
+        // A resume may have acknowledged more than was delivered (what was received).
+        let owed = self.delivered.saturating_sub(self.acknowledged);
+        let late = self.due_at.is_some_and(|at| at <= now);
+        (owed > 0 && (owed >= ACK_EVERY || late)).then_some(self.delivered)
+    }
+
+    /// The last count acknowledged.
+    pub fn acknowledged_count(&self) -> u64 {
+        self.acknowledged
+    }
+
+    /// When the next acknowledgement falls due if nothing more is delivered.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.due_at
+    }
+
+    /// Records that `count` was acknowledged (sealed for the peer).
+    pub fn acknowledged(&mut self, count: u64) {
+        self.acknowledged = self.acknowledged.max(count);
+        if self.acknowledged >= self.delivered {
+            self.due_at = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_buffer_holds_what_is_unacknowledged_and_no_more_than_its_capacity() {
+        let mut replay = ReplayBuffer::new(100_000);
+        assert_eq!(replay.push(&[7; 70_000]), 70_000);
+        assert_eq!(replay.push(&[8; 70_000]), 30_000, "only the room left");
+        assert_eq!(
+            (replay.held(), replay.room(), replay.sent()),
+            (100_000, 0, 100_000)
+        );
+        replay.acknowledge(69_999).unwrap();
+        assert_eq!(
+            replay.bytes_at(69_999).len(),
+            30_001,
+            "to the end of its chunk"
+        );
+        assert_eq!(replay.bytes_at(69_999)[0], 7);
+        assert_eq!(replay.bytes_at(70_000)[0], 8);
+        assert!(replay.bytes_at(69_998).is_empty() && replay.bytes_at(100_000).is_empty());
+        let rest: Vec<u8> = replay.unacknowledged().flatten().copied().collect();
+        assert_eq!(rest.len(), 30_001);
+        assert_eq!((rest[0], rest[1]), (7, 8));
+        assert_eq!(replay.room(), 69_999);
+        replay.acknowledge(100_000).unwrap();
+        assert_eq!((replay.held(), replay.unacknowledged().count()), (0, 0));
+    }
+
+    #[test]
+    fn acknowledgements_that_go_back_or_past_what_was_sent_are_errors() {
+        let mut replay = ReplayBuffer::new(1 << 20);
+        replay.push(b"hello");
+        assert!(matches!(
+            replay.acknowledge(6),
+            Err(NoiseError::BadAck { .. })
+        ));
+        replay.acknowledge(3).unwrap();
+        assert!(matches!(
+            replay.acknowledge(2),
+            Err(NoiseError::BadAck { .. })
+        ));
+        replay.acknowledge(3).unwrap();
+        assert_eq!(
+            replay
+                .unacknowledged()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>(),
+            b"lo"
+        );
+    }
+
+    #[test]
+    fn the_capacity_is_kept_within_the_protocol_s_bounds() {
+        assert_eq!(
+            ReplayBuffer::new(0).capacity(),
+            crate::noise::MAX_PLAINTEXT_LEN
+        );
+        assert_eq!(ReplayBuffer::new(usize::MAX).capacity(), MAX_REPLAY_WINDOW);
+    }
+
+    #[test]
+    fn acknowledgements_come_every_256_kib_or_100_ms_and_never_when_idle() {
+        let start = Instant::now();
+        let mut clock = AckClock::default();
+        assert_eq!(clock.due(start + Duration::from_secs(60)), None, "idle");
+        clock.deliver(1000, start);
+        assert_eq!(clock.due(start), None);
+        assert_eq!(clock.deadline(), Some(start + ACK_DELAY));
+        assert_eq!(clock.due(start + ACK_DELAY), Some(1000));
+        clock.acknowledged(1000);
+        assert_eq!(
+            (clock.due(start + Duration::from_secs(60)), clock.deadline()),
+            (None, None)
+        );
+        clock.deliver(ACK_EVERY as usize, start);
+        assert_eq!(
+            clock.due(start),
+            Some(1000 + ACK_EVERY),
+            "a full 256 KiB at once"
+        );
+        // Told more than delivered (at a resume): nothing owed until delivery passes it.
+        clock.acknowledged(clock.delivered() + 500);
+        clock.deliver(400, start);
+        assert_eq!(clock.due(start + ACK_DELAY), None);
+        clock.deliver(200, start);
+        assert!(clock.due(start + ACK_DELAY).is_some());
+        let resumed = AckClock::starting_at(5000);
+        assert_eq!(
+            (resumed.delivered(), resumed.due(start + ACK_DELAY)),
+            (5000, None)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn what_is_sent_again_is_exactly_what_was_not_acknowledged(
+            writes in proptest::collection::vec(1usize..100_000, 1..20),
+            acks in proptest::collection::vec(0.0f64..1.0, 1..10),
+        ) {
+            let mut replay = ReplayBuffer::new(MAX_REPLAY_WINDOW);
+            let mut stream = Vec::new();
+            for (i, len) in writes.iter().enumerate() {
+                let bytes: Vec<u8> = (0..*len).map(|j| (i * 31 + j) as u8).collect();
+                let n = replay.push(&bytes);
+                stream.extend_from_slice(&bytes[..n]);
+            }
+            let mut acked = 0u64;
+            for fraction in acks {
+                let next = acked + ((replay.sent() - acked) as f64 * fraction) as u64;
+                replay.acknowledge(next).unwrap();
+                acked = next;
+                let rest: Vec<u8> = replay.unacknowledged().flatten().copied().collect();
+                prop_assert_eq!(&rest[..], &stream[acked as usize..]);
+                prop_assert_eq!(replay.held(), rest.len());
+            }
+        }
+    }
+}
