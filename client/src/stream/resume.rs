@@ -37,6 +37,49 @@ use crate::session::{RelayTransport, SessionEnded, SessionPath};
 /// acknowledgements: twice the largest window a peer may have unacknowledged.
 const READ_AHEAD_LIMIT: usize = 2 * MAX_REPLAY_WINDOW;
 
+/// Wakes both a reading and a writing task: what a resumable session polls (its
+/// stream's halves, its timers, a new stream's arrival) is polled for either, and a
+/// waker left there by one must not leave the other asleep (a reader that drained
+/// an acknowledgement into a stream with no credit would otherwise take over the
+/// waker of the writer waiting for that credit).
+#[derive(Default)]
+struct Wakers {
+    read: std::sync::Mutex<Option<Waker>>,
+    write: std::sync::Mutex<Option<Waker>>,
+}
+
+impl Wakers {
+    fn slot(&self, side: Side) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        let slot = match side {
+            Side::Read => &self.read,
+            Side::Write => &self.write,
+        };
+        slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records `waker` as `side`'s.
+    fn register(&self, side: Side, waker: &Waker) {
+        let mut slot = self.slot(side);
+        if !slot.as_ref().is_some_and(|held| held.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+}
+
+impl std::task::Wake for Wakers {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        for side in [Side::Read, Side::Write] {
+            if let Some(waker) = self.slot(side).take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
 /// A new stream for a session, with the handshake that resumed it done.
 pub(crate) struct Rejoined<R, W> {
     pub(crate) reader: R,
@@ -120,6 +163,8 @@ pub(crate) struct Resumption<R, W> {
     stream_done: bool,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
+    /// The waker everything below the session is polled with.
+    wakers: std::sync::Arc<Wakers>,
     resumes: u32,
 }
 
@@ -151,6 +196,7 @@ impl<R, W> Resumption<R, W> {
             stream_done: false,
             read_waker: None,
             write_waker: None,
+            wakers: std::sync::Arc::default(),
             resumes: 0,
         }
     }
@@ -543,8 +589,25 @@ where
         }
     }
 
+    /// The waker that wakes both a reading and a writing task, with the caller's
+    /// recorded as `side`'s.
+    fn shared_waker(&mut self, cx: &Context<'_>, side: Side) -> Waker {
+        let wakers = self.resumption().wakers.clone();
+        wakers.register(side, cx.waker());
+        Waker::from(wakers)
+    }
+
     /// [`AsyncRead::poll_read`] of a resumable session.
     pub(super) fn poll_read_resumable(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let waker = self.shared_waker(cx, Side::Read);
+        self.poll_read_shared(&mut Context::from_waker(&waker), buf)
+    }
+
+    fn poll_read_shared(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
@@ -623,6 +686,11 @@ where
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let waker = self.shared_waker(cx, Side::Write);
+        self.poll_write_shared(&mut Context::from_waker(&waker), data)
+    }
+
+    fn poll_write_shared(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.poll_upkeep(cx, Side::Write))?;
             let r = self.resumption();
@@ -678,6 +746,8 @@ where
 
     /// [`AsyncWrite::poll_flush`] of a resumable session.
     pub(super) fn poll_flush_resumable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let waker = self.shared_waker(cx, Side::Write);
+        let cx = &mut Context::from_waker(&waker);
         loop {
             ready!(self.poll_upkeep(cx, Side::Write))?;
             match ready!(self.poll_drain(cx)) {
@@ -699,6 +769,8 @@ where
     /// read. The stream itself is finished once both ends ended, since
     /// acknowledgements flow until then.
     pub(super) fn poll_shutdown_resumable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let waker = self.shared_waker(cx, Side::Write);
+        let cx = &mut Context::from_waker(&waker);
         loop {
             ready!(self.poll_upkeep(cx, Side::Write))?;
             let r = self.resumption();
@@ -740,7 +812,7 @@ mod tests {
 
     type R = ReadHalf<DuplexStream>;
     type W = WriteHalf<DuplexStream>;
-    type Session = SecureStream<R, W>;
+    pub(super) type Session = SecureStream<R, W>;
 
     /// Streams handed to a session by the test, as a player's dial or a host's
     /// table would.
@@ -848,13 +920,13 @@ mod tests {
 
     /// What the test keeps of a pair of resumable ends once they run in tasks:
     /// the relay task, and where to hand each end a new stream.
-    struct Middle {
+    pub(super) struct Middle {
         relay: JoinHandle<()>,
         to_player: mpsc::UnboundedSender<Rejoined<R, W>>,
         to_host: mpsc::UnboundedSender<Rejoined<R, W>>,
     }
 
-    fn resumable_pair(
+    pub(super) fn resumable_pair(
         replay_window: usize,
         window: Duration,
         cut_after: usize,
@@ -1035,5 +1107,108 @@ mod tests {
             );
         }
         assert!(!mendable(&io::Error::from(io::ErrorKind::InvalidData)));
+    }
+}
+
+#[cfg(test)]
+mod echo_tests {
+    use super::tests::resumable_pair;
+
+    fn pair(window: usize) -> (super::tests::Session, super::tests::Session, impl Sized) {
+        resumable_pair(window, std::time::Duration::from_secs(30), usize::MAX)
+    }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A player that writes until told to stop while it reads an echoing host:
+    /// both directions full, then both ends' `end`; every task ends.
+    #[tokio::test]
+    async fn an_echo_under_full_load_ends_cleanly_when_the_writer_stops() {
+        let (player, mut host, _middle) = pair(128 * 1024);
+        let echo = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match host.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        host.write_all(&buf[..n]).await.expect("echo");
+                        host.flush().await.expect("flush");
+                    }
+                }
+            }
+            host.shutdown().await.expect("host shutdown");
+        });
+        let (mut reader, mut writer) = tokio::io::split(player);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writing = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let payload = vec![0x5a; 16 * 1024];
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    writer.write_all(&payload).await.expect("write");
+                    sent += payload.len() as u64;
+                }
+                writer.shutdown().await.expect("shutdown");
+                sent
+            }
+        });
+        let reading = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0u64;
+            loop {
+                match reader.read(&mut buf).await.expect("read") {
+                    0 => return got,
+                    n => got += n as u64,
+                }
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let sent = writing.await.unwrap();
+            let got = reading.await.unwrap();
+            echo.await.unwrap();
+            (sent, got)
+        })
+        .await
+        .expect("every task ends");
+        assert_eq!(ended.0, ended.1, "every byte echoed");
+    }
+
+    /// Both ends write until told to stop and read to the end, each in a task of
+    /// its own, as the load generator's sessions do: a reader that sends an
+    /// acknowledgement into a full stream must not leave the writer waiting on that
+    /// stream asleep.
+    #[tokio::test]
+    async fn both_ends_writing_and_reading_in_tasks_of_their_own_all_end() {
+        let (player, host, _middle) = pair(4 << 20);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for session in [player, host] {
+            let (mut reader, mut writer) = tokio::io::split(session);
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let payload = vec![0x5a; 16 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    writer.write_all(&payload).await.expect("write");
+                }
+                writer.shutdown().await.expect("shutdown");
+            });
+            tasks.spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while reader.read(&mut buf).await.expect("read") > 0 {}
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(joined) = tasks.join_next().await {
+                joined.expect("task");
+            }
+        })
+        .await
+        .expect("every task ends");
     }
 }
