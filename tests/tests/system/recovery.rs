@@ -29,7 +29,12 @@ impl Drop for RelayProcess {
 
 impl RelayProcess {
     fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("br-recovery-{}", std::process::id()));
+        // One folder per relay: the tests of one process run side by side.
+        let dir = std::env::temp_dir().join(format!(
+            "br-recovery-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) =
             blindrelay_relay::RelayCertificate::self_signed_pem(&["localhost"]).unwrap();
