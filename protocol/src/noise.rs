@@ -1218,6 +1218,45 @@ mod tests {
         }
     }
 
+    /// A player from before resumption, byte for byte (PROTOCOL.md 10.7's hello,
+    /// with its empty payload): a host of today reads it as a plain session and
+    /// answers with the very bytes it answered then, welcome 0x00 included, so that
+    /// player never meets an acknowledgement (PROTOCOL.md 12).
+    #[test]
+    fn an_old_players_hello_gets_the_old_answer() {
+        let unhex = |text: &str| -> Vec<u8> {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let hello = unhex(concat!(
+            "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22",
+            "15b8a95d5d330d08a031e199b7afdcf979ca70099a3500fe2d2184680b23ffb3",
+            "90c517e232762641d2faae5f04dd355d4c7d5459f0dc18748700bd470db9a2c0",
+        ));
+        let (_, host_key) = keys();
+        let mut answer = BytesMut::new();
+        let host =
+            testing::host_respond_with_ephemeral(&host_key, &hello, &mut answer, &[4; 32]).unwrap();
+        assert_eq!(host.hello(), Hello::Plain);
+        let mut host = host.welcome(&mut answer).unwrap();
+        assert!(!host.resumable());
+        assert_eq!(
+            answer.to_vec(),
+            unhex(concat!(
+                "0030ac01b2209e86354fb853237b5de0f4fab13c7fcbf433a61c019369617fecf10b",
+                "6ea50427c0490d796c8145ded074c1c3",
+                "0012df114df60cbaeaa24c14634e7e5d9e0fbdf8",
+            )),
+            "the reply and welcome of PROTOCOL.md 10.7"
+        );
+        assert!(
+            host.seal_ack(1, &mut answer).is_err(),
+            "no acknowledgement for it"
+        );
+    }
+
     #[test]
     fn a_verdict_must_answer_the_hello_it_follows() {
         let resume = Hello::Resume(ResumeId([9; 32]));
