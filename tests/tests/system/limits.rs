@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blindrelay_client::{
-    BackoffConfig, ConnectError, HostAgent, HostState, SecretKey, SecureStream, TransportPreference,
+    BackoffConfig, ConnectError, HostAgent, HostState, Player, PlayerConfig, SecretKey,
+    SecureStream, TransportPreference,
 };
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode};
 use blindrelay_relay::limits::Limits;
@@ -650,7 +651,14 @@ async fn a_reader_that_stops_reading_is_cut_off_and_its_writer_told(ends: Ends) 
     config.resume_window = Duration::from_secs(2);
     let mut host = HostAgent::start(config).expect("host starts");
     wait_for_state(&host, |state| *state == HostState::Registered).await;
-    let player = player_over(ends.player);
+    // A player whose replay window (what it sends unacknowledged) is larger than
+    // what the path to a host that never reads can buffer: with a smaller one
+    // (the default 4 MiB against a TCP host's socket buffers) the player stops by
+    // itself and the relay never holds a byte to stall on (PROTOCOL.md 10.8).
+    let mut player_config = PlayerConfig::new(SecretKey::generate().unwrap());
+    player_config.transport = ends.player;
+    player_config.replay_window = blindrelay_protocol::resume::MAX_REPLAY_WINDOW;
+    let player = Player::new(player_config);
     let (mut session, host_side) = open_pair(&player, &mut host).await;
     assert_eq!(session.limits().stall_timeout_secs, 1);
     // The host never reads; the player writes until the relay cuts the session.
