@@ -131,7 +131,10 @@ impl PlayerConfig {
             relay_delay: Duration::from_millis(250),
             direct_timeout: DEFAULT_DIRECT_TIMEOUT,
             connect_timeout: Duration::from_secs(15),
-            keep_alive: Duration::from_secs(10),
+            // As a host's: a relay that restarted answers the next packet with a
+            // stateless reset, so a session resumes seconds after, well inside the
+            // host's resume window, instead of after a 10 s silence.
+            keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
             transport: TransportPreference::Auto,
             tcp_delay: crate::transports::DEFAULT_TCP_DELAY,

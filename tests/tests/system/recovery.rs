@@ -255,7 +255,14 @@ async fn a_download_survives(event: impl FnOnce(&mut RelayProcess)) {
     .expect("curl ends")
     .unwrap()
     .unwrap();
-    assert!(status.success(), "curl: {status}");
+    if !status.success() {
+        let (player, host) = (player.interrupt(), host.interrupt());
+        panic!(
+            "curl: {status}\nplayer:\n{}\nhost:\n{}",
+            player.join("\n"),
+            host.join("\n")
+        );
+    }
     let got = std::fs::read(&out).unwrap();
     let mut expected = vec![0u8; FILM as usize];
     Pattern::new(27).fill(&mut expected);
