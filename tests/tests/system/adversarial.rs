@@ -362,9 +362,11 @@ async fn a_host_flooding_a_player_that_does_not_read_is_cut_off_while_another_se
     let relay = Relay::spawn(config).unwrap();
     let honest = honest_session(&relay, 16 << 20).await;
 
-    // A host that answers every session with an endless stream of bytes.
-    let mut flooder = HostAgent::start(host_config(SecretKey::generate().unwrap(), relay.url()))
-        .expect("host agent starts");
+    // A host that answers every session with an endless stream of bytes, not held
+    // back by a replay window: its sessions cannot be resumed (PROTOCOL.md 10.8).
+    let mut flooder_config = host_config(SecretKey::generate().unwrap(), relay.url());
+    flooder_config.resume_window = Duration::ZERO;
+    let mut flooder = HostAgent::start(flooder_config).expect("host agent starts");
     wait_for_state(&flooder, |state| *state == HostState::Registered).await;
     let ticket: Ticket = flooder.ticket().clone();
     let flood = tokio::spawn(async move {

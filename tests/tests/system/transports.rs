@@ -709,9 +709,18 @@ async fn a_peer_that_never_reads_costs_the_relay_one_buffer_and_is_cut() {
     // host sends: the relay stops reading the host at its buffer, and the stall
     // timeout ends the session for both.
     let relay = relay_with(|limits| limits.sessions.stall_timeout = Span(Duration::from_secs(1)));
-    let mut agent = host_over(relay.url(), TransportPreference::Quic).await;
+    // A host that does not hold itself back: its sessions cannot be resumed, so
+    // no replay window stops it once the player stops acknowledging. A resumable
+    // host stops by itself after 4 MiB, which the sockets on the way may hold
+    // without the relay ever stalling (PROTOCOL.md 10.8).
+    let mut config = host_config(SecretKey::generate().unwrap(), relay.url());
+    config.transport = TransportPreference::Quic;
+    config.resume_window = Duration::ZERO;
+    let mut agent = HostAgent::start(config).expect("host agent starts");
+    wait_for_state(&agent, |state| *state == HostState::Registered).await;
     let player = player_over(TransportPreference::Tcp);
     let (session, host_side) = open(&player, &mut agent).await;
+    assert!(!session.resumable(), "the host declined to resume");
     let (_host_read, mut host_write) = tokio::io::split(host_side);
     let buf = vec![3u8; 64 * 1024];
     let mut written = 0u64;
