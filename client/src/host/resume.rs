@@ -7,8 +7,9 @@
 //! read or write; the player decides when a stream has failed, so a session that
 //! still looks alive takes it too. The host answers before it knows the player is
 //! live (a hello can be replayed), but the session goes on only once the player's
-//! count arrives on the new stream: a replayed hello costs the session a resume,
-//! not its bytes.
+//! count arrives on the new stream, and until then it keeps its old name beside
+//! the new one: a replayed hello costs the session a resume (the player comes
+//! back under the name it knows), not its bytes and not the session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,12 +27,17 @@ type Offer = Rejoined<StreamRecv, StreamSend>;
 /// New streams offered to one session that it has not taken yet: the newest wins.
 const OFFERS: usize = 4;
 
+/// The most names one session is listed under while new streams await the
+/// player's count: its confirmed name and the newest streams' (older ones go).
+const NAMES: usize = 4;
+
 /// The host's resumable sessions.
 #[derive(Default)]
 pub(crate) struct ResumeTable {
     sessions: Mutex<HashMap<ResumeId, Entry>>,
 }
 
+#[derive(Clone)]
 struct Entry {
     player: PublicKey,
     offers: mpsc::Sender<Offer>,
@@ -47,10 +53,12 @@ impl ResumeTable {
     /// Lists a new resumable session of `player`'s under `id`.
     pub(crate) fn register(self: &Arc<Self>, id: ResumeId, player: PublicKey) -> HostRejoin {
         let (offers, receiver) = mpsc::channel(OFFERS);
-        self.sessions().insert(id, Entry { player, offers });
+        let entry = Entry { player, offers };
+        self.sessions().insert(id, entry.clone());
         HostRejoin {
             table: self.clone(),
-            id,
+            names: vec![id],
+            entry,
             offers: receiver,
         }
     }
@@ -73,7 +81,10 @@ impl ResumeTable {
 /// A host session's [`Rejoin`]: takes the streams its player's resumes bring.
 pub(crate) struct HostRejoin {
     table: Arc<ResumeTable>,
-    id: ResumeId,
+    /// The names the session is listed under: the one the player's count last
+    /// confirmed first, then those of streams taken since, oldest first.
+    names: Vec<ResumeId>,
+    entry: Entry,
     offers: mpsc::Receiver<Offer>,
 }
 
@@ -94,17 +105,88 @@ impl Rejoin<StreamRecv, StreamSend> for HostRejoin {
         }
     }
 
+    fn adopted(&mut self, id: ResumeId) {
+        let mut sessions = self.table.sessions();
+        if self.names.len() == NAMES {
+            sessions.remove(&self.names.remove(1));
+        }
+        sessions.insert(id, self.entry.clone());
+        self.names.push(id);
+    }
+
     fn renamed(&mut self, id: ResumeId) {
         let mut sessions = self.table.sessions();
-        if let Some(entry) = sessions.remove(&self.id) {
-            sessions.insert(id, entry);
+        for name in self.names.drain(..).filter(|name| *name != id) {
+            sessions.remove(&name);
         }
-        self.id = id;
+        sessions.insert(id, self.entry.clone());
+        self.names.push(id);
     }
 }
 
 impl Drop for HostRejoin {
     fn drop(&mut self) {
-        self.table.sessions().remove(&self.id);
+        let mut sessions = self.table.sessions();
+        for name in &self.names {
+            sessions.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use blindrelay_protocol::noise::{split_frame, Hello, HostHandshake, PlayerHandshake};
+    use blindrelay_protocol::SecretKey;
+    use bytes::BytesMut;
+
+    /// The id a real resumable handshake gives its session.
+    fn fresh_id() -> ResumeId {
+        let (player, host) = (
+            SecretKey::generate().unwrap(),
+            SecretKey::generate().unwrap(),
+        );
+        let mut handshake =
+            PlayerHandshake::with_hello(&player, &host.host_id(), Hello::Resumable).unwrap();
+        let mut wire = BytesMut::new();
+        handshake.write_hello(&mut wire).unwrap();
+        let hello = split_frame(&mut wire).unwrap();
+        let pending = HostHandshake::respond(&host, &hello, &mut wire).unwrap();
+        pending.welcome_resumable(&mut wire).unwrap().resume_id()
+    }
+
+    #[test]
+    fn a_session_keeps_its_old_name_until_the_players_count_confirms_a_new_one() {
+        let table = Arc::new(ResumeTable::default());
+        let player = SecretKey::generate().unwrap().public_key();
+        let first = fresh_id();
+        let mut session = table.register(first, player);
+        assert!(table.holds(first, &player));
+        assert!(!table.holds(first, &SecretKey::generate().unwrap().public_key()));
+        // Streams taken, not confirmed (replayed hellos, or the player's own):
+        // the player may come back under any of the names, the newest kept.
+        let taken: Vec<ResumeId> = (0..NAMES).map(|_| fresh_id()).collect();
+        for id in &taken {
+            session.adopted(*id);
+        }
+        assert!(table.holds(first, &player), "the confirmed name stays");
+        assert!(!table.holds(taken[0], &player), "the oldest taken one went");
+        for id in &taken[1..] {
+            assert!(table.holds(*id, &player));
+        }
+        // The player's count on one of them: that name alone from now on.
+        session.renamed(taken[2]);
+        let held: Vec<bool> = [first, taken[1], taken[2], taken[3]]
+            .iter()
+            .map(|id| table.holds(*id, &player))
+            .collect();
+        assert_eq!(held, [false, false, true, false]);
+        assert_eq!(table.sessions().len(), 1);
+        drop(session);
+        assert!(
+            table.sessions().is_empty(),
+            "an ended session leaves no name"
+        );
     }
 }

@@ -22,13 +22,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
+use blindrelay_protocol::codes::StreamCode;
 use blindrelay_protocol::noise::{NoiseError, Opened, ResumeId, Transport, MAX_PLAINTEXT_LEN};
 use blindrelay_protocol::resume::{AckClock, ReplayBuffer, MAX_REPLAY_WINDOW};
 use blindrelay_protocol::SessionLimits;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{io_error, Abandon, CiphertextBuf, SecureStream};
 use crate::session::{RelayTransport, SessionEnded, SessionPath};
@@ -132,7 +133,12 @@ pub(crate) trait Rejoin<R, W>: Send {
         Poll::Pending
     }
 
-    /// The session is known by `id` from now on.
+    /// The session took a new stream whose handshake named it `id`: until the
+    /// peer's count confirms it, the peer may know the session by either name.
+    fn adopted(&mut self, _id: ResumeId) {}
+
+    /// The peer's count arrived on the stream named `id`: the session is known by
+    /// `id` alone from now on.
     fn renamed(&mut self, _id: ResumeId) {}
 }
 
@@ -151,8 +157,10 @@ pub(crate) struct Resumption<R, W> {
     down: Option<Down>,
     /// Set once resuming failed for good: every later call returns it.
     failed: Option<(io::ErrorKind, String)>,
-    /// After a resume, until the peer's first frame (its count) arrived.
-    awaiting_count: bool,
+    /// After a resume, until the peer's first frame (its count) arrived: the
+    /// new stream is not known to be the peer's (a hello can be replayed), and
+    /// the resume window goes on running.
+    unconfirmed: Option<Down>,
     /// What to send again after a resume: from this offset up to the end.
     resend: Option<(u64, u64)>,
     /// This side's application ended its direction (its `end` was sealed).
@@ -174,6 +182,17 @@ struct Down {
     cause: String,
 }
 
+impl Down {
+    /// Down since now, for at most `window`, because of `cause`.
+    fn new(window: Duration, cause: String) -> Self {
+        Self {
+            since: Instant::now(),
+            deadline: Box::pin(tokio::time::sleep(window)),
+            cause,
+        }
+    }
+}
+
 impl<R, W> Resumption<R, W> {
     pub(crate) fn new(
         replay_window: usize,
@@ -189,7 +208,7 @@ impl<R, W> Resumption<R, W> {
             window,
             down: None,
             failed: None,
-            awaiting_count: false,
+            unconfirmed: None,
             resend: None,
             ended: false,
             peer_ended: false,
@@ -303,6 +322,14 @@ where
         }
         let id = self.transport.resume_id();
         let r = self.resumption();
+        if let Some(unconfirmed) = &mut r.unconfirmed {
+            // A stream that never brings the peer's count ends the session when
+            // the window is over, as a stream that never comes does.
+            if unconfirmed.deadline.as_mut().poll(cx).is_ready() {
+                let (window, cause) = (r.window, unconfirmed.cause.clone());
+                return Poll::Ready(Err(self.fail(ResumeError::TimedOut { window, cause })));
+            }
+        }
         if let Some(down) = &mut r.down {
             let cause = down.cause.clone();
             if down.deadline.as_mut().poll(cx).is_ready() {
@@ -335,6 +362,7 @@ where
         let r = self.resumption();
         r.failed = Some((kind, message));
         r.down = None;
+        r.unconfirmed = None;
         r.wake_all();
         io::Error::new(kind, err)
     }
@@ -361,22 +389,27 @@ where
         }
         let r = self.resumption();
         if r.down.is_none() {
-            let window = r.window;
+            // A new stream lost before the peer's count came on it: the window
+            // that began with the first loss goes on.
+            let down = match r.unconfirmed.take() {
+                Some(down) => down,
+                None => Down::new(r.window, err.to_string()),
+            };
+            self.resumption().down = Some(down);
             info!(session_id = self.session_id, route = %self.route(), cause = %err, "session stream lost; resuming");
-            self.resumption().down = Some(Down {
-                since: Instant::now(),
-                deadline: Box::pin(tokio::time::sleep(window)),
-                cause: err.to_string(),
-            });
         }
         Ok(())
     }
 
     /// Takes `rejoined` as the session's stream: the old one is dropped (it
-    /// finishes, which a peer still reading it sees as cut short), and this side's
-    /// count goes out first.
+    /// finishes, and stops a peer still writing on it with code 0: both read as
+    /// a stream lost, which the peer resumes), and this side's count goes out
+    /// first. The session goes on once the peer's count comes back.
     fn adopt(&mut self, rejoined: Rejoined<R, W>) {
         let received = self.resumption().acks.delivered() + self.plain.len() as u64;
+        // The old stream may still be the peer's, and this one a replayed hello's:
+        // the peer must come back, not end.
+        self.reader.stop_dropped_with(StreamCode::from_u32(0));
         self.reader = rejoined.reader;
         self.reader
             .stop_dropped_with(blindrelay_protocol::codes::stream::CLOSED);
@@ -398,27 +431,32 @@ where
         // A fresh transport of a resumed session seals an ack: it cannot fail.
         debug_assert!(sealed.is_ok());
         r.acks.acknowledged(received);
-        r.awaiting_count = true;
         r.resend = None;
-        r.resumes += 1;
-        r.rejoin.renamed(id);
-        match r.down.take() {
-            Some(down) => {
-                let after = down.since.elapsed();
-                info!(session_id, %route, "session resumed after {:.1} s over {route}", after.as_secs_f64());
-            }
-            None => info!(session_id, %route, "session moved to a new stream over {route}"),
-        }
+        r.rejoin.adopted(id);
+        let unconfirmed = match (r.down.take(), r.unconfirmed.take()) {
+            (Some(down), _) | (None, Some(down)) => down,
+            (None, None) => Down::new(r.window, "moved to a new stream".into()),
+        };
+        r.unconfirmed = Some(unconfirmed);
+        debug!(session_id, %route, "session took a new stream; awaiting the peer's count");
         r.wake_all();
     }
 
     /// The peer's first frame after a resume is its count: forget what it has,
     /// and send the rest again.
     fn take_count(&mut self, count: u64) -> Result<(), NoiseError> {
+        let id = self.transport.resume_id();
+        let route = self.route();
+        let session_id = self.session_id;
         let r = self.resumption();
         r.replay.acknowledge(count)?;
-        r.awaiting_count = false;
         r.resend = Some((r.replay.acknowledged(), r.replay.sent()));
+        r.resumes += 1;
+        r.rejoin.renamed(id);
+        if let Some(down) = r.unconfirmed.take() {
+            let after = down.since.elapsed().as_secs_f64();
+            info!(session_id, %route, "session resumed after {after:.1} s over {route}");
+        }
         r.wake_all();
         Ok(())
     }
@@ -466,7 +504,7 @@ where
     fn poll_ack_due(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let now = Instant::now();
         let r = self.resume.as_deref_mut().expect("resumable");
-        if r.awaiting_count || r.resend.is_some() {
+        if r.unconfirmed.is_some() || r.resend.is_some() {
             return Ok(());
         }
         if let Some(count) = r.acks.due(now.into_std()) {
@@ -518,7 +556,7 @@ where
                     Ok(Opened::Ack(count)) => Err(Ok(count)),
                     Err(err) => Err(Err(err)),
                 };
-                let awaiting = self.resumption().awaiting_count;
+                let awaiting = self.resumption().unconfirmed.is_some();
                 let count = match opened {
                     Ok(_) if awaiting => {
                         let err = NoiseError::OutOfOrder {
@@ -694,7 +732,7 @@ where
         loop {
             ready!(self.poll_upkeep(cx, Side::Write))?;
             let r = self.resumption();
-            if r.awaiting_count || r.resend.is_some() {
+            if r.unconfirmed.is_some() || r.resend.is_some() {
                 // The peer's count comes by reading; the resend goes out by upkeep.
                 r.write_waker = Some(cx.waker().clone());
                 match ready!(self.poll_read_ahead(cx))? {
@@ -774,7 +812,7 @@ where
         loop {
             ready!(self.poll_upkeep(cx, Side::Write))?;
             let r = self.resumption();
-            if r.awaiting_count || r.resend.is_some() {
+            if r.unconfirmed.is_some() || r.resend.is_some() {
                 r.write_waker = Some(cx.waker().clone());
                 ready!(self.poll_read_ahead(cx))?;
                 continue;
@@ -815,8 +853,12 @@ mod tests {
     pub(super) type Session = SecureStream<R, W>;
 
     /// Streams handed to a session by the test, as a player's dial or a host's
-    /// table would.
-    struct Handed(mpsc::UnboundedReceiver<Rejoined<R, W>>);
+    /// table would: a host takes them as soon as they come (`offered`), a player
+    /// only once its stream failed.
+    struct Handed {
+        streams: mpsc::UnboundedReceiver<Rejoined<R, W>>,
+        offered: bool,
+    }
 
     impl Rejoin<R, W> for Handed {
         fn poll_rejoin(
@@ -824,10 +866,20 @@ mod tests {
             cx: &mut Context<'_>,
             _id: ResumeId,
         ) -> Poll<Result<Rejoined<R, W>, RejoinRefused>> {
-            match self.0.poll_recv(cx) {
+            match self.streams.poll_recv(cx) {
                 Poll::Ready(Some(rejoined)) => Poll::Ready(Ok(rejoined)),
                 Poll::Ready(None) => Poll::Ready(Err(RejoinRefused)),
                 Poll::Pending => Poll::Pending,
+            }
+        }
+
+        fn poll_offered(&mut self, cx: &mut Context<'_>) -> Poll<Rejoined<R, W>> {
+            match self.offered {
+                true => match self.streams.poll_recv(cx) {
+                    Poll::Ready(Some(rejoined)) => Poll::Ready(rejoined),
+                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                },
+                false => Poll::Pending,
             }
         }
     }
@@ -935,7 +987,9 @@ mod tests {
         let ((pr, pw), (hr, hw), relay) = through_relay(cut_after);
         let (to_player, player_rx) = mpsc::unbounded_channel();
         let (to_host, host_rx) = mpsc::unbounded_channel();
-        let resumption = |rx| Resumption::new(replay_window, window, Box::new(Handed(rx)));
+        let resumption = |streams, offered| {
+            Resumption::new(replay_window, window, Box::new(Handed { streams, offered }))
+        };
         let player = SecureStream::new(
             pr,
             pw,
@@ -944,7 +998,7 @@ mod tests {
             1,
             BytesMut::new(),
         )
-        .with_resumption(resumption(player_rx));
+        .with_resumption(resumption(player_rx, false));
         let host = SecureStream::new(
             hr,
             hw,
@@ -953,7 +1007,7 @@ mod tests {
             1,
             BytesMut::new(),
         )
-        .with_resumption(resumption(host_rx));
+        .with_resumption(resumption(host_rx, true));
         let middle = Middle {
             relay,
             to_player,
@@ -1085,6 +1139,63 @@ mod tests {
         // And every call after says the same.
         let again = player.write(b"x").await.expect_err("still lost");
         assert_eq!(again.to_string(), err.to_string());
+    }
+
+    /// A stream the host takes for the session that its player never opened: what
+    /// a replayed resume hello brings. Its other end reads and says nothing.
+    fn replayed(middle: &Middle) -> DuplexStream {
+        let id = handshake(Hello::Resumable).0.resume_id();
+        let (_, host_transport) = handshake(Hello::Resume(id));
+        let (host_end, attacker) = tokio::io::duplex(1 << 20);
+        let halves = tokio::io::split(host_end);
+        middle
+            .to_host
+            .send(rejoined(halves, host_transport))
+            .unwrap();
+        attacker
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_stream_that_never_brings_the_peers_count_ends_the_session_at_the_window() {
+        let (_player, mut host, middle) =
+            resumable_pair(256 * 1024, Duration::from_secs(30), usize::MAX);
+        let _attacker = replayed(&middle);
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(60), host.read(&mut [0; 16]))
+            .await
+            .expect("a deadline, not a wait for ever")
+            .expect_err("the session ends");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert!(
+            err.to_string()
+                .contains("could not be reached again within 30s"),
+            "{err}"
+        );
+        assert_eq!(host.resumes(), 0, "a stream never confirmed is no resume");
+    }
+
+    #[tokio::test]
+    async fn a_replayed_hello_costs_the_session_a_resume_not_its_bytes() {
+        let (player, host, mut middle) =
+            resumable_pair(256 * 1024, Duration::from_secs(30), usize::MAX);
+        let (up, down) = (pattern(2 << 20, 4), pattern(3 << 20, 5));
+        let player = tokio::spawn(exchange(player, up.clone()));
+        let host = tokio::spawn(exchange(host, down.clone()));
+        // The host takes the replayed hello's stream (its count arrives there),
+        // dropping the player's, which the player sees lost.
+        let mut attacker = replayed(&middle);
+        let mut count = [0; 16];
+        attacker
+            .read_exact(&mut count)
+            .await
+            .expect("the host's count");
+        // The player comes back on a stream of its own: the session goes on.
+        middle.resume(usize::MAX);
+        let ((from_host, player), (from_player, host)) =
+            (player.await.unwrap(), host.await.unwrap());
+        assert!(from_host == down, "the host's bytes arrived whole");
+        assert!(from_player == up, "the player's bytes arrived whole");
+        assert_eq!((player.resumes(), host.resumes()), (1, 1));
     }
 
     #[tokio::test]
