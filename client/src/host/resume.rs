@@ -40,7 +40,8 @@ pub(crate) struct ResumeTable {
 #[derive(Clone)]
 struct Entry {
     player: PublicKey,
-    offers: mpsc::Sender<Offer>,
+    /// New streams, each with the name its hello asked for.
+    offers: mpsc::Sender<(ResumeId, Offer)>,
 }
 
 impl ResumeTable {
@@ -74,7 +75,7 @@ impl ResumeTable {
     /// more offers waiting than it takes.
     pub(crate) fn offer(&self, id: ResumeId, offer: Offer) -> bool {
         let sender = self.sessions().get(&id).map(|entry| entry.offers.clone());
-        sender.is_some_and(|sender| sender.try_send(offer).is_ok())
+        sender.is_some_and(|sender| sender.try_send((id, offer)).is_ok())
     }
 }
 
@@ -85,7 +86,7 @@ pub(crate) struct HostRejoin {
     /// confirmed first, then those of streams taken since, oldest first.
     names: Vec<ResumeId>,
     entry: Entry,
-    offers: mpsc::Receiver<Offer>,
+    offers: mpsc::Receiver<(ResumeId, Offer)>,
 }
 
 impl Rejoin<StreamRecv, StreamSend> for HostRejoin {
@@ -98,10 +99,16 @@ impl Rejoin<StreamRecv, StreamSend> for HostRejoin {
     }
 
     fn poll_offered(&mut self, cx: &mut Context<'_>) -> Poll<Offer> {
-        match self.offers.poll_recv(cx) {
-            Poll::Ready(Some(offer)) => Poll::Ready(offer),
-            // The sender lives in the table as long as this does.
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        loop {
+            match self.offers.poll_recv(cx) {
+                // Asked for by a name the session has had since: the player's
+                // count came on another stream meanwhile (it races its paths),
+                // and this one is a loser it cancels. Dropped, it costs nothing.
+                Poll::Ready(Some((id, _stale))) if !self.names.contains(&id) => {}
+                Poll::Ready(Some((_, offer))) => return Poll::Ready(offer),
+                // The sender lives in the table as long as this does.
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
         }
     }
 

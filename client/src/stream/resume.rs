@@ -373,8 +373,13 @@ where
     /// A stream transport's connection may close right behind a code that said why
     /// (the relay's limits), and the code reached only the other half: a write of
     /// nothing asks it.
+    ///
+    /// A new stream that fails before the peer's count came on it was only a
+    /// candidate (one of a player's racing attempts that it cancelled, say): its
+    /// code says nothing about the session, which waits on for another.
     fn stream_failed(&mut self, err: io::Error, cx: &mut Context<'_>) -> io::Result<()> {
-        if !mendable(&err) {
+        let candidate = self.resumption().unconfirmed.is_some();
+        if !candidate && !mendable(&err) {
             return Err(err);
         }
         let r = self.resumption();
@@ -383,7 +388,7 @@ where
             return Ok(());
         }
         if let Poll::Ready(Err(said)) = Pin::new(&mut self.writer).poll_write(cx, &[]) {
-            if !mendable(&said) {
+            if !candidate && !mendable(&said) {
                 return Err(said);
             }
         }
@@ -562,7 +567,7 @@ where
                         let err = NoiseError::OutOfOrder {
                             reason: "a resumed session's first frame must be the peer's count",
                         };
-                        return Poll::Ready(Err(self.reject(err)));
+                        return self.broken(err, cx);
                     }
                     Ok(Next::Control) => continue,
                     Ok(Next::End) => {
@@ -583,7 +588,7 @@ where
                         return Poll::Ready(Ok(Next::End));
                     }
                     Ok(next) => return Poll::Ready(Ok(next)),
-                    Err(Err(err)) => return Poll::Ready(Err(self.reject(err))),
+                    Err(Err(err)) => return self.broken(err, cx),
                     Err(Ok(count)) => count,
                 };
                 let result = if awaiting {
@@ -597,7 +602,7 @@ where
                     })
                 };
                 if let Err(err) = result {
-                    return Poll::Ready(Err(self.reject(err)));
+                    return self.broken(err, cx);
                 }
                 return Poll::Ready(Ok(Next::Control));
             }
@@ -625,6 +630,22 @@ where
                 Poll::Ready(Ok(())) => {}
             }
         }
+    }
+
+    /// What came on the stream broke the session protocol. On a stream the peer's
+    /// count has not confirmed yet, that may be a stream the peer never opened (a
+    /// replayed hello's): it is abandoned as lost, and the session waits on for
+    /// another. Otherwise the session ends.
+    fn broken(&mut self, err: NoiseError, cx: &mut Context<'_>) -> Poll<io::Result<Next>> {
+        if self.resumption().unconfirmed.is_none() {
+            return Poll::Ready(Err(self.reject(err)));
+        }
+        self.reader
+            .abandon(blindrelay_protocol::codes::stream::PROTOCOL_VIOLATION);
+        self.writer
+            .abandon(blindrelay_protocol::codes::stream::PROTOCOL_VIOLATION);
+        self.stream_failed(io_error(err), cx)?;
+        Poll::Ready(Ok(Next::Down))
     }
 
     /// The waker that wakes both a reading and a writing task, with the caller's
@@ -1174,7 +1195,7 @@ mod tests {
         assert_eq!(host.resumes(), 0, "a stream never confirmed is no resume");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_replayed_hello_costs_the_session_a_resume_not_its_bytes() {
         let (player, host, mut middle) =
             resumable_pair(256 * 1024, Duration::from_secs(30), usize::MAX);
@@ -1189,10 +1210,21 @@ mod tests {
             .read_exact(&mut count)
             .await
             .expect("the host's count");
+        // What it sends back cannot be opened: that stream is dropped, not the
+        // session.
+        let mut garbage = vec![0, 48];
+        garbage.extend(pattern(48, 9));
+        attacker.write_all(&garbage).await.expect("garbage");
+        // Once every task has done what it can (the paused clock moves only then),
+        // the host has read it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
         // The player comes back on a stream of its own: the session goes on.
         middle.resume(usize::MAX);
+        let both = async { (player.await.unwrap(), host.await.unwrap()) };
         let ((from_host, player), (from_player, host)) =
-            (player.await.unwrap(), host.await.unwrap());
+            tokio::time::timeout(Duration::from_secs(60), both)
+                .await
+                .expect("both ends finish");
         assert!(from_host == down, "the host's bytes arrived whole");
         assert!(from_player == up, "the player's bytes arrived whole");
         assert_eq!((player.resumes(), host.resumes()), (1, 1));
