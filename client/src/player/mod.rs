@@ -107,7 +107,11 @@ pub struct PlayerConfig {
     pub connect_timeout: Duration,
     /// Keep-alive on relay and direct connections.
     pub keep_alive: Duration,
-    /// Idle timeout of relay and direct connections.
+    /// Idle timeout of relay and direct connections: with
+    /// [`PlayerConfig::keep_alive`] under it, the other end answers at least once
+    /// in this span, so silence this long means the path is gone (a relay that
+    /// died, a network lost) and the player's resumable sessions look for a new
+    /// one at once rather than after a long wait.
     pub idle_timeout: Duration,
     /// Which transports reach the relay.
     pub transport: TransportPreference,
@@ -135,7 +139,7 @@ impl PlayerConfig {
             // stateless reset, so a session resumes seconds after, well inside the
             // host's resume window, instead of after a 10 s silence.
             keep_alive: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(5),
             transport: TransportPreference::Auto,
             tcp_delay: crate::transports::DEFAULT_TCP_DELAY,
             resume_window: DEFAULT_RESUME_WINDOW,

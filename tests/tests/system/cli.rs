@@ -1517,7 +1517,7 @@ fn a_host_runs_from_its_config_file_with_flags_and_environment_over_it() {
         format!(
             "key = \"state/host.key\"\nmake_key = true\nrelay = \"{url}\"\n\
              forward = \"127.0.0.1:8096\"\ntoken_file = \"state/host.token\"\n\
-             panel = \"127.0.0.1:0\"\n"
+             panel = \"127.0.0.1:0\"\nresume_window = \"5s\"\n"
         ),
     )
     .unwrap();
@@ -1553,6 +1553,12 @@ fn a_host_runs_from_its_config_file_with_flags_and_environment_over_it() {
     assert!(stdout.contains("forward = \"127.0.0.1:9000\""), "{stdout}");
     let (_, stdout, _) = check(&["--forward", "127.0.0.1:7000"], &env);
     assert!(stdout.contains("forward = \"127.0.0.1:7000\""), "{stdout}");
+    assert!(stdout.contains("resume_window = \"5s\""), "{stdout}");
+    let env = [("BLINDRELAY_HOST_RESUME_WINDOW", "0s")];
+    let (_, stdout, _) = check(&[], &env);
+    assert!(stdout.contains("resume_window = \"0\""), "{stdout}");
+    let (_, stdout, _) = check(&["--resume-window", "1m"], &env);
+    assert!(stdout.contains("resume_window = \"1m\""), "{stdout}");
     assert!(!key.exists(), "--check-config makes nothing");
 
     // A key file from before key files named their role (the header and the key,

@@ -200,38 +200,42 @@ async fn serve_film(len: u64, seed: u64) -> std::net::SocketAddr {
     addr
 }
 
-/// A film downloads with curl through `blindrelay connect` and `blindrelay host`,
-/// rate-limited so that it spans `event` (done to the relay once 16 MiB arrived):
-/// curl must exit 0 with every byte, and both ends say they resumed.
-async fn a_download_survives(event: impl FnOnce(&mut RelayProcess)) {
+/// A film downloading with curl through `blindrelay connect` and `blindrelay host`
+/// (each given `flags` besides its own), rate-limited so that it spans what the
+/// test does to the relay once 16 MiB arrived.
+struct Download {
+    host: Proc,
+    player: Proc,
+    curl: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+async fn start_download(relay: &RelayProcess, flags: &[&str]) -> Download {
     let bin = binaries();
-    let mut relay = RelayProcess::start();
     let url = relay.url().to_string();
     let host_key = relay.dir.join("host.key");
     keygen(&bin, &host_key, "host");
     let media = serve_film(FILM, 27).await.to_string();
-    let host = Proc::start(
-        &bin.join("blindrelay"),
-        &[
-            "host",
-            "--key",
-            host_key.to_str().unwrap(),
-            "--relay",
-            &url,
-            "--forward",
-            &media,
-        ],
-    );
+    let mut args = vec![
+        "host",
+        "--key",
+        host_key.to_str().unwrap(),
+        "--relay",
+        &url,
+        "--forward",
+        &media,
+    ];
+    args.extend(flags);
+    let host = Proc::start(&bin.join("blindrelay"), &args);
     host.value("host id");
     let ticket = host.value("ticket");
     host.wait_log("reachable through the relay");
-    let player = Proc::start(
-        &bin.join("blindrelay"),
-        &["connect", &ticket, "--listen", "127.0.0.1:0"],
-    );
+    let mut args = vec!["connect", &ticket, "--listen", "127.0.0.1:0"];
+    args.extend(flags);
+    let player = Proc::start(&bin.join("blindrelay"), &args);
     let listen = player.value("listening on");
     let out = relay.dir.join("film.bin");
-    let mut curl = std::process::Command::new("curl")
+    let curl = std::process::Command::new("curl")
         .args(["-sS", "--limit-rate", "25M", "-o"])
         .arg(&out)
         .arg(format!("http://{listen}/film"))
@@ -244,17 +248,43 @@ async fn a_download_survives(event: impl FnOnce(&mut RelayProcess)) {
     })
     .await
     .expect("the download starts");
+    Download {
+        host,
+        player,
+        curl,
+        out,
+    }
+}
+
+impl Download {
+    /// Waits (at most `patience`) for curl to exit: its status.
+    async fn curl_exit(self, patience: Duration) -> (std::process::ExitStatus, Proc, Proc) {
+        let Download {
+            host,
+            player,
+            mut curl,
+            ..
+        } = self;
+        let status =
+            tokio::time::timeout(patience, tokio::task::spawn_blocking(move || curl.wait()))
+                .await
+                .expect("curl ends")
+                .unwrap()
+                .unwrap();
+        (status, host, player)
+    }
+}
+
+/// The download goes on across `event` (done to the relay mid-film): curl must
+/// exit 0 with every byte, and both ends say they resumed.
+async fn a_download_survives(event: impl FnOnce(&mut RelayProcess)) {
+    let mut relay = RelayProcess::start();
+    let download = start_download(&relay, &[]).await;
+    let out = download.out.clone();
 
     event(&mut relay);
 
-    let status = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::task::spawn_blocking(move || curl.wait()),
-    )
-    .await
-    .expect("curl ends")
-    .unwrap()
-    .unwrap();
+    let (status, host, player) = download.curl_exit(Duration::from_secs(90)).await;
     if !status.success() {
         let (player, host) = (player.interrupt(), host.interrupt());
         panic!(
@@ -293,4 +323,35 @@ async fn a_download_goes_on_across_a_drain_shorter_than_it() {
         relay.spawn();
     })
     .await;
+}
+
+/// `--resume-window` on both ends: a relay that does not come back ends the
+/// download once the window is over, each end saying why, and well before the
+/// default 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_ends_at_the_resume_window_the_flags_set() {
+    init_tracing();
+    let mut relay = RelayProcess::start();
+    let download = start_download(&relay, &["--resume-window", "2s"]).await;
+    relay.kill();
+    let killed = Instant::now();
+    let (status, host, player) = download.curl_exit(PATIENCE).await;
+    let took = killed.elapsed();
+    assert!(!status.success(), "curl cannot have every byte");
+    // Noticing the relay gone (the 5 s idle timeout), then the 2 s window; the
+    // default window would take 35 s.
+    assert!(
+        took < Duration::from_secs(12),
+        "ended {took:?} after the kill"
+    );
+    let said = "could not be reached again within 2s";
+    let told = [&player, &host].map(|end| end.wait_log_within(said, PATIENCE).is_some());
+    if told != [true, true] {
+        let (player, host) = (player.interrupt(), host.interrupt());
+        panic!(
+            "told (player, host): {told:?}\nplayer:\n{}\nhost:\n{}",
+            player.join("\n"),
+            host.join("\n")
+        );
+    }
 }

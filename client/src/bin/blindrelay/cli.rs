@@ -98,6 +98,11 @@ pub(crate) struct ConnectArgs {
     /// UDP does not get through), `quic`, `tcp` or `websocket`.
     #[arg(long, default_value = "auto")]
     pub(crate) transport: TransportPreference,
+    /// How long a session whose path broke (a relay restart, a lost network) is
+    /// kept while a new path is sought: the application sees a pause, not an
+    /// error. `0s` opens sessions that cannot be resumed.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) resume_window: Duration,
 }
 
 /// `blindrelay demo`'s command line.
@@ -200,6 +205,11 @@ pub(crate) struct HostFlags {
     /// UDP does not get through), `quic`, `tcp` or `websocket` [default: auto].
     #[arg(long, env = "BLINDRELAY_HOST_TRANSPORT")]
     pub(crate) transport: Option<TransportPreference>,
+    /// How long a session whose path broke is kept for its player to resume it
+    /// (such as 30s; `0s`: sessions cannot be resumed) [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          env = "BLINDRELAY_HOST_RESUME_WINDOW")]
+    pub(crate) resume_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -25,6 +25,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
         path,
         relay_delay,
         transport,
+        resume_window,
     } = args;
     let key = match key {
         Some(path) => read_key_as(&path, Role::Player)?,
@@ -59,6 +60,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
     config.path = path;
     config.transport = transport;
     config.relay_delay = relay_delay;
+    config.resume_window = resume_window;
     let stop = Stop::interrupt()?;
     let listener = TcpListener::bind(listen)
         .await

@@ -57,6 +57,7 @@ pub(crate) async fn run_host(settings: HostSettings) -> Result<()> {
         panel_allow_remote,
         relay_state,
         transport,
+        resume_window,
     } = settings;
     if let Some(addr) = panel {
         check_panel_addr(addr, panel_allow_remote)?;
@@ -89,6 +90,7 @@ pub(crate) async fn run_host(settings: HostSettings) -> Result<()> {
     config.direct = direct;
     config.advertise = advertise;
     config.transport = transport;
+    config.resume_window = resume_window;
     config.enable_relay = enable_relay;
     if let Some(path) = &relay_state {
         let kept = panel::load_relay_state(path)?;

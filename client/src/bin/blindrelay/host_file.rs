@@ -42,6 +42,9 @@ pub(crate) struct HostFile {
     pub relay_state: Option<PathBuf>,
     /// How to reach the relay: `auto`, `quic`, `tcp` or `websocket`.
     pub transport: Option<String>,
+    /// How long a session whose path broke is kept for its player to resume it
+    /// (`"30s"`; `"0s"`: sessions cannot be resumed).
+    pub resume_window: Option<String>,
 }
 
 impl HostFile {

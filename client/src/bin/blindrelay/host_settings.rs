@@ -2,9 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use blindrelay_client::{RelayUrl, Token, TransportPreference};
+use blindrelay_protocol::duration::{format_duration, parse_duration};
+use blindrelay_protocol::resume::DEFAULT_RESUME_WINDOW;
 use tracing::warn;
 
 use crate::cli::{parse_service, HostFlags};
@@ -29,6 +32,7 @@ pub(crate) struct HostSettings {
     pub(crate) panel_allow_remote: bool,
     pub(crate) relay_state: Option<PathBuf>,
     pub(crate) transport: TransportPreference,
+    pub(crate) resume_window: Duration,
 }
 
 impl HostSettings {
@@ -74,6 +78,19 @@ impl HostSettings {
                 .transpose()?
                 .unwrap_or_default(),
         };
+        let resume_window = match flags.resume_window {
+            Some(window) => window,
+            None => file
+                .resume_window
+                .as_deref()
+                .map(|text| {
+                    parse_duration(text).map_err(|err| {
+                        anyhow::anyhow!("resume_window = {text:?} in the config file: {err}")
+                    })
+                })
+                .transpose()?
+                .unwrap_or(DEFAULT_RESUME_WINDOW),
+        };
         let direct = flags.direct.or(file.direct);
         let advertise = if flags.advertise.is_empty() {
             file.advertise.unwrap_or_default()
@@ -113,6 +130,7 @@ impl HostSettings {
             panel_allow_remote,
             relay_state: flags.relay_state.or(file.relay_state),
             transport,
+            resume_window,
         })
     }
 
@@ -168,6 +186,10 @@ impl HostSettings {
             ),
             ("relay_state", path(&self.relay_state)),
             ("transport", Some(format!("\"{}\"", self.transport))),
+            (
+                "resume_window",
+                Some(format!("\"{}\"", format_duration(self.resume_window))),
+            ),
         ];
         for (name, value) in lines {
             match value {

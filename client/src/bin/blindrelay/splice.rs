@@ -28,12 +28,14 @@ pub(crate) async fn splice_tcp(
             debug!(local_id, to_local, from_local, "session ended");
             Ended::Cleanly
         }
-        // Cut from outside the session (a relay limit, the other side gone): the
-        // person at either end wants to know why their download stopped.
+        // Cut from outside the session (a relay limit, the other side gone, a path
+        // that did not come back within the resume window): the person at either
+        // end wants to know why their download stopped.
         Err(err)
-            if err
-                .get_ref()
-                .is_some_and(|inner| inner.is::<blindrelay_client::SessionEnded>()) =>
+            if err.get_ref().is_some_and(|inner| {
+                inner.is::<blindrelay_client::SessionEnded>()
+                    || inner.is::<blindrelay_client::ResumeError>()
+            }) =>
         {
             warn!(local_id, %err, "session cut short");
             Ended::CutShort
