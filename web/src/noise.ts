@@ -22,8 +22,8 @@
  * The order is kept by states that are used up, as in `protocol/src/noise.rs`:
  *
  * ```text
- * PlayerHandshake --readReply--> ExpectVerdict --openVerdict--> Transport (welcome)
- *                                                           \-> Refused   (not authorized)
+ * PlayerHandshake --readReply--> ExpectVerdict --openVerdict--> Transport (welcome, welcome-resumable, resumed)
+ *                                                           \-> Refused   (not authorized, unknown session)
  * ```
  *
  * A state used twice throws instead of going on from where it stood. Every error

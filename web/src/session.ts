@@ -34,7 +34,8 @@
  * holds what the host sends. The relay's stall timeout therefore never fires for a
  * browser player on WebSocket; its byte and rate limits do. A WebTransport stream
  * is read only as the application reads, so QUIC's flow control holds the host back
- * there, as for a native player.
+ * there, as for a native player. (In a resumable session the host's replay window
+ * holds it back on either: it sends at most that far past what the page has read.)
  */
 
 import { type Aead, defaultAead } from "./aead.js";
