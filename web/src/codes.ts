@@ -25,6 +25,8 @@ export const StreamCode = {
   BYTE_LIMIT: 0x105,
   CANCELLED: 0x106,
   PROTOCOL_VIOLATION: 0x107,
+  SERVICE_UNAVAILABLE: 0x108,
+  CLOSED: 0x109,
 } as const;
 
 export const STREAM_CODES = table([
@@ -36,6 +38,8 @@ export const STREAM_CODES = table([
   { value: 0x105, name: "BYTE_LIMIT", words: "the session reached its maximum bytes in one direction" },
   { value: 0x106, name: "CANCELLED", words: "the other side cancelled the session while setting it up" },
   { value: 0x107, name: "PROTOCOL_VIOLATION", words: "the other side rejected what this side sent as a protocol violation" },
+  { value: 0x108, name: "SERVICE_UNAVAILABLE", words: "the host could not reach the service it forwards to (is the media server running?)" },
+  { value: 0x109, name: "CLOSED", words: "the other side closed the session" },
 ]);
 
 /** Codes of `CLOSE` frames (section 11, `CONNECTION_CLOSE`). */

@@ -8,15 +8,18 @@ export { CLOSE_CODES, ERROR_CODES, STREAM_CODES, CloseCode, ErrorCode, StreamCod
 export { ControlError, type SessionLimits, decodePlayerControl, encodeConnect } from "./control.js";
 export { KeyTextError, decodeBase32, encodeBase32, keyText, parseKey } from "./keys.js";
 export { FrameDecoder, FrameError, type StreamFrame, encodeFrame } from "./frames.js";
-export { NoiseError, PlayerHandshake, Transport, generateSecretKey, publicKey } from "./noise.js";
+export { type Hello, NoiseError, PlayerHandshake, Transport, deriveResumeId, generateSecretKey, publicKey } from "./noise.js";
+export { AckClock, DEFAULT_REPLAY_WINDOW, DEFAULT_RESUME_WINDOW_MS, MAX_REPLAY_WINDOW, ReplayBuffer } from "./resume.js";
 export {
   type ConnectOptions,
   type PlayerSession,
+  type Route,
   SessionError,
   type StreamLink,
   type TransportName,
   type WebSocketLike,
   connectPlayer,
+  mendable,
   relayWebSocketUrl,
 } from "./session.js";
 export { type StaticKey, generateWebCryptoKeyPair, rawStaticKey, webCryptoStaticKey } from "./statickey.js";

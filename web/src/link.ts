@@ -38,6 +38,14 @@ export type SessionErrorKind =
   | "cancelled"
   /** The host rejected what this side sent (`PROTOCOL_VIOLATION`). */
   | "rejected"
+  /** The host could not reach the service it forwards to (`SERVICE_UNAVAILABLE`). */
+  | "service-unavailable"
+  /** The host's application dropped the resumable session (`CLOSED`). */
+  | "host-closed"
+  /** A resume asked for a session the host does not hold (verdict "unknown session"). */
+  | "unknown-session"
+  /** A resumable session's stream failed and no new one could be had: the window ended, or the host no longer holds it. */
+  | "session-lost"
   /** Reset or stopped with a code this version does not know. */
   | "reset"
   /** The relay closed the connection (`CLOSE`, code attached). */
@@ -80,9 +88,12 @@ export function streamCodeError(code: number): SessionError {
     [StreamCode.BYTE_LIMIT]: "byte-limit",
     [StreamCode.CANCELLED]: "cancelled",
     [StreamCode.PROTOCOL_VIOLATION]: "rejected",
+    [StreamCode.SERVICE_UNAVAILABLE]: "service-unavailable",
+    [StreamCode.CLOSED]: "host-closed",
   };
   const kind = kinds[code] ?? "reset";
-  const lead = kind === "host-left" ? "host left" : kind === "reset" ? "session reset" : kind.replace("-", " ");
+  const lead =
+    kind === "host-left" ? "host left" : kind === "reset" ? "session reset" : kind === "host-closed" ? "host closed" : kind.replace("-", " ");
   return new SessionError(kind, `${lead}: ${words}`, code);
 }
 
@@ -190,6 +201,28 @@ export abstract class ReceivingLink {
   }
 }
 
+/**
+ * Whether a resumable session's stream failed in a way a new stream can mend
+ * (section 10.8): the stream or its connection was lost or closed, the relay lost
+ * the other side (`PEER_GONE`), it was reset or stopped with code 0 (what a QUIC
+ * stack sends for a half dropped unread), or it ended before the host's `end`.
+ * Not what a side or the relay meant by a code (a refusal, a limit, a cancel, a
+ * protocol violation, `SERVICE_UNAVAILABLE`, `CLOSED`), nor a broken session.
+ */
+export function mendable(error: SessionError): boolean {
+  switch (error.kind) {
+    case "connection":
+    case "closed":
+    case "host-left":
+    case "truncated":
+      return true;
+    case "reset":
+      return error.code === 0;
+    default:
+      return false;
+  }
+}
+
 /** `err` as a {@link SessionError}: kept where it is one, else named for what failed. */
 export function toSessionError(err: unknown): SessionError {
   if (err instanceof SessionError) return err;
@@ -220,4 +253,12 @@ export async function withDeadline<T>(work: Promise<T>, deadline: number): Promi
 /** What an error says, whatever was thrown. */
 export function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** Takes one Noise message (2-byte length, then the message) off the front of `buf` if it has all arrived. */
+export function takeNoiseMessage(buf: Uint8Array): { message: Uint8Array; used: number } | undefined {
+  if (buf.length < 2) return undefined;
+  const len = ((buf[0] ?? 0) << 8) | (buf[1] ?? 0);
+  if (buf.length < 2 + len) return undefined;
+  return { message: buf.slice(2, 2 + len), used: 2 + len };
 }

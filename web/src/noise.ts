@@ -11,13 +11,19 @@
  *
  * Then every message is a 2-byte big-endian length and an AEAD ciphertext whose
  * plaintext is a body followed by one type byte: data 0x00, end 0x01, rekey 0x02,
- * verdict 0x03 (the host's first message, welcome 0x00 or not authorized 0x01).
+ * verdict 0x03 (the host's first message), ack 0x04 (resumable sessions only,
+ * section 10.8).
+ *
+ * The hello's payload says what the player asks for ({@link Hello}): nothing (a
+ * session that cannot be resumed), 32 zero bytes (a resumable one), or the resume id
+ * of a session to continue. The verdict must answer it: welcome 0x00, not
+ * authorized 0x01, welcome-resumable 0x02, resumed 0x03, unknown session 0x04.
  *
  * The order is kept by states that are used up, as in `protocol/src/noise.rs`:
  *
  * ```text
- * PlayerHandshake --readReply--> ExpectVerdict --openVerdict--> Transport (welcome)
- *                                                           \-> Refused   (not authorized)
+ * PlayerHandshake --readReply--> ExpectVerdict --openVerdict--> Transport (welcome, welcome-resumable, resumed)
+ *                                                           \-> Refused   (not authorized, unknown session)
  * ```
  *
  * A state used twice throws instead of going on from where it stood. Every error
@@ -32,7 +38,7 @@ import { blake2s } from "@noble/hashes/blake2.js";
 import { hmac } from "@noble/hashes/hmac.js";
 
 import { type Aead, AeadError, type AeadKey, TAG_LEN, defaultAead } from "./aead.js";
-import { concat, writeU16 } from "./bytes.js";
+import { concat, readU64, writeU16, writeU64 } from "./bytes.js";
 import { type StaticKey, rawStaticKey } from "./statickey.js";
 
 /** The Noise protocol name; part of protocol version 1. */
@@ -54,7 +60,34 @@ export const DEFAULT_REKEY_INTERVAL = 65536;
 export const MAX_NONCE = (1n << 64n) - 1n;
 
 /** The decrypted type byte at the end of each transport plaintext. */
-export const FrameType = { DATA: 0x00, END: 0x01, REKEY: 0x02, VERDICT: 0x03 } as const;
+export const FrameType = { DATA: 0x00, END: 0x01, REKEY: 0x02, VERDICT: 0x03, ACK: 0x04 } as const;
+
+/** The verdict bytes of section 10.3. */
+export const VerdictByte = {
+  WELCOME: 0x00,
+  NOT_AUTHORIZED: 0x01,
+  WELCOME_RESUMABLE: 0x02,
+  RESUMED: 0x03,
+  UNKNOWN_SESSION: 0x04,
+} as const;
+
+/** Bytes of a resume id, and of a resumable hello's payload (section 10.8). */
+export const RESUME_ID_LEN = 32;
+
+/** The label of the resume id's derivation: its 22 ASCII bytes. */
+const RESUME_ID_LABEL = new TextEncoder().encode("blindrelay/1 resume id");
+
+/**
+ * What a hello asks for (section 10.8): `"plain"` (an empty payload: a session
+ * that cannot be resumed, as players before resumption sent), `"resumable"` (32
+ * zero bytes), or `{ resume }` with the 32-byte resume id of the session to continue.
+ */
+export type Hello = "plain" | "resumable" | { readonly resume: Uint8Array };
+
+/** `BLAKE2s-256("blindrelay/1 resume id" || k1 || k2)` of a handshake's two transport keys. */
+export function deriveResumeId(k1: Uint8Array, k2: Uint8Array): Uint8Array {
+  return blake2s(concat(RESUME_ID_LABEL, k1, k2));
+}
 
 /** What went wrong with a session; every kind ends it. */
 export type NoiseErrorKind =
@@ -74,8 +107,10 @@ export type NoiseErrorKind =
   | "truncated"
   /** A counter reached 2^64 − 1: the session must end. */
   | "nonce-exhausted"
-  /** A frame out of the session's order (the host's first frame must be its verdict, and only then). */
+  /** A frame out of the session's order (the host's first frame must be its verdict, and only then; a verdict that does not answer the hello; an ack in a session that cannot be resumed). */
   | "out-of-order"
+  /** An acknowledgement that goes back behind an earlier one, or past what was sent (section 10.8). */
+  | "bad-ack"
   /** More bytes than one frame holds, given to {@link Transport.seal}. */
   | "payload-too-large"
   /** A state object used after it moved on, or two opens at once. */
@@ -244,8 +279,13 @@ export class SymmetricState {
 
   /** `Split()`: the initiator's sending state first (player → host), then host → player. */
   split(): [CipherState, CipherState] {
-    const [k1, k2] = hkdf(this.ck, EMPTY, 2) as [Uint8Array, Uint8Array];
+    const [k1, k2] = this.splitKeys();
     return [new CipherState(this.aead, k1), new CipherState(this.aead, k2)];
+  }
+
+  /** The raw keys `Split()` makes (player → host, host → player): what the resume id is derived from. */
+  splitKeys(): [Uint8Array, Uint8Array] {
+    return hkdf(this.ck, EMPTY, 2) as [Uint8Array, Uint8Array];
   }
 }
 
@@ -300,6 +340,18 @@ export interface HandshakeOptions {
    * key breaks Noise: nothing but a test may pass this.
    */
   ephemeralSecretForTesting?: Uint8Array;
+  /** What the hello asks for; `"plain"` (an empty payload) by default. */
+  hello?: Hello;
+}
+
+/** The hello's payload for `hello`. */
+function helloPayload(hello: Hello): Uint8Array {
+  if (hello === "plain") return EMPTY;
+  if (hello === "resumable") return new Uint8Array(RESUME_ID_LEN);
+  if (hello.resume.length !== RESUME_ID_LEN || hello.resume.every((b) => b === 0)) {
+    throw new NoiseError("misuse", "a resume id is 32 bytes, not all zero");
+  }
+  return hello.resume.slice();
 }
 
 /** The player's handshake (Noise initiator), before the host's reply. */
@@ -311,8 +363,10 @@ export class PlayerHandshake {
     private readonly staticKey: StaticKey,
     private readonly ephemeralSecret: Uint8Array,
     private readonly hostId: Uint8Array,
-    /** The hello, framed (`0060` and 96 bytes): write it right after `Connect`. */
+    /** The hello, framed (`0060` and 96 bytes, or `0080` and 128 with a 32-byte payload): write it right after `Connect`. */
     readonly hello: Uint8Array,
+    /** What the hello asked for, which the verdict must answer. */
+    readonly asked: Hello,
   ) {}
 
   /**
@@ -345,9 +399,11 @@ export class PlayerHandshake {
     symmetric.mixKey(es); // es
     const encryptedStatic = await symmetric.encryptAndHash(staticKey.publicKey); // s
     symmetric.mixKey(ss); // ss
-    const payload = await symmetric.encryptAndHash(EMPTY); // empty payload: the hello can be replayed
+    // The payload only asks (section 10.2): the hello can be replayed, so nothing acts on it.
+    const asked = options.hello ?? "plain";
+    const payload = await symmetric.encryptAndHash(helloPayload(asked));
     const hello = frameMessage(concat(ephemeral, encryptedStatic, payload));
-    return new PlayerHandshake(symmetric, staticKey, ephemeralSecret, hostId.slice(), hello);
+    return new PlayerHandshake(symmetric, staticKey, ephemeralSecret, hostId.slice(), hello, asked);
   }
 
   /**
@@ -379,21 +435,30 @@ export class PlayerHandshake {
     }
     this.ephemeralSecret.fill(0);
     const [send, receive] = s.split();
-    return new ExpectVerdict(new Transport(send, receive, this.hostId, s.h));
+    const resumeId = deriveResumeId(...s.splitKeys());
+    return new ExpectVerdict(new Transport(send, receive, this.hostId, s.h, resumeId), this.asked);
   }
 }
 
 /** What the host's verdict allowed. */
 export type VerdictOpened =
+  /** Served: `transport.resumable` says whether the host agreed to resume (0x02) or not (0x00). */
   | { readonly verdict: "welcome"; readonly transport: Transport }
-  | { readonly verdict: "not-authorized"; readonly refused: Refused };
+  /** The host holds the session the hello asked to resume: it goes on here. */
+  | { readonly verdict: "resumed"; readonly transport: Transport }
+  | { readonly verdict: "not-authorized"; readonly refused: Refused }
+  /** The host holds no session by the resume id the hello gave; it ends as "not authorized". */
+  | { readonly verdict: "unknown-session"; readonly refused: Refused };
 
 /** The player after the handshake: the keys are known, the host's verdict is not. */
 export class ExpectVerdict {
   private used = false;
 
   /** @internal */
-  constructor(private readonly transport: Transport) {}
+  constructor(
+    private readonly transport: Transport,
+    private readonly asked: Hello,
+  ) {}
 
   /** The handshake hash at the end of the handshake (the pinned vector checks it). */
   get handshakeHash(): Uint8Array {
@@ -409,15 +474,38 @@ export class ExpectVerdict {
     if (kind !== FrameType.VERDICT) {
       throw this.transport.fail(new NoiseError("out-of-order", "the host's first frame must be its verdict"));
     }
-    if (plaintext.length === 2 && plaintext[0] === 0x00) {
-      return { verdict: "welcome", transport: this.transport };
+    if (plaintext.length !== 2 || (plaintext[0] ?? 0xff) > VerdictByte.UNKNOWN_SESSION) {
+      throw this.transport.fail(new NoiseError("malformed-frame", "malformed verdict frame"));
     }
-    if (plaintext.length === 2 && plaintext[0] === 0x01) {
-      // "Not authorized" ends the host's direction: nothing may be opened after it.
-      this.transport.markReceivedEnd();
-      return { verdict: "not-authorized", refused: new Refused(this.transport) };
+    const resuming = typeof this.asked === "object";
+    switch (plaintext[0]) {
+      case VerdictByte.WELCOME:
+        if (!resuming) return { verdict: "welcome", transport: this.transport };
+        break;
+      case VerdictByte.WELCOME_RESUMABLE:
+        if (this.asked === "resumable") {
+          this.transport.markResumable();
+          return { verdict: "welcome", transport: this.transport };
+        }
+        break;
+      case VerdictByte.RESUMED:
+        if (resuming) {
+          this.transport.markResumable();
+          return { verdict: "resumed", transport: this.transport };
+        }
+        break;
+      case VerdictByte.NOT_AUTHORIZED:
+        // "Not authorized" ends the host's direction: nothing may be opened after it.
+        this.transport.markReceivedEnd();
+        return { verdict: "not-authorized", refused: new Refused(this.transport) };
+      case VerdictByte.UNKNOWN_SESSION:
+        if (resuming) {
+          this.transport.markReceivedEnd();
+          return { verdict: "unknown-session", refused: new Refused(this.transport) };
+        }
+        break;
     }
-    throw this.transport.fail(new NoiseError("malformed-frame", "malformed verdict frame"));
+    throw this.transport.fail(new NoiseError("out-of-order", "the verdict does not answer the hello"));
   }
 }
 
@@ -443,7 +531,9 @@ export class Refused {
 export type Opened =
   | { readonly type: "data"; readonly data: Uint8Array }
   | { readonly type: "rekeyed" }
-  | { readonly type: "end" };
+  | { readonly type: "end" }
+  /** The host has every byte this side sent up to `count` (resumable sessions only). */
+  | { readonly type: "ack"; readonly count: bigint };
 
 /** An established session: seals outgoing frames and opens incoming ones. */
 export class Transport {
@@ -453,6 +543,7 @@ export class Transport {
   private receivedEnd = false;
   private opening = false;
   private failed: NoiseError | undefined;
+  private canResume = false;
 
   /** @internal */
   constructor(
@@ -462,7 +553,17 @@ export class Transport {
     readonly remoteStatic: Uint8Array,
     /** The handshake hash at the end of the handshake. */
     readonly handshakeHash: Uint8Array,
+    /**
+     * The id a resume hello gives to continue this session on another stream
+     * (section 10.8): known to the two ends only, new for every handshake.
+     */
+    readonly resumeId: Uint8Array,
   ) {}
+
+  /** Whether both ends acknowledge what they receive, so that the session can be resumed (verdict 0x02 or 0x03). */
+  get resumable(): boolean {
+    return this.canResume;
+  }
 
   /** Sets how many messages this side sends under one key (at least 1). */
   setRekeyInterval(messages: number): void {
@@ -504,7 +605,19 @@ export class Transport {
     return concat(...(await Promise.all(frames)));
   }
 
-  /** Seals the authenticated end of stream (framed). Nothing can be sealed after it. */
+  /**
+   * Seals an acknowledgement (framed): this side has every byte the host sent, up
+   * to `count`. Resumable sessions only; it may follow this side's end.
+   */
+  async sealAck(count: number): Promise<Uint8Array> {
+    this.check();
+    if (!this.canResume) throw new NoiseError("misuse", "acknowledgements belong to resumable sessions");
+    const body = new Uint8Array(8);
+    writeU64(body, 0, BigInt(count));
+    return this.sealFrame(FrameType.ACK, body);
+  }
+
+  /** Seals the authenticated end of stream (framed). Nothing but acknowledgements can be sealed after it. */
   async sealEnd(): Promise<Uint8Array> {
     this.check();
     const sealed = this.sealFrame(FrameType.END, EMPTY);
@@ -517,10 +630,15 @@ export class Transport {
    * the next: a rekey frame changes the key of the frames after it.
    */
   async open(frame: Uint8Array): Promise<Opened> {
-    if (this.receivedEnd) throw this.fail(new NoiseError("data-after-end", "data after the end of stream"));
+    // In a resumable session the host's end closes its data, not its acknowledgements
+    // of ours: those (and rekeys) go on until the stream ends (section 10.8).
+    if (this.receivedEnd && !this.canResume) throw this.fail(new NoiseError("data-after-end", "data after the end of stream"));
     const plaintext = await this.openRaw(frame);
     const kind = plaintext[plaintext.length - 1];
     const bodyLen = plaintext.length - 1;
+    if (this.receivedEnd && kind !== FrameType.ACK && kind !== FrameType.REKEY) {
+      throw this.fail(new NoiseError("data-after-end", "data after the end of stream"));
+    }
     switch (kind) {
       case FrameType.DATA:
         if (bodyLen === 0) throw this.fail(new NoiseError("malformed-frame", "malformed data frame"));
@@ -535,6 +653,10 @@ export class Transport {
         return { type: "rekeyed" };
       case FrameType.VERDICT:
         throw this.fail(new NoiseError("out-of-order", "a verdict comes only from the host, once, first"));
+      case FrameType.ACK:
+        if (!this.canResume) throw this.fail(new NoiseError("out-of-order", "acknowledgements belong to resumable sessions"));
+        if (bodyLen !== 8) throw this.fail(new NoiseError("malformed-frame", "malformed ack frame"));
+        return { type: "ack", count: readU64(plaintext, 0) };
       default:
         throw this.fail(new NoiseError("unknown-frame-type", `unknown frame type 0x${(kind ?? 0).toString(16).padStart(2, "0")}`));
     }
@@ -579,6 +701,11 @@ export class Transport {
     this.receivedEnd = true;
   }
 
+  /** @internal The verdict made the session resumable. */
+  markResumable(): void {
+    this.canResume = true;
+  }
+
   /** @internal Records `err` as the end of this session and returns it. */
   fail(err: NoiseError): NoiseError {
     this.failed ??= err;
@@ -590,7 +717,7 @@ export class Transport {
   }
 
   private sealFrame(kind: number, body: Uint8Array): Promise<Uint8Array> {
-    if (this.sentEnd) {
+    if (this.sentEnd && kind !== FrameType.ACK) {
       return Promise.reject(new NoiseError("write-after-end", "write after the end of stream"));
     }
     const parts: Promise<Uint8Array>[] = [];

@@ -23,29 +23,49 @@
  * whose kind names the code's meaning (the relay's limits, the host leaving, a
  * refusal).
  *
+ * The player offers every session as resumable (section 10.8): its hello carries
+ * 32 zero bytes. A host that agrees answers "welcome, resumable", and the session
+ * is a `ResumableSession` (src/resumable.ts), which outlives the stream under it
+ * and whose replay window holds the host back; an older host answers "welcome",
+ * and the session is as described here.
+ *
  * A browser's `WebSocket` has no way to stop reading: what arrives is decrypted and
  * queued for the application whether it reads or not, so a page that never reads
  * holds what the host sends. The relay's stall timeout therefore never fires for a
  * browser player on WebSocket; its byte and rate limits do. A WebTransport stream
  * is read only as the application reads, so QUIC's flow control holds the host back
- * there, as for a native player.
+ * there, as for a native player. (In a resumable session the host's replay window
+ * holds it back on either: it sends at most that far past what the page has read.)
  */
 
 import { type Aead, defaultAead } from "./aead.js";
 import { concat } from "./bytes.js";
 import { StreamCode } from "./codes.js";
 import { type SessionLimits, describeErrorCode, encodeConnect, takePlayerControl } from "./control.js";
-import { SessionError, type StreamLink, toSessionError } from "./link.js";
-import { MAX_PLAINTEXT_LEN, NoiseError, PlayerHandshake, type Transport } from "./noise.js";
+import { SessionError, type StreamLink, takeNoiseMessage, toSessionError, withDeadline } from "./link.js";
+import { type Hello, MAX_PLAINTEXT_LEN, NoiseError, PlayerHandshake, type Transport } from "./noise.js";
+import { ResumableSession, type SessionStream } from "./resumable.js";
+import { DEFAULT_REPLAY_WINDOW, DEFAULT_RESUME_WINDOW_MS } from "./resume.js";
 import type { StaticKey } from "./statickey.js";
 import { type WebSocketLike, WebSocketLink, defaultWebSocket } from "./websocket.js";
 import { type WebTransportLike, WebTransportLink } from "./webtransport.js";
 
-export { SessionError, type SessionErrorKind, type StreamLink, streamCodeError, toSessionError } from "./link.js";
+export {
+  SessionError,
+  type SessionErrorKind,
+  type StreamLink,
+  mendable,
+  streamCodeError,
+  takeNoiseMessage,
+  toSessionError,
+} from "./link.js";
 export type { WebSocketLike } from "./websocket.js";
 
 /** The way a session reaches the relay. */
 export type TransportName = "webtransport" | "websocket";
+
+/** Where one stream to the relay goes: a stream of a WebTransport session, or a WebSocket to a URL. */
+export type Route = { readonly webTransport: WebTransportLike } | { readonly url: string };
 
 /** Options of {@link connectPlayer}. */
 export interface ConnectOptions {
@@ -60,12 +80,28 @@ export interface ConnectOptions {
   readonly hostId: Uint8Array;
   /** This player's static key: 32 secret bytes, or a {@link StaticKey} (a WebCrypto key the page cannot read out). */
   readonly playerSecret: Uint8Array | StaticKey;
-  /** Opens the WebSocket; the global `WebSocket` by default. */
-  readonly openWebSocket?: (url: string) => WebSocketLike;
+  /** Opens the WebSocket (at once, or once a promise resolves); the global `WebSocket` by default. */
+  readonly openWebSocket?: (url: string) => WebSocketLike | Promise<WebSocketLike>;
   /** Time for everything up to the verdict, in ms (the reference player allows 15 s). */
   readonly timeoutMs?: number;
-  /** Over WebSocket: send a `PING` after this long without sending anything, in ms (reference: 10 s); 0 turns it off. QUIC keeps a WebTransport session alive itself. */
+  /**
+   * Over WebSocket: send a `PING` after this long without sending anything, in ms
+   * (2 s, as the reference player: a relay that restarted is noticed at the next
+   * packet, well inside the host's resume window); 0 turns it off. QUIC keeps a
+   * WebTransport session alive itself.
+   */
   readonly keepAliveMs?: number;
+  /**
+   * How long a resumable session whose stream failed looks for a new one, in ms
+   * (30 s); 0 offers sessions that cannot be resumed (an empty hello payload).
+   */
+  readonly resumeWindowMs?: number;
+  /** The most a resumable session sends before the host acknowledges it, in bytes (4 MiB; at most 16 MiB). */
+  readonly replayWindow?: number;
+  /** Where each resume attempt goes (WebTransport or WebSocket, as the page can); by default where the session first went. */
+  readonly reroute?: (previous?: SessionError) => Route | Promise<Route>;
+  /** How long to wait between two resume attempts that failed, in ms (500). */
+  readonly resumeRetryMs?: number;
   /** AES-GCM implementation; WebCrypto's where available. */
   readonly aead?: Aead;
   /** For the pinned test vector only: a fixed ephemeral secret. */
@@ -80,24 +116,39 @@ export function relayWebSocketUrl(host: string, port: number): string {
 
 /** An established session: plaintext both ways. */
 export interface PlayerSession {
-  /** How it reaches the relay. */
+  /** How it reaches the relay (now: a resumed session may have moved). */
   readonly transport: TransportName;
-  /** The relay's session id (for logs; it carries no authority). */
+  /** The relay's session id (for logs; it carries no authority; each resume has its own). */
   readonly sessionId: bigint;
   /** What the relay allows this session. */
   readonly limits: SessionLimits;
   /** The host id the session is encrypted to. */
   readonly hostId: Uint8Array;
+  /** Whether the session survives the loss of its stream (the host agreed, section 10.8). */
+  readonly resumable: boolean;
+  /** How many times the session moved to a new stream. */
+  readonly resumes: number;
   /** The host's bytes, in order; it closes at the host's authenticated end, and errors with a {@link SessionError}. */
   readonly readable: ReadableStream<Uint8Array>;
   /** Bytes for the host; `close()` sends the authenticated end. */
   readonly writable: WritableStream<Uint8Array>;
-  /** Ends the session at once without an end frame (the host sees a truncation) and closes its stream or WebSocket. */
+  /**
+   * Ends the session at once without an end frame and closes its stream or
+   * WebSocket: a plain session finishes its stream (the host sees a truncation), a
+   * resumable one abandons it with `CLOSED`, so that the host ends it rather than
+   * wait to resume it.
+   */
   abort(): void;
 }
 
 /** How long to wait for the host's FIN after both ends are done, before closing the WebSocket anyway. */
-const LINGER_MS = 5000;
+export const LINGER_MS = 5000;
+
+/** The reference player's time for a session's set-up, in ms. */
+const SETUP_TIMEOUT_MS = 15_000;
+
+/** How long a player waits between two resume attempts that failed, in ms, as the reference player. */
+const RESUME_RETRY_MS = 500;
 
 /**
  * Connects to a host through the relay: Connect and hello, then Connected or Error,
@@ -105,21 +156,60 @@ const LINGER_MS = 5000;
  * player; rejects with a {@link SessionError} otherwise.
  */
 export async function connectPlayer(options: ConnectOptions): Promise<PlayerSession> {
-  const timeoutMs = options.timeoutMs ?? 15000;
+  const timeoutMs = options.timeoutMs ?? SETUP_TIMEOUT_MS;
+  const deadline = Date.now() + timeoutMs;
+  let first: Route;
+  if (options.webTransport !== undefined) first = { webTransport: options.webTransport };
+  else if (options.url !== undefined) first = { url: options.url };
+  else throw new SessionError("connection", "no way to the relay: neither a WebTransport session nor a WebSocket URL");
+  const windowMs = options.resumeWindowMs ?? DEFAULT_RESUME_WINDOW_MS;
+  const stream = await openStream(options, first, windowMs > 0 ? "resumable" : "plain", deadline);
+  if (!stream.noise.resumable) return new Session(stream, options.hostId.slice());
+  const reroute = options.reroute ?? (() => first);
+  return new ResumableSession(stream, {
+    hostId: options.hostId.slice(),
+    windowMs,
+    replayWindow: options.replayWindow ?? DEFAULT_REPLAY_WINDOW,
+    retryMs: options.resumeRetryMs ?? RESUME_RETRY_MS,
+    rejoin: async (resumeId, until, previous) =>
+      openStream(options, await reroute(previous), { resume: resumeId }, Math.min(until, Date.now() + timeoutMs)),
+  });
+}
+
+/**
+ * One stream to the host, set up: Connect and a hello asking `hello`, the relay's
+ * answer, the host's reply and verdict. Resolves with the stream once the host
+ * welcomed the player or resumed its session; rejects with a {@link SessionError}
+ * otherwise (`not-authorized`, `unknown-session`, the relay's refusal, …).
+ */
+export async function openStream(options: ConnectOptions, route: Route, hello: Hello, deadline: number): Promise<SessionStream> {
   const handshake = await PlayerHandshake.start(options.playerSecret, options.hostId, {
     aead: options.aead ?? defaultAead(),
+    hello,
     ...(options.ephemeralSecretForTesting ? { ephemeralSecretForTesting: options.ephemeralSecretForTesting } : {}),
   });
-  const transport: TransportName = options.webTransport !== undefined ? "webtransport" : "websocket";
   let link: StreamLink;
-  if (options.webTransport !== undefined) {
-    link = new WebTransportLink(options.webTransport);
+  let transport: TransportName;
+  if ("webTransport" in route) {
+    link = new WebTransportLink(route.webTransport);
+    transport = "webtransport";
   } else {
-    if (options.url === undefined) throw new SessionError("connection", "no way to the relay: neither a WebTransport session nor a WebSocket URL");
     const openWebSocket = options.openWebSocket ?? defaultWebSocket;
-    link = new WebSocketLink(openWebSocket(options.url), options.keepAliveMs ?? 10000);
+    const opening = Promise.resolve().then(() => openWebSocket(route.url));
+    let ws: WebSocketLike;
+    try {
+      ws = await withDeadline(opening, deadline);
+    } catch (err) {
+      // One that opens after the deadline is closed unused.
+      void opening.then(
+        (late) => late.close(),
+        () => {},
+      );
+      throw toSessionError(err);
+    }
+    link = new WebSocketLink(ws, options.keepAliveMs ?? 2000);
+    transport = "websocket";
   }
-  const deadline = Date.now() + timeoutMs;
   try {
     await link.opened(deadline);
     // Connect and hello in one go: the relay reads the hello before it looks the
@@ -148,7 +238,7 @@ export async function connectPlayer(options: ConnectOptions): Promise<PlayerSess
     const expect = await handshake.readReply(reply);
     const verdictFrame = await link.read(takeNoiseMessage, deadline);
     const opened = await expect.openVerdict(verdictFrame);
-    if (opened.verdict === "not-authorized") {
+    if (opened.verdict === "not-authorized" || opened.verdict === "unknown-session") {
       // Leave exactly as a served player that leaves at once (section 9.6): end,
       // FIN, then read to the host's FIN. No reset: a code would tell the relay
       // which players were refused.
@@ -156,9 +246,11 @@ export async function connectPlayer(options: ConnectOptions): Promise<PlayerSess
       link.finish();
       await link.drainToEnd(Date.now() + LINGER_MS);
       link.shutdown();
-      throw new SessionError("not-authorized", "the host does not serve this player's key");
+      throw opened.verdict === "not-authorized"
+        ? new SessionError("not-authorized", "the host does not serve this player's key")
+        : new SessionError("unknown-session", "the host holds no such session to resume");
     }
-    return new Session(link, transport, opened.transport, answer.sessionId, answer.limits, options.hostId.slice());
+    return { link, transport, noise: opened.transport, sessionId: answer.sessionId, limits: answer.limits };
   } catch (err) {
     const error = toSessionError(err);
     if (error.kind === "protocol" || error.kind === "truncated") {
@@ -172,29 +264,29 @@ export async function connectPlayer(options: ConnectOptions): Promise<PlayerSess
   }
 }
 
-/** Takes one Noise message (2-byte length, then the message) off the front of `buf` if it has all arrived. */
-export function takeNoiseMessage(buf: Uint8Array): { message: Uint8Array; used: number } | undefined {
-  if (buf.length < 2) return undefined;
-  const len = ((buf[0] ?? 0) << 8) | (buf[1] ?? 0);
-  if (buf.length < 2 + len) return undefined;
-  return { message: buf.slice(2, 2 + len), used: 2 + len };
-}
-
-/** The session after the verdict: pumps the host's frames into `readable`, seals `writable`'s. */
+/** A session the host did not make resumable: pumps the host's frames into `readable`, seals `writable`'s. */
 class Session implements PlayerSession {
   readonly readable: ReadableStream<Uint8Array>;
   readonly writable: WritableStream<Uint8Array>;
+  readonly transport: TransportName;
+  readonly sessionId: bigint;
+  readonly limits: SessionLimits;
+  readonly resumable = false;
+  readonly resumes = 0;
+  private readonly link: StreamLink;
+  private readonly noise: Transport;
   private sentFin = false;
   private receiveDone = false;
 
   constructor(
-    private readonly link: StreamLink,
-    readonly transport: TransportName,
-    private readonly noise: Transport,
-    readonly sessionId: bigint,
-    readonly limits: SessionLimits,
+    stream: SessionStream,
     readonly hostId: Uint8Array,
   ) {
+    this.link = stream.link;
+    this.noise = stream.noise;
+    this.transport = stream.transport;
+    this.sessionId = stream.sessionId;
+    this.limits = stream.limits;
     this.readable = new ReadableStream<Uint8Array>({
       start: (controller) => {
         // The pump runs for the life of the session and ends the stream itself.

@@ -14,7 +14,7 @@
 
 import { decodeBase64 } from "./bytes.js";
 import { SessionError, withDeadline } from "./link.js";
-import { type ConnectOptions, type PlayerSession, type TransportName, connectPlayer } from "./session.js";
+import { type ConnectOptions, type PlayerSession, type Route, type TransportName, connectPlayer } from "./session.js";
 import type { TransportSetting } from "./store.js";
 import type { WebTransportLike } from "./webtransport.js";
 
@@ -42,7 +42,7 @@ export interface RelayTransportsOptions {
 }
 
 /** A session and the way it reaches the relay. */
-export type ConnectBase = Omit<ConnectOptions, "webTransport" | "url">;
+export type ConnectBase = Omit<ConnectOptions, "webTransport" | "url" | "reroute">;
 
 /** Where WebTransport is, for QUIC's handshake on loopback or across the world; past it, WebSocket. */
 const READY_TIMEOUT_MS = 5000;
@@ -72,9 +72,11 @@ export class RelayTransports {
    * stream (the relay closed it while idle, the network changed) is opened again
    * once; one that cannot be opened, or whose new stream fails too, sends this
    * session and the next minute's to WebSocket. A refusal from the relay or the
-   * host is an answer, and is not retried.
+   * host is an answer, and is not retried. A resumable session's resume attempts
+   * choose their way the same way ({@link RelayTransports.rerouter}).
    */
   async connect(base: ConnectBase): Promise<PlayerSession> {
+    const reroute = this.rerouter();
     for (let attempt = 0; attempt < 2 && this.preferred() === "webtransport"; attempt++) {
       const reused = this.current !== undefined;
       let webTransport: WebTransportLike;
@@ -86,7 +88,7 @@ export class RelayTransports {
       }
       this.lastUsed = "webtransport";
       try {
-        return await connectPlayer({ ...base, webTransport });
+        return await connectPlayer({ ...base, webTransport, reroute });
       } catch (err) {
         if (!(err instanceof SessionError) || err.kind !== "connection") throw err;
         if (reused && attempt === 0) {
@@ -97,7 +99,38 @@ export class RelayTransports {
       }
     }
     this.lastUsed = "websocket";
-    return connectPlayer({ ...base, url: this.webSocketUrl() });
+    return connectPlayer({ ...base, url: this.webSocketUrl(), reroute });
+  }
+
+  /**
+   * Where each resume attempt of one session goes, told how the attempt before it
+   * failed: the WebTransport session where it can be had, else a WebSocket. A
+   * WebTransport session on which an attempt failed to connect is opened again
+   * for the next; a fresh one that failed too sends the attempts (and the next
+   * minute's sessions) to WebSocket.
+   */
+  rerouter(): (previous?: SessionError) => Promise<Route> {
+    let last: { webTransport: boolean; fresh: boolean } | undefined;
+    return async (previous) => {
+      if (previous?.kind === "connection" && last?.webTransport === true) {
+        if (last.fresh) this.markDown(previous);
+        else this.close();
+      }
+      if (this.preferred() === "webtransport") {
+        const fresh = this.current === undefined;
+        try {
+          const webTransport = await this.webTransport();
+          last = { webTransport: true, fresh };
+          this.lastUsed = "webtransport";
+          return { webTransport };
+        } catch (err) {
+          this.markDown(err);
+        }
+      }
+      last = { webTransport: false, fresh: true };
+      this.lastUsed = "websocket";
+      return { url: this.webSocketUrl() };
+    };
   }
 
   /** The transport the next session would try first. */

@@ -155,7 +155,9 @@ test("frames that break section 10.3 are refused", async () => {
     [FrameType.END, Uint8Array.of(0), "malformed-frame"],
     [FrameType.REKEY, Uint8Array.of(0), "malformed-frame"],
     [FrameType.VERDICT, Uint8Array.of(0), "out-of-order"],
-    [0x04, Uint8Array.of(1), "unknown-frame-type"],
+    // An ack belongs to a resumable session only (section 10.3); this one is not.
+    [FrameType.ACK, new Uint8Array(8), "out-of-order"],
+    [0x05, Uint8Array.of(1), "unknown-frame-type"],
   ];
   for (const [kind, body, expected] of cases) {
     const { player, host } = await session();
@@ -174,10 +176,14 @@ test("nothing is opened after the end", async () => {
   await assert.rejects(player.open(late), { kind: "data-after-end" });
 });
 
-test("the host's first frame must be its verdict, of one byte 0 or 1", async () => {
+test("the host's first frame must be its verdict, of one byte that answers the hello", async () => {
   for (const [kind, body, expected] of [
     [FrameType.DATA, Uint8Array.of(1), "out-of-order"],
-    [FrameType.VERDICT, Uint8Array.of(2), "malformed-frame"],
+    // Welcome-resumable, resumed and unknown session answer other hellos than this plain one.
+    [FrameType.VERDICT, Uint8Array.of(2), "out-of-order"],
+    [FrameType.VERDICT, Uint8Array.of(3), "out-of-order"],
+    [FrameType.VERDICT, Uint8Array.of(4), "out-of-order"],
+    [FrameType.VERDICT, Uint8Array.of(5), "malformed-frame"],
     [FrameType.VERDICT, Uint8Array.of(0, 0), "malformed-frame"],
   ]) {
     const handshake = await PlayerHandshake.start(PLAYER, publicKey(HOST));

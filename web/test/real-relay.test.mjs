@@ -75,6 +75,7 @@ test("a request and a 16 MiB response cross a mixed pair byte for byte, and both
     openWebSocket: await pinnedWebSocket(relayUrl),
     keepAliveMs: 0,
   });
+  assert.equal(session.resumable, true, "the host of today agrees to a resumable session");
   const writer = session.writable.getWriter();
   // Read while writing, as a page would: the relay's windows are finite, and neither
   // direction may wait for the other to finish.

@@ -42,7 +42,7 @@ async function established(options) {
   const connect = await far.takeStream(36);
   assert.equal(toHex(connect), "00220110" + toHex(publicKey(HOST)));
   const hello = await far.takeMessage();
-  assert.equal(hello.length, 96);
+  assert.equal(hello.length, 128, "a resumable hello: 32 bytes of payload");
   far.sendStream(concat(CONNECTED, await host.respond(hello), await host.verdict()));
   const session = await connecting;
   return { far, host, session, pair };
@@ -142,7 +142,7 @@ test("the keep-alive sends a PING when the player has been quiet", async () => {
 
 test("a relay Error is reported with its code and reason", async () => {
   const { far, connecting } = start();
-  await far.takeStream(36 + 98);
+  await far.takeStream(36 + 130);
   far.sendFrame({ type: "stop", code: StreamCode.REFUSED });
   far.sendStream(fromHex("0012017f0003000c686f7374206f66666c696e65"));
   far.sendFrame({ type: "fin" });
@@ -156,7 +156,7 @@ test("a relay Error is reported with its code and reason", async () => {
 
 test("a pool member's Redirect is reported as where the host is", async () => {
   const { far, connecting } = start();
-  await far.takeStream(36 + 98);
+  await far.takeStream(36 + 130);
   // Redirect { r0.example:443, [::1]:4433 } (PROTOCOL.md 7.4), then the relay's FIN.
   far.sendStream(fromHex("001d010702" + "0e72302e6578616d706c653a343433" + "0a5b3a3a315d3a34343333"));
   far.sendFrame({ type: "fin" });
@@ -252,7 +252,7 @@ test("bad stream frames and text messages end the connection", async () => {
 
 test("a relay that never answers runs into the set-up deadline", async () => {
   const { far, connecting } = start({ timeoutMs: 300 });
-  await far.takeStream(36 + 98);
+  await far.takeStream(36 + 130);
   await assert.rejects(connecting, { kind: "timeout" });
   assert.equal((await far.frame("reset")).code, StreamCode.CANCELLED);
 });

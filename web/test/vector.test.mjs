@@ -8,6 +8,7 @@ import { test } from "node:test";
 import { nobleAead, webCryptoAead } from "../build/aead.js";
 import { concat, fromHex, toHex } from "../build/bytes.js";
 import { MessageReader, PROLOGUE, PlayerHandshake, publicKey } from "../build/noise.js";
+import { TestHost } from "./support/host.mjs";
 
 const fill = (byte) => new Uint8Array(32).fill(byte);
 const PLAYER_STATIC = fill(0x01);
@@ -84,4 +85,73 @@ test("a player with another static key cannot finish the handshake on the pinned
   const other = await PlayerHandshake.start(fill(0x05), hostId, { ephemeralSecretForTesting: PLAYER_EPHEMERAL });
   assert.notEqual(toHex(other.hello), HELLO);
   await assert.rejects(other.readReply(unframe(REPLY)), { name: "NoiseError", kind: "handshake" });
+});
+
+// PROTOCOL.md section 10.8's pinned vectors: the session of 10.7 made resumable
+// (the same keys, a hello payload of 32 zero bytes, verdict 0x02) has the resume id
+// RESUME_ID; a resume of it with ephemeral keys 05×32 (player) and 06×32 (host),
+// whose hello carries that id, answered "resumed", then the host's ack of 14 and
+// the player's ack of 6, is a 254-byte transcript with the digest RESUME_DIGEST.
+const RESUME_ID = "10d23e8385e35510253b6e1f730584f260ba682b6ff050fa42c24fe97a24800a";
+const RESUME_DIGEST = "435d59853782a444a0661d33bba32fb023899434556091141c7d86b764dd5391";
+
+for (const aead of [webCryptoAead(globalThis.crypto.subtle), nobleAead]) {
+  test(`the player reproduces the pinned resume id and resume transcript (${aead.name})`, async () => {
+    const hostId = publicKey(HOST_STATIC);
+    const first = await PlayerHandshake.start(PLAYER_STATIC, hostId, { aead, hello: "resumable", ephemeralSecretForTesting: PLAYER_EPHEMERAL });
+    assert.equal(first.hello.length, 2 + 128);
+    const host = new TestHost(HOST_STATIC, aead);
+    const reply = await host.respond(unframe(toHex(first.hello)), fill(0x04));
+    assert.deepEqual(host.helloPayload, new Uint8Array(32), "a resumable new session asks with 32 zero bytes");
+    const welcome = await (await first.readReply(unframe(toHex(reply)))).openVerdict(unframe(toHex(await host.verdictByte(0x02))));
+    assert.equal(welcome.verdict, "welcome");
+    assert.equal(welcome.transport.resumable, true);
+    assert.equal(toHex(welcome.transport.resumeId), RESUME_ID, "the pinned resume id");
+    assert.equal(toHex(host.resumeId), RESUME_ID, "the host derives the same");
+
+    const resume = await PlayerHandshake.start(PLAYER_STATIC, hostId, {
+      aead,
+      hello: { resume: welcome.transport.resumeId },
+      ephemeralSecretForTesting: fill(0x05),
+    });
+    assert.equal(resume.hello.length, 2 + 128, "the size of a new session's hello");
+    const again = new TestHost(HOST_STATIC, aead);
+    const resumeReply = await again.respond(unframe(toHex(resume.hello)), fill(0x06));
+    assert.equal(toHex(again.helloPayload), RESUME_ID, "the resume hello carries the id");
+    const verdict = await again.verdictByte(0x03);
+    const resumed = await (await resume.readReply(unframe(toHex(resumeReply)))).openVerdict(unframe(toHex(verdict)));
+    assert.equal(resumed.verdict, "resumed");
+    const hostAck = await again.ack(14);
+    const playerAck = await resumed.transport.sealAck(6);
+    assert.deepEqual(await resumed.transport.open(unframe(toHex(hostAck))), { type: "ack", count: 14n });
+    assert.equal((await again.open(unframe(toHex(playerAck)))).count, 6);
+    const transcript = concat(resume.hello, resumeReply, verdict, hostAck, playerAck);
+    assert.equal(transcript.length, 254);
+    assert.equal(createHash("sha256").update(transcript).digest("hex"), RESUME_DIGEST);
+    assert.notEqual(toHex(resumed.transport.resumeId), RESUME_ID, "each resume makes a new id");
+  });
+}
+
+test("a verdict that does not answer the hello is refused", async () => {
+  const hostId = publicKey(HOST_STATIC);
+  const cases = [
+    ["resumable", 0x03],
+    ["resumable", 0x04],
+    [{ resume: fill(0x09) }, 0x00],
+    [{ resume: fill(0x09) }, 0x02],
+  ];
+  for (const [hello, byte] of cases) {
+    const handshake = await PlayerHandshake.start(PLAYER_STATIC, hostId, { hello });
+    const host = new TestHost(HOST_STATIC, webCryptoAead(globalThis.crypto.subtle));
+    const expect = await handshake.readReply(unframe(toHex(await host.respond(unframe(toHex(handshake.hello))))));
+    await assert.rejects(expect.openVerdict(unframe(toHex(await host.verdictByte(byte)))), { kind: "out-of-order" }, `${byte}`);
+  }
+  // A resumable hello answered with a plain welcome (an older host): a session that is not resumable.
+  const handshake = await PlayerHandshake.start(PLAYER_STATIC, hostId, { hello: "resumable" });
+  const host = new TestHost(HOST_STATIC, webCryptoAead(globalThis.crypto.subtle));
+  const expect = await handshake.readReply(unframe(toHex(await host.respond(unframe(toHex(handshake.hello))))));
+  const opened = await expect.openVerdict(unframe(toHex(await host.verdictByte(0x00))));
+  assert.equal(opened.verdict, "welcome");
+  assert.equal(opened.transport.resumable, false);
+  await assert.rejects(opened.transport.sealAck(1), { kind: "misuse" });
 });

@@ -122,7 +122,7 @@ async function relayAndHost(wt, index = 0) {
   // No stream frames: the control stream's bytes as on QUIC.
   assert.equal(toHex(await far.take(36)), "00220110" + toHex(publicKey(HOST)));
   const hello = await far.takeMessage();
-  assert.equal(hello.length, 96);
+  assert.equal(hello.length, 128, "a resumable hello: 32 bytes of payload");
   far.send(concat(CONNECTED, await host.respond(hello), await host.verdict()));
   return { far, host };
 }
@@ -172,7 +172,7 @@ test("a relay Error on a WebTransport stream is reported, and STOP_SENDING does 
   const connecting = connectPlayer({ webTransport: wt, hostId: publicKey(HOST), playerSecret: PLAYER, aead });
   while (wt.streams.length === 0) await new Promise((r) => setTimeout(r, 5));
   const far = wt.streams[0];
-  await far.take(36 + 98);
+  await far.take(36 + 130);
   far.stopCode = StreamCode.REFUSED;
   far.send(fromHex("0012017f0003000c686f7374206f66666c696e65"));
   far.controller.close();

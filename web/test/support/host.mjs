@@ -8,6 +8,7 @@ import {
   MessageReader,
   PROLOGUE,
   SymmetricState,
+  deriveResumeId,
   dh,
   frameMessage,
   generateSecretKey,
@@ -35,13 +36,15 @@ export class TestHost {
     s.mixKey(dh(this.hostSecret, re));
     const rs = await s.decryptAndHash(hello.subarray(32, 80));
     s.mixKey(dh(this.hostSecret, rs));
-    await s.decryptAndHash(hello.subarray(80));
+    // What the player asked for: empty, 32 zero bytes (resumable), or a resume id.
+    this.helloPayload = await s.decryptAndHash(hello.subarray(80));
     const epub = publicKey(ephemeral);
     s.mixHash(epub);
     s.mixKey(dh(ephemeral, re));
     s.mixKey(dh(ephemeral, rs));
     const payload = await s.encryptAndHash(EMPTY);
     const [toHost, toPlayer] = s.split();
+    this.resumeId = deriveResumeId(...s.splitKeys());
     this.playerKey = rs;
     this.send = toPlayer;
     this.receive = toHost;
@@ -51,8 +54,20 @@ export class TestHost {
 
   /** The verdict (welcome unless `refuse`), the host's message 0. */
   async verdict(refuse = false) {
+    return this.verdictByte(refuse ? 1 : 0);
+  }
+
+  /** The verdict with its byte: 0x02 welcome-resumable, 0x03 resumed, 0x04 unknown session, … */
+  async verdictByte(byte) {
     this.sentUnderKey = 1;
-    return this.raw(FrameType.VERDICT, Uint8Array.of(refuse ? 1 : 0));
+    return this.raw(FrameType.VERDICT, Uint8Array.of(byte));
+  }
+
+  /** An ack frame of `count` (section 10.8). */
+  async ack(count) {
+    const body = new Uint8Array(8);
+    new DataView(body.buffer).setBigUint64(0, BigInt(count));
+    return this.seal(FrameType.ACK, body);
   }
 
   /** Seals one frame of `kind`, rekeying first when due, as section 10.5 says. */
@@ -72,12 +87,14 @@ export class TestHost {
     return frameMessage(await this.send.encryptWithAd(EMPTY, concat(body, Uint8Array.of(kind))));
   }
 
-  /** Opens one message: `{ kind, body }`, following the player's rekeys. */
+  /** Opens one message: `{ kind, body }` (and `count` for an ack), following the player's rekeys. */
   async open(message) {
     const plain = await this.receive.decryptWithAd(EMPTY, message);
     const kind = plain[plain.length - 1];
     if (kind === FrameType.REKEY) this.receive.rekey();
-    return { kind, body: plain.subarray(0, plain.length - 1) };
+    const body = plain.subarray(0, plain.length - 1);
+    if (kind === FrameType.ACK) return { kind, body, count: Number(new DataView(body.buffer, body.byteOffset, 8).getBigUint64(0)) };
+    return { kind, body };
   }
 }
 
@@ -198,6 +215,12 @@ class FarEnd {
   sendRaw(bytes) {
     const copy = bytes.slice();
     setImmediate(() => this.emit("message", { data: copy.buffer }));
+  }
+
+  /** The connection is lost under the player (a relay killed, a network gone): its WebSocket closes. */
+  cut() {
+    this.cutByTest = true;
+    setImmediate(() => this.emit("close"));
   }
 
   sendText(text) {
