@@ -90,4 +90,13 @@ pub mod internal {
     pub use crate::host::{register_on, register_on_redirected, RegistrationStream};
     pub use crate::linger::{framed_halves, halves as quic_halves, LINGER};
     pub use crate::wire::read_control;
+
+    /// The secret name a resume of `session` gives its host now (PROTOCOL.md
+    /// 10.8), if the session is resumable: for tests that try resuming it as
+    /// someone else, or too late.
+    pub fn resume_id(
+        session: &crate::SecureStream,
+    ) -> Option<blindrelay_protocol::noise::ResumeId> {
+        session.resume_id()
+    }
 }

@@ -194,6 +194,12 @@ impl<R, W> SecureStream<R, W> {
         self.resume.as_ref().map_or(0, |r| r.resumes())
     }
 
+    /// The name a resume of this session gives its host now, if it is resumable:
+    /// for tests that play someone else resuming it (`internal::resume_id`).
+    pub(crate) fn resume_id(&self) -> Option<blindrelay_protocol::noise::ResumeId> {
+        self.resume.as_ref().map(|_| self.transport.resume_id())
+    }
+
     /// The Noise transport, for a driver that makes the session resumable.
     pub(crate) fn transport(&self) -> &Transport {
         &self.transport

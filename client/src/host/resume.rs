@@ -129,14 +129,18 @@ impl Rejoin<StreamRecv, StreamSend> for HostRejoin {
         sessions.insert(id, self.entry.clone());
         self.names.push(id);
     }
+
+    fn forget(&mut self) {
+        let mut sessions = self.table.sessions();
+        for name in self.names.drain(..) {
+            sessions.remove(&name);
+        }
+    }
 }
 
 impl Drop for HostRejoin {
     fn drop(&mut self) {
-        let mut sessions = self.table.sessions();
-        for name in &self.names {
-            sessions.remove(name);
-        }
+        self.forget();
     }
 }
 

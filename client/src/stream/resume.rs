@@ -140,6 +140,10 @@ pub(crate) trait Rejoin<R, W>: Send {
     /// The peer's count arrived on the stream named `id`: the session is known by
     /// `id` alone from now on.
     fn renamed(&mut self, _id: ResumeId) {}
+
+    /// The session failed for good: no resume can find it any more, even while
+    /// its application still holds it.
+    fn forget(&mut self) {}
 }
 
 /// The other end answered a resume with "unknown session".
@@ -363,6 +367,7 @@ where
         r.failed = Some((kind, message));
         r.down = None;
         r.unconfirmed = None;
+        r.rejoin.forget();
         r.wake_all();
         io::Error::new(kind, err)
     }

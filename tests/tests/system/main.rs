@@ -18,6 +18,7 @@ mod privacy;
 mod raw_tls;
 mod recovery;
 mod registration;
+mod resume;
 mod sessions;
 mod tap;
 mod tokens;
