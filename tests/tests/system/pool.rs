@@ -805,3 +805,80 @@ async fn a_host_that_ignores_its_move_holds_the_draining_member_ten_seconds_at_m
     let took = started.elapsed();
     assert!(took < Duration::from_secs(20), "held {took:?}");
 }
+
+/// The member that holds a host dies under a running download (its tasks end, and
+/// the operator's list drops it, as a health check would): host and player each
+/// find the host's next owner, the session resumes there, and the download goes on
+/// byte-exact (PROTOCOL.md 10.8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_goes_on_through_the_next_owner_when_its_member_dies() {
+    const LEN: u64 = 32 << 20;
+    let mut pool = Pool::start(3).await;
+    let names = pool.names();
+    // A host whose owner is not the member it and its player enter by.
+    let entry = 0;
+    let (host, owner) = (0..)
+        .map(|i: u8| (i, pool.owner_among(&host_key(i).host_id(), &names)))
+        .find(|&(_, owner)| owner != entry)
+        .unwrap();
+    let (host_id, ticket, _echo) = start_pool_host(host, &pool.url(entry)).await;
+    wait_until("the host is at its owner", || pool.held()[owner] == 1).await;
+
+    let player = player();
+    let session = tokio::time::timeout(
+        PATIENCE,
+        player.connect(&entering_at(&ticket, &pool.url(entry))),
+    )
+    .await
+    .expect("a session in time")
+    .expect("a session");
+    assert!(session.resumable());
+    let (mut read, mut write) = tokio::io::split(session);
+    let (go_tx, mut go) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(async move {
+        let mut pattern = Pattern::new(5);
+        write_pattern_from(&mut write, &mut pattern, LEN / 4)
+            .await
+            .unwrap();
+        go.wait_for(|go| *go).await.unwrap();
+        write_pattern_from(&mut write, &mut pattern, LEN * 3 / 4)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut write)
+            .await
+            .unwrap();
+        write
+    });
+    let reader = tokio::spawn(async move {
+        let got = read_pattern(&mut read, 5).await;
+        (got, read)
+    });
+    wait_until("the first quarter went through the owner", || {
+        pool.relay(owner).stats().bytes_host_to_player >= LEN / 8
+    })
+    .await;
+
+    // The rest is written as the owner dies.
+    go_tx.send_replace(true);
+    drop(pool.members[owner].relay.take());
+    let survivors: Vec<String> = names
+        .iter()
+        .filter(|name| **name != names[owner])
+        .cloned()
+        .collect();
+    pool.write_members(&survivors);
+    let next = pool.owner_among(&host_id, &survivors);
+
+    let (got, read) = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the download finishes")
+        .unwrap();
+    assert_eq!(got.expect("every byte, in order"), LEN);
+    let write = writer.await.unwrap();
+    let session = read.unsplit(write);
+    assert_eq!(session.resumes(), 1, "resumed once");
+    assert!(
+        pool.relay(next).stats().bytes_host_to_player > 0,
+        "the rest came through the next owner"
+    );
+}
