@@ -658,6 +658,17 @@ async fn players_added_in_the_panel_are_served_at_once_and_everything_survives_a
         })
         .await;
     assert_eq!(status["players"]["count"], 2);
+    assert_eq!(status["sessions"][0]["resumes"], 0, "{status}");
+    // Its connection lost under it, the session goes on over a new one, and the
+    // panel counts the resume.
+    bob_player.close().await;
+    session.write_all(&[8u8; 1000]).await.unwrap();
+    session.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, [8u8; 1000]);
+    host.wait_status("the resume counted", |s| {
+        s["sessions"][0]["resumes"] == 1 && s["sessions"][0]["bytes_to_player"] == 2000
+    })
+    .await;
     drop(session);
 
     // Switched off and restarted: the host comes back with the relay off and bob

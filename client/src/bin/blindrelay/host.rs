@@ -279,7 +279,7 @@ pub(crate) async fn host(config: HostConfig, run: HostRun, mut stop: Stop) -> Re
                 Some(session) => {
                     let local_id = next_local_id();
                     info!(local_id, session = relay_session(&session), path = %session.route(), player = %session.peer().short(), "session open");
-                    let open = sessions_open.open(local_id, path_name(&session), session.peer().short());
+                    let open = sessions_open.open(local_id, session.path(), session.peer().short());
                     sessions.spawn(forward_to_service(session, forward.clone(), open, local_id));
                 }
                 None => break agent.state(),
@@ -350,7 +350,7 @@ pub(crate) fn switch_relay(
 }
 
 pub(crate) async fn forward_to_service(
-    mut session: SecureStream,
+    session: SecureStream,
     service: std::sync::Arc<str>,
     open: panel::OpenSession,
     local_id: u64,
@@ -371,18 +371,11 @@ pub(crate) async fn forward_to_service(
     // A session cut short resets the service's connection, as below for players.
     let socket = socket2::SockRef::from(&tcp).try_clone().ok();
     let mut tcp = open.count(tcp);
+    let mut session = open.watch(session);
     if splice_tcp(local_id, &mut session, &mut tcp).await == Ended::CutShort {
         if let Some(socket) = socket {
             let _ = socket.set_linger(Some(Duration::ZERO));
         }
-    }
-}
-
-/// The path a session came by, as the panel names it.
-pub(crate) fn path_name(session: &SecureStream) -> &'static str {
-    match session.path() {
-        blindrelay_client::SessionPath::Relayed => "relayed",
-        _ => "direct",
     }
 }
 

@@ -1,14 +1,15 @@
-//! The sessions a host has open now, for the panel: which path each came by, which
-//! player (its short key), how long it has run and how many bytes went each way.
-//! Counts only; no payload is ever looked at.
+//! The sessions a host has open now, for the panel: which path each runs on, which
+//! player (its short key), how long it has run, how many bytes went each way and
+//! how often it resumed on a new stream. Counts only; no payload is ever looked at.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use blindrelay_client::{SecureStream, SessionPath};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The open sessions, shared by the session tasks and the panel.
@@ -19,7 +20,9 @@ pub(crate) struct SessionTable {
 
 /// One session's line in the table.
 struct SessionEntry {
-    path: &'static str,
+    /// Whether the session runs through the relay now (a resume may move it).
+    relayed: AtomicBool,
+    resumes: AtomicU32,
     player: String,
     started: Instant,
     to_player: AtomicU64,
@@ -31,8 +34,10 @@ struct SessionEntry {
 pub(crate) struct SessionView {
     /// The number in the host's log lines.
     pub(crate) id: u64,
-    /// `direct` or `relayed`.
+    /// `direct` or `relayed`: where it runs now.
     pub(crate) path: &'static str,
+    /// How often it went on over a new stream (a relay restart, a path lost).
+    pub(crate) resumes: u32,
     /// The player's short key.
     pub(crate) player: String,
     /// Whole seconds since the session opened.
@@ -52,9 +57,10 @@ pub(crate) struct OpenSession {
 
 impl SessionTable {
     /// Adds session `id`; it leaves the table when the returned value is dropped.
-    pub(crate) fn open(&self, id: u64, path: &'static str, player: String) -> OpenSession {
+    pub(crate) fn open(&self, id: u64, path: SessionPath, player: String) -> OpenSession {
         let entry = Arc::new(SessionEntry {
-            path,
+            relayed: AtomicBool::new(path == SessionPath::Relayed),
+            resumes: AtomicU32::new(0),
             player,
             started: Instant::now(),
             to_player: AtomicU64::new(0),
@@ -78,13 +84,23 @@ impl SessionTable {
         open.iter()
             .map(|(id, entry)| SessionView {
                 id: *id,
-                path: entry.path,
+                path: path_name(entry.relayed.load(Ordering::Relaxed)),
+                resumes: entry.resumes.load(Ordering::Relaxed),
                 player: entry.player.clone(),
                 seconds: entry.started.elapsed().as_secs(),
                 bytes_to_player: entry.to_player.load(Ordering::Relaxed),
                 bytes_from_player: entry.from_player.load(Ordering::Relaxed),
             })
             .collect()
+    }
+}
+
+/// The panel's name for a path.
+fn path_name(relayed: bool) -> &'static str {
+    if relayed {
+        "relayed"
+    } else {
+        "direct"
     }
 }
 
@@ -96,6 +112,64 @@ impl OpenSession {
             inner: service,
             entry: self.entry.clone(),
         }
+    }
+
+    /// Wraps the session itself: its path and resumes are kept up to date as it
+    /// is read and written.
+    pub(crate) fn watch(&self, session: SecureStream) -> Watched {
+        Watched {
+            inner: session,
+            entry: self.entry.clone(),
+        }
+    }
+}
+
+/// A session whose path and resumes are noted in its entry at every read and write.
+pub(crate) struct Watched {
+    inner: SecureStream,
+    entry: Arc<SessionEntry>,
+}
+
+impl Watched {
+    fn note<T>(&self, polled: Poll<T>) -> Poll<T> {
+        if polled.is_ready() {
+            let relayed = self.inner.path() == SessionPath::Relayed;
+            self.entry.relayed.store(relayed, Ordering::Relaxed);
+            self.entry
+                .resumes
+                .store(self.inner.resumes(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.note(polled)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(polled)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -161,7 +235,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_are_counted_each_way_and_a_closed_session_leaves() {
         let table = SessionTable::default();
-        let session = table.open(7, "relayed", "abcd".to_owned());
+        let session = table.open(7, SessionPath::Relayed, "abcd".to_owned());
         let (service, mut far) = tokio::io::duplex(1024);
         let mut counted = session.count(service);
         counted.write_all(b"hello").await.expect("write");

@@ -82,6 +82,7 @@ function renderStatus(status) {
         duration(s.seconds),
         bytes(s.bytes_to_player),
         bytes(s.bytes_from_player),
+        s.resumes,
       ]) {
         const td = document.createElement("td");
         td.textContent = String(cell);
