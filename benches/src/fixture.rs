@@ -18,8 +18,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -136,6 +138,60 @@ pub struct Session {
     pub player: BoxStream,
     /// The host's end.
     pub host: BoxStream,
+    /// How often the session resumed on a new stream (a relay restart, a path
+    /// lost), as the player's end last saw it.
+    pub resumes: Arc<AtomicU32>,
+}
+
+/// A player's end that notes its resumes into a counter the scenario reads.
+struct Noted {
+    inner: SecureStream,
+    resumes: Arc<AtomicU32>,
+}
+
+impl Noted {
+    fn note<T>(&self, polled: Poll<T>) -> Poll<T> {
+        if polled.is_ready() {
+            self.resumes.store(self.inner.resumes(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncRead for Noted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.note(polled)
+    }
+}
+
+impl AsyncWrite for Noted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(polled)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Waiting callers, by tag.
@@ -252,6 +308,7 @@ impl Fixture {
             return Ok(Session {
                 player: Box::new(player),
                 host: Box::new(host),
+                resumes: Arc::default(),
             });
         }
         let (tx, rx) = oneshot::channel();
@@ -267,9 +324,15 @@ impl Fixture {
                 .await
                 .context("the host did not get the session in time")?
                 .context("the host stopped")?;
+            let resumes = Arc::<AtomicU32>::default();
+            let player = Noted {
+                inner: player,
+                resumes: resumes.clone(),
+            };
             Ok(Session {
                 player: Box::new(player),
                 host: Box::new(host),
+                resumes,
             })
         }
         .await;

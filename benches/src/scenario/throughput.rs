@@ -84,6 +84,8 @@ struct Phase {
     errors: u64,
     /// The first few errors, for the notes.
     first_errors: Vec<String>,
+    /// How often its sessions resumed on a new stream, all together.
+    resumes: u64,
     series: Vec<(f64, f64)>,
 }
 
@@ -138,6 +140,7 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
         "relay is",
     ]);
     let mut errors = 0;
+    let mut resumes = 0;
     let agg = |path: Path| -> Option<f64> {
         let rates: Vec<f64> = phases
             .iter()
@@ -169,6 +172,7 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
             continue;
         }
         errors += mine.iter().map(|ph| ph.errors).sum::<u64>();
+        resumes += mine.iter().map(|ph| ph.resumes).sum::<u64>();
         for ph in &mine {
             for message in &ph.first_errors {
                 report.note(format!("{}: {message}", path.label()));
@@ -250,6 +254,12 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
     if errors > 0 {
         report.note(format!("{errors} session errors"));
     }
+    report.figure("resumes", Some(resumes as f64));
+    if resumes > 0 {
+        report.note(format!(
+            "{resumes} session resumes (a stream lost and the session taken on over a new one)"
+        ));
+    }
     report.note(
         "process CPU: the relay process (relay rows) or the splice process (TCP splice row); \
          ends CPU: the harness process with every host and player",
@@ -287,6 +297,10 @@ async fn phase(
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Arc<AtomicU64>> = (0..sessions).map(|_| Arc::default()).collect();
     let errors = Arc::new(Errors::default());
+    let resumes: Vec<Arc<std::sync::atomic::AtomicU32>> = opened
+        .iter()
+        .map(|session| session.resumes.clone())
+        .collect();
     let mut tasks = JoinSet::new();
     let up = args.direction != Direction::Down;
     let down = args.direction != Direction::Up;
@@ -382,6 +396,10 @@ async fn phase(
         ends_cpu,
         errors: errors.count.load(Ordering::Relaxed),
         first_errors: errors.first.lock().map(|f| f.clone()).unwrap_or_default(),
+        resumes: resumes
+            .iter()
+            .map(|count| u64::from(count.load(Ordering::Relaxed)))
+            .sum(),
         series,
     })
 }
