@@ -46,8 +46,9 @@ export function freePort() {
 /**
  * nginx in the foreground, one process, serving `root` on 127.0.0.1:`port` with
  * keep-alive and Range requests (its defaults), every path it writes under `work`.
+ * `serverConf` goes into its `server` block as it is (`limit_rate 64k;`).
  */
-export function startNginx(processes, work, root, port) {
+export function startNginx(processes, work, root, port, { serverConf = "" } = {}) {
   const conf = path.join(work, "nginx.conf");
   const temp = path.join(work, "nginx-temp");
   fs.mkdirSync(temp, { recursive: true });
@@ -70,6 +71,7 @@ ${temps}
     listen 127.0.0.1:${port};
     root ${root};
     keepalive_timeout 75s;
+${serverConf}
   }
 }
 `,
@@ -94,15 +96,20 @@ export function spkiHash(host, port, servername) {
 }
 
 /**
- * `blindrelayd` on 127.0.0.1 (a port of its choosing) with its admin listener, and
+ * `blindrelayd` on 127.0.0.1 (a port of its choosing, or `listen`) with its admin listener, and
  * `blindrelay host` (its key `host.key` in `work`) forwarding to 127.0.0.1:`port`,
  * given the relay URL with `localhost` for the relay's address: a relay without a
  * public name serves the player on `<host id>.localhost`, which browsers send to
  * this machine, and the host prints a share link only for a relay named by a DNS
  * name. Resolves once the host is registered and has printed its `web:` link.
  */
-export async function startRelayAndHost(processes, work, port, { hostArgs = [], relayArgs = [], waitMs = 30_000, rustLog } = {}) {
-  const relay = processes.start("relay", "blindrelayd", ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", ...relayArgs], {
+export async function startRelayAndHost(
+  processes,
+  work,
+  port,
+  { hostArgs = [], relayArgs = [], listen = "127.0.0.1:0", waitMs = 30_000, rustLog } = {},
+) {
+  const relay = processes.start("relay", "blindrelayd", ["--listen", listen, "--admin", "127.0.0.1:0", ...relayArgs], {
     rustLog,
   });
   const relayUrl = await relay.waitForLine(/^relay url: (\S+)$/, waitMs);
