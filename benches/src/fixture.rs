@@ -223,8 +223,18 @@ impl Fixture {
         hosts: usize,
         players: usize,
         transports: &[Transport],
+        resume_window: Duration,
     ) -> Result<Self> {
-        Self::start_with(relay, splice, hosts, players, transports, |_| true).await
+        Self::start_with(
+            relay,
+            splice,
+            hosts,
+            players,
+            transports,
+            resume_window,
+            |_| true,
+        )
+        .await
     }
 
     /// As [`Fixture::start`], with host keys drawn until `keep` takes their host
@@ -235,6 +245,7 @@ impl Fixture {
         hosts: usize,
         players: usize,
         transports: &[Transport],
+        resume_window: Duration,
         keep: impl Fn(&HostId) -> bool,
     ) -> Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
@@ -259,6 +270,7 @@ impl Fixture {
                 config.transport = transport.preference();
                 config.max_concurrent_sessions = 4096;
                 config.max_direct_connections = 4096;
+                config.resume_window = resume_window;
                 let agent = HostAgent::start(config).context("starting a host agent")?;
                 if relay.is_some() {
                     let mut states = agent.watch_state();
@@ -282,6 +294,7 @@ impl Fixture {
                 .map(|_| {
                     let mut config = PlayerConfig::new(SecretKey::generate()?);
                     config.transport = transport.preference();
+                    config.resume_window = resume_window;
                     Ok(Player::new(config))
                 })
                 .collect::<Result<Vec<_>>>()?;

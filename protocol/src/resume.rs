@@ -34,10 +34,17 @@ pub const ACK_DELAY: Duration = Duration::from_millis(100);
 /// Bytes per chunk the buffer copies small writes into.
 const CHUNK: usize = 64 * 1024;
 
+/// Acknowledged chunks kept for the next bytes sent, at most: one acknowledgement's
+/// worth, so a busy session takes no new memory (and none of the page faults of
+/// fresh memory) for each chunk, and an idle one keeps little.
+const SPARE: usize = (ACK_EVERY as usize).div_ceil(CHUNK);
+
 /// The bytes this end sent that the peer has not acknowledged, oldest first.
 #[derive(Debug)]
 pub struct ReplayBuffer {
     chunks: VecDeque<BytesMut>,
+    /// Emptied chunks, for reuse.
+    spare: Vec<BytesMut>,
     /// The offset of the first byte held: everything before it is acknowledged.
     start: u64,
     held: usize,
@@ -50,6 +57,7 @@ impl ReplayBuffer {
     pub fn new(capacity: usize) -> Self {
         Self {
             chunks: VecDeque::new(),
+            spare: Vec::new(),
             start: 0,
             held: 0,
             capacity: capacity.clamp(crate::noise::MAX_PLAINTEXT_LEN, MAX_REPLAY_WINDOW),
@@ -82,7 +90,11 @@ impl ReplayBuffer {
         let mut taken = 0;
         while taken < bytes.len() && self.held < self.capacity {
             if self.chunks.back().is_none_or(|chunk| chunk.len() == CHUNK) {
-                self.chunks.push_back(BytesMut::with_capacity(CHUNK));
+                let chunk = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| BytesMut::with_capacity(CHUNK));
+                self.chunks.push_back(chunk);
             }
             let Some(chunk) = self.chunks.back_mut() else {
                 break;
@@ -120,7 +132,15 @@ impl ReplayBuffer {
             };
             if front.len() <= release {
                 release -= front.len();
-                self.chunks.pop_front();
+                if let Some(mut chunk) = self.chunks.pop_front() {
+                    if self.spare.len() < SPARE {
+                        // Only this buffer holds the chunk: with nothing in it,
+                        // `reserve` takes back the whole allocation.
+                        chunk.clear();
+                        chunk.reserve(CHUNK);
+                        self.spare.push(chunk);
+                    }
+                }
             } else {
                 front.advance(release);
                 release = 0;
@@ -250,6 +270,36 @@ mod tests {
         assert_eq!(replay.room(), 69_999);
         replay.acknowledge(100_000).unwrap();
         assert_eq!((replay.held(), replay.unacknowledged().count()), (0, 0));
+    }
+
+    #[test]
+    fn acknowledged_chunks_are_reused_whole_and_a_few_kept_at_most() {
+        let mut replay = ReplayBuffer::new(1 << 20);
+        replay.push(&[1; 3 * CHUNK + 100]);
+        let first: Vec<*const u8> = (0..4)
+            .map(|i| replay.bytes_at(i * CHUNK as u64).as_ptr())
+            .collect();
+        // Half a chunk, then the rest of it: the chunk comes back whole.
+        replay.acknowledge(CHUNK as u64 / 2).unwrap();
+        replay.acknowledge(CHUNK as u64).unwrap();
+        assert_eq!(replay.spare.len(), 1);
+        assert_eq!(replay.spare[0].as_ptr(), first[0]);
+        assert!(replay.spare[0].capacity() >= CHUNK);
+        replay.acknowledge(replay.sent()).unwrap();
+        // New bytes go into the same memory, whole chunks of them.
+        let sent = replay.sent();
+        for byte in 2..=5 {
+            replay.push(&[byte; CHUNK]);
+        }
+        for (i, byte) in (2..=5).enumerate() {
+            let at = replay.bytes_at(sent + (i * CHUNK) as u64);
+            assert_eq!(at, &[byte; CHUNK][..]);
+            assert!(first.contains(&at.as_ptr()), "chunk {i} is an old one");
+        }
+        // Many chunks acknowledged at once: no more than SPARE kept.
+        replay.push(&[6; 8 * CHUNK]);
+        replay.acknowledge(replay.sent()).unwrap();
+        assert_eq!(replay.spare.len(), SPARE);
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub async fn run(run: &Run, args: &LatencyArgs) -> Result<Report> {
         1,
         1,
         &args.transports.transports(),
+        run.common.resume_window,
     )
     .await?;
     let paths = args.paths();

@@ -39,6 +39,11 @@ pub struct Common {
     /// (default: every limit off, as `Limits::unlimited()`).
     #[arg(long, value_name = "FILE")]
     pub relay_config: Option<PathBuf>,
+    /// How long the hosts and players keep a session whose stream failed, to
+    /// resume it; `0s` opens sessions that cannot be resumed (no acknowledgements,
+    /// no replay buffer), to measure what resuming costs.
+    #[arg(long, default_value = "30s", value_parser = blindrelay_protocol::duration::parse_duration)]
+    pub resume_window: Duration,
     /// Buffer of each direction of the TCP splice baseline, bytes.
     #[arg(long, default_value_t = crate::tcp_splice::DEFAULT_BUFFER)]
     pub splice_buffer: usize,

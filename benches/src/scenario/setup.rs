@@ -147,6 +147,7 @@ pub async fn run(run: &Run, args: &SetupArgs) -> Result<Report> {
         args.hosts,
         args.players,
         &args.transports.transports(),
+        run.common.resume_window,
         |host_id| owner.is_none() || placement::owner(host_id, &names).ok().flatten() == owner,
     )
     .await?;

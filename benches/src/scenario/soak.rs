@@ -67,6 +67,7 @@ pub async fn run(run: &Run, args: &SoakArgs) -> Result<Report> {
         2,
         2,
         &[Transport::Quic],
+        run.common.resume_window,
     )
     .await?;
     let mut bulk = Vec::new();

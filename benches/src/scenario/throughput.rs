@@ -102,6 +102,7 @@ pub async fn run(run: &Run, args: &ThroughputArgs) -> Result<Report> {
         args.hosts,
         args.players,
         &args.transports.transports(),
+        run.common.resume_window,
     )
     .await?;
     let paths = args.paths();

@@ -65,6 +65,11 @@ impl Wakers {
             *slot = Some(waker.clone());
         }
     }
+
+    /// `side`'s call returned: it waits for nothing until it calls again.
+    fn forget(&self, side: Side) {
+        self.slot(side).take();
+    }
 }
 
 impl std::task::Wake for Wakers {
@@ -661,6 +666,22 @@ where
         Waker::from(wakers)
     }
 
+    /// A call of `side`'s returned `polled`: once it is ready, that side waits for
+    /// nothing, and what wakes the other side (the stream, the timers) need not
+    /// wake it too. A task woken for nothing costs a context switch, at every
+    /// frame of a busy session.
+    fn settled<T>(&mut self, side: Side, polled: Poll<T>) -> Poll<T> {
+        if polled.is_ready() {
+            let r = self.resumption();
+            r.wakers.forget(side);
+            match side {
+                Side::Read => r.read_waker = None,
+                Side::Write => r.write_waker = None,
+            }
+        }
+        polled
+    }
+
     /// [`AsyncRead::poll_read`] of a resumable session.
     pub(super) fn poll_read_resumable(
         &mut self,
@@ -668,7 +689,8 @@ where
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let waker = self.shared_waker(cx, Side::Read);
-        self.poll_read_shared(&mut Context::from_waker(&waker), buf)
+        let polled = self.poll_read_shared(&mut Context::from_waker(&waker), buf);
+        self.settled(Side::Read, polled)
     }
 
     fn poll_read_shared(
@@ -751,7 +773,8 @@ where
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let waker = self.shared_waker(cx, Side::Write);
-        self.poll_write_shared(&mut Context::from_waker(&waker), data)
+        let polled = self.poll_write_shared(&mut Context::from_waker(&waker), data);
+        self.settled(Side::Write, polled)
     }
 
     fn poll_write_shared(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
