@@ -87,8 +87,8 @@ export interface ConnectOptions {
   /**
    * Over WebSocket: send a `PING` after this long without sending anything, in ms
    * (2 s, as the reference player: a relay that restarted is noticed at the next
-   * packet, well inside the host's resume window); 0 turns it off. QUIC keeps a
-   * WebTransport session alive itself.
+   * packet, well inside the host's resume window); 0 turns it off. Over
+   * WebTransport, `RelayTransports` sends a keep-alive datagram instead.
    */
   readonly keepAliveMs?: number;
   /**

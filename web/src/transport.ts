@@ -16,7 +16,7 @@ import { decodeBase64 } from "./bytes.js";
 import { SessionError, withDeadline } from "./link.js";
 import { type ConnectOptions, type PlayerSession, type Route, type TransportName, connectPlayer } from "./session.js";
 import type { TransportSetting } from "./store.js";
-import type { WebTransportLike } from "./webtransport.js";
+import { type WebTransportLike, keepAlive } from "./webtransport.js";
 
 export type { TransportSetting };
 
@@ -39,6 +39,8 @@ export interface RelayTransportsOptions {
   readonly readyTimeoutMs?: number;
   /** How long WebSocket is used after WebTransport failed, in ms. */
   readonly retryAfterMs?: number;
+  /** A keep-alive datagram on the WebTransport session this often, in ms (2 s; 0: none). */
+  readonly keepAliveMs?: number;
 }
 
 /** A session and the way it reaches the relay. */
@@ -46,6 +48,8 @@ export type ConnectBase = Omit<ConnectOptions, "webTransport" | "url" | "reroute
 
 /** Where WebTransport is, for QUIC's handshake on loopback or across the world; past it, WebSocket. */
 const READY_TIMEOUT_MS = 5000;
+/** The keep-alive datagram's interval, as the reference player's keep-alive: 2 s. */
+const KEEP_ALIVE_MS = 2000;
 
 /** As the reference player after a failed QUIC: the other way for the next minute. */
 const RETRY_AFTER_MS = 60_000;
@@ -169,6 +173,7 @@ export class RelayTransports {
     );
     try {
       await withDeadline(wt.ready, Date.now() + (this.options.readyTimeoutMs ?? READY_TIMEOUT_MS));
+      keepAlive(wt, this.options.keepAliveMs ?? KEEP_ALIVE_MS);
     } catch (err) {
       try {
         wt.close();

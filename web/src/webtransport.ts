@@ -27,6 +27,32 @@ export interface WebTransportLike {
   readonly closed: Promise<{ closeCode?: number; reason?: string }>;
   createBidirectionalStream(): Promise<WebTransportStreamLike>;
   close(info?: { closeCode?: number; reason?: string }): void;
+  /** Where the browser has them: the session's datagrams (the keep-alive's only use). */
+  readonly datagrams?: { readonly writable: WritableStream<Uint8Array> };
+}
+
+/** The keep-alive datagram: one byte, which the relay never reads (PROTOCOL.md section 1). */
+const KEEP_ALIVE = new Uint8Array([0]);
+
+/**
+ * Sends a one-byte datagram on `transport` every `everyMs` while it is open, so
+ * that a relay that restarted answers within seconds with a stateless reset, which
+ * ends the session at once and lets its streams resume; without it, the browser's
+ * own QUIC keep-alive (about 15 s) is the first packet to find out. Returns what
+ * stops it (it also stops when the session closes).
+ */
+export function keepAlive(transport: WebTransportLike, everyMs: number): () => void {
+  const writable = transport.datagrams?.writable;
+  if (writable === undefined || everyMs <= 0) return () => {};
+  const writer = writable.getWriter();
+  const timer = setInterval(() => {
+    writer.write(KEEP_ALIVE).catch(() => {});
+  }, everyMs);
+  // In node, a pending keep-alive must not hold the process open.
+  (timer as { unref?: () => void }).unref?.();
+  const stop = () => clearInterval(timer);
+  transport.closed.then(stop, stop);
+  return stop;
 }
 
 /** The error a stream is abandoned with: a `WebTransportError` carrying `code` where the environment has one. */

@@ -11,7 +11,7 @@ import { StreamCode } from "../build/codes.js";
 import { FrameType, publicKey } from "../build/noise.js";
 import { connectPlayer } from "../build/session.js";
 import { RelayTransports, parseInfo } from "../build/transport.js";
-import { streamAbortReason, streamCodeOf } from "../build/webtransport.js";
+import { keepAlive, streamAbortReason, streamCodeOf } from "../build/webtransport.js";
 import { SocketPair, TestHost } from "./support/host.mjs";
 
 const PLAYER = new Uint8Array(32).fill(0x11);
@@ -341,4 +341,28 @@ test("a stream is abandoned with its code whichever WebTransportError constructo
   } finally {
     globalThis.WebTransportError = before;
   }
+});
+
+test("an open WebTransport session sends a one-byte keep-alive datagram every 2 s, and stops when it closes", async (t) => {
+  t.mock.timers.enable({ apis: ["setInterval"] });
+  const wt = new FakeWebTransport();
+  const sent = [];
+  wt.datagrams = { writable: new WritableStream({ write: (chunk) => void sent.push([...chunk]) }) };
+  const stop = keepAlive(wt, 2000);
+  t.mock.timers.tick(1999);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(sent.length, 0, "not before 2 s");
+  t.mock.timers.tick(1);
+  await new Promise((r) => setImmediate(r));
+  t.mock.timers.tick(2000);
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(sent, [[0], [0]]);
+  wt.close();
+  await new Promise((r) => setImmediate(r));
+  t.mock.timers.tick(10_000);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(sent.length, 2, "none once closed");
+  stop();
+  // A transport without datagrams (or a keep-alive of 0) sends nothing and fails nothing.
+  keepAlive(new FakeWebTransport(), 2000)();
 });
