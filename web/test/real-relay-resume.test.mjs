@@ -24,6 +24,7 @@ import { parseKey } from "../build/keys.js";
 import { generateSecretKey } from "../build/noise.js";
 import { connectPlayer, relayWebSocketUrl } from "../build/session.js";
 import { Processes, binDir } from "../../tests/browser/support.mjs";
+import { startService } from "./support/service.mjs";
 
 /** The service's answer: several MiB, more than the host's 4 MiB replay window past what the test reads before the kill. */
 const RESPONSE_LEN = 12 * 1024 * 1024 + 4321;
@@ -54,7 +55,7 @@ after(async () => {
 });
 
 test("a transfer goes on, byte-exact, across a relay killed and started again", { timeout: 90_000 }, async () => {
-  const service = await startService();
+  const service = await startService(processes);
   const host = await startHost(service.addr);
 
   const session = await connectPlayer({
@@ -160,43 +161,6 @@ async function startHost(forward) {
   const hostId = await proc.waitForLine(/^host id: (\S+)$/, STEP_MS);
   await proc.waitForLine(/^relay: registered$/, STEP_MS);
   return { proc, hostId };
-}
-
-/**
- * The service the host forwards to: reads a request to its end, then answers with
- * as many random bytes as its first four ask for. `done` resolves with the first
- * real request and its response.
- */
-function startService() {
-  const sockets = new Set();
-  let finished;
-  const done = new Promise((resolve) => (finished = resolve));
-  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => {});
-    const chunks = [];
-    socket.on("data", (chunk) => chunks.push(chunk));
-    socket.on("end", () => {
-      const request = new Uint8Array(Buffer.concat(chunks));
-      if (request.length < 4) {
-        // The host's look at the service when it starts.
-        socket.end();
-        return;
-      }
-      const response = new Uint8Array(randomBytes(new DataView(request.buffer).getUint32(0)));
-      socket.end(response);
-      finished({ request, response });
-    });
-  });
-  server.closeAllConnections = () => {
-    for (const socket of sockets) socket.destroy();
-  };
-  processes.track(server);
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve({ addr: `127.0.0.1:${server.address().port}`, done }));
-  });
 }
 
 /** Polls `check` every 20 ms until it holds, for at most STEP_MS. */

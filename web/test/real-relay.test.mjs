@@ -10,7 +10,6 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -24,6 +23,7 @@ import { keyText, parseKey } from "../build/keys.js";
 import { generateSecretKey, publicKey } from "../build/noise.js";
 import { connectPlayer, relayWebSocketUrl } from "../build/session.js";
 import { Processes, binDir } from "../../tests/browser/support.mjs";
+import { startService } from "./support/service.mjs";
 
 /** What the service answers: more than 256 full Noise frames, as the task of a media server. */
 const RESPONSE_LEN = 16 * 1024 * 1024 + 12_345;
@@ -199,45 +199,6 @@ async function startHost(name, authorizedPlayers) {
   await proc.waitForLine(/^ticket: \S+$/, STEP_MS);
   await proc.waitForLine(/^relay: registered$/, STEP_MS);
   return { proc, hostId };
-}
-
-/**
- * The service the host forwards to: reads the request to its end (the player's end
- * of stream, passed on by the host as a half-close), then answers with as many random
- * bytes as the request's first four ask for, and closes. `done` resolves with what it
- * got and what it sent, for the first request.
- */
-function startService(processes) {
-  const sockets = new Set();
-  let finished;
-  const done = new Promise((resolve) => (finished = resolve));
-  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => {});
-    const chunks = [];
-    socket.on("data", (chunk) => chunks.push(chunk));
-    socket.on("end", () => {
-      const request = new Uint8Array(Buffer.concat(chunks));
-      if (request.length < 4) {
-        // The host's look at the service when it starts: it connects and leaves.
-        socket.end();
-        return;
-      }
-      const response = new Uint8Array(randomBytes(new DataView(request.buffer).getUint32(0)));
-      socket.end(response);
-      finished({ request, response });
-    });
-  });
-  // Processes.closeAll ends what it tracks this way.
-  server.closeAllConnections = () => {
-    for (const socket of sockets) socket.destroy();
-  };
-  processes.track(server);
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve({ addr: `127.0.0.1:${server.address().port}`, done }));
-  });
 }
 
 async function readAll(readable) {
