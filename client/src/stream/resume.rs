@@ -394,7 +394,12 @@ where
         }
         let r = self.resumption();
         if r.peer_ended && r.ended && r.replay.held() == 0 {
-            // Both ends have everything: nothing is left to resume.
+            // Both ends have everything: nothing is left to resume, nor to send
+            // (what waits to go out is acknowledgements the peer has no use for).
+            // Callers that retry after a failure find nothing to retry, rather
+            // than the same failure again, for ever.
+            r.stream_done = true;
+            self.write_buf.clear();
             return Ok(());
         }
         if let Poll::Ready(Err(said)) = Pin::new(&mut self.writer).poll_write(cx, &[]) {
@@ -846,7 +851,13 @@ where
             }
             match ready!(Pin::new(&mut self.writer).poll_flush(cx)) {
                 Ok(()) => return Poll::Ready(Ok(())),
-                Err(err) => self.stream_failed(err, cx)?,
+                Err(err) => {
+                    self.stream_failed(err, cx)?;
+                    if self.resumption().down.is_none() {
+                        // Nothing left to resume: nothing left to flush.
+                        return Poll::Ready(Ok(()));
+                    }
+                }
             }
         }
     }
@@ -1256,6 +1267,33 @@ mod tests {
         assert!(from_host == down, "the host's bytes arrived whole");
         assert!(from_player == up, "the player's bytes arrived whole");
         assert_eq!((player.resumes(), host.resumes()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_stream_lost_once_both_ends_have_everything_leaves_nothing_to_retry() {
+        let (player, host, mut middle) =
+            resumable_pair(256 * 1024, Duration::from_secs(30), usize::MAX);
+        let (player, host) = tokio::join!(
+            exchange(player, pattern(1000, 7)),
+            exchange(host, pattern(1000, 8))
+        );
+        let (mut player, _host) = (player.1, host.1);
+        // Everything acknowledged, and an acknowledgement still waiting to go out
+        // when the stream is lost: the peer has no use for it.
+        let r = player.resumption();
+        let sent = r.replay.sent();
+        r.replay.acknowledge(sent).unwrap();
+        assert!(r.ended && r.peer_ended);
+        player.write_buf.extend_from_slice(&[0; 27]);
+        middle.cut();
+        let _ = (&mut middle.relay).await;
+        // Retried for ever before (a recursion that overflowed the stack).
+        tokio::time::timeout(Duration::from_secs(5), player.flush())
+            .await
+            .expect("flush returns")
+            .expect("nothing left to flush");
+        assert!(player.write_buf.is_empty());
+        assert_eq!(player.resumes(), 0, "nothing to resume");
     }
 
     #[tokio::test]
