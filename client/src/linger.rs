@@ -20,6 +20,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -109,10 +110,28 @@ impl Recv {
     }
 }
 
-/// Where the first of a pair's halves to be dropped waits for the other, and the
-/// code a lingering pair stops a peer still sending with.
-#[derive(Debug, Default)]
-struct Rendezvous(Mutex<Option<Parked>>, std::sync::atomic::AtomicU32);
+/// Where the first of a pair's halves to be dropped waits for the other; the code
+/// a lingering pair stops a peer still sending with; and the code the pair's own
+/// direction is reset with instead of lingering, if one was set.
+#[derive(Debug)]
+struct Rendezvous {
+    parked: Mutex<Option<Parked>>,
+    stop: AtomicU32,
+    reset: AtomicU64,
+}
+
+/// `Rendezvous::reset` when the dropped pair lingers.
+const LINGERS: u64 = u64::MAX;
+
+impl Default for Rendezvous {
+    fn default() -> Self {
+        Self {
+            parked: Mutex::default(),
+            stop: AtomicU32::new(0),
+            reset: AtomicU64::new(LINGERS),
+        }
+    }
+}
 
 #[derive(Debug)]
 enum Parked {
@@ -125,14 +144,21 @@ impl Rendezvous {
     /// both.
     fn leave(&self, half: Parked) {
         let mut parked = self
-            .0
+            .parked
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match (parked.take(), half) {
-            (Some(Parked::Send(send)), Parked::Recv(recv))
-            | (Some(Parked::Recv(recv)), Parked::Send(send)) => {
-                let code = self.1.load(std::sync::atomic::Ordering::Relaxed);
-                linger(send, recv, StreamCode::from_u32(code));
+            (Some(Parked::Send(mut send)), Parked::Recv(mut recv))
+            | (Some(Parked::Recv(mut recv)), Parked::Send(mut send)) => {
+                let stop = StreamCode::from_u32(self.stop.load(Ordering::Relaxed));
+                match self.reset.load(Ordering::Relaxed) {
+                    LINGERS => linger(send, recv, stop),
+                    reset => {
+                        // A `u32` was stored (`StreamSend::reset_dropped_with`).
+                        send.reset(StreamCode::from_u32(reset as u32));
+                        recv.stop(stop);
+                    }
+                }
             }
             (_, half) => *parked = Some(half),
         }
@@ -206,6 +232,15 @@ impl StreamSend {
     /// Abandons the stream: the peer's read fails with `code`, and nothing lingers.
     pub fn reset(mut self, code: StreamCode) {
         self.abandon_with(code);
+    }
+
+    /// Makes this half, once it and its other are dropped, reset its direction with
+    /// `code` rather than finish it and linger (`None`: finish and linger again).
+    /// A resumable session dropped before its application ended it says so: the
+    /// peer reads `code` at once, rather than a truncation it would try to resume.
+    pub(crate) fn reset_dropped_with(&mut self, code: Option<StreamCode>) {
+        let stored = code.map_or(LINGERS, |code| u64::from(code.to_u32()));
+        self.rendezvous.reset.store(stored, Ordering::Relaxed);
     }
 
     /// Like [`StreamSend::reset`], keeping the handle: later writes fail.
@@ -291,9 +326,7 @@ impl StreamRecv {
     /// stopped with `code` rather than 0: a resumable session says it is closed, so
     /// the other side does not wait to resume it.
     pub(crate) fn stop_lingering_with(&mut self, code: StreamCode) {
-        self.rendezvous
-            .1
-            .store(code.to_u32(), std::sync::atomic::Ordering::Relaxed);
+        self.rendezvous.stop.store(code.to_u32(), Ordering::Relaxed);
     }
 
     /// Abandons the stream: the peer's writes fail with `code`, and nothing lingers.

@@ -45,11 +45,20 @@ pub trait Abandon {
     /// The code this half, dropped, stops a peer that still sends with (0 unless
     /// said otherwise). Streams that carry no codes do nothing.
     fn stop_dropped_with(&mut self, _code: StreamCode) {}
+
+    /// The code this sending half, dropped, resets its direction with (`None`, as
+    /// it starts: it finishes the direction, delivering what was written). Streams
+    /// that carry no codes do nothing.
+    fn reset_dropped_with(&mut self, _code: Option<StreamCode>) {}
 }
 
 impl Abandon for StreamSend {
     fn abandon(&mut self, code: StreamCode) {
         self.abandon_with(code);
+    }
+
+    fn reset_dropped_with(&mut self, code: Option<StreamCode>) {
+        StreamSend::reset_dropped_with(self, code);
     }
 }
 
@@ -177,9 +186,13 @@ impl<R, W> SecureStream<R, W> {
     pub(crate) fn with_resumption(mut self, resumption: Resumption<R, W>) -> Self
     where
         R: Abandon,
+        W: Abandon,
     {
         debug_assert!(self.transport.resumable());
+        // Dropped before its application ends it, the session is abandoned, not
+        // truncated: the peer must not wait to resume it.
         self.reader.stop_dropped_with(codes::stream::CLOSED);
+        self.writer.reset_dropped_with(Some(codes::stream::CLOSED));
         self.resume = Some(Box::new(resumption));
         self
     }

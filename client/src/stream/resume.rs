@@ -434,6 +434,9 @@ where
         self.reader
             .stop_dropped_with(blindrelay_protocol::codes::stream::CLOSED);
         self.writer = rejoined.writer;
+        let ended = self.resumption().ended;
+        self.writer
+            .reset_dropped_with((!ended).then_some(blindrelay_protocol::codes::stream::CLOSED));
         self.transport = rejoined.transport;
         self.path = rejoined.path;
         self.relay_transport = rejoined.relay_transport;
@@ -890,6 +893,8 @@ where
                     continue;
                 }
             }
+            // Ended: dropped now, the session delivers what it wrote and lingers.
+            self.writer.reset_dropped_with(None);
             self.finish_after_both_ends(cx);
             return Poll::Ready(Ok(()));
         }
