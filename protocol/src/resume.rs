@@ -36,7 +36,8 @@ const CHUNK: usize = 64 * 1024;
 
 /// Acknowledged chunks kept for the next bytes sent, at most: one acknowledgement's
 /// worth, so a busy session takes no new memory (and none of the page faults of
-/// fresh memory) for each chunk, and an idle one keeps little.
+/// fresh memory) for each chunk, and an idle one keeps little. Never so many that
+/// the buffer's memory passes its capacity and one chunk ([`ReplayBuffer::footprint`]).
 const SPARE: usize = (ACK_EVERY as usize).div_ceil(CHUNK);
 
 /// The bytes this end sent that the peer has not acknowledged, oldest first.
@@ -133,7 +134,11 @@ impl ReplayBuffer {
             if front.len() <= release {
                 release -= front.len();
                 if let Some(mut chunk) = self.chunks.pop_front() {
-                    if self.spare.len() < SPARE {
+                    // Spare chunks only while those in use and spare are fewer
+                    // than the capacity's worth: a push takes a new chunk only
+                    // when none is spare, so never more than one beyond it.
+                    let kept = self.chunks.len() + self.spare.len();
+                    if self.spare.len() < SPARE && kept < self.capacity.div_ceil(CHUNK) {
                         // Only this buffer holds the chunk: with nothing in it,
                         // `reserve` takes back the whole allocation.
                         chunk.clear();
@@ -176,6 +181,13 @@ impl ReplayBuffer {
     /// The offset of the first byte held.
     pub fn acknowledged(&self) -> u64 {
         self.start
+    }
+
+    /// The memory the buffer holds: its 64 KiB chunks, in use and spare. However
+    /// much was pushed through it, at most its capacity in whole chunks and one
+    /// chunk more (the oldest in use may be partly acknowledged).
+    pub fn footprint(&self) -> usize {
+        (self.chunks.len() + self.spare.len()) * CHUNK
     }
 }
 
@@ -300,6 +312,31 @@ mod tests {
         replay.push(&[6; 8 * CHUNK]);
         replay.acknowledge(replay.sent()).unwrap();
         assert_eq!(replay.spare.len(), SPARE);
+    }
+
+    #[test]
+    fn the_buffer_never_holds_more_than_its_capacity_and_one_chunk() {
+        // A window smaller than the spare chunks' worth, filled and acknowledged
+        // in steps that leave the oldest chunk partly acknowledged.
+        for capacity in [CHUNK, 2 * CHUNK + 1, 3 * CHUNK, 1 << 20] {
+            let mut replay = ReplayBuffer::new(capacity);
+            let mut most = 0;
+            for step in 1..200u64 {
+                replay.push(&vec![7; replay.room()]);
+                most = most.max(replay.footprint());
+                let behind = replay.sent() - replay.acknowledged();
+                replay
+                    .acknowledge(replay.acknowledged() + behind * (step % 4 + 1) / 5)
+                    .unwrap();
+                most = most.max(replay.footprint());
+            }
+            let capacity = replay.capacity();
+            let bound = (capacity.div_ceil(CHUNK) + 1) * CHUNK;
+            assert!(
+                most <= bound,
+                "{most} bytes held for a capacity of {capacity}"
+            );
+        }
     }
 
     #[test]

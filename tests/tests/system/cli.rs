@@ -1517,7 +1517,7 @@ fn a_host_runs_from_its_config_file_with_flags_and_environment_over_it() {
         format!(
             "key = \"state/host.key\"\nmake_key = true\nrelay = \"{url}\"\n\
              forward = \"127.0.0.1:8096\"\ntoken_file = \"state/host.token\"\n\
-             panel = \"127.0.0.1:0\"\nresume_window = \"5s\"\n"
+             panel = \"127.0.0.1:0\"\nresume_window = \"5s\"\nreplay_window = \"1MiB\"\n"
         ),
     )
     .unwrap();
@@ -1559,6 +1559,13 @@ fn a_host_runs_from_its_config_file_with_flags_and_environment_over_it() {
     assert!(stdout.contains("resume_window = \"0\""), "{stdout}");
     let (_, stdout, _) = check(&["--resume-window", "1m"], &env);
     assert!(stdout.contains("resume_window = \"1m\""), "{stdout}");
+    assert!(stdout.contains("replay_window = \"1MiB\""), "{stdout}");
+    let env = [("BLINDRELAY_HOST_REPLAY_WINDOW", "256KiB")];
+    let (_, stdout, _) = check(&[], &env);
+    assert!(stdout.contains("replay_window = \"256KiB\""), "{stdout}");
+    // A window past what the protocol lets a peer read ahead is refused.
+    let (ok, _, stderr) = check(&["--replay-window", "32MiB"], &env);
+    assert!(!ok && stderr.contains("64KiB to 16MiB"), "{stderr}");
     assert!(!key.exists(), "--check-config makes nothing");
 
     // A key file from before key files named their role (the header and the key,

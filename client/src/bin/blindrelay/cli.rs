@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use blindrelay_client::{HostId, PathPreference, RelayUrl, Ticket, Token, TransportPreference};
 use blindrelay_protocol::duration::parse_duration;
+use blindrelay_protocol::resume::MAX_REPLAY_WINDOW;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// blindrelay: reach a home media server from anywhere, through a relay that cannot
@@ -103,6 +104,11 @@ pub(crate) struct ConnectArgs {
     /// error. `0s` opens sessions that cannot be resumed.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) resume_window: Duration,
+    /// The bytes each resumable session keeps until the host acknowledges them
+    /// (64KiB to 16MiB): a session's memory, and how far a writer runs ahead of
+    /// the host's reads.
+    #[arg(long, default_value = "4MiB", value_name = "SIZE", value_parser = parse_replay_window)]
+    pub(crate) replay_window: usize,
 }
 
 /// `blindrelay demo`'s command line.
@@ -210,6 +216,11 @@ pub(crate) struct HostFlags {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration,
           env = "BLINDRELAY_HOST_RESUME_WINDOW")]
     pub(crate) resume_window: Option<Duration>,
+    /// The bytes each resumable session keeps until its player acknowledges them
+    /// (64KiB to 16MiB) [default: 4MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_replay_window,
+          env = "BLINDRELAY_HOST_REPLAY_WINDOW")]
+    pub(crate) replay_window: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -273,6 +284,21 @@ pub(crate) fn parse_service(text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// A replay window (PROTOCOL.md 10.8): a size such as `4MiB`, from one frame's
+/// worth (64KiB) to the protocol's largest (16MiB).
+pub(crate) fn parse_replay_window(text: &str) -> Result<usize, String> {
+    const MIN: usize = 64 * 1024;
+    let size = text
+        .parse::<blindrelay_relay::units::ByteSize>()
+        .map_err(|err| err.to_string())?;
+    match usize::try_from(size.0) {
+        Ok(size) if (MIN..=MAX_REPLAY_WINDOW).contains(&size) => Ok(size),
+        _ => Err(format!(
+            "the replay window must be 64KiB to 16MiB, got {text:?}"
+        )),
+    }
 }
 
 /// A token's validity in whole seconds, in the duration syntax of every flag

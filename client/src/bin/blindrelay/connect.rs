@@ -26,6 +26,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
         relay_delay,
         transport,
         resume_window,
+        replay_window,
     } = args;
     let key = match key {
         Some(path) => read_key_as(&path, Role::Player)?,
@@ -61,6 +62,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
     config.transport = transport;
     config.relay_delay = relay_delay;
     config.resume_window = resume_window;
+    config.replay_window = replay_window;
     let stop = Stop::interrupt()?;
     let listener = TcpListener::bind(listen)
         .await

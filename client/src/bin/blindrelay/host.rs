@@ -58,6 +58,7 @@ pub(crate) async fn run_host(settings: HostSettings) -> Result<()> {
         relay_state,
         transport,
         resume_window,
+        replay_window,
     } = settings;
     if let Some(addr) = panel {
         check_panel_addr(addr, panel_allow_remote)?;
@@ -91,6 +92,7 @@ pub(crate) async fn run_host(settings: HostSettings) -> Result<()> {
     config.advertise = advertise;
     config.transport = transport;
     config.resume_window = resume_window;
+    config.replay_window = replay_window;
     config.enable_relay = enable_relay;
     if let Some(path) = &relay_state {
         let kept = panel::load_relay_state(path)?;

@@ -45,6 +45,9 @@ pub(crate) struct HostFile {
     /// How long a session whose path broke is kept for its player to resume it
     /// (`"30s"`; `"0s"`: sessions cannot be resumed).
     pub resume_window: Option<String>,
+    /// The bytes each resumable session keeps until its player acknowledges them
+    /// (`"4MiB"`).
+    pub replay_window: Option<String>,
 }
 
 impl HostFile {

@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use blindrelay_client::{RelayUrl, Token, TransportPreference};
 use blindrelay_protocol::duration::{format_duration, parse_duration};
-use blindrelay_protocol::resume::DEFAULT_RESUME_WINDOW;
+use blindrelay_protocol::resume::{DEFAULT_REPLAY_WINDOW, DEFAULT_RESUME_WINDOW};
 use tracing::warn;
 
-use crate::cli::{parse_service, HostFlags};
+use crate::cli::{parse_replay_window, parse_service, HostFlags};
 use crate::host_file;
 use crate::keys::read_key;
 use crate::token::TokenWatch;
@@ -33,6 +33,7 @@ pub(crate) struct HostSettings {
     pub(crate) relay_state: Option<PathBuf>,
     pub(crate) transport: TransportPreference,
     pub(crate) resume_window: Duration,
+    pub(crate) replay_window: usize,
 }
 
 impl HostSettings {
@@ -91,6 +92,19 @@ impl HostSettings {
                 .transpose()?
                 .unwrap_or(DEFAULT_RESUME_WINDOW),
         };
+        let replay_window = match flags.replay_window {
+            Some(window) => window,
+            None => file
+                .replay_window
+                .as_deref()
+                .map(|text| {
+                    parse_replay_window(text).map_err(|err| {
+                        anyhow::anyhow!("replay_window = {text:?} in the config file: {err}")
+                    })
+                })
+                .transpose()?
+                .unwrap_or(DEFAULT_REPLAY_WINDOW),
+        };
         let direct = flags.direct.or(file.direct);
         let advertise = if flags.advertise.is_empty() {
             file.advertise.unwrap_or_default()
@@ -131,6 +145,7 @@ impl HostSettings {
             relay_state: flags.relay_state.or(file.relay_state),
             transport,
             resume_window,
+            replay_window,
         })
     }
 
@@ -189,6 +204,13 @@ impl HostSettings {
             (
                 "resume_window",
                 Some(format!("\"{}\"", format_duration(self.resume_window))),
+            ),
+            (
+                "replay_window",
+                Some(format!(
+                    "\"{}\"",
+                    blindrelay_relay::units::ByteSize(self.replay_window as u64)
+                )),
             ),
         ];
         for (name, value) in lines {
