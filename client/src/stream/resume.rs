@@ -1185,6 +1185,59 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_peer_that_sends_past_any_window_fills_no_more_than_the_read_ahead_limit() {
+        let (player_transport, mut peer_transport) = handshake(Hello::Resumable);
+        let (player_end, mut peer) = tokio::io::duplex(1 << 20);
+        let (reader, writer) = tokio::io::split(player_end);
+        let (_to_player, streams) = mpsc::unbounded_channel();
+        let mut player = SecureStream::new(
+            reader,
+            writer,
+            player_transport,
+            SessionPath::Relayed,
+            1,
+            BytesMut::new(),
+        )
+        .with_resumption(Resumption::new(
+            64 * 1024,
+            Duration::from_secs(30),
+            Box::new(Handed {
+                streams,
+                offered: false,
+            }),
+        ));
+        // A peer that never acknowledges and sends on past any window a peer may
+        // have (a breach of PROTOCOL.md 10.8), while this end's application writes
+        // and does not read: its writer, stopped at its window, reads ahead for
+        // acknowledgements that never come.
+        let flood = tokio::spawn(async move {
+            let block = vec![1; MAX_PLAINTEXT_LEN];
+            let mut wire = BytesMut::new();
+            let mut sent = 0;
+            while sent < READ_AHEAD_LIMIT + (8 << 20) {
+                wire.clear();
+                peer_transport.seal(&block, &mut wire).unwrap();
+                if peer.write_all(&wire).await.is_err() {
+                    break;
+                }
+                sent += block.len();
+            }
+            peer
+        });
+        let wrote =
+            tokio::time::timeout(Duration::from_secs(10), player.write_all(&vec![2; 1 << 20]))
+                .await;
+        assert!(wrote.is_err(), "the writer waits at its window");
+        // The paused clock moved only once both sides could do no more.
+        let held = player.plain.len();
+        assert!(
+            (READ_AHEAD_LIMIT..READ_AHEAD_LIMIT + MAX_PLAINTEXT_LEN).contains(&held),
+            "{held} bytes read ahead"
+        );
+        assert!(!flood.is_finished(), "the rest waits in the peer's stream");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_session_with_no_new_stream_in_its_window_fails_with_the_reason() {
         let (mut player, _host, mut middle) =
             resumable_pair(256 * 1024, Duration::from_secs(30), usize::MAX);
