@@ -183,6 +183,14 @@ pub(crate) struct Resumption<R, W> {
     /// The waker everything below the session is polled with.
     wakers: std::sync::Arc<Wakers>,
     resumes: u32,
+    /// The task of the reader's latest call, and how many calls it made.
+    reader_task: Option<Waker>,
+    reads: u64,
+    /// A writer at its window that leaves the acknowledgements to a reader
+    /// waiting in another task: the reader's calls when it began, and when it
+    /// reads ahead itself all the same (a reader that stopped calling).
+    deferred: Option<u64>,
+    defer_timer: Pin<Box<Sleep>>,
 }
 
 struct Down {
@@ -226,6 +234,10 @@ impl<R, W> Resumption<R, W> {
             write_waker: None,
             wakers: std::sync::Arc::default(),
             resumes: 0,
+            reader_task: None,
+            reads: 0,
+            deferred: None,
+            defer_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
 
@@ -696,6 +708,15 @@ where
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let r = self.resumption();
+        r.reads += 1;
+        if !r
+            .reader_task
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            r.reader_task = Some(cx.waker().clone());
+        }
         let waker = self.shared_waker(cx, Side::Read);
         let polled = self.poll_read_shared(&mut Context::from_waker(&waker), buf);
         self.settled(Side::Read, polled)
@@ -780,12 +801,23 @@ where
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let r = self.resumption();
+        let reader_elsewhere = !r
+            .reader_task
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
         let waker = self.shared_waker(cx, Side::Write);
-        let polled = self.poll_write_shared(&mut Context::from_waker(&waker), data);
+        let polled =
+            self.poll_write_shared(&mut Context::from_waker(&waker), data, reader_elsewhere);
         self.settled(Side::Write, polled)
     }
 
-    fn poll_write_shared(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write_shared(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+        reader_elsewhere: bool,
+    ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.poll_upkeep(cx, Side::Write))?;
             let r = self.resumption();
@@ -807,9 +839,13 @@ where
             let r = self.resumption();
             if r.replay.room() == 0 {
                 r.write_waker = Some(cx.waker().clone());
+                if reader_elsewhere && self.leave_acks_to_reader(cx) {
+                    return Poll::Pending;
+                }
                 ready!(self.poll_read_ahead(cx))?;
                 continue;
             }
+            r.deferred = None;
             let n = data.len().min(MAX_PLAINTEXT_LEN).min(r.replay.room());
             r.replay.push(&data[..n]);
             self.transport
@@ -821,6 +857,27 @@ where
             }
             return Poll::Ready(Ok(n));
         }
+    }
+
+    /// Whether a writer at its window may wait for a reader waiting in another task
+    /// to take the peer's acknowledgements (it wakes the writer when one comes),
+    /// rather than read ahead itself: data it read ahead would be copied once
+    /// more on its way to the application, and both sides busy (a session
+    /// written and read at once) would cost that for much of what is read. A
+    /// reader that makes no call for [`ACK_DELAY`] (its call was dropped while it
+    /// waited, its task does something else) leaves the reading to the writer.
+    fn leave_acks_to_reader(&mut self, cx: &mut Context<'_>) -> bool {
+        let r = self.resumption();
+        if r.read_waker.is_none() {
+            r.deferred = None;
+            return false;
+        }
+        if r.deferred != Some(r.reads) {
+            r.deferred = Some(r.reads);
+            let at = Instant::now() + blindrelay_protocol::resume::ACK_DELAY;
+            r.defer_timer.as_mut().reset(at);
+        }
+        r.defer_timer.as_mut().poll(cx).is_pending()
     }
 
     /// Reads ahead of the application for what a writer waits on (the peer's
@@ -1235,6 +1292,39 @@ mod tests {
             "{held} bytes read ahead"
         );
         assert!(!flood.is_finished(), "the rest waits in the peer's stream");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_whose_reader_stopped_calling_finds_the_acknowledgements_itself() {
+        let window = 64 * 1024;
+        let (player, mut host, _middle) =
+            resumable_pair(window, Duration::from_secs(30), usize::MAX);
+        let (reader, mut writer) = tokio::io::split(player);
+        // A read in a task of its own, given up while it waited: its call is
+        // dropped, and that task never reads again. The writer, at its window,
+        // first leaves the acknowledgements to it.
+        let _reader = tokio::spawn(async move {
+            let mut reader = reader;
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(10), reader.read(&mut [0; 16])).await;
+            assert!(gave_up.is_err(), "nothing to read yet");
+            reader
+        })
+        .await
+        .unwrap();
+        let data = pattern(8 * window, 11);
+        let writing = tokio::spawn(async move {
+            writer.write_all(&data).await.expect("write");
+            writer.shutdown().await.expect("shutdown");
+        });
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            host.read_to_end(&mut received).await.expect("read");
+            writing.await.unwrap();
+        })
+        .await
+        .expect("the writer goes on without its reader");
+        assert_eq!(received.len(), 8 * window);
     }
 
     #[tokio::test(start_paused = true)]
