@@ -445,6 +445,9 @@ where
         self.reader = rejoined.reader;
         self.reader
             .stop_dropped_with(blindrelay_protocol::codes::stream::CLOSED);
+        // The old stream's writer finishes when dropped, as a lost stream's: the
+        // session is not closed.
+        self.writer.reset_dropped_with(None);
         self.writer = rejoined.writer;
         let ended = self.resumption().ended;
         self.writer
