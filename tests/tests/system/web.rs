@@ -96,6 +96,11 @@ async fn the_player_is_served_with_its_headers_on_a_host_origin() {
             "text/html; charset=utf-8",
         ),
         (
+            "/.blindrelay/player.css",
+            "player.css",
+            "text/css; charset=utf-8",
+        ),
+        (
             "/.blindrelay/player.js",
             "player.js",
             "text/javascript; charset=utf-8",
