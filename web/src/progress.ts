@@ -37,8 +37,9 @@ export interface StateWords {
 }
 
 /**
- * Every state's words. The failures say what a person does next, as README's "What
- * the page says" table does; keep the two the same.
+ * Every state's words. The failures say what a person does next, as the table in
+ * README's "Watch in a browser" does (test/progress.test.mjs holds the headlines
+ * the same).
  */
 export const STATE_WORDS: Readonly<Record<PageState, StateWords>> = {
   loading: { status: "Loading…", todo: "" },

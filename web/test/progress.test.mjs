@@ -2,6 +2,7 @@
 // key's groups and its QR code (src/qr.ts): the drawn path read back by the
 // library's decoder from rendered pixels, and the fixed patterns checked by hand.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import decodeQR from "@paulmillr/qr/decode.js";
@@ -20,6 +21,14 @@ test("every failure says what to do; every state has a headline", () => {
     if (!["loading", "connecting", "starting", "playing"].includes(state)) assert.notEqual(words.todo, "", state);
   }
   assert.match(STATE_WORDS["not-authorized"].todo, /gets in by itself/);
+});
+
+test("README's table says every failure in the page's own words", () => {
+  const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
+  for (const [state, words] of Object.entries(STATE_WORDS)) {
+    if (words.todo === "") continue;
+    assert.ok(readme.includes(`\n| ${words.status} | `), `README's "Watch in a browser" table lacks ${state}: ${words.status}`);
+  }
 });
 
 test("a session's error is the state the page shows", () => {
