@@ -125,7 +125,14 @@ async function main(): Promise<void> {
   const key = await loadOrCreateStaticKey();
   const playerKey = keyText(key.publicKey);
   let schedule: RetrySchedule | undefined;
-  showKey(playerKey, () => schedule?.extend(Date.now()));
+  let ticker: ReturnType<typeof setInterval> | undefined;
+  // The key was handed on: the owner is being asked now, so the page asks the host
+  // for longer (again, if it had stopped).
+  showKey(playerKey, () => {
+    if (schedule === undefined) return;
+    schedule.extend(Date.now());
+    ticker ??= setInterval(tick, 250);
+  });
   const setting = await loadTransport();
   const keptHow =
     key.kind === "webcrypto" ? "by WebCrypto, not readable by scripts" : "as bytes (this browser has no X25519 in WebCrypto)";
@@ -138,7 +145,6 @@ async function main(): Promise<void> {
   sayTransport();
 
   let running = false;
-  let ticker: ReturnType<typeof setInterval> | undefined;
   const stopAsking = () => {
     clearInterval(ticker);
     ticker = undefined;
@@ -170,12 +176,12 @@ async function main(): Promise<void> {
       if (schedule === undefined) schedule = new RetrySchedule(Date.now());
       else schedule.refusedAgain(Date.now());
       ticker ??= setInterval(tick, 250);
-      tick();
     } finally {
       running = false;
     }
+    tick();
   };
-  const tick = () => {
+  function tick(): void {
     if (schedule === undefined) return;
     const now = Date.now();
     if (schedule.due(now)) {
@@ -190,7 +196,7 @@ async function main(): Promise<void> {
       clearInterval(ticker);
       ticker = undefined;
     }
-  };
+  }
   document.getElementById("retry")?.addEventListener("click", () => void attempt(false));
   await attempt(false);
 }

@@ -78,6 +78,11 @@ test("a refused page asks every 5 s for 10 minutes, longer once the key was hand
   assert.equal(schedule.due(now + 60_000), false);
   assert.equal(countdownWords(schedule.secondsLeft(now)), "The page stopped asking the host. Press Try again once the key has been added.");
   assert.equal(countdownWords(3), "Asking the host again in 3 s…");
+  // The key handed on after the page stopped: it asks at once, and for a while again.
+  schedule.extend(now + 60_000);
+  assert.equal(schedule.due(now + 60_000), true);
+  schedule.refusedAgain(now + 60_100);
+  assert.equal(schedule.secondsLeft(now + 60_100), 5);
 
   // Handed on at 9 minutes: asked until 19 minutes.
   const handed = new RetrySchedule(t0);
