@@ -70,10 +70,10 @@ export type TransportName = "webtransport" | "websocket";
  * it), `verdict` once the relay answered Connected (the host reads the hello and
  * decides whether it serves this player).
  */
-export type SetupStep =
-  | { readonly step: "relay"; readonly transport: TransportName }
-  | { readonly step: "host"; readonly transport: TransportName }
-  | { readonly step: "verdict"; readonly transport: TransportName };
+export interface SetupStep {
+  readonly step: "relay" | "host" | "verdict";
+  readonly transport: TransportName;
+}
 
 /** Where one stream to the relay goes: a stream of a WebTransport session, or a WebSocket to a URL. */
 export type Route = { readonly webTransport: WebTransportLike } | { readonly url: string };
