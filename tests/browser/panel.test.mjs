@@ -46,7 +46,7 @@ const CHROMIUM_ARGS = [
 ];
 
 test(
-  "the panel in a browser: Enable Relay off refuses a relay-only player, on lets it in, and a player added in the form gets in",
+  "the panel in a browser: Enable Relay off refuses a relay-only player, on lets it in, a player pasted into the form gets in, and a key scanned off the camera is listed",
   { timeout: 120_000 },
   async () => {
     const shots = artefactDir("panel");
