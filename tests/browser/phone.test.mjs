@@ -6,7 +6,9 @@
 // on the clipboard, Share (where the browser has it) sends it with the label the
 // panel reads, and its QR code, scanned off a screenshot, is the key. The page
 // says each step in words, counts down to its next try, and once the test adds the
-// key to the host's list it gets in by itself: nobody clicks. A screenshot of each
+// key to the host's list it gets in by itself: nobody clicks. Then the host goes
+// away, and a relay that never answers keeps the page waiting for the host until
+// its deadline: each said, with what to do. A screenshot of each
 // state is kept as an artefact (and, with BLINDRELAY_UPDATE_SCREENSHOTS=1, in
 // screenshots/ beside this file, where README's picture comes from).
 
@@ -185,6 +187,23 @@ async function phonePage(size, device) {
     await page.locator("#retry").waitFor();
     await assertFits(page, device.viewport.width);
     await shot("4-host-offline");
+
+    // A relay that takes the page's WebSocket and never answers (Playwright holds
+    // it): the page says it waits for the host, then, at its 15 s deadline, that
+    // the relay cannot be reached, and what to do.
+    await page.routeWebSocket(/\/blindrelay\/1$/, () => {});
+    await page.goto(`${origin}/.blindrelay/?transport=websocket`);
+    await page.locator("#status", { hasText: "Waiting for the host…" }).waitFor();
+    await page.locator('#steps li[aria-current="step"][data-step="host"]').waitFor();
+    await assertFits(page, device.viewport.width);
+    await shot("5-waiting-for-the-host");
+    await state("relay-unreachable");
+    await page.locator("#detail", { hasText: "Check that this device is online" }).waitFor();
+    // Stopped where it was waiting: at the host's step, the relay's done.
+    await page.locator('#steps li.failed[data-step="host"]').waitFor();
+    await page.locator('#steps li.done[data-step="relay"]').waitFor();
+    await assertFits(page, device.viewport.width);
+    await shot("6-relay-unreachable");
     assert.deepEqual(pageErrors, [], "the page threw nothing");
   } catch (err) {
     await page?.screenshot({ path: path.join(shots, "failure.png"), fullPage: true }).catch(() => {});

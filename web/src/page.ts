@@ -74,7 +74,7 @@ function markSteps(step: Step, failed: boolean): void {
   document.body.dataset["step"] = step;
 }
 
-/** The step a failure stopped at, for the steps list. */
+/** The step a failure most likely stopped at, where the page did not see the steps. */
 function failedStep(state: PageState): Step {
   switch (state) {
     case "not-authorized":
@@ -168,7 +168,7 @@ async function main(): Promise<void> {
         await start();
         return;
       }
-      showFailure(outcome.state, outcome.more);
+      showFailure(outcome.state, outcome.more, outcome.at);
       if (outcome.state !== "not-authorized") {
         stopAsking();
         return;
@@ -201,10 +201,10 @@ async function main(): Promise<void> {
   await attempt(false);
 }
 
-/** Shows a failure: its words, the step it stopped at, and "Try again". */
-function showFailure(state: PageState, more: string): void {
+/** Shows a failure: its words, the step it stopped at (`at`, where the page saw it), and "Try again". */
+function showFailure(state: PageState, more: string, at?: Step): void {
   show(state, more);
-  markSteps(failedStep(state), true);
+  markSteps(at ?? failedStep(state), true);
   reveal("retry", true);
 }
 
@@ -296,7 +296,7 @@ function qrSvg(value: string, label: string): SVGSVGElement {
 }
 
 /** What one check of the host came to: served, or the state to show and the error's words. */
-type ProbeOutcome = "served" | { readonly state: PageState; readonly more: string };
+type ProbeOutcome = "served" | { readonly state: PageState; readonly more: string; readonly at: Step };
 
 /**
  * Opens one session to see that the host serves this player, showing each step
@@ -309,11 +309,17 @@ async function probe(
   quiet: boolean,
 ): Promise<ProbeOutcome> {
   if (!quiet) showStep("relay", transports.preferred());
+  // Where a failure stopped: a relay that took the stream and never answered is
+  // marked at the host's step, not the relay's.
+  let at: Step = "relay";
   try {
     const session = await transports.connect({
       hostId,
       playerSecret: key,
-      ...(quiet ? {} : { onStep: (step) => showStep(step.step, step.transport) }),
+      onStep: (step) => {
+        at = step.step;
+        if (!quiet) showStep(step.step, step.transport);
+      },
     });
     await session.writable.close().catch(() => {});
     session.abort();
@@ -323,7 +329,7 @@ async function probe(
     const state = stateOfError(error);
     // The refusal's words are the page's own; the others add what the browser or relay said.
     const more = state === "not-authorized" || state === "host-offline" ? "" : `(${error.message})`;
-    return { state, more };
+    return { state, more, at };
   }
 }
 
