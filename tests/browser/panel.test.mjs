@@ -1,9 +1,10 @@
 // The host owner's panel in a real browser (Debian's Chromium, headless), against
 // real processes: a relay, a host with --panel that forwards to a small HTTP
 // service, and two relay-only players. The owner switches Enable Relay off and on
-// and adds a player through the page; each change is checked where it matters,
-// on a player's request through the relay. Screenshots of each step are kept as
-// artefacts.
+// and adds a player through the page, pasted from the clipboard, and another by
+// holding its QR code up to the camera (Chromium's fake camera plays a frame the
+// test draws); each change is checked where it matters, on a player's request
+// through the relay. Screenshots of each step are kept as artefacts.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -11,6 +12,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import encodeQR from "@paulmillr/qr";
 import { chromium } from "playwright-core";
 
 import {
@@ -44,7 +46,7 @@ const CHROMIUM_ARGS = [
 ];
 
 test(
-  "the panel in a browser: Enable Relay off refuses a relay-only player, on lets it in, and a player added in the form gets in",
+  "the panel in a browser: Enable Relay off refuses a relay-only player, on lets it in, a player pasted into the form gets in, and a key scanned off the camera is listed",
   { timeout: 120_000 },
   async () => {
     const shots = artefactDir("panel");
@@ -60,6 +62,10 @@ test(
       keygen(work, "host.key", "host");
       const allowedKey = keygen(work, "allowed.key", "player");
       const newcomerKey = keygen(work, "newcomer.key", "player");
+      // A browser player's key, as its page shows it in a QR code, in front of the camera.
+      const cameraKey = keygen(work, "camera.key", "player");
+      const camera = path.join(work, "camera.y4m");
+      fs.writeFileSync(camera, qrFrame(cameraKey));
       const players = path.join(work, "authorized_players");
       fs.writeFileSync(players, `# players this host serves\n${allowedKey} # the first player\n`);
 
@@ -105,11 +111,19 @@ test(
         executablePath: CHROMIUM,
         headless: true,
         chromiumSandbox: false,
-        args: CHROMIUM_ARGS,
+        args: [
+          ...CHROMIUM_ARGS,
+          // A camera that shows the frame the test drew, allowed without asking.
+          "--use-fake-device-for-media-stream",
+          `--use-file-for-fake-video-capture=${camera}`,
+          "--use-fake-ui-for-media-stream",
+        ],
         viewport: { width: 960, height: 900 },
       });
       context.setDefaultTimeout(WAIT_MS);
       page = context.pages()[0] ?? (await context.newPage());
+      const panelOrigin = new URL(panelLink).origin;
+      await context.grantPermissions(["clipboard-read", "clipboard-write", "camera"], { origin: panelOrigin });
       await page.goto(panelLink);
 
       const status = page.locator("#status");
@@ -152,9 +166,15 @@ test(
       await shot("3-relay-on-again.png");
       assertServed(await fetchThrough(allowed.listen), "the listed player, relay on again");
 
-      // The owner adds the refused player through the form; it gets in at once,
-      // and the file keeps the owner's comment.
-      await page.locator("#player-key").fill(`player key: ${newcomerKey}`);
+      // The owner adds the refused player through the form, pasting what it
+      // printed; it gets in at once, and the file keeps the owner's comment.
+      await page.evaluate((text) => navigator.clipboard.writeText(text), `player key: ${newcomerKey}`);
+      await page.getByRole("button", { name: "Paste" }).click();
+      // The page reads the clipboard after the click returns.
+      await page.waitForFunction(
+        (text) => document.getElementById("player-key").value === text,
+        `player key: ${newcomerKey}`,
+      );
       await page.locator("#player-note").fill("the newcomer's laptop");
       await page.getByRole("button", { name: "Add player" }).click();
       await page.locator("#players li", { hasText: newcomerKey }).waitFor();
@@ -163,6 +183,17 @@ test(
       const file = fs.readFileSync(players, "utf8");
       assert.match(file, /^# players this host serves$/m);
       assert.match(file, new RegExp(`^${newcomerKey}\\s+# the newcomer's laptop$`, "m"));
+
+      // A phone's key, scanned: the camera sees its QR code, the host reads it,
+      // and the form has the key.
+      await page.getByRole("button", { name: "Scan" }).click();
+      await page.locator("#scan-status", { hasText: "Key read from the camera" }).waitFor();
+      assert.equal(await page.locator("#player-key").inputValue(), cameraKey);
+      assert.equal(await page.locator("#scan-video").isHidden(), true, "the camera is off again");
+      await page.locator("#player-note").fill("a phone, scanned");
+      await page.getByRole("button", { name: "Add player" }).click();
+      await page.locator("#players li", { hasText: cameraKey }).waitFor();
+      assert.match(fs.readFileSync(players, "utf8"), new RegExp(`^${cameraKey}\\s+# a phone, scanned$`, "m"));
 
       // A session held open shows in the table, relayed; this is the README's picture.
       const release = await holdThrough(newcomer.listen);
@@ -198,6 +229,26 @@ function keygen(dir, file, role) {
   const m = /^(?:host id|player key): (\S+)$/m.exec(out);
   assert.ok(m, `keygen printed ${out}`);
   return m[1];
+}
+
+/**
+ * One frame of video (YUV4MPEG2, 640 x 480) showing `text` as a QR code, black on
+ * white, as a phone's screen held up to the camera shows it.
+ */
+function qrFrame(text) {
+  const modules = encodeQR(text, "raw", { border: 4 });
+  const [width, height, scale] = [640, 480, 8];
+  const luma = Buffer.alloc(width * height, 235);
+  const left = (width - modules.length * scale) >> 1;
+  const top = (height - modules.length * scale) >> 1;
+  modules.forEach((row, y) =>
+    row.forEach((dark, x) => {
+      if (!dark) return;
+      for (let py = 0; py < scale; py++) luma.fill(16, (top + y * scale + py) * width + left + x * scale, (top + y * scale + py) * width + left + (x + 1) * scale);
+    }),
+  );
+  const chroma = Buffer.alloc((width / 2) * (height / 2) * 2, 128);
+  return Buffer.concat([Buffer.from(`YUV4MPEG2 W${width} H${height} F10:1 Ip A1:1 C420jpeg\nFRAME\n`), luma, chroma]);
 }
 
 function assertServed(result, who) {

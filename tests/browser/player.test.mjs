@@ -2,8 +2,8 @@
 // serves the player, a host forwarding to nginx that serves a page with a <video>
 // of a real H.264/AAC film (made by ffmpeg) and a 17 MiB file, and the share link
 // the host prints opened in Chromium. The page is refused while the host's
-// authorized_players lacks the browser's key and gets in once it is added (the
-// host re-reads the file, no restart); then the film plays, seeks to 45 s and plays
+// authorized_players lacks the browser's key and gets in by itself once it is
+// added (the host re-reads the file, no restart; the page asks again every 5 s); then the film plays, seeks to 45 s and plays
 // on through Range requests in the tunnel, and a file fetched by the page has the
 // bytes on disk. All of it twice: over WebTransport (the relay counts WebTransport
 // sessions and no WebSocket one) and with the link's ?transport=websocket. And once
@@ -96,9 +96,10 @@ async function watchTheFilm(transport) {
     await page.locator("#transport", { hasText: "by WebCrypto, not readable by scripts" }).waitFor();
     await shot("1-not-authorized.png");
 
-    // The owner adds the key; the host re-reads its list at the next session.
+    // The owner adds the key; the host re-reads its list at the next session, and
+    // the page, counting down to its next try, gets in by itself.
+    await page.locator("#countdown", { hasText: /^Asking the host again in \d+ s…$/ }).waitFor();
     fs.appendFileSync(players, `${browserKey} # the browser\n`);
-    await page.getByRole("button", { name: "Try again" }).click();
     await page.waitForURL(`${origin}/`, { timeout: WAIT_MS });
     await page.locator("h1", { hasText: "home media" }).waitFor();
     await host.waitForLog(/authorized players reloaded/, WAIT_MS);
@@ -213,6 +214,7 @@ test("with UDP to the relay unreachable, the page falls back to WebSocket by its
     assert.ok(forwarder.connections > 0, "Chromium came through the forwarder");
     const browserKey = (await page.locator("#player-key").textContent()).trim();
     fs.appendFileSync(players, `${browserKey}\n`);
+    // "Try again" asks at once, without waiting for the countdown.
     await page.getByRole("button", { name: "Try again" }).click();
     await page.waitForURL(`${origin}/`, { timeout: WAIT_MS });
     await page.locator("h1", { hasText: "home media" }).waitFor();

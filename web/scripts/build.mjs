@@ -1,11 +1,12 @@
-// Builds the browser player into dist/: index.html (the page), player.js (its
-// script) and sw.js (the service worker), and prints their SHA-256.
+// Builds the browser player into dist/: index.html (the page), player.css (its
+// stylesheet), player.js (its script) and sw.js (the service worker), and prints
+// their SHA-256.
 //
 // The build is meant to be reproducible, so that anyone can rebuild the page's code
 // from this repository and compare it with the hash the operator publishes: no
 // timestamps, no absolute paths, no source maps, a pinned target, and the exact
 // dependency versions of package-lock.json (install with `npm ci`). dist/ is
-// committed because the relay embeds these three files in its binary.
+// committed because the relay embeds these four files in its binary.
 //
 //   node scripts/build.mjs            build into dist/, print "sha256  dist/<file>"
 //   node scripts/build.mjs --check    build twice in temporary folders; fail if the two
@@ -21,7 +22,7 @@ import { build } from "esbuild";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const dist = join(root, "dist");
 /** Exactly what dist/ holds, in the order printed. */
-const FILES = ["index.html", "player.js", "sw.js"];
+const FILES = ["index.html", "player.css", "player.js", "sw.js"];
 
 const common = {
   absWorkingDir: root,
@@ -43,6 +44,7 @@ async function bundle(out) {
   await build({ ...common, entryPoints: ["src/page.ts"], outfile: join(out, "player.js"), format: "esm" });
   await build({ ...common, entryPoints: ["src/sw.ts"], outfile: join(out, "sw.js"), format: "iife" });
   await copyFile(join(root, "static", "index.html"), join(out, "index.html"));
+  await copyFile(join(root, "static", "player.css"), join(out, "player.css"));
   return hashes(out);
 }
 

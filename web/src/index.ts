@@ -15,6 +15,7 @@ export {
   type PlayerSession,
   type Route,
   SessionError,
+  type SetupStep,
   type StreamLink,
   type TransportName,
   type WebSocketLike,

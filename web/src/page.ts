@@ -2,42 +2,44 @@
  * The player page, `/.blindrelay/` on a host's origin: takes the ticket from the
  * link's fragment (which never reaches the relay's HTTP server) and removes it from
  * the address bar, keeps it and the player's static key in IndexedDB, shows the
- * player key, checks once that the host serves this player, installs the service
- * worker that tunnels the origin's requests, and hands the tab to the host's web
- * app at `/`.
+ * player key (in groups, with Copy, Share where the browser has it, and a QR code),
+ * checks that the host serves this player, saying each step in words, installs the
+ * service worker that tunnels the origin's requests, and hands the tab to the
+ * host's web app at `/`. Refused by the host, it asks again by itself for a while,
+ * with a countdown, so that the person who handed the key on need not come back to
+ * press a button.
  *
- * Loaded as a module script from the page's own origin: no inline script or
- * style, so the relay can serve it under a Content-Security-Policy of 'self'.
+ * Loaded as a module script from the page's own origin, with its stylesheet: no
+ * inline script or style, so the relay can serve it under a Content-Security-Policy
+ * of 'self'.
  */
 
-import { ErrorCode } from "./codes.js";
 import { keyText } from "./keys.js";
 import { hostIdOfHostname, hostnameFor } from "./origin.js";
-import { SessionError } from "./session.js";
+import {
+  type PageState,
+  RetrySchedule,
+  STATE_WORDS,
+  STEPS,
+  type Step,
+  countdownWords,
+  stateOfError,
+  stepWords,
+} from "./progress.js";
+import { qrDrawing } from "./qr.js";
+import { SessionError, type TransportName } from "./session.js";
 import { loadOrCreateStaticKey, loadTicket, loadTransport, saveTicket, saveTransport } from "./store.js";
 import { TicketError, parseTicket } from "./ticket.js";
 import { RelayTransports, type TransportSetting } from "./transport.js";
 
 export * from "./index.js";
 
-/** What the page is showing; `data-state` on `<body>`, for people's stylesheets and for tests. */
-type PageState =
-  | "loading"
-  | "no-ticket"
-  | "bad-ticket"
-  | "connecting"
-  | "not-authorized"
-  | "host-offline"
-  | "redirected"
-  | "relay-unreachable"
-  | "failed"
-  | "no-service-worker"
-  | "starting";
-
-function show(state: PageState, status: string, detail = ""): void {
+/** Shows `state` with its words; `more` follows what to do (an error's own words). */
+function show(state: PageState, more = ""): void {
   document.body.dataset["state"] = state;
-  text("status", status);
-  text("detail", detail);
+  const words = STATE_WORDS[state];
+  text("status", words.status);
+  text("detail", [words.todo, more].filter((part) => part !== "").join(" "));
 }
 
 function text(id: string, value: string): void {
@@ -48,6 +50,44 @@ function text(id: string, value: string): void {
 function reveal(id: string, visible: boolean): void {
   const el = document.getElementById(id);
   if (el !== null) el.hidden = !visible;
+}
+
+/** Shows `step` under way: the steps before it done, it current, and in words. */
+function showStep(step: Step, transport: TransportName | undefined): void {
+  markSteps(step, false);
+  document.body.dataset["state"] = step === "playing" ? "playing" : "connecting";
+  text("status", stepWords(step, transport));
+  text("detail", "");
+}
+
+/** Marks the steps before `step` done and `step` current, or failed. */
+function markSteps(step: Step, failed: boolean): void {
+  reveal("steps", true);
+  const at = STEPS.indexOf(step);
+  for (const li of document.querySelectorAll<HTMLElement>("#steps li")) {
+    const index = STEPS.indexOf(li.dataset["step"] as Step);
+    li.classList.toggle("done", index < at);
+    li.classList.toggle("failed", failed && index === at);
+    if (index === at && !failed) li.setAttribute("aria-current", "step");
+    else li.removeAttribute("aria-current");
+  }
+  document.body.dataset["step"] = step;
+}
+
+/** The step a failure most likely stopped at, where the page did not see the steps. */
+function failedStep(state: PageState): Step {
+  switch (state) {
+    case "not-authorized":
+      return "verdict";
+    case "host-offline":
+    case "busy":
+    case "redirected":
+      return "host";
+    case "no-service-worker":
+      return "playing";
+    default:
+      return "relay";
+  }
 }
 
 async function main(): Promise<void> {
@@ -61,14 +101,14 @@ async function main(): Promise<void> {
   if (fromLink !== "") history.replaceState(null, "", location.pathname + location.search);
   const ticketText = fromLink !== "" ? fromLink : await loadTicket();
   if (ticketText === undefined) {
-    show("no-ticket", "No ticket.", "Open the link the host's owner shared: it ends with #brt… and carries the ticket.");
+    show("no-ticket");
     return;
   }
   let hostId: Uint8Array;
   try {
     hostId = parseTicket(ticketText).hostId;
   } catch (err) {
-    show("bad-ticket", "This link's ticket cannot be read.", err instanceof TicketError ? err.message : String(err));
+    show("bad-ticket", err instanceof TicketError ? err.message : String(err));
     return;
   }
   const here = hostIdOfHostname(location.hostname);
@@ -83,8 +123,16 @@ async function main(): Promise<void> {
   await saveTicket(ticketText);
 
   const key = await loadOrCreateStaticKey();
-  text("player-key", keyText(key.publicKey));
-  reveal("key-section", true);
+  const playerKey = keyText(key.publicKey);
+  let schedule: RetrySchedule | undefined;
+  let ticker: ReturnType<typeof setInterval> | undefined;
+  // The key was handed on: the owner is being asked now, so the page asks the host
+  // for longer (again, if it had stopped).
+  showKey(playerKey, () => {
+    if (schedule === undefined) return;
+    schedule.extend(Date.now());
+    ticker ??= setInterval(tick, 250);
+  });
   const setting = await loadTransport();
   const keptHow =
     key.kind === "webcrypto" ? "by WebCrypto, not readable by scripts" : "as bytes (this browser has no X25519 in WebCrypto)";
@@ -96,65 +144,192 @@ async function main(): Promise<void> {
   };
   sayTransport();
 
-  const retry = document.getElementById("retry");
   let running = false;
-  const attempt = async () => {
+  const stopAsking = () => {
+    clearInterval(ticker);
+    ticker = undefined;
+    schedule = undefined;
+    reveal("countdown", false);
+  };
+  // `quiet`: a try of the countdown, which leaves the refusal on screen unless the answer changes.
+  const attempt = async (quiet: boolean) => {
     if (running) return;
     running = true;
-    reveal("retry", false);
+    if (!quiet) stopAsking();
+    else text("countdown", "Asking the host now…");
     try {
-      const served = await probe(transports, hostId, key);
+      const outcome = await probe(transports, hostId, key, quiet);
       sayTransport();
       // The service worker opens its own sessions; this page's WebTransport session is done.
       transports.close();
-      if (served) await start();
+      if (outcome === "served") {
+        stopAsking();
+        reveal("retry", false);
+        await start();
+        return;
+      }
+      showFailure(outcome.state, outcome.more, outcome.at);
+      if (outcome.state !== "not-authorized") {
+        stopAsking();
+        return;
+      }
+      if (schedule === undefined) schedule = new RetrySchedule(Date.now());
+      else schedule.refusedAgain(Date.now());
+      ticker ??= setInterval(tick, 250);
     } finally {
       running = false;
     }
+    tick();
   };
-  retry?.addEventListener("click", () => void attempt());
-  await attempt();
+  function tick(): void {
+    if (schedule === undefined) return;
+    const now = Date.now();
+    if (schedule.due(now)) {
+      void attempt(true);
+      return;
+    }
+    if (running) return;
+    const left = schedule.secondsLeft(now);
+    reveal("countdown", true);
+    text("countdown", countdownWords(left));
+    if (left === undefined) {
+      clearInterval(ticker);
+      ticker = undefined;
+    }
+  }
+  document.getElementById("retry")?.addEventListener("click", () => void attempt(false));
+  await attempt(false);
 }
 
-/** Opens one session to see that the host serves this player; says why not where it does not. */
+/** Shows a failure: its words, the step it stopped at (`at`, where the page saw it), and "Try again". */
+function showFailure(state: PageState, more: string, at?: Step): void {
+  show(state, more);
+  markSteps(at ?? failedStep(state), true);
+  reveal("retry", true);
+}
+
+/**
+ * Shows the player key in groups of four (the text has no spaces: selecting it
+ * whole copies the key exactly), with Copy, Share where the browser can, and a QR
+ * code; `handedOn` runs when the key was copied or shared.
+ */
+function showKey(playerKey: string, handedOn: () => void): void {
+  const el = document.getElementById("player-key");
+  if (el !== null) {
+    el.replaceChildren(
+      ...keyGroups(playerKey).map((group) => {
+        const span = document.createElement("span");
+        span.textContent = group;
+        return span;
+      }),
+    );
+  }
+  document.getElementById("key-qr")?.replaceChildren(qrSvg(playerKey, "This browser's player key as a QR code"));
+  reveal("key-section", true);
+
+  document.getElementById("copy")?.addEventListener("click", () => {
+    void copyText(playerKey, el).then((copied) => {
+      text("handed", copied ? "Copied. Send it to the host's owner." : "Selected: copy it with your browser's menu.");
+      if (copied) handedOn();
+    });
+  });
+  const share = (navigator as Partial<Navigator>).share;
+  if (typeof share === "function") {
+    const button = document.getElementById("share");
+    if (button !== null) button.hidden = false;
+    button?.addEventListener("click", () => {
+      // The panel reads a key after the label `blindrelay connect` prints, too.
+      navigator.share({ title: "blindrelay player key", text: `player key: ${playerKey}` }).then(
+        () => {
+          text("handed", "Shared. The page gets in once the owner adds the key.");
+          handedOn();
+        },
+        // Closing the share sheet is not a failure to report.
+        () => {},
+      );
+    });
+  }
+}
+
+/** `key` in groups of four characters, as people read it aloud and compare it. */
+export function keyGroups(key: string): string[] {
+  return key.match(/.{1,4}/g) ?? [];
+}
+
+/** Puts `value` on the clipboard: `true`; where the page may not, selects `fallback`'s text: `false`. */
+async function copyText(value: string, fallback: HTMLElement | null): Promise<boolean> {
+  try {
+    await navigator.clipboard.writeText(value);
+    return true;
+  } catch {
+    if (fallback !== null) {
+      const range = document.createRange();
+      range.selectNodeContents(fallback);
+      const selection = getSelection();
+      selection?.removeAllRanges();
+      selection?.addRange(range);
+    }
+    return false;
+  }
+}
+
+/** `value` as a QR code: an SVG made with DOM calls (the CSP allows no markup strings nor `data:` images). */
+function qrSvg(value: string, label: string): SVGSVGElement {
+  const ns = "http://www.w3.org/2000/svg";
+  const drawing = qrDrawing(value);
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${drawing.size} ${drawing.size}`);
+  svg.setAttribute("width", String(drawing.size * 6));
+  svg.setAttribute("height", String(drawing.size * 6));
+  svg.setAttribute("shape-rendering", "crispEdges");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", label);
+  const background = document.createElementNS(ns, "rect");
+  background.setAttribute("width", "100%");
+  background.setAttribute("height", "100%");
+  background.setAttribute("fill", "#ffffff");
+  const modules = document.createElementNS(ns, "path");
+  modules.setAttribute("d", drawing.path);
+  modules.setAttribute("fill", "#000000");
+  svg.append(background, modules);
+  return svg;
+}
+
+/** What one check of the host came to: served, or the state to show and the error's words. */
+type ProbeOutcome = "served" | { readonly state: PageState; readonly more: string; readonly at: Step };
+
+/**
+ * Opens one session to see that the host serves this player, showing each step
+ * unless `quiet` (a try of the countdown, which leaves the refusal on screen).
+ */
 async function probe(
   transports: RelayTransports,
   hostId: Uint8Array,
   key: Awaited<ReturnType<typeof loadOrCreateStaticKey>>,
-): Promise<boolean> {
-  show("connecting", "Connecting to the host through the relay…");
+  quiet: boolean,
+): Promise<ProbeOutcome> {
+  if (!quiet) showStep("relay", transports.preferred());
+  // Where a failure stopped: a relay that took the stream and never answered is
+  // marked at the host's step, not the relay's.
+  let at: Step = "relay";
   try {
-    const session = await transports.connect({ hostId, playerSecret: key });
+    const session = await transports.connect({
+      hostId,
+      playerSecret: key,
+      onStep: (step) => {
+        at = step.step;
+        if (!quiet) showStep(step.step, step.transport);
+      },
+    });
     await session.writable.close().catch(() => {});
     session.abort();
-    return true;
+    return "served";
   } catch (err) {
     const error = err instanceof SessionError ? err : new SessionError("connection", String(err));
-    if (error.kind === "not-authorized") {
-      show(
-        "not-authorized",
-        "The host does not serve this browser yet.",
-        "Ask the host's owner to add the player key below to the host's authorized players, then try again.",
-      );
-    } else if (
-      (error.kind === "relay-refused" && (error.code === ErrorCode.HostOffline || error.code === ErrorCode.HostUnreachable)) ||
-      // The relay paired the session with a host connection that was just then going away.
-      error.kind === "host-left"
-    ) {
-      show("host-offline", "The host is offline.", "The relay has no connection from this host now. Try again when its owner has it running.");
-    } else if (error.kind === "redirected") {
-      show(
-        "redirected",
-        "This relay is part of a pool and does not hold this host.",
-        `${error.message}. This page cannot follow the relay there yet: ask the host's owner for a link to that relay.`,
-      );
-    } else if (error.kind === "connection" || error.kind === "timeout") {
-      show("relay-unreachable", "The relay cannot be reached.", error.message);
-    } else {
-      show("failed", "The host could not be reached.", error.message);
-    }
-    reveal("retry", true);
-    return false;
+    const state = stateOfError(error);
+    // The refusal's words are the page's own; the others add what the browser or relay said.
+    const more = state === "not-authorized" || state === "host-offline" ? "" : `(${error.message})`;
+    return { state, more, at };
   }
 }
 
@@ -223,16 +398,21 @@ export function serviceWorkerRefusedWords(outcome: "timeout" | Error): string {
 async function start(): Promise<void> {
   const container = navigator.serviceWorker as ServiceWorkerContainer | undefined;
   if (container === undefined) {
-    show("no-service-worker", "This browser cannot run the player here.", "It gives this page no service worker (a private window may not).");
+    showFailure("no-service-worker", "");
     return;
   }
-  show("starting", "Starting the player…");
+  markSteps("playing", false);
+  show("starting");
   const outcome = await startServiceWorker(container);
   if (outcome === "started") {
+    showStep("playing", undefined);
     location.replace("/");
     return;
   }
-  show("no-service-worker", "The browser did not start the player.", serviceWorkerRefusedWords(outcome));
+  showFailure("no-service-worker", "");
+  // The browser's refusal, and what to do about a certificate it does not trust.
+  text("status", "The browser did not start the player.");
+  text("detail", serviceWorkerRefusedWords(outcome));
 }
 
 // Only as the player page: a module imported elsewhere (a test, a benchmark, a
@@ -242,6 +422,7 @@ if (typeof document !== "undefined" && location.pathname.startsWith("/.blindrela
   // which loads nothing: start again with the link's ticket.
   window.addEventListener("hashchange", () => location.reload());
   main().catch((err: unknown) => {
-    show("failed", "The player stopped.", err instanceof Error ? err.message : String(err));
+    showFailure("failed", err instanceof Error ? err.message : String(err));
+    text("status", "The player stopped.");
   });
 }

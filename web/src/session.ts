@@ -64,6 +64,17 @@ export type { WebSocketLike } from "./websocket.js";
 /** The way a session reaches the relay. */
 export type TransportName = "webtransport" | "websocket";
 
+/**
+ * How far a stream's set-up has come: `relay` while the stream to the relay opens,
+ * `host` once Connect is sent (the relay looks the host up and opens a stream to
+ * it), `verdict` once the relay answered Connected (the host reads the hello and
+ * decides whether it serves this player).
+ */
+export interface SetupStep {
+  readonly step: "relay" | "host" | "verdict";
+  readonly transport: TransportName;
+}
+
 /** Where one stream to the relay goes: a stream of a WebTransport session, or a WebSocket to a URL. */
 export type Route = { readonly webTransport: WebTransportLike } | { readonly url: string };
 
@@ -102,6 +113,12 @@ export interface ConnectOptions {
   readonly reroute?: (previous?: SessionError) => Route | Promise<Route>;
   /** How long to wait between two resume attempts that failed, in ms (500). */
   readonly resumeRetryMs?: number;
+  /**
+   * Told how far each stream's set-up has come: reaching the relay (and how), the
+   * relay finding the host, the host deciding. For a page to say so in words; it
+   * changes nothing.
+   */
+  readonly onStep?: (step: SetupStep) => void;
   /** AES-GCM implementation; WebCrypto's where available. */
   readonly aead?: Aead;
   /** For the pinned test vector only: a fixed ephemeral secret. */
@@ -189,10 +206,11 @@ export async function openStream(options: ConnectOptions, route: Route, hello: H
     ...(options.ephemeralSecretForTesting ? { ephemeralSecretForTesting: options.ephemeralSecretForTesting } : {}),
   });
   let link: StreamLink;
-  let transport: TransportName;
+  const transport: TransportName = "webTransport" in route ? "webtransport" : "websocket";
+  const step = (name: SetupStep["step"]) => options.onStep?.({ step: name, transport });
+  step("relay");
   if ("webTransport" in route) {
     link = new WebTransportLink(route.webTransport);
-    transport = "webtransport";
   } else {
     const openWebSocket = options.openWebSocket ?? defaultWebSocket;
     const opening = Promise.resolve().then(() => openWebSocket(route.url));
@@ -208,13 +226,13 @@ export async function openStream(options: ConnectOptions, route: Route, hello: H
       throw toSessionError(err);
     }
     link = new WebSocketLink(ws, options.keepAliveMs ?? 2000);
-    transport = "websocket";
   }
   try {
     await link.opened(deadline);
     // Connect and hello in one go: the relay reads the hello before it looks the
     // host up, and it saves a round trip (section 9.1).
     link.sendStream(concat(encodeConnect(options.hostId), handshake.hello));
+    step("host");
     const answer = await link.read((buf) => takePlayerControl(buf), deadline);
     if (answer.kind === "error") {
       throw new SessionError(
@@ -234,6 +252,7 @@ export async function openStream(options: ConnectOptions, route: Route, hello: H
         answer.members,
       );
     }
+    step("verdict");
     const reply = await link.read(takeNoiseMessage, deadline);
     const expect = await handshake.readReply(reply);
     const verdictFrame = await link.read(takeNoiseMessage, deadline);

@@ -83,6 +83,8 @@ export class RelayTransports {
     const reroute = this.rerouter();
     for (let attempt = 0; attempt < 2 && this.preferred() === "webtransport"; attempt++) {
       const reused = this.current !== undefined;
+      // Reading webtransport.json and QUIC's handshake come before the stream's own set-up.
+      base.onStep?.({ step: "relay", transport: "webtransport" });
       let webTransport: WebTransportLike;
       try {
         webTransport = await this.webTransport();

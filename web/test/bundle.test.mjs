@@ -14,7 +14,7 @@ test("the bundle is reproducible, committed as built, and carries the tested pla
   const out = execFileSync(process.execPath, [join(root, "scripts", "build.mjs"), "--check"], { encoding: "utf8" });
   assert.match(out, /^reproducible: two builds give the same files$/m);
   assert.match(out, /^dist\/ matches the sources$/m);
-  for (const file of ["index.html", "player.js", "sw.js"]) assert.match(out, new RegExp(`^[0-9a-f]{64}  dist/${file.replace(".", "\\.")}$`, "m"));
+  for (const file of ["index.html", "player.css", "player.js", "sw.js"]) assert.match(out, new RegExp(`^[0-9a-f]{64}  dist/${file.replace(".", "\\.")}$`, "m"));
   const bundle = await import(pathToFileURL(join(root, "dist", "player.js")).href);
   const hostId = bundle.publicKey(new Uint8Array(32).fill(2));
   const handshake = await bundle.PlayerHandshake.start(new Uint8Array(32).fill(1), hostId, {
@@ -32,4 +32,9 @@ test("the page has no inline script or style, so a Content-Security-Policy of 's
     assert.match(m[1], /\bsrc="\/\.blindrelay\/player\.js"/);
     assert.equal(m[2], "");
   }
+  // Its one stylesheet is the relay's file, on the page's own origin.
+  const sheets = [...html.matchAll(/<link\b[^>]*rel="stylesheet"[^>]*>/gi)].map((m) => m[0]);
+  assert.deepEqual(sheets, ['<link rel="stylesheet" href="/.blindrelay/player.css">']);
+  const css = readFileSync(join(root, "dist", "player.css"), "utf8");
+  assert.doesNotMatch(css, /@import|url\(/i, "the stylesheet loads nothing");
 });

@@ -140,6 +140,28 @@ test("the keep-alive sends a PING when the player has been quiet", async () => {
   assert.equal(ping.opaque.length, 8);
 });
 
+test("the set-up says how far it has come: the relay, then the host, then its verdict", async () => {
+  const steps = [];
+  const { far, host, connecting } = start({ onStep: (step) => steps.push(step) });
+  await far.takeStream(36);
+  const hello = await far.takeMessage();
+  assert.deepEqual(steps.map((s) => s.step), ["relay", "host"], "Connect sent: waiting for the host");
+  far.sendStream(CONNECTED);
+  // Connected: the host has the hello; the player waits for its verdict.
+  const deadline = Date.now() + 5000;
+  while (steps.length < 3) {
+    assert.ok(Date.now() < deadline, `no verdict step after Connected: ${JSON.stringify(steps)}`);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  far.sendStream(concat(await host.respond(hello), await host.verdict()));
+  await connecting;
+  assert.deepEqual(steps, [
+    { step: "relay", transport: "websocket" },
+    { step: "host", transport: "websocket" },
+    { step: "verdict", transport: "websocket" },
+  ]);
+});
+
 test("a relay Error is reported with its code and reason", async () => {
   const { far, connecting } = start();
   await far.takeStream(36 + 130);

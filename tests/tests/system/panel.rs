@@ -353,6 +353,7 @@ async fn bad_bodies_and_keys_get_clear_errors_and_change_nothing() {
         async move { http(host.panel, method, path, &headers, Some(&body)).await }
     };
     let json_kind = "application/json";
+    let frame_kind = "application/octet-stream";
     for (method, path, kind, body, want, says) in [
         (
             "POST",
@@ -421,6 +422,55 @@ async fn bad_bodies_and_keys_get_clear_errors_and_change_nothing() {
             "/api/players",
             json_kind,
             format!(r#"{{"key":"x","note":"{}"}}"#, "n".repeat(8000)),
+            413,
+            "too large",
+        ),
+        // Camera frames: grey bytes of the size the query names, one key or none.
+        (
+            "POST",
+            "/api/scan?width=4&height=4",
+            json_kind,
+            "A".repeat(16),
+            400,
+            "application/octet-stream",
+        ),
+        (
+            "POST",
+            "/api/scan?width=4",
+            frame_kind,
+            "A".repeat(16),
+            400,
+            "?width=W&height=H",
+        ),
+        (
+            "POST",
+            "/api/scan?width=4&height=4",
+            frame_kind,
+            "A".repeat(15),
+            400,
+            "15 bytes for 4 x 4",
+        ),
+        (
+            "POST",
+            "/api/scan?width=2000&height=1",
+            frame_kind,
+            "A".repeat(2000),
+            400,
+            "each side 1 to 1024",
+        ),
+        (
+            "POST",
+            "/api/scan?width=8&height=8",
+            frame_kind,
+            "A".repeat(64),
+            422,
+            "no player key in view",
+        ),
+        (
+            "POST",
+            "/api/scan?width=1024&height=1024",
+            frame_kind,
+            "A".repeat(1024 * 1024 + 1),
             413,
             "too large",
         ),

@@ -96,6 +96,11 @@ async fn the_player_is_served_with_its_headers_on_a_host_origin() {
             "text/html; charset=utf-8",
         ),
         (
+            "/.blindrelay/player.css",
+            "player.css",
+            "text/css; charset=utf-8",
+        ),
+        (
             "/.blindrelay/player.js",
             "player.js",
             "text/javascript; charset=utf-8",
@@ -148,7 +153,7 @@ async fn the_player_is_served_with_its_headers_on_a_host_origin() {
     assert_eq!(answer.header("location"), Some("/.blindrelay/"));
 
     let stats = relay.stats();
-    assert_eq!(stats.http_requests(HttpOutcome::Player), 6);
+    assert_eq!(stats.http_requests(HttpOutcome::Player), 7);
     assert_eq!(stats.http_requests(HttpOutcome::Redirect), 1);
     assert_eq!(
         stats.connections_accepted, 0,

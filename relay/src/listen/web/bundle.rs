@@ -31,6 +31,15 @@ static INDEX: Asset = Asset {
     service_worker: false,
 };
 
+static STYLESHEET: Asset = Asset {
+    content_type: "text/css; charset=utf-8",
+    body: include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../web/dist/player.css"
+    )),
+    service_worker: false,
+};
+
 static PLAYER: Asset = Asset {
     content_type: "text/javascript; charset=utf-8",
     body: include_bytes!(concat!(
@@ -50,6 +59,7 @@ static SERVICE_WORKER: Asset = Asset {
 pub(crate) fn find(path: &str) -> Option<&'static Asset> {
     match path.strip_prefix(PREFIX)? {
         "" | "index.html" => Some(&INDEX),
+        "player.css" => Some(&STYLESHEET),
         "player.js" => Some(&PLAYER),
         "sw.js" => Some(&SERVICE_WORKER),
         _ => None,
@@ -74,7 +84,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_three_files_are_found_and_nothing_else() {
+    fn the_four_files_are_found_and_nothing_else() {
         assert!(std::ptr::eq(find("/.blindrelay/").unwrap(), &INDEX));
         assert!(std::ptr::eq(
             find("/.blindrelay/index.html").unwrap(),
@@ -82,12 +92,17 @@ mod tests {
         ));
         assert!(find("/.blindrelay/sw.js").unwrap().service_worker);
         assert!(!find("/.blindrelay/player.js").unwrap().service_worker);
+        assert_eq!(
+            find("/.blindrelay/player.css").unwrap().content_type,
+            "text/css; charset=utf-8"
+        );
         for path in [
             "/",
             "/.blindrelay",
             "/.blindrelay/../Cargo.toml",
             "/.blindrelay/x.js",
             "/player.js",
+            "/player.css",
         ] {
             assert!(find(path).is_none(), "{path}");
         }

@@ -8,6 +8,8 @@
 //!   own loop, the same path the SIGUSR1/SIGUSR2 signals take;
 //! - `GET/POST/DELETE /api/players`: the authorized players, edited in the host's
 //!   own file and in force for the next session;
+//! - `POST /api/scan?width=W&height=H`: a camera frame in grey, answered with the
+//!   player key its QR code holds ([`scan`]);
 //! - `GET /api/ticket.svg`: the ticket as a QR code;
 //! - `GET /api/web.svg`: the share link for browsers as a QR code, a phone's way in
 //!   (404 where the relay serves no player to browsers);
@@ -19,6 +21,7 @@
 mod guard;
 mod players;
 mod relay_state;
+mod scan;
 mod sessions;
 
 use std::net::SocketAddr;
@@ -151,6 +154,7 @@ impl Panel {
             qr_svg,
             web_qr_svg,
             edit: tokio::sync::Mutex::new(()),
+            scan: tokio::sync::Mutex::new(()),
         });
         let app = router(state);
         let task = tokio::spawn(listener::serve_within(
@@ -210,6 +214,12 @@ enum PanelError {
     /// The file could not be read or written.
     #[error("cannot update the authorized players file: {0}")]
     File(std::io::Error),
+    /// A camera frame with no key in it, or not a frame.
+    #[error(transparent)]
+    Scan(#[from] scan::ScanError),
+    /// A frame sent while another is being read.
+    #[error("a frame is being read already: send the next when it is answered")]
+    ScanBusy,
     /// The host is stopping.
     #[error("the host is stopping")]
     HostStopped,
@@ -225,6 +235,9 @@ impl IntoResponse for PanelError {
             Self::Refused(_) => StatusCode::FORBIDDEN,
             Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Scan(scan::ScanError::BadFrame { .. }) => StatusCode::BAD_REQUEST,
+            Self::Scan(scan::ScanError::NoKey) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ScanBusy => StatusCode::TOO_MANY_REQUESTS,
             Self::BadEntry(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::OpenList | Self::NoRelay | Self::FileInvalid { .. } => StatusCode::CONFLICT,
             Self::NotListed | Self::NotFound => StatusCode::NOT_FOUND,
@@ -251,6 +264,8 @@ struct PanelState {
     web_qr_svg: Option<String>,
     /// One edit of the players file at a time.
     edit: tokio::sync::Mutex<()>,
+    /// One camera frame read at a time: reading takes a core for a moment.
+    scan: tokio::sync::Mutex<()>,
 }
 
 /// The page's policy: its own scripts, styles and API only; images also from
@@ -258,7 +273,8 @@ struct PanelState {
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' blob:; \
     object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// The largest request body: the API takes a key and a note, never more.
+/// The largest request body: the API takes a key and a note, never more (but for
+/// a camera frame, [`scan::MAX_FRAME`]).
 const MAX_BODY: usize = 4096;
 
 fn router(state: Arc<PanelState>) -> Router {
@@ -271,6 +287,10 @@ fn router(state: Arc<PanelState>) -> Router {
         .route(
             "/api/players",
             get(players_list).post(player_add).delete(player_remove),
+        )
+        .route(
+            "/api/scan",
+            post(scan_frame).layer(DefaultBodyLimit::max(scan::MAX_FRAME)),
         )
         .route("/api/ticket.svg", get(ticket_qr))
         .route("/api/web.svg", get(web_qr))
@@ -353,6 +373,34 @@ async fn ticket_qr(State(state): State<Arc<PanelState>>) -> impl IntoResponse {
 async fn web_qr(State(state): State<Arc<PanelState>>) -> Result<impl IntoResponse, PanelError> {
     let svg = state.web_qr_svg.clone().ok_or(PanelError::NotFound)?;
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg))
+}
+
+/// The player key in a camera frame (`POST /api/scan?width=W&height=H`, the body
+/// `W * H` grey bytes). The frame is read on a blocking thread and then dropped.
+async fn scan_frame(
+    State(state): State<Arc<PanelState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, PanelError> {
+    // As for JSON: a plain HTML form cannot send this type.
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/octet-stream"));
+    if !declared {
+        return Err(PanelError::BadBody(
+            "send the frame as application/octet-stream".to_owned(),
+        ));
+    }
+    let (width, height) = scan::frame_size(uri.query()).ok_or_else(|| {
+        PanelError::BadBody("name the frame's size: ?width=W&height=H".to_owned())
+    })?;
+    let _one = state.scan.try_lock().map_err(|_| PanelError::ScanBusy)?;
+    let key = tokio::task::spawn_blocking(move || scan::read_key(width, height, &body))
+        .await
+        .map_err(|_| PanelError::HostStopped)??;
+    Ok(Json(json!({ "key": key.to_string() })))
 }
 
 /// `text` as a QR code, in SVG.

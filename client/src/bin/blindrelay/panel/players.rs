@@ -65,7 +65,9 @@ pub(crate) fn list(text: &str) -> Result<Vec<ListedPlayer>, usize> {
 }
 
 /// Parses a player key as a person pastes it: surrounding blanks and the `player
-/// key:` label allowed, nothing else (one key, one line).
+/// key:` label allowed, and spaces between its characters (the browser player
+/// shows it in groups of four, which a person may type as they read them), nothing
+/// else (one key, one line).
 pub(crate) fn parse_key(text: &str) -> Result<PublicKey, EntryError> {
     let text = text.trim();
     if text.contains(['\n', '\r', '#']) {
@@ -74,7 +76,8 @@ pub(crate) fn parse_key(text: &str) -> Result<PublicKey, EntryError> {
     let text = text
         .strip_prefix(PLAYER_KEY_LABEL)
         .map_or(text, str::trim_start);
-    text.parse().map_err(|_| EntryError::BadKey)
+    let key: String = text.split([' ', '\t']).collect();
+    key.parse().map_err(|_| EntryError::BadKey)
 }
 
 /// Checks a note: it becomes a comment on the key's line, so a line break in it
@@ -210,6 +213,13 @@ mod tests {
     fn pasted_keys_and_notes_are_checked() {
         let a = key();
         assert_eq!(parse_key(&format!("  player key: {a}\n")), Ok(a));
+        let text = a.to_string();
+        let grouped: Vec<&str> = (0..text.len())
+            .step_by(4)
+            .map(|at| &text[at..(at + 4).min(text.len())])
+            .collect();
+        assert_eq!(parse_key(&grouped.join(" ")), Ok(a), "in the page's groups");
+        assert_eq!(parse_key(&text[..51]), Err(EntryError::BadKey));
         assert_eq!(parse_key("bob"), Err(EntryError::BadKey));
         assert_eq!(
             parse_key(&format!("{a}\n{}", key())),

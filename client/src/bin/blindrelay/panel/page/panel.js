@@ -203,11 +203,115 @@ $("add-player").addEventListener("submit", async (event) => {
     renderPlayers(await response.json());
     $("player-key").value = "";
     $("player-note").value = "";
+    $("scan-status").textContent = "";
     showError(null);
   } catch (err) {
     showError(err);
   }
 });
+
+// Paste: the key a player copied or shared, from the clipboard into the form.
+$("paste").addEventListener("click", async () => {
+  try {
+    $("player-key").value = (await navigator.clipboard.readText()).trim();
+    $("scan-status").textContent = "";
+    $("player-note").focus();
+  } catch {
+    // No clipboard access for the page: the field takes a paste all the same.
+    $("scan-status").textContent = "This browser lets the page read no clipboard: paste into the key field.";
+    $("player-key").focus();
+  }
+});
+
+// Scan: the QR code of the key on the player's screen, held up to this computer's
+// camera. The browser only grabs frames; the host reads the code (POST /api/scan,
+// grey pixels, nothing kept), so every browser with a camera can scan.
+const SCAN_EVERY_MS = 400;
+const SCAN_FOR_MS = 60_000;
+const SCAN_WIDTH = 640;
+let scanning;
+
+if (navigator.mediaDevices?.getUserMedia) $("scan").hidden = false;
+
+$("scan").addEventListener("click", () => (scanning ? stopScan("") : startScan()));
+
+async function startScan() {
+  const video = $("scan-video");
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+  } catch (err) {
+    $("scan-status").textContent = `No camera for the page: ${err.message ?? err}. Paste the key instead.`;
+    return;
+  }
+  scanning = { stream, until: Date.now() + SCAN_FOR_MS, timer: undefined };
+  video.srcObject = stream;
+  video.hidden = false;
+  $("scan").textContent = "Stop scanning";
+  $("scan-status").textContent = "Hold the player's QR code up to the camera…";
+  await video.play().catch(() => {});
+  scanFrame();
+}
+
+function stopScan(words) {
+  if (!scanning) return;
+  clearTimeout(scanning.timer);
+  for (const track of scanning.stream.getTracks()) track.stop();
+  scanning = undefined;
+  const video = $("scan-video");
+  video.srcObject = null;
+  video.hidden = true;
+  $("scan").textContent = "Scan";
+  $("scan-status").textContent = words;
+}
+
+async function scanFrame() {
+  const current = scanning;
+  if (!current) return;
+  if (Date.now() > current.until) {
+    stopScan("No key seen in a minute: scan again, or paste the key.");
+    return;
+  }
+  const video = $("scan-video");
+  if (video.videoWidth > 0) {
+    const width = Math.min(SCAN_WIDTH, video.videoWidth);
+    const height = Math.round((video.videoHeight * width) / video.videoWidth);
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    const context = canvas.getContext("2d", { willReadFrequently: true });
+    context.drawImage(video, 0, 0, width, height);
+    const rgba = context.getImageData(0, 0, width, height).data;
+    const grey = new Uint8Array(width * height);
+    for (let i = 0; i < grey.length; i++) {
+      grey[i] = (rgba[i * 4] * 299 + rgba[i * 4 + 1] * 587 + rgba[i * 4 + 2] * 114) / 1000;
+    }
+    try {
+      const response = await fetch(`/api/scan?width=${width}&height=${height}`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/octet-stream" },
+        body: grey,
+        cache: "no-store",
+      });
+      if (response.ok) {
+        const { key } = await response.json();
+        $("player-key").value = key;
+        stopScan("Key read from the camera: add a note, then Add player.");
+        $("player-note").focus();
+        return;
+      }
+      if (response.status !== 422) {
+        const body = await response.json().catch(() => ({}));
+        stopScan(`The host could not read the frame: ${body.error ?? response.status}`);
+        return;
+      }
+    } catch (err) {
+      stopScan(`The host could not read the frame: ${err.message ?? err}`);
+      return;
+    }
+  }
+  if (scanning === current) current.timer = setTimeout(scanFrame, SCAN_EVERY_MS);
+}
 
 if (!token) {
   showError(new Error("No access token in the link: open the panel link the host printed (…/#token=…)."));
