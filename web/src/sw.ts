@@ -5,13 +5,19 @@
  * ciphertext.
  *
  * The ticket and the player's key come from IndexedDB, where the page left them.
+ * Cookies the host sets are kept in the worker's jar (`cookies.ts`, saved in
+ * IndexedDB): a worker cannot hand `Set-Cookie` to the browser, so the worker
+ * takes it out of each response and writes the matching `Cookie` header into each
+ * request itself. The browser's own cookies for the origin (`document.cookie`)
+ * are neither read nor written.
  * When the tunnel cannot be opened (no ticket, a host that does not serve this
  * player, the host offline), a navigation gets a short page that says so and
  * links back to the player page.
  */
 
+import { CookieJar, type CookieRequest } from "./cookies.js";
 import { SessionError } from "./session.js";
-import { loadStaticKey, loadTicket, loadTransport } from "./store.js";
+import { loadCookies, loadStaticKey, loadTicket, loadTransport, saveCookies } from "./store.js";
 import { parseTicket } from "./ticket.js";
 import { RelayTransports } from "./transport.js";
 import { Tunnel } from "./tunnel.js";
@@ -23,14 +29,23 @@ interface WorkerScope {
   addEventListener(type: "fetch", listener: (event: FetchEvent) => void): void;
   addEventListener(type: "message", listener: (event: MessageEvent) => void): void;
   skipWaiting(): Promise<void>;
-  readonly clients: { claim(): Promise<void> };
+  readonly clients: { claim(): Promise<void>; get(id: string): Promise<WorkerClient | undefined> };
 }
 interface ExtendableEvent {
   waitUntil(work: Promise<unknown>): void;
 }
 interface FetchEvent extends ExtendableEvent {
   readonly request: Request;
+  /** The page (or worker) that made a request other than a navigation; empty for a navigation. */
+  readonly clientId: string;
   respondWith(response: Promise<Response>): void;
+}
+/** A page or worker of this origin, as `clients.get` gives it. */
+interface WorkerClient {
+  readonly type: string;
+  readonly frameType?: string;
+  /** The origins of the frames above a nested page, nearest first (Chromium). */
+  readonly ancestorOrigins?: readonly string[];
 }
 
 const scope = self as unknown as WorkerScope;
@@ -39,6 +54,9 @@ const scope = self as unknown as WorkerScope;
 const MAX_REQUEST_BODY = 64 * 1024 * 1024;
 
 let tunnel: Promise<{ tunnel: Tunnel; transports: RelayTransports }> | undefined;
+let jar: Promise<CookieJar> | undefined;
+/** Saves of the jar, one after another, so that an older snapshot never overwrites a newer one. */
+let saving: Promise<void> = Promise.resolve();
 
 scope.addEventListener("install", (event) => event.waitUntil(scope.skipWaiting()));
 scope.addEventListener("activate", (event) => event.waitUntil(scope.clients.claim()));
@@ -61,7 +79,7 @@ scope.addEventListener("fetch", (event) => {
   if (url.origin !== scope.location.origin) return;
   // The player's own files (and webtransport.json) and the relay's WebSocket come from the relay itself.
   if (url.pathname.startsWith("/.blindrelay/") || url.pathname === "/.blindrelay" || url.pathname === "/blindrelay/1") return;
-  event.respondWith(tunnelled(event.request, url));
+  event.respondWith(tunnelled(event, url));
 });
 
 async function currentTunnel(): Promise<Tunnel> {
@@ -81,7 +99,8 @@ async function currentTunnel(): Promise<Tunnel> {
   }
 }
 
-async function tunnelled(request: Request, url: URL): Promise<Response> {
+async function tunnelled(event: FetchEvent, url: URL): Promise<Response> {
+  const request = event.request;
   try {
     let body: Uint8Array | undefined;
     if (request.method !== "GET" && request.method !== "HEAD") {
@@ -89,6 +108,10 @@ async function tunnelled(request: Request, url: URL): Promise<Response> {
       if (buffer.byteLength > MAX_REQUEST_BODY) return new Response("request body too large for the tunnel\n", { status: 413 });
       body = new Uint8Array(buffer);
     }
+    // A request sent without credentials neither carries cookies nor stores any (as the browser's own jar).
+    const context = request.credentials === "omit" ? undefined : await cookieContext(event, url);
+    const cookies = context !== undefined ? await cookieJar() : undefined;
+    const cookie = context !== undefined ? cookies?.cookieHeader(context, Date.now()) : undefined;
     const t = await currentTunnel();
     const response = await t.fetch({
       method: request.method,
@@ -96,19 +119,78 @@ async function tunnelled(request: Request, url: URL): Promise<Response> {
       host: url.host,
       headers: request.headers.entries(),
       ...(body !== undefined ? { body } : {}),
+      ...(cookie !== undefined ? { cookie } : {}),
     });
     if (response.status < 200 || response.status > 599) throw new SessionError("protocol", `the host answered status ${response.status}`);
     const headers = new Headers();
+    let changed = false;
     for (const [name, value] of response.headers) {
+      const lower = name.toLowerCase();
+      if (lower === "set-cookie" || lower === "set-cookie2") {
+        // Into the jar, never to the page: an HttpOnly cookie stays out of reach of its scripts.
+        if (context !== undefined && cookies?.setCookie(value, context, Date.now())) changed = true;
+        continue;
+      }
       try {
         headers.append(name, value);
       } catch {
         // A header the Fetch API refuses (a bad value) is left out, not the response.
       }
     }
+    // Saved before the page has the answer: the request it makes next (a login's redirect) finds the cookie.
+    if (changed && cookies !== undefined) await saveJar(cookies);
     return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
   } catch (err) {
     return failure(request, err);
+  }
+}
+
+/** The jar, read from IndexedDB once per start of the worker; an empty one where storage fails. */
+function cookieJar(): Promise<CookieJar> {
+  jar ??= loadCookies().then(
+    (stored) => new CookieJar(stored, Date.now()),
+    () => new CookieJar(),
+  );
+  return jar;
+}
+
+/** Saves the jar as it is now; where storage fails, its cookies last as long as the worker. */
+function saveJar(cookies: CookieJar): Promise<void> {
+  const snapshot = cookies.snapshot();
+  saving = saving.then(() => saveCookies(snapshot)).catch(() => {});
+  return saving;
+}
+
+/**
+ * Where a request comes from, for `SameSite`: this origin's site is this origin
+ * alone. A navigation is from this origin when its referrer is (a page that sends
+ * none counts as another site: its `Strict` cookies stay behind, `Lax` ones go
+ * with a top-level GET); any other request when the page that made it is a
+ * top-level window of this origin, or a frame with only this origin above it.
+ * A worker's request counts as another site's: the worker does not say which page
+ * it serves.
+ */
+async function cookieContext(event: FetchEvent, url: URL): Promise<CookieRequest> {
+  const request = event.request;
+  const method = request.method;
+  if (request.mode === "navigate") {
+    return { url, method, sameSite: originOf(request.referrer) === scope.location.origin, topLevelNavigation: request.destination === "document" };
+  }
+  const client = event.clientId !== "" ? await scope.clients.get(event.clientId).catch(() => undefined) : undefined;
+  let sameSite = false;
+  if (client?.type === "window") {
+    sameSite =
+      client.frameType === "top-level" ||
+      (client.frameType === "nested" && client.ancestorOrigins !== undefined && client.ancestorOrigins.every((o) => o === scope.location.origin));
+  }
+  return { url, method, sameSite, topLevelNavigation: false };
+}
+
+function originOf(referrer: string): string | undefined {
+  try {
+    return new URL(referrer).origin;
+  } catch {
+    return undefined;
   }
 }
 
