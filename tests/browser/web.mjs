@@ -1,7 +1,7 @@
 // What the browser player's tests and benchmark need besides the browser: a relay
 // that serves the player and a host that prints its share link, the relay's
-// metrics, a film made by ffmpeg, nginx serving it, a TCP forwarder, and Chromium
-// trusting the relay's certificate.
+// metrics, a film made by ffmpeg (as an MP4, or as HLS segments), nginx serving
+// it, a TCP forwarder, and Chromium trusting the relay's certificate.
 
 import { execFileSync } from "node:child_process";
 import { X509Certificate, createHash } from "node:crypto";
@@ -28,6 +28,31 @@ export function makeFilm(file, seconds) {
       "-c:a", "aac", "-b:a", "64k",
       "-movflags", "+faststart",
       file,
+    ],
+    { stdio: ["ignore", "ignore", "pipe"], timeout: 120_000 },
+  );
+}
+
+/**
+ * The same film as HLS, as a media server transcodes for browsers: H.264/AAC in
+ * MPEG-TS segments of `segmentSeconds` (a key frame at each start, so a seek
+ * lands on one), listed in `dir/index.m3u8` as a complete (VOD) playlist.
+ */
+export function makeHls(dir, seconds, segmentSeconds) {
+  fs.mkdirSync(dir, { recursive: true });
+  const gop = String(25 * segmentSeconds);
+  execFileSync(
+    "ffmpeg",
+    [
+      "-hide_banner", "-loglevel", "error", "-y",
+      "-f", "lavfi", "-i", `testsrc=size=320x240:rate=25:duration=${seconds}`,
+      "-f", "lavfi", "-i", `sine=frequency=440:sample_rate=44100:duration=${seconds}`,
+      "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+      "-g", gop, "-keyint_min", gop, "-sc_threshold", "0",
+      "-c:a", "aac", "-b:a", "64k",
+      "-f", "hls", "-hls_time", String(segmentSeconds), "-hls_playlist_type", "vod",
+      "-hls_segment_filename", path.join(dir, "seg%03d.ts"),
+      path.join(dir, "index.m3u8"),
     ],
     { stdio: ["ignore", "ignore", "pipe"], timeout: 120_000 },
   );
@@ -68,7 +93,10 @@ events { worker_connections 256; }
 http {
   access_log off;
 ${temps}
-  types { text/html html; video/mp4 mp4; application/octet-stream bin; }
+  types {
+    text/html html; video/mp4 mp4; application/octet-stream bin;
+    text/javascript js; application/vnd.apple.mpegurl m3u8; video/mp2t ts;
+  }
   server {
     listen 127.0.0.1:${port};
     root ${root};
