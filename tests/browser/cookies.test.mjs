@@ -3,8 +3,9 @@
 // started by the test. Its library answers 401 without the `HttpOnly` session
 // cookie its login form sets, so each step fails if the service worker's jar is not
 // used: signed in through the form, the library opens, the page's own fetch of the
-// API carries the cookie, and it survives the service worker being stopped (the
-// jar is read back from IndexedDB). `document.cookie` sees none of the host's
+// API carries the cookie (from a frame of the host's page too, which no other origin
+// may frame), and it survives the service worker being stopped (the jar is read
+// back from IndexedDB). `document.cookie` sees none of the host's
 // cookies, and what a page script sets there never reaches the host. SameSite as a
 // browser keeps it: a link from another site brings the `Lax` session cookie but
 // not the `Strict` one, and a form another site posts here brings neither (the
@@ -75,6 +76,15 @@ test(
         return { status: r.status, body: await r.text(), setCookie: r.headers.get("set-cookie") };
       });
       assert.deepEqual(whoami, { status: 200, body: '{"user":"alice"}', setCookie: null });
+
+      // In a frame of the host's page: the frame's load and what the framed page fetches
+      // carry them too. No other origin may frame the host's pages (the worker adds
+      // that to each response), so a frame of the origin has only the origin above it.
+      const framed = await page.goto(`${origin}/framed`);
+      assert.match(framed.headers()["content-security-policy"] ?? "", /frame-ancestors 'self'/);
+      await page.frameLocator("#inner").locator("#who", { hasText: '{"user":"alice"}' }).waitFor();
+      assert.deepEqual(app.last("GET", "/inner").cookies, ["guard", "sid", "theme"]);
+      assert.deepEqual(app.last("GET", "/api/whoami").cookies, ["guard", "sid", "theme"]);
 
       // The worker stopped and started again reads the jar back from IndexedDB.
       const cdp = await context.newCDPSession(page);
@@ -198,6 +208,15 @@ async function startApp(procs) {
           `<a id="to-library" href="/library">Library</a>` +
             `<form method="post" action="/transfer"><button id="transfer">Transfer</button></form>` +
             `<form method="post" action="/logout"><button id="sign-out">Sign out</button></form>`,
+        );
+      case "GET /framed":
+        return page(res, 200, "framed", `<iframe id="inner" src="/inner"></iframe>`);
+      case "GET /inner":
+        return page(
+          res,
+          200,
+          "inner",
+          `<p id="who"></p><script>fetch("/api/whoami").then((r) => r.text()).then((t) => { document.getElementById("who").textContent = t; })</script>`,
         );
       case "GET /api/whoami": {
         const json = user === undefined ? '{"error":"sign in first"}' : JSON.stringify({ user });

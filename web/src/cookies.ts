@@ -61,6 +61,48 @@ export interface CookieRequest {
   readonly topLevelNavigation: boolean;
 }
 
+/** What the service worker knows of where a request comes from. */
+export interface RequestInitiator {
+  /** `request.mode`: `navigate` for a page or frame loaded. */
+  readonly mode: string;
+  /** `request.destination`: `document` for a top-level page. */
+  readonly destination: string;
+  /** `request.referrer`: empty where the page that made it sends none. */
+  readonly referrer: string;
+  /** The page or worker of this origin that made a request other than a navigation, where the worker has it. */
+  readonly client?: unknown;
+}
+
+/**
+ * Whether a request comes from `origin` itself, for `SameSite`, judged only on what
+ * another site cannot forge, so that a doubt keeps `Strict` and `Lax` cookies back
+ * rather than letting them out:
+ * - a navigation (of a window or a frame) is from this origin when its referrer is;
+ *   one with no referrer (an address typed, a bookmark, or another site that sends
+ *   none) is not;
+ * - any other request is when the worker knows the page or worker that made it: it
+ *   is one of this origin's, and none of them has another origin above it, since
+ *   every page of the origin refuses to be framed by another
+ *   ({@link FRAME_ANCESTORS_SELF}; the browser does not tell a worker a frame's
+ *   ancestors).
+ */
+export function requestSite(origin: string, from: RequestInitiator): Pick<CookieRequest, "sameSite" | "topLevelNavigation"> {
+  if (from.mode === "navigate") {
+    return { sameSite: originOf(from.referrer) === origin, topLevelNavigation: from.destination === "document" };
+  }
+  return { sameSite: from.client !== undefined, topLevelNavigation: false };
+}
+
+/**
+ * The policy the worker adds to every response it gives a page: no other origin may
+ * frame the host's pages. It is what lets {@link requestSite} take a frame of this
+ * origin as having only this origin above it (the browser does not tell a worker a
+ * frame's ancestors), and it keeps other sites from framing a signed-in page under
+ * their own (clickjacking). A policy of the host's own is kept beside it; the
+ * browser enforces both.
+ */
+export const FRAME_ANCESTORS_SELF = "frame-ancestors 'self'";
+
 /** Methods `Lax` cookies go with on a navigation from another site. */
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE"]);
 
@@ -108,6 +150,8 @@ export class CookieJar {
       domain = parsed.domain;
     }
     const path = parsed.path ?? defaultPath(request.url.pathname);
+    // The default path comes from the URL, which has no bound of its own.
+    if (utf8Length(path) > MAX_ATTRIBUTE_BYTES) return false;
 
     if (parsed.secure && !secureOrigin) return false;
     if (parsed.sameSite === "none" && !parsed.secure) return false;
@@ -331,6 +375,14 @@ function trim(s: string): string {
 
 function utf8Length(s: string): number {
   return new TextEncoder().encode(s).length;
+}
+
+function originOf(url: string): string | undefined {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return undefined;
+  }
 }
 
 function canonicalHost(host: string): string {

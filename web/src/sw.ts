@@ -15,7 +15,7 @@
  * links back to the player page.
  */
 
-import { CookieJar, type CookieRequest } from "./cookies.js";
+import { CookieJar, type CookieRequest, FRAME_ANCESTORS_SELF, requestSite } from "./cookies.js";
 import { SessionError } from "./session.js";
 import { loadCookies, loadStaticKey, loadTicket, loadTransport, saveCookies } from "./store.js";
 import { parseTicket } from "./ticket.js";
@@ -29,7 +29,7 @@ interface WorkerScope {
   addEventListener(type: "fetch", listener: (event: FetchEvent) => void): void;
   addEventListener(type: "message", listener: (event: MessageEvent) => void): void;
   skipWaiting(): Promise<void>;
-  readonly clients: { claim(): Promise<void>; get(id: string): Promise<WorkerClient | undefined> };
+  readonly clients: { claim(): Promise<void>; get(id: string): Promise<object | undefined> };
 }
 interface ExtendableEvent {
   waitUntil(work: Promise<unknown>): void;
@@ -39,13 +39,6 @@ interface FetchEvent extends ExtendableEvent {
   /** The page (or worker) that made a request other than a navigation; empty for a navigation. */
   readonly clientId: string;
   respondWith(response: Promise<Response>): void;
-}
-/** A page or worker of this origin, as `clients.get` gives it. */
-interface WorkerClient {
-  readonly type: string;
-  readonly frameType?: string;
-  /** The origins of the frames above a nested page, nearest first (Chromium). */
-  readonly ancestorOrigins?: readonly string[];
 }
 
 const scope = self as unknown as WorkerScope;
@@ -137,6 +130,7 @@ async function tunnelled(event: FetchEvent, url: URL): Promise<Response> {
         // A header the Fetch API refuses (a bad value) is left out, not the response.
       }
     }
+    headers.append("Content-Security-Policy", FRAME_ANCESTORS_SELF);
     // Saved before the page has the answer: the request it makes next (a login's redirect) finds the cookie.
     if (changed && cookies !== undefined) await saveJar(cookies);
     return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
@@ -161,37 +155,12 @@ function saveJar(cookies: CookieJar): Promise<void> {
   return saving;
 }
 
-/**
- * Where a request comes from, for `SameSite`: this origin's site is this origin
- * alone. A navigation is from this origin when its referrer is (a page that sends
- * none counts as another site: its `Strict` cookies stay behind, `Lax` ones go
- * with a top-level GET); any other request when the page that made it is a
- * top-level window of this origin, or a frame with only this origin above it.
- * A worker's request counts as another site's: the worker does not say which page
- * it serves.
- */
+/** Where a request comes from, for `SameSite` (`requestSite` decides). */
 async function cookieContext(event: FetchEvent, url: URL): Promise<CookieRequest> {
   const request = event.request;
-  const method = request.method;
-  if (request.mode === "navigate") {
-    return { url, method, sameSite: originOf(request.referrer) === scope.location.origin, topLevelNavigation: request.destination === "document" };
-  }
-  const client = event.clientId !== "" ? await scope.clients.get(event.clientId).catch(() => undefined) : undefined;
-  let sameSite = false;
-  if (client?.type === "window") {
-    sameSite =
-      client.frameType === "top-level" ||
-      (client.frameType === "nested" && client.ancestorOrigins !== undefined && client.ancestorOrigins.every((o) => o === scope.location.origin));
-  }
-  return { url, method, sameSite, topLevelNavigation: false };
-}
-
-function originOf(referrer: string): string | undefined {
-  try {
-    return new URL(referrer).origin;
-  } catch {
-    return undefined;
-  }
+  const client = request.mode !== "navigate" && event.clientId !== "" ? await scope.clients.get(event.clientId).catch(() => undefined) : undefined;
+  const from = { mode: request.mode, destination: request.destination, referrer: request.referrer, client };
+  return { url, method: request.method, ...requestSite(scope.location.origin, from) };
 }
 
 /** The answer when the tunnel failed: a page that says why, for a navigation; a 502 otherwise. */
@@ -204,11 +173,12 @@ function failure(request: Request, err: unknown): Response {
         : err instanceof SessionError && err.kind === "redirected"
           ? `The relay does not hold this host: ${err.message}.`
         : `The host could not be reached: ${err instanceof Error ? err.message : String(err)}.`;
-  if (request.mode !== "navigate") return new Response(`${why}\n`, { status: 502, headers: { "Content-Type": "text/plain; charset=utf-8" } });
+  const csp = { "Content-Security-Policy": FRAME_ANCESTORS_SELF };
+  if (request.mode !== "navigate") return new Response(`${why}\n`, { status: 502, headers: { "Content-Type": "text/plain; charset=utf-8", ...csp } });
   const page =
     `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>blindrelay: host not reached</title></head>` +
     `<body><h1>Host not reached</h1><p>${escapeHtml(why)}</p><p><a href="/.blindrelay/">Open the player page</a></p></body></html>`;
-  return new Response(page, { status: 502, headers: { "Content-Type": "text/html; charset=utf-8" } });
+  return new Response(page, { status: 502, headers: { "Content-Type": "text/html; charset=utf-8", ...csp } });
 }
 
 function escapeHtml(s: string): string {

@@ -1,9 +1,10 @@
 // The tunnel's cookie jar by RFC 6265 (and what browsers took from RFC 6265bis):
 // dates in the formats servers send, domain and path matching, Max-Age against
 // Expires, deletion by expiry, Secure and the name prefixes, SameSite from this
-// origin and from others, HttpOnly kept, replacement, the header's order, and the
-// bounds pushed past: 50 cookies, 4096 bytes each, and a stored jar the origin's
-// pages could have written anything into.
+// origin and from others (and how the worker tells which), HttpOnly kept,
+// replacement, the header's order, and the bounds pushed past: 50 cookies, 4096
+// bytes each, 1024 bytes of path, and a stored jar the origin's pages could have
+// written anything into.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -17,6 +18,7 @@ import {
   parseCookieDate,
   parseSetCookie,
   pathMatch,
+  requestSite,
 } from "../build/cookies.js";
 import { encodeRequest } from "../build/http1.js";
 
@@ -272,4 +274,31 @@ test("a stored jar is taken back checked: malformed, expired and surplus cookies
   const many = Array.from({ length: 10_000 }, (_, i) => ({ ...good[1], name: `n${i}` }));
   assert.equal(new CookieJar(many, T0).size, MAX_COOKIES);
   assert.equal(new CookieJar({ not: "a list" }, T0).size, 0);
+});
+
+test("where a request comes from: a referrer of this origin, or a page of it (framed only by it); anything in doubt is another site", () => {
+  const here = "https://abc.relay.example:8443";
+  const nav = (destination, referrer) => requestSite(here, { mode: "navigate", destination, referrer });
+  assert.deepEqual(nav("document", `${here}/login`), { sameSite: true, topLevelNavigation: true });
+  assert.deepEqual(nav("document", "https://other.example/"), { sameSite: false, topLevelNavigation: true });
+  assert.deepEqual(nav("document", "https://xyz.relay.example:8443/"), { sameSite: false, topLevelNavigation: true }, "another host's origin");
+  assert.deepEqual(nav("document", ""), { sameSite: false, topLevelNavigation: true }, "no referrer: an address typed, or a site that hides itself");
+  assert.deepEqual(nav("iframe", `${here}/`), { sameSite: true, topLevelNavigation: false });
+  assert.deepEqual(nav("iframe", "https://other.example/"), { sameSite: false, topLevelNavigation: false });
+
+  const sub = (client) => requestSite(here, { mode: "cors", destination: "", referrer: `${here}/`, client }).sameSite;
+  assert.equal(sub({ type: "window", frameType: "top-level" }), true);
+  assert.equal(sub({ type: "window", frameType: "nested" }), true, "only this origin may frame its pages");
+  assert.equal(sub({ type: "window", frameType: "auxiliary" }), true, "a window another page opened is top-level");
+  assert.equal(sub({ type: "worker", frameType: "none" }), true, "a worker of this origin's pages");
+  assert.equal(sub(undefined), false, "no page or worker known");
+});
+
+test("a cookie whose path, given or taken from a long URL, is over 1024 bytes is ignored", () => {
+  const jar = new CookieJar();
+  const long = `/${"d".repeat(1100)}/page`;
+  assert.ok(!jar.setCookie("a=1", req(long), T0));
+  assert.ok(jar.setCookie("a=1; Path=/", req(long), T0));
+  assert.ok(jar.setCookie(`b=1; Path=/${"p".repeat(1022)}`, req("/"), T0));
+  assert.equal(jar.snapshot().find((c) => c.name === "b").path.length, 1023);
 });
