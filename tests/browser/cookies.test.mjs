@@ -76,6 +76,9 @@ test(
         return { status: r.status, body: await r.text(), setCookie: r.headers.get("set-cookie") };
       });
       assert.deepEqual(whoami, { status: 200, body: '{"user":"alice"}', setCookie: null });
+      // A fetch told to leave credentials out goes without them, as it would without the tunnel.
+      assert.equal(await page.evaluate(async () => (await fetch("/api/whoami", { credentials: "omit" })).status), 401);
+      assert.deepEqual(app.last("GET", "/api/whoami").cookies, []);
 
       // In a frame of the host's page: the frame's load and what the framed page fetches
       // carry them too. No other origin may frame the host's pages (the worker adds
