@@ -1,6 +1,7 @@
 // What the browser player's tests and benchmark need besides the browser: a relay
 // that serves the player and a host that prints its share link, the relay's
-// metrics, a film made by ffmpeg, nginx serving it, and a TCP forwarder.
+// metrics, a film made by ffmpeg (as an MP4, or as HLS segments), nginx serving
+// it, a TCP forwarder, and Chromium trusting the relay's certificate.
 
 import { execFileSync } from "node:child_process";
 import { X509Certificate, createHash } from "node:crypto";
@@ -9,6 +10,7 @@ import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import tls from "node:tls";
+import { chromium } from "playwright-core";
 
 /**
  * A real H.264/AAC MP4 of `seconds` seconds (test pattern and a tone), its index
@@ -26,6 +28,31 @@ export function makeFilm(file, seconds) {
       "-c:a", "aac", "-b:a", "64k",
       "-movflags", "+faststart",
       file,
+    ],
+    { stdio: ["ignore", "ignore", "pipe"], timeout: 120_000 },
+  );
+}
+
+/**
+ * The same film as HLS, as a media server transcodes for browsers: H.264/AAC in
+ * MPEG-TS segments of `segmentSeconds` (a key frame at each start, so a seek
+ * lands on one), listed in `dir/index.m3u8` as a complete (VOD) playlist.
+ */
+export function makeHls(dir, seconds, segmentSeconds) {
+  fs.mkdirSync(dir, { recursive: true });
+  const gop = String(25 * segmentSeconds);
+  execFileSync(
+    "ffmpeg",
+    [
+      "-hide_banner", "-loglevel", "error", "-y",
+      "-f", "lavfi", "-i", `testsrc=size=320x240:rate=25:duration=${seconds}`,
+      "-f", "lavfi", "-i", `sine=frequency=440:sample_rate=44100:duration=${seconds}`,
+      "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+      "-g", gop, "-keyint_min", gop, "-sc_threshold", "0",
+      "-c:a", "aac", "-b:a", "64k",
+      "-f", "hls", "-hls_time", String(segmentSeconds), "-hls_playlist_type", "vod",
+      "-hls_segment_filename", path.join(dir, "seg%03d.ts"),
+      path.join(dir, "index.m3u8"),
     ],
     { stdio: ["ignore", "ignore", "pipe"], timeout: 120_000 },
   );
@@ -66,7 +93,10 @@ events { worker_connections 256; }
 http {
   access_log off;
 ${temps}
-  types { text/html html; video/mp4 mp4; application/octet-stream bin; }
+  types {
+    text/html html; video/mp4 mp4; application/octet-stream bin;
+    text/javascript js; application/vnd.apple.mpegurl m3u8; video/mp2t ts;
+  }
   server {
     listen 127.0.0.1:${port};
     root ${root};
@@ -182,4 +212,52 @@ export async function forwardTcp(listenHost, listenPort, toHost, toPort) {
     server.listen(listenPort, listenHost, resolve);
   });
   return server;
+}
+
+/**
+ * Headless Chromium (Debian's, or CHROMIUM_PATH) with a fresh profile in `work`
+ * that trusts exactly the certificate the host's origin presents on TCP
+ * (`--ignore-certificate-errors-spki-list`), with the origin mapped to the relay's
+ * 127.0.0.1: Chromium resolves `*.localhost` to ::1 too and would take that for
+ * WebTransport's QUIC, where the relay does not listen.
+ */
+export async function launchChromium(work, originUrl, { waitMs = 30_000 } = {}) {
+  const spki = await spkiHash("127.0.0.1", Number(originUrl.port), originUrl.hostname);
+  const context = await chromium.launchPersistentContext(path.join(work, "chromium-profile"), {
+    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+    headless: true,
+    chromiumSandbox: false,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--autoplay-policy=no-user-gesture-required",
+      `--ignore-certificate-errors-spki-list=${spki}`,
+      `--host-resolver-rules=MAP ${originUrl.hostname} 127.0.0.1`,
+    ],
+    viewport: { width: 800, height: 640 },
+  });
+  context.setDefaultTimeout(waitMs);
+  return context;
+}
+
+/** Waits until something accepts on 127.0.0.1:`port`; fails when `proc` exits or the deadline passes. */
+export async function waitForPort(port, proc, waitMs = 30_000) {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, "127.0.0.1", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on("error", () => resolve(false));
+    });
+    if (ok) return;
+    if (proc.exited) throw new Error(`${proc.name} exited: ${proc.stderr}`);
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${port} after ${waitMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }

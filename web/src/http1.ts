@@ -46,6 +46,8 @@ export interface HttpRequest {
   readonly headers: Iterable<readonly [string, string]>;
   /** The whole body, where the method has one. */
   readonly body?: Uint8Array;
+  /** The `Cookie` header from the tunnel's jar; one the page gave is never sent. */
+  readonly cookie?: string;
 }
 
 /** What the host's HTTP server answered, before its body. */
@@ -66,7 +68,8 @@ export class HttpError extends Error {
 /**
  * Headers the tunnel writes itself or never forwards: connection-level ones (they
  * describe the page's connection to the service worker, not the session), and the
- * framing, which must match the bytes actually written.
+ * framing, which must match the bytes actually written; and `Cookie`, which
+ * comes from the tunnel's jar alone.
  */
 const DROPPED = new Set([
   "host",
@@ -79,6 +82,7 @@ const DROPPED = new Set([
   "upgrade",
   "content-length",
   "accept-encoding",
+  "cookie",
 ]);
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -100,6 +104,10 @@ export function encodeRequest(request: HttpRequest): Uint8Array {
   // A response the service worker builds is handed to the page as it is: the
   // browser does not undo a content coding for it, so ask for none.
   lines.push("Accept-Encoding: identity");
+  if (request.cookie !== undefined) {
+    checkValue("Cookie", request.cookie);
+    lines.push(`Cookie: ${request.cookie}`);
+  }
   if (request.body !== undefined) lines.push(`Content-Length: ${request.body.length}`);
   const head = new TextEncoder().encode(`${lines.join("\r\n")}\r\n\r\n`);
   if (request.body === undefined || request.body.length === 0) return head;

@@ -1,6 +1,7 @@
 /**
  * What the page and its service worker keep on this origin, in IndexedDB: the
- * ticket, the player's static key and the transport setting.
+ * ticket, the player's static key, the transport setting and the cookies the
+ * host set (the tunnel's jar).
  *
  * The key is stored as a `CryptoKey` where WebCrypto made it (IndexedDB keeps a
  * non-extractable key without ever exposing its bytes), and as 32 raw bytes where
@@ -9,6 +10,7 @@
  * reach another host's ticket or key.
  */
 
+import type { Cookie } from "./cookies.js";
 import { type StaticKey, generateWebCryptoKeyPair, rawStaticKey, webCryptoStaticKey } from "./statickey.js";
 import { generateSecretKey } from "./noise.js";
 
@@ -82,6 +84,15 @@ export async function loadTransport(): Promise<TransportSetting> {
 
 export async function saveTransport(setting: TransportSetting): Promise<void> {
   await put("transport", setting);
+}
+
+/** The cookie jar's cookies as last saved, unchecked: `CookieJar` checks them as it takes them. */
+export async function loadCookies(): Promise<unknown> {
+  return get("cookies");
+}
+
+export async function saveCookies(cookies: readonly Cookie[]): Promise<void> {
+  await put("cookies", cookies);
 }
 
 /** The player's static key, or `undefined` where the page has not made one yet. */
