@@ -1,12 +1,13 @@
 // Builds the browser player into dist/: index.html (the page), player.css (its
-// stylesheet), player.js (its script) and sw.js (the service worker), and prints
+// stylesheet), player.js (its script), sw.js (the service worker) and ws.js (the
+// script the worker puts in the host's pages for their WebSockets), and prints
 // their SHA-256.
 //
 // The build is meant to be reproducible, so that anyone can rebuild the page's code
 // from this repository and compare it with the hash the operator publishes: no
 // timestamps, no absolute paths, no source maps, a pinned target, and the exact
 // dependency versions of package-lock.json (install with `npm ci`). dist/ is
-// committed because the relay embeds these four files in its binary.
+// committed because the relay embeds these five files in its binary.
 //
 //   node scripts/build.mjs            build into dist/, print "sha256  dist/<file>"
 //   node scripts/build.mjs --check    build twice in temporary folders; fail if the two
@@ -22,7 +23,7 @@ import { build } from "esbuild";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const dist = join(root, "dist");
 /** Exactly what dist/ holds, in the order printed. */
-const FILES = ["index.html", "player.css", "player.js", "sw.js"];
+const FILES = ["index.html", "player.css", "player.js", "sw.js", "ws.js"];
 
 const common = {
   absWorkingDir: root,
@@ -43,6 +44,8 @@ async function bundle(out) {
   // classic script, which every browser with service workers can start.
   await build({ ...common, entryPoints: ["src/page.ts"], outfile: join(out, "player.js"), format: "esm" });
   await build({ ...common, entryPoints: ["src/sw.ts"], outfile: join(out, "sw.js"), format: "iife" });
+  // A classic script too: the host's page loads it before its own, without `type="module"`.
+  await build({ ...common, entryPoints: ["src/ws.ts"], outfile: join(out, "ws.js"), format: "iife" });
   await copyFile(join(root, "static", "index.html"), join(out, "index.html"));
   await copyFile(join(root, "static", "player.css"), join(out, "player.css"));
   return hashes(out);

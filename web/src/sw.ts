@@ -13,9 +13,13 @@
  * When the tunnel cannot be opened (no ticket, a host that does not serve this
  * player, the host offline), a navigation gets a short page that says so and
  * links back to the player page.
+ * A page of the host's gets `/.blindrelay/ws.js` as its first script (src/inject.ts):
+ * a worker never sees a page's WebSockets, so that script carries the ones to this
+ * origin through the tunnel itself.
  */
 
 import { CookieJar, type CookieRequest, FRAME_ANCESTORS_SELF, requestSite } from "./cookies.js";
+import { withShim } from "./inject.js";
 import { SessionError } from "./session.js";
 import { loadCookies, loadStaticKey, loadTicket, loadTransport, saveCookies } from "./store.js";
 import { parseTicket } from "./ticket.js";
@@ -133,10 +137,28 @@ async function tunnelled(event: FetchEvent, url: URL): Promise<Response> {
     headers.append("Content-Security-Policy", FRAME_ANCESTORS_SELF);
     // Saved before the page has the answer: the request it makes next (a login's redirect) finds the cookie.
     if (changed && cookies !== undefined) await saveJar(cookies);
-    return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+    let page = response.body;
+    if (page !== null && wantsShim(request, response.status, headers)) {
+      // The page's WebSockets to this origin go through the tunnel too (src/ws.ts).
+      page = withShim(page);
+      headers.delete("Content-Length");
+    }
+    return new Response(page, { status: response.status, statusText: response.statusText, headers });
   } catch (err) {
     return failure(request, err);
   }
+}
+
+/**
+ * Whether a response is a page of the host's that gets the WebSocket script: a
+ * document or frame loaded (not HTML the page fetches to use as it likes), whole,
+ * in a coding and charset that the ASCII tag can go into as it is.
+ */
+function wantsShim(request: Request, status: number, headers: Headers): boolean {
+  if (request.mode !== "navigate" || status === 206) return false;
+  const type = headers.get("Content-Type") ?? "";
+  const coding = (headers.get("Content-Encoding") ?? "identity").trim().toLowerCase();
+  return /^\s*text\/html\s*(;|$)/i.test(type) && !/charset\s*=\s*"?utf-(16|32)/i.test(type) && coding === "identity";
 }
 
 /** The jar, read from IndexedDB once per start of the worker; an empty one where storage fails. */
