@@ -110,6 +110,11 @@ async fn the_player_is_served_with_its_headers_on_a_host_origin() {
             "sw.js",
             "text/javascript; charset=utf-8",
         ),
+        (
+            "/.blindrelay/ws.js",
+            "ws.js",
+            "text/javascript; charset=utf-8",
+        ),
     ] {
         let answer = request(&relay, "GET", path, &host).await;
         assert_eq!(answer.status, 200, "{path}: {}", answer.head);
@@ -153,7 +158,7 @@ async fn the_player_is_served_with_its_headers_on_a_host_origin() {
     assert_eq!(answer.header("location"), Some("/.blindrelay/"));
 
     let stats = relay.stats();
-    assert_eq!(stats.http_requests(HttpOutcome::Player), 7);
+    assert_eq!(stats.http_requests(HttpOutcome::Player), 8);
     assert_eq!(stats.http_requests(HttpOutcome::Redirect), 1);
     assert_eq!(
         stats.connections_accepted, 0,

@@ -55,6 +55,12 @@ static SERVICE_WORKER: Asset = Asset {
     service_worker: true,
 };
 
+static WEBSOCKET_SHIM: Asset = Asset {
+    content_type: "text/javascript; charset=utf-8",
+    body: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../web/dist/ws.js")),
+    service_worker: false,
+};
+
 /// The file at `path`, if the player has one there.
 pub(crate) fn find(path: &str) -> Option<&'static Asset> {
     match path.strip_prefix(PREFIX)? {
@@ -62,6 +68,8 @@ pub(crate) fn find(path: &str) -> Option<&'static Asset> {
         "player.css" => Some(&STYLESHEET),
         "player.js" => Some(&PLAYER),
         "sw.js" => Some(&SERVICE_WORKER),
+        // The Service Worker puts it in the host's pages: it carries their WebSockets.
+        "ws.js" => Some(&WEBSOCKET_SHIM),
         _ => None,
     }
 }
@@ -84,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_four_files_are_found_and_nothing_else() {
+    fn the_five_files_are_found_and_nothing_else() {
         assert!(std::ptr::eq(find("/.blindrelay/").unwrap(), &INDEX));
         assert!(std::ptr::eq(
             find("/.blindrelay/index.html").unwrap(),
@@ -92,6 +100,11 @@ mod tests {
         ));
         assert!(find("/.blindrelay/sw.js").unwrap().service_worker);
         assert!(!find("/.blindrelay/player.js").unwrap().service_worker);
+        assert!(!find("/.blindrelay/ws.js").unwrap().service_worker);
+        assert_eq!(
+            find("/.blindrelay/ws.js").unwrap().content_type,
+            "text/javascript; charset=utf-8"
+        );
         assert_eq!(
             find("/.blindrelay/player.css").unwrap().content_type,
             "text/css; charset=utf-8"
@@ -103,6 +116,7 @@ mod tests {
             "/.blindrelay/x.js",
             "/player.js",
             "/player.css",
+            "/ws.js",
         ] {
             assert!(find(path).is_none(), "{path}");
         }
