@@ -151,11 +151,13 @@ async function tunnelled(event: FetchEvent, url: URL): Promise<Response> {
 
 /**
  * Whether a response is a page of the host's that gets the WebSocket script: a
- * document or frame loaded (not HTML the page fetches to use as it likes), whole,
- * in a coding and charset that the ASCII tag can go into as it is.
+ * document or frame loaded (not HTML the page fetches to use as it likes, nor a
+ * download), whole, in a coding and charset that the ASCII tag can go into as it is.
  */
 function wantsShim(request: Request, status: number, headers: Headers): boolean {
   if (request.mode !== "navigate" || status === 206) return false;
+  // A download is kept byte for byte.
+  if (/^\s*attachment/i.test(headers.get("Content-Disposition") ?? "")) return false;
   const type = headers.get("Content-Type") ?? "";
   const coding = (headers.get("Content-Encoding") ?? "identity").trim().toLowerCase();
   return /^\s*text\/html\s*(;|$)/i.test(type) && !/charset\s*=\s*"?utf-(16|32)/i.test(type) && coding === "identity";
