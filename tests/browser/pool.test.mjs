@@ -114,6 +114,10 @@ async function watchThroughThePool(setting) {
     await page.waitForURL(`${origin}/`, { timeout: WAIT_MS });
     await page.locator("h1", { hasText: "home media" }).waitFor();
     assert.equal(new URL(page.url()).origin, origin, "the page kept its origin");
+    // The worker came with the relay's member list of now in its script URL (and so its policy).
+    const script = new URL(await page.evaluate(() => navigator.serviceWorker.controller.scriptURL));
+    assert.equal(script.pathname, "/.blindrelay/sw.js");
+    assert.ok(script.searchParams.get("pool").split(",").includes(owner.name), script.href);
 
     // Plays past 3 s, then from 45 s on, through the tunnel to the owner.
     await page.evaluate(() => document.getElementById("film").play());

@@ -165,7 +165,7 @@ async function main(): Promise<void> {
       if (outcome === "served") {
         stopAsking();
         reveal("retry", false);
-        await start();
+        await start(await transports.poolMembers());
         return;
       }
       showFailure(outcome.state, outcome.more, outcome.at);
@@ -351,6 +351,19 @@ function transportWords(setting: TransportSetting, transports: RelayTransports):
 export const SERVICE_WORKER_PATIENCE_MS = 10_000;
 
 /**
+ * The service worker's script URL for a relay that lets the page reach pool
+ * `members`: `sw.js`, with the list in its query in a pool. A worker's
+ * Content-Security-Policy is the one its script came with, and a browser keeps a
+ * worker whose script did not change: a new list is a new script URL, so the
+ * browser installs a worker with the relay's policy of now (a member that joined
+ * the pool and took the host is one the old worker could not reach). The relay
+ * serves `sw.js` whatever the query.
+ */
+export function serviceWorkerScript(members: readonly string[]): string {
+  return members.length === 0 ? "/.blindrelay/sw.js" : `/.blindrelay/sw.js?pool=${encodeURIComponent(members.join(","))}`;
+}
+
+/**
  * Installs the service worker for the whole origin and waits until it controls the
  * page: `"started"`, or why not (the browser's error, or `"timeout"` when it never
  * started, which is what Chromium does on a site whose certificate it does not
@@ -359,13 +372,14 @@ export const SERVICE_WORKER_PATIENCE_MS = 10_000;
 export async function startServiceWorker(
   container: ServiceWorkerContainer,
   patienceMs = SERVICE_WORKER_PATIENCE_MS,
+  script = serviceWorkerScript([]),
 ): Promise<"started" | "timeout" | Error> {
   const controlled = new Promise<void>((resolve) => {
     if (container.controller !== null) resolve();
     else container.addEventListener("controllerchange", () => resolve(), { once: true });
   });
   const starting = (async (): Promise<"started"> => {
-    const registration = await container.register("/.blindrelay/sw.js", { scope: "/", updateViaCache: "none" });
+    const registration = await container.register(script, { scope: "/", updateViaCache: "none" });
     await container.ready;
     // A worker already in control may hold a previous ticket's sessions.
     (container.controller ?? registration.active)?.postMessage({ type: "reload" });
@@ -394,8 +408,11 @@ export function serviceWorkerRefusedWords(outcome: "timeout" | Error): string {
   );
 }
 
-/** Installs the service worker for the whole origin and hands over to the host's web app. */
-async function start(): Promise<void> {
+/**
+ * Installs the service worker for the whole origin and hands over to the host's
+ * web app; `members` are the pool members the relay lets the page reach.
+ */
+async function start(members: readonly string[]): Promise<void> {
   const container = navigator.serviceWorker as ServiceWorkerContainer | undefined;
   if (container === undefined) {
     showFailure("no-service-worker", "");
@@ -403,7 +420,7 @@ async function start(): Promise<void> {
   }
   markSteps("playing", false);
   show("starting");
-  const outcome = await startServiceWorker(container);
+  const outcome = await startServiceWorker(container, SERVICE_WORKER_PATIENCE_MS, serviceWorkerScript(members));
   if (outcome === "started") {
     showStep("playing", undefined);
     location.replace("/");

@@ -223,7 +223,7 @@ export class RelayTransports {
   }
 
   /** The pool members the page may follow a redirect to, from its own relay's `webtransport.json`; none where it cannot be read. */
-  private async poolMembers(): Promise<readonly string[]> {
+  async poolMembers(): Promise<readonly string[]> {
     try {
       this.info = await this.readInfo();
       return this.info.members;
