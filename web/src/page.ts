@@ -380,6 +380,11 @@ export async function startServiceWorker(
   });
   const starting = (async (): Promise<"started"> => {
     const registration = await container.register(script, { scope: "/", updateViaCache: "none" });
+    // A worker in control and a new one coming (a new script URL: the pool's list
+    // changed): the page hands over once the new one is active, so that the host's
+    // page is not loaded through the old one.
+    const incoming = registration.installing ?? registration.waiting;
+    if (incoming !== null && container.controller !== null) await activated(incoming);
     await container.ready;
     // A worker already in control may hold a previous ticket's sessions.
     (container.controller ?? registration.active)?.postMessage({ type: "reload" });
@@ -395,6 +400,17 @@ export async function startServiceWorker(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Resolves once `worker` is active, or was replaced (then the one after it is, or failed to install). */
+function activated(worker: ServiceWorker): Promise<void> {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (worker.state === "activated" || worker.state === "redundant") resolve();
+    };
+    worker.addEventListener("statechange", check);
+    check();
+  });
 }
 
 /** What to do when the browser would not start the player's service worker. */

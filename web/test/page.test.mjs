@@ -59,3 +59,28 @@ test("in a pool the worker's script names the members, so a new list installs a 
   assert.equal(await startServiceWorker(c, 2000, before), "started");
   assert.deepEqual(c.registered, [before]);
 });
+
+test("with a worker in control and a new one installing, the page hands over once the new one is active", async () => {
+  const listeners = [];
+  const incoming = {
+    state: "installing",
+    addEventListener: (_type, listener) => listeners.push(listener),
+  };
+  const old = { postMessage: () => {} };
+  const c = {
+    controller: old,
+    ready: Promise.resolve({ active: old }),
+    addEventListener: () => {},
+    register: async () => ({ installing: incoming, waiting: null, active: old }),
+  };
+  let done = false;
+  const starting = startServiceWorker(c, 2000, "/.blindrelay/sw.js?pool=x").then((outcome) => {
+    done = true;
+    return outcome;
+  });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(done, false, "not while the new worker installs");
+  incoming.state = "activated";
+  for (const listener of listeners) listener();
+  assert.equal(await starting, "started");
+});
