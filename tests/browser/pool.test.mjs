@@ -7,11 +7,14 @@
 // tunnel. The entry member answered redirects and served no session; the owner
 // served them all, over WebSocket (a pool trusted by pin: each member's
 // WebTransport certificate is its own). Over the default transport setting and
-// with the link's ?transport=websocket.
+// with the link's ?transport=websocket. And a member that joins the pool and takes
+// the host: the page, opened again, installs a worker whose policy lets it reach
+// the new owner (its script URL names the members), and the film is served from there.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -50,51 +53,9 @@ async function watchThroughThePool(setting) {
     const nginx = startNginx(procs, work, site, nginxPort);
     await waitForPort(nginxPort, nginx, WAIT_MS);
 
-    // Three members sharing one certificate: the first makes it in the state
-    // folder, the others read it from there.
-    const ports = [await freePort(), await freePort(), await freePort()];
-    const names = ports.map((port) => `127.0.0.1:${port}`);
-    const membersFile = path.join(work, "members");
-    fs.writeFileSync(membersFile, `${names.join("\n")}\n`);
-    const stateDir = path.join(work, "state");
-    const members = [];
-    for (const [i, port] of ports.entries()) {
-      const relay = procs.start(`relay-${i}`, "blindrelayd", [
-        "--listen", `127.0.0.1:${port}`,
-        "--admin", "127.0.0.1:0",
-        "--state-dir", stateDir,
-        "--pool-member", names[i],
-        "--pool-members-file", membersFile,
-        "--pool-refresh", "200ms",
-      ]);
-      const url = await relay.waitForLine(/^relay url: (\S+)$/, WAIT_MS);
-      const admin = await relay.waitForLine(/^admin: (\S+)$/, WAIT_MS);
-      members.push({ relay, url, admin, port, name: names[i] });
-    }
-    assert.equal(new Set(members.map((m) => new URL(m.url).searchParams.get("pin"))).size, 1, "one certificate for the pool");
-    for (const member of members) {
-      await until(async () => (await relayMetrics(member.admin, "pool_members"))[""] === 3, "every member sees the three");
-    }
-
-    // The host enters at the first member by name and registers at its owner.
+    const members = await startMembers(procs, work, 3, 3);
     keygen(work, "host.key", "host");
-    const host = procs.start(
-      "host",
-      "blindrelay",
-      ["host", "--key", "host.key", "--relay", members[0].url.replace("://127.0.0.1:", "://localhost:"), "--forward", `127.0.0.1:${nginxPort}`],
-      { cwd: work },
-    );
-    const hostId = await host.waitForLine(/^host id: (\S+)$/, WAIT_MS);
-    await host.waitForLine(/^relay: registered$/, WAIT_MS);
-    const printed = host.lines.find((line) => line.startsWith("web: "));
-    assert.ok(printed, `the host printed a web: link: ${host.stderr}`);
-    let owner;
-    await until(async () => {
-      for (const member of members) {
-        if ((await relayMetrics(member.admin, "registered_hosts"))[""] === 1) owner = member;
-      }
-      return owner !== undefined;
-    }, "the host is registered at a member");
+    const { hostId, printed, owner } = await startHost(procs, work, members, members[0], nginxPort);
     // The link at a member that does not own the host.
     const entry = members.find((m) => m !== owner);
     const link = new URL(printed.slice(5));
@@ -156,6 +117,201 @@ async function watchThroughThePool(setting) {
     await procs.closeAll();
     fs.rmSync(work, { recursive: true, force: true });
   }
+}
+
+test(
+  "a member joins the pool and takes the host: the page opened again installs a worker that reaches the new owner",
+  { timeout: 300_000 },
+  async () => {
+    const shots = artefactDir("pool-join");
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), "blindrelay-pool-"));
+    const procs = new Processes(shots);
+    let context;
+    let page;
+    try {
+      const site = path.join(work, "site");
+      fs.mkdirSync(site);
+      makeFilm(path.join(site, "film.mp4"), 10);
+      fs.writeFileSync(path.join(site, "index.html"), "<!doctype html><title>home media</title><h1>home media</h1>");
+      const nginxPort = await freePort();
+      const nginx = startNginx(procs, work, site, nginxPort);
+      await waitForPort(nginxPort, nginx, WAIT_MS);
+      // Two members listed; the third runs, unlisted, until it joins.
+      const members = await startMembers(procs, work, 3, 2);
+      const [a, b, joiner] = members;
+      // A host the joiner will own once listed.
+      let hostId;
+      for (let i = 0; hostId === undefined && i < 40; i++) {
+        const id = keygen(work, `host-${i}.key`, "host");
+        if (ownerOf(id, members.map((m) => m.name)) === joiner.name) {
+          fs.copyFileSync(path.join(work, `host-${i}.key`), path.join(work, "host.key"));
+          hostId = id;
+        }
+      }
+      assert.ok(hostId, "a host id the joiner owns");
+      const before = members.find((m) => m.name === ownerOf(hostId, [a.name, b.name]));
+      const entry = before === a ? b : a;
+      const started = await startHost(procs, work, [a, b], entry, nginxPort);
+      assert.equal(started.hostId, hostId);
+      assert.equal(started.owner, before);
+      const origin = new URL(started.printed.slice(5)).origin;
+
+      context = await launchChromium(work, new URL(origin), { waitMs: WAIT_MS });
+      page = context.pages()[0] ?? (await context.newPage());
+      await page.goto(started.printed.slice(5));
+      await page.waitForURL(`${origin}/`, { timeout: WAIT_MS });
+      await page.locator("h1", { hasText: "home media" }).waitFor();
+      const poolOf = async () =>
+        new URL(await page.evaluate(() => navigator.serviceWorker.controller.scriptURL)).searchParams.get("pool").split(",");
+      assert.ok(!(await poolOf()).includes(joiner.name), "the first worker's list lacks the member to come");
+
+      // The third member joins; the host moves to it.
+      fs.writeFileSync(path.join(work, "members"), `${members.map((m) => m.name).join("\n")}\n`);
+      for (const member of members) {
+        await until(async () => (await relayMetrics(member.admin, "pool_members"))[""] === 3, "every member sees the three");
+      }
+      await until(async () => (await relayMetrics(joiner.admin, "registered_hosts"))[""] === 1, "the host moved to the joiner");
+
+      // The page opened again (its ticket is kept): a worker with the new list, and the film from the joiner.
+      await page.goto(`${origin}/.blindrelay/`);
+      await page.waitForURL(`${origin}/`, { timeout: WAIT_MS });
+      await page.locator("h1", { hasText: "home media" }).waitFor();
+      assert.ok((await poolOf()).includes(joiner.name), "the new worker may reach the joiner");
+      const served = await relayMetrics(joiner.admin, "session_sides_total");
+      const range = await page.evaluate(async () => {
+        const r = await fetch("/film.mp4", { headers: { Range: "bytes=0-99" }, cache: "no-store" });
+        return { status: r.status, length: (await r.arrayBuffer()).byteLength };
+      });
+      assert.deepEqual(range, { status: 206, length: 100 });
+      const after = await relayMetrics(joiner.admin, "session_sides_total");
+      const players = (sides) => sides['side="player",transport="websocket"'] ?? 0;
+      assert.ok(players(after) >= 1 && players(after) >= players(served), JSON.stringify(after));
+    } catch (err) {
+      await page?.screenshot({ path: path.join(shots, "failure.png"), fullPage: true }).catch(() => {});
+      throw err;
+    } finally {
+      await context?.close().catch(() => {});
+      await procs.closeAll();
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  },
+);
+
+/**
+ * `count` members on loopback sharing one certificate (the first makes it in the
+ * state folder, the others read it from there), the first `listed` of them in the
+ * member file they all read; resolves once each listed member sees them all.
+ */
+async function startMembers(procs, work, count, listed) {
+  const ports = [];
+  for (let i = 0; i < count; i++) ports.push(await freePort());
+  const names = ports.map((port) => `127.0.0.1:${port}`);
+  const membersFile = path.join(work, "members");
+  fs.writeFileSync(membersFile, `${names.slice(0, listed).join("\n")}\n`);
+  const stateDir = path.join(work, "state");
+  const members = [];
+  for (const [i, port] of ports.entries()) {
+    const relay = procs.start(`relay-${i}`, "blindrelayd", [
+      "--listen", `127.0.0.1:${port}`,
+      "--admin", "127.0.0.1:0",
+      "--state-dir", stateDir,
+      "--pool-member", names[i],
+      "--pool-members-file", membersFile,
+      "--pool-refresh", "200ms",
+    ]);
+    const url = await relay.waitForLine(/^relay url: (\S+)$/, WAIT_MS);
+    const admin = await relay.waitForLine(/^admin: (\S+)$/, WAIT_MS);
+    members.push({ relay, url, admin, port, name: names[i] });
+  }
+  assert.equal(new Set(members.map((m) => new URL(m.url).searchParams.get("pin"))).size, 1, "one certificate for the pool");
+  for (const member of members.slice(0, listed)) {
+    await until(async () => (await relayMetrics(member.admin, "pool_members"))[""] === listed, "every member sees the others");
+  }
+  return members;
+}
+
+/**
+ * `blindrelay host` with `host.key` in `work`, entering the pool at `at` by name and
+ * forwarding to nginx: resolves with its host id, its `web:` line and the member
+ * of `members` it registered at.
+ */
+async function startHost(procs, work, members, at, nginxPort) {
+  const host = procs.start(
+    "host",
+    "blindrelay",
+    ["host", "--key", "host.key", "--relay", at.url.replace("://127.0.0.1:", "://localhost:"), "--forward", `127.0.0.1:${nginxPort}`],
+    { cwd: work },
+  );
+  const hostId = await host.waitForLine(/^host id: (\S+)$/, WAIT_MS);
+  await host.waitForLine(/^relay: registered$/, WAIT_MS);
+  const printed = host.lines.find((line) => line.startsWith("web: "));
+  assert.ok(printed, `the host printed a web: link: ${host.stderr}`);
+  let registeredAt;
+  await until(async () => {
+    for (const member of members) {
+      if ((await relayMetrics(member.admin, "registered_hosts"))[""] === 1) registeredAt = member;
+    }
+    return registeredAt !== undefined;
+  }, "the host is registered at a member");
+  return { hostId, printed, owner: registeredAt };
+}
+
+/** The owner of host id `hostId` (its text form) among `names` (PROTOCOL.md section 18.2). */
+function ownerOf(hostId, names) {
+  const h = base32(hostId);
+  const score = (name) => {
+    const bytes = Buffer.from(name, "ascii");
+    return createHash("sha256")
+      .update(Buffer.concat([Buffer.from("blindrelay/1 placement", "ascii"), Buffer.of(bytes.length), bytes, h]))
+      .digest()
+      .readBigUInt64BE(0);
+  };
+  return [...names].sort((x, y) => {
+    const d = score(y) - score(x);
+    return d > 0n ? 1 : d < 0n ? -1 : Buffer.compare(Buffer.from(x), Buffer.from(y));
+  })[0];
+}
+
+/** Bytes of lower-case base32 without padding (RFC 4648). */
+function base32(text) {
+  const alphabet = "abcdefghijklmnopqrstuvwxyz234567";
+  let acc = 0;
+  let bits = 0;
+  const out = [];
+  for (const ch of text) {
+    acc = (acc << 5) | alphabet.indexOf(ch);
+    bits += 5;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push((acc >> bits) & 0xff);
+    }
+  }
+  return Buffer.from(out);
+}
+
+test("the placement here is the protocol's: PROTOCOL.md section 18.2's example", () => {
+  const h = Buffer.alloc(32, 0x11);
+  const id = toBase32(h);
+  assert.equal(ownerOf(id, ["relay-1.relay.example.net", "relay-2.relay.example.net", "relay-0.relay.example.net"]), "relay-0.relay.example.net");
+  assert.equal(ownerOf(id, ["relay-1.relay.example.net", "relay-2.relay.example.net"]), "relay-2.relay.example.net");
+});
+
+function toBase32(bytes) {
+  const alphabet = "abcdefghijklmnopqrstuvwxyz234567";
+  let acc = 0;
+  let bits = 0;
+  let out = "";
+  for (const byte of bytes) {
+    acc = (acc << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      bits -= 5;
+      out += alphabet[(acc >> bits) & 31];
+    }
+    acc &= (1 << bits) - 1;
+  }
+  if (bits > 0) out += alphabet[(acc << (5 - bits)) & 31];
+  return out;
 }
 
 /** Waits until `check()` resolves true, asking every 100 ms; fails with `what` after the deadline. */
