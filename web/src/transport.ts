@@ -68,9 +68,12 @@ const RETRY_AFTER_MS = 60_000;
 
 /** The page's ways to the relay, and which one its sessions take. */
 export class RelayTransports {
-  private current: Promise<WebTransportLike> | undefined;
-  /** Where {@link RelayTransports.current} goes: a pool member, or `undefined` for the page's own relay. */
-  private currentTo: string | undefined;
+  /**
+   * The WebTransport sessions, by where they go: a pool member's name, or `""` for
+   * the page's own relay. One each: sessions that run at one member while new
+   * ones go to another (the host moved) keep theirs.
+   */
+  private readonly sessions = new Map<string, Promise<WebTransportLike>>();
   private downUntil = 0;
   /** The pool member that served the last session, where the next ones go first; `undefined`: the page's own relay. */
   private member: string | undefined;
@@ -125,7 +128,7 @@ export class RelayTransports {
   private async connectTo(base: ConnectBase, member: string | undefined, redirects: number): Promise<PlayerSession> {
     const reroute = this.rerouter(member, redirects);
     for (let attempt = 0; attempt < 2 && this.preferredFor(member) === "webtransport"; attempt++) {
-      const reused = this.current !== undefined;
+      const reused = this.sessions.has(member ?? "");
       // Reading webtransport.json and QUIC's handshake come before the stream's own set-up.
       base.onStep?.({ step: "relay", transport: "webtransport" });
       let webTransport: WebTransportLike;
@@ -141,7 +144,7 @@ export class RelayTransports {
       } catch (err) {
         if (!(err instanceof SessionError) || err.kind !== "connection") throw err;
         if (reused && attempt === 0) {
-          this.close();
+          this.closeTo(member);
           continue;
         }
         this.markDown(err);
@@ -165,13 +168,13 @@ export class RelayTransports {
    * back to the page's own relay, which redirects it again.
    */
   rerouter(member?: string, redirects = 0): (previous?: SessionError) => Promise<Route> {
-    let last: { webTransport: boolean; fresh: boolean } | undefined;
+    let last: { webTransport: boolean; fresh: boolean; to: string | undefined } | undefined;
     let to = member;
     let count = redirects;
     return async (previous) => {
       if (previous?.kind === "connection" && last?.webTransport === true) {
         if (last.fresh) this.markDown(previous);
-        else this.close();
+        else this.closeTo(last.to);
       }
       if (previous?.kind === "redirected") {
         const allowed = await this.poolMembers();
@@ -190,17 +193,17 @@ export class RelayTransports {
         this.member = undefined;
       }
       if (this.preferredFor(to) === "webtransport") {
-        const fresh = this.current === undefined || this.currentTo !== to;
+        const fresh = !this.sessions.has(to ?? "");
         try {
           const webTransport = await this.webTransport(to);
-          last = { webTransport: true, fresh };
+          last = { webTransport: true, fresh, to };
           this.lastUsed = "webtransport";
           return { webTransport, redirects: count };
         } catch (err) {
           this.markDown(err);
         }
       }
-      last = { webTransport: false, fresh: true };
+      last = { webTransport: false, fresh: true, to };
       this.lastUsed = "websocket";
       return { url: this.webSocketUrl(to), redirects: count };
     };
@@ -236,20 +239,26 @@ export class RelayTransports {
     return parseInfo(await (this.options.fetchInfo ?? (() => fetchInfo(this.options.origin)))());
   }
 
-  /** Closes the WebTransport session, if one is open; sessions on it end. */
+  /** Closes the WebTransport sessions that are open; sessions on them end. */
   close(): void {
-    const current = this.current;
-    this.current = undefined;
-    this.currentTo = undefined;
+    for (const member of [...this.sessions.keys()]) this.closeTo(member === "" ? undefined : member);
+  }
+
+  /** Closes the WebTransport session to `member` (or the page's own relay), if one is open. */
+  private closeTo(member: string | undefined): void {
+    const current = this.sessions.get(member ?? "");
+    this.sessions.delete(member ?? "");
     void current?.then((wt) => wt.close()).catch(() => {});
   }
 
-  /** The WebTransport session to `member` (or the page's own relay): the open one, or a new one in place of one elsewhere. */
+  /** The WebTransport session to `member` (or the page's own relay): the open one, or a new one. */
   private webTransport(member?: string): Promise<WebTransportLike> {
-    if (this.current !== undefined && this.currentTo !== member) this.close();
-    this.currentTo = member;
-    this.current ??= this.openWebTransport(member);
-    return this.current;
+    let current = this.sessions.get(member ?? "");
+    if (current === undefined) {
+      current = this.openWebTransport(member);
+      this.sessions.set(member ?? "", current);
+    }
+    return current;
   }
 
   private async openWebTransport(member: string | undefined): Promise<WebTransportLike> {
@@ -269,11 +278,11 @@ export class RelayTransports {
     }
     const hashes = member !== undefined ? [] : info.serverCertificateHashes.map((hash) => ({ algorithm: hash.algorithm, value: decodeBase64(hash.value) }));
     const wt = open(url.href, hashes.length > 0 ? { serverCertificateHashes: hashes } : {});
-    const mine = this.current;
+    const mine = this.sessions.get(member ?? "");
     // A session that closes later is opened again by the next session that needs one.
     wt.closed.then(
-      () => this.forget(mine),
-      () => this.forget(mine),
+      () => this.forget(member, mine),
+      () => this.forget(member, mine),
     );
     try {
       await withDeadline(wt.ready, Date.now() + (this.options.readyTimeoutMs ?? READY_TIMEOUT_MS));
@@ -291,8 +300,8 @@ export class RelayTransports {
     return wt;
   }
 
-  private forget(which: Promise<WebTransportLike> | undefined): void {
-    if (this.current === which) this.current = undefined;
+  private forget(member: string | undefined, which: Promise<WebTransportLike> | undefined): void {
+    if (this.sessions.get(member ?? "") === which) this.sessions.delete(member ?? "");
   }
 
   private markDown(err: unknown): void {

@@ -362,6 +362,62 @@ test("a redirect is followed over WebTransport in a pool with a CA's certificate
   }
 });
 
+test("when the host moves between members, the sessions at the old one keep their WebTransport session", async () => {
+  const [a, b] = ["127.0.0.1:4434", "127.0.0.1:4435"];
+  const info = { ...INFO, serverCertificateHashes: [], members: [a, b] };
+  const opened = [];
+  const transports = new RelayTransports({
+    origin: ORIGIN,
+    setting: "auto",
+    fetchInfo: async () => info,
+    keepAliveMs: 0,
+    openWebTransport: (url) => {
+      const wt = new FakeWebTransport();
+      const close = wt.close.bind(wt);
+      wt.close = (why) => {
+        wt.closedByPage = true;
+        close(why);
+      };
+      opened.push({ url, wt });
+      return wt;
+    },
+  });
+  const streamOf = async (n, index = 0) => {
+    while (opened.length <= n || opened[n].wt.streams.length <= index) await new Promise((r) => setTimeout(r, 5));
+    return opened[n].wt.streams[index];
+  };
+  const serve = async (far) => {
+    const host = new TestHost(HOST, aead);
+    far.send(concat(CONNECTED, await host.respond(await far.takeMessage()), await host.verdict()));
+  };
+  const base = { hostId: publicKey(HOST), playerSecret: PLAYER, aead };
+  // The page's relay sends the first session to a, which serves it.
+  const first = transports.connect(base);
+  const entry = await streamOf(0);
+  await entry.take(36);
+  entry.send(redirect([a]));
+  const atA = await streamOf(1);
+  await atA.take(37);
+  await serve(atA);
+  await first;
+  // The host moved on to b: a redirects the next session there.
+  const second = transports.connect(base);
+  const again = await streamOf(1, 1);
+  await again.take(36);
+  again.send(redirect([b]));
+  const atB = await streamOf(2);
+  assert.equal(opened[2].url, `https://${b}/blindrelay/1`);
+  await atB.take(37);
+  await serve(atB);
+  await second;
+  assert.equal(opened[1].wt.closedByPage, undefined, "the session running at a keeps its WebTransport session");
+  assert.equal(transports.poolMember(), b);
+  transports.close();
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(opened[1].wt.closedByPage, true);
+  assert.equal(opened[2].wt.closedByPage, true);
+});
+
 test("webtransport.json is checked before it is used", () => {
   // A relay on its own (or from before pools in the page) lists no members.
   assert.deepEqual(parseInfo(INFO), { ...INFO, members: [] });
