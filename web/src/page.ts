@@ -335,13 +335,18 @@ async function probe(
 
 /** How the page reaches the relay, in words: what the link asked for and what the last session used. */
 function transportWords(setting: TransportSetting, transports: RelayTransports): string {
-  if (setting === "websocket") return "WebSocket (set by the link)";
+  const member = transports.poolMember();
+  // In a pool, the member the relay sent the page to.
+  const where = member === undefined ? "" : `, to ${member} of the relay's pool`;
+  if (setting === "websocket") return `WebSocket (set by the link)${where}`;
   const failed = transports.webTransportFailure;
   switch (transports.lastUsed) {
     case "webtransport":
-      return "WebTransport";
+      return `WebTransport${where}`;
     case "websocket":
-      return `WebSocket (WebTransport failed: ${failed ?? "unknown"})`;
+      // A pool trusted by pin: each member's WebTransport certificate is its own.
+      if (failed === undefined && member !== undefined) return `WebSocket${where}`;
+      return `WebSocket (WebTransport failed: ${failed ?? "unknown"})${where}`;
     default:
       return "WebTransport, or WebSocket where it fails";
   }
