@@ -164,8 +164,9 @@ export class RelayTransports {
    * In a pool the attempts go where the session was set up (`member`, reached
    * after `redirects` redirects). One that was redirected (the host moved: a
    * member left or joined) goes to the first member the redirect named that the
-   * page may reach, once per redirect; one that could not reach a member goes
-   * back to the page's own relay, which redirects it again.
+   * page may reach, once per redirect; one that could not reach a member, or that
+   * the member refused (it no longer holds the host), goes back to the page's own
+   * relay, which redirects it again.
    */
   rerouter(member?: string, redirects = 0): (previous?: SessionError) => Promise<Route> {
     let last: { webTransport: boolean; fresh: boolean; to: string | undefined } | undefined;
@@ -187,7 +188,8 @@ export class RelayTransports {
           count = 0;
         }
         this.member = to;
-      } else if (previous?.kind === "connection" && to !== undefined) {
+      } else if ((previous?.kind === "connection" || previous?.kind === "relay-refused") && to !== undefined) {
+        // Unreachable, or no longer holding the host: the page's relay knows where it went.
         to = undefined;
         count = 0;
         this.member = undefined;

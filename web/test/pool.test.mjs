@@ -179,3 +179,21 @@ test("a redirect to members the relay does not list is reported, not followed", 
   await assert.rejects(session, { name: "SessionError", kind: "redirected" });
   assert.equal(sockets.length, 1);
 });
+
+test("a resume attempt follows one redirect at a time, and goes back to the page's relay when a member fails it", async () => {
+  const { transports } = pooledTransports();
+  const reroute = transports.rerouter(MEMBERS[0], 1);
+  assert.deepEqual(await reroute(), { url: `wss://${MEMBERS[0]}/blindrelay/1`, redirects: 1 }, "where the session was set up");
+  // The host moved on: the member redirects the attempt.
+  assert.deepEqual(await reroute(redirected([MEMBERS[1]])), { url: `wss://${MEMBERS[1]}/blindrelay/1`, redirects: 2 });
+  assert.equal(transports.poolMember(), MEMBERS[1]);
+  // Past the limit, or to a member the relay does not list: the page's own relay, afresh.
+  assert.deepEqual(await reroute(redirected([MEMBERS[2]])), { url: OWN, redirects: 0 });
+  assert.deepEqual(await reroute(redirected(["evil.example:443"])), { url: OWN, redirects: 0 });
+  assert.equal(transports.poolMember(), undefined);
+  // From the page's relay one hop; a member that cannot be reached, or no longer holds the host, sends it back.
+  assert.deepEqual(await reroute(redirected([MEMBERS[2]])), { url: `wss://${MEMBERS[2]}/blindrelay/1`, redirects: 1 });
+  assert.deepEqual(await reroute(lost()), { url: OWN, redirects: 0 });
+  await reroute(redirected([MEMBERS[2]]));
+  assert.deepEqual(await reroute(offline()), { url: OWN, redirects: 0 });
+});
