@@ -165,7 +165,7 @@ async function main(): Promise<void> {
       if (outcome === "served") {
         stopAsking();
         reveal("retry", false);
-        await start();
+        await start(await transports.poolMembers());
         return;
       }
       showFailure(outcome.state, outcome.more, outcome.at);
@@ -335,13 +335,18 @@ async function probe(
 
 /** How the page reaches the relay, in words: what the link asked for and what the last session used. */
 function transportWords(setting: TransportSetting, transports: RelayTransports): string {
-  if (setting === "websocket") return "WebSocket (set by the link)";
+  const member = transports.poolMember();
+  // In a pool, the member the relay sent the page to.
+  const where = member === undefined ? "" : `, to ${member} of the relay's pool`;
+  if (setting === "websocket") return `WebSocket (set by the link)${where}`;
   const failed = transports.webTransportFailure;
   switch (transports.lastUsed) {
     case "webtransport":
-      return "WebTransport";
+      return `WebTransport${where}`;
     case "websocket":
-      return `WebSocket (WebTransport failed: ${failed ?? "unknown"})`;
+      // A pool trusted by pin: each member's WebTransport certificate is its own.
+      if (failed === undefined && member !== undefined) return `WebSocket${where}`;
+      return `WebSocket (WebTransport failed: ${failed ?? "unknown"})${where}`;
     default:
       return "WebTransport, or WebSocket where it fails";
   }
@@ -349,6 +354,19 @@ function transportWords(setting: TransportSetting, transports: RelayTransports):
 
 /** How long the browser gets to start the service worker before the page says it did not. */
 export const SERVICE_WORKER_PATIENCE_MS = 10_000;
+
+/**
+ * The service worker's script URL for a relay that lets the page reach pool
+ * `members`: `sw.js`, with the list in its query in a pool. A worker's
+ * Content-Security-Policy is the one its script came with, and a browser keeps a
+ * worker whose script did not change: a new list is a new script URL, so the
+ * browser installs a worker with the relay's policy of now (a member that joined
+ * the pool and took the host is one the old worker could not reach). The relay
+ * serves `sw.js` whatever the query.
+ */
+export function serviceWorkerScript(members: readonly string[]): string {
+  return members.length === 0 ? "/.blindrelay/sw.js" : `/.blindrelay/sw.js?pool=${encodeURIComponent(members.join(","))}`;
+}
 
 /**
  * Installs the service worker for the whole origin and waits until it controls the
@@ -359,13 +377,19 @@ export const SERVICE_WORKER_PATIENCE_MS = 10_000;
 export async function startServiceWorker(
   container: ServiceWorkerContainer,
   patienceMs = SERVICE_WORKER_PATIENCE_MS,
+  script = serviceWorkerScript([]),
 ): Promise<"started" | "timeout" | Error> {
   const controlled = new Promise<void>((resolve) => {
     if (container.controller !== null) resolve();
     else container.addEventListener("controllerchange", () => resolve(), { once: true });
   });
   const starting = (async (): Promise<"started"> => {
-    const registration = await container.register("/.blindrelay/sw.js", { scope: "/", updateViaCache: "none" });
+    const registration = await container.register(script, { scope: "/", updateViaCache: "none" });
+    // A worker in control and a new one coming (a new script URL: the pool's list
+    // changed): the page hands over once the new one is active, so that the host's
+    // page is not loaded through the old one.
+    const incoming = registration.installing ?? registration.waiting;
+    if (incoming !== null && container.controller !== null) await activated(incoming);
     await container.ready;
     // A worker already in control may hold a previous ticket's sessions.
     (container.controller ?? registration.active)?.postMessage({ type: "reload" });
@@ -383,6 +407,17 @@ export async function startServiceWorker(
   }
 }
 
+/** Resolves once `worker` is active, or was replaced (then the one after it is, or failed to install). */
+function activated(worker: ServiceWorker): Promise<void> {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (worker.state === "activated" || worker.state === "redundant") resolve();
+    };
+    worker.addEventListener("statechange", check);
+    check();
+  });
+}
+
 /** What to do when the browser would not start the player's service worker. */
 export function serviceWorkerRefusedWords(outcome: "timeout" | Error): string {
   const why = outcome === "timeout" ? "It gave no reason in " + SERVICE_WORKER_PATIENCE_MS / 1000 + " s." : `It said: ${outcome.message}`;
@@ -394,8 +429,11 @@ export function serviceWorkerRefusedWords(outcome: "timeout" | Error): string {
   );
 }
 
-/** Installs the service worker for the whole origin and hands over to the host's web app. */
-async function start(): Promise<void> {
+/**
+ * Installs the service worker for the whole origin and hands over to the host's
+ * web app; `members` are the pool members the relay lets the page reach.
+ */
+async function start(members: readonly string[]): Promise<void> {
   const container = navigator.serviceWorker as ServiceWorkerContainer | undefined;
   if (container === undefined) {
     showFailure("no-service-worker", "");
@@ -403,7 +441,7 @@ async function start(): Promise<void> {
   }
   markSteps("playing", false);
   show("starting");
-  const outcome = await startServiceWorker(container);
+  const outcome = await startServiceWorker(container, SERVICE_WORKER_PATIENCE_MS, serviceWorkerScript(members));
   if (outcome === "started") {
     showStep("playing", undefined);
     location.replace("/");

@@ -67,8 +67,8 @@ export const STATE_WORDS: Readonly<Record<PageState, StateWords>> = {
     todo: "Wait a minute, then try again.",
   },
   redirected: {
-    status: "This relay is part of a pool and does not hold this host.",
-    todo: "This page cannot follow the relay there yet: ask the host's owner for a link to that relay.",
+    status: "The relay's pool could not take the page to this host.",
+    todo: "The relay sent the page on to the relay of its pool that holds the host, which could not be reached. Try again; if it goes on, tell the host's owner what the page says here.",
   },
   "relay-unreachable": {
     status: "The relay cannot be reached.",

@@ -75,8 +75,12 @@ export interface SetupStep {
   readonly transport: TransportName;
 }
 
-/** Where one stream to the relay goes: a stream of a WebTransport session, or a WebSocket to a URL. */
-export type Route = { readonly webTransport: WebTransportLike } | { readonly url: string };
+/**
+ * Where one stream to the relay goes: a stream of a WebTransport session, or a
+ * WebSocket to a URL; and how many pool redirects were followed to get there
+ * (PROTOCOL.md section 18.4; 0 when absent), which `Connect` carries.
+ */
+export type Route = ({ readonly webTransport: WebTransportLike } | { readonly url: string }) & { readonly redirects?: number };
 
 /** Options of {@link connectPlayer}. */
 export interface ConnectOptions {
@@ -89,6 +93,8 @@ export interface ConnectOptions {
   readonly url?: string;
   /** The host id: the host's 32-byte static public key, from its ticket. */
   readonly hostId: Uint8Array;
+  /** How many pool redirects were followed to reach this relay (0 by default): `Connect` carries it. */
+  readonly redirects?: number;
   /** This player's static key: 32 secret bytes, or a {@link StaticKey} (a WebCrypto key the page cannot read out). */
   readonly playerSecret: Uint8Array | StaticKey;
   /** Opens the WebSocket (at once, or once a promise resolves); the global `WebSocket` by default. */
@@ -176,8 +182,9 @@ export async function connectPlayer(options: ConnectOptions): Promise<PlayerSess
   const timeoutMs = options.timeoutMs ?? SETUP_TIMEOUT_MS;
   const deadline = Date.now() + timeoutMs;
   let first: Route;
-  if (options.webTransport !== undefined) first = { webTransport: options.webTransport };
-  else if (options.url !== undefined) first = { url: options.url };
+  const redirects = options.redirects ?? 0;
+  if (options.webTransport !== undefined) first = { webTransport: options.webTransport, redirects };
+  else if (options.url !== undefined) first = { url: options.url, redirects };
   else throw new SessionError("connection", "no way to the relay: neither a WebTransport session nor a WebSocket URL");
   const windowMs = options.resumeWindowMs ?? DEFAULT_RESUME_WINDOW_MS;
   const stream = await openStream(options, first, windowMs > 0 ? "resumable" : "plain", deadline);
@@ -231,7 +238,7 @@ export async function openStream(options: ConnectOptions, route: Route, hello: H
     await link.opened(deadline);
     // Connect and hello in one go: the relay reads the hello before it looks the
     // host up, and it saves a round trip (section 9.1).
-    link.sendStream(concat(encodeConnect(options.hostId), handshake.hello));
+    link.sendStream(concat(encodeConnect(options.hostId, route.redirects ?? 0), handshake.hello));
     step("host");
     const answer = await link.read((buf) => takePlayerControl(buf), deadline);
     if (answer.kind === "error") {
@@ -242,9 +249,8 @@ export async function openStream(options: ConnectOptions, route: Route, hello: H
       );
     }
     if (answer.kind === "redirect") {
-      // Following it would mean opening sessions to another origin, which the
-      // page's Content-Security-Policy does not allow (web/README.md says what it
-      // would take). Said plainly instead of as a failure with no reason.
+      // The members the relay named: `RelayTransports` follows them (src/pool.ts
+      // decides where); said plainly where none of them serves the session.
       throw new SessionError(
         "redirected",
         `this relay is part of a pool; the host is at ${answer.members[0] ?? "another member"}`,

@@ -10,10 +10,20 @@
  * (`serverCertificateHashes`), one with a CA's certificate lists none. After a
  * failure the page uses WebSocket for a while before it tries WebTransport again,
  * as the reference player does after QUIC failed (section 17.7).
+ *
+ * In a pool (section 18), a relay that does not hold the host answers with a
+ * `Redirect`: the sessions then go to the member that holds it, which is
+ * remembered for the next ones, while the page keeps its origin (src/pool.ts says
+ * which members and how far). There WebTransport needs no certificate hashes: a
+ * pool's members share the certificate browsers trust for their names. A relay
+ * trusted by pin lists the hashes of short-lived certificates each member makes for
+ * itself, which no other member presents, so there the page reaches the members by
+ * WebSocket, whose certificate is the pool's.
  */
 
 import { decodeBase64 } from "./bytes.js";
 import { SessionError, withDeadline } from "./link.js";
+import { MAX_REDIRECTS, PoolWalk } from "./pool.js";
 import { type ConnectOptions, type PlayerSession, type Route, type TransportName, connectPlayer } from "./session.js";
 import type { TransportSetting } from "./store.js";
 import { type WebTransportLike, keepAlive } from "./webtransport.js";
@@ -24,6 +34,8 @@ export type { TransportSetting };
 export interface WebTransportInfo {
   readonly url: string;
   readonly serverCertificateHashes: readonly { readonly algorithm: string; readonly value: string }[];
+  /** The pool members the page may follow a redirect to; none for a relay on its own. */
+  readonly members: readonly string[];
 }
 
 /** Options of {@link RelayTransports}. */
@@ -44,7 +56,7 @@ export interface RelayTransportsOptions {
 }
 
 /** A session and the way it reaches the relay. */
-export type ConnectBase = Omit<ConnectOptions, "webTransport" | "url" | "reroute">;
+export type ConnectBase = Omit<ConnectOptions, "webTransport" | "url" | "reroute" | "redirects">;
 
 /** Where WebTransport is, for QUIC's handshake on loopback or across the world; past it, WebSocket. */
 const READY_TIMEOUT_MS = 5000;
@@ -56,8 +68,17 @@ const RETRY_AFTER_MS = 60_000;
 
 /** The page's ways to the relay, and which one its sessions take. */
 export class RelayTransports {
-  private current: Promise<WebTransportLike> | undefined;
+  /**
+   * The WebTransport sessions, by where they go: a pool member's name, or `""` for
+   * the page's own relay. One each: sessions that run at one member while new
+   * ones go to another (the host moved) keep theirs.
+   */
+  private readonly sessions = new Map<string, Promise<WebTransportLike>>();
   private downUntil = 0;
+  /** The pool member that served the last session, where the next ones go first; `undefined`: the page's own relay. */
+  private member: string | undefined;
+  /** The last `webtransport.json` read. */
+  private info: WebTransportInfo | undefined;
   /** Why the last WebTransport attempt failed, for the page to show; `undefined` when none did. */
   webTransportFailure: string | undefined;
   /** The transport of the last session attempt, whatever became of it. */
@@ -65,9 +86,14 @@ export class RelayTransports {
 
   constructor(private readonly options: RelayTransportsOptions) {}
 
-  /** The WebSocket address on the page's origin. */
-  webSocketUrl(): string {
-    return `wss://${new URL(this.options.origin).host}/blindrelay/1`;
+  /** The WebSocket address on the page's origin, or on pool member `member`. */
+  webSocketUrl(member?: string): string {
+    return `wss://${member ?? new URL(this.options.origin).host}/blindrelay/1`;
+  }
+
+  /** The pool member the page's sessions go to, found by following a redirect; `undefined` for the page's own relay. */
+  poolMember(): string | undefined {
+    return this.member;
   }
 
   /**
@@ -80,32 +106,52 @@ export class RelayTransports {
    * choose their way the same way ({@link RelayTransports.rerouter}).
    */
   async connect(base: ConnectBase): Promise<PlayerSession> {
-    const reroute = this.rerouter();
-    for (let attempt = 0; attempt < 2 && this.preferred() === "webtransport"; attempt++) {
-      const reused = this.current !== undefined;
+    // Where the last session was served first, then the page's own relay, and on
+    // to the members a redirect names (src/pool.ts).
+    const walk = new PoolWalk(this.member);
+    for (let ask = walk.next(); ask !== undefined; ask = walk.next()) {
+      try {
+        const session = await this.connectTo(base, ask.member, ask.redirects);
+        this.member = ask.member;
+        return session;
+      } catch (err) {
+        if (!(err instanceof SessionError)) throw err;
+        const allowed = err.kind === "redirected" ? await this.poolMembers() : [];
+        const end = walk.failed(err, allowed);
+        if (end !== undefined) throw end;
+      }
+    }
+    throw walk.end();
+  }
+
+  /** One session at one relay (the page's own, or pool member `member`), asked after `redirects` redirects. */
+  private async connectTo(base: ConnectBase, member: string | undefined, redirects: number): Promise<PlayerSession> {
+    const reroute = this.rerouter(member, redirects);
+    for (let attempt = 0; attempt < 2 && this.preferredFor(member) === "webtransport"; attempt++) {
+      const reused = this.sessions.has(member ?? "");
       // Reading webtransport.json and QUIC's handshake come before the stream's own set-up.
       base.onStep?.({ step: "relay", transport: "webtransport" });
       let webTransport: WebTransportLike;
       try {
-        webTransport = await this.webTransport();
+        webTransport = await this.webTransport(member);
       } catch (err) {
         this.markDown(err);
         break;
       }
       this.lastUsed = "webtransport";
       try {
-        return await connectPlayer({ ...base, webTransport, reroute });
+        return await connectPlayer({ ...base, webTransport, reroute, redirects });
       } catch (err) {
         if (!(err instanceof SessionError) || err.kind !== "connection") throw err;
         if (reused && attempt === 0) {
-          this.close();
+          this.closeTo(member);
           continue;
         }
         this.markDown(err);
       }
     }
     this.lastUsed = "websocket";
-    return connectPlayer({ ...base, url: this.webSocketUrl(), reroute });
+    return connectPlayer({ ...base, url: this.webSocketUrl(member), reroute, redirects });
   }
 
   /**
@@ -114,64 +160,131 @@ export class RelayTransports {
    * WebTransport session on which an attempt failed to connect is opened again
    * for the next; a fresh one that failed too sends the attempts (and the next
    * minute's sessions) to WebSocket.
+   *
+   * In a pool the attempts go where the session was set up (`member`, reached
+   * after `redirects` redirects). One that was redirected (the host moved: a
+   * member left or joined) goes to the first member the redirect named that the
+   * page may reach, once per redirect; one that could not reach a member, or that
+   * the member refused (it no longer holds the host), goes back to the page's own
+   * relay, which redirects it again.
    */
-  rerouter(): (previous?: SessionError) => Promise<Route> {
-    let last: { webTransport: boolean; fresh: boolean } | undefined;
+  rerouter(member?: string, redirects = 0): (previous?: SessionError) => Promise<Route> {
+    let last: { webTransport: boolean; fresh: boolean; to: string | undefined } | undefined;
+    let to = member;
+    let count = redirects;
     return async (previous) => {
       if (previous?.kind === "connection" && last?.webTransport === true) {
         if (last.fresh) this.markDown(previous);
-        else this.close();
+        else this.closeTo(last.to);
       }
-      if (this.preferred() === "webtransport") {
-        const fresh = this.current === undefined;
+      if (previous?.kind === "redirected") {
+        const allowed = await this.poolMembers();
+        const next = (previous.members ?? []).find((m) => allowed.includes(m) && m !== to);
+        if (next !== undefined && count < MAX_REDIRECTS) {
+          to = next;
+          count += 1;
+        } else {
+          to = undefined;
+          count = 0;
+        }
+        this.member = to;
+      } else if ((previous?.kind === "connection" || previous?.kind === "relay-refused") && to !== undefined) {
+        // Unreachable, or no longer holding the host: the page's relay knows where it went.
+        to = undefined;
+        count = 0;
+        this.member = undefined;
+      }
+      if (this.preferredFor(to) === "webtransport") {
+        const fresh = !this.sessions.has(to ?? "");
         try {
-          const webTransport = await this.webTransport();
-          last = { webTransport: true, fresh };
+          const webTransport = await this.webTransport(to);
+          last = { webTransport: true, fresh, to };
           this.lastUsed = "webtransport";
-          return { webTransport };
+          return { webTransport, redirects: count };
         } catch (err) {
           this.markDown(err);
         }
       }
-      last = { webTransport: false, fresh: true };
+      last = { webTransport: false, fresh: true, to };
       this.lastUsed = "websocket";
-      return { url: this.webSocketUrl() };
+      return { url: this.webSocketUrl(to), redirects: count };
     };
   }
 
   /** The transport the next session would try first. */
   preferred(): TransportName {
-    return this.options.setting !== "websocket" && Date.now() >= this.downUntil ? "webtransport" : "websocket";
+    return this.preferredFor(this.member);
   }
 
-  /** Closes the WebTransport session, if one is open; sessions on it end. */
+  /**
+   * The transport a session to `member` (a pool member, or the page's own relay)
+   * takes first: WebSocket to a member of a pool trusted by pin, whose
+   * WebTransport certificates are each member's own.
+   */
+  private preferredFor(member: string | undefined): TransportName {
+    if (this.options.setting === "websocket" || Date.now() < this.downUntil) return "websocket";
+    if (member !== undefined && (this.info?.serverCertificateHashes.length ?? 1) > 0) return "websocket";
+    return "webtransport";
+  }
+
+  /** The pool members the page may follow a redirect to, from its own relay's `webtransport.json`; none where it cannot be read. */
+  async poolMembers(): Promise<readonly string[]> {
+    try {
+      this.info = await this.readInfo();
+      return this.info.members;
+    } catch {
+      return [];
+    }
+  }
+
+  private async readInfo(): Promise<WebTransportInfo> {
+    return parseInfo(await (this.options.fetchInfo ?? (() => fetchInfo(this.options.origin)))());
+  }
+
+  /** Closes the WebTransport sessions that are open; sessions on them end. */
   close(): void {
-    const current = this.current;
-    this.current = undefined;
+    for (const member of [...this.sessions.keys()]) this.closeTo(member === "" ? undefined : member);
+  }
+
+  /** Closes the WebTransport session to `member` (or the page's own relay), if one is open. */
+  private closeTo(member: string | undefined): void {
+    const current = this.sessions.get(member ?? "");
+    this.sessions.delete(member ?? "");
     void current?.then((wt) => wt.close()).catch(() => {});
   }
 
-  private webTransport(): Promise<WebTransportLike> {
-    this.current ??= this.openWebTransport();
-    return this.current;
+  /** The WebTransport session to `member` (or the page's own relay): the open one, or a new one. */
+  private webTransport(member?: string): Promise<WebTransportLike> {
+    let current = this.sessions.get(member ?? "");
+    if (current === undefined) {
+      current = this.openWebTransport(member);
+      this.sessions.set(member ?? "", current);
+    }
+    return current;
   }
 
-  private async openWebTransport(): Promise<WebTransportLike> {
+  private async openWebTransport(member: string | undefined): Promise<WebTransportLike> {
     const open = this.options.openWebTransport ?? browserWebTransport();
     if (open === undefined) throw new SessionError("connection", "this browser has no WebTransport");
-    const info = parseInfo(await (this.options.fetchInfo ?? (() => fetchInfo(this.options.origin)))());
-    const url = new URL(info.url);
-    // The page's Content-Security-Policy allows its own origin only; anything else is not the relay's.
+    const info = await this.readInfo();
+    this.info = info;
+    let url = new URL(info.url);
+    // The page's Content-Security-Policy allows its own origin only, and the pool
+    // members its relay lists; anything else is not the relay's.
     if (url.origin !== new URL(this.options.origin).origin) {
       throw new SessionError("connection", `webtransport.json names another origin (${url.origin})`);
     }
-    const hashes = info.serverCertificateHashes.map((hash) => ({ algorithm: hash.algorithm, value: decodeBase64(hash.value) }));
+    if (member !== undefined) {
+      if (!info.members.includes(member)) throw new SessionError("connection", `the relay lists no pool member ${member}`);
+      url = new URL(`https://${member}/blindrelay/1`);
+    }
+    const hashes = member !== undefined ? [] : info.serverCertificateHashes.map((hash) => ({ algorithm: hash.algorithm, value: decodeBase64(hash.value) }));
     const wt = open(url.href, hashes.length > 0 ? { serverCertificateHashes: hashes } : {});
-    const mine = this.current;
+    const mine = this.sessions.get(member ?? "");
     // A session that closes later is opened again by the next session that needs one.
     wt.closed.then(
-      () => this.forget(mine),
-      () => this.forget(mine),
+      () => this.forget(member, mine),
+      () => this.forget(member, mine),
     );
     try {
       await withDeadline(wt.ready, Date.now() + (this.options.readyTimeoutMs ?? READY_TIMEOUT_MS));
@@ -189,8 +302,8 @@ export class RelayTransports {
     return wt;
   }
 
-  private forget(which: Promise<WebTransportLike> | undefined): void {
-    if (this.current === which) this.current = undefined;
+  private forget(member: string | undefined, which: Promise<WebTransportLike> | undefined): void {
+    if (this.sessions.get(member ?? "") === which) this.sessions.delete(member ?? "");
   }
 
   private markDown(err: unknown): void {
@@ -218,10 +331,13 @@ export function parseInfo(value: unknown): WebTransportInfo {
   const { url, serverCertificateHashes } = value as { url?: unknown; serverCertificateHashes?: unknown };
   if (typeof url !== "string" || !url.startsWith("https://")) throw bad("has no https URL");
   if (!Array.isArray(serverCertificateHashes)) throw bad("has no list of certificate hashes");
+  const members = (value as { members?: unknown }).members ?? [];
+  // Older relays list no members: a relay on its own.
+  if (!Array.isArray(members) || !members.every((m: unknown) => typeof m === "string")) throw bad("lists pool members that are not names");
   const hashes = serverCertificateHashes.map((hash: unknown) => {
     const { algorithm, value: digest } = (hash ?? {}) as { algorithm?: unknown; value?: unknown };
     if (algorithm !== "sha-256" || typeof digest !== "string") throw bad("lists a hash that is not sha-256");
     return { algorithm, value: digest };
   });
-  return { url, serverCertificateHashes: hashes };
+  return { url, serverCertificateHashes: hashes, members: members as string[] };
 }

@@ -297,8 +297,132 @@ test("WebSocket is used when WebTransport fails, is missing, or is not wanted", 
   }
 });
 
+/** `Redirect { members }` as a relay writes it (PROTOCOL.md section 18.3). */
+function redirect(members) {
+  const names = members.map((m) => new TextEncoder().encode(m));
+  const body = concat(Uint8Array.of(0x01, 0x07, names.length), ...names.map((n) => concat(Uint8Array.of(n.length), n)));
+  return concat(Uint8Array.of(body.length >> 8, body.length & 0xff), body);
+}
+
+test("a redirect is followed over WebTransport in a pool with a CA's certificate, over WebSocket in one trusted by pin", async () => {
+  const member = "127.0.0.1:4434";
+  for (const pinned of [false, true]) {
+    const info = { ...INFO, serverCertificateHashes: pinned ? INFO.serverCertificateHashes : [], members: [member] };
+    const opened = [];
+    const sockets = [];
+    const transports = new RelayTransports({
+      origin: ORIGIN,
+      setting: "auto",
+      fetchInfo: async () => info,
+      openWebTransport: (url, options) => {
+        const wt = new FakeWebTransport();
+        opened.push({ url, options, wt });
+        return wt;
+      },
+    });
+    const connecting = transports.connect({
+      hostId: publicKey(HOST),
+      playerSecret: PLAYER,
+      aead,
+      keepAliveMs: 0,
+      openWebSocket: (url) => {
+        const pair = new SocketPair();
+        sockets.push({ url, far: pair.far });
+        return pair.player;
+      },
+    });
+    while (opened.length < 1 || opened[0].wt.streams.length < 1) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(opened[0].url, `${ORIGIN}/blindrelay/1`);
+    const entry = opened[0].wt.streams[0];
+    await entry.take(36);
+    entry.send(redirect([member]));
+    const host = new TestHost(HOST, aead);
+    if (pinned) {
+      // Each member's short-lived certificate is its own: the hashes would not match there.
+      while (sockets.length < 1) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(sockets[0].url, `wss://${member}/blindrelay/1`);
+      const connect = await sockets[0].far.takeStream(37);
+      assert.equal(connect[36], 1);
+      sockets[0].far.sendStream(concat(CONNECTED, await host.respond(await sockets[0].far.takeMessage()), await host.verdict()));
+      assert.equal((await connecting).transport, "websocket");
+      assert.equal(opened.length, 1);
+    } else {
+      while (opened.length < 2 || opened[1].wt.streams.length < 1) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(opened[1].url, `https://${member}/blindrelay/1`);
+      assert.deepEqual(opened[1].options, {}, "a CA's certificate: no hashes");
+      const far = opened[1].wt.streams[0];
+      const connect = await far.take(37);
+      assert.equal(connect[36], 1);
+      far.send(concat(CONNECTED, await host.respond(await far.takeMessage()), await host.verdict()));
+      assert.equal((await connecting).transport, "webtransport");
+      assert.equal(sockets.length, 0);
+    }
+    assert.equal(transports.poolMember(), member);
+    transports.close();
+  }
+});
+
+test("when the host moves between members, the sessions at the old one keep their WebTransport session", async () => {
+  const [a, b] = ["127.0.0.1:4434", "127.0.0.1:4435"];
+  const info = { ...INFO, serverCertificateHashes: [], members: [a, b] };
+  const opened = [];
+  const transports = new RelayTransports({
+    origin: ORIGIN,
+    setting: "auto",
+    fetchInfo: async () => info,
+    keepAliveMs: 0,
+    openWebTransport: (url) => {
+      const wt = new FakeWebTransport();
+      const close = wt.close.bind(wt);
+      wt.close = (why) => {
+        wt.closedByPage = true;
+        close(why);
+      };
+      opened.push({ url, wt });
+      return wt;
+    },
+  });
+  const streamOf = async (n, index = 0) => {
+    while (opened.length <= n || opened[n].wt.streams.length <= index) await new Promise((r) => setTimeout(r, 5));
+    return opened[n].wt.streams[index];
+  };
+  const serve = async (far) => {
+    const host = new TestHost(HOST, aead);
+    far.send(concat(CONNECTED, await host.respond(await far.takeMessage()), await host.verdict()));
+  };
+  const base = { hostId: publicKey(HOST), playerSecret: PLAYER, aead };
+  // The page's relay sends the first session to a, which serves it.
+  const first = transports.connect(base);
+  const entry = await streamOf(0);
+  await entry.take(36);
+  entry.send(redirect([a]));
+  const atA = await streamOf(1);
+  await atA.take(37);
+  await serve(atA);
+  await first;
+  // The host moved on to b: a redirects the next session there.
+  const second = transports.connect(base);
+  const again = await streamOf(1, 1);
+  await again.take(36);
+  again.send(redirect([b]));
+  const atB = await streamOf(2);
+  assert.equal(opened[2].url, `https://${b}/blindrelay/1`);
+  await atB.take(37);
+  await serve(atB);
+  await second;
+  assert.equal(opened[1].wt.closedByPage, undefined, "the session running at a keeps its WebTransport session");
+  assert.equal(transports.poolMember(), b);
+  transports.close();
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(opened[1].wt.closedByPage, true);
+  assert.equal(opened[2].wt.closedByPage, true);
+});
+
 test("webtransport.json is checked before it is used", () => {
-  assert.deepEqual(parseInfo(INFO), INFO);
+  // A relay on its own (or from before pools in the page) lists no members.
+  assert.deepEqual(parseInfo(INFO), { ...INFO, members: [] });
+  const pooled = { ...INFO, members: ["127.0.0.1:4434", "relay-1.example:443"] };
+  assert.deepEqual(parseInfo(pooled), pooled);
   assert.deepEqual(parseInfo({ url: INFO.url, serverCertificateHashes: [] }).serverCertificateHashes, []);
   for (const bad of [
     null,
@@ -307,6 +431,8 @@ test("webtransport.json is checked before it is used", () => {
     { url: INFO.url },
     { url: INFO.url, serverCertificateHashes: [{ algorithm: "sha-1", value: "AA==" }] },
     { url: INFO.url, serverCertificateHashes: [null] },
+    { ...INFO, members: "127.0.0.1:4434" },
+    { ...INFO, members: [4434] },
   ]) {
     assert.throws(() => parseInfo(bad), { name: "SessionError", kind: "connection" }, JSON.stringify(bad));
   }

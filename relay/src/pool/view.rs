@@ -93,6 +93,23 @@ impl Pool {
         (!members.is_empty()).then_some(members)
     }
 
+    /// The members a browser's page for `host_id` may be sent to from this relay:
+    /// every member a `Redirect` for the host can name while the views agree (its
+    /// ranking, and the one after, which this member's fallbacks reach when it is
+    /// the owner itself), this member included. The relay lets the page connect to
+    /// these and no other member (its Content-Security-Policy), so the list is cut
+    /// as the redirects are, whatever the size of the pool.
+    pub(crate) fn web_members(&self, host_id: &HostId) -> Vec<String> {
+        let members = self.members();
+        let names: Vec<&str> = members.iter().map(String::as_str).collect();
+        placement::rank(host_id, &names)
+            .unwrap_or_default()
+            .into_iter()
+            .take(MAX_REDIRECT_MEMBERS + 1)
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The members a host of this relay moves to when this relay leaves the pool
     /// (it drains): the host's ranking without this relay. Empty when this relay is
     /// the only member it knows.
@@ -212,6 +229,35 @@ mod tests {
                     None,
                     "past the limit: served here"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_may_reach_every_member_a_redirect_names_and_no_more() {
+        let members = [
+            "a.test:1", "b.test:1", "c.test:1", "d.test:1", "e.test:1", "f.test:1",
+        ];
+        let pools: Vec<Pool> = members.iter().map(|me| pool(me, &members)).collect();
+        for i in 0..200 {
+            let id = host(i);
+            for p in &pools {
+                let allowed = p.web_members(&id);
+                assert_eq!(
+                    allowed.len(),
+                    MAX_REDIRECT_MEMBERS + 1,
+                    "cut as redirects are"
+                );
+                for redirects in [0, 1] {
+                    for held_here in [false, true] {
+                        for named in p
+                            .redirect_player(&id, redirects, held_here)
+                            .unwrap_or_default()
+                        {
+                            assert!(allowed.contains(&named), "{named} is not in {allowed:?}");
+                        }
+                    }
+                }
             }
         }
     }

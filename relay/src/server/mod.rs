@@ -165,6 +165,7 @@ impl Relay {
             state.config.web,
             state.config.web_names(),
             short_lived.clone(),
+            state.pool.clone(),
         ));
         let rotation = short_lived
             .clone()

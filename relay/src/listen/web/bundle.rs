@@ -77,11 +77,17 @@ pub(crate) fn find(path: &str) -> Option<&'static Asset> {
 /// The Content-Security-Policy of the player's origin `authority` (a checked
 /// `Host` header): its own files only, no inline script, no other origin; it may
 /// connect to its own origin, which is where the relay's WebSocket and WebTransport
-/// endpoints are (named explicitly, as `'self'` has not always covered `wss:`).
-pub(crate) fn content_security_policy(authority: &str) -> String {
+/// endpoints are (named explicitly, as `'self'` has not always covered `wss:`), and
+/// to the pool `members` the page may follow a redirect to (checked member names,
+/// `host:port`), where their endpoints are.
+pub(crate) fn content_security_policy(authority: &str, members: &[String]) -> String {
+    let members: String = members
+        .iter()
+        .map(|member| format!(" https://{member} wss://{member}"))
+        .collect();
     format!(
         "default-src 'self'; script-src 'self'; \
-         connect-src 'self' https://{authority} wss://{authority}; \
+         connect-src 'self' https://{authority} wss://{authority}{members}; \
          worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'; \
          form-action 'self'"
     )
@@ -124,7 +130,7 @@ mod tests {
 
     #[test]
     fn the_policy_names_no_other_origin_and_no_inline_script() {
-        let csp = content_security_policy("h.relay.example:4433");
+        let csp = content_security_policy("h.relay.example:4433", &[]);
         assert!(!csp.contains("unsafe"));
         assert!(csp.contains(
             "connect-src 'self' https://h.relay.example:4433 wss://h.relay.example:4433;"

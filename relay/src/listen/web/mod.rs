@@ -12,14 +12,21 @@
 //!
 //! Nothing a request carries reaches a log line or a metric label: the outcomes are
 //! a fixed set ([`HttpOutcome`]).
+//!
+//! On a pool member, a host's page may also connect to the members a redirect for
+//! that host can name ([`Pool::web_members`]): its Content-Security-Policy lists
+//! them and `webtransport.json` names them, so the page can follow a `Redirect` to
+//! the host's owner without leaving its origin (docs/decisions.md).
 
 mod bundle;
 mod head;
 mod origin;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
+use blindrelay_protocol::HostId;
 use blindrelay_transport::websocket;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -29,6 +36,7 @@ use tracing::debug;
 use crate::endpoint::short_lived::SharedShortLived;
 use crate::ops::stats::HttpOutcome;
 use crate::ops::stats::Stats;
+use crate::pool::Pool;
 use head::{HeadError, RequestHead};
 use origin::Origin;
 
@@ -53,15 +61,44 @@ pub(crate) struct WebFront {
     /// The relay's DNS names: a host's origin is `<host id>.<name>`.
     names: Vec<String>,
     hashes: CertificateHashes,
+    /// The pool this relay is a member of, if any: where a host's page may follow
+    /// a redirect to.
+    pool: Option<Arc<Pool>>,
 }
 
 impl WebFront {
-    pub(crate) fn new(player: bool, names: Vec<String>, hashes: CertificateHashes) -> Self {
+    pub(crate) fn new(
+        player: bool,
+        names: Vec<String>,
+        hashes: CertificateHashes,
+        pool: Option<Arc<Pool>>,
+    ) -> Self {
         Self {
             player,
             names,
             hashes,
+            pool,
         }
+    }
+
+    /// The pool members a page for `host_id` may connect to: those a redirect for
+    /// it can name, in rank, as far as a Content-Security-Policy can name them (a
+    /// DNS name or IPv4 address and a port: CSP has no syntax for IPv6 literals).
+    fn members_for(&self, host_id: &HostId) -> Vec<String> {
+        let Some(pool) = &self.pool else {
+            return Vec::new();
+        };
+        pool.web_members(host_id)
+            .into_iter()
+            .filter(|member| {
+                // Canonical member names are lower case; anything else is left out
+                // rather than escaped into a header.
+                member
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b))
+                    && member.bytes().filter(|&b| b == b':').count() == 1
+            })
+            .collect()
     }
 }
 
@@ -239,8 +276,8 @@ fn route(head: &RequestHead, front: &WebFront) -> Route {
         Ok(Some(host)) => String::from_utf8_lossy(host).into_owned(),
         _ => return Route::Answer(Answer::error(400, "Bad Request", HttpOutcome::BadRequest)),
     };
-    let authority = match origin::classify(&authority, &front.names) {
-        Origin::Host { authority, .. } => authority,
+    let (host_id, authority) = match origin::classify(&authority, &front.names) {
+        Origin::Host { host_id, authority } => (host_id, authority),
         Origin::Relay => {
             return Route::Answer(Answer::error(404, "Not Found", HttpOutcome::NotFound));
         }
@@ -262,7 +299,8 @@ fn route(head: &RequestHead, front: &WebFront) -> Route {
                 .hashes(),
             None => Vec::new(),
         };
-        return Route::Answer(webtransport_info(&authority, &hashes));
+        let members = front.members_for(&host_id);
+        return Route::Answer(webtransport_info(&authority, &hashes, &members));
     }
     let Some(asset) = bundle::find(&head.path) else {
         return Route::Answer(Answer::error(404, "Not Found", HttpOutcome::NotFound));
@@ -274,7 +312,7 @@ fn route(head: &RequestHead, front: &WebFront) -> Route {
             ("Content-Type", asset.content_type.to_owned()),
             (
                 "Content-Security-Policy",
-                bundle::content_security_policy(&authority),
+                bundle::content_security_policy(&authority, &front.members_for(&host_id)),
             ),
         ],
         body: Cow::Borrowed(asset.body),
@@ -320,9 +358,10 @@ fn upgrade(head: &RequestHead) -> Route {
     }
 }
 
-/// `webtransport.json`: where the page opens its WebTransport session, and which
-/// certificates it may accept there.
-fn webtransport_info(authority: &str, hashes: &[[u8; 32]]) -> Answer {
+/// `webtransport.json`: where the page opens its WebTransport session, which
+/// certificates it may accept there, and the pool members it may follow a redirect
+/// to (none for a relay on its own).
+fn webtransport_info(authority: &str, hashes: &[[u8; 32]], members: &[String]) -> Answer {
     let hashes: Vec<String> = hashes
         .iter()
         .map(|hash| {
@@ -332,11 +371,14 @@ fn webtransport_info(authority: &str, hashes: &[[u8; 32]]) -> Answer {
             )
         })
         .collect();
-    // `authority` is a checked host name and port: nothing in it needs escaping.
+    let members: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+    // `authority` is a checked host name and port, and the members are canonical
+    // names of the same characters ([`WebFront::members_for`]): nothing needs escaping.
     let body = format!(
-        "{{\"url\":\"https://{authority}{}\",\"serverCertificateHashes\":[{}]}}\n",
+        "{{\"url\":\"https://{authority}{}\",\"serverCertificateHashes\":[{}],\"members\":[{}]}}\n",
         websocket::PATH,
-        hashes.join(",")
+        hashes.join(","),
+        members.join(",")
     );
     Answer {
         status: 200,
@@ -355,7 +397,7 @@ mod tests {
     const ID: &str = "z2gtvuomwyz6y63qyf4bjjohn3gqffufaugtir2fxicyodsypvmq";
 
     fn front(player: bool) -> WebFront {
-        WebFront::new(player, vec!["relay.example".to_owned()], None)
+        WebFront::new(player, vec!["relay.example".to_owned()], None, None)
     }
 
     fn answer(request: &str, front: &WebFront) -> Answer {
@@ -444,6 +486,52 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_members_page_may_connect_to_the_members_a_redirect_names() {
+        use crate::pool::{MemberSource, PoolConfig};
+        let me = "relay-0.relay.example:443";
+        let listed = [
+            me,
+            "relay-1.relay.example:443",
+            "127.0.0.1:4433",
+            "[::1]:4433",
+        ];
+        let pool = Pool::new(PoolConfig::new(me, MemberSource::File("unused".into())).unwrap());
+        pool.set_view(listed.iter().map(|m| (*m).to_owned()).collect());
+        let front = WebFront::new(
+            true,
+            vec!["relay.example".to_owned()],
+            None,
+            Some(Arc::new(pool)),
+        );
+        let csp = |path: &str| {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {ID}.relay.example\r\n\r\n");
+            let answer = answer(&request, &front);
+            (
+                header(&answer, "Content-Security-Policy").map(str::to_owned),
+                String::from_utf8(answer.body.to_vec()).unwrap(),
+            )
+        };
+        let (policy, _) = csp("/.blindrelay/sw.js");
+        let policy = policy.unwrap();
+        for member in [
+            "relay-0.relay.example:443",
+            "relay-1.relay.example:443",
+            "127.0.0.1:4433",
+        ] {
+            assert!(
+                policy.contains(&format!(" https://{member} wss://{member}")),
+                "{member}: {policy}"
+            );
+        }
+        // CSP cannot name an IPv6 literal: that member is left out, not mangled.
+        assert!(!policy.contains("::1"), "{policy}");
+        let (_, info) = csp("/.blindrelay/webtransport.json");
+        assert!(info.contains("\"members\":["), "{info}");
+        assert!(info.contains("\"127.0.0.1:4433\""), "{info}");
+        assert!(!info.contains("::1"), "{info}");
+    }
+
+    #[test]
     fn the_webtransport_settings_name_the_origin_and_the_hashes() {
         let request = format!(
             "GET /.blindrelay/webtransport.json HTTP/1.1\r\nHost: {ID}.relay.example:4433\r\n\r\n"
@@ -454,7 +542,7 @@ mod tests {
             body(&front(true)),
             format!(
                 "{{\"url\":\"https://{ID}.relay.example:4433/blindrelay/1\",\
-                 \"serverCertificateHashes\":[]}}\n"
+                 \"serverCertificateHashes\":[],\"members\":[]}}\n"
             )
         );
         let short_lived = crate::endpoint::short_lived::ShortLived::new(
@@ -467,9 +555,10 @@ mod tests {
             true,
             vec!["relay.example".to_owned()],
             Some(std::sync::Arc::new(std::sync::RwLock::new(short_lived))),
+            None,
         );
         assert!(body(&with_hashes).ends_with(&format!(
-            "\"serverCertificateHashes\":[{{\"algorithm\":\"sha-256\",\"value\":\"{hash}\"}}]}}\n"
+            "\"serverCertificateHashes\":[{{\"algorithm\":\"sha-256\",\"value\":\"{hash}\"}}],\"members\":[]}}\n"
         )));
     }
 }
