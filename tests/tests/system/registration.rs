@@ -48,6 +48,28 @@ async fn a_host_that_vanishes_reads_as_offline() {
     assert_eq!(relay.stats().registered_hosts, 0);
 }
 
+/// A host whose connection ends is taken off the registry by its registration's
+/// own end, at once: not only when a player asks for it (a lookup drops a closed
+/// host too, which is why the test above cannot tell). The registry's count, and a
+/// drain waiting for hosts to leave, depend on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_leaves_is_unregistered_without_anyone_asking_for_it() {
+    let relay = start_relay();
+    let key = SecretKey::generate().unwrap();
+    let connection = raw_connection(&relay).await;
+    let (verdict, _control) = register_by_hand(&connection, key.host_id(), &key, &connection).await;
+    assert_eq!(verdict, ControlMessage::Registered);
+    assert_eq!(relay.stats().registered_hosts, 1);
+    connection.close(0u32.into(), b"gone");
+    let gone = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while relay.stats().registered_hosts != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "still registered: {:?}", relay.stats());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_id_cannot_be_registered_without_its_key() {
     let relay = start_relay();
