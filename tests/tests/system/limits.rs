@@ -697,7 +697,11 @@ over_transports!(a_session_moves_at_most_its_maximum_bytes_and_not_one_more:
 async fn a_session_moves_at_most_its_maximum_bytes_and_not_one_more(ends: Ends) {
     const MAX: u64 = 1 << 20;
     let relay = relay_with(|limits| limits.sessions.max_bytes = ByteSize(MAX));
-    let mut host = host_over(relay.url(), ends.host).await;
+    let mut config = host_config(SecretKey::generate().unwrap(), relay.url());
+    config.transport = ends.host;
+    config.resume_window = Duration::from_secs(2);
+    let mut host = HostAgent::start(config).expect("host starts");
+    wait_for_state(&host, |state| *state == HostState::Registered).await;
     let player = player_over(ends.player);
     let (session, host_side) = open_pair(&player, &mut host).await;
     assert_eq!(session.limits().max_bytes, MAX);
@@ -705,7 +709,13 @@ async fn a_session_moves_at_most_its_maximum_bytes_and_not_one_more(ends: Ends) 
     let writer = tokio::spawn(async move { write_until_error(&mut write).await });
     let (mut host_read, _host_write) = tokio::io::split(host_side);
     let host_error = read_until_error(&mut host_read).await;
-    assert!(host_error.contains("maximum bytes"), "{host_error}");
+    // As in the stall test above: on a stream transport the relay's close of the
+    // session's connection can overtake the code (a TCP reset drops what was not
+    // read yet), and the host is then told once its resume window is over.
+    let told = host_error.contains("maximum bytes")
+        || (ends.host != TransportPreference::Quic
+            && host_error.contains("could not be reached again within 2s"));
+    assert!(told, "{host_error}");
     let player_error = tokio::time::timeout(PATIENCE, writer)
         .await
         .unwrap()
