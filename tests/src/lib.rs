@@ -27,6 +27,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Every wait in these tests is bounded by this; generous for a busy 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Taken first by the tests that flood a relay with hundreds of connections or
+/// thousands of datagrams. `cargo test` runs two tests at once in one process; two
+/// floods at once on a two-core machine starve each other's honest session and
+/// each other's relay, and what each test shows is what one flood does to one relay.
+pub async fn one_flood_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static FLOODS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    FLOODS.lock().await
+}
+
 /// Sends the libraries' logs to the test's captured output, at the level
 /// `RUST_LOG` names (`warn` by default); once per process, later calls do nothing.
 pub fn init_tracing() {

@@ -359,6 +359,7 @@ async fn a_new_certificate_serves_new_connections_and_leaves_open_ones_alone() {
 /// hundreds of connections in that time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_probes_are_answered_through_a_connection_flood_from_other_addresses() {
+    let _flood = blindrelay_tests::one_flood_at_a_time().await;
     use std::net::{IpAddr, Ipv4Addr};
     const FLOODERS: u8 = 4;
     const IDLE: usize = 200;
