@@ -62,6 +62,23 @@ impl<K: Eq + Hash + Clone> ConnectionCache<K> {
 
     /// The live connection to `key`, if there is one now (none while one is being
     /// made).
+    /// Any live connection in the cache.
+    pub(crate) fn any_live(&self) -> Option<quinn::Connection> {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        slots.iter().find_map(|slot| {
+            let held = slot.try_lock().ok()?;
+            held.as_ref()
+                .filter(|connection| connection.close_reason().is_none())
+                .cloned()
+        })
+    }
+
     pub(crate) fn live(&self, key: &K) -> Option<quinn::Connection> {
         let slot = self
             .slots

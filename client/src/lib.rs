@@ -49,6 +49,7 @@ mod endpoint;
 mod host;
 mod linger;
 mod player;
+mod punch;
 mod session;
 mod stream;
 mod transports;

@@ -41,7 +41,7 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::encoding::Reader;
+use crate::encoding::{put_socket_addr, Reader};
 use crate::error::{DecodeError, ErrorCode};
 use crate::keys::{HostId, PublicKey};
 use crate::limits::SessionLimits;
@@ -168,6 +168,16 @@ pub enum ControlMessage {
         /// The secret from the `Dial`.
         secret: [u8; DIAL_SECRET_LEN],
     },
+    /// A client asks which address the relay sees it connect from (PROTOCOL.md
+    /// 10.9), as the first and only message of its own stream. Any connection may ask,
+    /// a registered host's too; the relay answers `Observed` and finishes.
+    Observe,
+    /// The answer to `Observe`: the address and port the relay sees the asking
+    /// connection come from (after every NAT on the way).
+    Observed {
+        /// The connection's remote address, as the relay sees it.
+        addr: std::net::SocketAddr,
+    },
     /// The relay refuses a request; it finishes its side of the stream afterwards.
     Error {
         /// Machine-readable reason.
@@ -201,7 +211,12 @@ impl fmt::Debug for ControlMessage {
             Self::Proof { mac } => {
                 out.field("mac", &Redacted(mac.len()));
             }
-            Self::Registered => {}
+            Self::Registered | Self::Observe => {}
+            // The asker's own address, which it already knows: shown only as its
+            // family, as the relay's logs show addresses.
+            Self::Observed { addr } => {
+                out.field("addr", &Redacted(if addr.is_ipv4() { 4 } else { 16 }));
+            }
             Self::Renew { token } => {
                 out.field("token", &Redacted(token.len()));
             }
@@ -257,6 +272,8 @@ mod kind {
     pub const CONNECTED: u8 = 0x11;
     pub const INCOMING: u8 = 0x12;
     pub const ACCEPT: u8 = 0x13;
+    pub const OBSERVE: u8 = 0x14;
+    pub const OBSERVED: u8 = 0x15;
     pub const ERROR: u8 = 0x7f;
 }
 
@@ -295,6 +312,8 @@ impl ControlMessage {
             Self::Connect { .. } => "Connect",
             Self::Connected { .. } => "Connected",
             Self::Incoming { .. } => "Incoming",
+            Self::Observe => "Observe",
+            Self::Observed { .. } => "Observed",
             Self::Error { .. } => "Error",
         }
     }
@@ -385,6 +404,11 @@ impl ControlMessage {
                 body.put_u8(kind::INCOMING);
                 body.put_u64(*session_id);
                 limits.encode(&mut body);
+            }
+            Self::Observe => body.put_u8(kind::OBSERVE),
+            Self::Observed { addr } => {
+                body.put_u8(kind::OBSERVED);
+                put_socket_addr(&mut body, *addr);
             }
             Self::Error { code, reason } => {
                 body.put_u8(kind::ERROR);
@@ -491,6 +515,10 @@ impl ControlMessage {
             kind::INCOMING => Self::Incoming {
                 session_id: r.u64()?,
                 limits: SessionLimits::decode(&mut r)?,
+            },
+            kind::OBSERVE => Self::Observe,
+            kind::OBSERVED => Self::Observed {
+                addr: r.socket_addr("observed address")?,
             },
             kind::ERROR => Self::Error {
                 code: ErrorCode::from_u16(r.u16()?),
@@ -677,6 +705,13 @@ mod tests {
             ControlMessage::Renew {
                 token: vec![0xaa, 0xbb, 0xcc],
             },
+            ControlMessage::Observe,
+            ControlMessage::Observed {
+                addr: "203.0.113.7:40123".parse().unwrap(),
+            },
+            ControlMessage::Observed {
+                addr: "[2001:db8::7]:443".parse().unwrap(),
+            },
         ]
     }
 
@@ -704,6 +739,9 @@ mod tests {
             "001d0107020e72302e6578616d706c653a3434330a5b3a3a315d3a34343333".to_owned(),
             "00100108010c31302e302e302e373a343433".to_owned(),
             "000701090003aabbcc".to_owned(),
+            "00020114".to_owned(),
+            "0009011504cb0071079cbb".to_owned(),
+            "001501150620010db800000000000000000000000701bb".to_owned(),
         ];
         for (message, expected) in all_messages().iter().zip(expected) {
             assert_eq!(hex(&message.to_frame()), expected, "{message:?}");

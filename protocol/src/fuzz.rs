@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use crate::control::ControlMessage;
 use crate::keys::{HostId, SecretKey};
 use crate::noise::{split_frame, Hello, HostHandshake, PlayerHandshake, VerdictOpened};
+use crate::punch::Candidates;
 use crate::registration::{HostRegistration, RelayRegistration, EXPORTER_LEN};
 use crate::stream_frame::{StreamFrame, MAX_FRAME_LEN};
 use crate::ticket::Ticket;
@@ -34,6 +35,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("key_files", key_files),
     ("registration", registration),
     ("stream_frames", stream_frames),
+    ("punch", punch),
 ];
 
 /// One control frame's content: decodes or errs; decoded messages re-encode to the
@@ -258,4 +260,27 @@ pub fn stream_frames(data: &[u8]) {
         );
     }
     assert!(consumed <= data.len());
+}
+
+/// A punch session's messages (PROTOCOL.md 10.9), fed in pieces: what decodes
+/// re-encodes to the bytes it came from, and at most one message is ever buffered.
+pub fn punch(data: &[u8]) {
+    let mut buf = BytesMut::new();
+    for piece in data.chunks(3) {
+        buf.extend_from_slice(piece);
+        loop {
+            let before = buf.clone();
+            match Candidates::decode_frame(&mut buf) {
+                Ok(Some(candidates)) => {
+                    let used = before.len() - buf.len();
+                    let mut again = BytesMut::new();
+                    candidates.encode(&mut again);
+                    assert_eq!(&again[..], &before[..used], "{candidates:?}");
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        assert!(buf.len() < 2 + crate::punch::MAX_MESSAGE_LEN + 3);
+    }
 }

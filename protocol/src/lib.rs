@@ -28,6 +28,7 @@ pub mod keys;
 pub mod limits;
 pub mod noise;
 pub mod placement;
+pub mod punch;
 pub mod registration;
 pub mod relay_url;
 pub mod resume;

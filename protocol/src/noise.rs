@@ -105,6 +105,12 @@ mod frame_type {
 /// for a new session, or the resume id of the session to continue.
 pub const RESUME_ID_LEN: usize = 32;
 
+/// The payload of a hello that asks for a punch session (PROTOCOL.md 10.9): these
+/// 32 ASCII bytes. A resume id is a hash of secret keys and is never this; a host
+/// from before punching takes it for a resume id it does not hold and answers
+/// "unknown session", so the session never reaches its application.
+pub const PUNCH_HELLO: [u8; RESUME_ID_LEN] = *b"blindrelay/1 punch, direct path?";
+
 /// The host's decision about a player, sent as its first transport frame: what
 /// [`ExpectVerdict::open_verdict`] found in it, as a plain value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +126,8 @@ pub enum Verdict {
     Resumed,
     /// The host holds no such session (or not for this player); nothing follows.
     UnknownSession,
+    /// The host serves this player's punch session: data frames carry candidates.
+    Punch,
 }
 
 impl Verdict {
@@ -130,6 +138,7 @@ impl Verdict {
             Self::WelcomeResumable => 0x02,
             Self::Resumed => 0x03,
             Self::UnknownSession => 0x04,
+            Self::Punch => 0x05,
         }
     }
 
@@ -140,6 +149,7 @@ impl Verdict {
             Self::WelcomeResumable,
             Self::Resumed,
             Self::UnknownSession,
+            Self::Punch,
         ]
         .into_iter()
         .find(|verdict| verdict.to_byte() == byte)
@@ -156,6 +166,9 @@ pub enum Hello {
     Resumable,
     /// Continue the session with this resume id: its 32 bytes.
     Resume(ResumeId),
+    /// A punch session, which carries the two ends' direct-path candidates instead
+    /// of application bytes: [`PUNCH_HELLO`].
+    Punch,
 }
 
 impl std::fmt::Debug for Hello {
@@ -164,6 +177,7 @@ impl std::fmt::Debug for Hello {
             Self::Plain => "Plain",
             Self::Resumable => "Resumable",
             Self::Resume(_) => "Resume(..)",
+            Self::Punch => "Punch",
         })
     }
 }
@@ -175,6 +189,7 @@ impl Hello {
             Self::Plain => &[],
             Self::Resumable => &ZERO,
             Self::Resume(id) => &id.0,
+            Self::Punch => &PUNCH_HELLO,
         }
     }
 
@@ -183,6 +198,7 @@ impl Hello {
     fn from_payload(payload: &[u8]) -> Self {
         match <[u8; RESUME_ID_LEN]>::try_from(payload) {
             Ok(bytes) if bytes == [0; RESUME_ID_LEN] => Self::Resumable,
+            Ok(PUNCH_HELLO) => Self::Punch,
             Ok(bytes) => Self::Resume(ResumeId(bytes)),
             Err(_) => Self::Plain,
         }
@@ -450,6 +466,7 @@ impl VerdictOpened {
     pub fn verdict(&self) -> Verdict {
         match self {
             Self::Welcome(transport) if transport.resumable => Verdict::WelcomeResumable,
+            Self::Welcome(transport) if transport.punch => Verdict::Punch,
             Self::Welcome(_) => Verdict::Welcome,
             Self::Resumed(_) => Verdict::Resumed,
             Self::NotAuthorized(_) => Verdict::NotAuthorized,
@@ -489,8 +506,15 @@ impl ExpectVerdict {
             }
         };
         let resuming = matches!(self.hello, Hello::Resume(_));
+        let punching = self.hello == Hello::Punch;
         match verdict {
-            Verdict::Welcome if !resuming => Ok(VerdictOpened::Welcome(self.transport)),
+            Verdict::Welcome if !resuming && !punching => {
+                Ok(VerdictOpened::Welcome(self.transport))
+            }
+            Verdict::Punch if punching => {
+                self.transport.punch = true;
+                Ok(VerdictOpened::Welcome(self.transport))
+            }
             Verdict::WelcomeResumable if self.hello == Hello::Resumable => {
                 self.transport.resumable = true;
                 Ok(VerdictOpened::Welcome(self.transport))
@@ -500,9 +524,10 @@ impl ExpectVerdict {
                 Ok(VerdictOpened::Resumed(self.transport))
             }
             Verdict::NotAuthorized | Verdict::UnknownSession => {
-                if verdict == Verdict::UnknownSession && !resuming {
+                // A host from before punching takes a punch hello for a resume.
+                if verdict == Verdict::UnknownSession && !resuming && !punching {
                     return Err(NoiseError::OutOfOrder {
-                        reason: "an unknown session answers a resume only",
+                        reason: "an unknown session answers a resume or a punch only",
                     });
                 }
                 // A refusal ends the host's direction: nothing may follow it.
@@ -631,12 +656,26 @@ impl PendingVerdict {
         Ok(self.transport)
     }
 
-    /// Seals "unknown session", for a resume the host cannot honour. It ends as a
-    /// refusal does, the same size on the wire.
-    pub fn unknown_session(mut self, out: &mut BytesMut) -> Result<Refused, NoiseError> {
-        if !matches!(self.hello, Hello::Resume(_)) {
+    /// Seals the welcome of a punch session, for a player whose hello asked for
+    /// one ([`Hello::Punch`]): its data frames carry candidates (PROTOCOL.md 10.9).
+    pub fn welcome_punch(mut self, out: &mut BytesMut) -> Result<Transport, NoiseError> {
+        if self.hello != Hello::Punch {
             return Err(NoiseError::OutOfOrder {
-                reason: "\"unknown session\" answers a resume only",
+                reason: "a punch welcome answers a punch hello only",
+            });
+        }
+        self.transport.seal_verdict(Verdict::Punch, out)?;
+        self.transport.punch = true;
+        Ok(self.transport)
+    }
+
+    /// Seals "unknown session", for a resume the host cannot honour, or a punch
+    /// session it does not hold (as a host from before punching answers). It ends
+    /// as a refusal does, the same size on the wire.
+    pub fn unknown_session(mut self, out: &mut BytesMut) -> Result<Refused, NoiseError> {
+        if !matches!(self.hello, Hello::Resume(_) | Hello::Punch) {
+            return Err(NoiseError::OutOfOrder {
+                reason: "\"unknown session\" answers a resume or a punch only",
             });
         }
         self.transport.seal_verdict(Verdict::UnknownSession, out)?;
@@ -711,6 +750,9 @@ pub struct Transport {
     received_end: bool,
     /// Both ends acknowledge and keep what is not acknowledged (a resumable session).
     resumable: bool,
+    /// A punch session: its data frames carry candidates (PROTOCOL.md 10.9), for
+    /// the client library, never for an application.
+    punch: bool,
     /// The id under which this session can be resumed next.
     resume_id: ResumeId,
 }
@@ -740,6 +782,7 @@ impl Transport {
             sent_end: false,
             received_end: false,
             resumable: false,
+            punch: false,
             resume_id,
         })
     }
@@ -767,6 +810,11 @@ impl Transport {
     /// resumed on another stream.
     pub fn resumable(&self) -> bool {
         self.resumable
+    }
+
+    /// Whether this is a punch session (PROTOCOL.md 10.9).
+    pub fn punch(&self) -> bool {
+        self.punch
     }
 
     /// The id a resume hello gives to continue this session on another stream. Only
@@ -1166,6 +1214,9 @@ mod tests {
             (resume, Verdict::Resumed),
             (resume, Verdict::UnknownSession),
             (resume, Verdict::NotAuthorized),
+            (Hello::Punch, Verdict::Punch),
+            (Hello::Punch, Verdict::UnknownSession),
+            (Hello::Punch, Verdict::NotAuthorized),
         ];
         for (hello, verdict) in answers {
             let (player, host, hello_len, _) = hello_and_reply(hello);
@@ -1185,6 +1236,7 @@ mod tests {
                 Verdict::Resumed => host.resumed(&mut wire).map(|_| None),
                 Verdict::NotAuthorized => host.refuse(&mut wire).map(Some),
                 Verdict::UnknownSession => host.unknown_session(&mut wire).map(Some),
+                Verdict::Punch => host.welcome_punch(&mut wire).map(|_| None),
             }
             .unwrap();
             assert_eq!(
@@ -1210,8 +1262,9 @@ mod tests {
                     assert_eq!(end.len(), 2 * (2 + 17));
                 }
                 (VerdictOpened::Welcome(transport) | VerdictOpened::Resumed(transport), None) => {
-                    let resumable = verdict != Verdict::Welcome;
+                    let resumable = matches!(verdict, Verdict::WelcomeResumable | Verdict::Resumed);
                     assert_eq!(transport.resumable(), resumable, "{verdict:?}");
+                    assert_eq!(transport.punch(), verdict == Verdict::Punch, "{verdict:?}");
                 }
                 (opened, _) => panic!("{verdict:?} opened as {:?}", opened.verdict()),
             }
@@ -1269,8 +1322,19 @@ mod tests {
         assert!(host.unknown_session(&mut BytesMut::new()).is_err());
         let (_, host, _, _) = hello_and_reply(resume);
         assert!(host.welcome_resumable(&mut BytesMut::new()).is_err());
-        // ...and that a player refuses when a host sends them anyway.
+        let (_, host, _, _) = hello_and_reply(Hello::Resumable);
+        assert!(host.welcome_punch(&mut BytesMut::new()).is_err());
+        let (_, host, _, _) = hello_and_reply(Hello::Punch);
+        assert!(host.welcome_resumable(&mut BytesMut::new()).is_err());
+        // ...and that a player refuses when a host sends them anyway: a punch session
+        // is never handed to an application as a plain one, nor the other way round.
         for (hello, verdict) in [
+            (Hello::Plain, Verdict::Punch),
+            (Hello::Resumable, Verdict::Punch),
+            (resume, Verdict::Punch),
+            (Hello::Punch, Verdict::Welcome),
+            (Hello::Punch, Verdict::WelcomeResumable),
+            (Hello::Punch, Verdict::Resumed),
             (Hello::Plain, Verdict::WelcomeResumable),
             (Hello::Plain, Verdict::Resumed),
             (Hello::Resumable, Verdict::Resumed),

@@ -185,4 +185,5 @@ fuzz_tests!(
     key_files,
     registration,
     stream_frames,
+    punch,
 );

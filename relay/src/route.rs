@@ -62,6 +62,9 @@ pub(crate) enum Route {
         session_id: u64,
         secret: [u8; DIAL_SECRET_LEN],
     },
+    /// A client asks which address the relay sees it come from (PROTOCOL.md 10.9):
+    /// answered with it, on any stream of any door but a browser's.
+    Observe,
     /// Refused with `answer`, counted as `count`.
     Refuse {
         count: Counted,
@@ -151,6 +154,14 @@ impl Route {
                 }
             }
             ControlMessage::Connect { host_id, redirects } => Self::Connect { host_id, redirects },
+            ControlMessage::Observe if on_probation => {
+                let refusal = Refusal::AtCapacity;
+                Self::Refuse {
+                    count: Counted::AtCapacity,
+                    answer: ControlMessage::error(refusal.code(), refusal.reason()),
+                }
+            }
+            ControlMessage::Observe if arrival != Arrival::WebTransport => Self::Observe,
             ControlMessage::Accept { session_id, secret } if arrival == Arrival::Framed => {
                 Self::Accept { session_id, secret }
             }
@@ -159,8 +170,12 @@ impl Route {
                 refuse(
                     Counted::BadRequest,
                     match arrival {
-                        Arrival::Quic { .. } => "a stream must start with Register or Connect",
-                        Arrival::Framed => "a stream must start with Register, Connect or Accept",
+                        Arrival::Quic { .. } => {
+                            "a stream must start with Register, Connect or Observe"
+                        }
+                        Arrival::Framed => {
+                            "a stream must start with Register, Connect, Accept or Observe"
+                        }
                         Arrival::WebTransport => "a WebTransport stream must start with Connect",
                     },
                 )
@@ -232,6 +247,14 @@ impl Route {
                         );
                         return Box::pin(refuse(&mut send, &mut recv, &answer)).await;
                     }
+                }
+            }
+            // The address the connection's packets come from, which the relay sees
+            // anyway: told to the client, never logged.
+            Self::Observe => {
+                Stats::bump(&state.stats.addresses_observed);
+                ControlMessage::Observed {
+                    addr: stream.link.remote_address(),
                 }
             }
             Self::Refuse { count, answer } => {
@@ -407,11 +430,36 @@ mod tests {
     }
 
     #[test]
+    fn an_address_is_observed_through_every_door_but_a_browsers_and_not_on_probation() {
+        for arrival in [QUIC_FIRST, QUIC_LATER, Arrival::Framed] {
+            assert!(
+                matches!(
+                    Route::from_first(ControlMessage::Observe, arrival, false),
+                    Route::Observe
+                ),
+                "{arrival:?}"
+            );
+            let (count, code, _) =
+                refused(Route::from_first(ControlMessage::Observe, arrival, true));
+            assert_eq!(
+                (count, code),
+                (Counted::AtCapacity, Refusal::AtCapacity.code())
+            );
+        }
+        let (count, code, _) = refused(Route::from_first(
+            ControlMessage::Observe,
+            Arrival::WebTransport,
+            false,
+        ));
+        assert_eq!((count, code), (Counted::BadRequest, ErrorCode::BadRequest));
+    }
+
+    #[test]
     fn any_other_first_message_is_a_bad_request_that_names_what_the_door_takes() {
         let expected = [
-            (QUIC_FIRST, "Register or Connect"),
-            (QUIC_LATER, "Register or Connect"),
-            (Arrival::Framed, "Register, Connect or Accept"),
+            (QUIC_FIRST, "Register, Connect or Observe"),
+            (QUIC_LATER, "Register, Connect or Observe"),
+            (Arrival::Framed, "Register, Connect, Accept or Observe"),
             (Arrival::WebTransport, "must start with Connect"),
         ];
         let others = [
@@ -495,6 +543,17 @@ mod served {
             error_of(answer_to(&state, &[0, 3, PROTOCOL_VERSION, 0xee, 0], false).await);
         assert_eq!(code, ErrorCode::BadRequest);
         assert_eq!(state.stats.bad_requests.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn an_observe_is_answered_with_the_address_the_relay_sees_and_counted() {
+        let state = state(Limits::default());
+        let answer = answer_to(&state, &ControlMessage::Observe.to_frame(), false).await;
+        let ControlMessage::Observed { addr } = answer else {
+            panic!("not Observed: {answer:?}");
+        };
+        assert_eq!(addr, PLAYER.parse().unwrap());
+        assert_eq!(state.stats.addresses_observed.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -63,9 +63,12 @@ pub fn start_relay() -> Relay {
     Relay::spawn(relay_config()).expect("relay starts")
 }
 
-/// A host config that retries quickly, so reconnection tests stay short.
+/// A host config that retries quickly, so reconnection tests stay short. It does
+/// not punch: on one machine every punch succeeds, and a test of the relay wants
+/// its sessions relayed (the punching tests switch it on, in namespaces with NATs).
 pub fn host_config(key: SecretKey, relay: &RelayUrl) -> HostConfig {
     let mut config = HostConfig::new(key, relay.clone());
+    config.punch = false;
     config.backoff = BackoffConfig {
         initial: Duration::from_millis(50),
         max: Duration::from_millis(400),
@@ -102,14 +105,22 @@ pub async fn wait_for_state(agent: &HostAgent, want: impl Fn(&HostState) -> bool
     state
 }
 
-/// A player with a fresh key and default settings.
+/// A player's defaults with `key`, but for punching, which is off (see
+/// [`host_config`]).
+pub fn player_config(key: SecretKey) -> PlayerConfig {
+    let mut config = PlayerConfig::new(key);
+    config.punch = false;
+    config
+}
+
+/// A player with a fresh key and default settings (no punching).
 pub fn player() -> Player {
-    Player::new(PlayerConfig::new(SecretKey::generate().unwrap()))
+    Player::new(player_config(SecretKey::generate().unwrap()))
 }
 
 /// A player with a fresh key whose relayed sessions go over `transport`.
 pub fn player_over(transport: TransportPreference) -> Player {
-    let mut config = PlayerConfig::new(SecretKey::generate().unwrap());
+    let mut config = player_config(SecretKey::generate().unwrap());
     config.transport = transport;
     Player::new(config)
 }

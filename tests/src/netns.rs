@@ -137,6 +137,16 @@ impl Net {
         ip(&["-n", ns.name(), "route", "add", "default", "via", via]);
     }
 
+    /// Sets the sysctl `key` to `value` inside `ns` (such as
+    /// `net.ipv4.ip_forward`, which every new namespace starts with off).
+    /// Written from a thread inside `ns`: `/proc/sys/net` shows the namespace of
+    /// whoever opens it.
+    pub fn sysctl(&self, ns: &Ns, key: &str, value: &str) {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        self.enter(ns, || std::fs::write(&path, value))
+            .unwrap_or_else(|err| panic!("sysctl {key}={value} in {}: {err}", ns.name()));
+    }
+
     /// Applies an nftables ruleset (in `nft -f` syntax) inside `ns`.
     pub fn nft(&self, ns: &Ns, ruleset: &str) {
         let mut child = Command::new("ip")

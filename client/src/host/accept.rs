@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use super::punch::HostPunch;
 use super::resume::ResumeTable;
 use super::{HostConfig, HostCounters};
 use crate::linger::{StreamRecv, StreamSend};
@@ -34,6 +35,8 @@ pub(super) struct SessionAcceptor {
     sessions: mpsc::Sender<SecureStream>,
     counters: Arc<HostCounters>,
     resumes: Arc<ResumeTable>,
+    /// Set where the host punches (PROTOCOL.md 10.9).
+    punch: Option<Arc<HostPunch>>,
 }
 
 /// Why a session stream never reached the handshake.
@@ -53,13 +56,20 @@ impl SessionAcceptor {
         config: Arc<HostConfig>,
         sessions: mpsc::Sender<SecureStream>,
         counters: Arc<HostCounters>,
+        punch: Option<Arc<HostPunch>>,
     ) -> Self {
         Self {
             config,
             sessions,
             counters,
             resumes: Arc::default(),
+            punch,
         }
+    }
+
+    /// What answers punch sessions, where the host punches.
+    pub(super) fn punch(&self) -> Option<&Arc<HostPunch>> {
+        self.punch.as_ref()
     }
 
     /// Answers the player on a QUIC session stream that arrived by `path`, and hands
@@ -129,6 +139,7 @@ impl SessionAcceptor {
             }
             return;
         }
+        let punching = served.transport.punch();
         let mut stream = SecureStream::new(
             reader,
             writer,
@@ -138,6 +149,13 @@ impl SessionAcceptor {
             BytesMut::new(),
         )
         .with_limits(served.limits);
+        if punching {
+            // Welcomed as one only where the host punches.
+            if let Some(punch) = &self.punch {
+                punch.serve(stream).await;
+            }
+            return;
+        }
         if let Some(carried_by) = carried_by {
             stream = stream.with_relay_transport(carried_by);
         }
@@ -207,14 +225,19 @@ impl SessionAcceptor {
         }
         let resuming = match pending.hello() {
             Hello::Resume(id) => Some(id),
-            Hello::Plain | Hello::Resumable => None,
+            Hello::Plain | Hello::Resumable | Hello::Punch => None,
         };
         let sealed = match pending.hello() {
             Hello::Resume(id) if self.resumes.holds(id, pending.remote_static()) => {
                 pending.resumed(&mut reply)
             }
-            Hello::Resume(_) => {
-                debug!(session_id = relay_session_id(path, session_id), %path, "no such session to resume");
+            // Punching only through the relay: a player that reached the host
+            // directly has its direct path already.
+            Hello::Punch if self.punch.is_some() && path == SessionPath::Relayed => {
+                pending.welcome_punch(&mut reply)
+            }
+            Hello::Resume(_) | Hello::Punch => {
+                debug!(session_id = relay_session_id(path, session_id), %path, "no such session to resume, or no punching here");
                 let Ok(refused) = pending.unknown_session(&mut reply) else {
                     send.abandon(codes::stream::REFUSED);
                     return None;
@@ -425,7 +448,7 @@ mod tests {
         let counters = Arc::new(HostCounters::default());
         let (sessions, _) = mpsc::channel(1);
         Setup {
-            acceptor: SessionAcceptor::new(Arc::new(config), sessions, counters.clone()),
+            acceptor: SessionAcceptor::new(Arc::new(config), sessions, counters.clone(), None),
             counters,
             host_key,
             player_key,

@@ -50,21 +50,24 @@ pub enum DirectListenError {
     Tls(#[from] TlsSetupError),
 }
 
-/// Binds the host's direct QUIC endpoint.
+/// Binds the host's direct QUIC endpoint; with it, a second handle on its socket,
+/// from which punch packets leave (see [`crate::punch`]).
 pub(super) fn listen(
     config: &HostConfig,
     addr: SocketAddr,
-) -> Result<quinn::Endpoint, DirectListenError> {
+) -> Result<(quinn::Endpoint, UdpSocket), DirectListenError> {
     let server = server_config(config)?;
     let bind_error = |source| DirectListenError::Bind { addr, source };
     let socket = bind_udp(addr).map_err(bind_error)?;
-    quinn::Endpoint::new(
+    let punch_socket = socket.try_clone().map_err(bind_error)?;
+    let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(bind_error)
+    .map_err(bind_error)?;
+    Ok((endpoint, punch_socket))
 }
 
 /// The addresses a ticket should carry for a listener bound to `bound`: the

@@ -21,6 +21,7 @@
 mod accept;
 mod direct;
 mod plan;
+mod punch;
 mod relay;
 mod resume;
 
@@ -103,6 +104,12 @@ pub struct HostConfig {
     /// The most a resumable session sends before the player acknowledges it: what
     /// it keeps to send again after a resume.
     pub replay_window: usize,
+    /// Hole punching (PROTOCOL.md 10.9): players may ask, through the relay, for a
+    /// direct path to this host, and running sessions move to it. A host with a
+    /// relay and no direct listener then listens for such connections, unadvertised,
+    /// on the socket it reaches the relay from. Off: punch sessions are refused as
+    /// a host from before punching refuses them.
+    pub punch: bool,
 }
 
 impl HostConfig {
@@ -141,6 +148,7 @@ impl HostConfig {
             players: PlayerAuthorization::Open,
             resume_window: blindrelay_protocol::resume::DEFAULT_RESUME_WINDOW,
             replay_window: blindrelay_protocol::resume::DEFAULT_REPLAY_WINDOW,
+            punch: true,
         }
     }
 
@@ -307,14 +315,27 @@ impl HostAgent {
     /// configured, and starts registering with the relay, if enabled.
     pub fn start(config: HostConfig) -> Result<Self, StartError> {
         let host_id = config.key.host_id();
-        let listener = match config.direct {
+        // A host that punches and has no direct listener of its own gets one on an
+        // ephemeral port that no ticket names: players reach it only once punched.
+        let punch_only = config.punch && config.direct.is_none() && config.relay.is_some();
+        let listen_on = config
+            .direct
+            .or(punch_only.then_some(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))));
+        let mut punch_socket = None;
+        let listener = match listen_on {
             Some(addr) => {
-                let endpoint = direct::listen(&config, addr)?;
+                let (endpoint, socket) = direct::listen(&config, addr)?;
                 let bound = endpoint
                     .local_addr()
                     .map_err(|source| DirectListenError::Bind { addr, source })?;
-                let advertised = direct::advertised(bound, &config.advertise);
-                direct::log_listening(bound, &advertised);
+                let advertised = if punch_only {
+                    Vec::new()
+                } else {
+                    let advertised = direct::advertised(bound, &config.advertise);
+                    direct::log_listening(bound, &advertised);
+                    advertised
+                };
+                punch_socket = Some((socket, bound));
                 Some((endpoint, bound, advertised))
             }
             None => None,
@@ -324,7 +345,18 @@ impl HostAgent {
             .map(|(_, _, advertised)| advertised.clone())
             .unwrap_or_default();
         let ticket = Ticket::with_routes(host_id, config.relay.clone(), advertised)?;
-        let direct_addr = listener.as_ref().map(|(_, bound, _)| *bound);
+        let direct_addr = listener
+            .as_ref()
+            .filter(|_| !punch_only)
+            .map(|(_, bound, _)| *bound);
+        let puncher = match punch_socket {
+            Some((socket, bound)) if config.punch => Some(Arc::new(punch::HostPunch::new(
+                socket,
+                bound,
+                ticket.direct_addrs().to_vec(),
+            ))),
+            _ => None,
+        };
         let enabled = config.enable_relay && config.relay.is_some();
         let (state_tx, state) = watch::channel(if enabled {
             HostState::Connecting { attempt: 1 }
@@ -349,7 +381,7 @@ impl HostAgent {
             endpoints,
             AgentChannels {
                 state: state_tx,
-                acceptor: SessionAcceptor::new(config, sessions_tx, counters.clone()),
+                acceptor: SessionAcceptor::new(config, sessions_tx, counters.clone(), puncher),
                 enabled: enable_rx,
                 token: token_rx,
                 retry_at: retry_tx,

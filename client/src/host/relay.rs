@@ -989,6 +989,11 @@ async fn serve_registered(
     // when another branch wins.
     let mut registration_ended = Box::pin(next_control(registration_recv));
     let mut handshakes = JoinSet::new();
+    if let Some(punch) = control.acceptor.punch() {
+        // What the relay sees of this socket, for the punch sessions to come.
+        let (punch, connection) = (punch.clone(), connection.clone());
+        handshakes.spawn(async move { punch.observe_on(&connection).await });
+    }
     let mut watchdog = SilenceWatchdog::new(connection, silence);
     let mut renewal = None;
     loop {

@@ -65,7 +65,7 @@ impl Connector {
     }
 
     /// Opens a QUIC connection to a host's direct listener.
-    async fn connect_host(
+    pub(super) async fn connect_host(
         &self,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, DirectConnectError> {

@@ -32,12 +32,14 @@ use bytes::BytesMut;
 use crate::connections::ConnectionCache;
 use crate::endpoint::{ConnectRelayError, ConnectionProfile, LocalEndpoints, TlsSetupError};
 use crate::linger::{StreamRecv, StreamSend};
+use crate::session::SessionPath;
 use crate::stream::{Resumption, SecureStream};
 use crate::transports::{TransportPreference, UdpHealth};
 use crate::wire::{read_noise_message, WireError};
 use tokio::io::AsyncWriteExt;
 
 mod direct;
+mod punch;
 mod race;
 mod rejoin;
 mod relayed;
@@ -124,6 +126,10 @@ pub struct PlayerConfig {
     /// The most a resumable session sends before the host acknowledges it: what it
     /// keeps to send again after a resume.
     pub replay_window: usize,
+    /// Hole punching (PROTOCOL.md 10.9): after a relayed session opens, try to
+    /// punch a direct path to its host in the background; new sessions then go
+    /// direct and running resumable ones move there.
+    pub punch: bool,
 }
 
 impl PlayerConfig {
@@ -144,6 +150,7 @@ impl PlayerConfig {
             tcp_delay: crate::transports::DEFAULT_TCP_DELAY,
             resume_window: DEFAULT_RESUME_WINDOW,
             replay_window: DEFAULT_REPLAY_WINDOW,
+            punch: true,
         }
     }
 }
@@ -298,6 +305,8 @@ struct Connector {
     direct: ConnectionCache<SocketAddr>,
     /// Relays UDP did not reach lately.
     udp: UdpHealth,
+    /// Direct paths punched to hosts, and attempts under way.
+    punched: punch::Punched,
 }
 
 impl Player {
@@ -310,6 +319,7 @@ impl Player {
                 relays: ConnectionCache::new(),
                 direct: ConnectionCache::new(),
                 udp: UdpHealth::default(),
+                punched: punch::Punched::default(),
             }),
         }
     }
@@ -333,6 +343,9 @@ impl Player {
             Hello::Resumable
         };
         let stream = self.connect_with(ticket, preference, hello).await?;
+        if stream.path() == SessionPath::Relayed && preference == PathPreference::Auto {
+            self.punch_in_background(ticket);
+        }
         if !stream.transport().resumable() {
             return Ok(stream);
         }

@@ -87,10 +87,19 @@ impl Player {
     ) -> Result<SecureStream, ConnectError> {
         let relay_delay = self.connector.config.relay_delay;
         let RacePlan {
-            direct,
+            mut direct,
             mut relay,
-            relay_delay,
+            mut relay_delay,
         } = RacePlan::new(ticket, preference, relay_delay)?;
+        // A punched path is raced first, ahead of the relay by the relay delay; a
+        // punch session itself goes through the relay.
+        let punched = self.connector.punched_addr(ticket.host_id());
+        if let (Some(addr), true) = (punched, preference == PathPreference::Auto) {
+            if hello != Hello::Punch && !direct.contains(&addr) {
+                direct.insert(0, addr);
+                relay_delay = self.connector.config.relay_delay;
+            }
+        }
         let mut attempts = JoinSet::new();
         for &addr in &direct {
             let (connector, host_id) = (self.connector.clone(), *ticket.host_id());

@@ -8,12 +8,16 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use blindrelay_protocol::noise::{Hello, ResumeId};
 use blindrelay_protocol::Ticket;
+use tokio::sync::watch;
 use tracing::debug;
 
 use super::{ConnectError, PathPreference, Player};
 use crate::linger::{StreamRecv, StreamSend};
+use crate::session::SessionPath;
 use crate::stream::{Rejoin, RejoinRefused, Rejoined, SecureStream};
 
 /// How long a player waits between two resume attempts that failed.
@@ -28,16 +32,55 @@ pub(super) struct PlayerRejoin {
     preference: PathPreference,
     attempt: Option<Attempt>,
     retry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The host's punched address as it changes (PROTOCOL.md 10.9).
+    punched: watch::Receiver<Option<SocketAddr>>,
+    /// Waits for the next change of `punched`.
+    punched_changed: Option<Changed>,
+    /// A resume over the punched path, while the session runs on another.
+    moving: Option<Attempt>,
 }
+
+type Changed = Pin<Box<dyn Future<Output = watch::Receiver<Option<SocketAddr>>> + Send>>;
 
 impl PlayerRejoin {
     pub(super) fn new(player: Player, ticket: Ticket, preference: PathPreference) -> Self {
+        let mut punched = player.connector.punched.watch(ticket.host_id());
+        // A path punched before this session opened counts as a change: a session
+        // that won the race over the relay all the same moves too.
+        punched.mark_changed();
         Self {
             player,
             ticket,
             preference,
             attempt: None,
             retry: None,
+            punched,
+            punched_changed: None,
+            moving: None,
+        }
+    }
+
+    /// A punched path that appeared since the last call, if any.
+    fn poll_punched(&mut self, cx: &mut Context<'_>) -> Poll<Option<SocketAddr>> {
+        loop {
+            let changed = self.punched_changed.get_or_insert_with(|| {
+                let mut punched = self.punched.clone();
+                Box::pin(async move {
+                    // The sender lives as long as the player: a closed channel
+                    // just never changes again.
+                    if punched.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    punched
+                })
+            });
+            let mut punched = ready!(changed.as_mut().poll(cx));
+            self.punched_changed = None;
+            let addr = *punched.borrow_and_update();
+            self.punched = punched;
+            if addr.is_some() {
+                return Poll::Ready(addr);
+            }
         }
     }
 }
@@ -76,6 +119,40 @@ impl Rejoin<StreamRecv, StreamSend> for PlayerRejoin {
                     self.retry = Some(Box::pin(tokio::time::sleep(RETRY)));
                 }
             }
+        }
+    }
+
+    /// A session that runs relayed moves to a punched direct path by resuming
+    /// there; the relayed stream goes on meanwhile, and stays if the move fails.
+    fn poll_move(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: ResumeId,
+        path: SessionPath,
+    ) -> Poll<Rejoined<StreamRecv, StreamSend>> {
+        if path == SessionPath::Direct || self.preference != PathPreference::Auto {
+            self.moving = None;
+            return Poll::Pending;
+        }
+        loop {
+            if let Some(moving) = &mut self.moving {
+                let moved = ready!(moving.as_mut().poll(cx));
+                self.moving = None;
+                match moved {
+                    Ok(stream) => return Poll::Ready(stream.into_rejoined()),
+                    Err(err) => debug!(%err, "moving to the punched path failed; staying"),
+                }
+            }
+            let Some(addr) = ready!(self.poll_punched(cx)) else {
+                continue;
+            };
+            let connector = self.player.connector.clone();
+            let host_id = *self.ticket.host_id();
+            self.moving = Some(Box::pin(async move {
+                connector
+                    .connect_direct(addr, host_id, Hello::Resume(id))
+                    .await
+            }));
         }
     }
 }

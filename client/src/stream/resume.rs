@@ -138,6 +138,19 @@ pub(crate) trait Rejoin<R, W>: Send {
         Poll::Pending
     }
 
+    /// A better stream this side found for a session that is up on `path` and
+    /// now named `id`, resumed there while the current one still works: the
+    /// player's, once a punched direct path to the host exists (PROTOCOL.md 10.9).
+    /// `Pending` on the host's side.
+    fn poll_move(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _id: ResumeId,
+        _path: SessionPath,
+    ) -> Poll<Rejoined<R, W>> {
+        Poll::Pending
+    }
+
     /// The session took a new stream whose handshake named it `id`: until the
     /// peer's count confirms it, the peer may know the session by either name.
     fn adopted(&mut self, _id: ResumeId) {}
@@ -340,6 +353,14 @@ where
         let _ = r;
         while let Poll::Ready(rejoined) = self.resumption().rejoin.poll_offered(cx) {
             self.adopt(rejoined);
+        }
+        let id = self.transport.resume_id();
+        let (path, r) = (self.path, self.resumption());
+        let settled = r.down.is_none() && r.unconfirmed.is_none() && !r.stream_done;
+        if settled {
+            if let Poll::Ready(rejoined) = r.rejoin.poll_move(cx, id, path) {
+                self.adopt(rejoined);
+            }
         }
         let id = self.transport.resume_id();
         let r = self.resumption();

@@ -236,6 +236,11 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         "Streams whose first message was malformed or late.",
         &[("", s.bad_requests)],
     );
+    out.counter(
+        "addresses_observed_total",
+        "Observe requests answered: clients told the address the relay sees them from.",
+        &[("", s.addresses_observed)],
+    );
     out.histogram(
         "handshake_seconds",
         "QUIC handshake latency, first packet to established connection.",

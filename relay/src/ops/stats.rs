@@ -59,6 +59,7 @@ pub(crate) struct Stats {
     /// [`StreamCode::ALL`] (only the limits' are ever bumped).
     pub sessions_ended: [AtomicU64; StreamCode::ALL.len()],
     pub bad_requests: AtomicU64,
+    pub addresses_observed: AtomicU64,
     pub bytes_player_to_host: AtomicU64,
     pub bytes_host_to_player: AtomicU64,
     pub hosts_told_going_away: AtomicU64,
@@ -295,6 +296,8 @@ pub struct StatsSnapshot {
     pub buffer_bytes_reserved: u64,
     /// Streams whose first message could not be decoded or came too late.
     pub bad_requests: u64,
+    /// `Observe` requests answered (PROTOCOL.md 10.9).
+    pub addresses_observed: u64,
     /// Ciphertext bytes forwarded from players to hosts.
     pub bytes_player_to_host: u64,
     /// Ciphertext bytes forwarded from hosts to players.
@@ -395,6 +398,7 @@ impl Stats {
                 .collect(),
             buffer_bytes_reserved: admission.buffer_in_use(),
             bad_requests: get(&self.bad_requests),
+            addresses_observed: get(&self.addresses_observed),
             bytes_player_to_host: get(&self.bytes_player_to_host),
             bytes_host_to_player: get(&self.bytes_host_to_player),
             hosts_told_going_away: get(&self.hosts_told_going_away),

@@ -16,9 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blindrelay_client::{
-    HostAgent, HostState, Player, PlayerConfig, SecretKey, Ticket, TransportPreference,
-};
+use blindrelay_client::{HostAgent, HostState, Player, SecretKey, Ticket, TransportPreference};
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode, HostId};
 use blindrelay_relay::units::Span;
 use blindrelay_relay::{Relay, RelayCertificate, RelayConfig};
@@ -384,7 +382,9 @@ async fn a_host_flooding_a_player_that_does_not_read_is_cut_off_while_another_se
         }
     });
     // The victim opens the session and never reads.
-    let victim = Player::new(PlayerConfig::new(SecretKey::generate().unwrap()));
+    let victim = Player::new(blindrelay_tests::player_config(
+        SecretKey::generate().unwrap(),
+    ));
     let _unread = victim.connect(&ticket).await.unwrap();
     let (sent, err) = tokio::time::timeout(PATIENCE, flood)
         .await

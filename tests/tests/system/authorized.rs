@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use blindrelay_client::{
     AuthorizedPlayers, ConnectError, HostAgent, HostConfig, HostState, PathPreference, Player,
-    PlayerAuthorization, PlayerConfig, SecretKey,
+    PlayerAuthorization, SecretKey,
 };
 use blindrelay_relay::{Direction, Relay, StreamEnd};
 use blindrelay_tests::*;
@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use crate::tap::start_relay_with_tap;
 
 fn player_with(key: &SecretKey) -> Player {
-    Player::new(PlayerConfig::new(key.clone()))
+    Player::new(blindrelay_tests::player_config(key.clone()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

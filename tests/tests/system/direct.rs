@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blindrelay_client::{
-    ConnectError, HostAgent, HostConfig, HostState, PathPreference, Player, PlayerConfig,
-    SecureStream, SessionPath, Ticket,
+    ConnectError, HostAgent, HostConfig, HostState, PathPreference, Player, SecureStream,
+    SessionPath, Ticket,
 };
 use blindrelay_protocol::{ErrorCode, SecretKey};
 use blindrelay_relay::Relay;
@@ -19,7 +19,7 @@ const LOOPBACK: &str = "127.0.0.1:0";
 
 /// A player with its own key and the given race settings.
 fn player_with(key: &SecretKey, relay_delay: Duration) -> Player {
-    let mut config = PlayerConfig::new(key.clone());
+    let mut config = blindrelay_tests::player_config(key.clone());
     config.relay_delay = relay_delay;
     config.resume_window = RESUME_WINDOW;
     Player::new(config)
@@ -192,7 +192,7 @@ async fn an_unreachable_direct_address_falls_back_to_the_relay() {
     )
     .unwrap();
 
-    let mut config = PlayerConfig::new(SecretKey::generate().unwrap());
+    let mut config = blindrelay_tests::player_config(SecretKey::generate().unwrap());
     config.relay_delay = Duration::from_millis(100);
     config.direct_timeout = Duration::from_secs(60);
     config.connect_timeout = Duration::from_secs(120);
@@ -209,7 +209,7 @@ async fn an_unreachable_direct_address_falls_back_to_the_relay() {
     round_trip(&mut player_side, &mut host_side).await;
 
     // Forced direct to the same ticket fails, within its own timeout.
-    let mut config = PlayerConfig::new(SecretKey::generate().unwrap());
+    let mut config = blindrelay_tests::player_config(SecretKey::generate().unwrap());
     config.direct_timeout = Duration::from_millis(500);
     let err = Player::new(config)
         .connect_via(&ticket, PathPreference::DirectOnly)

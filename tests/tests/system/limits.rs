@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blindrelay_client::{
-    BackoffConfig, ConnectError, HostAgent, HostState, Player, PlayerConfig, SecretKey,
-    SecureStream, TransportPreference,
+    BackoffConfig, ConnectError, HostAgent, HostState, Player, SecretKey, SecureStream,
+    TransportPreference,
 };
 use blindrelay_protocol::{codes, ControlMessage, ErrorCode};
 use blindrelay_relay::limits::Limits;
@@ -655,7 +655,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_its_writer_told(ends: Ends) 
     // what the path to a host that never reads can buffer: with a smaller one
     // (the default 4 MiB against a TCP host's socket buffers) the player stops by
     // itself and the relay never holds a byte to stall on (PROTOCOL.md 10.8).
-    let mut player_config = PlayerConfig::new(SecretKey::generate().unwrap());
+    let mut player_config = blindrelay_tests::player_config(SecretKey::generate().unwrap());
     player_config.transport = ends.player;
     player_config.replay_window = blindrelay_protocol::resume::MAX_REPLAY_WINDOW;
     let player = Player::new(player_config);

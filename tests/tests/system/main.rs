@@ -15,6 +15,7 @@ mod operations;
 mod panel;
 mod pool;
 mod privacy;
+mod punch;
 mod raw_tls;
 mod recovery;
 mod registration;

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use blindrelay_client::{
-    ConnectError, PathPreference, Player, PlayerConfig, SecretKey, SecureStream, Ticket,
-};
+use blindrelay_client::{ConnectError, PathPreference, Player, SecretKey, SecureStream, Ticket};
 use blindrelay_tests::process::{binaries, keygen, relay_by_name, Proc};
 use blindrelay_tests::{start_relay, PATIENCE};
 use serde_json::{json, Value};
@@ -562,7 +560,9 @@ async fn enable_relay_from_the_panel_refuses_and_serves_relay_players_and_flips_
         words.starts_with("reachable through relay ") && words.ends_with(" over QUIC"),
         "{words}"
     );
-    let player = Player::new(PlayerConfig::new(SecretKey::generate().unwrap()));
+    let player = Player::new(blindrelay_tests::player_config(
+        SecretKey::generate().unwrap(),
+    ));
     let session = player
         .connect_via(&host.ticket, PathPreference::RelayOnly)
         .await
@@ -655,7 +655,7 @@ async fn players_added_in_the_panel_are_served_at_once_and_everything_survives_a
         players.to_str().unwrap(),
     ];
     let host = PanelHost::start(&bin, &key, service, &args);
-    let bob_player = Player::new(PlayerConfig::new(bob.clone()));
+    let bob_player = Player::new(blindrelay_tests::player_config(bob.clone()));
     match bob_player
         .connect_via(&host.ticket, PathPreference::DirectOnly)
         .await
@@ -867,7 +867,9 @@ async fn idle_connections_to_the_panel_cannot_take_the_host_to_its_file_limit() 
         held <= before + 64 + 8,
         "the host holds {held} descriptors, {before} before {IDLE} idle panel connections"
     );
-    let player = Player::new(PlayerConfig::new(SecretKey::generate().unwrap()));
+    let player = Player::new(blindrelay_tests::player_config(
+        SecretKey::generate().unwrap(),
+    ));
     round_trip(player.connect(&host.ticket).await.expect("a session")).await;
     // The newest idle connection is still held, until the head timeout ends it.
     let started = std::time::Instant::now();

@@ -5,9 +5,7 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use blindrelay_client::{
-    HostAgent, HostState, Player, PlayerConfig, SecretKey, SecureStream, Ticket,
-};
+use blindrelay_client::{HostAgent, HostState, Player, SecretKey, SecureStream, Ticket};
 use blindrelay_tests::process::{binaries, keygen, Proc};
 use blindrelay_tests::*;
 use tokio::io::AsyncWriteExt;
@@ -133,16 +131,18 @@ async fn hosts_and_players_are_back_within_seconds_of_a_relay_restart() {
     init_tracing();
     let mut relay = RelayProcess::start();
     let url = relay.url();
-    // Default host and player settings, as a user runs them.
-    let host = HostAgent::start(blindrelay_client::HostConfig::new(
-        SecretKey::generate().unwrap(),
-        url.clone(),
-    ))
-    .unwrap();
+    // Default host and player settings, as a user runs them, but for punching:
+    // on one machine the session would go direct and never meet the restart.
+    let mut config =
+        blindrelay_client::HostConfig::new(SecretKey::generate().unwrap(), url.clone());
+    config.punch = false;
+    let host = HostAgent::start(config).unwrap();
     wait_for_state(&host, |state| *state == HostState::Registered).await;
     let ticket = host.ticket().clone();
     let _echo = spawn_echo_host(host);
-    let player = Player::new(PlayerConfig::new(SecretKey::generate().unwrap()));
+    let player = Player::new(blindrelay_tests::player_config(
+        SecretKey::generate().unwrap(),
+    ));
     let session = player.connect(&ticket).await.unwrap();
     echo_round(session, 1, 64 << 10).await;
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use blindrelay_client::{internal, HostAgent, HostState, Player, PlayerConfig, SecureStream};
+use blindrelay_client::{internal, HostAgent, HostState, Player, SecureStream};
 use blindrelay_protocol::noise::{Hello, PlayerHandshake, ResumeId, VerdictOpened};
 use blindrelay_protocol::{ControlMessage, HostId, SecretKey};
 use blindrelay_tests::*;
@@ -85,7 +85,9 @@ async fn resumes_by_anyone_but_the_player_in_turn_are_refused_and_the_session_go
     let (relay, tap) = start_relay_with_tap();
     let mut host = start_host(relay.url()).await;
     let (ticket, host_id) = (host.ticket().clone(), *host.host_id());
-    let player = Player::new(PlayerConfig::new(SecretKey::generate().unwrap()));
+    let player = Player::new(blindrelay_tests::player_config(
+        SecretKey::generate().unwrap(),
+    ));
     let (session, host_side) = tokio::join!(player.connect(&ticket), host.accept());
     let mut session = session.unwrap();
     tokio::spawn(echo(host_side.unwrap()));
@@ -137,7 +139,7 @@ async fn a_resume_after_the_hosts_window_is_refused() {
     wait_for_state(&host, |state| *state == HostState::Registered).await;
     let (ticket, host_id) = (host.ticket().clone(), *host.host_id());
     let key = SecretKey::generate().unwrap();
-    let player = Player::new(PlayerConfig::new(key.clone()));
+    let player = Player::new(blindrelay_tests::player_config(key.clone()));
     let (session, host_side) = tokio::join!(player.connect(&ticket), host.accept());
     let (mut session, mut host_side) = (session.unwrap(), host_side.unwrap());
     let id = internal::resume_id(&session).expect("a resumable session");
@@ -177,7 +179,9 @@ async fn a_session_one_end_drops_unended_is_closed_for_the_other_not_resumed() {
     let (relay, _tap) = start_relay_with_tap();
     let mut host = start_host(relay.url()).await;
     let ticket = host.ticket().clone();
-    let player = Player::new(PlayerConfig::new(SecretKey::generate().unwrap()));
+    let player = Player::new(blindrelay_tests::player_config(
+        SecretKey::generate().unwrap(),
+    ));
     let mut got = vec![0u8; MARKER.len()];
     // Each way round: one end writes, then its application drops the session
     // without ending it (as one does on an error of its own); the other end, that

@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use blindrelay_client::{
-    HostAgent, HostState, Player, PlayerConfig, RelayTransport, SecureStream, SessionPath,
-    TransportPreference,
+    HostAgent, HostState, Player, RelayTransport, SecureStream, SessionPath, TransportPreference,
 };
 use blindrelay_protocol::{ControlMessage, ErrorCode, RelayUrl, SecretKey};
 use blindrelay_relay::units::Span;
@@ -160,7 +159,7 @@ async fn a_host_on_tcp_that_switches_its_relay_off_ends_its_relayed_sessions() {
     let mut host = host_over(relay.url(), TransportPreference::Tcp).await;
     // A player that could resume the session only through the relay: it ends
     // once the player's resume window is over (PROTOCOL.md 10.8), told why.
-    let mut config = PlayerConfig::new(SecretKey::generate().unwrap());
+    let mut config = blindrelay_tests::player_config(SecretKey::generate().unwrap());
     config.transport = TransportPreference::Quic;
     config.resume_window = Duration::from_secs(2);
     let player = Player::new(config);

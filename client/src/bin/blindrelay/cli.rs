@@ -109,6 +109,13 @@ pub(crate) struct ConnectArgs {
     /// the host's reads.
     #[arg(long, default_value = "4MiB", value_name = "SIZE", value_parser = parse_replay_window)]
     pub(crate) replay_window: usize,
+    /// Do not punch direct paths to hosts: sessions stay on the path that won the
+    /// race (without it, a relayed session's host is offered a punched direct
+    /// path, and sessions move to it when the two NATs allow).
+    #[arg(long, env = "BLINDRELAY_NO_PUNCH", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) no_punch: Option<bool>,
 }
 
 /// `blindrelay demo`'s command line.
@@ -221,6 +228,12 @@ pub(crate) struct HostFlags {
     #[arg(long, value_name = "SIZE", value_parser = parse_replay_window,
           env = "BLINDRELAY_HOST_REPLAY_WINDOW")]
     pub(crate) replay_window: Option<usize>,
+    /// Refuse players' punch sessions: no direct path is punched to this host, and
+    /// no unadvertised listener is opened for one.
+    #[arg(long, env = "BLINDRELAY_HOST_NO_PUNCH", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) no_punch: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -27,6 +27,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
         transport,
         resume_window,
         replay_window,
+        no_punch,
     } = args;
     let key = match key {
         Some(path) => read_key_as(&path, Role::Player)?,
@@ -63,6 +64,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
     config.relay_delay = relay_delay;
     config.resume_window = resume_window;
     config.replay_window = replay_window;
+    config.punch = !no_punch.unwrap_or(false);
     let stop = Stop::interrupt()?;
     let listener = TcpListener::bind(listen)
         .await

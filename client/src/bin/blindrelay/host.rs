@@ -59,6 +59,7 @@ pub(crate) async fn run_host(settings: HostSettings) -> Result<()> {
         transport,
         resume_window,
         replay_window,
+        punch,
     } = settings;
     if let Some(addr) = panel {
         check_panel_addr(addr, panel_allow_remote)?;
@@ -93,6 +94,7 @@ pub(crate) async fn run_host(settings: HostSettings) -> Result<()> {
     config.transport = transport;
     config.resume_window = resume_window;
     config.replay_window = replay_window;
+    config.punch = punch;
     config.enable_relay = enable_relay;
     if let Some(path) = &relay_state {
         let kept = panel::load_relay_state(path)?;

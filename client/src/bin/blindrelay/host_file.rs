@@ -48,6 +48,8 @@ pub(crate) struct HostFile {
     /// The bytes each resumable session keeps until its player acknowledges them
     /// (`"4MiB"`).
     pub replay_window: Option<String>,
+    /// Hole punching (`false`: as `--no-punch`).
+    pub punch: Option<bool>,
 }
 
 impl HostFile {

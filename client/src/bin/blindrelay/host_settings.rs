@@ -34,6 +34,7 @@ pub(crate) struct HostSettings {
     pub(crate) transport: TransportPreference,
     pub(crate) resume_window: Duration,
     pub(crate) replay_window: usize,
+    pub(crate) punch: bool,
 }
 
 impl HostSettings {
@@ -146,6 +147,7 @@ impl HostSettings {
             transport,
             resume_window,
             replay_window,
+            punch: !flags.no_punch.unwrap_or(false) && file.punch.unwrap_or(true),
         })
     }
 
@@ -212,6 +214,7 @@ impl HostSettings {
                     blindrelay_relay::units::ByteSize(self.replay_window as u64)
                 )),
             ),
+            ("punch", Some(self.punch.to_string())),
         ];
         for (name, value) in lines {
             match value {

@@ -98,6 +98,9 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
     let key = host_key(&state.join("host.key"))?;
     let mut config = HostConfig::new(key, url.clone());
     config.direct = None;
+    // Relay, host and player share this machine, where a punch always succeeds:
+    // the demo shows the relay's path.
+    config.punch = false;
     let (ticket_tx, ticket_rx) = oneshot::channel();
     let run = crate::host::HostRun {
         forward: service,
@@ -125,12 +128,13 @@ pub(crate) async fn demo(args: DemoArgs, stop: Stop) -> Result<()> {
     if let Err(err) = ports.save() {
         info!(%err, "cannot keep the demo's ports; the next run picks new ones");
     }
-    let player_key = SecretKey::generate()?;
+    let mut player_config = PlayerConfig::new(SecretKey::generate()?);
+    player_config.punch = false;
     let (player_stop, player_stopped) = watch::channel(false);
     let player = tokio::spawn(crate::connect::connect(
         ticket.clone(),
         listener,
-        PlayerConfig::new(player_key),
+        player_config,
         Stop::when(player_stopped),
     ));
     // The built-in film's page, a folder's largest file, or a service's front page.

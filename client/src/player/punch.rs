@@ -1,0 +1,313 @@
+//! The player's side of hole punching (PROTOCOL.md 10.9; see [`crate::punch`]).
+//!
+//! After a relayed session to a host opens, the player tries, in the background, to
+//! punch a direct path to that host: it asks its relay which address it sees, opens
+//! a punch session to the host through the relay, swaps candidates in it, and dials
+//! every candidate of the host's from the socket its relay connection uses. At most
+//! [`ATTEMPTS`] attempts in a row, then at most one a minute. Once a dial gets
+//! through, the host's direct address is kept here: new sessions race it first, and
+//! running sessions move to it by resuming there ([`Punched::watch`]). When that
+//! connection closes (the path died), the address is forgotten and new sessions go
+//! back to the relay.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use blindrelay_protocol::noise::Hello;
+use blindrelay_protocol::punch::Candidates;
+use blindrelay_protocol::{HostId, Ticket};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use super::{ConnectError, Connector, PathPreference, Player};
+use crate::punch::{lan_candidate, observe, read_candidates, send_candidates, PUNCH_FOR};
+
+/// Attempts in a row before the player waits [`RETRY_AFTER`].
+pub(super) const ATTEMPTS: u32 = 3;
+
+/// The pause between two attempts in a row.
+const PAUSE: Duration = Duration::from_secs(1);
+
+/// How long after a round of failed attempts a new session may start another.
+pub(super) const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Where punching stands for each host this player reached.
+#[derive(Default)]
+pub(super) struct Punched {
+    hosts: Mutex<HashMap<HostId, PunchState>>,
+}
+
+/// Where punching stands for one host.
+struct PunchState {
+    /// The punched address, while its connection lives; what moving sessions watch.
+    direct: watch::Sender<Option<SocketAddr>>,
+    /// A round of attempts runs.
+    running: bool,
+    /// When the last round failed.
+    failed_at: Option<Instant>,
+    /// The host answered a punch hello as a host that does not punch.
+    refused: bool,
+}
+
+impl PunchState {
+    fn new() -> Self {
+        Self {
+            direct: watch::Sender::new(None),
+            running: false,
+            failed_at: None,
+            refused: false,
+        }
+    }
+}
+
+impl Punched {
+    fn with<T>(&self, host_id: &HostId, f: impl FnOnce(&mut PunchState) -> T) -> T {
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        f(hosts.entry(*host_id).or_insert_with(PunchState::new))
+    }
+
+    /// The host's punched address, while its connection lives.
+    pub(super) fn direct(&self, host_id: &HostId) -> Option<SocketAddr> {
+        self.with(host_id, |host| *host.direct.borrow())
+    }
+
+    /// The host's punched address as it changes: what a running session watches to
+    /// move there.
+    pub(super) fn watch(&self, host_id: &HostId) -> watch::Receiver<Option<SocketAddr>> {
+        self.with(host_id, |host| host.direct.subscribe())
+    }
+
+    /// Whether a round of attempts should start now, and if so marks it running.
+    fn start_round(&self, host_id: &HostId) -> bool {
+        self.with(host_id, |host| {
+            let due = !host.running
+                && !host.refused
+                && host.direct.borrow().is_none()
+                && host
+                    .failed_at
+                    .is_none_or(|failed| failed.elapsed() >= RETRY_AFTER);
+            host.running |= due;
+            due
+        })
+    }
+
+    fn end_round(&self, host_id: &HostId, outcome: &Outcome) {
+        self.with(host_id, |host| {
+            host.running = false;
+            match outcome {
+                Outcome::Direct(addr) => {
+                    host.failed_at = None;
+                    host.direct.send_replace(Some(*addr));
+                }
+                Outcome::Refused => host.refused = true,
+                Outcome::Failed => host.failed_at = Some(Instant::now()),
+            }
+        });
+    }
+
+    /// The punched connection to `addr` closed: forget it.
+    fn lost(&self, host_id: &HostId, addr: SocketAddr) {
+        self.with(host_id, |host| {
+            host.direct.send_if_modified(|direct| {
+                let was = *direct == Some(addr);
+                if was {
+                    *direct = None;
+                }
+                was
+            });
+        });
+    }
+}
+
+/// How a round of attempts ended.
+enum Outcome {
+    Direct(SocketAddr),
+    /// The host does not punch (it is from before punching, or switched it off).
+    Refused,
+    Failed,
+}
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("no QUIC connection to a relay to ask which address it sees")]
+    NoRelayConnection,
+    #[error("the punch session could not be opened: {0}")]
+    Session(#[from] ConnectError),
+    #[error("the punch session failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no candidate of the host's answered")]
+    NoCandidate,
+}
+
+impl Player {
+    /// Starts punching a direct path to the host of `ticket` in the background,
+    /// unless one exists, a round runs, or the last failed less than a minute ago.
+    pub(super) fn punch_in_background(&self, ticket: &Ticket) {
+        let connector = &self.connector;
+        if !connector.config.punch || !connector.punched.start_round(ticket.host_id()) {
+            return;
+        }
+        let player = Player {
+            connector: connector.clone(),
+        };
+        let ticket = ticket.clone();
+        tokio::spawn(async move {
+            let host_id = *ticket.host_id();
+            let mut outcome = Outcome::Failed;
+            for attempt in 1..=ATTEMPTS {
+                match player.punch_once(&ticket).await {
+                    Ok(addr) => {
+                        info!(host = %host_id.short(), "direct path to the host punched; sessions move to it");
+                        outcome = Outcome::Direct(addr);
+                        break;
+                    }
+                    Err(AttemptError::Session(ConnectError::UnknownSession)) => {
+                        debug!(host = %host_id.short(), "the host does not punch");
+                        outcome = Outcome::Refused;
+                        break;
+                    }
+                    Err(err) => {
+                        debug!(host = %host_id.short(), attempt, %err, "punching failed");
+                    }
+                }
+                if attempt < ATTEMPTS {
+                    tokio::time::sleep(PAUSE).await;
+                }
+            }
+            if let Outcome::Direct(addr) = outcome {
+                player.watch_direct(host_id, addr);
+            } else if matches!(outcome, Outcome::Failed) {
+                info!(host = %host_id.short(), "no direct path to the host (its NAT or this one maps per destination, or UDP is blocked): sessions stay relayed");
+            }
+            player.connector.punched.end_round(&host_id, &outcome);
+        });
+    }
+
+    /// One attempt: observe, swap candidates, dial.
+    async fn punch_once(&self, ticket: &Ticket) -> Result<SocketAddr, AttemptError> {
+        let connector = &self.connector;
+        let relay = connector
+            .relays
+            .any_live()
+            .ok_or(AttemptError::NoRelayConnection)?;
+        let observed = observe(&relay).await.ok();
+        let port = connector
+            .endpoints
+            .for_remote(relay.remote_address())?
+            .local_addr()?
+            .port();
+        let lan = lan_candidate(relay.remote_address(), port);
+        let ours = Candidates::new(observed.into_iter().chain(lan));
+        let mut session = self
+            .connect_with(ticket, PathPreference::RelayOnly, Hello::Punch)
+            .await?;
+        send_candidates(&mut session, &ours).await?;
+        let theirs = read_candidates(&mut session).await?;
+        let mut dials = JoinSet::new();
+        for addr in theirs.addrs {
+            let connector = connector.clone();
+            dials.spawn(async move {
+                let dial = connector
+                    .direct
+                    .get_or_connect(&addr, || connector.connect_host(addr));
+                match tokio::time::timeout(PUNCH_FOR, dial).await {
+                    Ok(Ok(_)) => Some(addr),
+                    _ => None,
+                }
+            });
+        }
+        let mut punched = None;
+        while let Some(dialed) = dials.join_next().await {
+            if let Ok(Some(addr)) = dialed {
+                punched = Some(addr);
+                break;
+            }
+        }
+        dials.abort_all();
+        // Done: the host stops punching.
+        let _ = session.shutdown().await;
+        punched.ok_or(AttemptError::NoCandidate)
+    }
+
+    /// Forgets the punched address when its connection closes.
+    fn watch_direct(&self, host_id: HostId, addr: SocketAddr) {
+        let Some(connection) = self.connector.direct.live(&addr) else {
+            return;
+        };
+        let connector = self.connector.clone();
+        tokio::spawn(async move {
+            let reason = connection.closed().await;
+            info!(host = %host_id.short(), %reason, "the punched direct path closed; new sessions go through the relay");
+            connector.punched.lost(&host_id, addr);
+        });
+    }
+}
+
+impl Connector {
+    /// The host's punched address, if any: raced first by new sessions.
+    pub(super) fn punched_addr(&self, host_id: &HostId) -> Option<SocketAddr> {
+        self.punched.direct(host_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostId {
+        HostId::from_bytes([7; 32])
+    }
+
+    fn addr() -> SocketAddr {
+        "203.0.113.7:40123".parse().unwrap()
+    }
+
+    #[test]
+    fn one_round_at_a_time_and_none_while_a_path_is_punched() {
+        let punched = Punched::default();
+        assert!(punched.start_round(&host()));
+        assert!(!punched.start_round(&host()), "a round runs");
+        punched.end_round(&host(), &Outcome::Direct(addr()));
+        assert_eq!(punched.direct(&host()), Some(addr()));
+        assert!(!punched.start_round(&host()), "already direct");
+        // Another address closing changes nothing; this one's closing forgets it.
+        punched.lost(&host(), "203.0.113.7:1".parse().unwrap());
+        assert_eq!(punched.direct(&host()), Some(addr()));
+        punched.lost(&host(), addr());
+        assert_eq!(punched.direct(&host()), None);
+        assert!(punched.start_round(&host()), "lost: punch again");
+    }
+
+    #[test]
+    fn a_failed_round_waits_a_minute_and_a_host_that_does_not_punch_is_left_alone() {
+        let punched = Punched::default();
+        assert!(punched.start_round(&host()));
+        punched.end_round(&host(), &Outcome::Failed);
+        assert!(!punched.start_round(&host()), "within the minute");
+        punched.with(&host(), |state| {
+            state.failed_at = Instant::now().checked_sub(RETRY_AFTER);
+        });
+        assert!(punched.start_round(&host()), "a minute later");
+        punched.end_round(&host(), &Outcome::Refused);
+        punched.with(&host(), |state| state.failed_at = None);
+        assert!(!punched.start_round(&host()), "the host does not punch");
+    }
+
+    #[tokio::test]
+    async fn a_running_session_sees_the_punched_address_appear_and_go() {
+        let punched = Punched::default();
+        let mut watch = punched.watch(&host());
+        assert!(punched.start_round(&host()));
+        punched.end_round(&host(), &Outcome::Direct(addr()));
+        watch.changed().await.unwrap();
+        assert_eq!(*watch.borrow_and_update(), Some(addr()));
+        punched.lost(&host(), addr());
+        watch.changed().await.unwrap();
+        assert_eq!(*watch.borrow_and_update(), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! Hole punching (PROTOCOL.md 10.9), the parts host and player share: asking the
+//! relay which address it sees, this machine's own address, reading and writing a
+//! punch session's candidates, and the packets that open a NAT's mapping.
+//!
+//! A session starts relayed. Once it runs, the player opens a *punch session* to the
+//! host through the relay (a Noise session whose hello asks for one), and the two
+//! ends swap their candidates inside it: the address the relay observed for each
+//! (its NAT's public mapping) and its own LAN address, so the relay learns no address
+//! it did not already see. The host then sends small UDP packets from its one socket
+//! to the player's candidates, which opens its NAT to the player, while the player
+//! dials the host's candidates over QUIC from its own one socket, which opens the
+//! player's NAT to the host. Between two home NATs (which keep one public port per
+//! socket, whatever the destination) the player's dial gets through; between
+//! symmetric NATs it cannot, and the session stays relayed. The direct connection is
+//! a host's direct listener like any other: what authenticates the host on it is
+//! the Noise handshake to its host id, and running sessions move to it by resuming
+//! there (PROTOCOL.md 10.8).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use blindrelay_protocol::punch::Candidates;
+use blindrelay_protocol::ControlMessage;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::wire::{read_control, WireError};
+
+/// How long an `Observe` may take before the client goes on without its answer.
+pub(crate) const OBSERVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long each end waits for the other's candidates in a punch session.
+pub(crate) const CANDIDATES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the host sends a punch packet to each of the player's candidates, and
+/// for how long: past the player's first QUIC Initial and its first retransmission.
+pub(crate) const PUNCH_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const PUNCH_FOR: Duration = Duration::from_secs(3);
+
+/// A punch packet: one byte, which no QUIC endpoint takes for a packet (a QUIC
+/// packet is at least 21 bytes), so one that gets through is dropped unread.
+const PUNCH_PACKET: [u8; 1] = [0];
+
+/// Why the relay did not say which address it sees.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ObserveError {
+    #[error("cannot open a stream: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("cannot ask: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error(transparent)]
+    Read(#[from] WireError),
+    /// A relay from before punching refuses the request.
+    #[error("the relay answered {0}")]
+    Unexpected(&'static str),
+    #[error("no answer within {OBSERVE_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// Asks the relay at the other end of `connection` which address it sees this end
+/// come from: its NAT's public mapping of the connection's socket.
+pub(crate) async fn observe(connection: &quinn::Connection) -> Result<SocketAddr, ObserveError> {
+    let ask = async {
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_all(&ControlMessage::Observe.to_frame()).await?;
+        let _ = send.finish();
+        match read_control(&mut recv).await? {
+            ControlMessage::Observed { addr } => Ok(addr),
+            other => Err(ObserveError::Unexpected(other.name())),
+        }
+    };
+    tokio::time::timeout(OBSERVE_TIMEOUT, ask)
+        .await
+        .unwrap_or(Err(ObserveError::Timeout))
+}
+
+/// This machine's address on the route to `remote` with `port`: its LAN candidate.
+/// "Connecting" a UDP socket only looks the route up; nothing is sent.
+pub(crate) fn lan_candidate(remote: SocketAddr, port: u16) -> Option<SocketAddr> {
+    let any: IpAddr = if remote.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let socket = std::net::UdpSocket::bind((any, 0)).ok()?;
+    socket.connect(remote).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(SocketAddr::new(ip, port))
+}
+
+/// Writes `candidates` on a punch session.
+pub(crate) async fn send_candidates(
+    stream: &mut (impl AsyncWrite + Unpin),
+    candidates: &Candidates,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    candidates.encode(&mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Reads the other end's candidates from a punch session, within
+/// [`CANDIDATES_TIMEOUT`].
+pub(crate) async fn read_candidates(
+    stream: &mut (impl AsyncRead + Unpin),
+) -> std::io::Result<Candidates> {
+    let read = async {
+        let mut buf = BytesMut::new();
+        loop {
+            let decoded = Candidates::decode_frame(&mut buf)
+                .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
+            if let Some(candidates) = decoded {
+                return Ok(candidates);
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    };
+    tokio::time::timeout(CANDIDATES_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// Sends punch packets from `socket` to each of `targets` every [`PUNCH_EVERY`]
+/// for [`PUNCH_FOR`]: each opens (or keeps open) this end's NAT mapping toward that
+/// address, so that the other end's QUIC Initial from there gets in.
+pub(crate) async fn punch(socket: &std::net::UdpSocket, targets: &[SocketAddr]) {
+    let rounds = (PUNCH_FOR.as_millis() / PUNCH_EVERY.as_millis()).max(1);
+    let mut every = tokio::time::interval(PUNCH_EVERY);
+    for _ in 0..rounds {
+        every.tick().await;
+        for target in targets {
+            // The socket is the endpoint's own, non-blocking: a full send buffer
+            // drops this packet, and the next round sends another.
+            let _ = socket.send_to(&PUNCH_PACKET, target);
+        }
+    }
+}

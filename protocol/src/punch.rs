@@ -1,0 +1,213 @@
+//! What a punch session carries (PROTOCOL.md 10.9): the two ends' direct-path
+//! candidates, inside Noise, so the relay learns no address it did not already see.
+//!
+//! A punch session is a Noise session like any other, opened through the relay with
+//! a [`Hello::Punch`](crate::noise::Hello::Punch) and welcomed with the punch verdict;
+//! its data frames carry these messages instead of application bytes. Each message
+//! is a 2-byte big-endian length and that many bytes: a kind byte, then its fields.
+//!
+//! ```text
+//! player -> host   Candidates { the player's addresses }
+//! host -> player   Candidates { the host's addresses }      (the host starts punching)
+//! player -> host   end                                       (after its attempt)
+//! ```
+
+use std::net::SocketAddr;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::encoding::{put_socket_addr, Reader};
+use crate::error::DecodeError;
+
+/// Most addresses in one [`Candidates`] message.
+pub const MAX_CANDIDATES: usize = 8;
+
+/// Longest message body: a kind byte, a count and eight IPv6 addresses.
+pub const MAX_MESSAGE_LEN: usize = 2 + MAX_CANDIDATES * 19;
+
+mod kind {
+    pub const CANDIDATES: u8 = 0x01;
+}
+
+/// Where one end may be reached directly: the address the relay observed for it
+/// (its NAT's public mapping), its own LAN addresses, and (the host's) the
+/// addresses it advertises. The order is the sender's preference.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Candidates {
+    /// At most [`MAX_CANDIDATES`], without repeats.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Candidates {
+    /// Candidates from `addrs`, repeats dropped and cut to [`MAX_CANDIDATES`] in
+    /// order.
+    pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        let mut kept = Vec::new();
+        for addr in addrs {
+            if kept.len() < MAX_CANDIDATES && !kept.contains(&addr) {
+                kept.push(addr);
+            }
+        }
+        Self { addrs: kept }
+    }
+
+    /// Appends the message, length prefix included.
+    pub fn encode(&self, out: &mut impl BufMut) {
+        let mut body = BytesMut::with_capacity(MAX_MESSAGE_LEN);
+        body.put_u8(kind::CANDIDATES);
+        let addrs = &self.addrs[..self.addrs.len().min(MAX_CANDIDATES)];
+        body.put_u8(addrs.len() as u8);
+        for addr in addrs {
+            put_socket_addr(&mut body, *addr);
+        }
+        out.put_u16(body.len() as u16);
+        out.put_slice(&body);
+    }
+
+    /// Decodes one message's body (after its length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        match r.u8()? {
+            kind::CANDIDATES => {}
+            kind => return Err(DecodeError::UnknownKind { kind }),
+        }
+        let count = usize::from(r.u8()?);
+        if count > MAX_CANDIDATES {
+            return Err(DecodeError::InvalidField {
+                field: "candidates",
+                reason: "more than 8",
+            });
+        }
+        let mut addrs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let addr = r.socket_addr("candidate")?;
+            if addrs.contains(&addr) {
+                return Err(DecodeError::InvalidField {
+                    field: "candidates",
+                    reason: "an address given twice",
+                });
+            }
+            addrs.push(addr);
+        }
+        r.finish()?;
+        Ok(Self { addrs })
+    }
+
+    /// Decodes one message from the front of `buf` if it is whole, consuming it;
+    /// `Ok(None)` when more bytes are needed. A length over [`MAX_MESSAGE_LEN`] is
+    /// refused before its body arrives.
+    pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
+        let Some(prefix) = buf.get(..2) else {
+            return Ok(None);
+        };
+        let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+        if len > MAX_MESSAGE_LEN {
+            return Err(DecodeError::FieldTooLong {
+                field: "punch message",
+                len,
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        if buf.len() < 2 + len {
+            return Ok(None);
+        }
+        let frame = buf.split_to(2 + len);
+        Self::decode(&frame[2..]).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn candidates_round_trip_in_both_families() {
+        let candidates = Candidates::new([
+            addr("203.0.113.7:40123"),
+            addr("192.168.1.20:5000"),
+            addr("[2001:db8::7]:443"),
+        ]);
+        let mut wire = BytesMut::new();
+        candidates.encode(&mut wire);
+        assert_eq!(wire.len(), 2 + 2 + 7 + 7 + 19);
+        assert_eq!(
+            Candidates::decode_frame(&mut wire).unwrap(),
+            Some(candidates)
+        );
+        assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn new_drops_repeats_and_keeps_at_most_eight_in_order() {
+        let many = (0..12).map(|i| addr(&format!("10.0.0.{i}:1")));
+        let repeated = [addr("10.0.0.0:1")].into_iter().chain(many);
+        let candidates = Candidates::new(repeated);
+        assert_eq!(candidates.addrs.len(), MAX_CANDIDATES);
+        assert_eq!(candidates.addrs[0], addr("10.0.0.0:1"));
+        assert_eq!(candidates.addrs[7], addr("10.0.0.7:1"));
+    }
+
+    #[test]
+    fn a_partial_message_waits_and_an_oversize_length_is_refused_at_once() {
+        let mut wire = BytesMut::new();
+        Candidates::new([addr("203.0.113.7:40123")]).encode(&mut wire);
+        let mut partial = BytesMut::from(&wire[..wire.len() - 1]);
+        assert_eq!(Candidates::decode_frame(&mut partial).unwrap(), None);
+        let mut oversize = BytesMut::from(&[0xff, 0xff][..]);
+        assert!(matches!(
+            Candidates::decode_frame(&mut oversize),
+            Err(DecodeError::FieldTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_candidates_are_refused() {
+        // Nine addresses, an unknown family, a repeat, trailing bytes, another kind.
+        let mut nine = vec![kind::CANDIDATES, 9];
+        for _ in 0..9 {
+            nine.extend_from_slice(&[4, 10, 0, 0, 1, 0, 1]);
+        }
+        assert!(Candidates::decode(&nine).is_err());
+        assert!(Candidates::decode(&[kind::CANDIDATES, 1, 5, 0, 0]).is_err());
+        let twice = [
+            kind::CANDIDATES,
+            2,
+            4,
+            10,
+            0,
+            0,
+            1,
+            0,
+            1,
+            4,
+            10,
+            0,
+            0,
+            1,
+            0,
+            1,
+        ];
+        assert!(Candidates::decode(&twice).is_err());
+        assert!(Candidates::decode(&[kind::CANDIDATES, 0, 0]).is_err());
+        assert!(Candidates::decode(&[0x02, 0]).is_err());
+        assert_eq!(
+            Candidates::decode(&[kind::CANDIDATES, 0]).unwrap(),
+            Candidates::default()
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoded_candidates_re_encode_to_the_same_bytes(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            if let Ok(candidates) = Candidates::decode(&body) {
+                let mut wire = BytesMut::new();
+                candidates.encode(&mut wire);
+                proptest::prop_assert_eq!(&wire[2..], &body[..]);
+            }
+        }
+    }
+}

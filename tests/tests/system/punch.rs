@@ -1,0 +1,329 @@
+//! Hole punching through real NATs (PROTOCOL.md 10.9): a host and a player, each
+//! behind a router namespace that translates its LAN to one public address, reach
+//! a relay on the "internet" between them; `blindrelay host` and `blindrelay
+//! connect` run as users run them, with punching on.
+//!
+//! ```text
+//!   host 10.77.3.2 -- ra (NAT to 10.77.1.2) --+
+//!                                             inet (relay on 10.77.1.1)
+//! player 10.77.4.2 -- rb (NAT to 10.77.2.2) --+
+//! ```
+//!
+//! A "home" router keeps one public port per inside socket whatever the
+//! destination (endpoint-independent mapping) and lets in only what answers a flow
+//! the inside opened; a "symmetric" one picks a new random port per destination,
+//! so the address the relay observed is useless to anyone else. Each router also
+//! drops what arrives unasked on its own public address: otherwise conntrack
+//! records a peer's early packet as a flow to the router, and the NAT then gives
+//! the inside's answer another port.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use blindrelay_relay::Relay;
+use blindrelay_tests::netns::{Net, Ns};
+use blindrelay_tests::process::{binaries, Proc};
+use blindrelay_tests::{read_pattern, relay_config, write_pattern, PATIENCE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: u64 = 1 << 20;
+
+/// What a router does to its LAN's packets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Nat {
+    Home,
+    Symmetric,
+}
+
+impl Nat {
+    /// The router's ruleset, `wan` its public interface and `public` its address.
+    fn ruleset(self, wan: &str, public: &str) -> String {
+        let translate = match self {
+            Self::Home => format!("oifname \"{wan}\" snat to {public}"),
+            Self::Symmetric => format!("oifname \"{wan}\" snat to {public} fully-random"),
+        };
+        format!(
+            "table ip nat {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    {translate}
+  }}
+}}
+table ip filter {{
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname \"{wan}\" ct state != {{ established, related }} drop
+    iifname != \"{wan}\" ip daddr {public} drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname \"{wan}\" ct state != {{ established, related }} drop
+  }}
+}}
+"
+        )
+    }
+}
+
+/// The two homes and the internet between them. Fields drop in order: processes
+/// and the relay before the namespaces they run in.
+struct Homes {
+    host: Proc,
+    ticket: String,
+    relay: Relay,
+    bin: std::path::PathBuf,
+    inet: Ns,
+    player_ns: Ns,
+    net: Net,
+}
+
+impl Homes {
+    /// The topology with the host's router doing `host_nat` and the player's
+    /// `player_nat`, a relay in the middle and `blindrelay host` running behind
+    /// its router, registered; `None` where namespaces cannot be built here.
+    async fn build(host_nat: Nat, player_nat: Nat) -> Option<Self> {
+        let mut net = Net::try_new()?;
+        let bin = binaries();
+        let inet = net.namespace("inet");
+        let ra = net.namespace("ra");
+        let rb = net.namespace("rb");
+        let host_ns = net.namespace("host");
+        let player_ns = net.namespace("player");
+        // `link` names the interfaces v<subnet>a and v<subnet>b.
+        let (inet_a, ra_public) = net.link(&inet, &ra, 1);
+        let (inet_b, rb_public) = net.link(&inet, &rb, 2);
+        let (ra_lan, _host_ip) = net.link(&ra, &host_ns, 3);
+        let (rb_lan, _player_ip) = net.link(&rb, &player_ns, 4);
+        for ns in [&inet, &ra, &rb] {
+            net.sysctl(ns, "net.ipv4.ip_forward", "1");
+        }
+        net.default_route(&ra, &inet_a);
+        net.default_route(&rb, &inet_b);
+        net.default_route(&host_ns, &ra_lan);
+        net.default_route(&player_ns, &rb_lan);
+        net.nft(&ra, &host_nat.ruleset("v1b", &ra_public));
+        net.nft(&rb, &player_nat.ruleset("v2b", &rb_public));
+
+        // The relay, in-process with its sockets in `inet`: its counters say what
+        // crossed it.
+        let mut config = relay_config();
+        config.listen = format!("{inet_a}:0").parse().unwrap();
+        let handle = tokio::runtime::Handle::current();
+        let relay = net.enter(&inet, || {
+            let _runtime = handle.enter();
+            Relay::spawn(config).expect("the relay starts")
+        });
+        let service = serve(&net, &host_ns).await;
+        let key = net.dir().join("host.key");
+        blindrelay_tests::process::keygen(&bin, &key, "host");
+        let host = net.start(
+            &host_ns,
+            &bin.join("blindrelay"),
+            &[
+                "host",
+                "--key",
+                key.to_str().unwrap(),
+                "--relay",
+                &relay.url().to_string(),
+                "--forward",
+                &service.to_string(),
+                "--transport",
+                "quic",
+                "--no-punch=false",
+            ],
+        );
+        host.value("host id");
+        let ticket = host.value("ticket");
+        host.wait_log("relay state: registered");
+        Some(Self {
+            host,
+            ticket,
+            relay,
+            bin,
+            inet,
+            player_ns,
+            net,
+        })
+    }
+
+    /// `blindrelay connect` behind the player's router, punching; returns it and
+    /// the address it listens on.
+    fn start_player(&self) -> (Proc, SocketAddr) {
+        let player = self.net.start(
+            &self.player_ns,
+            &self.bin.join("blindrelay"),
+            &[
+                "connect",
+                &self.ticket,
+                "--listen",
+                "127.0.0.1:0",
+                "--transport",
+                "quic",
+                "--no-punch=false",
+            ],
+        );
+        let listen = player.value("listening on").parse().unwrap();
+        (player, listen)
+    }
+
+    /// Bytes the relay forwarded from hosts to players so far.
+    fn relayed(&self) -> u64 {
+        self.relay.stats().bytes_host_to_player
+    }
+}
+
+/// The service behind the host, on the host's loopback: for each connection, reads
+/// a request (length and seed, 8 bytes each) and answers with that many pattern
+/// bytes.
+async fn serve(net: &Net, ns: &Ns) -> SocketAddr {
+    let listener = net.enter(ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 16];
+                if tcp.read_exact(&mut request).await.is_err() {
+                    return;
+                }
+                let len = u64::from_be_bytes(request[..8].try_into().unwrap());
+                let seed = u64::from_be_bytes(request[8..].try_into().unwrap());
+                let _ = write_pattern(&mut tcp, seed, len).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A request for `len` bytes of `seed`'s pattern through the player at `addr`, from
+/// inside `ns`; the reply is read by the caller.
+async fn ask(net: &Net, ns: &Ns, addr: SocketAddr, len: u64, seed: u64) -> tokio::net::TcpStream {
+    let tcp = net.enter(ns, || std::net::TcpStream::connect(addr).expect("connect"));
+    tcp.set_nonblocking(true).unwrap();
+    let mut tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+    let mut request = [0u8; 16];
+    request[..8].copy_from_slice(&len.to_be_bytes());
+    request[8..].copy_from_slice(&seed.to_be_bytes());
+    tcp.write_all(&request).await.unwrap();
+    tcp
+}
+
+/// Reads the rest of a reply whose first bytes were `first`, and checks the whole
+/// against `seed`'s pattern to a clean end.
+async fn finish(tcp: tokio::net::TcpStream, seed: u64, first: &[u8]) -> u64 {
+    let mut whole = first.chain(tcp);
+    tokio::time::timeout(PATIENCE, read_pattern(&mut whole, seed))
+        .await
+        .expect("the transfer ends in time")
+        .expect("byte-exact to a clean end")
+}
+
+/// Home NAT on both sides: a running 64 MiB download moves to the punched direct
+/// path within seconds and finishes byte-exact, its later bytes bypassing the
+/// relay; the next session starts direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_two_home_nats_a_running_download_moves_to_a_punched_direct_path() {
+    blindrelay_tests::init_tracing();
+    let Some(homes) = Homes::build(Nat::Home, Nat::Home).await else {
+        return;
+    };
+    let (player, listen) = homes.start_player();
+    const LEN: u64 = 64 * MIB;
+    let started = Instant::now();
+    let mut tcp = ask(&homes.net, &homes.player_ns, listen, LEN, 11).await;
+    // The first mebibyte, relayed: the transfer then waits on this reader, so
+    // most of it is still to come when the path changes.
+    let mut first = vec![0u8; MIB as usize];
+    tcp.read_exact(&mut first).await.unwrap();
+    let open = player.wait_log("session open");
+    assert!(open.contains("path=relayed"), "{open}");
+    player.wait_log("direct path to the host punched");
+    let punched = started.elapsed();
+    let moved = player.wait_log("session resumed");
+    assert!(moved.contains("over direct"), "{moved}");
+    assert!(
+        punched < Duration::from_secs(5),
+        "punched {punched:?} after the download started"
+    );
+    let relayed_at_switch = homes.relayed();
+    assert_eq!(finish(tcp, 11, &first).await, LEN);
+    // What was in flight on the relayed stream when the host took the new one.
+    let relayed_after = homes.relayed() - relayed_at_switch;
+    println!(
+        "punched {punched:?} after the download started; relayed {relayed_at_switch} bytes \
+         before the switch, {relayed_after} after, of {LEN}"
+    );
+    assert!(
+        relayed_after < 4 * MIB,
+        "{relayed_after} bytes crossed the relay after the switch"
+    );
+    assert!(
+        relayed_at_switch < LEN / 2,
+        "{relayed_at_switch} of {LEN} bytes relayed before the switch"
+    );
+    // A new session goes straight to the punched path.
+    let tcp = ask(&homes.net, &homes.player_ns, listen, MIB, 12).await;
+    assert_eq!(finish(tcp, 12, &[]).await, MIB);
+    let second = player.wait_log("session open");
+    assert!(second.contains("path=direct"), "{second}");
+    assert!(homes
+        .host
+        .wait_log("punching toward a player")
+        .contains("candidates"));
+
+    // The direct path dies (UDP between the two homes dropped on the internet; the
+    // relay, local to it, is still reached): new sessions go through the relay at
+    // once, and the player forgets the path.
+    homes.net.nft(&homes.inet, CUT);
+    let cut = Instant::now();
+    let tcp = ask(&homes.net, &homes.player_ns, listen, MIB, 13).await;
+    assert_eq!(finish(tcp, 13, &[]).await, MIB);
+    let third = player.wait_log("session open");
+    assert!(third.contains("path=relayed"), "{third}");
+    assert!(
+        cut.elapsed() < Duration::from_secs(10),
+        "a relayed session {:?} after the cut",
+        cut.elapsed()
+    );
+    player.wait_log("the punched direct path closed");
+}
+
+/// Drops UDP forwarded between the two homes' public addresses.
+const CUT: &str = "table ip cut {
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    ip saddr 10.77.1.0/24 ip daddr 10.77.2.0/24 meta l4proto udp drop
+    ip saddr 10.77.2.0/24 ip daddr 10.77.1.0/24 meta l4proto udp drop
+  }
+}
+";
+
+/// A symmetric NAT on the player's side: the address the relay saw is not the one
+/// the host's packets would reach, so punching fails after its three attempts, and
+/// the download goes on relayed, byte-exact, without a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_symmetric_nat_the_session_stays_relayed_after_three_attempts() {
+    blindrelay_tests::init_tracing();
+    let Some(homes) = Homes::build(Nat::Home, Nat::Symmetric).await else {
+        return;
+    };
+    let (player, listen) = homes.start_player();
+    const LEN: u64 = 16 * MIB;
+    let mut tcp = ask(&homes.net, &homes.player_ns, listen, LEN, 21).await;
+    let mut first = vec![0u8; MIB as usize];
+    tcp.read_exact(&mut first).await.unwrap();
+    let gave_up = player.wait_log("no direct path to the host");
+    assert!(gave_up.contains("sessions stay relayed"), "{gave_up}");
+    assert_eq!(finish(tcp, 21, &first).await, LEN);
+    assert!(homes.relayed() >= LEN, "every byte was relayed");
+    assert!(
+        player
+            .wait_log_within(
+                "direct path to the host punched",
+                Duration::from_millis(200)
+            )
+            .is_none(),
+        "no direct path was claimed"
+    );
+}
