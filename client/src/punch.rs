@@ -130,10 +130,15 @@ pub(crate) async fn punch(socket: &std::net::UdpSocket, targets: &[SocketAddr]) 
     let mut every = tokio::time::interval(PUNCH_EVERY);
     for _ in 0..rounds {
         every.tick().await;
-        for target in targets {
-            // The socket is the endpoint's own, non-blocking: a full send buffer
-            // drops this packet, and the next round sends another.
-            let _ = socket.send_to(&PUNCH_PACKET, target);
-        }
+        punch_once(socket, targets);
+    }
+}
+
+/// One punch packet from `socket` to each of `targets`.
+pub(crate) fn punch_once(socket: &std::net::UdpSocket, targets: &[SocketAddr]) {
+    for target in targets {
+        // The socket is the endpoint's own, non-blocking: a full send buffer drops
+        // this packet, and the next round sends another.
+        let _ = socket.send_to(&PUNCH_PACKET, target);
     }
 }

@@ -14,7 +14,9 @@ use blindrelay_protocol::punch::Candidates;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
-use crate::punch::{lan_candidate, observe, punch, read_candidates, send_candidates};
+use crate::punch::{
+    lan_candidate, observe, punch, punch_once, read_candidates, send_candidates,
+};
 use crate::stream::SecureStream;
 
 /// What a host needs to answer punch sessions.
@@ -92,6 +94,11 @@ impl HostPunch {
         };
         let toward = theirs.addrs.first().copied();
         let ours = self.candidates(toward);
+        // A first round before the answer: by the time the player has the host's
+        // candidates and dials, this side's NAT already lets its Initial in (one
+        // that came first would be dropped, and QUIC sends it again only after
+        // about a second).
+        punch_once(&self.socket, &theirs.addrs);
         if send_candidates(&mut stream, &ours).await.is_err() {
             return;
         }

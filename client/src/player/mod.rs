@@ -32,7 +32,7 @@ use bytes::BytesMut;
 use crate::connections::ConnectionCache;
 use crate::endpoint::{ConnectRelayError, ConnectionProfile, LocalEndpoints, TlsSetupError};
 use crate::linger::{StreamRecv, StreamSend};
-use crate::session::SessionPath;
+use crate::session::RelayTransport;
 use crate::stream::{Resumption, SecureStream};
 use crate::transports::{TransportPreference, UdpHealth};
 use crate::wire::{read_noise_message, WireError};
@@ -343,7 +343,10 @@ impl Player {
             Hello::Resumable
         };
         let stream = self.connect_with(ticket, preference, hello).await?;
-        if stream.path() == SessionPath::Relayed && preference == PathPreference::Auto {
+        // Only from a relay reached over UDP: where UDP does not get through, neither
+        // would a punch (and the relay could not observe a UDP mapping).
+        let over_udp = stream.relay_transport() == Some(RelayTransport::Quic);
+        if over_udp && preference == PathPreference::Auto {
             self.punch_in_background(ticket);
         }
         if !stream.transport().resumable() {

@@ -18,6 +18,8 @@
 //! the inside's answer another port.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blindrelay_relay::Relay;
@@ -33,6 +35,16 @@ const MIB: u64 = 1 << 20;
 enum Nat {
     Home,
     Symmetric,
+}
+
+/// Where the player is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Player {
+    /// In a home of its own, behind a router doing this.
+    Behind(Nat),
+    /// In the host's home, on another LAN of the host's router, which does not
+    /// hairpin: a packet to its own public address is dropped.
+    WithTheHost,
 }
 
 impl Nat {
@@ -78,10 +90,10 @@ struct Homes {
 }
 
 impl Homes {
-    /// The topology with the host's router doing `host_nat` and the player's
-    /// `player_nat`, a relay in the middle and `blindrelay host` running behind
+    /// The topology with the host's router doing `host_nat` and the player where
+    /// `player` says, a relay in the middle and `blindrelay host` running behind
     /// its router, registered; `None` where namespaces cannot be built here.
-    async fn build(host_nat: Nat, player_nat: Nat) -> Option<Self> {
+    async fn build(host_nat: Nat, player: Player) -> Option<Self> {
         let mut net = Net::try_new()?;
         let bin = binaries();
         let inet = net.namespace("inet");
@@ -93,16 +105,22 @@ impl Homes {
         let (inet_a, ra_public) = net.link(&inet, &ra, 1);
         let (inet_b, rb_public) = net.link(&inet, &rb, 2);
         let (ra_lan, _host_ip) = net.link(&ra, &host_ns, 3);
-        let (rb_lan, _player_ip) = net.link(&rb, &player_ns, 4);
+        let player_router = match player {
+            Player::Behind(_) => &rb,
+            Player::WithTheHost => &ra,
+        };
+        let (player_lan, _player_ip) = net.link(player_router, &player_ns, 4);
         for ns in [&inet, &ra, &rb] {
             net.sysctl(ns, "net.ipv4.ip_forward", "1");
         }
         net.default_route(&ra, &inet_a);
         net.default_route(&rb, &inet_b);
         net.default_route(&host_ns, &ra_lan);
-        net.default_route(&player_ns, &rb_lan);
+        net.default_route(&player_ns, &player_lan);
         net.nft(&ra, &host_nat.ruleset("v1b", &ra_public));
-        net.nft(&rb, &player_nat.ruleset("v2b", &rb_public));
+        if let Player::Behind(player_nat) = player {
+            net.nft(&rb, &player_nat.ruleset("v2b", &rb_public));
+        }
 
         // The relay, in-process with its sockets in `inet`: its counters say what
         // crossed it.
@@ -146,9 +164,9 @@ impl Homes {
         })
     }
 
-    /// `blindrelay connect` behind the player's router, punching; returns it and
-    /// the address it listens on.
-    fn start_player(&self) -> (Proc, SocketAddr) {
+    /// `blindrelay connect` behind the player's router reaching the relay over
+    /// `transport`, punching; returns it and the address it listens on.
+    fn start_player(&self, transport: &str) -> (Proc, SocketAddr) {
         let player = self.net.start(
             &self.player_ns,
             &self.bin.join("blindrelay"),
@@ -158,7 +176,7 @@ impl Homes {
                 "--listen",
                 "127.0.0.1:0",
                 "--transport",
-                "quic",
+                transport,
                 "--no-punch=false",
             ],
         );
@@ -225,17 +243,30 @@ async fn finish(tcp: tokio::net::TcpStream, seed: u64, first: &[u8]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn between_two_home_nats_a_running_download_moves_to_a_punched_direct_path() {
     blindrelay_tests::init_tracing();
-    let Some(homes) = Homes::build(Nat::Home, Nat::Home).await else {
+    let Some(homes) = Homes::build(Nat::Home, Player::Behind(Nat::Home)).await else {
         return;
     };
-    let (player, listen) = homes.start_player();
+    let (player, listen) = homes.start_player("quic");
     const LEN: u64 = 64 * MIB;
     let started = Instant::now();
     let mut tcp = ask(&homes.net, &homes.player_ns, listen, LEN, 11).await;
-    // The first mebibyte, relayed: the transfer then waits on this reader, so
-    // most of it is still to come when the path changes.
-    let mut first = vec![0u8; MIB as usize];
-    tcp.read_exact(&mut first).await.unwrap();
+    // Read slowly (at most 6.4 MiB/s) until the path has changed, so that most of
+    // the download is still to come then, and at full speed after. The player
+    // moves a session when it next reads it, as an application that reads does.
+    let switched = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let switched = switched.clone();
+        async move {
+            let (mut first, mut chunk) = (Vec::new(), vec![0u8; 64 * 1024]);
+            while !switched.load(Ordering::Acquire) && (first.len() as u64) < LEN / 2 {
+                let n = tcp.read(&mut chunk).await.expect("the download goes on");
+                assert!(n > 0, "the download ended early");
+                first.extend_from_slice(&chunk[..n]);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            finish(tcp, 11, &first).await
+        }
+    });
     let open = player.wait_log("session open");
     assert!(open.contains("path=relayed"), "{open}");
     player.wait_log("direct path to the host punched");
@@ -247,7 +278,8 @@ async fn between_two_home_nats_a_running_download_moves_to_a_punched_direct_path
         "punched {punched:?} after the download started"
     );
     let relayed_at_switch = homes.relayed();
-    assert_eq!(finish(tcp, 11, &first).await, LEN);
+    switched.store(true, Ordering::Release);
+    assert_eq!(reader.await.unwrap(), LEN);
     // What was in flight on the relayed stream when the host took the new one.
     let relayed_after = homes.relayed() - relayed_at_switch;
     println!(
@@ -299,16 +331,15 @@ const CUT: &str = "table ip cut {
 }
 ";
 
-/// A symmetric NAT on the player's side: the address the relay saw is not the one
-/// the host's packets would reach, so punching fails after its three attempts, and
-/// the download goes on relayed, byte-exact, without a stall.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_a_symmetric_nat_the_session_stays_relayed_after_three_attempts() {
+/// A symmetric NAT on the player's side, or on both: the address the relay saw is
+/// not the one the host's packets would reach, so punching fails after its three
+/// attempts, and the download goes on relayed, byte-exact.
+async fn stays_relayed_behind(host_nat: Nat, player_nat: Nat) {
     blindrelay_tests::init_tracing();
-    let Some(homes) = Homes::build(Nat::Home, Nat::Symmetric).await else {
+    let Some(homes) = Homes::build(host_nat, Player::Behind(player_nat)).await else {
         return;
     };
-    let (player, listen) = homes.start_player();
+    let (player, listen) = homes.start_player("quic");
     const LEN: u64 = 16 * MIB;
     let mut tcp = ask(&homes.net, &homes.player_ns, listen, LEN, 21).await;
     let mut first = vec![0u8; MIB as usize];
@@ -317,13 +348,88 @@ async fn behind_a_symmetric_nat_the_session_stays_relayed_after_three_attempts()
     assert!(gave_up.contains("sessions stay relayed"), "{gave_up}");
     assert_eq!(finish(tcp, 21, &first).await, LEN);
     assert!(homes.relayed() >= LEN, "every byte was relayed");
+    // The next session goes through the relay at once: no new round within the
+    // minute.
+    let tcp = ask(&homes.net, &homes.player_ns, listen, MIB, 22).await;
+    assert_eq!(finish(tcp, 22, &[]).await, MIB);
+    let second = player.wait_log("session open");
+    assert!(second.contains("path=relayed"), "{second}");
     assert!(
         player
-            .wait_log_within(
-                "direct path to the host punched",
-                Duration::from_millis(200)
-            )
+            .wait_log_within("direct path to the host", Duration::from_millis(500))
             .is_none(),
-        "no direct path was claimed"
+        "no direct path was claimed, and no second round ran"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_symmetric_nat_the_session_stays_relayed_after_three_attempts() {
+    stays_relayed_behind(Nat::Home, Nat::Symmetric).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_two_symmetric_nats_the_session_stays_relayed_after_three_attempts() {
+    stays_relayed_behind(Nat::Symmetric, Nat::Symmetric).await;
+}
+
+/// Player and host behind the same router, which does not hairpin: the host's
+/// public address is of no use from inside, its LAN address is, and wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_same_nat_without_hairpinning_the_lan_candidate_wins() {
+    blindrelay_tests::init_tracing();
+    let Some(homes) = Homes::build(Nat::Home, Player::WithTheHost).await else {
+        return;
+    };
+    let (player, listen) = homes.start_player("quic");
+    let tcp = ask(&homes.net, &homes.player_ns, listen, MIB, 31).await;
+    assert_eq!(finish(tcp, 31, &[]).await, MIB);
+    player.wait_log("direct path to the host punched");
+    let relayed = homes.relayed();
+    let tcp = ask(&homes.net, &homes.player_ns, listen, 8 * MIB, 32).await;
+    assert_eq!(finish(tcp, 32, &[]).await, 8 * MIB);
+    // At most the first session's last acknowledgements came after.
+    let after = homes.relayed() - relayed;
+    assert!(
+        after < 64 * 1024,
+        "{after} bytes of the second session relayed"
+    );
+}
+
+/// UDP blocked on the player's side: it reaches the relay over TLS/TCP, attempts
+/// no punch, and its session goes on relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_udp_is_blocked_no_punch_is_attempted_and_the_session_goes_on() {
+    blindrelay_tests::init_tracing();
+    let Some(homes) = Homes::build(Nat::Home, Player::Behind(Nat::Home)).await else {
+        return;
+    };
+    homes.net.nft(&homes.player_ns, NO_UDP_OUT);
+    let (player, listen) = homes.start_player("auto");
+    const LEN: u64 = 8 * MIB;
+    let tcp = ask(&homes.net, &homes.player_ns, listen, LEN, 41).await;
+    assert_eq!(finish(tcp, 41, &[]).await, LEN);
+    let open = player.wait_log("session open");
+    assert!(open.contains("path=relayed/tcp"), "{open}");
+    assert!(homes.relayed() >= LEN);
+    // A round of attempts would end in one of these within a few seconds.
+    assert!(
+        player
+            .wait_log_within("direct path to the host", Duration::from_secs(4))
+            .is_none(),
+        "no punch was attempted"
+    );
+    assert_eq!(
+        homes.relay.stats().addresses_observed,
+        1,
+        "only the host asked"
+    );
+}
+
+/// Drops every UDP packet leaving the player's machine.
+const NO_UDP_OUT: &str = "table ip noudp {
+  chain output {
+    type filter hook output priority filter; policy accept;
+    meta l4proto udp drop
+  }
+}
+";
