@@ -283,6 +283,10 @@ code_space! {
         /// resumable session while the other side still sent: the session is over
         /// and will not be resumed (PROTOCOL.md 10.8).
         CLOSED = 0x109, "the other side closed the session";
+        /// Sent by a player (RESET_STREAM) on a relayed session's stream once the
+        /// session moved to a punched direct path (PROTOCOL.md 10.9): it goes on
+        /// there. The relay counts such sessions; a host reads it as a lost stream.
+        MOVED = 0x10a, "the session moved to a direct path";
     }
 }
 

@@ -14,9 +14,7 @@ use blindrelay_protocol::punch::Candidates;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
-use crate::punch::{
-    lan_candidate, observe, punch, punch_once, read_candidates, send_candidates,
-};
+use crate::punch::{lan_candidate, observe, punch, punch_once, read_candidates, send_candidates};
 use crate::stream::SecureStream;
 
 /// What a host needs to answer punch sessions.

@@ -306,7 +306,9 @@ fn mendable(err: &io::Error) -> bool {
         (_, _, Some(SendError::Finished), _) => return false,
         _ => return true,
     };
-    code == 0
+    // 0 says nothing (see above); `MOVED` says the session went on elsewhere,
+    // which a side that has not taken the new stream yet waits for.
+    code == 0 || code == u64::from(blindrelay_protocol::codes::stream::MOVED.to_u32())
 }
 
 /// What reading one more frame came to.
@@ -359,7 +361,9 @@ where
         let settled = r.down.is_none() && r.unconfirmed.is_none() && !r.stream_done;
         if settled {
             if let Poll::Ready(rejoined) = r.rejoin.poll_move(cx, id, path) {
-                self.adopt(rejoined);
+                // The old stream's reset tells the relay why it ends.
+                let moved = blindrelay_protocol::codes::stream::MOVED;
+                self.adopt_leaving(rejoined, Some(moved));
             }
         }
         let id = self.transport.resume_id();
@@ -459,6 +463,12 @@ where
     /// a stream lost, which the peer resumes), and this side's count goes out
     /// first. The session goes on once the peer's count comes back.
     fn adopt(&mut self, rejoined: Rejoined<R, W>) {
+        self.adopt_leaving(rejoined, None);
+    }
+
+    /// Takes `rejoined`'s stream; the old one's sending half, dropped, resets its
+    /// direction with `code` (`None`: finishes it, as a lost stream's).
+    fn adopt_leaving(&mut self, rejoined: Rejoined<R, W>, code: Option<StreamCode>) {
         let received = self.resumption().acks.delivered() + self.plain.len() as u64;
         // The old stream may still be the peer's, and this one a replayed hello's:
         // the peer must come back, not end.
@@ -466,9 +476,9 @@ where
         self.reader = rejoined.reader;
         self.reader
             .stop_dropped_with(blindrelay_protocol::codes::stream::CLOSED);
-        // The old stream's writer finishes when dropped, as a lost stream's: the
-        // session is not closed.
-        self.writer.reset_dropped_with(None);
+        // The old stream's writer finishes when dropped, as a lost stream's (the
+        // session is not closed), or says it moved.
+        self.writer.reset_dropped_with(code);
         self.writer = rejoined.writer;
         let ended = self.resumption().ended;
         self.writer
@@ -1488,6 +1498,19 @@ mod tests {
             );
         }
         assert!(!mendable(&io::Error::from(io::ErrorKind::InvalidData)));
+        // A player that moved its session to a punched path resets the old stream
+        // with MOVED: the host waits for the stream it moved to. Another code means
+        // what it says.
+        let reset = |code: u32| {
+            io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                quinn::ReadError::Reset(code.into()),
+            )
+        };
+        let moved = blindrelay_protocol::codes::stream::MOVED.to_u32();
+        assert!(mendable(&reset(moved)));
+        assert!(mendable(&reset(0)));
+        assert!(!mendable(&reset(0x4242)));
     }
 }
 

@@ -148,6 +148,9 @@ pub(crate) async fn pair_and_splice(host_id: HostId, stream: RoutedStream, state
         if let Some(code) = outcome.ended_by {
             state.stats.session_ended_by(code);
         }
+        if outcome.moved {
+            Stats::bump(&state.stats.sessions_moved_direct);
+        }
         debug!(
             player_to_host = outcome.player_to_host,
             host_to_player = outcome.host_to_player,

@@ -71,6 +71,9 @@ pub(crate) struct Outcome {
     pub host_to_player: u64,
     /// The code of the limit that ended the session, if one did.
     pub ended_by: Option<StreamCode>,
+    /// The player reset its side with `MOVED`: the session went on over a punched
+    /// direct path (PROTOCOL.md 10.9).
+    pub moved: bool,
 }
 
 /// Which way a chunk travels.
@@ -159,7 +162,7 @@ where
         )
     };
     tokio::pin!(pumps);
-    let (player_to_host, host_to_player) = tokio::select! {
+    let ((player_to_host, from_player), (host_to_player, _)) = tokio::select! {
         totals = &mut pumps => totals,
         code = watchdog(&activity, &limits) => {
             end_session(&end, code);
@@ -171,6 +174,7 @@ where
         player_to_host,
         host_to_player,
         ended_by,
+        moved: from_player == StreamEnd::Reset(codes::stream::MOVED),
     }
 }
 
@@ -202,7 +206,8 @@ enum Step {
 }
 
 impl Pump<'_> {
-    async fn run(self, mut from: impl SessionRecv, to: impl SessionSend) -> u64 {
+    /// Forwards until this direction ends: how many bytes, and how it ended.
+    async fn run(self, mut from: impl SessionRecv, to: impl SessionSend) -> (u64, StreamEnd) {
         let mut to = Outgoing::new(to);
         let peer_gone = codes::stream::PEER_GONE;
         let mut ended = self.end.subscribe();
@@ -336,9 +341,7 @@ impl Pump<'_> {
         if let Some(tap) = self.tap {
             tap.ended(self.direction, how);
         }
-        #[cfg(not(feature = "splice-tap"))]
-        let _ = how;
-        total
+        (total, how)
     }
 
     /// Writes one chunk, passing on stops and watching for a stalled reader.
@@ -696,7 +699,8 @@ mod tests {
             Outcome {
                 player_to_host: 300_000,
                 host_to_player: 200_000,
-                ended_by: None
+                ended_by: None,
+                moved: false,
             }
         );
         assert_eq!(counters.player_to_host.load(Ordering::Relaxed), 300_000);
@@ -728,6 +732,19 @@ mod tests {
         assert_eq!(stopped, Some(stop), "{refused:?}");
         let outcome = splice.await.expect("splice");
         assert_eq!(outcome.ended_by, None);
+        assert!(!outcome.moved, "another code is no move");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_players_moved_reset_is_passed_on_and_counted_as_a_move() {
+        let (mut player, mut host, splice, _) = start(no_limits());
+        player.send.reset(codes::stream::MOVED);
+        let (_, end) = host.recv.read_to_end().await;
+        assert_eq!(end, Err(RecvEnd::Reset(codes::stream::MOVED)));
+        player.recv.stop(StreamCode::from_u32(0));
+        host.send.finish();
+        let outcome = splice.await.expect("splice");
+        assert!(outcome.moved);
     }
 
     #[tokio::test(start_paused = true)]

@@ -241,6 +241,11 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         "Observe requests answered: clients told the address the relay sees them from.",
         &[("", s.addresses_observed)],
     );
+    out.counter(
+        "sessions_moved_direct_total",
+        "Sessions whose ends went on over a direct path they punched (the player reset its stream with MOVED).",
+        &[("", s.sessions_moved_direct)],
+    );
     out.histogram(
         "handshake_seconds",
         "QUIC handshake latency, first packet to established connection.",

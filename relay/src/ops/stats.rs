@@ -60,6 +60,7 @@ pub(crate) struct Stats {
     pub sessions_ended: [AtomicU64; StreamCode::ALL.len()],
     pub bad_requests: AtomicU64,
     pub addresses_observed: AtomicU64,
+    pub sessions_moved_direct: AtomicU64,
     pub bytes_player_to_host: AtomicU64,
     pub bytes_host_to_player: AtomicU64,
     pub hosts_told_going_away: AtomicU64,
@@ -298,6 +299,8 @@ pub struct StatsSnapshot {
     pub bad_requests: u64,
     /// `Observe` requests answered (PROTOCOL.md 10.9).
     pub addresses_observed: u64,
+    /// Sessions whose player moved them to a punched direct path (PROTOCOL.md 10.9).
+    pub sessions_moved_direct: u64,
     /// Ciphertext bytes forwarded from players to hosts.
     pub bytes_player_to_host: u64,
     /// Ciphertext bytes forwarded from hosts to players.
@@ -399,6 +402,7 @@ impl Stats {
             buffer_bytes_reserved: admission.buffer_in_use(),
             bad_requests: get(&self.bad_requests),
             addresses_observed: get(&self.addresses_observed),
+            sessions_moved_direct: get(&self.sessions_moved_direct),
             bytes_player_to_host: get(&self.bytes_player_to_host),
             bytes_host_to_player: get(&self.bytes_host_to_player),
             hosts_told_going_away: get(&self.hosts_told_going_away),

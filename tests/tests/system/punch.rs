@@ -294,6 +294,9 @@ async fn between_two_home_nats_a_running_download_moves_to_a_punched_direct_path
         relayed_at_switch < LEN / 2,
         "{relayed_at_switch} of {LEN} bytes relayed before the switch"
     );
+    // The relay counted the move, from the relayed stream's MOVED reset.
+    let stats = homes.relay.stats();
+    assert_eq!(stats.sessions_moved_direct, 1, "{stats:?}");
     // A new session goes straight to the punched path.
     let tcp = ask(&homes.net, &homes.player_ns, listen, MIB, 12).await;
     assert_eq!(finish(tcp, 12, &[]).await, MIB);
