@@ -389,7 +389,7 @@ mod tests {
         let stream: Vec<u32> = StreamCode::ALL.iter().map(|c| c.to_u32()).collect();
         assert_eq!(
             stream,
-            [0x100, 0x101, 0x102, 0x103, 0x104, 0x105, 0x106, 0x107, 0x108, 0x109]
+            [0x100, 0x101, 0x102, 0x103, 0x104, 0x105, 0x106, 0x107, 0x108, 0x109, 0x10a]
         );
         let error: Vec<u16> = ErrorCode::ALL.iter().map(|c| c.to_u16()).collect();
         assert_eq!(error, (1..=14).collect::<Vec<u16>>());

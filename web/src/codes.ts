@@ -27,6 +27,7 @@ export const StreamCode = {
   PROTOCOL_VIOLATION: 0x107,
   SERVICE_UNAVAILABLE: 0x108,
   CLOSED: 0x109,
+  MOVED: 0x10a,
 } as const;
 
 export const STREAM_CODES = table([
@@ -40,6 +41,7 @@ export const STREAM_CODES = table([
   { value: 0x107, name: "PROTOCOL_VIOLATION", words: "the other side rejected what this side sent as a protocol violation" },
   { value: 0x108, name: "SERVICE_UNAVAILABLE", words: "the host could not reach the service it forwards to (is the media server running?)" },
   { value: 0x109, name: "CLOSED", words: "the other side closed the session" },
+  { value: 0x10a, name: "MOVED", words: "the session moved to a direct path" },
 ]);
 
 /** Codes of `CLOSE` frames (section 11, `CONNECTION_CLOSE`). */
