@@ -12,6 +12,18 @@ pub enum SessionPath {
     Direct,
     /// Through the host's home relay (Plex calls this "Indirect").
     Relayed,
+    /// Straight from player to host over a path the two punched through their NATs
+    /// after a relayed session (PROTOCOL.md 10.9): seen by the player, and by a host
+    /// on the listener it opens only for punching.
+    Punched,
+}
+
+impl SessionPath {
+    /// Whether no relay is in between: [`SessionPath::Direct`] or
+    /// [`SessionPath::Punched`].
+    pub fn is_direct(self) -> bool {
+        self != Self::Relayed
+    }
 }
 
 impl std::fmt::Display for SessionPath {
@@ -19,6 +31,7 @@ impl std::fmt::Display for SessionPath {
         f.write_str(match self {
             Self::Direct => "direct",
             Self::Relayed => "relayed",
+            Self::Punched => "direct (punched)",
         })
     }
 }

@@ -161,7 +161,7 @@ impl SessionAcceptor {
         }
         let counter = match path {
             SessionPath::Relayed => &self.counters.sessions_relayed,
-            SessionPath::Direct => &self.counters.sessions_direct,
+            SessionPath::Direct | SessionPath::Punched => &self.counters.sessions_direct,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if stream.transport().resumable() {
@@ -373,7 +373,7 @@ async fn read_opening(
             other => return Err(OpeningError::NotIncoming(other.name())),
         },
         // No relay in between: no session id, no relay limits.
-        SessionPath::Direct => (0, SessionLimits::NONE),
+        SessionPath::Direct | SessionPath::Punched => (0, SessionLimits::NONE),
     };
     let hello = read_noise_message(recv).await?;
     Ok((session_id, limits, hello))

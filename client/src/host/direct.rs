@@ -130,6 +130,7 @@ pub(super) async fn serve_direct_players(
     config: Arc<HostConfig>,
     acceptor: SessionAcceptor,
     counters: Arc<HostCounters>,
+    path: SessionPath,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -147,6 +148,7 @@ pub(super) async fn serve_direct_players(
                     incoming,
                     acceptor.clone(),
                     counters.clone(),
+                    path,
                 ));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -174,6 +176,7 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     acceptor: SessionAcceptor,
     counters: Arc<HostCounters>,
+    path: SessionPath,
 ) {
     let _open = CountedDirectConnection::new(counters);
     let connection = match incoming.await {
@@ -188,7 +191,7 @@ async fn serve_connection(
                 Ok((send, recv)) => {
                     let acceptor = acceptor.clone();
                     handshakes.spawn(async move {
-                        acceptor.accept(send, recv, SessionPath::Direct).await;
+                        acceptor.accept(send, recv, path).await;
                     });
                 }
                 Err(err) => return debug!(%err, "direct connection ended"),

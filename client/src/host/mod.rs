@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 use crate::authorized::PlayerAuthorization;
 use crate::backoff::BackoffConfig;
 use crate::endpoint::LocalEndpoints;
-use crate::session::RelayTransport;
+use crate::session::{RelayTransport, SessionPath};
 use crate::stream::SecureStream;
 use crate::transports::TransportPreference;
 use accept::SessionAcceptor;
@@ -524,11 +524,17 @@ async fn run(
 ) {
     let mut children = JoinSet::new();
     if let Some(endpoint) = &listener {
+        // A listener opened only for punching is reached only through a punch.
+        let path = match config.direct {
+            Some(_) => SessionPath::Direct,
+            None => SessionPath::Punched,
+        };
         children.spawn(direct::serve_direct_players(
             endpoint.clone(),
             config.clone(),
             control.acceptor.clone(),
             control.counters.clone(),
+            path,
         ));
     }
     let end = match &config.relay {

@@ -23,6 +23,7 @@ impl Connector {
         addr: SocketAddr,
         host_id: HostId,
         hello: Hello,
+        path: SessionPath,
     ) -> Result<SecureStream, ConnectError> {
         let timeout = self.config.direct_timeout;
         let direct_error = |source: DirectConnectError| ConnectError::Direct { addr, source };
@@ -54,7 +55,7 @@ impl Connector {
                 reader,
                 writer,
                 transport,
-                SessionPath::Direct,
+                path,
                 0,
                 BytesMut::new(),
             ))

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::{ConnectError, PathPreference, Player};
+use crate::session::SessionPath;
 use crate::stream::SecureStream;
 
 /// Which path an attempt in the race took.
@@ -103,8 +104,13 @@ impl Player {
         let mut attempts = JoinSet::new();
         for &addr in &direct {
             let (connector, host_id) = (self.connector.clone(), *ticket.host_id());
+            let path = if Some(addr) == punched && !ticket.direct_addrs().contains(&addr) {
+                SessionPath::Punched
+            } else {
+                SessionPath::Direct
+            };
             attempts.spawn(async move {
-                let attempt = connector.connect_direct(addr, host_id, hello).await;
+                let attempt = connector.connect_direct(addr, host_id, hello, path).await;
                 (Attempt::Direct, attempt)
             });
         }

@@ -130,7 +130,7 @@ impl Rejoin<StreamRecv, StreamSend> for PlayerRejoin {
         id: ResumeId,
         path: SessionPath,
     ) -> Poll<Rejoined<StreamRecv, StreamSend>> {
-        if path == SessionPath::Direct || self.preference != PathPreference::Auto {
+        if path.is_direct() || self.preference != PathPreference::Auto {
             self.moving = None;
             return Poll::Pending;
         }
@@ -150,7 +150,7 @@ impl Rejoin<StreamRecv, StreamSend> for PlayerRejoin {
             let host_id = *self.ticket.host_id();
             self.moving = Some(Box::pin(async move {
                 connector
-                    .connect_direct(addr, host_id, Hello::Resume(id))
+                    .connect_direct(addr, host_id, Hello::Resume(id), SessionPath::Punched)
                     .await
             }));
         }

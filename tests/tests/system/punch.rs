@@ -272,7 +272,7 @@ async fn between_two_home_nats_a_running_download_moves_to_a_punched_direct_path
     player.wait_log("direct path to the host punched");
     let punched = started.elapsed();
     let moved = player.wait_log("session resumed");
-    assert!(moved.contains("over direct"), "{moved}");
+    assert!(moved.contains("over direct (punched)"), "{moved}");
     assert!(
         punched < Duration::from_secs(5),
         "punched {punched:?} after the download started"
@@ -301,7 +301,7 @@ async fn between_two_home_nats_a_running_download_moves_to_a_punched_direct_path
     let tcp = ask(&homes.net, &homes.player_ns, listen, MIB, 12).await;
     assert_eq!(finish(tcp, 12, &[]).await, MIB);
     let second = player.wait_log("session open");
-    assert!(second.contains("path=direct"), "{second}");
+    assert!(second.contains("path=direct (punched)"), "{second}");
     assert!(homes
         .host
         .wait_log("punching toward a player")
