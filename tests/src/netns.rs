@@ -132,6 +132,12 @@ impl Net {
         (a_addr, b_addr)
     }
 
+    /// Gives `ns` the address `addr` (with its prefix, such as `10.0.0.1/32`) on its
+    /// loopback: packets `ns` routes to it are then its own.
+    pub fn add_local_address(&self, ns: &Ns, addr: &str) {
+        ip(&["-n", ns.name(), "addr", "add", addr, "dev", "lo"]);
+    }
+
     /// Sends everything `ns` has no route for to `via`.
     pub fn default_route(&self, ns: &Ns, via: &str) {
         ip(&["-n", ns.name(), "route", "add", "default", "via", via]);

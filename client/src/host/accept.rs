@@ -231,11 +231,9 @@ impl SessionAcceptor {
             Hello::Resume(id) if self.resumes.holds(id, pending.remote_static()) => {
                 pending.resumed(&mut reply)
             }
-            // Punching only through the relay: a player that reached the host
-            // directly has its direct path already.
-            Hello::Punch if self.punch.is_some() && path == SessionPath::Relayed => {
-                pending.welcome_punch(&mut reply)
-            }
+            // Through the relay: the candidates. On a direct path: the player's
+            // proof that the path it punched reaches this host (PROTOCOL.md 10.9).
+            Hello::Punch if self.punch.is_some() => pending.welcome_punch(&mut reply),
             Hello::Resume(_) | Hello::Punch => {
                 debug!(session_id = relay_session_id(path, session_id), %path, "no such session to resume, or no punching here");
                 let Ok(refused) = pending.unknown_session(&mut reply) else {

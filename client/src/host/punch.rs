@@ -100,11 +100,16 @@ impl HostPunch {
         if send_candidates(&mut stream, &ours).await.is_err() {
             return;
         }
-        info!(
-            player = %stream.peer().short(),
-            candidates = theirs.addrs.len(),
-            "punching toward a player for a direct path"
-        );
+        if theirs.addrs.is_empty() {
+            // On a direct path: the player proving it reached this host.
+            debug!(player = %stream.peer().short(), "a punched path checked");
+        } else {
+            info!(
+                player = %stream.peer().short(),
+                candidates = theirs.addrs.len(),
+                "punching toward a player for a direct path"
+            );
+        }
         let until_end = async {
             let mut sink = [0u8; 64];
             while let Ok(n) = stream.read(&mut sink).await {

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use blindrelay_protocol::noise::Hello;
@@ -25,6 +25,7 @@ use tracing::{debug, info};
 
 use super::{ConnectError, Connector, PathPreference, Player};
 use crate::punch::{lan_candidate, observe, read_candidates, send_candidates, PUNCH_FOR};
+use crate::session::SessionPath;
 
 /// Attempts in a row before the player waits [`RETRY_AFTER`].
 pub(super) const ATTEMPTS: u32 = 3;
@@ -208,6 +209,7 @@ impl Player {
             .await?;
         send_candidates(&mut session, &ours).await?;
         let theirs = read_candidates(&mut session).await?;
+        let host_id = *ticket.host_id();
         let mut dials = JoinSet::new();
         for addr in theirs.addrs {
             let connector = connector.clone();
@@ -215,9 +217,18 @@ impl Player {
                 let dial = connector
                     .direct
                     .get_or_connect(&addr, || connector.connect_host(addr));
-                match tokio::time::timeout(PUNCH_FOR, dial).await {
-                    Ok(Ok(_)) => Some(addr),
-                    _ => None,
+                if !matches!(tokio::time::timeout(PUNCH_FOR, dial).await, Ok(Ok(_))) {
+                    return None;
+                }
+                // A QUIC handshake proves nothing (the player takes any certificate
+                // on a direct path): whoever answered must also answer a Noise
+                // handshake to the host id before the path counts.
+                match verify(connector, addr, host_id).await {
+                    Ok(()) => Some(addr),
+                    Err(err) => {
+                        debug!(%err, "a candidate answered QUIC but is not the host");
+                        None
+                    }
                 }
             });
         }
@@ -246,6 +257,19 @@ impl Player {
             connector.punched.lost(&host_id, addr);
         });
     }
+}
+
+/// Proves that the direct path to `addr` reaches the host: a punch session on it,
+/// whose Noise handshake only the holder of the host id's key completes, carrying
+/// no candidates.
+async fn verify(connector: Arc<Connector>, addr: SocketAddr, host_id: HostId) -> Result<(), AttemptError> {
+    let mut session = connector
+        .connect_direct(addr, host_id, Hello::Punch, SessionPath::Punched)
+        .await?;
+    send_candidates(&mut session, &Candidates::default()).await?;
+    read_candidates(&mut session).await?;
+    let _ = session.shutdown().await;
+    Ok(())
 }
 
 impl Connector {

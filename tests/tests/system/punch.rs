@@ -85,6 +85,7 @@ struct Homes {
     relay: Relay,
     bin: std::path::PathBuf,
     inet: Ns,
+    player_router: Ns,
     player_ns: Ns,
     net: Net,
 }
@@ -94,6 +95,11 @@ impl Homes {
     /// `player` says, a relay in the middle and `blindrelay host` running behind
     /// its router, registered; `None` where namespaces cannot be built here.
     async fn build(host_nat: Nat, player: Player) -> Option<Self> {
+        Self::build_with(host_nat, player, &[]).await
+    }
+
+    /// Like [`Homes::build`], with more flags for `blindrelay host`.
+    async fn build_with(host_nat: Nat, player: Player, host_flags: &[&str]) -> Option<Self> {
         let mut net = Net::try_new()?;
         let bin = binaries();
         let inet = net.namespace("inet");
@@ -106,10 +112,10 @@ impl Homes {
         let (inet_b, rb_public) = net.link(&inet, &rb, 2);
         let (ra_lan, _host_ip) = net.link(&ra, &host_ns, 3);
         let player_router = match player {
-            Player::Behind(_) => &rb,
-            Player::WithTheHost => &ra,
+            Player::Behind(_) => rb.clone(),
+            Player::WithTheHost => ra.clone(),
         };
-        let (player_lan, _player_ip) = net.link(player_router, &player_ns, 4);
+        let (player_lan, _player_ip) = net.link(&player_router, &player_ns, 4);
         for ns in [&inet, &ra, &rb] {
             net.sysctl(ns, "net.ipv4.ip_forward", "1");
         }
@@ -134,22 +140,21 @@ impl Homes {
         let service = serve(&net, &host_ns).await;
         let key = net.dir().join("host.key");
         blindrelay_tests::process::keygen(&bin, &key, "host");
-        let host = net.start(
-            &host_ns,
-            &bin.join("blindrelay"),
-            &[
-                "host",
-                "--key",
-                key.to_str().unwrap(),
-                "--relay",
-                &relay.url().to_string(),
-                "--forward",
-                &service.to_string(),
-                "--transport",
-                "quic",
-                "--no-punch=false",
-            ],
-        );
+        let (url, forward) = (relay.url().to_string(), service.to_string());
+        let mut args = vec![
+            "host",
+            "--key",
+            key.to_str().unwrap(),
+            "--relay",
+            &url,
+            "--forward",
+            &forward,
+            "--transport",
+            "quic",
+            "--no-punch=false",
+        ];
+        args.extend_from_slice(host_flags);
+        let host = net.start(&host_ns, &bin.join("blindrelay"), &args);
         host.value("host id");
         let ticket = host.value("ticket");
         host.wait_log("relay state: registered");
@@ -159,6 +164,7 @@ impl Homes {
             relay,
             bin,
             inet,
+            player_router,
             player_ns,
             net,
         })
@@ -426,6 +432,62 @@ async fn where_udp_is_blocked_no_punch_is_attempted_and_the_session_goes_on() {
         1,
         "only the host asked"
     );
+}
+
+/// Someone on the player's side answers at one of the host's candidates: the
+/// player's router takes the host's LAN address for itself, and a host with
+/// another key listens there. Its QUIC handshake succeeds (a direct path takes
+/// any certificate), so only the Noise handshake to the host id tells it apart:
+/// the path is not taken, and the session stays relayed. (Behind a symmetric NAT,
+/// so that the real path cannot win first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_answering_at_a_candidate_is_not_taken_for_the_host() {
+    blindrelay_tests::init_tracing();
+    const PORT: &str = "41641";
+    let direct = format!("0.0.0.0:{PORT}");
+    let Some(homes) =
+        Homes::build_with(Nat::Home, Player::Behind(Nat::Symmetric), &["--direct", &direct])
+            .await
+    else {
+        return;
+    };
+    // The host's LAN address, hijacked on the player's side, with an impostor on
+    // the host's port.
+    let host_lan = "10.77.3.2";
+    homes
+        .net
+        .add_local_address(&homes.player_router, &format!("{host_lan}/32"));
+    let impostor_key = homes.net.dir().join("impostor.key");
+    blindrelay_tests::process::keygen(&homes.bin, &impostor_key, "host");
+    let blindrelay = homes.bin.join("blindrelay");
+    let impostor = homes.net.start(
+        &homes.player_router,
+        std::path::Path::new("/usr/bin/env"),
+        &[
+            "RUST_LOG=debug",
+            blindrelay.to_str().unwrap(),
+            "host",
+            "--key",
+            impostor_key.to_str().unwrap(),
+            "--direct",
+            &format!("{host_lan}:{PORT}"),
+            "--forward",
+            "127.0.0.1:9",
+        ],
+    );
+    impostor.wait_log("listening directly");
+    let (player, listen) = homes.start_player("quic");
+    const LEN: u64 = 4 * MIB;
+    let tcp = ask(&homes.net, &homes.player_ns, listen, LEN, 51).await;
+    assert_eq!(finish(tcp, 51, &[]).await, LEN);
+    let gave_up = player.wait_log("no direct path to the host");
+    assert!(
+        !gave_up.contains("punched"),
+        "the impostor was not taken for the host: {gave_up}"
+    );
+    // The impostor was reached, and could not answer the handshake.
+    impostor.wait_log("refusing a session");
+    assert!(homes.relayed() >= LEN, "the session stayed relayed");
 }
 
 /// Drops every UDP packet leaving the player's machine.
