@@ -262,7 +262,11 @@ impl Player {
 /// Proves that the direct path to `addr` reaches the host: a punch session on it,
 /// whose Noise handshake only the holder of the host id's key completes, carrying
 /// no candidates.
-async fn verify(connector: Arc<Connector>, addr: SocketAddr, host_id: HostId) -> Result<(), AttemptError> {
+async fn verify(
+    connector: Arc<Connector>,
+    addr: SocketAddr,
+    host_id: HostId,
+) -> Result<(), AttemptError> {
     let mut session = connector
         .connect_direct(addr, host_id, Hello::Punch, SessionPath::Punched)
         .await?;

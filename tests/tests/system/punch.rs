@@ -445,9 +445,12 @@ async fn an_impostor_answering_at_a_candidate_is_not_taken_for_the_host() {
     blindrelay_tests::init_tracing();
     const PORT: &str = "41641";
     let direct = format!("0.0.0.0:{PORT}");
-    let Some(homes) =
-        Homes::build_with(Nat::Home, Player::Behind(Nat::Symmetric), &["--direct", &direct])
-            .await
+    let Some(homes) = Homes::build_with(
+        Nat::Home,
+        Player::Behind(Nat::Symmetric),
+        &["--direct", &direct],
+    )
+    .await
     else {
         return;
     };
