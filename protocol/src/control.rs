@@ -518,7 +518,7 @@ impl ControlMessage {
             },
             kind::OBSERVE => Self::Observe,
             kind::OBSERVED => Self::Observed {
-                addr: r.socket_addr("observed address")?,
+                addr: r.socket_addr()?,
             },
             kind::ERROR => Self::Error {
                 code: ErrorCode::from_u16(r.u16()?),

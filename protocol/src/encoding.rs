@@ -100,14 +100,14 @@ impl<'a> Reader<'a> {
 
     /// Takes a socket address: a family byte (4 or 6), the address's 4 or 16
     /// bytes, and the port, big-endian ([`put_socket_addr`]).
-    pub fn socket_addr(&mut self, field: &'static str) -> Result<SocketAddr, DecodeError> {
+    pub fn socket_addr(&mut self) -> Result<SocketAddr, DecodeError> {
         let ip = match self.u8()? {
             4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
             6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
             _ => {
                 return Err(DecodeError::InvalidField {
-                    field,
-                    reason: "address family is neither 4 nor 6",
+                    field: "address family",
+                    reason: "must be 4 or 6",
                 })
             }
         };
@@ -189,12 +189,12 @@ mod tests {
             put_socket_addr(&mut out, addr);
             assert_eq!(out.len(), if addr.is_ipv4() { 7 } else { 19 });
             let mut r = Reader::new(&out);
-            assert_eq!(r.socket_addr("addr").unwrap(), addr);
+            assert_eq!(r.socket_addr().unwrap(), addr);
             r.finish().unwrap();
         }
         let mut r = Reader::new(&[5, 0, 0]);
         assert!(matches!(
-            r.socket_addr("addr"),
+            r.socket_addr(),
             Err(DecodeError::InvalidField { .. })
         ));
     }

@@ -80,7 +80,7 @@ impl Candidates {
         }
         let mut addrs = Vec::with_capacity(count);
         for _ in 0..count {
-            let addr = r.socket_addr("candidate")?;
+            let addr = r.socket_addr()?;
             if addrs.contains(&addr) {
                 return Err(DecodeError::InvalidField {
                     field: "candidates",

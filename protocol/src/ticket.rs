@@ -18,12 +18,12 @@
 //! handshake authenticates.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use bytes::BufMut;
 
-use crate::encoding::{base32_decode, base32_encode, Reader};
+use crate::encoding::{base32_decode, base32_encode, put_socket_addr, Reader};
 use crate::error::DecodeError;
 use crate::keys::HostId;
 use crate::relay_url::{RelayUrl, RelayUrlError, MAX_URL_LEN};
@@ -136,17 +136,7 @@ impl Ticket {
         out.put_slice(url.as_bytes());
         out.put_u8(self.direct.len() as u8);
         for addr in &self.direct {
-            match addr.ip() {
-                IpAddr::V4(ip) => {
-                    out.put_u8(4);
-                    out.put_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.put_u8(6);
-                    out.put_slice(&ip.octets());
-                }
-            }
-            out.put_u16(addr.port());
+            put_socket_addr(&mut out, *addr);
         }
         let checksum = checksum(&out);
         out.put_slice(&checksum);
@@ -187,18 +177,7 @@ impl Ticket {
         }
         let mut direct = Vec::with_capacity(count);
         for _ in 0..count {
-            let ip = match r.u8()? {
-                4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
-                6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
-                _ => {
-                    return Err(DecodeError::InvalidField {
-                        field: "address family",
-                        reason: "must be 4 or 6",
-                    }
-                    .into())
-                }
-            };
-            direct.push(SocketAddr::new(ip, r.u16()?));
+            direct.push(r.socket_addr()?);
         }
         r.finish()?;
         Self::with_routes(host_id, relay, direct)

@@ -12,6 +12,7 @@
 //! short-lived thread that joins the namespace ([`Net::enter`]): a socket belongs to
 //! the namespace it was created in for its whole life, whichever thread uses it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -136,6 +137,33 @@ impl Net {
     /// loopback: packets `ns` routes to it are then its own.
     pub fn add_local_address(&self, ns: &Ns, addr: &str) {
         ip(&["-n", ns.name(), "addr", "add", addr, "dev", "lo"]);
+    }
+
+    /// A service on `ns`'s loopback, as a host forwards to: for each connection it
+    /// reads a request (length and seed, 8 bytes each, big-endian) and answers one
+    /// byte `+` and then that many bytes of the seed's pattern. Needs a runtime.
+    pub fn pattern_service(&self, ns: &Ns) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = self.enter(ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 16];
+                    if tcp.read_exact(&mut request).await.is_err() {
+                        return;
+                    }
+                    let len = u64::from_be_bytes(request[..8].try_into().unwrap());
+                    let seed = u64::from_be_bytes(request[8..].try_into().unwrap());
+                    if tcp.write_all(b"+").await.is_ok() {
+                        let _ = crate::write_pattern(&mut tcp, seed, len).await;
+                    }
+                });
+            }
+        });
+        addr
     }
 
     /// Sends everything `ns` has no route for to `via`.

@@ -68,7 +68,7 @@ impl World {
         let relay = net.start(&relay_ns, &bin.join("blindrelayd"), &["--listen", &listen]);
         let url = relay.value("relay url");
         assert!(url.starts_with(&format!("blindrelay://{listen}?")), "{url}");
-        let service = serve(&net, &host_ns).await;
+        let service = net.pattern_service(&host_ns);
         Some(Self {
             relay,
             url,
@@ -152,32 +152,6 @@ struct Fetched {
     first_byte: Duration,
     /// Pattern bytes received, all checked, before a clean end.
     total: u64,
-}
-
-/// The service behind the host, in the host's namespace on its loopback: for each
-/// connection, reads a request (length and seed, 8 bytes each, big-endian) and
-/// answers one byte `+` and then that many pattern bytes.
-async fn serve(net: &Net, ns: &Ns) -> SocketAddr {
-    let listener = net.enter(ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = [0u8; 16];
-                if tcp.read_exact(&mut request).await.is_err() {
-                    return;
-                }
-                let len = u64::from_be_bytes(request[..8].try_into().unwrap());
-                let seed = u64::from_be_bytes(request[8..].try_into().unwrap());
-                if tcp.write_all(b"+").await.is_ok() {
-                    let _ = blindrelay_tests::write_pattern(&mut tcp, seed, len).await;
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// Opens a TCP connection to `addr` from inside `ns`, asks the service for `len`

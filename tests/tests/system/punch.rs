@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use blindrelay_relay::Relay;
 use blindrelay_tests::netns::{Net, Ns};
 use blindrelay_tests::process::{binaries, Proc};
-use blindrelay_tests::{read_pattern, relay_config, write_pattern, PATIENCE};
+use blindrelay_tests::{read_pattern, relay_config, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1 << 20;
@@ -137,7 +137,7 @@ impl Homes {
             let _runtime = handle.enter();
             Relay::spawn(config).expect("the relay starts")
         });
-        let service = serve(&net, &host_ns).await;
+        let service = net.pattern_service(&host_ns);
         let key = net.dir().join("host.key");
         blindrelay_tests::process::keygen(&bin, &key, "host");
         let (url, forward) = (relay.url().to_string(), service.to_string());
@@ -196,32 +196,8 @@ impl Homes {
     }
 }
 
-/// The service behind the host, on the host's loopback: for each connection, reads
-/// a request (length and seed, 8 bytes each) and answers with that many pattern
-/// bytes.
-async fn serve(net: &Net, ns: &Ns) -> SocketAddr {
-    let listener = net.enter(ns, || std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = [0u8; 16];
-                if tcp.read_exact(&mut request).await.is_err() {
-                    return;
-                }
-                let len = u64::from_be_bytes(request[..8].try_into().unwrap());
-                let seed = u64::from_be_bytes(request[8..].try_into().unwrap());
-                let _ = write_pattern(&mut tcp, seed, len).await;
-            });
-        }
-    });
-    addr
-}
-
 /// A request for `len` bytes of `seed`'s pattern through the player at `addr`, from
-/// inside `ns`; the reply is read by the caller.
+/// inside `ns`; the reply's pattern is read by the caller (its `+` is read here).
 async fn ask(net: &Net, ns: &Ns, addr: SocketAddr, len: u64, seed: u64) -> tokio::net::TcpStream {
     let tcp = net.enter(ns, || std::net::TcpStream::connect(addr).expect("connect"));
     tcp.set_nonblocking(true).unwrap();
@@ -230,6 +206,11 @@ async fn ask(net: &Net, ns: &Ns, addr: SocketAddr, len: u64, seed: u64) -> tokio
     request[..8].copy_from_slice(&len.to_be_bytes());
     request[8..].copy_from_slice(&seed.to_be_bytes());
     tcp.write_all(&request).await.unwrap();
+    let mut plus = [0u8; 1];
+    tcp.read_exact(&mut plus)
+        .await
+        .expect("the reply's first byte");
+    assert_eq!(&plus, b"+");
     tcp
 }
 
