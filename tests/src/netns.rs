@@ -254,6 +254,119 @@ impl Net {
     }
 }
 
+/// What a home router does to its LAN's packets ([`Net::homes`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Nat {
+    /// One public port per inside socket whatever the destination
+    /// (endpoint-independent mapping); in only what answers a flow the inside
+    /// opened.
+    Home,
+    /// A new random public port for each destination.
+    Symmetric,
+}
+
+/// Where the player of [`Net::homes`] is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Player {
+    /// In a home of its own, behind a router doing this.
+    Behind(Nat),
+    /// In the host's home, on another LAN of the host's router, which does not
+    /// hairpin: a packet to its own public address is dropped.
+    WithTheHost,
+}
+
+impl Nat {
+    /// The router's ruleset, `wan` its public interface and `public` its address.
+    /// Each router also drops what arrives unasked on its own public address:
+    /// otherwise conntrack records a peer's early packet as a flow to the router,
+    /// and the NAT then gives the inside's answer another port.
+    fn ruleset(self, wan: &str, public: &str) -> String {
+        let translate = match self {
+            Self::Home => format!("oifname \"{wan}\" snat to {public}"),
+            Self::Symmetric => format!("oifname \"{wan}\" snat to {public} fully-random"),
+        };
+        format!(
+            "table ip nat {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    {translate}
+  }}
+}}
+table ip filter {{
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname \"{wan}\" ct state != {{ established, related }} drop
+    iifname != \"{wan}\" ip daddr {public} drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname \"{wan}\" ct state != {{ established, related }} drop
+  }}
+}}
+"
+        )
+    }
+}
+
+/// The namespaces of [`Net::homes`].
+pub struct HomeNets {
+    /// The internet, where a relay listens on `relay_ip`.
+    pub inet: Ns,
+    /// An address of `inet` both homes reach.
+    pub relay_ip: String,
+    /// The host's machine, behind its router.
+    pub host_ns: Ns,
+    /// The router in front of the player.
+    pub player_router: Ns,
+    /// The player's machine.
+    pub player_ns: Ns,
+}
+
+impl Net {
+    /// Two homes and the internet between them: the host behind a router doing
+    /// `host_nat`, the player where `player` says.
+    ///
+    /// ```text
+    ///   host 10.77.3.2 -- ra (NAT to 10.77.1.2) --+
+    ///                                             inet (10.77.1.1)
+    /// player 10.77.4.2 -- rb (NAT to 10.77.2.2) --+
+    /// ```
+    pub fn homes(&mut self, host_nat: Nat, player: Player) -> HomeNets {
+        let inet = self.namespace("inet");
+        let ra = self.namespace("ra");
+        let rb = self.namespace("rb");
+        let host_ns = self.namespace("host");
+        let player_ns = self.namespace("player");
+        // `link` names the interfaces v<subnet>a and v<subnet>b.
+        let (inet_a, ra_public) = self.link(&inet, &ra, 1);
+        let (inet_b, rb_public) = self.link(&inet, &rb, 2);
+        let (ra_lan, _host_ip) = self.link(&ra, &host_ns, 3);
+        let player_router = match player {
+            Player::Behind(_) => rb.clone(),
+            Player::WithTheHost => ra.clone(),
+        };
+        let (player_lan, _player_ip) = self.link(&player_router, &player_ns, 4);
+        for ns in [&inet, &ra, &rb] {
+            self.sysctl(ns, "net.ipv4.ip_forward", "1");
+        }
+        self.default_route(&ra, &inet_a);
+        self.default_route(&rb, &inet_b);
+        self.default_route(&host_ns, &ra_lan);
+        self.default_route(&player_ns, &player_lan);
+        self.nft(&ra, &host_nat.ruleset("v1b", &ra_public));
+        if let Player::Behind(player_nat) = player {
+            self.nft(&rb, &player_nat.ruleset("v2b", &rb_public));
+        }
+        HomeNets {
+            inet,
+            relay_ip: inet_a,
+            host_ns,
+            player_router,
+            player_ns,
+        }
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         // A namespace whose processes live on would outlast `ip netns del`: kill

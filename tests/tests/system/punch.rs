@@ -23,59 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blindrelay_relay::Relay;
-use blindrelay_tests::netns::{Net, Ns};
+use blindrelay_tests::netns::{HomeNets, Nat, Net, Ns, Player};
 use blindrelay_tests::process::{binaries, Proc};
 use blindrelay_tests::{read_pattern, relay_config, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1 << 20;
-
-/// What a router does to its LAN's packets.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Nat {
-    Home,
-    Symmetric,
-}
-
-/// Where the player is.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Player {
-    /// In a home of its own, behind a router doing this.
-    Behind(Nat),
-    /// In the host's home, on another LAN of the host's router, which does not
-    /// hairpin: a packet to its own public address is dropped.
-    WithTheHost,
-}
-
-impl Nat {
-    /// The router's ruleset, `wan` its public interface and `public` its address.
-    fn ruleset(self, wan: &str, public: &str) -> String {
-        let translate = match self {
-            Self::Home => format!("oifname \"{wan}\" snat to {public}"),
-            Self::Symmetric => format!("oifname \"{wan}\" snat to {public} fully-random"),
-        };
-        format!(
-            "table ip nat {{
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    {translate}
-  }}
-}}
-table ip filter {{
-  chain input {{
-    type filter hook input priority filter; policy accept;
-    iifname \"{wan}\" ct state != {{ established, related }} drop
-    iifname != \"{wan}\" ip daddr {public} drop
-  }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    iifname \"{wan}\" ct state != {{ established, related }} drop
-  }}
-}}
-"
-        )
-    }
-}
 
 /// The two homes and the internet between them. Fields drop in order: processes
 /// and the relay before the namespaces they run in.
@@ -102,36 +55,18 @@ impl Homes {
     async fn build_with(host_nat: Nat, player: Player, host_flags: &[&str]) -> Option<Self> {
         let mut net = Net::try_new()?;
         let bin = binaries();
-        let inet = net.namespace("inet");
-        let ra = net.namespace("ra");
-        let rb = net.namespace("rb");
-        let host_ns = net.namespace("host");
-        let player_ns = net.namespace("player");
-        // `link` names the interfaces v<subnet>a and v<subnet>b.
-        let (inet_a, ra_public) = net.link(&inet, &ra, 1);
-        let (inet_b, rb_public) = net.link(&inet, &rb, 2);
-        let (ra_lan, _host_ip) = net.link(&ra, &host_ns, 3);
-        let player_router = match player {
-            Player::Behind(_) => rb.clone(),
-            Player::WithTheHost => ra.clone(),
-        };
-        let (player_lan, _player_ip) = net.link(&player_router, &player_ns, 4);
-        for ns in [&inet, &ra, &rb] {
-            net.sysctl(ns, "net.ipv4.ip_forward", "1");
-        }
-        net.default_route(&ra, &inet_a);
-        net.default_route(&rb, &inet_b);
-        net.default_route(&host_ns, &ra_lan);
-        net.default_route(&player_ns, &player_lan);
-        net.nft(&ra, &host_nat.ruleset("v1b", &ra_public));
-        if let Player::Behind(player_nat) = player {
-            net.nft(&rb, &player_nat.ruleset("v2b", &rb_public));
-        }
+        let HomeNets {
+            inet,
+            relay_ip,
+            host_ns,
+            player_router,
+            player_ns,
+        } = net.homes(host_nat, player);
 
         // The relay, in-process with its sockets in `inet`: its counters say what
         // crossed it.
         let mut config = relay_config();
-        config.listen = format!("{inet_a}:0").parse().unwrap();
+        config.listen = format!("{relay_ip}:0").parse().unwrap();
         let handle = tokio::runtime::Handle::current();
         let relay = net.enter(&inet, || {
             let _runtime = handle.enter();
