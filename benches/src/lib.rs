@@ -15,6 +15,7 @@ pub mod measure;
 pub mod noise_fixture;
 pub mod plot;
 pub mod progress;
+pub mod punch;
 pub mod raw;
 pub mod record;
 pub mod relay_process;

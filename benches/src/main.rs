@@ -71,6 +71,9 @@ enum Command {
         #[command(flatten)]
         args: tiny::TinyArgs,
     },
+    /// Downloads that start relayed between two home NATs in network namespaces it
+    /// builds (root): how many move to a punched direct path, and how soon.
+    Punch(blindrelay_bench::punch::PunchArgs),
     /// Renders JSON results into BENCHMARKS.md.
     Report {
         /// JSON files written with --json, in the order to show them.
@@ -107,6 +110,7 @@ async fn main() -> Result<()> {
         Command::Soak { common, args } => (common, Scenario::Soak(args)),
         Command::Tiny { common, args } => (common, Scenario::Tiny(args)),
         Command::Report { files, out } => return report(files, out.as_ref()),
+        Command::Punch(args) => return blindrelay_bench::punch::run(args).await,
         Command::ServeRelay(args) => return relay_process::run_child_relay(args.clone()).await,
     };
     let planned = match scenario {
