@@ -159,6 +159,25 @@ impl HostConfig {
     }
 }
 
+/// Where a host that punches and has no direct listener of its own listens: any
+/// port, in the relay's address family, since its relay connection leaves from
+/// this socket (a relay named by a DNS name is taken to be reached over IPv4).
+fn punch_listen_addr(config: &HostConfig) -> SocketAddr {
+    let v6 = config.relay.as_ref().is_some_and(|relay| {
+        relay
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok()
+    });
+    if v6 {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
 /// Where the agent stands with its relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -320,7 +339,7 @@ impl HostAgent {
         let punch_only = config.punch && config.direct.is_none() && config.relay.is_some();
         let listen_on = config
             .direct
-            .or(punch_only.then_some(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))));
+            .or(punch_only.then(|| punch_listen_addr(&config)));
         let mut punch_socket = None;
         let listener = match listen_on {
             Some(addr) => {
@@ -556,4 +575,24 @@ async fn run(
         RelaySideEnd::Shutdown => "shut down".to_owned(),
     };
     control.state.send_replace(HostState::Stopped { reason });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_punches_from_the_family_its_relay_is_reached_in() {
+        let key = SecretKey::generate().unwrap();
+        let at = |host: &str| {
+            let relay = RelayUrl::new(host, 4433, None).unwrap();
+            punch_listen_addr(&HostConfig::new(key.clone(), relay))
+        };
+        assert_eq!(at("203.0.113.7"), SocketAddr::from(([0, 0, 0, 0], 0)));
+        assert_eq!(at("relay.example.net"), SocketAddr::from(([0, 0, 0, 0], 0)));
+        assert_eq!(
+            at("2001:db8::7"),
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        );
+    }
 }
