@@ -36,6 +36,11 @@ const PAUSE: Duration = Duration::from_secs(1);
 /// How long after a round of failed attempts a new session may start another.
 pub(super) const RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// Within [`RETRY_AFTER`], how often a new session may ask the relay whether this
+/// player's own candidates changed (a phone that moved networks), which starts a
+/// round at once.
+pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// Where punching stands for each host this player reached.
 #[derive(Default)]
 pub(super) struct Punched {
@@ -48,8 +53,11 @@ struct PunchState {
     direct: watch::Sender<Option<SocketAddr>>,
     /// A round of attempts runs.
     running: bool,
-    /// When the last round failed.
+    /// When the last round failed, and with which candidates of this player's.
     failed_at: Option<Instant>,
+    failed_with: Option<Candidates>,
+    /// When a new session last checked whether those candidates changed.
+    checked_at: Option<Instant>,
     /// The host answered a punch hello as a host that does not punch.
     refused: bool,
 }
@@ -60,6 +68,8 @@ impl PunchState {
             direct: watch::Sender::new(None),
             running: false,
             failed_at: None,
+            failed_with: None,
+            checked_at: None,
             refused: false,
         }
     }
@@ -82,30 +92,61 @@ impl Punched {
         self.with(host_id, |host| host.direct.subscribe())
     }
 
-    /// Whether a round of attempts should start now, and if so marks it running.
-    fn start_round(&self, host_id: &HostId) -> bool {
+    /// Whether a round of attempts should start now (then marked running), or a
+    /// new session should first check whether this player's candidates changed
+    /// since the last round failed ([`Punched::start_round_if_changed`]).
+    fn start_round(&self, host_id: &HostId) -> Round {
         self.with(host_id, |host| {
-            let due = !host.running
-                && !host.refused
-                && host.direct.borrow().is_none()
-                && host
-                    .failed_at
-                    .is_none_or(|failed| failed.elapsed() >= RETRY_AFTER);
+            if host.running || host.refused || host.direct.borrow().is_some() {
+                return Round::No;
+            }
+            let recent = host
+                .failed_at
+                .filter(|failed| failed.elapsed() < RETRY_AFTER);
+            if recent.is_none() {
+                host.running = true;
+                return Round::Due;
+            }
+            if host
+                .checked_at
+                .is_some_and(|checked| checked.elapsed() < CHECK_EVERY)
+            {
+                return Round::No;
+            }
+            host.checked_at = Some(Instant::now());
+            Round::Check
+        })
+    }
+
+    /// A round starts within the minute after a failed one only if this player's
+    /// candidates are no longer `ours`.
+    fn start_round_if_changed(&self, host_id: &HostId, ours: &Candidates) -> bool {
+        self.with(host_id, |host| {
+            // Unknown before (the round failed before it knew them): no change seen.
+            let changed = host
+                .failed_with
+                .as_ref()
+                .is_some_and(|failed| failed != ours);
+            let due = changed && !host.running && host.direct.borrow().is_none();
             host.running |= due;
             due
         })
     }
 
-    fn end_round(&self, host_id: &HostId, outcome: &Outcome) {
+    fn end_round(&self, host_id: &HostId, outcome: Outcome) {
         self.with(host_id, |host| {
             host.running = false;
             match outcome {
                 Outcome::Direct(addr) => {
                     host.failed_at = None;
-                    host.direct.send_replace(Some(*addr));
+                    host.failed_with = None;
+                    host.direct.send_replace(Some(addr));
                 }
                 Outcome::Refused => host.refused = true,
-                Outcome::Failed => host.failed_at = Some(Instant::now()),
+                Outcome::Failed(ours) => {
+                    host.failed_at = Some(Instant::now());
+                    host.failed_with = ours;
+                }
             }
         });
     }
@@ -124,12 +165,22 @@ impl Punched {
     }
 }
 
+/// Whether a new session starts a round of attempts.
+#[derive(Debug, PartialEq, Eq)]
+enum Round {
+    No,
+    Due,
+    /// Only if this player's candidates changed since the last failed round.
+    Check,
+}
+
 /// How a round of attempts ended.
 enum Outcome {
     Direct(SocketAddr),
     /// The host does not punch (it is from before punching, or switched it off).
     Refused,
-    Failed,
+    /// With this player's candidates, as far as it knew them.
+    Failed(Option<Candidates>),
 }
 
 /// Why one attempt failed.
@@ -141,8 +192,9 @@ enum AttemptError {
     Session(#[from] ConnectError),
     #[error("the punch session failed: {0}")]
     Io(#[from] std::io::Error),
-    #[error("no candidate of the host's answered")]
-    NoCandidate,
+    /// The attempt ran with these candidates of this player's, and failed.
+    #[error("{1}")]
+    Failed(Candidates, &'static str),
 }
 
 impl Player {
@@ -150,7 +202,11 @@ impl Player {
     /// unless one exists, a round runs, or the last failed less than a minute ago.
     pub(super) fn punch_in_background(&self, ticket: &Ticket) {
         let connector = &self.connector;
-        if !connector.config.punch || !connector.punched.start_round(ticket.host_id()) {
+        if !connector.config.punch {
+            return;
+        }
+        let round = connector.punched.start_round(ticket.host_id());
+        if round == Round::No {
             return;
         }
         let player = Player {
@@ -159,7 +215,20 @@ impl Player {
         let ticket = ticket.clone();
         tokio::spawn(async move {
             let host_id = *ticket.host_id();
-            let mut outcome = Outcome::Failed;
+            if round == Round::Check {
+                let ours = player.our_candidates().await;
+                let changed = ours.as_ref().is_ok_and(|ours| {
+                    player
+                        .connector
+                        .punched
+                        .start_round_if_changed(&host_id, ours)
+                });
+                if !changed {
+                    return;
+                }
+                info!(host = %host_id.short(), "this player's addresses changed: punching again");
+            }
+            let mut outcome = Outcome::Failed(None);
             for attempt in 1..=ATTEMPTS {
                 match player.punch_once(&ticket).await {
                     Ok(addr) => {
@@ -172,6 +241,10 @@ impl Player {
                         outcome = Outcome::Refused;
                         break;
                     }
+                    Err(AttemptError::Failed(ours, err)) => {
+                        debug!(host = %host_id.short(), attempt, %err, "punching failed");
+                        outcome = Outcome::Failed(Some(ours));
+                    }
                     Err(err) => {
                         debug!(host = %host_id.short(), attempt, %err, "punching failed");
                     }
@@ -182,15 +255,16 @@ impl Player {
             }
             if let Outcome::Direct(addr) = outcome {
                 player.watch_direct(host_id, addr);
-            } else if matches!(outcome, Outcome::Failed) {
+            } else if matches!(outcome, Outcome::Failed(_)) {
                 info!(host = %host_id.short(), "no direct path to the host (its NAT or this one maps per destination, or UDP is blocked): sessions stay relayed");
             }
-            player.connector.punched.end_round(&host_id, &outcome);
+            player.connector.punched.end_round(&host_id, outcome);
         });
     }
 
-    /// One attempt: observe, swap candidates, dial.
-    async fn punch_once(&self, ticket: &Ticket) -> Result<SocketAddr, AttemptError> {
+    /// This player's candidates: the address the relay sees it from, and its LAN
+    /// address, both on the socket its relay connection uses.
+    async fn our_candidates(&self) -> Result<Candidates, AttemptError> {
         let connector = &self.connector;
         let relay = connector
             .relays
@@ -203,7 +277,13 @@ impl Player {
             .local_addr()?
             .port();
         let lan = lan_candidate(relay.remote_address(), port);
-        let ours = Candidates::new(observed.into_iter().chain(lan));
+        Ok(Candidates::new(observed.into_iter().chain(lan)))
+    }
+
+    /// One attempt: observe, swap candidates, dial.
+    async fn punch_once(&self, ticket: &Ticket) -> Result<SocketAddr, AttemptError> {
+        let connector = &self.connector;
+        let ours = self.our_candidates().await?;
         let mut session = self
             .connect_with(ticket, PathPreference::RelayOnly, Hello::Punch)
             .await?;
@@ -242,7 +322,10 @@ impl Player {
         dials.abort_all();
         // Done: the host stops punching.
         let _ = session.shutdown().await;
-        punched.ok_or(AttemptError::NoCandidate)
+        punched.ok_or(AttemptError::Failed(
+            ours,
+            "no candidate of the host's answered",
+        ))
     }
 
     /// Forgets the punched address when its connection closes.
@@ -295,43 +378,81 @@ mod tests {
         "203.0.113.7:40123".parse().unwrap()
     }
 
+    fn ours(port: u16) -> Candidates {
+        Candidates::new([SocketAddr::from(([198, 51, 100, 9], port))])
+    }
+
     #[test]
     fn one_round_at_a_time_and_none_while_a_path_is_punched() {
         let punched = Punched::default();
-        assert!(punched.start_round(&host()));
-        assert!(!punched.start_round(&host()), "a round runs");
-        punched.end_round(&host(), &Outcome::Direct(addr()));
+        assert_eq!(punched.start_round(&host()), Round::Due);
+        assert_eq!(punched.start_round(&host()), Round::No, "a round runs");
+        punched.end_round(&host(), Outcome::Direct(addr()));
         assert_eq!(punched.direct(&host()), Some(addr()));
-        assert!(!punched.start_round(&host()), "already direct");
+        assert_eq!(punched.start_round(&host()), Round::No, "already direct");
         // Another address closing changes nothing; this one's closing forgets it.
         punched.lost(&host(), "203.0.113.7:1".parse().unwrap());
         assert_eq!(punched.direct(&host()), Some(addr()));
         punched.lost(&host(), addr());
         assert_eq!(punched.direct(&host()), None);
-        assert!(punched.start_round(&host()), "lost: punch again");
+        assert_eq!(
+            punched.start_round(&host()),
+            Round::Due,
+            "lost: punch again"
+        );
     }
 
     #[test]
-    fn a_failed_round_waits_a_minute_and_a_host_that_does_not_punch_is_left_alone() {
+    fn a_failed_round_waits_a_minute_unless_this_players_candidates_changed() {
         let punched = Punched::default();
-        assert!(punched.start_round(&host()));
-        punched.end_round(&host(), &Outcome::Failed);
-        assert!(!punched.start_round(&host()), "within the minute");
+        // Failed before it knew its candidates: no change can be seen.
+        assert_eq!(punched.start_round(&host()), Round::Due);
+        punched.end_round(&host(), Outcome::Failed(None));
+        assert_eq!(punched.start_round(&host()), Round::Check);
+        assert!(!punched.start_round_if_changed(&host(), &ours(1000)));
+        punched.with(&host(), |state| {
+            state.failed_at = Instant::now().checked_sub(RETRY_AFTER);
+            state.checked_at = None;
+        });
+        assert_eq!(punched.start_round(&host()), Round::Due);
+        punched.end_round(&host(), Outcome::Failed(Some(ours(1000))));
+        // Within the minute a session may check its candidates, every 5 s at most.
+        assert_eq!(punched.start_round(&host()), Round::Check);
+        assert_eq!(punched.start_round(&host()), Round::No, "checked just now");
+        assert!(
+            !punched.start_round_if_changed(&host(), &ours(1000)),
+            "the same"
+        );
+        punched.with(&host(), |state| {
+            state.checked_at = Instant::now().checked_sub(CHECK_EVERY);
+        });
+        assert_eq!(punched.start_round(&host()), Round::Check);
+        assert!(
+            punched.start_round_if_changed(&host(), &ours(2000)),
+            "moved"
+        );
+        assert_eq!(punched.start_round(&host()), Round::No, "that round runs");
+        punched.end_round(&host(), Outcome::Failed(Some(ours(2000))));
+        // A minute on, a round whatever the candidates.
         punched.with(&host(), |state| {
             state.failed_at = Instant::now().checked_sub(RETRY_AFTER);
         });
-        assert!(punched.start_round(&host()), "a minute later");
-        punched.end_round(&host(), &Outcome::Refused);
+        assert_eq!(punched.start_round(&host()), Round::Due);
+        punched.end_round(&host(), Outcome::Refused);
         punched.with(&host(), |state| state.failed_at = None);
-        assert!(!punched.start_round(&host()), "the host does not punch");
+        assert_eq!(
+            punched.start_round(&host()),
+            Round::No,
+            "the host does not punch"
+        );
     }
 
     #[tokio::test]
     async fn a_running_session_sees_the_punched_address_appear_and_go() {
         let punched = Punched::default();
         let mut watch = punched.watch(&host());
-        assert!(punched.start_round(&host()));
-        punched.end_round(&host(), &Outcome::Direct(addr()));
+        assert_eq!(punched.start_round(&host()), Round::Due);
+        punched.end_round(&host(), Outcome::Direct(addr()));
         watch.changed().await.unwrap();
         assert_eq!(*watch.borrow_and_update(), Some(addr()));
         punched.lost(&host(), addr());
