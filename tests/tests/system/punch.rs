@@ -279,11 +279,13 @@ async fn stays_relayed_behind(host_nat: Nat, player_nat: Nat) {
     assert_eq!(finish(tcp, 22, &[]).await, MIB);
     let second = player.wait_log("session open");
     assert!(second.contains("path=relayed"), "{second}");
+    // The session asked the relay whether this player's addresses changed; they
+    // did not, so no second round runs within the minute.
     assert!(
         player
-            .wait_log_within("direct path to the host", Duration::from_millis(500))
+            .wait_log_within("punching again", Duration::from_secs(1))
             .is_none(),
-        "no direct path was claimed, and no second round ran"
+        "no second round ran"
     );
 }
 
