@@ -343,10 +343,7 @@ impl Player {
             Hello::Resumable
         };
         let stream = self.connect_with(ticket, preference, hello).await?;
-        // Only from a relay reached over UDP: where UDP does not get through, neither
-        // would a punch (and the relay could not observe a UDP mapping).
-        let over_udp = stream.relay_transport() == Some(RelayTransport::Quic);
-        if over_udp && preference == PathPreference::Auto {
+        if punches_after(stream.relay_transport(), preference) {
             self.punch_in_background(ticket);
         }
         if !stream.transport().resumable() {
@@ -389,6 +386,14 @@ impl Player {
             connection.close(codes::close::NORMAL.into(), b"player closing");
         }
     }
+}
+
+/// Whether a new session that `relay_transport` carries (`None`: direct) starts
+/// punching: only on `auto`, and only from a relay reached over UDP (where UDP does
+/// not get through, neither would a punch, and the relay could not observe a UDP
+/// mapping).
+fn punches_after(relay_transport: Option<RelayTransport>, preference: PathPreference) -> bool {
+    relay_transport == Some(RelayTransport::Quic) && preference == PathPreference::Auto
 }
 
 /// A session stream being set up. If the set-up is abandoned (the attempt lost the
@@ -497,6 +502,35 @@ impl Connector {
             incoming_streams: 0,
             keep_alive: self.config.keep_alive,
             idle_timeout: self.config.idle_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_session_relayed_over_quic_on_auto_starts_punching() {
+        assert!(punches_after(
+            Some(RelayTransport::Quic),
+            PathPreference::Auto
+        ));
+        for transport in [
+            None,
+            Some(RelayTransport::Tcp),
+            Some(RelayTransport::WebSocket),
+        ] {
+            assert!(
+                !punches_after(transport, PathPreference::Auto),
+                "{transport:?}"
+            );
+        }
+        for preference in [PathPreference::RelayOnly, PathPreference::DirectOnly] {
+            assert!(
+                !punches_after(Some(RelayTransport::Quic), preference),
+                "{preference}"
+            );
         }
     }
 }

@@ -151,6 +151,12 @@ impl Punched {
         });
     }
 
+    /// Marks `addr` punched for `host_id`, as a round that succeeded does.
+    #[cfg(test)]
+    pub(super) fn punched_for_test(&self, host_id: &HostId, addr: SocketAddr) {
+        self.end_round(host_id, Outcome::Direct(addr));
+    }
+
     /// The punched connection to `addr` closed: forget it.
     fn lost(&self, host_id: &HostId, addr: SocketAddr) {
         self.with(host_id, |host| {
@@ -431,7 +437,14 @@ mod tests {
             punched.start_round_if_changed(&host(), &ours(2000)),
             "moved"
         );
+        punched.with(&host(), |state| {
+            state.checked_at = Instant::now().checked_sub(CHECK_EVERY);
+        });
         assert_eq!(punched.start_round(&host()), Round::No, "that round runs");
+        assert!(
+            !punched.start_round_if_changed(&host(), &ours(3000)),
+            "one at a time"
+        );
         punched.end_round(&host(), Outcome::Failed(Some(ours(2000))));
         // A minute on, a round whatever the candidates.
         punched.with(&host(), |state| {

@@ -65,6 +65,38 @@ impl RacePlan {
     }
 }
 
+/// Puts the punched address first among the direct ones, where `preference` is
+/// `auto` and the session is no punch session (which goes through the relay);
+/// whether it did, and the relay must then give it its head start.
+fn race_punched_first(
+    direct: &mut Vec<SocketAddr>,
+    punched: Option<SocketAddr>,
+    preference: PathPreference,
+    hello: Hello,
+) -> bool {
+    match punched {
+        Some(addr)
+            if preference == PathPreference::Auto
+                && hello != Hello::Punch
+                && !direct.contains(&addr) =>
+        {
+            direct.insert(0, addr);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The path a direct attempt to `addr` reports: punched when it is the punched
+/// address and not one the ticket offers anyway.
+fn attempt_path(addr: SocketAddr, punched: Option<SocketAddr>, ticket: &Ticket) -> SessionPath {
+    if Some(addr) == punched && !ticket.direct_addrs().contains(&addr) {
+        SessionPath::Punched
+    } else {
+        SessionPath::Direct
+    }
+}
+
 /// Why a race that nothing won failed: the relay's answer, the clearer one ("relay
 /// disabled or host offline"), when it was tried; otherwise why the first direct
 /// address failed.
@@ -92,23 +124,14 @@ impl Player {
             mut relay,
             mut relay_delay,
         } = RacePlan::new(ticket, preference, relay_delay)?;
-        // A punched path is raced first, ahead of the relay by the relay delay; a
-        // punch session itself goes through the relay.
         let punched = self.connector.punched_addr(ticket.host_id());
-        if let (Some(addr), true) = (punched, preference == PathPreference::Auto) {
-            if hello != Hello::Punch && !direct.contains(&addr) {
-                direct.insert(0, addr);
-                relay_delay = self.connector.config.relay_delay;
-            }
+        if race_punched_first(&mut direct, punched, preference, hello) {
+            relay_delay = self.connector.config.relay_delay;
         }
         let mut attempts = JoinSet::new();
         for &addr in &direct {
             let (connector, host_id) = (self.connector.clone(), *ticket.host_id());
-            let path = if Some(addr) == punched && !ticket.direct_addrs().contains(&addr) {
-                SessionPath::Punched
-            } else {
-                SessionPath::Direct
-            };
+            let path = attempt_path(addr, punched, ticket);
             attempts.spawn(async move {
                 let attempt = connector.connect_direct(addr, host_id, hello, path).await;
                 (Attempt::Direct, attempt)
@@ -258,6 +281,72 @@ mod tests {
                 other => panic!("{preference}: {:?}", other.map(|_| ())),
             }
         }
+    }
+
+    #[test]
+    fn a_punched_address_races_first_only_on_auto_and_never_for_a_punch_session() {
+        let punched: SocketAddr = "203.0.113.7:40123".parse().unwrap();
+        let ticket_addr: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mut direct = vec![ticket_addr];
+        assert!(race_punched_first(
+            &mut direct,
+            Some(punched),
+            PathPreference::Auto,
+            Hello::Resumable
+        ));
+        assert_eq!(direct, [punched, ticket_addr]);
+        assert!(
+            !race_punched_first(
+                &mut direct,
+                Some(punched),
+                PathPreference::Auto,
+                Hello::Resumable
+            ),
+            "not twice"
+        );
+        assert_eq!(direct.len(), 2);
+        for (preference, hello) in [
+            (PathPreference::RelayOnly, Hello::Resumable),
+            (PathPreference::DirectOnly, Hello::Plain),
+            (PathPreference::Auto, Hello::Punch),
+        ] {
+            let mut direct = vec![ticket_addr];
+            assert!(!race_punched_first(
+                &mut direct,
+                Some(punched),
+                preference,
+                hello
+            ));
+            assert_eq!(direct, [ticket_addr], "{preference} {hello:?}");
+        }
+        let mut none = Vec::new();
+        assert!(!race_punched_first(
+            &mut none,
+            None,
+            PathPreference::Auto,
+            Hello::Plain
+        ));
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn only_a_punched_address_the_ticket_does_not_offer_reports_a_punched_path() {
+        let with = ticket(Some(relay()), &["192.0.2.1:5000"]);
+        let offered: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let punched: SocketAddr = "203.0.113.7:40123".parse().unwrap();
+        assert_eq!(
+            attempt_path(punched, Some(punched), &with),
+            SessionPath::Punched
+        );
+        assert_eq!(
+            attempt_path(offered, Some(offered), &with),
+            SessionPath::Direct
+        );
+        assert_eq!(
+            attempt_path(offered, Some(punched), &with),
+            SessionPath::Direct
+        );
+        assert_eq!(attempt_path(punched, None, &with), SessionPath::Direct);
     }
 
     #[test]

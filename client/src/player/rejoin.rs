@@ -40,6 +40,12 @@ pub(super) struct PlayerRejoin {
     moving: Option<Attempt>,
 }
 
+/// Whether a session on `path`, opened with `preference`, moves to a punched path:
+/// a relayed one on `auto`.
+fn may_move(path: SessionPath, preference: PathPreference) -> bool {
+    !path.is_direct() && preference == PathPreference::Auto
+}
+
 type Changed = Pin<Box<dyn Future<Output = watch::Receiver<Option<SocketAddr>>> + Send>>;
 
 impl PlayerRejoin {
@@ -130,7 +136,7 @@ impl Rejoin<StreamRecv, StreamSend> for PlayerRejoin {
         id: ResumeId,
         path: SessionPath,
     ) -> Poll<Rejoined<StreamRecv, StreamSend>> {
-        if path.is_direct() || self.preference != PathPreference::Auto {
+        if !may_move(path, self.preference) {
             self.moving = None;
             return Poll::Pending;
         }
@@ -154,5 +160,40 @@ impl Rejoin<StreamRecv, StreamSend> for PlayerRejoin {
                     .await
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_sees_a_punched_path_once_it_appears() {
+        use blindrelay_protocol::{HostId, SecretKey};
+        let player = Player::new(crate::PlayerConfig::new(SecretKey::generate().unwrap()));
+        let host_id = HostId::from_bytes([7; 32]);
+        let ticket =
+            Ticket::with_routes(host_id, None, vec!["192.0.2.1:5000".parse().unwrap()]).unwrap();
+        let connector = player.connector.clone();
+        let mut rejoin = PlayerRejoin::new(player, ticket, PathPreference::Auto);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(
+            rejoin.poll_punched(&mut cx).is_pending(),
+            "none punched yet"
+        );
+        let addr: SocketAddr = "203.0.113.7:40123".parse().unwrap();
+        connector.punched.punched_for_test(&host_id, addr);
+        assert_eq!(rejoin.poll_punched(&mut cx), Poll::Ready(Some(addr)));
+        assert!(rejoin.poll_punched(&mut cx).is_pending(), "told once");
+    }
+
+    #[test]
+    fn only_a_relayed_session_on_auto_moves_to_a_punched_path() {
+        assert!(may_move(SessionPath::Relayed, PathPreference::Auto));
+        assert!(!may_move(SessionPath::Direct, PathPreference::Auto));
+        assert!(!may_move(SessionPath::Punched, PathPreference::Auto));
+        assert!(!may_move(SessionPath::Relayed, PathPreference::RelayOnly));
+        assert!(!may_move(SessionPath::Relayed, PathPreference::DirectOnly));
     }
 }
