@@ -1271,6 +1271,47 @@ mod tests {
         }
     }
 
+    /// A host from before punching read a hello's payload as this did: 32 zero
+    /// bytes a new resumable session, any other 32 bytes a resume id. It takes the
+    /// punch hello for a resume it does not hold, answers "unknown session", and
+    /// never hands the session to its application; the player of today reads that
+    /// answer as "this host does not punch" (PROTOCOL.md 12).
+    #[test]
+    fn a_host_from_before_punching_answers_a_punch_hello_with_unknown_session() {
+        let old_reading = |payload: &[u8]| match <[u8; RESUME_ID_LEN]>::try_from(payload) {
+            Ok(bytes) if bytes == [0; RESUME_ID_LEN] => Hello::Resumable,
+            Ok(bytes) => Hello::Resume(ResumeId(bytes)),
+            Err(_) => Hello::Plain,
+        };
+        assert_eq!(PUNCH_HELLO.len(), RESUME_ID_LEN);
+        assert_eq!(&PUNCH_HELLO, b"blindrelay/1 punch, direct path?");
+        assert_eq!(
+            old_reading(Hello::Punch.payload()),
+            Hello::Resume(ResumeId(PUNCH_HELLO))
+        );
+        // Every other hello reads as it did.
+        for hello in [
+            Hello::Plain,
+            Hello::Resumable,
+            Hello::Resume(ResumeId([9; 32])),
+        ] {
+            assert_eq!(old_reading(hello.payload()), hello);
+            assert_eq!(Hello::from_payload(hello.payload()), hello);
+        }
+        // What that old host sends: "unknown session" on a resume it lacks, sealed
+        // as it sealed it; the punching player takes it as a refusal.
+        let (player, host, _, _) = hello_and_reply(Hello::Punch);
+        let mut wire = BytesMut::new();
+        let mut host = host.transport;
+        host.seal_verdict(Verdict::UnknownSession, &mut wire)
+            .unwrap();
+        let frame = split_frame(&mut wire).unwrap();
+        assert!(matches!(
+            player.open_verdict(&frame),
+            Ok(VerdictOpened::UnknownSession(_))
+        ));
+    }
+
     /// A player from before resumption, byte for byte (PROTOCOL.md 10.7's hello,
     /// with its empty payload): a host of today reads it as a plain session and
     /// answers with the very bytes it answered then, welcome 0x00 included, so that
