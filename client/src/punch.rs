@@ -13,14 +13,17 @@
 //! socket, whatever the destination) the player's dial gets through; between
 //! symmetric NATs it cannot, and the session stays relayed. The direct connection is
 //! a host's direct listener like any other: what authenticates the host on it is
-//! the Noise handshake to its host id, and running sessions move to it by resuming
+//! the Noise handshake to its host id, and a path check binds that handshake to the
+//! connection the player dialled ([`path_binding`]); running sessions move to it by
+//! resuming
 //! there (PROTOCOL.md 10.8).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use blindrelay_protocol::punch::Candidates;
+use blindrelay_protocol::punch::{Candidates, PathCheck, BINDING_LABEL, BINDING_LEN};
 use blindrelay_protocol::ControlMessage;
+use blindrelay_protocol::DecodeError;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -104,13 +107,39 @@ pub(crate) async fn send_candidates(
 pub(crate) async fn read_candidates(
     stream: &mut (impl AsyncRead + Unpin),
 ) -> std::io::Result<Candidates> {
+    read_message(stream, Candidates::decode_frame).await
+}
+
+/// Writes a punched path's check (the host's answer on a direct connection).
+pub(crate) async fn send_path_check(
+    stream: &mut (impl AsyncWrite + Unpin),
+    check: PathCheck,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    check.encode(&mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Reads the host's check of a punched path, within [`CANDIDATES_TIMEOUT`].
+pub(crate) async fn read_path_check(
+    stream: &mut (impl AsyncRead + Unpin),
+) -> std::io::Result<PathCheck> {
+    read_message(stream, PathCheck::decode_frame).await
+}
+
+/// Reads one punch message with `decode_frame`, within [`CANDIDATES_TIMEOUT`].
+async fn read_message<T>(
+    stream: &mut (impl AsyncRead + Unpin),
+    decode_frame: fn(&mut BytesMut) -> Result<Option<T>, DecodeError>,
+) -> std::io::Result<T> {
     let read = async {
         let mut buf = BytesMut::new();
         loop {
-            let decoded = Candidates::decode_frame(&mut buf)
+            let decoded = decode_frame(&mut buf)
                 .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
-            if let Some(candidates) = decoded {
-                return Ok(candidates);
+            if let Some(message) = decoded {
+                return Ok(message);
             }
             if stream.read_buf(&mut buf).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -120,6 +149,17 @@ pub(crate) async fn read_candidates(
     tokio::time::timeout(CANDIDATES_TIMEOUT, read)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// What binds a punched path's check to `connection`: its TLS exporter, which
+/// the two ends of one QUIC connection compute alike and the two connections of a
+/// splice (player to splicer, splicer to host) do not.
+pub(crate) fn path_binding(connection: &quinn::Connection) -> Option<PathCheck> {
+    let mut binding = [0u8; BINDING_LEN];
+    connection
+        .export_keying_material(&mut binding, BINDING_LABEL, b"")
+        .ok()?;
+    Some(PathCheck { binding })
 }
 
 /// Sends punch packets from `socket` to each of `targets` every [`PUNCH_EVERY`]

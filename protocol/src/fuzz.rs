@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use crate::control::ControlMessage;
 use crate::keys::{HostId, SecretKey};
 use crate::noise::{split_frame, Hello, HostHandshake, PlayerHandshake, VerdictOpened};
-use crate::punch::Candidates;
+use crate::punch::{Candidates, PathCheck};
 use crate::registration::{HostRegistration, RelayRegistration, EXPORTER_LEN};
 use crate::stream_frame::{StreamFrame, MAX_FRAME_LEN};
 use crate::ticket::Ticket;
@@ -265,17 +265,25 @@ pub fn stream_frames(data: &[u8]) {
 /// A punch session's messages (PROTOCOL.md 10.9), fed in pieces: what decodes
 /// re-encodes to the bytes it came from, and at most one message is ever buffered.
 pub fn punch(data: &[u8]) {
+    // The first byte picks which message the stream should carry.
+    let Some((&which, data)) = data.split_first() else {
+        return;
+    };
     let mut buf = BytesMut::new();
     for piece in data.chunks(3) {
         buf.extend_from_slice(piece);
         loop {
             let before = buf.clone();
-            match Candidates::decode_frame(&mut buf) {
-                Ok(Some(candidates)) => {
+            let mut again = BytesMut::new();
+            let decoded = if which & 1 == 0 {
+                Candidates::decode_frame(&mut buf).map(|c| c.map(|c| c.encode(&mut again)))
+            } else {
+                PathCheck::decode_frame(&mut buf).map(|c| c.map(|c| c.encode(&mut again)))
+            };
+            match decoded {
+                Ok(Some(())) => {
                     let used = before.len() - buf.len();
-                    let mut again = BytesMut::new();
-                    candidates.encode(&mut again);
-                    assert_eq!(&again[..], &before[..used], "{candidates:?}");
+                    assert_eq!(&again[..], &before[..used]);
                 }
                 Ok(None) => break,
                 Err(_) => return,

@@ -11,6 +11,14 @@
 //! host -> player   Candidates { the host's addresses }      (the host starts punching)
 //! player -> host   end                                       (after its attempt)
 //! ```
+//!
+//! On a punched direct connection, the player checks it reached the host itself
+//! with one more punch session there:
+//!
+//! ```text
+//! player -> host   Candidates { }                            (none: a check)
+//! host -> player   PathCheck { the connection's TLS exporter, as the host sees it }
+//! ```
 
 use std::net::SocketAddr;
 
@@ -25,8 +33,16 @@ pub const MAX_CANDIDATES: usize = 8;
 /// Longest message body: a kind byte, a count and eight IPv6 addresses.
 pub const MAX_MESSAGE_LEN: usize = 2 + MAX_CANDIDATES * 19;
 
+/// Bytes of a [`PathCheck`]'s binding.
+pub const BINDING_LEN: usize = 32;
+
+/// The TLS exporter label of a [`PathCheck`]'s binding (RFC 8446 7.5; context
+/// empty).
+pub const BINDING_LABEL: &[u8] = b"EXPORTER-blindrelay/1 punched path";
+
 mod kind {
     pub const CANDIDATES: u8 = 0x01;
+    pub const PATH_CHECK: u8 = 0x02;
 }
 
 /// Where one end may be reached directly: the address the relay observed for it
@@ -97,23 +113,71 @@ impl Candidates {
     /// `Ok(None)` when more bytes are needed. A length over [`MAX_MESSAGE_LEN`] is
     /// refused before its body arrives.
     pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
-        let Some(prefix) = buf.get(..2) else {
-            return Ok(None);
-        };
-        let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
-        if len > MAX_MESSAGE_LEN {
-            return Err(DecodeError::FieldTooLong {
-                field: "punch message",
-                len,
-                max: MAX_MESSAGE_LEN,
-            });
-        }
-        if buf.len() < 2 + len {
-            return Ok(None);
-        }
-        let frame = buf.split_to(2 + len);
-        Self::decode(&frame[2..]).map(Some)
+        split_frame(buf)?
+            .map(|body| Self::decode(&body))
+            .transpose()
     }
+}
+
+/// What the host answers on a punched direct connection's punch session: the TLS
+/// exporter ([`BINDING_LABEL`]) of the QUIC connection the session runs on, as the
+/// host sees it. Inside Noise to the host id, it tells the player that the host
+/// itself ends the very connection the player dialled: someone who answered the
+/// dial and carried the session on to the host over a connection of its own (a
+/// splice) cannot make the two ends' exporters agree, nor forge this message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathCheck {
+    /// The connection's TLS exporter under [`BINDING_LABEL`].
+    pub binding: [u8; BINDING_LEN],
+}
+
+impl PathCheck {
+    /// Appends the message, length prefix included.
+    pub fn encode(&self, out: &mut impl BufMut) {
+        out.put_u16(1 + BINDING_LEN as u16);
+        out.put_u8(kind::PATH_CHECK);
+        out.put_slice(&self.binding);
+    }
+
+    /// Decodes one message's body (after its length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        match r.u8()? {
+            kind::PATH_CHECK => {}
+            kind => return Err(DecodeError::UnknownKind { kind }),
+        }
+        let binding = r.array::<BINDING_LEN>()?;
+        r.finish()?;
+        Ok(Self { binding })
+    }
+
+    /// Like [`Candidates::decode_frame`].
+    pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
+        split_frame(buf)?
+            .map(|body| Self::decode(&body))
+            .transpose()
+    }
+}
+
+/// Takes one whole message from the front of `buf`, prefix stripped; `Ok(None)`
+/// when more bytes are needed, an error as soon as the prefix says too long.
+fn split_frame(buf: &mut BytesMut) -> Result<Option<BytesMut>, DecodeError> {
+    let Some(prefix) = buf.get(..2) else {
+        return Ok(None);
+    };
+    let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+    if len > MAX_MESSAGE_LEN {
+        return Err(DecodeError::FieldTooLong {
+            field: "punch message",
+            len,
+            max: MAX_MESSAGE_LEN,
+        });
+    }
+    if buf.len() < 2 + len {
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(2 + len);
+    Ok(Some(frame.split_off(2)))
 }
 
 #[cfg(test)]
@@ -198,6 +262,34 @@ mod tests {
             Candidates::decode(&[kind::CANDIDATES, 0]).unwrap(),
             Candidates::default()
         );
+    }
+
+    #[test]
+    fn a_path_check_round_trips_and_nothing_else_passes_for_one() {
+        let check = PathCheck {
+            binding: [0xa5; BINDING_LEN],
+        };
+        let mut wire = BytesMut::new();
+        check.encode(&mut wire);
+        assert_eq!(wire.len(), 2 + 1 + BINDING_LEN);
+        let mut partial = BytesMut::from(&wire[..wire.len() - 1]);
+        assert_eq!(PathCheck::decode_frame(&mut partial).unwrap(), None);
+        assert_eq!(PathCheck::decode_frame(&mut wire).unwrap(), Some(check));
+        assert!(wire.is_empty());
+        // Short, long, or candidates where a check is due.
+        let mut body = vec![kind::PATH_CHECK];
+        body.extend_from_slice(&[1; BINDING_LEN - 1]);
+        assert!(PathCheck::decode(&body).is_err());
+        body.extend_from_slice(&[1; 2]);
+        assert!(PathCheck::decode(&body).is_err());
+        assert!(matches!(
+            PathCheck::decode(&[kind::CANDIDATES, 0]),
+            Err(DecodeError::UnknownKind { kind: 0x01 })
+        ));
+        // And a check where candidates are due.
+        let mut wire = BytesMut::new();
+        check.encode(&mut wire);
+        assert!(Candidates::decode_frame(&mut wire).is_err());
     }
 
     proptest::proptest! {

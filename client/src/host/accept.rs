@@ -72,17 +72,33 @@ impl SessionAcceptor {
         self.punch.as_ref()
     }
 
-    /// Answers the player on a QUIC session stream that arrived by `path`, and hands
+    /// Answers the player on a QUIC session stream that the relay opened, and hands
     /// the session to [`crate::HostAgent::accept`] if the host serves that player.
-    pub(super) async fn accept(
+    pub(super) async fn accept(&self, send: quinn::SendStream, recv: quinn::RecvStream) {
+        let path = SessionPath::Relayed;
+        let carried_by = Some(RelayTransport::Quic);
+        self.accept_on(send, recv, path, carried_by, None, crate::linger::halves)
+            .await;
+    }
+
+    /// Like [`SessionAcceptor::accept`], for a stream a player opened on a direct
+    /// `connection` (by `path`): a punch session there checks that connection.
+    pub(super) async fn accept_direct(
         &self,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         path: SessionPath,
+        connection: quinn::Connection,
     ) {
-        let carried_by = (path == SessionPath::Relayed).then_some(RelayTransport::Quic);
-        self.accept_on(send, recv, path, carried_by, crate::linger::halves)
-            .await;
+        self.accept_on(
+            send,
+            recv,
+            path,
+            None,
+            Some(connection),
+            crate::linger::halves,
+        )
+        .await;
     }
 
     /// Like [`SessionAcceptor::accept`], for a relayed session on a stream-transport
@@ -99,6 +115,7 @@ impl SessionAcceptor {
             recv,
             path,
             Some(transport),
+            None,
             crate::linger::framed_halves,
         )
         .await;
@@ -110,6 +127,7 @@ impl SessionAcceptor {
         recv: R,
         path: SessionPath,
         carried_by: Option<RelayTransport>,
+        direct: Option<quinn::Connection>,
         halves: fn(W, R) -> (StreamRecv, StreamSend),
     ) where
         R: AsyncRead + Abandon + Unpin,
@@ -152,7 +170,10 @@ impl SessionAcceptor {
         if punching {
             // Welcomed as one only where the host punches.
             if let Some(punch) = &self.punch {
-                punch.serve(stream).await;
+                match direct {
+                    Some(connection) => punch.check(stream, &connection).await,
+                    None => punch.serve(stream).await,
+                }
             }
             return;
         }

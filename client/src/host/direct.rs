@@ -190,8 +190,9 @@ async fn serve_connection(
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let acceptor = acceptor.clone();
+                    let connection = connection.clone();
                     handshakes.spawn(async move {
-                        acceptor.accept(send, recv, path).await;
+                        acceptor.accept_direct(send, recv, path, connection).await;
                     });
                 }
                 Err(err) => return debug!(%err, "direct connection ended"),

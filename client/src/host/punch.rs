@@ -14,7 +14,10 @@ use blindrelay_protocol::punch::Candidates;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
-use crate::punch::{lan_candidate, observe, punch, punch_once, read_candidates, send_candidates};
+use crate::punch::{
+    lan_candidate, observe, path_binding, punch, punch_once, read_candidates, send_candidates,
+    send_path_check, PUNCH_EVERY, PUNCH_FOR,
+};
 use crate::stream::SecureStream;
 
 /// What a host needs to answer punch sessions.
@@ -100,29 +103,50 @@ impl HostPunch {
         if send_candidates(&mut stream, &ours).await.is_err() {
             return;
         }
-        if theirs.addrs.is_empty() {
-            // On a direct path: the player proving it reached this host.
-            debug!(player = %stream.peer().short(), "a punched path checked");
-        } else {
-            info!(
-                player = %stream.peer().short(),
-                candidates = theirs.addrs.len(),
-                "punching toward a player for a direct path"
-            );
-        }
-        let until_end = async {
-            let mut sink = [0u8; 64];
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        };
+        info!(
+            player = %stream.peer().short(),
+            candidates = theirs.addrs.len(),
+            "punching toward a player for a direct path"
+        );
         // Until the player is done with its attempt, or the punching is.
         tokio::select! {
             () = punch(&self.socket, &theirs.addrs) => {}
-            () = until_end => {}
+            () = until_end(&mut stream) => {}
         }
-        let _ = stream.shutdown().await;
+        let _ = tokio::time::timeout(PUNCH_EVERY, stream.shutdown()).await;
+    }
+
+    /// Serves one punch session that arrived on a direct `connection`: a player
+    /// checking that a path it punched reaches this host, over that very
+    /// connection. It sends no candidates; the answer is the connection's binding
+    /// (PROTOCOL.md 10.9), which a splice between the two cannot make agree.
+    pub(super) async fn check(&self, mut stream: SecureStream, connection: &quinn::Connection) {
+        if let Err(err) = read_candidates(&mut stream).await {
+            return debug!(%err, "a punched path's check without its opening");
+        }
+        let Some(binding) = path_binding(connection) else {
+            return debug!("no binding for a direct connection");
+        };
+        if send_path_check(&mut stream, binding).await.is_err() {
+            return;
+        }
+        debug!(player = %stream.peer().short(), "a punched path checked");
+        // A player that never ends it costs this task no longer than a punch.
+        let end = async {
+            until_end(&mut stream).await;
+            let _ = stream.shutdown().await;
+        };
+        let _ = tokio::time::timeout(PUNCH_FOR, end).await;
+    }
+}
+
+/// Reads, and drops, until the player ends the punch session (within the wait a
+/// QUIC idle timeout puts on the connection under it).
+async fn until_end(stream: &mut SecureStream) {
+    let mut sink = [0u8; 64];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
     }
 }

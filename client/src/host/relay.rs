@@ -33,7 +33,7 @@ use crate::endpoint::{
     connect_relay, connect_relay_tcp, connect_relay_websocket, ConnectRelayError,
     ConnectionProfile, FramedRelayConnection, LocalEndpoints,
 };
-use crate::session::{RelayTransport, SessionPath};
+use crate::session::RelayTransport;
 use crate::transports::{race, Attempt, TransportPreference, UdpHealth};
 use crate::wire::{read_control, WireError};
 use blindrelay_protocol::placement::MAX_REDIRECTS;
@@ -1021,7 +1021,7 @@ async fn serve_registered(
                 Ok((send, recv)) => {
                     let acceptor = control.acceptor.clone();
                     handshakes.spawn(async move {
-                        acceptor.accept(send, recv, SessionPath::Relayed).await;
+                        acceptor.accept(send, recv).await;
                     });
                 }
                 Err(_) => return ended(connection),
@@ -1047,7 +1047,7 @@ async fn serve_registered(
                             while let Ok((send, recv)) = connection.accept_bi().await {
                                 let acceptor = acceptor.clone();
                                 tokio::spawn(async move {
-                                    acceptor.accept(send, recv, SessionPath::Relayed).await;
+                                    acceptor.accept(send, recv).await;
                                 });
                             }
                         }));

@@ -17,14 +17,17 @@ use std::time::{Duration, Instant};
 
 use blindrelay_protocol::noise::Hello;
 use blindrelay_protocol::punch::Candidates;
-use blindrelay_protocol::{HostId, Ticket};
+use blindrelay_protocol::{codes, HostId, Ticket};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 use super::{ConnectError, Connector, PathPreference, Player};
-use crate::punch::{lan_candidate, observe, read_candidates, send_candidates, PUNCH_FOR};
+use crate::punch::{
+    lan_candidate, observe, path_binding, read_candidates, read_path_check, send_candidates,
+    PUNCH_EVERY, PUNCH_FOR,
+};
 use crate::session::SessionPath;
 
 /// Attempts in a row before the player waits [`RETRY_AFTER`].
@@ -348,20 +351,39 @@ impl Player {
     }
 }
 
-/// Proves that the direct path to `addr` reaches the host: a punch session on it,
-/// whose Noise handshake only the holder of the host id's key completes, carrying
-/// no candidates.
+/// Proves that the direct connection to `addr` reaches the host itself: a punch
+/// session on it, whose Noise handshake only the holder of the host id's key
+/// completes, carrying no candidates and answered with the connection's binding
+/// (PROTOCOL.md 10.9), which must be the one this end computes. Someone answering
+/// at the candidate fails the handshake; someone carrying the session on to the
+/// host over a connection of its own (a splice) fails the binding.
 async fn verify(
     connector: Arc<Connector>,
     addr: SocketAddr,
     host_id: HostId,
 ) -> Result<(), AttemptError> {
+    let connection = connector.direct.live(&addr).ok_or(AttemptError::Failed(
+        Candidates::default(),
+        "the direct connection closed",
+    ))?;
+    let ours = path_binding(&connection).ok_or(AttemptError::Failed(
+        Candidates::default(),
+        "the direct connection has no binding",
+    ))?;
     let mut session = connector
         .connect_direct(addr, host_id, Hello::Punch, SessionPath::Punched)
         .await?;
     send_candidates(&mut session, &Candidates::default()).await?;
-    read_candidates(&mut session).await?;
-    let _ = session.shutdown().await;
+    let theirs = read_path_check(&mut session).await?;
+    let _ = tokio::time::timeout(PUNCH_EVERY, session.shutdown()).await;
+    if theirs != ours {
+        // Nothing else may take it for the host's either.
+        connection.close(codes::close::NORMAL.into(), b"not the host's connection");
+        return Err(AttemptError::Failed(
+            Candidates::default(),
+            "the host ends another connection than this one (a splice)",
+        ));
+    }
     Ok(())
 }
 

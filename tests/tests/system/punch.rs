@@ -18,7 +18,7 @@
 //! the inside's answer another port.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ struct Homes {
     relay: Relay,
     bin: std::path::PathBuf,
     inet: Ns,
+    host_ns: Ns,
     player_router: Ns,
     player_ns: Ns,
     net: Net,
@@ -99,6 +100,7 @@ impl Homes {
             relay,
             bin,
             inet,
+            host_ns,
             player_router,
             player_ns,
             net,
@@ -409,6 +411,151 @@ async fn an_impostor_answering_at_a_candidate_is_not_taken_for_the_host() {
     // The impostor was reached, and could not answer the handshake.
     impostor.wait_log("refusing a session");
     assert!(homes.relayed() >= LEN, "the session stayed relayed");
+}
+
+/// Someone on the player's side answers at one of the host's candidates and
+/// carries what it gets on to the real host over a QUIC connection of its own: a
+/// splice. The Noise handshake to the host id gets through it, so only the
+/// connection's binding (PROTOCOL.md 10.9) tells it apart: the host's exporter is
+/// the splice's upstream connection's, not the player's. The path is not taken,
+/// and the session stays relayed. (Behind a symmetric NAT, so that the real path
+/// cannot win first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_splice_answering_at_a_candidate_is_not_taken_for_the_direct_path() {
+    blindrelay_tests::init_tracing();
+    const PORT: u16 = 41642;
+    let direct = format!("0.0.0.0:{PORT}");
+    // A ticket naming a port its router does not forward: the session starts
+    // relayed, and the host's LAN address is a candidate only punching dials.
+    let advertise = format!("10.77.1.2:{PORT}");
+    let Some(mut homes) = Homes::build_with(
+        Nat::Home,
+        Player::Behind(Nat::Symmetric),
+        &["--direct", &direct, "--advertise", &advertise],
+    )
+    .await
+    else {
+        return;
+    };
+    // The host's LAN address, hijacked on the player's side, and a wire from there
+    // to the host's machine that only the splice uses (10.77.9.1 to 10.77.9.2).
+    homes
+        .net
+        .add_local_address(&homes.player_router, "10.77.3.2/32");
+    homes.net.link(&homes.player_router, &homes.host_ns, 9);
+    let splice = Splice::start(
+        &homes.net,
+        &homes.player_router,
+        SocketAddr::from(([10, 77, 3, 2], PORT)),
+        SocketAddr::from(([10, 77, 9, 2], PORT)),
+    );
+    let (player, listen) = homes.start_player("quic");
+    const LEN: u64 = 4 * MIB;
+    let tcp = ask(&homes.net, &homes.player_ns, listen, LEN, 52).await;
+    assert_eq!(finish(tcp, 52, &[]).await, LEN);
+    let gave_up = player.wait_log("no direct path to the host");
+    assert!(
+        !gave_up.contains("punched"),
+        "the splice was not taken for the direct path: {gave_up}"
+    );
+    // The splice carried the checks to the host, and the host's answers back: the
+    // Noise handshake got through, the binding did not.
+    assert!(splice.streams.load(Ordering::Relaxed) >= 1);
+    assert!(splice.answered.load(Ordering::Relaxed) > 0);
+    assert!(homes.relayed() >= LEN, "the session stayed relayed");
+}
+
+/// A QUIC splice: accepts direct connections at `listen` with a certificate of its
+/// own and carries each stream on to `upstream` over a connection it opens there.
+struct Splice {
+    streams: Arc<AtomicU64>,
+    /// Bytes the upstream end answered.
+    answered: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Splice {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Splice {
+    fn start(net: &Net, ns: &Ns, listen: SocketAddr, upstream: SocketAddr) -> Self {
+        use quinn::rustls;
+        use rustls::pki_types::pem::PemObject;
+        let (cert, key) = blindrelay_relay::RelayCertificate::self_signed_pem(&["splice"]).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        tls.alpn_protocols = vec![blindrelay_protocol::DIRECT_ALPN.to_vec()];
+        let server = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap(),
+        ));
+        let client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(
+                blindrelay_transport::danger::client_config(blindrelay_protocol::DIRECT_ALPN),
+            )
+            .unwrap(),
+        ));
+        let (down, up) = net.enter(ns, || {
+            (
+                std::net::UdpSocket::bind(listen).unwrap(),
+                std::net::UdpSocket::bind("0.0.0.0:0").unwrap(),
+            )
+        });
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let down =
+            quinn::Endpoint::new(Default::default(), Some(server), down, runtime.clone()).unwrap();
+        let mut up = quinn::Endpoint::new(Default::default(), None, up, runtime).unwrap();
+        up.set_default_client_config(client);
+        let (streams, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (counted, answers) = (streams.clone(), answered.clone());
+        let task = tokio::spawn(async move {
+            while let Some(incoming) = down.accept().await {
+                let (up, counted, answers) = (up.clone(), counted.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let Ok(player) = incoming.await else { return };
+                    let Ok(host) = up.connect(upstream, "host").unwrap().await else {
+                        return;
+                    };
+                    while let Ok((mut to_player, mut from_player)) = player.accept_bi().await {
+                        let Ok((mut to_host, mut from_host)) = host.open_bi().await else {
+                            return;
+                        };
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        let answers = answers.clone();
+                        tokio::spawn(async move {
+                            let _ = tokio::io::copy(&mut from_player, &mut to_host).await;
+                            let _ = to_host.finish();
+                        });
+                        tokio::spawn(async move {
+                            let mut chunk = [0u8; 4096];
+                            while let Ok(Some(n)) = from_host.read(&mut chunk).await {
+                                answers.fetch_add(n as u64, Ordering::Relaxed);
+                                if to_player.write_all(&chunk[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = to_player.finish();
+                        });
+                    }
+                });
+            }
+        });
+        Self {
+            streams,
+            answered,
+            task,
+        }
+    }
 }
 
 /// Drops every UDP packet leaving the player's machine.
