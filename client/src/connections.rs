@@ -60,8 +60,24 @@ impl<K: Eq + Hash + Clone> ConnectionCache<K> {
         Ok(connection)
     }
 
-    /// The live connection to `key`, if there is one now (none while one is being
-    /// made).
+    /// Keeps `connection` as `key`'s, in place of any it had: one made another way
+    /// (a host's dial that a punch asked for). `false`, and nothing kept, while a
+    /// connect to `key` is in flight.
+    pub(crate) fn insert(&self, key: K, connection: quinn::Connection) -> bool {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .clone();
+        let Ok(mut held) = slot.try_lock() else {
+            return false;
+        };
+        *held = Some(connection);
+        true
+    }
+
     /// Any live connection in the cache.
     pub(crate) fn any_live(&self) -> Option<quinn::Connection> {
         let slots: Vec<Slot> = self
@@ -79,6 +95,8 @@ impl<K: Eq + Hash + Clone> ConnectionCache<K> {
         })
     }
 
+    /// The live connection to `key`, if there is one now (none while one is being
+    /// made).
     pub(crate) fn live(&self, key: &K) -> Option<quinn::Connection> {
         let slot = self
             .slots

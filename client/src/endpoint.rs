@@ -90,8 +90,14 @@ pub(crate) const DIRECT_SERVER_NAME: &str = "blindrelay-host";
 /// The QUIC endpoints one player or host agent connects from: one per address
 /// family, each made on first use and then shared by every connection of that family.
 pub(crate) struct LocalEndpoints {
-    v4: Mutex<Option<quinn::Endpoint>>,
-    v6: Mutex<Option<quinn::Endpoint>>,
+    v4: Mutex<Option<Local>>,
+    v6: Mutex<Option<Local>>,
+}
+
+/// One endpoint, and a second handle on its socket where this made it.
+struct Local {
+    endpoint: quinn::Endpoint,
+    socket: Option<Arc<std::net::UdpSocket>>,
 }
 
 impl LocalEndpoints {
@@ -110,32 +116,63 @@ impl LocalEndpoints {
         *endpoints
             .slot(bound)
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(listener);
+            .unwrap_or_else(PoisonError::into_inner) = Some(Local {
+            endpoint: listener,
+            socket: None,
+        });
         endpoints
     }
 
     /// The endpoint to reach `remote` from.
     pub(crate) fn for_remote(&self, remote: SocketAddr) -> Result<quinn::Endpoint, std::io::Error> {
+        self.local_for(remote, |local| local.endpoint.clone())
+    }
+
+    /// A second handle on the socket of [`LocalEndpoints::for_remote`]'s endpoint,
+    /// from which a player sends punch packets; `None` for a host's listener.
+    pub(crate) fn socket_for(
+        &self,
+        remote: SocketAddr,
+    ) -> Result<Option<Arc<std::net::UdpSocket>>, std::io::Error> {
+        self.local_for(remote, |local| local.socket.clone())
+    }
+
+    fn local_for<T>(
+        &self,
+        remote: SocketAddr,
+        take: impl FnOnce(&Local) -> T,
+    ) -> Result<T, std::io::Error> {
         // Binding is quick and never waits on the network; the lock is held only
         // for it.
         let mut slot = self
             .slot(remote)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(endpoint) = slot.as_ref() {
-            return Ok(endpoint.clone());
+        if let Some(local) = slot.as_ref() {
+            return Ok(take(local));
         }
-        let local: SocketAddr = if remote.is_ipv6() {
+        let any: SocketAddr = if remote.is_ipv6() {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = endpoint_at(local)?;
-        *slot = Some(endpoint.clone());
-        Ok(endpoint)
+        let socket = bind_udp(any)?;
+        let second = Arc::new(socket.try_clone()?);
+        let local = Local {
+            endpoint: quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?,
+            socket: Some(second),
+        };
+        let taken = take(&local);
+        *slot = Some(local);
+        Ok(taken)
     }
 
-    fn slot(&self, addr: SocketAddr) -> &Mutex<Option<quinn::Endpoint>> {
+    fn slot(&self, addr: SocketAddr) -> &Mutex<Option<Local>> {
         if addr.is_ipv6() {
             &self.v6
         } else {

@@ -21,7 +21,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use blindrelay_protocol::punch::{Candidates, PathCheck, BINDING_LABEL, BINDING_LEN};
+use blindrelay_protocol::punch::{Candidates, PathCheck, Ready, BINDING_LABEL, BINDING_LEN};
 use blindrelay_protocol::ControlMessage;
 use blindrelay_protocol::DecodeError;
 use bytes::BytesMut;
@@ -126,6 +126,19 @@ pub(crate) async fn read_path_check(
     stream: &mut (impl AsyncRead + Unpin),
 ) -> std::io::Result<PathCheck> {
     read_message(stream, PathCheck::decode_frame).await
+}
+
+/// Writes the player's [`Ready`] (its punch packets left; the host may dial).
+pub(crate) async fn send_ready(stream: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    Ready.encode(&mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Reads the player's [`Ready`], within [`CANDIDATES_TIMEOUT`].
+pub(crate) async fn read_ready(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Ready> {
+    read_message(stream, Ready::decode_frame).await
 }
 
 /// Reads one punch message with `decode_frame`, within [`CANDIDATES_TIMEOUT`].

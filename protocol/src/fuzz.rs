@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use crate::control::ControlMessage;
 use crate::keys::{HostId, SecretKey};
 use crate::noise::{split_frame, Hello, HostHandshake, PlayerHandshake, VerdictOpened};
-use crate::punch::{Candidates, PathCheck};
+use crate::punch::{Candidates, PathCheck, Ready};
 use crate::registration::{HostRegistration, RelayRegistration, EXPORTER_LEN};
 use crate::stream_frame::{StreamFrame, MAX_FRAME_LEN};
 use crate::ticket::Ticket;
@@ -275,10 +275,10 @@ pub fn punch(data: &[u8]) {
         loop {
             let before = buf.clone();
             let mut again = BytesMut::new();
-            let decoded = if which & 1 == 0 {
-                Candidates::decode_frame(&mut buf).map(|c| c.map(|c| c.encode(&mut again)))
-            } else {
-                PathCheck::decode_frame(&mut buf).map(|c| c.map(|c| c.encode(&mut again)))
+            let decoded = match which % 3 {
+                0 => Candidates::decode_frame(&mut buf).map(|c| c.map(|c| c.encode(&mut again))),
+                1 => PathCheck::decode_frame(&mut buf).map(|c| c.map(|c| c.encode(&mut again))),
+                _ => Ready::decode_frame(&mut buf).map(|c| c.map(|c| c.encode(&mut again))),
             };
             match decoded {
                 Ok(Some(())) => {

@@ -12,6 +12,17 @@
 //! player -> host   end                                       (after its attempt)
 //! ```
 //!
+//! Attempts alternate roles: in every second one the player asks the host to dial
+//! instead (candidates of kind `dial back`), opens its own NAT toward the host's
+//! candidates, and says when:
+//!
+//! ```text
+//! player -> host   Candidates { the player's addresses, dial back }
+//! host -> player   Candidates { the host's addresses }
+//! player -> host   Ready                                     (its punch packets left)
+//! host             dials the player's addresses over QUIC
+//! ```
+//!
 //! On a punched direct connection, the player checks it reached the host itself
 //! with one more punch session there:
 //!
@@ -43,6 +54,8 @@ pub const BINDING_LABEL: &[u8] = b"EXPORTER-blindrelay/1 punched path";
 mod kind {
     pub const CANDIDATES: u8 = 0x01;
     pub const PATH_CHECK: u8 = 0x02;
+    pub const CANDIDATES_DIAL_BACK: u8 = 0x03;
+    pub const READY: u8 = 0x04;
 }
 
 /// Where one end may be reached directly: the address the relay observed for it
@@ -52,6 +65,9 @@ mod kind {
 pub struct Candidates {
     /// At most [`MAX_CANDIDATES`], without repeats.
     pub addrs: Vec<SocketAddr>,
+    /// The player asks the host to dial it this time (roles swapped), instead of
+    /// punching toward it; only a player sends it.
+    pub dial_back: bool,
 }
 
 impl Candidates {
@@ -64,13 +80,27 @@ impl Candidates {
                 kept.push(addr);
             }
         }
-        Self { addrs: kept }
+        Self {
+            addrs: kept,
+            dial_back: false,
+        }
+    }
+
+    /// The same addresses, asking the host to dial them.
+    #[must_use]
+    pub fn dialled_back(mut self) -> Self {
+        self.dial_back = true;
+        self
     }
 
     /// Appends the message, length prefix included.
     pub fn encode(&self, out: &mut impl BufMut) {
         let mut body = BytesMut::with_capacity(MAX_MESSAGE_LEN);
-        body.put_u8(kind::CANDIDATES);
+        body.put_u8(if self.dial_back {
+            kind::CANDIDATES_DIAL_BACK
+        } else {
+            kind::CANDIDATES
+        });
         let addrs = &self.addrs[..self.addrs.len().min(MAX_CANDIDATES)];
         body.put_u8(addrs.len() as u8);
         for addr in addrs {
@@ -83,10 +113,11 @@ impl Candidates {
     /// Decodes one message's body (after its length prefix).
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        match r.u8()? {
-            kind::CANDIDATES => {}
+        let dial_back = match r.u8()? {
+            kind::CANDIDATES => false,
+            kind::CANDIDATES_DIAL_BACK => true,
             kind => return Err(DecodeError::UnknownKind { kind }),
-        }
+        };
         let count = usize::from(r.u8()?);
         if count > MAX_CANDIDATES {
             return Err(DecodeError::InvalidField {
@@ -106,7 +137,7 @@ impl Candidates {
             addrs.push(addr);
         }
         r.finish()?;
-        Ok(Self { addrs })
+        Ok(Self { addrs, dial_back })
     }
 
     /// Decodes one message from the front of `buf` if it is whole, consuming it;
@@ -156,6 +187,33 @@ impl PathCheck {
         split_frame(buf)?
             .map(|body| Self::decode(&body))
             .transpose()
+    }
+}
+
+/// What a player that asked the host to dial it sends once its own punch packets
+/// have left: its NAT now lets the host's dial in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready;
+
+impl Ready {
+    /// Appends the message, length prefix included.
+    pub fn encode(self, out: &mut impl BufMut) {
+        out.put_u16(1);
+        out.put_u8(kind::READY);
+    }
+
+    /// Like [`Candidates::decode_frame`].
+    pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Self>, DecodeError> {
+        let Some(body) = split_frame(buf)? else {
+            return Ok(None);
+        };
+        let mut r = Reader::new(&body);
+        match r.u8()? {
+            kind::READY => {}
+            kind => return Err(DecodeError::UnknownKind { kind }),
+        }
+        r.finish()?;
+        Ok(Some(Self))
     }
 }
 
@@ -258,10 +316,35 @@ mod tests {
         assert!(Candidates::decode(&twice).is_err());
         assert!(Candidates::decode(&[kind::CANDIDATES, 0, 0]).is_err());
         assert!(Candidates::decode(&[0x02, 0]).is_err());
+        assert!(Candidates::decode(&[kind::READY]).is_err());
         assert_eq!(
             Candidates::decode(&[kind::CANDIDATES, 0]).unwrap(),
             Candidates::default()
         );
+    }
+
+    #[test]
+    fn dial_back_candidates_and_ready_round_trip() {
+        let candidates = Candidates::new([addr("203.0.113.7:40123")]).dialled_back();
+        let mut wire = BytesMut::new();
+        candidates.encode(&mut wire);
+        assert_eq!(wire[2], kind::CANDIDATES_DIAL_BACK);
+        let decoded = Candidates::decode_frame(&mut wire).unwrap().unwrap();
+        assert!(decoded.dial_back);
+        assert_eq!(decoded, candidates);
+        let mut wire = BytesMut::new();
+        Ready.encode(&mut wire);
+        assert_eq!(&wire[..], &[0, 1, kind::READY]);
+        let mut partial = BytesMut::from(&wire[..2]);
+        assert_eq!(Ready::decode_frame(&mut partial).unwrap(), None);
+        assert_eq!(Ready::decode_frame(&mut wire).unwrap(), Some(Ready));
+        for wrong in [
+            &[0u8, 2, kind::READY, 0][..],
+            &[0, 1, kind::CANDIDATES],
+            &[0, 0],
+        ] {
+            assert!(Ready::decode_frame(&mut BytesMut::from(wrong)).is_err());
+        }
     }
 
     #[test]

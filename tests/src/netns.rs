@@ -263,6 +263,10 @@ pub enum Nat {
     Home,
     /// A new random public port for each destination.
     Symmetric,
+    /// One public port per inside socket, and in whatever comes to it from
+    /// anywhere (endpoint-independent filtering): a "full cone", as a router with
+    /// its one machine in a DMZ is.
+    FullCone,
 }
 
 /// Where the player of [`Net::homes`] is.
@@ -280,13 +284,28 @@ impl Nat {
     /// Each router also drops what arrives unasked on its own public address:
     /// otherwise conntrack records a peer's early packet as a flow to the router,
     /// and the NAT then gives the inside's answer another port.
-    fn ruleset(self, wan: &str, public: &str) -> String {
+    fn ruleset(self, wan: &str, public: &str, inside: &str) -> String {
         let translate = match self {
-            Self::Home => format!("oifname \"{wan}\" snat to {public}"),
+            Self::Home | Self::FullCone => format!("oifname \"{wan}\" snat to {public}"),
             Self::Symmetric => format!("oifname \"{wan}\" snat to {public} fully-random"),
+        };
+        // A full cone sends what comes to any port of its public address to the
+        // machine inside, on that port: the one the mapping kept.
+        let (cone, cone_in) = match self {
+            Self::FullCone => (
+                format!(
+                    "iifname \"{wan}\" ip daddr {public} udp dport 1024-65535 dnat to {inside}"
+                ),
+                format!("iifname \"{wan}\" ct status dnat accept"),
+            ),
+            Self::Home | Self::Symmetric => (String::new(), String::new()),
         };
         format!(
             "table ip nat {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    {cone}
+  }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     {translate}
@@ -300,6 +319,7 @@ table ip filter {{
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
+    {cone_in}
     iifname \"{wan}\" ct state != {{ established, related }} drop
   }}
 }}
@@ -340,12 +360,12 @@ impl Net {
         // `link` names the interfaces v<subnet>a and v<subnet>b.
         let (inet_a, ra_public) = self.link(&inet, &ra, 1);
         let (inet_b, rb_public) = self.link(&inet, &rb, 2);
-        let (ra_lan, _host_ip) = self.link(&ra, &host_ns, 3);
+        let (ra_lan, host_ip) = self.link(&ra, &host_ns, 3);
         let player_router = match player {
             Player::Behind(_) => rb.clone(),
             Player::WithTheHost => ra.clone(),
         };
-        let (player_lan, _player_ip) = self.link(&player_router, &player_ns, 4);
+        let (player_lan, player_ip) = self.link(&player_router, &player_ns, 4);
         for ns in [&inet, &ra, &rb] {
             self.sysctl(ns, "net.ipv4.ip_forward", "1");
         }
@@ -353,9 +373,9 @@ impl Net {
         self.default_route(&rb, &inet_b);
         self.default_route(&host_ns, &ra_lan);
         self.default_route(&player_ns, &player_lan);
-        self.nft(&ra, &host_nat.ruleset("v1b", &ra_public));
+        self.nft(&ra, &host_nat.ruleset("v1b", &ra_public, &host_ip));
         if let Player::Behind(player_nat) = player {
-            self.nft(&rb, &player_nat.ruleset("v2b", &rb_public));
+            self.nft(&rb, &player_nat.ruleset("v2b", &rb_public, &player_ip));
         }
         HomeNets {
             inet,

@@ -72,6 +72,11 @@ impl SessionAcceptor {
         self.punch.as_ref()
     }
 
+    /// What the host counts.
+    pub(super) fn counters(&self) -> &Arc<HostCounters> {
+        &self.counters
+    }
+
     /// Answers the player on a QUIC session stream that the relay opened, and hands
     /// the session to [`crate::HostAgent::accept`] if the host serves that player.
     pub(super) async fn accept(&self, send: quinn::SendStream, recv: quinn::RecvStream) {
@@ -172,7 +177,7 @@ impl SessionAcceptor {
             if let Some(punch) = &self.punch {
                 match direct {
                     Some(connection) => punch.check(stream, &connection).await,
-                    None => punch.serve(stream).await,
+                    None => punch.serve(stream, self).await,
                 }
             }
             return;

@@ -16,7 +16,9 @@
 //! their own gets a hello they cannot answer, and only ciphertext afterwards. TLS still
 //! hides which streams and how many sessions a connection carries.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -184,6 +186,30 @@ async fn serve_connection(
         Err(err) => return debug!(%err, "direct connection failed during its handshake"),
     };
     debug!("direct connection from a player");
+    serve_sessions(connection, acceptor, path).await;
+}
+
+/// Serves a direct connection this host dialled to a player that asked it to
+/// (roles swapped in a punch, see [`super::punch`]), counted like an accepted one.
+/// Boxed: serving it is what leads to dialling in the first place, and a future
+/// cannot contain itself.
+pub(super) fn serve_dialled(
+    connection: quinn::Connection,
+    acceptor: SessionAcceptor,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let _open = CountedDirectConnection::new(acceptor.counters().clone());
+        debug!("direct connection to a player, dialled for a punch");
+        serve_sessions(connection, acceptor, SessionPath::Punched).await;
+    })
+}
+
+/// Serves every session a player opens on a direct `connection`, until it ends.
+async fn serve_sessions(
+    connection: quinn::Connection,
+    acceptor: SessionAcceptor,
+    path: SessionPath,
+) {
     let mut handshakes = JoinSet::new();
     loop {
         tokio::select! {
@@ -208,6 +234,25 @@ pub(super) fn log_listening(bound: SocketAddr, advertised: &[SocketAddr]) {
 }
 
 fn server_config(config: &HostConfig) -> Result<quinn::ServerConfig, DirectListenError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(config.idle_timeout.try_into().ok())
+        .max_concurrent_bidi_streams(config.max_concurrent_sessions.into())
+        .max_concurrent_uni_streams(0u32.into())
+        // The protocol carries nothing in QUIC datagrams: none announced, so a
+        // player that sends one anyway breaks QUIC and is closed, instead of
+        // parking up to quinn's default 1.25 MB of them in the host.
+        .datagram_receive_buffer_size(None);
+    direct_server_config(transport)
+}
+
+/// The server configuration of a direct endpoint, with `transport`: a certificate
+/// self-signed now (Noise, not TLS, authenticates the host; see above), TLS 1.3,
+/// ALPN [`DIRECT_ALPN`], no 0-RTT. A player that a punching host dials back
+/// accepts with one too.
+pub(crate) fn direct_server_config(
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ServerConfig, DirectListenError> {
     let certified = rcgen::generate_simple_self_signed(vec![DIRECT_SERVER_NAME.to_owned()])?;
     let chain = vec![certified.cert.der().clone()];
     let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
@@ -222,15 +267,6 @@ fn server_config(config: &HostConfig) -> Result<quinn::ServerConfig, DirectListe
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(TlsSetupError::from)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_idle_timeout(config.idle_timeout.try_into().ok())
-        .max_concurrent_bidi_streams(config.max_concurrent_sessions.into())
-        .max_concurrent_uni_streams(0u32.into())
-        // The protocol carries nothing in QUIC datagrams: none announced, so a
-        // player that sends one anyway breaks QUIC and is closed, instead of
-        // parking up to quinn's default 1.25 MB of them in the host.
-        .datagram_receive_buffer_size(None);
     server.transport_config(Arc::new(transport));
     Ok(server)
 }

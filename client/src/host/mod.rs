@@ -41,6 +41,7 @@ use crate::session::{RelayTransport, SessionPath};
 use crate::stream::SecureStream;
 use crate::transports::TransportPreference;
 use accept::SessionAcceptor;
+pub(crate) use direct::direct_server_config;
 pub use direct::DirectListenError;
 pub(crate) use plan::member_urls;
 use plan::RelaySideEnd;
@@ -354,7 +355,11 @@ impl HostAgent {
                     direct::log_listening(bound, &advertised);
                     advertised
                 };
-                punch_socket = Some((socket, bound));
+                punch_socket = Some(punch::PunchFrom {
+                    socket,
+                    endpoint: endpoint.clone(),
+                    bound,
+                });
                 Some((endpoint, bound, advertised))
             }
             None => None,
@@ -369,11 +374,10 @@ impl HostAgent {
             .filter(|_| !punch_only)
             .map(|(_, bound, _)| *bound);
         let puncher = match punch_socket {
-            Some((socket, bound)) if config.punch => Some(Arc::new(punch::HostPunch::new(
-                socket,
-                bound,
-                ticket.direct_addrs().to_vec(),
-            ))),
+            Some(from) if config.punch => Some(Arc::new(
+                punch::HostPunch::new(from, &config, ticket.direct_addrs().to_vec())
+                    .map_err(DirectListenError::Tls)?,
+            )),
             _ => None,
         };
         let enabled = config.enable_relay && config.relay.is_some();

@@ -14,9 +14,17 @@ use blindrelay_protocol::punch::Candidates;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
+use std::sync::atomic::Ordering;
+
+use blindrelay_protocol::codes;
+use tokio::task::JoinSet;
+
+use super::accept::SessionAcceptor;
+use super::{direct, HostConfig};
+use crate::endpoint::{direct_client_config, ConnectionProfile, TlsSetupError, DIRECT_SERVER_NAME};
 use crate::punch::{
-    lan_candidate, observe, path_binding, punch, punch_once, read_candidates, send_candidates,
-    send_path_check, PUNCH_EVERY, PUNCH_FOR,
+    lan_candidate, observe, path_binding, punch, punch_once, read_candidates, read_ready,
+    send_candidates, send_path_check, PUNCH_EVERY, PUNCH_FOR,
 };
 use crate::stream::SecureStream;
 
@@ -25,20 +33,48 @@ pub(super) struct HostPunch {
     /// A second handle on the socket the direct listener and the relay connection
     /// use: punch packets must leave from the mapping the relay observed.
     socket: UdpSocket,
+    /// The direct listener on that socket, from which the host dials a player
+    /// that asks it to (roles swapped), with `dial`.
+    endpoint: quinn::Endpoint,
+    dial: quinn::ClientConfig,
+    /// Direct connections the host holds at most, dialled ones included.
+    max_direct: u32,
     bound: SocketAddr,
     advertised: Vec<SocketAddr>,
     /// What the relay saw of `socket`, as of the latest registration.
     observed: Mutex<Option<SocketAddr>>,
 }
 
+/// Where a [`HostPunch`] punches from.
+pub(super) struct PunchFrom {
+    /// A second handle on the direct listener's socket.
+    pub socket: UdpSocket,
+    /// The direct listener.
+    pub endpoint: quinn::Endpoint,
+    /// Where it is bound.
+    pub bound: SocketAddr,
+}
+
 impl HostPunch {
-    pub(super) fn new(socket: UdpSocket, bound: SocketAddr, advertised: Vec<SocketAddr>) -> Self {
-        Self {
-            socket,
-            bound,
+    pub(super) fn new(
+        from: PunchFrom,
+        config: &HostConfig,
+        advertised: Vec<SocketAddr>,
+    ) -> Result<Self, TlsSetupError> {
+        let profile = ConnectionProfile {
+            incoming_streams: config.max_concurrent_sessions,
+            keep_alive: config.keep_alive,
+            idle_timeout: config.idle_timeout,
+        };
+        Ok(Self {
+            socket: from.socket,
+            endpoint: from.endpoint,
+            dial: direct_client_config(profile)?,
+            max_direct: config.max_direct_connections,
+            bound: from.bound,
             advertised,
             observed: Mutex::new(None),
-        }
+        })
     }
 
     fn observed(&self) -> Option<SocketAddr> {
@@ -88,13 +124,16 @@ impl HostPunch {
     /// Serves one punch session from a player this host serves: takes the player's
     /// candidates, answers with its own, and punches toward the player's until the
     /// player ends the session or [`crate::punch::PUNCH_FOR`] has passed.
-    pub(super) async fn serve(&self, mut stream: SecureStream) {
+    pub(super) async fn serve(&self, mut stream: SecureStream, acceptor: &SessionAcceptor) {
         let theirs = match read_candidates(&mut stream).await {
             Ok(candidates) => candidates,
             Err(err) => return debug!(%err, "a punch session without candidates"),
         };
         let toward = theirs.addrs.first().copied();
         let ours = self.candidates(toward);
+        if theirs.dial_back {
+            return self.dial_back(stream, &theirs, &ours, acceptor).await;
+        }
         // A first round before the answer: by the time the player has the host's
         // candidates and dials, this side's NAT already lets its Initial in (one
         // that came first would be dropped, and QUIC sends it again only after
@@ -114,6 +153,79 @@ impl HostPunch {
             () = until_end(&mut stream) => {}
         }
         let _ = tokio::time::timeout(PUNCH_EVERY, stream.shutdown()).await;
+    }
+
+    /// Serves one punch session whose player asked to be dialled (roles swapped):
+    /// answers with this host's candidates, waits until the player says its NAT is
+    /// open toward them, then dials the player's candidates from the direct
+    /// listener's socket. The first connection made is served as a direct
+    /// connection, which the player checks as it checks any punched path.
+    async fn dial_back(
+        &self,
+        mut stream: SecureStream,
+        theirs: &Candidates,
+        ours: &Candidates,
+        acceptor: &SessionAcceptor,
+    ) {
+        if send_candidates(&mut stream, ours).await.is_err() {
+            return;
+        }
+        if let Err(err) = read_ready(&mut stream).await {
+            return debug!(%err, "a player asked to be dialled and never said when");
+        }
+        info!(
+            player = %stream.peer().short(),
+            candidates = theirs.addrs.len(),
+            "dialling a player for a direct path (roles swapped)"
+        );
+        let mut dials = JoinSet::new();
+        for addr in &theirs.addrs {
+            let Ok(connecting) =
+                self.endpoint
+                    .connect_with(self.dial.clone(), *addr, DIRECT_SERVER_NAME)
+            else {
+                continue;
+            };
+            dials.spawn(async move {
+                match tokio::time::timeout(PUNCH_FOR, connecting).await {
+                    Ok(Ok(connection)) => Some(connection),
+                    _ => None,
+                }
+            });
+        }
+        let first = async {
+            while let Some(dialled) = dials.join_next().await {
+                if let Ok(Some(connection)) = dialled {
+                    return Some(connection);
+                }
+            }
+            None
+        };
+        // Until a dial gets through, the dials give up, or the player ends.
+        let connection = tokio::select! {
+            connection = first => connection,
+            () = until_end(&mut stream) => None,
+        };
+        dials.abort_all();
+        if let Some(connection) = connection {
+            let open = acceptor
+                .counters()
+                .direct_connections
+                .load(Ordering::Relaxed);
+            if open >= u64::from(self.max_direct) {
+                connection.close(
+                    codes::close::NORMAL.into(),
+                    b"at the direct connection limit",
+                );
+            } else {
+                tokio::spawn(direct::serve_dialled(connection, acceptor.clone()));
+            }
+        }
+        let end = async {
+            until_end(&mut stream).await;
+            let _ = stream.shutdown().await;
+        };
+        let _ = tokio::time::timeout(PUNCH_FOR, end).await;
     }
 
     /// Serves one punch session that arrived on a direct `connection`: a player

@@ -25,14 +25,42 @@ impl Connector {
         hello: Hello,
         path: SessionPath,
     ) -> Result<SecureStream, ConnectError> {
+        self.direct_session(addr, None, host_id, hello, path).await
+    }
+
+    /// Like [`Connector::connect_direct`], on a `connection` already made (one the
+    /// host dialled).
+    pub(super) async fn connect_on(
+        self: Arc<Self>,
+        connection: quinn::Connection,
+        host_id: HostId,
+        hello: Hello,
+        path: SessionPath,
+    ) -> Result<SecureStream, ConnectError> {
+        let addr = connection.remote_address();
+        self.direct_session(addr, Some(connection), host_id, hello, path)
+            .await
+    }
+
+    async fn direct_session(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        made: Option<quinn::Connection>,
+        host_id: HostId,
+        hello: Hello,
+        path: SessionPath,
+    ) -> Result<SecureStream, ConnectError> {
         let timeout = self.config.direct_timeout;
         let direct_error = |source: DirectConnectError| ConnectError::Direct { addr, source };
         let attempt = async {
-            let connection = self
-                .direct
-                .get_or_connect(&addr, || self.connect_host(addr))
-                .await
-                .map_err(direct_error)?;
+            let connection = match made {
+                Some(connection) => connection,
+                None => self
+                    .direct
+                    .get_or_connect(&addr, || self.connect_host(addr))
+                    .await
+                    .map_err(direct_error)?,
+            };
             let (send, recv) = connection
                 .open_bi()
                 .await

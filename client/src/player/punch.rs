@@ -11,7 +11,7 @@
 //! back to the relay.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,8 @@ use tracing::{debug, info};
 
 use super::{ConnectError, Connector, PathPreference, Player};
 use crate::punch::{
-    lan_candidate, observe, path_binding, read_candidates, read_path_check, send_candidates,
-    PUNCH_EVERY, PUNCH_FOR,
+    lan_candidate, observe, path_binding, punch, punch_once, read_candidates, read_path_check,
+    send_candidates, send_ready, PUNCH_EVERY, PUNCH_FOR,
 };
 use crate::session::SessionPath;
 
@@ -48,6 +48,8 @@ pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub(super) struct Punched {
     hosts: Mutex<HashMap<HostId, PunchState>>,
+    /// Held while this player's socket accepts a host's dial (roles swapped).
+    accepting: tokio::sync::Mutex<()>,
 }
 
 /// Where punching stands for one host.
@@ -183,6 +185,27 @@ enum Round {
     Check,
 }
 
+/// Who does what in one attempt; they alternate, the player dialling first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Roles {
+    /// The host punches toward the player's candidates; the player dials.
+    PlayerDials,
+    /// The player punches toward the host's candidates; the host dials, and the
+    /// player accepts on its relay socket for the attempt.
+    HostDials,
+}
+
+impl Roles {
+    /// The roles of attempt number `attempt` (from 1).
+    fn of(attempt: u32) -> Self {
+        if attempt % 2 == 1 {
+            Self::PlayerDials
+        } else {
+            Self::HostDials
+        }
+    }
+}
+
 /// How a round of attempts ended.
 enum Outcome {
     Direct(SocketAddr),
@@ -239,7 +262,7 @@ impl Player {
             }
             let mut outcome = Outcome::Failed(None);
             for attempt in 1..=ATTEMPTS {
-                match player.punch_once(&ticket).await {
+                match player.punch_once(&ticket, Roles::of(attempt)).await {
                     Ok(addr) => {
                         info!(host = %host_id.short(), "direct path to the host punched; sessions move to it");
                         outcome = Outcome::Direct(addr);
@@ -289,10 +312,22 @@ impl Player {
         Ok(Candidates::new(observed.into_iter().chain(lan)))
     }
 
-    /// One attempt: observe, swap candidates, dial.
-    async fn punch_once(&self, ticket: &Ticket) -> Result<SocketAddr, AttemptError> {
-        let connector = &self.connector;
+    /// One attempt: observe, swap candidates, dial or be dialled.
+    async fn punch_once(&self, ticket: &Ticket, roles: Roles) -> Result<SocketAddr, AttemptError> {
         let ours = self.our_candidates().await?;
+        match roles {
+            Roles::PlayerDials => self.dial_host(ticket, ours).await,
+            Roles::HostDials => self.dialled_by_host(ticket, ours).await,
+        }
+    }
+
+    /// The host punches toward `ours`; this player dials the host's candidates.
+    async fn dial_host(
+        &self,
+        ticket: &Ticket,
+        ours: Candidates,
+    ) -> Result<SocketAddr, AttemptError> {
+        let connector = &self.connector;
         let mut session = self
             .connect_with(ticket, PathPreference::RelayOnly, Hello::Punch)
             .await?;
@@ -306,13 +341,14 @@ impl Player {
                 let dial = connector
                     .direct
                     .get_or_connect(&addr, || connector.connect_host(addr));
-                if !matches!(tokio::time::timeout(PUNCH_FOR, dial).await, Ok(Ok(_))) {
+                let Ok(Ok(connection)) = tokio::time::timeout(PUNCH_FOR, dial).await else {
                     return None;
-                }
+                };
                 // A QUIC handshake proves nothing (the player takes any certificate
                 // on a direct path): whoever answered must also answer a Noise
-                // handshake to the host id before the path counts.
-                match verify(connector, addr, host_id).await {
+                // handshake to the host id, on this very connection, before the
+                // path counts.
+                match verify(connector, connection, host_id).await {
                     Ok(()) => Some(addr),
                     Err(err) => {
                         debug!(%err, "a candidate answered QUIC but is not the host");
@@ -330,11 +366,123 @@ impl Player {
         }
         dials.abort_all();
         // Done: the host stops punching.
-        let _ = session.shutdown().await;
+        let _ = tokio::time::timeout(PUNCH_EVERY, session.shutdown()).await;
         punched.ok_or(AttemptError::Failed(
             ours,
             "no candidate of the host's answered",
         ))
+    }
+
+    /// Roles swapped: this player punches toward the host's candidates from its
+    /// relay socket, which accepts QUIC for the attempt, and the host dials `ours`.
+    /// Behind a NAT that lets in whatever comes to an open mapping (and before a
+    /// host whose NAT maps per destination, whose dial's port no one can know),
+    /// this gets through where the other way does not.
+    async fn dialled_by_host(
+        &self,
+        ticket: &Ticket,
+        ours: Candidates,
+    ) -> Result<SocketAddr, AttemptError> {
+        let connector = &self.connector;
+        let relay = connector
+            .relays
+            .any_live()
+            .ok_or(AttemptError::NoRelayConnection)?;
+        let endpoint = connector.endpoints.for_remote(relay.remote_address())?;
+        let Some(socket) = connector.endpoints.socket_for(relay.remote_address())? else {
+            return Err(AttemptError::Failed(ours, "no socket to punch from"));
+        };
+        // The endpoint accepts for one attempt at a time.
+        let Ok(_accepting) = connector.punched.accepting.try_lock() else {
+            return Err(AttemptError::Failed(
+                ours,
+                "another host is dialling this player",
+            ));
+        };
+        let server = crate::host::direct_server_config(self.dialled_transport())
+            .map_err(|_| AttemptError::Failed(ours.clone(), "no certificate to accept with"))?;
+        endpoint.set_server_config(Some(server));
+        let accepted = self.accept_dial(ticket, &ours, &endpoint, &socket).await;
+        endpoint.set_server_config(None);
+        let (addr, connection) = accepted?.ok_or(AttemptError::Failed(
+            ours,
+            "the host's dial did not get through",
+        ))?;
+        if !connector.direct.insert(addr, connection) {
+            return Err(AttemptError::Failed(
+                Candidates::default(),
+                "a connection to that address is being made",
+            ));
+        }
+        Ok(addr)
+    }
+
+    /// The punch session of [`Player::dialled_by_host`], and the wait for the
+    /// host's connection: `None` if none that is the host's arrived in time.
+    async fn accept_dial(
+        &self,
+        ticket: &Ticket,
+        ours: &Candidates,
+        endpoint: &quinn::Endpoint,
+        socket: &std::net::UdpSocket,
+    ) -> Result<Option<(SocketAddr, quinn::Connection)>, AttemptError> {
+        let mut session = self
+            .connect_with(ticket, PathPreference::RelayOnly, Hello::Punch)
+            .await?;
+        send_candidates(&mut session, &ours.clone().dialled_back()).await?;
+        let theirs = read_candidates(&mut session).await?;
+        // This side's NAT opens toward the host before the host is told to dial.
+        punch_once(socket, &theirs.addrs);
+        send_ready(&mut session).await?;
+        let host_id = *ticket.host_id();
+        // The host dials from its candidates' addresses, on whatever port its NAT
+        // gives that destination: only those addresses are let in.
+        let from: Vec<IpAddr> = theirs.addrs.iter().map(SocketAddr::ip).collect();
+        let deadline = tokio::time::Instant::now() + PUNCH_FOR;
+        let accept = async {
+            while let Ok(Some(incoming)) =
+                tokio::time::timeout_at(deadline, endpoint.accept()).await
+            {
+                if !from.contains(&incoming.remote_address().ip()) {
+                    incoming.refuse();
+                    continue;
+                }
+                let Ok(connection) = incoming.await else {
+                    continue;
+                };
+                match verify(self.connector.clone(), connection.clone(), host_id).await {
+                    Ok(()) => return Some((connection.remote_address(), connection)),
+                    Err(err) => debug!(%err, "a dial answered for the host, but not by it"),
+                }
+            }
+            None
+        };
+        // Punch packets keep the mapping open while the host's dial comes.
+        let keep_open = async {
+            punch(socket, &theirs.addrs).await;
+            std::future::pending::<()>().await;
+        };
+        let accepted = tokio::select! {
+            accepted = accept => accepted,
+            () = keep_open => None,
+        };
+        // Done: the host stops dialling.
+        let _ = tokio::time::timeout(PUNCH_EVERY, session.shutdown()).await;
+        Ok(accepted)
+    }
+
+    /// The transport of a connection the host dials to this player: the host opens
+    /// no stream on it; this player's sessions do.
+    fn dialled_transport(&self) -> quinn::TransportConfig {
+        let config = &self.connector.config;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(config.keep_alive))
+            .max_idle_timeout(config.idle_timeout.try_into().ok())
+            .max_concurrent_bidi_streams(0u32.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .datagram_receive_buffer_size(None);
+        transport
     }
 
     /// Forgets the punched address when its connection closes.
@@ -351,40 +499,47 @@ impl Player {
     }
 }
 
-/// Proves that the direct connection to `addr` reaches the host itself: a punch
-/// session on it, whose Noise handshake only the holder of the host id's key
-/// completes, carrying no candidates and answered with the connection's binding
-/// (PROTOCOL.md 10.9), which must be the one this end computes. Someone answering
-/// at the candidate fails the handshake; someone carrying the session on to the
-/// host over a connection of its own (a splice) fails the binding.
+/// Proves that the direct `connection` reaches the host itself: a punch session on
+/// it, whose Noise handshake only the holder of the host id's key completes,
+/// carrying no candidates and answered with the connection's binding (PROTOCOL.md
+/// 10.9), which must be the one this end computes. Someone answering at the
+/// candidate fails the handshake; someone carrying the session on to the host over
+/// a connection of its own (a splice) fails the binding. A connection that fails
+/// is closed, so that nothing else takes it for the host's.
 async fn verify(
     connector: Arc<Connector>,
-    addr: SocketAddr,
+    connection: quinn::Connection,
     host_id: HostId,
 ) -> Result<(), AttemptError> {
-    let connection = connector.direct.live(&addr).ok_or(AttemptError::Failed(
-        Candidates::default(),
-        "the direct connection closed",
-    ))?;
     let ours = path_binding(&connection).ok_or(AttemptError::Failed(
         Candidates::default(),
         "the direct connection has no binding",
     ))?;
-    let mut session = connector
-        .connect_direct(addr, host_id, Hello::Punch, SessionPath::Punched)
-        .await?;
-    send_candidates(&mut session, &Candidates::default()).await?;
-    let theirs = read_path_check(&mut session).await?;
-    let _ = tokio::time::timeout(PUNCH_EVERY, session.shutdown()).await;
-    if theirs != ours {
-        // Nothing else may take it for the host's either.
+    let checked = async {
+        let mut session = connector
+            .connect_on(
+                connection.clone(),
+                host_id,
+                Hello::Punch,
+                SessionPath::Punched,
+            )
+            .await?;
+        send_candidates(&mut session, &Candidates::default()).await?;
+        let theirs = read_path_check(&mut session).await?;
+        let _ = tokio::time::timeout(PUNCH_EVERY, session.shutdown()).await;
+        if theirs != ours {
+            return Err(AttemptError::Failed(
+                Candidates::default(),
+                "the host ends another connection than this one (a splice)",
+            ));
+        }
+        Ok(())
+    };
+    let checked = checked.await;
+    if checked.is_err() {
         connection.close(codes::close::NORMAL.into(), b"not the host's connection");
-        return Err(AttemptError::Failed(
-            Candidates::default(),
-            "the host ends another connection than this one (a splice)",
-        ));
     }
-    Ok(())
+    checked
 }
 
 impl Connector {
@@ -408,6 +563,15 @@ mod tests {
 
     fn ours(port: u16) -> Candidates {
         Candidates::new([SocketAddr::from(([198, 51, 100, 9], port))])
+    }
+
+    #[test]
+    fn attempts_alternate_roles_the_player_dialling_first() {
+        let roles: Vec<Roles> = (1..=ATTEMPTS).map(Roles::of).collect();
+        assert_eq!(
+            roles,
+            [Roles::PlayerDials, Roles::HostDials, Roles::PlayerDials]
+        );
     }
 
     #[test]

@@ -301,6 +301,42 @@ async fn between_two_symmetric_nats_the_session_stays_relayed_after_three_attemp
     stays_relayed_behind(Nat::Symmetric, Nat::Symmetric).await;
 }
 
+/// A host behind a symmetric NAT and a player behind a full cone: the player's
+/// dial cannot reach the host (its NAT gave the relay a port no one else may use),
+/// but the host's can reach the player, so the second attempt, roles swapped, gets
+/// through and new sessions go direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_a_symmetric_nat_the_host_dials_a_full_cone_player_with_roles_swapped() {
+    blindrelay_tests::init_tracing();
+    let Some(homes) = Homes::build(Nat::Symmetric, Player::Behind(Nat::FullCone)).await else {
+        return;
+    };
+    let (player, listen) = homes.start_player("quic");
+    let tcp = ask(&homes.net, &homes.player_ns, listen, MIB, 41).await;
+    assert_eq!(finish(tcp, 41, &[]).await, MIB);
+    let open = player.wait_log("session open");
+    assert!(open.contains("path=relayed"), "{open}");
+    player.wait_log("direct path to the host punched");
+    // The player's own attempt came first and failed; the host then dialled.
+    assert!(homes
+        .host
+        .wait_log("punching toward a player")
+        .contains("candidates"));
+    homes
+        .host
+        .wait_log("dialling a player for a direct path (roles swapped)");
+    let relayed = homes.relayed();
+    let tcp = ask(&homes.net, &homes.player_ns, listen, 8 * MIB, 42).await;
+    assert_eq!(finish(tcp, 42, &[]).await, 8 * MIB);
+    let second = player.wait_log("session open");
+    assert!(second.contains("path=direct (punched)"), "{second}");
+    let after = homes.relayed() - relayed;
+    assert!(
+        after < 64 * 1024,
+        "{after} bytes of the second session relayed"
+    );
+}
+
 /// Player and host behind the same router, which does not hairpin: the host's
 /// public address is of no use from inside, its LAN address is, and wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
