@@ -646,6 +646,43 @@ mod tests {
         );
     }
 
+    /// What a host that dials this player back may do on the connection: open no
+    /// stream (this player's sessions open them), so a hostile host parks nothing.
+    #[tokio::test]
+    async fn a_host_that_dials_this_player_may_open_no_stream() {
+        let player = Player::new(crate::PlayerConfig::new(
+            blindrelay_protocol::SecretKey::generate().unwrap(),
+        ));
+        let server = crate::host::direct_server_config(player.dialled_transport()).unwrap();
+        let accepting = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = accepting.local_addr().unwrap();
+        let profile = crate::endpoint::ConnectionProfile {
+            incoming_streams: 16,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+        };
+        let mut dialling = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        dialling.set_default_client_config(crate::endpoint::direct_client_config(profile).unwrap());
+        let (dialled, accepted) = tokio::join!(
+            async {
+                dialling
+                    .connect(to, crate::endpoint::DIRECT_SERVER_NAME)
+                    .unwrap()
+                    .await
+                    .unwrap()
+            },
+            async { accepting.accept().await.unwrap().await.unwrap() }
+        );
+        // The host's stream waits for credit that never comes; the player's opens.
+        let host_opens = tokio::time::timeout(Duration::from_millis(500), dialled.open_bi()).await;
+        assert!(host_opens.is_err(), "the host opened a stream");
+        let player_opens = tokio::time::timeout(Duration::from_secs(5), accepted.open_bi()).await;
+        assert!(
+            matches!(player_opens, Ok(Ok(_))),
+            "the player opens its sessions"
+        );
+    }
+
     #[tokio::test]
     async fn a_running_session_sees_the_punched_address_appear_and_go() {
         let punched = Punched::default();
