@@ -80,18 +80,23 @@ impl<K: Eq + Hash + Clone> ConnectionCache<K> {
 
     /// Any live connection in the cache.
     pub(crate) fn any_live(&self) -> Option<quinn::Connection> {
-        let slots: Vec<Slot> = self
+        self.any_live_entry().map(|(_, connection)| connection)
+    }
+
+    /// Any live connection in the cache, with its key.
+    pub(crate) fn any_live_entry(&self) -> Option<(K, quinn::Connection)> {
+        let slots: Vec<(K, Slot)> = self
             .slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
+            .iter()
+            .map(|(key, slot)| (key.clone(), slot.clone()))
             .collect();
-        slots.iter().find_map(|slot| {
+        slots.iter().find_map(|(key, slot)| {
             let held = slot.try_lock().ok()?;
             held.as_ref()
                 .filter(|connection| connection.close_reason().is_none())
-                .cloned()
+                .map(|connection| (key.clone(), connection.clone()))
         })
     }
 

@@ -545,6 +545,21 @@ pub(crate) fn relay_check(url: &RelayUrl) -> ServerCheck {
 }
 
 /// The relay's client configuration for `url`.
+/// The client configuration of a connection to a relay's probe port (see
+/// [`crate::punch::maps_per_destination`]): checked as the relay is, and short-lived.
+pub(crate) fn probe_client_config(
+    url: &RelayUrl,
+) -> Result<quinn::ClientConfig, ConnectRelayError> {
+    relay_client_config(
+        url,
+        ConnectionProfile {
+            incoming_streams: 0,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+        },
+    )
+}
+
 fn relay_client_config(
     url: &RelayUrl,
     profile: ConnectionProfile,

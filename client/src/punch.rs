@@ -22,11 +22,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use blindrelay_protocol::punch::{Candidates, PathCheck, Ready, BINDING_LABEL, BINDING_LEN};
-use blindrelay_protocol::ControlMessage;
 use blindrelay_protocol::DecodeError;
+use blindrelay_protocol::{codes, ControlMessage, RelayUrl};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::endpoint::probe_client_config;
 use crate::wire::{read_control, WireError};
 
 /// How long an `Observe` may take before the client goes on without its answer.
@@ -60,21 +61,79 @@ pub(crate) enum ObserveError {
     Timeout,
 }
 
+/// What a relay said of a connection's address.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Observation {
+    /// The address the relay sees the connection come from.
+    pub addr: SocketAddr,
+    /// The relay's probe port, where it has one.
+    pub probe_port: Option<u16>,
+}
+
 /// Asks the relay at the other end of `connection` which address it sees this end
 /// come from: its NAT's public mapping of the connection's socket.
-pub(crate) async fn observe(connection: &quinn::Connection) -> Result<SocketAddr, ObserveError> {
+pub(crate) async fn observe(connection: &quinn::Connection) -> Result<Observation, ObserveError> {
     let ask = async {
         let (mut send, mut recv) = connection.open_bi().await?;
         send.write_all(&ControlMessage::Observe.to_frame()).await?;
         let _ = send.finish();
-        match read_control(&mut recv).await? {
-            ControlMessage::Observed { addr } => Ok(addr),
-            other => Err(ObserveError::Unexpected(other.name())),
-        }
+        let addr = match read_control(&mut recv).await? {
+            ControlMessage::Observed { addr } => addr,
+            other => return Err(ObserveError::Unexpected(other.name())),
+        };
+        // A relay with a probe port says so next; one without ends the stream.
+        let probe_port = match read_control(&mut recv).await {
+            Ok(ControlMessage::ProbePort { port }) => Some(port),
+            _ => None,
+        };
+        Ok(Observation { addr, probe_port })
     };
     tokio::time::timeout(OBSERVE_TIMEOUT, ask)
         .await
         .unwrap_or(Err(ObserveError::Timeout))
+}
+
+/// Whether this end's NAT maps each destination to a new public port: asks again
+/// at the relay's probe port, from `endpoint` (the one `connection`, to the relay
+/// at `url`, leaves from), and compares with what `seen` says. `None` where the
+/// relay has no probe port, or the probe fails.
+pub(crate) async fn maps_per_destination(
+    endpoint: &quinn::Endpoint,
+    connection: &quinn::Connection,
+    url: &RelayUrl,
+    seen: &Observation,
+) -> Option<bool> {
+    let port = seen.probe_port?;
+    let to = SocketAddr::new(connection.remote_address().ip(), port);
+    let config = probe_client_config(url).ok()?;
+    let probe = async {
+        let probe = endpoint
+            .connect_with(config, to, url.host())
+            .ok()?
+            .await
+            .ok()?;
+        let again = observe(&probe).await.ok();
+        probe.close(codes::close::NORMAL.into(), b"probed");
+        again
+    };
+    let again = tokio::time::timeout(OBSERVE_TIMEOUT, probe).await.ok()??;
+    Some(again.addr != seen.addr)
+}
+
+/// The addresses of `theirs` worth a punch packet or a dial from the side whose
+/// candidates are `ours`. A side whose NAT maps each destination anew names its
+/// observed address first only to say where its packets come from: no one else can
+/// reach it there. When both sides' NATs do so and they are not behind the same
+/// public address (where LAN addresses may meet), nothing is worth trying.
+pub(crate) fn worth_trying(ours: &Candidates, theirs: &Candidates) -> Vec<SocketAddr> {
+    if !theirs.per_destination {
+        return theirs.addrs.clone();
+    }
+    let public = |candidates: &Candidates| candidates.addrs.first().map(SocketAddr::ip);
+    if ours.per_destination && public(ours) != public(theirs) {
+        return Vec::new();
+    }
+    theirs.addrs.iter().skip(1).copied().collect()
 }
 
 /// This machine's address on the route to `remote` with `port`: its LAN candidate.
@@ -193,5 +252,32 @@ pub(crate) fn punch_once(socket: &std::net::UdpSocket, targets: &[SocketAddr]) {
         // The socket is the endpoint's own, non-blocking: a full send buffer drops
         // this packet, and the next round sends another.
         let _ = socket.send_to(&PUNCH_PACKET, target);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidates(addrs: &[&str], per_destination: bool) -> Candidates {
+        Candidates::new(addrs.iter().map(|addr| addr.parse().unwrap()))
+            .mapped_per_destination(per_destination)
+    }
+
+    #[test]
+    fn an_address_a_nat_gave_only_the_relay_is_not_tried() {
+        let home = candidates(&["198.51.100.1:4000", "192.168.1.2:4000"], false);
+        let symmetric = candidates(&["203.0.113.9:5000", "10.0.0.7:5000"], true);
+        let addrs = |c: &Candidates| c.addrs.clone();
+        // An ordinary NAT's every address is worth trying, whoever asks.
+        assert_eq!(worth_trying(&home, &home), addrs(&home));
+        assert_eq!(worth_trying(&symmetric, &home), addrs(&home));
+        // A symmetric one's public address is not; its LAN address is.
+        assert_eq!(worth_trying(&home, &symmetric), addrs(&symmetric)[1..]);
+        // Two symmetric NATs: nothing, unless they share the public address.
+        let other = candidates(&["192.0.2.3:6000", "10.0.0.8:6000"], true);
+        assert!(worth_trying(&other, &symmetric).is_empty());
+        let same_nat = candidates(&["203.0.113.9:6001", "10.0.0.8:6001"], true);
+        assert_eq!(worth_trying(&same_nat, &symmetric), addrs(&symmetric)[1..]);
     }
 }

@@ -178,6 +178,14 @@ pub enum ControlMessage {
         /// The connection's remote address, as the relay sees it.
         addr: std::net::SocketAddr,
     },
+    /// Sent after `Observed` on the same stream by a relay with a probe port: it
+    /// answers `Observe` on that UDP port of the same address too (and nothing
+    /// else there). A client that asks there from the same socket and is seen from
+    /// another address is behind a NAT that maps each destination anew.
+    ProbePort {
+        /// The probe port.
+        port: u16,
+    },
     /// The relay refuses a request; it finishes its side of the stream afterwards.
     Error {
         /// Machine-readable reason.
@@ -216,6 +224,9 @@ impl fmt::Debug for ControlMessage {
             // family, as the relay's logs show addresses.
             Self::Observed { addr } => {
                 out.field("addr", &Redacted(if addr.is_ipv4() { 4 } else { 16 }));
+            }
+            Self::ProbePort { port } => {
+                out.field("port", port);
             }
             Self::Renew { token } => {
                 out.field("token", &Redacted(token.len()));
@@ -274,6 +285,7 @@ mod kind {
     pub const ACCEPT: u8 = 0x13;
     pub const OBSERVE: u8 = 0x14;
     pub const OBSERVED: u8 = 0x15;
+    pub const PROBE_PORT: u8 = 0x16;
     pub const ERROR: u8 = 0x7f;
 }
 
@@ -314,6 +326,7 @@ impl ControlMessage {
             Self::Incoming { .. } => "Incoming",
             Self::Observe => "Observe",
             Self::Observed { .. } => "Observed",
+            Self::ProbePort { .. } => "ProbePort",
             Self::Error { .. } => "Error",
         }
     }
@@ -409,6 +422,10 @@ impl ControlMessage {
             Self::Observed { addr } => {
                 body.put_u8(kind::OBSERVED);
                 put_socket_addr(&mut body, *addr);
+            }
+            Self::ProbePort { port } => {
+                body.put_u8(kind::PROBE_PORT);
+                body.put_u16(*port);
             }
             Self::Error { code, reason } => {
                 body.put_u8(kind::ERROR);
@@ -520,6 +537,7 @@ impl ControlMessage {
             kind::OBSERVED => Self::Observed {
                 addr: r.socket_addr()?,
             },
+            kind::PROBE_PORT => Self::ProbePort { port: r.u16()? },
             kind::ERROR => Self::Error {
                 code: ErrorCode::from_u16(r.u16()?),
                 reason: r.string16("error reason", MAX_REASON_LEN)?.to_owned(),
@@ -712,6 +730,7 @@ mod tests {
             ControlMessage::Observed {
                 addr: "[2001:db8::7]:443".parse().unwrap(),
             },
+            ControlMessage::ProbePort { port: 4434 },
         ]
     }
 
@@ -742,6 +761,7 @@ mod tests {
             "00020114".to_owned(),
             "0009011504cb0071079cbb".to_owned(),
             "001501150620010db800000000000000000000000701bb".to_owned(),
+            "000401161152".to_owned(),
         ];
         for (message, expected) in all_messages().iter().zip(expected) {
             assert_eq!(hex(&message.to_frame()), expected, "{message:?}");

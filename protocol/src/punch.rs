@@ -52,9 +52,12 @@ pub const BINDING_LEN: usize = 32;
 pub const BINDING_LABEL: &[u8] = b"EXPORTER-blindrelay/1 punched path";
 
 mod kind {
+    /// Candidates are the odd kinds: `0x01`, with [`DIAL_BACK`] and
+    /// [`PER_DESTINATION`] set as they say.
     pub const CANDIDATES: u8 = 0x01;
+    pub const DIAL_BACK: u8 = 0x02;
+    pub const PER_DESTINATION: u8 = 0x04;
     pub const PATH_CHECK: u8 = 0x02;
-    pub const CANDIDATES_DIAL_BACK: u8 = 0x03;
     pub const READY: u8 = 0x04;
 }
 
@@ -68,6 +71,10 @@ pub struct Candidates {
     /// The player asks the host to dial it this time (roles swapped), instead of
     /// punching toward it; only a player sends it.
     pub dial_back: bool,
+    /// The sender's NAT maps each destination to a new public port (it was seen
+    /// from two ports by the relay's two ports): its observed address is of no
+    /// use to anyone else.
+    pub per_destination: bool,
 }
 
 impl Candidates {
@@ -83,7 +90,15 @@ impl Candidates {
         Self {
             addrs: kept,
             dial_back: false,
+            per_destination: false,
         }
+    }
+
+    /// The same addresses, from behind a NAT that maps each destination anew.
+    #[must_use]
+    pub fn mapped_per_destination(mut self, per_destination: bool) -> Self {
+        self.per_destination = per_destination;
+        self
     }
 
     /// The same addresses, asking the host to dial them.
@@ -96,11 +111,14 @@ impl Candidates {
     /// Appends the message, length prefix included.
     pub fn encode(&self, out: &mut impl BufMut) {
         let mut body = BytesMut::with_capacity(MAX_MESSAGE_LEN);
-        body.put_u8(if self.dial_back {
-            kind::CANDIDATES_DIAL_BACK
-        } else {
-            kind::CANDIDATES
-        });
+        let mut kind = kind::CANDIDATES;
+        if self.dial_back {
+            kind |= kind::DIAL_BACK;
+        }
+        if self.per_destination {
+            kind |= kind::PER_DESTINATION;
+        }
+        body.put_u8(kind);
         let addrs = &self.addrs[..self.addrs.len().min(MAX_CANDIDATES)];
         body.put_u8(addrs.len() as u8);
         for addr in addrs {
@@ -113,11 +131,12 @@ impl Candidates {
     /// Decodes one message's body (after its length prefix).
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let dial_back = match r.u8()? {
-            kind::CANDIDATES => false,
-            kind::CANDIDATES_DIAL_BACK => true,
-            kind => return Err(DecodeError::UnknownKind { kind }),
-        };
+        let kind = r.u8()?;
+        if kind & !(kind::DIAL_BACK | kind::PER_DESTINATION) != kind::CANDIDATES {
+            return Err(DecodeError::UnknownKind { kind });
+        }
+        let dial_back = kind & kind::DIAL_BACK != 0;
+        let per_destination = kind & kind::PER_DESTINATION != 0;
         let count = usize::from(r.u8()?);
         if count > MAX_CANDIDATES {
             return Err(DecodeError::InvalidField {
@@ -137,7 +156,11 @@ impl Candidates {
             addrs.push(addr);
         }
         r.finish()?;
-        Ok(Self { addrs, dial_back })
+        Ok(Self {
+            addrs,
+            dial_back,
+            per_destination,
+        })
     }
 
     /// Decodes one message from the front of `buf` if it is whole, consuming it;
@@ -328,10 +351,35 @@ mod tests {
         let candidates = Candidates::new([addr("203.0.113.7:40123")]).dialled_back();
         let mut wire = BytesMut::new();
         candidates.encode(&mut wire);
-        assert_eq!(wire[2], kind::CANDIDATES_DIAL_BACK);
+        assert_eq!(wire[2], 0x03);
         let decoded = Candidates::decode_frame(&mut wire).unwrap().unwrap();
-        assert!(decoded.dial_back);
+        assert!(decoded.dial_back && !decoded.per_destination);
         assert_eq!(decoded, candidates);
+        // Each flag its own bit: 0x05 from behind a NAT that maps per destination,
+        // 0x07 with dial back too.
+        for (dial_back, per_destination, kind) in [
+            (false, true, 0x05),
+            (true, true, 0x07),
+            (false, false, 0x01),
+        ] {
+            let mut candidates =
+                Candidates::new([addr("203.0.113.7:1")]).mapped_per_destination(per_destination);
+            candidates.dial_back = dial_back;
+            let mut wire = BytesMut::new();
+            candidates.encode(&mut wire);
+            assert_eq!(wire[2], kind);
+            assert_eq!(
+                Candidates::decode_frame(&mut wire).unwrap(),
+                Some(candidates)
+            );
+        }
+        // Even kinds, and bits beyond the two, are not candidates.
+        for kind in [0x09, 0x11, 0x81, 0x06] {
+            assert!(matches!(
+                Candidates::decode(&[kind, 0]),
+                Err(DecodeError::UnknownKind { .. })
+            ));
+        }
         let mut wire = BytesMut::new();
         Ready.encode(&mut wire);
         assert_eq!(&wire[..], &[0, 1, kind::READY]);

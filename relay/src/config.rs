@@ -29,6 +29,11 @@ pub struct RelayConfig {
     /// Where the relay listens for TLS over TCP, for hosts and players whose
     /// networks block UDP.
     pub tcp: TcpListen,
+    /// A second UDP port on `listen`'s address that answers `Observe` and nothing
+    /// else (PROTOCOL.md 10.9), so that clients can tell whether their NAT maps
+    /// each destination anew and skip punches that cannot work; 0 picks one. Off
+    /// unless given.
+    pub probe_port: Option<u16>,
     /// The TLS certificate and key.
     pub certificate: RelayCertificate,
     /// DNS name clients reach the relay by, when its certificate is issued by a public
@@ -56,6 +61,7 @@ impl RelayConfig {
         Self {
             listen,
             tcp: TcpListen::SamePort,
+            probe_port: None,
             certificate,
             public_name: None,
             limits: Limits::default(),
@@ -178,6 +184,8 @@ pub struct ConfigFile {
     pub listen: Option<SocketAddr>,
     /// TLS-over-TCP listener: `same` (default), `off`, or an address.
     pub listen_tcp: Option<TcpListen>,
+    /// See [`RelayConfig::probe_port`].
+    pub probe_port: Option<u16>,
     /// PEM certificate chain.
     pub cert: Option<PathBuf>,
     /// PEM private key of `cert`.
@@ -454,6 +462,15 @@ mod tests {
         let err =
             ConfigFile::load(Path::new("/nonexistent/blindrelayd.toml")).expect_err("refused");
         assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_probe_port_is_a_port_number() {
+        let parse = |text: &str| ConfigFile::parse(text).map(|file| file.probe_port);
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(parse("probe_port = 4434"), Ok(Some(4434)));
+        assert!(parse("probe_port = 70000").is_err());
+        assert!(parse("probe_port = \"127.0.0.1:4434\"").is_err());
     }
 
     #[test]

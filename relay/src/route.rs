@@ -27,7 +27,9 @@ use tracing::debug;
 use crate::ops::stats::{SessionRefused, Stats};
 use crate::policy::admission::Refusal;
 use crate::state::RelayState;
-use crate::stream::control::{read_message, refuse, refuse_stream, ReadMessageError};
+use crate::stream::control::{
+    read_message, refuse, refuse_stream, write_control, ReadMessageError,
+};
 use crate::stream::link::Link;
 use crate::stream::routed::RoutedStream;
 use crate::{flows::registration, flows::session};
@@ -253,8 +255,18 @@ impl Route {
             // anyway: told to the client, never logged.
             Self::Observe => {
                 Stats::bump(&state.stats.addresses_observed);
-                ControlMessage::Observed {
+                let observed = ControlMessage::Observed {
                     addr: stream.link.remote_address(),
+                };
+                match state.config.probe_port {
+                    // Then where to ask again, and the stream ends.
+                    Some(port) => {
+                        if write_control(&mut stream.send, &observed).await.is_err() {
+                            return;
+                        }
+                        ControlMessage::ProbePort { port }
+                    }
+                    None => observed,
                 }
             }
             Self::Refuse { count, answer } => {

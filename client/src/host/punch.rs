@@ -16,15 +16,15 @@ use tracing::{debug, info};
 
 use std::sync::atomic::Ordering;
 
-use blindrelay_protocol::codes;
+use blindrelay_protocol::{codes, RelayUrl};
 use tokio::task::JoinSet;
 
 use super::accept::SessionAcceptor;
 use super::{direct, HostConfig};
 use crate::endpoint::{direct_client_config, ConnectionProfile, TlsSetupError, DIRECT_SERVER_NAME};
 use crate::punch::{
-    lan_candidate, observe, path_binding, punch, punch_once, read_candidates, read_ready,
-    send_candidates, send_path_check, PUNCH_EVERY, PUNCH_FOR,
+    lan_candidate, maps_per_destination, observe, path_binding, punch, punch_once, read_candidates,
+    read_ready, send_candidates, send_path_check, worth_trying, PUNCH_EVERY, PUNCH_FOR,
 };
 use crate::stream::SecureStream;
 
@@ -41,8 +41,9 @@ pub(super) struct HostPunch {
     max_direct: u32,
     bound: SocketAddr,
     advertised: Vec<SocketAddr>,
-    /// What the relay saw of `socket`, as of the latest registration.
-    observed: Mutex<Option<SocketAddr>>,
+    /// What the relay saw of `socket`, as of the latest registration, and whether
+    /// the NAT maps each destination anew (as far as the relay's probe port told).
+    observed: Mutex<Option<(SocketAddr, bool)>>,
 }
 
 /// Where a [`HostPunch`] punches from.
@@ -77,24 +78,35 @@ impl HostPunch {
         })
     }
 
-    fn observed(&self) -> Option<SocketAddr> {
+    fn observed(&self) -> Option<(SocketAddr, bool)> {
         *self
             .observed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Asks the relay on `connection` (a registration's, from this host's socket)
-    /// which address it sees, and keeps the answer for the next punch sessions.
-    pub(super) async fn observe_on(&self, connection: &quinn::Connection) {
+    /// Asks the relay at `url` on `connection` (a registration's, from this host's
+    /// socket) which address it sees, and at its probe port whether this host's NAT
+    /// maps each destination anew; keeps both for the next punch sessions.
+    pub(super) async fn observe_on(&self, connection: &quinn::Connection, url: &RelayUrl) {
         match observe(connection).await {
-            Ok(addr) => {
+            Ok(seen) => {
+                // Only from the socket the registration uses.
+                let same_socket = self.bound.is_ipv4() == connection.remote_address().is_ipv4();
+                let per_destination = match same_socket {
+                    true => maps_per_destination(&self.endpoint, connection, url, &seen).await,
+                    false => None,
+                };
+                if per_destination == Some(true) {
+                    info!("this host's NAT maps each destination to a new port: players dial it only where their own NAT lets it in");
+                }
+                let now = (seen.addr, per_destination == Some(true));
                 let before = self
                     .observed
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .replace(addr);
-                if before != Some(addr) {
+                    .replace(now);
+                if before != Some(now) {
                     debug!("the relay observed this host's address (kept for punching)");
                 }
             }
@@ -106,19 +118,22 @@ impl HostPunch {
 
     /// This host's candidates, the public one first.
     fn candidates(&self, relay: Option<SocketAddr>) -> Candidates {
+        let observed = self.observed();
+        let public = observed.map(|(addr, _)| addr);
         let lan = if self.bound.ip().is_unspecified() {
             relay
-                .or(self.observed())
+                .or(public)
                 .and_then(|toward| lan_candidate(toward, self.bound.port()))
         } else {
             Some(self.bound)
         };
         Candidates::new(
-            self.observed()
+            public
                 .into_iter()
                 .chain(lan)
                 .chain(self.advertised.iter().copied()),
         )
+        .mapped_per_destination(observed.is_some_and(|(_, per_destination)| per_destination))
     }
 
     /// Serves one punch session from a player this host serves: takes the player's
@@ -134,22 +149,31 @@ impl HostPunch {
         if theirs.dial_back {
             return self.dial_back(stream, &theirs, &ours, acceptor).await;
         }
+        // Not toward an address the player's NAT gave the relay alone: its dial
+        // leaves from a port no one knows.
+        let targets = worth_trying(&ours, &theirs);
         // A first round before the answer: by the time the player has the host's
         // candidates and dials, this side's NAT already lets its Initial in (one
         // that came first would be dropped, and QUIC sends it again only after
         // about a second).
-        punch_once(&self.socket, &theirs.addrs);
+        punch_once(&self.socket, &targets);
         if send_candidates(&mut stream, &ours).await.is_err() {
+            return;
+        }
+        if targets.is_empty() {
+            debug!(player = %stream.peer().short(), "nothing of the player's worth a punch packet");
+            let _ = tokio::time::timeout(PUNCH_FOR, until_end(&mut stream)).await;
+            let _ = tokio::time::timeout(PUNCH_EVERY, stream.shutdown()).await;
             return;
         }
         info!(
             player = %stream.peer().short(),
-            candidates = theirs.addrs.len(),
+            candidates = targets.len(),
             "punching toward a player for a direct path"
         );
         // Until the player is done with its attempt, or the punching is.
         tokio::select! {
-            () = punch(&self.socket, &theirs.addrs) => {}
+            () = punch(&self.socket, &targets) => {}
             () = until_end(&mut stream) => {}
         }
         let _ = tokio::time::timeout(PUNCH_EVERY, stream.shutdown()).await;
@@ -179,7 +203,7 @@ impl HostPunch {
             "dialling a player for a direct path (roles swapped)"
         );
         let mut dials = JoinSet::new();
-        for addr in &theirs.addrs {
+        for addr in &worth_trying(ours, theirs) {
             let Ok(connecting) =
                 self.endpoint
                     .connect_with(self.dial.clone(), *addr, DIRECT_SERVER_NAME)

@@ -229,7 +229,7 @@ pub(super) async fn run_relay(
                 let end = match registration {
                     Registration::Quic { connection, stream } => {
                         let silence = config.relay_idle_timeout;
-                        serve_registered(&connection, stream, silence, control).await
+                        serve_registered(&connection, &current, stream, silence, control).await
                     }
                     Registration::Framed {
                         connection,
@@ -979,6 +979,7 @@ fn framed_ended(connection: &blindrelay_transport::Connection) -> RegistrationEn
 /// Accepts sessions on a registered connection until it ends.
 async fn serve_registered(
     connection: &quinn::Connection,
+    relay: &RelayUrl,
     registration: RegistrationStream,
     silence: Duration,
     control: &mut AgentChannels,
@@ -991,8 +992,8 @@ async fn serve_registered(
     let mut handshakes = JoinSet::new();
     if let Some(punch) = control.acceptor.punch() {
         // What the relay sees of this socket, for the punch sessions to come.
-        let (punch, connection) = (punch.clone(), connection.clone());
-        handshakes.spawn(async move { punch.observe_on(&connection).await });
+        let (punch, connection, relay) = (punch.clone(), connection.clone(), relay.clone());
+        handshakes.spawn(async move { punch.observe_on(&connection, &relay).await });
     }
     let mut watchdog = SilenceWatchdog::new(connection, silence);
     let mut renewal = None;

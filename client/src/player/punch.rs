@@ -25,8 +25,8 @@ use tracing::{debug, info};
 
 use super::{ConnectError, Connector, PathPreference, Player};
 use crate::punch::{
-    lan_candidate, observe, path_binding, punch, punch_once, read_candidates, read_path_check,
-    send_candidates, send_ready, PUNCH_EVERY, PUNCH_FOR,
+    lan_candidate, maps_per_destination, observe, path_binding, punch, punch_once, read_candidates,
+    read_path_check, send_candidates, send_ready, worth_trying, PUNCH_EVERY, PUNCH_FOR,
 };
 use crate::session::SessionPath;
 
@@ -131,7 +131,7 @@ impl Punched {
             let changed = host
                 .failed_with
                 .as_ref()
-                .is_some_and(|failed| failed != ours);
+                .is_some_and(|failed| failed.addrs != ours.addrs);
             let due = changed && !host.running && host.direct.borrow().is_none();
             host.running |= due;
             due
@@ -227,6 +227,10 @@ enum AttemptError {
     /// The attempt ran with these candidates of this player's, and failed.
     #[error("{1}")]
     Failed(Candidates, &'static str),
+    /// Both NATs map each destination anew, and not behind one public address:
+    /// no attempt can work.
+    #[error("both NATs map each destination to a new port")]
+    Futile(Candidates),
 }
 
 impl Player {
@@ -260,9 +264,12 @@ impl Player {
                 }
                 info!(host = %host_id.short(), "this player's addresses changed: punching again");
             }
+            let per_destination = player.probe_mapping().await;
             let mut outcome = Outcome::Failed(None);
+            let mut futile = false;
             for attempt in 1..=ATTEMPTS {
-                match player.punch_once(&ticket, Roles::of(attempt)).await {
+                let roles = Roles::of(attempt);
+                match player.punch_once(&ticket, roles, per_destination).await {
                     Ok(addr) => {
                         info!(host = %host_id.short(), "direct path to the host punched; sessions move to it");
                         outcome = Outcome::Direct(addr);
@@ -271,6 +278,11 @@ impl Player {
                     Err(AttemptError::Session(ConnectError::UnknownSession)) => {
                         debug!(host = %host_id.short(), "the host does not punch");
                         outcome = Outcome::Refused;
+                        break;
+                    }
+                    Err(AttemptError::Futile(ours)) => {
+                        outcome = Outcome::Failed(Some(ours));
+                        futile = true;
                         break;
                     }
                     Err(AttemptError::Failed(ours, err)) => {
@@ -287,6 +299,8 @@ impl Player {
             }
             if let Outcome::Direct(addr) = outcome {
                 player.watch_direct(host_id, addr);
+            } else if futile {
+                info!(host = %host_id.short(), "no direct path to the host (both NATs map each destination to a new port): sessions stay relayed");
             } else if matches!(outcome, Outcome::Failed(_)) {
                 info!(host = %host_id.short(), "no direct path to the host (its NAT or this one maps per destination, or UDP is blocked): sessions stay relayed");
             }
@@ -302,7 +316,7 @@ impl Player {
             .relays
             .any_live()
             .ok_or(AttemptError::NoRelayConnection)?;
-        let observed = observe(&relay).await.ok();
+        let observed = observe(&relay).await.ok().map(|seen| seen.addr);
         let port = connector
             .endpoints
             .for_remote(relay.remote_address())?
@@ -312,9 +326,37 @@ impl Player {
         Ok(Candidates::new(observed.into_iter().chain(lan)))
     }
 
+    /// Whether this player's NAT maps each destination to a new port, as the
+    /// relay's probe port tells (`false` where it cannot tell): once a round.
+    async fn probe_mapping(&self) -> bool {
+        let connector = &self.connector;
+        let Some((url, relay)) = connector.relays.any_live_entry() else {
+            return false;
+        };
+        let Ok(endpoint) = connector.endpoints.for_remote(relay.remote_address()) else {
+            return false;
+        };
+        let Ok(seen) = observe(&relay).await else {
+            return false;
+        };
+        let per_destination = maps_per_destination(&endpoint, &relay, &url, &seen).await;
+        if per_destination == Some(true) {
+            debug!("this player's NAT maps each destination to a new port");
+        }
+        per_destination == Some(true)
+    }
+
     /// One attempt: observe, swap candidates, dial or be dialled.
-    async fn punch_once(&self, ticket: &Ticket, roles: Roles) -> Result<SocketAddr, AttemptError> {
-        let ours = self.our_candidates().await?;
+    async fn punch_once(
+        &self,
+        ticket: &Ticket,
+        roles: Roles,
+        per_destination: bool,
+    ) -> Result<SocketAddr, AttemptError> {
+        let ours = self
+            .our_candidates()
+            .await?
+            .mapped_per_destination(per_destination);
         match roles {
             Roles::PlayerDials => self.dial_host(ticket, ours).await,
             Roles::HostDials => self.dialled_by_host(ticket, ours).await,
@@ -333,9 +375,14 @@ impl Player {
             .await?;
         send_candidates(&mut session, &ours).await?;
         let theirs = read_candidates(&mut session).await?;
+        let worth = worth_trying(&ours, &theirs);
+        if worth.is_empty() {
+            let _ = tokio::time::timeout(PUNCH_EVERY, session.shutdown()).await;
+            return Err(nothing_to_try(ours, &theirs));
+        }
         let host_id = *ticket.host_id();
         let mut dials = JoinSet::new();
-        for addr in theirs.addrs {
+        for addr in worth {
             let connector = connector.clone();
             dials.spawn(async move {
                 let dial = connector
@@ -431,6 +478,11 @@ impl Player {
             .await?;
         send_candidates(&mut session, &ours.clone().dialled_back()).await?;
         let theirs = read_candidates(&mut session).await?;
+        if worth_trying(&theirs, ours).is_empty() {
+            // The host has nothing to dial that could get in.
+            let _ = tokio::time::timeout(PUNCH_EVERY, session.shutdown()).await;
+            return Err(nothing_to_try(ours.clone(), &theirs));
+        }
         // This side's NAT opens toward the host before the host is told to dial.
         punch_once(socket, &theirs.addrs);
         send_ready(&mut session).await?;
@@ -496,6 +548,17 @@ impl Player {
             info!(host = %host_id.short(), %reason, "the punched direct path closed; new sessions go through the relay");
             connector.punched.lost(&host_id, addr);
         });
+    }
+}
+
+/// Why an attempt found nothing worth trying: with both NATs mapping each
+/// destination anew, no attempt can work ([`worth_trying`]); otherwise this one
+/// cannot, and the next, with roles swapped, may.
+fn nothing_to_try(ours: Candidates, theirs: &Candidates) -> AttemptError {
+    if ours.per_destination && theirs.per_destination {
+        AttemptError::Futile(ours)
+    } else {
+        AttemptError::Failed(ours, "no candidate worth trying")
     }
 }
 

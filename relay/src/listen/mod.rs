@@ -5,9 +5,11 @@
 //! - [`webtransport`]: browsers' WebTransport sessions on that endpoint;
 //! - [`tcp`]: TLS over TCP, and HTTPS ([`web`]) with its WebSocket, for networks
 //!   that block UDP;
-//! - [`admin`]: the operator's metrics and health, on a port of its own.
+//! - [`admin`]: the operator's metrics and health, on a port of its own;
+//! - [`probe`]: a second UDP port that only tells a client its address.
 
 pub(crate) mod admin;
+pub(crate) mod probe;
 pub(crate) mod quic;
 pub(crate) mod tcp;
 pub(crate) mod web;

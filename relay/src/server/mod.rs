@@ -18,7 +18,7 @@ use crate::endpoint::short_lived::{self, SharedShortLived, ShortLived};
 use crate::endpoint::tls::{self, RelayCertificate, TlsError};
 use crate::listen::tcp::{self, TlsSettings};
 use crate::listen::web::WebFront;
-use crate::listen::{self, admin};
+use crate::listen::{self, admin, probe};
 use crate::ops::privacy;
 use crate::ops::stats::{self, StatsSnapshot};
 use crate::policy::admission;
@@ -86,15 +86,23 @@ pub struct Relay {
     admin: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the pool's view, when the relay is a member of one.
     pool_task: Option<tokio::task::JoinHandle<()>>,
+    probe: Option<Probe>,
     state: Arc<RelayState>,
     shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The probe port's endpoint, its address and its task.
+struct Probe {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Relay {
     /// Binds the relay's endpoint and starts accepting connections on the current
     /// tokio runtime.
-    pub fn spawn(config: RelayConfig) -> Result<Self, RelayError> {
+    pub fn spawn(mut config: RelayConfig) -> Result<Self, RelayError> {
         config.limits.validate()?;
         let transport = endpoint::quic::transport_config(&config.limits)?;
         // A relay trusted by pin (no public name) is one browsers do not trust: its
@@ -123,8 +131,8 @@ impl Relay {
         // the relay's ids are plain random, so a restarted relay resets them too.
         endpoint_config.cid_generator(|| Box::new(endpoint::quic::RandomConnectionIds));
         let endpoint = quinn::Endpoint::new(
-            endpoint_config,
-            Some(server_config),
+            endpoint_config.clone(),
+            Some(server_config.clone()),
             socket,
             Arc::new(quinn::TokioRuntime),
         )
@@ -139,6 +147,28 @@ impl Relay {
             error,
         })?;
         let url = config.url(local_addr)?;
+        let probe = match config.probe_port {
+            Some(port) => {
+                let addr = SocketAddr::new(local_addr.ip(), port);
+                let bind_error = |error| RelayError::Bind {
+                    addr,
+                    protocol: "UDP",
+                    error,
+                };
+                let probe = quinn::Endpoint::new(
+                    endpoint_config,
+                    Some(server_config),
+                    bind_udp(addr)?,
+                    Arc::new(quinn::TokioRuntime),
+                )
+                .map_err(bind_error)?;
+                let bound = probe.local_addr().map_err(bind_error)?;
+                // What `Observe` answers name: the port bound, when any would do.
+                config.probe_port = Some(bound.port());
+                Some((probe, bound))
+            }
+            None => None,
+        };
         let admin_listener = match config.admin {
             Some(addr) => Some(bind_admin(addr)?),
             None => None,
@@ -183,6 +213,19 @@ impl Relay {
             info!(member = pool.me(), "pool member");
             tokio::spawn(pool_view::keep_view(pool, endpoint.clone(), state.clone()))
         });
+        let probe = probe.map(|(probe, bound)| {
+            let task = tokio::spawn(probe::serve(
+                probe.clone(),
+                state.clone(),
+                shutdown_rx.clone(),
+            ));
+            info!(addr = %bound, "probe port listening");
+            Probe {
+                endpoint: probe,
+                addr: bound,
+                task,
+            }
+        });
         let task = tokio::spawn(accept_loop(endpoint.clone(), state.clone(), shutdown_rx));
         info!(addr = %local_addr, tcp = ?tcp_addr, "relay listening");
         Ok(Self {
@@ -198,6 +241,7 @@ impl Relay {
             admin_addr,
             admin,
             pool_task,
+            probe,
             state,
             shutdown,
             task,
@@ -212,6 +256,11 @@ impl Relay {
     /// The UDP address the relay listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The probe port's UDP address, if the relay has one.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe.as_ref().map(|probe| probe.addr)
     }
 
     /// The TCP address the relay listens on for TLS over TCP, if it does.
@@ -236,6 +285,11 @@ impl Relay {
         config.certificate = certificate;
         let url = config.url(self.local_addr)?;
         let tcp_tls = Arc::new(tcp::tls(&certificate_for_tcp)?);
+        if let Some(probe) = &self.probe {
+            probe
+                .endpoint
+                .set_server_config(Some(server_config.clone()));
+        }
         self.endpoint.set_server_config(Some(server_config));
         *self.tcp_tls.write().unwrap_or_else(|p| p.into_inner()) = tcp_tls;
         if url != self.url {
@@ -346,6 +400,9 @@ impl Drop for Relay {
         }
         if let Some(pool) = &self.pool_task {
             pool.abort();
+        }
+        if let Some(probe) = &self.probe {
+            probe.task.abort();
         }
         if let Some(rotation) = &self.rotation {
             rotation.abort();

@@ -54,6 +54,16 @@ impl Homes {
 
     /// Like [`Homes::build`], with more flags for `blindrelay host`.
     async fn build_with(host_nat: Nat, player: Player, host_flags: &[&str]) -> Option<Self> {
+        Self::build_full(host_nat, player, host_flags, false).await
+    }
+
+    /// Like [`Homes::build_with`], the relay with a probe port if `probe`.
+    async fn build_full(
+        host_nat: Nat,
+        player: Player,
+        host_flags: &[&str],
+        probe: bool,
+    ) -> Option<Self> {
         let mut net = Net::try_new()?;
         let bin = binaries();
         let HomeNets {
@@ -68,6 +78,7 @@ impl Homes {
         // crossed it.
         let mut config = relay_config();
         config.listen = format!("{relay_ip}:0").parse().unwrap();
+        config.probe_port = probe.then_some(0);
         let handle = tokio::runtime::Handle::current();
         let relay = net.enter(&inet, || {
             let _runtime = handle.enter();
@@ -308,9 +319,16 @@ async fn between_two_symmetric_nats_the_session_stays_relayed_after_three_attemp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_a_symmetric_nat_the_host_dials_a_full_cone_player_with_roles_swapped() {
     blindrelay_tests::init_tracing();
-    let Some(homes) = Homes::build(Nat::Symmetric, Player::Behind(Nat::FullCone)).await else {
+    // With the relay's probe port: the host learns its NAT maps per destination,
+    // the player that its own does not, and neither gives up.
+    let Some(homes) =
+        Homes::build_full(Nat::Symmetric, Player::Behind(Nat::FullCone), &[], true).await
+    else {
         return;
     };
+    homes
+        .host
+        .wait_log("this host's NAT maps each destination to a new port");
     let (player, listen) = homes.start_player("quic");
     let tcp = ask(&homes.net, &homes.player_ns, listen, MIB, 41).await;
     assert_eq!(finish(tcp, 41, &[]).await, MIB);
@@ -335,6 +353,129 @@ async fn before_a_symmetric_nat_the_host_dials_a_full_cone_player_with_roles_swa
         after < 64 * 1024,
         "{after} bytes of the second session relayed"
     );
+}
+
+/// With the relay's probe port, each side learns that its NAT maps each destination
+/// anew, and says so in its candidates: the player gives up at the first exchange,
+/// without a dial (which would take 3 s to fail) or the host's punch packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_probe_port_two_symmetric_nats_skip_the_punch_that_cannot_work() {
+    blindrelay_tests::init_tracing();
+    let Some(homes) =
+        Homes::build_full(Nat::Symmetric, Player::Behind(Nat::Symmetric), &[], true).await
+    else {
+        return;
+    };
+    homes
+        .host
+        .wait_log("this host's NAT maps each destination to a new port");
+    let (player, listen) = homes.start_player("quic");
+    const LEN: u64 = 4 * MIB;
+    let mut tcp = ask(&homes.net, &homes.player_ns, listen, LEN, 61).await;
+    let mut first = vec![0u8; MIB as usize];
+    tcp.read_exact(&mut first).await.unwrap();
+    player.wait_log("session open");
+    let opened = Instant::now();
+    let gave_up = player.wait_log("no direct path to the host");
+    assert!(
+        gave_up.contains("both NATs map each destination to a new port"),
+        "{gave_up}"
+    );
+    assert!(
+        opened.elapsed() < Duration::from_secs(3),
+        "gave up {:?} after the session opened",
+        opened.elapsed()
+    );
+    assert_eq!(finish(tcp, 61, &first).await, LEN);
+    assert!(homes.relayed() >= LEN, "every byte was relayed");
+    assert!(
+        homes
+            .host
+            .wait_log_within("punching toward a player", Duration::from_secs(1))
+            .is_none(),
+        "the host sent no punch packets"
+    );
+}
+
+/// The relay's probe port, on loopback: the main port's `Observe` names it, it
+/// answers `Observe` from the same socket with the same address (no NAT here), and
+/// it refuses anything else and anyone who says nothing, each within the deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_port_answers_observe_and_nothing_else() {
+    use blindrelay_protocol::{ControlMessage, ErrorCode, HostId};
+    use blindrelay_relay::units::Span;
+    blindrelay_tests::init_tracing();
+    let mut config = relay_config();
+    config.probe_port = Some(0);
+    config.limits.connections.first_message_timeout = Span(Duration::from_secs(1));
+    let relay = Relay::spawn(config).unwrap();
+    let probe = relay.probe_addr().expect("a probe port");
+    assert_eq!(probe.ip(), relay.local_addr().ip());
+    let (endpoint, main) =
+        blindrelay_client::internal::relay_endpoint_raw(relay.url(), "127.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
+    let ask = |connection: quinn::Connection, message: ControlMessage| async move {
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&message.to_frame()).await.unwrap();
+        let _ = send.finish();
+        let first = blindrelay_tests::read_message(&mut recv).await;
+        let second = blindrelay_tests::read_message(&mut recv).await;
+        (first, second)
+    };
+    let host = relay.url().host().to_owned();
+    let on_main = endpoint.connect(main, &host).unwrap().await.unwrap();
+    let (observed, next) = ask(on_main.clone(), ControlMessage::Observe).await;
+    let Some(ControlMessage::Observed { addr }) = observed else {
+        panic!("{observed:?}");
+    };
+    assert_eq!(addr, endpoint.local_addr().unwrap());
+    assert_eq!(next, Some(ControlMessage::ProbePort { port: probe.port() }));
+    // Asked again at the probe port from the same socket: the same address, and
+    // nothing after it.
+    let on_probe = endpoint.connect(probe, &host).unwrap().await.unwrap();
+    let (again, next) = ask(on_probe, ControlMessage::Observe).await;
+    assert_eq!(again, Some(ControlMessage::Observed { addr }));
+    assert_eq!(next, None);
+    // Anything else is refused there.
+    for message in [
+        ControlMessage::Connect {
+            host_id: HostId::from_bytes([7; 32]),
+            redirects: 0,
+        },
+        ControlMessage::Register {
+            host_id: HostId::from_bytes([7; 32]),
+            token: None,
+            redirects: 0,
+        },
+    ] {
+        let on_probe = endpoint.connect(probe, &host).unwrap().await.unwrap();
+        let (refused, _) = ask(on_probe, message).await;
+        assert!(
+            matches!(
+                &refused,
+                Some(ControlMessage::Error {
+                    code: ErrorCode::BadRequest,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+    // A probe connection that asks nothing is closed within the handshake and
+    // first-message deadlines (10 s and 1 s here), not held.
+    let silent = endpoint.connect(probe, &host).unwrap().await.unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), silent.closed())
+        .await
+        .expect("the silent probe connection is closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // Each probe and main-port Observe was counted.
+    assert_eq!(relay.stats().addresses_observed, 2);
 }
 
 /// Player and host behind the same router, which does not hairpin: the host's

@@ -32,6 +32,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDR|same|off", env = "BLINDRELAY_LISTEN_TCP")]
     pub(crate) listen_tcp: Option<TcpListen>,
 
+    /// A second UDP port on the --listen address that only says which address a
+    /// client comes from, so that clients behind NATs that map each destination
+    /// anew skip hole punches that cannot work (off unless given).
+    #[arg(long, value_name = "PORT", env = "BLINDRELAY_PROBE_PORT")]
+    pub(crate) probe_port: Option<u16>,
+
     /// PEM certificate chain (leaf first). Without it, a self-signed certificate is
     /// kept in --state-dir, or made in memory at start.
     #[arg(long, env = "BLINDRELAY_CERT")]

@@ -26,6 +26,7 @@ pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) listen_tcp: TcpListen,
+    pub(crate) probe_port: Option<u16>,
     pub(crate) public_name: Option<String>,
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) drain_timeout: Duration,
@@ -59,6 +60,7 @@ impl Settings {
                 .listen_tcp
                 .or(file.listen_tcp)
                 .unwrap_or(TcpListen::SamePort),
+            probe_port: args.probe_port.or(file.probe_port),
             public_name: args.public_name.clone().or(file.public_name),
             admin: args.admin.or(file.admin),
             drain_timeout: args
@@ -97,6 +99,12 @@ impl Settings {
             TcpListen::At(addr) => println!("listen_tcp = \"{addr}\""),
             TcpListen::Off => println!("listen_tcp = \"off\""),
         }
+        match self.probe_port {
+            Some(port) => println!("probe_port = {port}"),
+            None => {
+                println!("# no probe_port: clients cannot tell a NAT that maps per destination")
+            }
+        }
         println!("drain_timeout = \"{}\"", Span(self.drain_timeout));
         println!("log_full_ip = {}", self.log_full_ip);
         match &self.state_dir {
@@ -131,6 +139,7 @@ impl Settings {
         };
         let mut config = RelayConfig::new(self.listen, certificate);
         config.tcp = self.listen_tcp;
+        config.probe_port = self.probe_port;
         config.public_name = self.public_name.clone();
         config.limits = self.limits;
         config.admin = self.admin;
