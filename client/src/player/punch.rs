@@ -339,11 +339,12 @@ impl Player {
         let Ok(seen) = observe(&relay).await else {
             return false;
         };
-        let per_destination = maps_per_destination(&endpoint, &relay, &url, &seen).await;
-        if per_destination == Some(true) {
+        let per_destination =
+            maps_per_destination(&endpoint, &relay, &url, &seen).await == Some(true);
+        if per_destination {
             debug!("this player's NAT maps each destination to a new port");
         }
-        per_destination == Some(true)
+        per_destination
     }
 
     /// One attempt: observe, swap candidates, dial or be dialled.
@@ -626,6 +627,24 @@ mod tests {
 
     fn ours(port: u16) -> Candidates {
         Candidates::new([SocketAddr::from(([198, 51, 100, 9], port))])
+    }
+
+    #[test]
+    fn only_two_nats_that_both_map_per_destination_end_the_round() {
+        let flagged = |per_destination| ours(1000).mapped_per_destination(per_destination);
+        assert!(matches!(
+            nothing_to_try(flagged(true), &flagged(true)),
+            AttemptError::Futile(_)
+        ));
+        for (mine, theirs) in [(true, false), (false, true), (false, false)] {
+            assert!(
+                matches!(
+                    nothing_to_try(flagged(mine), &flagged(theirs)),
+                    AttemptError::Failed(..)
+                ),
+                "{mine} {theirs}"
+            );
+        }
     }
 
     #[test]
