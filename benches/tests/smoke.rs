@@ -385,9 +385,9 @@ fn punch_reports_the_punched_path_and_the_sessions_that_moved() {
             "--sessions",
             "2",
             "--bytes",
-            "4MiB",
+            "16MiB",
             "--rate",
-            "8MiB",
+            "4MiB",
         ])
         .output()
         .unwrap();
