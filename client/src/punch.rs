@@ -155,10 +155,7 @@ pub(crate) async fn send_candidates(
     stream: &mut (impl AsyncWrite + Unpin),
     candidates: &Candidates,
 ) -> std::io::Result<()> {
-    let mut out = BytesMut::new();
-    candidates.encode(&mut out);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    send_message(stream, |out| candidates.encode(out)).await
 }
 
 /// Reads the other end's candidates from a punch session, within
@@ -174,10 +171,7 @@ pub(crate) async fn send_path_check(
     stream: &mut (impl AsyncWrite + Unpin),
     check: PathCheck,
 ) -> std::io::Result<()> {
-    let mut out = BytesMut::new();
-    check.encode(&mut out);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    send_message(stream, |out| check.encode(out)).await
 }
 
 /// Reads the host's check of a punched path, within [`CANDIDATES_TIMEOUT`].
@@ -189,8 +183,16 @@ pub(crate) async fn read_path_check(
 
 /// Writes the player's [`Ready`] (its punch packets left; the host may dial).
 pub(crate) async fn send_ready(stream: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+    send_message(stream, |out| Ready.encode(out)).await
+}
+
+/// Writes one punch message, as `encode` appends it.
+async fn send_message(
+    stream: &mut (impl AsyncWrite + Unpin),
+    encode: impl FnOnce(&mut BytesMut),
+) -> std::io::Result<()> {
     let mut out = BytesMut::new();
-    Ready.encode(&mut out);
+    encode(&mut out);
     stream.write_all(&out).await?;
     stream.flush().await
 }

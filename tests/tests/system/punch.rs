@@ -57,6 +57,16 @@ impl Homes {
         Self::build_full(host_nat, player, host_flags, false).await
     }
 
+    /// The host behind a symmetric NAT, the player where `player` says, and the
+    /// relay with a probe port; once the host has learnt what its NAT does.
+    async fn probed_behind_symmetric(player: Player) -> Option<Self> {
+        let homes = Self::build_full(Nat::Symmetric, player, &[], true).await?;
+        homes
+            .host
+            .wait_log("this host's NAT maps each destination to a new port");
+        Some(homes)
+    }
+
     /// Like [`Homes::build_with`], the relay with a probe port if `probe`.
     async fn build_full(
         host_nat: Nat,
@@ -321,14 +331,9 @@ async fn before_a_symmetric_nat_the_host_dials_a_full_cone_player_with_roles_swa
     blindrelay_tests::init_tracing();
     // With the relay's probe port: the host learns its NAT maps per destination,
     // the player that its own does not, and neither gives up.
-    let Some(homes) =
-        Homes::build_full(Nat::Symmetric, Player::Behind(Nat::FullCone), &[], true).await
-    else {
+    let Some(homes) = Homes::probed_behind_symmetric(Player::Behind(Nat::FullCone)).await else {
         return;
     };
-    homes
-        .host
-        .wait_log("this host's NAT maps each destination to a new port");
     let (player, listen) = homes.start_player("quic");
     let tcp = ask(&homes.net, &homes.player_ns, listen, MIB, 41).await;
     assert_eq!(finish(tcp, 41, &[]).await, MIB);
@@ -361,14 +366,9 @@ async fn before_a_symmetric_nat_the_host_dials_a_full_cone_player_with_roles_swa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_probe_port_two_symmetric_nats_skip_the_punch_that_cannot_work() {
     blindrelay_tests::init_tracing();
-    let Some(homes) =
-        Homes::build_full(Nat::Symmetric, Player::Behind(Nat::Symmetric), &[], true).await
-    else {
+    let Some(homes) = Homes::probed_behind_symmetric(Player::Behind(Nat::Symmetric)).await else {
         return;
     };
-    homes
-        .host
-        .wait_log("this host's NAT maps each destination to a new port");
     let (player, listen) = homes.start_player("quic");
     const LEN: u64 = 4 * MIB;
     let mut tcp = ask(&homes.net, &homes.player_ns, listen, LEN, 61).await;
