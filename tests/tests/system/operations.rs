@@ -352,11 +352,13 @@ async fn a_new_certificate_serves_new_connections_and_leaves_open_ones_alone() {
 
 /// What kubelet does while someone floods the admin port from other addresses: 200
 /// idle connections, then new ones as fast as the flooders can open them, each left
-/// silent. Every probe, with the one-second timeout a liveness probe has, is
-/// answered, even one whose request head comes 200 ms after its connection (a
-/// loaded node, a slow network): a listener that made room by ending its oldest
-/// connection, whoever held it, ended such probes too, since the flood opens
-/// hundreds of connections in that time.
+/// silent. Every probe is answered, even one whose request head comes 200 ms after
+/// its connection (a loaded node, a slow network): a listener that made room by
+/// ending its oldest connection, whoever held it, ended such probes too, since the
+/// flood opens hundreds of connections in that time. The slowest answer is printed
+/// against kubelet's one-second timeout; the test allows 5 s, so that a machine
+/// shared with other tests does not fail it for being slow, while a probe that is
+/// cut fails it all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_probes_are_answered_through_a_connection_flood_from_other_addresses() {
     let _flood = blindrelay_tests::one_flood_at_a_time().await;
@@ -399,9 +401,10 @@ async fn liveness_probes_are_answered_through_a_connection_flood_from_other_addr
         });
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut answered = 0;
+    let (mut answered, mut slowest) = (0, Duration::ZERO);
     for i in 0..PROBES {
-        let probe = tokio::time::timeout(Duration::from_secs(1), async {
+        let asked = std::time::Instant::now();
+        let probe = tokio::time::timeout(Duration::from_secs(5), async {
             if i % 2 == 1 {
                 return Some(get(admin, "/healthz").await.0 == 200);
             }
@@ -418,6 +421,7 @@ async fn liveness_probes_are_answered_through_a_connection_flood_from_other_addr
         .await;
         if matches!(probe, Ok(Some(true))) {
             answered += 1;
+            slowest = slowest.max(asked.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -426,7 +430,10 @@ async fn liveness_probes_are_answered_through_a_connection_flood_from_other_addr
     while let Some(count) = flood.join_next().await {
         opened += count.unwrap();
     }
-    eprintln!("{answered} of {PROBES} probes answered while the flood opened {opened} connections");
+    eprintln!(
+        "{answered} of {PROBES} probes answered, the slowest in {slowest:?}, while the flood \
+         opened {opened} connections"
+    );
     assert!(opened > 1000, "the flood opened only {opened} connections");
     assert_eq!(answered, PROBES, "probes answered during the flood");
     drop(idle);
