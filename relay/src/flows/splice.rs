@@ -758,6 +758,35 @@ mod tests {
         splice.await.expect("splice");
     }
 
+    /// A splice that is dropped midway (its task aborted) ends both directions
+    /// with `PEER_GONE`, never as if each had finished: a stream dropped unended
+    /// would otherwise read as a clean end, and a cut download as a whole one.
+    #[tokio::test(start_paused = true)]
+    async fn a_splice_dropped_midway_ends_both_ways_as_peer_gone() {
+        let (mut player, mut host, splice, _) = start(no_limits());
+        host.send
+            .write_all(pattern(1000, 3))
+            .await
+            .expect("written");
+        player
+            .send
+            .write_all(pattern(500, 4))
+            .await
+            .expect("written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The relay drops the splice midway. A reset takes back what was not
+        // read yet, as QUIC's does: what counts is how each direction ends.
+        splice.abort();
+        let _ = splice.await;
+        let deadline = Duration::from_secs(5);
+        for end in [&mut player.recv, &mut host.recv] {
+            let (_, how) = tokio::time::timeout(deadline, end.read_to_end())
+                .await
+                .expect("the direction ends");
+            assert_eq!(how, Err(RecvEnd::Reset(codes::stream::PEER_GONE)));
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_reader_that_stalls_ends_the_session_for_both() {
         let limits = SpliceLimits {
