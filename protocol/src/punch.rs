@@ -346,6 +346,22 @@ mod tests {
         );
     }
 
+    /// The bytes a player or host of the first punching release sent (kind `0x01`,
+    /// no flags) read the same now, and a side without flags still writes them.
+    #[test]
+    fn the_first_releases_candidates_read_the_same() {
+        let old = [
+            0x00, 0x09, 0x01, 0x01, 0x04, 0xcb, 0x00, 0x71, 0x07, 0x9c, 0x7b,
+        ];
+        let mut wire = BytesMut::from(&old[..]);
+        let candidates = Candidates::decode_frame(&mut wire).unwrap().unwrap();
+        assert_eq!(candidates.addrs, [addr("203.0.113.7:40059")]);
+        assert!(!candidates.dial_back && !candidates.per_destination);
+        let mut again = BytesMut::new();
+        candidates.encode(&mut again);
+        assert_eq!(&again[..], &old[..], "and are written the same");
+    }
+
     #[test]
     fn dial_back_candidates_and_ready_round_trip() {
         let candidates = Candidates::new([addr("203.0.113.7:40123")]).dialled_back();

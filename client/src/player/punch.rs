@@ -500,7 +500,9 @@ impl Player {
                     incoming.refuse();
                     continue;
                 }
-                let Ok(connection) = incoming.await else {
+                // Its handshake within the same deadline: one that stalls holds
+                // this player's socket open no longer than the attempt.
+                let Ok(Ok(connection)) = tokio::time::timeout_at(deadline, incoming).await else {
                     continue;
                 };
                 match verify(self.connector.clone(), connection.clone(), host_id).await {
