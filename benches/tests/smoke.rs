@@ -379,6 +379,13 @@ impl Drop for PoolChild {
 /// 4 s, read at 4 MiB/s: time enough to punch on a loaded machine).
 #[test]
 fn punch_reports_the_punched_path_and_the_sessions_that_moved() {
+    // The scenario runs `blindrelay` from beside the harness: build it there, as
+    // the system tests do (a fresh checkout's `cargo test` builds only the harness).
+    let bin_dir = blindrelay_tests::process::binaries();
+    assert_eq!(
+        Some(bin_dir.as_path()),
+        std::path::Path::new(env!("CARGO_BIN_EXE_blindrelay-bench")).parent()
+    );
     let output = bench()
         .args([
             "punch",
