@@ -16,6 +16,8 @@
 //! to it instead); and a connection admitted beyond the cap may register but not
 //! open sessions.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -85,10 +87,38 @@ pub(crate) enum Counted {
     BadRequest,
 }
 
+/// What a routed stream runs until it ends: a registration, a session, a refusal.
+pub(crate) type Routed = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Serves a stream a door accepted: reads its first message within
 /// `connections.first_message_timeout`, then routes it. Returns when whatever it
 /// was routed to ends.
-pub(crate) async fn serve(mut stream: RoutedStream, arrival: Arrival, state: Arc<RelayState>) {
+///
+/// A plain function returning the future: a stream's task is sized for its future's
+/// largest state for as long as it lives, and a host's registration stream lives for
+/// hours. So reading and routing the first message runs in a box of its own, freed
+/// once routed, and the task then holds only the box of what the stream was routed
+/// to ([`Route::apply`]).
+pub(crate) fn serve(
+    stream: RoutedStream,
+    arrival: Arrival,
+    state: Arc<RelayState>,
+) -> impl Future<Output = ()> + Send {
+    let first = Box::pin(route_first(stream, arrival, state));
+    async move {
+        if let Some(routed) = first.await {
+            routed.await;
+        }
+    }
+}
+
+/// Reads `stream`'s first message and routes it; `None` when there was none to
+/// route (the stream was refused already).
+async fn route_first(
+    mut stream: RoutedStream,
+    arrival: Arrival,
+    state: Arc<RelayState>,
+) -> Option<Routed> {
     let deadline = state.config.limits.connections.first_message_timeout.0;
     let first = tokio::time::timeout(deadline, read_message(&mut stream.recv))
         .await
@@ -99,16 +129,13 @@ pub(crate) async fn serve(mut stream: RoutedStream, arrival: Arrival, state: Arc
     }
     let message = match first {
         Ok(message) => message,
-        // Boxed: a registration's task lives for hours, and a future is as large as
-        // its largest await.
         Err(err) => {
-            return Box::pin(refuse_stream(&state.stats, stream.send, stream.recv, err)).await
+            refuse_stream(&state.stats, stream.send, stream.recv, err).await;
+            return None;
         }
     };
     let on_probation = stream.probation.load(Ordering::Acquire);
-    Route::from_first(message, arrival, on_probation)
-        .apply(stream, arrival, state)
-        .await;
+    Some(Route::from_first(message, arrival, on_probation).apply(stream, arrival, state))
 }
 
 impl Route {
@@ -185,8 +212,10 @@ impl Route {
         }
     }
 
-    /// Serves the route on `stream`, which arrived as `arrival`.
-    async fn apply(self, mut stream: RoutedStream, arrival: Arrival, state: Arc<RelayState>) {
+    /// What serves the route on `stream`, which arrived as `arrival`: each route
+    /// in a box of its own size, so a registration's task does not carry a
+    /// session's state, nor a session's a refusal's.
+    fn apply(self, mut stream: RoutedStream, arrival: Arrival, state: Arc<RelayState>) -> Routed {
         let answer = match self {
             Self::Register {
                 host_id,
@@ -194,15 +223,10 @@ impl Route {
                 redirects,
             } => match redirect(&state, &host_id, redirects, Asked::Register) {
                 Some(redirect) => redirect,
-                // Boxed, like a session below: a stream's task is as large as its
-                // largest path, and every host holds its registration task for
-                // hours. (Built in its box: a future made first and boxed after
-                // would still take its full size in this task.)
                 None => {
                     return Box::pin(registration::register_and_hold(
                         host_id, token, stream, state,
                     ))
-                    .await
                 }
             },
             Self::Connect { host_id, redirects } => {
@@ -217,58 +241,15 @@ impl Route {
                 }
                 match redirect(&state, &host_id, redirects, Asked::Connect) {
                     Some(redirect) => redirect,
-                    None => {
-                        return Box::pin(session::pair_and_splice(host_id, stream, state)).await
-                    }
+                    None => return Box::pin(session::pair_and_splice(host_id, stream, state)),
                 }
             }
             Self::Accept { session_id, secret } => {
-                let RoutedStream {
-                    send,
-                    recv,
-                    link,
-                    permit,
-                    ..
-                } = stream;
-                match state.dials.accept(session_id, &secret, (send, recv)) {
-                    Ok(()) => {
-                        // The session owns the stream now; the connection keeps its
-                        // place in the counts (the permit, held here) until it ends.
-                        if let Link::Framed(link) = &link {
-                            link.connection.closed().await;
-                        }
-                        drop(permit);
-                        return;
-                    }
-                    Err((mut send, mut recv)) => {
-                        Stats::bump(&state.stats.bad_requests);
-                        debug!("an Accept that no session waits for");
-                        let answer = ControlMessage::error(
-                            ErrorCode::BadRequest,
-                            "no session waits for this Accept",
-                        );
-                        return Box::pin(refuse(&mut send, &mut recv, &answer)).await;
-                    }
-                }
+                return Box::pin(accept(session_id, secret, stream, state))
             }
             // The address the connection's packets come from, which the relay sees
             // anyway: told to the client, never logged.
-            Self::Observe => {
-                Stats::bump(&state.stats.addresses_observed);
-                let observed = ControlMessage::Observed {
-                    addr: stream.link.remote_address(),
-                };
-                match state.config.probe_port {
-                    // Then where to ask again, and the stream ends.
-                    Some(port) => {
-                        if write_control(&mut stream.send, &observed).await.is_err() {
-                            return;
-                        }
-                        ControlMessage::ProbePort { port }
-                    }
-                    None => observed,
-                }
-            }
+            Self::Observe => return Box::pin(observe(stream, state)),
             Self::Refuse { count, answer } => {
                 match count {
                     Counted::Registration => Stats::bump(&state.stats.registrations_refused),
@@ -278,9 +259,60 @@ impl Route {
                 answer
             }
         };
-        // Boxed: routing is part of every registration's long-lived task.
-        Box::pin(refuse(&mut stream.send, &mut stream.recv, &answer)).await;
+        Box::pin(async move { refuse(&mut stream.send, &mut stream.recv, &answer).await })
     }
+}
+
+/// A stream-transport host's side of the session `session_id` it was told to dial.
+async fn accept(
+    session_id: u64,
+    secret: [u8; DIAL_SECRET_LEN],
+    stream: RoutedStream,
+    state: Arc<RelayState>,
+) {
+    let RoutedStream {
+        send,
+        recv,
+        link,
+        permit,
+        ..
+    } = stream;
+    match state.dials.accept(session_id, &secret, (send, recv)) {
+        Ok(()) => {
+            // The session owns the stream now; the connection keeps its place in the
+            // counts (the permit, held here) until it ends.
+            if let Link::Framed(link) = &link {
+                link.connection.closed().await;
+            }
+            drop(permit);
+        }
+        Err((mut send, mut recv)) => {
+            Stats::bump(&state.stats.bad_requests);
+            debug!("an Accept that no session waits for");
+            let answer =
+                ControlMessage::error(ErrorCode::BadRequest, "no session waits for this Accept");
+            refuse(&mut send, &mut recv, &answer).await;
+        }
+    }
+}
+
+/// Tells a client the address its packets come from (PROTOCOL.md 10.9), and where
+/// the relay's probe port is when it has one; then the stream ends.
+async fn observe(mut stream: RoutedStream, state: Arc<RelayState>) {
+    Stats::bump(&state.stats.addresses_observed);
+    let observed = ControlMessage::Observed {
+        addr: stream.link.remote_address(),
+    };
+    let last = match state.config.probe_port {
+        Some(port) => {
+            if write_control(&mut stream.send, &observed).await.is_err() {
+                return;
+            }
+            ControlMessage::ProbePort { port }
+        }
+        None => observed,
+    };
+    refuse(&mut stream.send, &mut stream.recv, &last).await;
 }
 
 /// What a `Redirect` would answer.

@@ -123,7 +123,9 @@ pub(crate) async fn register_and_hold(
                                 session_id: dial.session_id,
                                 secret: dial.secret,
                             };
-                            if write_control(send, &message).await.is_err() {
+                            // Boxed: the write's state would otherwise be carried
+                            // by every idle host, TCP or not, for its whole stay.
+                            if Box::pin(write_control(send, &message)).await.is_err() {
                                 break 'registration End::Host(None);
                             }
                         }

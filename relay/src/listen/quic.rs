@@ -27,18 +27,24 @@ use crate::stream::window::ReceiveWindow;
 /// the relay's counts for as long as it lives.
 ///
 /// A plain function returning the future, not an `async fn`: every connection's
-/// task holds this future for the connection's life, and an `async fn` around it
-/// would add its arguments and a copy of the inner state to that task.
+/// task is sized for this future's largest state and keeps that size for the
+/// connection's life, and an idle host's connection lives for hours. So what only
+/// the handshake needs (the `Incoming`, its timer) is boxed here and freed when the
+/// handshake ends, the permit is moved behind its `Arc` before the task starts, and
+/// a browser's larger WebTransport future gets a box of its own: what stays inline
+/// is the wait of [`serve_connection`].
 pub(crate) fn handle(
     incoming: quinn::Incoming,
     permit: ConnectionPermit,
     state: Arc<RelayState>,
 ) -> impl std::future::Future<Output = ()> {
     let span = info_span!("conn", peer = %redact(incoming.remote_address()));
+    let started = tokio::time::Instant::now();
+    let handshake_timeout = state.config.limits.connections.handshake_timeout.0;
+    let handshake = Box::pin(tokio::time::timeout(handshake_timeout, incoming));
+    let permit = Arc::new(permit);
     async move {
-        let started = tokio::time::Instant::now();
-        let limits = &state.config.limits.connections;
-        let connection = match tokio::time::timeout(limits.handshake_timeout.0, incoming).await {
+        let connection = match handshake.await {
             Ok(Ok(connection)) => connection,
             Ok(Err(err)) => {
                 debug!(%err, "handshake failed");
@@ -68,11 +74,11 @@ pub(crate) fn handle(
         if webtransport::is_h3(&connection) {
             // A browser: its WebTransport handshake gets what is left of the
             // handshake deadline.
-            let left = limits.handshake_timeout.0.saturating_sub(started.elapsed());
-            let permit = Arc::new(permit);
-            return webtransport::serve(connection, permit, on_probation, left, state).await;
+            let left = handshake_timeout.saturating_sub(started.elapsed());
+            let browser = webtransport::serve(connection, permit, on_probation, left, state);
+            return Box::pin(browser).await;
         }
-        serve_connection(connection, Arc::new(permit), on_probation, state).await;
+        serve_connection(connection, permit, on_probation, state).await;
     }
     .instrument(span)
 }

@@ -116,7 +116,12 @@ pub(crate) async fn accept_loop(
 }
 
 /// Serves one TCP connection: the TLS handshake, then its one stream.
-async fn handle(
+///
+/// A plain function returning the future: the connection's task is sized for this
+/// future's largest state for the connection's life (hours, for an idle host). So
+/// the handshake (TLS, and a WebSocket's HTTP request) runs in a box of its own,
+/// freed when it ends, and the permit is behind its `Arc` before the task starts.
+fn handle(
     socket: TcpStream,
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
@@ -124,74 +129,21 @@ async fn handle(
     permit: ConnectionPermit,
     state: Arc<RelayState>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> impl std::future::Future<Output = ()> {
     let span = info_span!("conn", peer = %redact(peer), transport = tracing::field::Empty);
+    let started = tokio::time::Instant::now();
+    let handshake = Box::pin(handshake(socket, tls, web, state.clone(), started));
+    let permit = Arc::new(permit);
     async move {
-        let started = tokio::time::Instant::now();
-        let _ = socket.set_nodelay(true);
-        let limits = &state.config.limits.connections;
-        // The ClientHello first, within its own short deadline: a socket that says
-        // nothing (or half a hello) holds its handshake place for that long only.
-        let hello = rustls::server::Acceptor::default();
-        let hello = tokio_rustls::LazyConfigAcceptor::new(hello, socket);
-        let handshake = async {
-            let start = match tokio::time::timeout(limits.hello_timeout.0, hello).await {
-                Ok(start) => start?,
-                Err(_) => return Ok(None),
-            };
-            start.into_stream(tls).await.map(Some)
-        };
-        let stream = match tokio::time::timeout(limits.handshake_timeout.0, handshake).await {
-            Ok(Ok(Some(stream))) => stream,
-            Ok(Ok(None)) | Err(_) => {
-                Stats::bump(&state.stats.connections_handshake_timed_out);
-                debug!("TLS handshake timed out");
-                return;
-            }
-            Ok(Err(err)) => {
-                debug!(%err, "TLS handshake failed");
-                return;
-            }
-        };
-        let (_, tls_state) = stream.get_ref();
-        let kind = match tls_state.alpn_protocol() {
-            Some(ALPN) => TransportKind::Tcp,
-            Some(websocket::HTTP_ALPN) => TransportKind::WebSocket,
-            // rustls refuses a client that offers other protocols only; one that
-            // offers none gets here.
-            _ => {
-                debug!("TLS client offered no ALPN the relay speaks");
-                return;
-            }
+        let Some(Handshaken {
+            framing,
+            kind,
+            exporter,
+        }) = handshake.await
+        else {
+            return;
         };
         tracing::Span::current().record("transport", kind.name());
-        let mut exporter = [0u8; EXPORTER_LEN];
-        if tls_state
-            .export_keying_material(&mut exporter, EXPORTER_LABEL, Some(b""))
-            .is_err()
-        {
-            return;
-        }
-        let framing = if kind == TransportKind::WebSocket {
-            // The request is part of the handshake: its head, however slowly it
-            // trickles in, gets what is left of the handshake deadline (and at most
-            // a few seconds). A request for anything but the relay's WebSocket is
-            // answered there, and the connection ends with it.
-            let left = limits.handshake_timeout.0.saturating_sub(started.elapsed());
-            match crate::listen::web::serve(
-                stream,
-                &web,
-                left.min(crate::listen::web::HEAD_TIMEOUT),
-                &state.stats,
-            )
-            .await
-            {
-                Some(ws) => Framing::WebSocket(Box::new(websocket::WsBytes::new(ws))),
-                None => return,
-            }
-        } else {
-            Framing::Tls(Box::new(stream))
-        };
         state.stats.handshake.record(started.elapsed());
         Stats::bump(&state.stats.connections_accepted);
         Stats::bump(match kind {
@@ -240,7 +192,7 @@ async fn handle(
             send: StreamSend::Framed(send),
             recv: StreamRecv::Framed(recv),
             link: Link::Framed(link),
-            permit: Arc::new(permit),
+            permit,
             window: None,
             probation: Arc::new(AtomicBool::new(place == Place::Probation)),
             is_host: Arc::new(AtomicBool::new(false)),
@@ -254,7 +206,83 @@ async fn handle(
         }
     }
     .instrument(span)
-    .await
+}
+
+/// A TCP connection once its handshake is over.
+struct Handshaken {
+    framing: Framing,
+    kind: TransportKind,
+    /// The TLS exporter a registration's proof is bound to.
+    exporter: [u8; EXPORTER_LEN],
+}
+
+/// The TLS handshake (the ClientHello within `hello_timeout`, all of it within
+/// `handshake_timeout` from `started`), and for WebSocket the HTTP request within
+/// what is left of it; `None` when the connection ends there.
+async fn handshake(
+    socket: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    web: Arc<WebFront>,
+    state: Arc<RelayState>,
+    started: tokio::time::Instant,
+) -> Option<Handshaken> {
+    let _ = socket.set_nodelay(true);
+    let limits = &state.config.limits.connections;
+    // The ClientHello first, within its own short deadline: a socket that says
+    // nothing (or half a hello) holds its handshake place for that long only.
+    let hello = rustls::server::Acceptor::default();
+    let hello = tokio_rustls::LazyConfigAcceptor::new(hello, socket);
+    let handshake = async {
+        let start = match tokio::time::timeout(limits.hello_timeout.0, hello).await {
+            Ok(start) => start?,
+            Err(_) => return Ok(None),
+        };
+        start.into_stream(tls).await.map(Some)
+    };
+    let stream = match tokio::time::timeout(limits.handshake_timeout.0, handshake).await {
+        Ok(Ok(Some(stream))) => stream,
+        Ok(Ok(None)) | Err(_) => {
+            Stats::bump(&state.stats.connections_handshake_timed_out);
+            debug!("TLS handshake timed out");
+            return None;
+        }
+        Ok(Err(err)) => {
+            debug!(%err, "TLS handshake failed");
+            return None;
+        }
+    };
+    let (_, tls_state) = stream.get_ref();
+    let kind = match tls_state.alpn_protocol() {
+        Some(ALPN) => TransportKind::Tcp,
+        Some(websocket::HTTP_ALPN) => TransportKind::WebSocket,
+        // rustls refuses a client that offers other protocols only; one that offers
+        // none gets here.
+        _ => {
+            debug!("TLS client offered no ALPN the relay speaks");
+            return None;
+        }
+    };
+    let mut exporter = [0u8; EXPORTER_LEN];
+    tls_state
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, Some(b""))
+        .ok()?;
+    let framing = if kind == TransportKind::WebSocket {
+        // The request is part of the handshake: its head, however slowly it trickles
+        // in, gets what is left of the handshake deadline (and at most a few
+        // seconds). A request for anything but the relay's WebSocket is answered
+        // there, and the connection ends with it.
+        let left = limits.handshake_timeout.0.saturating_sub(started.elapsed());
+        let head_timeout = left.min(crate::listen::web::HEAD_TIMEOUT);
+        let ws = crate::listen::web::serve(stream, &web, head_timeout, &state.stats).await?;
+        Framing::WebSocket(Box::new(websocket::WsBytes::new(ws)))
+    } else {
+        Framing::Tls(Box::new(stream))
+    };
+    Some(Handshaken {
+        framing,
+        kind,
+        exporter,
+    })
 }
 
 /// The TLS settings of the TCP listener: `blindrelay/1`, and `http/1.1` for
