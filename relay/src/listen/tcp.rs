@@ -121,7 +121,7 @@ pub(crate) async fn accept_loop(
 /// future's largest state for the connection's life (hours, for an idle host). So
 /// the handshake (TLS, and a WebSocket's HTTP request) runs in a box of its own,
 /// freed when it ends, and the permit is behind its `Arc` before the task starts.
-fn handle(
+pub(super) fn handle(
     socket: TcpStream,
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
