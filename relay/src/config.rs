@@ -198,6 +198,8 @@ pub struct ConfigFile {
     pub admin: Option<SocketAddr>,
     /// How long a stopping relay lets running sessions finish.
     pub drain_timeout: Option<crate::policy::units::Span>,
+    /// Threads that run the relay (default: the cores the process may use).
+    pub workers: Option<std::num::NonZeroUsize>,
     /// Log line format.
     pub log_format: Option<LogFormat>,
     /// Log full client addresses instead of their network part.

@@ -1090,6 +1090,50 @@ async fn players_pushing_gigabytes_at_a_host_that_barely_reads_do_not_grow_the_r
     );
 }
 
+/// `--workers N` (or `BLINDRELAY_WORKERS`, or `workers` in the file) is how many
+/// threads the relay runs on, as its runtime counts them at start; without it, the
+/// cores the process may use.
+#[test]
+fn the_relay_runs_on_as_many_threads_as_workers_says() {
+    use blindrelay_tests::process::Proc;
+    let bin = blindrelay_tests::process::binaries();
+    let dir = std::env::temp_dir().join(format!("blindrelay-workers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, "workers = 5\n").unwrap();
+    let file = file.to_str().unwrap();
+    let listen = ["--listen", "127.0.0.1:0"];
+    // The arguments, the environment, and the threads they make.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], usize);
+    let cases: [Case; 3] = [
+        (&["--workers", "3"], &[], 3),
+        (&[], &[("BLINDRELAY_WORKERS", "1")], 1),
+        (&["--config", file], &[], 5),
+    ];
+    for (args, env, expected) in cases {
+        let args: Vec<&str> = listen.iter().chain(args).copied().collect();
+        let relay = Proc::start_with_env(&bin.join("blindrelayd"), &args, env);
+        let line = relay.wait_log("relay threads");
+        assert!(
+            line.contains(&format!("workers={expected}")),
+            "{args:?} {env:?}: {line}"
+        );
+        relay.interrupt();
+    }
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let check = std::process::Command::new(bin.join("blindrelayd"))
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let printed = String::from_utf8(check.stdout).unwrap();
+    assert!(
+        printed.contains(&format!("workers = {cores}\n")),
+        "{printed}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_file_and_flags_set_the_limits_and_unknown_keys_are_named() {
     let bin = blindrelay_tests::process::binaries();

@@ -69,6 +69,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DURATION", env = "BLINDRELAY_DRAIN_TIMEOUT")]
     pub(crate) drain_timeout: Option<Span>,
 
+    /// Threads that run the relay: connections, sessions and their encryption spread
+    /// over them [default: the cores this process may use, as its CPU affinity and
+    /// cgroup quota allow].
+    #[arg(long, value_name = "N", env = "BLINDRELAY_WORKERS")]
+    pub(crate) workers: Option<std::num::NonZeroUsize>,
+
     /// Log line format [default: text].
     #[arg(long, value_enum, env = "BLINDRELAY_LOG_FORMAT")]
     pub(crate) log_format: Option<LogFormat>,

@@ -27,14 +27,15 @@ use signals::StopSignals;
 /// a backtrace even where `RUST_BACKTRACE` is set (a developer's machine often has
 /// it): what went wrong and what to do, not where in the code.
 fn main() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("Error: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
+    match settle().and_then(|(settings, check_config)| {
+        // The runtime's threads are a setting, so the settings come first.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.workers)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(run(settings, check_config))
+    }) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("Error: {err:#}");
@@ -43,17 +44,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<()> {
+/// The settings from the flags and the config file, and whether only to check them.
+fn settle() -> Result<(Settings, bool)> {
     let args = flags::parse_args();
     let file = match &args.config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
     let settings = Settings::merge(&args, file)?;
+    Ok((settings, args.check_config))
+}
+
+async fn run(settings: Settings, check_config: bool) -> Result<()> {
     settings::init_logging(settings.log_format, settings.log_full_ip)?;
     settings.limits.validate()?;
     let token_issuers = settings.token_issuers()?;
-    if args.check_config {
+    if check_config {
         return settings.print_check(token_issuers.as_ref());
     }
     let (cert_files, drain_timeout) = (settings.cert_files.clone(), settings.drain_timeout);
@@ -64,6 +70,9 @@ async fn run() -> Result<()> {
     // instead of draining it.
     let mut stop_signals = StopSignals::listen()?;
     let mut relay = Relay::spawn(config).context("starting the relay")?;
+    // What the runtime runs on, as it counts its threads (not as asked).
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(workers, "relay threads");
     println!("relay url: {}", relay.url());
     if let Some(addr) = relay.admin_addr() {
         println!("admin: {addr}");

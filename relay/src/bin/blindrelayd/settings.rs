@@ -30,6 +30,7 @@ pub(crate) struct Settings {
     pub(crate) public_name: Option<String>,
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) drain_timeout: Duration,
+    pub(crate) workers: usize,
     pub(crate) log_format: LogFormat,
     pub(crate) log_full_ip: bool,
     pub(crate) cert_files: Option<(PathBuf, PathBuf)>,
@@ -67,6 +68,11 @@ impl Settings {
                 .drain_timeout
                 .or(file.drain_timeout)
                 .map_or(DEFAULT_DRAIN_TIMEOUT, |span| span.0),
+            workers: args
+                .workers
+                .or(file.workers)
+                .or_else(|| std::thread::available_parallelism().ok())
+                .map_or(1, std::num::NonZeroUsize::get),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             log_full_ip: args.log_full_ip.or(file.log_full_ip).unwrap_or(false),
             cert_files,
@@ -106,6 +112,7 @@ impl Settings {
             }
         }
         println!("drain_timeout = \"{}\"", Span(self.drain_timeout));
+        println!("workers = {}", self.workers);
         println!("log_full_ip = {}", self.log_full_ip);
         match &self.state_dir {
             Some(dir) => println!("state_dir = \"{}\"", dir.display()),
