@@ -13,7 +13,7 @@ use blindrelay_bench::progress::Progress;
 use blindrelay_bench::relay_process::{self, ServeArgs};
 use blindrelay_bench::report::Report;
 use blindrelay_bench::scenario::{
-    idle, latency, setup, soak, throughput, tiny, Common, Run, Target,
+    idle, latency, scale, setup, soak, throughput, tiny, Common, Run, Target,
 };
 use clap::{Parser, Subcommand};
 
@@ -71,6 +71,14 @@ enum Command {
         #[command(flatten)]
         args: tiny::TinyArgs,
     },
+    /// Throughput through a relay on 1 thread and on N, in one run: speed-up and
+    /// efficiency per thread.
+    Scale {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: scale::ScaleArgs,
+    },
     /// Downloads that start relayed between two home NATs in network namespaces it
     /// builds (root): how many move to a punched direct path, and how soon.
     Punch(blindrelay_bench::punch::PunchArgs),
@@ -97,11 +105,28 @@ enum Scenario<'a> {
     Idle(&'a idle::IdleArgs),
     Soak(&'a soak::SoakArgs),
     Tiny(&'a tiny::TinyArgs),
+    Scale(&'a scale::ScaleArgs),
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::ServeRelay(ServeArgs {
+        workers: Some(workers),
+        ..
+    }) = &cli.command
+    {
+        // The relay under test on as many threads as asked (`scale`).
+        runtime.worker_threads(workers.get());
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run_command(cli))
+}
+
+async fn run_command(cli: Cli) -> Result<()> {
     let (common, scenario) = match &cli.command {
         Command::Throughput { common, args } => (common, Scenario::Throughput(args)),
         Command::Latency { common, args } => (common, Scenario::Latency(args)),
@@ -109,6 +134,7 @@ async fn main() -> Result<()> {
         Command::Idle { common, args } => (common, Scenario::Idle(args)),
         Command::Soak { common, args } => (common, Scenario::Soak(args)),
         Command::Tiny { common, args } => (common, Scenario::Tiny(args)),
+        Command::Scale { common, args } => (common, Scenario::Scale(args)),
         Command::Report { files, out } => return report(files, out.as_ref()),
         Command::Punch(args) => return blindrelay_bench::punch::run(args).await,
         Command::ServeRelay(args) => return relay_process::run_child_relay(args.clone()).await,
@@ -120,6 +146,7 @@ async fn main() -> Result<()> {
         Scenario::Idle(args) => idle::planned(args, common),
         Scenario::Soak(args) => soak::planned(args, common),
         Scenario::Tiny(args) => tiny::planned(args, common),
+        Scenario::Scale(args) => scale::planned(args, common),
     };
     let pool = match scenario {
         Scenario::Setup(args) => args.pool,
@@ -138,6 +165,7 @@ async fn main() -> Result<()> {
         Scenario::Idle(args) => idle::run(&run, args).await,
         Scenario::Soak(args) => soak::run(&run, args).await,
         Scenario::Tiny(args) => tiny::run(&run, args).await,
+        Scenario::Scale(args) => scale::run(&run, args).await,
     };
     run.progress.finish();
     let report = report?;

@@ -241,6 +241,40 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
                 ));
             }
         }
+        "scale" => {
+            let counts: Vec<u64> = report.params["workers"]
+                .as_array()
+                .map(|counts| counts.iter().filter_map(|n| n.as_u64()).collect())
+                .unwrap_or_default();
+            let pinned = report.params["pinned"].as_bool() == Some(true);
+            let (Some(first), Some(last)) = (counts.first(), counts.last()) else {
+                return rows;
+            };
+            for (key, label) in [("relay_quic", "QUIC"), ("relay_tcp", "TLS/TCP")] {
+                let efficiency = report.number(&format!("{key}_w{last}_efficiency"));
+                if efficiency.is_none() || first == last {
+                    continue;
+                }
+                let speedup = report.number(&format!("{key}_w{last}_speedup"));
+                rows.push((
+                    format!(
+                        "scale ({label}): ≥ 75% efficiency from {first} to {last} relay threads"
+                    ),
+                    format!(
+                        "{}× on {last} threads, {}% efficiency{}",
+                        cell(speedup, 2),
+                        cell(efficiency.map(|e| e * 100.0), 0),
+                        if pinned {
+                            ""
+                        } else {
+                            " (not pinned: the load shared the relay's cores)"
+                        }
+                    ),
+                    // Only a pinned run says how the relay scales.
+                    efficiency.filter(|_| pinned).map(|e| e >= 0.75),
+                ));
+            }
+        }
         "soak" => {
             let errors = report.number("errors");
             rows.push((
@@ -332,6 +366,7 @@ $B setup --pool 3 --paths relay --transport quic,tcp --sessions 1 --hosts 1 --pl
 $B idle --registrations 100000 --duration 10s --json r.json          # memory per registration
 $B soak --duration 60s --json r.json                                 # errors must be 0
 $B tiny --duration 5s --json r.json                                  # one-byte frames vs bulk, CPU per wire byte
+$B scale --sessions 8 --duration 5s --rounds 3 --transport quic,tcp --json r.json   # 1 relay thread vs N
 $B report --out BENCHMARKS.md r1.json r2.json ...                    # this file
 ```
 

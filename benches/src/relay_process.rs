@@ -59,6 +59,13 @@ pub struct ServeArgs {
     /// How often a pool member reads the member file and probes the others.
     #[arg(long, default_value = "200ms", value_parser = blindrelay_protocol::duration::parse_duration)]
     pub pool_refresh: Duration,
+    /// Threads the child's runtime (the relay and the splice) runs on, as
+    /// `blindrelayd --workers` [default: the cores it may use].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<std::num::NonZeroUsize>,
+    /// Pin the child to these CPUs (`taskset -c LIST`), away from the harness.
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
 }
 
 /// A pool member's counters, as the child reports them on `stats`.
@@ -129,6 +136,8 @@ pub struct RelayProcess {
     relay_url: Option<RelayUrl>,
     pool_member: Option<String>,
     splice_addr: SocketAddr,
+    /// The threads of the child's runtime, as it counts them.
+    workers: Option<usize>,
     probe: ProcessProbe,
     /// Where commands go; `None` once closed, which stops the child.
     stdin: Mutex<Option<ChildStdin>>,
@@ -138,8 +147,18 @@ impl RelayProcess {
     /// Starts the child and waits until it says where it listens.
     pub fn start(args: &ServeArgs) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the harness binary")?;
-        let mut command = Command::new(exe);
+        let mut command = match &args.cpus {
+            Some(cpus) => {
+                let mut taskset = Command::new("taskset");
+                taskset.arg("-c").arg(cpus).arg(exe);
+                taskset
+            }
+            None => Command::new(exe),
+        };
         command.arg("serve-relay");
+        if let Some(workers) = args.workers {
+            command.arg("--workers").arg(workers.to_string());
+        }
         if let Some(config) = &args.config {
             command.arg("--config").arg(config);
         }
@@ -169,6 +188,7 @@ impl RelayProcess {
         let mut relay_url = None;
         let mut pool_member = None;
         let mut splice_addr = None;
+        let mut workers = None;
         loop {
             let Some(line) = process.stdout_line(Duration::from_secs(30)) else {
                 bail!("the relay process did not start within 30 s");
@@ -179,6 +199,8 @@ impl RelayProcess {
                 pool_member = Some(name.to_owned());
             } else if let Some(addr) = line.strip_prefix("splice addr: ") {
                 splice_addr = Some(addr.parse().context("splice addr from the relay process")?);
+            } else if let Some(count) = line.strip_prefix("workers: ") {
+                workers = count.parse().ok();
             } else if line == "ready" {
                 break;
             }
@@ -197,6 +219,7 @@ impl RelayProcess {
             relay_url,
             pool_member,
             splice_addr,
+            workers,
             probe,
             stdin: Mutex::new(stdin),
         })
@@ -250,6 +273,11 @@ impl RelayProcess {
     /// The relay's URL, unless only the splice runs here.
     pub fn relay_url(&self) -> Option<&RelayUrl> {
         self.relay_url.as_ref()
+    }
+
+    /// The threads the child's runtime runs on, as it said at start.
+    pub fn workers(&self) -> Option<usize> {
+        self.workers
     }
 
     /// The TCP splice's address.
@@ -312,6 +340,10 @@ pub async fn run_child_relay(args: ServeArgs) -> Result<()> {
     let (splice_addr, splice) =
         crate::tcp_splice::start(SocketAddr::from(([127, 0, 0, 1], 0)), args.splice_buffer).await?;
     println!("splice addr: {splice_addr}");
+    println!(
+        "workers: {}",
+        tokio::runtime::Handle::current().metrics().num_workers()
+    );
     println!("ready");
     // Commands, one a line, until the harness closes our stdin (or dies).
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

@@ -76,6 +76,34 @@ fn throughput_latency_and_report() {
     assert!(text.contains("added p99"), "{text}");
 }
 
+/// `scale` runs a relay on each thread count, as its runtime counts them, and
+/// compares them.
+#[test]
+fn scale_compares_relays_on_one_thread_and_on_two() {
+    let (_, value) = run(
+        "scale",
+        &[
+            "--workers",
+            "1,2",
+            "--sessions",
+            "2",
+            "--transport",
+            "quic,tcp",
+        ],
+    );
+    for path in ["relay_quic", "relay_tcp"] {
+        for workers in [1, 2] {
+            positive(&value, &format!("{path}_w{workers}_gbps"));
+            positive(&value, &format!("{path}_w{workers}_cpu_s_per_gib"));
+        }
+        assert_eq!(value[format!("{path}_w1_speedup")].as_f64(), Some(1.0));
+        positive(&value, &format!("{path}_w2_efficiency"));
+        positive(&value, &format!("{path}_w1_cores_busy"));
+    }
+    assert_eq!(value["relay_w1_threads"].as_f64(), Some(1.0));
+    assert_eq!(value["relay_w2_threads"].as_f64(), Some(2.0));
+}
+
 #[test]
 fn setup_counts_sessions_and_registrations() {
     let (_, value) = run(

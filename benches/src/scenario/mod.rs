@@ -3,6 +3,7 @@
 
 pub mod idle;
 pub mod latency;
+pub mod scale;
 pub mod setup;
 pub mod soak;
 pub mod throughput;
@@ -154,6 +155,7 @@ impl Target {
             private_key: Some(key_file),
             pool_members_file: Some(members_file.clone()),
             pool_refresh: POOL_REFRESH,
+            ..ServeArgs::default()
         };
         let mut processes = Vec::new();
         for _ in 0..n {

@@ -75,18 +75,18 @@ pub enum Direction {
 }
 
 /// What one phase measured.
-struct Phase {
-    bytes: u64,
-    seconds: f64,
-    per_session_gbps: Vec<f64>,
-    process_cpu: Option<f64>,
-    ends_cpu: Option<f64>,
-    errors: u64,
+pub(crate) struct Phase {
+    pub(crate) bytes: u64,
+    pub(crate) seconds: f64,
+    pub(crate) per_session_gbps: Vec<f64>,
+    pub(crate) process_cpu: Option<f64>,
+    pub(crate) ends_cpu: Option<f64>,
+    pub(crate) errors: u64,
     /// The first few errors, for the notes.
-    first_errors: Vec<String>,
+    pub(crate) first_errors: Vec<String>,
     /// How often its sessions resumed on a new stream, all together.
-    resumes: u64,
-    series: Vec<(f64, f64)>,
+    pub(crate) resumes: u64,
+    pub(crate) series: Vec<(f64, f64)>,
 }
 
 /// Planned time, for the progress bar.
@@ -274,7 +274,7 @@ fn percent(value: Option<f64>) -> String {
 }
 
 /// One phase: open the sessions, load them, measure, close them.
-async fn phase(
+pub(crate) async fn phase(
     run: &Run,
     fixture: &Fixture,
     path: Path,
