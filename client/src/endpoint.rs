@@ -508,10 +508,46 @@ fn client_config(
 
 /// The TLS settings of every client connection, QUIC or TCP: TLS 1.3 only, one
 /// ALPN, the given certificate check.
+///
+/// One configuration per certificate check and ALPN in the process, so that its
+/// connections resume each other's TLS sessions: a TCP host's connection for each
+/// session, and a TCP player's, skip the relay's certificate and its signature after
+/// the first (rustls resumes only under the very verifier that checked the
+/// certificate, and keeps tickets apart by server name). A ticket is so only ever
+/// offered to a relay checked the same way as the one that gave it: the same pin, or
+/// the web's CAs for the same name. A host's direct listener (any certificate, Noise
+/// authenticates) resumes nothing.
 pub(crate) fn client_tls(
     check: ServerCheck,
     alpn: &[u8],
 ) -> Result<rustls::ClientConfig, TlsSetupError> {
+    type Shared = std::collections::HashMap<(Option<CertPin>, Vec<u8>), rustls::ClientConfig>;
+    static SHARED: std::sync::OnceLock<Mutex<Shared>> = std::sync::OnceLock::new();
+    let pin = match check {
+        ServerCheck::Pinned(pin) => Some(pin),
+        ServerCheck::WebPki => None,
+        ServerCheck::NoiseAuthenticates => {
+            let mut tls = new_client_tls(check, alpn)?;
+            tls.resumption = rustls::client::Resumption::disabled();
+            return Ok(tls);
+        }
+    };
+    let mut shared = SHARED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let key = (pin, alpn.to_vec());
+    if let Some(tls) = shared.get(&key) {
+        // A clone shares the verifier and the session store.
+        return Ok(tls.clone());
+    }
+    let tls = new_client_tls(check, alpn)?;
+    shared.insert(key, tls.clone());
+    Ok(tls)
+}
+
+/// A new [`client_tls`] configuration.
+fn new_client_tls(check: ServerCheck, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;

@@ -281,6 +281,14 @@ pub(crate) fn server_tls(
         .map_err(|err| TlsError::Config(err.to_string()))?;
     tls.alpn_protocols = alpn.iter().map(|alpn| alpn.to_vec()).collect();
     tls.max_early_data_size = 0;
+    // Resumption for clients that come back (a TCP host's connection for each
+    // session, a TCP player's): a ticket sealed with a key that lives in memory only
+    // and changes every 6 hours, so the relay keeps nothing per client, and a
+    // resumed handshake skips the certificate and its signature (docs/performance.md).
+    // One ticket a handshake: each resumed connection brings the next one.
+    tls.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|err| TlsError::Config(err.to_string()))?;
+    tls.send_tls13_tickets = 1;
     Ok(tls)
 }
 

@@ -252,6 +252,9 @@ async fn handshake(
         }
     };
     let (_, tls_state) = stream.get_ref();
+    if tls_state.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        Stats::bump(&state.stats.tls_handshakes_resumed);
+    }
     let kind = match tls_state.alpn_protocol() {
         Some(ALPN) => TransportKind::Tcp,
         Some(websocket::HTTP_ALPN) => TransportKind::WebSocket,

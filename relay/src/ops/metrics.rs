@@ -39,6 +39,11 @@ pub(crate) fn render(stats: &StatsSnapshot, ready: bool) -> String {
         ],
     );
     out.counter(
+        "tls_handshakes_resumed_total",
+        "TLS-over-TCP handshakes (TCP and WebSocket) that resumed a client's earlier session.",
+        &[("", s.tls_handshakes_resumed)],
+    );
+    out.counter(
         "websocket_upgrades_failed_total",
         "WebSocket upgrade requests on the TCP listener that did not become the relay's WebSocket.",
         &[("", s.websocket_upgrades_failed)],

@@ -18,6 +18,8 @@ pub(crate) struct Stats {
     pub connections_accepted_tcp: AtomicU64,
     /// Of those, over WebSocket.
     pub connections_accepted_ws: AtomicU64,
+    /// TLS-over-TCP handshakes (TCP and WebSocket) that resumed an earlier session.
+    pub tls_handshakes_resumed: AtomicU64,
     /// Of those, WebTransport sessions (counted once the session is accepted).
     pub connections_accepted_wt: AtomicU64,
     /// WebSocket upgrades refused, or not written in time.
@@ -210,6 +212,9 @@ pub struct StatsSnapshot {
     pub connections_accepted_tcp: u64,
     /// Of those, over WebSocket.
     pub connections_accepted_ws: u64,
+    /// TLS-over-TCP handshakes (TCP and WebSocket) that resumed an earlier session:
+    /// no certificate, no signature.
+    pub tls_handshakes_resumed: u64,
     /// Of those, WebTransport sessions.
     pub connections_accepted_wt: u64,
     /// WebSocket upgrades refused, or not written in time.
@@ -355,6 +360,7 @@ impl Stats {
         StatsSnapshot {
             connections_accepted: get(&self.connections_accepted),
             connections_accepted_tcp: get(&self.connections_accepted_tcp),
+            tls_handshakes_resumed: get(&self.tls_handshakes_resumed),
             connections_accepted_ws: get(&self.connections_accepted_ws),
             connections_accepted_wt: get(&self.connections_accepted_wt),
             websocket_upgrades_failed: get(&self.websocket_upgrades_failed),

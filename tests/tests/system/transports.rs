@@ -153,6 +153,48 @@ async fn many_sessions_to_a_host_on_tcp_run_at_once() {
     assert_eq!(relay.stats().sessions_host_tcp, 8);
 }
 
+/// Over TLS/TCP every session is two new connections (the player's, and the one
+/// its host dials): after the first, both resume their TLS session (no certificate,
+/// no signature), and a ticket never stands in for the pin: the same address under
+/// another pin is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_after_the_first_resume_their_tls_session_and_keep_the_pin() {
+    let relay = start_relay();
+    let agent = host_over(relay.url(), TransportPreference::Tcp).await;
+    let ticket = agent.ticket().clone();
+    let _echo = spawn_echo_host(agent);
+    let player = player_over(TransportPreference::Tcp);
+    const SESSIONS: u64 = 4;
+    for seed in 0..SESSIONS {
+        let session = player.connect(&ticket).await.expect("session");
+        let (mut read, mut write) = tokio::io::split(session);
+        let writer = tokio::spawn(async move { write_pattern(&mut write, seed, 64 << 10).await });
+        assert_eq!(read_pattern(&mut read, seed).await.expect("echo"), 64 << 10);
+        writer.await.unwrap().unwrap();
+    }
+    let stats = relay.stats();
+    assert_eq!(stats.sessions_host_tcp, SESSIONS);
+    assert_eq!(stats.sessions_player_tcp, SESSIONS);
+    // The registration's and the first player connection's handshakes may be full;
+    // every session after the first opens two connections that resume.
+    assert!(
+        stats.tls_handshakes_resumed >= 2 * (SESSIONS - 1),
+        "{} of {} TLS handshakes resumed",
+        stats.tls_handshakes_resumed,
+        stats.connections_accepted_tcp
+    );
+
+    let url = relay.url();
+    let other_pin = blindrelay_protocol::CertPin::of_certificate(b"another relay's certificate");
+    let elsewhere = RelayUrl::new(url.host(), url.port(), Some(other_pin)).unwrap();
+    let refused =
+        blindrelay_client::internal::connect_relay_tcp(&elsewhere, Default::default()).await;
+    assert!(
+        refused.is_err(),
+        "a relay that does not hold the pinned certificate"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_on_tcp_that_switches_its_relay_off_ends_its_relayed_sessions() {
     let relay = start_relay();
