@@ -81,6 +81,35 @@ impl Registration {
     }
 }
 
+/// A registration held over TLS over TCP (its own connection, its one stream): it
+/// lasts while this value lives. Pool redirects are not followed here.
+pub struct TcpRegistration {
+    connected: blindrelay_client::internal::FramedRelayConnection,
+}
+
+impl TcpRegistration {
+    /// Registers a fresh host id on a new TLS-over-TCP connection to `url`.
+    pub async fn register(url: &RelayUrl) -> Result<Self, RegisterError> {
+        let key = SecretKey::generate()?;
+        let mut connected =
+            blindrelay_client::internal::connect_relay_tcp(url, Default::default()).await?;
+        blindrelay_client::internal::register_framed(&mut connected, &key, None, 0).await?;
+        Ok(Self { connected })
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_alive(&self) -> bool {
+        self.connected.connection.close_reason().is_none()
+    }
+
+    /// Ends the registration and closes its connection.
+    pub fn close(self) {
+        self.connected
+            .connection
+            .close(blindrelay_protocol::codes::close::NORMAL, "done");
+    }
+}
+
 /// Client endpoints shared by many registrations.
 pub struct RegistrationPool {
     endpoints: Vec<quinn::Endpoint>,

@@ -203,11 +203,18 @@ fn targets(report: &Report) -> Vec<(String, String, Option<bool>)> {
         }
         "idle" => {
             let per = report.number("bytes_per_registration");
+            let over_tcp = report.params["transport"].as_str() == Some("tcp");
             rows.push((
-                "idle registration ≤ 24 KiB of relay memory".to_owned(),
+                format!(
+                    "idle registration{} ≤ 24 KiB of relay memory",
+                    if over_tcp { " (TLS/TCP)" } else { "" }
+                ),
                 format!("{} KiB", cell(per.map(|v| v / 1024.0), 1)),
                 per.map(|v| v <= 24.0 * 1024.0),
             ));
+            if over_tcp {
+                return rows;
+            }
             let held = report.number("registered");
             rows.push((
                 "100,000 idle registrations held".to_owned(),

@@ -120,6 +120,9 @@ fn idle_and_soak_measure_relay_memory() {
     let (_, value) = run("idle", &["--registrations", "100", "--endpoints", "4"]);
     positive(&value, "bytes_per_registration");
     assert_eq!(value["registered"].as_f64(), Some(100.0));
+    let (_, value) = run("idle", &["--registrations", "50", "--transport", "tcp"]);
+    positive(&value, "bytes_per_registration");
+    assert_eq!(value["registered"].as_f64(), Some(50.0));
     let (_, value) = run(
         "soak",
         &[

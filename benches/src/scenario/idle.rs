@@ -16,8 +16,9 @@ use serde_json::json;
 
 use super::Run;
 use crate::measure::ProcessProbe;
-use crate::raw::{Registration, RegistrationPool};
+use crate::raw::{Registration, RegistrationPool, TcpRegistration};
 use crate::report::{cell, Report, Series, Table};
+use crate::transport::Transport;
 
 /// Knobs of the idle scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,9 +29,36 @@ pub struct IdleArgs {
     /// Registrations in flight at once.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
-    /// Client UDP sockets the registrations share.
+    /// Client UDP sockets the registrations share (QUIC).
     #[arg(long, default_value_t = 64)]
     pub endpoints: usize,
+    /// How the hosts register: `quic` (connections sharing `--endpoints` sockets)
+    /// or `tcp` (a TLS-over-TCP connection each: a file descriptor each, in the
+    /// harness and in the relay).
+    #[arg(long, value_enum, default_value_t = Transport::Quic)]
+    pub transport: Transport,
+}
+
+/// A registration held, on either transport.
+enum Held {
+    Quic(Registration),
+    Tcp(TcpRegistration),
+}
+
+impl Held {
+    fn is_alive(&self) -> bool {
+        match self {
+            Self::Quic(registration) => registration.is_alive(),
+            Self::Tcp(registration) => registration.is_alive(),
+        }
+    }
+
+    fn close(self) {
+        match self {
+            Self::Quic(registration) => registration.close(),
+            Self::Tcp(registration) => registration.close(),
+        }
+    }
 }
 
 /// Planned time, for the progress bar (registration time is not known ahead).
@@ -52,13 +80,24 @@ pub async fn run(run: &Run, args: &IdleArgs) -> Result<Report> {
 
     run.progress
         .message(format!("registering {}", args.registrations));
-    let held: Mutex<Vec<Registration>> = Mutex::new(Vec::with_capacity(args.registrations));
+    if args.transport == Transport::Websocket {
+        bail!("idle registers over quic or tcp");
+    }
+    let held: Mutex<Vec<Held>> = Mutex::new(Vec::with_capacity(args.registrations));
     let next = AtomicUsize::new(0);
     let errors = AtomicU64::new(0);
     let started = Instant::now();
     let worker = |_: usize| async {
         while next.fetch_add(1, Ordering::Relaxed) < args.registrations {
-            match tokio::time::timeout(Duration::from_secs(30), pool.register()).await {
+            let register = async {
+                Ok::<_, crate::raw::RegisterError>(match args.transport {
+                    Transport::Tcp => {
+                        Held::Tcp(TcpRegistration::register(run.target.relay_url()).await?)
+                    }
+                    _ => Held::Quic(pool.register().await?),
+                })
+            };
+            match tokio::time::timeout(Duration::from_secs(30), register).await {
                 Ok(Ok(registration)) => {
                     if let Ok(mut held) = held.lock() {
                         held.push(registration);
@@ -134,7 +173,7 @@ pub async fn run(run: &Run, args: &IdleArgs) -> Result<Report> {
     };
     let params = json!({
         "registrations": args.registrations, "concurrency": args.concurrency,
-        "endpoints": args.endpoints, "hold_s": run.common.duration.as_secs_f64(),
+        "endpoints": args.endpoints, "transport": args.transport, "hold_s": run.common.duration.as_secs_f64(),
     });
     let mut report = run.report("idle", params);
     let errors = errors.load(Ordering::Relaxed) + lost as u64;
