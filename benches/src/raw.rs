@@ -93,7 +93,7 @@ impl TcpRegistration {
         let key = SecretKey::generate()?;
         let mut connected =
             blindrelay_client::internal::connect_relay_tcp(url, Default::default()).await?;
-        blindrelay_client::internal::register_framed(&mut connected, &key, None, 0).await?;
+        connected.register(&key, None, 0).await?;
         Ok(Self { connected })
     }
 

@@ -295,6 +295,30 @@ pub struct FramedRelayConnection {
     pub exporter: [u8; EXPORTER_LEN],
 }
 
+impl FramedRelayConnection {
+    /// Registers `key`'s host id on this connection's one stream, as
+    /// [`crate::internal::register_on_redirected`] does on a QUIC connection: the
+    /// registration lasts while the connection stays open. For tools that hold
+    /// registrations by hand (the load generator).
+    pub async fn register(
+        &mut self,
+        key: &crate::SecretKey,
+        token: Option<Vec<u8>>,
+        redirects: u8,
+    ) -> Result<(), crate::host::RegisterError> {
+        let exporter = self.exporter;
+        crate::host::register_over(
+            &mut self.send,
+            &mut self.recv,
+            &exporter,
+            key,
+            token,
+            redirects,
+        )
+        .await
+    }
+}
+
 impl std::fmt::Debug for FramedRelayConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FramedRelayConnection")

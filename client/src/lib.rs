@@ -88,9 +88,7 @@ pub mod internal {
         connect_relay_raw, connect_relay_raw_from, connect_relay_raw_with, connect_relay_tcp,
         connect_relay_websocket, relay_client_tls, relay_endpoint_raw, FramedRelayConnection,
     };
-    pub use crate::host::{
-        register_framed, register_on, register_on_redirected, RegistrationStream,
-    };
+    pub use crate::host::{register_on, register_on_redirected, RegistrationStream};
     pub use crate::linger::{framed_halves, halves as quic_halves, LINGER};
     pub use crate::wire::read_control;
 

@@ -45,9 +45,8 @@ pub(crate) use direct::direct_server_config;
 pub use direct::DirectListenError;
 pub(crate) use plan::member_urls;
 use plan::RelaySideEnd;
-pub use relay::{
-    register_framed, register_on, register_on_redirected, RegisterError, RegistrationStream,
-};
+pub(crate) use relay::register_over;
+pub use relay::{register_on, register_on_redirected, RegisterError, RegistrationStream};
 
 /// How a host agent behaves.
 #[derive(Debug, Clone)]

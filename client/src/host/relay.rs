@@ -728,29 +728,9 @@ pub async fn register_on_redirected(
     Ok((send, recv))
 }
 
-/// [`register_on_redirected`] over a TLS-over-TCP or WebSocket connection to the
-/// relay (its one stream): the registration lasts while the connection stays open.
-pub async fn register_framed(
-    connected: &mut crate::endpoint::FramedRelayConnection,
-    key: &SecretKey,
-    token: Option<Vec<u8>>,
-    redirects: u8,
-) -> Result<(), RegisterError> {
-    let exporter = connected.exporter;
-    register_over(
-        &mut connected.send,
-        &mut connected.recv,
-        &exporter,
-        key,
-        token,
-        redirects,
-    )
-    .await
-}
-
 /// The host's side of the registration exchange on a stream of any transport, bound
 /// to the connection by its TLS `exporter` value.
-async fn register_over(
+pub(crate) async fn register_over(
     send: &mut (impl AsyncWrite + Unpin),
     recv: &mut (impl AsyncRead + Unpin),
     exporter: &[u8; EXPORTER_LEN],
