@@ -1131,6 +1131,71 @@ mod tests {
         assert!(admission.reserve_session().is_ok());
     }
 
+    /// Past `connections.max`, up to `connections.max_handshakes` more connections
+    /// wait on probation (to register and shed an idle host); the next is full.
+    /// Establishing a connection again counts it once.
+    #[test]
+    fn past_the_cap_connections_wait_on_probation_then_are_full() {
+        let mut limits = Limits::unlimited();
+        limits.connections.max = 2;
+        limits.connections.max_handshakes = 2;
+        let admission = Arc::new(Admission::new(&limits));
+        let places: Vec<_> = (1..=5)
+            .map(|i| {
+                let permit = admission
+                    .admit_connection(addr(&format!("192.0.2.{i}:1")), Door::Quic)
+                    .expect("a handshake place");
+                let place = permit.establish();
+                (permit, place)
+            })
+            .collect();
+        let got: Vec<Place> = places.iter().map(|(_, place)| *place).collect();
+        assert_eq!(
+            got,
+            [
+                Place::Within,
+                Place::Within,
+                Place::Probation,
+                Place::Probation,
+                Place::Full
+            ]
+        );
+        assert_eq!(admission.open_connections(), 5);
+        assert_eq!(places[0].0.establish(), Place::Full, "five, not six");
+        drop(places);
+        assert_eq!(admission.open_connections(), 0);
+    }
+
+    #[test]
+    fn session_requests_are_rate_limited_per_address() {
+        let mut limits = Limits::unlimited();
+        limits.sessions.new_per_ip_per_s = 1;
+        limits.sessions.new_per_ip_burst = 2;
+        let admission = Admission::new(&limits);
+        let a = addr("192.0.2.1:1");
+        assert!(admission.check_session_rate(a).is_ok());
+        assert!(admission.check_session_rate(a).is_ok());
+        assert_eq!(admission.check_session_rate(a), Err(Refusal::RateLimited));
+        assert!(admission.check_session_rate(addr("192.0.2.2:1")).is_ok());
+    }
+
+    /// What a refused peer reads is what the refusal says it is.
+    #[test]
+    fn each_refusal_tells_its_own_reason() {
+        let all = [
+            Refusal::RateLimited,
+            Refusal::TooManyFromAddress,
+            Refusal::AtCapacity,
+            Refusal::TooManySessionsFromAddress,
+            Refusal::TooManyRegistrationsFromAddress,
+            Refusal::TooManyHandshakes,
+            Refusal::TooManySessionsOnConnection,
+        ];
+        for refusal in all {
+            assert_eq!(refusal.reason(), refusal.to_string());
+        }
+    }
+
     #[test]
     fn failed_proofs_cost_double() {
         let mut limits = Limits::unlimited();
