@@ -7,6 +7,9 @@
 //! * `transport_64k/seal`, `transport_64k/open`: `protocol::noise::Transport` on one
 //!   full data frame (65518 application bytes). `open` opens frames sealed beforehand
 //!   in batches of 64, outside the timed part. Throughput counts application bytes.
+//! * `write_64k/*`: one 64 KiB write sealed as a plain session does, as a resumable
+//!   one does (its replay buffer keeps the copy it seals), and as resumable sessions
+//!   did before (a copy kept, then another sealed): what resuming adds per byte.
 //! * `handshake/ik_full`: a whole Noise IK handshake, both sides (player hello, host
 //!   response, player reads the reply): what one session set-up costs in crypto.
 
@@ -18,6 +21,7 @@ use blindrelay_protocol::control::ControlMessage;
 use blindrelay_protocol::noise::{
     split_frame, HostHandshake, Opened, PlayerHandshake, MAX_PLAINTEXT_LEN,
 };
+use blindrelay_protocol::resume::{ReplayBuffer, ACK_EVERY, DEFAULT_REPLAY_WINDOW};
 use blindrelay_protocol::SessionLimits;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -90,6 +94,61 @@ fn bench_transport(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // A 64 KiB write (what the CLI's splice writes at once), sealed as a session
+    // does: plain, resumable as sessions were sealed before (a copy kept, then
+    // sealed), and resumable now (the copy kept is the one sealed). The replay
+    // buffer is acknowledged every 256 KiB, as a reading peer would.
+    let mut group = c.benchmark_group("write_64k");
+    const WRITE: usize = 64 * 1024;
+    group.throughput(Throughput::Bytes(WRITE as u64));
+    let data = vec![0xa5u8; WRITE];
+    let mut wire = BytesMut::with_capacity(2 * 65537);
+    let (mut player, _) = session();
+    group.bench_function("plain", |b| {
+        b.iter(|| {
+            wire.clear();
+            for frame in black_box(&data).chunks(MAX_PLAINTEXT_LEN) {
+                player.seal(frame, &mut wire).expect("seal");
+            }
+            black_box(&wire);
+        })
+    });
+    let (mut player, _) = session();
+    let mut replay = ReplayBuffer::new(DEFAULT_REPLAY_WINDOW);
+    group.bench_function("resumable_copied_then_sealed", |b| {
+        b.iter(|| {
+            wire.clear();
+            for frame in black_box(&data).chunks(MAX_PLAINTEXT_LEN) {
+                replay.push(frame);
+                player.seal(frame, &mut wire).expect("seal");
+            }
+            acknowledge_every_256k(&mut replay);
+            black_box(&wire);
+        })
+    });
+    let (mut player, _) = session();
+    let mut replay = ReplayBuffer::new(DEFAULT_REPLAY_WINDOW);
+    group.bench_function("resumable", |b| {
+        b.iter(|| {
+            wire.clear();
+            let mut at = 0;
+            while at < WRITE {
+                at += player
+                    .seal_kept(&black_box(&data)[at..], &mut replay, &mut wire)
+                    .expect("seal");
+            }
+            acknowledge_every_256k(&mut replay);
+            black_box(&wire);
+        })
+    });
+    group.finish();
+}
+
+fn acknowledge_every_256k(replay: &mut ReplayBuffer) {
+    if replay.held() as u64 >= ACK_EVERY {
+        replay.acknowledge(replay.sent()).expect("acknowledge");
+    }
 }
 
 fn bench_handshake(c: &mut Criterion) {

@@ -72,6 +72,7 @@
 use bytes::BytesMut;
 
 use crate::keys::{HostId, PublicKey, SecretKey};
+use crate::resume::ReplayBuffer;
 
 /// The Noise protocol name. It is part of protocol version 1: changing the cipher
 /// means a new ALPN and prologue.
@@ -927,7 +928,45 @@ impl Transport {
         }
     }
 
+    /// [`Transport::seal`] for a resumable session: seals as much of `data` as
+    /// `replay` has room for in one piece (at most [`MAX_PLAINTEXT_LEN`]), as one
+    /// data frame, keeping the bytes there. Returns how many: 0 only when `data` is
+    /// empty or `replay` full, and then nothing is sealed.
+    ///
+    /// The copy kept is the one sealed: a frame's plaintext is copied once, as
+    /// [`Transport::seal`] copies it once to append its type byte.
+    pub fn seal_kept(
+        &mut self,
+        data: &[u8],
+        replay: &mut ReplayBuffer,
+        out: &mut BytesMut,
+    ) -> Result<usize, NoiseError> {
+        let data = &data[..data.len().min(MAX_PLAINTEXT_LEN)];
+        if data.is_empty() || replay.room() == 0 {
+            return Ok(0);
+        }
+        self.before_frame(frame_type::DATA, out)?;
+        let state = &mut self.state;
+        let n = replay.push_with(data, frame_type::DATA, |plaintext| {
+            write_framed(out, plaintext.len() + TAG_LEN, |buf| {
+                state.write_message(plaintext, buf)
+            })
+            .map_err(transport_error)
+        })?;
+        self.sent_under_key += 1;
+        Ok(n)
+    }
+
     fn seal_frame(&mut self, kind: u8, body: &[u8], out: &mut BytesMut) -> Result<(), NoiseError> {
+        self.before_frame(kind, out)?;
+        self.seal_raw(kind, body, out)?;
+        self.sent_under_key += 1;
+        Ok(())
+    }
+
+    /// Refuses a frame of `kind` after this side's `end`, and seals a rekey first
+    /// when the key is due for one.
+    fn before_frame(&mut self, kind: u8, out: &mut BytesMut) -> Result<(), NoiseError> {
         if self.sent_end && kind != frame_type::ACK {
             return Err(NoiseError::WriteAfterEnd);
         }
@@ -936,8 +975,6 @@ impl Transport {
             self.state.rekey_outgoing();
             self.sent_under_key = 0;
         }
-        self.seal_raw(kind, body, out)?;
-        self.sent_under_key += 1;
         Ok(())
     }
 
@@ -1471,6 +1508,39 @@ mod tests {
             player.open(&frame),
             Err(NoiseError::OutOfOrder { .. })
         ));
+    }
+
+    #[test]
+    fn what_a_resumable_session_seals_is_what_its_replay_buffer_keeps() {
+        let (mut player, mut host) = resumable_pair();
+        host.set_rekey_interval(3);
+        let mut replay = ReplayBuffer::new(1 << 20);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut wire, mut at) = (BytesMut::new(), 0);
+        while at < data.len() {
+            let n = host.seal_kept(&data[at..], &mut replay, &mut wire).unwrap();
+            assert!(n > 0 && n <= MAX_PLAINTEXT_LEN);
+            at += n;
+        }
+        assert_eq!(replay.sent(), data.len() as u64);
+        let kept: Vec<u8> = replay.unacknowledged().flatten().copied().collect();
+        assert_eq!(kept, data, "kept as sealed");
+        // The peer opens every frame, the rekeys between them included.
+        assert_eq!(open_all(&mut player, &mut wire).unwrap(), data);
+
+        // Nothing is sealed or kept when the buffer is full, or after `end`.
+        let mut full = ReplayBuffer::new(0);
+        let room = full.room();
+        assert_eq!(host.seal_kept(&data, &mut full, &mut wire), Ok(room));
+        assert_eq!(host.seal_kept(&data, &mut full, &mut wire), Ok(0));
+        wire.clear();
+        host.seal_end(&mut wire).unwrap();
+        wire.clear();
+        assert_eq!(
+            host.seal_kept(b"x", &mut replay, &mut wire),
+            Err(NoiseError::WriteAfterEnd)
+        );
+        assert_eq!((wire.len(), replay.sent()), (0, data.len() as u64));
     }
 
     #[test]

@@ -89,25 +89,57 @@ impl ReplayBuffer {
     /// much.
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let mut taken = 0;
-        while taken < bytes.len() && self.held < self.capacity {
-            if self.chunks.back().is_none_or(|chunk| chunk.len() == CHUNK) {
-                let chunk = self
-                    .spare
-                    .pop()
-                    .unwrap_or_else(|| BytesMut::with_capacity(CHUNK));
-                self.chunks.push_back(chunk);
+        while taken < bytes.len() {
+            let n = self.push_with(&bytes[taken..], 0, |_| Ok::<_, ()>(()));
+            match n {
+                Ok(0) | Err(()) => break,
+                Ok(n) => taken += n,
             }
-            let Some(chunk) = self.chunks.back_mut() else {
-                break;
-            };
-            let n = (CHUNK - chunk.len())
-                .min(bytes.len() - taken)
-                .min(self.capacity - self.held);
-            chunk.extend_from_slice(&bytes[taken..taken + n]);
-            taken += n;
-            self.held += n;
         }
         taken
+    }
+
+    /// Keeps a copy of as much of `bytes` as there is room for in one piece of
+    /// memory, and hands `seal` that copy with `trailer` after it (a frame's
+    /// plaintext, its type byte last), so that what is kept is also what is sealed,
+    /// copied once. Returns how much was kept: less than all when the buffer, or the
+    /// chunk it is filling, is nearly full (0 only when the buffer is full). When
+    /// `seal` fails, nothing is kept.
+    pub fn push_with<E>(
+        &mut self,
+        bytes: &[u8],
+        trailer: u8,
+        seal: impl FnOnce(&[u8]) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        if bytes.is_empty() || self.room() == 0 {
+            return Ok(0);
+        }
+        // Each chunk has one byte more than it ever holds, for the trailer; a
+        // partly acknowledged chunk has less room than when it was new.
+        if self
+            .chunks
+            .back()
+            .is_none_or(|chunk| chunk.capacity() - chunk.len() <= 1)
+        {
+            let chunk = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| BytesMut::with_capacity(CHUNK + 1));
+            self.chunks.push_back(chunk);
+        }
+        let room = self.room();
+        let Some(chunk) = self.chunks.back_mut() else {
+            return Ok(0);
+        };
+        let start = chunk.len();
+        let n = (chunk.capacity() - start - 1).min(bytes.len()).min(room);
+        chunk.extend_from_slice(&bytes[..n]);
+        chunk.extend_from_slice(&[trailer]);
+        let sealed = seal(&chunk[start..]);
+        chunk.truncate(if sealed.is_ok() { start + n } else { start });
+        sealed?;
+        self.held += n;
+        Ok(n)
     }
 
     /// The peer has every byte up to `count`: forget them. A count behind an
@@ -142,7 +174,7 @@ impl ReplayBuffer {
                         // Only this buffer holds the chunk: with nothing in it,
                         // `reserve` takes back the whole allocation.
                         chunk.clear();
-                        chunk.reserve(CHUNK);
+                        chunk.reserve(CHUNK + 1);
                         self.spare.push(chunk);
                     }
                 }
@@ -337,6 +369,38 @@ mod tests {
                 "{most} bytes held for a capacity of {capacity}"
             );
         }
+    }
+
+    #[test]
+    fn each_piece_is_sealed_from_one_piece_of_memory_with_its_trailer() {
+        let mut replay = ReplayBuffer::new(1 << 20);
+        let mut sealed = Vec::new();
+        let mut seal = |replay: &mut ReplayBuffer, bytes: &[u8]| {
+            replay.push_with(bytes, 0xee, |plaintext| {
+                sealed.push(plaintext.to_vec());
+                Ok::<_, ()>(())
+            })
+        };
+        assert_eq!(seal(&mut replay, &[1; 40_000]), Ok(40_000));
+        // The chunk has room for the rest of its 64 KiB only: a piece never spans two.
+        assert_eq!(seal(&mut replay, &[2; 40_000]), Ok(CHUNK - 40_000));
+        assert_eq!(seal(&mut replay, &[3; 10]), Ok(10));
+        assert_eq!(sealed[1].len(), CHUNK - 40_000 + 1);
+        assert_eq!(sealed[1].last(), Some(&0xee), "the trailer last");
+        assert!(sealed
+            .iter()
+            .all(|p| p[..p.len() - 1].iter().all(|&b| b == p[0])));
+        // The trailer is not kept.
+        let kept: Vec<u8> = replay.unacknowledged().flatten().copied().collect();
+        assert_eq!(kept.len(), CHUNK + 10);
+        assert!(!kept.contains(&0xee));
+        assert_eq!(replay.bytes_at(CHUNK as u64), &[3; 10]);
+
+        // A seal that fails keeps nothing.
+        let failed = replay.push_with(&[4; 100], 0xee, |_| Err("refused"));
+        assert_eq!(failed, Err("refused"));
+        assert_eq!(replay.sent(), CHUNK as u64 + 10);
+        assert_eq!(replay.bytes_at(CHUNK as u64), &[3; 10]);
     }
 
     #[test]

@@ -880,10 +880,13 @@ where
                 continue;
             }
             r.deferred = None;
-            let n = data.len().min(MAX_PLAINTEXT_LEN).min(r.replay.room());
-            r.replay.push(&data[..n]);
-            self.transport
-                .seal(&data[..n], &mut self.write_buf)
+            let r = self
+                .resume
+                .as_deref_mut()
+                .expect("only resumable sessions come here");
+            let n = self
+                .transport
+                .seal_kept(data, &mut r.replay, &mut self.write_buf)
                 .map_err(io_error)?;
             if let Poll::Ready(Err(err)) = self.poll_drain(cx) {
                 // The bytes are in the replay buffer: they go out after the resume.
