@@ -1179,6 +1179,39 @@ mod tests {
         assert!(admission.check_session_rate(addr("192.0.2.2:1")).is_ok());
     }
 
+    /// An address whose bucket has refilled is forgotten; one still owed is not.
+    #[test]
+    fn addresses_whose_buckets_refilled_are_forgotten() {
+        let mut limits = Limits::unlimited();
+        // A session token comes back within a microsecond; a registration's in a second.
+        limits.sessions.new_per_ip_per_s = 1_000_000;
+        limits.sessions.new_per_ip_burst = 1;
+        limits.registrations.per_ip_per_s = 1;
+        limits.registrations.per_ip_burst = 10;
+        let admission = Admission::new(&limits);
+        let a = addr("192.0.2.1:1");
+        assert!(admission.check_session_rate(a).is_ok());
+        assert!(admission.check_registration_rate(a, 1).is_ok());
+        let remembered = |rate: &AddressRate| rate.plain.as_ref().map_or(0, |r| r.len());
+        assert_eq!(
+            (
+                remembered(&admission.new_sessions),
+                remembered(&admission.registrations)
+            ),
+            (1, 1)
+        );
+        // A thousand times the session bucket's refill, a fiftieth of the other's.
+        std::thread::sleep(Duration::from_millis(20));
+        admission.forget_idle_addresses();
+        assert_eq!(
+            (
+                remembered(&admission.new_sessions),
+                remembered(&admission.registrations)
+            ),
+            (0, 1)
+        );
+    }
+
     /// What a refused peer reads is what the refusal says it is.
     #[test]
     fn each_refusal_tells_its_own_reason() {
