@@ -254,7 +254,7 @@ impl Pump<'_> {
                 Ok(Some(bytes)) => bytes.len(),
                 _ => 0,
             };
-            let tiny = first > 0 && first < TINY_CHUNK;
+            let tiny = (1..TINY_CHUNK).contains(&first);
             let read = match read {
                 Ok(Some(bytes)) if tiny => {
                     let (bytes, end) = coalesce(bytes, &mut from).await;
@@ -879,6 +879,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_session_that_sends_exactly_its_byte_limit_ends_cleanly() {
+        let max = 100_000;
+        let limits = SpliceLimits {
+            max_bytes: NonZeroU64::new(max),
+            ..no_limits()
+        };
+        let (mut player, mut host, splice, _) = start(limits);
+        let reader = tokio::spawn(async move { host.recv.read_to_end().await });
+        let sent = pattern(max as usize, 5);
+        player.send.write_all(sent.clone()).await.expect("sent");
+        player.send.finish();
+        let (received, end) = reader.await.expect("reader");
+        assert_eq!((received, end), (sent.to_vec(), Ok(())));
+        host.send.finish();
+        let outcome = splice.await.expect("splice");
+        assert_eq!((outcome.ended_by, outcome.player_to_host), (None, max));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_rate_limit_paces_the_session() {
         let bucket = TokenBucket::new(100_000, 16 * 1024).expect("limited");
         let bucket: &'static TokenBucket = Box::leak(Box::new(bucket));
@@ -954,6 +973,146 @@ mod tests {
         let _player = writer.await.expect("writer");
         host.send.finish();
         splice.await.expect("splice");
+    }
+
+    /// Reads everything the relay forwards to `end`: the bytes, the chunks they came
+    /// in, and when the last one came.
+    fn collect(mut end: End) -> tokio::task::JoinHandle<(Vec<u8>, usize, Instant)> {
+        tokio::spawn(async move {
+            let (mut received, mut chunks) = (Vec::new(), 0);
+            while let Some(chunk) = end.recv.read_chunk(usize::MAX).await.expect("read") {
+                chunks += 1;
+                received.extend_from_slice(&chunk);
+            }
+            (received, chunks, Instant::now())
+        })
+    }
+
+    /// One-byte writes a millisecond apart, nothing back: by the end the pump
+    /// takes them in batches.
+    async fn flood_until_batching(player: &mut End) -> Vec<u8> {
+        let mut sent = Vec::new();
+        for i in 0..2 * TINY_STREAK {
+            let byte = pattern(1, i as u8);
+            sent.extend_from_slice(&byte);
+            player.send.write_all(byte).await.expect("sent");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sent
+    }
+
+    /// What went the other way before a flood began does not keep it from being
+    /// batched: only answers since the last chunk wear a streak down.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_before_a_flood_does_not_spare_it_the_batching() {
+        let (mut player, mut host, _splice, _) = start(no_limits());
+        host.send.write_all(pattern(1, 9)).await.expect("answer");
+        let answer = player.recv.read_chunk(usize::MAX).await.expect("read");
+        assert_eq!(answer.map(|b| b.len()), Some(1));
+        let reader = collect(host);
+        let mut sent = flood_until_batching(&mut player).await;
+        sent.extend(flood_until_batching(&mut player).await);
+        player.send.finish();
+        let (received, chunks, _) = reader.await.expect("reader");
+        assert_eq!(received, sent);
+        // The streak one by one, then one chunk per batch wait.
+        let flood_ms = sent.len() as u128;
+        let most = TINY_STREAK as usize + (flood_ms / TINY_BATCH_WAIT.as_millis()) as usize + 2;
+        assert!(chunks <= most, "{chunks} chunks, at most {most}");
+    }
+
+    /// Chunks of [`TINY_CHUNK`] bytes and more are not tiny: however many come one
+    /// way, none waits for a batch.
+    #[tokio::test(start_paused = true)]
+    async fn chunks_of_512_bytes_one_way_never_wait_for_a_batch() {
+        let (mut player, host, splice, _) = start(no_limits());
+        let reader = collect(host);
+        let started = Instant::now();
+        let mut sent = Vec::new();
+        for i in 0..1000u32 {
+            let chunk = pattern(TINY_CHUNK, i as u8);
+            sent.extend_from_slice(&chunk);
+            player.send.write_all(chunk).await.expect("sent");
+        }
+        player.send.finish();
+        let (received, _, done) = reader.await.expect("reader");
+        assert_eq!(received, sent);
+        // On the paused clock, any wait for a batch would have moved time on.
+        assert_eq!(done - started, Duration::ZERO);
+        drop(splice);
+    }
+
+    /// Once batching, a chunk the size bulk data comes in ends it at once: a flood
+    /// of tiny chunks followed by a download does not slow the download.
+    #[tokio::test(start_paused = true)]
+    async fn bulk_after_a_tiny_flood_ends_the_batching_at_once() {
+        let (mut player, host, _splice, _) = start(no_limits());
+        let reader = collect(host);
+        let mut sent = flood_until_batching(&mut player).await;
+        let bulk = Instant::now();
+        for i in 0..50u8 {
+            let chunk = pattern(MAX_CHUNK / 2, i);
+            sent.extend_from_slice(&chunk);
+            player.send.write_all(chunk).await.expect("sent");
+        }
+        player.send.finish();
+        let (received, chunks, done) = reader.await.expect("reader");
+        assert_eq!(received, sent);
+        assert!(
+            chunks < sent.len() - 50 * MAX_CHUNK / 2 + 50,
+            "the flood was batched: {chunks} chunks"
+        );
+        // A few ticks while the flood's last bytes go, not one per bulk chunk.
+        let took = done - bulk;
+        assert!(took <= 5 * TINY_BATCH_WAIT, "the bulk took {took:?}");
+    }
+
+    /// While batching, the larger chunks that gather during a wait (QUIC joins the
+    /// tiny frames it holds) do not end the run: only bulk-sized ones do.
+    #[tokio::test(start_paused = true)]
+    async fn while_batching_the_larger_chunks_a_wait_gathers_keep_it_batching() {
+        let (mut player, host, _splice, _) = start(no_limits());
+        let reader = collect(host);
+        let mut sent = flood_until_batching(&mut player).await;
+        // The flood's last bytes forwarded (the pump reads all there is on each
+        // tick), so that each chunk below is read whole.
+        tokio::time::sleep(2 * TINY_BATCH_WAIT).await;
+        let gathered = Instant::now();
+        for i in 0..40u8 {
+            let chunk = pattern(1024, i);
+            sent.extend_from_slice(&chunk);
+            player.send.write_all(chunk).await.expect("sent");
+        }
+        player.send.finish();
+        let (received, _, done) = reader.await.expect("reader");
+        assert_eq!(received, sent);
+        // One read per tick: forty chunks take about forty ticks (the first read
+        // joins a few to the flood's last bytes).
+        let took = done - gathered;
+        assert!(took >= 25 * TINY_BATCH_WAIT, "took {took:?}");
+    }
+
+    /// Joining stops at [`COALESCE_BELOW`] bytes: a backlog of tiny chunks goes in
+    /// pieces of exactly that much.
+    #[tokio::test(start_paused = true)]
+    async fn tiny_chunks_are_joined_up_to_4_kib() {
+        let (mut player, host, _splice, _) = start(no_limits());
+        let mut sent = Vec::new();
+        for i in 0..3 * COALESCE_BELOW {
+            let byte = pattern(1, i as u8);
+            sent.extend_from_slice(&byte);
+            player.send.write_all(byte).await.expect("sent");
+        }
+        player.send.finish();
+        let mut host = host;
+        let mut sizes = Vec::new();
+        let mut received = Vec::new();
+        while let Some(chunk) = host.recv.read_chunk(usize::MAX).await.expect("read") {
+            sizes.push(chunk.len());
+            received.extend_from_slice(&chunk);
+        }
+        assert_eq!(received, sent);
+        assert_eq!(sizes, [COALESCE_BELOW; 3]);
     }
 
     #[test]
