@@ -1146,6 +1146,118 @@ fn ended(connection: &quinn::Connection) -> RegistrationEnd {
 mod tests {
     use super::*;
 
+    /// A relay that failed (another pool member may do better) is told apart from
+    /// one that answered: a refusal, a redirect, a broken exchange.
+    #[test]
+    fn only_a_relay_that_failed_sends_the_host_to_the_next_member() {
+        let failed = [
+            handshake_failed("connection refused"),
+            RegisterError::Open(quinn::ConnectionError::TimedOut),
+            RegisterError::Write(std::io::Error::other("broken pipe")),
+            RegisterError::Wire(WireError::Io(std::io::Error::other("reset"))),
+            RegisterError::Timeout(Duration::from_secs(5)),
+        ];
+        for err in failed {
+            assert!(err.is_relay_failure(), "{err}");
+        }
+        let answered = [
+            RegisterError::Refused {
+                code: ErrorCode::ProofFailed,
+                reason: "no".to_owned(),
+            },
+            RegisterError::Redirected {
+                members: vec!["b.example:443".to_owned()],
+            },
+            RegisterError::KeyingMaterial,
+        ];
+        for err in answered {
+            assert!(!err.is_relay_failure(), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_hosts_tcp_connections_keep_its_idle_timeout_and_keep_alive() {
+        let key = blindrelay_protocol::SecretKey::generate().unwrap();
+        let relay: RelayUrl = "blindrelay://relay.example:4433".parse().unwrap();
+        let mut config = HostConfig::new(key, relay);
+        config.relay_idle_timeout = Duration::from_millis(4321);
+        config.keep_alive = Duration::from_millis(1234);
+        let framed = framed_config(&config);
+        assert_eq!(framed.idle_timeout, Duration::from_millis(4321));
+        assert_eq!(framed.keep_alive, Some(Duration::from_millis(1234)));
+    }
+
+    /// A QUIC connection on loopback whose client keeps alive every `keep_alive`
+    /// (none: silent), and the server's side of it.
+    async fn quic_pair(keep_alive: Option<Duration>) -> (quinn::Connection, quinn::Connection) {
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Duration::from_secs(30).try_into().ok());
+        let server = crate::host::direct_server_config(transport).unwrap();
+        let accepting = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = accepting.local_addr().unwrap();
+        let profile = crate::endpoint::ConnectionProfile {
+            incoming_streams: 0,
+            keep_alive: keep_alive.unwrap_or(Duration::from_secs(60)),
+            idle_timeout: Duration::from_secs(30),
+        };
+        let mut dialling = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        dialling.set_default_client_config(crate::endpoint::direct_client_config(profile).unwrap());
+        tokio::join!(
+            async {
+                dialling
+                    .connect(to, crate::endpoint::DIRECT_SERVER_NAME)
+                    .unwrap()
+                    .await
+                    .unwrap()
+            },
+            async { accepting.accept().await.unwrap().await.unwrap() }
+        )
+    }
+
+    /// The host's watchdog fires once nothing came for the silence it allows, and
+    /// not while keep-alives are answered.
+    #[tokio::test]
+    async fn the_silence_watchdog_fires_after_the_silence_and_not_before() {
+        let silence = Duration::from_millis(600);
+        let (client, server) = quic_pair(None).await;
+        let started = tokio::time::Instant::now();
+        let fired = tokio::time::timeout(
+            Duration::from_secs(5),
+            SilenceWatchdog::new(&client, silence).silent(),
+        )
+        .await;
+        assert!(fired.is_ok(), "never fired on a silent connection");
+        let took = started.elapsed();
+        assert!(took >= silence, "fired after {took:?}");
+        drop(server);
+
+        let (client, _server) = quic_pair(Some(Duration::from_millis(100))).await;
+        let fired =
+            tokio::time::timeout(4 * silence, SilenceWatchdog::new(&client, silence).silent())
+                .await;
+        assert!(fired.is_err(), "fired while keep-alives were answered");
+    }
+
+    /// A registration connection the relay closed with `REPLACED` (the host
+    /// registered again elsewhere) ends as replaced; any other close as lost.
+    #[tokio::test]
+    async fn a_connection_closed_as_replaced_reads_as_replaced() {
+        for (code, replaced) in [
+            (codes::close::REPLACED, true),
+            (codes::close::NORMAL, false),
+        ] {
+            let (client, server) = quic_pair(None).await;
+            server.close(code.into(), b"bye");
+            client.closed().await;
+            let end = ended(&client);
+            assert_eq!(
+                matches!(end, RegistrationEnd::Replaced),
+                replaced,
+                "closed with {code:?}"
+            );
+        }
+    }
+
     fn handshake_failed(words: &str) -> RegisterError {
         RegisterError::Relay(ConnectRelayError::TlsHandshake(std::io::Error::other(
             words.to_owned(),
@@ -1171,6 +1283,18 @@ mod tests {
                 "{words}"
             );
         }
+        // Over QUIC, the same words come as the connection's transport error.
+        let over_quic = RegisterError::Relay(ConnectRelayError::Connection(
+            quinn::ConnectionError::TransportError(quinn_proto::TransportError {
+                code: quinn::TransportErrorCode::crypto(42),
+                frame: None,
+                reason: "invalid peer certificate: UnknownIssuer".to_owned(),
+            }),
+        ));
+        assert_eq!(
+            untrusted_certificate(&over_quic).as_deref(),
+            Some("invalid peer certificate: UnknownIssuer")
+        );
         let refused = RegisterError::Refused {
             code: ErrorCode::ProofFailed,
             reason: "invalid peer certificate".to_owned(),
