@@ -383,6 +383,71 @@ mod tests {
         Ok(all)
     }
 
+    /// Closing says why, on this side and on the peer's: what a host reads to tell
+    /// "registered elsewhere" (`REPLACED`) from a connection that was lost.
+    #[tokio::test]
+    async fn the_close_reason_says_who_closed_and_with_which_code() {
+        let ((_s1, _r1, a), (_s2, _r2, b)) = pair(Config::default());
+        assert!(a.close_reason().is_none());
+        a.close(close::REPLACED, "registered elsewhere");
+        assert!(
+            matches!(a.close_reason(), Some(ConnectionError::Closed(code)) if code == close::REPLACED),
+            "{:?}",
+            a.close_reason()
+        );
+        let seen = tokio::time::timeout(Duration::from_secs(5), b.closed())
+            .await
+            .expect("the peer sees the close");
+        assert!(
+            matches!(seen, ConnectionError::ClosedByPeer { code, .. } if code == close::REPLACED),
+            "{seen:?}"
+        );
+        assert!(matches!(
+            b.close_reason(),
+            Some(ConnectionError::ClosedByPeer { code, .. }) if code == close::REPLACED
+        ));
+    }
+
+    /// A connection whose halves and handle are all dropped, with nothing queued,
+    /// ends at once: its writer learns it from the last one dropped.
+    #[tokio::test]
+    async fn dropping_every_handle_ends_the_connection() {
+        let ((s1, r1, a), (_s2, _r2, b)) = pair(Config::default());
+        drop((s1, r1, a));
+        let ended = tokio::time::timeout(LINGER / 2, b.closed()).await;
+        assert!(ended.is_ok(), "the peer never saw the connection end");
+    }
+
+    /// `read_exact` fills its buffer across frames, in order, and says a clean end
+    /// that comes first is one.
+    #[tokio::test]
+    async fn read_exact_fills_across_frames_and_tells_an_early_end() {
+        let ((mut s1, _r1, _a), (_s2, mut r2, _b)) = pair(Config::default());
+        let sent: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for piece in sent.chunks(1000) {
+            s1.write_all(piece).await.expect("sent");
+        }
+        s1.finish();
+        let mut first = vec![0; 2500];
+        r2.read_exact(&mut first).await.expect("read");
+        let mut rest = vec![0; 7500];
+        r2.read_exact(&mut rest).await.expect("read");
+        assert_eq!([first, rest].concat(), sent);
+        let mut more = [0; 1];
+        assert!(matches!(
+            r2.read_exact(&mut more).await,
+            Err(RecvError::Connection(ConnectionError::Ended))
+        ));
+    }
+
+    #[tokio::test]
+    async fn handles_print_nothing_of_what_they_carry() {
+        let ((s1, r1, a), _) = pair(Config::default());
+        assert_eq!(format!("{a:?}"), "Connection { .. }");
+        assert_eq!(format!("{s1:?}"), "FramedSend { .. }");
+        assert_eq!(format!("{r1:?}"), "FramedRecv { .. }");
+    }
+
     /// A peer that sends its bytes one per `DATA` frame, to a reader that reads
     /// nothing: the read-ahead stops at its buffer, held in a few joined blocks
     /// rather than one entry (and one pinned read buffer) per byte; then every byte
