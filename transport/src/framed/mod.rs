@@ -409,7 +409,7 @@ mod tests {
     }
 
     /// A connection whose halves and handle are all dropped, with nothing queued,
-    /// ends at once: its writer learns it from the last one dropped.
+    /// ends at once.
     #[tokio::test]
     async fn dropping_every_handle_ends_the_connection() {
         let ((s1, r1, a), (_s2, _r2, b)) = pair(Config::default());
@@ -418,19 +418,56 @@ mod tests {
         assert!(ended.is_ok(), "the peer never saw the connection end");
     }
 
+    /// The sending half as an `AsyncWrite`: what `copy` and `write_all` write
+    /// arrives whole, and `shutdown` ends the direction cleanly.
+    #[tokio::test]
+    async fn the_sending_half_writes_and_shuts_down_as_an_async_write() {
+        let ((mut s1, _r1, _a), (_s2, mut r2, _b)) = pair(Config::default());
+        let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
+        AsyncWriteExt::write_all(&mut s1, &sent).await.expect("written");
+        AsyncWriteExt::flush(&mut s1).await.expect("flushed");
+        AsyncWriteExt::shutdown(&mut s1).await.expect("shut down");
+        let received = tokio::time::timeout(Duration::from_secs(5), read_to_end(&mut r2))
+            .await
+            .expect("the end arrives");
+        assert_eq!(received.expect("read"), sent);
+    }
+
+    /// `stopped` resolves with nothing once the direction ended without a stop;
+    /// a reset while the end is still queued wins over it.
+    #[tokio::test]
+    async fn a_direction_ended_is_not_stopped_and_a_reset_overtakes_a_queued_end() {
+        let ((mut s1, _r1, _a), (_s2, mut r2, _b)) = pair(Config::default());
+        s1.write_all(b"done").await.expect("sent");
+        s1.finish();
+        assert_eq!(read_to_end(&mut r2).await.expect("read"), b"done");
+        let stopped = tokio::time::timeout(Duration::from_secs(5), s1.stopped()).await;
+        assert_eq!(stopped, Ok(None));
+
+        let ((mut s1, _r1, _a), (_s2, mut r2, _b)) = pair(Config::default());
+        s1.finish();
+        s1.reset(stream::CANCELLED);
+        assert!(
+            matches!(read_to_end(&mut r2).await, Err(RecvError::Reset(code)) if code == stream::CANCELLED)
+        );
+    }
+
     /// `read_exact` fills its buffer across frames, in order, and says a clean end
     /// that comes first is one.
     #[tokio::test]
     async fn read_exact_fills_across_frames_and_tells_an_early_end() {
         let ((mut s1, _r1, _a), (_s2, mut r2, _b)) = pair(Config::default());
-        let sent: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        for piece in sent.chunks(1000) {
+        // Frames long enough to be kept as they come, not joined: a read ends
+        // where a frame does.
+        let sent: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+        for piece in sent.chunks(10_000) {
+            assert!(piece.len() >= JOIN_BELOW && piece.len() <= MAX_DATA_LEN);
             s1.write_all(piece).await.expect("sent");
         }
         s1.finish();
-        let mut first = vec![0; 2500];
+        let mut first = vec![0; 15_000];
         r2.read_exact(&mut first).await.expect("read");
-        let mut rest = vec![0; 7500];
+        let mut rest = vec![0; 15_000];
         r2.read_exact(&mut rest).await.expect("read");
         assert_eq!([first, rest].concat(), sent);
         let mut more = [0; 1];
