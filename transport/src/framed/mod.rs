@@ -424,7 +424,9 @@ mod tests {
     async fn the_sending_half_writes_and_shuts_down_as_an_async_write() {
         let ((mut s1, _r1, _a), (_s2, mut r2, _b)) = pair(Config::default());
         let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
-        AsyncWriteExt::write_all(&mut s1, &sent).await.expect("written");
+        AsyncWriteExt::write_all(&mut s1, &sent)
+            .await
+            .expect("written");
         AsyncWriteExt::flush(&mut s1).await.expect("flushed");
         AsyncWriteExt::shutdown(&mut s1).await.expect("shut down");
         let received = tokio::time::timeout(Duration::from_secs(5), read_to_end(&mut r2))
