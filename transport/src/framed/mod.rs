@@ -418,6 +418,60 @@ mod tests {
         assert!(ended.is_ok(), "the peer never saw the connection end");
     }
 
+    /// A peer that never reads: the sending half queues its send buffer's worth
+    /// (and at most one chunk more) beyond what the transport took, then waits.
+    #[tokio::test]
+    async fn a_writer_to_a_peer_that_never_reads_queues_no_more_than_its_send_buffer() {
+        let config = Config::default();
+        let (io, _peer) = tokio::io::duplex(64 * 1024);
+        let (mut send, _recv, _connection) = framed(io, config);
+        let chunk = vec![7; MAX_DATA_LEN];
+        let wrote = tokio::time::timeout(Duration::from_secs(2), async {
+            for _ in 0..(20 * config.send_buffer).div_ceil(MAX_DATA_LEN) {
+                send.write_all(&chunk).await.expect("written");
+            }
+        })
+        .await;
+        assert!(
+            wrote.is_err(),
+            "wrote 20 send buffers to a peer that reads nothing"
+        );
+        let queued: usize = send.shared.lock().queued.iter().map(Bytes::len).sum();
+        assert!(
+            queued <= config.send_buffer + MAX_DATA_LEN,
+            "{queued} bytes queued for a send buffer of {}",
+            config.send_buffer
+        );
+    }
+
+    /// A peer that reads, slowly: however many batches the writer takes from the
+    /// queue, what stays queued never passes the send buffer.
+    #[tokio::test]
+    async fn a_writer_to_a_slow_reader_keeps_its_queue_within_its_send_buffer() {
+        let config = Config::default();
+        let (io, mut peer) = tokio::io::duplex(64 * 1024);
+        let (mut send, _recv, _connection) = framed(io, config);
+        let reading = tokio::spawn(async move {
+            let mut buf = vec![0; 64 * 1024];
+            while peer.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let chunk = vec![7; MAX_DATA_LEN];
+        let mut most = 0;
+        for _ in 0..(8 * config.send_buffer).div_ceil(MAX_DATA_LEN) {
+            send.write_all(&chunk).await.expect("written");
+            let queued: usize = send.shared.lock().queued.iter().map(Bytes::len).sum();
+            most = most.max(queued);
+        }
+        assert!(
+            most <= config.send_buffer + MAX_DATA_LEN,
+            "{most} bytes queued for a send buffer of {}",
+            config.send_buffer
+        );
+        reading.abort();
+    }
+
     /// The sending half as an `AsyncWrite`: what `copy` and `write_all` write
     /// arrives whole, and `shutdown` ends the direction cleanly.
     #[tokio::test]
