@@ -185,11 +185,8 @@ pub(super) async fn run_relay(
         }
         // An untrusted certificate is said once and stays said while it lasts, not
         // drowned in "connecting" lines.
-        let untrusted = matches!(*control.state.borrow(), HostState::RelayUntrusted { .. });
         let ready = quic_again.take();
-        // Moving a registration to QUIC is no reconnection: the host stays reachable
-        // through it.
-        if !untrusted && ready.is_none() && leaving.is_none() {
+        if says_connecting(&control.state.borrow(), ready.is_some(), leaving.is_some()) {
             control.state.send_replace(HostState::Connecting {
                 attempt: plan.attempt(),
             });
@@ -375,6 +372,15 @@ pub(super) async fn run_relay(
             }
         }
     }
+}
+
+/// Whether a new attempt to register is said as [`HostState::Connecting`]: not while
+/// the relay's certificate is known to be untrusted (said once, and it stays said
+/// while it lasts, not drowned in "connecting" lines), and not when the host stays
+/// reachable meanwhile: its registration moved to QUIC (no reconnection), or it is
+/// moving within a pool and still registered at the member it leaves.
+fn says_connecting(state: &HostState, quic_again: bool, leaving: bool) -> bool {
+    !matches!(state, HostState::RelayUntrusted { .. }) && !quic_again && !leaving
 }
 
 /// What registering anywhere needs of the agent.
@@ -658,31 +664,52 @@ async fn connect(
     };
     match race(attempts, &[Duration::ZERO, first_step, step], |_| false).await {
         Ok((_, connected)) => {
-            if config.transport == TransportPreference::Auto {
-                match &connected {
-                    Connected::Quic(_) => udp.set_working(relay),
-                    Connected::Framed(_, transport) => {
-                        info!(%transport, "QUIC did not get through to the relay: falling back");
-                        udp.set_broken(relay);
-                    }
-                }
-            }
+            let transport = match &connected {
+                Connected::Quic(_) => RelayTransport::Quic,
+                Connected::Framed(_, transport) => *transport,
+            };
+            note_udp(config.transport, transport, udp, relay);
             Ok(connected)
         }
-        Err(errors) => {
-            // The first that is not a timeout says most.
-            let telling = errors
-                .iter()
-                .position(|err| !matches!(err, ConnectRelayError::Timeout(_)))
-                .unwrap_or(0);
-            Err(errors
-                .into_iter()
-                .nth(telling)
-                .unwrap_or(ConnectRelayError::Timeout(
-                    crate::endpoint::RELAY_HANDSHAKE_TIMEOUT,
-                )))
-        }
+        Err(errors) => Err(most_telling(errors)),
     }
+}
+
+/// What the transport that won the race says about UDP to `relay`: with `auto`,
+/// QUIC winning means UDP gets through, and TLS over TCP or WebSocket winning means
+/// it did not (the next attempt starts them at once instead of after the TCP
+/// delay). A host told to use one transport learns nothing about UDP.
+fn note_udp(
+    preference: TransportPreference,
+    won: RelayTransport,
+    udp: &UdpHealth,
+    relay: &RelayUrl,
+) {
+    if preference != TransportPreference::Auto {
+        return;
+    }
+    if won == RelayTransport::Quic {
+        udp.set_working(relay);
+    } else {
+        info!(transport = %won, "QUIC did not get through to the relay: falling back");
+        udp.set_broken(relay);
+    }
+}
+
+/// Of the errors of the transports tried, the one that says most: the first that is
+/// not a timeout. Where UDP is blocked and the relay's certificate is not trusted,
+/// QUIC times out and TLS over TCP names the certificate: the owner is told that.
+fn most_telling(errors: Vec<ConnectRelayError>) -> ConnectRelayError {
+    let telling = errors
+        .iter()
+        .position(|err| !matches!(err, ConnectRelayError::Timeout(_)))
+        .unwrap_or(0);
+    errors
+        .into_iter()
+        .nth(telling)
+        .unwrap_or(ConnectRelayError::Timeout(
+            crate::endpoint::RELAY_HANDSHAKE_TIMEOUT,
+        ))
 }
 
 /// The framing settings of the host's TLS-over-TCP connections to the relay.
@@ -1145,6 +1172,94 @@ fn ended(connection: &quinn::Connection) -> RegistrationEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new attempt is said as connecting only when the host is not reachable
+    /// otherwise, and never over an untrusted certificate that is being said.
+    #[test]
+    fn an_attempt_is_said_as_connecting_unless_the_host_stays_reachable_or_untrusted() {
+        let untrusted = HostState::RelayUntrusted {
+            reason: "invalid peer certificate: UnknownIssuer".to_owned(),
+        };
+        for state in [HostState::Connecting { attempt: 2 }, HostState::Registered] {
+            assert!(says_connecting(&state, false, false), "{state:?}");
+            assert!(!says_connecting(&state, true, false), "moved to QUIC");
+            assert!(
+                !says_connecting(&state, false, true),
+                "leaving for a member"
+            );
+        }
+        assert!(!says_connecting(&untrusted, false, false));
+    }
+
+    /// Of the transports' errors, the first that is not a timeout is the one told.
+    #[test]
+    fn the_error_told_is_the_first_that_is_not_a_timeout() {
+        let timeout = || ConnectRelayError::Timeout(Duration::from_secs(3));
+        let unresolved = |host: &str| ConnectRelayError::NoAddress {
+            host: host.to_owned(),
+        };
+        let told = most_telling(vec![timeout(), unresolved("a"), unresolved("b")]);
+        assert!(
+            matches!(&told, ConnectRelayError::NoAddress { host } if host == "a"),
+            "{told}"
+        );
+        let told = most_telling(vec![unresolved("a"), timeout()]);
+        assert!(
+            matches!(&told, ConnectRelayError::NoAddress { host } if host == "a"),
+            "{told}"
+        );
+        let told = most_telling(vec![timeout(), timeout()]);
+        assert!(
+            matches!(told, ConnectRelayError::Timeout(t) if t == Duration::from_secs(3)),
+            "{told}"
+        );
+        let told = most_telling(Vec::new());
+        assert!(
+            matches!(told, ConnectRelayError::Timeout(t) if t == crate::endpoint::RELAY_HANDSHAKE_TIMEOUT),
+            "{told}"
+        );
+    }
+
+    /// A relay connection counts as open while the agent holds it, and as made once.
+    #[test]
+    fn a_relay_connection_is_counted_open_while_it_is_held() {
+        let counters = Arc::new(HostCounters::default());
+        let held = CountedRelayConnection::new(&counters);
+        let open = |c: &HostCounters| c.relay_connections.load(Ordering::Relaxed);
+        assert_eq!(open(&counters), 1);
+        drop(held);
+        assert_eq!(open(&counters), 0);
+        assert_eq!(counters.relay_connects.load(Ordering::Relaxed), 1);
+    }
+
+    /// With `auto`, the transport that won says whether UDP to the relay works; a
+    /// host told to use one transport learns nothing about UDP from it.
+    #[test]
+    fn only_an_automatic_choice_says_whether_udp_gets_through() {
+        let relay: RelayUrl = "blindrelay://relay.example:4433".parse().unwrap();
+        let udp = UdpHealth::default();
+        note_udp(TransportPreference::Auto, RelayTransport::Tcp, &udp, &relay);
+        assert!(udp.is_broken(&relay), "TCP won the race");
+        note_udp(
+            TransportPreference::Auto,
+            RelayTransport::Quic,
+            &udp,
+            &relay,
+        );
+        assert!(!udp.is_broken(&relay), "QUIC won the race");
+        for told in [TransportPreference::Tcp, TransportPreference::WebSocket] {
+            note_udp(told, RelayTransport::Tcp, &udp, &relay);
+            assert!(!udp.is_broken(&relay), "{told:?}");
+        }
+        udp.set_broken(&relay);
+        note_udp(
+            TransportPreference::Quic,
+            RelayTransport::Quic,
+            &udp,
+            &relay,
+        );
+        assert!(udp.is_broken(&relay), "QUIC told, not raced");
+    }
 
     /// A relay that failed (another pool member may do better) is told apart from
     /// one that answered: a refusal, a redirect, a broken exchange.

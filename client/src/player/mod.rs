@@ -510,6 +510,32 @@ impl Connector {
 mod tests {
     use super::*;
 
+    /// What a refused player is told: the plain words for a host that is not
+    /// there, the relay's own when it says more, and the code otherwise.
+    #[test]
+    fn a_refusal_is_told_in_the_words_that_fit_it() {
+        for plain in ["", "host offline"] {
+            assert_eq!(
+                refusal_text(ErrorCode::HostOffline, plain),
+                HOST_NOT_REACHABLE
+            );
+        }
+        assert_eq!(
+            refusal_text(ErrorCode::HostOffline, "relay shutting down"),
+            "host not reachable: relay shutting down"
+        );
+        assert_eq!(
+            refusal_text(ErrorCode::HostUnreachable, "host connection closing"),
+            format!("{HOST_NOT_REACHABLE} (host connection closing)")
+        );
+        let other = refusal_text(ErrorCode::RateLimited, "too many sessions");
+        assert!(
+            other.starts_with("relay refused the session: ")
+                && other.ends_with("(too many sessions)"),
+            "{other}"
+        );
+    }
+
     #[test]
     fn only_a_session_relayed_over_quic_on_auto_starts_punching() {
         assert!(punches_after(

@@ -542,6 +542,7 @@ async fn a_joining_member_takes_its_share_and_nothing_else_moves() {
             assert_eq!(got.unwrap(), 2 << 20);
         });
     }
+    let listed = Instant::now();
     pool.write_members(&names4);
     pool.wait_views(4).await;
     let after = pool.placed(&hosts, &names4);
@@ -549,6 +550,13 @@ async fn a_joining_member_takes_its_share_and_nothing_else_moves() {
         pool.held() == after
     })
     .await;
+    // A moved host ends its old registration itself once it is registered with its
+    // new owner, well before the 10 s after which the old member lets it go anyway.
+    let settled = listed.elapsed();
+    assert!(
+        settled < Duration::from_secs(7),
+        "the moves took {settled:?}"
+    );
     assert_eq!(after[fourth] as usize, moving);
     let told: u64 = pool
         .running()
@@ -881,4 +889,36 @@ async fn a_download_goes_on_through_the_next_owner_when_its_member_dies() {
         pool.relay(next).stats().bytes_host_to_player > 0,
         "the rest came through the next owner"
     );
+}
+
+/// Two members that disagree for good, as a member taken out of the list but still
+/// running does: the one that no longer lists itself sends every host to the other,
+/// and the other sends this host back. The host counts the redirects it followed in
+/// its hello, and after [`placement::MAX_REDIRECTS`] the member it reaches registers
+/// it where it is: no endless round between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_send_a_host_to_each_other_register_it_after_the_redirect_limit() {
+    let mut pool = Pool::empty();
+    let (file_a, file_b) = (pool.dir.join("a"), pool.dir.join("b"));
+    let a = pool.add_member(Some(file_a.clone()));
+    let b = pool.add_member(Some(file_b.clone()));
+    let names = pool.names();
+    write_list(&file_a, &names);
+    write_list(&file_b, &names[a..=a]);
+    wait_until("each member reads its list", || {
+        pool.relay(a).stats().pool_members == 2 && pool.relay(b).stats().pool_members == 1
+    })
+    .await;
+    // A host that `a` sends to `b`, which sends it back.
+    let i = (0..=u8::MAX)
+        .find(|i| pool.owner_among(&host_key(*i).host_id(), &names) == b)
+        .expect("a host b owns");
+    let (_, _, echo) = start_pool_host(i, &pool.url(a)).await;
+    assert_eq!(pool.held().iter().sum::<u64>(), 1);
+    let redirected: u64 = pool
+        .running()
+        .map(|(_, relay)| relay.stats().pool_redirects_register)
+        .sum();
+    assert_eq!(redirected, u64::from(placement::MAX_REDIRECTS));
+    echo.abort();
 }

@@ -2,7 +2,7 @@
 //! bound to its connection, the newest registration wins, and a host comes back by
 //! itself when the relay restarts.
 
-use blindrelay_client::{HostAgent, HostState};
+use blindrelay_client::{HostAgent, HostState, RelayTransport, TransportPreference};
 use blindrelay_protocol::{ControlMessage, ErrorCode, HostId, SecretKey};
 use blindrelay_relay::Relay;
 use blindrelay_tests::*;
@@ -141,12 +141,22 @@ async fn a_low_order_host_id_cannot_register() {
     assert_eq!(relay.stats().registered_hosts, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_newest_registration_wins_and_the_old_host_is_told() {
+/// The relay closes the old host's connection as `REPLACED`, and the old host stops
+/// and says why instead of registering again (which would replace the new one, and
+/// so on). Over TLS/TCP and WebSocket too, where the close comes in the framing.
+async fn the_newest_registration_wins_and_the_old_host_is_told(transport: TransportPreference) {
     let relay = start_relay();
     let key = SecretKey::generate().unwrap();
-    let first = HostAgent::start(host_config(key.clone(), relay.url())).expect("host agent starts");
+    let mut config = host_config(key.clone(), relay.url());
+    config.transport = transport;
+    let first = HostAgent::start(config).expect("host agent starts");
     wait_for_state(&first, |s| *s == HostState::Registered).await;
+    let carried = match transport {
+        TransportPreference::Tcp => RelayTransport::Tcp,
+        TransportPreference::WebSocket => RelayTransport::WebSocket,
+        _ => RelayTransport::Quic,
+    };
+    assert_eq!(first.relay_transport(), Some(carried));
 
     let second = HostAgent::start(host_config(key, relay.url())).expect("host agent starts");
     wait_for_state(&second, |s| *s == HostState::Registered).await;
@@ -175,16 +185,42 @@ async fn the_newest_registration_wins_and_the_old_host_is_told() {
     assert_eq!(stats.registered_hosts, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_comes_back_when_the_relay_restarts() {
+mod the_newest_registration_wins_and_the_old_host_is_told {
+    use blindrelay_client::TransportPreference;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic() {
+        super::the_newest_registration_wins_and_the_old_host_is_told(TransportPreference::Quic)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp() {
+        super::the_newest_registration_wins_and_the_old_host_is_told(TransportPreference::Tcp)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn websocket() {
+        super::the_newest_registration_wins_and_the_old_host_is_told(
+            TransportPreference::WebSocket,
+        )
+        .await;
+    }
+}
+
+async fn a_host_comes_back_when_the_relay_restarts(transport: TransportPreference) {
     init_tracing();
     let config = relay_config();
     let relay = Relay::spawn(config.clone()).unwrap();
     let addr = relay.local_addr();
     let url = relay.url().clone();
 
-    let host = HostAgent::start(host_config(SecretKey::generate().unwrap(), &url))
-        .expect("host agent starts");
+    // Over TLS/TCP the relay closes the connection as shutting down: lost, not
+    // replaced, so the host registers again.
+    let mut host_config = host_config(SecretKey::generate().unwrap(), &url);
+    host_config.transport = transport;
+    let host = HostAgent::start(host_config).expect("host agent starts");
     wait_for_state(&host, |s| *s == HostState::Registered).await;
     let ticket = host.ticket().clone();
     let mut states = host.watch_state();
@@ -226,6 +262,20 @@ async fn a_host_comes_back_when_the_relay_restarts() {
     sent.unwrap();
     assert_eq!(echoed.unwrap(), 100_000);
     assert_eq!(relay.stats().registered_hosts, 1);
+}
+
+mod a_host_comes_back_when_the_relay_restarts {
+    use blindrelay_client::TransportPreference;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic() {
+        super::a_host_comes_back_when_the_relay_restarts(TransportPreference::Quic).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp() {
+        super::a_host_comes_back_when_the_relay_restarts(TransportPreference::Tcp).await;
+    }
 }
 
 /// One address holds at most `registrations.per_ip` registrations; another address
@@ -356,4 +406,36 @@ async fn a_player_tells_a_restarted_relay_from_an_offline_host() {
     assert!(!err.to_string().contains("restarted"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     drop(relay);
+}
+
+/// A host the relay refuses for a reason that passes (its address holds its share of
+/// registrations) keeps trying, and registers once a place frees: only a refused
+/// token makes a host wait for a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_refused_for_its_addresss_share_registers_once_a_place_frees() {
+    init_tracing();
+    let mut config = relay_config();
+    config.limits.registrations.per_ip = 1;
+    let relay = Relay::spawn(config).unwrap();
+    let first = start_host(relay.url()).await;
+    let second = HostAgent::start(host_config(SecretKey::generate().unwrap(), relay.url()))
+        .expect("host agent starts");
+    // Refused, and trying again: its state says it is connecting, attempt after
+    // attempt, and never that a token was refused.
+    let mut states = second.watch_state();
+    let retried = tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| matches!(s, HostState::Connecting { attempt } if *attempt >= 3)),
+    )
+    .await
+    .is_ok_and(|seen| seen.is_ok());
+    assert!(
+        retried,
+        "the refused host did not try again: {:?}",
+        second.state()
+    );
+    assert!(!matches!(second.state(), HostState::TokenRefused { .. }));
+    assert_eq!(relay.stats().registered_hosts, 1);
+    first.shutdown().await;
+    wait_for_state(&second, |s| *s == HostState::Registered).await;
 }

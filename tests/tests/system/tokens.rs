@@ -408,3 +408,61 @@ async fn a_host_renewed_before_expiry_stays_registered_and_its_session_runs_acro
         let _ = host.await;
     }
 }
+
+/// A `Renew` the relay refuses for the address's registration rate ends the
+/// registration (PROTOCOL.md 8.9), but the host's token is still good: the host
+/// registers again with it, over QUIC and over TLS/TCP, and never waits for a new one.
+async fn a_renewal_refused_for_the_rate_is_not_a_refused_token(transport: TransportPreference) {
+    let issuer = IssuerSecretKey::generate().unwrap();
+    let mut config = relay_config();
+    config.token_issuers = Some(IssuerKeys::new(vec![issuer.public_key()]));
+    // One registration a second, no burst: the registration takes it, and a renewal
+    // right after is refused.
+    config.limits.registrations.per_ip_per_s = 1;
+    config.limits.registrations.per_ip_burst = 1;
+    init_tracing();
+    let relay = Relay::spawn(config).unwrap();
+    let key = SecretKey::generate().unwrap();
+    let token = |expires| {
+        blindrelay_protocol::Token::from_bytes(&issue(&issuer, key.host_id(), expires, "default"))
+            .unwrap()
+    };
+    let mut config = host_config(key.clone(), relay.url());
+    config.transport = transport;
+    config.token = Some(token(now() + 3600));
+    let agent = HostAgent::start(config).expect("starts");
+    wait_for_state(&agent, |s| *s == HostState::Registered).await;
+    let mut states = agent.watch_state();
+    states.mark_unchanged();
+    agent.set_token(token(now() + 7200));
+    let left = tokio::time::timeout(PATIENCE, states.wait_for(|s| *s != HostState::Registered))
+        .await
+        .is_ok_and(|seen| seen.is_ok());
+    assert!(left, "the relay did not end the registration");
+    let back = tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| matches!(s, HostState::Registered | HostState::TokenRefused { .. })),
+    )
+    .await
+    .map(|seen| seen.map(|s| s.clone()));
+    assert!(
+        matches!(back, Ok(Ok(HostState::Registered))),
+        "after a renewal refused for the rate: {back:?}"
+    );
+}
+
+mod a_renewal_refused_for_the_rate_is_not_a_refused_token {
+    use blindrelay_client::TransportPreference;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic() {
+        super::a_renewal_refused_for_the_rate_is_not_a_refused_token(TransportPreference::Quic)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp() {
+        super::a_renewal_refused_for_the_rate_is_not_a_refused_token(TransportPreference::Tcp)
+            .await;
+    }
+}

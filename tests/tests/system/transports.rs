@@ -195,10 +195,14 @@ async fn tcp_connections_after_the_first_resume_their_tls_session_and_keep_the_p
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_on_tcp_that_switches_its_relay_off_ends_its_relayed_sessions() {
+/// Switching Enable Relay off ends the relayed sessions at once, whatever the
+/// transport: over QUIC by closing the relay connection they run on, over TLS/TCP
+/// by closing each session's own connection.
+async fn a_host_that_switches_its_relay_off_ends_its_relayed_sessions(
+    transport: TransportPreference,
+) {
     let relay = start_relay();
-    let mut host = host_over(relay.url(), TransportPreference::Tcp).await;
+    let mut host = host_over(relay.url(), transport).await;
     // A player that could resume the session only through the relay: it ends
     // once the player's resume window is over (PROTOCOL.md 10.8), told why.
     let mut config = blindrelay_tests::player_config(SecretKey::generate().unwrap());
@@ -226,6 +230,26 @@ async fn a_host_on_tcp_that_switches_its_relay_off_ends_its_relayed_sessions() {
         refused.to_string().contains("host not reachable"),
         "{refused}"
     );
+}
+
+mod a_host_that_switches_its_relay_off_ends_its_relayed_sessions {
+    use blindrelay_client::TransportPreference;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic() {
+        super::a_host_that_switches_its_relay_off_ends_its_relayed_sessions(
+            TransportPreference::Quic,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp() {
+        super::a_host_that_switches_its_relay_off_ends_its_relayed_sessions(
+            TransportPreference::Tcp,
+        )
+        .await;
+    }
 }
 
 /// A UDP socket and a TCP listener on one loopback port number, as a relay URL has

@@ -418,6 +418,73 @@ mod tests {
         assert!(ended.is_ok(), "the peer never saw the connection end");
     }
 
+    /// A connection whose halves and handles are all dropped while its peer reads
+    /// nothing gives up on what is queued after [`LINGER`], not after the write
+    /// timeout: a peer that never reads holds a dropped connection 5 s at most.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_connection_waits_for_a_peer_that_never_reads_no_longer_than_linger() {
+        let config = Config {
+            write_timeout: Duration::from_secs(600),
+            ..Config::default()
+        };
+        let (io, _peer) = tokio::io::duplex(16 * 1024);
+        let (mut send, recv, connection) = framed(io, config);
+        // More than the pipe takes: the writer is stuck in a write.
+        for _ in 0..4 {
+            send.write_all(&[7; MAX_DATA_LEN]).await.expect("queued");
+        }
+        tokio::task::yield_now().await;
+        let shared = Arc::downgrade(&send.shared);
+        let dropped = Instant::now();
+        drop((send, recv, connection));
+        // The tasks let go of the connection once the writer gives up.
+        let gone = async {
+            while shared.strong_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(LINGER * 2, gone)
+            .await
+            .expect("the dropped connection let go of its peer");
+        let held = dropped.elapsed();
+        assert!(
+            held >= LINGER && held < LINGER + Duration::from_secs(1),
+            "held {held:?} against a linger of {LINGER:?}"
+        );
+    }
+
+    /// Both directions ended: the connection is over and its transport closed,
+    /// though every handle is still held. The peer's end counts once it arrives, read
+    /// or not, and what arrived before it stays readable.
+    #[tokio::test]
+    async fn a_connection_whose_both_directions_ended_is_over_while_its_handles_live() {
+        let ((mut s1, mut r1, a), (mut s2, mut r2, b)) = pair(Config::default());
+        s1.write_all(b"ping").await.expect("sent");
+        s1.finish();
+        s2.write_all(b"pong").await.expect("sent");
+        s2.finish();
+        for side in [&a, &b] {
+            let ended = tokio::time::timeout(LINGER / 2, side.closed()).await;
+            assert!(ended.is_ok(), "a connection done both ways stayed open");
+        }
+        assert_eq!(read_to_end(&mut r2).await.expect("read"), b"ping");
+        assert_eq!(read_to_end(&mut r1).await.expect("read"), b"pong");
+        drop((s1, s2));
+    }
+
+    /// A side that stopped the peer's direction and ended its own is done with the
+    /// connection: it is over without waiting for the peer's end.
+    #[tokio::test]
+    async fn a_side_that_stopped_the_peer_and_ended_its_own_direction_is_over() {
+        let ((mut s1, mut r1, a), (_s2, mut r2, _b)) = pair(Config::default());
+        r1.stop(StreamCode::from(7));
+        s1.write_all(b"last").await.expect("sent");
+        s1.finish();
+        let ended = tokio::time::timeout(LINGER / 2, a.closed()).await;
+        assert!(ended.is_ok(), "a side done both ways stayed open");
+        assert_eq!(read_to_end(&mut r2).await.expect("read"), b"last");
+    }
+
     /// A peer that never reads: the sending half queues its send buffer's worth
     /// (and at most one chunk more) beyond what the transport took, then waits.
     #[tokio::test]
@@ -445,31 +512,37 @@ mod tests {
     }
 
     /// A peer that reads, slowly: however many batches the writer takes from the
-    /// queue, what stays queued never passes the send buffer.
+    /// queue, what stays queued never passes the send buffer, the default one or one
+    /// several times the writer's batch (so the count of what is queued, not the
+    /// batch, is what holds it).
     #[tokio::test]
     async fn a_writer_to_a_slow_reader_keeps_its_queue_within_its_send_buffer() {
-        let config = Config::default();
-        let (io, mut peer) = tokio::io::duplex(64 * 1024);
-        let (mut send, _recv, _connection) = framed(io, config);
-        let reading = tokio::spawn(async move {
-            let mut buf = vec![0; 64 * 1024];
-            while peer.read(&mut buf).await.is_ok_and(|n| n > 0) {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+        for send_buffer in [Config::default().send_buffer, 4 * WRITE_BATCH] {
+            let config = Config {
+                send_buffer,
+                ..Config::default()
+            };
+            let (io, mut peer) = tokio::io::duplex(64 * 1024);
+            let (mut send, _recv, _connection) = framed(io, config);
+            let reading = tokio::spawn(async move {
+                let mut buf = vec![0; 64 * 1024];
+                while peer.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            });
+            let chunk = vec![7; MAX_DATA_LEN];
+            let mut most = 0;
+            for _ in 0..(8 * send_buffer).div_ceil(MAX_DATA_LEN) {
+                send.write_all(&chunk).await.expect("written");
+                let queued: usize = send.shared.lock().queued.iter().map(Bytes::len).sum();
+                most = most.max(queued);
             }
-        });
-        let chunk = vec![7; MAX_DATA_LEN];
-        let mut most = 0;
-        for _ in 0..(8 * config.send_buffer).div_ceil(MAX_DATA_LEN) {
-            send.write_all(&chunk).await.expect("written");
-            let queued: usize = send.shared.lock().queued.iter().map(Bytes::len).sum();
-            most = most.max(queued);
+            assert!(
+                most <= send_buffer + MAX_DATA_LEN,
+                "{most} bytes queued for a send buffer of {send_buffer}"
+            );
+            reading.abort();
         }
-        assert!(
-            most <= config.send_buffer + MAX_DATA_LEN,
-            "{most} bytes queued for a send buffer of {}",
-            config.send_buffer
-        );
-        reading.abort();
     }
 
     /// The sending half as an `AsyncWrite`: what `copy` and `write_all` write
